@@ -1,0 +1,111 @@
+//! Filesystem errors. Each maps to one errno; store-level failures keep the key they hit so
+//! the message a user sees names it.
+
+use memfis_memcache::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("not supported: {0}")]
+    NotSupported(&'static str),
+    #[error("no such extended attribute")]
+    NoXattr,
+    #[error("buffer too small")]
+    Range,
+    #[error("changed concurrently by another mount; try again")]
+    Busy,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("name too long: store key {key} would be {len} bytes (memcached allows 250)")]
+    NameTooLong { key: String, len: usize },
+    #[error("file too large for one store item at key {key} (item_size_max {limit})")]
+    TooBig { key: String, limit: String },
+    #[error("store is full writing key {key}: {source}")]
+    NoSpace { key: String, source: StoreError },
+    #[error("store error at key {key}: {source}")]
+    Store { key: String, source: StoreError },
+    #[error("missing record at key {key} (evicted or never written; run fsck)")]
+    Missing { key: String },
+    #[error("malformed record at key {key}: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("store format at key {key} is {found}; this memfis understands version {supported}")]
+    UnknownFormat {
+        key: String,
+        found: String,
+        supported: u32,
+    },
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    /// The errno this error reports through FUSE.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::NotSupported(_) => libc::EOPNOTSUPP,
+            FsError::NoXattr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Busy => libc::EBUSY,
+            FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
+            FsError::TooBig { .. } => libc::EFBIG,
+            FsError::NoSpace { .. } => libc::ENOSPC,
+            FsError::Store { .. }
+            | FsError::Missing { .. }
+            | FsError::Corrupt { .. }
+            | FsError::UnknownFormat { .. } => libc::EIO,
+        }
+    }
+
+    /// Wraps a store error hit at `key`, picking the errno the contract gives it.
+    pub fn store(key: &[u8], source: StoreError) -> FsError {
+        let key = String::from_utf8_lossy(key).into_owned();
+        match source {
+            StoreError::OutOfMemory(_) => FsError::NoSpace { key, source },
+            StoreError::TooLarge(msg) => FsError::TooBig { key, limit: msg },
+            StoreError::BadKey(_) => FsError::NameTooLong {
+                len: key.len(),
+                key,
+            },
+            source => FsError::Store { key, source },
+        }
+    }
+
+    pub fn corrupt(key: &[u8], why: impl Into<String>) -> FsError {
+        FsError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            why: why.into(),
+        }
+    }
+
+    pub fn missing(key: &[u8]) -> FsError {
+        FsError::Missing {
+            key: String::from_utf8_lossy(key).into_owned(),
+        }
+    }
+
+    /// Errors worth a log line (the store misbehaved), as opposed to ordinary answers.
+    pub fn is_fault(&self) -> bool {
+        self.errno() == libc::EIO || self.errno() == libc::ENOSPC || self.errno() == libc::EFBIG
+    }
+}

@@ -1,0 +1,1043 @@
+//! Namespace operations: the part of the filesystem that works on inode records, directory
+//! entries and directory logs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
+use tracing::warn;
+
+use crate::dirlog::{self, Op};
+use crate::files::{Handle, OpenFile};
+use crate::keys::{KeyLayout, LOG_CHUNK_RECORDS, ROOT_INO};
+use crate::record::{
+    FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, pct_decode, pct_encode,
+};
+use crate::{FsError, FsResult};
+
+/// Longest name of one directory entry (as on Linux filesystems).
+pub const NAME_MAX: usize = 255;
+/// How many inode numbers one `incr` reserves for this mount.
+const INO_BATCH: u64 = 64;
+/// Retries of a gets/cas round lost to other writers before giving up with EIO.
+const CAS_RETRIES: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long cached directory paths are trusted (the same as the kernel's attribute TTL).
+    pub cache_ttl: Duration,
+    /// Largest file the store holds in one item; writes past it fail with EFBIG.
+    pub item_size_max: Option<u64>,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            cache_ttl: Duration::from_secs(1),
+            item_size_max: None,
+        }
+    }
+}
+
+/// Attributes as `stat` shows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+}
+
+/// Changes asked for by `setattr`; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
+/// A directory entry as read from the store: the child's inode (or `None` once removed) and
+/// the cas token to change it.
+pub(crate) struct EntrySlot {
+    pub ino: Option<u64>,
+    pub cas: Option<u64>,
+}
+
+pub struct MemFs<S: Store> {
+    pub(crate) store: S,
+    pub(crate) keys: KeyLayout,
+    pub(crate) cfg: FsConfig,
+    /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
+    inos: Mutex<(u64, u64)>,
+    /// Open files by inode, shared by every handle on them in this mount.
+    pub(crate) files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    pub(crate) handles: Mutex<HashMap<u64, Handle>>,
+    pub(crate) next_fh: AtomicU64,
+    /// Path of each directory met recently (root is the empty path).
+    dir_paths: Mutex<HashMap<u64, (Vec<u8>, Instant)>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Maps a batch result to the value of a get, naming the key on failure.
+pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
+    match r {
+        Ok(Reply::Value(v)) => Ok(v),
+        Ok(other) => Err(FsError::corrupt(key, format!("unexpected reply {other:?}"))),
+        Err(e) => Err(FsError::store(key, e)),
+    }
+}
+
+/// Maps a batch result of a storage command: `Ok(true)` stored, `Ok(false)` refused.
+pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
+    match r {
+        Ok(Reply::Stored) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => Err(FsError::store(key, e)),
+    }
+}
+
+pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong {
+            key: String::from_utf8_lossy(name).into_owned(),
+            len: name.len(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+impl<S: Store> MemFs<S> {
+    /// Opens the filesystem under `keys`, creating the format record and root directory on an
+    /// empty store. Refuses a store whose format version this build does not know.
+    pub fn new(store: S, keys: KeyLayout, cfg: FsConfig) -> FsResult<MemFs<S>> {
+        let fs = MemFs {
+            store,
+            keys,
+            cfg,
+            inos: Mutex::new((0, 0)),
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            dir_paths: Mutex::new(HashMap::new()),
+        };
+        fs.check_or_create_format()?;
+        Ok(fs)
+    }
+
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn check_or_create_format(&self) -> FsResult<()> {
+        let key = self.keys.format();
+        if let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+            let rec: FormatRecord = serde_json::from_slice(&item.value)
+                .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
+            if rec.format != "memfis" || rec.version != FORMAT_VERSION {
+                return Err(FsError::UnknownFormat {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    found: format!("{} version {}", rec.format, rec.version),
+                    supported: FORMAT_VERSION,
+                });
+            }
+            return Ok(());
+        }
+        // A fresh store: root first, format record last, so a half-made one is retried.
+        let root = Inode::new(Kind::Dir, 0o755, unsafe_uid(), unsafe_gid(), Vec::new());
+        let now = Time::now().to_text();
+        let batch = vec![
+            Command::store(StoreOp::Add, &self.keys.inode(ROOT_INO), &root.encode()),
+            Command::store(StoreOp::Add, &self.keys.dir_seq(ROOT_INO), b"0"),
+            Command::store(StoreOp::Add, &self.keys.dir_mtime(ROOT_INO), now.as_bytes()),
+            Command::store(
+                StoreOp::Add,
+                &self.keys.next_ino(),
+                ROOT_INO.to_string().as_bytes(),
+            ),
+            Command::store(StoreOp::Add, &self.keys.inode_count(), b"1"),
+        ];
+        for r in self.store.execute(batch) {
+            r.map_err(|e| FsError::store(&key, e))?;
+        }
+        let format = serde_json::to_vec(&FormatRecord::current()).expect("serializes");
+        self.store
+            .store(StoreOp::Add, &key, &format)
+            .map_err(|e| FsError::store(&key, e))?;
+        Ok(())
+    }
+
+    // ----- records -------------------------------------------------------------------------
+
+    /// Reads an inode record with its cas token. A missing record is EIO naming the key.
+    pub(crate) fn read_inode(&self, ino: u64) -> FsResult<(Inode, u64)> {
+        let key = self.keys.inode(ino);
+        let item = self
+            .store
+            .gets(&key)
+            .map_err(|e| FsError::store(&key, e))?
+            .ok_or_else(|| FsError::missing(&key))?;
+        Ok((Inode::decode(&key, &item.value)?, item.cas.unwrap_or(0)))
+    }
+
+    /// Changes an inode record with gets + cas, retrying when another writer won the race.
+    /// Keeps any open file of this mount in step with the new record.
+    pub(crate) fn update_inode(
+        &self,
+        ino: u64,
+        mut change: impl FnMut(&mut Inode) -> FsResult<()>,
+    ) -> FsResult<Inode> {
+        let key = self.keys.inode(ino);
+        for _ in 0..CAS_RETRIES {
+            let (mut rec, cas) = self.read_inode(ino)?;
+            change(&mut rec)?;
+            match self.store.run(Command::cas(&key, &rec.encode(), cas)) {
+                Ok(Reply::Stored) => {
+                    if let Some(of) = self.open_file(ino) {
+                        lock(&of).adopt_record(rec.clone());
+                    }
+                    return Ok(rec);
+                }
+                Ok(Reply::Exists) => continue,
+                Ok(Reply::NotFound) => return Err(FsError::missing(&key)),
+                Ok(other) => return Err(FsError::corrupt(&key, format!("cas got {other:?}"))),
+                Err(e) => return Err(FsError::store(&key, e)),
+            }
+        }
+        Err(FsError::Store {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            source: memfis_memcache::StoreError::Server("too many concurrent updates".into()),
+        })
+    }
+
+    pub(crate) fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// Reads a directory entry.
+    pub(crate) fn read_entry(&self, dir: u64, name: &[u8]) -> FsResult<EntrySlot> {
+        let key = self.keys.entry(dir, name);
+        let item = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+        Ok(match item {
+            None => EntrySlot {
+                ino: None,
+                cas: None,
+            },
+            Some(item) => EntrySlot {
+                ino: parse_entry(&key, &item.value)?,
+                cas: item.cas,
+            },
+        })
+    }
+
+    /// Points entry `name` of `dir` at `ino` if it is free (absent or removed).
+    /// `Ok(false)` when the name is taken.
+    pub(crate) fn claim_entry(&self, dir: u64, name: &[u8], ino: u64) -> FsResult<bool> {
+        let key = self.keys.entry(dir, name);
+        let value = ino.to_string().into_bytes();
+        for _ in 0..CAS_RETRIES {
+            if self
+                .store
+                .store(StoreOp::Add, &key, &value)
+                .map_err(|e| FsError::store(&key, e))?
+            {
+                return Ok(true);
+            }
+            let slot = self.read_entry(dir, name)?;
+            match (slot.ino, slot.cas) {
+                (Some(_), _) => return Ok(false),
+                (None, None) => continue, // vanished between add and gets
+                (None, Some(cas)) => {
+                    if self.set_entry_cas(&key, &value, cas)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Err(FsError::corrupt(&key, "entry keeps changing"))
+    }
+
+    /// cas on an entry key: `Ok(false)` when someone changed it first.
+    pub(crate) fn set_entry_cas(&self, key: &[u8], value: &[u8], cas: u64) -> FsResult<bool> {
+        match self.store.run(Command::cas(key, value, cas)) {
+            Ok(Reply::Stored) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(FsError::store(key, e)),
+        }
+    }
+
+    /// Appends a record to a directory's log and bumps its mtime: O(1) store operations.
+    pub(crate) fn log_dir_change(
+        &self,
+        dir: u64,
+        op: Op,
+        kind: Kind,
+        ino: u64,
+        name: &[u8],
+    ) -> FsResult<()> {
+        self.log_dir_changes(dir, &[(op, kind, ino, name)])
+    }
+
+    pub(crate) fn log_dir_changes(
+        &self,
+        dir: u64,
+        changes: &[(Op, Kind, u64, &[u8])],
+    ) -> FsResult<()> {
+        let seq_key = self.keys.dir_seq(dir);
+        let now = Time::now().to_text();
+        let results = self.store.execute(vec![
+            Command::Incr {
+                key: seq_key.clone(),
+                delta: changes.len() as u64,
+            },
+            Command::store(StoreOp::Set, &self.keys.dir_mtime(dir), now.as_bytes()),
+        ]);
+        let mut results = results.into_iter();
+        let last = match results.next() {
+            Some(Ok(Reply::Number(n))) => n,
+            Some(Ok(_)) => return Err(FsError::missing(&seq_key)),
+            Some(Err(e)) => return Err(FsError::store(&seq_key, e)),
+            None => return Err(FsError::missing(&seq_key)),
+        };
+        if let Some(Err(e)) = results.next() {
+            return Err(FsError::store(&self.keys.dir_mtime(dir), e));
+        }
+        let first = last + 1 - changes.len() as u64;
+        for (i, (op, kind, ino, name)) in changes.iter().enumerate() {
+            let chunk = (first + i as u64) / LOG_CHUNK_RECORDS;
+            let key = self.keys.dir_log(dir, chunk);
+            let record = dirlog::encode(*op, *kind, *ino, name);
+            self.append_or_add(&key, &record)?;
+        }
+        Ok(())
+    }
+
+    fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
+        for _ in 0..CAS_RETRIES {
+            if self
+                .store
+                .store(StoreOp::Append, key, record)
+                .map_err(|e| FsError::store(key, e))?
+            {
+                return Ok(());
+            }
+            if self
+                .store
+                .store(StoreOp::Add, key, record)
+                .map_err(|e| FsError::store(key, e))?
+            {
+                return Ok(());
+            }
+        }
+        Err(FsError::corrupt(key, "cannot append to directory log"))
+    }
+
+    /// The listing of a directory, replayed from its log.
+    pub fn list_dir(&self, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+        let seq_key = self.keys.dir_seq(dir);
+        let seq = self
+            .store
+            .get(&seq_key)
+            .map_err(|e| FsError::store(&seq_key, e))?
+            .ok_or_else(|| FsError::missing(&seq_key))?;
+        let seq: u64 = std::str::from_utf8(&seq.value)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| FsError::corrupt(&seq_key, "not a number"))?;
+        let keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
+            .map(|c| self.keys.dir_log(dir, c))
+            .collect();
+        let results = self
+            .store
+            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
+        let mut listing = BTreeMap::new();
+        for (key, r) in keys.iter().zip(results) {
+            // A chunk may be absent if a mount died between incr and append: nothing to replay.
+            if let Some(item) = value_of(key, r)? {
+                dirlog::replay(key, &item.value, &mut listing)?;
+            }
+        }
+        Ok(listing)
+    }
+
+    // ----- paths ---------------------------------------------------------------------------
+
+    /// The absolute path of directory `dir` inside the mount ("" for the root).
+    pub(crate) fn dir_path(&self, dir: u64) -> FsResult<Vec<u8>> {
+        if dir == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        if let Some((path, at)) = lock(&self.dir_paths).get(&dir)
+            && at.elapsed() < self.cfg.cache_ttl
+        {
+            return Ok(path.clone());
+        }
+        let (rec, _) = self.read_inode(dir)?;
+        if rec.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let link = rec
+            .links
+            .first()
+            .ok_or_else(|| FsError::corrupt(&self.keys.inode(dir), "directory without a parent"))?;
+        let path = join(&self.dir_path(link.parent)?, &link.name);
+        lock(&self.dir_paths).insert(dir, (path.clone(), Instant::now()));
+        Ok(path)
+    }
+
+    pub(crate) fn forget_dir_paths(&self) {
+        lock(&self.dir_paths).clear();
+    }
+
+    pub(crate) fn link_path(&self, link: &Link) -> FsResult<Vec<u8>> {
+        Ok(join(&self.dir_path(link.parent)?, &link.name))
+    }
+
+    /// Data keys of every name of a file.
+    pub(crate) fn data_keys(&self, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
+        rec.links
+            .iter()
+            .map(|l| Ok(self.keys.data(&self.link_path(l)?)))
+            .collect()
+    }
+
+    // ----- attributes ----------------------------------------------------------------------
+
+    pub(crate) fn attr_from(&self, ino: u64, rec: &Inode, dir_mtime: Option<Time>) -> Attr {
+        let mut a = Attr {
+            ino,
+            kind: rec.kind,
+            size: rec.size,
+            mode: rec.mode,
+            uid: rec.uid,
+            gid: rec.gid,
+            // Directories report 1 like btrfs: subdirectories are not counted.
+            nlink: match rec.kind {
+                Kind::Dir => 1,
+                _ => rec.links.len() as u32,
+            },
+            atime: rec.atime,
+            mtime: rec.mtime,
+            ctime: rec.ctime,
+        };
+        if let Some(t) = dir_mtime {
+            a.mtime = a.mtime.max(t);
+            a.ctime = a.ctime.max(t);
+        }
+        a
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            let of = lock(&of);
+            return Ok(self.attr_from(ino, &of.view(), None));
+        }
+        let key = self.keys.inode(ino);
+        let mkey = self.keys.dir_mtime(ino);
+        let mut r = self
+            .store
+            .execute(vec![Command::Get(key.clone()), Command::Get(mkey.clone())])
+            .into_iter();
+        let rec = value_of(&key, r.next().expect("two results"))?
+            .ok_or_else(|| FsError::missing(&key))?;
+        let rec = Inode::decode(&key, &rec.value)?;
+        let mtime = value_of(&mkey, r.next().expect("two results"))?
+            .and_then(|i| Time::from_text(&i.value));
+        Ok(self.attr_from(ino, &rec, mtime))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        check_name(name)?;
+        match self.read_entry(parent, name)?.ino {
+            Some(ino) => self.getattr(ino),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        if let Some(of) = self.open_file(ino) {
+            let mut of = lock(&of);
+            if of.writers > 0 {
+                // Published with the data at flush: keeps `cp -a` at a few round trips a file.
+                if let Some(size) = set.size {
+                    self.ensure_loaded(ino, &mut of)?;
+                    self.check_size(ino, size)?;
+                    of.resize(size);
+                }
+                of.pending.apply(set);
+                return Ok(self.attr_from(ino, &of.view(), None));
+            }
+        }
+        if let Some(size) = set.size {
+            self.truncate_closed(ino, size)?;
+        }
+        let rec = self.update_inode(ino, |rec| {
+            apply_setattr(rec, set);
+            Ok(())
+        })?;
+        Ok(self.attr_from(ino, &rec, None))
+    }
+
+    /// Truncates a file no handle of this mount is writing: rewrite its data keys.
+    fn truncate_closed(&self, ino: u64, size: u64) -> FsResult<()> {
+        self.check_size(ino, size)?;
+        let (rec, _) = self.read_inode(ino)?;
+        match rec.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::Symlink => return Err(FsError::Invalid("truncate of a symlink")),
+        }
+        let keys = self.data_keys(&rec)?;
+        let mut data = match keys.first() {
+            Some(k) => self.read_data(k, rec.size)?,
+            None => Vec::new(),
+        };
+        data.resize(size as usize, 0);
+        self.write_data_keys(&keys, &data)?;
+        if let Some(of) = self.open_file(ino) {
+            lock(&of).data = None; // readers of this mount reload the new bytes
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_size(&self, ino: u64, size: u64) -> FsResult<()> {
+        if let Some(limit) = self.cfg.item_size_max
+            && size > limit
+        {
+            warn!(
+                ino,
+                size, limit, "file would exceed the store's item_size_max ({limit} bytes)"
+            );
+            return Err(FsError::TooBig {
+                key: format!("inode {ino}"),
+                limit: format!("{limit} bytes"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a file's bytes from one of its data keys. A missing key is fine only for an
+    /// empty file.
+    pub(crate) fn read_data(&self, key: &[u8], size: u64) -> FsResult<Vec<u8>> {
+        match self.store.get(key).map_err(|e| FsError::store(key, e))? {
+            Some(item) => Ok(item.value),
+            None if size == 0 => Ok(Vec::new()),
+            None => Err(FsError::missing(key)),
+        }
+    }
+
+    /// Replaces the value of every data key with `data` (one pipelined batch).
+    pub(crate) fn write_data_keys(&self, keys: &[Vec<u8>], data: &[u8]) -> FsResult<()> {
+        let batch = keys
+            .iter()
+            .map(|k| Command::store(StoreOp::Set, k, data))
+            .collect();
+        for (k, r) in keys.iter().zip(self.store.execute(batch)) {
+            r.map_err(|e| FsError::store(k, e))?;
+        }
+        Ok(())
+    }
+
+    // ----- creating ------------------------------------------------------------------------
+
+    fn alloc_ino(&self) -> FsResult<u64> {
+        let mut inos = lock(&self.inos);
+        if inos.0 >= inos.1 {
+            let key = self.keys.next_ino();
+            let top = self
+                .store
+                .incr(&key, INO_BATCH)
+                .map_err(|e| FsError::store(&key, e))?
+                .ok_or_else(|| FsError::missing(&key))?;
+            *inos = (top + 1 - INO_BATCH, top + 1);
+        }
+        let ino = inos.0;
+        inos.0 += 1;
+        Ok(ino)
+    }
+
+    /// Creates a node: inode record, entry, log record (and an empty data key for a file, a
+    /// sequence and mtime key for a directory). Returns the record and its cas token.
+    pub(crate) fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        rec: Inode,
+    ) -> FsResult<(u64, Inode, u64)> {
+        check_name(name)?;
+        let path = join(&self.dir_path(parent)?, name);
+        let data_key = self.keys.data_checked(&path)?;
+        let ino = self.alloc_ino()?;
+        let ikey = self.keys.inode(ino);
+        let mut batch = vec![
+            Command::store(StoreOp::Add, &ikey, &rec.encode()),
+            Command::Gets(ikey.clone()),
+        ];
+        match rec.kind {
+            Kind::File => batch.push(Command::store(StoreOp::Add, &data_key, b"")),
+            Kind::Dir => {
+                batch.push(Command::store(StoreOp::Set, &self.keys.dir_seq(ino), b"0"));
+                let now = rec.mtime.to_text();
+                batch.push(Command::store(
+                    StoreOp::Set,
+                    &self.keys.dir_mtime(ino),
+                    now.as_bytes(),
+                ));
+            }
+            Kind::Symlink => {}
+        }
+        let mut results = self.store.execute(batch).into_iter();
+        if !stored(&ikey, results.next().expect("result"))? {
+            return Err(FsError::corrupt(&ikey, "inode number already in use"));
+        }
+        let cas = value_of(&ikey, results.next().expect("result"))?
+            .and_then(|i| i.cas)
+            .ok_or_else(|| FsError::missing(&ikey))?;
+        for r in results {
+            // `add` of the empty data key may find bytes left by a crash: harmless.
+            if let Err(e) = r {
+                self.discard_inode(ino, rec.kind);
+                return Err(FsError::store(&data_key, e));
+            }
+        }
+        match self.claim_entry(parent, name, ino) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.discard_inode(ino, rec.kind);
+                return Err(FsError::Exists);
+            }
+            Err(e) => {
+                self.discard_inode(ino, rec.kind);
+                return Err(e);
+            }
+        }
+        self.log_dir_change(parent, Op::Add, rec.kind, ino, name)?;
+        let _ = self.store.incr(&self.keys.inode_count(), 1);
+        Ok((ino, rec, cas))
+    }
+
+    /// Removes the records of an inode that never got a name.
+    fn discard_inode(&self, ino: u64, kind: Kind) {
+        let mut batch = vec![Command::Delete(self.keys.inode(ino))];
+        if kind == Kind::Dir {
+            batch.push(Command::Delete(self.keys.dir_seq(ino)));
+            batch.push(Command::Delete(self.keys.dir_mtime(ino)));
+        }
+        let _ = self.store.execute(batch);
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+        let rec = Inode::new(
+            Kind::Dir,
+            mode,
+            uid,
+            gid,
+            vec![Link {
+                parent,
+                name: name.to_vec(),
+            }],
+        );
+        let (ino, rec, _) = self.create_node(parent, name, rec)?;
+        Ok(self.attr_from(ino, &rec, None))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let mut rec = Inode::new(
+            Kind::Symlink,
+            0o777,
+            uid,
+            gid,
+            vec![Link {
+                parent,
+                name: name.to_vec(),
+            }],
+        );
+        rec.size = target.len() as u64;
+        rec.target = Some(target.to_vec());
+        let (ino, rec, _) = self.create_node(parent, name, rec)?;
+        Ok(self.attr_from(ino, &rec, None))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (rec, _) = self.read_inode(ino)?;
+        rec.target.ok_or(FsError::Invalid("not a symlink"))
+    }
+
+    /// A new name for a file: entry, link in the record, and its bytes at the new data key.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        check_name(newname)?;
+        let new_path = join(&self.dir_path(newparent)?, newname);
+        let new_key = self.keys.data_checked(&new_path)?;
+        let (rec, _) = self.read_inode(ino)?;
+        match rec.kind {
+            Kind::Dir => return Err(FsError::NotPermitted("hard link to a directory")),
+            Kind::Symlink | Kind::File => {}
+        }
+        if !self.claim_entry(newparent, newname, ino)? {
+            return Err(FsError::Exists);
+        }
+        let link = Link {
+            parent: newparent,
+            name: newname.to_vec(),
+        };
+        let rec = self.update_inode(ino, |r| {
+            r.links.push(link.clone());
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        if rec.kind == Kind::File {
+            let data = self.current_bytes(ino, &rec)?;
+            self.write_data_keys(&[new_key], &data)?;
+        }
+        self.log_dir_change(newparent, Op::Add, rec.kind, ino, newname)?;
+        self.getattr(ino)
+    }
+
+    /// The bytes of a file: this mount's buffer if it holds one, else the store's.
+    pub(crate) fn current_bytes(&self, ino: u64, rec: &Inode) -> FsResult<Vec<u8>> {
+        if let Some(of) = self.open_file(ino)
+            && let Some(data) = &lock(&of).data
+        {
+            return Ok(data.clone());
+        }
+        let Some(link) = rec.links.first() else {
+            return Ok(Vec::new());
+        };
+        self.read_data(&self.keys.data(&self.link_path(link)?), rec.size)
+    }
+
+    // ----- removing ------------------------------------------------------------------------
+
+    /// Marks entry `name` of `dir` removed if it still points at `ino`.
+    pub(crate) fn release_entry(
+        &self,
+        dir: u64,
+        name: &[u8],
+        ino: u64,
+        mut cas: Option<u64>,
+    ) -> FsResult<()> {
+        let key = self.keys.entry(dir, name);
+        for _ in 0..CAS_RETRIES {
+            let token = match cas.take() {
+                Some(c) => c,
+                None => {
+                    let slot = self.read_entry(dir, name)?;
+                    match (slot.ino, slot.cas) {
+                        (Some(i), Some(c)) if i == ino => c,
+                        _ => return Ok(()), // someone else already moved it on
+                    }
+                }
+            };
+            if self.set_entry_cas(&key, b"-", token)? {
+                return Ok(());
+            }
+        }
+        Err(FsError::corrupt(&key, "entry keeps changing"))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        let slot = self.read_entry(parent, name)?;
+        let ino = slot.ino.ok_or(FsError::NotFound)?;
+        let (rec, _) = self.read_inode(ino)?;
+        if rec.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let link = Link {
+            parent,
+            name: name.to_vec(),
+        };
+        let path = self.link_path(&link)?;
+        // Holders of an open handle keep reading: take the bytes before the key goes.
+        if let Some(of) = self.open_file(ino) {
+            let mut of = lock(&of);
+            self.ensure_loaded(ino, &mut of)?;
+        }
+        self.release_entry(parent, name, ino, slot.cas)?;
+        self.log_dir_change(parent, Op::Remove, rec.kind, ino, name)?;
+        self.drop_link(ino, &link)?;
+        if rec.kind == Kind::File {
+            let key = self.keys.data(&path);
+            self.store
+                .delete(&key)
+                .map_err(|e| FsError::store(&key, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes one name from an inode record, deleting the record with its last name.
+    pub(crate) fn drop_link(&self, ino: u64, link: &Link) -> FsResult<()> {
+        let rec = self.update_inode(ino, |r| {
+            r.remove_link(link);
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        if rec.links.is_empty() {
+            self.delete_inode(ino, rec.kind)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete_inode(&self, ino: u64, kind: Kind) -> FsResult<()> {
+        let key = self.keys.inode(ino);
+        let mut batch = vec![
+            Command::Delete(key.clone()),
+            Command::Decr {
+                key: self.keys.inode_count(),
+                delta: 1,
+            },
+        ];
+        if kind == Kind::Dir {
+            let seq = self.list_seq(ino).unwrap_or(0);
+            batch.push(Command::Delete(self.keys.dir_seq(ino)));
+            batch.push(Command::Delete(self.keys.dir_mtime(ino)));
+            for c in 0..=seq / LOG_CHUNK_RECORDS {
+                batch.push(Command::Delete(self.keys.dir_log(ino, c)));
+            }
+        }
+        for r in self.store.execute(batch) {
+            r.map_err(|e| FsError::store(&key, e))?;
+        }
+        if let Some(of) = self.open_file(ino) {
+            lock(&of).unlinked = true;
+        }
+        Ok(())
+    }
+
+    fn list_seq(&self, dir: u64) -> Option<u64> {
+        let item = self.store.get(&self.keys.dir_seq(dir)).ok()??;
+        std::str::from_utf8(&item.value).ok()?.trim().parse().ok()
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        let slot = self.read_entry(parent, name)?;
+        let ino = slot.ino.ok_or(FsError::NotFound)?;
+        let (rec, _) = self.read_inode(ino)?;
+        if rec.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.list_dir(ino)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        self.release_entry(parent, name, ino, slot.cas)?;
+        self.log_dir_change(parent, Op::Remove, Kind::Dir, ino, name)?;
+        self.delete_inode(ino, Kind::Dir)?;
+        self.forget_dir_paths();
+        Ok(())
+    }
+
+    // ----- listing -------------------------------------------------------------------------
+
+    pub fn readdir(&self, dir: u64) -> FsResult<Vec<DirEntry>> {
+        let (rec, _) = self.read_inode(dir)?;
+        if rec.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(self
+            .list_dir(dir)?
+            .into_iter()
+            .map(|(name, (ino, kind))| DirEntry { name, ino, kind })
+            .collect())
+    }
+
+    /// Attributes of many inodes in one pipelined batch; `None` for a vanished one.
+    pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
+        let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.keys.inode(i)).collect();
+        let results = self
+            .store
+            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
+        let mut out = Vec::with_capacity(inos.len());
+        for ((ino, key), r) in inos.iter().zip(&keys).zip(results) {
+            if let Some(of) = self.open_file(*ino) {
+                out.push(Some(self.attr_from(*ino, &lock(&of).view(), None)));
+                continue;
+            }
+            out.push(match value_of(key, r)? {
+                Some(item) => Some(self.attr_from(*ino, &Inode::decode(key, &item.value)?, None)),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    // ----- extended attributes -------------------------------------------------------------
+
+    fn xattr_name(name: &[u8]) -> FsResult<String> {
+        if !name.starts_with(b"user.") {
+            return Err(FsError::NotSupported("only user.* extended attributes"));
+        }
+        Ok(pct_encode(name))
+    }
+
+    fn current_record(&self, ino: u64) -> FsResult<Inode> {
+        if let Some(of) = self.open_file(ino) {
+            return Ok(lock(&of).view());
+        }
+        Ok(self.read_inode(ino)?.0)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if !name.starts_with(b"user.") {
+            return Err(FsError::NoXattr);
+        }
+        let rec = self.current_record(ino)?;
+        let value = rec.xattrs.get(&pct_encode(name)).ok_or(FsError::NoXattr)?;
+        pct_decode(value).ok_or_else(|| FsError::corrupt(&self.keys.inode(ino), "bad xattr value"))
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        let rec = self.current_record(ino)?;
+        Ok(rec.xattrs.keys().filter_map(|k| pct_decode(k)).collect())
+    }
+
+    /// `flags`: XATTR_CREATE (1) fails if present, XATTR_REPLACE (2) fails if absent.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        let key = Self::xattr_name(name)?;
+        self.update_inode(ino, |r| {
+            let present = r.xattrs.contains_key(&key);
+            if flags & libc::XATTR_CREATE != 0 && present {
+                return Err(FsError::Exists);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !present {
+                return Err(FsError::NoXattr);
+            }
+            r.xattrs.insert(key.clone(), pct_encode(value));
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let key = Self::xattr_name(name)?;
+        self.update_inode(ino, |r| {
+            r.xattrs.remove(&key).ok_or(FsError::NoXattr)?;
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    // ----- whole filesystem ----------------------------------------------------------------
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        const BLOCK: u64 = 4096;
+        let key = self.keys.inode_count();
+        let files = self
+            .store
+            .get(&key)
+            .map_err(|e| FsError::store(&key, e))?
+            .and_then(|i| std::str::from_utf8(&i.value).ok()?.trim().parse().ok())
+            .unwrap_or(0u64);
+        let (blocks, free) = match self.store.capacity() {
+            Some(c) => (
+                c.limit_bytes / BLOCK,
+                c.limit_bytes.saturating_sub(c.used_bytes) / BLOCK,
+            ),
+            None => (0, 0),
+        };
+        Ok(StatFs {
+            block_size: BLOCK as u32,
+            blocks,
+            blocks_free: free,
+            files,
+            files_free: free.max(1_000_000),
+        })
+    }
+}
+
+pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
+    if let Some(m) = set.mode {
+        rec.mode = m & 0o7777;
+    }
+    if let Some(u) = set.uid {
+        rec.uid = u;
+    }
+    if let Some(g) = set.gid {
+        rec.gid = g;
+    }
+    if let Some(s) = set.size {
+        rec.size = s;
+        rec.mtime = Time::now();
+    }
+    if let Some(t) = set.atime {
+        rec.atime = t;
+    }
+    if let Some(t) = set.mtime {
+        rec.mtime = t;
+    }
+    rec.ctime = Time::now();
+}
+
+fn parse_entry(key: &[u8], value: &[u8]) -> FsResult<Option<u64>> {
+    if value == b"-" {
+        return Ok(None);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| FsError::corrupt(key, "directory entry is not an inode number"))
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    unsafe { libc::getuid() }
+}
+
+fn unsafe_gid() -> u32 {
+    // SAFETY: as above.
+    unsafe { libc::getgid() }
+}

@@ -1,0 +1,188 @@
+//! Key layout: where every record lives in the store (`docs/store-layout.md`).
+//!
+//! Data keys are `escape(PREFIX + path)`, exactly what nginx asks for. Every metadata key is
+//! `PREFIX + "%" + ...`: nginx escapes a `%` in a URI to `%25`, so no request can reach one.
+
+use memfis_memcache::MAX_KEY_LEN;
+
+/// nginx's memcached key escaping: bytes 0x00-0x20 and `%` become `%XX` (uppercase hex).
+pub fn escape(raw: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(raw.len() + 8);
+    for &b in raw {
+        if b <= 0x20 || b == b'%' {
+            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Checks a prefix against the contract: 1-100 bytes of printable ASCII without `%`.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 100 {
+        return Err(format!(
+            "prefix {prefix:?} must be 1 to 100 bytes long (it is {})",
+            prefix.len()
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !('\x21'..='\x7e').contains(c) || *c == '%')
+    {
+        return Err(format!(
+            "prefix {prefix:?} contains {c:?}: only printable ASCII without '%' and spaces is allowed \
+             (nginx would escape anything else)"
+        ));
+    }
+    Ok(())
+}
+
+/// Inode number of the root directory (FUSE's `FUSE_ROOT_ID`).
+pub const ROOT_INO: u64 = 1;
+
+/// Entries a directory log chunk holds before the next chunk starts (keeps chunks well
+/// under memcached's default 1 MiB item: a record is at most ~800 bytes, names escaped).
+pub const LOG_CHUNK_RECORDS: u64 = 1024;
+
+/// Builds every key memfis uses under one prefix.
+#[derive(Debug, Clone)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+impl KeyLayout {
+    pub fn new(prefix: &str) -> Result<KeyLayout, String> {
+        validate_prefix(prefix)?;
+        Ok(KeyLayout {
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn meta(&self, rest: &str) -> Vec<u8> {
+        format!("{}%{}", self.prefix, rest).into_bytes()
+    }
+
+    /// The file's bytes, served by nginx: `escape(PREFIX + path)`.
+    pub fn data(&self, path: &[u8]) -> Vec<u8> {
+        let mut raw = self.prefix.as_bytes().to_vec();
+        raw.extend_from_slice(path);
+        escape(&raw)
+    }
+
+    /// The data key of `path`, or ENAMETOOLONG if it is over memcached's key limit.
+    pub fn data_checked(&self, path: &[u8]) -> Result<Vec<u8>, crate::FsError> {
+        let key = self.data(path);
+        if key.len() > MAX_KEY_LEN {
+            return Err(crate::FsError::NameTooLong {
+                len: key.len(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Format record: `{"format":"memfis","version":N}`.
+    pub fn format(&self) -> Vec<u8> {
+        self.meta("format")
+    }
+
+    /// Counter handing out inode numbers (`incr`).
+    pub fn next_ino(&self) -> Vec<u8> {
+        self.meta("next-ino")
+    }
+
+    /// Counter of live inodes, for statfs (`incr`/`decr`).
+    pub fn inode_count(&self) -> Vec<u8> {
+        self.meta("inodes")
+    }
+
+    /// Inode record (JSON, see `record.rs`).
+    pub fn inode(&self, ino: u64) -> Vec<u8> {
+        self.meta(&format!("i{ino}"))
+    }
+
+    /// Directory entry: value is the child's inode number, or `-` once removed.
+    /// A name whose key would pass 250 bytes is keyed by a 64-bit hash of the name instead.
+    pub fn entry(&self, dir: u64, name: &[u8]) -> Vec<u8> {
+        let mut key = self.meta(&format!("e{dir}/"));
+        let escaped = escape(name);
+        if key.len() + escaped.len() <= MAX_KEY_LEN {
+            key.extend_from_slice(&escaped);
+            key
+        } else {
+            let reversed: Vec<u8> = name.iter().rev().copied().collect();
+            self.meta(&format!(
+                "h{dir}/{:08x}{:08x}",
+                crc32fast::hash(name),
+                crc32fast::hash(&reversed)
+            ))
+        }
+    }
+
+    /// Sequence counter of a directory's log (`incr`): record N lives in chunk N / LOG_CHUNK_RECORDS.
+    pub fn dir_seq(&self, dir: u64) -> Vec<u8> {
+        self.meta(&format!("s{dir}"))
+    }
+
+    /// A directory's last entry change as `SECONDS.NANOS` (its mtime and ctime), kept apart
+    /// from the inode record so that creating a file costs a blind `set`, not a cas round.
+    pub fn dir_mtime(&self, dir: u64) -> Vec<u8> {
+        self.meta(&format!("m{dir}"))
+    }
+
+    /// One chunk of a directory's append-only entry log.
+    pub fn dir_log(&self, dir: u64, chunk: u64) -> Vec<u8> {
+        self.meta(&format!("l{dir}.{chunk}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_nginx() {
+        assert_eq!(escape(b"/a b%c?#+\x7f"), b"/a%20b%25c?#+\x7f");
+        assert_eq!(escape(b"\x00\x1f"), b"%00%1F");
+        assert_eq!(escape("/é".as_bytes()), "/é".as_bytes());
+    }
+
+    #[test]
+    fn metadata_keys_are_unreachable_from_uris() {
+        let k = KeyLayout::new("memfis://h").unwrap();
+        // Any URI gives PREFIX + "/"...; metadata keys continue with a raw '%'.
+        for key in [
+            k.inode(1),
+            k.entry(1, b"x"),
+            k.dir_log(1, 0),
+            k.format(),
+            k.next_ino(),
+        ] {
+            assert!(key.starts_with(b"memfis://h%"));
+        }
+        assert!(k.data(b"/%").starts_with(b"memfis://h/"));
+    }
+
+    #[test]
+    fn long_names_get_hashed_entry_keys() {
+        let k = KeyLayout::new("memfis://h").unwrap();
+        let long = vec![b'a'; 240];
+        assert!(k.entry(1, &long).len() <= MAX_KEY_LEN);
+        assert_ne!(k.entry(1, &long), k.entry(1, &long[1..]));
+    }
+
+    #[test]
+    fn validates_prefixes() {
+        assert!(validate_prefix("memfis://host").is_ok());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("a b").is_err());
+        assert!(validate_prefix("a%b").is_err());
+        assert!(validate_prefix(&"x".repeat(101)).is_err());
+    }
+}

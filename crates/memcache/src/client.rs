@@ -1,0 +1,224 @@
+//! The client: routes each command of a batch to the server that owns its key and runs the
+//! per-server sub-batches pipelined, in parallel when several servers are involved.
+
+use std::time::Duration;
+
+use crate::connection::Timeouts;
+use crate::pool::ServerPool;
+use crate::protocol::validate_key;
+use crate::ring::Ring;
+use crate::{Capacity, CmdResult, Command, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` strings, exactly as nginx's upstream block lists them.
+    pub servers: Vec<String>,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(servers: Vec<String>) -> ClientConfig {
+        let t = Timeouts::default();
+        ClientConfig {
+            servers,
+            connect_timeout: t.connect,
+            io_timeout: t.io,
+        }
+    }
+}
+
+pub struct Client {
+    pools: Vec<ServerPool>,
+    ring: Ring,
+}
+
+/// Undoes nginx's key escaping (`%XX`), because nginx hashes the key *before* escaping it.
+fn unescape(key: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(key.len());
+    let mut i = 0;
+    while i < key.len() {
+        if key[i] == b'%'
+            && i + 2 < key.len()
+            && let (Some(h), Some(l)) = (hex(key[i + 1]), hex(key[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(key[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Checks a server address: `host:port` with a numeric port.
+pub fn validate_server(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("server {addr:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("server {addr:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("server {addr:?} has no valid port (1-65535)")),
+    }
+}
+
+impl Client {
+    pub fn new(cfg: &ClientConfig) -> Result<Client, String> {
+        if cfg.servers.is_empty() {
+            return Err("no memcached server given".into());
+        }
+        for s in &cfg.servers {
+            validate_server(s)?;
+        }
+        let t = Timeouts {
+            connect: cfg.connect_timeout,
+            io: cfg.io_timeout,
+        };
+        Ok(Client {
+            pools: cfg.servers.iter().map(|s| ServerPool::new(s, t)).collect(),
+            ring: Ring::new(&cfg.servers),
+        })
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.pools.iter().map(|p| p.addr.as_str())
+    }
+
+    /// Index of the server owning `key` (escaped form, as sent on the wire).
+    pub fn server_for(&self, key: &[u8]) -> usize {
+        if self.pools.len() == 1 {
+            0
+        } else {
+            self.ring.server_for(&unescape(key))
+        }
+    }
+
+    /// The address of the server owning `key`, for error messages.
+    pub fn server_addr_for(&self, key: &[u8]) -> &str {
+        &self.pools[self.server_for(key)].addr
+    }
+
+    /// `stats [group]` of every server. Does not pass through twemproxy.
+    pub fn stats(
+        &self,
+        group: Option<&str>,
+    ) -> Vec<(String, Result<Vec<(String, String)>, StoreError>)> {
+        self.pools
+            .iter()
+            .map(|p| {
+                (
+                    p.addr.clone(),
+                    p.with_conn(|c| c.stats(group)).and_then(|r| r),
+                )
+            })
+            .collect()
+    }
+
+    /// `version` of every server.
+    pub fn versions(&self) -> Vec<(String, Result<String, StoreError>)> {
+        self.pools
+            .iter()
+            .map(|p| (p.addr.clone(), p.with_conn(|c| c.version()).and_then(|r| r)))
+            .collect()
+    }
+
+    fn stat_sum(&self, group: Option<&str>, name: &str) -> Option<Vec<u64>> {
+        self.stats(group)
+            .into_iter()
+            .map(|(_, r)| {
+                r.ok()?
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, v)| v.parse().ok())
+            })
+            .collect()
+    }
+}
+
+impl Store for Client {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        let mut results: Vec<Option<CmdResult>> = vec![None; batch.len()];
+        let mut groups: Vec<(Vec<usize>, Vec<Command>)> =
+            vec![(Vec::new(), Vec::new()); self.pools.len()];
+        for (i, cmd) in batch.into_iter().enumerate() {
+            if let Err(e) = validate_key(cmd.key()) {
+                results[i] = Some(Err(e));
+                continue;
+            }
+            let g = &mut groups[self.server_for(cmd.key())];
+            g.0.push(i);
+            g.1.push(cmd);
+        }
+        let busy: Vec<usize> = (0..groups.len())
+            .filter(|&s| !groups[s].1.is_empty())
+            .collect();
+        let outputs: Vec<(usize, Vec<CmdResult>)> = if busy.len() <= 1 {
+            busy.iter()
+                .map(|&s| (s, self.pools[s].run_batch(&groups[s].1)))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = busy
+                    .iter()
+                    .map(|&s| {
+                        let (pool, cmds) = (&self.pools[s], &groups[s].1);
+                        (s, scope.spawn(move || pool.run_batch(cmds)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(s, h)| (s, h.join().expect("memcached batch thread panicked")))
+                    .collect()
+            })
+        };
+        for (s, out) in outputs {
+            for (i, r) in groups[s].0.iter().zip(out) {
+                results[*i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::protocol("-", "command got no reply"))))
+            .collect()
+    }
+
+    fn capacity(&self) -> Option<Capacity> {
+        let used = self.stat_sum(None, "bytes")?;
+        let limit = self.stat_sum(None, "limit_maxbytes")?;
+        Some(Capacity {
+            used_bytes: used.iter().sum(),
+            limit_bytes: limit.iter().sum(),
+        })
+    }
+
+    fn item_size_max(&self) -> Option<u64> {
+        self.stat_sum(Some("settings"), "item_size_max")?
+            .into_iter()
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_nginx_escapes_only() {
+        assert_eq!(unescape(b"a%20b%25c"), b"a b%c");
+        assert_eq!(unescape(b"p%zz"), b"p%zz");
+        assert_eq!(unescape(b"p%2"), b"p%2");
+    }
+
+    #[test]
+    fn validates_servers() {
+        assert!(validate_server("127.0.0.1:11211").is_ok());
+        assert!(validate_server("localhost").is_err());
+        assert!(validate_server("h:0").is_err());
+        assert!(validate_server(":11211").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Commands and replies, independent of how they travel.
+
+use crate::StoreError;
+
+/// Which storage command (`set`, `add`, ...) a [`Command::Store`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+}
+
+impl StoreOp {
+    pub fn verb(self) -> &'static str {
+        match self {
+            StoreOp::Set => "set",
+            StoreOp::Add => "add",
+            StoreOp::Replace => "replace",
+            StoreOp::Append => "append",
+            StoreOp::Prepend => "prepend",
+        }
+    }
+}
+
+/// One memcached command. Keys are raw bytes: memfis keys may hold UTF-8 and other bytes >= 0x80.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Get(Vec<u8>),
+    Gets(Vec<u8>),
+    Store {
+        op: StoreOp,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+        exptime: u32,
+    },
+    Cas {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+        cas: u64,
+    },
+    Incr {
+        key: Vec<u8>,
+        delta: u64,
+    },
+    Decr {
+        key: Vec<u8>,
+        delta: u64,
+    },
+    Delete(Vec<u8>),
+    Touch {
+        key: Vec<u8>,
+        exptime: u32,
+    },
+}
+
+impl Command {
+    pub fn store(op: StoreOp, key: &[u8], value: &[u8]) -> Command {
+        Command::Store {
+            op,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            flags: 0,
+            exptime: 0,
+        }
+    }
+
+    pub fn cas(key: &[u8], value: &[u8], cas: u64) -> Command {
+        Command::Cas {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            flags: 0,
+            cas,
+        }
+    }
+
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Command::Get(k) | Command::Gets(k) | Command::Delete(k) => k,
+            Command::Store { key, .. }
+            | Command::Cas { key, .. }
+            | Command::Incr { key, .. }
+            | Command::Decr { key, .. }
+            | Command::Touch { key, .. } => key,
+        }
+    }
+}
+
+/// A value read with `get`/`gets`. `cas` is set only for `gets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub value: Vec<u8>,
+    pub flags: u32,
+    pub cas: Option<u64>,
+}
+
+/// The server's answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `get`/`gets`: the item, or `None` on a miss.
+    Value(Option<Item>),
+    Stored,
+    NotStored,
+    Exists,
+    NotFound,
+    Deleted,
+    Touched,
+    /// `incr`/`decr` result.
+    Number(u64),
+}
+
+impl Reply {
+    /// The item of a `get`/`gets` reply.
+    pub fn into_value(self) -> Result<Option<Item>, StoreError> {
+        match self {
+            Reply::Value(v) => Ok(v),
+            other => Err(StoreError::protocol(
+                "-",
+                &format!("expected VALUE/END, got {other:?}"),
+            )),
+        }
+    }
+}

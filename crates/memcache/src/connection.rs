@@ -1,0 +1,148 @@
+//! One TCP connection to one server, with connect/read/write timeouts.
+
+use std::io::{BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::protocol::{encode, read_reply, read_stats};
+use crate::{CmdResult, Command, StoreError};
+
+/// Pipelining bound: write at most this many commands / bytes before reading their replies,
+/// so neither side's socket buffer can fill up and deadlock the exchange.
+const PIPELINE_MAX_COMMANDS: usize = 256;
+const PIPELINE_MAX_BYTES: usize = 4 << 20;
+
+/// Timeouts for one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub io: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            io: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct Connection {
+    server: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    /// Set once an error left the stream in an unknown state; the pool then drops it.
+    pub broken: bool,
+}
+
+impl Connection {
+    pub fn open(server: &str, t: Timeouts) -> Result<Connection, StoreError> {
+        let io_err = |e: std::io::Error| StoreError::from_io(server, &e);
+        let addrs = server.to_socket_addrs().map_err(io_err)?;
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, t.connect) {
+                Ok(stream) => {
+                    stream.set_nodelay(true).map_err(io_err)?;
+                    stream.set_read_timeout(Some(t.io)).map_err(io_err)?;
+                    stream.set_write_timeout(Some(t.io)).map_err(io_err)?;
+                    let writer = stream.try_clone().map_err(io_err)?;
+                    return Ok(Connection {
+                        server: server.to_string(),
+                        reader: BufReader::with_capacity(64 << 10, stream),
+                        writer,
+                        broken: false,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => io_err(e),
+            None => StoreError::Io {
+                server: server.to_string(),
+                message: "address resolved to nothing".into(),
+            },
+        })
+    }
+
+    /// Runs `cmds` pipelined; one result per command. After a connection-breaking error the
+    /// remaining commands get that error too (their effect on the server is unknown).
+    pub fn run_batch(&mut self, cmds: &[Command]) -> Vec<CmdResult> {
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut start = 0;
+        while start < cmds.len() {
+            let mut buf = Vec::new();
+            let mut end = start;
+            while end < cmds.len()
+                && end - start < PIPELINE_MAX_COMMANDS
+                && (end == start || buf.len() < PIPELINE_MAX_BYTES)
+            {
+                encode(&cmds[end], &mut buf);
+                end += 1;
+            }
+            if let Err(e) = self.writer.write_all(&buf) {
+                self.broken = true;
+                let err = StoreError::from_io(&self.server, &e);
+                results.extend(cmds[start..].iter().map(|_| Err(err.clone())));
+                return results;
+            }
+            for cmd in &cmds[start..end] {
+                let r = read_reply(&mut self.reader, cmd, &self.server);
+                if let Err(e) = &r
+                    && e.breaks_connection()
+                {
+                    self.broken = true;
+                    results.extend(cmds[results.len()..].iter().map(|_| Err(e.clone())));
+                    return results;
+                }
+                results.push(r);
+            }
+            start = end;
+        }
+        results
+    }
+
+    /// `stats [group]` as name/value pairs.
+    pub fn stats(&mut self, group: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+        let line = match group {
+            Some(g) => format!("stats {g}\r\n"),
+            None => "stats\r\n".to_string(),
+        };
+        let r = self
+            .writer
+            .write_all(line.as_bytes())
+            .map_err(|e| StoreError::from_io(&self.server, &e))
+            .and_then(|_| read_stats(&mut self.reader, &self.server));
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    /// `version`.
+    pub fn version(&mut self) -> Result<String, StoreError> {
+        let r = self
+            .writer
+            .write_all(b"version\r\n")
+            .map_err(|e| StoreError::from_io(&self.server, &e))
+            .and_then(|_| crate::protocol::read_line(&mut self.reader, &self.server));
+        match r {
+            Ok(line) if line.starts_with(b"VERSION ") => {
+                Ok(String::from_utf8_lossy(&line[8..]).to_string())
+            }
+            Ok(line) => {
+                self.broken = true;
+                Err(StoreError::protocol(
+                    &self.server,
+                    &format!("bad version reply {:?}", String::from_utf8_lossy(&line)),
+                ))
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+}

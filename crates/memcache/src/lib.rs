@@ -1,0 +1,100 @@
+//! A memcached client for the ASCII text protocol, the dialect nginx and twemproxy speak.
+//!
+//! Why our own: no crate on crates.io combines ASCII-only (twemproxy-safe), pipelined batches with
+//! a result per command, gets/cas, typed out-of-memory / too-large errors, and nginx's
+//! `hash ... consistent` placement (see `docs/memcached-client.md`).
+//!
+//! Layers, bottom up: [`protocol`] (bytes on the wire), [`connection`] (one TCP stream with
+//! timeouts), [`pool`] (per-server idle connections), [`ring`] (which server owns a key),
+//! [`client`] (batches routed to servers). [`Store`] is the trait the filesystem talks to;
+//! [`memory::MemoryStore`] implements it in memory for fast tests.
+
+pub mod client;
+pub mod command;
+pub mod connection;
+pub mod error;
+pub mod memory;
+pub mod pool;
+pub mod protocol;
+pub mod ring;
+
+pub use client::{Client, ClientConfig};
+pub use command::{Command, Item, Reply, StoreOp};
+pub use error::StoreError;
+
+/// Longest key memcached accepts.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// Result of one command in a batch.
+pub type CmdResult = Result<Reply, StoreError>;
+
+/// Used and total bytes of the store, for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+/// A memcached-protocol store. `execute` sends a batch pipelined (one round trip per server
+/// involved) and returns one result per command, in order.
+pub trait Store: Send + Sync {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult>;
+
+    /// Used/total bytes summed over the servers, when the store can tell (not via twemproxy).
+    fn capacity(&self) -> Option<Capacity> {
+        None
+    }
+
+    /// The server's largest item (`item_size_max`), when the store can tell.
+    fn item_size_max(&self) -> Option<u64> {
+        None
+    }
+
+    /// Runs one command.
+    fn run(&self, cmd: Command) -> CmdResult {
+        self.execute(vec![cmd])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::protocol("-", "empty batch result")))
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        self.run(Command::Get(key.to_vec()))?.into_value()
+    }
+
+    fn gets(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        self.run(Command::Gets(key.to_vec()))?.into_value()
+    }
+
+    /// Runs a store command (`set`, `add`, ...). `Ok(true)` when stored, `Ok(false)` when the
+    /// server said NOT_STORED / EXISTS / NOT_FOUND.
+    fn store(&self, op: StoreOp, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.run(Command::store(op, key, value))? == Reply::Stored)
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.run(Command::Delete(key.to_vec()))? == Reply::Deleted)
+    }
+
+    /// `incr`; `Ok(None)` when the key does not exist.
+    fn incr(&self, key: &[u8], delta: u64) -> Result<Option<u64>, StoreError> {
+        match self.run(Command::Incr {
+            key: key.to_vec(),
+            delta,
+        })? {
+            Reply::Number(n) => Ok(Some(n)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        (**self).execute(batch)
+    }
+    fn capacity(&self) -> Option<Capacity> {
+        (**self).capacity()
+    }
+    fn item_size_max(&self) -> Option<u64> {
+        (**self).item_size_max()
+    }
+}

@@ -1,0 +1,62 @@
+//! Idle connections to one server. A connection that saw an I/O, timeout or protocol error is
+//! dropped, never reused; a new one is dialled on the next request, so a server that comes back
+//! is used again without any action.
+
+use std::sync::Mutex;
+
+use crate::connection::{Connection, Timeouts};
+use crate::{CmdResult, Command, StoreError};
+
+/// Idle connections kept per server; more may be open while busy.
+const MAX_IDLE: usize = 16;
+
+pub struct ServerPool {
+    /// The address exactly as configured (`host:port`): also the text the hash ring uses.
+    pub addr: String,
+    timeouts: Timeouts,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ServerPool {
+    pub fn new(addr: &str, timeouts: Timeouts) -> ServerPool {
+        ServerPool {
+            addr: addr.to_string(),
+            timeouts,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a pooled (or new) connection and returns it to the pool if still healthy.
+    pub fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => Connection::open(&self.addr, self.timeouts)?,
+        };
+        let out = f(&mut conn);
+        if !conn.broken {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn run_batch(&self, cmds: &[Command]) -> Vec<CmdResult> {
+        let results = match self.with_conn(|c| c.run_batch(cmds)) {
+            Ok(results) => results,
+            Err(e) => return cmds.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // An idle connection the server closed (e.g. it restarted) fails on its first reply
+        // with EOF/reset before the server could run anything: dial once more.
+        if matches!(results.first(), Some(Err(StoreError::Io { .. }))) {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            return match self.with_conn(|c| c.run_batch(cmds)) {
+                Ok(results) => results,
+                Err(e) => cmds.iter().map(|_| Err(e.clone())).collect(),
+            };
+        }
+        results
+    }
+}

@@ -1,0 +1,297 @@
+//! Bytes on the wire: encoding commands and parsing replies of the memcached ASCII protocol
+//! (memcached's `doc/protocol.txt`). Never uses `noreply`: it would hide out-of-memory.
+
+use std::io::BufRead;
+
+use crate::{Command, Item, MAX_KEY_LEN, Reply, StoreError};
+
+/// Checks a key as memcached's text protocol needs it: 1..=250 bytes, no control bytes or space.
+pub fn validate_key(key: &[u8]) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(StoreError::BadKey(format!(
+            "{} bytes (allowed 1..={MAX_KEY_LEN}): {}",
+            key.len(),
+            String::from_utf8_lossy(key)
+        )));
+    }
+    if key.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(StoreError::BadKey(format!(
+            "contains whitespace or control bytes: {}",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
+}
+
+/// Appends the wire form of `cmd` to `out`.
+pub fn encode(cmd: &Command, out: &mut Vec<u8>) {
+    fn line(out: &mut Vec<u8>, verb: &str, key: &[u8], rest: &str) {
+        out.extend_from_slice(verb.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(key);
+        out.extend_from_slice(rest.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match cmd {
+        Command::Get(k) => line(out, "get", k, ""),
+        Command::Gets(k) => line(out, "gets", k, ""),
+        Command::Store {
+            op,
+            key,
+            value,
+            flags,
+            exptime,
+        } => {
+            line(
+                out,
+                op.verb(),
+                key,
+                &format!(" {flags} {exptime} {}", value.len()),
+            );
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        Command::Cas {
+            key,
+            value,
+            flags,
+            cas,
+        } => {
+            line(
+                out,
+                "cas",
+                key,
+                &format!(" {flags} 0 {} {cas}", value.len()),
+            );
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        Command::Incr { key, delta } => line(out, "incr", key, &format!(" {delta}")),
+        Command::Decr { key, delta } => line(out, "decr", key, &format!(" {delta}")),
+        Command::Delete(k) => line(out, "delete", k, ""),
+        Command::Touch { key, exptime } => line(out, "touch", key, &format!(" {exptime}")),
+    }
+}
+
+/// Reads one `\r\n`-terminated line, without the terminator.
+pub fn read_line(r: &mut impl BufRead, server: &str) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::with_capacity(64);
+    let n = r
+        .read_until(b'\n', &mut buf)
+        .map_err(|e| StoreError::from_io(server, &e))?;
+    if n == 0 {
+        return Err(StoreError::Io {
+            server: server.to_string(),
+            message: "connection closed by server".into(),
+        });
+    }
+    if !buf.ends_with(b"\r\n") {
+        return Err(StoreError::protocol(
+            server,
+            "reply line not terminated by CRLF",
+        ));
+    }
+    buf.truncate(buf.len() - 2);
+    Ok(buf)
+}
+
+/// Maps the error lines every command may get instead of its normal reply.
+fn error_line(line: &[u8], server: &str) -> Option<StoreError> {
+    let text = String::from_utf8_lossy(line);
+    if let Some(msg) = text.strip_prefix("SERVER_ERROR ") {
+        let msg = msg.to_string();
+        return Some(if msg.contains("out of memory") {
+            StoreError::OutOfMemory(msg)
+        } else if msg.contains("too large") {
+            StoreError::TooLarge(msg)
+        } else {
+            StoreError::Server(msg)
+        });
+    }
+    if let Some(msg) = text.strip_prefix("CLIENT_ERROR ") {
+        return Some(StoreError::Client(msg.to_string()));
+    }
+    if text == "ERROR" {
+        return Some(StoreError::Client(format!("{server} answered ERROR")));
+    }
+    None
+}
+
+/// Reads the reply to `cmd`.
+pub fn read_reply(r: &mut impl BufRead, cmd: &Command, server: &str) -> Result<Reply, StoreError> {
+    let line = read_line(r, server)?;
+    if let Some(err) = error_line(&line, server) {
+        return Err(err);
+    }
+    let unexpected = || {
+        StoreError::protocol(
+            server,
+            &format!(
+                "unexpected reply {:?} to {}",
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(cmd.key())
+            ),
+        )
+    };
+    match cmd {
+        Command::Get(_) | Command::Gets(_) => {
+            if line == b"END" {
+                return Ok(Reply::Value(None));
+            }
+            let item = read_value(r, &line, server)?;
+            let end = read_line(r, server)?;
+            if end != b"END" {
+                return Err(StoreError::protocol(server, "VALUE not followed by END"));
+            }
+            Ok(Reply::Value(Some(item)))
+        }
+        Command::Store { .. } | Command::Cas { .. } => match &line[..] {
+            b"STORED" => Ok(Reply::Stored),
+            b"NOT_STORED" => Ok(Reply::NotStored),
+            b"EXISTS" => Ok(Reply::Exists),
+            b"NOT_FOUND" => Ok(Reply::NotFound),
+            _ => Err(unexpected()),
+        },
+        Command::Incr { .. } | Command::Decr { .. } => {
+            if line == b"NOT_FOUND" {
+                return Ok(Reply::NotFound);
+            }
+            std::str::from_utf8(&line)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Reply::Number)
+                .ok_or_else(unexpected)
+        }
+        Command::Delete(_) => match &line[..] {
+            b"DELETED" => Ok(Reply::Deleted),
+            b"NOT_FOUND" => Ok(Reply::NotFound),
+            _ => Err(unexpected()),
+        },
+        Command::Touch { .. } => match &line[..] {
+            b"TOUCHED" => Ok(Reply::Touched),
+            b"NOT_FOUND" => Ok(Reply::NotFound),
+            _ => Err(unexpected()),
+        },
+    }
+}
+
+/// Parses `VALUE <key> <flags> <bytes> [<cas>]` and reads the data block after it.
+fn read_value(r: &mut impl BufRead, header: &[u8], server: &str) -> Result<Item, StoreError> {
+    let bad = || {
+        StoreError::protocol(
+            server,
+            &format!("bad VALUE line {:?}", String::from_utf8_lossy(header)),
+        )
+    };
+    let mut parts = header.split(|&b| b == b' ');
+    if parts.next() != Some(b"VALUE") {
+        return Err(bad());
+    }
+    let _key = parts.next().ok_or_else(bad)?;
+    let num = |p: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(p?).ok()?.parse().ok() };
+    let flags = num(parts.next()).ok_or_else(bad)? as u32;
+    let len = num(parts.next()).ok_or_else(bad)? as usize;
+    let cas = num(parts.next());
+    let mut value = vec![0u8; len + 2];
+    r.read_exact(&mut value)
+        .map_err(|e| StoreError::from_io(server, &e))?;
+    if !value.ends_with(b"\r\n") {
+        return Err(StoreError::protocol(
+            server,
+            "data block not terminated by CRLF",
+        ));
+    }
+    value.truncate(len);
+    Ok(Item { value, flags, cas })
+}
+
+/// Reads `STAT <name> <value>` lines up to `END`.
+pub fn read_stats(r: &mut impl BufRead, server: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let line = read_line(r, server)?;
+        if line == b"END" {
+            return Ok(out);
+        }
+        if let Some(err) = error_line(&line, server) {
+            return Err(err);
+        }
+        let text = String::from_utf8_lossy(&line).to_string();
+        let mut parts = text.splitn(3, ' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("STAT"), Some(name), value) => {
+                out.push((name.to_string(), value.unwrap_or("").to_string()))
+            }
+            _ => {
+                return Err(StoreError::protocol(
+                    server,
+                    &format!("bad stats line {text:?}"),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOp;
+    use std::io::Cursor;
+
+    fn reply(wire: &str, cmd: Command) -> Result<Reply, StoreError> {
+        read_reply(&mut Cursor::new(wire.as_bytes().to_vec()), &cmd, "s")
+    }
+
+    #[test]
+    fn encodes_storage_commands_with_length_and_no_noreply() {
+        let mut out = Vec::new();
+        encode(&Command::store(StoreOp::Add, b"k", b"hello"), &mut out);
+        encode(&Command::cas(b"k", b"", 7), &mut out);
+        assert_eq!(out, b"add k 0 0 5\r\nhello\r\ncas k 0 0 0 7\r\n\r\n");
+    }
+
+    #[test]
+    fn parses_values_misses_and_cas() {
+        let got = reply(
+            "VALUE k 3 5 99\r\nab\r\nc\r\nEND\r\n",
+            Command::Gets(b"k".to_vec()),
+        );
+        assert_eq!(
+            got,
+            Ok(Reply::Value(Some(Item {
+                value: b"ab\r\nc".to_vec(),
+                flags: 3,
+                cas: Some(99)
+            })))
+        );
+        assert_eq!(
+            reply("END\r\n", Command::Get(b"k".to_vec())),
+            Ok(Reply::Value(None))
+        );
+    }
+
+    #[test]
+    fn types_server_errors() {
+        let set = Command::store(StoreOp::Set, b"k", b"v");
+        assert!(matches!(
+            reply("SERVER_ERROR out of memory storing object\r\n", set.clone()),
+            Err(StoreError::OutOfMemory(_))
+        ));
+        assert!(matches!(
+            reply("SERVER_ERROR object too large for cache\r\n", set.clone()),
+            Err(StoreError::TooLarge(_))
+        ));
+        assert!(matches!(
+            reply("CLIENT_ERROR bad\r\n", set.clone()),
+            Err(StoreError::Client(_))
+        ));
+        assert!(matches!(reply("", set), Err(StoreError::Io { .. })));
+    }
+
+    #[test]
+    fn rejects_bad_keys() {
+        assert!(validate_key(b"a b").is_err());
+        assert!(validate_key(&[b'a'; 251]).is_err());
+        assert!(validate_key("memfis://h/é?#".as_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,101 @@
+//! Which server owns a key: a copy of nginx's `hash $memcached_key consistent` continuum
+//! (ngx_http_upstream_hash_module.c), so nginx finds every key where memfis wrote it.
+//! See `store-contract.md` §3. Written by hand because the only crate with this algorithm
+//! (pingora-ketama) takes socket addresses, not the server text nginx hashes.
+
+/// Points per unit of weight, as in nginx.
+const POINTS_PER_SERVER: usize = 160;
+
+#[derive(Debug, Clone)]
+pub struct Ring {
+    /// (hash, server index), sorted by hash, first of equal hashes kept.
+    points: Vec<(u32, usize)>,
+}
+
+/// Splits `host:port` as nginx does: scan back over digits; at ':' split, else no port.
+fn split_host_port(server: &str) -> (&[u8], &[u8]) {
+    if let Some(rest) = server.strip_prefix("unix:") {
+        return (rest.as_bytes(), b"");
+    }
+    let bytes = server.as_bytes();
+    let mut i = bytes.len();
+    while i > 0 && bytes[i - 1].is_ascii_digit() {
+        i -= 1;
+    }
+    if i > 0 && bytes[i - 1] == b':' {
+        (&bytes[..i - 1], &bytes[i..])
+    } else {
+        (bytes, b"")
+    }
+}
+
+impl Ring {
+    /// Builds the continuum for servers (all weight 1), addressed exactly as in nginx's upstream.
+    pub fn new<S: AsRef<str>>(servers: &[S]) -> Ring {
+        let mut points = Vec::with_capacity(servers.len() * POINTS_PER_SERVER);
+        for (index, server) in servers.iter().enumerate() {
+            let (host, port) = split_host_port(server.as_ref());
+            let mut base = crc32fast::Hasher::new();
+            base.update(host);
+            base.update(&[0]);
+            base.update(port);
+            let mut prev: u32 = 0;
+            for _ in 0..POINTS_PER_SERVER {
+                let mut h = base.clone();
+                h.update(&prev.to_le_bytes());
+                let hash = h.finalize();
+                points.push((hash, index));
+                prev = hash;
+            }
+        }
+        points.sort_by_key(|p| p.0); // stable: the first of equal hashes stays first
+        points.dedup_by_key(|p| p.0);
+        Ring { points }
+    }
+
+    /// Index of the server owning `key` (the unescaped key, as nginx hashes it).
+    pub fn server_for(&self, key: &[u8]) -> usize {
+        let hash = crc32fast::hash(key);
+        let i = self.points.partition_point(|p| p.0 < hash);
+        self.points[i % self.points.len()].1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_nginx() {
+        assert_eq!(
+            split_host_port("127.0.0.1:11211"),
+            (&b"127.0.0.1"[..], &b"11211"[..])
+        );
+        assert_eq!(split_host_port("cache"), (&b"cache"[..], &b""[..]));
+        assert_eq!(
+            split_host_port("[::1]:11211"),
+            (&b"[::1]"[..], &b"11211"[..])
+        );
+        assert_eq!(
+            split_host_port("unix:/run/mc.sock"),
+            (&b"/run/mc.sock"[..], &b""[..])
+        );
+    }
+
+    #[test]
+    fn crc32_is_zlib_crc32() {
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn spreads_keys_and_is_stable() {
+        let ring = Ring::new(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]);
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            counts[ring.server_for(format!("memfis://h/f{i}").as_bytes())] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 600), "{counts:?}");
+        let again = Ring::new(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]);
+        assert_eq!(ring.server_for(b"x"), again.server_for(b"x"));
+    }
+}
