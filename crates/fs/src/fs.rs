@@ -465,7 +465,7 @@ impl<S: Store> MemFs<S> {
             ctime: rec.ctime,
         };
         if let Some(t) = dir_mtime {
-            a.mtime = a.mtime.max(t);
+            a.mtime = t;
             a.ctime = a.ctime.max(t);
         }
         a
@@ -519,7 +519,17 @@ impl<S: Store> MemFs<S> {
             apply_setattr(rec, set);
             Ok(())
         })?;
-        Ok(self.attr_from(ino, &rec, None))
+        if rec.kind == Kind::Dir
+            && let Some(t) = set.mtime
+        {
+            // The mtime key wins over the record for directories: keep them in step.
+            let key = self.keys.dir_mtime(ino);
+            self.store
+                .store(StoreOp::Set, &key, t.to_text().as_bytes())
+                .map_err(|e| FsError::store(&key, e))?;
+            return Ok(self.attr_from(ino, &rec, Some(t)));
+        }
+        self.getattr(ino)
     }
 
     /// Truncates a file no handle of this mount is writing: rewrite its data keys.

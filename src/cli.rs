@@ -1,0 +1,116 @@
+//! Command line: what the user can ask for, with environment equivalents and defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "memfis",
+    version,
+    about = "A POSIX filesystem stored in memcached, served by nginx"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount the store as a filesystem (detaches unless --foreground).
+    Mount(MountArgs),
+}
+
+/// Where the store is: shared by every subcommand that talks to it.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// memcached server HOST:PORT; repeat for a pool (keys placed as nginx's `hash ... consistent`).
+    #[arg(
+        long = "server",
+        env = "MEMFIS_SERVERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:11211"
+    )]
+    pub servers: Vec<String>,
+    /// Key prefix: data of /path lives at PREFIX/path [default: memfis://$(hostname)].
+    #[arg(long, env = "MEMFIS_PREFIX")]
+    pub prefix: Option<String>,
+    /// Seconds to wait for a server before a call fails with EIO.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount on.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Stay in the foreground (logs go to stderr).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
+    /// noexec, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Seconds the kernel caches entries and attributes.
+    #[arg(long, default_value_t = 1.0)]
+    pub attr_ttl: f64,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// Append logs to this file when detached (filter with MEMFIS_LOG, e.g. MEMFIS_LOG=debug).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The prefix to use: given, or `memfis://` + host name as in the original.
+    pub fn prefix(&self) -> String {
+        self.prefix.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            format!("memfis://{host}")
+        })
+    }
+}
+
+/// Rewrites the form mount(8) uses for `fuse.memfis` (`memfis SOURCE MOUNTPOINT -o OPTS`)
+/// into `memfis mount MOUNTPOINT -o OPTS[,server=SOURCE]`.
+pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
+    let known = ["mount", "help", "-h", "--help", "-V", "--version"];
+    if args.len() < 3 || known.contains(&args[1].as_str()) || args[1].starts_with('-') {
+        return args;
+    }
+    let source = &args[1];
+    let mut out = vec![args[0].clone(), "mount".into(), args[2].clone()];
+    if source.contains(':') {
+        out.push(format!("-o=server={}", source.replace(',', ",server=")));
+    }
+    out.extend(args[3..].iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_helper_form_becomes_mount() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            from_mount_helper(args("memfis 127.0.0.1:11211 /mnt -o rw")),
+            args("memfis mount /mnt -o=server=127.0.0.1:11211 -o rw")
+        );
+        assert_eq!(
+            from_mount_helper(args("memfis mount /mnt")),
+            args("memfis mount /mnt")
+        );
+        assert_eq!(
+            from_mount_helper(args("memfis memfis /mnt")),
+            args("memfis mount /mnt")
+        );
+    }
+}
