@@ -1,0 +1,384 @@
+//! Real parts for integration tests: memcached, nginx and memfis mounts started as child
+//! processes on free loopback ports, and stopped (and unmounted) on drop, even on failure.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_memfis");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub struct Memcached {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Memcached {
+    pub fn start() -> Memcached {
+        Memcached::with_args(&["-m", "256", "-I", "8m"])
+    }
+
+    pub fn with_args(extra: &[&str]) -> Memcached {
+        let mut m = Memcached {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        m.restart();
+        m
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut cmd = Command::new("memcached");
+        cmd.args(["-U", "0", "-l", "127.0.0.1", "-p", &self.port.to_string()]);
+        if is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        cmd.args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .expect("memcached installed (apt-get install memcached)");
+        wait_for_port(self.port, "memcached", &mut child);
+        self.child = Some(child);
+    }
+
+    /// One raw text-protocol exchange, for checking what the store holds.
+    pub fn raw(&self, request: &[u8]) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(request).unwrap();
+        s.write_all(b"quit\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    }
+
+    /// The value at `key`, or None.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let reply = self.raw(&[b"get ", key, b"\r\n"].concat());
+        if reply.starts_with(b"END") {
+            return None;
+        }
+        let header_end = reply.windows(2).position(|w| w == b"\r\n").unwrap();
+        let header = String::from_utf8_lossy(&reply[..header_end]).to_string();
+        let len: usize = header.rsplit(' ').next().unwrap().parse().unwrap();
+        Some(reply[header_end + 2..header_end + 2 + len].to_vec())
+    }
+
+    pub fn set(&self, key: &[u8], value: &[u8]) {
+        let reply = self.raw(
+            &[
+                b"set ",
+                key,
+                format!(" 0 0 {}\r\n", value.len()).as_bytes(),
+                value,
+                b"\r\n",
+            ]
+            .concat(),
+        );
+        assert!(
+            reply.starts_with(b"STORED"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+
+    pub fn delete(&self, key: &[u8]) {
+        self.raw(&[b"delete ", key, b"\r\n"].concat());
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        let reply = String::from_utf8(self.raw(b"stats\r\n")).unwrap();
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no stat {name}"))
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `memfis mount --foreground` child process; unmounted and stopped on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    pub fn new(servers: &[String], prefix: &str) -> Mount {
+        Mount::with_args(servers, prefix, &[])
+    }
+
+    pub fn with_args(servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().with_extension("log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount")
+            .arg(dir.path())
+            .arg("--foreground")
+            .args(["--prefix", prefix]);
+        for s in servers {
+            cmd.args(["--server", s]);
+        }
+        cmd.args(extra)
+            .env("MEMFIS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(dir.path()) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "memfis mount exited: {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            dir,
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the daemon and waits for it to exit.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit on signal {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&path))
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(self.dir.path()) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(self.dir.path())
+                .status()
+                .map(|s| s.success());
+            if !matches!(ok, Ok(true)) {
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(self.dir.path())
+                    .status();
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// nginx with a config body (inside `http {}`), run in the foreground from a temp prefix.
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// `server_body` may use `{port}`; it goes inside `server { listen {port}; ... }`.
+    pub fn start(http_extra: &str, server_body: &str) -> Nginx {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nerror_log {dir}/logs/error.log warn;\npid {dir}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n  access_log off;\n\
+             client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;\n\
+             uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n{http_extra}\n\
+             server {{ listen 127.0.0.1:{port};\n{server_body}\n}}\n}}\n",
+            dir = dir.path().display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut child = Command::new("nginx")
+            .args(["-p"])
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx installed (apt-get install nginx-light)");
+        wait_for_port(port, "nginx", &mut child);
+        Nginx {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// GET (or another method) `path` (already percent-encoded): status, headers, body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("http header end");
+        let head = String::from_utf8_lossy(&out[..split]).to_string();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        (status, headers, out[split + 4..].to_vec())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        self.request("GET", path, &[])
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a path for a request line (everything but unreserved bytes and '/').
+pub fn url_encode(path: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in path {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Runs a shell command, panicking with its output on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

@@ -1,0 +1,222 @@
+//! Local-filesystem behaviour through a real FUSE mount over real memcached.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+const PREFIX: &str = "memfis://posix";
+
+fn errno_of(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let a = CString::new(from.as_os_str().as_bytes()).unwrap();
+    let b = CString::new(to.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+#[test]
+fn create_open_flags_and_offsets() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let f = m.p("f");
+    std::fs::write(&f, b"hello").unwrap();
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&f)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    let mut a = OpenOptions::new().append(true).open(&f).unwrap();
+    a.write_all(b" world").unwrap();
+    drop(a);
+    assert_eq!(std::fs::read(&f).unwrap(), b"hello world");
+    let mut rw = OpenOptions::new().read(true).write(true).open(&f).unwrap();
+    rw.seek(SeekFrom::Start(6)).unwrap();
+    rw.write_all(b"W").unwrap();
+    rw.seek(SeekFrom::Start(4)).unwrap();
+    let mut buf = [0u8; 4];
+    rw.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"o Wo");
+    drop(rw);
+    let t = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f)
+        .unwrap();
+    drop(t);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 0);
+    assert_eq!(mc.get(b"memfis://posix/f").unwrap(), b"");
+}
+
+#[test]
+fn directories_rename_and_links() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::write(m.p("d/x"), b"x").unwrap();
+    assert_eq!(
+        errno_of(std::fs::remove_dir(m.p("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(m.p("d")).unwrap_err()),
+        libc::EEXIST
+    );
+    // rename over an existing file
+    std::fs::write(m.p("y"), b"y").unwrap();
+    std::fs::rename(m.p("y"), m.p("d/x")).unwrap();
+    assert_eq!(std::fs::read(m.p("d/x")).unwrap(), b"y");
+    assert!(!m.p("y").exists());
+    assert_eq!(mc.get(b"memfis://posix/d/x").unwrap(), b"y");
+    assert!(mc.get(b"memfis://posix/y").is_none());
+    // RENAME_NOREPLACE and RENAME_EXCHANGE
+    std::fs::write(m.p("a"), b"A").unwrap();
+    std::fs::write(m.p("b"), b"B").unwrap();
+    assert_eq!(
+        renameat2(&m.p("a"), &m.p("b"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    renameat2(&m.p("a"), &m.p("b"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(std::fs::read(m.p("a")).unwrap(), b"B");
+    assert_eq!(std::fs::read(m.p("b")).unwrap(), b"A");
+    assert_eq!(mc.get(b"memfis://posix/a").unwrap(), b"B");
+    assert_eq!(mc.get(b"memfis://posix/b").unwrap(), b"A");
+    // a directory cannot move below itself
+    assert_eq!(
+        errno_of(std::fs::rename(m.p("d"), m.p("d/sub")).unwrap_err()),
+        libc::EINVAL
+    );
+    // symlinks
+    std::os::unix::fs::symlink("d/x", m.p("s")).unwrap();
+    assert_eq!(std::fs::read_link(m.p("s")).unwrap(), Path::new("d/x"));
+    assert_eq!(std::fs::read(m.p("s")).unwrap(), b"y");
+    // listing
+    let mut names: Vec<String> = std::fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "d", "s"]);
+}
+
+#[test]
+fn unlinked_open_file_stays_readable() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("f"), b"still here").unwrap();
+    let mut f = std::fs::File::open(m.p("f")).unwrap();
+    std::fs::remove_file(m.p("f")).unwrap();
+    assert!(mc.get(b"memfis://posix/f").is_none());
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+}
+
+#[test]
+fn attributes_xattrs_statfs_and_stable_inodes() {
+    let mc = Memcached::start();
+    let ino;
+    {
+        let m = Mount::new(&[mc.addr()], PREFIX);
+        std::fs::write(m.p("f"), b"data").unwrap();
+        std::fs::set_permissions(m.p("f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        sh(&format!(
+            "touch -m -d '2001-02-03 04:05:06.987654321' {}",
+            m.p("f").display()
+        ));
+        std::os::unix::fs::chown(m.p("f"), Some(1234), Some(5678)).unwrap();
+        xattr::set(m.p("f"), "user.color", b"blue").unwrap();
+        assert_eq!(
+            xattr::get(m.p("f"), "user.color").unwrap().unwrap(),
+            b"blue"
+        );
+        let names: Vec<_> = xattr::list(m.p("f")).unwrap().collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("user.color")]);
+        xattr::remove(m.p("f"), "user.color").unwrap();
+        assert!(xattr::get(m.p("f"), "user.color").unwrap().is_none());
+        ino = std::fs::metadata(m.p("f")).unwrap().ino();
+        let df = sh(&format!("stat -f -c '%b %f %c' {}", m.path().display()));
+        let nums: Vec<u64> = df.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert!(nums[0] > 0 && nums[1] > 0 && nums[1] <= nums[0], "{df}");
+        assert_eq!(nums[2], 2, "root and f are the two inodes");
+    }
+    // Remount: the same inode number and attributes.
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let meta = std::fs::metadata(m.p("f")).unwrap();
+    assert_eq!(meta.ino(), ino);
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (981173106, 987654321));
+    // And a second mount of the same prefix agrees.
+    let m2 = Mount::new(&[mc.addr()], PREFIX);
+    assert_eq!(std::fs::metadata(m2.p("f")).unwrap().ino(), ino);
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let mc = Memcached::start();
+    let mut m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("f"), b"x").unwrap();
+    let status = m.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(m.path()));
+}
+
+#[test]
+fn fusermount_u_ends_the_daemon() {
+    let mc = Memcached::start();
+    let mut m = Mount::new(&[mc.addr()], PREFIX);
+    sh(&format!("fusermount3 -u {}", m.path().display()));
+    let status = m.signal_and_wait(0);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn detached_mount_returns_and_unmounts_with_fusermount() {
+    let mc = Memcached::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "mount",
+            dir.path().to_str().unwrap(),
+            "--server",
+            &mc.addr(),
+            "--prefix",
+            PREFIX,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(dir.path()));
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    sh(&format!("fusermount3 -u {}", dir.path().display()));
+    assert!(!is_mounted(dir.path()));
+    assert_eq!(mc.get(b"memfis://posix/f").unwrap(), b"x");
+}
