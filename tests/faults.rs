@@ -1,0 +1,238 @@
+//! Bad input and faults: each gets a clear error and loses nothing.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PREFIX: &str = "memfis://faults";
+
+fn errno_of(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn key_over_250_bytes_is_enametoolong_and_nothing_is_made() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    // PREFIX (15) + "/" + name: 234 bytes of name make exactly 250.
+    let fits = "n".repeat(234);
+    std::fs::write(m.p(&fits), b"ok").unwrap();
+    assert_eq!(
+        mc.get(format!("{PREFIX}/{fits}").as_bytes()).unwrap(),
+        b"ok"
+    );
+    let too_long = "n".repeat(235);
+    assert_eq!(
+        errno_of(std::fs::write(m.p(&too_long), b"x").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    // Escaping counts: 80 spaces are 240 bytes once escaped.
+    assert_eq!(
+        errno_of(std::fs::write(m.p(&" ".repeat(80)), b"x").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(m.p(&too_long)).unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::write(m.p("d/f"), b"x").unwrap();
+    assert_eq!(
+        errno_of(std::fs::rename(m.p("d/f"), m.p(&too_long)).unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    let names: Vec<_> = std::fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(std::fs::read(m.p("d/f")).unwrap(), b"x");
+}
+
+#[test]
+fn file_over_item_size_max_is_efbig_with_a_log_line() {
+    let mc = Memcached::with_args(&["-m", "64", "-I", "1m"]);
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let mut f = std::fs::File::create(m.p("big")).unwrap();
+    let chunk = vec![7u8; 256 * 1024];
+    let mut err = None;
+    for _ in 0..8 {
+        if let Err(e) = f.write_all(&chunk) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert_eq!(errno_of(err.expect("write past 1 MiB fails")), libc::EFBIG);
+    drop(f);
+    assert!(m.log_text().contains("item_size_max"), "{}", m.log_text());
+    // What was written up to the limit is intact.
+    assert_eq!(std::fs::metadata(m.p("big")).unwrap().len(), 1024 * 1024);
+}
+
+#[test]
+fn full_store_is_enospc_and_earlier_files_survive() {
+    let mc = Memcached::with_args(&["-M", "-m", "4", "-I", "1m"]);
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let data = vec![1u8; 200 * 1024];
+    let mut failed = None;
+    for i in 0..200 {
+        // fsync reports what close would: the publish of the whole file.
+        let written = std::fs::File::create(m.p(&format!("f{i}")))
+            .and_then(|mut f| f.write_all(&data).and_then(|_| f.sync_all()));
+        if let Err(e) = written {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = failed.expect("the store fills up");
+    assert_eq!(errno_of(e), libc::ENOSPC, "file {i}");
+    assert!(i > 0);
+    assert_eq!(std::fs::read(m.p("f0")).unwrap(), data);
+    // The failed file shows no partial content.
+    let len = std::fs::metadata(m.p(&format!("f{i}")))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        len == 0 || len == data.len() as u64,
+        "partial file of {len} bytes"
+    );
+}
+
+#[test]
+fn stopped_server_gives_eio_in_time_and_the_mount_recovers() {
+    let mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--timeout", "1", "--attr-ttl", "0"]);
+    std::fs::write(m.p("before"), b"1").unwrap();
+    let pid = mc_pid(&mc);
+    // SAFETY: pausing our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let e = std::fs::metadata(m.p("during")).unwrap_err();
+    assert_eq!(errno_of(e), libc::EIO);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let e = std::fs::write(m.p("during"), b"2").unwrap_err();
+    assert_eq!(errno_of(e), libc::EIO);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::fs::write(m.p("after"), b"3").unwrap();
+    assert_eq!(std::fs::read(m.p("before")).unwrap(), b"1");
+    assert_eq!(std::fs::read(m.p("after")).unwrap(), b"3");
+}
+
+fn mc_pid(mc: &Memcached) -> i32 {
+    let out = sh(&format!("pgrep -f 'memcached .*-p {} '", mc.port));
+    out.trim().lines().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn dead_server_gives_eio_quickly() {
+    let mut mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--timeout", "1", "--attr-ttl", "0"]);
+    std::fs::write(m.p("f"), b"1").unwrap();
+    mc.stop();
+    let started = Instant::now();
+    assert_eq!(errno_of(std::fs::read(m.p("f")).unwrap_err()), libc::EIO);
+    assert_eq!(
+        errno_of(std::fs::write(m.p("g"), b"x").unwrap_err()),
+        libc::EIO
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn malformed_or_missing_record_is_eio_naming_the_key() {
+    let mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
+    std::fs::write(m.p("bad"), b"x").unwrap();
+    std::fs::write(m.p("gone"), b"y").unwrap();
+    let ino_bad = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(m.p("bad")).unwrap());
+    let ino_gone = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(m.p("gone")).unwrap());
+    let bad_key = format!("{PREFIX}%i{ino_bad}");
+    let gone_key = format!("{PREFIX}%i{ino_gone}");
+    mc.set(bad_key.as_bytes(), b"{not json");
+    mc.delete(gone_key.as_bytes());
+    assert_eq!(
+        errno_of(std::fs::metadata(m.p("bad")).unwrap_err()),
+        libc::EIO
+    );
+    assert_eq!(
+        errno_of(std::fs::metadata(m.p("gone")).unwrap_err()),
+        libc::EIO
+    );
+    let log = m.log_text();
+    assert!(log.contains(&bad_key), "{log}");
+    assert!(log.contains(&gone_key), "{log}");
+    // A broken directory log is also EIO, and listing the root still answers.
+    mc.set(format!("{PREFIX}%l1.0").as_bytes(), b"+f7 99:short");
+    let e = std::fs::read_dir(m.path()).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert_eq!(errno_of(e.unwrap_err()), libc::EIO);
+    assert!(m.log_text().contains(&format!("{PREFIX}%l1.0")));
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    let mc = Memcached::start();
+    mc.set(
+        format!("{PREFIX}%format").as_bytes(),
+        br#"{"format":"memfis","version":99}"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "mount",
+            dir.path().to_str().unwrap(),
+            "--server",
+            &mc.addr(),
+            "--prefix",
+            PREFIX,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("version 99"), "{err}");
+    assert!(!is_mounted(dir.path()));
+    // And nothing was written.
+    assert!(mc.get(format!("{PREFIX}%i1").as_bytes()).is_none());
+}
+
+#[test]
+fn bad_arguments_fail_before_mounting() {
+    let mc = Memcached::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--server", "nohostport"], "HOST:PORT"),
+        (vec!["--server", "127.0.0.1:0"], "port"),
+        (vec!["--prefix", "has space"], "prefix"),
+        (vec!["--prefix", "a%b"], "prefix"),
+        (vec!["--server", "127.0.0.1:1"], "cannot reach memcached"),
+    ];
+    let server = mc.addr();
+    for (extra, needle) in cases {
+        let mut args = vec!["mount", mp];
+        if !extra.contains(&"--server") {
+            args.extend(["--server", &server]);
+        }
+        args.extend(extra.iter());
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!is_mounted(dir.path()));
+    }
+    let out = Command::new(BIN)
+        .args(["mount", "/nonexistent/memfis-mp", "--server", &server])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/memfis-mp"));
+}
