@@ -328,30 +328,53 @@ impl<S: Store> MemFs<S> {
         changes: &[(Op, Kind, u64, &[u8])],
     ) -> FsResult<()> {
         let seq_key = self.keys.dir_seq(dir);
-        let now = Time::now().to_text();
-        let results = self.store.execute(vec![
-            Command::Incr {
-                key: seq_key.clone(),
-                delta: changes.len() as u64,
-            },
-            Command::store(StoreOp::Set, &self.keys.dir_mtime(dir), now.as_bytes()),
-        ]);
-        let mut results = results.into_iter();
-        let last = match results.next() {
-            Some(Ok(Reply::Number(n))) => n,
-            Some(Ok(_)) => return Err(FsError::missing(&seq_key)),
-            Some(Err(e)) => return Err(FsError::store(&seq_key, e)),
-            None => return Err(FsError::missing(&seq_key)),
-        };
-        if let Some(Err(e)) = results.next() {
-            return Err(FsError::store(&self.keys.dir_mtime(dir), e));
-        }
+        let delta = changes.len() as u64;
+        let last = self
+            .store
+            .incr(&seq_key, delta)
+            .map_err(|e| FsError::store(&seq_key, e))?
+            .ok_or_else(|| FsError::missing(&seq_key))?;
+        self.append_log(dir, last, changes, Vec::new())
+    }
+
+    /// Appends records numbered up to `last` to their chunks, sets the directory's mtime and
+    /// runs `extra` in the same pipelined batch.
+    fn append_log(
+        &self,
+        dir: u64,
+        last: u64,
+        changes: &[(Op, Kind, u64, &[u8])],
+        extra: Vec<Command>,
+    ) -> FsResult<()> {
         let first = last + 1 - changes.len() as u64;
+        let now = Time::now().to_text();
+        let mut keys = Vec::new();
+        let mut batch = Vec::new();
         for (i, (op, kind, ino, name)) in changes.iter().enumerate() {
-            let chunk = (first + i as u64) / LOG_CHUNK_RECORDS;
-            let key = self.keys.dir_log(dir, chunk);
+            let key = self
+                .keys
+                .dir_log(dir, (first + i as u64) / LOG_CHUNK_RECORDS);
             let record = dirlog::encode(*op, *kind, *ino, name);
-            self.append_or_add(&key, &record)?;
+            batch.push(Command::store(StoreOp::Append, &key, &record));
+            keys.push((key, record));
+        }
+        let mtime_key = self.keys.dir_mtime(dir);
+        batch.push(Command::store(StoreOp::Set, &mtime_key, now.as_bytes()));
+        let extra_keys: Vec<Vec<u8>> = extra.iter().map(|c| c.key().to_vec()).collect();
+        batch.extend(extra);
+        let mut results = self.store.execute(batch).into_iter();
+        for (key, record) in &keys {
+            // NOT_STORED: the chunk does not exist yet.
+            if !stored(key, results.next().expect("result"))? {
+                self.append_or_add(key, record)?;
+            }
+        }
+        results
+            .next()
+            .expect("result")
+            .map_err(|e| FsError::store(&mtime_key, e))?;
+        for (key, r) in extra_keys.iter().zip(results) {
+            r.map_err(|e| FsError::store(key, e))?;
         }
         Ok(())
     }
@@ -612,6 +635,10 @@ impl<S: Store> MemFs<S> {
 
     /// Creates a node: inode record, entry, log record (and an empty data key for a file, a
     /// sequence and mtime key for a directory). Returns the record and its cas token.
+    ///
+    /// Two round trips in the common case: [add inode, gets inode, add entry, incr seq], then
+    /// [append log, set dir mtime, add data]. A sequence number taken by a create that loses
+    /// the entry race is simply left unused.
     pub(crate) fn create_node(
         &self,
         parent: u64,
@@ -623,49 +650,71 @@ impl<S: Store> MemFs<S> {
         let data_key = self.keys.data_checked(&path)?;
         let ino = self.alloc_ino()?;
         let ikey = self.keys.inode(ino);
+        let ekey = self.keys.entry(parent, name);
+        let seq_key = self.keys.dir_seq(parent);
         let mut batch = vec![
             Command::store(StoreOp::Add, &ikey, &rec.encode()),
             Command::Gets(ikey.clone()),
+            Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
+            Command::Incr {
+                key: seq_key.clone(),
+                delta: 1,
+            },
         ];
-        match rec.kind {
-            Kind::File => batch.push(Command::store(StoreOp::Add, &data_key, b"")),
-            Kind::Dir => {
-                batch.push(Command::store(StoreOp::Set, &self.keys.dir_seq(ino), b"0"));
-                let now = rec.mtime.to_text();
-                batch.push(Command::store(
-                    StoreOp::Set,
-                    &self.keys.dir_mtime(ino),
-                    now.as_bytes(),
-                ));
-            }
-            Kind::Symlink => {}
+        if rec.kind == Kind::Dir {
+            batch.push(Command::store(StoreOp::Set, &self.keys.dir_seq(ino), b"0"));
+            let now = rec.mtime.to_text();
+            batch.push(Command::store(
+                StoreOp::Set,
+                &self.keys.dir_mtime(ino),
+                now.as_bytes(),
+            ));
         }
         let mut results = self.store.execute(batch).into_iter();
-        if !stored(&ikey, results.next().expect("result"))? {
-            return Err(FsError::corrupt(&ikey, "inode number already in use"));
-        }
-        let cas = value_of(&ikey, results.next().expect("result"))?
-            .and_then(|i| i.cas)
-            .ok_or_else(|| FsError::missing(&ikey))?;
-        for r in results {
-            // `add` of the empty data key may find bytes left by a crash: harmless.
-            if let Err(e) = r {
-                self.discard_inode(ino, rec.kind);
-                return Err(FsError::store(&data_key, e));
-            }
-        }
-        match self.claim_entry(parent, name, ino) {
+        let mut next = || results.next().expect("one result per command");
+        let inode_added = stored(&ikey, next());
+        let cas = value_of(&ikey, next());
+        let entry_added = stored(&ekey, next());
+        let seq = next();
+        let extra: Vec<_> = std::iter::from_fn(|| results.next()).collect();
+        let fail = |e: FsError| {
+            self.discard_inode(ino, rec.kind);
+            Err(e)
+        };
+        match inode_added {
             Ok(true) => {}
-            Ok(false) => {
-                self.discard_inode(ino, rec.kind);
-                return Err(FsError::Exists);
-            }
-            Err(e) => {
-                self.discard_inode(ino, rec.kind);
-                return Err(e);
-            }
+            Ok(false) => return Err(FsError::corrupt(&ikey, "inode number already in use")),
+            Err(e) => return fail(e),
         }
-        self.log_dir_change(parent, Op::Add, rec.kind, ino, name)?;
+        let cas = match cas {
+            Ok(Some(item)) => item.cas.unwrap_or(0),
+            Ok(None) => return fail(FsError::missing(&ikey)),
+            Err(e) => return fail(e),
+        };
+        if let Some(e) = extra.into_iter().find_map(|r| r.err()) {
+            return fail(FsError::store(&ikey, e));
+        }
+        let claimed = match entry_added {
+            Ok(true) => Ok(true),
+            Ok(false) => self.claim_entry(parent, name, ino), // a removed name: reuse it
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => return fail(FsError::Exists),
+            Err(e) => return fail(e),
+        }
+        let seq = match seq {
+            Ok(Reply::Number(n)) => n,
+            Ok(_) => return Err(FsError::missing(&seq_key)),
+            Err(e) => return Err(FsError::store(&seq_key, e)),
+        };
+        let mut extra = Vec::new();
+        if rec.kind == Kind::File {
+            // `add`: bytes left at this path by a crashed mount are overwritten at flush.
+            extra.push(Command::store(StoreOp::Add, &data_key, b""));
+        }
+        self.append_log(parent, seq, &[(Op::Add, rec.kind, ino, name)], extra)?;
         let _ = self.store.incr(&self.keys.inode_count(), 1);
         Ok((ino, rec, cas))
     }
