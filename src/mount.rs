@@ -80,7 +80,7 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
 pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Client>>> {
     let prefix = store.prefix();
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
-    if !(store.timeout > 0.0) {
+    if !store.timeout.is_finite() || store.timeout <= 0.0 {
         bail!("--timeout must be a positive number of seconds");
     }
     let mut cfg = ClientConfig::new(store.servers.clone());
@@ -108,7 +108,7 @@ pub fn run(mut args: MountArgs) -> Result<()> {
             args.mountpoint.display()
         );
     }
-    if !(args.attr_ttl >= 0.0) {
+    if !args.attr_ttl.is_finite() || args.attr_ttl < 0.0 {
         bail!("attr_ttl must be zero or more seconds");
     }
     let ttl = Duration::from_secs_f64(args.attr_ttl);
@@ -151,6 +151,7 @@ pub fn run(mut args: MountArgs) -> Result<()> {
 fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<OwnedFd>) -> Result<()> {
     let mounted = (|| -> Result<_> {
         let fs = open_store(&args.store, ttl)?;
+        let client = fs.store().clone();
         let mut config = Config::default();
         config.mount_options = options.fuse.clone();
         config.acl = options.acl;
@@ -158,9 +159,9 @@ fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<Owned
         config.clone_fd = args.threads > 1;
         let session = Session::new(FuseFs::new(fs, ttl), &args.mountpoint, &config)
             .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
-        Ok(session)
+        Ok((session, client))
     })();
-    let mut session = match mounted {
+    let (mut session, client) = match mounted {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -195,7 +196,11 @@ fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<Owned
         args.store.prefix()
     );
     session.run().context("FUSE session")?;
-    tracing::info!("unmounted {}", args.mountpoint.display());
+    let (trips, commands) = client.counters();
+    tracing::info!(
+        "unmounted {} after {trips} store round trips, {commands} commands",
+        args.mountpoint.display()
+    );
     Ok(())
 }
 

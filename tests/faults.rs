@@ -69,8 +69,12 @@ fn file_over_item_size_max_is_efbig_with_a_log_line() {
     assert_eq!(errno_of(err.expect("write past 1 MiB fails")), libc::EFBIG);
     drop(f);
     assert!(m.log_text().contains("item_size_max"), "{}", m.log_text());
-    // What was written up to the limit is intact.
-    assert_eq!(std::fs::metadata(m.p("big")).unwrap().len(), 1024 * 1024);
+    // What was written before the limit is intact, in the mount and in the store.
+    assert_eq!(std::fs::metadata(m.p("big")).unwrap().len(), 3 * 256 * 1024);
+    assert_eq!(
+        mc.get(b"memfis://faults/big").unwrap(),
+        vec![7u8; 3 * 256 * 1024]
+    );
 }
 
 #[test]

@@ -6,7 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use memfis_memcache::{Command, Reply, Store};
+use memfis_memcache::command::Value;
+use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::warn;
 
 use crate::fs::{Attr, MemFs, SetAttr, lock};
@@ -14,11 +15,12 @@ use crate::record::{Inode, Kind, Link, Time};
 use crate::{FsError, FsResult};
 
 /// One open() of a file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Handle {
     pub ino: u64,
     pub write: bool,
     pub append: bool,
+    pub file: Arc<Mutex<OpenFile>>,
 }
 
 /// Attribute changes made through an open file, applied over the stored record at publish.
@@ -79,7 +81,7 @@ pub struct OpenFile {
     /// cas token of `record`; `None` when unknown (re-read before publishing).
     pub cas: Option<u64>,
     /// The file's bytes, once read (or written).
-    pub data: Option<Vec<u8>>,
+    pub data: Option<Value>,
     pub data_dirty: bool,
     pub pending: Pending,
     pub handles: u32,
@@ -119,8 +121,8 @@ impl OpenFile {
     }
 
     pub fn resize(&mut self, size: u64) {
-        let data = self.data.get_or_insert_with(Vec::new);
-        data.resize(size as usize, 0);
+        let data = self.data.get_or_insert_with(Value::default);
+        Arc::make_mut(data).resize(size as usize, 0);
         self.data_dirty = true;
         self.touch_mtime();
     }
@@ -137,33 +139,29 @@ impl OpenFile {
 }
 
 impl<S: Store> MemFs<S> {
-    fn new_handle(&self, ino: u64, flags: i32) -> u64 {
+    /// Registers a handle on `file`, whose `handles` count already includes it. The handle
+    /// keeps its own reference: it never has to find the file in the table again.
+    fn new_handle(&self, ino: u64, file: Arc<Mutex<OpenFile>>, flags: i32) -> u64 {
         let acc = flags & libc::O_ACCMODE;
         let handle = Handle {
             ino,
             write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             append: flags & libc::O_APPEND != 0,
+            file,
         };
+        if handle.write {
+            lock(&handle.file).writers += 1;
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, handle);
         fh
     }
 
-    fn handle(&self, fh: u64) -> FsResult<(Handle, Arc<Mutex<OpenFile>>)> {
-        let h = *lock(&self.handles).get(&fh).ok_or(FsError::BadHandle)?;
-        let of = self.open_file(h.ino).ok_or(FsError::BadHandle)?;
-        Ok((h, of))
-    }
-
-    /// Registers a handle on `of` (adding it to the open-file table if new).
-    fn attach(&self, ino: u64, of: Arc<Mutex<OpenFile>>, flags: i32) -> u64 {
-        let fh = self.new_handle(ino, flags);
-        let mut g = lock(&of);
-        g.handles += 1;
-        if lock(&self.handles)[&fh].write {
-            g.writers += 1;
-        }
-        fh
+    fn handle(&self, fh: u64) -> FsResult<Handle> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     /// Creates and opens a regular file: O_EXCL semantics come from the atomic entry claim.
@@ -188,25 +186,36 @@ impl<S: Store> MemFs<S> {
         );
         let (ino, rec, cas) = self.create_node(parent, name, rec)?;
         let mut of = OpenFile::new(rec, Some(cas));
-        of.data = Some(Vec::new());
+        of.data = Some(Value::default());
+        of.handles = 1;
+        let attr = self.attr_from(ino, &of.view(), None);
         let of = Arc::new(Mutex::new(of));
         lock(&self.files).insert(ino, of.clone());
-        let fh = self.attach(ino, of.clone(), flags);
-        let attr = self.attr_from(ino, &lock(&of).view(), None);
-        Ok((attr, fh))
+        Ok((attr, self.new_handle(ino, of, flags)))
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
-        let existing = self.open_file(ino);
+        // Counted under the table lock, so a release racing with this open cannot drop it.
+        let existing = lock(&self.files).get(&ino).cloned().inspect(|of| {
+            lock(of).handles += 1;
+        });
         let of = match existing {
             Some(of) => {
                 let mut g = lock(&of);
                 if !g.is_dirty() && g.writers == 0 && !g.unlinked {
                     // Close-to-open: a new open sees what other mounts closed since.
-                    let (rec, cas) = self.read_inode(ino)?;
-                    g.adopt_record(rec);
-                    g.cas = Some(cas);
-                    g.data = None;
+                    match self.read_inode(ino) {
+                        Ok((rec, cas)) => {
+                            g.adopt_record(rec);
+                            g.cas = Some(cas);
+                            g.data = None;
+                        }
+                        Err(e) => {
+                            drop(g);
+                            self.drop_handle_count(ino, &of, false);
+                            return Err(e);
+                        }
+                    }
                 }
                 drop(g);
                 of
@@ -218,18 +227,36 @@ impl<S: Store> MemFs<S> {
                     Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
                     Kind::File => {}
                 }
-                let of = Arc::new(Mutex::new(OpenFile::new(rec, Some(cas))));
-                lock(&self.files).entry(ino).or_insert(of).clone()
+                let fresh = Arc::new(Mutex::new(OpenFile::new(rec, Some(cas))));
+                let mut files = lock(&self.files);
+                let of = files.entry(ino).or_insert(fresh).clone();
+                lock(&of).handles += 1;
+                of
             }
         };
         let writable = matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR);
         if writable && flags & libc::O_TRUNC != 0 {
             let mut g = lock(&of);
-            g.data = Some(Vec::new());
+            g.data = Some(Value::default());
             g.data_dirty = true;
             g.touch_mtime();
         }
-        Ok(self.attach(ino, of, flags))
+        Ok(self.new_handle(ino, of, flags))
+    }
+
+    /// Takes one handle off `of`; the last one takes the file out of the table.
+    fn drop_handle_count(&self, ino: u64, of: &Arc<Mutex<OpenFile>>, writer: bool) {
+        {
+            let mut g = lock(of);
+            g.handles -= 1;
+            if writer {
+                g.writers -= 1;
+            }
+        }
+        let mut files = lock(&self.files);
+        if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, of)) && lock(of).handles == 0 {
+            files.remove(&ino);
+        }
     }
 
     /// Loads the file's bytes into the buffer if not there yet.
@@ -242,28 +269,29 @@ impl<S: Store> MemFs<S> {
             Some(link) => self.read_data(&self.keys.data(&self.link_path(link)?), rec.size)?,
             None => return Err(FsError::missing(&self.keys.inode(ino))),
         };
-        of.data = Some(data);
+        of.data = Some(Arc::new(data));
         Ok(())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (h, of) = self.handle(fh)?;
-        let mut of = lock(&of);
+        let h = self.handle(fh)?;
+        let mut of = lock(&h.file);
         self.ensure_loaded(h.ino, &mut of)?;
-        let data = of.data.as_deref().unwrap_or_default();
+        let data: &[u8] = of.data.as_deref().map_or(&[], |d| d);
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
         Ok(data[start..end].to_vec())
     }
 
     pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
-        let (h, of) = self.handle(fh)?;
+        let h = self.handle(fh)?;
         if !h.write {
             return Err(FsError::BadHandle);
         }
-        let mut of = lock(&of);
+        let mut of = lock(&h.file);
         self.ensure_loaded(h.ino, &mut of)?;
-        let data = of.data.as_mut().expect("loaded");
+        // Copies only if a publish still holds the buffer.
+        let data = Arc::make_mut(of.data.as_mut().expect("loaded"));
         let offset = if h.append {
             data.len()
         } else {
@@ -281,33 +309,21 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let (h, of) = self.handle(fh)?;
-        let mut of = lock(&of);
+        let h = self.handle(fh)?;
+        let mut of = lock(&h.file);
         self.publish(h.ino, &mut of)
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
-        let Some(of) = self.open_file(h.ino) else {
-            return Ok(());
-        };
-        let mut g = lock(&of);
-        let result = self.publish(h.ino, &mut g);
-        g.handles -= 1;
-        if h.write {
-            g.writers -= 1;
-        }
-        if g.handles == 0 {
-            let mut files = lock(&self.files);
-            if files.get(&h.ino).is_some_and(|f| Arc::ptr_eq(f, &of)) {
-                files.remove(&h.ino);
-            }
-        }
+        let result = self.publish(h.ino, &mut lock(&h.file));
+        self.drop_handle_count(h.ino, &h.file, h.write);
         result
     }
 
-    /// Publishes the buffer to every data key, then the record with cas. If another mount
-    /// changed the record meanwhile, merges onto its version and fixes the data keys.
+    /// Publishes the buffer to every data key and the record with cas, pipelined in one round
+    /// trip. If another mount changed the record meanwhile, merges onto its version (fixing
+    /// the data keys if the names changed) and tries again.
     pub(crate) fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
         if of.unlinked || !of.is_dirty() {
             return Ok(());
@@ -318,44 +334,47 @@ impl<S: Store> MemFs<S> {
             of.cas = Some(cas);
         }
         let ikey = self.keys.inode(ino);
+        let data = of.data.clone().unwrap_or_default();
+        // Data keys written so far by this publish.
         let mut written: Vec<Vec<u8>> = Vec::new();
         loop {
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);
-            if let Some(d) = &of.data {
-                rec.size = d.len() as u64;
+            if of.data.is_some() {
+                rec.size = data.len() as u64;
             }
+            let mut batch = Vec::new();
+            let mut data_keys = Vec::new();
             if of.data_dirty {
                 let keys = self.data_keys(&rec)?;
-                let missing: Vec<Vec<u8>> = keys
-                    .iter()
-                    .filter(|k| !written.contains(k))
-                    .cloned()
-                    .collect();
-                if let Err(e) =
-                    self.write_data_keys(&missing, of.data.as_deref().unwrap_or_default())
-                {
-                    if e.is_fault() {
-                        warn!(ino, error = %e, "publishing file failed");
-                    }
-                    return Err(e);
-                }
-                written.extend(missing);
                 // Names this file lost since we wrote them must not keep its bytes.
-                let stale: Vec<Vec<u8>> = written
-                    .iter()
-                    .filter(|k| !keys.contains(k))
-                    .cloned()
-                    .collect();
-                for k in &stale {
-                    let _ = self.store.delete(k);
+                for k in written.iter().filter(|k| !keys.contains(k)) {
+                    batch.push(Command::Delete(k.clone()));
                 }
                 written.retain(|k| keys.contains(k));
+                for k in keys.iter().filter(|k| !written.contains(k)) {
+                    batch.push(Command::store_shared(StoreOp::Set, k, data.clone()));
+                    data_keys.push(k.clone());
+                }
             }
-            match self
-                .store
-                .run(Command::cas(&ikey, &rec.encode(), of.cas.unwrap_or(0)))
-            {
+            let deletes = batch.len() - data_keys.len();
+            batch.push(Command::cas(&ikey, &rec.encode(), of.cas.unwrap_or(0)));
+            let mut results = self.store.execute(batch).into_iter();
+            results.by_ref().take(deletes).for_each(drop);
+            let mut failure = None;
+            for (k, r) in data_keys.iter().zip(results.by_ref()) {
+                match r {
+                    Ok(_) => written.push(k.clone()),
+                    Err(e) => failure = failure.or(Some(FsError::store(k, e))),
+                }
+            }
+            let cas_result = results.next().expect("cas result");
+            if let Some(e) = failure {
+                warn!(ino, error = %e, "publishing file failed");
+                self.after_failed_publish(ino, of);
+                return Err(e);
+            }
+            match cas_result {
                 Ok(Reply::Stored) => {
                     of.record = rec;
                     of.cas = None;
@@ -379,6 +398,31 @@ impl<S: Store> MemFs<S> {
                 Ok(other) => return Err(FsError::corrupt(&ikey, format!("cas got {other:?}"))),
                 Err(e) => return Err(FsError::store(&ikey, e)),
             }
+        }
+    }
+
+    /// A failed `set` leaves no old bytes either (memcached drops the item), so the file is
+    /// made empty everywhere rather than left half-visible; the buffer is dropped.
+    fn after_failed_publish(&self, ino: u64, of: &mut OpenFile) {
+        of.data = None;
+        of.data_dirty = false;
+        of.pending = Pending::default();
+        let emptied = self.update_record(ino, |r| {
+            r.size = 0;
+            Ok(())
+        });
+        if let Ok(rec) = &emptied {
+            of.record = rec.clone();
+            of.cas = None;
+        }
+        if let Ok(rec) = emptied
+            && let Ok(keys) = self.data_keys(&rec)
+        {
+            let _ = self.store.execute(
+                keys.iter()
+                    .map(|k| Command::store(StoreOp::Set, k, b""))
+                    .collect(),
+            );
         }
     }
 

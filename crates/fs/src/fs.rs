@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
 use tracing::warn;
 
@@ -21,6 +22,8 @@ use crate::{FsError, FsResult};
 pub const NAME_MAX: usize = 255;
 /// How many inode numbers one `incr` reserves for this mount.
 const INO_BATCH: u64 = 64;
+/// Bytes of an item that are not the value: key (<= 250), header and CAS (memcached items.h).
+const ITEM_OVERHEAD: u64 = 512;
 /// Retries of a gets/cas round lost to other writers before giving up with EIO.
 const CAS_RETRIES: usize = 64;
 
@@ -102,6 +105,9 @@ pub struct MemFs<S: Store> {
     pub(crate) next_fh: AtomicU64,
     /// Path of each directory met recently (root is the empty path).
     dir_paths: Mutex<HashMap<u64, (Vec<u8>, Instant)>>,
+    /// Attributes of directories met recently: the kernel drops its copy whenever an entry
+    /// changes, and asking the store again each time would cost `cp -a` a round trip a file.
+    dir_attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,6 +166,7 @@ impl<S: Store> MemFs<S> {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             dir_paths: Mutex::new(HashMap::new()),
+            dir_attrs: Mutex::new(HashMap::new()),
         };
         fs.check_or_create_format()?;
         Ok(fs)
@@ -229,6 +236,21 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn update_inode(
         &self,
         ino: u64,
+        change: impl FnMut(&mut Inode) -> FsResult<()>,
+    ) -> FsResult<Inode> {
+        let rec = self.update_record(ino, change)?;
+        if let Some(of) = self.open_file(ino) {
+            lock(&of).adopt_record(rec.clone());
+        }
+        lock(&self.dir_attrs).remove(&ino);
+        Ok(rec)
+    }
+
+    /// The gets + cas loop of [`Self::update_inode`], touching no open-file state (for
+    /// callers that hold an open file's lock).
+    pub(crate) fn update_record(
+        &self,
+        ino: u64,
         mut change: impl FnMut(&mut Inode) -> FsResult<()>,
     ) -> FsResult<Inode> {
         let key = self.keys.inode(ino);
@@ -236,12 +258,7 @@ impl<S: Store> MemFs<S> {
             let (mut rec, cas) = self.read_inode(ino)?;
             change(&mut rec)?;
             match self.store.run(Command::cas(&key, &rec.encode(), cas)) {
-                Ok(Reply::Stored) => {
-                    if let Some(of) = self.open_file(ino) {
-                        lock(&of).adopt_record(rec.clone());
-                    }
-                    return Ok(rec);
-                }
+                Ok(Reply::Stored) => return Ok(rec),
                 Ok(Reply::Exists) => continue,
                 Ok(Reply::NotFound) => return Err(FsError::missing(&key)),
                 Ok(other) => return Err(FsError::corrupt(&key, format!("cas got {other:?}"))),
@@ -347,7 +364,8 @@ impl<S: Store> MemFs<S> {
         extra: Vec<Command>,
     ) -> FsResult<()> {
         let first = last + 1 - changes.len() as u64;
-        let now = Time::now().to_text();
+        let now_time = Time::now();
+        let now = now_time.to_text();
         let mut keys = Vec::new();
         let mut batch = Vec::new();
         for (i, (op, kind, ino, name)) in changes.iter().enumerate() {
@@ -375,6 +393,10 @@ impl<S: Store> MemFs<S> {
             .map_err(|e| FsError::store(&mtime_key, e))?;
         for (key, r) in extra_keys.iter().zip(results) {
             r.map_err(|e| FsError::store(key, e))?;
+        }
+        if let Some((attr, _)) = lock(&self.dir_attrs).get_mut(&dir) {
+            attr.mtime = now_time;
+            attr.ctime = now_time;
         }
         Ok(())
     }
@@ -499,6 +521,11 @@ impl<S: Store> MemFs<S> {
             let of = lock(&of);
             return Ok(self.attr_from(ino, &of.view(), None));
         }
+        if let Some((attr, at)) = lock(&self.dir_attrs).get(&ino)
+            && at.elapsed() < self.cfg.cache_ttl
+        {
+            return Ok(attr.clone());
+        }
         let key = self.keys.inode(ino);
         let mkey = self.keys.dir_mtime(ino);
         let mut r = self
@@ -510,7 +537,11 @@ impl<S: Store> MemFs<S> {
         let rec = Inode::decode(&key, &rec.value)?;
         let mtime = value_of(&mkey, r.next().expect("two results"))?
             .and_then(|i| Time::from_text(&i.value));
-        Ok(self.attr_from(ino, &rec, mtime))
+        let attr = self.attr_from(ino, &rec, mtime);
+        if attr.kind == Kind::Dir {
+            lock(&self.dir_attrs).insert(ino, (attr.clone(), Instant::now()));
+        }
+        Ok(attr)
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -570,7 +601,7 @@ impl<S: Store> MemFs<S> {
             None => Vec::new(),
         };
         data.resize(size as usize, 0);
-        self.write_data_keys(&keys, &data)?;
+        self.write_data_keys(&keys, Arc::new(data))?;
         if let Some(of) = self.open_file(ino) {
             lock(&of).data = None; // readers of this mount reload the new bytes
         }
@@ -578,17 +609,21 @@ impl<S: Store> MemFs<S> {
     }
 
     pub(crate) fn check_size(&self, ino: u64, size: u64) -> FsResult<()> {
-        if let Some(limit) = self.cfg.item_size_max
-            && size > limit
-        {
-            warn!(
-                ino,
-                size, limit, "file would exceed the store's item_size_max ({limit} bytes)"
-            );
-            return Err(FsError::TooBig {
-                key: format!("inode {ino}"),
-                limit: format!("{limit} bytes"),
-            });
+        if let Some(item_max) = self.cfg.item_size_max {
+            // An item holds the key and a header besides the value.
+            let limit = item_max.saturating_sub(ITEM_OVERHEAD);
+            if size > limit {
+                warn!(
+                    ino,
+                    size,
+                    "file would exceed the store's item_size_max ({item_max} bytes, of which \
+                     {ITEM_OVERHEAD} are kept for the key and item header)"
+                );
+                return Err(FsError::TooBig {
+                    key: format!("inode {ino}"),
+                    limit: format!("item_size_max {item_max} bytes"),
+                });
+            }
         }
         Ok(())
     }
@@ -604,10 +639,10 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Replaces the value of every data key with `data` (one pipelined batch).
-    pub(crate) fn write_data_keys(&self, keys: &[Vec<u8>], data: &[u8]) -> FsResult<()> {
+    pub(crate) fn write_data_keys(&self, keys: &[Vec<u8>], data: Value) -> FsResult<()> {
         let batch = keys
             .iter()
-            .map(|k| Command::store(StoreOp::Set, k, data))
+            .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
             .collect();
         for (k, r) in keys.iter().zip(self.store.execute(batch)) {
             r.map_err(|e| FsError::store(k, e))?;
@@ -660,6 +695,10 @@ impl<S: Store> MemFs<S> {
                 key: seq_key.clone(),
                 delta: 1,
             },
+            Command::Incr {
+                key: self.keys.inode_count(),
+                delta: 1,
+            },
         ];
         if rec.kind == Kind::Dir {
             batch.push(Command::store(StoreOp::Set, &self.keys.dir_seq(ino), b"0"));
@@ -676,9 +715,14 @@ impl<S: Store> MemFs<S> {
         let cas = value_of(&ikey, next());
         let entry_added = stored(&ekey, next());
         let seq = next();
+        let _inode_count = next(); // statistics only: a lost increment is harmless
         let extra: Vec<_> = std::iter::from_fn(|| results.next()).collect();
         let fail = |e: FsError| {
             self.discard_inode(ino, rec.kind);
+            let _ = self.store.run(Command::Decr {
+                key: self.keys.inode_count(),
+                delta: 1,
+            });
             Err(e)
         };
         match inode_added {
@@ -715,7 +759,6 @@ impl<S: Store> MemFs<S> {
             extra.push(Command::store(StoreOp::Add, &data_key, b""));
         }
         self.append_log(parent, seq, &[(Op::Add, rec.kind, ino, name)], extra)?;
-        let _ = self.store.incr(&self.keys.inode_count(), 1);
         Ok((ino, rec, cas))
     }
 
@@ -797,23 +840,26 @@ impl<S: Store> MemFs<S> {
         })?;
         if rec.kind == Kind::File {
             let data = self.current_bytes(ino, &rec)?;
-            self.write_data_keys(&[new_key], &data)?;
+            self.write_data_keys(&[new_key], data)?;
         }
         self.log_dir_change(newparent, Op::Add, rec.kind, ino, newname)?;
         self.getattr(ino)
     }
 
     /// The bytes of a file: this mount's buffer if it holds one, else the store's.
-    pub(crate) fn current_bytes(&self, ino: u64, rec: &Inode) -> FsResult<Vec<u8>> {
+    pub(crate) fn current_bytes(&self, ino: u64, rec: &Inode) -> FsResult<Value> {
         if let Some(of) = self.open_file(ino)
             && let Some(data) = &lock(&of).data
         {
             return Ok(data.clone());
         }
         let Some(link) = rec.links.first() else {
-            return Ok(Vec::new());
+            return Ok(Value::default());
         };
-        self.read_data(&self.keys.data(&self.link_path(link)?), rec.size)
+        Ok(Arc::new(self.read_data(
+            &self.keys.data(&self.link_path(link)?),
+            rec.size,
+        )?))
     }
 
     // ----- removing ------------------------------------------------------------------------
@@ -908,6 +954,7 @@ impl<S: Store> MemFs<S> {
         for r in self.store.execute(batch) {
             r.map_err(|e| FsError::store(&key, e))?;
         }
+        lock(&self.dir_attrs).remove(&ino);
         if let Some(of) = self.open_file(ino) {
             lock(&of).unlinked = true;
         }

@@ -49,14 +49,6 @@ impl<S: Store> MemFs<S> {
             Some(d) => Some((d, self.read_inode(d)?.0)),
             None => None,
         };
-        if let (Some((d, drec)), false) = (&dst, flags.exchange) {
-            match (src_rec.kind == Kind::Dir, drec.kind == Kind::Dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) if !self.list_dir(*d)?.is_empty() => return Err(FsError::NotEmpty),
-                _ => {}
-            }
-        }
         if src_rec.kind == Kind::Dir {
             self.check_not_below(src, newparent)?;
         }
@@ -66,6 +58,14 @@ impl<S: Store> MemFs<S> {
             self.check_not_below(*d, parent)?;
         }
 
+        if let (Some((d, drec)), false) = (&dst, flags.exchange) {
+            match (src_rec.kind == Kind::Dir, drec.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.list_dir(*d)?.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+        }
         // 1. Bytes: copy to the new keys first, so nginx never misses a file mid-rename.
         let old_path = join(&self.dir_path(parent)?, name);
         let new_path = join(&self.dir_path(newparent)?, newname);

@@ -1,6 +1,7 @@
 //! The client: routes each command of a batch to the server that owns its key and runs the
 //! per-server sub-batches pipelined, in parallel when several servers are involved.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::connection::Timeouts;
@@ -28,9 +29,15 @@ impl ClientConfig {
     }
 }
 
+/// `STAT name value` pairs of one server.
+pub type Stats = Vec<(String, String)>;
+
 pub struct Client {
     pools: Vec<ServerPool>,
     ring: Ring,
+    /// Per-server pipelined exchanges (round trips) and commands sent, for benchmarks.
+    round_trips: AtomicU64,
+    commands: AtomicU64,
 }
 
 /// Undoes nginx's key escaping (`%XX`), because nginx hashes the key *before* escaping it.
@@ -82,11 +89,21 @@ impl Client {
         Ok(Client {
             pools: cfg.servers.iter().map(|s| ServerPool::new(s, t)).collect(),
             ring: Ring::new(&cfg.servers),
+            round_trips: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
         })
     }
 
     pub fn servers(&self) -> impl Iterator<Item = &str> {
         self.pools.iter().map(|p| p.addr.as_str())
+    }
+
+    /// (round trips, commands) sent so far. A batch touching two servers counts two trips.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.round_trips.load(Ordering::Relaxed),
+            self.commands.load(Ordering::Relaxed),
+        )
     }
 
     /// Index of the server owning `key` (escaped form, as sent on the wire).
@@ -104,10 +121,7 @@ impl Client {
     }
 
     /// `stats [group]` of every server. Does not pass through twemproxy.
-    pub fn stats(
-        &self,
-        group: Option<&str>,
-    ) -> Vec<(String, Result<Vec<(String, String)>, StoreError>)> {
+    pub fn stats(&self, group: Option<&str>) -> Vec<(String, Result<Stats, StoreError>)> {
         self.pools
             .iter()
             .map(|p| {
@@ -157,6 +171,16 @@ impl Store for Client {
         let busy: Vec<usize> = (0..groups.len())
             .filter(|&s| !groups[s].1.is_empty())
             .collect();
+        self.round_trips
+            .fetch_add(busy.len() as u64, Ordering::Relaxed);
+        let sent: usize = busy.iter().map(|&s| groups[s].1.len()).sum();
+        self.commands.fetch_add(sent as u64, Ordering::Relaxed);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            for &s in &busy {
+                let names: Vec<String> = groups[s].1.iter().map(describe).collect();
+                tracing::trace!(server = %self.pools[s].addr, "batch: {}", names.join(" | "));
+            }
+        }
         let outputs: Vec<(usize, Vec<CmdResult>)> = if busy.len() <= 1 {
             busy.iter()
                 .map(|&s| (s, self.pools[s].run_batch(&groups[s].1)))
@@ -201,6 +225,21 @@ impl Store for Client {
             .into_iter()
             .min()
     }
+}
+
+/// `verb key` of a command, for trace logs.
+fn describe(cmd: &Command) -> String {
+    let verb = match cmd {
+        Command::Get(_) => "get",
+        Command::Gets(_) => "gets",
+        Command::Store { op, .. } => op.verb(),
+        Command::Cas { .. } => "cas",
+        Command::Incr { .. } => "incr",
+        Command::Decr { .. } => "decr",
+        Command::Delete(_) => "delete",
+        Command::Touch { .. } => "touch",
+    };
+    format!("{verb} {}", String::from_utf8_lossy(cmd.key()))
 }
 
 #[cfg(test)]

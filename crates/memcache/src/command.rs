@@ -1,6 +1,11 @@
 //! Commands and replies, independent of how they travel.
 
+use std::sync::Arc;
+
 use crate::StoreError;
+
+/// A value to store. Shared, so a file's buffer goes to the socket without being copied.
+pub type Value = Arc<Vec<u8>>;
 
 /// Which storage command (`set`, `add`, ...) a [`Command::Store`] sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +37,13 @@ pub enum Command {
     Store {
         op: StoreOp,
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Value,
         flags: u32,
         exptime: u32,
     },
     Cas {
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Value,
         flags: u32,
         cas: u64,
     },
@@ -59,10 +64,15 @@ pub enum Command {
 
 impl Command {
     pub fn store(op: StoreOp, key: &[u8], value: &[u8]) -> Command {
+        Command::store_shared(op, key, Arc::new(value.to_vec()))
+    }
+
+    /// A storage command whose value is shared with the caller (no copy).
+    pub fn store_shared(op: StoreOp, key: &[u8], value: Value) -> Command {
         Command::Store {
             op,
             key: key.to_vec(),
-            value: value.to_vec(),
+            value,
             flags: 0,
             exptime: 0,
         }
@@ -71,7 +81,7 @@ impl Command {
     pub fn cas(key: &[u8], value: &[u8], cas: u64) -> Command {
         Command::Cas {
             key: key.to_vec(),
-            value: value.to_vec(),
+            value: Arc::new(value.to_vec()),
             flags: 0,
             cas,
         }

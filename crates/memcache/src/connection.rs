@@ -1,10 +1,10 @@
 //! One TCP connection to one server, with connect/read/write timeouts.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::protocol::{encode, read_reply, read_stats};
+use crate::protocol::{read_reply, read_stats, wire_len, write_command};
 use crate::{CmdResult, Command, StoreError};
 
 /// Pipelining bound: write at most this many commands / bytes before reading their replies,
@@ -31,7 +31,7 @@ impl Default for Timeouts {
 pub struct Connection {
     server: String,
     reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    writer: BufWriter<TcpStream>,
     /// Set once an error left the stream in an unknown state; the pool then drops it.
     pub broken: bool,
 }
@@ -51,7 +51,7 @@ impl Connection {
                     return Ok(Connection {
                         server: server.to_string(),
                         reader: BufReader::with_capacity(64 << 10, stream),
-                        writer,
+                        writer: BufWriter::with_capacity(64 << 10, writer),
                         broken: false,
                     });
                 }
@@ -73,16 +73,20 @@ impl Connection {
         let mut results = Vec::with_capacity(cmds.len());
         let mut start = 0;
         while start < cmds.len() {
-            let mut buf = Vec::new();
+            let mut bytes = 0;
             let mut end = start;
             while end < cmds.len()
                 && end - start < PIPELINE_MAX_COMMANDS
-                && (end == start || buf.len() < PIPELINE_MAX_BYTES)
+                && (end == start || bytes < PIPELINE_MAX_BYTES)
             {
-                encode(&cmds[end], &mut buf);
+                bytes += wire_len(&cmds[end]);
                 end += 1;
             }
-            if let Err(e) = self.writer.write_all(&buf) {
+            let written = cmds[start..end]
+                .iter()
+                .try_for_each(|c| write_command(c, &mut self.writer))
+                .and_then(|_| self.writer.flush());
+            if let Err(e) = written {
                 self.broken = true;
                 let err = StoreError::from_io(&self.server, &e);
                 results.extend(cmds[start..].iter().map(|_| Err(err.clone())));
@@ -113,6 +117,7 @@ impl Connection {
         let r = self
             .writer
             .write_all(line.as_bytes())
+            .and_then(|_| self.writer.flush())
             .map_err(|e| StoreError::from_io(&self.server, &e))
             .and_then(|_| read_stats(&mut self.reader, &self.server));
         if r.is_err() {
@@ -126,6 +131,7 @@ impl Connection {
         let r = self
             .writer
             .write_all(b"version\r\n")
+            .and_then(|_| self.writer.flush())
             .map_err(|e| StoreError::from_io(&self.server, &e))
             .and_then(|_| crate::protocol::read_line(&mut self.reader, &self.server));
         match r {

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::protocol::validate_key;
 use crate::{Capacity, CmdResult, Command, Item, Reply, Store, StoreError, StoreOp};
 
+/// key -> (value, flags, cas)
+type Items = HashMap<Vec<u8>, (Vec<u8>, u32, u64)>;
+
 pub struct MemoryStore {
-    items: Mutex<HashMap<Vec<u8>, (Vec<u8>, u32, u64)>>,
+    items: Mutex<Items>,
     next_cas: AtomicU64,
     /// Largest value accepted (memcached `-I`).
     pub item_size_max: usize,
@@ -62,7 +65,7 @@ impl MemoryStore {
         self.items.lock().unwrap().keys().cloned().collect()
     }
 
-    fn used(items: &HashMap<Vec<u8>, (Vec<u8>, u32, u64)>) -> usize {
+    fn used(items: &Items) -> usize {
         items.iter().map(|(k, v)| k.len() + v.0.len() + 48).sum()
     }
 
@@ -100,6 +103,7 @@ impl MemoryStore {
                 ..
             } => {
                 let exists = items.contains_key(&key);
+                let value = std::sync::Arc::unwrap_or_clone(value);
                 let new_value = match op {
                     StoreOp::Set => value,
                     StoreOp::Add if exists => return Ok(Reply::NotStored),
@@ -134,7 +138,7 @@ impl MemoryStore {
                 Some((_, _, c)) if *c != expected => Ok(Reply::Exists),
                 Some(_) => {
                     check_size(&items, &key, value.len())?;
-                    items.insert(key, (value, flags, cas));
+                    items.insert(key, (std::sync::Arc::unwrap_or_clone(value), flags, cas));
                     Ok(Reply::Stored)
                 }
             },
@@ -156,12 +160,7 @@ impl MemoryStore {
         }
     }
 
-    fn delta(
-        items: &mut HashMap<Vec<u8>, (Vec<u8>, u32, u64)>,
-        key: Vec<u8>,
-        cas: u64,
-        f: impl Fn(u64) -> u64,
-    ) -> CmdResult {
+    fn delta(items: &mut Items, key: Vec<u8>, cas: u64, f: impl Fn(u64) -> u64) -> CmdResult {
         let Some(entry) = items.get_mut(&key) else {
             return Ok(Reply::NotFound);
         };

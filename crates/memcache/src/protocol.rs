@@ -1,7 +1,7 @@
 //! Bytes on the wire: encoding commands and parsing replies of the memcached ASCII protocol
 //! (memcached's `doc/protocol.txt`). Never uses `noreply`: it would hide out-of-memory.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 
 use crate::{Command, Item, MAX_KEY_LEN, Reply, StoreError};
 
@@ -23,14 +23,15 @@ pub fn validate_key(key: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends the wire form of `cmd` to `out`.
-pub fn encode(cmd: &Command, out: &mut Vec<u8>) {
-    fn line(out: &mut Vec<u8>, verb: &str, key: &[u8], rest: &str) {
-        out.extend_from_slice(verb.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(key);
-        out.extend_from_slice(rest.as_bytes());
-        out.extend_from_slice(b"\r\n");
+/// Writes the wire form of `cmd` (through a buffered writer: a large value goes straight
+/// to the socket).
+pub fn write_command(cmd: &Command, out: &mut impl Write) -> std::io::Result<()> {
+    fn line(out: &mut impl Write, verb: &str, key: &[u8], rest: &str) -> std::io::Result<()> {
+        out.write_all(verb.as_bytes())?;
+        out.write_all(b" ")?;
+        out.write_all(key)?;
+        out.write_all(rest.as_bytes())?;
+        out.write_all(b"\r\n")
     }
     match cmd {
         Command::Get(k) => line(out, "get", k, ""),
@@ -47,9 +48,9 @@ pub fn encode(cmd: &Command, out: &mut Vec<u8>) {
                 op.verb(),
                 key,
                 &format!(" {flags} {exptime} {}", value.len()),
-            );
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            )?;
+            out.write_all(value)?;
+            out.write_all(b"\r\n")
         }
         Command::Cas {
             key,
@@ -62,14 +63,24 @@ pub fn encode(cmd: &Command, out: &mut Vec<u8>) {
                 "cas",
                 key,
                 &format!(" {flags} 0 {} {cas}", value.len()),
-            );
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            )?;
+            out.write_all(value)?;
+            out.write_all(b"\r\n")
         }
         Command::Incr { key, delta } => line(out, "incr", key, &format!(" {delta}")),
         Command::Decr { key, delta } => line(out, "decr", key, &format!(" {delta}")),
         Command::Delete(k) => line(out, "delete", k, ""),
         Command::Touch { key, exptime } => line(out, "touch", key, &format!(" {exptime}")),
+    }
+}
+
+/// Bytes `cmd` takes on the wire (approximately: for pipeline bounds).
+pub fn wire_len(cmd: &Command) -> usize {
+    match cmd {
+        Command::Store { key, value, .. } | Command::Cas { key, value, .. } => {
+            key.len() + value.len() + 48
+        }
+        other => other.key().len() + 32,
     }
 }
 
@@ -245,8 +256,8 @@ mod tests {
     #[test]
     fn encodes_storage_commands_with_length_and_no_noreply() {
         let mut out = Vec::new();
-        encode(&Command::store(StoreOp::Add, b"k", b"hello"), &mut out);
-        encode(&Command::cas(b"k", b"", 7), &mut out);
+        write_command(&Command::store(StoreOp::Add, b"k", b"hello"), &mut out).unwrap();
+        write_command(&Command::cas(b"k", b"", 7), &mut out).unwrap();
         assert_eq!(out, b"add k 0 0 5\r\nhello\r\ncas k 0 0 0 7\r\n\r\n");
     }
 

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Benchmarks memfis against bindfs-over-tmpfs (a plain FUSE passthrough) and tmpfs, all in one run,
+# and prints ratios (the machines are shared and noisy: compare within a run, not across runs).
+# Usage: sudo ./scripts/bench.sh            (root: mounts tmpfs and FUSE filesystems)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+./scripts/install-deps.sh
+cargo build --release --locked -q
+BIN=$PWD/target/release/memfis
+
+work=$(mktemp -d /tmp/memfis-bench.XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+pids=()
+cleanup() {
+  set +e
+  for m in "$work/memfis" "$work/bindfs" "$work/bindfs-backing" "$work/tmpfs" "$work/src"; do
+    mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount "$m"; }
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+mkdir -p "$work"/{src,tmpfs,bindfs-backing,bindfs,memfis}
+mount -t tmpfs -o size=2g tmpfs "$work/src"
+mount -t tmpfs -o size=2g tmpfs "$work/tmpfs"
+
+memcached -U 0 -l 127.0.0.1 -p "$port" -u root -m 2048 -M -I 8m -t 2 &
+pids+=($!)
+sleep 0.5
+stat_total() { # memcached commands so far
+  python3 - "$port" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.sendall(b"stats\r\n")
+buf = b""
+while not buf.endswith(b"END\r\n"): buf += s.recv(65536)
+st = dict(l.split(" ")[1:3] for l in buf.decode().splitlines() if l.startswith("STAT "))
+keys = ["cmd_get", "cmd_set", "cmd_touch", "incr_hits", "incr_misses", "decr_hits", "decr_misses",
+        "delete_hits", "delete_misses"]
+print(sum(int(st.get(k, 0)) for k in keys))
+PY
+}
+
+mount_memfis() {
+  "$BIN" mount "$work/memfis" --server "127.0.0.1:$port" --prefix memfis://bench --log-file "$work/memfis.log"
+  mpid=$(pgrep -n -f "memfis mount $work/memfis")
+}
+mount -t tmpfs -o size=2g tmpfs "$work/bindfs-backing"
+bindfs "$work/bindfs-backing" "$work/bindfs"
+
+python3 - "$work/src" <<'PY'
+import os, random, sys
+root = sys.argv[1]; rnd = random.Random(42)
+for d in range(20):
+    os.makedirs(f"{root}/small/d{d:02}")
+for i in range(2000):
+    with open(f"{root}/small/d{i % 20:02}/f{i:04}.html", "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
+os.makedirs(f"{root}/large")
+for i in range(40):
+    with open(f"{root}/large/f{i:02}.bin", "wb") as f:
+        f.write(rnd.randbytes(4 << 20))
+PY
+small_mb=$(du -sm --apparent-size "$work/src/small" | cut -f1)
+mount_memfis
+
+secs() { python3 -c 'import time; print(time.monotonic())'; }
+run_cp() { # run_cp SET TARGET -> seconds
+  local t0 t1; t0=$(secs); cp -a "$work/src/$1" "$2/"; t1=$(secs)
+  python3 -c "print(f'{$t1-$t0:.3f}')"
+}
+
+last_trips() { sleep 1; grep -o 'after [0-9]* store round trips' "$work/memfis.log" | grep -o '[0-9]*' | tail -1; }
+
+declare -A T
+for target in tmpfs bindfs; do
+  for set in small large; do T[$set,$target]=$(run_cp "$set" "$work/$target"); done
+done
+# memfis: the small set on a fresh mount, so its round-trip counter covers that copy alone.
+before=$(stat_total)
+T[small,memfis]=$(run_cp small "$work/memfis")
+commands_small=$(( $(stat_total) - before ))
+diff -r "$work/src/small" "$work/memfis/small" >/dev/null && echo "small set verified: diff -r clean"
+fusermount3 -u "$work/memfis"
+trips_small=$(last_trips)
+mount_memfis
+T[large,memfis]=$(run_cp large "$work/memfis")
+cmp -s "$work/src/large/f07.bin" "$work/memfis/large/f07.bin" && echo "large set verified: cmp clean"
+rss_kb=$(awk '/VmHWM/{print $2}' "/proc/$mpid/status")
+
+# Creating files in one big directory: the last 1,000 of 20,000 vs the first 1,000.
+big=$(python3 - "$work/memfis/big" <<'PY'
+import os, sys, time
+d = sys.argv[1]; os.mkdir(d); times = []
+for block in range(20):
+    t0 = time.monotonic()
+    for i in range(block * 1000, block * 1000 + 1000):
+        open(f"{d}/f{i:05}", "wb").close()
+    times.append(time.monotonic() - t0)
+print(f"{times[0]:.3f} {times[-1]:.3f} {times[-1] / times[0]:.2f}")
+PY
+)
+ls "$work/memfis/big" | wc -l | grep -qx 20000 && echo "big directory verified: 20000 entries listed"
+fusermount3 -u "$work/memfis"
+
+python3 - <<PY
+t = {"small": {"tmpfs": ${T[small,tmpfs]}, "bindfs": ${T[small,bindfs]}, "memfis": ${T[small,memfis]}},
+     "large": {"tmpfs": ${T[large,tmpfs]}, "bindfs": ${T[large,bindfs]}, "memfis": ${T[large,memfis]}}}
+small_mb, large_mb = $small_mb, 160
+print("| cp -a of | tmpfs | bindfs | memfis | memfis / bindfs |")
+print("| --- | --- | --- | --- | --- |")
+fs = {k: 2000 / v for k, v in t["small"].items()}
+print(f"| (a) 2,000 files, 1-16 KB, 20 dirs ({small_mb} MB) | {fs['tmpfs']:.0f} files/s | {fs['bindfs']:.0f} files/s | {fs['memfis']:.0f} files/s | {fs['memfis'] / fs['bindfs']:.2f}x |")
+ms = {k: large_mb / v for k, v in t["large"].items()}
+print(f"| (b) 40 files of 4 MB | {ms['tmpfs']:.0f} MB/s | {ms['bindfs']:.0f} MB/s | {ms['memfis']:.0f} MB/s | {ms['memfis'] / ms['bindfs']:.2f}x |")
+print()
+print(f"- memcached commands per small file created by cp -a (server stats): {$commands_small / 2000:.2f}")
+print(f"- store round trips per small file created by cp -a (client counter, 20 mkdirs included): {${trips_small:-0} / 2000:.2f}")
+print(f"- memfis daemon peak RSS (VmHWM): {$rss_kb / 1024:.0f} MB")
+first, last, ratio = "$big".split()
+print(f"- 20,000 empty files in one directory: first 1,000 {first} s, last 1,000 {last} s, ratio {ratio}")
+PY
