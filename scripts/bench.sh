@@ -80,10 +80,10 @@ done
 before=$(stat_total)
 T[small,memfis]=$(run_cp small "$work/memfis")
 commands_small=$(( $(stat_total) - before ))
-diff -r "$work/src/small" "$work/memfis/small" >/dev/null && echo "small set verified: diff -r clean"
 fusermount3 -u "$work/memfis"
 trips_small=$(last_trips)
 mount_memfis
+diff -r "$work/src/small" "$work/memfis/small" >/dev/null && echo "small set verified: diff -r clean"
 T[large,memfis]=$(run_cp large "$work/memfis")
 cmp -s "$work/src/large/f07.bin" "$work/memfis/large/f07.bin" && echo "large set verified: cmp clean"
 rss_kb=$(awk '/VmHWM/{print $2}' "/proc/$mpid/status")
@@ -115,7 +115,7 @@ ms = {k: large_mb / v for k, v in t["large"].items()}
 print(f"| (b) 40 files of 4 MB | {ms['tmpfs']:.0f} MB/s | {ms['bindfs']:.0f} MB/s | {ms['memfis']:.0f} MB/s | {ms['memfis'] / ms['bindfs']:.2f}x |")
 print()
 print(f"- memcached commands per small file created by cp -a (server stats): {$commands_small / 2000:.2f}")
-print(f"- store round trips per small file created by cp -a (client counter, 20 mkdirs included): {${trips_small:-0} / 2000:.2f}")
+print(f"- store round trips per small file created by cp -a (client counter, the 20 mkdirs included): {${trips_small:-0} / 2000:.2f}")
 print(f"- memfis daemon peak RSS (VmHWM): {$rss_kb / 1024:.0f} MB")
 first, last, ratio = "$big".split()
 print(f"- 20,000 empty files in one directory: first 1,000 {first} s, last 1,000 {last} s, ratio {ratio}")
