@@ -19,6 +19,42 @@ pub struct Cli {
 pub enum Command {
     /// Mount the store as a filesystem (detaches unless --foreground).
     Mount(MountArgs),
+    /// Print an nginx config (upstream + server) that serves the store, with fallbacks.
+    NginxConfig(NginxConfigArgs),
+    /// Start memcached, mount, copy SITE_DIR in, serve it with nginx; Ctrl-C stops it all.
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory copied into the store (and served from disk if the store misses).
+    pub site: Option<PathBuf>,
+    /// Port nginx listens on (loopback).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where the mount, configs and logs live [default: /run/memfis-up as root].
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NginxConfigArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Port or address:port nginx listens on.
+    #[arg(long, default_value = "80")]
+    pub listen: String,
+    /// Disk directory served when a file is not in the store or the store is down.
+    #[arg(long)]
+    pub root: Option<String>,
+    /// php-fpm address (HOST:PORT or unix:/path) for requests nothing else answers.
+    #[arg(long)]
+    pub php_fpm: Option<String>,
+    /// PHP front controller run for those requests [default: $document_root/index.php].
+    #[arg(long)]
+    pub php_script: Option<String>,
 }
 
 /// Where the store is: shared by every subcommand that talks to it.
@@ -66,6 +102,12 @@ pub struct MountArgs {
 }
 
 impl StoreArgs {
+    /// True when the user named servers (flag or MEMFIS_SERVERS), not the default.
+    pub fn servers_given(&self) -> bool {
+        std::env::var_os("MEMFIS_SERVERS").is_some()
+            || std::env::args().any(|a| a == "--server" || a.starts_with("--server="))
+    }
+
     /// The prefix to use: given, or `memfis://` + host name as in the original.
     pub fn prefix(&self) -> String {
         self.prefix.clone().unwrap_or_else(|| {
@@ -81,7 +123,16 @@ impl StoreArgs {
 /// Rewrites the form mount(8) uses for `fuse.memfis` (`memfis SOURCE MOUNTPOINT -o OPTS`)
 /// into `memfis mount MOUNTPOINT -o OPTS[,server=SOURCE]`.
 pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
-    let known = ["mount", "help", "-h", "--help", "-V", "--version"];
+    let known = [
+        "mount",
+        "nginx-config",
+        "up",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
     if args.len() < 3 || known.contains(&args[1].as_str()) || args[1].starts_with('-') {
         return args;
     }

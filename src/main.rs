@@ -4,6 +4,8 @@ mod cli;
 mod fuse_adapter;
 mod logging;
 mod mount;
+mod nginx_config;
+mod up;
 
 use clap::Parser;
 
@@ -12,6 +14,16 @@ fn main() {
     let cli = cli::Cli::parse_from(args);
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(args),
+        cli::Command::NginxConfig(args) => nginx_config::render(&nginx_config::ServeOptions {
+            servers: args.store.servers.clone(),
+            prefix: args.store.prefix(),
+            listen: args.listen,
+            root: args.root,
+            php_fpm: args.php_fpm,
+            php_script: args.php_script,
+        })
+        .map(|config| print!("{config}")),
+        cli::Command::Up(args) => up::run(args),
     };
     if let Err(e) = result {
         eprintln!("memfis: {e:#}");

@@ -268,22 +268,30 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// `server_body` may use `{port}`; it goes inside `server { listen {port}; ... }`.
+    /// `server_body` goes inside `server { listen 127.0.0.1:PORT; ... }`.
     pub fn start(http_extra: &str, server_body: &str) -> Nginx {
         let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nerror_log {dir}/logs/error.log warn;\npid {dir}/nginx.pid;\n\
+        let http = format!("{http_extra}\nserver {{ listen 127.0.0.1:{port};\n{server_body}\n}}\n");
+        Nginx::start_http(port, &http)
+    }
+
+    /// Wraps `http` (upstream/server blocks) in a complete config for a temp prefix.
+    pub fn config(dir: &Path, http: &str) -> String {
+        format!(
+            "daemon off;\nmaster_process off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n  access_log off;\n\
              client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;\n\
-             uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n{http_extra}\n\
-             server {{ listen 127.0.0.1:{port};\n{server_body}\n}}\n}}\n",
-            dir = dir.path().display(),
-        );
+             uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n{http}\n}}\n",
+            dir = dir.display(),
+        )
+    }
+
+    /// Runs nginx with `http` as the body of its http block; `port` is where it listens.
+    pub fn start_http(port: u16, http: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
         let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
+        std::fs::write(&conf_path, Nginx::config(dir.path(), http)).unwrap();
         let mut child = Command::new("nginx")
             .args(["-p"])
             .arg(dir.path())
@@ -298,6 +306,26 @@ impl Nginx {
             port,
             child,
             _dir: dir,
+        }
+    }
+
+    /// `nginx -t` of a config whose http block is `http`: Ok or nginx's complaint.
+    pub fn test_config(http: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, Nginx::config(dir.path(), http)).unwrap();
+        let out = Command::new("nginx")
+            .arg("-t")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
         }
     }
 
@@ -372,6 +400,21 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 }
 
 /// Runs a shell command, panicking with its output on failure.
+/// `memfis nginx-config ARGS` output.
+pub fn nginx_config(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("nginx-config")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nginx-config {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     assert!(

@@ -1,0 +1,376 @@
+//! `memfis up`: a whole local stack in one command: memcached, a memfis mount, the site copied
+//! in, nginx serving it from memory. Ctrl-C (or SIGTERM) takes it all down again.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::UpArgs;
+use crate::nginx_config::{ServeOptions, render};
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Result<Service> {
+        // Own process group: Ctrl-C reaches `memfis up` alone, which stops things in order.
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Service { name, child })
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The memfis mount, unmounted before its daemon is stopped.
+struct MountService {
+    mountpoint: PathBuf,
+    service: Option<Service>,
+}
+
+impl Drop for MountService {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mountpoint)
+                .status();
+            if is_mounted(&self.mountpoint) {
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mountpoint)
+                    .status();
+            }
+        }
+        drop(self.service.take());
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&path))
+}
+
+fn require(program: &str, package: &str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    if !found {
+        bail!("{program} is not installed: apt-get install {package}");
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, service: &mut Service, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = service.exited() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{} exited ({status}): {}", service.name, tail.trim());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{} did not listen on port {port}", service.name)
+}
+
+/// Sizes memcached for the site: `-I` above its largest file, `-m` room for it several times.
+fn memcached_sizes(site: Option<&Path>) -> (u64, u64) {
+    let (mut largest, mut total) = (0u64, 0u64);
+    if let Some(site) = site {
+        for path in walk(site) {
+            if let Ok(m) = std::fs::symlink_metadata(&path)
+                && m.is_file()
+            {
+                largest = largest.max(m.len());
+                total += m.len();
+            }
+        }
+    }
+    let item_mb = (largest / (1 << 20) + 2).next_power_of_two().max(8);
+    let memory_mb = (total / (1 << 20) * 4).max(2 * item_mb).max(256);
+    (item_mb, memory_mb)
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Copies `site` into `dest` keeping modes and modification times, with a progress bar.
+fn copy_site(site: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let paths = walk(site);
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("copying site {bar:40} {bytes}/{total_bytes} {msg}")
+            .expect("valid template"),
+    );
+    let mut dirs = Vec::new();
+    for src in &paths {
+        let rel = src.strip_prefix(site).expect("below site");
+        let dst = dest.join(rel);
+        let meta = std::fs::symlink_metadata(src)?;
+        let ctx = || format!("copying {} to {}", src.display(), dst.display());
+        if meta.is_dir() {
+            std::fs::create_dir(&dst).with_context(ctx)?;
+            dirs.push((dst, meta));
+        } else if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(src)?, &dst).with_context(ctx)?;
+        } else if meta.is_file() {
+            bar.set_message(rel.display().to_string());
+            let mut from = std::fs::File::open(src).with_context(ctx)?;
+            let mut to = std::fs::File::create(&dst).with_context(ctx)?;
+            std::io::copy(&mut from, &mut bar.wrap_write(&mut to)).with_context(ctx)?;
+            to.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+            to.set_modified(meta.modified()?)?;
+            to.sync_all().with_context(ctx)?; // reports a full store here, not silently at close
+        }
+    }
+    // Directory times last: creating entries inside them changes them.
+    for (dst, meta) in dirs.iter().rev() {
+        std::fs::set_permissions(
+            dst,
+            std::fs::Permissions::from_mode(meta.permissions().mode()),
+        )?;
+        std::fs::File::open(dst)?.set_modified(meta.modified()?)?;
+    }
+    bar.finish_with_message(format!("{} entries", paths.len()));
+    Ok(())
+}
+
+fn runtime_dir(args: &UpArgs) -> PathBuf {
+    if let Some(dir) = &args.runtime_dir {
+        return dir.clone();
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/memfis-up");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("memfis-up"),
+        None => std::env::temp_dir().join(format!("memfis-up-{}", unsafe { libc::geteuid() })),
+    }
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    crate::logging::init_stderr();
+    require("nginx", "nginx-light")?;
+    require("fusermount3", "fuse3")?;
+    let site = match &args.site {
+        Some(s) => Some(
+            s.canonicalize()
+                .with_context(|| format!("site directory {}", s.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(s) = &site
+        && !s.is_dir()
+    {
+        bail!("{} is not a directory", s.display());
+    }
+    let listen = format!("127.0.0.1:{}", args.port);
+    TcpListener::bind(&listen)
+        .with_context(|| format!("port {} is in use (choose another with --port)", args.port))?;
+
+    let runtime = runtime_dir(&args);
+    if runtime.join("mnt").exists() && is_mounted(&runtime.join("mnt")) {
+        bail!(
+            "{} is still mounted: another `memfis up` is running (or run fusermount3 -u on it)",
+            runtime.join("mnt").display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir_all(runtime.join("mnt"))
+        .with_context(|| format!("creating {}", runtime.display()))?;
+    let result = run_stack(&args, site.as_deref(), &runtime, &listen);
+    let _ = std::fs::remove_dir_all(&runtime);
+    result
+}
+
+fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let prefix = args.store.prefix();
+
+    // 1. memcached, unless the user named servers.
+    let (servers, _memcached) = if args.store.servers_given() {
+        (args.store.servers.clone(), None)
+    } else {
+        require("memcached", "memcached")?;
+        let port = free_port()?;
+        let (item_mb, memory_mb) = memcached_sizes(site);
+        let log = runtime.join("memcached.log");
+        let mut cmd = Command::new("memcached");
+        cmd.args(["-U", "0", "-l", "127.0.0.1", "-p", &port.to_string(), "-M"])
+            .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let mut service = Service::spawn("memcached", &mut cmd)?;
+        wait_for_port(port, &mut service, &log)?;
+        eprintln!("memcached: 127.0.0.1:{port} (-M -m {memory_mb} -I {item_mb}m)");
+        (vec![format!("127.0.0.1:{port}")], Some(service))
+    };
+
+    // 2. The mount.
+    let mountpoint = runtime.join("mnt");
+    let log = runtime.join("memfis.log");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("mount")
+        .arg(&mountpoint)
+        .arg("--foreground")
+        .args(["--prefix", &prefix]);
+    for s in &servers {
+        cmd.args(["--server", s]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut mount = MountService {
+        mountpoint: mountpoint.clone(),
+        service: Some(Service::spawn("memfis mount", &mut cmd)?),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mountpoint) {
+        if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
+            bail!(
+                "memfis mount exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the mount did not appear at {}", mountpoint.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("mounted: {} (prefix {prefix})", mountpoint.display());
+
+    // 3. The site.
+    if let Some(site) = site {
+        copy_site(site, &mountpoint)?;
+    }
+
+    // 4. nginx.
+    let server_config = render(&ServeOptions {
+        servers: servers.clone(),
+        prefix: prefix.clone(),
+        listen: listen.to_string(),
+        root: site.map(|s| s.display().to_string()),
+        php_fpm: None,
+        php_script: None,
+    })?;
+    let conf = runtime.join("nginx.conf");
+    let dir = runtime.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "# Written by `memfis up`.\ndaemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\n\
+             error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n\
+             \x20   access_log off;\n    client_body_temp_path {dir}/client_body;\n\
+             \x20   proxy_temp_path {dir}/proxy;\n    fastcgi_temp_path {dir}/fastcgi;\n\
+             \x20   uwsgi_temp_path {dir}/uwsgi;\n    scgi_temp_path {dir}/scgi;\n\n{server_config}}}\n"
+        ),
+    )?;
+    let port: u16 = args.port;
+    let nginx_log = runtime.join("nginx-error.log");
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(runtime)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(runtime.join("nginx.stderr"))?);
+    let mut nginx = Service::spawn("nginx", &mut cmd)?;
+    wait_for_port(port, &mut nginx, &runtime.join("nginx.stderr")).or_else(|e| {
+        let detail = std::fs::read_to_string(&nginx_log).unwrap_or_default();
+        Err(e).with_context(|| detail.trim().to_string())
+    })?;
+    eprintln!("nginx config: {}", conf.display());
+    println!(
+        "Serving http://{listen}/ from memcached. Edit files in {}. Ctrl-C stops everything.",
+        mountpoint.display()
+    );
+
+    // 5. Wait for Ctrl-C / SIGTERM, or for a part to die.
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing signal handlers")?;
+    loop {
+        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+            eprintln!("stopping: nginx, mount, memcached");
+            break;
+        }
+        if let Some(status) = nginx.exited() {
+            bail!("nginx exited ({status}); see {}", nginx_log.display());
+        }
+        if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
+            bail!("memfis mount exited ({status}); see {}", log.display());
+        }
+    }
+    drop(nginx);
+    drop(mount);
+    Ok(())
+}

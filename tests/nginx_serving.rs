@@ -1,0 +1,122 @@
+//! The generated nginx config, run by real nginx: store first, then the disk root, then 404;
+//! a stopped memcached is caught too.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const PREFIX: &str = "memfis://web";
+
+#[test]
+fn every_generated_variant_passes_nginx_t() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().to_str().unwrap();
+    let variants: Vec<Vec<&str>> = vec![
+        vec![],
+        vec![
+            "--server",
+            "127.0.0.1:11211",
+            "--server",
+            "127.0.0.1:11212",
+            "--server",
+            "cache:11213",
+        ],
+        vec!["--root", root],
+        vec!["--php-fpm", "127.0.0.1:9000"],
+        vec![
+            "--root",
+            root,
+            "--php-fpm",
+            "unix:/run/php/php-fpm.sock",
+            "--php-script",
+            "/srv/app/index.php",
+        ],
+        vec!["--listen", "127.0.0.1:8081", "--root", root],
+    ];
+    for v in variants {
+        let mut args = vec!["--prefix", PREFIX];
+        if !v.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:8080"]);
+        }
+        args.extend(v.iter());
+        let config = nginx_config(&args);
+        // `nginx -t` resolves upstream host names: keep the test offline.
+        let config = config.replace("server cache:11213;", "server 127.0.0.1:11213;");
+        if let Err(e) = Nginx::test_config(&config) {
+            panic!("nginx -t failed for {args:?}: {e}\n{config}");
+        }
+    }
+}
+
+#[test]
+fn bad_prefix_is_refused() {
+    for bad in ["has space", "a%b", "memfis://$host"] {
+        let out = Command::new(BIN)
+            .args(["nginx-config", "--prefix", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("prefix"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn store_then_root_then_404_and_a_dead_store_falls_back() {
+    let mut mc = Memcached::start();
+    let mount = Mount::new(&[mc.addr()], PREFIX);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(mount.p("both.html"), b"from store").unwrap();
+    std::fs::create_dir(mount.p("docs")).unwrap();
+    std::fs::write(mount.p("docs/index.html"), b"docs index").unwrap();
+    std::fs::write(mount.p("big.bin"), vec![9u8; 100_000]).unwrap();
+    std::fs::write(root.path().join("both.html"), b"from disk").unwrap();
+    std::fs::write(root.path().join("disk-only.css"), b"body{}").unwrap();
+    let port = free_port();
+    let config = nginx_config(&[
+        "--server",
+        &mc.addr(),
+        "--prefix",
+        PREFIX,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--root",
+        root.path().to_str().unwrap(),
+    ]);
+    let nginx = Nginx::start_http(port, &config);
+
+    let (status, headers, body) = nginx.get("/both.html");
+    assert_eq!((status, body.as_slice()), (200, &b"from store"[..]));
+    assert_eq!(header(&headers, "x-memfis-source"), Some("store"));
+    assert_eq!(header(&headers, "content-type"), Some("text/html"));
+
+    let (status, headers, body) = nginx.get("/docs/");
+    assert_eq!((status, body.as_slice()), (200, &b"docs index"[..]));
+    assert_eq!(header(&headers, "content-type"), Some("text/html"));
+
+    let (status, headers, body) = nginx.get("/disk-only.css");
+    assert_eq!((status, body.as_slice()), (200, &b"body{}"[..]));
+    assert_eq!(header(&headers, "x-memfis-source"), Some("root"));
+    assert_eq!(header(&headers, "content-type"), Some("text/css"));
+
+    assert_eq!(nginx.get("/nowhere.html").0, 404);
+
+    let (status, headers, body) = nginx.request("HEAD", "/both.html", &[]);
+    assert_eq!(status, 200);
+    assert!(body.is_empty());
+    assert_eq!(header(&headers, "content-length"), Some("10"));
+    let (status, _, body) = nginx.request("GET", "/big.bin", &[("Range", "bytes=99990-")]);
+    assert_eq!((status, body.len()), (206, 10));
+
+    // The store goes away: disk answers (502 caught), and a miss everywhere is still 404.
+    drop(mount);
+    mc.stop();
+    let (status, headers, body) = nginx.get("/both.html");
+    assert_eq!((status, body.as_slice()), (200, &b"from disk"[..]));
+    assert_eq!(header(&headers, "x-memfis-source"), Some("root"));
+    assert_eq!(nginx.get("/nowhere.html").0, 404);
+}
