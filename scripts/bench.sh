@@ -25,7 +25,7 @@ mkdir -p "$work"/{src,tmpfs,bindfs-backing,bindfs,memfis}
 mount -t tmpfs -o size=2g tmpfs "$work/src"
 mount -t tmpfs -o size=2g tmpfs "$work/tmpfs"
 
-memcached -U 0 -l 127.0.0.1 -p "$port" -u root -m 2048 -M -I 8m -t 2 &
+memcached -U 0 -l 127.0.0.1 -p "$port" -u root -m 2048 -M -I 8m -t 1 &
 pids+=($!)
 sleep 0.5
 stat_total() { # memcached commands so far
@@ -101,6 +101,50 @@ print(f"{times[0]:.3f} {times[-1]:.3f} {times[-1] / times[0]:.2f}")
 PY
 )
 ls "$work/memfis/big" | wc -l | grep -qx 20000 && echo "big directory verified: 20000 entries listed"
+
+# Serving: wrk against the generated config (files from the store) and against nginx serving the
+# same files from tmpfs, in the same run. 200 of the small files, requested round robin.
+python3 - "$work/urls.lua" <<'PY'
+import sys
+paths = [f"/small/d{i % 20:02}/f{i:04}.html" for i in range(0, 2000, 10)]
+with open(sys.argv[1], "w") as f:
+    f.write("local paths = {" + ",".join(f'"{p}"' for p in paths) + "}\n")
+    f.write("local i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n")
+PY
+store_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+static_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/nginx"
+"$BIN" nginx-config --server "127.0.0.1:$port" --prefix memfis://bench --listen "127.0.0.1:$store_port" > "$work/nginx/store.conf"
+cat > "$work/nginx/nginx.conf" <<NGX
+worker_processes 2;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    access_log off;
+    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+    include $work/nginx/store.conf;
+    server { listen 127.0.0.1:$static_port; root $work/src; }
+}
+NGX
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+sleep 1
+wrk_run() { # wrk_run PORT -> "requests/s p99_ms"
+  wrk -t1 -c32 -d10s --latency -s "$work/urls.lua" "http://127.0.0.1:$1" | python3 -c '
+import re, sys
+out = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+print(f"{rps:.0f} {p99:.2f}")'
+}
+curl -sf -o /dev/null "http://127.0.0.1:$store_port/small/d00/f0000.html" && echo "nginx serves from the store"
+read -r store_rps store_p99 < <(wrk_run "$store_port")
+read -r static_rps static_p99 < <(wrk_run "$static_port")
 fusermount3 -u "$work/memfis"
 
 python3 - <<PY
@@ -119,4 +163,10 @@ print(f"- store round trips per small file created by cp -a (client counter, the
 print(f"- memfis daemon peak RSS (VmHWM): {$rss_kb / 1024:.0f} MB")
 first, last, ratio = "$big".split()
 print(f"- 20,000 empty files in one directory: first 1,000 {first} s, last 1,000 {last} s, ratio {ratio}")
+print()
+print("| wrk, 200 small files round robin, 32 connections, 10 s | requests/s | p99 latency |")
+print("| --- | --- | --- |")
+print(f"| nginx static from tmpfs | $static_rps | $static_p99 ms |")
+print(f"| nginx memcached_pass (memfis store, generated config) | $store_rps | $store_p99 ms |")
+print(f"| store / static | {$store_rps / $static_rps:.2f}x | |")
 PY
