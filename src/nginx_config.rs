@@ -102,7 +102,10 @@ pub fn render(opts: &ServeOptions) -> Result<String> {
         writeln!(c, "        memcached_connect_timeout 1s;")?;
         writeln!(c, "        memcached_read_timeout 2s;")?;
         writeln!(c, "        memcached_send_timeout 2s;")?;
-        writeln!(c, "        # Read a typical page from memcached in one go, not 4 KB at a time.")?;
+        writeln!(
+            c,
+            "        # Read a typical page from memcached in one go, not 4 KB at a time."
+        )?;
         writeln!(c, "        memcached_buffer_size 32k;")?;
         writeln!(c, "        add_header X-Memfis-Source store always;")?;
         if !fallback.is_empty() {
