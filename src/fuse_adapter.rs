@@ -39,6 +39,33 @@ impl<S: Store> FuseFs<S> {
     }
 }
 
+impl<S: Store> FuseFs<S> {
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        op: &str,
+        what: &dyn std::fmt::Debug,
+        result: Result<Attr, FsError>,
+    ) {
+        match result {
+            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(errno(op, what, e)),
+        }
+    }
+}
+
+fn reply_empty(
+    reply: ReplyEmpty,
+    op: &str,
+    what: &dyn std::fmt::Debug,
+    result: Result<(), FsError>,
+) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, what, e)),
+    }
+}
+
 fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
@@ -99,10 +126,12 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("lookup", &name, e)),
-        }
+        self.reply_entry(
+            reply,
+            "lookup",
+            &name,
+            self.fs.lookup(parent.0, name.as_bytes()),
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -201,17 +230,21 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", &name, e)),
-        }
+        reply_empty(
+            reply,
+            "unlink",
+            &name,
+            self.fs.unlink(parent.0, name.as_bytes()),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", &name, e)),
-        }
+        reply_empty(
+            reply,
+            "rmdir",
+            &name,
+            self.fs.rmdir(parent.0, name.as_bytes()),
+        );
     }
 
     fn symlink(
@@ -222,16 +255,18 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.fs.symlink(
-            parent.0,
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-            req.uid(),
-            req.gid(),
-        ) {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("symlink", &link_name, e)),
-        }
+        self.reply_entry(
+            reply,
+            "symlink",
+            &link_name,
+            self.fs.symlink(
+                parent.0,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+                req.uid(),
+                req.gid(),
+            ),
+        );
     }
 
     fn rename(
@@ -252,16 +287,18 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        match self.fs.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", &(name, newname), e)),
-        }
+        reply_empty(
+            reply,
+            "rename",
+            &(name, newname),
+            self.fs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags,
+            ),
+        );
     }
 
     fn link(
@@ -272,10 +309,12 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("link", &newname, e)),
-        }
+        self.reply_entry(
+            reply,
+            "link",
+            &newname,
+            self.fs.link(ino.0, newparent.0, newname.as_bytes()),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -328,10 +367,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("flush", &ino, e)),
-        }
+        reply_empty(reply, "flush", &ino, self.fs.flush(fh.0));
     }
 
     fn release(
@@ -344,10 +380,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("release", &ino, e)),
-        }
+        reply_empty(reply, "release", &ino, self.fs.release(fh.0));
     }
 
     fn fsync(
@@ -358,10 +391,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", &ino, e)),
-        }
+        reply_empty(reply, "fsync", &ino, self.fs.fsync(fh.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -510,10 +540,12 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.setxattr(ino.0, name.as_bytes(), value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", &name, e)),
-        }
+        reply_empty(
+            reply,
+            "setxattr",
+            &name,
+            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -538,10 +570,12 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", &name, e)),
-        }
+        reply_empty(
+            reply,
+            "removexattr",
+            &name,
+            self.fs.removexattr(ino.0, name.as_bytes()),
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

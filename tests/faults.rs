@@ -189,17 +189,7 @@ fn unknown_format_version_is_refused() {
         br#"{"format":"memfis","version":99}"#,
     );
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "mount",
-            dir.path().to_str().unwrap(),
-            "--server",
-            &mc.addr(),
-            "--prefix",
-            PREFIX,
-        ])
-        .output()
-        .unwrap();
+    let out = mount_detached(dir.path(), &mc.addr(), PREFIX);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("version 99"), "{err}");

@@ -198,17 +198,7 @@ fn fusermount_u_ends_the_daemon() {
 fn detached_mount_returns_and_unmounts_with_fusermount() {
     let mc = Memcached::start();
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .args([
-            "mount",
-            dir.path().to_str().unwrap(),
-            "--server",
-            &mc.addr(),
-            "--prefix",
-            PREFIX,
-        ])
-        .output()
-        .unwrap();
+    let out = mount_detached(dir.path(), &mc.addr(), PREFIX);
     assert!(
         out.status.success(),
         "{}",

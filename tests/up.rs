@@ -39,14 +39,13 @@ fn up_serves_the_example_site_and_sigterm_cleans_everything() {
         line.contains(&format!("http://127.0.0.1:{port}/")),
         "{line}"
     );
-    let nginx = NginxAt(port);
     for (path, ct, needle) in [
         ("/", "text/html", "Served from memory"),
         ("/about/", "text/html", "About"),
         ("/css/style.css", "text/css", "font-family"),
         ("/img/logo.png", "image/png", "PNG"),
     ] {
-        let (status, headers, body) = nginx.get(path);
+        let (status, headers, body) = http_request(port, "GET", path, &[]);
         assert_eq!(status, 200, "{path}");
         assert_eq!(header(&headers, "x-memfis-source"), Some("store"), "{path}");
         assert_eq!(header(&headers, "content-type"), Some(ct), "{path}");
@@ -79,35 +78,6 @@ fn up_serves_the_example_site_and_sigterm_cleans_everything() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "nginx still listening"
     );
-}
-
-/// GETs against an nginx someone else started.
-struct NginxAt(u16);
-
-impl NginxAt {
-    fn get(&self, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.0)).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&out[..split]).to_string();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
-        (status, headers, out[split + 4..].to_vec())
-    }
 }
 
 #[test]

@@ -344,35 +344,7 @@ impl Nginx {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let split = out
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("http header end");
-        let head = String::from_utf8_lossy(&out[..split]).to_string();
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
-        (status, headers, out[split + 4..].to_vec())
+        http_request(self.port, method, path, headers)
     }
 
     pub fn get(&self, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
@@ -385,6 +357,54 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`: status, headers (names lowercased), body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http header end");
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    (status, headers, out[split + 4..].to_vec())
+}
+
+/// `memfis mount DIR --server SERVER --prefix PREFIX` (detaching), returning its output.
+pub fn mount_detached(dir: &Path, server: &str, prefix: &str) -> std::process::Output {
+    Command::new(BIN)
+        .arg("mount")
+        .arg(dir)
+        .args(["--server", server, "--prefix", prefix])
+        .output()
+        .unwrap()
 }
 
 /// Percent-encodes a path for a request line (everything but unreserved bytes and '/').
