@@ -210,3 +210,34 @@ fn detached_mount_returns_and_unmounts_with_fusermount() {
     assert!(!is_mounted(dir.path()));
     assert_eq!(mc.get(b"memfis://posix/f").unwrap(), b"x");
 }
+
+#[test]
+fn writes_and_chown_drop_set_id_bits() {
+    let mc = Memcached::start();
+    // allow_other: the unprivileged writer below may use the mount.
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["-o", "allow_other"]);
+    std::fs::write(m.p("prog"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(m.p("prog"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+    std::os::unix::fs::chown(m.p("prog"), Some(1), None).unwrap();
+    assert_eq!(
+        std::fs::metadata(m.p("prog")).unwrap().mode() & 0o7777,
+        0o0755
+    );
+    // cp -a order: chown, then chmod restores the bits.
+    std::fs::set_permissions(m.p("prog"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    assert_eq!(
+        std::fs::metadata(m.p("prog")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    // A write by an unprivileged user clears set-user-ID.
+    std::fs::set_permissions(m.p("prog"), std::fs::Permissions::from_mode(0o4777)).unwrap();
+    std::fs::set_permissions(m.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    sh(&format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups sh -c 'echo x >> {}'",
+        m.p("prog").display()
+    ));
+    assert_eq!(
+        std::fs::metadata(m.p("prog")).unwrap().mode() & 0o7777,
+        0o0777
+    );
+}

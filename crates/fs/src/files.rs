@@ -283,7 +283,9 @@ impl<S: Store> MemFs<S> {
         Ok(data[start..end].to_vec())
     }
 
-    pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+    /// Writes at `offset` (at the end for O_APPEND). `kill_suidgid`: the kernel asks us to drop
+    /// set-user/group-ID bits, as for a write by an unprivileged user (FUSE_HANDLE_KILLPRIV_V2).
+    pub fn write(&self, fh: u64, offset: u64, bytes: &[u8], kill_suidgid: bool) -> FsResult<u32> {
         let h = self.handle(fh)?;
         if !h.write {
             return Err(FsError::BadHandle);
@@ -305,6 +307,10 @@ impl<S: Store> MemFs<S> {
         data[offset..end].copy_from_slice(bytes);
         of.data_dirty = true;
         of.touch_mtime();
+        let mode = of.view().mode;
+        if kill_suidgid && mode & 0o6000 != 0 {
+            of.pending.set.mode = Some(mode & !0o6000);
+        }
         Ok(bytes.len() as u32)
     }
 

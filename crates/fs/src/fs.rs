@@ -562,7 +562,10 @@ impl<S: Store> MemFs<S> {
                     self.check_size(ino, size)?;
                     of.resize(size);
                 }
-                of.pending.apply(set);
+                let mut set = set.clone();
+                let view = of.view();
+                set.mode = set.mode.or(setid_cleared_by_chown(&view, &set));
+                of.pending.apply(&set);
                 return Ok(self.attr_from(ino, &of.view(), None));
             }
         }
@@ -1104,7 +1107,24 @@ impl<S: Store> MemFs<S> {
     }
 }
 
+/// chown of a non-directory drops the set-user-ID bit, and set-group-ID with group execute
+/// (chown(2) on Linux, for root too). `Some(new mode)` when `set` is such a chown.
+fn setid_cleared_by_chown(rec: &Inode, set: &SetAttr) -> Option<u32> {
+    let chown = set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
+    if !chown || set.mode.is_some() || rec.kind == Kind::Dir {
+        return None;
+    }
+    let mut drop = libc::S_ISUID;
+    if rec.mode & libc::S_IXGRP != 0 {
+        drop |= libc::S_ISGID;
+    }
+    (rec.mode & drop != 0).then_some(rec.mode & !drop)
+}
+
 pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
+    if let Some(m) = setid_cleared_by_chown(rec, set) {
+        rec.mode = m;
+    }
     if let Some(m) = set.mode {
         rec.mode = m & 0o7777;
     }

@@ -20,9 +20,23 @@ impl Drop for Memcached {
 }
 
 fn start_memcached() -> (Memcached, String) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut cmd = Command::new("memcached");
-    cmd.args(["-U", "0", "-l", "127.0.0.1", "-p", &port.to_string(), "-m", "512", "-M"]);
+    cmd.args([
+        "-U",
+        "0",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        "512",
+        "-M",
+    ]);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         cmd.args(["-u", "root"]);

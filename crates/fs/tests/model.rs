@@ -147,7 +147,7 @@ fn step(model: &mut Model, fs: &Fs, op: &Op) -> Option<(Result<(), i32>, Result<
             let got = fs
                 .create(d, &n, 0o644, libc::O_WRONLY | libc::O_EXCL, 0, 0)
                 .and_then(|(_, fh)| {
-                    fs.write(fh, 0, data)?;
+                    fs.write(fh, 0, data, false)?;
                     fs.release(fh)
                 });
             Some((expect, errno(got)))
@@ -162,7 +162,7 @@ fn step(model: &mut Model, fs: &Fs, op: &Op) -> Option<(Result<(), i32>, Result<
             f[*off as usize..end].copy_from_slice(data);
             let ino = resolve(fs, &u[*i]).unwrap();
             let got = fs.open(ino, libc::O_RDWR).and_then(|fh| {
-                fs.write(fh, *off as u64, data)?;
+                fs.write(fh, *off as u64, data, false)?;
                 fs.release(fh)
             });
             Some((Ok(()), errno(got)))
