@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{Command, Reply, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 use tracing::warn;
 
+use crate::dirlog::Op;
 use crate::fs::{Attr, MemFs, SetAttr, lock};
 use crate::record::{Inode, Kind, Link, Time};
 use crate::{FsError, FsResult};
@@ -88,6 +89,20 @@ pub struct OpenFile {
     pub writers: u32,
     /// The last name is gone: keep serving holders, publish nothing.
     pub unlinked: bool,
+    /// Created here and its log record not yet appended: that rides with the first publish,
+    /// saving `create` a round trip. Until then other mounts can look the name up but not
+    /// list it.
+    pub pending_entry: Option<PendingEntry>,
+}
+
+/// The parent-log record a create still owes.
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    /// Its sequence number in the parent's log.
+    pub seq: u64,
+    pub data_key: Vec<u8>,
 }
 
 impl OpenFile {
@@ -101,6 +116,7 @@ impl OpenFile {
             handles: 0,
             writers: 0,
             unlinked: false,
+            pending_entry: None,
         }
     }
 
@@ -184,8 +200,15 @@ impl<S: Store> MemFs<S> {
                 name: name.to_vec(),
             }],
         );
-        let (ino, rec, cas) = self.create_node(parent, name, rec)?;
-        let mut of = OpenFile::new(rec, Some(cas));
+        let node = self.claim_node(parent, name, rec)?;
+        let ino = node.ino;
+        let mut of = OpenFile::new(node.rec, Some(node.cas));
+        of.pending_entry = Some(PendingEntry {
+            parent,
+            name: name.to_vec(),
+            seq: node.seq,
+            data_key: node.data_key,
+        });
         of.data = Some(Value::default());
         of.handles = 1;
         let attr = self.attr_from(ino, &of.view(), None);
@@ -331,8 +354,13 @@ impl<S: Store> MemFs<S> {
     /// trip. If another mount changed the record meanwhile, merges onto its version (fixing
     /// the data keys if the names changed) and tries again.
     pub(crate) fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        if of.unlinked || !of.is_dirty() {
+        if of.unlinked || (!of.is_dirty() && of.pending_entry.is_none()) {
             return Ok(());
+        }
+        if !of.is_dirty() {
+            // Created and closed unwritten: the log record and the empty value, nothing else.
+            let pe = of.pending_entry.take().expect("checked above");
+            return self.settle_one(ino, of, pe);
         }
         if of.cas.is_none() {
             let (rec, cas) = self.read_inode(ino)?;
@@ -343,6 +371,8 @@ impl<S: Store> MemFs<S> {
         let data = of.data.clone().unwrap_or_default();
         // Data keys written so far by this publish.
         let mut written: Vec<Vec<u8>> = Vec::new();
+        // The create's log record, appended with the first batch.
+        let mut logged = None;
         loop {
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);
@@ -363,10 +393,30 @@ impl<S: Store> MemFs<S> {
                     data_keys.push(k.clone());
                 }
             }
-            let deletes = batch.len() - data_keys.len();
+            let skip = batch.len() - data_keys.len();
             batch.push(Command::cas(&ikey, &rec.encode(), of.cas.unwrap_or(0)));
-            let mut results = self.store.execute(batch).into_iter();
-            results.by_ref().take(deletes).for_each(drop);
+            let results = match of.pending_entry.take() {
+                Some(pe) => {
+                    let mut skip_add = 0;
+                    if !of.data_dirty {
+                        batch.insert(0, Command::store(StoreOp::Add, &pe.data_key, b""));
+                        skip_add = 1;
+                    }
+                    match self.log_created(ino, &pe, batch) {
+                        Ok(results) => {
+                            logged = Some(pe);
+                            results.into_iter().skip(skip_add).collect()
+                        }
+                        Err(e) => {
+                            of.pending_entry = Some(pe); // owed still: retried at release
+                            return Err(e);
+                        }
+                    }
+                }
+                None => self.store.execute(batch),
+            };
+            let mut results = results.into_iter();
+            results.by_ref().take(skip).for_each(drop);
             let mut failure = None;
             for (k, r) in data_keys.iter().zip(results.by_ref()) {
                 match r {
@@ -386,7 +436,7 @@ impl<S: Store> MemFs<S> {
                     of.cas = None;
                     of.pending = Pending::default();
                     of.data_dirty = false;
-                    return Ok(());
+                    return self.unlog_if_moved(ino, logged, Some(&of.record));
                 }
                 Ok(Reply::Exists) => {
                     let (fresh, cas) = self.read_inode(ino)?;
@@ -399,12 +449,79 @@ impl<S: Store> MemFs<S> {
                         let _ = self.store.delete(k);
                     }
                     of.unlinked = true;
-                    return Ok(());
+                    return self.unlog_if_moved(ino, logged, None);
                 }
                 Ok(other) => return Err(FsError::corrupt(&ikey, format!("cas got {other:?}"))),
                 Err(e) => return Err(FsError::store(&ikey, e)),
             }
         }
+    }
+
+    /// Appends a created file's `+` record to its parent's log, with `extra` in the same batch.
+    fn log_created(
+        &self,
+        ino: u64,
+        pe: &PendingEntry,
+        extra: Vec<Command>,
+    ) -> FsResult<Vec<CmdResult>> {
+        let record = [(Op::Add, Kind::File, ino, pe.name.as_slice())];
+        self.append_log(pe.parent, pe.seq, &record, extra)
+    }
+
+    /// A create's `+` record appended after another mount already renamed or removed the
+    /// name would list a ghost: follow it with the matching `-` record.
+    fn unlog_if_moved(
+        &self,
+        ino: u64,
+        logged: Option<PendingEntry>,
+        now: Option<&Inode>,
+    ) -> FsResult<()> {
+        let Some(pe) = logged else { return Ok(()) };
+        let link = Link {
+            parent: pe.parent,
+            name: pe.name.clone(),
+        };
+        if now.is_some_and(|r| r.links.contains(&link)) {
+            return Ok(());
+        }
+        self.log_dir_change(pe.parent, Op::Remove, Kind::File, ino, &pe.name)
+    }
+
+    /// Appends the log records of files created here and still open, for the files `wanted`
+    /// picks: before this mount lists a directory or renames/removes one of those files, so
+    /// its own log never misses or misorders them.
+    pub(crate) fn settle_created(
+        &self,
+        wanted: impl Fn(u64, &PendingEntry) -> bool,
+    ) -> FsResult<()> {
+        let open: Vec<(u64, Arc<Mutex<OpenFile>>)> = lock(&self.files)
+            .iter()
+            .map(|(i, f)| (*i, f.clone()))
+            .collect();
+        for (ino, file) in open {
+            let mut of = lock(&file);
+            if let Some(pe) = of.pending_entry.take_if(|pe| wanted(ino, pe)) {
+                self.settle_one(ino, &mut of, pe)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the log record `pe` (and the empty value, unless bytes are pending anyway).
+    fn settle_one(&self, ino: u64, of: &mut OpenFile, pe: PendingEntry) -> FsResult<()> {
+        let mut extra = Vec::new();
+        if !of.data_dirty {
+            extra.push(Command::store(StoreOp::Add, &pe.data_key, b""));
+        }
+        let result = self.log_created(ino, &pe, extra).and_then(|results| {
+            results
+                .into_iter()
+                .try_for_each(|r| r.map(drop).map_err(|e| FsError::store(&pe.data_key, e)))
+        });
+        if result.is_err() {
+            of.pending_entry = Some(pe);
+        }
+        result
     }
 
     /// A failed `set` leaves no old bytes either (memcached drops the item), so the file is

@@ -86,6 +86,16 @@ pub struct StatFs {
     pub files_free: u64,
 }
 
+/// An inode just created by [`MemFs::claim_node`].
+pub(crate) struct NewNode {
+    pub ino: u64,
+    pub rec: Inode,
+    pub cas: u64,
+    /// Sequence number of its record in the parent's log.
+    pub seq: u64,
+    pub data_key: Vec<u8>,
+}
+
 /// A directory entry as read from the store: the child's inode (or `None` once removed) and
 /// the cas token to change it.
 pub(crate) struct EntrySlot {
@@ -351,18 +361,19 @@ impl<S: Store> MemFs<S> {
             .incr(&seq_key, delta)
             .map_err(|e| FsError::store(&seq_key, e))?
             .ok_or_else(|| FsError::missing(&seq_key))?;
-        self.append_log(dir, last, changes, Vec::new())
+        self.append_log(dir, last, changes, Vec::new())?;
+        Ok(())
     }
 
     /// Appends records numbered up to `last` to their chunks, sets the directory's mtime and
-    /// runs `extra` in the same pipelined batch.
-    fn append_log(
+    /// runs `extra` in the same pipelined batch, returning the results of `extra`.
+    pub(crate) fn append_log(
         &self,
         dir: u64,
         last: u64,
         changes: &[(Op, Kind, u64, &[u8])],
         extra: Vec<Command>,
-    ) -> FsResult<()> {
+    ) -> FsResult<Vec<CmdResult>> {
         let first = last + 1 - changes.len() as u64;
         let now_time = Time::now();
         let now = now_time.to_text();
@@ -378,7 +389,6 @@ impl<S: Store> MemFs<S> {
         }
         let mtime_key = self.keys.dir_mtime(dir);
         batch.push(Command::store(StoreOp::Set, &mtime_key, now.as_bytes()));
-        let extra_keys: Vec<Vec<u8>> = extra.iter().map(|c| c.key().to_vec()).collect();
         batch.extend(extra);
         let mut results = self.store.execute(batch).into_iter();
         for (key, record) in &keys {
@@ -391,14 +401,11 @@ impl<S: Store> MemFs<S> {
             .next()
             .expect("result")
             .map_err(|e| FsError::store(&mtime_key, e))?;
-        for (key, r) in extra_keys.iter().zip(results) {
-            r.map_err(|e| FsError::store(key, e))?;
-        }
         if let Some((attr, _)) = lock(&self.dir_attrs).get_mut(&dir) {
             attr.mtime = now_time;
             attr.ctime = now_time;
         }
-        Ok(())
+        Ok(results.collect())
     }
 
     fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
@@ -423,6 +430,7 @@ impl<S: Store> MemFs<S> {
 
     /// The listing of a directory, replayed from its log.
     pub fn list_dir(&self, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+        self.settle_created(|_, pe| pe.parent == dir)?;
         let seq_key = self.keys.dir_seq(dir);
         let seq = self
             .store
@@ -683,6 +691,23 @@ impl<S: Store> MemFs<S> {
         name: &[u8],
         rec: Inode,
     ) -> FsResult<(u64, Inode, u64)> {
+        let node = self.claim_node(parent, name, rec)?;
+        let mut extra = Vec::new();
+        if node.rec.kind == Kind::File {
+            // `add`: bytes left at this path by a crashed mount are overwritten at flush.
+            extra.push(Command::store(StoreOp::Add, &node.data_key, b""));
+        }
+        let record = [(Op::Add, node.rec.kind, node.ino, name)];
+        for r in self.append_log(parent, node.seq, &record, extra)? {
+            r.map_err(|e| FsError::store(&node.data_key, e))?;
+        }
+        Ok((node.ino, node.rec, node.cas))
+    }
+
+    /// The first round trip of a create: a new inode record and the entry pointing at it.
+    /// The name is taken once this returns; its log record (sequence number `seq`) is still
+    /// to be appended.
+    pub(crate) fn claim_node(&self, parent: u64, name: &[u8], rec: Inode) -> FsResult<NewNode> {
         check_name(name)?;
         let path = join(&self.dir_path(parent)?, name);
         let data_key = self.keys.data_checked(&path)?;
@@ -756,13 +781,13 @@ impl<S: Store> MemFs<S> {
             Ok(_) => return Err(FsError::missing(&seq_key)),
             Err(e) => return Err(FsError::store(&seq_key, e)),
         };
-        let mut extra = Vec::new();
-        if rec.kind == Kind::File {
-            // `add`: bytes left at this path by a crashed mount are overwritten at flush.
-            extra.push(Command::store(StoreOp::Add, &data_key, b""));
-        }
-        self.append_log(parent, seq, &[(Op::Add, rec.kind, ino, name)], extra)?;
-        Ok((ino, rec, cas))
+        Ok(NewNode {
+            ino,
+            rec,
+            cas,
+            seq,
+            data_key,
+        })
     }
 
     /// Removes the records of an inode that never got a name.
@@ -822,6 +847,7 @@ impl<S: Store> MemFs<S> {
     /// A new name for a file: entry, link in the record, and its bytes at the new data key.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
+        self.settle_created(|i, _| i == ino)?;
         let new_path = join(&self.dir_path(newparent)?, newname);
         let new_key = self.keys.data_checked(&new_path)?;
         let (rec, _) = self.read_inode(ino)?;
@@ -898,6 +924,7 @@ impl<S: Store> MemFs<S> {
         check_name(name)?;
         let slot = self.read_entry(parent, name)?;
         let ino = slot.ino.ok_or(FsError::NotFound)?;
+        self.settle_created(|i, _| i == ino)?;
         let (rec, _) = self.read_inode(ino)?;
         if rec.kind == Kind::Dir {
             return Err(FsError::IsDir);

@@ -34,6 +34,8 @@ impl<S: Store> MemFs<S> {
         check_name(newname)?;
         let src_slot = self.read_entry(parent, name)?;
         let src = src_slot.ino.ok_or(FsError::NotFound)?;
+        let target = self.read_entry(newparent, newname)?.ino;
+        self.settle_created(|i, _| i == src || Some(i) == target)?;
         let (src_rec, _) = self.read_inode(src)?;
         let dst_slot = self.read_entry(newparent, newname)?;
         if flags.noreplace && dst_slot.ino.is_some() {

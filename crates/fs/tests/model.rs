@@ -364,3 +364,60 @@ proptest! {
         }
     }
 }
+
+/// A create's log record rides with its first publish; listings and other mounts' renames or
+/// removals in between must neither lose the name nor leave a ghost.
+#[test]
+fn created_files_are_listed_once_settled_and_never_as_ghosts() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://pending").unwrap();
+    let cfg = FsConfig {
+        cache_ttl: Duration::ZERO,
+        item_size_max: None,
+    };
+    let a = MemFs::new(store.clone(), keys.clone(), cfg.clone()).unwrap();
+    let b = MemFs::new(store.clone(), keys, cfg).unwrap();
+    let names = |fs: &Fs| -> Vec<String> {
+        fs.readdir(ROOT_INO)
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect()
+    };
+    // Listed by the creating mount at once; by others once closed.
+    let (_, fh) = a
+        .create(ROOT_INO, b"open", 0o644, libc::O_WRONLY, 0, 0)
+        .unwrap();
+    assert_eq!(names(&a), ["open"]);
+    assert_eq!(names(&b), ["open"]); // a's listing settled the record
+    a.write(fh, 0, b"x", false).unwrap();
+    a.release(fh).unwrap();
+    assert_eq!(names(&b), ["open"]);
+
+    // Removed by another mount before the creator's first publish: no ghost.
+    let (_, fh) = a
+        .create(ROOT_INO, b"gone", 0o644, libc::O_WRONLY, 0, 0)
+        .unwrap();
+    b.unlink(ROOT_INO, b"gone").unwrap();
+    a.write(fh, 0, b"late", false).unwrap();
+    a.release(fh).unwrap();
+    assert_eq!(names(&a), ["open"]);
+    assert_eq!(names(&b), ["open"]);
+    assert!(store.get(&a.keys().data(b"/gone")).unwrap().is_none());
+
+    // Renamed by another mount before the creator's first publish: listed at the new name only.
+    let (_, fh) = a
+        .create(ROOT_INO, b"old", 0o644, libc::O_WRONLY, 0, 0)
+        .unwrap();
+    b.rename(ROOT_INO, b"old", ROOT_INO, b"new", RenameFlags::default())
+        .unwrap();
+    a.write(fh, 0, b"data", false).unwrap();
+    a.release(fh).unwrap();
+    assert_eq!(names(&a), ["new", "open"]);
+    assert_eq!(names(&b), ["new", "open"]);
+    let fh = b
+        .open(b.lookup(ROOT_INO, b"new").unwrap().ino, libc::O_RDONLY)
+        .unwrap();
+    assert_eq!(b.read(fh, 0, 10).unwrap(), b"data");
+    assert!(store.get(&a.keys().data(b"/old")).unwrap().is_none());
+}
