@@ -200,7 +200,17 @@ impl<S: Store> MemFs<S> {
                 name: name.to_vec(),
             }],
         );
-        let node = self.claim_node(parent, name, rec)?;
+        let node = match self.claim_node(parent, name, rec) {
+            Ok(node) => node,
+            // O_CREAT without O_EXCL on a name that exists (perhaps made by another mount a
+            // moment ago): open what is there.
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
+                let ino = self.read_entry(parent, name)?.ino.ok_or(FsError::Busy)?;
+                let fh = self.open(ino, flags)?;
+                return Ok((self.getattr(ino)?, fh));
+            }
+            Err(e) => return Err(e),
+        };
         let ino = node.ino;
         let mut of = OpenFile::new(node.rec, Some(node.cas));
         of.pending_entry = Some(PendingEntry {

@@ -1,7 +1,7 @@
 //! Namespace operations: the part of the filesystem that works on inode records, directory
 //! entries and directory logs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -118,7 +118,15 @@ pub struct MemFs<S: Store> {
     /// Attributes of directories met recently: the kernel drops its copy whenever an entry
     /// changes, and asking the store again each time would cost `cp -a` a round trip a file.
     dir_attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    /// Names of directories whose full listing this mount knew at the given time (it made
+    /// them, or listed them), kept up to date with its own changes. Within the cache TTL a
+    /// name not in the set is answered ENOENT without the store: the same staleness the
+    /// kernel's entry cache allows, and it saves `cp -a` the negative lookup of every file.
+    known_names: Mutex<HashMap<u64, KnownNames>>,
 }
+
+/// A directory's names and when they were last read from the store.
+type KnownNames = (HashSet<Vec<u8>>, Instant);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -177,6 +185,7 @@ impl<S: Store> MemFs<S> {
             next_fh: AtomicU64::new(1),
             dir_paths: Mutex::new(HashMap::new()),
             dir_attrs: Mutex::new(HashMap::new()),
+            known_names: Mutex::new(HashMap::new()),
         };
         fs.check_or_create_format()?;
         Ok(fs)
@@ -405,7 +414,21 @@ impl<S: Store> MemFs<S> {
             attr.mtime = now_time;
             attr.ctime = now_time;
         }
+        for (op, _, _, name) in changes {
+            self.note_name(dir, name, *op == Op::Add);
+        }
         Ok(results.collect())
+    }
+
+    /// Keeps a known listing in step with a change this mount made.
+    pub(crate) fn note_name(&self, dir: u64, name: &[u8], present: bool) {
+        if let Some((names, _)) = lock(&self.known_names).get_mut(&dir) {
+            if present {
+                names.insert(name.to_vec());
+            } else {
+                names.remove(name);
+            }
+        }
     }
 
     fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
@@ -431,6 +454,7 @@ impl<S: Store> MemFs<S> {
     /// The listing of a directory, replayed from its log.
     pub fn list_dir(&self, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
         self.settle_created(|_, pe| pe.parent == dir)?;
+        let started = Instant::now();
         let seq_key = self.keys.dir_seq(dir);
         let seq = self
             .store
@@ -454,6 +478,8 @@ impl<S: Store> MemFs<S> {
                 dirlog::replay(key, &item.value, &mut listing)?;
             }
         }
+        let names = listing.keys().cloned().collect();
+        lock(&self.known_names).insert(dir, (names, started));
         Ok(listing)
     }
 
@@ -554,6 +580,12 @@ impl<S: Store> MemFs<S> {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
+        if let Some((names, at)) = lock(&self.known_names).get(&parent)
+            && at.elapsed() < self.cfg.cache_ttl
+            && !names.contains(name)
+        {
+            return Err(FsError::NotFound);
+        }
         match self.read_entry(parent, name)?.ino {
             Some(ino) => self.getattr(ino),
             None => Err(FsError::NotFound),
@@ -776,6 +808,11 @@ impl<S: Store> MemFs<S> {
             Ok(false) => return fail(FsError::Exists),
             Err(e) => return fail(e),
         }
+        self.note_name(parent, name, true);
+        if rec.kind == Kind::Dir {
+            // Nobody could list it before its entry existed: its (empty) listing is known.
+            lock(&self.known_names).insert(ino, (HashSet::new(), Instant::now()));
+        }
         let seq = match seq {
             Ok(Reply::Number(n)) => n,
             Ok(_) => return Err(FsError::missing(&seq_key)),
@@ -985,6 +1022,7 @@ impl<S: Store> MemFs<S> {
             r.map_err(|e| FsError::store(&key, e))?;
         }
         lock(&self.dir_attrs).remove(&ino);
+        lock(&self.known_names).remove(&ino);
         if let Some(of) = self.open_file(ino) {
             lock(&of).unlinked = true;
         }
