@@ -11,6 +11,7 @@ declare -A package_of=(
   [php-fpm8.2]=php-fpm
   [pgrep]=procps
   [cc]=gcc
+  [nutcracker]=nutcracker
 )
 missing=()
 for cmd in "${!package_of[@]}"; do

@@ -62,3 +62,56 @@ fn a_pool_of_servers_places_keys_where_nginx_looks() {
     }
     assert!(per_server.iter().all(|&n| n > 0), "{per_server:?}");
 }
+
+#[test]
+fn works_through_twemproxy() {
+    let mc = Memcached::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("nutcracker.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "memfis:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  \
+             timeout: 2000\n  servers:\n   - {}:1\n",
+            mc.addr()
+        ),
+    )
+    .unwrap();
+    let _proxy = ChildGuard(
+        std::process::Command::new("nutcracker")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-o")
+            .arg(dir.path().join("nutcracker.log"))
+            .spawn()
+            .expect("nutcracker installed (apt-get install nutcracker)"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nutcracker did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let proxy_addr = format!("127.0.0.1:{port}");
+    {
+        let m = Mount::new(std::slice::from_ref(&proxy_addr), "memfis://tw");
+        std::fs::create_dir(m.p("d")).unwrap();
+        std::fs::write(m.p("d/a.html"), b"through the proxy").unwrap();
+        std::fs::rename(m.p("d"), m.p("e")).unwrap();
+        assert_eq!(
+            std::fs::read(m.p("e/a.html")).unwrap(),
+            b"through the proxy"
+        );
+        let nginx = Nginx::start(
+            "",
+            &format!(
+                "location / {{ set $memcached_key \"memfis://tw$uri\"; memcached_pass {proxy_addr}; }}"
+            ),
+        );
+        assert_eq!(nginx.get("/e/a.html").2, b"through the proxy");
+        assert_eq!(nginx.get("/d/a.html").0, 404);
+    }
+}

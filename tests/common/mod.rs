@@ -233,6 +233,16 @@ impl Mount {
     }
 }
 
+/// A child process killed when dropped, so a failing test leaves none behind.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let path = path.to_string_lossy();
