@@ -101,6 +101,16 @@ fn time_of(t: TimeOrNow) -> Time {
     }
 }
 
+/// Names entry `name` of directory `parent` by its path in log lines; the path is only
+/// worked out when a line is actually written.
+struct PathOf<'a, S: Store>(&'a MemFs<S>, INodeNo, &'a OsStr);
+
+impl<S: Store> std::fmt::Debug for PathOf<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0.path_of(self.1.0, self.2.as_bytes()))
+    }
+}
+
 /// Turns an error into an errno, logging the ones that mean the store misbehaved.
 fn errno(op: &str, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
     if e.is_fault() {
@@ -132,7 +142,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         self.reply_entry(
             reply,
             "lookup",
-            &name,
+            &PathOf(&self.fs, parent, name),
             self.fs.lookup(parent.0, name.as_bytes()),
         );
     }
@@ -210,7 +220,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             .and_then(|(a, fh)| self.fs.release(fh).map(|_| a));
         match created {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("mknod", &name, e)),
+            Err(e) => reply.error(errno("mknod", &PathOf(&self.fs, parent, name), e)),
         }
     }
 
@@ -228,7 +238,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             .mkdir(parent.0, name.as_bytes(), mode, req.uid(), req.gid())
         {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("mkdir", &name, e)),
+            Err(e) => reply.error(errno("mkdir", &PathOf(&self.fs, parent, name), e)),
         }
     }
 
@@ -236,7 +246,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         reply_empty(
             reply,
             "unlink",
-            &name,
+            &PathOf(&self.fs, parent, name),
             self.fs.unlink(parent.0, name.as_bytes()),
         );
     }
@@ -245,7 +255,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         reply_empty(
             reply,
             "rmdir",
-            &name,
+            &PathOf(&self.fs, parent, name),
             self.fs.rmdir(parent.0, name.as_bytes()),
         );
     }
@@ -261,7 +271,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         self.reply_entry(
             reply,
             "symlink",
-            &link_name,
+            &PathOf(&self.fs, parent, link_name),
             self.fs.symlink(
                 parent.0,
                 link_name.as_bytes(),
@@ -293,7 +303,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         reply_empty(
             reply,
             "rename",
-            &(name, newname),
+            &(
+                PathOf(&self.fs, parent, name),
+                PathOf(&self.fs, newparent, newname),
+            ),
             self.fs.rename(
                 parent.0,
                 name.as_bytes(),
@@ -315,7 +328,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         self.reply_entry(
             reply,
             "link",
-            &newname,
+            &PathOf(&self.fs, newparent, newname),
             self.fs.link(ino.0, newparent.0, newname.as_bytes()),
         );
     }
@@ -607,7 +620,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(errno("create", &name, e)),
+            Err(e) => reply.error(errno("create", &PathOf(&self.fs, parent, name), e)),
         }
     }
 }

@@ -173,6 +173,7 @@ fn malformed_or_missing_record_is_eio_naming_the_key() {
     );
     let log = m.log_text();
     assert!(log.contains(&bad_key), "{log}");
+    assert!(log.contains("\"/bad\""), "the path too: {log}");
     assert!(log.contains(&gone_key), "{log}");
     // A broken directory log is also EIO, and listing the root still answers.
     mc.set(format!("{PREFIX}%l1.0").as_bytes(), b"+f7 99:short");

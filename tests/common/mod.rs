@@ -161,6 +161,8 @@ pub struct Mount {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub log: PathBuf,
+    /// Holds the log (outside the mountpoint, which the mount hides); removed on drop.
+    _log_dir: tempfile::TempDir,
 }
 
 impl Mount {
@@ -170,7 +172,8 @@ impl Mount {
 
     pub fn with_args(servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().with_extension("log");
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("memfis.log");
         let mut cmd = Command::new(BIN);
         cmd.arg("mount")
             .arg(dir.path())
@@ -199,6 +202,7 @@ impl Mount {
             dir,
             child: Some(child),
             log,
+            _log_dir: log_dir,
         }
     }
 

@@ -508,6 +508,14 @@ impl<S: Store> MemFs<S> {
         Ok(path)
     }
 
+    /// The path of entry `name` of directory `dir`, for messages (best effort).
+    pub fn path_of(&self, dir: u64, name: &[u8]) -> String {
+        match self.dir_path(dir) {
+            Ok(p) => String::from_utf8_lossy(&join(&p, name)).into_owned(),
+            Err(_) => format!("<directory inode {dir}>/{}", String::from_utf8_lossy(name)),
+        }
+    }
+
     pub(crate) fn forget_dir_paths(&self) {
         lock(&self.dir_paths).clear();
     }
