@@ -13,9 +13,7 @@ use tracing::warn;
 use crate::dirlog::{self, Op};
 use crate::files::{Handle, OpenFile};
 use crate::keys::{KeyLayout, LOG_CHUNK_RECORDS, ROOT_INO};
-use crate::record::{
-    FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, pct_decode, pct_encode,
-};
+use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time};
 use crate::{FsError, FsResult};
 
 /// Longest name of one directory entry (as on Linux filesystems).
@@ -214,7 +212,7 @@ impl<S: Store> MemFs<S> {
             return Ok(());
         }
         // A fresh store: root first, format record last, so a half-made one is retried.
-        let root = Inode::new(Kind::Dir, 0o755, unsafe_uid(), unsafe_gid(), Vec::new());
+        let root = Inode::new(Kind::Dir, 0o755, current_uid(), current_gid(), Vec::new());
         let now = Time::now().to_text();
         let batch = vec![
             Command::store(StoreOp::Add, &self.keys.inode(ROOT_INO), &root.encode()),
@@ -1094,64 +1092,6 @@ impl<S: Store> MemFs<S> {
         Ok(out)
     }
 
-    // ----- extended attributes -------------------------------------------------------------
-
-    fn xattr_name(name: &[u8]) -> FsResult<String> {
-        if !name.starts_with(b"user.") {
-            return Err(FsError::NotSupported("only user.* extended attributes"));
-        }
-        Ok(pct_encode(name))
-    }
-
-    fn current_record(&self, ino: u64) -> FsResult<Inode> {
-        if let Some(of) = self.open_file(ino) {
-            return Ok(lock(&of).view());
-        }
-        Ok(self.read_inode(ino)?.0)
-    }
-
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        if !name.starts_with(b"user.") {
-            return Err(FsError::NoXattr);
-        }
-        let rec = self.current_record(ino)?;
-        let value = rec.xattrs.get(&pct_encode(name)).ok_or(FsError::NoXattr)?;
-        pct_decode(value).ok_or_else(|| FsError::corrupt(&self.keys.inode(ino), "bad xattr value"))
-    }
-
-    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
-        let rec = self.current_record(ino)?;
-        Ok(rec.xattrs.keys().filter_map(|k| pct_decode(k)).collect())
-    }
-
-    /// `flags`: XATTR_CREATE (1) fails if present, XATTR_REPLACE (2) fails if absent.
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        let key = Self::xattr_name(name)?;
-        self.update_inode(ino, |r| {
-            let present = r.xattrs.contains_key(&key);
-            if flags & libc::XATTR_CREATE != 0 && present {
-                return Err(FsError::Exists);
-            }
-            if flags & libc::XATTR_REPLACE != 0 && !present {
-                return Err(FsError::NoXattr);
-            }
-            r.xattrs.insert(key.clone(), pct_encode(value));
-            r.ctime = Time::now();
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        let key = Self::xattr_name(name)?;
-        self.update_inode(ino, |r| {
-            r.xattrs.remove(&key).ok_or(FsError::NoXattr)?;
-            r.ctime = Time::now();
-            Ok(())
-        })?;
-        Ok(())
-    }
-
     // ----- whole filesystem ----------------------------------------------------------------
 
     pub fn statfs(&self) -> FsResult<StatFs> {
@@ -1231,12 +1171,12 @@ fn parse_entry(key: &[u8], value: &[u8]) -> FsResult<Option<u64>> {
         .ok_or_else(|| FsError::corrupt(key, "directory entry is not an inode number"))
 }
 
-fn unsafe_uid() -> u32 {
+fn current_uid() -> u32 {
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     unsafe { libc::getuid() }
 }
 
-fn unsafe_gid() -> u32 {
+fn current_gid() -> u32 {
     // SAFETY: as above.
     unsafe { libc::getgid() }
 }

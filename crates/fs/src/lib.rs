@@ -8,6 +8,7 @@
 //! - [`fs`]: namespace operations (lookup, create, unlink, ...)
 //! - [`files`]: open files: buffers, reads, writes, publishing at flush
 //! - [`rename`]: rename, including moving every data key under a renamed directory
+//! - [`xattr`]: `user.*` extended attributes
 
 pub mod dirlog;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod fs;
 pub mod keys;
 pub mod record;
 pub mod rename;
+pub mod xattr;
 
 pub use error::{FsError, FsResult};
 pub use fs::{Attr, DirEntry, FsConfig, MemFs, SetAttr, StatFs};
