@@ -241,3 +241,23 @@ fn writes_and_chown_drop_set_id_bits() {
         0o0777
     );
 }
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    let mc = Memcached::start();
+    {
+        let m = Mount::new(&[mc.addr()], PREFIX);
+        std::fs::write(m.p("f"), b"kept").unwrap();
+    }
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["-o", "ro,noatime"]);
+    assert_eq!(std::fs::read(m.p("f")).unwrap(), b"kept");
+    assert_eq!(
+        errno_of(std::fs::write(m.p("g"), b"x").unwrap_err()),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_file(m.p("f")).unwrap_err()),
+        libc::EROFS
+    );
+    assert_eq!(mc.get(b"memfis://posix/f").unwrap(), b"kept");
+}
