@@ -261,3 +261,21 @@ fn read_only_mount_refuses_writes() {
     );
     assert_eq!(mc.get(b"memfis://posix/f").unwrap(), b"kept");
 }
+
+#[test]
+fn set_group_id_directories_pass_their_group_on() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::create_dir(m.p("shared")).unwrap();
+    std::os::unix::fs::chown(m.p("shared"), None, Some(4321)).unwrap();
+    std::fs::set_permissions(m.p("shared"), std::fs::Permissions::from_mode(0o2775)).unwrap();
+    std::fs::write(m.p("shared/f"), b"x").unwrap();
+    std::fs::create_dir(m.p("shared/sub")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("shared/f")).unwrap().gid(), 4321);
+    let sub = std::fs::metadata(m.p("shared/sub")).unwrap();
+    assert_eq!(sub.gid(), 4321);
+    assert_ne!(sub.mode() & 0o2000, 0, "subdirectory keeps set-group-ID");
+    std::fs::create_dir(m.p("plain")).unwrap();
+    std::fs::write(m.p("plain/f"), b"x").unwrap();
+    assert_eq!(std::fs::metadata(m.p("plain/f")).unwrap().gid(), 0);
+}

@@ -111,8 +111,8 @@ pub struct MemFs<S: Store> {
     pub(crate) files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     pub(crate) handles: Mutex<HashMap<u64, Handle>>,
     pub(crate) next_fh: AtomicU64,
-    /// Path of each directory met recently (root is the empty path).
-    dir_paths: Mutex<HashMap<u64, (Vec<u8>, Instant)>>,
+    /// Each directory met recently: its path (root is the empty path), mode and group.
+    dir_paths: Mutex<HashMap<u64, DirInfo>>,
     /// Attributes of directories met recently: the kernel drops its copy whenever an entry
     /// changes, and asking the store again each time would cost `cp -a` a round trip a file.
     dir_attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
@@ -121,6 +121,15 @@ pub struct MemFs<S: Store> {
     /// name not in the set is answered ENOENT without the store: the same staleness the
     /// kernel's entry cache allows, and it saves `cp -a` the negative lookup of every file.
     known_names: Mutex<HashMap<u64, KnownNames>>,
+}
+
+/// What creating inside a directory needs of it, and when it was read.
+#[derive(Debug, Clone)]
+pub(crate) struct DirInfo {
+    pub path: Vec<u8>,
+    pub mode: u32,
+    pub gid: u32,
+    at: Instant,
 }
 
 /// A directory's names and when they were last read from the store.
@@ -260,6 +269,7 @@ impl<S: Store> MemFs<S> {
             lock(&of).adopt_record(rec.clone());
         }
         lock(&self.dir_attrs).remove(&ino);
+        lock(&self.dir_paths).remove(&ino);
         Ok(rec)
     }
 
@@ -488,22 +498,38 @@ impl<S: Store> MemFs<S> {
         if dir == ROOT_INO {
             return Ok(Vec::new());
         }
-        if let Some((path, at)) = lock(&self.dir_paths).get(&dir)
-            && at.elapsed() < self.cfg.cache_ttl
+        Ok(self.dir_info(dir)?.path)
+    }
+
+    /// Path, mode and group of directory `dir`, cached for the cache TTL.
+    pub(crate) fn dir_info(&self, dir: u64) -> FsResult<DirInfo> {
+        if let Some(info) = lock(&self.dir_paths).get(&dir)
+            && info.at.elapsed() < self.cfg.cache_ttl
         {
-            return Ok(path.clone());
+            return Ok(info.clone());
         }
         let (rec, _) = self.read_inode(dir)?;
         if rec.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let link = rec
-            .links
-            .first()
-            .ok_or_else(|| FsError::corrupt(&self.keys.inode(dir), "directory without a parent"))?;
-        let path = join(&self.dir_path(link.parent)?, &link.name);
-        lock(&self.dir_paths).insert(dir, (path.clone(), Instant::now()));
-        Ok(path)
+        let path = match rec.links.first() {
+            Some(link) => join(&self.dir_path(link.parent)?, &link.name),
+            None if dir == ROOT_INO => Vec::new(),
+            None => {
+                return Err(FsError::corrupt(
+                    &self.keys.inode(dir),
+                    "directory without a parent",
+                ));
+            }
+        };
+        let info = DirInfo {
+            path,
+            mode: rec.mode,
+            gid: rec.gid,
+            at: Instant::now(),
+        };
+        lock(&self.dir_paths).insert(dir, info.clone());
+        Ok(info)
     }
 
     /// The path of entry `name` of directory `dir`, for messages (best effort).
@@ -745,9 +771,17 @@ impl<S: Store> MemFs<S> {
     /// The first round trip of a create: a new inode record and the entry pointing at it.
     /// The name is taken once this returns; its log record (sequence number `seq`) is still
     /// to be appended.
-    pub(crate) fn claim_node(&self, parent: u64, name: &[u8], rec: Inode) -> FsResult<NewNode> {
+    pub(crate) fn claim_node(&self, parent: u64, name: &[u8], mut rec: Inode) -> FsResult<NewNode> {
         check_name(name)?;
-        let path = join(&self.dir_path(parent)?, name);
+        let dir = self.dir_info(parent)?;
+        if dir.mode & libc::S_ISGID != 0 {
+            // A set-group-ID directory passes its group on, and the bit to subdirectories.
+            rec.gid = dir.gid;
+            if rec.kind == Kind::Dir {
+                rec.mode |= libc::S_ISGID;
+            }
+        }
+        let path = join(&dir.path, name);
         let data_key = self.keys.data_checked(&path)?;
         let ino = self.alloc_ino()?;
         let ikey = self.keys.inode(ino);
