@@ -42,6 +42,7 @@ fn make_tree(root: &Path) {
     w("names/hash#tag.txt", b"hash\n");
     w("names/ünïcödé.txt", "utf8 ✓\n".as_bytes());
     w("names/plus+sign.txt", b"plus\n");
+    w("names/del\x7fchar.txt", b"delete char\n");
     symlink("index.html", root.join("link-to-index")).unwrap();
     std::fs::hard_link(root.join("a/b/c/deep.txt"), root.join("hardlink.txt")).unwrap();
     sh(&format!(
@@ -102,7 +103,7 @@ fn cp_a_tree_is_identical_and_served_by_nginx() {
         }
         served += 1;
     }
-    assert_eq!(served, 14);
+    assert_eq!(served, 15);
     // Directories and metadata are never served.
     for url in [
         "/a/",

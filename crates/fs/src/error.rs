@@ -83,10 +83,12 @@ impl FsError {
         match source {
             StoreError::OutOfMemory(_) => FsError::NoSpace { key, source },
             StoreError::TooLarge(msg) => FsError::TooBig { key, limit: msg },
-            StoreError::BadKey(_) => FsError::NameTooLong {
-                len: key.len(),
-                key,
-            },
+            StoreError::BadKey(_) if key.len() > memfis_memcache::MAX_KEY_LEN => {
+                FsError::NameTooLong {
+                    len: key.len(),
+                    key,
+                }
+            }
             source => FsError::Store { key, source },
         }
     }
