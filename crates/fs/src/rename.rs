@@ -34,10 +34,10 @@ impl<S: Store> MemFs<S> {
         check_name(newname)?;
         let src_slot = self.read_entry(parent, name)?;
         let src = src_slot.ino.ok_or(FsError::NotFound)?;
-        let target = self.read_entry(newparent, newname)?.ino;
-        self.settle_created(|i, _| i == src || Some(i) == target)?;
-        let (src_rec, _) = self.read_inode(src)?;
         let dst_slot = self.read_entry(newparent, newname)?;
+        // Log records owed by creates in this mount go first, so they precede this rename's.
+        self.settle_created(|i, _| i == src || Some(i) == dst_slot.ino)?;
+        let (src_rec, _) = self.read_inode(src)?;
         if flags.noreplace && dst_slot.ino.is_some() {
             return Err(FsError::Exists);
         }
