@@ -74,6 +74,10 @@ pub struct StoreArgs {
     /// Seconds to wait for a server before a call fails with EIO.
     #[arg(long, default_value_t = 2.0)]
     pub timeout: f64,
+    /// Mount even if memcached evicts items when full (started without -M): an evicted
+    /// record breaks the tree.
+    #[arg(long)]
+    pub allow_evictions: bool,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +131,7 @@ pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
         "mount",
         "nginx-config",
         "up",
+        "check",
         "help",
         "-h",
         "--help",

@@ -20,7 +20,7 @@ use memfis_memcache::Store;
 use tracing::{debug, warn};
 
 pub struct FuseFs<S: Store> {
-    fs: MemFs<S>,
+    fs: std::sync::Arc<MemFs<S>>,
     /// Kernel entry and attribute cache lifetime.
     ttl: Duration,
     /// Directory listings taken at opendir, served by offset.
@@ -29,7 +29,7 @@ pub struct FuseFs<S: Store> {
 }
 
 impl<S: Store> FuseFs<S> {
-    pub fn new(fs: MemFs<S>, ttl: Duration) -> Self {
+    pub fn new(fs: std::sync::Arc<MemFs<S>>, ttl: Duration) -> Self {
         FuseFs {
             fs,
             ttl,

@@ -90,12 +90,50 @@ pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Cl
     for (server, version) in client.versions() {
         version.with_context(|| format!("cannot reach memcached at {server}"))?;
     }
+    guard_against_evictions(&client, store.allow_evictions)?;
     let fs_cfg = FsConfig {
         cache_ttl,
         item_size_max: client.item_size_max(),
+        ..FsConfig::default()
     };
     MemFs::new(client, keys, fs_cfg)
         .with_context(|| format!("cannot open the memfis store under prefix {prefix:?}"))
+}
+
+/// Refuses servers that evict items when full (memcached's default): an evicted inode record
+/// or log chunk silently breaks the tree. Through twemproxy `stats` does not pass: warn.
+fn guard_against_evictions(client: &Client, allowed: bool) -> Result<()> {
+    for (server, settings) in client.stats(Some("settings")) {
+        let evictions = match settings {
+            Ok(stats) => stats
+                .iter()
+                .find(|(k, _)| k == "evictions")
+                .map(|(_, v)| v.clone()),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read `stats settings` of {server} ({e}; through twemproxy it does not \
+                     pass): make sure every memcached behind it runs with -M"
+                );
+                continue;
+            }
+        };
+        if evictions.as_deref() == Some("on") {
+            if allowed {
+                tracing::warn!(
+                    "{server} evicts items when full (started without -M): an evicted record \
+                     breaks the tree; accepted by --allow-evictions"
+                );
+            } else {
+                bail!(
+                    "memcached at {server} evicts items when it is full (it runs without -M), \
+                     which would silently lose files and directories. Restart it with -M (and -m \
+                     large enough for the tree, -I at least the largest file), or pass \
+                     --allow-evictions to accept the risk"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn run(mut args: MountArgs) -> Result<()> {
@@ -150,8 +188,9 @@ pub fn run(mut args: MountArgs) -> Result<()> {
 /// Mounts and runs until unmounted. `ready` is told "ok" (or the error) once mounted.
 fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<OwnedFd>) -> Result<()> {
     let mounted = (|| -> Result<_> {
-        let fs = open_store(&args.store, ttl)?;
+        let fs = Arc::new(open_store(&args.store, ttl)?);
         let client = fs.store().clone();
+        spawn_heartbeat(fs.clone());
         let mut config = Config::default();
         config.mount_options = options.fuse.clone();
         config.acl = options.acl;
@@ -202,6 +241,29 @@ fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<Owned
         args.mountpoint.display()
     );
     Ok(())
+}
+
+/// Keeps this mount's liveness key fresh and notices a store emptied under it.
+fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
+    std::thread::spawn(move || {
+        let mut failing = false;
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            match fs.heartbeat() {
+                Ok(()) if failing => {
+                    tracing::info!("store reachable again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(memfis_fs::FsError::StoreGone) => {}
+                Err(e) if !failing => {
+                    tracing::warn!("heartbeat: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 fn redirect_stdio_to_null() {

@@ -8,8 +8,12 @@
 //! -<kind><ino> <len>:<name>\n    name no longer points at ino (ignored if it points elsewhere)
 //! ```
 //!
-//! Replaying all chunks in order gives the listing. Because a removal names the inode it
-//! removes, racing mounts cannot hide a name that another mount re-created meanwhile.
+//! Replaying all chunks in order gives the listing. A name maps to the inodes added to it
+//! and not removed since, the latest one winning: a removal names the inode it removes, so a
+//! late removal cannot hide a name another mount re-created meanwhile, and a create whose
+//! claim of the name failed takes its `+` back with a `-` without hiding the name's owner.
+//! Records are idempotent (adding a pair already there, or removing one that is not, changes
+//! nothing), so an operation completed twice after a crash lists the same.
 
 use std::collections::BTreeMap;
 
@@ -42,12 +46,24 @@ pub fn encode(op: Op, kind: Kind, ino: u64, name: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Applies the records of one chunk to `listing` (name -> (ino, kind)).
-pub fn replay(
-    key: &[u8],
-    chunk: &[u8],
-    listing: &mut BTreeMap<Vec<u8>, (u64, Kind)>,
-) -> FsResult<()> {
+/// The state of a log being replayed: every name with the inodes it points at, latest last.
+#[derive(Debug, Default)]
+pub struct Replay {
+    names: BTreeMap<Vec<u8>, Vec<(u64, Kind)>>,
+}
+
+impl Replay {
+    /// The listing: each name with the latest inode it points at.
+    pub fn listing(self) -> BTreeMap<Vec<u8>, (u64, Kind)> {
+        self.names
+            .into_iter()
+            .filter_map(|(name, mut inos)| Some((name, inos.pop()?)))
+            .collect()
+    }
+}
+
+/// Applies the records of one chunk to `state`.
+pub fn replay(key: &[u8], chunk: &[u8], state: &mut Replay) -> FsResult<()> {
     let mut rest = chunk;
     while !rest.is_empty() {
         let bad = |why: &str| FsError::corrupt(key, format!("directory log: {why}"));
@@ -78,15 +94,10 @@ pub fn replay(
             return Err(bad("truncated record"));
         }
         let name = rest[colon + 1..end].to_vec();
-        match op {
-            Op::Add => {
-                listing.insert(name, (ino, kind));
-            }
-            Op::Remove => {
-                if listing.get(&name).map(|e| e.0) == Some(ino) {
-                    listing.remove(&name);
-                }
-            }
+        let inos = state.names.entry(name).or_default();
+        inos.retain(|(i, _)| *i != ino);
+        if op == Op::Add {
+            inos.push((ino, kind));
         }
         rest = &rest[end + 1..];
     }
@@ -104,16 +115,22 @@ mod tests {
         log.extend(encode(Op::Add, Kind::Dir, 6, b"we\nird:name"));
         log.extend(encode(Op::Add, Kind::File, 7, b"x")); // another mount replaced x
         log.extend(encode(Op::Remove, Kind::File, 5, b"x")); // a late removal of the old x
-        let mut listing = BTreeMap::new();
-        replay(b"k", &log, &mut listing).unwrap();
+        log.extend(encode(Op::Add, Kind::File, 8, b"y"));
+        log.extend(encode(Op::Add, Kind::Dir, 9, b"y")); // a create that lost the claim...
+        log.extend(encode(Op::Remove, Kind::Dir, 9, b"y")); // ...takes its record back
+        log.extend(encode(Op::Add, Kind::File, 8, b"y")); // completed twice
+        let mut state = Replay::default();
+        replay(b"k", &log, &mut state).unwrap();
+        let listing = state.listing();
         assert_eq!(listing.get(&b"x"[..]), Some(&(7, Kind::File)));
+        assert_eq!(listing.get(&b"y"[..]), Some(&(8, Kind::File)));
         assert_eq!(listing.get(&b"we\nird:name"[..]), Some(&(6, Kind::Dir)));
     }
 
     #[test]
     fn truncated_log_is_an_error_naming_the_key() {
-        let mut listing = BTreeMap::new();
-        let err = replay(b"memfis://h%l1.0", b"+f5 3:ab", &mut listing).unwrap_err();
+        let mut state = Replay::default();
+        let err = replay(b"memfis://h%l1.0", b"+f5 3:ab", &mut state).unwrap_err();
         assert!(err.to_string().contains("memfis://h%l1.0"));
     }
 }

@@ -25,8 +25,13 @@ pub enum FsError {
     NoXattr,
     #[error("buffer too small")]
     Range,
-    #[error("changed concurrently by another mount; try again")]
-    Busy,
+    /// Another writer kept winning a cas round, or a live mount held the namespace lock for
+    /// longer than a caller waits: the one error for contention.
+    #[error("changed concurrently by other writers for too long; try again")]
+    Contended,
+    /// The store was emptied or replaced under a live mount (memcached restarted).
+    #[error("the store was emptied or replaced under this mount; remount it")]
+    StoreGone,
     #[error("bad file handle")]
     BadHandle,
     #[error("name too long: store key {key} would be {len} bytes (memcached allows 250)")]
@@ -37,10 +42,15 @@ pub enum FsError {
     NoSpace { key: String, source: StoreError },
     #[error("store error at key {key}: {source}")]
     Store { key: String, source: StoreError },
-    #[error("missing record at key {key} (evicted or never written; run fsck)")]
+    #[error("missing record at key {key} (evicted or never written; run `memfis check`)")]
     Missing { key: String },
     #[error("malformed record at key {key}: {why}")]
     Corrupt { key: String, why: String },
+    #[error(
+        "prefix {prefix:?} nests with prefix {other:?} already used on this store (their data keys \
+         would overlap); pick a prefix that neither starts with nor is the start of another, up to a '/'"
+    )]
+    PrefixNests { prefix: String, other: String },
     #[error("store format at key {key} is {found}; this memfis understands version {supported}")]
     UnknownFormat {
         key: String,
@@ -66,14 +76,16 @@ impl FsError {
             FsError::NoXattr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
-            FsError::Busy => libc::EBUSY,
+            FsError::Contended => libc::EBUSY,
             FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
             FsError::TooBig { .. } => libc::EFBIG,
             FsError::NoSpace { .. } => libc::ENOSPC,
             FsError::Store { .. }
+            | FsError::StoreGone
             | FsError::Missing { .. }
             | FsError::Corrupt { .. }
             | FsError::UnknownFormat { .. } => libc::EIO,
+            FsError::PrefixNests { .. } => libc::EINVAL,
         }
     }
 

@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::warn;
 
-use crate::dirlog::Op;
 use crate::fs::{Attr, MemFs, SetAttr, lock};
 use crate::record::{Inode, Kind, Link, Time};
 use crate::{FsError, FsResult};
@@ -89,20 +88,17 @@ pub struct OpenFile {
     pub writers: u32,
     /// The last name is gone: keep serving holders, publish nothing.
     pub unlinked: bool,
-    /// Created here and its log record not yet appended: that rides with the first publish,
-    /// saving `create` a round trip. Until then other mounts can look the name up but not
-    /// list it.
-    pub pending_entry: Option<PendingEntry>,
+    /// Data keys set by publishes since the file was last clean: a key among them that is
+    /// no name of the file any more (renamed meanwhile) is deleted once the publish settles.
+    pub written: Vec<Vec<u8>>,
 }
 
-/// The parent-log record a create still owes.
-#[derive(Debug, Clone)]
-pub struct PendingEntry {
-    pub parent: u64,
-    pub name: Vec<u8>,
-    /// Its sequence number in the parent's log.
-    pub seq: u64,
-    pub data_key: Vec<u8>,
+/// What one publish attempt found.
+pub(crate) enum Published {
+    Done,
+    /// A namespace operation ran while the bytes went out: wait for it (without holding the
+    /// open file) and publish again at the names it left.
+    AfterNamespaceOp,
 }
 
 impl OpenFile {
@@ -116,7 +112,7 @@ impl OpenFile {
             handles: 0,
             writers: 0,
             unlinked: false,
-            pending_entry: None,
+            written: Vec::new(),
         }
     }
 
@@ -190,22 +186,16 @@ impl<S: Store> MemFs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<(Attr, u64)> {
-        let rec = Inode::new(
-            Kind::File,
-            mode,
-            uid,
-            gid,
-            vec![Link {
-                parent,
-                name: name.to_vec(),
-            }],
-        );
-        let node = match self.claim_node(parent, name, rec) {
+        let rec = Inode::new(Kind::File, mode, uid, gid, vec![Link::new(parent, name)]);
+        let node = match self.create_node(parent, name, rec) {
             Ok(node) => node,
             // O_CREAT without O_EXCL on a name that exists (perhaps made by another mount a
             // moment ago): open what is there.
             Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
-                let ino = self.read_entry(parent, name)?.ino.ok_or(FsError::Busy)?;
+                let ino = self
+                    .read_entry(parent, name)?
+                    .ino
+                    .ok_or(FsError::Contended)?;
                 let fh = self.open(ino, flags)?;
                 return Ok((self.getattr(ino)?, fh));
             }
@@ -213,12 +203,6 @@ impl<S: Store> MemFs<S> {
         };
         let ino = node.ino;
         let mut of = OpenFile::new(node.rec, Some(node.cas));
-        of.pending_entry = Some(PendingEntry {
-            parent,
-            name: name.to_vec(),
-            seq: node.seq,
-            data_key: node.data_key,
-        });
         of.data = Some(Value::default());
         of.handles = 1;
         let attr = self.attr_from(ino, &of.view(), None);
@@ -237,7 +221,7 @@ impl<S: Store> MemFs<S> {
                 let mut g = lock(&of);
                 if !g.is_dirty() && g.writers == 0 && !g.unlinked {
                     // Close-to-open: a new open sees what other mounts closed since.
-                    match self.read_inode(ino) {
+                    match self.read_live_inode(ino) {
                         Ok((rec, cas)) => {
                             g.adopt_record(rec);
                             g.cas = Some(cas);
@@ -254,7 +238,7 @@ impl<S: Store> MemFs<S> {
                 of
             }
             None => {
-                let (rec, cas) = self.read_inode(ino)?;
+                let (rec, cas) = self.read_live_inode(ino)?;
                 match rec.kind {
                     Kind::Dir => return Err(FsError::IsDir),
                     Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
@@ -292,18 +276,69 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    /// Loads the file's bytes into the buffer if not there yet.
+    /// Loads the file's bytes into the buffer if not there yet. A data key missing while the
+    /// record says there are bytes may be a rename moving it: after the namespace settles,
+    /// the record and paths are read again; still missing is EIO naming path and key.
     pub(crate) fn ensure_loaded(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
         if of.data.is_some() {
             return Ok(());
         }
-        let rec = of.record.clone();
-        let data = match rec.links.first() {
-            Some(link) => self.read_data(&self.keys.data(&self.link_path(link)?), rec.size)?,
-            None => return Err(FsError::missing(&self.keys.inode(ino))),
-        };
-        of.data = Some(Arc::new(data));
-        Ok(())
+        let mut last_key = Vec::new();
+        for attempt in 0..3 {
+            let Some(link) = of.record.links.first().cloned() else {
+                return Err(FsError::NotFound); // every name removed by another mount
+            };
+            let path = self.link_path(&link)?;
+            let key = self.keys.data(&path);
+            let batch = vec![
+                Command::Get(key.clone()),
+                Command::Get(self.keys.ns_lock()),
+                Command::Get(self.keys.dir_generation()),
+            ];
+            let mut r = self.store.execute(batch).into_iter();
+            let value = crate::fs::value_of(&key, r.next().expect("result"))?;
+            let lock_held =
+                crate::fs::value_of(&self.keys.ns_lock(), r.next().expect("result"))?.is_some();
+            self.observe_generation(r.next().expect("result"))?;
+            match value {
+                Some(item) => {
+                    of.data = Some(Arc::new(item.value));
+                    return Ok(());
+                }
+                None if of.record.size == 0 => {
+                    of.data = Some(Value::default());
+                    return Ok(());
+                }
+                None => {}
+            }
+            last_key = key;
+            if attempt < 2 {
+                if lock_held {
+                    // Not `wait_quiet`: completing another mount's intent could need this
+                    // open file, whose lock the caller holds.
+                    self.wait_unlocked_passively();
+                }
+                match self.read_inode_opt(ino)? {
+                    Some((rec, cas)) => {
+                        of.record = rec;
+                        of.cas = Some(cas);
+                    }
+                    None => return Err(FsError::NotFound),
+                }
+            }
+        }
+        warn!(ino, key = %String::from_utf8_lossy(&last_key), "file's data key is missing");
+        Err(FsError::missing(&last_key))
+    }
+
+    /// Polls until no namespace operation runs, for at most a few seconds.
+    fn wait_unlocked_passively(&self) {
+        for _ in 0..200 {
+            if self.is_quiet().unwrap_or(true) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -349,92 +384,92 @@ impl<S: Store> MemFs<S> {
 
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let mut of = lock(&h.file);
-        self.publish(h.ino, &mut of)
+        self.publish_file(h.ino, &h.file)
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
-        let result = self.publish(h.ino, &mut lock(&h.file));
+        let result = self.publish_file(h.ino, &h.file);
         self.drop_handle_count(h.ino, &h.file, h.write);
         result
     }
 
-    /// Publishes the buffer to every data key and the record with cas, pipelined in one round
-    /// trip. If another mount changed the record meanwhile, merges onto its version (fixing
-    /// the data keys if the names changed) and tries again.
-    pub(crate) fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        if of.unlinked || (!of.is_dirty() && of.pending_entry.is_none()) {
-            return Ok(());
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh)
+    }
+
+    /// Publishes an open file, waiting out namespace operations that ran meanwhile (with
+    /// the open file unlocked, since completing one may need it).
+    pub(crate) fn publish_file(&self, ino: u64, file: &Arc<Mutex<OpenFile>>) -> FsResult<()> {
+        for _ in 0..crate::fs::CAS_RETRIES {
+            match self.publish(ino, &mut lock(file))? {
+                Published::Done => return Ok(()),
+                Published::AfterNamespaceOp => self.wait_quiet()?,
+            }
         }
-        if !of.is_dirty() {
-            // Created and closed unwritten: the log record and the empty value, nothing else.
-            let pe = of.pending_entry.take().expect("checked above");
-            return self.settle_one(ino, of, pe);
-        }
-        if of.cas.is_none() {
-            let (rec, cas) = self.read_inode(ino)?;
-            of.record = rec;
-            of.cas = Some(cas);
+        Err(FsError::Contended)
+    }
+
+    /// One publish: the buffer to every data key and the record with cas, pipelined in one
+    /// round trip with a read of the namespace lock and the directory-rename count. Those
+    /// reads run after the `set`s on the server, so if no namespace operation ran and no
+    /// directory moved, the keys written were the file's names and any later rename copies
+    /// these bytes. Otherwise the file is published again once the namespace is quiet.
+    fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
+        if of.unlinked || !of.is_dirty() {
+            return Ok(Published::Done);
         }
         let ikey = self.keys.inode(ino);
         let data = of.data.clone().unwrap_or_default();
-        // Data keys written so far by this publish.
-        let mut written: Vec<Vec<u8>> = Vec::new();
-        // The create's log record, appended with the first batch.
-        let mut logged = None;
-        loop {
+        let data_was_dirty = of.data_dirty;
+        for _ in 0..crate::fs::CAS_RETRIES {
+            if of.cas.is_none() {
+                match self.read_inode_opt(ino)? {
+                    Some((rec, cas)) => {
+                        of.record = rec;
+                        of.cas = Some(cas);
+                    }
+                    None => return self.after_removed(of),
+                }
+            }
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);
             if of.data.is_some() {
                 rec.size = data.len() as u64;
             }
-            let mut batch = Vec::new();
-            let mut data_keys = Vec::new();
-            if of.data_dirty {
-                let keys = self.data_keys(&rec)?;
-                // Names this file lost since we wrote them must not keep its bytes.
-                for k in written.iter().filter(|k| !keys.contains(k)) {
-                    batch.push(Command::Delete(k.clone()));
-                }
-                written.retain(|k| keys.contains(k));
-                for k in keys.iter().filter(|k| !written.contains(k)) {
-                    batch.push(Command::store_shared(StoreOp::Set, k, data.clone()));
-                    data_keys.push(k.clone());
-                }
-            }
-            let skip = batch.len() - data_keys.len();
-            batch.push(Command::cas(&ikey, &rec.encode(), of.cas.unwrap_or(0)));
-            let results = match of.pending_entry.take() {
-                Some(pe) => {
-                    let mut skip_add = 0;
-                    if !of.data_dirty {
-                        batch.insert(0, Command::store(StoreOp::Add, &pe.data_key, b""));
-                        skip_add = 1;
-                    }
-                    match self.log_created(ino, &pe, batch) {
-                        Ok(results) => {
-                            logged = Some(pe);
-                            results.into_iter().skip(skip_add).collect()
-                        }
-                        Err(e) => {
-                            of.pending_entry = Some(pe); // owed still: retried at release
-                            return Err(e);
-                        }
-                    }
-                }
-                None => self.store.execute(batch),
+            let keys = if of.data_dirty {
+                self.data_keys(&rec)?
+            } else {
+                Vec::new()
             };
-            let mut results = results.into_iter();
-            results.by_ref().take(skip).for_each(drop);
+            let mut batch: Vec<Command> = keys
+                .iter()
+                .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
+                .collect();
+            let value = rec.encode();
+            self.check_record_size(&ikey, value.len())?;
+            batch.push(Command::cas(&ikey, &value, of.cas.unwrap_or(0)));
+            batch.push(Command::Get(self.keys.ns_lock()));
+            batch.push(Command::Get(self.keys.dir_generation()));
+            let generation_before = self.dir_generation.load(Ordering::SeqCst);
+            let mut results = self.store.execute(batch).into_iter();
             let mut failure = None;
-            for (k, r) in data_keys.iter().zip(results.by_ref()) {
+            for (k, r) in keys.iter().zip(results.by_ref()) {
                 match r {
-                    Ok(_) => written.push(k.clone()),
+                    Ok(_) => {
+                        if !of.written.contains(k) {
+                            of.written.push(k.clone());
+                        }
+                    }
                     Err(e) => failure = failure.or(Some(FsError::store(k, e))),
                 }
             }
             let cas_result = results.next().expect("cas result");
+            let lock_held =
+                crate::fs::value_of(&self.keys.ns_lock(), results.next().expect("result"))?
+                    .is_some();
+            self.observe_generation(results.next().expect("result"))?;
+            let moved = self.dir_generation.load(Ordering::SeqCst) != generation_before;
             if let Some(e) = failure {
                 warn!(ino, error = %e, "publishing file failed");
                 self.after_failed_publish(ino, of);
@@ -444,94 +479,45 @@ impl<S: Store> MemFs<S> {
                 Ok(Reply::Stored) => {
                     of.record = rec;
                     of.cas = None;
-                    of.pending = Pending::default();
+                    of.pending = Default::default();
+                    if (lock_held || moved) && data_was_dirty {
+                        // Publish the same bytes again at the names the operation left.
+                        of.data_dirty = true;
+                        return Ok(Published::AfterNamespaceOp);
+                    }
                     of.data_dirty = false;
-                    return self.unlog_if_moved(ino, logged, Some(&of.record));
+                    let current = keys;
+                    let stale: Vec<Vec<u8>> = std::mem::take(&mut of.written)
+                        .into_iter()
+                        .filter(|k| !current.contains(k))
+                        .collect();
+                    for k in &stale {
+                        self.delete_key_outside_tree(k)?;
+                    }
+                    return Ok(Published::Done);
                 }
                 Ok(Reply::Exists) => {
-                    let (fresh, cas) = self.read_inode(ino)?;
-                    of.record = fresh;
-                    of.cas = Some(cas);
-                }
-                Ok(Reply::NotFound) => {
-                    // Removed by another mount while open here: take our bytes back out.
-                    for k in &written {
-                        let _ = self.store.delete(k);
+                    of.cas = None; // re-read, merge our changes onto it, try again
+                    if lock_held {
+                        return Ok(Published::AfterNamespaceOp);
                     }
-                    of.unlinked = true;
-                    return self.unlog_if_moved(ino, logged, None);
                 }
+                Ok(Reply::NotFound) => return self.after_removed(of),
                 Ok(other) => return Err(FsError::corrupt(&ikey, format!("cas got {other:?}"))),
                 Err(e) => return Err(FsError::store(&ikey, e)),
             }
         }
+        Err(FsError::Contended)
     }
 
-    /// Appends a created file's `+` record to its parent's log, with `extra` in the same batch.
-    fn log_created(
-        &self,
-        ino: u64,
-        pe: &PendingEntry,
-        extra: Vec<Command>,
-    ) -> FsResult<Vec<CmdResult>> {
-        let record = [(Op::Add, Kind::File, ino, pe.name.as_slice())];
-        self.append_log(pe.parent, pe.seq, &record, extra)
-    }
-
-    /// A create's `+` record appended after another mount already renamed or removed the
-    /// name would list a ghost: follow it with the matching `-` record.
-    fn unlog_if_moved(
-        &self,
-        ino: u64,
-        logged: Option<PendingEntry>,
-        now: Option<&Inode>,
-    ) -> FsResult<()> {
-        let Some(pe) = logged else { return Ok(()) };
-        let link = Link {
-            parent: pe.parent,
-            name: pe.name.clone(),
-        };
-        if now.is_some_and(|r| r.links.contains(&link)) {
-            return Ok(());
+    /// The file was removed by another mount while open here: take back the bytes this
+    /// publish put where no name is.
+    fn after_removed(&self, of: &mut OpenFile) -> FsResult<Published> {
+        of.unlinked = true;
+        for k in std::mem::take(&mut of.written) {
+            self.delete_key_outside_tree(&k)?;
         }
-        self.log_dir_change(pe.parent, Op::Remove, Kind::File, ino, &pe.name)
-    }
-
-    /// Appends the log records of files created here and still open, for the files `wanted`
-    /// picks: before this mount lists a directory or renames/removes one of those files, so
-    /// its own log never misses or misorders them.
-    pub(crate) fn settle_created(
-        &self,
-        wanted: impl Fn(u64, &PendingEntry) -> bool,
-    ) -> FsResult<()> {
-        let open: Vec<(u64, Arc<Mutex<OpenFile>>)> = lock(&self.files)
-            .iter()
-            .map(|(i, f)| (*i, f.clone()))
-            .collect();
-        for (ino, file) in open {
-            let mut of = lock(&file);
-            if let Some(pe) = of.pending_entry.take_if(|pe| wanted(ino, pe)) {
-                self.settle_one(ino, &mut of, pe)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends the log record `pe` (and the empty value, unless bytes are pending anyway).
-    fn settle_one(&self, ino: u64, of: &mut OpenFile, pe: PendingEntry) -> FsResult<()> {
-        let mut extra = Vec::new();
-        if !of.data_dirty {
-            extra.push(Command::store(StoreOp::Add, &pe.data_key, b""));
-        }
-        let result = self.log_created(ino, &pe, extra).and_then(|results| {
-            results
-                .into_iter()
-                .try_for_each(|r| r.map(drop).map_err(|e| FsError::store(&pe.data_key, e)))
-        });
-        if result.is_err() {
-            of.pending_entry = Some(pe);
-        }
-        result
+        Ok(Published::Done)
     }
 
     /// A failed `set` leaves no old bytes either (memcached drops the item), so the file is
@@ -540,6 +526,7 @@ impl<S: Store> MemFs<S> {
         of.data = None;
         of.data_dirty = false;
         of.pending = Pending::default();
+        of.written.clear();
         let emptied = self.update_record(ino, |r| {
             r.size = 0;
             Ok(())
@@ -557,9 +544,5 @@ impl<S: Store> MemFs<S> {
                     .collect(),
             );
         }
-    }
-
-    pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh)
     }
 }

@@ -1,8 +1,8 @@
 //! Namespace operations: the part of the filesystem that works on inode records, directory
 //! entries and directory logs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,20 +10,20 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
 use tracing::warn;
 
-use crate::dirlog::{self, Op};
+use crate::fenced_store::FencedStore;
 use crate::files::{Handle, OpenFile};
-use crate::keys::{KeyLayout, LOG_CHUNK_RECORDS, ROOT_INO};
-use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time};
+use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
+use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
 use crate::{FsError, FsResult};
 
 /// Longest name of one directory entry (as on Linux filesystems).
 pub const NAME_MAX: usize = 255;
-/// How many inode numbers one `incr` reserves for this mount.
-const INO_BATCH: u64 = 64;
 /// Bytes of an item that are not the value: key (<= 250), header and CAS (memcached items.h).
 const ITEM_OVERHEAD: u64 = 512;
-/// Retries of a gets/cas round lost to other writers before giving up with EIO.
-const CAS_RETRIES: usize = 64;
+/// Retries of a gets/cas round lost to other writers before giving up (EBUSY).
+pub(crate) const CAS_RETRIES: usize = 64;
+/// Deepest directory nesting followed when working out a path (a cycle is EIO, not a crash).
+const MAX_DEPTH: usize = 2048;
 
 #[derive(Debug, Clone)]
 pub struct FsConfig {
@@ -31,6 +31,8 @@ pub struct FsConfig {
     pub cache_ttl: Duration,
     /// Largest file the store holds in one item; writes past it fail with EFBIG.
     pub item_size_max: Option<u64>,
+    /// First pause while another mount holds the namespace lock (doubles up to 10 ms).
+    pub lock_backoff: Duration,
 }
 
 impl Default for FsConfig {
@@ -38,6 +40,7 @@ impl Default for FsConfig {
         FsConfig {
             cache_ttl: Duration::from_secs(1),
             item_size_max: None,
+            lock_backoff: Duration::from_micros(200),
         }
     }
 }
@@ -84,16 +87,6 @@ pub struct StatFs {
     pub files_free: u64,
 }
 
-/// An inode just created by [`MemFs::claim_node`].
-pub(crate) struct NewNode {
-    pub ino: u64,
-    pub rec: Inode,
-    pub cas: u64,
-    /// Sequence number of its record in the parent's log.
-    pub seq: u64,
-    pub data_key: Vec<u8>,
-}
-
 /// A directory entry as read from the store: the child's inode (or `None` once removed) and
 /// the cas token to change it.
 pub(crate) struct EntrySlot {
@@ -102,25 +95,42 @@ pub(crate) struct EntrySlot {
 }
 
 pub struct MemFs<S: Store> {
-    pub(crate) store: S,
+    pub(crate) store: FencedStore<S>,
     pub(crate) keys: KeyLayout,
     pub(crate) cfg: FsConfig,
+    /// This mount's id: its liveness key and the owner of the namespace locks it takes.
+    pub(crate) mount_id: String,
+    /// The id in the format record when this mount opened the store.
+    pub(crate) store_id: String,
+    /// Namespace operations of this mount run one at a time (they would queue on the store's
+    /// lock anyway); also keeps two threads from both completing one leftover intent.
+    pub(crate) ns_local: Mutex<()>,
+    /// Owner string of an operation of this mount that failed midway and left its intent in
+    /// the lock: the next operation completes it instead of waiting for it.
+    pub(crate) leftover: Mutex<Option<String>>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
-    inos: Mutex<(u64, u64)>,
+    pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files by inode, shared by every handle on them in this mount.
     pub(crate) files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     pub(crate) handles: Mutex<HashMap<u64, Handle>>,
     pub(crate) next_fh: AtomicU64,
+    /// The store's directory-rename count as last seen; cached paths from an older count
+    /// are not used.
+    pub(crate) dir_generation: AtomicU64,
     /// Each directory met recently: its path (root is the empty path), mode and group.
     dir_paths: Mutex<HashMap<u64, DirInfo>>,
     /// Attributes of directories met recently: the kernel drops its copy whenever an entry
     /// changes, and asking the store again each time would cost `cp -a` a round trip a file.
-    dir_attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    pub(crate) dir_attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
     /// Names of directories whose full listing this mount knew at the given time (it made
-    /// them, or listed them), kept up to date with its own changes. Within the cache TTL a
-    /// name not in the set is answered ENOENT without the store: the same staleness the
-    /// kernel's entry cache allows, and it saves `cp -a` the negative lookup of every file.
-    known_names: Mutex<HashMap<u64, KnownNames>>,
+    /// them, or listed them), with their inodes, kept up to date with its own changes.
+    /// Within the cache TTL a name not in the map is answered ENOENT without the store: the
+    /// same staleness the kernel's entry cache allows, and it saves `cp -a` the negative
+    /// lookup of every file. The inode lets unlink read the record with the entry.
+    pub(crate) known_names: Mutex<HashMap<u64, KnownNames>>,
+    /// Lowest sequence number each directory's log has reached, as last seen: where a new
+    /// log record can go without first asking (see `listing.rs`).
+    pub(crate) seq_hints: Mutex<HashMap<u64, u64>>,
 }
 
 /// What creating inside a directory needs of it, and when it was read.
@@ -130,10 +140,12 @@ pub(crate) struct DirInfo {
     pub mode: u32,
     pub gid: u32,
     at: Instant,
+    /// The directory-rename count the path was worked out under.
+    generation: u64,
 }
 
-/// A directory's names and when they were last read from the store.
-type KnownNames = (HashSet<Vec<u8>>, Instant);
+/// A directory's names (with their inodes) and when they were last read from the store.
+pub(crate) type KnownNames = (HashMap<Vec<u8>, u64>, Instant);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -182,19 +194,29 @@ impl<S: Store> MemFs<S> {
     /// Opens the filesystem under `keys`, creating the format record and root directory on an
     /// empty store. Refuses a store whose format version this build does not know.
     pub fn new(store: S, keys: KeyLayout, cfg: FsConfig) -> FsResult<MemFs<S>> {
-        let fs = MemFs {
-            store,
+        let mut fs = MemFs {
+            store: FencedStore::new(store),
             keys,
             cfg,
+            mount_id: random_id(),
+            store_id: String::new(),
+            ns_local: Mutex::new(()),
+            leftover: Mutex::new(None),
             inos: Mutex::new((0, 0)),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            dir_generation: AtomicU64::new(0),
             dir_paths: Mutex::new(HashMap::new()),
             dir_attrs: Mutex::new(HashMap::new()),
             known_names: Mutex::new(HashMap::new()),
+            seq_hints: Mutex::new(HashMap::new()),
         };
-        fs.check_or_create_format()?;
+        fs.store_id = fs.check_or_create_format()?;
+        fs.register_prefix()?;
+        fs.heartbeat()?;
+        // A mount that died mid-operation left its intent in the lock: finish it now.
+        fs.wait_quiet()?;
         Ok(fs)
     }
 
@@ -203,10 +225,16 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn store(&self) -> &S {
-        &self.store
+        self.store.inner()
     }
 
-    fn check_or_create_format(&self) -> FsResult<()> {
+    /// This mount's id (its liveness key is `PREFIX%alive.<id>`).
+    pub fn mount_id(&self) -> &str {
+        &self.mount_id
+    }
+
+    /// Reads the format record, or formats an empty store. Returns the store id.
+    fn check_or_create_format(&self) -> FsResult<String> {
         let key = self.keys.format();
         if let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
             let rec: FormatRecord = serde_json::from_slice(&item.value)
@@ -218,14 +246,20 @@ impl<S: Store> MemFs<S> {
                     supported: FORMAT_VERSION,
                 });
             }
-            return Ok(());
+            return Ok(rec.store_id);
         }
+        tracing::info!(
+            prefix = self.keys.prefix(),
+            "no memfis format record in the store: formatting an empty tree"
+        );
         // A fresh store: root first, format record last, so a half-made one is retried.
         let root = Inode::new(Kind::Dir, 0o755, current_uid(), current_gid(), Vec::new());
         let now = Time::now().to_text();
         let batch = vec![
             Command::store(StoreOp::Add, &self.keys.inode(ROOT_INO), &root.encode()),
             Command::store(StoreOp::Add, &self.keys.dir_seq(ROOT_INO), b"0"),
+            Command::store(StoreOp::Add, &self.keys.dir_log(ROOT_INO, 0), b""),
+            Command::store(StoreOp::Add, &self.keys.dir_log(ROOT_INO, 1), b""),
             Command::store(StoreOp::Add, &self.keys.dir_mtime(ROOT_INO), now.as_bytes()),
             Command::store(
                 StoreOp::Add,
@@ -233,28 +267,94 @@ impl<S: Store> MemFs<S> {
                 ROOT_INO.to_string().as_bytes(),
             ),
             Command::store(StoreOp::Add, &self.keys.inode_count(), b"1"),
+            Command::store(StoreOp::Add, &self.keys.dir_generation(), b"0"),
         ];
         for r in self.store.execute(batch) {
             r.map_err(|e| FsError::store(&key, e))?;
         }
-        let format = serde_json::to_vec(&FormatRecord::current()).expect("serializes");
+        let format = serde_json::to_vec(&FormatRecord::new(random_id())).expect("serializes");
         self.store
             .store(StoreOp::Add, &key, &format)
             .map_err(|e| FsError::store(&key, e))?;
-        Ok(())
+        // Two mounts may format at once: the one record that got stored counts.
+        let item = self
+            .store
+            .get(&key)
+            .map_err(|e| FsError::store(&key, e))?
+            .ok_or_else(|| FsError::missing(&key))?;
+        let rec: FormatRecord = serde_json::from_slice(&item.value)
+            .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
+        Ok(rec.store_id)
+    }
+
+    /// Adds this prefix to the store-wide list, refusing one that nests with a listed one
+    /// (their data keys would overlap). Of two nesting prefixes added at once, the one listed
+    /// first stays.
+    fn register_prefix(&self) -> FsResult<()> {
+        let key = PREFIX_REGISTRY_KEY;
+        let mine = self.keys.prefix();
+        let read = || -> FsResult<Vec<String>> {
+            let item = self.store.get(key).map_err(|e| FsError::store(key, e))?;
+            Ok(item
+                .map(|i| String::from_utf8_lossy(&i.value).into_owned())
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect())
+        };
+        let conflict = |listed: &[String]| -> FsResult<()> {
+            for other in listed.iter().take_while(|p| p.as_str() != mine) {
+                if prefixes_nest(other, mine) {
+                    return Err(FsError::PrefixNests {
+                        prefix: mine.to_string(),
+                        other: other.clone(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        let listed = read()?;
+        if listed.iter().any(|p| p == mine) {
+            return conflict(&listed);
+        }
+        conflict(&listed)?;
+        let line = format!("{mine}\n");
+        let appended = self
+            .store
+            .store(StoreOp::Append, key, line.as_bytes())
+            .map_err(|e| FsError::store(key, e))?;
+        if !appended {
+            self.store
+                .store(StoreOp::Add, key, line.as_bytes())
+                .map_err(|e| FsError::store(key, e))?;
+        }
+        conflict(&read()?)
     }
 
     // ----- records -------------------------------------------------------------------------
 
     /// Reads an inode record with its cas token. A missing record is EIO naming the key.
     pub(crate) fn read_inode(&self, ino: u64) -> FsResult<(Inode, u64)> {
+        self.read_inode_opt(ino)?
+            .ok_or_else(|| FsError::missing(&self.keys.inode(ino)))
+    }
+
+    /// Reads an inode record with its cas token; `None` when there is none.
+    pub(crate) fn read_inode_opt(&self, ino: u64) -> FsResult<Option<(Inode, u64)>> {
         let key = self.keys.inode(ino);
-        let item = self
-            .store
-            .gets(&key)
-            .map_err(|e| FsError::store(&key, e))?
-            .ok_or_else(|| FsError::missing(&key))?;
-        Ok((Inode::decode(&key, &item.value)?, item.cas.unwrap_or(0)))
+        let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Inode::decode(&key, &item.value)?,
+            item.cas.unwrap_or(0),
+        )))
+    }
+
+    /// The record of an inode the kernel names by number. Gone means another mount removed
+    /// it: ENOENT, as for a stale handle on a local filesystem.
+    pub(crate) fn read_live_inode(&self, ino: u64) -> FsResult<(Inode, u64)> {
+        self.read_inode_opt(ino)?.ok_or(FsError::NotFound)
     }
 
     /// Changes an inode record with gets + cas, retrying when another writer won the race.
@@ -265,16 +365,37 @@ impl<S: Store> MemFs<S> {
         change: impl FnMut(&mut Inode) -> FsResult<()>,
     ) -> FsResult<Inode> {
         let rec = self.update_record(ino, change)?;
+        self.adopt(ino, &rec);
+        Ok(rec)
+    }
+
+    /// As [`Self::update_inode`], but a missing record is `None` (a step of an intent that
+    /// may have run already).
+    pub(crate) fn update_record_if_present(
+        &self,
+        ino: u64,
+        change: impl FnMut(&mut Inode) -> FsResult<()>,
+    ) -> FsResult<Option<Inode>> {
+        match self.update_record(ino, change) {
+            Ok(rec) => {
+                self.adopt(ino, &rec);
+                Ok(Some(rec))
+            }
+            Err(FsError::Missing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn adopt(&self, ino: u64, rec: &Inode) {
         if let Some(of) = self.open_file(ino) {
             lock(&of).adopt_record(rec.clone());
         }
         lock(&self.dir_attrs).remove(&ino);
         lock(&self.dir_paths).remove(&ino);
-        Ok(rec)
     }
 
     /// The gets + cas loop of [`Self::update_inode`], touching no open-file state (for
-    /// callers that hold an open file's lock).
+    /// callers that hold an open file's lock). Refuses a record that would not fit an item.
     pub(crate) fn update_record(
         &self,
         ino: u64,
@@ -284,7 +405,9 @@ impl<S: Store> MemFs<S> {
         for _ in 0..CAS_RETRIES {
             let (mut rec, cas) = self.read_inode(ino)?;
             change(&mut rec)?;
-            match self.store.run(Command::cas(&key, &rec.encode(), cas)) {
+            let value = rec.encode();
+            self.check_record_size(&key, value.len())?;
+            match self.store.run(Command::cas(&key, &value, cas)) {
                 Ok(Reply::Stored) => return Ok(rec),
                 Ok(Reply::Exists) => continue,
                 Ok(Reply::NotFound) => return Err(FsError::missing(&key)),
@@ -292,206 +415,92 @@ impl<S: Store> MemFs<S> {
                 Err(e) => return Err(FsError::store(&key, e)),
             }
         }
-        Err(FsError::Store {
-            key: String::from_utf8_lossy(&key).into_owned(),
-            source: memfis_memcache::StoreError::Server("too many concurrent updates".into()),
-        })
+        Err(FsError::Contended)
+    }
+
+    /// EFBIG before a record grows past the store's item size (checked before an operation
+    /// changes anything, so it fails whole).
+    pub(crate) fn check_record_size(&self, key: &[u8], len: usize) -> FsResult<()> {
+        if let Some(max) = self.cfg.item_size_max
+            && len as u64 + ITEM_OVERHEAD > max
+        {
+            return Err(FsError::TooBig {
+                key: String::from_utf8_lossy(key).into_owned(),
+                limit: format!("item_size_max {max} bytes"),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
         lock(&self.files).get(&ino).cloned()
     }
 
+    // ----- entries -------------------------------------------------------------------------
+
     /// Reads a directory entry.
     pub(crate) fn read_entry(&self, dir: u64, name: &[u8]) -> FsResult<EntrySlot> {
         let key = self.keys.entry(dir, name);
-        let item = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
-        Ok(match item {
-            None => EntrySlot {
-                ino: None,
-                cas: None,
-            },
-            Some(item) => EntrySlot {
-                ino: parse_entry(&key, &item.value)?,
-                cas: item.cas,
-            },
-        })
+        entry_slot(&key, self.store.run(Command::Gets(key.clone())))
     }
 
-    /// Points entry `name` of `dir` at `ino` if it is free (absent or removed).
-    /// `Ok(false)` when the name is taken.
-    pub(crate) fn claim_entry(&self, dir: u64, name: &[u8], ino: u64) -> FsResult<bool> {
-        let key = self.keys.entry(dir, name);
-        let value = ino.to_string().into_bytes();
-        for _ in 0..CAS_RETRIES {
-            if self
-                .store
-                .store(StoreOp::Add, &key, &value)
-                .map_err(|e| FsError::store(&key, e))?
-            {
-                return Ok(true);
-            }
-            let slot = self.read_entry(dir, name)?;
-            match (slot.ino, slot.cas) {
-                (Some(_), _) => return Ok(false),
-                (None, None) => continue, // vanished between add and gets
-                (None, Some(cas)) => {
-                    if self.set_entry_cas(&key, &value, cas)? {
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        Err(FsError::corrupt(&key, "entry keeps changing"))
-    }
-
-    /// cas on an entry key: `Ok(false)` when someone changed it first.
-    pub(crate) fn set_entry_cas(&self, key: &[u8], value: &[u8], cas: u64) -> FsResult<bool> {
-        match self.store.run(Command::cas(key, value, cas)) {
-            Ok(Reply::Stored) => Ok(true),
-            Ok(_) => Ok(false),
-            Err(e) => Err(FsError::store(key, e)),
-        }
-    }
-
-    /// Appends a record to a directory's log and bumps its mtime: O(1) store operations.
-    pub(crate) fn log_dir_change(
+    /// Moves entry `name` of `dir` from `from` to `to` (`None`: no entry) if it is at `from`.
+    /// Returns the entry's value afterwards: `to` once done (now or before), else what
+    /// another operation left there.
+    pub(crate) fn entry_swap(
         &self,
         dir: u64,
-        op: Op,
-        kind: Kind,
-        ino: u64,
         name: &[u8],
-    ) -> FsResult<()> {
-        self.log_dir_changes(dir, &[(op, kind, ino, name)])
-    }
-
-    pub(crate) fn log_dir_changes(
-        &self,
-        dir: u64,
-        changes: &[(Op, Kind, u64, &[u8])],
-    ) -> FsResult<()> {
-        let seq_key = self.keys.dir_seq(dir);
-        let delta = changes.len() as u64;
-        let last = self
-            .store
-            .incr(&seq_key, delta)
-            .map_err(|e| FsError::store(&seq_key, e))?
-            .ok_or_else(|| FsError::missing(&seq_key))?;
-        self.append_log(dir, last, changes, Vec::new())?;
-        Ok(())
-    }
-
-    /// Appends records numbered up to `last` to their chunks, sets the directory's mtime and
-    /// runs `extra` in the same pipelined batch, returning the results of `extra`.
-    pub(crate) fn append_log(
-        &self,
-        dir: u64,
-        last: u64,
-        changes: &[(Op, Kind, u64, &[u8])],
-        extra: Vec<Command>,
-    ) -> FsResult<Vec<CmdResult>> {
-        let first = last + 1 - changes.len() as u64;
-        let now_time = Time::now();
-        let now = now_time.to_text();
-        let mut keys = Vec::new();
-        let mut batch = Vec::new();
-        for (i, (op, kind, ino, name)) in changes.iter().enumerate() {
-            let key = self
-                .keys
-                .dir_log(dir, (first + i as u64) / LOG_CHUNK_RECORDS);
-            let record = dirlog::encode(*op, *kind, *ino, name);
-            batch.push(Command::store(StoreOp::Append, &key, &record));
-            keys.push((key, record));
-        }
-        let mtime_key = self.keys.dir_mtime(dir);
-        batch.push(Command::store(StoreOp::Set, &mtime_key, now.as_bytes()));
-        batch.extend(extra);
-        let mut results = self.store.execute(batch).into_iter();
-        for (key, record) in &keys {
-            // NOT_STORED: the chunk does not exist yet.
-            if !stored(key, results.next().expect("result"))? {
-                self.append_or_add(key, record)?;
-            }
-        }
-        results
-            .next()
-            .expect("result")
-            .map_err(|e| FsError::store(&mtime_key, e))?;
-        if let Some((attr, _)) = lock(&self.dir_attrs).get_mut(&dir) {
-            attr.mtime = now_time;
-            attr.ctime = now_time;
-        }
-        for (op, _, _, name) in changes {
-            self.note_name(dir, name, *op == Op::Add);
-        }
-        Ok(results.collect())
-    }
-
-    /// Keeps a known listing in step with a change this mount made.
-    pub(crate) fn note_name(&self, dir: u64, name: &[u8], present: bool) {
-        if let Some((names, _)) = lock(&self.known_names).get_mut(&dir) {
-            if present {
-                names.insert(name.to_vec());
-            } else {
-                names.remove(name);
-            }
-        }
-    }
-
-    fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> FsResult<Option<u64>> {
+        let key = self.keys.entry(dir, name);
         for _ in 0..CAS_RETRIES {
-            if self
-                .store
-                .store(StoreOp::Append, key, record)
-                .map_err(|e| FsError::store(key, e))?
-            {
-                return Ok(());
+            let slot = self.read_entry(dir, name)?;
+            if slot.ino == to || slot.ino != from {
+                return Ok(slot.ino);
             }
-            if self
-                .store
-                .store(StoreOp::Add, key, record)
-                .map_err(|e| FsError::store(key, e))?
-            {
-                return Ok(());
-            }
-        }
-        Err(FsError::corrupt(key, "cannot append to directory log"))
-    }
-
-    /// The listing of a directory, replayed from its log.
-    pub fn list_dir(&self, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
-        self.settle_created(|_, pe| pe.parent == dir)?;
-        let started = Instant::now();
-        let seq_key = self.keys.dir_seq(dir);
-        let seq = self
-            .store
-            .get(&seq_key)
-            .map_err(|e| FsError::store(&seq_key, e))?
-            .ok_or_else(|| FsError::missing(&seq_key))?;
-        let seq: u64 = std::str::from_utf8(&seq.value)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| FsError::corrupt(&seq_key, "not a number"))?;
-        let keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
-            .map(|c| self.keys.dir_log(dir, c))
-            .collect();
-        let results = self
-            .store
-            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
-        let mut listing = BTreeMap::new();
-        for (key, r) in keys.iter().zip(results) {
-            // A chunk may be absent if a mount died between incr and append: nothing to replay.
-            if let Some(item) = value_of(key, r)? {
-                dirlog::replay(key, &item.value, &mut listing)?;
+            let done = match (to, slot.cas) {
+                (None, _) => {
+                    self.store
+                        .delete(&key)
+                        .map_err(|e| FsError::store(&key, e))?;
+                    true
+                }
+                (Some(ino), None) => self
+                    .store
+                    .store(StoreOp::Add, &key, ino.to_string().as_bytes())
+                    .map_err(|e| FsError::store(&key, e))?,
+                (Some(ino), Some(cas)) => stored(
+                    &key,
+                    self.store
+                        .run(Command::cas(&key, ino.to_string().as_bytes(), cas)),
+                )?,
+            };
+            if done {
+                return Ok(to);
             }
         }
-        let names = listing.keys().cloned().collect();
-        lock(&self.known_names).insert(dir, (names, started));
-        Ok(listing)
+        Err(FsError::Contended)
     }
 
     // ----- paths ---------------------------------------------------------------------------
+
+    /// Notes the store's directory-rename count read in some batch: a change since the last
+    /// one makes every cached path stale.
+    pub(crate) fn observe_generation(&self, r: CmdResult) -> FsResult<()> {
+        let key = self.keys.dir_generation();
+        let Some(item) = value_of(&key, r)? else {
+            return Err(FsError::missing(&key));
+        };
+        let gen_now =
+            parse_number(&item.value).ok_or_else(|| FsError::corrupt(&key, "not a number"))?;
+        let before = self.dir_generation.swap(gen_now, Ordering::SeqCst);
+        if before != gen_now {
+            lock(&self.dir_paths).clear();
+        }
+        Ok(())
+    }
 
     /// The absolute path of directory `dir` inside the mount ("" for the root).
     pub(crate) fn dir_path(&self, dir: u64) -> FsResult<Vec<u8>> {
@@ -501,19 +510,33 @@ impl<S: Store> MemFs<S> {
         Ok(self.dir_info(dir)?.path)
     }
 
-    /// Path, mode and group of directory `dir`, cached for the cache TTL.
+    /// Path, mode and group of directory `dir`, cached for the cache TTL and while no
+    /// directory was renamed.
     pub(crate) fn dir_info(&self, dir: u64) -> FsResult<DirInfo> {
+        self.dir_info_at(dir, 0)
+    }
+
+    fn dir_info_at(&self, dir: u64, depth: usize) -> FsResult<DirInfo> {
+        let generation = self.dir_generation.load(Ordering::SeqCst);
         if let Some(info) = lock(&self.dir_paths).get(&dir)
             && info.at.elapsed() < self.cfg.cache_ttl
+            && info.generation == generation
         {
             return Ok(info.clone());
         }
-        let (rec, _) = self.read_inode(dir)?;
+        if depth > MAX_DEPTH {
+            return Err(FsError::corrupt(
+                &self.keys.inode(dir),
+                "directory nesting too deep: a cycle of directories",
+            ));
+        }
+        let (rec, _) = self.read_live_inode(dir)?;
         if rec.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         let path = match rec.links.first() {
-            Some(link) => join(&self.dir_path(link.parent)?, &link.name),
+            Some(link) if link.parent == ROOT_INO => join(b"", &link.name),
+            Some(link) => join(&self.dir_info_at(link.parent, depth + 1)?.path, &link.name),
             None if dir == ROOT_INO => Vec::new(),
             None => {
                 return Err(FsError::corrupt(
@@ -527,6 +550,7 @@ impl<S: Store> MemFs<S> {
             mode: rec.mode,
             gid: rec.gid,
             at: Instant::now(),
+            generation,
         };
         lock(&self.dir_paths).insert(dir, info.clone());
         Ok(info)
@@ -540,8 +564,12 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    pub(crate) fn forget_dir_paths(&self) {
+    /// Drops everything cached about directory `ino` (it was removed or moved).
+    pub(crate) fn forget_dir(&self, ino: u64) {
         lock(&self.dir_paths).clear();
+        lock(&self.dir_attrs).remove(&ino);
+        lock(&self.known_names).remove(&ino);
+        lock(&self.seq_hints).remove(&ino);
     }
 
     pub(crate) fn link_path(&self, link: &Link) -> FsResult<Vec<u8>> {
@@ -583,14 +611,20 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        // The kernel names an inode another mount removed: ENOENT, like a stale handle.
+        self.getattr_opt(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// Attributes of `ino`; `None` when its record is gone.
+    fn getattr_opt(&self, ino: u64) -> FsResult<Option<Attr>> {
         if let Some(of) = self.open_file(ino) {
             let of = lock(&of);
-            return Ok(self.attr_from(ino, &of.view(), None));
+            return Ok(Some(self.attr_from(ino, &of.view(), None)));
         }
         if let Some((attr, at)) = lock(&self.dir_attrs).get(&ino)
             && at.elapsed() < self.cfg.cache_ttl
         {
-            return Ok(attr.clone());
+            return Ok(Some(attr.clone()));
         }
         let key = self.keys.inode(ino);
         let mkey = self.keys.dir_mtime(ino);
@@ -598,8 +632,9 @@ impl<S: Store> MemFs<S> {
             .store
             .execute(vec![Command::Get(key.clone()), Command::Get(mkey.clone())])
             .into_iter();
-        let rec = value_of(&key, r.next().expect("two results"))?
-            .ok_or_else(|| FsError::missing(&key))?;
+        let Some(rec) = value_of(&key, r.next().expect("two results"))? else {
+            return Ok(None);
+        };
         let rec = Inode::decode(&key, &rec.value)?;
         let mtime = value_of(&mkey, r.next().expect("two results"))?
             .and_then(|i| Time::from_text(&i.value));
@@ -607,21 +642,45 @@ impl<S: Store> MemFs<S> {
         if attr.kind == Kind::Dir {
             lock(&self.dir_attrs).insert(ino, (attr.clone(), Instant::now()));
         }
-        Ok(attr)
+        Ok(Some(attr))
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
         if let Some((names, at)) = lock(&self.known_names).get(&parent)
             && at.elapsed() < self.cfg.cache_ttl
-            && !names.contains(name)
+            && !names.contains_key(name)
         {
             return Err(FsError::NotFound);
         }
-        match self.read_entry(parent, name)?.ino {
-            Some(ino) => self.getattr(ino),
-            None => Err(FsError::NotFound),
+        for _ in 0..CAS_RETRIES {
+            let ino = self
+                .read_entry(parent, name)?
+                .ino
+                .ok_or(FsError::NotFound)?;
+            if let Some(attr) = self.getattr_opt(ino)? {
+                return Ok(attr);
+            }
+            // The entry named a record that is gone: removed or moved by another mount
+            // meanwhile (ENOENT or the new inode), or lost (EIO).
+            if self.read_entry(parent, name)?.ino == Some(ino) && self.is_quiet()? {
+                let key = self.keys.inode(ino);
+                warn!(path = %self.path_of(parent, name), key = %String::from_utf8_lossy(&key), "entry points at a missing inode record");
+                return Err(FsError::missing(&key));
+            }
+            self.wait_quiet()?;
         }
+        Err(FsError::Contended)
+    }
+
+    /// True when no namespace operation is running.
+    pub(crate) fn is_quiet(&self) -> FsResult<bool> {
+        let key = self.keys.ns_lock();
+        Ok(self
+            .store
+            .get(&key)
+            .map_err(|e| FsError::store(&key, e))?
+            .is_none())
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
@@ -641,8 +700,15 @@ impl<S: Store> MemFs<S> {
                 return Ok(self.attr_from(ino, &of.view(), None));
             }
         }
-        if let Some(size) = set.size {
-            self.truncate_closed(ino, size)?;
+        if set.size.is_some() {
+            // Through a handle of its own, so the new size is published like any write
+            // (whole, with the record, fenced against namespace operations).
+            let fh = self.open(ino, libc::O_WRONLY)?;
+            let changed = self.setattr(ino, set);
+            let published = self.release(fh);
+            changed?;
+            published?;
+            return self.getattr(ino);
         }
         let rec = self.update_inode(ino, |rec| {
             apply_setattr(rec, set);
@@ -659,28 +725,6 @@ impl<S: Store> MemFs<S> {
             return Ok(self.attr_from(ino, &rec, Some(t)));
         }
         self.getattr(ino)
-    }
-
-    /// Truncates a file no handle of this mount is writing: rewrite its data keys.
-    fn truncate_closed(&self, ino: u64, size: u64) -> FsResult<()> {
-        self.check_size(ino, size)?;
-        let (rec, _) = self.read_inode(ino)?;
-        match rec.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(FsError::IsDir),
-            Kind::Symlink => return Err(FsError::Invalid("truncate of a symlink")),
-        }
-        let keys = self.data_keys(&rec)?;
-        let mut data = match keys.first() {
-            Some(k) => self.read_data(k, rec.size)?,
-            None => Vec::new(),
-        };
-        data.resize(size as usize, 0);
-        self.write_data_keys(&keys, Arc::new(data))?;
-        if let Some(of) = self.open_file(ino) {
-            lock(&of).data = None; // readers of this mount reload the new bytes
-        }
-        Ok(())
     }
 
     pub(crate) fn check_size(&self, ino: u64, size: u64) -> FsResult<()> {
@@ -703,16 +747,6 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Reads a file's bytes from one of its data keys. A missing key is fine only for an
-    /// empty file.
-    pub(crate) fn read_data(&self, key: &[u8], size: u64) -> FsResult<Vec<u8>> {
-        match self.store.get(key).map_err(|e| FsError::store(key, e))? {
-            Some(item) => Ok(item.value),
-            None if size == 0 => Ok(Vec::new()),
-            None => Err(FsError::missing(key)),
-        }
-    }
-
     /// Replaces the value of every data key with `data` (one pipelined batch).
     pub(crate) fn write_data_keys(&self, keys: &[Vec<u8>], data: Value) -> FsResult<()> {
         let batch = keys
@@ -723,407 +757,6 @@ impl<S: Store> MemFs<S> {
             r.map_err(|e| FsError::store(k, e))?;
         }
         Ok(())
-    }
-
-    // ----- creating ------------------------------------------------------------------------
-
-    fn alloc_ino(&self) -> FsResult<u64> {
-        let mut inos = lock(&self.inos);
-        if inos.0 >= inos.1 {
-            let key = self.keys.next_ino();
-            let top = self
-                .store
-                .incr(&key, INO_BATCH)
-                .map_err(|e| FsError::store(&key, e))?
-                .ok_or_else(|| FsError::missing(&key))?;
-            *inos = (top + 1 - INO_BATCH, top + 1);
-        }
-        let ino = inos.0;
-        inos.0 += 1;
-        Ok(ino)
-    }
-
-    /// Creates a node: inode record, entry, log record (and an empty data key for a file, a
-    /// sequence and mtime key for a directory). Returns the record and its cas token.
-    ///
-    /// Two round trips in the common case: [add inode, gets inode, add entry, incr seq], then
-    /// [append log, set dir mtime, add data]. A sequence number taken by a create that loses
-    /// the entry race is simply left unused.
-    pub(crate) fn create_node(
-        &self,
-        parent: u64,
-        name: &[u8],
-        rec: Inode,
-    ) -> FsResult<(u64, Inode, u64)> {
-        let node = self.claim_node(parent, name, rec)?;
-        let mut extra = Vec::new();
-        if node.rec.kind == Kind::File {
-            // `add`: bytes left at this path by a crashed mount are overwritten at flush.
-            extra.push(Command::store(StoreOp::Add, &node.data_key, b""));
-        }
-        let record = [(Op::Add, node.rec.kind, node.ino, name)];
-        for r in self.append_log(parent, node.seq, &record, extra)? {
-            r.map_err(|e| FsError::store(&node.data_key, e))?;
-        }
-        Ok((node.ino, node.rec, node.cas))
-    }
-
-    /// The first round trip of a create: a new inode record and the entry pointing at it.
-    /// The name is taken once this returns; its log record (sequence number `seq`) is still
-    /// to be appended.
-    pub(crate) fn claim_node(&self, parent: u64, name: &[u8], mut rec: Inode) -> FsResult<NewNode> {
-        check_name(name)?;
-        let dir = self.dir_info(parent)?;
-        if dir.mode & libc::S_ISGID != 0 {
-            // A set-group-ID directory passes its group on, and the bit to subdirectories.
-            rec.gid = dir.gid;
-            if rec.kind == Kind::Dir {
-                rec.mode |= libc::S_ISGID;
-            }
-        }
-        let path = join(&dir.path, name);
-        let data_key = self.keys.data_checked(&path)?;
-        let ino = self.alloc_ino()?;
-        let ikey = self.keys.inode(ino);
-        let ekey = self.keys.entry(parent, name);
-        let seq_key = self.keys.dir_seq(parent);
-        let mut batch = vec![
-            Command::store(StoreOp::Add, &ikey, &rec.encode()),
-            Command::Gets(ikey.clone()),
-            Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
-            Command::Incr {
-                key: seq_key.clone(),
-                delta: 1,
-            },
-            Command::Incr {
-                key: self.keys.inode_count(),
-                delta: 1,
-            },
-        ];
-        if rec.kind == Kind::Dir {
-            batch.push(Command::store(StoreOp::Set, &self.keys.dir_seq(ino), b"0"));
-            let now = rec.mtime.to_text();
-            batch.push(Command::store(
-                StoreOp::Set,
-                &self.keys.dir_mtime(ino),
-                now.as_bytes(),
-            ));
-        }
-        let mut results = self.store.execute(batch).into_iter();
-        let mut next = || results.next().expect("one result per command");
-        let inode_added = stored(&ikey, next());
-        let cas = value_of(&ikey, next());
-        let entry_added = stored(&ekey, next());
-        let seq = next();
-        let _inode_count = next(); // statistics only: a lost increment is harmless
-        let extra: Vec<_> = std::iter::from_fn(|| results.next()).collect();
-        let fail = |e: FsError| {
-            self.discard_inode(ino, rec.kind);
-            let _ = self.store.run(Command::Decr {
-                key: self.keys.inode_count(),
-                delta: 1,
-            });
-            Err(e)
-        };
-        match inode_added {
-            Ok(true) => {}
-            Ok(false) => return Err(FsError::corrupt(&ikey, "inode number already in use")),
-            Err(e) => return fail(e),
-        }
-        let cas = match cas {
-            Ok(Some(item)) => item.cas.unwrap_or(0),
-            Ok(None) => return fail(FsError::missing(&ikey)),
-            Err(e) => return fail(e),
-        };
-        if let Some(e) = extra.into_iter().find_map(|r| r.err()) {
-            return fail(FsError::store(&ikey, e));
-        }
-        let claimed = match entry_added {
-            Ok(true) => Ok(true),
-            Ok(false) => self.claim_entry(parent, name, ino), // a removed name: reuse it
-            Err(e) => Err(e),
-        };
-        match claimed {
-            Ok(true) => {}
-            Ok(false) => return fail(FsError::Exists),
-            Err(e) => return fail(e),
-        }
-        self.note_name(parent, name, true);
-        if rec.kind == Kind::Dir {
-            // Nobody could list it before its entry existed: its (empty) listing is known.
-            lock(&self.known_names).insert(ino, (HashSet::new(), Instant::now()));
-        }
-        let seq = match seq {
-            Ok(Reply::Number(n)) => n,
-            Ok(_) => return Err(FsError::missing(&seq_key)),
-            Err(e) => return Err(FsError::store(&seq_key, e)),
-        };
-        Ok(NewNode {
-            ino,
-            rec,
-            cas,
-            seq,
-            data_key,
-        })
-    }
-
-    /// Removes the records of an inode that never got a name.
-    fn discard_inode(&self, ino: u64, kind: Kind) {
-        let mut batch = vec![Command::Delete(self.keys.inode(ino))];
-        if kind == Kind::Dir {
-            batch.push(Command::Delete(self.keys.dir_seq(ino)));
-            batch.push(Command::Delete(self.keys.dir_mtime(ino)));
-        }
-        let _ = self.store.execute(batch);
-    }
-
-    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
-        let rec = Inode::new(
-            Kind::Dir,
-            mode,
-            uid,
-            gid,
-            vec![Link {
-                parent,
-                name: name.to_vec(),
-            }],
-        );
-        let (ino, rec, _) = self.create_node(parent, name, rec)?;
-        Ok(self.attr_from(ino, &rec, None))
-    }
-
-    pub fn symlink(
-        &self,
-        parent: u64,
-        name: &[u8],
-        target: &[u8],
-        uid: u32,
-        gid: u32,
-    ) -> FsResult<Attr> {
-        let mut rec = Inode::new(
-            Kind::Symlink,
-            0o777,
-            uid,
-            gid,
-            vec![Link {
-                parent,
-                name: name.to_vec(),
-            }],
-        );
-        rec.size = target.len() as u64;
-        rec.target = Some(target.to_vec());
-        let (ino, rec, _) = self.create_node(parent, name, rec)?;
-        Ok(self.attr_from(ino, &rec, None))
-    }
-
-    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let (rec, _) = self.read_inode(ino)?;
-        rec.target.ok_or(FsError::Invalid("not a symlink"))
-    }
-
-    /// A new name for a file: entry, link in the record, and its bytes at the new data key.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
-        check_name(newname)?;
-        self.settle_created(|i, _| i == ino)?;
-        let new_path = join(&self.dir_path(newparent)?, newname);
-        let new_key = self.keys.data_checked(&new_path)?;
-        let (rec, _) = self.read_inode(ino)?;
-        match rec.kind {
-            Kind::Dir => return Err(FsError::NotPermitted("hard link to a directory")),
-            Kind::Symlink | Kind::File => {}
-        }
-        if !self.claim_entry(newparent, newname, ino)? {
-            return Err(FsError::Exists);
-        }
-        let link = Link {
-            parent: newparent,
-            name: newname.to_vec(),
-        };
-        let rec = self.update_inode(ino, |r| {
-            r.links.push(link.clone());
-            r.ctime = Time::now();
-            Ok(())
-        })?;
-        if rec.kind == Kind::File {
-            let data = self.current_bytes(ino, &rec)?;
-            self.write_data_keys(&[new_key], data)?;
-        }
-        self.log_dir_change(newparent, Op::Add, rec.kind, ino, newname)?;
-        self.getattr(ino)
-    }
-
-    /// The bytes of a file: this mount's buffer if it holds one, else the store's.
-    pub(crate) fn current_bytes(&self, ino: u64, rec: &Inode) -> FsResult<Value> {
-        if let Some(of) = self.open_file(ino)
-            && let Some(data) = &lock(&of).data
-        {
-            return Ok(data.clone());
-        }
-        let Some(link) = rec.links.first() else {
-            return Ok(Value::default());
-        };
-        Ok(Arc::new(self.read_data(
-            &self.keys.data(&self.link_path(link)?),
-            rec.size,
-        )?))
-    }
-
-    // ----- removing ------------------------------------------------------------------------
-
-    /// Marks entry `name` of `dir` removed if it still points at `ino`.
-    pub(crate) fn release_entry(
-        &self,
-        dir: u64,
-        name: &[u8],
-        ino: u64,
-        mut cas: Option<u64>,
-    ) -> FsResult<()> {
-        let key = self.keys.entry(dir, name);
-        for _ in 0..CAS_RETRIES {
-            let token = match cas.take() {
-                Some(c) => c,
-                None => {
-                    let slot = self.read_entry(dir, name)?;
-                    match (slot.ino, slot.cas) {
-                        (Some(i), Some(c)) if i == ino => c,
-                        _ => return Ok(()), // someone else already moved it on
-                    }
-                }
-            };
-            if self.set_entry_cas(&key, b"-", token)? {
-                return Ok(());
-            }
-        }
-        Err(FsError::corrupt(&key, "entry keeps changing"))
-    }
-
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        check_name(name)?;
-        let slot = self.read_entry(parent, name)?;
-        let ino = slot.ino.ok_or(FsError::NotFound)?;
-        self.settle_created(|i, _| i == ino)?;
-        let (rec, _) = self.read_inode(ino)?;
-        if rec.kind == Kind::Dir {
-            return Err(FsError::IsDir);
-        }
-        let link = Link {
-            parent,
-            name: name.to_vec(),
-        };
-        let path = self.link_path(&link)?;
-        // Holders of an open handle keep reading: take the bytes before the key goes.
-        if let Some(of) = self.open_file(ino) {
-            let mut of = lock(&of);
-            self.ensure_loaded(ino, &mut of)?;
-        }
-        self.release_entry(parent, name, ino, slot.cas)?;
-        self.log_dir_change(parent, Op::Remove, rec.kind, ino, name)?;
-        self.drop_link(ino, &link)?;
-        if rec.kind == Kind::File {
-            let key = self.keys.data(&path);
-            self.store
-                .delete(&key)
-                .map_err(|e| FsError::store(&key, e))?;
-        }
-        Ok(())
-    }
-
-    /// Removes one name from an inode record, deleting the record with its last name.
-    pub(crate) fn drop_link(&self, ino: u64, link: &Link) -> FsResult<()> {
-        let rec = self.update_inode(ino, |r| {
-            r.remove_link(link);
-            r.ctime = Time::now();
-            Ok(())
-        })?;
-        if rec.links.is_empty() {
-            self.delete_inode(ino, rec.kind)?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn delete_inode(&self, ino: u64, kind: Kind) -> FsResult<()> {
-        let key = self.keys.inode(ino);
-        let mut batch = vec![
-            Command::Delete(key.clone()),
-            Command::Decr {
-                key: self.keys.inode_count(),
-                delta: 1,
-            },
-        ];
-        if kind == Kind::Dir {
-            let seq = self.list_seq(ino).unwrap_or(0);
-            batch.push(Command::Delete(self.keys.dir_seq(ino)));
-            batch.push(Command::Delete(self.keys.dir_mtime(ino)));
-            for c in 0..=seq / LOG_CHUNK_RECORDS {
-                batch.push(Command::Delete(self.keys.dir_log(ino, c)));
-            }
-        }
-        for r in self.store.execute(batch) {
-            r.map_err(|e| FsError::store(&key, e))?;
-        }
-        lock(&self.dir_attrs).remove(&ino);
-        lock(&self.known_names).remove(&ino);
-        if let Some(of) = self.open_file(ino) {
-            lock(&of).unlinked = true;
-        }
-        Ok(())
-    }
-
-    fn list_seq(&self, dir: u64) -> Option<u64> {
-        let item = self.store.get(&self.keys.dir_seq(dir)).ok()??;
-        std::str::from_utf8(&item.value).ok()?.trim().parse().ok()
-    }
-
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        check_name(name)?;
-        let slot = self.read_entry(parent, name)?;
-        let ino = slot.ino.ok_or(FsError::NotFound)?;
-        let (rec, _) = self.read_inode(ino)?;
-        if rec.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if !self.list_dir(ino)?.is_empty() {
-            return Err(FsError::NotEmpty);
-        }
-        self.release_entry(parent, name, ino, slot.cas)?;
-        self.log_dir_change(parent, Op::Remove, Kind::Dir, ino, name)?;
-        self.delete_inode(ino, Kind::Dir)?;
-        self.forget_dir_paths();
-        Ok(())
-    }
-
-    // ----- listing -------------------------------------------------------------------------
-
-    pub fn readdir(&self, dir: u64) -> FsResult<Vec<DirEntry>> {
-        let (rec, _) = self.read_inode(dir)?;
-        if rec.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        Ok(self
-            .list_dir(dir)?
-            .into_iter()
-            .map(|(name, (ino, kind))| DirEntry { name, ino, kind })
-            .collect())
-    }
-
-    /// Attributes of many inodes in one pipelined batch; `None` for a vanished one.
-    pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
-        let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.keys.inode(i)).collect();
-        let results = self
-            .store
-            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
-        let mut out = Vec::with_capacity(inos.len());
-        for ((ino, key), r) in inos.iter().zip(&keys).zip(results) {
-            if let Some(of) = self.open_file(*ino) {
-                out.push(Some(self.attr_from(*ino, &lock(&of).view(), None)));
-                continue;
-            }
-            out.push(match value_of(key, r)? {
-                Some(item) => Some(self.attr_from(*ino, &Inode::decode(key, &item.value)?, None)),
-                None => None,
-            });
-        }
-        Ok(out)
     }
 
     // ----- whole filesystem ----------------------------------------------------------------
@@ -1194,6 +827,27 @@ pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
     rec.ctime = Time::now();
 }
 
+/// A decimal counter value (sequence keys, inode counters).
+pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// Decodes the reply to a `gets` of an entry key.
+pub(crate) fn entry_slot(key: &[u8], r: CmdResult) -> FsResult<EntrySlot> {
+    Ok(match value_of(key, r)? {
+        None => EntrySlot {
+            ino: None,
+            cas: None,
+        },
+        Some(item) => EntrySlot {
+            ino: parse_entry(key, &item.value)?,
+            cas: item.cas,
+        },
+    })
+}
+
+/// An entry's value: the child's inode number. `-` (left by older versions for a removed
+/// name) reads as no entry.
 fn parse_entry(key: &[u8], value: &[u8]) -> FsResult<Option<u64>> {
     if value == b"-" {
         return Ok(None);

@@ -19,6 +19,26 @@ pub fn escape(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Undoes [`escape`] (`%XX` back to the byte).
+pub fn unescape(key: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(key.len());
+    let mut i = 0;
+    while i < key.len() {
+        if key[i] == b'%'
+            && i + 2 < key.len()
+            && let (Some(h), Some(l)) = (hex(key[i + 1]), hex(key[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(key[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Checks a prefix against the contract: 1-100 bytes of printable ASCII without `%`.
 pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || prefix.len() > 100 {
@@ -140,6 +160,37 @@ impl KeyLayout {
     pub fn dir_log(&self, dir: u64, chunk: u64) -> Vec<u8> {
         self.meta(&format!("l{dir}.{chunk}"))
     }
+
+    /// The namespace lock: held (created with `add`) by the one operation that removes or
+    /// moves names at a time; its value is the operation's intent (`intent.rs`).
+    pub fn ns_lock(&self) -> Vec<u8> {
+        self.meta("lock")
+    }
+
+    /// A mount's liveness key, stored with an expiry and refreshed while the mount runs: once
+    /// it is gone, the mount's unfinished intent may be completed by others.
+    pub fn alive(&self, mount_id: &str) -> Vec<u8> {
+        self.meta(&format!("alive.{mount_id}"))
+    }
+
+    /// Count of finished directory renames: a mount that sees it change drops its cached paths.
+    pub fn dir_generation(&self) -> Vec<u8> {
+        self.meta("dirgen")
+    }
+}
+
+/// The store-wide list of formatted prefixes, one per line, so that nesting ones are refused.
+/// It starts with `%`, which no prefix does, so no URI reaches it.
+pub const PREFIX_REGISTRY_KEY: &[u8] = b"%memfis-prefixes";
+
+/// True when two prefixes would share data keys: one is the other followed by `/`.
+pub fn prefixes_nest(a: &str, b: &str) -> bool {
+    let nested = |outer: &str, inner: &str| {
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/'
+    };
+    a == b || nested(a, b) || nested(b, a)
 }
 
 #[cfg(test)]
@@ -151,6 +202,12 @@ mod tests {
         assert_eq!(escape(b"/a b%c?#+\x7f"), b"/a%20b%25c?#+\x7f");
         assert_eq!(escape(b"\x00\x1f"), b"%00%1F");
         assert_eq!(escape("/é".as_bytes()), "/é".as_bytes());
+    }
+
+    #[test]
+    fn unescape_inverts_escape() {
+        let raw = b"/a b%c?\x01\xff%";
+        assert_eq!(unescape(&escape(raw)), raw);
     }
 
     #[test]
@@ -175,6 +232,14 @@ mod tests {
         let long = vec![b'a'; 240];
         assert!(k.entry(1, &long).len() <= MAX_KEY_LEN);
         assert_ne!(k.entry(1, &long), k.entry(1, &long[1..]));
+    }
+
+    #[test]
+    fn nesting_prefixes_are_found() {
+        assert!(prefixes_nest("memfis://n", "memfis://n/b"));
+        assert!(prefixes_nest("memfis://n/b", "memfis://n"));
+        assert!(!prefixes_nest("memfis://n", "memfis://nb"));
+        assert!(!prefixes_nest("memfis://site1", "memfis://site10"));
     }
 
     #[test]

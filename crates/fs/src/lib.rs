@@ -1,20 +1,37 @@
 //! memfis filesystem semantics over a memcached-protocol store. Knows nothing of FUSE: every
 //! operation takes inode numbers and returns plain values or an [`FsError`] carrying an errno,
-//! so it is testable without a kernel (see `tests/model.rs`).
+//! so it is testable without a kernel (see `tests/model.rs` and `tests/interleave.rs`).
 //!
+//! Store layout (`docs/store-layout.md`):
 //! - [`keys`]: where each record lives (data keys nginx reads, metadata keys it cannot reach)
 //! - [`record`]: the inode and format records
-//! - [`dirlog`]: directory listings as append-only logs
-//! - [`fs`]: namespace operations (lookup, create, unlink, ...)
+//! - [`dirlog`]: the format of directory logs
+//!
+//! Protocol (how several mounts change the tree safely):
+//! - [`nslock`]: the namespace lock, mount liveness, taking over from a gone mount
+//! - [`intent`]: what a locked operation will change, completed by anyone after a crash
+//! - [`fenced_store`]: refuses every call once the store was emptied under the mount
+//!
+//! Operations on [`MemFs`]:
+//! - [`fs`]: the type, records, entries, paths, attributes
+//! - [`namespace`]: create, mkdir, symlink, link, unlink, rmdir
+//! - [`rename`]: rename, moving every data key under a renamed directory
+//! - [`listing`]: appending to and replaying directory logs, readdir
 //! - [`files`]: open files: buffers, reads, writes, publishing at flush
-//! - [`rename`]: rename, including moving every data key under a renamed directory
 //! - [`xattr`]: `user.*` extended attributes
+//! - [`check`]: the read-only consistency check of a whole store
 
+pub mod check;
 pub mod dirlog;
 pub mod error;
+pub mod fenced_store;
 pub mod files;
 pub mod fs;
+pub mod intent;
 pub mod keys;
+pub mod listing;
+pub mod namespace;
+pub mod nslock;
 pub mod record;
 pub mod rename;
 pub mod xattr;

@@ -15,18 +15,38 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct FormatRecord {
     pub format: String,
     pub version: u32,
+    /// Random id given when the store was formatted: a mount that finds another (or none)
+    /// knows its store was emptied or replaced under it.
+    #[serde(default)]
+    pub store_id: String,
 }
 
 impl FormatRecord {
-    pub fn current() -> FormatRecord {
+    pub fn new(store_id: String) -> FormatRecord {
         FormatRecord {
             format: "memfis".into(),
             version: FORMAT_VERSION,
+            store_id,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// A random 64-bit id as 16 hex digits (store ids, mount ids).
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mixing in time and pid keeps ids apart even if two
+    // processes got the same seed.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
@@ -103,6 +123,15 @@ pub struct Link {
     pub parent: u64,
     #[serde(with = "pct")]
     pub name: Vec<u8>,
+}
+
+impl Link {
+    pub fn new(parent: u64, name: &[u8]) -> Link {
+        Link {
+            parent,
+            name: name.to_vec(),
+        }
+    }
 }
 
 /// Everything about an inode except a file's bytes (which live at its data keys).
@@ -196,7 +225,7 @@ pub fn pct_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-mod pct {
+pub(crate) mod pct {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -209,7 +238,7 @@ mod pct {
     }
 }
 
-mod pct_opt {
+pub(crate) mod pct_opt {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {

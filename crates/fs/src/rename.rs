@@ -1,15 +1,21 @@
-//! rename(2), with RENAME_NOREPLACE and RENAME_EXCHANGE. Besides entries, logs and records,
-//! a rename moves data keys: a file's bytes to its new path, and for a directory every file
-//! below it, so nginx serves the new paths and not the old.
+//! rename(2), with RENAME_NOREPLACE and RENAME_EXCHANGE, under the namespace lock.
+//!
+//! Besides entries, logs and records, a rename moves data keys: a file's bytes to its new
+//! path, and for a directory every file below it, so nginx serves the new paths and not the
+//! old. Steps, in order (each idempotent, see [`RenameIntent`]): claim the destination entry
+//! (the point of no return), update the records, move the data keys, point the source entry
+//! at its new value, append the log records, bump the directory-rename count.
 
 use std::collections::HashSet;
 
-use memfis_memcache::{Command, Store, StoreOp};
+use memfis_memcache::{Command, Reply, Store, StoreOp};
 
 use crate::dirlog::Op;
-use crate::fs::{MemFs, check_name, join, value_of};
+use crate::fs::{CAS_RETRIES, EntrySlot, MemFs, check_name, entry_slot, join, value_of};
+use crate::intent::{Intent, RenameIntent};
 use crate::keys::ROOT_INO;
-use crate::record::{Inode, Kind, Link, Time};
+use crate::nslock::LockValue;
+use crate::record::{Kind, Link, Time};
 use crate::{FsError, FsResult};
 
 /// Files whose bytes are copied per pipelined batch while moving a directory.
@@ -20,6 +26,9 @@ pub struct RenameFlags {
     pub noreplace: bool,
     pub exchange: bool,
 }
+
+/// (old data key, new data key) of one file a rename moves.
+type Move = (Vec<u8>, Vec<u8>);
 
 impl<S: Store> MemFs<S> {
     pub fn rename(
@@ -32,11 +41,62 @@ impl<S: Store> MemFs<S> {
     ) -> FsResult<()> {
         check_name(name)?;
         check_name(newname)?;
-        let src_slot = self.read_entry(parent, name)?;
+        let skey = self.keys.entry(parent, name);
+        let dkey = self.keys.entry(newparent, newname);
+        let reads = vec![
+            Command::Gets(skey.clone()),
+            Command::Gets(dkey.clone()),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        self.with_ns_lock(reads, |guard, results| {
+            let mut r = results.into_iter();
+            let mut src = entry_slot(&skey, r.next().expect("result"))?;
+            let mut dst = entry_slot(&dkey, r.next().expect("result"))?;
+            self.observe_generation(r.next().expect("result"))?;
+            for _ in 0..CAS_RETRIES {
+                let Some(intent) =
+                    self.plan_rename(parent, name, newparent, newname, flags, &src, &dst)?
+                else {
+                    return Ok(()); // two names of one inode: POSIX says do nothing
+                };
+                let ino = intent.ino.to_string();
+                let claim = match dst.cas {
+                    None => Command::store(StoreOp::Add, &dkey, ino.as_bytes()),
+                    Some(cas) => Command::cas(&dkey, ino.as_bytes(), cas),
+                };
+                let intent = Intent::Rename(Box::new(intent));
+                let batch = vec![self.intent_cmd(guard, intent.clone()), claim];
+                let mut results = self.store.execute(batch).into_iter();
+                results
+                    .next()
+                    .expect("result")
+                    .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
+                if crate::fs::stored(&dkey, results.next().expect("result"))? {
+                    return self.complete(&intent);
+                }
+                // A create took the destination name meanwhile: plan again over it.
+                guard.intent = None;
+                src = self.read_entry(parent, name)?;
+                dst = self.read_entry(newparent, newname)?;
+            }
+            Err(FsError::Contended)
+        })
+    }
+
+    /// Checks a rename as POSIX asks and works out what it will change; `None` when there is
+    /// nothing to do. Changes nothing in the store.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+        src_slot: &EntrySlot,
+        dst_slot: &EntrySlot,
+    ) -> FsResult<Option<RenameIntent>> {
         let src = src_slot.ino.ok_or(FsError::NotFound)?;
-        let dst_slot = self.read_entry(newparent, newname)?;
-        // Log records owed by creates in this mount go first, so they precede this rename's.
-        self.settle_created(|i, _| i == src || Some(i) == dst_slot.ino)?;
         let (src_rec, _) = self.read_inode(src)?;
         if flags.noreplace && dst_slot.ino.is_some() {
             return Err(FsError::Exists);
@@ -45,7 +105,7 @@ impl<S: Store> MemFs<S> {
             return Err(FsError::NotFound);
         }
         if dst_slot.ino == Some(src) {
-            return Ok(()); // two names of one inode: POSIX says do nothing
+            return Ok(None);
         }
         let dst = match dst_slot.ino {
             Some(d) => Some((d, self.read_inode(d)?.0)),
@@ -59,7 +119,6 @@ impl<S: Store> MemFs<S> {
         {
             self.check_not_below(*d, parent)?;
         }
-
         if let (Some((d, drec)), false) = (&dst, flags.exchange) {
             match (src_rec.kind == Kind::Dir, drec.kind == Kind::Dir) {
                 (true, false) => return Err(FsError::NotDir),
@@ -68,12 +127,12 @@ impl<S: Store> MemFs<S> {
                 _ => {}
             }
         }
-        // 1. Bytes: copy to the new keys first, so nginx never misses a file mid-rename.
         let old_path = join(&self.dir_path(parent)?, name);
         let new_path = join(&self.dir_path(newparent)?, newname);
-        let mut moves = self.data_moves(src, &src_rec, &old_path, &new_path)?;
+        // Everything that could refuse the rename is checked before its first change.
+        let mut moves = self.data_moves(src, src_rec.kind, &old_path, &new_path)?;
         if let (Some((d, drec)), true) = (&dst, flags.exchange) {
-            moves.extend(self.data_moves(*d, drec, &new_path, &old_path)?);
+            moves.extend(self.data_moves(*d, drec.kind, &new_path, &old_path)?);
         }
         for (_, new_key) in &moves {
             if new_key.len() > memfis_memcache::MAX_KEY_LEN {
@@ -83,102 +142,159 @@ impl<S: Store> MemFs<S> {
                 });
             }
         }
-        // An exchange reads every value before writing any: the two sets of keys overlap.
-        let batch = if flags.exchange {
-            moves.len().max(1)
-        } else {
-            MOVE_BATCH
-        };
-        for chunk in moves.chunks(batch) {
-            self.copy_values(chunk)?;
-        }
+        let mut grown = src_rec.clone();
+        grown.replace_link(&Link::new(parent, name), Link::new(newparent, newname));
+        self.check_record_size(&self.keys.inode(src), grown.encode().len())?;
+        Ok(Some(RenameIntent {
+            src_parent: parent,
+            src_name: name.to_vec(),
+            dst_parent: newparent,
+            dst_name: newname.to_vec(),
+            ino: src,
+            kind: src_rec.kind,
+            replaced: dst.as_ref().map(|(d, r)| (*d, r.kind)),
+            exchange: flags.exchange,
+            old_path,
+            new_path,
+            data_done: false,
+        }))
+    }
 
-        // 2. Entries.
-        let new_entry = self.keys.entry(newparent, newname);
-        match (dst_slot.ino, dst_slot.cas) {
-            (Some(_), Some(cas)) => {
-                if !self.set_entry_cas(&new_entry, src.to_string().as_bytes(), cas)? {
-                    return Err(FsError::Busy);
-                }
-            }
-            _ => {
-                if !self.claim_entry(newparent, newname, src)? {
-                    return Err(FsError::Busy);
-                }
-            }
+    /// Finishes a rename from wherever it stopped (see the module comment for the steps).
+    pub(crate) fn complete_rename(&self, r: &RenameIntent) -> FsResult<()> {
+        if self.read_entry(r.dst_parent, &r.dst_name)?.ino != Some(r.ino) {
+            return Ok(()); // the destination was never claimed: nothing happened
         }
-        let src_link = Link {
-            parent,
-            name: name.to_vec(),
-        };
-        let dst_link = Link {
-            parent: newparent,
-            name: newname.to_vec(),
-        };
-        match (&dst, flags.exchange) {
-            (Some((d, _)), true) => {
-                let old_entry = self.keys.entry(parent, name);
-                let cas = src_slot.cas.unwrap_or(0);
-                if !self.set_entry_cas(&old_entry, d.to_string().as_bytes(), cas)? {
-                    return Err(FsError::Busy);
-                }
+        let src_link = Link::new(r.src_parent, &r.src_name);
+        let dst_link = Link::new(r.dst_parent, &r.dst_name);
+        // Once the source entry changed, the data step was done (and the old name may
+        // already belong to a new file).
+        let src_done = self.read_entry(r.src_parent, &r.src_name)?.ino != Some(r.ino);
+        let now = Time::now();
+        self.update_record_if_present(r.ino, |rec| {
+            if rec.links.contains(&src_link) {
+                rec.replace_link(&src_link, dst_link.clone());
+                rec.ctime = now;
             }
-            _ => self.release_entry(parent, name, src, src_slot.cas)?,
-        }
-
-        // 3. Logs.
-        let src_add = (Op::Add, src_rec.kind, src, newname);
-        let old_dir_change = match (&dst, flags.exchange) {
-            (Some((d, drec)), true) => (Op::Add, drec.kind, *d, name),
-            _ => (Op::Remove, src_rec.kind, src, name),
-        };
-        if parent == newparent {
-            self.log_dir_changes(parent, &[old_dir_change, src_add])?;
-        } else {
-            self.log_dir_changes(parent, &[old_dir_change])?;
-            self.log_dir_changes(newparent, &[src_add])?;
-        }
-
-        // 4. Records.
-        self.update_inode(src, |r| {
-            r.replace_link(&src_link, dst_link.clone());
-            r.ctime = Time::now();
             Ok(())
         })?;
-        match (&dst, flags.exchange) {
-            (Some((d, _)), true) => {
-                self.update_inode(*d, |r| {
-                    r.replace_link(&dst_link, src_link.clone());
-                    r.ctime = Time::now();
+        match r.replaced {
+            Some((b, _)) if r.exchange => {
+                self.update_record_if_present(b, |rec| {
+                    if rec.links.contains(&dst_link) {
+                        rec.replace_link(&dst_link, src_link.clone());
+                        rec.ctime = now;
+                    }
                     Ok(())
                 })?;
             }
-            (Some((d, _)), false) => self.drop_link(*d, &dst_link)?,
-            (None, _) => {}
+            Some((b, _)) => self.drop_link(b, &dst_link)?,
+            None => {}
         }
+        if !src_done {
+            self.move_data(r)?;
+        }
+        let src_now = match r.replaced {
+            Some((b, _)) if r.exchange => Some(b),
+            _ => None,
+        };
+        self.entry_swap(r.src_parent, &r.src_name, Some(r.ino), src_now)?;
+        // Every (name, inode) pair that ends is removed, every one that starts is added.
+        let (src_name, dst_name) = (r.src_name.as_slice(), r.dst_name.as_slice());
+        let mut at_src = vec![(Op::Remove, r.kind, r.ino, src_name)];
+        let mut at_dst = Vec::new();
+        if let Some((b, bkind)) = r.replaced {
+            at_dst.push((Op::Remove, bkind, b, dst_name));
+            if r.exchange {
+                at_src.push((Op::Add, bkind, b, src_name));
+            }
+        }
+        at_dst.push((Op::Add, r.kind, r.ino, dst_name));
+        if r.src_parent == r.dst_parent {
+            at_src.extend(at_dst);
+            self.log_dir_changes(r.src_parent, &at_src)?;
+        } else {
+            self.log_dir_changes(r.src_parent, &at_src)?;
+            self.log_dir_changes(r.dst_parent, &at_dst)?;
+        }
+        let dir_moved = r.kind == Kind::Dir
+            || r.replaced
+                .is_some_and(|(_, kind)| kind == Kind::Dir && r.exchange);
+        if dir_moved {
+            let key = self.keys.dir_generation();
+            if self
+                .store
+                .incr(&key, 1)
+                .map_err(|e| FsError::store(&key, e))?
+                .is_none()
+            {
+                self.store
+                    .store(StoreOp::Add, &key, b"1")
+                    .map_err(|e| FsError::store(&key, e))?;
+            }
+            self.forget_dir(r.ino);
+        }
+        Ok(())
+    }
 
-        // 5. Old keys that no name points at any more.
+    /// Moves the bytes of every file the rename moves to their new keys.
+    fn move_data(&self, r: &RenameIntent) -> FsResult<()> {
+        if !r.exchange {
+            let moves = self.data_moves(r.ino, r.kind, &r.old_path, &r.new_path)?;
+            for chunk in moves.chunks(MOVE_BATCH) {
+                self.copy_values(chunk, true)?;
+            }
+            return Ok(());
+        }
+        if r.data_done {
+            return Ok(());
+        }
+        // An exchange reads every value before writing any: the two sets of keys overlap.
+        let (b, bkind) = r.replaced.expect("an exchange has a destination");
+        let mut moves = self.data_moves(r.ino, r.kind, &r.old_path, &r.new_path)?;
+        moves.extend(self.data_moves(b, bkind, &r.new_path, &r.old_path)?);
+        self.copy_values(&moves, false)?;
         let new_keys: HashSet<&Vec<u8>> = moves.iter().map(|m| &m.1).collect();
         let stale: Vec<Command> = moves
             .iter()
             .filter(|m| !new_keys.contains(&m.0))
             .map(|m| Command::Delete(m.0.clone()))
             .collect();
-        for chunk in stale.chunks(MOVE_BATCH) {
-            for r in self.store.execute(chunk.to_vec()) {
-                r.map_err(|e| FsError::store(b"(rename cleanup)", e))?;
+        for r in self.store.execute(stale) {
+            r.map_err(|e| FsError::store(b"(rename cleanup)", e))?;
+        }
+        self.mark_exchange_data_done()
+    }
+
+    /// Records in the lock that an exchange's bytes were swapped (a second swap would undo it).
+    fn mark_exchange_data_done(&self) -> FsResult<()> {
+        let key = self.keys.ns_lock();
+        for _ in 0..CAS_RETRIES {
+            let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+                return Ok(());
+            };
+            let mut held: LockValue = serde_json::from_slice(&item.value)
+                .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
+            if let Some(Intent::Rename(r)) = &mut held.intent {
+                r.data_done = true;
+            }
+            let value = serde_json::to_vec(&held).expect("serializes");
+            match self
+                .store
+                .run(Command::cas(&key, &value, item.cas.unwrap_or(0)))
+            {
+                Ok(Reply::Stored) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(FsError::store(&key, e)),
             }
         }
-        if src_rec.kind == Kind::Dir || dst.as_ref().is_some_and(|(_, r)| r.kind == Kind::Dir) {
-            self.forget_dir_paths();
-        }
-        Ok(())
+        Err(FsError::Contended)
     }
 
     /// EINVAL if `dir` is `target` or one of its ancestors (a directory cannot move below itself).
     fn check_not_below(&self, dir: u64, target: u64) -> FsResult<()> {
         let mut cur = target;
-        loop {
+        for _ in 0..4096 {
             if cur == dir {
                 return Err(FsError::Invalid("cannot move a directory below itself"));
             }
@@ -190,21 +306,25 @@ impl<S: Store> MemFs<S> {
                 FsError::corrupt(&self.keys.inode(cur), "directory without a parent")
             })?;
         }
+        Err(FsError::corrupt(
+            &self.keys.inode(target),
+            "directory nesting too deep: a cycle of directories",
+        ))
     }
 
     /// (old data key, new data key) of every file at or below `old_path` once it is `new_path`.
     fn data_moves(
         &self,
         ino: u64,
-        rec: &Inode,
+        kind: Kind,
         old_path: &[u8],
         new_path: &[u8],
-    ) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> FsResult<Vec<Move>> {
         let mut out = Vec::new();
-        match rec.kind {
+        match kind {
             Kind::File => out.push((self.keys.data(old_path), self.keys.data(new_path))),
             Kind::Symlink => {}
-            Kind::Dir => self.walk_files(ino, old_path, new_path, &mut out)?,
+            Kind::Dir => self.walk_files(ino, old_path, new_path, &mut out, 0)?,
         }
         Ok(out)
     }
@@ -214,31 +334,45 @@ impl<S: Store> MemFs<S> {
         dir: u64,
         old: &[u8],
         new: &[u8],
-        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        out: &mut Vec<Move>,
+        depth: usize,
     ) -> FsResult<()> {
+        if depth > 2048 {
+            return Err(FsError::corrupt(
+                &self.keys.inode(dir),
+                "directory nesting too deep: a cycle of directories",
+            ));
+        }
         for (name, (ino, kind)) in self.list_dir(dir)? {
             let (o, n) = (join(old, &name), join(new, &name));
             match kind {
                 Kind::File => out.push((self.keys.data(&o), self.keys.data(&n))),
-                Kind::Dir => self.walk_files(ino, &o, &n, out)?,
+                Kind::Dir => self.walk_files(ino, &o, &n, out, depth + 1)?,
                 Kind::Symlink => {}
             }
         }
         Ok(())
     }
 
-    /// Reads the old keys of `moves` in one batch, then writes the new keys in one batch.
-    fn copy_values(&self, moves: &[(Vec<u8>, Vec<u8>)]) -> FsResult<()> {
+    /// Reads the old keys of `moves` in one batch, then writes the new keys (and, with
+    /// `delete_old`, deletes the old ones) in one batch. An old key already gone was moved
+    /// by an earlier run.
+    fn copy_values(&self, moves: &[Move], delete_old: bool) -> FsResult<()> {
         let gets = moves.iter().map(|m| Command::Get(m.0.clone())).collect();
         let mut sets = Vec::new();
-        let mut targets = Vec::new();
+        let mut deletes = Vec::new();
         for ((old, new), r) in moves.iter().zip(self.store.execute(gets)) {
             if let Some(item) = value_of(old, r)? {
                 sets.push(Command::store(StoreOp::Set, new, &item.value));
-                targets.push(new.clone());
+                if delete_old && old != new {
+                    deletes.push(Command::Delete(old.clone()));
+                }
             }
         }
-        for (key, r) in targets.iter().zip(self.store.execute(sets)) {
+        // Sets before deletes: nginx finds every file at one of its paths throughout.
+        let batch: Vec<Command> = sets.into_iter().chain(deletes).collect();
+        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
+        for (key, r) in keys.iter().zip(self.store.execute(batch)) {
             r.map_err(|e| FsError::store(key, e))?;
         }
         Ok(())

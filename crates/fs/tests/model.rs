@@ -356,6 +356,7 @@ fn run_model(ops: &[(Op, bool)], cache_ttl: Duration) -> Result<(), TestCaseErro
     let cfg = FsConfig {
         cache_ttl,
         item_size_max: None,
+        ..FsConfig::default()
     };
     let a = MemFs::new(store.clone(), keys.clone(), cfg.clone()).unwrap();
     let b = MemFs::new(store.clone(), keys.clone(), cfg).unwrap();
@@ -400,6 +401,7 @@ fn created_files_are_listed_once_settled_and_never_as_ghosts() {
     let cfg = FsConfig {
         cache_ttl: Duration::ZERO,
         item_size_max: None,
+        ..FsConfig::default()
     };
     let a = MemFs::new(store.clone(), keys.clone(), cfg.clone()).unwrap();
     let b = MemFs::new(store.clone(), keys, cfg).unwrap();

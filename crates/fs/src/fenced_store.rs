@@ -1,0 +1,44 @@
+//! The store as a mount sees it: every command fails once the heartbeat found the store
+//! emptied or replaced, so a mount never acts on caches of a store that is gone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
+
+pub struct FencedStore<S> {
+    inner: S,
+    pub(crate) gone: AtomicBool,
+}
+
+impl<S: Store> FencedStore<S> {
+    pub fn new(inner: S) -> FencedStore<S> {
+        FencedStore {
+            inner,
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Store> Store for FencedStore<S> {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        if self.gone.load(Ordering::Relaxed) {
+            let err = StoreError::Server(
+                "the store was emptied or replaced under this mount; remount it".into(),
+            );
+            return batch.iter().map(|_| Err(err.clone())).collect();
+        }
+        self.inner.execute(batch)
+    }
+
+    fn capacity(&self) -> Option<Capacity> {
+        self.inner.capacity()
+    }
+
+    fn item_size_max(&self) -> Option<u64> {
+        self.inner.item_size_max()
+    }
+}

@@ -1,0 +1,284 @@
+//! Directory listings: appending to a directory's log and replaying it (the record format is
+//! in `dirlog.rs`).
+//!
+//! A change takes its sequence number with `incr` and appends its record in the same batch,
+//! before it knows the number. The record goes to the chunk of the lowest number it can get
+//! (one more than the highest this mount has seen): chunks are replayed in order up to the
+//! one of the current sequence number, so a record in an earlier chunk than its number is
+//! still replayed, and records about one name are always appended in the order of the
+//! operations that wrote them. The same batch creates the next chunk (`add` of an empty
+//! value), so every chunk up to the current number exists: a missing one is an error, never
+//! an empty listing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use memfis_memcache::{CmdResult, Command, Reply, Store, StoreError, StoreOp};
+use tracing::warn;
+
+use crate::dirlog::{self, Op};
+use crate::fs::{Attr, DirEntry, MemFs, lock, parse_number, value_of};
+use crate::keys::LOG_CHUNK_RECORDS;
+use crate::record::{Inode, Kind, Time};
+use crate::{FsError, FsResult};
+
+/// One change to a directory's log.
+pub(crate) type LogChange<'a> = (Op, Kind, u64, &'a [u8]);
+
+/// Records on their way into a directory's log, sent as [`LogAppend::commands`].
+pub(crate) struct LogAppend {
+    dir: u64,
+    chunk: u64,
+    records: Vec<u8>,
+    count: u64,
+    changes: Vec<(Op, Vec<u8>, u64)>,
+}
+
+/// What a directory's log said to an append.
+pub(crate) enum Logged {
+    /// The records were appended.
+    Done,
+    /// The directory is gone or being removed (its sequence key is missing or fenced).
+    DirGone,
+}
+
+impl<S: Store> MemFs<S> {
+    /// Builds the commands that append `changes` to `dir`'s log in one batch.
+    pub(crate) fn log_append(&self, dir: u64, changes: &[LogChange<'_>]) -> LogAppend {
+        let hint = lock(&self.seq_hints).get(&dir).copied().unwrap_or(0);
+        let mut records = Vec::new();
+        for (op, kind, ino, name) in changes {
+            records.extend(dirlog::encode(*op, *kind, *ino, name));
+        }
+        LogAppend {
+            dir,
+            chunk: (hint + 1) / LOG_CHUNK_RECORDS,
+            records,
+            count: changes.len() as u64,
+            changes: changes
+                .iter()
+                .map(|(op, _, ino, name)| (*op, name.to_vec(), *ino))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn log_commands(&self, la: &LogAppend) -> Vec<Command> {
+        vec![
+            Command::Incr {
+                key: self.keys.dir_seq(la.dir),
+                delta: la.count,
+            },
+            Command::store(
+                StoreOp::Append,
+                &self.keys.dir_log(la.dir, la.chunk),
+                &la.records,
+            ),
+            Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, la.chunk + 1), b""),
+        ]
+    }
+
+    /// Checks the results of [`Self::log_commands`] (taken from `results`), finishing what
+    /// the batch could not do (a chunk too full or not there yet).
+    pub(crate) fn finish_log(
+        &self,
+        la: &LogAppend,
+        results: &mut impl Iterator<Item = CmdResult>,
+    ) -> FsResult<Logged> {
+        let mut next = || results.next().expect("one result per log command");
+        let (incr, append, _precreate) = (next(), next(), next());
+        let seq_key = self.keys.dir_seq(la.dir);
+        let last = match incr {
+            Ok(Reply::Number(n)) => n,
+            Ok(_) | Err(StoreError::Client(_)) => return Ok(Logged::DirGone),
+            Err(e) => return Err(FsError::store(&seq_key, e)),
+        };
+        let chunk_now = last / LOG_CHUNK_RECORDS;
+        let chunk_key = self.keys.dir_log(la.dir, la.chunk);
+        match append {
+            Ok(Reply::Stored) => {}
+            Ok(_) | Err(StoreError::TooLarge(_)) => {
+                self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
+            }
+            Err(e) => return Err(FsError::store(&chunk_key, e)),
+        }
+        if chunk_now > la.chunk + 1 {
+            // This mount's idea of the sequence was far behind: make sure the chunks of the
+            // current number exist, as every reader expects.
+            let batch = (chunk_now..=chunk_now + 1)
+                .map(|c| Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, c), b""))
+                .collect();
+            for r in self.store.execute(batch) {
+                r.map_err(|e| FsError::store(&chunk_key, e))?;
+            }
+        }
+        let mut hints = lock(&self.seq_hints);
+        let hint = hints.entry(la.dir).or_insert(0);
+        *hint = (*hint).max(last);
+        drop(hints);
+        for (op, name, ino) in &la.changes {
+            self.note_name(la.dir, name, (*op == Op::Add).then_some(*ino));
+        }
+        Ok(Logged::Done)
+    }
+
+    /// The command that sets a directory's mtime (sent with every log append).
+    pub(crate) fn touch_dir_cmd(&self, dir: u64) -> (Command, Time) {
+        let now = Time::now();
+        let cmd = Command::store(
+            StoreOp::Set,
+            &self.keys.dir_mtime(dir),
+            now.to_text().as_bytes(),
+        );
+        (cmd, now)
+    }
+
+    /// Keeps this mount's cached attributes of `dir` in step with an mtime it just set.
+    pub(crate) fn note_dir_touched(&self, dir: u64, now: Time) {
+        if let Some((attr, _)) = lock(&self.dir_attrs).get_mut(&dir) {
+            attr.mtime = now;
+            attr.ctime = now;
+        }
+    }
+
+    /// Appends records to a directory's log and bumps its mtime: one round trip.
+    pub(crate) fn log_dir_changes(&self, dir: u64, changes: &[LogChange<'_>]) -> FsResult<()> {
+        let la = self.log_append(dir, changes);
+        let mut batch = self.log_commands(&la);
+        let (touch, now) = self.touch_dir_cmd(dir);
+        batch.push(touch);
+        let mut results = self.store.execute(batch).into_iter();
+        match self.finish_log(&la, &mut results)? {
+            Logged::Done => {}
+            Logged::DirGone => return Err(FsError::missing(&self.keys.dir_seq(dir))),
+        }
+        let mtime_key = self.keys.dir_mtime(dir);
+        results
+            .next()
+            .expect("result")
+            .map_err(|e| FsError::store(&mtime_key, e))?;
+        self.note_dir_touched(dir, now);
+        Ok(())
+    }
+
+    /// Keeps a known listing in step with a change this mount made (`Some(ino)`: now there).
+    pub(crate) fn note_name(&self, dir: u64, name: &[u8], now: Option<u64>) {
+        if let Some((names, _)) = lock(&self.known_names).get_mut(&dir) {
+            match now {
+                Some(ino) => names.insert(name.to_vec(), ino),
+                None => names.remove(name),
+            };
+        }
+    }
+
+    /// The inode this mount last knew at `name` in `dir`, to read its record speculatively.
+    pub(crate) fn known_child(&self, dir: u64, name: &[u8]) -> Option<u64> {
+        lock(&self.known_names).get(&dir)?.0.get(name).copied()
+    }
+
+    pub(crate) fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
+        for _ in 0..crate::fs::CAS_RETRIES {
+            if self
+                .store
+                .store(StoreOp::Append, key, record)
+                .map_err(|e| FsError::store(key, e))?
+            {
+                return Ok(());
+            }
+            if self
+                .store
+                .store(StoreOp::Add, key, record)
+                .map_err(|e| FsError::store(key, e))?
+            {
+                return Ok(());
+            }
+        }
+        Err(FsError::Contended)
+    }
+
+    /// The listing of a directory, replayed from its log.
+    pub fn list_dir(&self, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+        let started = Instant::now();
+        let seq_key = self.keys.dir_seq(dir);
+        let seq = self
+            .store
+            .get(&seq_key)
+            .map_err(|e| FsError::store(&seq_key, e))?
+            .ok_or_else(|| FsError::missing(&seq_key))?;
+        let Some(seq) = parse_number(&seq.value) else {
+            return Err(FsError::NotFound); // fenced: being removed
+        };
+        let listing = self.replay_log(dir, seq)?;
+        let names = listing.iter().map(|(n, (i, _))| (n.clone(), *i)).collect();
+        lock(&self.known_names).insert(dir, (names, started));
+        let mut hints = lock(&self.seq_hints);
+        let hint = hints.entry(dir).or_insert(0);
+        *hint = (*hint).max(seq);
+        Ok(listing)
+    }
+
+    /// Replays chunks `0 ..= seq / LOG_CHUNK_RECORDS` of `dir`'s log. A missing chunk is EIO
+    /// (after one retry: its creator may be a moment behind the sequence number).
+    pub(crate) fn replay_log(
+        &self,
+        dir: u64,
+        seq: u64,
+    ) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+        let keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
+            .map(|c| self.keys.dir_log(dir, c))
+            .collect();
+        for attempt in 0..2 {
+            let results = self
+                .store
+                .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
+            let mut state = dirlog::Replay::default();
+            let mut missing = None;
+            for (key, r) in keys.iter().zip(results) {
+                match value_of(key, r)? {
+                    Some(item) => dirlog::replay(key, &item.value, &mut state)?,
+                    None => missing = missing.or(Some(key.clone())),
+                }
+            }
+            let Some(key) = missing else {
+                return Ok(state.listing());
+            };
+            if attempt == 1 {
+                warn!(dir, key = %String::from_utf8_lossy(&key), "directory log chunk is missing");
+                return Err(FsError::missing(&key));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unreachable!("the loop returns")
+    }
+
+    pub fn readdir(&self, dir: u64) -> FsResult<Vec<DirEntry>> {
+        let (rec, _) = self.read_live_inode(dir)?;
+        if rec.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(self
+            .list_dir(dir)?
+            .into_iter()
+            .map(|(name, (ino, kind))| DirEntry { name, ino, kind })
+            .collect())
+    }
+
+    /// Attributes of many inodes in one pipelined batch; `None` for a vanished one.
+    pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
+        let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.keys.inode(i)).collect();
+        let results = self
+            .store
+            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
+        let mut out = Vec::with_capacity(inos.len());
+        for ((ino, key), r) in inos.iter().zip(&keys).zip(results) {
+            if let Some(of) = self.open_file(*ino) {
+                out.push(Some(self.attr_from(*ino, &lock(&of).view(), None)));
+                continue;
+            }
+            out.push(match value_of(key, r)? {
+                Some(item) => Some(self.attr_from(*ino, &Inode::decode(key, &item.value)?, None)),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,604 @@
+//! Namespace operations other than rename: create, mkdir, symlink, link, unlink, rmdir.
+//!
+//! Creates take no lock: one batch adds the inode record, claims the entry with `add`,
+//! appends the log record and adds the empty data key, and reads the namespace lock and the
+//! directory-rename count to learn whether a directory rename ran meanwhile. Removing and
+//! linking hold the namespace lock (`nslock.rs`) and store an [`Intent`] before their first
+//! change, so that a crash at any point is completed by the next mount.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use memfis_memcache::command::Value;
+use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+
+use crate::dirlog::Op;
+use crate::fs::{Attr, MemFs, check_name, entry_slot, join, lock, parse_number, stored, value_of};
+use crate::intent::Intent;
+use crate::keys::{LOG_CHUNK_RECORDS, ROOT_INO};
+use crate::listing::Logged;
+use crate::record::{Inode, Kind, Link, Time};
+use crate::{FsError, FsResult};
+
+/// How many inode numbers one `incr` reserves for this mount.
+const INO_BATCH: u64 = 64;
+
+/// An inode just created by [`MemFs::create_node`].
+pub(crate) struct NewNode {
+    pub ino: u64,
+    pub rec: Inode,
+    pub cas: u64,
+    /// A file's data key (at its path when created).
+    pub data_key: Vec<u8>,
+}
+
+impl<S: Store> MemFs<S> {
+    fn alloc_ino(&self) -> FsResult<u64> {
+        let mut inos = lock(&self.inos);
+        if inos.0 >= inos.1 {
+            let key = self.keys.next_ino();
+            let top = self
+                .store
+                .incr(&key, INO_BATCH)
+                .map_err(|e| FsError::store(&key, e))?
+                .ok_or_else(|| FsError::missing(&key))?;
+            *inos = (top + 1 - INO_BATCH, top + 1);
+        }
+        let ino = inos.0;
+        inos.0 += 1;
+        Ok(ino)
+    }
+
+    /// Creates a node in one round trip: record, entry, log record, and the node's own keys
+    /// (an empty data key for a file; sequence, first log chunks and mtime for a directory).
+    /// Anything that fails is undone before the error is returned.
+    pub(crate) fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mut rec: Inode,
+    ) -> FsResult<NewNode> {
+        check_name(name)?;
+        let dir = self.dir_info(parent)?;
+        if dir.mode & libc::S_ISGID != 0 {
+            // A set-group-ID directory passes its group on, and the bit to subdirectories.
+            rec.gid = dir.gid;
+            if rec.kind == Kind::Dir {
+                rec.mode |= libc::S_ISGID;
+            }
+        }
+        let data_key = self.keys.data_checked(&join(&dir.path, name))?;
+        let ino = self.alloc_ino()?;
+        let ikey = self.keys.inode(ino);
+        let ekey = self.keys.entry(parent, name);
+        let la = self.log_append(parent, &[(Op::Add, rec.kind, ino, name)]);
+        let (touch, now) = self.touch_dir_cmd(parent);
+        let mut batch = vec![
+            Command::store(StoreOp::Add, &ikey, &rec.encode()),
+            Command::Gets(ikey.clone()),
+            Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
+        ];
+        batch.extend(self.log_commands(&la));
+        batch.extend([
+            touch,
+            Command::Incr {
+                key: self.keys.inode_count(),
+                delta: 1,
+            },
+            Command::Get(self.keys.ns_lock()),
+            Command::Get(self.keys.dir_generation()),
+        ]);
+        let own_keys = self.own_keys(ino, &rec, &data_key);
+        batch.extend(own_keys.iter().cloned());
+        let mut results = self.store.execute(batch).into_iter();
+        let mut next = || results.next().expect("one result per command");
+        let inode_added = stored(&ikey, next());
+        let cas = value_of(&ikey, next());
+        let entry_added = stored(&ekey, next());
+        let logged = self.finish_log(&la, &mut results);
+        let mut next = || results.next().expect("one result per command");
+        let touched = next();
+        let _inode_count = next(); // statistics only
+        let lock_held = value_of(&self.keys.ns_lock(), next()).map(|v| v.is_some());
+        let generation = next();
+        let own_results: Vec<CmdResult> = results.collect();
+
+        let mut undo = Undo {
+            ino,
+            kind: rec.kind,
+            parent,
+            name,
+            entry: false,
+            logged: false,
+            own_added: own_results
+                .iter()
+                .map(|r| matches!(r, Ok(Reply::Stored)))
+                .collect(),
+        };
+        let outcome = (|| -> FsResult<u64> {
+            match inode_added? {
+                true => {}
+                false => {
+                    return Err(FsError::corrupt(
+                        &ikey,
+                        "inode number already in use: the next-ino counter is behind \
+                         (run `memfis check`)",
+                    ));
+                }
+            }
+            undo.entry = match entry_added? {
+                true => true,
+                // Taken, or a removed name an older version left as `-`.
+                false => self.entry_swap(parent, name, None, Some(ino))? == Some(ino),
+            };
+            match logged? {
+                Logged::Done => undo.logged = true,
+                Logged::DirGone => return Err(FsError::NotFound),
+            }
+            if !undo.entry {
+                return Err(FsError::Exists);
+            }
+            touched.map_err(|e| FsError::store(&self.keys.dir_mtime(parent), e))?;
+            for (cmd, r) in own_keys.iter().zip(&own_results) {
+                if let Err(e) = r {
+                    return Err(FsError::store(cmd.key(), e.clone()));
+                }
+            }
+            Ok(cas?
+                .ok_or_else(|| FsError::missing(&ikey))?
+                .cas
+                .unwrap_or(0))
+        })();
+        let cas = match outcome {
+            Ok(cas) => cas,
+            Err(e) => {
+                self.undo_create(&undo, &own_keys);
+                return Err(e);
+            }
+        };
+        self.note_name(parent, name, Some(ino));
+        self.note_dir_touched(parent, now);
+        if rec.kind == Kind::Dir {
+            // Nobody could list it before its entry existed: its (empty) listing is known.
+            lock(&self.known_names).insert(ino, (HashMap::new(), Instant::now()));
+            lock(&self.seq_hints).insert(ino, 0);
+        }
+        let mut node = NewNode {
+            ino,
+            rec,
+            cas,
+            data_key,
+        };
+        if lock_held? {
+            // A namespace operation ran meanwhile; if it moved our directory, our empty data
+            // key went to the old path.
+            self.wait_quiet()?;
+            let key = self.keys.dir_generation();
+            self.observe_generation(self.store.run(Command::Get(key)))?;
+        } else {
+            self.observe_generation(generation)?;
+        }
+        if node.rec.kind == Kind::File {
+            self.move_created_data_key(parent, name, &mut node)?;
+        }
+        Ok(node)
+    }
+
+    /// The keys a new node brings: a file's empty data key, a directory's log keys.
+    fn own_keys(&self, ino: u64, rec: &Inode, data_key: &[u8]) -> Vec<Command> {
+        match rec.kind {
+            Kind::File => vec![Command::store(StoreOp::Add, data_key, b"")],
+            Kind::Dir => vec![
+                Command::store(StoreOp::Add, &self.keys.dir_seq(ino), b"0"),
+                Command::store(StoreOp::Add, &self.keys.dir_log(ino, 0), b""),
+                Command::store(StoreOp::Add, &self.keys.dir_log(ino, 1), b""),
+                Command::store(
+                    StoreOp::Add,
+                    &self.keys.dir_mtime(ino),
+                    rec.mtime.to_text().as_bytes(),
+                ),
+            ],
+            Kind::Symlink => Vec::new(),
+        }
+    }
+
+    /// After a directory rename moved the parent during the create: the empty data key
+    /// belongs at the new path.
+    fn move_created_data_key(&self, parent: u64, name: &[u8], node: &mut NewNode) -> FsResult<()> {
+        let key = self
+            .keys
+            .data_checked(&join(&self.dir_path(parent)?, name))?;
+        if key == node.data_key {
+            return Ok(());
+        }
+        self.store
+            .store(StoreOp::Add, &key, b"")
+            .map_err(|e| FsError::store(&key, e))?;
+        let old = std::mem::replace(&mut node.data_key, key);
+        self.delete_key_outside_tree(&old)
+    }
+
+    /// Best-effort undo of a create that failed after its batch.
+    fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
+        if undo.entry {
+            let _ = self.entry_swap(undo.parent, undo.name, Some(undo.ino), None);
+        }
+        if undo.logged {
+            let _ =
+                self.log_dir_changes(undo.parent, &[(Op::Remove, undo.kind, undo.ino, undo.name)]);
+        }
+        let mut batch = vec![
+            Command::Delete(self.keys.inode(undo.ino)),
+            Command::Decr {
+                key: self.keys.inode_count(),
+                delta: 1,
+            },
+        ];
+        for (cmd, added) in own_keys.iter().zip(&undo.own_added) {
+            if *added {
+                batch.push(Command::Delete(cmd.key().to_vec()));
+            }
+        }
+        let _ = self.store.execute(batch);
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+        let rec = Inode::new(Kind::Dir, mode, uid, gid, vec![Link::new(parent, name)]);
+        let node = self.create_node(parent, name, rec)?;
+        Ok(self.attr_from(node.ino, &node.rec, None))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let mut rec = Inode::new(
+            Kind::Symlink,
+            0o777,
+            uid,
+            gid,
+            vec![Link::new(parent, name)],
+        );
+        rec.size = target.len() as u64;
+        rec.target = Some(target.to_vec());
+        let node = self.create_node(parent, name, rec)?;
+        Ok(self.attr_from(node.ino, &node.rec, None))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (rec, _) = self.read_live_inode(ino)?;
+        rec.target.ok_or(FsError::Invalid("not a symlink"))
+    }
+
+    /// A new name for a file: entry, link in the record, its bytes at the new data key.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        check_name(newname)?;
+        let ekey = self.keys.entry(newparent, newname);
+        let reads = vec![
+            Command::Gets(ekey.clone()),
+            Command::Gets(self.keys.inode(ino)),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        self.with_ns_lock(reads, |guard, results| {
+            let mut r = results.into_iter();
+            let entry = entry_slot(&ekey, r.next().expect("result"))?;
+            let rec_key = self.keys.inode(ino);
+            let rec = value_of(&rec_key, r.next().expect("result"))?.ok_or(FsError::NotFound)?;
+            let mut rec = Inode::decode(&rec_key, &rec.value)?;
+            self.observe_generation(r.next().expect("result"))?;
+            if rec.kind == Kind::Dir {
+                return Err(FsError::NotPermitted("hard link to a directory"));
+            }
+            if entry.ino.is_some() {
+                return Err(FsError::Exists);
+            }
+            let path = join(&self.dir_path(newparent)?, newname);
+            if rec.kind == Kind::File {
+                self.keys.data_checked(&path)?;
+            }
+            rec.links.push(Link::new(newparent, newname));
+            self.check_record_size(&rec_key, rec.encode().len())?;
+            let intent = Intent::Link {
+                ino,
+                kind: rec.kind,
+                parent: newparent,
+                name: newname.to_vec(),
+                path,
+            };
+            // The claim is the point of no return; a create may take the name first.
+            let claim = match entry.cas {
+                None => Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
+                Some(cas) => Command::cas(&ekey, ino.to_string().as_bytes(), cas),
+            };
+            let batch = vec![self.intent_cmd(guard, intent.clone()), claim];
+            let mut results = self.store.execute(batch).into_iter();
+            results
+                .next()
+                .expect("result")
+                .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
+            if !stored(&ekey, results.next().expect("result"))? {
+                guard.intent = None;
+                return Err(FsError::Exists);
+            }
+            self.complete(&intent)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// The bytes of a file from a name other than `except` (which may not hold them yet):
+    /// this mount's buffer if it holds one, else the store's.
+    pub(crate) fn current_bytes_except(
+        &self,
+        ino: u64,
+        rec: &Inode,
+        except: &Link,
+    ) -> FsResult<Value> {
+        if let Some(of) = self.open_file(ino)
+            && let Some(data) = &lock(&of).data
+        {
+            return Ok(data.clone());
+        }
+        let Some(link) = rec.links.iter().find(|l| *l != except) else {
+            return Ok(Value::default());
+        };
+        let key = self.keys.data(&self.link_path(link)?);
+        match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+            Some(item) => Ok(Arc::new(item.value)),
+            None if rec.size == 0 => Ok(Value::default()),
+            None => Err(FsError::missing(&key)),
+        }
+    }
+
+    // ----- removing ------------------------------------------------------------------------
+
+    /// unlink(2): two round trips, one to take the lock and read the entry and record, one
+    /// that stores the intent, makes every change and releases the lock.
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        let ekey = self.keys.entry(parent, name);
+        let guess = self.known_child(parent, name);
+        let mut reads = vec![
+            Command::Gets(ekey.clone()),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        if let Some(ino) = guess {
+            reads.push(Command::Gets(self.keys.inode(ino)));
+        }
+        self.with_ns_lock(reads, |guard, results| {
+            let mut r = results.into_iter();
+            let entry = entry_slot(&ekey, r.next().expect("result"))?;
+            self.observe_generation(r.next().expect("result"))?;
+            let ino = entry.ino.ok_or(FsError::NotFound)?;
+            let rec_key = self.keys.inode(ino);
+            let (rec, rec_cas) = match (guess == Some(ino), r.next()) {
+                (true, Some(result)) => {
+                    let item =
+                        value_of(&rec_key, result)?.ok_or_else(|| FsError::missing(&rec_key))?;
+                    (Inode::decode(&rec_key, &item.value)?, item.cas.unwrap_or(0))
+                }
+                _ => self.read_inode(ino)?,
+            };
+            if rec.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let link = Link::new(parent, name);
+            let path = self.link_path(&link)?;
+            if rec.kind == Kind::File {
+                self.keep_bytes_for_open_handles(ino)?;
+            }
+            let intent = Intent::Unlink {
+                parent,
+                name: name.to_vec(),
+                ino,
+                kind: rec.kind,
+                path: path.clone(),
+            };
+            let mut batch = vec![
+                self.intent_cmd(guard, intent.clone()),
+                Command::Delete(ekey.clone()),
+            ];
+            let la = self.log_append(parent, &[(Op::Remove, rec.kind, ino, name)]);
+            batch.extend(self.log_commands(&la));
+            let (touch, now) = self.touch_dir_cmd(parent);
+            batch.push(touch);
+            let mut rest = rec.clone();
+            rest.remove_link(&link);
+            rest.ctime = Time::now();
+            let last_link = rest.links.is_empty();
+            if last_link {
+                batch.push(Command::Delete(rec_key.clone()));
+                batch.push(Command::Decr {
+                    key: self.keys.inode_count(),
+                    delta: 1,
+                });
+            } else {
+                batch.push(Command::cas(&rec_key, &rest.encode(), rec_cas));
+            }
+            if rec.kind == Kind::File {
+                batch.push(Command::Delete(self.keys.data(&path)));
+            }
+            if last_link {
+                batch.push(self.unlock_cmd(guard));
+            }
+            let mut results = self.store.execute(batch).into_iter();
+            let mut all_done = results.next().expect("result").is_ok();
+            all_done &= results.next().expect("result").is_ok();
+            all_done &= matches!(self.finish_log(&la, &mut results)?, Logged::Done);
+            all_done &=
+                results.all(|r| r.is_ok_and(|r| r != Reply::Exists && r != Reply::NotStored));
+            self.note_dir_touched(parent, now);
+            if last_link {
+                if let Some(of) = self.open_file(ino) {
+                    lock(&of).unlinked = true;
+                }
+            } else {
+                self.adopt_removed_link(ino, &link);
+            }
+            if !all_done {
+                // Something in the batch failed or raced (a publish changed the record):
+                // finish from where it stopped, still holding the lock.
+                guard.released = false;
+                self.complete(&intent)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Keeps an open file of this mount in step with a name removed from its record.
+    fn adopt_removed_link(&self, ino: u64, link: &Link) {
+        if let Some(of) = self.open_file(ino) {
+            let mut of = lock(&of);
+            of.record.remove_link(link);
+            of.cas = None;
+        }
+    }
+
+    /// Removes one name from an inode record, deleting the record with its last name.
+    pub(crate) fn drop_link(&self, ino: u64, link: &Link) -> FsResult<()> {
+        let rec = self.update_record_if_present(ino, |r| {
+            r.remove_link(link);
+            r.ctime = Time::now();
+            Ok(())
+        })?;
+        match rec {
+            Some(rec) if rec.links.is_empty() => {
+                let last_seq = match rec.kind {
+                    Kind::Dir => self.dir_seq_value(ino)?.unwrap_or(0),
+                    _ => 0,
+                };
+                self.delete_inode_keys(ino, rec.kind, last_seq)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A directory's sequence number; `None` when missing or fenced.
+    fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
+        let key = self.keys.dir_seq(dir);
+        Ok(self
+            .store
+            .get(&key)
+            .map_err(|e| FsError::store(&key, e))?
+            .and_then(|i| parse_number(&i.value)))
+    }
+
+    /// Deletes an inode's record and, for a directory, its log keys.
+    pub(crate) fn delete_inode_keys(&self, ino: u64, kind: Kind, last_seq: u64) -> FsResult<()> {
+        let key = self.keys.inode(ino);
+        let mut batch = vec![
+            Command::Delete(key.clone()),
+            Command::Decr {
+                key: self.keys.inode_count(),
+                delta: 1,
+            },
+        ];
+        if kind == Kind::Dir {
+            batch.push(Command::Delete(self.keys.dir_seq(ino)));
+            batch.push(Command::Delete(self.keys.dir_mtime(ino)));
+            for c in 0..=last_seq / LOG_CHUNK_RECORDS + 1 {
+                batch.push(Command::Delete(self.keys.dir_log(ino, c)));
+            }
+        }
+        for r in self.store.execute(batch) {
+            r.map_err(|e| FsError::store(&key, e))?;
+        }
+        lock(&self.dir_attrs).remove(&ino);
+        lock(&self.known_names).remove(&ino);
+        if let Some(of) = self.open_file(ino) {
+            lock(&of).unlinked = true;
+        }
+        Ok(())
+    }
+
+    /// rmdir(2): the directory's sequence key is fenced (made non-numeric by `cas`, so no
+    /// create can log into it any more) only if nothing was logged since its listing was
+    /// read empty; then every key goes.
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        let ekey = self.keys.entry(parent, name);
+        let reads = vec![Command::Gets(ekey.clone())];
+        self.with_ns_lock(reads, |guard, results| {
+            let entry = entry_slot(&ekey, results.into_iter().next().expect("result"))?;
+            let ino = entry.ino.ok_or(FsError::NotFound)?;
+            let (rec, _) = self.read_inode(ino)?;
+            if rec.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let seq_key = self.keys.dir_seq(ino);
+            let seq_item = self
+                .store
+                .gets(&seq_key)
+                .map_err(|e| FsError::store(&seq_key, e))?
+                .ok_or_else(|| FsError::missing(&seq_key))?;
+            let last_seq = parse_number(&seq_item.value)
+                .ok_or_else(|| FsError::corrupt(&seq_key, "not a number"))?;
+            if !self.replay_log(ino, last_seq)?.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+            let intent = Intent::Rmdir {
+                parent,
+                name: name.to_vec(),
+                ino,
+                last_seq,
+            };
+            let batch = vec![
+                self.intent_cmd(guard, intent.clone()),
+                Command::cas(&seq_key, b"removed", seq_item.cas.unwrap_or(0)),
+            ];
+            let mut results = self.store.execute(batch).into_iter();
+            results
+                .next()
+                .expect("result")
+                .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
+            if !stored(&seq_key, results.next().expect("result"))? {
+                // Something was created inside meanwhile.
+                guard.intent = None;
+                return Err(FsError::NotEmpty);
+            }
+            self.complete(&intent)
+        })
+    }
+
+    /// Deletes a data key written at a path that, after a directory rename, no entry reaches
+    /// (another file's key is left alone).
+    pub(crate) fn delete_key_outside_tree(&self, key: &[u8]) -> FsResult<()> {
+        let prefix = self.keys.data(b"");
+        let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
+            return Ok(());
+        };
+        let path = crate::keys::unescape(escaped_path);
+        if self.resolve_path(&path)?.is_none() {
+            self.store.delete(key).map_err(|e| FsError::store(key, e))?;
+        }
+        Ok(())
+    }
+
+    /// Follows `path` (`/a/b`) from the root through entries, without caches.
+    pub(crate) fn resolve_path(&self, path: &[u8]) -> FsResult<Option<u64>> {
+        let mut ino = ROOT_INO;
+        for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            match self.read_entry(ino, part)?.ino {
+                Some(child) => ino = child,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(ino))
+    }
+}
+
+/// What a failed create must undo.
+struct Undo<'a> {
+    ino: u64,
+    kind: Kind,
+    parent: u64,
+    name: &'a [u8],
+    entry: bool,
+    logged: bool,
+    /// Which of the node's own keys its `add` stored.
+    own_added: Vec<bool>,
+}

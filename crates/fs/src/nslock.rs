@@ -1,0 +1,280 @@
+//! The namespace lock and mount liveness: how operations that remove or move names (unlink,
+//! rmdir, link, rename) stay atomic against other mounts and crashes (docs/store-layout.md,
+//! "Protocol").
+//!
+//! memcached is atomic per key only, so one key, `PREFIX%lock`, is taken with `add` by the one
+//! such operation that runs at a time, store-wide. Its value names the owner and, once the
+//! operation has read what it will change, its [`Intent`]: every step still to do, written so
+//! that any mount can finish it from any point. Each mount keeps `PREFIX%alive.<id>` alive with
+//! a short expiry (memcached's own clock, so clocks of web servers never matter). A lock whose
+//! owner's liveness key is gone belongs to a dead or stalled mount: the next mount that wants
+//! the lock takes it over with `cas` and completes the intent (roll forward).
+//!
+//! Creates and publishes do not take the lock (they cost one round trip each); they read the
+//! lock key in the same batch and, if an operation was running, redo their last step after it.
+
+use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::fs::{MemFs, lock};
+use crate::intent::Intent;
+use crate::record::{FormatRecord, random_id};
+use crate::{FsError, FsResult};
+
+/// Seconds a mount's liveness key lives without a refresh: how long a crashed mount's
+/// unfinished operation blocks the others before they complete it.
+pub const ALIVE_SECS: u32 = 10;
+/// How long an operation waits for the lock held by a live mount before giving up (EBUSY).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The value of `PREFIX%lock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LockValue {
+    /// `<mount id>/<nonce>`: the mount whose liveness counts, and this one acquisition.
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+}
+
+impl LockValue {
+    fn mount(&self) -> &str {
+        self.owner.split('/').next().unwrap_or("")
+    }
+}
+
+/// The namespace lock held by this thread; [`MemFs::with_ns_lock`] releases it.
+pub(crate) struct NsLock<'a> {
+    _local: MutexGuard<'a, ()>,
+    pub owner: String,
+    /// The lock key was deleted by the operation's last batch already.
+    pub released: bool,
+    /// An intent was stored: if the operation fails midway, it must be completed.
+    pub intent: Option<Intent>,
+}
+
+impl<S: Store> MemFs<S> {
+    /// Runs `op` holding the namespace lock. `reads` go in the same batch as the `add` that
+    /// takes it (so an uncontended operation pays no extra round trip); `op` gets their results.
+    /// If `op` fails after storing an intent, the intent is completed before returning.
+    pub(crate) fn with_ns_lock<T>(
+        &self,
+        reads: Vec<Command>,
+        op: impl FnOnce(&mut NsLock<'_>, Vec<CmdResult>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let (mut guard, results) = self.acquire(reads)?;
+        let result = op(&mut guard, results);
+        if guard.released {
+            return result;
+        }
+        if result.is_err()
+            && let Some(intent) = guard.intent.clone()
+        {
+            warn!(?intent, "operation failed midway; completing it");
+            if let Err(e) = self.complete(&intent) {
+                // Keep the lock: this mount's next operation (or another mount, once this one
+                // is gone) completes the intent.
+                error!(error = %e, ?intent, "cannot complete the operation now; it stays recorded in the lock");
+                *lock(&self.leftover) = Some(guard.owner.clone());
+                return result;
+            }
+        }
+        self.release_ns_lock(&guard.owner);
+        result
+    }
+
+    /// The command that stores `intent` in the lock (first in an operation's first write batch).
+    pub(crate) fn intent_cmd(&self, guard: &mut NsLock<'_>, intent: Intent) -> Command {
+        let value = LockValue {
+            owner: guard.owner.clone(),
+            intent: Some(intent.clone()),
+        };
+        guard.intent = Some(intent);
+        Command::store(
+            StoreOp::Set,
+            &self.keys.ns_lock(),
+            &serde_json::to_vec(&value).expect("serializes"),
+        )
+    }
+
+    /// The command that releases the lock (last in an operation's last batch).
+    pub(crate) fn unlock_cmd(&self, guard: &mut NsLock<'_>) -> Command {
+        guard.released = true;
+        Command::Delete(self.keys.ns_lock())
+    }
+
+    fn release_ns_lock(&self, owner: &str) {
+        let key = self.keys.ns_lock();
+        if let Err(e) = self.store.delete(&key) {
+            // The lock stays until our liveness lapses; others then find nothing to complete.
+            warn!(error = %e, owner, "cannot release the namespace lock");
+        }
+    }
+
+    fn acquire(&self, reads: Vec<Command>) -> FsResult<(NsLock<'_>, Vec<CmdResult>)> {
+        let local = lock(&self.ns_local);
+        let owner = format!("{}/{}", self.mount_id, random_id());
+        let value = serde_json::to_vec(&LockValue {
+            owner: owner.clone(),
+            intent: None,
+        })
+        .expect("serializes");
+        let key = self.keys.ns_lock();
+        let mut waiter = Waiter::new(self.cfg.lock_backoff);
+        loop {
+            let mut batch = vec![Command::store(StoreOp::Add, &key, &value)];
+            batch.extend(reads.iter().cloned());
+            let mut results = self.store.execute(batch);
+            let rest = results.split_off(1);
+            match results.pop().expect("one result per command") {
+                Ok(Reply::Stored) => {
+                    let guard = NsLock {
+                        _local: local,
+                        owner,
+                        released: false,
+                        intent: None,
+                    };
+                    return Ok((guard, rest));
+                }
+                Ok(_) => self.resolve_holder(&mut waiter)?,
+                Err(e) => return Err(FsError::store(&key, e)),
+            }
+        }
+    }
+
+    /// Waits until no namespace operation runs (completing a dead mount's), for creates,
+    /// publishes and reads that found the lock held.
+    pub(crate) fn wait_quiet(&self) -> FsResult<()> {
+        let key = self.keys.ns_lock();
+        let mut waiter = Waiter::new(self.cfg.lock_backoff);
+        loop {
+            match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+                None => return Ok(()),
+                Some(_) => self.resolve_holder(&mut waiter)?,
+            }
+        }
+    }
+
+    /// The lock is held: wait for a live owner, or complete a dead owner's intent.
+    fn resolve_holder(&self, waiter: &mut Waiter) -> FsResult<()> {
+        let key = self.keys.ns_lock();
+        let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+            return Ok(()); // released meanwhile
+        };
+        let held: LockValue = serde_json::from_slice(&item.value)
+            .map_err(|e| FsError::corrupt(&key, format!("namespace lock: {e}")))?;
+        let leftover = lock(&self.leftover).clone();
+        let mine_left_over = leftover.as_deref() == Some(held.owner.as_str());
+        if !mine_left_over {
+            let alive_key = self.keys.alive(held.mount());
+            let alive = self
+                .store
+                .get(&alive_key)
+                .map_err(|e| FsError::store(&alive_key, e))?
+                .is_some();
+            if alive {
+                return waiter.wait();
+            }
+        }
+        // The owner is gone (or it is this mount's own failed operation): take over.
+        let me = format!("{}/{}", self.mount_id, random_id());
+        let taken = LockValue {
+            owner: me.clone(),
+            intent: held.intent.clone(),
+        };
+        let cas = Command::cas(
+            &key,
+            &serde_json::to_vec(&taken).expect("serializes"),
+            item.cas.unwrap_or(0),
+        );
+        match self.store.run(cas) {
+            Ok(Reply::Stored) => {}
+            Ok(_) => return Ok(()), // someone else took it over first
+            Err(e) => return Err(FsError::store(&key, e)),
+        }
+        if mine_left_over {
+            *lock(&self.leftover) = Some(me.clone());
+        }
+        if let Some(intent) = &held.intent {
+            info!(owner = %held.owner, ?intent, "completing an operation a gone mount left unfinished");
+            self.complete(intent)?;
+        }
+        if mine_left_over {
+            *lock(&self.leftover) = None;
+        }
+        self.release_ns_lock(&me);
+        Ok(())
+    }
+
+    /// Refreshes this mount's liveness key and checks that the store is still the one it
+    /// mounted. Call every few seconds (the FUSE mount runs a thread for it).
+    pub fn heartbeat(&self) -> FsResult<()> {
+        let alive = self.keys.alive(&self.mount_id);
+        let format = self.keys.format();
+        let mut results = self
+            .store
+            .inner()
+            .execute(vec![
+                Command::Store {
+                    op: StoreOp::Set,
+                    key: alive.clone(),
+                    value: std::sync::Arc::new(b"1".to_vec()),
+                    flags: 0,
+                    exptime: ALIVE_SECS,
+                },
+                Command::Get(format.clone()),
+            ])
+            .into_iter();
+        results
+            .next()
+            .expect("two results")
+            .map_err(|e| FsError::store(&alive, e))?;
+        let found = crate::fs::value_of(&format, results.next().expect("two results"))?;
+        let same = found
+            .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
+            .is_some_and(|rec| rec.store_id == self.store_id);
+        if !same && !self.store.gone.swap(true, Ordering::SeqCst) {
+            error!(
+                "the store was emptied or replaced under this mount (memcached restarted?): every \
+                 call now fails with EIO; unmount and mount again to start afresh, or reload the tree"
+            );
+        }
+        if !same {
+            return Err(FsError::StoreGone);
+        }
+        Ok(())
+    }
+}
+
+/// Backoff while a live mount holds the lock, bounded by [`LOCK_WAIT`].
+struct Waiter {
+    started: Instant,
+    next: Duration,
+}
+
+impl Waiter {
+    fn new(first: Duration) -> Waiter {
+        Waiter {
+            started: Instant::now(),
+            next: first,
+        }
+    }
+
+    fn wait(&mut self) -> FsResult<()> {
+        if self.started.elapsed() > LOCK_WAIT {
+            return Err(FsError::Contended);
+        }
+        if !self.next.is_zero() {
+            std::thread::sleep(self.next);
+            self.next = (self.next * 2).min(MAX_BACKOFF);
+        } else {
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+}
