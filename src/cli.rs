@@ -23,6 +23,17 @@ pub enum Command {
     NginxConfig(NginxConfigArgs),
     /// Start memcached, mount, copy SITE_DIR in, serve it with nginx; Ctrl-C stops it all.
     Up(UpArgs),
+    /// Check the whole store read-only: exit 0 when clean, 4 when problems are left.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

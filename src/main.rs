@@ -1,5 +1,6 @@
 //! memfis: a small binary over the library crates. See README.md for the layers.
 
+mod check;
 mod cli;
 mod fuse_adapter;
 mod logging;
@@ -24,6 +25,13 @@ fn main() {
         })
         .map(|config| print!("{config}")),
         cli::Command::Up(args) => up::run(args),
+        cli::Command::Check(args) => match check::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("memfis: {e:#}");
+                std::process::exit(8);
+            }
+        },
     };
     if let Err(e) = result {
         eprintln!("memfis: {e:#}");

@@ -1,1 +1,415 @@
-//! placeholder
+//! The read-only consistency check of a whole store (`memfis check`): every invariant of
+//! docs/store-layout.md, walked from the root.
+//!
+//! It works on the store directly (not through a [`crate::MemFs`], which would format an empty
+//! store): it never writes. Mounts working meanwhile can show it a state between two steps of
+//! an operation, so a problem is reported only if a second scan, a moment later, finds it too.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use memfis_memcache::{Command, Store};
+use serde::Serialize;
+
+use crate::dirlog;
+use crate::fs::{entry_slot, join, parse_number, value_of};
+use crate::keys::{KeyLayout, LOG_CHUNK_RECORDS, ROOT_INO};
+use crate::nslock::LockValue;
+use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
+use crate::{FsError, FsResult};
+
+/// Commands per pipelined batch while scanning.
+const BATCH: usize = 256;
+
+/// One thing wrong, with the path it concerns and the key that shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Problem {
+    pub path: String,
+    pub key: String,
+    pub problem: String,
+    /// Only a key no name reaches (garbage a crash left; the tree itself is sound).
+    pub unreachable: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    pub directories: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Whether the store could list its keys, so that keys outside the tree were looked for.
+    pub keys_listed: bool,
+}
+
+/// Checks the tree under `keys`' prefix. Errors only when the store cannot be read at all.
+pub fn check<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
+    let first = Scan::new(store, keys).run()?;
+    if first.problems.is_empty() {
+        return Ok(first);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = Scan::new(store, keys).run()?;
+    let seen: HashSet<&Problem> = first.problems.iter().collect();
+    second.problems.retain(|p| seen.contains(p));
+    Ok(second)
+}
+
+struct Scan<'a, S: Store> {
+    store: &'a S,
+    keys: &'a KeyLayout,
+    report: Report,
+    /// Every key the tree accounts for.
+    expected: HashSet<Vec<u8>>,
+    max_ino: u64,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl<'a, S: Store> Scan<'a, S> {
+    fn new(store: &'a S, keys: &'a KeyLayout) -> Self {
+        Scan {
+            store,
+            keys,
+            report: Report::default(),
+            expected: HashSet::new(),
+            max_ino: ROOT_INO,
+        }
+    }
+
+    fn problem(&mut self, path: &[u8], key: &[u8], what: impl Into<String>) {
+        let path = if path.is_empty() { b"/" } else { path };
+        self.report.problems.push(Problem {
+            path: text(path),
+            key: text(key),
+            problem: what.into(),
+            unreachable: false,
+        });
+    }
+
+    fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        Ok(self
+            .store
+            .get(key)
+            .map_err(|e| FsError::store(key, e))?
+            .map(|i| i.value))
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> FsResult<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            let results = self
+                .store
+                .execute(chunk.iter().map(|k| Command::Get(k.clone())).collect());
+            for (k, r) in chunk.iter().zip(results) {
+                out.push(value_of(k, r)?.map(|i| i.value));
+            }
+        }
+        Ok(out)
+    }
+
+    fn run(mut self) -> FsResult<Report> {
+        let format_key = self.keys.format();
+        let Some(format) = self.get(&format_key)? else {
+            self.problem(
+                b"",
+                &format_key,
+                "no format record: nothing was ever mounted under this prefix, or the store was emptied",
+            );
+            return Ok(self.report);
+        };
+        let rec: FormatRecord = serde_json::from_slice(&format)
+            .map_err(|e| FsError::corrupt(&format_key, e.to_string()))?;
+        if rec.format != "memfis" || rec.version != FORMAT_VERSION {
+            return Err(FsError::UnknownFormat {
+                key: text(&format_key),
+                found: format!("{} version {}", rec.format, rec.version),
+                supported: FORMAT_VERSION,
+            });
+        }
+        self.check_lock()?;
+        self.walk()?;
+        self.check_counters()?;
+        self.check_unreached_keys();
+        Ok(self.report)
+    }
+
+    /// A lock held by a live mount is an operation in progress: wait for it. One left by a
+    /// gone mount is an unfinished operation (the next mount completes it).
+    fn check_lock(&mut self) -> FsResult<()> {
+        let key = self.keys.ns_lock();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(value) = self.get(&key)? {
+            let held: LockValue = match serde_json::from_slice(&value) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.problem(b"", &key, format!("unreadable namespace lock: {e}"));
+                    return Ok(());
+                }
+            };
+            let mount = held.owner.split('/').next().unwrap_or_default().to_string();
+            let alive = self.get(&self.keys.alive(&mount))?.is_some();
+            if !alive || Instant::now() > deadline {
+                let what = match &held.intent {
+                    Some(intent) => format!(
+                        "unfinished operation of mount {mount} ({}): {intent:?}; the next mount to \
+                         touch the tree completes it",
+                        if alive { "still running" } else { "gone" }
+                    ),
+                    None => format!("namespace lock held by mount {mount}, no intent stored yet"),
+                };
+                self.problem(b"", &key, what);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self) -> FsResult<()> {
+        let mut queue = VecDeque::from([(ROOT_INO, Vec::new())]);
+        let mut seen_dirs = HashSet::from([ROOT_INO]);
+        while let Some((dir, path)) = queue.pop_front() {
+            let Some(listing) = self.check_dir(dir, &path)? else {
+                continue;
+            };
+            self.report.directories += 1;
+            let names: Vec<(&Vec<u8>, &(u64, Kind))> = listing.iter().collect();
+            let mut keys = Vec::with_capacity(names.len() * 2);
+            for (name, (ino, _)) in &names {
+                keys.push(self.keys.entry(dir, name));
+                keys.push(self.keys.inode(*ino));
+            }
+            let mut results = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(BATCH) {
+                let batch = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        if i % 2 == 0 {
+                            Command::Gets(k.clone())
+                        } else {
+                            Command::Get(k.clone())
+                        }
+                    })
+                    .collect();
+                results.extend(self.store.execute(batch));
+            }
+            let mut results = results.into_iter();
+            let mut data_checks = Vec::new();
+            for (name, (ino, kind)) in names {
+                let child = join(&path, name);
+                let ekey = self.keys.entry(dir, name);
+                let ikey = self.keys.inode(*ino);
+                let entry = entry_slot(&ekey, results.next().expect("entry result"));
+                let rec = value_of(&ikey, results.next().expect("record result"))?;
+                self.expected.insert(ekey.clone());
+                self.expected.insert(ikey.clone());
+                self.max_ino = self.max_ino.max(*ino);
+                match entry {
+                    Ok(slot) if slot.ino == Some(*ino) => {}
+                    Ok(slot) => self.problem(
+                        &child,
+                        &ekey,
+                        format!("listed as inode {ino} but its entry says {:?}", slot.ino),
+                    ),
+                    Err(e) => self.problem(&child, &ekey, e.to_string()),
+                }
+                let Some(rec) = rec else {
+                    self.problem(&child, &ikey, "entry points at a missing inode record");
+                    continue;
+                };
+                let rec = match Inode::decode(&ikey, &rec.value) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.problem(&child, &ikey, e.to_string());
+                        continue;
+                    }
+                };
+                if rec.kind != *kind {
+                    self.problem(
+                        &child,
+                        &ikey,
+                        format!("listed as {kind:?} but the record is {:?}", rec.kind),
+                    );
+                }
+                if !rec.links.contains(&Link::new(dir, name)) {
+                    self.problem(&child, &ikey, "the inode record does not list this name");
+                }
+                match rec.kind {
+                    Kind::Dir => {
+                        if rec.links.len() != 1 {
+                            self.problem(&child, &ikey, "a directory with more than one name");
+                        }
+                        if seen_dirs.insert(*ino) {
+                            queue.push_back((*ino, child));
+                        } else {
+                            self.problem(&child, &ikey, "directory reached twice (a cycle)");
+                        }
+                    }
+                    Kind::File => {
+                        self.report.files += 1;
+                        self.report.bytes += rec.size;
+                        let key = self.keys.data(&child);
+                        if key.len() <= memfis_memcache::MAX_KEY_LEN {
+                            self.expected.insert(key.clone());
+                            data_checks.push((child, key, rec.size));
+                        }
+                    }
+                    Kind::Symlink => {
+                        self.report.symlinks += 1;
+                        if rec.target.is_none() {
+                            self.problem(&child, &ikey, "symlink without a target");
+                        }
+                    }
+                }
+            }
+            self.check_data(data_checks)?;
+        }
+        Ok(())
+    }
+
+    /// A directory's own keys; its listing if they can be read.
+    fn check_dir(&mut self, dir: u64, path: &[u8]) -> FsResult<Option<dirlog::Listing>> {
+        let ikey = self.keys.inode(dir);
+        let seq_key = self.keys.dir_seq(dir);
+        let mtime_key = self.keys.dir_mtime(dir);
+        let mut own = self
+            .get_many(&[ikey.clone(), seq_key.clone(), mtime_key.clone()])?
+            .into_iter();
+        let (rec, seq, mtime) = (
+            own.next().flatten(),
+            own.next().flatten(),
+            own.next().flatten(),
+        );
+        self.expected
+            .extend([ikey.clone(), seq_key.clone(), mtime_key.clone()]);
+        match rec.map(|r| Inode::decode(&ikey, &r)) {
+            None => self.problem(path, &ikey, "directory record is missing"),
+            Some(Err(e)) => self.problem(path, &ikey, e.to_string()),
+            Some(Ok(r)) if r.kind != Kind::Dir => {
+                self.problem(path, &ikey, "not a directory record")
+            }
+            Some(Ok(_)) => {}
+        }
+        if mtime.is_none() {
+            self.problem(path, &mtime_key, "directory mtime key is missing");
+        }
+        let Some(seq) = seq else {
+            self.problem(path, &seq_key, "directory log sequence is missing");
+            return Ok(None);
+        };
+        let Some(seq) = parse_number(&seq) else {
+            self.problem(
+                path,
+                &seq_key,
+                "directory log sequence is fenced: an rmdir did not finish",
+            );
+            return Ok(None);
+        };
+        let chunk_keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
+            .map(|c| self.keys.dir_log(dir, c))
+            .collect();
+        self.expected.extend(chunk_keys.iter().cloned());
+        self.expected
+            .insert(self.keys.dir_log(dir, seq / LOG_CHUNK_RECORDS + 1));
+        let mut state = dirlog::Replay::default();
+        let mut broken = false;
+        for (key, chunk) in chunk_keys.iter().zip(self.get_many(&chunk_keys)?) {
+            match chunk {
+                Some(c) => {
+                    if let Err(e) = dirlog::replay(key, &c, &mut state) {
+                        self.problem(path, key, e.to_string());
+                        broken = true;
+                    }
+                }
+                None => {
+                    self.problem(path, key, "directory log chunk is missing");
+                    broken = true;
+                }
+            }
+        }
+        Ok((!broken).then(|| state.listing()))
+    }
+
+    /// Each served file's data key holds as many bytes as its record says.
+    fn check_data(&mut self, files: Vec<(Vec<u8>, Vec<u8>, u64)>) -> FsResult<()> {
+        let keys: Vec<Vec<u8>> = files.iter().map(|f| f.1.clone()).collect();
+        for ((path, key, size), value) in files.into_iter().zip(self.get_many(&keys)?) {
+            match value {
+                None => self.problem(&path, &key, "data key is missing (nginx cannot serve it)"),
+                Some(v) if v.len() as u64 != size => self.problem(
+                    &path,
+                    &key,
+                    format!("data key holds {} bytes, the record says {size}", v.len()),
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_counters(&mut self) -> FsResult<()> {
+        let next = self.keys.next_ino();
+        match self.get(&next)?.as_deref().and_then(parse_number) {
+            None => self.problem(b"", &next, "inode counter is missing or not a number"),
+            Some(n) if n < self.max_ino => self.problem(
+                b"",
+                &next,
+                format!("inode counter {n} is behind inode {}", self.max_ino),
+            ),
+            Some(_) => {}
+        }
+        let generation = self.keys.dir_generation();
+        if self
+            .get(&generation)?
+            .as_deref()
+            .and_then(parse_number)
+            .is_none()
+        {
+            self.problem(b"", &generation, "directory-rename counter is missing");
+        }
+        Ok(())
+    }
+
+    /// With a store that lists its keys: every key under the prefix the walk did not reach.
+    fn check_unreached_keys(&mut self) {
+        let Some(Ok(all)) = self.store.list_keys() else {
+            return;
+        };
+        self.report.keys_listed = true;
+        let prefix = self.keys.prefix().as_bytes();
+        let mut unreached: Vec<Vec<u8>> = all
+            .into_iter()
+            .filter(|k| k.starts_with(prefix) && !self.expected.contains(k))
+            .collect();
+        unreached.sort();
+        for key in unreached {
+            let rest = &key[prefix.len()..];
+            let numbered = rest.get(2).is_some_and(u8::is_ascii_digit);
+            let what = match rest.first() {
+                Some(b'/') => "data key outside the tree (nginx serves it, no name has it)",
+                Some(b'%') if numbered => match rest.get(1) {
+                    Some(b'i') => "inode record no entry reaches",
+                    Some(b'e' | b'h') => "directory entry its directory does not list",
+                    Some(b's' | b'l' | b'm') => "directory key of a directory not in the tree",
+                    _ => continue,
+                },
+                Some(b'%') => continue, // format, counters, lock, liveness keys
+                _ => continue,          // another prefix that starts like this one
+            };
+            let path = crate::keys::unescape(rest);
+            let path = if rest.first() == Some(&b'/') {
+                path
+            } else {
+                Vec::new()
+            };
+            self.problem(&path, &key, what);
+            if let Some(p) = self.report.problems.last_mut() {
+                p.unreachable = true;
+            }
+        }
+    }
+}

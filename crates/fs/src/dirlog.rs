@@ -46,6 +46,9 @@ pub fn encode(op: Op, kind: Kind, ino: u64, name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A directory's listing: each name with the inode it points at and its kind.
+pub type Listing = BTreeMap<Vec<u8>, (u64, Kind)>;
+
 /// The state of a log being replayed: every name with the inodes it points at, latest last.
 #[derive(Debug, Default)]
 pub struct Replay {
@@ -54,7 +57,7 @@ pub struct Replay {
 
 impl Replay {
     /// The listing: each name with the latest inode it points at.
-    pub fn listing(self) -> BTreeMap<Vec<u8>, (u64, Kind)> {
+    pub fn listing(self) -> Listing {
         self.names
             .into_iter()
             .filter_map(|(name, mut inos)| Some((name, inos.pop()?)))

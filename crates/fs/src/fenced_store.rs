@@ -41,4 +41,8 @@ impl<S: Store> Store for FencedStore<S> {
     fn item_size_max(&self) -> Option<u64> {
         self.inner.item_size_max()
     }
+
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        self.inner.list_keys()
+    }
 }

@@ -647,10 +647,7 @@ impl<S: Store> MemFs<S> {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
-        if let Some((names, at)) = lock(&self.known_names).get(&parent)
-            && at.elapsed() < self.cfg.cache_ttl
-            && !names.contains_key(name)
-        {
+        if self.known_absent(parent, name) {
             return Err(FsError::NotFound);
         }
         for _ in 0..CAS_RETRIES {

@@ -10,7 +10,6 @@
 //! value), so every chunk up to the current number exists: a missing one is an error, never
 //! an empty listing.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use memfis_memcache::{CmdResult, Command, Reply, Store, StoreError, StoreOp};
@@ -35,6 +34,7 @@ pub(crate) struct LogAppend {
 }
 
 /// What a directory's log said to an append.
+#[derive(Clone, Copy)]
 pub(crate) enum Logged {
     /// The records were appended.
     Done,
@@ -74,6 +74,14 @@ impl<S: Store> MemFs<S> {
                 &la.records,
             ),
             Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, la.chunk + 1), b""),
+        ]
+    }
+
+    /// The chunk keys an append may create (for cleaning up after a removed directory).
+    pub(crate) fn log_chunk_keys(&self, la: &LogAppend) -> [Vec<u8>; 2] {
+        [
+            self.keys.dir_log(la.dir, la.chunk),
+            self.keys.dir_log(la.dir, la.chunk + 1),
         ]
     }
 
@@ -170,6 +178,15 @@ impl<S: Store> MemFs<S> {
         }
     }
 
+    /// True when this mount listed `dir` within the cache TTL and `name` was not in it.
+    pub(crate) fn known_absent(&self, dir: u64, name: &[u8]) -> bool {
+        lock(&self.known_names)
+            .get(&dir)
+            .is_some_and(|(names, at)| {
+                at.elapsed() < self.cfg.cache_ttl && !names.contains_key(name)
+            })
+    }
+
     /// The inode this mount last knew at `name` in `dir`, to read its record speculatively.
     pub(crate) fn known_child(&self, dir: u64, name: &[u8]) -> Option<u64> {
         lock(&self.known_names).get(&dir)?.0.get(name).copied()
@@ -196,7 +213,7 @@ impl<S: Store> MemFs<S> {
     }
 
     /// The listing of a directory, replayed from its log.
-    pub fn list_dir(&self, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+    pub fn list_dir(&self, dir: u64) -> FsResult<dirlog::Listing> {
         let started = Instant::now();
         let seq_key = self.keys.dir_seq(dir);
         let seq = self
@@ -218,11 +235,7 @@ impl<S: Store> MemFs<S> {
 
     /// Replays chunks `0 ..= seq / LOG_CHUNK_RECORDS` of `dir`'s log. A missing chunk is EIO
     /// (after one retry: its creator may be a moment behind the sequence number).
-    pub(crate) fn replay_log(
-        &self,
-        dir: u64,
-        seq: u64,
-    ) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+    pub(crate) fn replay_log(&self, dir: u64, seq: u64) -> FsResult<dirlog::Listing> {
         let keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
             .map(|c| self.keys.dir_log(dir, c))
             .collect();

@@ -69,6 +69,13 @@ impl<S: Store> MemFs<S> {
             }
         }
         let data_key = self.keys.data_checked(&join(&dir.path, name))?;
+        // The batch below logs the name before it knows whether its claim wins, and a
+        // claim that loses must take the log record back in the next batch. Unless this
+        // mount listed the directory within the TTL and the name was not there (`cp -a`),
+        // ask first, so a taken name costs no such round.
+        if !self.known_absent(parent, name) && self.read_entry(parent, name)?.ino.is_some() {
+            return Err(FsError::Exists);
+        }
         let ino = self.alloc_ino()?;
         let ikey = self.keys.inode(ino);
         let ekey = self.keys.entry(parent, name);
@@ -111,12 +118,21 @@ impl<S: Store> MemFs<S> {
             name,
             entry: false,
             logged: false,
+            parent_gone: false,
+            parent_keys: [
+                self.keys.dir_mtime(parent),
+                self.log_chunk_keys(&la)[0].clone(),
+                self.log_chunk_keys(&la)[1].clone(),
+            ],
             own_added: own_results
                 .iter()
                 .map(|r| matches!(r, Ok(Reply::Stored)))
                 .collect(),
         };
         let outcome = (|| -> FsResult<u64> {
+            // The log record first: once appended it must be taken back on any failure.
+            let logged = logged?;
+            undo.logged = matches!(logged, Logged::Done);
             match inode_added? {
                 true => {}
                 false => {
@@ -132,9 +148,9 @@ impl<S: Store> MemFs<S> {
                 // Taken, or a removed name an older version left as `-`.
                 false => self.entry_swap(parent, name, None, Some(ino))? == Some(ino),
             };
-            match logged? {
-                Logged::Done => undo.logged = true,
-                Logged::DirGone => return Err(FsError::NotFound),
+            if matches!(logged, Logged::DirGone) {
+                undo.parent_gone = true;
+                return Err(FsError::NotFound);
             }
             if !undo.entry {
                 return Err(FsError::Exists);
@@ -219,14 +235,25 @@ impl<S: Store> MemFs<S> {
         self.delete_key_outside_tree(&old)
     }
 
-    /// Best-effort undo of a create that failed after its batch.
+    /// Undoes a create that failed after its batch, retrying each step a few times (a
+    /// store that stays down leaves unreachable keys, which `memfis check` reports).
     fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
+        const TRIES: usize = 5;
         if undo.entry {
-            let _ = self.entry_swap(undo.parent, undo.name, Some(undo.ino), None);
+            (0..TRIES).find(|_| {
+                self.entry_swap(undo.parent, undo.name, Some(undo.ino), None)
+                    .is_ok()
+            });
         }
         if undo.logged {
-            let _ =
-                self.log_dir_changes(undo.parent, &[(Op::Remove, undo.kind, undo.ino, undo.name)]);
+            (0..TRIES).find(|_| {
+                self.log_dir_changes(undo.parent, &[(Op::Remove, undo.kind, undo.ino, undo.name)])
+                    .is_ok_and(|_| true)
+                    || matches!(
+                        self.dir_seq_value(undo.parent),
+                        Ok(None) // the directory is gone: nothing lists it any more
+                    )
+            });
         }
         let mut batch = vec![
             Command::Delete(self.keys.inode(undo.ino)),
@@ -240,7 +267,10 @@ impl<S: Store> MemFs<S> {
                 batch.push(Command::Delete(cmd.key().to_vec()));
             }
         }
-        let _ = self.store.execute(batch);
+        if undo.parent_gone {
+            batch.extend(undo.parent_keys.iter().map(|k| Command::Delete(k.clone())));
+        }
+        (0..TRIES).find(|_| self.store.execute(batch.clone()).iter().all(|r| r.is_ok()));
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
@@ -599,6 +629,9 @@ struct Undo<'a> {
     name: &'a [u8],
     entry: bool,
     logged: bool,
+    /// The parent was removed meanwhile: the batch may have recreated some of its keys.
+    parent_gone: bool,
+    parent_keys: [Vec<u8>; 3],
     /// Which of the node's own keys its `add` stored.
     own_added: Vec<bool>,
 }

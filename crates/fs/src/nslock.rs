@@ -111,8 +111,10 @@ impl<S: Store> MemFs<S> {
     fn release_ns_lock(&self, owner: &str) {
         let key = self.keys.ns_lock();
         if let Err(e) = self.store.delete(&key) {
-            // The lock stays until our liveness lapses; others then find nothing to complete.
+            // Released by this mount's next operation or heartbeat (others wait meanwhile,
+            // or take it over once this mount is gone).
             warn!(error = %e, owner, "cannot release the namespace lock");
+            *lock(&self.leftover) = Some(owner.to_string());
         }
     }
 
@@ -197,16 +199,14 @@ impl<S: Store> MemFs<S> {
             Ok(_) => return Ok(()), // someone else took it over first
             Err(e) => return Err(FsError::store(&key, e)),
         }
-        if mine_left_over {
-            *lock(&self.leftover) = Some(me.clone());
-        }
+        // Ours now: until it is released, this mount's next operation or heartbeat finishes
+        // it (if completing fails here, the error goes to the caller).
+        *lock(&self.leftover) = Some(me.clone());
         if let Some(intent) = &held.intent {
             info!(owner = %held.owner, ?intent, "completing an operation a gone mount left unfinished");
             self.complete(intent)?;
         }
-        if mine_left_over {
-            *lock(&self.leftover) = None;
-        }
+        *lock(&self.leftover) = None;
         self.release_ns_lock(&me);
         Ok(())
     }
@@ -246,6 +246,12 @@ impl<S: Store> MemFs<S> {
         }
         if !same {
             return Err(FsError::StoreGone);
+        }
+        // An operation of this mount that failed midway holds the lock with its intent:
+        // complete it now rather than at this mount's next namespace operation.
+        if lock(&self.leftover).is_some() {
+            let _local = lock(&self.ns_local);
+            self.wait_quiet()?;
         }
         Ok(())
     }

@@ -370,6 +370,13 @@ fn run_model(ops: &[(Op, bool)], cache_ttl: Duration) -> Result<(), TestCaseErro
         if cache_ttl.is_zero() {
             check(&model, &b, &store, &keys);
         }
+        let report = memfis_fs::check::check(&store, &keys).unwrap();
+        prop_assert!(
+            report.problems.is_empty(),
+            "{:?} after {:?}",
+            report.problems,
+            op
+        );
     }
     Ok(())
 }

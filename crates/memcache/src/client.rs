@@ -220,6 +220,17 @@ impl Store for Client {
         })
     }
 
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        let mut all = Vec::new();
+        for p in &self.pools {
+            match p.with_conn(|c| c.metadump()).and_then(|r| r) {
+                Ok(keys) => all.extend(keys),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(all))
+    }
+
     fn item_size_max(&self) -> Option<u64> {
         self.stat_sum(Some("settings"), "item_size_max")?
             .into_iter()

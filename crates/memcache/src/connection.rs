@@ -126,6 +126,29 @@ impl Connection {
         r
     }
 
+    /// Every key the server holds, from `lru_crawler metadump all` (memcached 1.5+; not
+    /// through twemproxy). Keys arrive URI-encoded and are decoded here.
+    pub fn metadump(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let r = (|| {
+            for _ in 0..100 {
+                self.writer
+                    .write_all(b"lru_crawler metadump all\r\n")
+                    .and_then(|_| self.writer.flush())
+                    .map_err(|e| StoreError::from_io(&self.server, &e))?;
+                match crate::protocol::read_metadump(&mut self.reader, &self.server)? {
+                    Some(keys) => return Ok(keys),
+                    // BUSY: another crawl is running; it ends on its own.
+                    None => std::thread::sleep(std::time::Duration::from_millis(50)),
+                }
+            }
+            Err(StoreError::Server("lru_crawler stayed busy".into()))
+        })();
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
     /// `version`.
     pub fn version(&mut self) -> Result<String, StoreError> {
         let r = self

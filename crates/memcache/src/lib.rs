@@ -50,6 +50,12 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// Every key the store holds, when it can list them (memcached's `lru_crawler
+    /// metadump`; not through twemproxy). `None` when it cannot.
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        None
+    }
+
     /// Runs one command.
     fn run(&self, cmd: Command) -> CmdResult {
         self.execute(vec![cmd])
@@ -96,5 +102,8 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn item_size_max(&self) -> Option<u64> {
         (**self).item_size_max()
+    }
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        (**self).list_keys()
     }
 }

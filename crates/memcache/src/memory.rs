@@ -202,4 +202,8 @@ impl Store for MemoryStore {
     fn item_size_max(&self) -> Option<u64> {
         Some(self.item_size_max as u64)
     }
+
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        Some(Ok(self.keys()))
+    }
 }

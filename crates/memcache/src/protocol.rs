@@ -245,6 +245,63 @@ pub fn read_stats(r: &mut impl BufRead, server: &str) -> Result<Vec<(String, Str
     }
 }
 
+/// Reads the reply to `lru_crawler metadump all`: `key=<uri-encoded> exp=... ...` lines
+/// ending in `END`. `None` when the crawler was busy.
+pub fn read_metadump(
+    r: &mut impl BufRead,
+    server: &str,
+) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+    let mut keys = Vec::new();
+    loop {
+        let mut line = Vec::with_capacity(128);
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| StoreError::from_io(server, &e))?;
+        if n == 0 {
+            return Err(StoreError::Io {
+                server: server.to_string(),
+                message: "connection closed by server".into(),
+            });
+        }
+        while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            line.pop();
+        }
+        if line == b"END" {
+            return Ok(Some(keys));
+        }
+        if line.starts_with(b"BUSY") {
+            return Ok(None);
+        }
+        if let Some(err) = error_line(&line, server) {
+            return Err(err);
+        }
+        let Some(rest) = line.strip_prefix(b"key=") else {
+            return Err(StoreError::protocol(server, "bad metadump line"));
+        };
+        let encoded = rest.split(|b| *b == b' ').next().unwrap_or_default();
+        keys.push(uri_decode(encoded));
+    }
+}
+
+fn uri_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%'
+            && i + 2 < s.len()
+            && let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

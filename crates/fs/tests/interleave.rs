@@ -1,0 +1,432 @@
+//! Interleaving harness: three `MemFs` (three mounts) over one store run random operation
+//! lists on their own threads, and a scheduler chosen by proptest decides which mount's next
+//! store batch runs, step by step. It also fails batches (no command applied, an I/O error)
+//! and crashes mounts (every later batch fails and the mount's liveness key goes, as when
+//! the daemon is killed between two batches). Afterwards a fresh mount opens the store
+//! (completing what crashed mounts left), and the store must pass `memfis check` with every
+//! file reading back what nginx would serve.
+//!
+//! `cargo test` runs a fixed budget; `MEMFIS_SOAK=1` runs many more cases.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr};
+use memfis_memcache::memory::MemoryStore;
+use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
+use proptest::prelude::*;
+
+const MOUNTS: usize = 3;
+const DIRS: [&str; 3] = ["", "d1", "d2"];
+const NAMES: [&str; 3] = ["x", "y", "z"];
+
+/// What the scheduler does to the batch it lets go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Run,
+    Fail,
+    Crash,
+}
+
+#[derive(Default)]
+struct Slot {
+    waiting: bool,
+    granted: Option<Fate>,
+    done: bool,
+    crashed: bool,
+}
+
+/// Shared by the mounts' stores and the scheduler.
+struct Sched {
+    slots: Mutex<Vec<Slot>>,
+    cv: Condvar,
+    /// Each mount's liveness key: a crash deletes it, as its expiry would.
+    alive_keys: Mutex<Vec<Vec<u8>>>,
+}
+
+/// One mount's view of the store: each batch waits for the scheduler's go.
+struct Stepped {
+    inner: Arc<MemoryStore>,
+    sched: Arc<Sched>,
+    mount: usize,
+    stepping: Arc<AtomicBool>,
+}
+
+fn io_error() -> StoreError {
+    StoreError::Io {
+        server: "harness".into(),
+        message: "injected failure".into(),
+    }
+}
+
+impl Store for Stepped {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        if !self.stepping.load(Ordering::SeqCst) {
+            return self.inner.execute(batch);
+        }
+        let mut slots = self.sched.slots.lock().unwrap();
+        if slots[self.mount].crashed {
+            return batch.iter().map(|_| Err(io_error())).collect();
+        }
+        slots[self.mount].waiting = true;
+        self.sched.cv.notify_all();
+        let fate = loop {
+            if let Some(f) = slots[self.mount].granted.take() {
+                break f;
+            }
+            slots = self.sched.cv.wait(slots).unwrap();
+        };
+        slots[self.mount].waiting = false;
+        if std::env::var_os("MEMFIS_TRACE").is_some() {
+            let cmds: Vec<String> = batch
+                .iter()
+                .map(|c| {
+                    let k = String::from_utf8_lossy(c.key()).into_owned();
+                    let v = match c {
+                        Command::Store { op, value, .. } => {
+                            format!("{op:?} {}", String::from_utf8_lossy(value))
+                        }
+                        Command::Cas { value, .. } => {
+                            format!("cas {}", String::from_utf8_lossy(value))
+                        }
+                        other => format!("{other:?}").chars().take(6).collect(),
+                    };
+                    format!("{v} {k}").chars().take(140).collect()
+                })
+                .collect();
+            eprintln!("mount {} {fate:?}: {cmds:?}", self.mount);
+        }
+        match fate {
+            Fate::Run => {
+                drop(slots);
+                self.inner.execute(batch)
+            }
+            Fate::Fail => batch.iter().map(|_| Err(io_error())).collect(),
+            Fate::Crash => {
+                slots[self.mount].crashed = true;
+                self.inner
+                    .raw_delete(&self.sched.alive_keys.lock().unwrap()[self.mount]);
+                batch.iter().map(|_| Err(io_error())).collect()
+            }
+        }
+    }
+
+    fn capacity(&self) -> Option<Capacity> {
+        self.inner.capacity()
+    }
+
+    fn item_size_max(&self) -> Option<u64> {
+        self.inner.item_size_max()
+    }
+
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        self.inner.list_keys()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(usize, Vec<u8>),
+    Write(usize, Vec<u8>),
+    Truncate(usize, u8),
+    Unlink(usize),
+    Mkdir(usize),
+    Rmdir(usize),
+    Rename(usize, usize, u8),
+    Link(usize, usize),
+}
+
+/// Paths: a name in one of the directories (`d1/x`, `y`, ...). Directories are the names
+/// `d1`/`d2` at the root; files go anywhere.
+fn path(i: usize) -> String {
+    let dir = DIRS[i / NAMES.len() % DIRS.len()];
+    let name = NAMES[i % NAMES.len()];
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+const PATHS: usize = DIRS.len() * NAMES.len();
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 0..PATHS;
+    let d = 0..2usize;
+    let bytes = proptest::collection::vec(any::<u8>(), 0..5);
+    prop_oneof![
+        3 => (p.clone(), bytes.clone()).prop_map(|(a, b)| Op::Create(a, b)),
+        1 => (p.clone(), bytes).prop_map(|(a, b)| Op::Write(a, b)),
+        1 => (p.clone(), 0..6u8).prop_map(|(a, s)| Op::Truncate(a, s)),
+        2 => p.clone().prop_map(Op::Unlink),
+        1 => d.clone().prop_map(Op::Mkdir),
+        1 => d.prop_map(Op::Rmdir),
+        3 => (p.clone(), p.clone(), 0..4u8).prop_map(|(a, b, f)| Op::Rename(a, b, f)),
+        1 => (p.clone(), p).prop_map(|(a, b)| Op::Link(a, b)),
+    ]
+}
+
+type Fs = MemFs<Stepped>;
+
+fn resolve(fs: &Fs, path: &str) -> Option<u64> {
+    let mut ino = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = fs.lookup(ino, part.as_bytes()).ok()?.ino;
+    }
+    Some(ino)
+}
+
+fn split(fs: &Fs, path: &str) -> Option<(u64, Vec<u8>)> {
+    Some(match path.rsplit_once('/') {
+        Some((d, n)) => (resolve(fs, d)?, n.as_bytes().to_vec()),
+        None => (ROOT_INO, path.as_bytes().to_vec()),
+    })
+}
+
+/// Runs one operation; errors are expected (races, injected failures) and ignored: what
+/// matters is the state the store is left in.
+fn run(fs: &Fs, op: &Op) {
+    if std::env::var_os("MEMFIS_TRACE").is_some() {
+        eprintln!("{} starts {op:?}", fs.mount_id());
+    }
+    let _ = (|| -> Option<()> {
+        match op {
+            Op::Create(i, data) => {
+                let (d, n) = split(fs, &path(*i))?;
+                let (_, fh) = fs.create(d, &n, 0o644, libc::O_WRONLY, 0, 0).ok()?;
+                let _ = fs.write(fh, 0, data, false);
+                let _ = fs.release(fh);
+            }
+            Op::Write(i, data) => {
+                let ino = resolve(fs, &path(*i))?;
+                let fh = fs.open(ino, libc::O_RDWR).ok()?;
+                let _ = fs.write(fh, 1, data, false);
+                let _ = fs.release(fh);
+            }
+            Op::Truncate(i, size) => {
+                let ino = resolve(fs, &path(*i))?;
+                let set = SetAttr {
+                    size: Some(*size as u64),
+                    ..SetAttr::default()
+                };
+                let _ = fs.setattr(ino, &set);
+            }
+            Op::Unlink(i) => {
+                let (d, n) = split(fs, &path(*i))?;
+                let _ = fs.unlink(d, &n);
+            }
+            Op::Mkdir(d) => {
+                let _ = fs.mkdir(ROOT_INO, DIRS[d + 1].as_bytes(), 0o755, 0, 0);
+            }
+            Op::Rmdir(d) => {
+                let _ = fs.rmdir(ROOT_INO, DIRS[d + 1].as_bytes());
+            }
+            Op::Rename(a, b, f) => {
+                // f == 3: rename a directory (d1 <-> d2), the case that moves many keys.
+                let (sd, sn, td, tn) = if *f == 3 {
+                    (ROOT_INO, b"d1".to_vec(), ROOT_INO, b"d2".to_vec())
+                } else {
+                    let (sd, sn) = split(fs, &path(*a))?;
+                    let (td, tn) = split(fs, &path(*b))?;
+                    (sd, sn, td, tn)
+                };
+                let flags = RenameFlags {
+                    noreplace: *f == 1,
+                    exchange: *f == 2,
+                };
+                if (sd, &sn) != (td, &tn) {
+                    let _ = fs.rename(sd, &sn, td, &tn, flags);
+                }
+            }
+            Op::Link(a, b) => {
+                let ino = resolve(fs, &path(*a))?;
+                let (td, tn) = split(fs, &path(*b))?;
+                let _ = fs.link(ino, td, &tn);
+            }
+        }
+        Some(())
+    })();
+}
+
+/// Lets the mounts' batches go in the order `choices` picks, with failures and crashes.
+fn drive(sched: &Sched, choices: &[u16]) {
+    let mut step = 0usize;
+    loop {
+        let mut slots = sched.slots.lock().unwrap();
+        // Wait until every mount is either done or waiting with a batch not yet let go.
+        while slots
+            .iter()
+            .any(|s| !s.done && (!s.waiting || s.granted.is_some()))
+        {
+            let (s, timeout) = sched
+                .cv
+                .wait_timeout(slots, Duration::from_secs(2))
+                .unwrap();
+            slots = s;
+            if timeout.timed_out() {
+                let state: Vec<_> = slots
+                    .iter()
+                    .map(|s| (s.waiting, s.granted, s.done, s.crashed))
+                    .collect();
+                eprintln!("scheduler stuck at step {step}: {state:?}");
+            }
+        }
+        let ready: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].waiting).collect();
+        if ready.is_empty() {
+            return; // all done
+        }
+        let choice = choices.get(step).copied().unwrap_or(step as u16);
+        let mount = ready[choice as usize % ready.len()];
+        // Faults only within the chosen budget, so every case ends.
+        let fate = match (step < choices.len(), choice % 64) {
+            (true, 0..=2) => Fate::Fail,
+            (true, 3) => Fate::Crash,
+            _ => Fate::Run,
+        };
+        slots[mount].granted = Some(fate);
+        sched.cv.notify_all();
+        step += 1;
+    }
+}
+
+fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://interleave").unwrap();
+    let cfg = FsConfig {
+        cache_ttl: Duration::from_millis(0),
+        item_size_max: None,
+        lock_backoff: Duration::ZERO,
+    };
+    let sched = Arc::new(Sched {
+        slots: Mutex::new((0..MOUNTS).map(|_| Slot::default()).collect()),
+        cv: Condvar::new(),
+        alive_keys: Mutex::new(Vec::new()),
+    });
+    let stepping = Arc::new(AtomicBool::new(false));
+    let mounts: Vec<Fs> = (0..MOUNTS)
+        .map(|m| {
+            let s = Stepped {
+                inner: store.clone(),
+                sched: sched.clone(),
+                mount: m,
+                stepping: stepping.clone(),
+            };
+            MemFs::new(s, keys.clone(), cfg.clone()).unwrap()
+        })
+        .collect();
+    *sched.alive_keys.lock().unwrap() = mounts.iter().map(|fs| keys.alive(fs.mount_id())).collect();
+    mounts[0].mkdir(ROOT_INO, b"d1", 0o755, 0, 0).unwrap();
+    stepping.store(true, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        for (m, fs) in mounts.iter().enumerate() {
+            let ops = &lists[m];
+            let sched = &sched;
+            scope.spawn(move || {
+                for op in ops {
+                    run(fs, op);
+                }
+                // As the heartbeat thread of a mount does: finish an operation that failed
+                // midway and still holds the lock.
+                for _ in 0..1000 {
+                    if fs.heartbeat().is_ok() || sched.slots.lock().unwrap()[m].crashed {
+                        break;
+                    }
+                }
+                let mut slots = sched.slots.lock().unwrap();
+                slots[m].done = true;
+                sched.cv.notify_all();
+            });
+        }
+        drive(&sched, choices);
+    });
+    stepping.store(false, Ordering::SeqCst);
+    // A fresh mount completes what gone mounts left, and then the store must be sound.
+    let fresh = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
+    let crashed = sched.slots.lock().unwrap().iter().any(|s| s.crashed);
+    let mut report = memfis_fs::check::check(&store, &keys).unwrap();
+    // Known limit: a create's single batch racing an rmdir of its parent writes keys under
+    // the removed directory, which it deletes in its next batch; a crash in between leaves
+    // them unreachable (garbage for `check --repair`, the tree stays sound).
+    if crashed {
+        report.problems.retain(|p| !p.unreachable);
+    }
+    if std::env::var_os("MEMFIS_TRACE").is_some() && !report.problems.is_empty() {
+        let mut all: Vec<_> = store.keys();
+        all.sort();
+        for k in all {
+            let v = store.get(&k).unwrap().unwrap().value;
+            eprintln!(
+                "{} = {}",
+                String::from_utf8_lossy(&k),
+                String::from_utf8_lossy(&v)
+            );
+        }
+    }
+    prop_assert!(
+        report.problems.is_empty(),
+        "check found {:#?}",
+        report.problems
+    );
+    // Every file reads back what nginx is served.
+    let mut files = BTreeMap::new();
+    walk(&fresh, ROOT_INO, "", &mut files);
+    for (p, ino) in files {
+        let fh = fresh.open(ino, libc::O_RDONLY).unwrap();
+        let read = fresh.read(fh, 0, 1 << 16).unwrap();
+        fresh.release(fh).unwrap();
+        let served = store.get(&keys.data(format!("/{p}").as_bytes())).unwrap();
+        prop_assert_eq!(Some(read), served.map(|i| i.value), "file {}", p);
+    }
+    Ok(())
+}
+
+fn walk(fs: &MemFs<Arc<MemoryStore>>, dir: u64, prefix: &str, out: &mut BTreeMap<String, u64>) {
+    for e in fs.readdir(dir).unwrap() {
+        let p = format!("{prefix}{}", String::from_utf8(e.name).unwrap());
+        match e.kind {
+            Kind::Dir => walk(fs, e.ino, &format!("{p}/"), out),
+            Kind::File => {
+                out.insert(p, e.ino);
+            }
+            Kind::Symlink => {}
+        }
+    }
+}
+
+fn cases() -> u32 {
+    if std::env::var_os("MEMFIS_SOAK").is_some() {
+        3000
+    } else {
+        48
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn interleaved_mounts_with_failures_and_crashes_leave_a_sound_store(
+        lists in proptest::collection::vec(proptest::collection::vec(op(), 1..7), MOUNTS),
+        choices in proptest::collection::vec(any::<u16>(), 0..400),
+    ) {
+        run_case(&lists, &choices)?;
+    }
+}
+
+/// The shell reproducer from the issue, as operations: one mount loops `echo A > x; mv x y`
+/// while another loops `mv y z`; afterwards every name is usable.
+#[test]
+fn rename_loops_on_two_mounts_leave_usable_names() {
+    let ops_a: Vec<Op> = (0..6)
+        .flat_map(|_| [Op::Create(0, b"A".to_vec()), Op::Rename(0, 1, 0)])
+        .collect();
+    let ops_b: Vec<Op> = (0..6).map(|_| Op::Rename(1, 2, 0)).collect();
+    for seed in 0..64u16 {
+        let choices: Vec<u16> = (0..300u16)
+            .map(|i| i.wrapping_mul(seed + 7) % 60 + 4) // no faults: races only
+            .collect();
+        run_case(&[ops_a.clone(), ops_b.clone(), Vec::new()], &choices).unwrap();
+    }
+}
