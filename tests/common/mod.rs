@@ -226,6 +226,11 @@ impl Mount {
         self.dir.path().join(rel)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -467,6 +472,20 @@ pub fn nginx_config(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `memfis check` on the store; returns its exit status and output.
+pub fn memfis_check(server: &str, prefix: &str) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--server", server, "--prefix", prefix])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }
 
 pub fn sh(cmd: &str) -> String {

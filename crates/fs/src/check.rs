@@ -331,7 +331,18 @@ impl<'a, S: Store> Scan<'a, S> {
                 }
             }
         }
-        Ok((!broken).then(|| state.listing()))
+        if broken {
+            return Ok(None);
+        }
+        let (mut listing, ambiguous) = state.finish();
+        let mut entries = Vec::new();
+        for (name, _) in &ambiguous {
+            let key = self.keys.entry(dir, name);
+            let slot = entry_slot(&key, self.store.run(Command::Gets(key.clone())))?;
+            entries.push(slot.ino);
+        }
+        dirlog::settle(&mut listing, ambiguous, &entries);
+        Ok(Some(listing))
     }
 
     /// Each served file's data key holds as many bytes as its record says.

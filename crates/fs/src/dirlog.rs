@@ -55,13 +55,45 @@ pub struct Replay {
     names: BTreeMap<Vec<u8>, Vec<(u64, Kind)>>,
 }
 
+/// Names the log adds more than one inode to without removing the others: a create that
+/// lost the claim of a name to another and died before taking its record back. The entry key
+/// decides which inode the name has.
+pub type Ambiguous = Vec<(Vec<u8>, Vec<(u64, Kind)>)>;
+
 impl Replay {
-    /// The listing: each name with the latest inode it points at.
+    /// The listing: each name with the inode it points at, and the names only the entry
+    /// keys can settle.
+    pub fn finish(self) -> (Listing, Ambiguous) {
+        let mut listing = Listing::new();
+        let mut ambiguous = Ambiguous::new();
+        for (name, mut inos) in self.names {
+            match inos.len() {
+                0 => {}
+                1 => {
+                    listing.insert(name, inos.pop().expect("one"));
+                }
+                _ => ambiguous.push((name, inos)),
+            }
+        }
+        (listing, ambiguous)
+    }
+
+    /// The listing, taking the latest inode of an ambiguous name (for tests).
     pub fn listing(self) -> Listing {
         self.names
             .into_iter()
             .filter_map(|(name, mut inos)| Some((name, inos.pop()?)))
             .collect()
+    }
+}
+
+/// Settles ambiguous names with their entry keys' values (`entries[i]` for `ambiguous[i]`;
+/// `None`: no entry): a name lists the inode its entry names, or nothing.
+pub fn settle(listing: &mut Listing, ambiguous: Ambiguous, entries: &[Option<u64>]) {
+    for ((name, inos), entry) in ambiguous.into_iter().zip(entries) {
+        if let Some(found) = inos.into_iter().find(|(ino, _)| Some(*ino) == *entry) {
+            listing.insert(name, found);
+        }
     }
 }
 

@@ -93,6 +93,7 @@ impl FsError {
     pub fn store(key: &[u8], source: StoreError) -> FsError {
         let key = String::from_utf8_lossy(key).into_owned();
         match source {
+            StoreError::Server(m) if m == crate::fenced_store::STORE_GONE => FsError::StoreGone,
             StoreError::OutOfMemory(_) => FsError::NoSpace { key, source },
             StoreError::TooLarge(msg) => FsError::TooBig { key, limit: msg },
             StoreError::BadKey(_) if key.len() > memfis_memcache::MAX_KEY_LEN => {
@@ -120,6 +121,9 @@ impl FsError {
 
     /// Errors worth a log line (the store misbehaved), as opposed to ordinary answers.
     pub fn is_fault(&self) -> bool {
-        self.errno() == libc::EIO || self.errno() == libc::ENOSPC || self.errno() == libc::EFBIG
+        // A gone store was logged once, by the heartbeat that found it.
+        !matches!(self, FsError::StoreGone) && self.errno() == libc::EIO
+            || self.errno() == libc::ENOSPC
+            || self.errno() == libc::EFBIG
     }
 }

@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
 
+/// The server error every command gets once the store is gone ([`crate::FsError::StoreGone`]).
+pub const STORE_GONE: &str = "the store was emptied or replaced under this mount; remount it";
+
 pub struct FencedStore<S> {
     inner: S,
     pub(crate) gone: AtomicBool,
@@ -26,9 +29,7 @@ impl<S: Store> FencedStore<S> {
 impl<S: Store> Store for FencedStore<S> {
     fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
         if self.gone.load(Ordering::Relaxed) {
-            let err = StoreError::Server(
-                "the store was emptied or replaced under this mount; remount it".into(),
-            );
+            let err = StoreError::Server(STORE_GONE.into());
             return batch.iter().map(|_| Err(err.clone())).collect();
         }
         self.inner.execute(batch)

@@ -252,7 +252,15 @@ impl<S: Store> MemFs<S> {
                 }
             }
             let Some(key) = missing else {
-                return Ok(state.listing());
+                let (mut listing, ambiguous) = state.finish();
+                if !ambiguous.is_empty() {
+                    let entries = ambiguous
+                        .iter()
+                        .map(|(name, _)| Ok(self.read_entry(dir, name)?.ino))
+                        .collect::<FsResult<Vec<_>>>()?;
+                    dirlog::settle(&mut listing, ambiguous, &entries);
+                }
+                return Ok(listing);
             };
             if attempt == 1 {
                 warn!(dir, key = %String::from_utf8_lossy(&key), "directory log chunk is missing");
