@@ -401,13 +401,15 @@ impl<S: Store> MemFs<S> {
     /// Publishes an open file, waiting out namespace operations that ran meanwhile (with
     /// the open file unlocked, since completing one may need it).
     pub(crate) fn publish_file(&self, ino: u64, file: &Arc<Mutex<OpenFile>>) -> FsResult<()> {
+        let mut waited = Ok(());
         for _ in 0..crate::fs::CAS_RETRIES {
             match self.publish(ino, &mut lock(file))? {
                 Published::Done => return Ok(()),
-                Published::AfterNamespaceOp => self.wait_quiet()?,
+                // A store error while waiting: the bytes are still to publish; try again.
+                Published::AfterNamespaceOp => waited = self.wait_quiet(),
             }
         }
-        Err(FsError::Contended)
+        waited.and(Err(FsError::Contended))
     }
 
     /// One publish: the buffer to every data key and the record with cas, pipelined in one

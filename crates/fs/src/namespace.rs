@@ -186,17 +186,31 @@ impl<S: Store> MemFs<S> {
             cas,
             data_key,
         };
-        if lock_held? {
-            // A namespace operation ran meanwhile; if it moved our directory, our empty data
-            // key went to the old path.
-            self.wait_quiet()?;
-            let key = self.keys.dir_generation();
-            self.observe_generation(self.store.run(Command::Get(key)))?;
-        } else {
-            self.observe_generation(generation)?;
+        // The name is created; what is left (following a directory rename that ran
+        // meanwhile) is retried a few times rather than left half done.
+        let mut fenced = match lock_held {
+            Ok(false) => self.observe_generation(generation),
+            _ => Err(FsError::Contended), // a namespace operation ran: wait it out first
+        };
+        for _ in 0..5 {
+            if fenced.is_ok() {
+                break;
+            }
+            fenced = self.wait_quiet().and_then(|()| {
+                let key = self.keys.dir_generation();
+                self.observe_generation(self.store.run(Command::Get(key)))
+            });
         }
+        fenced?;
         if node.rec.kind == Kind::File {
-            self.move_created_data_key(parent, name, &mut node)?;
+            let mut moved = self.move_created_data_key(parent, name, &mut node);
+            for _ in 0..4 {
+                if moved.is_ok() {
+                    break;
+                }
+                moved = self.move_created_data_key(parent, name, &mut node);
+            }
+            moved?;
         }
         Ok(node)
     }
