@@ -86,7 +86,11 @@ diff -r "$work/src/small" "$work/memfis/small" >/dev/null && echo "small set ver
 # Then ROUNDS interleaved rounds of every target; each figure is the best of its rounds, which
 # filters out the noise of a shared machine better than a mean.
 ROUNDS=${ROUNDS:-3}
-tmpfs_small=(); bindfs_small=(); tmpfs_large=(); bindfs_large=(); memfis_large=()
+tmpfs_small=(); bindfs_small=(); tmpfs_large=(); bindfs_large=(); memfis_large=(); bindfs_rm=(); memfis_rm=()
+run_rm() { # run_rm DIR -> seconds
+  local t0 t1; t0=$(secs); rm -rf "$1"; t1=$(secs)
+  python3 -c "print(f'{$t1-$t0:.3f}')"
+}
 for round in $(seq "$ROUNDS"); do
   rm -rf "$work/tmpfs/small" "$work/bindfs/small" "$work/tmpfs/large" "$work/bindfs/large"
   [ "$round" = 1 ] || rm -rf "$work/memfis/small" "$work/memfis/large"
@@ -96,7 +100,12 @@ for round in $(seq "$ROUNDS"); do
   tmpfs_large+=($(run_cp large "$work/tmpfs"))
   bindfs_large+=($(run_cp large "$work/bindfs"))
   memfis_large+=($(run_cp large "$work/memfis"))
+  # Removal of the small tree (2,000 files, 20 directories), the same on both.
+  bindfs_rm+=($(run_rm "$work/bindfs/small"))
+  memfis_rm+=($(run_rm "$work/memfis/small"))
 done
+rm_bindfs=$(min "${bindfs_rm[@]}"); rm_memfis=$(min "${memfis_rm[@]}")
+cp -a "$work/src/small" "$work/memfis/" # served below
 for set in small large; do
   for target in tmpfs bindfs memfis; do
     var="${target}_${set}[@]"
@@ -184,6 +193,8 @@ fs = {k: 2000 / v for k, v in t["small"].items()}
 print(f"| (a) 2,000 files, 1-16 KB, 20 dirs ({small_mb} MB) | {fs['tmpfs']:.0f} files/s | {fs['bindfs']:.0f} files/s | {fs['memfis']:.0f} files/s | {fs['memfis'] / fs['bindfs']:.2f}x |")
 ms = {k: large_mb / v for k, v in t["large"].items()}
 print(f"| (b) 40 files of 4 MB | {ms['tmpfs']:.0f} MB/s | {ms['bindfs']:.0f} MB/s | {ms['memfis']:.0f} MB/s | {ms['memfis'] / ms['bindfs']:.2f}x |")
+rb, rm = $rm_bindfs, $rm_memfis
+print(f"| (c) rm -rf of (a) | - | {2000 / rb:.0f} files/s | {2000 / rm:.0f} files/s | {rb / rm:.2f}x |")
 print()
 print(f"- memcached commands per small file created by cp -a (server stats): {$commands_small / 2000:.2f}")
 print(f"- store round trips per small file created by cp -a (client counter, the 20 mkdirs included): {${trips_small:-0} / 2000:.2f}")
