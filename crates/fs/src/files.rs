@@ -403,7 +403,10 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn publish_file(&self, ino: u64, file: &Arc<Mutex<OpenFile>>) -> FsResult<()> {
         let mut waited = Ok(());
         for _ in 0..crate::fs::CAS_RETRIES {
-            match self.publish(ino, &mut lock(file))? {
+            // The open file is unlocked before waiting: completing another mount's intent
+            // may need it.
+            let outcome = self.publish(ino, &mut lock(file))?;
+            match outcome {
                 Published::Done => return Ok(()),
                 // A store error while waiting: the bytes are still to publish; try again.
                 Published::AfterNamespaceOp => waited = self.wait_quiet(),
