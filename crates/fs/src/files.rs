@@ -302,6 +302,9 @@ impl<S: Store> MemFs<S> {
             self.observe_generation(r.next().expect("result"))?;
             match value {
                 Some(item) => {
+                    if item.value.len() as u64 != of.record.size && !of.is_dirty() {
+                        self.adopt_served_size(ino, of, item.value.len() as u64);
+                    }
                     of.data = Some(Arc::new(item.value));
                     return Ok(());
                 }
@@ -329,6 +332,25 @@ impl<S: Store> MemFs<S> {
         }
         warn!(ino, key = %String::from_utf8_lossy(&last_key), "file's data key is missing");
         Err(FsError::missing(&last_key))
+    }
+
+    /// The data key is what nginx serves: a record whose size disagrees was left by a writer
+    /// that died between its `set` and its retried `cas` (another mount's `cas` won). The
+    /// record takes the served size, so stat and read agree again.
+    fn adopt_served_size(&self, ino: u64, of: &mut OpenFile, size: u64) {
+        warn!(
+            ino,
+            recorded = of.record.size,
+            served = size,
+            "record size differs from the data key; taking the data key's"
+        );
+        if let Ok(rec) = self.update_record(ino, |r| {
+            r.size = size;
+            Ok(())
+        }) {
+            of.record = rec;
+            of.cas = None;
+        }
     }
 
     /// Polls until no namespace operation runs, for at most a few seconds.
