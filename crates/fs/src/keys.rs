@@ -21,22 +21,7 @@ pub fn escape(raw: &[u8]) -> Vec<u8> {
 
 /// Undoes [`escape`] (`%XX` back to the byte).
 pub fn unescape(key: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(key.len());
-    let mut i = 0;
-    while i < key.len() {
-        if key[i] == b'%'
-            && i + 2 < key.len()
-            && let (Some(h), Some(l)) = (hex(key[i + 1]), hex(key[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(key[i]);
-        i += 1;
-    }
-    out
+    memfis_memcache::protocol::percent_decode(key)
 }
 
 /// Checks a prefix against the contract: 1-100 bytes of printable ASCII without `%`.

@@ -359,14 +359,7 @@ impl<S: Store> MemFs<S> {
                 None => Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
                 Some(cas) => Command::cas(&ekey, ino.to_string().as_bytes(), cas),
             };
-            let batch = vec![self.intent_cmd(guard, intent.clone()), claim];
-            let mut results = self.store.execute(batch).into_iter();
-            results
-                .next()
-                .expect("result")
-                .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
-            if !stored(&ekey, results.next().expect("result"))? {
-                guard.intent = None;
+            if !self.begin(guard, &intent, claim)? {
                 return Err(FsError::Exists);
             }
             self.complete(&intent)
@@ -590,19 +583,9 @@ impl<S: Store> MemFs<S> {
                 ino,
                 last_seq,
             };
-            let batch = vec![
-                self.intent_cmd(guard, intent.clone()),
-                Command::cas(&seq_key, b"removed", seq_item.cas.unwrap_or(0)),
-            ];
-            let mut results = self.store.execute(batch).into_iter();
-            results
-                .next()
-                .expect("result")
-                .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
-            if !stored(&seq_key, results.next().expect("result"))? {
-                // Something was created inside meanwhile.
-                guard.intent = None;
-                return Err(FsError::NotEmpty);
+            let fence = Command::cas(&seq_key, b"removed", seq_item.cas.unwrap_or(0));
+            if !self.begin(guard, &intent, fence)? {
+                return Err(FsError::NotEmpty); // something was created inside meanwhile
             }
             self.complete(&intent)
         })

@@ -102,6 +102,29 @@ impl<S: Store> MemFs<S> {
         )
     }
 
+    /// Stores `intent` in the lock and makes its first change, `first` (a `cas` or `add`), in
+    /// one batch. `Ok(true)`: the point of no return is passed. `Ok(false)`: `first` was
+    /// refused, nothing happened, and the intent is withdrawn.
+    pub(crate) fn begin(
+        &self,
+        guard: &mut NsLock<'_>,
+        intent: &Intent,
+        first: Command,
+    ) -> FsResult<bool> {
+        let key = first.key().to_vec();
+        let batch = vec![self.intent_cmd(guard, intent.clone()), first];
+        let mut results = self.store.execute(batch).into_iter();
+        results
+            .next()
+            .expect("result")
+            .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
+        let begun = crate::fs::stored(&key, results.next().expect("result"))?;
+        if !begun {
+            guard.intent = None;
+        }
+        Ok(begun)
+    }
+
     /// The command that releases the lock (last in an operation's last batch).
     pub(crate) fn unlock_cmd(&self, guard: &mut NsLock<'_>) -> Command {
         guard.released = true;

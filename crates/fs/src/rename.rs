@@ -65,17 +65,10 @@ impl<S: Store> MemFs<S> {
                     Some(cas) => Command::cas(&dkey, ino.as_bytes(), cas),
                 };
                 let intent = Intent::Rename(Box::new(intent));
-                let batch = vec![self.intent_cmd(guard, intent.clone()), claim];
-                let mut results = self.store.execute(batch).into_iter();
-                results
-                    .next()
-                    .expect("result")
-                    .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
-                if crate::fs::stored(&dkey, results.next().expect("result"))? {
+                if self.begin(guard, &intent, claim)? {
                     return self.complete(&intent);
                 }
                 // A create took the destination name meanwhile: plan again over it.
-                guard.intent = None;
                 src = self.read_entry(parent, name)?;
                 dst = self.read_entry(newparent, newname)?;
             }

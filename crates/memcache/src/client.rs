@@ -40,26 +40,6 @@ pub struct Client {
     commands: AtomicU64,
 }
 
-/// Undoes nginx's key escaping (`%XX`), because nginx hashes the key *before* escaping it.
-fn unescape(key: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(key.len());
-    let mut i = 0;
-    while i < key.len() {
-        if key[i] == b'%'
-            && i + 2 < key.len()
-            && let (Some(h), Some(l)) = (hex(key[i + 1]), hex(key[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(key[i]);
-        i += 1;
-    }
-    out
-}
-
 /// Checks a server address: `host:port` with a numeric port.
 pub fn validate_server(addr: &str) -> Result<(), String> {
     let (host, port) = addr
@@ -111,7 +91,7 @@ impl Client {
         if self.pools.len() == 1 {
             0
         } else {
-            self.ring.server_for(&unescape(key))
+            self.ring.server_for(&crate::protocol::percent_decode(key))
         }
     }
 
@@ -259,9 +239,9 @@ mod tests {
 
     #[test]
     fn unescapes_nginx_escapes_only() {
-        assert_eq!(unescape(b"a%20b%25c"), b"a b%c");
-        assert_eq!(unescape(b"p%zz"), b"p%zz");
-        assert_eq!(unescape(b"p%2"), b"p%2");
+        assert_eq!(crate::protocol::percent_decode(b"a%20b%25c"), b"a b%c");
+        assert_eq!(crate::protocol::percent_decode(b"p%zz"), b"p%zz");
+        assert_eq!(crate::protocol::percent_decode(b"p%2"), b"p%2");
     }
 
     #[test]

@@ -279,11 +279,13 @@ pub fn read_metadump(
             return Err(StoreError::protocol(server, "bad metadump line"));
         };
         let encoded = rest.split(|b| *b == b' ').next().unwrap_or_default();
-        keys.push(uri_decode(encoded));
+        keys.push(percent_decode(encoded));
     }
 }
 
-fn uri_decode(s: &[u8]) -> Vec<u8> {
+/// Undoes `%XX` escapes (nginx's key escaping, memcached's metadump encoding); anything else
+/// is kept as it is.
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
