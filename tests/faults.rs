@@ -111,7 +111,7 @@ fn stopped_server_gives_eio_in_time_and_the_mount_recovers() {
     let mc = Memcached::start();
     let m = Mount::with_args(&[mc.addr()], PREFIX, &["--timeout", "1", "--attr-ttl", "0"]);
     std::fs::write(m.p("before"), b"1").unwrap();
-    let pid = mc_pid(&mc);
+    let pid = mc.pid();
     // SAFETY: pausing our own child process.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let started = Instant::now();
@@ -129,11 +129,6 @@ fn stopped_server_gives_eio_in_time_and_the_mount_recovers() {
     std::fs::write(m.p("after"), b"3").unwrap();
     assert_eq!(std::fs::read(m.p("before")).unwrap(), b"1");
     assert_eq!(std::fs::read(m.p("after")).unwrap(), b"3");
-}
-
-fn mc_pid(mc: &Memcached) -> i32 {
-    let out = sh(&format!("pgrep -f 'memcached .*-p {} '", mc.port));
-    out.trim().lines().next().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -275,3 +275,73 @@ fn check_names_damage_and_a_missing_log_chunk_is_eio() {
     assert_eq!(code, 4);
     assert!(out.contains(&format!("{PREFIX}%l{ino}.0")), "{out}");
 }
+
+/// A rename that would grow the inode record past the item size fails whole: the file
+/// stays at its old name, and the next write goes where nginx reads.
+#[test]
+fn a_rename_refused_with_efbig_moves_nothing() {
+    const PREFIX: &str = "memfis://efbig";
+    let mc = Memcached::with_args(&["-m", "64", "-I", "1m"]);
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
+    std::fs::write(m.p("r"), b"one").unwrap();
+    // Fill the record with extended attributes until it is refused.
+    let value = vec![b'v'; 60_000];
+    let mut filled = false;
+    for i in 0..40 {
+        if let Err(e) = xattr::set(m.p("r"), format!("user.a{i}"), &value) {
+            assert_eq!(errno_of(e), libc::EFBIG);
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "the record never reached the item size");
+    // Shrink it to just below the limit: one more long name must not fit.
+    let long = "s".repeat(200);
+    let mut renamed = std::fs::rename(m.p("r"), m.p(&long));
+    let mut i = 0;
+    while renamed.is_ok() {
+        std::fs::rename(m.p(&long), m.p("r")).unwrap();
+        xattr::set(m.p("r"), format!("user.pad{i}"), &vec![b'p'; 150]).unwrap();
+        renamed = std::fs::rename(m.p("r"), m.p(&long));
+        i += 1;
+        assert!(i < 500, "never refused");
+    }
+    assert_eq!(errno_of(renamed.unwrap_err()), libc::EFBIG);
+    assert_eq!(std::fs::read(m.p("r")).unwrap(), b"one");
+    assert!(!m.p(&long).exists());
+    std::fs::write(m.p("r"), b"two").unwrap();
+    assert_eq!(mc.get(format!("{PREFIX}/r").as_bytes()).as_deref(), Some(&b"two"[..]));
+    assert_check_clean(&mc, PREFIX);
+}
+
+/// The store stalls (SIGSTOP) between a file's create and its close: the close fails with
+/// EIO within the timeout; once the store is back the file is listed, and removing its
+/// directory leaves no data key behind.
+#[test]
+fn a_store_stalled_during_the_first_publish_leaves_nothing_behind() {
+    const PREFIX: &str = "memfis://stalled";
+    let mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0", "--timeout", "1"]);
+    std::fs::create_dir(m.p("d")).unwrap();
+    let mut f = std::fs::File::create(m.p("d/f")).unwrap();
+    std::io::Write::write_all(&mut f, b"payload").unwrap();
+    let pid = mc.pid();
+    // SAFETY: signalling the test's own memcached.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let closed = f.sync_all();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(errno_of(closed.unwrap_err()), libc::EIO);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(f);
+    std::thread::sleep(Duration::from_millis(500));
+    let names: Vec<_> = std::fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["f"]);
+    std::fs::remove_dir_all(m.p("d")).unwrap();
+    assert!(mc.get(format!("{PREFIX}/d/f").as_bytes()).is_none());
+    assert_check_clean(&mc, PREFIX);
+}

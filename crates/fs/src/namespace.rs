@@ -245,8 +245,10 @@ impl<S: Store> MemFs<S> {
         self.store
             .store(StoreOp::Add, &key, b"")
             .map_err(|e| FsError::store(&key, e))?;
-        let old = std::mem::replace(&mut node.data_key, key);
-        self.delete_key_outside_tree(&old)
+        // The old key goes before the node forgets it, so a retry after an error redoes both.
+        self.delete_key_outside_tree(&node.data_key)?;
+        node.data_key = key;
+        Ok(())
     }
 
     /// Undoes a create that failed after its batch, retrying each step a few times (a
