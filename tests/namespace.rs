@@ -310,7 +310,10 @@ fn a_rename_refused_with_efbig_moves_nothing() {
     assert_eq!(std::fs::read(m.p("r")).unwrap(), b"one");
     assert!(!m.p(&long).exists());
     std::fs::write(m.p("r"), b"two").unwrap();
-    assert_eq!(mc.get(format!("{PREFIX}/r").as_bytes()).as_deref(), Some(&b"two"[..]));
+    assert_eq!(
+        mc.get(format!("{PREFIX}/r").as_bytes()).as_deref(),
+        Some(&b"two"[..])
+    );
     assert_check_clean(&mc, PREFIX);
 }
 
