@@ -301,7 +301,7 @@ fn a_rename_refused_with_efbig_moves_nothing() {
     let mut i = 0;
     while renamed.is_ok() {
         std::fs::rename(m.p(&long), m.p("r")).unwrap();
-        xattr::set(m.p("r"), format!("user.pad{i}"), &vec![b'p'; 150]).unwrap();
+        xattr::set(m.p("r"), format!("user.pad{i}"), &[b'p'; 150]).unwrap();
         renamed = std::fs::rename(m.p("r"), m.p(&long));
         i += 1;
         assert!(i < 500, "never refused");
