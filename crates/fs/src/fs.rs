@@ -108,6 +108,9 @@ pub struct MemFs<S: Store> {
     /// Owner string of an operation of this mount that failed midway and left its intent in
     /// the lock: the next operation completes it instead of waiting for it.
     pub(crate) leftover: Mutex<Option<String>>,
+    /// The intent of an operation of this mount that failed midway and could not take the
+    /// lock back to complete it; the heartbeat does.
+    pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files by inode, shared by every handle on them in this mount.
@@ -202,6 +205,7 @@ impl<S: Store> MemFs<S> {
             store_id: String::new(),
             ns_local: Mutex::new(()),
             leftover: Mutex::new(None),
+            orphaned: Mutex::new(None),
             inos: Mutex::new((0, 0)),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

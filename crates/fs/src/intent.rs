@@ -72,6 +72,9 @@ pub struct RenameIntent {
     /// RENAME_EXCHANGE only: the two sets of bytes were swapped (a swap is not idempotent).
     #[serde(default)]
     pub data_done: bool,
+    /// A replaced directory's log sequence before the rename fenced it (its chunks to delete).
+    #[serde(default)]
+    pub replaced_last_seq: u64,
 }
 
 impl<S: Store> MemFs<S> {
@@ -95,7 +98,7 @@ impl<S: Store> MemFs<S> {
                     self.keep_bytes_for_open_handles(*ino)?;
                     self.delete_data_if_unowned(*parent, name, path)?;
                 }
-                self.drop_link(*ino, &link)
+                self.drop_link(*ino, &link, 0)
             }
             Intent::Rmdir {
                 parent,

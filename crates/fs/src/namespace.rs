@@ -361,7 +361,8 @@ impl<S: Store> MemFs<S> {
                 None => Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
                 Some(cas) => Command::cas(&ekey, ino.to_string().as_bytes(), cas),
             };
-            if !self.begin(guard, &intent, claim)? {
+            if !self.begin(guard, &intent, vec![claim])?[0] {
+                guard.intent = None;
                 return Err(FsError::Exists);
             }
             self.complete(&intent)
@@ -464,10 +465,13 @@ impl<S: Store> MemFs<S> {
             if last_link {
                 batch.push(self.unlock_cmd(guard));
             }
-            let mut results = self.store.execute(batch).into_iter();
+            let results = self.store.execute(batch);
+            // The lock's delete, last in the batch, ran only if the batch got that far.
+            let unlocked = last_link && results.last().is_some_and(|r| r.is_ok());
+            let mut results = results.into_iter();
             let mut all_done = results.next().expect("result").is_ok();
             all_done &= results.next().expect("result").is_ok();
-            all_done &= matches!(self.finish_log(&la, &mut results)?, Logged::Done);
+            all_done &= matches!(self.finish_log(&la, &mut results), Ok(Logged::Done));
             all_done &=
                 results.all(|r| r.is_ok_and(|r| r != Reply::Exists && r != Reply::NotStored));
             self.note_dir_touched(parent, now);
@@ -480,7 +484,11 @@ impl<S: Store> MemFs<S> {
             }
             if !all_done {
                 // Something in the batch failed or raced (a publish changed the record):
-                // finish from where it stopped, still holding the lock.
+                // finish from where it stopped, holding the lock (again, if the batch
+                // released it).
+                if unlocked {
+                    self.reacquire(guard)?;
+                }
                 guard.released = false;
                 self.complete(&intent)?;
             }
@@ -497,8 +505,9 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    /// Removes one name from an inode record, deleting the record with its last name.
-    pub(crate) fn drop_link(&self, ino: u64, link: &Link) -> FsResult<()> {
+    /// Removes one name from an inode record, deleting the record with its last name (and a
+    /// directory's log chunks up to `last_seq`, or up to its sequence if that is still there).
+    pub(crate) fn drop_link(&self, ino: u64, link: &Link, last_seq: u64) -> FsResult<()> {
         let rec = self.update_record_if_present(ino, |r| {
             r.remove_link(link);
             r.ctime = Time::now();
@@ -507,7 +516,7 @@ impl<S: Store> MemFs<S> {
         match rec {
             Some(rec) if rec.links.is_empty() => {
                 let last_seq = match rec.kind {
-                    Kind::Dir => self.dir_seq_value(ino)?.unwrap_or(0),
+                    Kind::Dir => self.dir_seq_value(ino)?.unwrap_or(0).max(last_seq),
                     _ => 0,
                 };
                 self.delete_inode_keys(ino, rec.kind, last_seq)
@@ -517,7 +526,7 @@ impl<S: Store> MemFs<S> {
     }
 
     /// A directory's sequence number; `None` when missing or fenced.
-    fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
+    pub(crate) fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
         let key = self.keys.dir_seq(dir);
         Ok(self
             .store
@@ -568,29 +577,38 @@ impl<S: Store> MemFs<S> {
             if rec.kind != Kind::Dir {
                 return Err(FsError::NotDir);
             }
-            let seq_key = self.keys.dir_seq(ino);
-            let seq_item = self
-                .store
-                .gets(&seq_key)
-                .map_err(|e| FsError::store(&seq_key, e))?
-                .ok_or_else(|| FsError::missing(&seq_key))?;
-            let last_seq = parse_number(&seq_item.value)
-                .ok_or_else(|| FsError::corrupt(&seq_key, "not a number"))?;
-            if !self.replay_log(ino, last_seq)?.is_empty() {
-                return Err(FsError::NotEmpty);
-            }
+            let (fence, last_seq) = self.empty_dir_fence(ino)?;
             let intent = Intent::Rmdir {
                 parent,
                 name: name.to_vec(),
                 ino,
                 last_seq,
             };
-            let fence = Command::cas(&seq_key, b"removed", seq_item.cas.unwrap_or(0));
-            if !self.begin(guard, &intent, fence)? {
+            if !self.begin(guard, &intent, vec![fence])?[0] {
+                guard.intent = None;
                 return Err(FsError::NotEmpty); // something was created inside meanwhile
             }
             self.complete(&intent)
         })
+    }
+
+    /// Checks that directory `dir` is empty; returns the `cas` that fences its log sequence
+    /// (made non-numeric, so every later create in it fails its `incr` and undoes itself),
+    /// valid only if nothing was logged since, and the sequence's value.
+    pub(crate) fn empty_dir_fence(&self, dir: u64) -> FsResult<(Command, u64)> {
+        let seq_key = self.keys.dir_seq(dir);
+        let item = self
+            .store
+            .gets(&seq_key)
+            .map_err(|e| FsError::store(&seq_key, e))?
+            .ok_or_else(|| FsError::missing(&seq_key))?;
+        let last_seq =
+            parse_number(&item.value).ok_or_else(|| FsError::corrupt(&seq_key, "not a number"))?;
+        if !self.replay_log(dir, last_seq)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        let fence = Command::cas(&seq_key, b"removed", item.cas.unwrap_or(0));
+        Ok((fence, last_seq))
     }
 
     /// Deletes a data key written at a path that, after a directory rename, no entry reaches

@@ -102,27 +102,27 @@ impl<S: Store> MemFs<S> {
         )
     }
 
-    /// Stores `intent` in the lock and makes its first change, `first` (a `cas` or `add`), in
-    /// one batch. `Ok(true)`: the point of no return is passed. `Ok(false)`: `first` was
-    /// refused, nothing happened, and the intent is withdrawn.
+    /// Stores `intent` in the lock and makes its first changes, `first` (`cas` or `add`
+    /// commands), in one batch: which of them were stored. The caller withdraws the intent
+    /// (`guard.intent = None`) when that means nothing happened.
     pub(crate) fn begin(
         &self,
         guard: &mut NsLock<'_>,
         intent: &Intent,
-        first: Command,
-    ) -> FsResult<bool> {
-        let key = first.key().to_vec();
-        let batch = vec![self.intent_cmd(guard, intent.clone()), first];
+        first: Vec<Command>,
+    ) -> FsResult<Vec<bool>> {
+        let keys: Vec<Vec<u8>> = first.iter().map(|c| c.key().to_vec()).collect();
+        let mut batch = vec![self.intent_cmd(guard, intent.clone())];
+        batch.extend(first);
         let mut results = self.store.execute(batch).into_iter();
         results
             .next()
             .expect("result")
             .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
-        let begun = crate::fs::stored(&key, results.next().expect("result"))?;
-        if !begun {
-            guard.intent = None;
-        }
-        Ok(begun)
+        keys.iter()
+            .zip(results)
+            .map(|(key, r)| crate::fs::stored(key, r))
+            .collect()
     }
 
     /// The command that releases the lock (last in an operation's last batch).
@@ -139,6 +139,35 @@ impl<S: Store> MemFs<S> {
             warn!(error = %e, owner, "cannot release the namespace lock");
             *lock(&self.leftover) = Some(owner.to_string());
         }
+    }
+
+    /// Takes the lock back for an operation whose last batch released it although an
+    /// earlier command of that batch failed, with the operation's intent. If it cannot, the
+    /// intent is kept for the heartbeat to complete.
+    pub(crate) fn reacquire(&self, guard: &mut NsLock<'_>) -> FsResult<()> {
+        let value = serde_json::to_vec(&LockValue {
+            owner: guard.owner.clone(),
+            intent: guard.intent.clone(),
+        })
+        .expect("serializes");
+        let key = self.keys.ns_lock();
+        let mut waiter = Waiter::new(self.cfg.lock_backoff);
+        let taken = loop {
+            match self.store.run(Command::store(StoreOp::Add, &key, &value)) {
+                Ok(Reply::Stored) => break Ok(()),
+                Ok(_) => {
+                    if let Err(e) = self.resolve_holder(&mut waiter) {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(FsError::store(&key, e)),
+            }
+        };
+        if taken.is_err() {
+            *lock(&self.orphaned) = guard.intent.clone();
+        }
+        guard.released = taken.is_err();
+        taken
     }
 
     fn acquire(&self, reads: Vec<Command>) -> FsResult<(NsLock<'_>, Vec<CmdResult>)> {
@@ -275,6 +304,15 @@ impl<S: Store> MemFs<S> {
         if lock(&self.leftover).is_some() {
             let _local = lock(&self.ns_local);
             self.wait_quiet()?;
+        }
+        // One that lost the lock on the way: take it again to complete it.
+        let orphaned = lock(&self.orphaned).clone();
+        if let Some(intent) = orphaned {
+            self.with_ns_lock(Vec::new(), |guard, _| {
+                guard.intent = Some(intent.clone());
+                self.complete(&intent)
+            })?;
+            *lock(&self.orphaned) = None;
         }
         Ok(())
     }

@@ -54,7 +54,7 @@ impl<S: Store> MemFs<S> {
             let mut dst = entry_slot(&dkey, r.next().expect("result"))?;
             self.observe_generation(r.next().expect("result"))?;
             for _ in 0..CAS_RETRIES {
-                let Some(intent) =
+                let Some(mut intent) =
                     self.plan_rename(parent, name, newparent, newname, flags, &src, &dst)?
                 else {
                     return Ok(()); // two names of one inode: POSIX says do nothing
@@ -64,9 +64,30 @@ impl<S: Store> MemFs<S> {
                     None => Command::store(StoreOp::Add, &dkey, ino.as_bytes()),
                     Some(cas) => Command::cas(&dkey, ino.as_bytes(), cas),
                 };
+                // Replacing a directory: fence its log in the same batch, so no create lands
+                // in it from now on (see `complete_rename` for a fence that fails).
+                let fence = match intent.replaced {
+                    Some((d, Kind::Dir)) if !intent.exchange => {
+                        let (cmd, last_seq) = self.empty_dir_fence(d)?;
+                        intent.replaced_last_seq = last_seq;
+                        Some((d, cmd, last_seq))
+                    }
+                    _ => None,
+                };
                 let intent = Intent::Rename(Box::new(intent));
-                if self.begin(guard, &intent, claim)? {
-                    return self.complete(&intent);
+                let mut first = vec![claim];
+                first.extend(fence.iter().map(|(_, cmd, _)| cmd.clone()));
+                let begun = self.begin(guard, &intent, first)?;
+                if begun[0] {
+                    self.complete(&intent)?;
+                    if begun.get(1) == Some(&false) {
+                        return Err(FsError::NotEmpty); // `complete` undid the claim
+                    }
+                    return Ok(());
+                }
+                guard.intent = None;
+                if let (Some((d, _, last_seq)), Some(true)) = (&fence, begun.get(1)) {
+                    self.unfence(*d, *last_seq)?;
                 }
                 // A create took the destination name meanwhile: plan again over it.
                 src = self.read_entry(parent, name)?;
@@ -117,6 +138,7 @@ impl<S: Store> MemFs<S> {
                 (true, false) => return Err(FsError::NotDir),
                 (false, true) => return Err(FsError::IsDir),
                 (true, true) if !self.list_dir(*d)?.is_empty() => return Err(FsError::NotEmpty),
+                // (checked again, with a fence against creates, when the rename begins)
                 _ => {}
             }
         }
@@ -150,6 +172,7 @@ impl<S: Store> MemFs<S> {
             old_path,
             new_path,
             data_done: false,
+            replaced_last_seq: 0,
         }))
     }
 
@@ -157,6 +180,15 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn complete_rename(&self, r: &RenameIntent) -> FsResult<()> {
         if self.read_entry(r.dst_parent, &r.dst_name)?.ino != Some(r.ino) {
             return Ok(()); // the destination was never claimed: nothing happened
+        }
+        if let Some((d, Kind::Dir)) = r.replaced
+            && !r.exchange
+            && self.dir_seq_value(d)?.is_some()
+        {
+            // The replaced directory was not fenced (something was created in it after it
+            // was found empty): the rename does not happen; give the name back.
+            self.entry_swap(r.dst_parent, &r.dst_name, Some(r.ino), Some(d))?;
+            return Ok(());
         }
         let src_link = Link::new(r.src_parent, &r.src_name);
         let dst_link = Link::new(r.dst_parent, &r.dst_name);
@@ -181,7 +213,7 @@ impl<S: Store> MemFs<S> {
                     Ok(())
                 })?;
             }
-            Some((b, _)) => self.drop_link(b, &dst_link)?,
+            Some((b, _)) => self.drop_link(b, &dst_link, r.replaced_last_seq)?,
             None => {}
         }
         if !src_done {
@@ -227,6 +259,15 @@ impl<S: Store> MemFs<S> {
             }
             self.forget_dir(r.ino);
         }
+        Ok(())
+    }
+
+    /// Lifts the fence of directory `dir` (a rename that fenced it did not begin).
+    fn unfence(&self, dir: u64, last_seq: u64) -> FsResult<()> {
+        let key = self.keys.dir_seq(dir);
+        self.store
+            .store(StoreOp::Set, &key, last_seq.to_string().as_bytes())
+            .map_err(|e| FsError::store(&key, e))?;
         Ok(())
     }
 
