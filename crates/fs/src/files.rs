@@ -519,7 +519,7 @@ impl<S: Store> MemFs<S> {
                         .filter(|k| !current.contains(k))
                         .collect();
                     for k in &stale {
-                        self.delete_key_outside_tree(k)?;
+                        crate::fs::retried(|| self.delete_key_outside_tree(k))?;
                     }
                     return Ok(Published::Done);
                 }
@@ -542,7 +542,7 @@ impl<S: Store> MemFs<S> {
     fn after_removed(&self, of: &mut OpenFile) -> FsResult<Published> {
         of.unlinked = true;
         for k in std::mem::take(&mut of.written) {
-            self.delete_key_outside_tree(&k)?;
+            crate::fs::retried(|| self.delete_key_outside_tree(&k))?;
         }
         Ok(Published::Done)
     }

@@ -828,6 +828,19 @@ pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
     rec.ctime = Time::now();
 }
 
+/// Runs a cleanup step up to a few times: a step that makes the store consistent again
+/// should not be given up on the first failed round trip.
+pub(crate) fn retried<T>(mut step: impl FnMut() -> FsResult<T>) -> FsResult<T> {
+    let mut last = step();
+    for _ in 0..4 {
+        if last.is_ok() {
+            break;
+        }
+        last = step();
+    }
+    last
+}
+
 /// A decimal counter value (sequence keys, inode counters).
 pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()

@@ -14,7 +14,9 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 
 use crate::dirlog::Op;
-use crate::fs::{Attr, MemFs, check_name, entry_slot, join, lock, parse_number, stored, value_of};
+use crate::fs::{
+    Attr, MemFs, check_name, entry_slot, join, lock, parse_number, retried, stored, value_of,
+};
 use crate::intent::Intent;
 use crate::keys::{LOG_CHUNK_RECORDS, ROOT_INO};
 use crate::listing::Logged;
@@ -203,14 +205,7 @@ impl<S: Store> MemFs<S> {
         }
         fenced?;
         if node.rec.kind == Kind::File {
-            let mut moved = self.move_created_data_key(parent, name, &mut node);
-            for _ in 0..4 {
-                if moved.is_ok() {
-                    break;
-                }
-                moved = self.move_created_data_key(parent, name, &mut node);
-            }
-            moved?;
+            crate::fs::retried(|| self.move_created_data_key(parent, name, &mut node))?;
         }
         Ok(node)
     }
@@ -286,7 +281,13 @@ impl<S: Store> MemFs<S> {
         if undo.parent_gone {
             batch.extend(undo.parent_keys.iter().map(|k| Command::Delete(k.clone())));
         }
-        (0..TRIES).find(|_| self.store.execute(batch.clone()).iter().all(|r| r.is_ok()));
+        let _ = retried(|| {
+            let results = self.store.execute(batch.clone());
+            match results.into_iter().find_map(Result::err) {
+                None => Ok(()),
+                Some(e) => Err(FsError::store(&self.keys.inode(undo.ino), e)),
+            }
+        });
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
