@@ -309,6 +309,11 @@ impl<S: Store> MemFs<S> {
                     return Ok(());
                 }
                 None if of.record.size == 0 => {
+                    if !lock_held {
+                        // An empty file's key is missing only if its creator died before it
+                        // could follow a directory rename: put it back, as nginx expects.
+                        let _ = self.store.store(StoreOp::Add, &key, b"");
+                    }
                     of.data = Some(Value::default());
                     return Ok(());
                 }
