@@ -108,8 +108,8 @@ pub struct MemFs<S: Store> {
     /// Owner string of an operation of this mount that failed midway and left its intent in
     /// the lock: the next operation completes it instead of waiting for it.
     pub(crate) leftover: Mutex<Option<String>>,
-    /// The intent of an operation of this mount that failed midway and could not take the
-    /// lock back to complete it; the heartbeat does.
+    /// The intent of an operation of this mount that failed midway (the lock may not hold
+    /// it): completed with the leftover lock, or by the heartbeat.
     pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,

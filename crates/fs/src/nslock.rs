@@ -79,8 +79,10 @@ impl<S: Store> MemFs<S> {
             if let Err(e) = self.complete(&intent) {
                 // Keep the lock: this mount's next operation (or another mount, once this one
                 // is gone) completes the intent.
-                error!(error = %e, ?intent, "cannot complete the operation now; it stays recorded in the lock");
+                error!(error = %e, ?intent, "cannot complete the operation now; this mount keeps the lock to retry");
                 *lock(&self.leftover) = Some(guard.owner.clone());
+                // The lock may not hold the intent (its store failed too): keep it here.
+                *lock(&self.orphaned) = Some(intent);
                 return result;
             }
         }
@@ -254,9 +256,17 @@ impl<S: Store> MemFs<S> {
         // Ours now: until it is released, this mount's next operation or heartbeat finishes
         // it (if completing fails here, the error goes to the caller).
         *lock(&self.leftover) = Some(me.clone());
-        if let Some(intent) = &held.intent {
-            info!(owner = %held.owner, ?intent, "completing an operation a gone mount left unfinished");
+        let intent = match (&held.intent, mine_left_over) {
+            (Some(intent), _) => Some(intent.clone()),
+            (None, true) => lock(&self.orphaned).clone(),
+            (None, false) => None,
+        };
+        if let Some(intent) = &intent {
+            info!(owner = %held.owner, ?intent, "completing an unfinished operation");
             self.complete(intent)?;
+        }
+        if mine_left_over {
+            *lock(&self.orphaned) = None;
         }
         *lock(&self.leftover) = None;
         self.release_ns_lock(&me);
@@ -305,7 +315,7 @@ impl<S: Store> MemFs<S> {
             let _local = lock(&self.ns_local);
             self.wait_quiet()?;
         }
-        // One that lost the lock on the way: take it again to complete it.
+        // One whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {
             self.with_ns_lock(Vec::new(), |guard, _| {
