@@ -99,7 +99,16 @@ fn writes_inside_a_directory_another_mount_renames_are_kept() {
     assert!(!written.is_empty());
     let dir = if p1.p("a").exists() { "a" } else { "b" };
     for name in &written {
-        let got = std::fs::read(p1.p(&format!("{dir}/{name}"))).unwrap();
+        let got = std::fs::read(p1.p(&format!("{dir}/{name}"))).unwrap_or_else(|e| {
+            let at = |d: &str| mc.get(format!("{PREFIX}/{d}/{name}").as_bytes());
+            panic!(
+                "{dir}/{name}: {e}; a: {:?} b: {:?}\n{}\n{}",
+                at("a"),
+                at("b"),
+                p1.log_text(),
+                p2.log_text()
+            )
+        });
         assert_eq!(got, name.as_bytes(), "{dir}/{name}");
         let served = mc.get(format!("{PREFIX}/{dir}/{name}").as_bytes());
         assert_eq!(

@@ -95,7 +95,9 @@ pub struct OpenFile {
 
 /// What one publish attempt found.
 pub(crate) enum Published {
-    Done,
+    /// Published; these keys it wrote earlier are no name of the file any more (deleted
+    /// under the namespace lock, with the open file unlocked).
+    Done(Vec<Vec<u8>>),
     /// A namespace operation ran while the bytes went out: wait for it (without holding the
     /// open file) and publish again at the names it left.
     AfterNamespaceOp,
@@ -434,7 +436,10 @@ impl<S: Store> MemFs<S> {
             // may need it.
             let outcome = self.publish(ino, &mut lock(file))?;
             match outcome {
-                Published::Done => return Ok(()),
+                Published::Done(stale) if stale.is_empty() => return Ok(()),
+                Published::Done(stale) => {
+                    return crate::fs::retried(|| self.delete_keys_outside_tree(&stale));
+                }
                 // A store error while waiting: the bytes are still to publish; try again.
                 Published::AfterNamespaceOp => waited = self.wait_quiet(),
             }
@@ -449,7 +454,7 @@ impl<S: Store> MemFs<S> {
     /// these bytes. Otherwise the file is published again once the namespace is quiet.
     fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
         if of.unlinked || !of.is_dirty() {
-            return Ok(Published::Done);
+            return Ok(Published::Done(Vec::new()));
         }
         let ikey = self.keys.inode(ino);
         let data = of.data.clone().unwrap_or_default();
@@ -469,6 +474,9 @@ impl<S: Store> MemFs<S> {
             if of.data.is_some() {
                 rec.size = data.len() as u64;
             }
+            // Read before the paths are worked out: another thread of this mount may see a
+            // directory rename (and count it) between the two.
+            let generation_before = self.dir_generation.load(Ordering::SeqCst);
             let keys = if of.data_dirty {
                 self.data_keys(&rec)?
             } else {
@@ -483,7 +491,6 @@ impl<S: Store> MemFs<S> {
             batch.push(Command::cas(&ikey, &value, of.cas.unwrap_or(0)));
             batch.push(Command::Get(self.keys.ns_lock()));
             batch.push(Command::Get(self.keys.dir_generation()));
-            let generation_before = self.dir_generation.load(Ordering::SeqCst);
             let mut results = self.store.execute(batch).into_iter();
             let mut failure = None;
             for (k, r) in keys.iter().zip(results.by_ref()) {
@@ -523,10 +530,7 @@ impl<S: Store> MemFs<S> {
                         .into_iter()
                         .filter(|k| !current.contains(k))
                         .collect();
-                    for k in &stale {
-                        crate::fs::retried(|| self.delete_key_outside_tree(k))?;
-                    }
-                    return Ok(Published::Done);
+                    return Ok(Published::Done(stale));
                 }
                 Ok(Reply::Exists) => {
                     of.cas = None; // re-read, merge our changes onto it, try again
@@ -546,10 +550,7 @@ impl<S: Store> MemFs<S> {
     /// publish put where no name is.
     fn after_removed(&self, of: &mut OpenFile) -> FsResult<Published> {
         of.unlinked = true;
-        for k in std::mem::take(&mut of.written) {
-            crate::fs::retried(|| self.delete_key_outside_tree(&k))?;
-        }
-        Ok(Published::Done)
+        Ok(Published::Done(std::mem::take(&mut of.written)))
     }
 
     /// A failed `set` leaves no old bytes either (memcached drops the item), so the file is

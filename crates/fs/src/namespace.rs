@@ -241,7 +241,7 @@ impl<S: Store> MemFs<S> {
             .store(StoreOp::Add, &key, b"")
             .map_err(|e| FsError::store(&key, e))?;
         // The old key goes before the node forgets it, so a retry after an error redoes both.
-        self.delete_key_outside_tree(&node.data_key)?;
+        self.delete_keys_outside_tree(std::slice::from_ref(&node.data_key))?;
         node.data_key = key;
         Ok(())
     }
@@ -612,18 +612,23 @@ impl<S: Store> MemFs<S> {
         Ok((fence, last_seq))
     }
 
-    /// Deletes a data key written at a path that, after a directory rename, no entry reaches
-    /// (another file's key is left alone).
-    pub(crate) fn delete_key_outside_tree(&self, key: &[u8]) -> FsResult<()> {
+    /// Deletes data keys written at paths that, after a rename, no entry reaches (another
+    /// file's key is left alone). Under the namespace lock, so no rename can give a path a
+    /// name between the check and the delete.
+    pub(crate) fn delete_keys_outside_tree(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         let prefix = self.keys.data(b"");
-        let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
-            return Ok(());
-        };
-        let path = crate::keys::unescape(escaped_path);
-        if self.resolve_path(&path)?.is_none() {
-            self.store.delete(key).map_err(|e| FsError::store(key, e))?;
-        }
-        Ok(())
+        self.with_ns_lock(Vec::new(), |_, _| {
+            for key in keys {
+                let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
+                    continue;
+                };
+                let path = crate::keys::unescape(escaped_path);
+                if self.resolve_path(&path)?.is_none() {
+                    self.store.delete(key).map_err(|e| FsError::store(key, e))?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Follows `path` (`/a/b`) from the root through entries, without caches.
