@@ -437,9 +437,7 @@ impl<S: Store> MemFs<S> {
             let outcome = self.publish(ino, &mut lock(file))?;
             match outcome {
                 Published::Done(stale) if stale.is_empty() => return Ok(()),
-                Published::Done(stale) => {
-                    return crate::fs::retried(|| self.delete_keys_outside_tree(&stale));
-                }
+                Published::Done(stale) => return self.delete_keys_outside_tree(&stale),
                 // A store error while waiting: the bytes are still to publish; try again.
                 Published::AfterNamespaceOp => waited = self.wait_quiet(),
             }

@@ -111,6 +111,9 @@ pub struct MemFs<S: Store> {
     /// The intent of an operation of this mount that failed midway (the lock may not hold
     /// it): completed with the leftover lock, or by the heartbeat.
     pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
+    /// Data keys this mount wrote at paths a rename took away, whose deletion failed; the
+    /// heartbeat retries it.
+    pub(crate) stale_keys: Mutex<Vec<Vec<u8>>>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files by inode, shared by every handle on them in this mount.
@@ -206,6 +209,7 @@ impl<S: Store> MemFs<S> {
             ns_local: Mutex::new(()),
             leftover: Mutex::new(None),
             orphaned: Mutex::new(None),
+            stale_keys: Mutex::new(Vec::new()),
             inos: Mutex::new((0, 0)),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),

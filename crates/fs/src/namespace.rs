@@ -204,8 +204,12 @@ impl<S: Store> MemFs<S> {
             });
         }
         fenced?;
-        if node.rec.kind == Kind::File {
-            crate::fs::retried(|| self.move_created_data_key(parent, name, &mut node))?;
+        if node.rec.kind == Kind::File
+            && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
+        {
+            // The name is made; the empty key at the old path waits for the heartbeat.
+            lock(&self.stale_keys).push(node.data_key.clone());
+            return Err(e);
         }
         Ok(node)
     }
@@ -229,19 +233,31 @@ impl<S: Store> MemFs<S> {
     }
 
     /// After a directory rename moved the parent during the create: the empty data key
-    /// belongs at the new path.
+    /// belongs at the new path, if the name is still this file's (under the namespace lock,
+    /// so no other mount removes or moves it meanwhile).
     fn move_created_data_key(&self, parent: u64, name: &[u8], node: &mut NewNode) -> FsResult<()> {
-        let key = self
+        if self
             .keys
-            .data_checked(&join(&self.dir_path(parent)?, name))?;
-        if key == node.data_key {
+            .data_checked(&join(&self.dir_path(parent)?, name))?
+            == node.data_key
+        {
             return Ok(());
         }
-        self.store
-            .store(StoreOp::Add, &key, b"")
-            .map_err(|e| FsError::store(&key, e))?;
-        // The old key goes before the node forgets it, so a retry after an error redoes both.
-        self.delete_keys_outside_tree(std::slice::from_ref(&node.data_key))?;
+        let reads = vec![Command::Get(self.keys.dir_generation())];
+        let key = self.with_ns_lock(reads, |_, results| {
+            let generation = results.into_iter().next().expect("result");
+            self.observe_generation(generation)?;
+            let key = self
+                .keys
+                .data_checked(&join(&self.dir_path(parent)?, name))?;
+            if self.read_entry(parent, name)?.ino == Some(node.ino) {
+                self.store
+                    .store(StoreOp::Add, &key, b"")
+                    .map_err(|e| FsError::store(&key, e))?;
+            }
+            self.delete_unreached(std::slice::from_ref(&node.data_key))?;
+            Ok(key)
+        })?;
         node.data_key = key;
         Ok(())
     }
@@ -249,21 +265,18 @@ impl<S: Store> MemFs<S> {
     /// Undoes a create that failed after its batch, retrying each step a few times (a
     /// store that stays down leaves unreachable keys, which `memfis check` reports).
     fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
-        const TRIES: usize = 5;
         if undo.entry {
-            (0..TRIES).find(|_| {
-                self.entry_swap(undo.parent, undo.name, Some(undo.ino), None)
-                    .is_ok()
-            });
+            let _ = retried(|| self.entry_swap(undo.parent, undo.name, Some(undo.ino), None));
         }
         if undo.logged {
-            (0..TRIES).find(|_| {
-                self.log_dir_changes(undo.parent, &[(Op::Remove, undo.kind, undo.ino, undo.name)])
-                    .is_ok_and(|_| true)
-                    || matches!(
-                        self.dir_seq_value(undo.parent),
-                        Ok(None) // the directory is gone: nothing lists it any more
-                    )
+            let _ = retried(|| {
+                let taken_back = self
+                    .log_dir_changes(undo.parent, &[(Op::Remove, undo.kind, undo.ino, undo.name)]);
+                match (taken_back, self.dir_seq_value(undo.parent)) {
+                    (Ok(()), _) => Ok(()),
+                    (Err(_), Ok(None)) => Ok(()), // the directory is gone: nothing lists it
+                    (Err(e), _) => Err(e),
+                }
             });
         }
         let mut batch = vec![
@@ -274,7 +287,11 @@ impl<S: Store> MemFs<S> {
             },
         ];
         for (cmd, added) in own_keys.iter().zip(&undo.own_added) {
-            if *added {
+            // A file's data key is at the name's path: if the name went to another inode,
+            // whatever that one wrote there is its own (a rename's copy, a create's empty
+            // value), so it stays.
+            let name_is_ours = undo.entry || undo.kind != Kind::File;
+            if *added && name_is_ours {
                 batch.push(Command::Delete(cmd.key().to_vec()));
             }
         }
@@ -615,20 +632,28 @@ impl<S: Store> MemFs<S> {
     /// Deletes data keys written at paths that, after a rename, no entry reaches (another
     /// file's key is left alone). Under the namespace lock, so no rename can give a path a
     /// name between the check and the delete.
+    /// If that fails, the keys are kept for the heartbeat to retry.
     pub(crate) fn delete_keys_outside_tree(&self, keys: &[Vec<u8>]) -> FsResult<()> {
+        let deleted = retried(|| self.with_ns_lock(Vec::new(), |_, _| self.delete_unreached(keys)));
+        if deleted.is_err() {
+            lock(&self.stale_keys).extend(keys.iter().cloned());
+        }
+        deleted
+    }
+
+    /// [`Self::delete_keys_outside_tree`] for a caller that holds the lock.
+    fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         let prefix = self.keys.data(b"");
-        self.with_ns_lock(Vec::new(), |_, _| {
-            for key in keys {
-                let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
-                    continue;
-                };
-                let path = crate::keys::unescape(escaped_path);
-                if self.resolve_path(&path)?.is_none() {
-                    self.store.delete(key).map_err(|e| FsError::store(key, e))?;
-                }
+        for key in keys {
+            let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
+                continue;
+            };
+            let path = crate::keys::unescape(escaped_path);
+            if self.resolve_path(&path)?.is_none() {
+                self.store.delete(key).map_err(|e| FsError::store(key, e))?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// Follows `path` (`/a/b`) from the root through entries, without caches.

@@ -315,6 +315,11 @@ impl<S: Store> MemFs<S> {
             let _local = lock(&self.ns_local);
             self.wait_quiet()?;
         }
+        // Data keys at paths renames took away, whose deletion failed.
+        let stale = std::mem::take(&mut *lock(&self.stale_keys));
+        if !stale.is_empty() {
+            self.delete_keys_outside_tree(&stale)?;
+        }
         // One whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {
