@@ -52,12 +52,16 @@ pub type Listing = BTreeMap<Vec<u8>, (u64, Kind)>;
 /// The state of a log being replayed: every name with the inodes it points at, latest last.
 #[derive(Debug, Default)]
 pub struct Replay {
-    names: BTreeMap<Vec<u8>, Vec<(u64, Kind)>>,
+    names: BTreeMap<Vec<u8>, NameState>,
 }
 
-/// Names the log adds more than one inode to without removing the others: a create that
-/// lost the claim of a name to another and died before taking its record back. The entry key
-/// decides which inode the name has.
+/// A name during replay: its live inodes, latest last, and whether it had more than one
+/// since it was last empty (then only the entry key can tell which, if any, is real).
+type NameState = (Vec<(u64, Kind)>, bool);
+
+/// Names the log added more than one inode to without removing the others (a create that
+/// lost the claim of a name to another and died before taking its record back), with the
+/// inodes still live. The entry key decides which, if any, the name has.
 pub type Ambiguous = Vec<(Vec<u8>, Vec<(u64, Kind)>)>;
 
 impl Replay {
@@ -66,10 +70,10 @@ impl Replay {
     pub fn finish(self) -> (Listing, Ambiguous) {
         let mut listing = Listing::new();
         let mut ambiguous = Ambiguous::new();
-        for (name, mut inos) in self.names {
-            match inos.len() {
-                0 => {}
-                1 => {
+        for (name, (mut inos, doubtful)) in self.names {
+            match (inos.len(), doubtful) {
+                (0, _) => {}
+                (1, false) => {
                     listing.insert(name, inos.pop().expect("one"));
                 }
                 _ => ambiguous.push((name, inos)),
@@ -82,7 +86,7 @@ impl Replay {
     pub fn listing(self) -> Listing {
         self.names
             .into_iter()
-            .filter_map(|(name, mut inos)| Some((name, inos.pop()?)))
+            .filter_map(|(name, (mut inos, _))| Some((name, inos.pop()?)))
             .collect()
     }
 }
@@ -129,11 +133,16 @@ pub fn replay(key: &[u8], chunk: &[u8], state: &mut Replay) -> FsResult<()> {
             return Err(bad("truncated record"));
         }
         let name = rest[colon + 1..end].to_vec();
-        let inos = state.names.entry(name).or_default();
+        let (inos, doubtful) = state.names.entry(name).or_default();
         inos.retain(|(i, _)| *i != ino);
         if op == Op::Add {
             inos.push((ino, kind));
         }
+        *doubtful = match inos.len() {
+            0 => false,
+            1 => *doubtful,
+            _ => true,
+        };
         rest = &rest[end + 1..];
     }
     Ok(())

@@ -508,6 +508,7 @@ impl<S: Store> MemFs<S> {
                     self.reacquire(guard)?;
                 }
                 guard.released = false;
+                self.store_intent(guard)?;
                 self.complete(&intent)?;
             }
             Ok(())

@@ -76,7 +76,10 @@ impl<S: Store> MemFs<S> {
             && let Some(intent) = guard.intent.clone()
         {
             warn!(?intent, "operation failed midway; completing it");
-            if let Err(e) = self.complete(&intent) {
+            if let Err(e) = self
+                .store_intent(&mut guard)
+                .and_then(|()| self.complete(&intent))
+            {
                 // Keep the lock: this mount's next operation (or another mount, once this one
                 // is gone) completes the intent.
                 error!(error = %e, ?intent, "cannot complete the operation now; this mount keeps the lock to retry");
@@ -125,6 +128,21 @@ impl<S: Store> MemFs<S> {
             .zip(results)
             .map(|(key, r)| crate::fs::stored(key, r))
             .collect()
+    }
+
+    /// Stores the guard's intent in the lock again (before completing it after a failed
+    /// batch that may not have stored it).
+    pub(crate) fn store_intent(&self, guard: &mut NsLock<'_>) -> FsResult<()> {
+        let Some(intent) = guard.intent.clone() else {
+            return Ok(());
+        };
+        let cmd = self.intent_cmd(guard, intent);
+        crate::fs::retried(|| {
+            self.store
+                .run(cmd.clone())
+                .map(drop)
+                .map_err(|e| FsError::store(&self.keys.ns_lock(), e))
+        })
     }
 
     /// The command that releases the lock (last in an operation's last batch).
