@@ -434,7 +434,12 @@ impl<S: Store> MemFs<S> {
         for _ in 0..crate::fs::CAS_RETRIES {
             // The open file is unlocked before waiting: completing another mount's intent
             // may need it.
-            let outcome = self.publish(ino, &mut lock(file))?;
+            let outcome = self.publish(ino, &mut lock(file));
+            if outcome.is_err() {
+                // Keys written at paths a rename took away go once no name is at them.
+                lock(&self.stale_keys).append(&mut lock(file).written);
+            }
+            let outcome = outcome?;
             match outcome {
                 Published::Done(stale) if stale.is_empty() => return Ok(()),
                 Published::Done(stale) => return self.delete_keys_outside_tree(&stale),
@@ -502,16 +507,16 @@ impl<S: Store> MemFs<S> {
                 }
             }
             let cas_result = results.next().expect("cas result");
-            let lock_held =
-                crate::fs::value_of(&self.keys.ns_lock(), results.next().expect("result"))?
-                    .is_some();
-            self.observe_generation(results.next().expect("result"))?;
-            let moved = self.dir_generation.load(Ordering::SeqCst) != generation_before;
+            let lock_result = results.next().expect("result");
+            let generation = results.next().expect("result");
             if let Some(e) = failure {
                 warn!(ino, error = %e, "publishing file failed");
                 self.after_failed_publish(ino, of);
                 return Err(e);
             }
+            let lock_held = crate::fs::value_of(&self.keys.ns_lock(), lock_result)?.is_some();
+            self.observe_generation(generation)?;
+            let moved = self.dir_generation.load(Ordering::SeqCst) != generation_before;
             match cas_result {
                 Ok(Reply::Stored) => {
                     of.record = rec;
@@ -557,7 +562,9 @@ impl<S: Store> MemFs<S> {
         of.data = None;
         of.data_dirty = false;
         of.pending = Pending::default();
-        of.written.clear();
+        // Keys written at paths a rename took away meanwhile go when the heartbeat finds no
+        // name at them (the file's own stay).
+        lock(&self.stale_keys).append(&mut of.written);
         let emptied = self.update_record(ino, |r| {
             r.size = 0;
             Ok(())
@@ -574,6 +581,9 @@ impl<S: Store> MemFs<S> {
                     .map(|k| Command::store(StoreOp::Set, k, b""))
                     .collect(),
             );
+            // Another mount may have removed or moved the file meanwhile: the heartbeat
+            // deletes these again if no name is at them.
+            lock(&self.stale_keys).extend(keys);
         }
     }
 }

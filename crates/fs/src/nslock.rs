@@ -327,18 +327,12 @@ impl<S: Store> MemFs<S> {
         if !same {
             return Err(FsError::StoreGone);
         }
-        // An operation of this mount that failed midway holds the lock with its intent:
-        // complete it now rather than at this mount's next namespace operation.
-        if lock(&self.leftover).is_some() {
-            let _local = lock(&self.ns_local);
-            self.wait_quiet()?;
-        }
         // Data keys at paths renames took away, whose deletion failed.
         let stale = std::mem::take(&mut *lock(&self.stale_keys));
         if !stale.is_empty() {
             self.delete_keys_outside_tree(&stale)?;
         }
-        // One whose intent is kept here without the lock: take it again to complete it.
+        // An operation whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {
             self.with_ns_lock(Vec::new(), |guard, _| {
@@ -346,6 +340,12 @@ impl<S: Store> MemFs<S> {
                 self.complete(&intent)
             })?;
             *lock(&self.orphaned) = None;
+        }
+        // Last, as the steps above may leave it: the lock this mount still holds after an
+        // operation failed midway (or its release failed).
+        if lock(&self.leftover).is_some() {
+            let _local = lock(&self.ns_local);
+            self.wait_quiet()?;
         }
         Ok(())
     }
