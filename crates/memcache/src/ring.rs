@@ -1,6 +1,7 @@
 //! Which server owns a key: a copy of nginx's `hash $memcached_key consistent` continuum
 //! (ngx_http_upstream_hash_module.c), so nginx finds every key where memfis wrote it.
-//! See `store-contract.md` §3. Written by hand because the only crate with this algorithm
+//! The rule: CRC-32 points, 160 per unit of weight over `host\0port` + the previous point,
+//! looked up with the CRC-32 of the unescaped key. Written by hand because the only crate with this algorithm
 //! (pingora-ketama) takes socket addresses, not the server text nginx hashes.
 
 /// Points per unit of weight, as in nginx.
