@@ -46,4 +46,8 @@ impl<S: Store> Store for FencedStore<S> {
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
         self.inner.list_keys()
     }
+
+    fn in_order(&self) -> bool {
+        self.inner.in_order()
+    }
 }

@@ -492,9 +492,11 @@ impl<S: Store> MemFs<S> {
             let value = rec.encode();
             self.check_record_size(&ikey, value.len())?;
             batch.push(Command::cas(&ikey, &value, of.cas.unwrap_or(0)));
-            batch.push(Command::Get(self.keys.ns_lock()));
-            batch.push(Command::Get(self.keys.dir_generation()));
-            let mut results = self.store.execute(batch).into_iter();
+            let fence = vec![
+                Command::Get(self.keys.ns_lock()),
+                Command::Get(self.keys.dir_generation()),
+            ];
+            let mut results = self.execute_in_order(batch, fence).into_iter();
             let mut failure = None;
             for (k, r) in keys.iter().zip(results.by_ref()) {
                 match r {

@@ -339,6 +339,24 @@ impl<S: Store> MemFs<S> {
         conflict(&read()?)
     }
 
+    /// Runs `first`, then `then`, which must see every command of `first` applied (a fence
+    /// read after writes, a lock released after changes): one pipelined batch on a single
+    /// server, two round trips on a pool. Results in command order.
+    pub(crate) fn execute_in_order(
+        &self,
+        first: Vec<Command>,
+        then: Vec<Command>,
+    ) -> Vec<CmdResult> {
+        if self.store.in_order() {
+            let mut batch = first;
+            batch.extend(then);
+            return self.store.execute(batch);
+        }
+        let mut results = self.store.execute(first);
+        results.extend(self.store.execute(then));
+        results
+    }
+
     // ----- records -------------------------------------------------------------------------
 
     /// Reads an inode record with its cas token. A missing record is EIO naming the key.

@@ -95,12 +95,15 @@ impl<S: Store> MemFs<S> {
                 key: self.keys.inode_count(),
                 delta: 1,
             },
-            Command::Get(self.keys.ns_lock()),
-            Command::Get(self.keys.dir_generation()),
         ]);
         let own_keys = self.own_keys(ino, &rec, &data_key);
         batch.extend(own_keys.iter().cloned());
-        let mut results = self.store.execute(batch).into_iter();
+        // Read after every write: a directory rename that starts later sees them all.
+        let fence = vec![
+            Command::Get(self.keys.ns_lock()),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        let mut results = self.execute_in_order(batch, fence).into_iter();
         let mut next = || results.next().expect("one result per command");
         let inode_added = stored(&ikey, next());
         let cas = value_of(&ikey, next());
@@ -109,9 +112,10 @@ impl<S: Store> MemFs<S> {
         let mut next = || results.next().expect("one result per command");
         let touched = next();
         let _inode_count = next(); // statistics only
+        let own_results: Vec<CmdResult> = results.by_ref().take(own_keys.len()).collect();
+        let mut next = || results.next().expect("one result per command");
         let lock_held = value_of(&self.keys.ns_lock(), next()).map(|v| v.is_some());
         let generation = next();
-        let own_results: Vec<CmdResult> = results.collect();
 
         let mut undo = Undo {
             ino,
@@ -480,10 +484,12 @@ impl<S: Store> MemFs<S> {
             if rec.kind == Kind::File {
                 batch.push(Command::Delete(self.keys.data(&path)));
             }
-            if last_link {
-                batch.push(self.unlock_cmd(guard));
-            }
-            let results = self.store.execute(batch);
+            let release = if last_link {
+                vec![self.unlock_cmd(guard)]
+            } else {
+                Vec::new()
+            };
+            let results = self.execute_in_order(batch, release);
             // The lock's delete, last in the batch, ran only if the batch got that far.
             let unlocked = last_link && results.last().is_some_and(|r| r.is_ok());
             let mut results = results.into_iter();

@@ -52,6 +52,9 @@ struct Stepped {
     sched: Arc<Sched>,
     mount: usize,
     stepping: Arc<AtomicBool>,
+    /// Whether it stands for one server (batches in order) or a pool (the filesystem then
+    /// splits what must be ordered into separate batches).
+    in_order: bool,
 }
 
 fn io_error() -> StoreError {
@@ -123,6 +126,10 @@ impl Store for Stepped {
 
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
         self.inner.list_keys()
+    }
+
+    fn in_order(&self) -> bool {
+        self.in_order
     }
 }
 
@@ -312,6 +319,7 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
                 sched: sched.clone(),
                 mount: m,
                 stepping: stepping.clone(),
+                in_order: choices.first().is_none_or(|c| c % 2 == 0),
             };
             MemFs::new(s, keys.clone(), cfg.clone()).unwrap()
         })

@@ -200,6 +200,10 @@ impl Store for Client {
         })
     }
 
+    fn in_order(&self) -> bool {
+        self.pools.len() == 1
+    }
+
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
         let mut all = Vec::new();
         for p in &self.pools {

@@ -50,6 +50,13 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// True when a batch runs in the order of its commands: everything goes to one server
+    /// over one connection (memcached executes a connection's commands in order). A pool splits
+    /// a batch over servers, with no order between them.
+    fn in_order(&self) -> bool {
+        true
+    }
+
     /// Every key the store holds, when it can list them (memcached's `lru_crawler
     /// metadump`; not through twemproxy). `None` when it cannot.
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
@@ -105,5 +112,8 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
         (**self).list_keys()
+    }
+    fn in_order(&self) -> bool {
+        (**self).in_order()
     }
 }
