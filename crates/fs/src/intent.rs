@@ -106,12 +106,7 @@ impl<S: Store> MemFs<S> {
                 ino,
                 last_seq,
             } => {
-                let seq_key = self.keys.dir_seq(*ino);
-                let seq = self
-                    .store
-                    .get(&seq_key)
-                    .map_err(|e| FsError::store(&seq_key, e))?;
-                if seq.is_some_and(|i| crate::fs::parse_number(&i.value).is_some()) {
+                if self.dir_seq_value(*ino)?.is_some() {
                     return Ok(()); // the fence was never set: nothing happened
                 }
                 self.entry_swap(*parent, name, Some(*ino), None)?;

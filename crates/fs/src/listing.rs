@@ -16,7 +16,7 @@ use memfis_memcache::{CmdResult, Command, Reply, Store, StoreError, StoreOp};
 use tracing::warn;
 
 use crate::dirlog::{self, Op};
-use crate::fs::{Attr, DirEntry, MemFs, lock, parse_number, value_of};
+use crate::fs::{Attr, DirEntry, MemFs, lock, value_of};
 use crate::keys::LOG_CHUNK_RECORDS;
 use crate::record::{Inode, Kind, Time};
 use crate::{FsError, FsResult};
@@ -215,15 +215,10 @@ impl<S: Store> MemFs<S> {
     /// The listing of a directory, replayed from its log.
     pub fn list_dir(&self, dir: u64) -> FsResult<dirlog::Listing> {
         let started = Instant::now();
-        let seq_key = self.keys.dir_seq(dir);
-        let seq = self
-            .store
-            .get(&seq_key)
-            .map_err(|e| FsError::store(&seq_key, e))?
-            .ok_or_else(|| FsError::missing(&seq_key))?;
-        let Some(seq) = parse_number(&seq.value) else {
-            return Err(FsError::NotFound); // fenced: being removed
-        };
+        let (seq, _) = self
+            .read_dir_seq(dir)?
+            .ok_or_else(|| FsError::missing(&self.keys.dir_seq(dir)))?;
+        let seq = seq.ok_or(FsError::NotFound)?; // fenced: being removed
         let listing = self.replay_log(dir, seq)?;
         let names = listing.iter().map(|(n, (i, _))| (n.clone(), *i)).collect();
         lock(&self.known_names).insert(dir, (names, started));

@@ -552,12 +552,18 @@ impl<S: Store> MemFs<S> {
 
     /// A directory's sequence number; `None` when missing or fenced.
     pub(crate) fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
+        Ok(self.read_dir_seq(dir)?.and_then(|(seq, _)| seq))
+    }
+
+    /// A directory's sequence key with its cas token: `None` when missing, a `None` number
+    /// when fenced (an rmdir or rename-over is removing the directory).
+    pub(crate) fn read_dir_seq(&self, dir: u64) -> FsResult<Option<(Option<u64>, u64)>> {
         let key = self.keys.dir_seq(dir);
         Ok(self
             .store
-            .get(&key)
+            .gets(&key)
             .map_err(|e| FsError::store(&key, e))?
-            .and_then(|i| parse_number(&i.value)))
+            .map(|i| (parse_number(&i.value), i.cas.unwrap_or(0))))
     }
 
     /// Deletes an inode's record and, for a directory, its log keys.
@@ -622,17 +628,14 @@ impl<S: Store> MemFs<S> {
     /// valid only if nothing was logged since, and the sequence's value.
     pub(crate) fn empty_dir_fence(&self, dir: u64) -> FsResult<(Command, u64)> {
         let seq_key = self.keys.dir_seq(dir);
-        let item = self
-            .store
-            .gets(&seq_key)
-            .map_err(|e| FsError::store(&seq_key, e))?
+        let (seq, cas) = self
+            .read_dir_seq(dir)?
             .ok_or_else(|| FsError::missing(&seq_key))?;
-        let last_seq =
-            parse_number(&item.value).ok_or_else(|| FsError::corrupt(&seq_key, "not a number"))?;
+        let last_seq = seq.ok_or(FsError::NotFound)?; // already being removed
         if !self.replay_log(dir, last_seq)?.is_empty() {
             return Err(FsError::NotEmpty);
         }
-        let fence = Command::cas(&seq_key, b"removed", item.cas.unwrap_or(0));
+        let fence = Command::cas(&seq_key, b"removed", cas);
         Ok((fence, last_seq))
     }
 
