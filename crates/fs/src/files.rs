@@ -479,7 +479,7 @@ impl<S: Store> MemFs<S> {
             }
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
-            let generation_before = self.dir_generation.load(Ordering::SeqCst);
+            let generation_before = self.meta.generation();
             let keys = if of.data_dirty {
                 self.data_keys(&rec)?
             } else {
@@ -518,7 +518,7 @@ impl<S: Store> MemFs<S> {
             }
             let lock_held = crate::fs::value_of(&self.keys.ns_lock(), lock_result)?.is_some();
             self.observe_generation(generation)?;
-            let moved = self.dir_generation.load(Ordering::SeqCst) != generation_before;
+            let moved = self.meta.generation() != generation_before;
             match cas_result {
                 Ok(Reply::Stored) => {
                     of.record = rec;

@@ -2,9 +2,9 @@
 //! entries and directory logs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
@@ -13,6 +13,7 @@ use tracing::warn;
 use crate::fenced_store::FencedStore;
 use crate::files::{Handle, OpenFile};
 use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
+use crate::meta_cache::{DirInfo, MetaCache};
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
 use crate::{FsError, FsResult};
 
@@ -120,38 +121,9 @@ pub struct MemFs<S: Store> {
     pub(crate) files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     pub(crate) handles: Mutex<HashMap<u64, Handle>>,
     pub(crate) next_fh: AtomicU64,
-    /// The store's directory-rename count as last seen; cached paths from an older count
-    /// are not used.
-    pub(crate) dir_generation: AtomicU64,
-    /// Each directory met recently: its path (root is the empty path), mode and group.
-    dir_paths: Mutex<HashMap<u64, DirInfo>>,
-    /// Attributes of directories met recently: the kernel drops its copy whenever an entry
-    /// changes, and asking the store again each time would cost `cp -a` a round trip a file.
-    pub(crate) dir_attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
-    /// Names of directories whose full listing this mount knew at the given time (it made
-    /// them, or listed them), with their inodes, kept up to date with its own changes.
-    /// Within the cache TTL a name not in the map is answered ENOENT without the store: the
-    /// same staleness the kernel's entry cache allows, and it saves `cp -a` the negative
-    /// lookup of every file. The inode lets unlink read the record with the entry.
-    pub(crate) known_names: Mutex<HashMap<u64, KnownNames>>,
-    /// Lowest sequence number each directory's log has reached, as last seen: where a new
-    /// log record can go without first asking (see `listing.rs`).
-    pub(crate) seq_hints: Mutex<HashMap<u64, u64>>,
+    /// What this mount remembers of directories between operations (bounded, expiring).
+    pub(crate) meta: MetaCache,
 }
-
-/// What creating inside a directory needs of it, and when it was read.
-#[derive(Debug, Clone)]
-pub(crate) struct DirInfo {
-    pub path: Vec<u8>,
-    pub mode: u32,
-    pub gid: u32,
-    at: Instant,
-    /// The directory-rename count the path was worked out under.
-    generation: u64,
-}
-
-/// A directory's names (with their inodes) and when they were last read from the store.
-pub(crate) type KnownNames = (HashMap<Vec<u8>, u64>, Instant);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -203,7 +175,6 @@ impl<S: Store> MemFs<S> {
         let mut fs = MemFs {
             store: FencedStore::new(store),
             keys,
-            cfg,
             mount_id: random_id(),
             store_id: String::new(),
             ns_local: Mutex::new(()),
@@ -214,11 +185,8 @@ impl<S: Store> MemFs<S> {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            dir_generation: AtomicU64::new(0),
-            dir_paths: Mutex::new(HashMap::new()),
-            dir_attrs: Mutex::new(HashMap::new()),
-            known_names: Mutex::new(HashMap::new()),
-            seq_hints: Mutex::new(HashMap::new()),
+            meta: MetaCache::new(cfg.cache_ttl),
+            cfg,
         };
         fs.store_id = fs.check_or_create_format()?;
         fs.register_prefix()?;
@@ -416,8 +384,7 @@ impl<S: Store> MemFs<S> {
         if let Some(of) = self.open_file(ino) {
             lock(&of).adopt_record(rec.clone());
         }
-        lock(&self.dir_attrs).remove(&ino);
-        lock(&self.dir_paths).remove(&ino);
+        self.meta.forget_record(ino);
     }
 
     /// The gets + cas loop of [`Self::update_inode`], touching no open-file state (for
@@ -521,10 +488,7 @@ impl<S: Store> MemFs<S> {
         };
         let gen_now =
             parse_number(&item.value).ok_or_else(|| FsError::corrupt(&key, "not a number"))?;
-        let before = self.dir_generation.swap(gen_now, Ordering::SeqCst);
-        if before != gen_now {
-            lock(&self.dir_paths).clear();
-        }
+        self.meta.observe_generation(gen_now);
         Ok(())
     }
 
@@ -543,12 +507,9 @@ impl<S: Store> MemFs<S> {
     }
 
     fn dir_info_at(&self, dir: u64, depth: usize) -> FsResult<DirInfo> {
-        let generation = self.dir_generation.load(Ordering::SeqCst);
-        if let Some(info) = lock(&self.dir_paths).get(&dir)
-            && info.at.elapsed() < self.cfg.cache_ttl
-            && info.generation == generation
-        {
-            return Ok(info.clone());
+        let generation = self.meta.generation();
+        if let Some(info) = self.meta.dir_info(dir) {
+            return Ok(info);
         }
         if depth > MAX_DEPTH {
             return Err(FsError::corrupt(
@@ -571,15 +532,9 @@ impl<S: Store> MemFs<S> {
                 ));
             }
         };
-        let info = DirInfo {
-            path,
-            mode: rec.mode,
-            gid: rec.gid,
-            at: Instant::now(),
-            generation,
-        };
-        lock(&self.dir_paths).insert(dir, info.clone());
-        Ok(info)
+        Ok(self
+            .meta
+            .put_dir_info(dir, path, rec.mode, rec.gid, generation))
     }
 
     /// The path of entry `name` of directory `dir`, for messages (best effort).
@@ -588,14 +543,6 @@ impl<S: Store> MemFs<S> {
             Ok(p) => String::from_utf8_lossy(&join(&p, name)).into_owned(),
             Err(_) => format!("<directory inode {dir}>/{}", String::from_utf8_lossy(name)),
         }
-    }
-
-    /// Drops everything cached about directory `ino` (it was removed or moved).
-    pub(crate) fn forget_dir(&self, ino: u64) {
-        lock(&self.dir_paths).clear();
-        lock(&self.dir_attrs).remove(&ino);
-        lock(&self.known_names).remove(&ino);
-        lock(&self.seq_hints).remove(&ino);
     }
 
     pub(crate) fn link_path(&self, link: &Link) -> FsResult<Vec<u8>> {
@@ -647,10 +594,8 @@ impl<S: Store> MemFs<S> {
             let of = lock(&of);
             return Ok(Some(self.attr_from(ino, &of.view(), None)));
         }
-        if let Some((attr, at)) = lock(&self.dir_attrs).get(&ino)
-            && at.elapsed() < self.cfg.cache_ttl
-        {
-            return Ok(Some(attr.clone()));
+        if let Some(attr) = self.meta.dir_attr(ino) {
+            return Ok(Some(attr));
         }
         let key = self.keys.inode(ino);
         let mkey = self.keys.dir_mtime(ino);
@@ -666,14 +611,14 @@ impl<S: Store> MemFs<S> {
             .and_then(|i| Time::from_text(&i.value));
         let attr = self.attr_from(ino, &rec, mtime);
         if attr.kind == Kind::Dir {
-            lock(&self.dir_attrs).insert(ino, (attr.clone(), Instant::now()));
+            self.meta.put_dir_attr(ino, attr.clone());
         }
         Ok(Some(attr))
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
-        if self.known_absent(parent, name) {
+        if self.meta.known_absent(parent, name) {
             return Err(FsError::NotFound);
         }
         for _ in 0..CAS_RETRIES {

@@ -112,7 +112,7 @@ impl<S: Store> MemFs<S> {
                 self.entry_swap(*parent, name, Some(*ino), None)?;
                 self.log_dir_changes(*parent, &[(Op::Remove, Kind::Dir, *ino, name)])?;
                 self.delete_inode_keys(*ino, Kind::Dir, *last_seq)?;
-                self.forget_dir(*ino);
+                self.meta.forget_dir(*ino);
                 Ok(())
             }
             Intent::Link {

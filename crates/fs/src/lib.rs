@@ -30,6 +30,7 @@ pub mod fs;
 pub mod intent;
 pub mod keys;
 pub mod listing;
+mod meta_cache;
 pub mod namespace;
 pub mod nslock;
 pub mod record;

@@ -45,7 +45,7 @@ pub(crate) enum Logged {
 impl<S: Store> MemFs<S> {
     /// Builds the commands that append `changes` to `dir`'s log in one batch.
     pub(crate) fn log_append(&self, dir: u64, changes: &[LogChange<'_>]) -> LogAppend {
-        let hint = lock(&self.seq_hints).get(&dir).copied().unwrap_or(0);
+        let hint = self.meta.seq_hint(dir);
         let mut records = Vec::new();
         for (op, kind, ino, name) in changes {
             records.extend(dirlog::encode(*op, *kind, *ino, name));
@@ -119,12 +119,10 @@ impl<S: Store> MemFs<S> {
                 r.map_err(|e| FsError::store(&chunk_key, e))?;
             }
         }
-        let mut hints = lock(&self.seq_hints);
-        let hint = hints.entry(la.dir).or_insert(0);
-        *hint = (*hint).max(last);
-        drop(hints);
+        self.meta.raise_seq_hint(la.dir, last);
         for (op, name, ino) in &la.changes {
-            self.note_name(la.dir, name, (*op == Op::Add).then_some(*ino));
+            self.meta
+                .note_name(la.dir, name, (*op == Op::Add).then_some(*ino));
         }
         Ok(Logged::Done)
     }
@@ -142,10 +140,7 @@ impl<S: Store> MemFs<S> {
 
     /// Keeps this mount's cached attributes of `dir` in step with an mtime it just set.
     pub(crate) fn note_dir_touched(&self, dir: u64, now: Time) {
-        if let Some((attr, _)) = lock(&self.dir_attrs).get_mut(&dir) {
-            attr.mtime = now;
-            attr.ctime = now;
-        }
+        self.meta.dir_touched(dir, now);
     }
 
     /// Appends records to a directory's log and bumps its mtime: one round trip.
@@ -166,30 +161,6 @@ impl<S: Store> MemFs<S> {
             .map_err(|e| FsError::store(&mtime_key, e))?;
         self.note_dir_touched(dir, now);
         Ok(())
-    }
-
-    /// Keeps a known listing in step with a change this mount made (`Some(ino)`: now there).
-    pub(crate) fn note_name(&self, dir: u64, name: &[u8], now: Option<u64>) {
-        if let Some((names, _)) = lock(&self.known_names).get_mut(&dir) {
-            match now {
-                Some(ino) => names.insert(name.to_vec(), ino),
-                None => names.remove(name),
-            };
-        }
-    }
-
-    /// True when this mount listed `dir` within the cache TTL and `name` was not in it.
-    pub(crate) fn known_absent(&self, dir: u64, name: &[u8]) -> bool {
-        lock(&self.known_names)
-            .get(&dir)
-            .is_some_and(|(names, at)| {
-                at.elapsed() < self.cfg.cache_ttl && !names.contains_key(name)
-            })
-    }
-
-    /// The inode this mount last knew at `name` in `dir`, to read its record speculatively.
-    pub(crate) fn known_child(&self, dir: u64, name: &[u8]) -> Option<u64> {
-        lock(&self.known_names).get(&dir)?.0.get(name).copied()
     }
 
     pub(crate) fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
@@ -221,10 +192,8 @@ impl<S: Store> MemFs<S> {
         let seq = seq.ok_or(FsError::NotFound)?; // fenced: being removed
         let listing = self.replay_log(dir, seq)?;
         let names = listing.iter().map(|(n, (i, _))| (n.clone(), *i)).collect();
-        lock(&self.known_names).insert(dir, (names, started));
-        let mut hints = lock(&self.seq_hints);
-        let hint = hints.entry(dir).or_insert(0);
-        *hint = (*hint).max(seq);
+        self.meta.put_listing(dir, names, started);
+        self.meta.raise_seq_hint(dir, seq);
         Ok(listing)
     }
 

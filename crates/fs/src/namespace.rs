@@ -75,7 +75,7 @@ impl<S: Store> MemFs<S> {
         // claim that loses must take the log record back in the next batch. Unless this
         // mount listed the directory within the TTL and the name was not there (`cp -a`),
         // ask first, so a taken name costs no such round.
-        if !self.known_absent(parent, name) && self.read_entry(parent, name)?.ino.is_some() {
+        if !self.meta.known_absent(parent, name) && self.read_entry(parent, name)?.ino.is_some() {
             return Err(FsError::Exists);
         }
         let ino = self.alloc_ino()?;
@@ -179,12 +179,12 @@ impl<S: Store> MemFs<S> {
                 return Err(e);
             }
         };
-        self.note_name(parent, name, Some(ino));
+        self.meta.note_name(parent, name, Some(ino));
         self.note_dir_touched(parent, now);
         if rec.kind == Kind::Dir {
             // Nobody could list it before its entry existed: its (empty) listing is known.
-            lock(&self.known_names).insert(ino, (HashMap::new(), Instant::now()));
-            lock(&self.seq_hints).insert(ino, 0);
+            self.meta.put_listing(ino, HashMap::new(), Instant::now());
+            self.meta.raise_seq_hint(ino, 0);
         }
         let mut node = NewNode {
             ino,
@@ -423,7 +423,7 @@ impl<S: Store> MemFs<S> {
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let ekey = self.keys.entry(parent, name);
-        let guess = self.known_child(parent, name);
+        let guess = self.meta.known_child(parent, name);
         let mut reads = vec![
             Command::Gets(ekey.clone()),
             Command::Get(self.keys.dir_generation()),
@@ -586,8 +586,7 @@ impl<S: Store> MemFs<S> {
         for r in self.store.execute(batch) {
             r.map_err(|e| FsError::store(&key, e))?;
         }
-        lock(&self.dir_attrs).remove(&ino);
-        lock(&self.known_names).remove(&ino);
+        self.meta.forget_removed_dir(ino);
         if let Some(of) = self.open_file(ino) {
             lock(&of).unlinked = true;
         }

@@ -257,7 +257,7 @@ impl<S: Store> MemFs<S> {
                     .store(StoreOp::Add, &key, b"1")
                     .map_err(|e| FsError::store(&key, e))?;
             }
-            self.forget_dir(r.ino);
+            self.meta.forget_dir(r.ino);
         }
         Ok(())
     }
