@@ -12,10 +12,11 @@ use memfis_memcache::{Command, Store};
 use serde::Serialize;
 
 use crate::dirlog;
-use crate::fs::{entry_slot, join, parse_number, value_of};
+use crate::fs::join;
 use crate::keys::{KeyLayout, LOG_CHUNK_RECORDS, ROOT_INO};
 use crate::nslock::LockValue;
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
+use crate::replies::{Replies, entry_slot, parse_number, value_of};
 use crate::{FsError, FsResult};
 
 /// Commands per pipelined batch while scanning.
@@ -197,14 +198,14 @@ impl<'a, S: Store> Scan<'a, S> {
                     .collect();
                 results.extend(self.store.execute(batch));
             }
-            let mut results = results.into_iter();
+            let mut results = Replies::new(results);
             let mut data_checks = Vec::new();
             for (name, (ino, kind)) in names {
                 let child = join(&path, name);
                 let ekey = self.keys.entry(dir, name);
                 let ikey = self.keys.inode(*ino);
-                let entry = entry_slot(&ekey, results.next().expect("entry result"));
-                let rec = value_of(&ikey, results.next().expect("record result"))?;
+                let entry = results.entry(&ekey);
+                let rec = results.value(&ikey)?;
                 self.expected.insert(ekey.clone());
                 self.expected.insert(ikey.clone());
                 self.max_ino = self.max_ino.max(*ino);

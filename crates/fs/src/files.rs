@@ -3,95 +3,19 @@
 //! every data key of the file at flush/fsync/release (store contract §4), so readers (nginx,
 //! other mounts) see the old bytes or the new, never a mix.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::warn;
 
-use crate::fs::{Attr, MemFs, SetAttr, lock};
-use crate::record::{Inode, Kind, Link, Time};
+use crate::attr::Attr;
+use crate::fs::MemFs;
+use crate::open_files::OpenFile;
+use crate::record::{Inode, Kind, Link};
+use crate::replies::Replies;
+use crate::sync::lock;
 use crate::{FsError, FsResult};
-
-/// One open() of a file.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    pub ino: u64,
-    pub write: bool,
-    pub append: bool,
-    pub file: Arc<Mutex<OpenFile>>,
-}
-
-/// Attribute changes made through an open file, applied over the stored record at publish.
-#[derive(Debug, Clone, Default)]
-pub struct Pending {
-    pub set: SetAttr,
-    pub ctime: Option<Time>,
-}
-
-impl Pending {
-    pub fn apply(&mut self, set: &SetAttr) {
-        let p = &mut self.set;
-        p.mode = set.mode.or(p.mode);
-        p.uid = set.uid.or(p.uid);
-        p.gid = set.gid.or(p.gid);
-        p.atime = set.atime.or(p.atime);
-        p.mtime = set.mtime.or(p.mtime);
-        self.ctime = Some(Time::now());
-    }
-
-    fn is_empty(&self) -> bool {
-        let p = &self.set;
-        p.mode.is_none()
-            && p.uid.is_none()
-            && p.gid.is_none()
-            && p.atime.is_none()
-            && p.mtime.is_none()
-            && self.ctime.is_none()
-    }
-
-    fn apply_to(&self, rec: &mut Inode) {
-        let p = &self.set;
-        if let Some(m) = p.mode {
-            rec.mode = m & 0o7777;
-        }
-        if let Some(u) = p.uid {
-            rec.uid = u;
-        }
-        if let Some(g) = p.gid {
-            rec.gid = g;
-        }
-        if let Some(t) = p.atime {
-            rec.atime = t;
-        }
-        if let Some(t) = p.mtime {
-            rec.mtime = t;
-        }
-        if let Some(t) = self.ctime {
-            rec.ctime = t;
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct OpenFile {
-    /// The record as last read from or written to the store.
-    pub record: Inode,
-    /// cas token of `record`; `None` when unknown (re-read before publishing).
-    pub cas: Option<u64>,
-    /// The file's bytes, once read (or written).
-    pub data: Option<Value>,
-    pub data_dirty: bool,
-    pub pending: Pending,
-    pub handles: u32,
-    pub writers: u32,
-    /// The last name is gone: keep serving holders, publish nothing.
-    pub unlinked: bool,
-    /// Data keys set by publishes since the file was last clean: a key among them that is
-    /// no name of the file any more (renamed meanwhile) is deleted once the publish settles.
-    pub written: Vec<Vec<u8>>,
-}
 
 /// What one publish attempt found.
 pub(crate) enum Published {
@@ -103,81 +27,7 @@ pub(crate) enum Published {
     AfterNamespaceOp,
 }
 
-impl OpenFile {
-    fn new(record: Inode, cas: Option<u64>) -> OpenFile {
-        OpenFile {
-            record,
-            cas,
-            data: None,
-            data_dirty: false,
-            pending: Pending::default(),
-            handles: 0,
-            writers: 0,
-            unlinked: false,
-            written: Vec::new(),
-        }
-    }
-
-    /// The record as this mount sees it: stored record, pending changes, buffered size.
-    pub fn view(&self) -> Inode {
-        let mut rec = self.record.clone();
-        self.pending.apply_to(&mut rec);
-        if let Some(d) = &self.data {
-            rec.size = d.len() as u64;
-        }
-        rec
-    }
-
-    /// Takes a record this mount just stored (rename, link, xattr ...): its token is unknown.
-    pub fn adopt_record(&mut self, rec: Inode) {
-        self.record = rec;
-        self.cas = None;
-    }
-
-    pub fn resize(&mut self, size: u64) {
-        let data = self.data.get_or_insert_with(Value::default);
-        Arc::make_mut(data).resize(size as usize, 0);
-        self.data_dirty = true;
-        self.touch_mtime();
-    }
-
-    fn touch_mtime(&mut self) {
-        let now = Time::now();
-        self.pending.set.mtime = Some(now);
-        self.pending.ctime = Some(now);
-    }
-
-    fn is_dirty(&self) -> bool {
-        self.data_dirty || !self.pending.is_empty()
-    }
-}
-
 impl<S: Store> MemFs<S> {
-    /// Registers a handle on `file`, whose `handles` count already includes it. The handle
-    /// keeps its own reference: it never has to find the file in the table again.
-    fn new_handle(&self, ino: u64, file: Arc<Mutex<OpenFile>>, flags: i32) -> u64 {
-        let acc = flags & libc::O_ACCMODE;
-        let handle = Handle {
-            ino,
-            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
-            append: flags & libc::O_APPEND != 0,
-            file,
-        };
-        if handle.write {
-            lock(&handle.file).writers += 1;
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, handle);
-        fh
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<Handle> {
-        lock(&self.handles)
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)
-    }
-
     /// Creates and opens a regular file: O_EXCL semantics come from the atomic entry claim.
     pub fn create(
         &self,
@@ -208,17 +58,12 @@ impl<S: Store> MemFs<S> {
         of.data = Some(Value::default());
         of.handles = 1;
         let attr = self.attr_from(ino, &of.view(), None);
-        let of = Arc::new(Mutex::new(of));
-        lock(&self.files).insert(ino, of.clone());
-        Ok((attr, self.new_handle(ino, of, flags)))
+        let of = self.open_files.insert_created(ino, of);
+        Ok((attr, self.open_files.new_handle(ino, of, flags)))
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
-        // Counted under the table lock, so a release racing with this open cannot drop it.
-        let existing = lock(&self.files).get(&ino).cloned().inspect(|of| {
-            lock(of).handles += 1;
-        });
-        let of = match existing {
+        let of = match self.open_files.join(ino) {
             Some(of) => {
                 let mut g = lock(&of);
                 if !g.is_dirty() && g.writers == 0 && !g.unlinked {
@@ -231,7 +76,7 @@ impl<S: Store> MemFs<S> {
                         }
                         Err(e) => {
                             drop(g);
-                            self.drop_handle_count(ino, &of, false);
+                            self.open_files.drop_handle_count(ino, &of, false);
                             return Err(e);
                         }
                     }
@@ -246,11 +91,8 @@ impl<S: Store> MemFs<S> {
                     Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
                     Kind::File => {}
                 }
-                let fresh = Arc::new(Mutex::new(OpenFile::new(rec, Some(cas))));
-                let mut files = lock(&self.files);
-                let of = files.entry(ino).or_insert(fresh).clone();
-                lock(&of).handles += 1;
-                of
+                self.open_files
+                    .join_or_insert(ino, OpenFile::new(rec, Some(cas)))
             }
         };
         let writable = matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR);
@@ -260,22 +102,7 @@ impl<S: Store> MemFs<S> {
             g.data_dirty = true;
             g.touch_mtime();
         }
-        Ok(self.new_handle(ino, of, flags))
-    }
-
-    /// Takes one handle off `of`; the last one takes the file out of the table.
-    fn drop_handle_count(&self, ino: u64, of: &Arc<Mutex<OpenFile>>, writer: bool) {
-        {
-            let mut g = lock(of);
-            g.handles -= 1;
-            if writer {
-                g.writers -= 1;
-            }
-        }
-        let mut files = lock(&self.files);
-        if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, of)) && lock(of).handles == 0 {
-            files.remove(&ino);
-        }
+        Ok(self.open_files.new_handle(ino, of, flags))
     }
 
     /// Loads the file's bytes into the buffer if not there yet. A data key missing while the
@@ -297,11 +124,10 @@ impl<S: Store> MemFs<S> {
                 Command::Get(self.keys.ns_lock()),
                 Command::Get(self.keys.dir_generation()),
             ];
-            let mut r = self.store.execute(batch).into_iter();
-            let value = crate::fs::value_of(&key, r.next().expect("result"))?;
-            let lock_held =
-                crate::fs::value_of(&self.keys.ns_lock(), r.next().expect("result"))?.is_some();
-            self.observe_generation(r.next().expect("result"))?;
+            let mut r = Replies::new(self.store.execute(batch));
+            let value = r.value(&key)?;
+            let lock_held = r.value(&self.keys.ns_lock())?.is_some();
+            self.observe_generation(r.reply())?;
             match value {
                 Some(item) => {
                     if item.value.len() as u64 != of.record.size && !of.is_dirty() {
@@ -371,7 +197,7 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let h = self.handle(fh)?;
+        let h = self.open_files.handle(fh)?;
         let mut of = lock(&h.file);
         self.ensure_loaded(h.ino, &mut of)?;
         let data: &[u8] = of.data.as_deref().map_or(&[], |d| d);
@@ -383,7 +209,7 @@ impl<S: Store> MemFs<S> {
     /// Writes at `offset` (at the end for O_APPEND). `kill_suidgid`: the kernel asks us to drop
     /// set-user/group-ID bits, as for a write by an unprivileged user (FUSE_HANDLE_KILLPRIV_V2).
     pub fn write(&self, fh: u64, offset: u64, bytes: &[u8], kill_suidgid: bool) -> FsResult<u32> {
-        let h = self.handle(fh)?;
+        let h = self.open_files.handle(fh)?;
         if !h.write {
             return Err(FsError::BadHandle);
         }
@@ -412,14 +238,14 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
+        let h = self.open_files.handle(fh)?;
         self.publish_file(h.ino, &h.file)
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
-        let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        let h = self.open_files.take_handle(fh)?;
         let result = self.publish_file(h.ino, &h.file);
-        self.drop_handle_count(h.ino, &h.file, h.write);
+        self.open_files.drop_handle_count(h.ino, &h.file, h.write);
         result
     }
 
@@ -496,9 +322,9 @@ impl<S: Store> MemFs<S> {
                 Command::Get(self.keys.ns_lock()),
                 Command::Get(self.keys.dir_generation()),
             ];
-            let mut results = self.execute_in_order(batch, fence).into_iter();
+            let mut results = Replies::new(self.execute_in_order(batch, fence));
             let mut failure = None;
-            for (k, r) in keys.iter().zip(results.by_ref()) {
+            for (k, r) in keys.iter().zip(results.raw(keys.len())) {
                 match r {
                     Ok(_) => {
                         if !of.written.contains(k) {
@@ -508,15 +334,15 @@ impl<S: Store> MemFs<S> {
                     Err(e) => failure = failure.or(Some(FsError::store(k, e))),
                 }
             }
-            let cas_result = results.next().expect("cas result");
-            let lock_result = results.next().expect("result");
-            let generation = results.next().expect("result");
+            let cas_result = results.reply();
+            let lock_result = results.value(&self.keys.ns_lock());
+            let generation = results.reply();
             if let Some(e) = failure {
                 warn!(ino, error = %e, "publishing file failed");
                 self.after_failed_publish(ino, of);
                 return Err(e);
             }
-            let lock_held = crate::fs::value_of(&self.keys.ns_lock(), lock_result)?.is_some();
+            let lock_held = lock_result?.is_some();
             self.observe_generation(generation)?;
             let moved = self.meta.generation() != generation_before;
             match cas_result {
@@ -563,7 +389,7 @@ impl<S: Store> MemFs<S> {
     fn after_failed_publish(&self, ino: u64, of: &mut OpenFile) {
         of.data = None;
         of.data_dirty = false;
-        of.pending = Pending::default();
+        of.pending = crate::open_files::Pending::default();
         // Keys written at paths a rename took away meanwhile go when the heartbeat finds no
         // name at them (the file's own stay).
         lock(&self.stale_keys).append(&mut of.written);

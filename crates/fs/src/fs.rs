@@ -1,20 +1,21 @@
 //! Namespace operations: the part of the filesystem that works on inode records, directory
 //! entries and directory logs.
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 use tracing::warn;
 
+use crate::attr::{Attr, SetAttr, StatFs};
 use crate::fenced_store::FencedStore;
-use crate::files::{Handle, OpenFile};
 use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
 use crate::meta_cache::{DirInfo, MetaCache};
+use crate::open_files::{OpenFile, OpenFiles};
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
+use crate::replies::{EntrySlot, Replies, entry_slot, parse_number, stored, value_of};
+use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// Longest name of one directory entry (as on Linux filesystems).
@@ -46,55 +47,6 @@ impl Default for FsConfig {
     }
 }
 
-/// Attributes as `stat` shows them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attr {
-    pub ino: u64,
-    pub kind: Kind,
-    pub size: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u32,
-    pub atime: Time,
-    pub mtime: Time,
-    pub ctime: Time,
-}
-
-/// Changes asked for by `setattr`; `None` leaves a field alone.
-#[derive(Debug, Clone, Default)]
-pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub atime: Option<Time>,
-    pub mtime: Option<Time>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    pub name: Vec<u8>,
-    pub ino: u64,
-    pub kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatFs {
-    pub block_size: u32,
-    pub blocks: u64,
-    pub blocks_free: u64,
-    pub files: u64,
-    pub files_free: u64,
-}
-
-/// A directory entry as read from the store: the child's inode (or `None` once removed) and
-/// the cas token to change it.
-pub(crate) struct EntrySlot {
-    pub ino: Option<u64>,
-    pub cas: Option<u64>,
-}
-
 pub struct MemFs<S: Store> {
     pub(crate) store: FencedStore<S>,
     pub(crate) keys: KeyLayout,
@@ -117,34 +69,10 @@ pub struct MemFs<S: Store> {
     pub(crate) stale_keys: Mutex<Vec<Vec<u8>>>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
-    /// Open files by inode, shared by every handle on them in this mount.
-    pub(crate) files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
-    pub(crate) handles: Mutex<HashMap<u64, Handle>>,
-    pub(crate) next_fh: AtomicU64,
+    /// Open files and handles of this mount.
+    pub(crate) open_files: OpenFiles,
     /// What this mount remembers of directories between operations (bounded, expiring).
     pub(crate) meta: MetaCache,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Maps a batch result to the value of a get, naming the key on failure.
-pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
-    match r {
-        Ok(Reply::Value(v)) => Ok(v),
-        Ok(other) => Err(FsError::corrupt(key, format!("unexpected reply {other:?}"))),
-        Err(e) => Err(FsError::store(key, e)),
-    }
-}
-
-/// Maps a batch result of a storage command: `Ok(true)` stored, `Ok(false)` refused.
-pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
-    match r {
-        Ok(Reply::Stored) => Ok(true),
-        Ok(_) => Ok(false),
-        Err(e) => Err(FsError::store(key, e)),
-    }
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
@@ -182,9 +110,7 @@ impl<S: Store> MemFs<S> {
             orphaned: Mutex::new(None),
             stale_keys: Mutex::new(Vec::new()),
             inos: Mutex::new((0, 0)),
-            files: Mutex::new(HashMap::new()),
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg.cache_ttl),
             cfg,
         };
@@ -426,7 +352,7 @@ impl<S: Store> MemFs<S> {
     }
 
     pub(crate) fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
-        lock(&self.files).get(&ino).cloned()
+        self.open_files.get(ino)
     }
 
     // ----- entries -------------------------------------------------------------------------
@@ -599,16 +525,15 @@ impl<S: Store> MemFs<S> {
         }
         let key = self.keys.inode(ino);
         let mkey = self.keys.dir_mtime(ino);
-        let mut r = self
-            .store
-            .execute(vec![Command::Get(key.clone()), Command::Get(mkey.clone())])
-            .into_iter();
-        let Some(rec) = value_of(&key, r.next().expect("two results"))? else {
+        let mut r = Replies::new(
+            self.store
+                .execute(vec![Command::Get(key.clone()), Command::Get(mkey.clone())]),
+        );
+        let Some(rec) = r.value(&key)? else {
             return Ok(None);
         };
         let rec = Inode::decode(&key, &rec.value)?;
-        let mtime = value_of(&mkey, r.next().expect("two results"))?
-            .and_then(|i| Time::from_text(&i.value));
+        let mtime = r.value(&mkey)?.and_then(|i| Time::from_text(&i.value));
         let attr = self.attr_from(ino, &rec, mtime);
         if attr.kind == Kind::Dir {
             self.meta.put_dir_attr(ino, attr.clone());
@@ -806,38 +731,6 @@ pub(crate) fn retried<T>(mut step: impl FnMut() -> FsResult<T>) -> FsResult<T> {
         last = step();
     }
     last
-}
-
-/// A decimal counter value (sequence keys, inode counters).
-pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
-}
-
-/// Decodes the reply to a `gets` of an entry key.
-pub(crate) fn entry_slot(key: &[u8], r: CmdResult) -> FsResult<EntrySlot> {
-    Ok(match value_of(key, r)? {
-        None => EntrySlot {
-            ino: None,
-            cas: None,
-        },
-        Some(item) => EntrySlot {
-            ino: parse_entry(key, &item.value)?,
-            cas: item.cas,
-        },
-    })
-}
-
-/// An entry's value: the child's inode number. `-` (left by older versions for a removed
-/// name) reads as no entry.
-fn parse_entry(key: &[u8], value: &[u8]) -> FsResult<Option<u64>> {
-    if value == b"-" {
-        return Ok(None);
-    }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Some)
-        .ok_or_else(|| FsError::corrupt(key, "directory entry is not an inode number"))
 }
 
 fn current_uid() -> u32 {

@@ -1,19 +1,10 @@
 //! Intents: what an operation holding the namespace lock is doing, stored in the lock so that
 //! any mount can finish it (roll forward) after the owner died, stalled or hit a store error.
-//!
-//! [`MemFs::complete`] is idempotent: it checks each step against the store before doing it,
-//! so it can run from any point, any number of times. Each intent's first change in the
-//! store is its point of no return; `complete` undoes nothing and finds "not started" from
-//! that first change being absent.
+//! The records only; `roll_forward.rs` finishes them.
 
 use serde::{Deserialize, Serialize};
 
-use memfis_memcache::Store;
-
-use crate::dirlog::Op;
-use crate::fs::{MemFs, lock};
-use crate::record::{Kind, Link, pct};
-use crate::{FsError, FsResult};
+use crate::record::{Kind, pct};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -75,108 +66,4 @@ pub struct RenameIntent {
     /// A replaced directory's log sequence before the rename fenced it (its chunks to delete).
     #[serde(default)]
     pub replaced_last_seq: u64,
-}
-
-impl<S: Store> MemFs<S> {
-    /// Finishes `intent` from wherever it stopped.
-    pub(crate) fn complete(&self, intent: &Intent) -> FsResult<()> {
-        match intent {
-            Intent::Unlink {
-                parent,
-                name,
-                ino,
-                kind,
-                path,
-            } => {
-                self.entry_swap(*parent, name, Some(*ino), None)?;
-                self.log_dir_changes(*parent, &[(Op::Remove, *kind, *ino, name)])?;
-                let link = Link {
-                    parent: *parent,
-                    name: name.clone(),
-                };
-                if *kind == Kind::File {
-                    self.keep_bytes_for_open_handles(*ino)?;
-                    self.delete_data_if_unowned(*parent, name, path)?;
-                }
-                self.drop_link(*ino, &link, 0)
-            }
-            Intent::Rmdir {
-                parent,
-                name,
-                ino,
-                last_seq,
-            } => {
-                if self.dir_seq_value(*ino)?.is_some() {
-                    return Ok(()); // the fence was never set: nothing happened
-                }
-                self.entry_swap(*parent, name, Some(*ino), None)?;
-                self.log_dir_changes(*parent, &[(Op::Remove, Kind::Dir, *ino, name)])?;
-                self.delete_inode_keys(*ino, Kind::Dir, *last_seq)?;
-                self.meta.forget_dir(*ino);
-                Ok(())
-            }
-            Intent::Link {
-                ino,
-                kind,
-                parent,
-                name,
-                path,
-            } => {
-                if self.read_entry(*parent, name)?.ino != Some(*ino) {
-                    return Ok(()); // the entry was never claimed: nothing happened
-                }
-                let link = Link {
-                    parent: *parent,
-                    name: name.clone(),
-                };
-                let rec = self.update_record_if_present(*ino, |r| {
-                    if !r.links.contains(&link) {
-                        r.links.push(link.clone());
-                        r.ctime = crate::record::Time::now();
-                    }
-                    Ok(())
-                })?;
-                if let Some(rec) = rec
-                    && *kind == Kind::File
-                {
-                    let bytes = self.current_bytes_except(*ino, &rec, &link)?;
-                    self.write_data_keys(&[self.keys.data(path)], bytes)?;
-                }
-                self.log_dir_changes(*parent, &[(Op::Add, *kind, *ino, name)])
-            }
-            Intent::Rename(r) => self.complete_rename(r),
-        }
-    }
-
-    /// Before a file's last data key goes: this mount's open handles keep reading its bytes.
-    pub(crate) fn keep_bytes_for_open_handles(&self, ino: u64) -> FsResult<()> {
-        if let Some(of) = self.open_file(ino) {
-            let mut of = lock(&of);
-            if of.data.is_none() && !of.unlinked {
-                match self.ensure_loaded(ino, &mut of) {
-                    Ok(()) | Err(FsError::NotFound) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the data key at `path` (the name `name` of `parent`) unless that name now
-    /// belongs to another file, whose bytes it holds.
-    pub(crate) fn delete_data_if_unowned(
-        &self,
-        parent: u64,
-        name: &[u8],
-        path: &[u8],
-    ) -> FsResult<()> {
-        if self.read_entry(parent, name)?.ino.is_some() {
-            return Ok(());
-        }
-        let key = self.keys.data(path);
-        self.store
-            .delete(&key)
-            .map_err(|e| FsError::store(&key, e))?;
-        Ok(())
-    }
 }

@@ -21,6 +21,7 @@
 //! - [`xattr`]: `user.*` extended attributes
 //! - [`check`]: the read-only consistency check of a whole store
 
+pub mod attr;
 pub mod check;
 pub mod dirlog;
 pub mod error;
@@ -33,12 +34,17 @@ pub mod listing;
 mod meta_cache;
 pub mod namespace;
 pub mod nslock;
+mod open_files;
 pub mod record;
 pub mod rename;
+mod replies;
+mod roll_forward;
+mod sync;
 pub mod xattr;
 
+pub use attr::{Attr, DirEntry, SetAttr, StatFs};
 pub use error::{FsError, FsResult};
-pub use fs::{Attr, DirEntry, FsConfig, MemFs, SetAttr, StatFs};
+pub use fs::{FsConfig, MemFs};
 pub use keys::{KeyLayout, ROOT_INO};
 pub use record::{Kind, Time};
 pub use rename::RenameFlags;

@@ -12,13 +12,16 @@
 
 use std::time::{Duration, Instant};
 
-use memfis_memcache::{CmdResult, Command, Reply, Store, StoreError, StoreOp};
+use memfis_memcache::{Command, Reply, Store, StoreError, StoreOp};
 use tracing::warn;
 
+use crate::attr::{Attr, DirEntry};
 use crate::dirlog::{self, Op};
-use crate::fs::{Attr, DirEntry, MemFs, lock, value_of};
+use crate::fs::MemFs;
 use crate::keys::LOG_CHUNK_RECORDS;
 use crate::record::{Inode, Kind, Time};
+use crate::replies::{Replies, value_of};
+use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// One change to a directory's log.
@@ -87,13 +90,8 @@ impl<S: Store> MemFs<S> {
 
     /// Checks the results of [`Self::log_commands`] (taken from `results`), finishing what
     /// the batch could not do (a chunk too full or not there yet).
-    pub(crate) fn finish_log(
-        &self,
-        la: &LogAppend,
-        results: &mut impl Iterator<Item = CmdResult>,
-    ) -> FsResult<Logged> {
-        let mut next = || results.next().expect("one result per log command");
-        let (incr, append, _precreate) = (next(), next(), next());
+    pub(crate) fn finish_log(&self, la: &LogAppend, results: &mut Replies) -> FsResult<Logged> {
+        let (incr, append, _precreate) = (results.reply(), results.reply(), results.reply());
         let seq_key = self.keys.dir_seq(la.dir);
         let last = match incr {
             Ok(Reply::Number(n)) => n,
@@ -149,16 +147,13 @@ impl<S: Store> MemFs<S> {
         let mut batch = self.log_commands(&la);
         let (touch, now) = self.touch_dir_cmd(dir);
         batch.push(touch);
-        let mut results = self.store.execute(batch).into_iter();
+        let mut results = Replies::new(self.store.execute(batch));
         match self.finish_log(&la, &mut results)? {
             Logged::Done => {}
             Logged::DirGone => return Err(FsError::missing(&self.keys.dir_seq(dir))),
         }
         let mtime_key = self.keys.dir_mtime(dir);
-        results
-            .next()
-            .expect("result")
-            .map_err(|e| FsError::store(&mtime_key, e))?;
+        results.done(&mtime_key)?;
         self.note_dir_touched(dir, now);
         Ok(())
     }

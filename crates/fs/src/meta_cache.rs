@@ -19,8 +19,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::fs::{Attr, lock};
+use crate::attr::Attr;
 use crate::record::Time;
+use crate::sync::lock;
 
 /// Directories whose path, attributes or sequence hint a mount keeps.
 const MAX_DIRS: usize = 65_536;

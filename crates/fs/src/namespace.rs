@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+use memfis_memcache::{Command, Reply, Store, StoreOp};
 
+use crate::attr::Attr;
 use crate::dirlog::Op;
-use crate::fs::{
-    Attr, MemFs, check_name, entry_slot, join, lock, parse_number, retried, stored, value_of,
-};
+use crate::fs::{MemFs, check_name, join, retried};
 use crate::intent::Intent;
 use crate::keys::{LOG_CHUNK_RECORDS, ROOT_INO};
 use crate::listing::Logged;
 use crate::record::{Inode, Kind, Link, Time};
+use crate::replies::{Replies, parse_number};
+use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// How many inode numbers one `incr` reserves for this mount.
@@ -103,19 +104,16 @@ impl<S: Store> MemFs<S> {
             Command::Get(self.keys.ns_lock()),
             Command::Get(self.keys.dir_generation()),
         ];
-        let mut results = self.execute_in_order(batch, fence).into_iter();
-        let mut next = || results.next().expect("one result per command");
-        let inode_added = stored(&ikey, next());
-        let cas = value_of(&ikey, next());
-        let entry_added = stored(&ekey, next());
+        let mut results = Replies::new(self.execute_in_order(batch, fence));
+        let inode_added = results.stored(&ikey);
+        let cas = results.value(&ikey);
+        let entry_added = results.stored(&ekey);
         let logged = self.finish_log(&la, &mut results);
-        let mut next = || results.next().expect("one result per command");
-        let touched = next();
-        let _inode_count = next(); // statistics only
-        let own_results: Vec<CmdResult> = results.by_ref().take(own_keys.len()).collect();
-        let mut next = || results.next().expect("one result per command");
-        let lock_held = value_of(&self.keys.ns_lock(), next()).map(|v| v.is_some());
-        let generation = next();
+        let touched = results.reply();
+        let _inode_count = results.reply(); // statistics only
+        let own_results = results.raw(own_keys.len());
+        let lock_held = results.value(&self.keys.ns_lock()).map(|v| v.is_some());
+        let generation = results.reply();
 
         let mut undo = Undo {
             ino,
@@ -248,9 +246,8 @@ impl<S: Store> MemFs<S> {
             return Ok(());
         }
         let reads = vec![Command::Get(self.keys.dir_generation())];
-        let key = self.with_ns_lock(reads, |_, results| {
-            let generation = results.into_iter().next().expect("result");
-            self.observe_generation(generation)?;
+        let key = self.with_ns_lock(reads, |_, mut results| {
+            self.observe_generation(results.reply())?;
             let key = self
                 .keys
                 .data_checked(&join(&self.dir_path(parent)?, name))?;
@@ -352,13 +349,12 @@ impl<S: Store> MemFs<S> {
             Command::Gets(self.keys.inode(ino)),
             Command::Get(self.keys.dir_generation()),
         ];
-        self.with_ns_lock(reads, |guard, results| {
-            let mut r = results.into_iter();
-            let entry = entry_slot(&ekey, r.next().expect("result"))?;
+        self.with_ns_lock(reads, |guard, mut r| {
+            let entry = r.entry(&ekey)?;
             let rec_key = self.keys.inode(ino);
-            let rec = value_of(&rec_key, r.next().expect("result"))?.ok_or(FsError::NotFound)?;
+            let rec = r.value(&rec_key)?.ok_or(FsError::NotFound)?;
             let mut rec = Inode::decode(&rec_key, &rec.value)?;
-            self.observe_generation(r.next().expect("result"))?;
+            self.observe_generation(r.reply())?;
             if rec.kind == Kind::Dir {
                 return Err(FsError::NotPermitted("hard link to a directory"));
             }
@@ -431,16 +427,14 @@ impl<S: Store> MemFs<S> {
         if let Some(ino) = guess {
             reads.push(Command::Gets(self.keys.inode(ino)));
         }
-        self.with_ns_lock(reads, |guard, results| {
-            let mut r = results.into_iter();
-            let entry = entry_slot(&ekey, r.next().expect("result"))?;
-            self.observe_generation(r.next().expect("result"))?;
+        self.with_ns_lock(reads, |guard, mut r| {
+            let entry = r.entry(&ekey)?;
+            self.observe_generation(r.reply())?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let rec_key = self.keys.inode(ino);
-            let (rec, rec_cas) = match (guess == Some(ino), r.next()) {
-                (true, Some(result)) => {
-                    let item =
-                        value_of(&rec_key, result)?.ok_or_else(|| FsError::missing(&rec_key))?;
+            let (rec, rec_cas) = match guess {
+                Some(g) if g == ino => {
+                    let item = r.required(&rec_key)?;
                     (Inode::decode(&rec_key, &item.value)?, item.cas.unwrap_or(0))
                 }
                 _ => self.read_inode(ino)?,
@@ -492,9 +486,9 @@ impl<S: Store> MemFs<S> {
             let results = self.execute_in_order(batch, release);
             // The lock's delete, last in the batch, ran only if the batch got that far.
             let unlocked = last_link && results.last().is_some_and(|r| r.is_ok());
-            let mut results = results.into_iter();
-            let mut all_done = results.next().expect("result").is_ok();
-            all_done &= results.next().expect("result").is_ok();
+            let mut results = Replies::new(results);
+            let mut all_done = results.reply().is_ok();
+            all_done &= results.reply().is_ok();
             all_done &= matches!(self.finish_log(&la, &mut results), Ok(Logged::Done));
             all_done &=
                 results.all(|r| r.is_ok_and(|r| r != Reply::Exists && r != Reply::NotStored));
@@ -600,8 +594,8 @@ impl<S: Store> MemFs<S> {
         check_name(name)?;
         let ekey = self.keys.entry(parent, name);
         let reads = vec![Command::Gets(ekey.clone())];
-        self.with_ns_lock(reads, |guard, results| {
-            let entry = entry_slot(&ekey, results.into_iter().next().expect("result"))?;
+        self.with_ns_lock(reads, |guard, mut results| {
+            let entry = results.entry(&ekey)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let (rec, _) = self.read_inode(ino)?;
             if rec.kind != Kind::Dir {

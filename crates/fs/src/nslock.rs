@@ -21,9 +21,11 @@ use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::fs::{MemFs, lock};
+use crate::fs::MemFs;
 use crate::intent::Intent;
 use crate::record::{FormatRecord, random_id};
+use crate::replies::Replies;
+use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// Seconds a mount's liveness key lives without a refresh: how long a crashed mount's
@@ -65,10 +67,10 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn with_ns_lock<T>(
         &self,
         reads: Vec<Command>,
-        op: impl FnOnce(&mut NsLock<'_>, Vec<CmdResult>) -> FsResult<T>,
+        op: impl FnOnce(&mut NsLock<'_>, Replies) -> FsResult<T>,
     ) -> FsResult<T> {
         let (mut guard, results) = self.acquire(reads)?;
-        let result = op(&mut guard, results);
+        let result = op(&mut guard, Replies::new(results));
         if guard.released {
             return result;
         }
@@ -119,15 +121,9 @@ impl<S: Store> MemFs<S> {
         let keys: Vec<Vec<u8>> = first.iter().map(|c| c.key().to_vec()).collect();
         let mut batch = vec![self.intent_cmd(guard, intent.clone())];
         batch.extend(first);
-        let mut results = self.store.execute(batch).into_iter();
-        results
-            .next()
-            .expect("result")
-            .map_err(|e| FsError::store(&self.keys.ns_lock(), e))?;
-        keys.iter()
-            .zip(results)
-            .map(|(key, r)| crate::fs::stored(key, r))
-            .collect()
+        let mut results = Replies::new(self.store.execute(batch));
+        results.done(&self.keys.ns_lock())?;
+        keys.iter().map(|key| results.stored(key)).collect()
     }
 
     /// Stores the guard's intent in the lock again (before completing it after a failed
@@ -296,25 +292,19 @@ impl<S: Store> MemFs<S> {
     pub fn heartbeat(&self) -> FsResult<()> {
         let alive = self.keys.alive(&self.mount_id);
         let format = self.keys.format();
-        let mut results = self
-            .store
-            .inner()
-            .execute(vec![
-                Command::Store {
-                    op: StoreOp::Set,
-                    key: alive.clone(),
-                    value: std::sync::Arc::new(b"1".to_vec()),
-                    flags: 0,
-                    exptime: ALIVE_SECS,
-                },
-                Command::Get(format.clone()),
-            ])
-            .into_iter();
-        results
-            .next()
-            .expect("two results")
-            .map_err(|e| FsError::store(&alive, e))?;
-        let found = crate::fs::value_of(&format, results.next().expect("two results"))?;
+        let results = self.store.inner().execute(vec![
+            Command::Store {
+                op: StoreOp::Set,
+                key: alive.clone(),
+                value: std::sync::Arc::new(b"1".to_vec()),
+                flags: 0,
+                exptime: ALIVE_SECS,
+            },
+            Command::Get(format.clone()),
+        ]);
+        let mut results = Replies::new(results);
+        results.done(&alive)?;
+        let found = results.value(&format)?;
         let same = found
             .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
             .is_some_and(|rec| rec.store_id == self.store_id);

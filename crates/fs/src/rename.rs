@@ -11,11 +11,12 @@ use std::collections::HashSet;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
 use crate::dirlog::Op;
-use crate::fs::{CAS_RETRIES, EntrySlot, MemFs, check_name, entry_slot, join, value_of};
+use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
 use crate::intent::{Intent, RenameIntent};
 use crate::keys::ROOT_INO;
 use crate::nslock::LockValue;
 use crate::record::{Kind, Link, Time};
+use crate::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
 
 /// Files whose bytes are copied per pipelined batch while moving a directory.
@@ -48,11 +49,10 @@ impl<S: Store> MemFs<S> {
             Command::Gets(dkey.clone()),
             Command::Get(self.keys.dir_generation()),
         ];
-        self.with_ns_lock(reads, |guard, results| {
-            let mut r = results.into_iter();
-            let mut src = entry_slot(&skey, r.next().expect("result"))?;
-            let mut dst = entry_slot(&dkey, r.next().expect("result"))?;
-            self.observe_generation(r.next().expect("result"))?;
+        self.with_ns_lock(reads, |guard, mut r| {
+            let mut src = r.entry(&skey)?;
+            let mut dst = r.entry(&dkey)?;
+            self.observe_generation(r.reply())?;
             for _ in 0..CAS_RETRIES {
                 let Some(mut intent) =
                     self.plan_rename(parent, name, newparent, newname, flags, &src, &dst)?

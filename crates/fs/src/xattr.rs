@@ -3,8 +3,9 @@
 
 use memfis_memcache::Store;
 
-use crate::fs::{MemFs, lock};
+use crate::fs::MemFs;
 use crate::record::{Inode, Time, pct_decode, pct_encode};
+use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {

@@ -1,0 +1,117 @@
+//! Typed reading of a batch's replies. `Store::execute` answers one result per command, in
+//! command order; [`Replies`] hands them out one at a time as what each command was for (a
+//! value, a required record, an entry, a store that may be refused), naming the key on error.
+
+use memfis_memcache::{CmdResult, Item, Reply};
+
+use crate::{FsError, FsResult};
+
+/// The replies of one batch, read in command order.
+pub(crate) struct Replies(std::vec::IntoIter<CmdResult>);
+
+impl Replies {
+    pub fn new(results: Vec<CmdResult>) -> Self {
+        Replies(results.into_iter())
+    }
+
+    /// The reply to the next command. Asking for more replies than commands sent is a bug in
+    /// the caller, not a store condition.
+    pub fn reply(&mut self) -> CmdResult {
+        self.0.next().expect("one reply per command of the batch")
+    }
+
+    /// The next reply as a get's value (`None`: no such key).
+    pub fn value(&mut self, key: &[u8]) -> FsResult<Option<Item>> {
+        value_of(key, self.reply())
+    }
+
+    /// The next reply as a get of a key that must exist: missing is EIO naming it.
+    pub fn required(&mut self, key: &[u8]) -> FsResult<Item> {
+        self.value(key)?.ok_or_else(|| FsError::missing(key))
+    }
+
+    /// The next reply as a gets of a directory entry.
+    pub fn entry(&mut self, key: &[u8]) -> FsResult<EntrySlot> {
+        entry_slot(key, self.reply())
+    }
+
+    /// The next reply as a storage command: `true` stored, `false` refused.
+    pub fn stored(&mut self, key: &[u8]) -> FsResult<bool> {
+        stored(key, self.reply())
+    }
+
+    /// The next reply, any answer but an error counting as done.
+    pub fn done(&mut self, key: &[u8]) -> FsResult<()> {
+        self.reply().map(drop).map_err(|e| FsError::store(key, e))
+    }
+
+    /// The next `n` replies, unread.
+    pub fn raw(&mut self, n: usize) -> Vec<CmdResult> {
+        self.0.by_ref().take(n).collect()
+    }
+}
+
+impl Iterator for Replies {
+    type Item = CmdResult;
+
+    fn next(&mut self) -> Option<CmdResult> {
+        self.0.next()
+    }
+}
+
+/// A directory entry as read from the store: the child's inode (or `None` once removed) and
+/// the cas token to change it.
+pub(crate) struct EntrySlot {
+    pub ino: Option<u64>,
+    pub cas: Option<u64>,
+}
+
+/// Maps a batch result to the value of a get, naming the key on failure.
+pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
+    match r {
+        Ok(Reply::Value(v)) => Ok(v),
+        Ok(other) => Err(FsError::corrupt(key, format!("unexpected reply {other:?}"))),
+        Err(e) => Err(FsError::store(key, e)),
+    }
+}
+
+/// Maps a batch result of a storage command: `Ok(true)` stored, `Ok(false)` refused.
+pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
+    match r {
+        Ok(Reply::Stored) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => Err(FsError::store(key, e)),
+    }
+}
+
+/// A decimal counter value (sequence keys, inode counters).
+pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// Decodes the reply to a `gets` of an entry key.
+pub(crate) fn entry_slot(key: &[u8], r: CmdResult) -> FsResult<EntrySlot> {
+    Ok(match value_of(key, r)? {
+        None => EntrySlot {
+            ino: None,
+            cas: None,
+        },
+        Some(item) => EntrySlot {
+            ino: parse_entry(key, &item.value)?,
+            cas: item.cas,
+        },
+    })
+}
+
+/// An entry's value: the child's inode number. `-` (left by older versions for a removed
+/// name) reads as no entry.
+fn parse_entry(key: &[u8], value: &[u8]) -> FsResult<Option<u64>> {
+    if value == b"-" {
+        return Ok(None);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| FsError::corrupt(key, "directory entry is not an inode number"))
+}
