@@ -1,19 +1,20 @@
-//! Open files. All handles of one inode in this mount share one [`OpenFile`]: a buffer of
-//! the whole file plus attribute changes not yet published. The buffer is published whole to
-//! every data key of the file at flush/fsync/release (store contract §4), so readers (nginx,
-//! other mounts) see the old bytes or the new, never a mix.
+//! Reading, writing and publishing open files. All handles of one inode in this mount share
+//! one open file (`open_files.rs`): a buffer of the whole file plus attribute changes not yet
+//! published. The buffer is published whole to every data key of the file at
+//! flush/fsync/release (docs/store-layout.md), so readers (nginx, other mounts) see the old
+//! bytes or the new, never a mix.
 
 use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{Command, Reply, Store, StoreOp};
+use memfis_memcache::{Command, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
 use crate::fs::MemFs;
 use crate::open_files::OpenFile;
 use crate::record::{Inode, Kind, Link};
-use crate::replies::Replies;
+use crate::replies::{CasOutcome, Replies};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -334,7 +335,7 @@ impl<S: Store> MemFs<S> {
                     Err(e) => failure = failure.or(Some(FsError::store(k, e))),
                 }
             }
-            let cas_result = results.reply();
+            let cas_result = results.cas(&ikey);
             let lock_result = results.value(&self.keys.ns_lock());
             let generation = results.reply();
             if let Some(e) = failure {
@@ -345,8 +346,8 @@ impl<S: Store> MemFs<S> {
             let lock_held = lock_result?.is_some();
             self.observe_generation(generation)?;
             let moved = self.meta.generation() != generation_before;
-            match cas_result {
-                Ok(Reply::Stored) => {
+            match cas_result? {
+                CasOutcome::Stored => {
                     of.record = rec;
                     of.cas = None;
                     of.pending = Default::default();
@@ -363,15 +364,13 @@ impl<S: Store> MemFs<S> {
                         .collect();
                     return Ok(Published::Done(stale));
                 }
-                Ok(Reply::Exists) => {
+                CasOutcome::Changed => {
                     of.cas = None; // re-read, merge our changes onto it, try again
                     if lock_held {
                         return Ok(Published::AfterNamespaceOp);
                     }
                 }
-                Ok(Reply::NotFound) => return self.after_removed(of),
-                Ok(other) => return Err(FsError::corrupt(&ikey, format!("cas got {other:?}"))),
-                Err(e) => return Err(FsError::store(&ikey, e)),
+                CasOutcome::Gone => return self.after_removed(of),
             }
         }
         Err(FsError::Contended)

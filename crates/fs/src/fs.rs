@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, SetAttr, StatFs};
@@ -14,7 +14,9 @@ use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
 use crate::meta_cache::{DirInfo, MetaCache};
 use crate::open_files::{OpenFile, OpenFiles};
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
-use crate::replies::{EntrySlot, Replies, entry_slot, parse_number, stored, value_of};
+use crate::replies::{
+    CasOutcome, EntrySlot, Replies, cas_outcome, entry_slot, parse_number, value_of,
+};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -326,12 +328,10 @@ impl<S: Store> MemFs<S> {
             change(&mut rec)?;
             let value = rec.encode();
             self.check_record_size(&key, value.len())?;
-            match self.store.run(Command::cas(&key, &value, cas)) {
-                Ok(Reply::Stored) => return Ok(rec),
-                Ok(Reply::Exists) => continue,
-                Ok(Reply::NotFound) => return Err(FsError::missing(&key)),
-                Ok(other) => return Err(FsError::corrupt(&key, format!("cas got {other:?}"))),
-                Err(e) => return Err(FsError::store(&key, e)),
+            match cas_outcome(&key, self.store.run(Command::cas(&key, &value, cas)))? {
+                CasOutcome::Stored => return Ok(rec),
+                CasOutcome::Changed => continue,
+                CasOutcome::Gone => return Err(FsError::missing(&key)),
             }
         }
         Err(FsError::Contended)
@@ -390,11 +390,10 @@ impl<S: Store> MemFs<S> {
                     .store
                     .store(StoreOp::Add, &key, ino.to_string().as_bytes())
                     .map_err(|e| FsError::store(&key, e))?,
-                (Some(ino), Some(cas)) => stored(
-                    &key,
-                    self.store
-                        .run(Command::cas(&key, ino.to_string().as_bytes(), cas)),
-                )?,
+                (Some(ino), Some(cas)) => {
+                    let cas = Command::cas(&key, ino.to_string().as_bytes(), cas);
+                    cas_outcome(&key, self.store.run(cas))? == CasOutcome::Stored
+                }
             };
             if done {
                 return Ok(to);

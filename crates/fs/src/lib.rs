@@ -6,20 +6,27 @@
 //! - [`keys`]: where each record lives (data keys nginx reads, metadata keys it cannot reach)
 //! - [`record`]: the inode and format records
 //! - [`dirlog`]: the format of directory logs
+//! - `replies`: reading a batch's replies as what each command was for (value, entry, cas)
 //!
 //! Protocol (how several mounts change the tree safely):
 //! - [`nslock`]: the namespace lock, mount liveness, taking over from a gone mount
-//! - [`intent`]: what a locked operation will change, completed by anyone after a crash
+//! - [`intent`]: what a locked operation will change; `roll_forward` completes it after a crash
 //! - [`fenced_store`]: refuses every call once the store was emptied under the mount
 //!
+//! State a mount keeps: `meta_cache` (bounded, expiring namespace caches), `open_files`
+//! (handles and buffers of open files).
+//!
 //! Operations on [`MemFs`]:
-//! - [`fs`]: the type, records, entries, paths, attributes
+//! - [`fs`]: the type, opening a store, reading and changing records and entries, paths,
+//!   attributes
 //! - [`namespace`]: create, mkdir, symlink, link, unlink, rmdir
 //! - [`rename`]: rename, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
-//! - [`files`]: open files: buffers, reads, writes, publishing at flush
+//! - [`files`]: reading, writing and publishing open files
 //! - [`xattr`]: `user.*` extended attributes
 //! - [`check`]: the read-only consistency check of a whole store
+//!
+//! Values in and out: [`attr`] (attributes, changes, entries, statfs), [`error`].
 
 pub mod attr;
 pub mod check;

@@ -45,6 +45,11 @@ impl Replies {
         self.reply().map(drop).map_err(|e| FsError::store(key, e))
     }
 
+    /// The next reply as a `cas`.
+    pub fn cas(&mut self, key: &[u8]) -> FsResult<CasOutcome> {
+        cas_outcome(key, self.reply())
+    }
+
     /// The next `n` replies, unread.
     pub fn raw(&mut self, n: usize) -> Vec<CmdResult> {
         self.0.by_ref().take(n).collect()
@@ -80,6 +85,27 @@ pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
     match r {
         Ok(Reply::Stored) => Ok(true),
         Ok(_) => Ok(false),
+        Err(e) => Err(FsError::store(key, e)),
+    }
+}
+
+/// What a `cas` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CasOutcome {
+    Stored,
+    /// Another writer changed the item since it was read: read again and retry.
+    Changed,
+    /// The item is gone.
+    Gone,
+}
+
+/// Maps the result of a `cas`, naming the key on failure.
+pub(crate) fn cas_outcome(key: &[u8], r: CmdResult) -> FsResult<CasOutcome> {
+    match r {
+        Ok(Reply::Stored) => Ok(CasOutcome::Stored),
+        Ok(Reply::Exists) => Ok(CasOutcome::Changed),
+        Ok(Reply::NotFound) => Ok(CasOutcome::Gone),
+        Ok(other) => Err(FsError::corrupt(key, format!("cas got {other:?}"))),
         Err(e) => Err(FsError::store(key, e)),
     }
 }
