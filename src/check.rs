@@ -1,18 +1,21 @@
-//! `memfis check`: the read-only consistency check, printed for people or as JSON, with
-//! fsck's exit codes (0 clean, 4 problems left, 8 the store could not be checked).
+//! `memfis check [--repair]`: the consistency check (and repair), printed for people or as
+//! JSON, with fsck's exit codes (0 clean, 1 problems repaired, 4 problems left, 8 the store
+//! could not be checked).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
-use memfis_fs::check::check;
-use memfis_memcache::{Client, ClientConfig};
+use memfis_fs::check::{Report, check};
+use memfis_memcache::{Client, ClientConfig, Store};
 
 use crate::cli::CheckArgs;
 
 /// Exit status when problems were found (as fsck's "errors left uncorrected").
 pub const EXIT_PROBLEMS: i32 = 4;
+/// Exit status when problems were repaired and none is left (fsck's "errors corrected").
+pub const EXIT_REPAIRED: i32 = 1;
 
 pub fn run(args: CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
@@ -21,35 +24,80 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     cfg.connect_timeout = Duration::from_secs_f64(args.store.timeout);
     cfg.io_timeout = Duration::from_secs_f64(args.store.timeout);
     let client = Arc::new(Client::new(&cfg).map_err(anyhow::Error::msg)?);
+    if args.repair {
+        return repair(&args, &client, &keys);
+    }
     let report = check(&client, &keys)
         .with_context(|| format!("cannot check the store under prefix {prefix:?}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for p in &report.problems {
-            println!("{}: {} (key {})", p.path, p.problem, p.key);
-        }
-        println!(
-            "{}: {} directories, {} files, {} symlinks, {} bytes; {}{}",
-            prefix,
-            report.directories,
-            report.files,
-            report.symlinks,
-            report.bytes,
-            match report.problems.len() {
-                0 => "clean".to_string(),
-                n => format!("{n} problems"),
-            },
-            if report.keys_listed {
-                ""
-            } else {
-                " (the store cannot list its keys, e.g. through twemproxy: keys outside the tree were not looked for)"
-            }
-        );
+        print_report(&prefix, &report);
     }
     Ok(if report.problems.is_empty() {
         0
     } else {
         EXIT_PROBLEMS
     })
+}
+
+fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
+    let prefix = args.store.prefix();
+    let format = keys.format();
+    if client
+        .get(&format)
+        .with_context(|| format!("cannot read the store under prefix {prefix:?}"))?
+        .is_none()
+    {
+        bail!(
+            "no memfis tree under prefix {prefix:?} (no format record): nothing to repair; \
+             was the store emptied?"
+        );
+    }
+    let fs = Arc::new(crate::mount::open_store(
+        &args.store,
+        Duration::from_secs(1),
+    )?);
+    crate::mount::spawn_heartbeat(fs.clone());
+    let report = fs
+        .repair()
+        .with_context(|| format!("cannot repair the store under prefix {prefix:?}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for r in &report.repaired {
+            println!("repaired {}: {} (key {})", r.path, r.action, r.key);
+        }
+        print_report(&prefix, &report.after);
+    }
+    Ok(
+        match (report.after.problems.is_empty(), report.repaired.is_empty()) {
+            (false, _) => EXIT_PROBLEMS,
+            (true, true) => 0,
+            (true, false) => EXIT_REPAIRED,
+        },
+    )
+}
+
+fn print_report(prefix: &str, report: &Report) {
+    for p in &report.problems {
+        println!("{}: {} (key {})", p.path, p.problem, p.key);
+    }
+    println!(
+        "{}: {} directories, {} files, {} symlinks, {} bytes; {}{}",
+        prefix,
+        report.directories,
+        report.files,
+        report.symlinks,
+        report.bytes,
+        match report.problems.len() {
+            0 => "clean".to_string(),
+            n => format!("{n} problems"),
+        },
+        if report.keys_listed {
+            ""
+        } else {
+            " (the store cannot list its keys, e.g. through twemproxy: keys outside the tree were not looked for)"
+        }
+    );
 }

@@ -34,6 +34,10 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Fix what the check finds (under the namespace lock; mounts may stay live), logging
+    /// every change, then check again.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 #[derive(Debug, Args)]

@@ -244,7 +244,7 @@ fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<Owned
 }
 
 /// Keeps this mount's liveness key fresh and notices a store emptied under it.
-fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
+pub fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
     std::thread::spawn(move || {
         let mut failing = false;
         loop {

@@ -30,6 +30,39 @@ pub struct Problem {
     pub problem: String,
     /// Only a key no name reaches (garbage a crash left; the tree itself is sound).
     pub unreachable: bool,
+    /// What `memfis check --repair` works on.
+    #[serde(skip)]
+    pub fault: Fault,
+}
+
+/// What is wrong, as repair needs to know it (`repair.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// Nothing to repair automatically (reported only).
+    Manual,
+    /// An operation left unfinished in the namespace lock.
+    UnfinishedOp,
+    /// A name whose entry, log record and inode record disagree.
+    Name { dir: u64, name: Vec<u8> },
+    /// A directory's own record is missing or is not a directory's (`parent` 0: the root).
+    DirRecord {
+        dir: u64,
+        parent: u64,
+        name: Vec<u8>,
+    },
+    /// A directory's mtime key is missing.
+    DirMtime { dir: u64 },
+    /// A directory's log cannot be read: its sequence key is missing or fenced, a chunk is
+    /// missing or malformed.
+    DirLog { dir: u64 },
+    /// A file's data key is missing or holds another number of bytes than its record says.
+    Data { dir: u64, name: Vec<u8>, ino: u64 },
+    /// The inode counter is missing or behind inode `max_ino`.
+    InodeCounter { max_ino: u64 },
+    /// The directory-rename counter is missing.
+    DirGeneration,
+    /// A key under the prefix that no name reaches.
+    Unreached { key: Vec<u8> },
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -45,12 +78,21 @@ pub struct Report {
 
 /// Checks the tree under `keys`' prefix. Errors only when the store cannot be read at all.
 pub fn check<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
-    let first = Scan::new(store, keys).run()?;
+    check_as(store, keys, None)
+}
+
+/// As [`check`], for the holder of the namespace lock (repair): that lock is not a problem.
+pub(crate) fn check_as<S: Store>(
+    store: &S,
+    keys: &KeyLayout,
+    holder: Option<&str>,
+) -> FsResult<Report> {
+    let first = Scan::new(store, keys, holder).run()?;
     if first.problems.is_empty() {
         return Ok(first);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut second = Scan::new(store, keys).run()?;
+    let mut second = Scan::new(store, keys, holder).run()?;
     let seen: HashSet<&Problem> = first.problems.iter().collect();
     second.problems.retain(|p| seen.contains(p));
     Ok(second)
@@ -63,6 +105,8 @@ struct Scan<'a, S: Store> {
     /// Every key the tree accounts for.
     expected: HashSet<Vec<u8>>,
     max_ino: u64,
+    /// Owner string of a namespace lock this check runs under.
+    holder: Option<&'a str>,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -70,23 +114,25 @@ fn text(bytes: &[u8]) -> String {
 }
 
 impl<'a, S: Store> Scan<'a, S> {
-    fn new(store: &'a S, keys: &'a KeyLayout) -> Self {
+    fn new(store: &'a S, keys: &'a KeyLayout, holder: Option<&'a str>) -> Self {
         Scan {
             store,
             keys,
             report: Report::default(),
             expected: HashSet::new(),
             max_ino: ROOT_INO,
+            holder,
         }
     }
 
-    fn problem(&mut self, path: &[u8], key: &[u8], what: impl Into<String>) {
+    fn problem(&mut self, fault: Fault, path: &[u8], key: &[u8], what: impl Into<String>) {
         let path = if path.is_empty() { b"/" } else { path };
         self.report.problems.push(Problem {
             path: text(path),
             key: text(key),
             problem: what.into(),
-            unreachable: false,
+            unreachable: matches!(fault, Fault::Unreached { .. }),
+            fault,
         });
     }
 
@@ -115,6 +161,7 @@ impl<'a, S: Store> Scan<'a, S> {
         let format_key = self.keys.format();
         let Some(format) = self.get(&format_key)? else {
             self.problem(
+                Fault::Manual,
                 b"",
                 &format_key,
                 "no format record: nothing was ever mounted under this prefix, or the store was emptied",
@@ -146,10 +193,14 @@ impl<'a, S: Store> Scan<'a, S> {
             let held: LockValue = match serde_json::from_slice(&value) {
                 Ok(v) => v,
                 Err(e) => {
-                    self.problem(b"", &key, format!("unreadable namespace lock: {e}"));
+                    let what = format!("unreadable namespace lock: {e}");
+                    self.problem(Fault::UnfinishedOp, b"", &key, what);
                     return Ok(());
                 }
             };
+            if self.holder == Some(held.owner.as_str()) {
+                return Ok(());
+            }
             let mount = held.owner.split('/').next().unwrap_or_default().to_string();
             let alive = self.get(&self.keys.alive(&mount))?.is_some();
             if !alive || Instant::now() > deadline {
@@ -161,7 +212,7 @@ impl<'a, S: Store> Scan<'a, S> {
                     ),
                     None => format!("namespace lock held by mount {mount}, no intent stored yet"),
                 };
-                self.problem(b"", &key, what);
+                self.problem(Fault::UnfinishedOp, b"", &key, what);
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -170,10 +221,10 @@ impl<'a, S: Store> Scan<'a, S> {
     }
 
     fn walk(&mut self) -> FsResult<()> {
-        let mut queue = VecDeque::from([(ROOT_INO, Vec::new())]);
+        let mut queue = VecDeque::from([(ROOT_INO, Vec::new(), 0, Vec::new())]);
         let mut seen_dirs = HashSet::from([ROOT_INO]);
-        while let Some((dir, path)) = queue.pop_front() {
-            let Some(listing) = self.check_dir(dir, &path)? else {
+        while let Some((dir, path, parent, dir_name)) = queue.pop_front() {
+            let Some(listing) = self.check_dir(dir, &path, parent, &dir_name)? else {
                 continue;
             };
             self.report.directories += 1;
@@ -209,45 +260,68 @@ impl<'a, S: Store> Scan<'a, S> {
                 self.expected.insert(ekey.clone());
                 self.expected.insert(ikey.clone());
                 self.max_ino = self.max_ino.max(*ino);
+                let name_fault = || Fault::Name {
+                    dir,
+                    name: name.clone(),
+                };
                 match entry {
                     Ok(slot) if slot.ino == Some(*ino) => {}
                     Ok(slot) => self.problem(
+                        name_fault(),
                         &child,
                         &ekey,
                         format!("listed as inode {ino} but its entry says {:?}", slot.ino),
                     ),
-                    Err(e) => self.problem(&child, &ekey, e.to_string()),
+                    Err(e) => self.problem(name_fault(), &child, &ekey, e.to_string()),
                 }
                 let Some(rec) = rec else {
-                    self.problem(&child, &ikey, "entry points at a missing inode record");
+                    let what = "entry points at a missing inode record";
+                    if *kind == Kind::Dir {
+                        // Its contents may all be there: check them too.
+                        let fault = Fault::DirRecord {
+                            dir: *ino,
+                            parent: dir,
+                            name: name.clone(),
+                        };
+                        self.problem(fault, &child, &ikey, what);
+                        if seen_dirs.insert(*ino) {
+                            queue.push_back((*ino, child, dir, name.clone()));
+                        }
+                    } else {
+                        self.problem(name_fault(), &child, &ikey, what);
+                    }
                     continue;
                 };
                 let rec = match Inode::decode(&ikey, &rec.value) {
                     Ok(r) => r,
                     Err(e) => {
-                        self.problem(&child, &ikey, e.to_string());
+                        self.problem(Fault::Manual, &child, &ikey, e.to_string());
                         continue;
                     }
                 };
                 if rec.kind != *kind {
                     self.problem(
+                        name_fault(),
                         &child,
                         &ikey,
                         format!("listed as {kind:?} but the record is {:?}", rec.kind),
                     );
                 }
                 if !rec.links.contains(&Link::new(dir, name)) {
-                    self.problem(&child, &ikey, "the inode record does not list this name");
+                    let what = "the inode record does not list this name";
+                    self.problem(name_fault(), &child, &ikey, what);
                 }
                 match rec.kind {
                     Kind::Dir => {
                         if rec.links.len() != 1 {
-                            self.problem(&child, &ikey, "a directory with more than one name");
+                            let what = "a directory with more than one name";
+                            self.problem(Fault::Manual, &child, &ikey, what);
                         }
                         if seen_dirs.insert(*ino) {
-                            queue.push_back((*ino, child));
+                            queue.push_back((*ino, child, dir, name.clone()));
                         } else {
-                            self.problem(&child, &ikey, "directory reached twice (a cycle)");
+                            let what = "directory reached twice (a cycle)";
+                            self.problem(Fault::Manual, &child, &ikey, what);
                         }
                     }
                     Kind::File => {
@@ -256,13 +330,19 @@ impl<'a, S: Store> Scan<'a, S> {
                         let key = self.keys.data(&child);
                         if key.len() <= memfis_memcache::MAX_KEY_LEN {
                             self.expected.insert(key.clone());
-                            data_checks.push((child, key, rec.size));
+                            let fault = Fault::Data {
+                                dir,
+                                name: name.clone(),
+                                ino: *ino,
+                            };
+                            data_checks.push((fault, child, key, rec.size));
                         }
                     }
                     Kind::Symlink => {
                         self.report.symlinks += 1;
                         if rec.target.is_none() {
-                            self.problem(&child, &ikey, "symlink without a target");
+                            let what = "symlink without a target";
+                            self.problem(Fault::Manual, &child, &ikey, what);
                         }
                     }
                 }
@@ -273,7 +353,19 @@ impl<'a, S: Store> Scan<'a, S> {
     }
 
     /// A directory's own keys; its listing if they can be read.
-    fn check_dir(&mut self, dir: u64, path: &[u8]) -> FsResult<Option<dirlog::Listing>> {
+    fn check_dir(
+        &mut self,
+        dir: u64,
+        path: &[u8],
+        parent: u64,
+        name: &[u8],
+    ) -> FsResult<Option<dirlog::Listing>> {
+        let record_fault = Fault::DirRecord {
+            dir,
+            parent,
+            name: name.to_vec(),
+        };
+        let log_fault = Fault::DirLog { dir };
         let ikey = self.keys.inode(dir);
         let seq_key = self.keys.dir_seq(dir);
         let mtime_key = self.keys.dir_mtime(dir);
@@ -288,22 +380,25 @@ impl<'a, S: Store> Scan<'a, S> {
         self.expected
             .extend([ikey.clone(), seq_key.clone(), mtime_key.clone()]);
         match rec.map(|r| Inode::decode(&ikey, &r)) {
-            None => self.problem(path, &ikey, "directory record is missing"),
-            Some(Err(e)) => self.problem(path, &ikey, e.to_string()),
+            None => self.problem(record_fault, path, &ikey, "directory record is missing"),
+            Some(Err(e)) => self.problem(record_fault, path, &ikey, e.to_string()),
             Some(Ok(r)) if r.kind != Kind::Dir => {
-                self.problem(path, &ikey, "not a directory record")
+                self.problem(Fault::Manual, path, &ikey, "not a directory record")
             }
             Some(Ok(_)) => {}
         }
         if mtime.is_none() {
-            self.problem(path, &mtime_key, "directory mtime key is missing");
+            let what = "directory mtime key is missing";
+            self.problem(Fault::DirMtime { dir }, path, &mtime_key, what);
         }
         let Some(seq) = seq else {
-            self.problem(path, &seq_key, "directory log sequence is missing");
+            let what = "directory log sequence is missing";
+            self.problem(log_fault, path, &seq_key, what);
             return Ok(None);
         };
         let Some(seq) = parse_number(&seq) else {
             self.problem(
+                log_fault,
                 path,
                 &seq_key,
                 "directory log sequence is fenced: an rmdir did not finish",
@@ -322,12 +417,13 @@ impl<'a, S: Store> Scan<'a, S> {
             match chunk {
                 Some(c) => {
                     if let Err(e) = dirlog::replay(key, &c, &mut state) {
-                        self.problem(path, key, e.to_string());
+                        self.problem(log_fault.clone(), path, key, e.to_string());
                         broken = true;
                     }
                 }
                 None => {
-                    self.problem(path, key, "directory log chunk is missing");
+                    let what = "directory log chunk is missing";
+                    self.problem(log_fault.clone(), path, key, what);
                     broken = true;
                 }
             }
@@ -347,12 +443,16 @@ impl<'a, S: Store> Scan<'a, S> {
     }
 
     /// Each served file's data key holds as many bytes as its record says.
-    fn check_data(&mut self, files: Vec<(Vec<u8>, Vec<u8>, u64)>) -> FsResult<()> {
-        let keys: Vec<Vec<u8>> = files.iter().map(|f| f.1.clone()).collect();
-        for ((path, key, size), value) in files.into_iter().zip(self.get_many(&keys)?) {
+    fn check_data(&mut self, files: Vec<(Fault, Vec<u8>, Vec<u8>, u64)>) -> FsResult<()> {
+        let keys: Vec<Vec<u8>> = files.iter().map(|f| f.2.clone()).collect();
+        for ((fault, path, key, size), value) in files.into_iter().zip(self.get_many(&keys)?) {
             match value {
-                None => self.problem(&path, &key, "data key is missing (nginx cannot serve it)"),
+                None => {
+                    let what = "data key is missing (nginx cannot serve it)";
+                    self.problem(fault, &path, &key, what)
+                }
                 Some(v) if v.len() as u64 != size => self.problem(
+                    fault,
                     &path,
                     &key,
                     format!("data key holds {} bytes, the record says {size}", v.len()),
@@ -365,9 +465,18 @@ impl<'a, S: Store> Scan<'a, S> {
 
     fn check_counters(&mut self) -> FsResult<()> {
         let next = self.keys.next_ino();
+        let fault = Fault::InodeCounter {
+            max_ino: self.max_ino,
+        };
         match self.get(&next)?.as_deref().and_then(parse_number) {
-            None => self.problem(b"", &next, "inode counter is missing or not a number"),
+            None => self.problem(
+                fault,
+                b"",
+                &next,
+                "inode counter is missing or not a number",
+            ),
             Some(n) if n < self.max_ino => self.problem(
+                fault,
                 b"",
                 &next,
                 format!("inode counter {n} is behind inode {}", self.max_ino),
@@ -381,7 +490,8 @@ impl<'a, S: Store> Scan<'a, S> {
             .and_then(parse_number)
             .is_none()
         {
-            self.problem(b"", &generation, "directory-rename counter is missing");
+            let what = "directory-rename counter is missing";
+            self.problem(Fault::DirGeneration, b"", &generation, what);
         }
         Ok(())
     }
@@ -418,10 +528,7 @@ impl<'a, S: Store> Scan<'a, S> {
             } else {
                 Vec::new()
             };
-            self.problem(&path, &key, what);
-            if let Some(p) = self.report.problems.last_mut() {
-                p.unreachable = true;
-            }
+            self.problem(Fault::Unreached { key: key.clone() }, &path, &key, what);
         }
     }
 }

@@ -25,6 +25,7 @@
 //! - [`files`]: reading, writing and publishing open files
 //! - [`xattr`]: `user.*` extended attributes
 //! - [`check`]: the read-only consistency check of a whole store
+//! - [`repair`]: fixing what the check finds, under the namespace lock
 //!
 //! Values in and out: [`attr`] (attributes, changes, entries, statfs), [`error`].
 
@@ -44,6 +45,7 @@ pub mod nslock;
 mod open_files;
 pub mod record;
 pub mod rename;
+pub mod repair;
 mod replies;
 mod roll_forward;
 mod sync;

@@ -1,0 +1,559 @@
+//! `memfis check --repair`: fixes what the check finds, logging every change.
+//!
+//! Repair runs as a mount of its own (a [`MemFs`]): opening it completes operations that gone
+//! mounts left in the namespace lock, and every fix is made holding that lock, with the same
+//! records and the same idempotent log appends a mount uses, so mounts may work meanwhile.
+//! Each pass checks the store (under the lock), fixes every problem found, and the next pass
+//! checks again; a fix can bring another to light (a name restored whose data key is missing).
+//!
+//! What each problem becomes:
+//! - a name whose entry, log and record disagree: the entry wins when it points at a live
+//!   record, else a logged inode whose record lists the name, else the name goes; the entry,
+//!   the log (by appending records) and the records' names are then made to agree;
+//! - a directory log that cannot be read (chunk or sequence missing or malformed): missing
+//!   chunks are re-added empty, a malformed one emptied, the sequence set past the last chunk
+//!   left, then every name the log or the entry keys know is settled as above;
+//! - a file's data key holding another size than its record: the record takes the size of
+//!   the bytes stored (what nginx serves); a missing data key is copied from another name of
+//!   the file, made empty for an empty file, and otherwise the file is removed (its bytes are
+//!   lost; the log line says so, to copy it in again);
+//! - a missing directory record, mtime key or counter is made again; the inode counter is
+//!   raised above every inode;
+//! - keys no name reaches (left by crashes) are deleted; an entry key its directory does not
+//!   list is settled as a name (it may be a name whose log record was lost).
+
+use std::collections::BTreeSet;
+
+use memfis_memcache::{Store, StoreOp};
+use tracing::{info, warn};
+
+use crate::check::{Fault, Problem, Report, check_as};
+use crate::dirlog::{self, Op};
+use crate::fs::{MemFs, join};
+use crate::keys::{LOG_CHUNK_RECORDS, ROOT_INO, unescape};
+use crate::record::{Inode, Kind, Link, Time};
+use crate::replies::parse_number;
+use crate::{FsError, FsResult};
+
+/// Passes of check-then-fix before giving up on what is left.
+const PASSES: usize = 4;
+/// Log chunks probed past the last one found when a directory's sequence is lost.
+const CHUNK_PROBE: u64 = 8;
+
+/// One change repair made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Repaired {
+    pub path: String,
+    pub key: String,
+    pub action: String,
+}
+
+/// What repair did, and the check that followed it.
+#[derive(Debug, serde::Serialize)]
+pub struct RepairReport {
+    pub repaired: Vec<Repaired>,
+    pub after: Report,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl<S: Store> MemFs<S> {
+    /// Repairs the store this mount works on. The caller keeps the mount's heartbeat going
+    /// (a repair of a large store can outlast the liveness key).
+    pub fn repair(&self) -> FsResult<RepairReport> {
+        let mut repaired = Vec::new();
+        for pass in 1..=PASSES {
+            let report = self.with_ns_lock(Vec::new(), |guard, _| {
+                let report = check_as(self.store(), self.keys(), Some(guard.owner.as_str()))?;
+                let mut fixer = Fixer {
+                    fs: self,
+                    done: &mut repaired,
+                };
+                // Directories first (settling a name reads its directory's record and log);
+                // keys no name reaches last, and only once nothing else needed fixing: a
+                // directory made readable again reaches keys the check could not.
+                let mut problems = report.problems.clone();
+                problems.sort_by_key(|p| match p.fault {
+                    Fault::DirRecord { .. } => 0,
+                    Fault::DirLog { .. } => 1,
+                    Fault::Unreached { .. } => 3,
+                    _ => 2,
+                });
+                let mut seen = BTreeSet::new();
+                let fixed_before = fixer.done.len();
+                let mut structural_fixes = None;
+                for p in &problems {
+                    if matches!(p.fault, Fault::Unreached { .. }) {
+                        let fixed =
+                            *structural_fixes.get_or_insert(fixer.done.len() - fixed_before);
+                        if fixed > 0 {
+                            break; // the next pass checks again first
+                        }
+                    }
+                    if !seen.insert(p.fault.clone()) {
+                        continue; // one fault, several symptoms
+                    }
+                    if let Err(e) = fixer.fix(p) {
+                        warn!(path = %p.path, key = %p.key, error = %e, "could not repair");
+                    }
+                }
+                Ok(report)
+            })?;
+            let fixable = report
+                .problems
+                .iter()
+                .filter(|p| p.fault != Fault::Manual)
+                .count();
+            info!(
+                pass,
+                problems = report.problems.len(),
+                fixable,
+                "repair pass"
+            );
+            if fixable == 0 {
+                break;
+            }
+        }
+        let after = crate::check::check(self.store(), self.keys())?;
+        Ok(RepairReport { repaired, after })
+    }
+}
+
+struct Fixer<'a, S: Store> {
+    fs: &'a MemFs<S>,
+    done: &'a mut Vec<Repaired>,
+}
+
+impl<S: Store> Fixer<'_, S> {
+    fn note(&mut self, path: &[u8], key: &[u8], action: impl Into<String>) {
+        let r = Repaired {
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                text(path)
+            },
+            key: text(key),
+            action: action.into(),
+        };
+        info!(path = %r.path, key = %r.key, "repaired: {}", r.action);
+        self.done.push(r);
+    }
+
+    fn fix(&mut self, p: &Problem) -> FsResult<()> {
+        match &p.fault {
+            Fault::Manual | Fault::UnfinishedOp => Ok(()),
+            Fault::Name { dir, name } => self.settle_name(*dir, name),
+            Fault::DirRecord { dir, parent, name } => self.dir_record(*dir, *parent, name),
+            Fault::DirMtime { dir } => {
+                let key = self.fs.keys.dir_mtime(*dir);
+                self.add(&key, Time::now().to_text().as_bytes())?;
+                let path = self.fs.dir_path(*dir).unwrap_or_default();
+                self.note(&path, &key, "made the missing directory mtime key (now)");
+                Ok(())
+            }
+            Fault::DirLog { dir } => self.rebuild_log(*dir),
+            Fault::Data { dir, name, ino } => self.data(*dir, name, *ino),
+            Fault::InodeCounter { max_ino } => self.inode_counter(*max_ino),
+            Fault::DirGeneration => {
+                let key = self.fs.keys.dir_generation();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(1);
+                self.add(&key, now.to_string().as_bytes())?;
+                self.note(
+                    b"",
+                    &key,
+                    format!("made the directory-rename counter ({now})"),
+                );
+                Ok(())
+            }
+            Fault::Unreached { key } => self.unreached(key),
+        }
+    }
+
+    fn add(&self, key: &[u8], value: &[u8]) -> FsResult<bool> {
+        self.fs
+            .store
+            .store(StoreOp::Add, key, value)
+            .map_err(|e| FsError::store(key, e))
+    }
+
+    fn delete(&self, key: &[u8]) -> FsResult<bool> {
+        self.fs
+            .store
+            .delete(key)
+            .map_err(|e| FsError::store(key, e))
+    }
+
+    fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        Ok(self
+            .fs
+            .store
+            .get(key)
+            .map_err(|e| FsError::store(key, e))?
+            .map(|i| i.value))
+    }
+
+    /// Makes entry, log and records agree on what `name` in `dir` is.
+    fn settle_name(&mut self, dir: u64, name: &[u8]) -> FsResult<()> {
+        let fs = self.fs;
+        let path = join(&fs.dir_path(dir)?, name);
+        let link = Link::new(dir, name);
+        let ekey = fs.keys.entry(dir, name);
+        let entry = match fs.read_entry(dir, name) {
+            Ok(slot) => slot.ino,
+            Err(FsError::Corrupt { .. }) => {
+                self.delete(&ekey)?;
+                self.note(&path, &ekey, "deleted a malformed entry");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let listed = fs.list_dir(dir)?.get(name).copied();
+        let record = |ino: u64| fs.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
+
+        // Which inode, if any, the name is.
+        let mut truth = None;
+        if let Some(e) = entry
+            && let Some(rec) = record(e)?
+        {
+            if rec.links.contains(&link) {
+                truth = Some((e, rec.kind));
+            } else if rec.kind != Kind::Dir || rec.links.is_empty() {
+                fs.update_record(e, |r| {
+                    if !r.links.contains(&link) {
+                        r.links.push(link.clone());
+                    }
+                    Ok(())
+                })?;
+                self.note(
+                    &path,
+                    &fs.keys.inode(e),
+                    "added the name to its inode record",
+                );
+                truth = Some((e, rec.kind));
+            }
+        }
+        if truth.is_none()
+            && let Some((x, _)) = listed
+            && let Some(rec) = record(x)?
+            && rec.links.contains(&link)
+        {
+            truth = Some((x, rec.kind));
+        }
+        let truth_ino = truth.map(|(i, _)| i);
+
+        if entry != truth_ino {
+            fs.entry_swap(dir, name, entry, truth_ino)?;
+            let what = match truth_ino {
+                Some(i) => format!("entry set to inode {i} (was {entry:?})"),
+                None => format!("entry removed (it named inode {entry:?}, which lacks this name)"),
+            };
+            self.note(&path, &ekey, what);
+        }
+        if listed != truth {
+            let mut changes = Vec::new();
+            if let Some((x, kind)) = listed {
+                changes.push((Op::Remove, kind, x, name));
+            }
+            if let Some((t, kind)) = truth {
+                changes.push((Op::Add, kind, t, name));
+            }
+            fs.log_dir_changes(dir, &changes)?;
+            let what = match truth {
+                Some((t, kind)) => format!("directory log now lists inode {t} ({kind:?})"),
+                None => "directory log no longer lists the name".to_string(),
+            };
+            self.note(&path, &fs.keys.dir_seq(dir), what);
+        }
+        // Inodes that claim the name without having it let go of it.
+        for other in [entry, listed.map(|(i, _)| i)].into_iter().flatten() {
+            if Some(other) == truth_ino {
+                continue;
+            }
+            if let Some(rec) = record(other)?
+                && rec.links.contains(&link)
+            {
+                fs.drop_link(other, &link, 0)?;
+                self.note(
+                    &path,
+                    &fs.keys.inode(other),
+                    "dropped the name from an inode record",
+                );
+            }
+        }
+        if !matches!(truth, Some((_, Kind::File))) {
+            let key = fs.keys.data(&path);
+            if key.len() <= memfis_memcache::MAX_KEY_LEN && self.get(&key)?.is_some() {
+                self.delete(&key)?;
+                self.note(&path, &key, "deleted a data key no file has");
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_record(&mut self, dir: u64, parent: u64, name: &[u8]) -> FsResult<()> {
+        let key = self.fs.keys.inode(dir);
+        let links = if dir == ROOT_INO {
+            Vec::new()
+        } else {
+            vec![Link::new(parent, name)]
+        };
+        let rec = Inode::new(Kind::Dir, 0o755, 0, 0, links);
+        let fresh = self.add(&key, &rec.encode())?;
+        if !fresh {
+            // There but unreadable: replaced.
+            self.fs
+                .store
+                .store(StoreOp::Set, &key, &rec.encode())
+                .map_err(|e| FsError::store(&key, e))?;
+        }
+        let path = self.fs.dir_path(dir).unwrap_or_default();
+        self.note(
+            &path,
+            &key,
+            "made a new directory record (mode 0755, owner root)",
+        );
+        Ok(())
+    }
+
+    /// Makes a directory's log readable again, then settles every name it or the entry keys
+    /// know.
+    fn rebuild_log(&mut self, dir: u64) -> FsResult<()> {
+        let fs = self.fs;
+        let path = fs.dir_path(dir)?;
+        let seq_key = fs.keys.dir_seq(dir);
+        let seq = match self.get(&seq_key)?.as_deref().map(parse_number) {
+            Some(Some(n)) => n,
+            // Missing or fenced (an rmdir whose intent was lost; the name is still there).
+            _ => {
+                let last = self.last_chunk(dir)?;
+                let seq = last * LOG_CHUNK_RECORDS + LOG_CHUNK_RECORDS - 1;
+                fs.store
+                    .store(StoreOp::Set, &seq_key, seq.to_string().as_bytes())
+                    .map_err(|e| FsError::store(&seq_key, e))?;
+                self.note(&path, &seq_key, format!("set the log sequence to {seq}"));
+                seq
+            }
+        };
+        let mut names = BTreeSet::new();
+        for c in 0..=seq / LOG_CHUNK_RECORDS + 1 {
+            let key = fs.keys.dir_log(dir, c);
+            match self.get(&key)? {
+                None => {
+                    self.add(&key, b"")?;
+                    self.note(&path, &key, "re-added a missing log chunk (empty)");
+                }
+                Some(chunk) => {
+                    let mut state = dirlog::Replay::default();
+                    match dirlog::replay(&key, &chunk, &mut state) {
+                        Ok(()) => names.extend(state.listing().into_keys()),
+                        Err(_) => {
+                            fs.store
+                                .store(StoreOp::Set, &key, b"")
+                                .map_err(|e| FsError::store(&key, e))?;
+                            self.note(&path, &key, "emptied a malformed log chunk");
+                        }
+                    }
+                }
+            }
+        }
+        match self.entry_names(dir)? {
+            Some(found) => names.extend(found),
+            None => warn!(
+                path = %text(&path),
+                "the store cannot list its keys: names missing from the log cannot be found"
+            ),
+        }
+        for name in names {
+            self.settle_name(dir, &name)?;
+        }
+        Ok(())
+    }
+
+    /// The highest log chunk of `dir` still stored (0 when none is).
+    fn last_chunk(&self, dir: u64) -> FsResult<u64> {
+        let (mut last, mut c, mut misses) = (0, 0, 0);
+        while misses < CHUNK_PROBE {
+            if self.get(&self.fs.keys.dir_log(dir, c))?.is_some() {
+                last = c;
+                misses = 0;
+            } else {
+                misses += 1;
+            }
+            c += 1;
+        }
+        Ok(last)
+    }
+
+    /// The names of `dir` that have an entry key, found by listing the store's keys; `None`
+    /// when the store cannot list them.
+    fn entry_names(&self, dir: u64) -> FsResult<Option<Vec<Vec<u8>>>> {
+        let Some(listed) = self.fs.store.list_keys() else {
+            return Ok(None);
+        };
+        let all = listed.map_err(|e| FsError::store(b"(key listing)", e))?;
+        let plain = self.fs.keys.entry(dir, b"");
+        let hashed_start = format!("{}%h{dir}/", self.fs.keys.prefix()).into_bytes();
+        let mut names = Vec::new();
+        for key in all {
+            if let Some(rest) = key.strip_prefix(plain.as_slice()) {
+                names.push(unescape(rest));
+            } else if key.starts_with(&hashed_start)
+                && let Some(name) = self.hashed_entry_name(dir, &key)?
+            {
+                names.push(name);
+            }
+        }
+        Ok(Some(names))
+    }
+
+    /// The name behind a hashed entry key: the one among its inode's names that hashes to it.
+    fn hashed_entry_name(&self, dir: u64, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        let Some(ino) = self.get(key)?.as_deref().and_then(parse_number) else {
+            return Ok(None);
+        };
+        let Some((rec, _)) = self.fs.read_inode_opt(ino)? else {
+            return Ok(None);
+        };
+        Ok(rec
+            .links
+            .into_iter()
+            .find(|l| l.parent == dir && self.fs.keys.entry(dir, &l.name) == key)
+            .map(|l| l.name))
+    }
+
+    fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
+        let fs = self.fs;
+        let path = join(&fs.dir_path(dir)?, name);
+        let key = fs.keys.data(&path);
+        let Some((rec, _)) = fs.read_inode_opt(ino)? else {
+            return Ok(()); // the name's own problem
+        };
+        if let Some(bytes) = self.get(&key)? {
+            if bytes.len() as u64 != rec.size {
+                let size = bytes.len() as u64;
+                fs.update_record(ino, |r| {
+                    r.size = size;
+                    Ok(())
+                })?;
+                let what = format!(
+                    "record size {} set to the {size} bytes stored (what nginx serves)",
+                    rec.size
+                );
+                self.note(&path, &fs.keys.inode(ino), what);
+            }
+            return Ok(());
+        }
+        for other in rec.links.iter().filter(|l| **l != Link::new(dir, name)) {
+            let Ok(other_path) = fs.link_path(other) else {
+                continue;
+            };
+            let other_key = fs.keys.data(&other_path);
+            if let Some(bytes) = self.get(&other_key)?
+                && bytes.len() as u64 == rec.size
+            {
+                fs.store
+                    .store(StoreOp::Set, &key, &bytes)
+                    .map_err(|e| FsError::store(&key, e))?;
+                let what = format!("data key copied from {}", text(&other_path));
+                self.note(&path, &key, what);
+                return Ok(());
+            }
+        }
+        if rec.size == 0 {
+            self.add(&key, b"")?;
+            self.note(&path, &key, "made the missing data key of an empty file");
+            return Ok(());
+        }
+        // The bytes are gone: the name goes, so nginx falls back instead of serving nothing.
+        let link = Link::new(dir, name);
+        fs.entry_swap(dir, name, Some(ino), None)?;
+        fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
+        fs.drop_link(ino, &link, 0)?;
+        warn!(path = %text(&path), "removed a file whose bytes were lost; copy it in again");
+        self.note(
+            &path,
+            &key,
+            format!(
+                "removed the file: its {} bytes were lost (data key missing); copy it in again",
+                rec.size
+            ),
+        );
+        Ok(())
+    }
+
+    fn inode_counter(&mut self, max_ino: u64) -> FsResult<()> {
+        let key = self.fs.keys.next_ino();
+        let margin = 1024;
+        match self.get(&key)?.as_deref().and_then(parse_number) {
+            Some(n) if n >= max_ino => return Ok(()),
+            Some(n) => {
+                self.fs
+                    .store
+                    .incr(&key, max_ino - n + margin)
+                    .map_err(|e| FsError::store(&key, e))?;
+            }
+            None => {
+                self.fs
+                    .store
+                    .store(
+                        StoreOp::Set,
+                        &key,
+                        (max_ino + margin).to_string().as_bytes(),
+                    )
+                    .map_err(|e| FsError::store(&key, e))?;
+            }
+        }
+        let what = format!("inode counter raised above inode {max_ino}");
+        self.note(b"", &key, what);
+        Ok(())
+    }
+
+    /// A key no name reaches: an entry key is settled as a name, anything else deleted.
+    fn unreached(&mut self, key: &[u8]) -> FsResult<()> {
+        let prefix = self.fs.keys.prefix().as_bytes();
+        let Some(rest) = key.strip_prefix(prefix) else {
+            return Ok(());
+        };
+        let kind = rest.get(1).copied();
+        if rest.first() == Some(&b'%') && matches!(kind, Some(b'e' | b'h')) {
+            let (dir, name) = self.entry_of(rest)?;
+            if let (Some(dir), Some(name)) = (dir, name)
+                && self.fs.read_inode_opt(dir)?.is_some()
+                && self.fs.dir_seq_value(dir)?.is_some()
+            {
+                return self.settle_name(dir, &name);
+            }
+        }
+        let path = if rest.first() == Some(&b'/') {
+            unescape(rest)
+        } else {
+            Vec::new()
+        };
+        if self.delete(key)? {
+            self.note(&path, key, "deleted a key no name reaches");
+        }
+        Ok(())
+    }
+
+    /// The directory and name of an entry key (`%e<dir>/<escaped name>` or `%h<dir>/<hash>`).
+    fn entry_of(&self, rest: &[u8]) -> FsResult<(Option<u64>, Option<Vec<u8>>)> {
+        let body = &rest[2..];
+        let Some(slash) = body.iter().position(|&b| b == b'/') else {
+            return Ok((None, None));
+        };
+        let Some(dir) = parse_number(&body[..slash]) else {
+            return Ok((None, None));
+        };
+        if rest[1] == b'e' {
+            return Ok((Some(dir), Some(unescape(&body[slash + 1..]))));
+        }
+        let mut key = self.fs.keys.prefix().as_bytes().to_vec();
+        key.extend_from_slice(rest);
+        Ok((Some(dir), self.hashed_entry_name(dir, &key)?))
+    }
+}

@@ -1,0 +1,280 @@
+//! `MemFs::repair` against damage done on purpose to an in-memory store: each case breaks one
+//! thing, repairs, and then the check must be clean and the tree must hold what it still can.
+//! (The same runs against real memcached through the binary in the top-level tests.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO};
+use memfis_memcache::Store;
+use memfis_memcache::memory::MemoryStore;
+
+type Fs = MemFs<Arc<MemoryStore>>;
+
+struct Tree {
+    store: Arc<MemoryStore>,
+    keys: KeyLayout,
+    inos: BTreeMap<&'static str, u64>,
+}
+
+fn cfg() -> FsConfig {
+    FsConfig {
+        cache_ttl: Duration::ZERO,
+        ..FsConfig::default()
+    }
+}
+
+fn write(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> u64 {
+    let (attr, fh) = fs
+        .create(parent, name.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
+        .unwrap();
+    fs.write(fh, 0, bytes, false).unwrap();
+    fs.release(fh).unwrap();
+    attr.ino
+}
+
+/// /a/f1 ("hello"), /a/f2 ("second"), /a/h (hard link to f1), /b/c/g ("deep"), /s -> a/f1.
+fn build() -> Tree {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://repair").unwrap();
+    let fs = MemFs::new(store.clone(), keys.clone(), cfg()).unwrap();
+    let a = fs.mkdir(ROOT_INO, b"a", 0o755, 0, 0).unwrap().ino;
+    let b = fs.mkdir(ROOT_INO, b"b", 0o755, 0, 0).unwrap().ino;
+    let c = fs.mkdir(b, b"c", 0o755, 0, 0).unwrap().ino;
+    let f1 = write(&fs, a, "f1", b"hello");
+    let f2 = write(&fs, a, "f2", b"second");
+    fs.link(f1, a, b"h").unwrap();
+    let g = write(&fs, c, "g", b"deep");
+    fs.symlink(ROOT_INO, b"s", b"a/f1", 0, 0).unwrap();
+    let inos = BTreeMap::from([
+        ("a", a),
+        ("b", b),
+        ("c", c),
+        ("f1", f1),
+        ("f2", f2),
+        ("g", g),
+    ]);
+    let tree = Tree { store, keys, inos };
+    assert!(tree.check().is_empty());
+    tree
+}
+
+impl Tree {
+    fn check(&self) -> Vec<String> {
+        memfis_fs::check::check(&self.store, &self.keys)
+            .unwrap()
+            .problems
+            .into_iter()
+            .map(|p| format!("{}: {} ({})", p.path, p.problem, p.key))
+            .collect()
+    }
+
+    /// Repairs with a fresh mount; the check after it must be clean. Returns the actions.
+    fn repair(&self) -> Vec<String> {
+        let before = self.check();
+        assert!(!before.is_empty(), "the damage shows in the check");
+        let fs = MemFs::new(self.store.clone(), self.keys.clone(), cfg()).unwrap();
+        let report = fs.repair().unwrap();
+        let after: Vec<String> = report
+            .after
+            .problems
+            .iter()
+            .map(|p| p.problem.clone())
+            .collect();
+        assert!(
+            after.is_empty(),
+            "left after repair of {before:?}: {after:?}"
+        );
+        assert!(self.check().is_empty());
+        report
+            .repaired
+            .into_iter()
+            .map(|r| format!("{}: {}", r.path, r.action))
+            .collect()
+    }
+
+    /// Every path in the tree with its bytes (directories and symlinks as markers).
+    fn contents(&self) -> BTreeMap<String, String> {
+        let fs = MemFs::new(self.store.clone(), self.keys.clone(), cfg()).unwrap();
+        let mut out = BTreeMap::new();
+        walk(&fs, ROOT_INO, "", &mut out);
+        out
+    }
+
+    fn served(&self, path: &str) -> Option<Vec<u8>> {
+        self.store
+            .get(&self.keys.data(path.as_bytes()))
+            .unwrap()
+            .map(|i| i.value)
+    }
+
+    fn delete(&self, key: &[u8]) {
+        self.store.raw_delete(key);
+    }
+}
+
+fn walk(fs: &Fs, dir: u64, prefix: &str, out: &mut BTreeMap<String, String>) {
+    for e in fs.readdir(dir).unwrap() {
+        let name = String::from_utf8(e.name.clone()).unwrap();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = format!("{prefix}/{name}");
+        match e.kind {
+            Kind::Dir => {
+                out.insert(path.clone(), "<dir>".into());
+                walk(fs, e.ino, &path, out);
+            }
+            Kind::Symlink => {
+                out.insert(path, "<symlink>".into());
+            }
+            Kind::File => {
+                let fh = fs.open(e.ino, libc::O_RDONLY).unwrap();
+                let bytes = fs.read(fh, 0, 1 << 20).unwrap();
+                fs.release(fh).unwrap();
+                out.insert(path, String::from_utf8(bytes).unwrap());
+            }
+        }
+    }
+}
+
+fn expected_full() -> BTreeMap<String, String> {
+    [
+        ("/a", "<dir>"),
+        ("/a/f1", "hello"),
+        ("/a/f2", "second"),
+        ("/a/h", "hello"),
+        ("/b", "<dir>"),
+        ("/b/c", "<dir>"),
+        ("/b/c/g", "deep"),
+        ("/s", "<symlink>"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[test]
+fn a_lost_inode_record_takes_its_name_away() {
+    let t = build();
+    t.delete(&t.keys.inode(t.inos["f2"]));
+    let done = t.repair();
+    assert!(done.iter().any(|d| d.starts_with("/a/f2")), "{done:?}");
+    let mut want = expected_full();
+    want.remove("/a/f2");
+    assert_eq!(t.contents(), want);
+    assert_eq!(t.served("/a/f2"), None, "nginx no longer serves it");
+}
+
+#[test]
+fn a_lost_log_chunk_is_rebuilt_from_the_entries() {
+    let t = build();
+    t.delete(&t.keys.dir_log(t.inos["a"], 0));
+    t.repair();
+    assert_eq!(t.contents(), expected_full());
+}
+
+#[test]
+fn a_lost_log_sequence_is_rebuilt() {
+    let t = build();
+    t.delete(&t.keys.dir_seq(t.inos["a"]));
+    t.repair();
+    assert_eq!(t.contents(), expected_full());
+    // The directory takes new names again.
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    write(&fs, t.inos["a"], "new", b"n");
+    assert!(t.check().is_empty());
+}
+
+#[test]
+fn lost_counters_and_keys_are_made_again() {
+    let t = build();
+    t.delete(&t.keys.next_ino());
+    t.delete(&t.keys.dir_generation());
+    t.delete(&t.keys.dir_mtime(t.inos["b"]));
+    t.repair();
+    assert_eq!(t.contents(), expected_full());
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    let ino = write(&fs, ROOT_INO, "after", b"x");
+    assert!(
+        ino > t.inos["g"],
+        "new inodes come after every existing one"
+    );
+    assert!(t.check().is_empty());
+}
+
+#[test]
+fn a_counter_behind_the_inodes_is_raised() {
+    let t = build();
+    t.store.raw_set(&t.keys.next_ino(), b"2");
+    t.repair();
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    write(&fs, ROOT_INO, "after", b"x");
+    assert!(t.check().is_empty());
+}
+
+#[test]
+fn a_lost_data_key_is_copied_from_another_name_or_the_file_goes() {
+    let t = build();
+    t.delete(&t.keys.data(b"/a/f1")); // /a/h has the same bytes
+    t.delete(&t.keys.data(b"/b/c/g")); // no other name: lost
+    let done = t.repair();
+    assert!(
+        done.iter().any(|d| d.contains("bytes were lost")),
+        "{done:?}"
+    );
+    let mut want = expected_full();
+    want.remove("/b/c/g");
+    assert_eq!(t.contents(), want);
+    assert_eq!(t.served("/a/f1").as_deref(), Some(&b"hello"[..]));
+}
+
+#[test]
+fn a_record_size_follows_the_bytes_served() {
+    let t = build();
+    t.store.raw_set(&t.keys.data(b"/a/f2"), b"longer bytes");
+    t.repair();
+    let mut want = expected_full();
+    want.insert("/a/f2".into(), "longer bytes".into());
+    assert_eq!(t.contents(), want);
+}
+
+#[test]
+fn a_lost_directory_record_is_made_again() {
+    let t = build();
+    t.delete(&t.keys.inode(t.inos["c"]));
+    t.repair();
+    assert_eq!(t.contents(), expected_full());
+}
+
+#[test]
+fn an_entry_lost_midway_is_restored_and_garbage_goes() {
+    let t = build();
+    t.delete(&t.keys.entry(t.inos["a"], b"f2"));
+    t.store.raw_set(&t.keys.data(b"/nobody"), b"stray");
+    t.store
+        .raw_set(&t.keys.inode(99_999), br#"{"kind":"file"}"#);
+    t.repair();
+    assert_eq!(t.contents(), expected_full());
+    assert_eq!(t.served("/nobody"), None);
+}
+
+#[test]
+fn a_name_missing_from_the_log_is_listed_again() {
+    let t = build();
+    // Like a create whose log append was lost: the entry and record are there, the log
+    // has no record of the name.
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    let a = t.inos["a"];
+    fs.unlink(a, b"f2").unwrap();
+    let seq_before = t.store.get(&t.keys.dir_seq(a)).unwrap().unwrap().value;
+    let chunk_before = t.store.get(&t.keys.dir_log(a, 0)).unwrap().unwrap().value;
+    write(&fs, a, "f2", b"again");
+    t.store.raw_set(&t.keys.dir_seq(a), &seq_before);
+    t.store.raw_set(&t.keys.dir_log(a, 0), &chunk_before);
+    t.repair();
+    let mut want = expected_full();
+    want.insert("/a/f2".into(), "again".into());
+    assert_eq!(t.contents(), want);
+}
