@@ -71,26 +71,17 @@ impl<S: Store> MemFs<S> {
                     fs: self,
                     done: &mut repaired,
                 };
-                // Directories first (settling a name reads its directory's record and log);
-                // keys no name reaches last, and only once nothing else needed fixing: a
-                // directory made readable again reaches keys the check could not.
+                // Directories first (settling a name reads its directory's record and log),
+                // then names, then entry keys no listing has (names whose log record was
+                // lost); other keys no name reaches last, and only once nothing else needed
+                // fixing in this pass: a fix can make the tree reach them again.
                 let mut problems = report.problems.clone();
-                problems.sort_by_key(|p| match p.fault {
-                    Fault::DirRecord { .. } => 0,
-                    Fault::DirLog { .. } => 1,
-                    Fault::Unreached { .. } => 3,
-                    _ => 2,
-                });
+                problems.sort_by_key(|p| self.repair_order(&p.fault));
                 let mut seen = BTreeSet::new();
                 let fixed_before = fixer.done.len();
-                let mut structural_fixes = None;
                 for p in &problems {
-                    if matches!(p.fault, Fault::Unreached { .. }) {
-                        let fixed =
-                            *structural_fixes.get_or_insert(fixer.done.len() - fixed_before);
-                        if fixed > 0 {
-                            break; // the next pass checks again first
-                        }
+                    if self.repair_order(&p.fault) == GARBAGE && fixer.done.len() > fixed_before {
+                        break; // the next pass checks again first
                     }
                     if !seen.insert(p.fault.clone()) {
                         continue; // one fault, several symptoms
@@ -118,6 +109,28 @@ impl<S: Store> MemFs<S> {
         }
         let after = crate::check::check(self.store(), self.keys())?;
         Ok(RepairReport { repaired, after })
+    }
+}
+
+/// The place of garbage (keys no name reaches that are not entries) in the repair order.
+const GARBAGE: u8 = 4;
+
+impl<S: Store> MemFs<S> {
+    fn repair_order(&self, fault: &Fault) -> u8 {
+        match fault {
+            Fault::DirRecord { .. } => 0,
+            Fault::DirLog { .. } => 1,
+            Fault::Unreached { key } => {
+                let rest = key
+                    .strip_prefix(self.keys.prefix().as_bytes())
+                    .unwrap_or(key);
+                match rest {
+                    [b'%', b'e' | b'h', ..] => 3,
+                    _ => GARBAGE,
+                }
+            }
+            _ => 2,
+        }
     }
 }
 
