@@ -79,9 +79,13 @@ impl<S: Store> MemFs<S> {
                 problems.sort_by_key(|p| self.repair_order(&p.fault));
                 let mut seen = BTreeSet::new();
                 let fixed_before = fixer.done.len();
+                let mut garbage_phase = false;
                 for p in &problems {
-                    if self.repair_order(&p.fault) == GARBAGE && fixer.done.len() > fixed_before {
-                        break; // the next pass checks again first
+                    if !garbage_phase && self.repair_order(&p.fault) == GARBAGE {
+                        if fixer.done.len() > fixed_before {
+                            break; // the next pass checks again first
+                        }
+                        garbage_phase = true;
                     }
                     if !seen.insert(p.fault.clone()) {
                         continue; // one fault, several symptoms

@@ -278,3 +278,15 @@ fn a_name_missing_from_the_log_is_listed_again() {
     want.insert("/a/f2".into(), "again".into());
     assert_eq!(t.contents(), want);
 }
+
+#[test]
+fn many_keys_no_name_reaches_go_in_one_pass() {
+    let t = build();
+    for i in 0..10 {
+        t.store.raw_set(&t.keys.data(format!("/stray{i}").as_bytes()), b"x");
+        t.store.raw_set(&t.keys.dir_seq(90_000 + i), b"0");
+    }
+    let done = t.repair();
+    assert_eq!(done.len(), 20, "{done:?}");
+    assert_eq!(t.contents(), expected_full());
+}
