@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
 use memfis_fs::check::{Report, check};
-use memfis_memcache::{Client, ClientConfig, Store};
+use memfis_memcache::{Client, Store};
 
 use crate::cli::CheckArgs;
 
@@ -20,10 +20,7 @@ pub const EXIT_REPAIRED: i32 = 1;
 pub fn run(args: CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
-    let mut cfg = ClientConfig::new(args.store.servers.clone());
-    cfg.connect_timeout = Duration::from_secs_f64(args.store.timeout);
-    cfg.io_timeout = Duration::from_secs_f64(args.store.timeout);
-    let client = Arc::new(Client::new(&cfg).map_err(anyhow::Error::msg)?);
+    let client = crate::mount::connect(&args.store)?;
     if args.repair {
         return repair(&args, &client, &keys);
     }

@@ -23,8 +23,19 @@ pub enum Command {
     NginxConfig(NginxConfigArgs),
     /// Start memcached, mount, copy SITE_DIR in, serve it with nginx; Ctrl-C stops it all.
     Up(UpArgs),
-    /// Check the whole store read-only: exit 0 when clean, 4 when problems are left.
+    /// Check the whole store (exit 0 clean, 4 problems left); --repair fixes what it finds.
     Check(CheckArgs),
+    /// Show each server (version, evictions, memory, items, hit rate) and the tree's totals.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +158,7 @@ pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
         "nginx-config",
         "up",
         "check",
+        "stats",
         "help",
         "-h",
         "--help",

@@ -6,6 +6,7 @@ mod fuse_adapter;
 mod logging;
 mod mount;
 mod nginx_config;
+mod stats;
 mod up;
 
 use clap::Parser;
@@ -25,16 +26,22 @@ fn main() {
         })
         .map(|config| print!("{config}")),
         cli::Command::Up(args) => up::run(args),
-        cli::Command::Check(args) => match check::run(args) {
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("memfis: {e:#}");
-                std::process::exit(8);
-            }
-        },
+        cli::Command::Check(args) => exit_with(check::run(args), 8),
+        cli::Command::Stats(args) => exit_with(stats::run(args), 1),
     };
     if let Err(e) = result {
         eprintln!("memfis: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Exits with the status a command chose, or `on_error` when it failed.
+fn exit_with(result: anyhow::Result<i32>, on_error: i32) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("memfis: {e:#}");
+            std::process::exit(on_error);
+        }
     }
 }

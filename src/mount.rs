@@ -76,17 +76,22 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
     Ok(Options { fuse, acl })
 }
 
-/// Connects to the store and opens the filesystem: every check that can fail before mounting.
-pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Client>>> {
-    let prefix = store.prefix();
-    let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
+/// A client for the servers of `store` (connections are made on first use).
+pub fn connect(store: &StoreArgs) -> Result<Arc<Client>> {
     if !store.timeout.is_finite() || store.timeout <= 0.0 {
         bail!("--timeout must be a positive number of seconds");
     }
     let mut cfg = ClientConfig::new(store.servers.clone());
     cfg.connect_timeout = Duration::from_secs_f64(store.timeout);
     cfg.io_timeout = Duration::from_secs_f64(store.timeout);
-    let client = Arc::new(Client::new(&cfg).map_err(anyhow::Error::msg)?);
+    Ok(Arc::new(Client::new(&cfg).map_err(anyhow::Error::msg)?))
+}
+
+/// Connects to the store and opens the filesystem: every check that can fail before mounting.
+pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Client>>> {
+    let prefix = store.prefix();
+    let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
+    let client = connect(store)?;
     for (server, version) in client.versions() {
         version.with_context(|| format!("cannot reach memcached at {server}"))?;
     }

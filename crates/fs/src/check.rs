@@ -81,6 +81,12 @@ pub fn check<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
     check_as(store, keys, None)
 }
 
+/// One scan, without the second look that filters out operations in flight: the totals of
+/// a tree (`memfis stats`).
+pub fn scan<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
+    Scan::new(store, keys, None).run()
+}
+
 /// As [`check`], for the holder of the namespace lock (repair): that lock is not a problem.
 pub(crate) fn check_as<S: Store>(
     store: &S,

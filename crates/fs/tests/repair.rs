@@ -283,7 +283,8 @@ fn a_name_missing_from_the_log_is_listed_again() {
 fn many_keys_no_name_reaches_go_in_one_pass() {
     let t = build();
     for i in 0..10 {
-        t.store.raw_set(&t.keys.data(format!("/stray{i}").as_bytes()), b"x");
+        t.store
+            .raw_set(&t.keys.data(format!("/stray{i}").as_bytes()), b"x");
         t.store.raw_set(&t.keys.dir_seq(90_000 + i), b"0");
     }
     let done = t.repair();
