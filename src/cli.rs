@@ -27,6 +27,35 @@ pub enum Command {
     Check(CheckArgs),
     /// Show each server (version, evictions, memory, items, hit rate) and the tree's totals.
     Stats(StatsArgs),
+    /// Make a directory in the store equal to SRC, like rsync -a, without FUSE (the fast way
+    /// to preload a site).
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example: memfis load ./site --to / --delete --prefix memfis://www.example.com"
+)]
+pub struct LoadArgs {
+    /// Local directory whose contents are loaded.
+    pub src: PathBuf,
+    /// Directory in the store that becomes a copy of SRC (made if missing).
+    #[arg(long, default_value = "/")]
+    pub to: String,
+    /// Remove what the store has under --to and SRC lacks.
+    #[arg(long)]
+    pub delete: bool,
+    /// Compare bytes, not size and modification time, to skip unchanged files.
+    #[arg(long)]
+    pub checksum: bool,
+    /// Print what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Files written at once (each waits for two store round trips).
+    #[arg(long, default_value_t = 16)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +188,7 @@ pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
         "up",
         "check",
         "stats",
+        "load",
         "help",
         "-h",
         "--help",

@@ -3,6 +3,7 @@
 mod check;
 mod cli;
 mod fuse_adapter;
+mod load;
 mod logging;
 mod mount;
 mod nginx_config;
@@ -28,6 +29,7 @@ fn main() {
         cli::Command::Up(args) => up::run(args),
         cli::Command::Check(args) => exit_with(check::run(args), 8),
         cli::Command::Stats(args) => exit_with(stats::run(args), 1),
+        cli::Command::Load(args) => exit_with(load::run(args), 2),
     };
     if let Err(e) = result {
         eprintln!("memfis: {e:#}");

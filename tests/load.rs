@@ -1,0 +1,204 @@
+//! `memfis load` with real memcached, nginx and a FUSE mount to look at the result.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn load(server: &str, prefix: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("load")
+        .args(args)
+        .args(["--server", server, "--prefix", prefix])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A small site with every kind of entry load keeps.
+fn site(root: &Path) {
+    std::fs::create_dir_all(root.join("css")).unwrap();
+    std::fs::create_dir_all(root.join("docs/deep/er")).unwrap();
+    std::fs::write(root.join("index.html"), b"<h1>home</h1>").unwrap();
+    std::fs::write(root.join("css/site.css"), b"body{}").unwrap();
+    std::fs::write(root.join("docs/deep/er/page.html"), vec![7u8; 100_000]).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::set_permissions(root.join("css/site.css"), PermissionsExt::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink("index.html", root.join("home.html")).unwrap();
+    std::fs::hard_link(root.join("index.html"), root.join("docs/index.html")).unwrap();
+    xattr::set(root.join("index.html"), "user.lang", b"en").unwrap();
+    sh(&format!(
+        "touch -d '2020-02-03 04:05:06.123456789' {}",
+        root.join("css/site.css").display()
+    ));
+}
+
+/// Asserts that `got` (a mount) holds what `want` (the source) holds, metadata included.
+fn assert_same_tree(want: &Path, got: &Path) {
+    sh(&format!(
+        "diff -r --no-dereference {} {}",
+        want.display(),
+        got.display()
+    ));
+    for rel in [
+        "index.html",
+        "css/site.css",
+        "docs/deep/er/page.html",
+        "css",
+        "docs",
+    ] {
+        let (w, g) = (
+            std::fs::symlink_metadata(want.join(rel)).unwrap(),
+            std::fs::symlink_metadata(got.join(rel)).unwrap(),
+        );
+        assert_eq!(w.mode(), g.mode(), "{rel} mode");
+        assert_eq!(w.uid(), g.uid(), "{rel} owner");
+        assert_eq!(
+            (w.mtime(), w.mtime_nsec()),
+            (g.mtime(), g.mtime_nsec()),
+            "{rel} mtime"
+        );
+    }
+    let (a, b) = (
+        std::fs::metadata(got.join("index.html")).unwrap(),
+        std::fs::metadata(got.join("docs/index.html")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard link kept");
+    assert_eq!(
+        std::fs::read_link(got.join("home.html")).unwrap(),
+        Path::new("index.html")
+    );
+    assert_eq!(
+        xattr::get(got.join("index.html"), "user.lang").unwrap(),
+        Some(b"en".to_vec())
+    );
+}
+
+#[test]
+fn load_makes_the_store_equal_to_the_source_and_nginx_serves_it() {
+    const PREFIX: &str = "memfis://load";
+    let mc = Memcached::start();
+    let src = tempfile::tempdir().unwrap();
+    site(src.path());
+    let src_arg = src.path().to_str().unwrap();
+
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 files written"), "{out}"); // and one hard link
+    assert_eq!(memfis_check(&mc.addr(), PREFIX).0, 0);
+
+    let port = free_port();
+    let config = nginx_config(&[
+        "--server",
+        &mc.addr(),
+        "--prefix",
+        PREFIX,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let nginx = Nginx::start_http(port, &config);
+    assert_eq!(nginx.get("/index.html").2, b"<h1>home</h1>");
+    assert_eq!(nginx.get("/docs/deep/er/page.html").2, vec![7u8; 100_000]);
+
+    {
+        let m = Mount::new(&[mc.addr()], PREFIX);
+        assert_same_tree(src.path(), m.path());
+    }
+
+    // Nothing changed: nothing written.
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 files written"), "{out}");
+
+    // One file changed, one removed, one directory removed: --delete follows.
+    std::fs::write(src.path().join("css/site.css"), b"body{color:red}").unwrap();
+    std::fs::remove_file(src.path().join("empty")).unwrap();
+    std::fs::remove_dir_all(src.path().join("docs/deep")).unwrap();
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg, "--delete", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        nginx.get("/docs/deep/er/page.html").0,
+        200,
+        "a dry run changes nothing"
+    );
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg, "--delete"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 files written"), "{out}");
+    assert_eq!(nginx.get("/css/site.css").2, b"body{color:red}");
+    assert_eq!(nginx.get("/docs/deep/er/page.html").0, 404);
+    assert_eq!(nginx.get("/empty").0, 404);
+    assert_eq!(memfis_check(&mc.addr(), PREFIX).0, 0);
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    sh(&format!(
+        "diff -r --no-dereference {} {}",
+        src_arg,
+        m.path().display()
+    ));
+}
+
+#[test]
+fn load_into_a_subdirectory_while_a_mount_is_live() {
+    const PREFIX: &str = "memfis://load-live";
+    let mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
+    std::fs::write(m.p("kept.html"), b"mine").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    site(src.path());
+    let (code, out) = load(
+        &mc.addr(),
+        PREFIX,
+        &[src.path().to_str().unwrap(), "--to", "/www/v1"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_same_tree(src.path(), &m.p("www/v1"));
+    assert_eq!(std::fs::read(m.p("kept.html")).unwrap(), b"mine");
+    assert_eq!(memfis_check(&mc.addr(), PREFIX).0, 0);
+}
+
+#[test]
+fn a_file_too_big_is_reported_and_the_rest_loaded() {
+    const PREFIX: &str = "memfis://load-big";
+    let mc = Memcached::with_args(&["-m", "64", "-I", "1m"]);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("small.html"), b"ok").unwrap();
+    std::fs::write(src.path().join("huge.bin"), vec![1u8; 2 << 20]).unwrap();
+    let (code, out) = load(&mc.addr(), PREFIX, &[src.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("huge.bin") && out.contains("too large"),
+        "{out}"
+    );
+    assert!(out.contains("1 files written"), "{out}");
+    assert_eq!(
+        mc.get(format!("{PREFIX}/small.html").as_bytes()).as_deref(),
+        Some(&b"ok"[..])
+    );
+    assert_eq!(memfis_check(&mc.addr(), PREFIX).0, 0);
+}
+
+#[test]
+fn a_full_store_stops_the_load_cleanly() {
+    const PREFIX: &str = "memfis://load-full";
+    let mc = Memcached::with_args(&["-m", "4", "-I", "1m"]);
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            src.path().join(format!("f{i:02}.bin")),
+            vec![i as u8; 500_000],
+        )
+        .unwrap();
+    }
+    let (code, out) = load(&mc.addr(), PREFIX, &[src.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the store is full"), "{out}");
+    let (code, out) = memfis_check(&mc.addr(), PREFIX);
+    assert_eq!(code, 0, "what was written is whole: {out}");
+}
