@@ -12,6 +12,7 @@ declare -A package_of=(
   [pgrep]=procps
   [cc]=gcc
   [nutcracker]=nutcracker
+  [rsync]=rsync
 )
 missing=()
 for cmd in "${!package_of[@]}"; do

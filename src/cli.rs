@@ -30,6 +30,20 @@ pub enum Command {
     /// Make a directory in the store equal to SRC, like rsync -a, without FUSE (the fast way
     /// to preload a site).
     Load(LoadArgs),
+    /// Write a directory of the store back onto local disk, bytes and metadata exact.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: memfis export /srv/backup/site --prefix memfis://www.example.com")]
+pub struct ExportArgs {
+    /// Local directory to write into (made if missing; files there are overwritten).
+    pub dest: PathBuf,
+    /// Directory of the store to export.
+    #[arg(long, default_value = "/")]
+    pub from: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +203,7 @@ pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
         "check",
         "stats",
         "load",
+        "export",
         "help",
         "-h",
         "--help",

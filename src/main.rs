@@ -2,6 +2,7 @@
 
 mod check;
 mod cli;
+mod export;
 mod fuse_adapter;
 mod load;
 mod logging;
@@ -30,6 +31,7 @@ fn main() {
         cli::Command::Check(args) => exit_with(check::run(args), 8),
         cli::Command::Stats(args) => exit_with(stats::run(args), 1),
         cli::Command::Load(args) => exit_with(load::run(args), 2),
+        cli::Command::Export(args) => exit_with(export::run(args), 2),
     };
     if let Err(e) = result {
         eprintln!("memfis: {e:#}");

@@ -202,3 +202,47 @@ fn a_full_store_stops_the_load_cleanly() {
     let (code, out) = memfis_check(&mc.addr(), PREFIX);
     assert_eq!(code, 0, "what was written is whole: {out}");
 }
+
+#[test]
+fn export_gives_back_what_load_took() {
+    const PREFIX: &str = "memfis://export";
+    let mc = Memcached::start();
+    let src = tempfile::tempdir().unwrap();
+    site(src.path());
+    let (code, out) = load(
+        &mc.addr(),
+        PREFIX,
+        &[src.path().to_str().unwrap(), "--to", "/a/b"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let dest = tempfile::tempdir().unwrap();
+    let out_dir = dest.path().join("copy");
+    let out = Command::new(BIN)
+        .args(["export", out_dir.to_str().unwrap(), "--from", "/a/b"])
+        .args(["--server", &mc.addr(), "--prefix", PREFIX])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(src.path(), &out_dir);
+    let changes = sh(&format!(
+        "rsync -aHX --dry-run --itemize-changes {}/ {}/",
+        src.path().display(),
+        out_dir.display()
+    ));
+    assert_eq!(changes.trim(), "", "rsync sees differences");
+    // The empty file and the top directory's metadata come back too.
+    assert_eq!(std::fs::read(out_dir.join("empty")).unwrap(), b"");
+    let (w, g) = (
+        std::fs::metadata(src.path()).unwrap(),
+        std::fs::metadata(&out_dir).unwrap(),
+    );
+    assert_eq!(
+        (w.mode(), w.mtime(), w.mtime_nsec()),
+        (g.mode(), g.mtime(), g.mtime_nsec())
+    );
+}
