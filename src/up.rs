@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::UpArgs;
 use crate::nginx_config::{ServeOptions, render};
@@ -150,53 +149,6 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Copies `site` into `dest` keeping modes and modification times, with a progress bar.
-fn copy_site(site: &Path, dest: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let paths = walk(site);
-    let total: u64 = paths
-        .iter()
-        .filter_map(|p| std::fs::symlink_metadata(p).ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum();
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("copying site {bar:40} {bytes}/{total_bytes} {msg}")
-            .expect("valid template"),
-    );
-    let mut dirs = Vec::new();
-    for src in &paths {
-        let rel = src.strip_prefix(site).expect("below site");
-        let dst = dest.join(rel);
-        let meta = std::fs::symlink_metadata(src)?;
-        let ctx = || format!("copying {} to {}", src.display(), dst.display());
-        if meta.is_dir() {
-            std::fs::create_dir(&dst).with_context(ctx)?;
-            dirs.push((dst, meta));
-        } else if meta.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(src)?, &dst).with_context(ctx)?;
-        } else if meta.is_file() {
-            bar.set_message(rel.display().to_string());
-            let mut from = std::fs::File::open(src).with_context(ctx)?;
-            let mut to = std::fs::File::create(&dst).with_context(ctx)?;
-            std::io::copy(&mut from, &mut bar.wrap_write(&mut to)).with_context(ctx)?;
-            to.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))?;
-            to.set_modified(meta.modified()?)?;
-            to.sync_all().with_context(ctx)?; // reports a full store here, not silently at close
-        }
-    }
-    // Directory times last: creating entries inside them changes them.
-    for (dst, meta) in dirs.iter().rev() {
-        std::fs::set_permissions(
-            dst,
-            std::fs::Permissions::from_mode(meta.permissions().mode()),
-        )?;
-        std::fs::File::open(dst)?.set_modified(meta.modified()?)?;
-    }
-    bar.finish_with_message(format!("{} entries", paths.len()));
-    Ok(())
-}
-
 fn runtime_dir(args: &UpArgs) -> PathBuf {
     if let Some(dir) = &args.runtime_dir {
         return dir.clone();
@@ -307,7 +259,18 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
 
     // 3. The site.
     if let Some(site) = site {
-        copy_site(site, &mountpoint)?;
+        // `memfis load`: many files at once, no FUSE in the way; its progress bar shows here.
+        let mut cmd = Command::new(&exe);
+        cmd.arg("load").arg(site).args(["--prefix", &prefix]);
+        for s in &servers {
+            cmd.args(["--server", s]);
+        }
+        // Its summary goes with the other progress lines; stdout carries only the URL.
+        cmd.stdout(Stdio::from(std::io::stderr()));
+        let status = cmd.status().context("running memfis load")?;
+        if !status.success() {
+            bail!("memfis load of {} failed ({status})", site.display());
+        }
     }
 
     // 4. nginx.
