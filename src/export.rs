@@ -31,6 +31,7 @@ struct Exporter {
 }
 
 pub fn run(args: ExportArgs) -> Result<i32> {
+    crate::malloc::limit_caching();
     let fs = Arc::new(crate::mount::open_store(
         &args.store,
         Duration::from_secs(1),

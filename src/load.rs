@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -26,6 +26,9 @@ use memfis_memcache::Client;
 use crate::cli::LoadArgs;
 
 type Fs = MemFs<Arc<Client>>;
+
+/// File bytes held by the writers at once (memory stays near this plus the largest file).
+const IN_FLIGHT_BYTES: u64 = 32 << 20;
 
 /// One file to write.
 struct FileJob {
@@ -67,9 +70,55 @@ struct Loader {
     bar: ProgressBar,
     /// Files written at once.
     writers: usize,
+    /// Bytes the writers may hold at once.
+    budget: Budget,
+}
+
+/// Bytes in flight, shared by the writers. A file larger than the whole budget waits until
+/// nothing else is held and then goes alone.
+struct Budget {
+    limit: u64,
+    held: Mutex<u64>,
+    freed: Condvar,
+}
+
+struct Held<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Budget {
+            limit,
+            held: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn take(&self, bytes: u64) -> Held<'_> {
+        let bytes = bytes.min(self.limit);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held + bytes > self.limit {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        *held += bytes;
+        Held {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.budget.held.lock().unwrap_or_else(|p| p.into_inner()) -= self.bytes;
+        self.budget.freed.notify_all();
+    }
 }
 
 pub fn run(args: LoadArgs) -> Result<i32> {
+    crate::malloc::limit_caching();
     let src = args.src.clone();
     let meta = std::fs::metadata(&src).with_context(|| format!("cannot read {}", src.display()))?;
     if !meta.is_dir() {
@@ -102,6 +151,7 @@ pub fn run(args: LoadArgs) -> Result<i32> {
         full: AtomicBool::new(false),
         bar,
         writers: args.jobs.max(1),
+        budget: Budget::new(IN_FLIGHT_BYTES),
     });
     let dest = loader.dest_dir(&args.to)?;
     loader.load_tree(&src, dest, &meta);
@@ -517,6 +567,9 @@ impl Loader {
                 continue; // drain
             }
             let len = job.meta.len();
+            // A file's bytes are held about twice (read buffer, open-file buffer) until its
+            // publish: the budget keeps memory bounded by it, not by the tree.
+            let _held = self.budget.take(len.saturating_mul(2));
             let bytes = match std::fs::read(&job.src) {
                 Ok(b) => b,
                 Err(e) => {

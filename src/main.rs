@@ -6,6 +6,7 @@ mod export;
 mod fuse_adapter;
 mod load;
 mod logging;
+mod malloc;
 mod mount;
 mod nginx_config;
 mod stats;
