@@ -129,6 +129,64 @@ PY
 )
 ls "$work/memfis/big" | wc -l | grep -qx 20000 && echo "big directory verified: 20000 entries listed"
 
+# memfis load (no FUSE) of the same small set, each round into a fresh prefix, against a raw
+# pipelined `set` of the same bytes by a minimal client; then a re-load with nothing to do.
+raw_set() { # raw_set KEYPREFIX -> seconds to set every small file, 100 pipelined at a time
+  python3 - "$port" "$work/src/small" "$1" <<'PY'
+import os, socket, sys, time
+port, root, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+files = []
+for d, _, names in os.walk(root):
+    for n in names:
+        p = os.path.join(d, n)
+        files.append((prefix + p[len(root):], open(p, "rb").read()))
+s = socket.create_connection(("127.0.0.1", port))
+t0 = time.monotonic()
+for i in range(0, len(files), 100):
+    chunk = files[i:i + 100]
+    s.sendall(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (k.encode(), len(v), v) for k, v in chunk))
+    buf = b""
+    while buf.count(b"\r\n") < len(chunk):
+        buf += s.recv(65536)
+print(f"{time.monotonic() - t0:.3f}")
+PY
+}
+run_load() { # run_load PREFIX -> seconds
+  local t0 t1; t0=$(secs); "$BIN" load "$work/src/small" --server "127.0.0.1:$port" --prefix "$1" >/dev/null; t1=$(secs)
+  python3 -c "print(f'{$t1-$t0:.3f}')"
+}
+load_runs=(); reload_runs=(); raw_runs=()
+for round in $(seq "$ROUNDS"); do
+  load_runs+=($(run_load "memfis://bench-load$round"))
+  reload_runs+=($(run_load "memfis://bench-load$round"))
+  raw_runs+=($(raw_set "rawbench$round"))
+done
+load_s=$(min "${load_runs[@]}"); reload_s=$(min "${reload_runs[@]}"); raw_s=$(min "${raw_runs[@]}")
+"$BIN" check --server "127.0.0.1:$port" --prefix memfis://bench-load1 >/dev/null && echo "loaded set verified: memfis check clean"
+
+# The Rust docs shipped with the toolchain (~52k files): load, check, export, load --delete of
+# an emptied source. BENCH_DOCS=0 skips it.
+docs=$(rustc --print sysroot 2>/dev/null)/share/doc/rust/html
+docs_line=""
+if [ "${BENCH_DOCS:-1}" = 1 ] && [ -d "$docs" ]; then
+  docs_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  memcached -U 0 -l 127.0.0.1 -p "$docs_port" -u root -m 3072 -M -I 16m -t 1 &
+  docs_pid=$!; pids+=($docs_pid)
+  sleep 0.5
+  docs_store=(--server "127.0.0.1:$docs_port" --prefix memfis://docs)
+  docs_files=$(find "$docs" -type f | wc -l)
+  timed() { /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1; }
+  read -r docs_load_s docs_load_kb < <(timed "$BIN" load "$docs" "${docs_store[@]}")
+  read -r docs_check_s _ < <(timed "$BIN" check "${docs_store[@]}")
+  read -r docs_export_s docs_export_kb < <(timed "$BIN" export "$work/docs-export" "${docs_store[@]}")
+  diff -r "$docs" "$work/docs-export" >/dev/null && echo "docs export verified: diff -r clean"
+  rm -rf "$work/docs-export"; mkdir -p "$work/empty"
+  read -r docs_delete_s _ < <(timed "$BIN" load "$work/empty" --delete "${docs_store[@]}")
+  kill "$docs_pid"; wait "$docs_pid" 2>/dev/null || true
+  largest=$(find "$docs" -type f -printf '%s\n' | sort -n | tail -1)
+  docs_line="$docs_files $docs_load_s $docs_load_kb $docs_check_s $docs_export_s $docs_export_kb $docs_delete_s $largest"
+fi
+
 # Serving: wrk against the generated config (files from the store) and against nginx serving the
 # same files from tmpfs, in the same run. 200 of the small files, requested round robin.
 python3 - "$work/urls.lua" <<'PY'
@@ -207,4 +265,20 @@ print("| --- | --- | --- |")
 print(f"| nginx static from tmpfs | $static_rps | $static_p99 ms |")
 print(f"| nginx memcached_pass (memfis store, generated config) | $store_rps | $store_p99 ms |")
 print(f"| store / static | {$store_rps / $static_rps:.2f}x | |")
+print()
+load_s, reload_s, raw_s, cp_s = $load_s, $reload_s, $raw_s, t["small"]["memfis"]
+print("| memfis load of (a) | seconds | files/s | ratio |")
+print("| --- | --- | --- | --- |")
+print(f"| cp -a through the mount | {cp_s:.3f} | {2000 / cp_s:.0f} | 1x |")
+print(f"| memfis load | {load_s:.3f} | {2000 / load_s:.0f} | {cp_s / load_s:.1f}x cp -a |")
+print(f"| raw pipelined set of the same bytes (one key a file, no metadata) | {raw_s:.3f} | {2000 / raw_s:.0f} | load is {raw_s / load_s:.0%} of it |")
+print(f"| re-load, nothing to do | {reload_s:.3f} | {2000 / reload_s:.0f} | |")
+docs = "$docs_line".split()
+if docs:
+    n, ls, lkb, cs, es, ekb, ds, big = docs
+    n = int(n)
+    print()
+    print(f"Rust docs ({n} files): load {float(ls):.1f} s ({n / float(ls):.0f} files/s, peak RSS {int(lkb) / 1024:.0f} MB, largest file {int(big) / 2**20:.1f} MB); "
+          f"check {float(cs):.1f} s; export {n / float(es):.0f} files/s (peak RSS {int(ekb) / 1024:.0f} MB); "
+          f"load --delete of an emptied source {n / float(ds):.0f} files/s")
 PY

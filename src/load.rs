@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use memfis_fs::bulk::NewFile;
+use memfis_fs::record::{Inode, pct_encode};
 use memfis_fs::{Attr, FsError, Kind, MemFs, ROOT_INO, SetAttr, Time};
 use memfis_memcache::Client;
 
@@ -31,6 +33,7 @@ type Fs = MemFs<Arc<Client>>;
 const IN_FLIGHT_BYTES: u64 = 32 << 20;
 
 /// One file to write.
+#[derive(Clone)]
 struct FileJob {
     src: PathBuf,
     parent: u64,
@@ -40,6 +43,17 @@ struct FileJob {
     meta: std::fs::Metadata,
 }
 
+/// Files to write: new files of one directory, created in one batch, or one file that
+/// exists already (rewritten in place).
+enum Job {
+    New(Vec<FileJob>),
+    Existing(Box<FileJob>),
+}
+
+/// New files of one directory go to the store together up to these bounds.
+const BATCH_FILES: usize = 256;
+const BATCH_BYTES: u64 = 4 << 20;
+
 /// A name to make a hard link of an already written file.
 struct LinkJob {
     src: PathBuf,
@@ -47,6 +61,20 @@ struct LinkJob {
     name: Vec<u8>,
     /// Where the first name of the same source file went.
     first: (u64, Vec<u8>),
+}
+
+/// What the walk of the source gathers.
+#[derive(Default)]
+struct Walk {
+    /// Every source directory with its copy in the store (0: not made, a dry run) and its
+    /// metadata, in the order visited.
+    dirs: Vec<(PathBuf, u64, std::fs::Metadata)>,
+    /// Directories this run made: empty, so not listed.
+    made: std::collections::HashSet<u64>,
+    /// Hard links to make once the files are written.
+    links: Vec<LinkJob>,
+    /// Where the first name of each multiply-linked source file (device, inode) went.
+    first_names: HashMap<(u64, u64), (u64, Vec<u8>)>,
 }
 
 #[derive(Default)]
@@ -280,32 +308,27 @@ impl Loader {
     /// Walks `src` (whose copy is directory `dest`), then writes files in parallel, then
     /// makes hard links, then sets directory attributes.
     fn load_tree(self: &Arc<Self>, src: &Path, dest: u64, meta: &std::fs::Metadata) {
-        let (jobs, rx) = sync_channel::<FileJob>(4 * self.writers);
+        let (jobs, rx) = sync_channel::<Job>(4 * self.writers);
         let rx = Arc::new(Mutex::new(rx));
-        let mut links = Vec::new();
-        let mut dirs = vec![(src.to_path_buf(), dest, meta.clone())];
+        let mut walk = Walk {
+            dirs: vec![(src.to_path_buf(), dest, meta.clone())],
+            ..Walk::default()
+        };
         std::thread::scope(|scope| {
             for _ in 0..self.writers {
                 let rx = rx.clone();
                 let me = self.clone();
                 scope.spawn(move || me.write_files(&rx));
             }
-            let mut first_names = HashMap::new();
             let mut i = 0;
-            while i < dirs.len() && !self.stopped() {
-                let (dir_src, dir_dest, _) = dirs[i].clone();
-                self.load_dir(
-                    &dir_src,
-                    dir_dest,
-                    &jobs,
-                    &mut dirs,
-                    &mut links,
-                    &mut first_names,
-                );
+            while i < walk.dirs.len() && !self.stopped() {
+                let (dir_src, dir_dest, _) = walk.dirs[i].clone();
+                self.load_dir(&dir_src, dir_dest, &jobs, &mut walk);
                 i += 1;
             }
             drop(jobs);
         });
+        let Walk { dirs, links, .. } = walk;
         for job in links {
             if self.stopped() {
                 break;
@@ -334,10 +357,8 @@ impl Loader {
         &self,
         src: &Path,
         dest: u64,
-        jobs: &std::sync::mpsc::SyncSender<FileJob>,
-        dirs: &mut Vec<(PathBuf, u64, std::fs::Metadata)>,
-        links: &mut Vec<LinkJob>,
-        first_names: &mut HashMap<(u64, u64), (u64, Vec<u8>)>,
+        jobs: &std::sync::mpsc::SyncSender<Job>,
+        walk: &mut Walk,
     ) {
         let entries = match std::fs::read_dir(src) {
             Ok(rd) => rd,
@@ -353,7 +374,7 @@ impl Loader {
         found.sort_by(|a, b| a.0.cmp(&b.0));
         // What the store has (a directory made by this run is empty: no need to ask).
         let mut existing: HashMap<Vec<u8>, Attr> = HashMap::new();
-        if dest != 0 {
+        if dest != 0 && !walk.made.contains(&dest) {
             match self.listing(dest) {
                 Ok(l) => existing = l,
                 Err(e) => return self.failed(src, e),
@@ -373,6 +394,8 @@ impl Loader {
                 }
             }
         }
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         for (name, path, meta) in found {
             if self.stopped() {
                 return;
@@ -403,6 +426,7 @@ impl Loader {
                         None => match self.fs.mkdir(dest, &name, 0o700, meta.uid(), meta.gid()) {
                             Ok(a) => {
                                 self.counts.other.fetch_add(1, Ordering::Relaxed);
+                                walk.made.insert(a.ino);
                                 a.ino
                             }
                             Err(e) => {
@@ -411,14 +435,14 @@ impl Loader {
                             }
                         },
                     };
-                    dirs.push((path, ino, meta));
+                    walk.dirs.push((path, ino, meta));
                 }
                 Kind::Symlink => self.symlink(dest, &name, have.as_ref(), &path, &meta),
                 Kind::File => {
                     if meta.nlink() > 1 {
                         let id = (meta.dev(), meta.ino());
-                        if let Some(first) = first_names.get(&id) {
-                            links.push(LinkJob {
+                        if let Some(first) = walk.first_names.get(&id) {
+                            walk.links.push(LinkJob {
                                 src: path,
                                 parent: dest,
                                 name,
@@ -426,7 +450,7 @@ impl Loader {
                             });
                             continue;
                         }
-                        first_names.insert(id, (dest, name.clone()));
+                        walk.first_names.insert(id, (dest, name.clone()));
                     }
                     if let Some(a) = &have
                         && self.unchanged(a, &path, &meta)
@@ -447,11 +471,25 @@ impl Loader {
                         existing: have.map(|a| a.ino),
                         meta,
                     };
-                    if jobs.send(job).is_err() {
+                    let sent = if job.existing.is_some() {
+                        jobs.send(Job::Existing(Box::new(job)))
+                    } else {
+                        batch_bytes += job.meta.len();
+                        batch.push(job);
+                        if batch.len() < BATCH_FILES && batch_bytes < BATCH_BYTES {
+                            continue;
+                        }
+                        batch_bytes = 0;
+                        jobs.send(Job::New(std::mem::take(&mut batch)))
+                    };
+                    if sent.is_err() {
                         return;
                     }
                 }
             }
+        }
+        if !batch.is_empty() {
+            let _ = jobs.send(Job::New(batch));
         }
     }
 
@@ -557,7 +595,7 @@ impl Loader {
     }
 
     /// A writer thread: takes files until the walk is over.
-    fn write_files(&self, jobs: &Mutex<Receiver<FileJob>>) {
+    fn write_files(&self, jobs: &Mutex<Receiver<Job>>) {
         loop {
             let job = match jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() {
                 Ok(job) => job,
@@ -566,25 +604,93 @@ impl Loader {
             if self.stopped() {
                 continue; // drain
             }
-            let len = job.meta.len();
-            // A file's bytes are held about twice (read buffer, open-file buffer) until its
-            // publish: the budget keeps memory bounded by it, not by the tree.
-            let _held = self.budget.take(len.saturating_mul(2));
-            let bytes = match std::fs::read(&job.src) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.error(&job.src, format!("cannot read it: {e}"));
-                    continue;
-                }
-            };
-            match self.write_file(&job, &bytes) {
-                Ok(()) => {
-                    self.counts.files.fetch_add(1, Ordering::Relaxed);
-                    self.counts.bytes.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(e) => self.failed(&job.src, e),
+            match job {
+                Job::Existing(job) => self.write_one(&job),
+                Job::New(files) => self.write_new(files),
             }
-            self.bar.inc(len);
+        }
+    }
+
+    /// Reads a source file, or reports why it cannot.
+    fn read_source(&self, job: &FileJob) -> Option<Vec<u8>> {
+        match std::fs::read(&job.src) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.error(&job.src, format!("cannot read it: {e}"));
+                None
+            }
+        }
+    }
+
+    fn written(&self, job: &FileJob, result: Result<(), FsError>) {
+        let len = job.meta.len();
+        match result {
+            Ok(()) => {
+                self.counts.files.fetch_add(1, Ordering::Relaxed);
+                self.counts.bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(e) => self.failed(&job.src, e),
+        }
+        self.bar.inc(len);
+    }
+
+    fn write_one(&self, job: &FileJob) {
+        // A file's bytes are held about twice (read buffer, open-file buffer) until its
+        // publish: the budget keeps memory bounded by it, not by the tree.
+        let _held = self.budget.take(job.meta.len().saturating_mul(2));
+        if let Some(bytes) = self.read_source(job) {
+            let result = self.write_file(job, &bytes);
+            self.written(job, result);
+        }
+    }
+
+    /// New files of one directory, created in one batch; a name taken meanwhile (another
+    /// mount) is written the one-file way.
+    fn write_new(&self, jobs: Vec<FileJob>) {
+        let total: u64 = jobs.iter().map(|j| j.meta.len()).sum();
+        let _held = self.budget.take(total.saturating_mul(2));
+        let mut files = Vec::new();
+        let mut sent = Vec::new();
+        for job in &jobs {
+            let Some(bytes) = self.read_source(job) else {
+                continue;
+            };
+            files.push(NewFile {
+                name: job.name.clone(),
+                record: new_record(job),
+                bytes: Arc::new(bytes),
+            });
+            sent.push(job);
+        }
+        let Some(parent) = sent.first().map(|j| j.parent) else {
+            return;
+        };
+        let results = match self.fs.create_files(parent, files) {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, FsError::NoSpace { .. }) {
+                    self.full.store(true, Ordering::Relaxed);
+                }
+                for job in &sent {
+                    self.error(&job.src, &e);
+                    self.bar.inc(job.meta.len());
+                }
+                return;
+            }
+        };
+        for (job, result) in sent.into_iter().zip(results) {
+            match result {
+                Err(FsError::Exists) => match self.fs.lookup(job.parent, &job.name) {
+                    Ok(a) if a.kind == Kind::File => {
+                        let mut again = job.clone();
+                        again.existing = Some(a.ino);
+                        self.write_one(&again);
+                    }
+                    Ok(_) => self.failed(&job.src, FsError::Exists),
+                    Err(e) => self.failed(&job.src, e),
+                },
+                other => self.written(job, other.map(drop)),
+            }
         }
     }
 
@@ -643,6 +749,25 @@ impl Loader {
             Err(e) => self.failed(&job.src, e),
         }
     }
+}
+
+/// The record of a new file: the source's mode, owner, times and `user.*` xattrs.
+fn new_record(job: &FileJob) -> Inode {
+    let m = &job.meta;
+    let mut rec = Inode::new(Kind::File, m.mode() & 0o7777, m.uid(), m.gid(), Vec::new());
+    rec.atime = time_of(m.atime(), m.atime_nsec());
+    rec.mtime = time_of(m.mtime(), m.mtime_nsec());
+    if let Ok(names) = xattr::list(&job.src) {
+        for name in names {
+            let raw = name.as_bytes();
+            if raw.starts_with(b"user.")
+                && let Ok(Some(value)) = xattr::get(&job.src, &name)
+            {
+                rec.xattrs.insert(pct_encode(raw), pct_encode(&value));
+            }
+        }
+    }
+    rec
 }
 
 /// Copies the `user.*` extended attributes of `src` (the only namespace the store keeps).

@@ -36,7 +36,7 @@ pub enum FsError {
     BadHandle,
     #[error("name too long: store key {key} would be {len} bytes (memcached allows 250)")]
     NameTooLong { key: String, len: usize },
-    #[error("file too large for one store item at key {key} (item_size_max {limit})")]
+    #[error("file too large for one store item at key {key} ({limit})")]
     TooBig { key: String, limit: String },
     #[error("store is full writing key {key}: {source}")]
     NoSpace { key: String, source: StoreError },

@@ -20,6 +20,7 @@
 //! - [`fs`]: the type, opening a store, reading and changing records and entries, paths,
 //!   attributes
 //! - [`namespace`]: create, mkdir, symlink, link, unlink, rmdir
+//! - [`bulk`]: creating many files of one directory in one batch (`memfis load`)
 //! - [`rename`]: rename, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - [`files`]: reading, writing and publishing open files
@@ -30,6 +31,7 @@
 //! Values in and out: [`attr`] (attributes, changes, entries, statfs), [`error`].
 
 pub mod attr;
+pub mod bulk;
 pub mod check;
 pub mod dirlog;
 pub mod error;

@@ -37,7 +37,7 @@ pub(crate) struct NewNode {
 }
 
 impl<S: Store> MemFs<S> {
-    fn alloc_ino(&self) -> FsResult<u64> {
+    pub(crate) fn alloc_ino(&self) -> FsResult<u64> {
         let mut inos = lock(&self.inos);
         if inos.0 >= inos.1 {
             let key = self.keys.next_ino();
@@ -265,7 +265,7 @@ impl<S: Store> MemFs<S> {
 
     /// Undoes a create that failed after its batch, retrying each step a few times (a
     /// store that stays down leaves unreachable keys, which `memfis check` reports).
-    fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
+    pub(crate) fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
         if undo.entry {
             let _ = retried(|| self.entry_swap(undo.parent, undo.name, Some(undo.ino), None));
         }
@@ -645,7 +645,7 @@ impl<S: Store> MemFs<S> {
     }
 
     /// [`Self::delete_keys_outside_tree`] for a caller that holds the lock.
-    fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
+    pub(crate) fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         let prefix = self.keys.data(b"");
         for key in keys {
             let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
@@ -673,16 +673,16 @@ impl<S: Store> MemFs<S> {
 }
 
 /// What a failed create must undo.
-struct Undo<'a> {
-    ino: u64,
-    kind: Kind,
-    parent: u64,
-    name: &'a [u8],
-    entry: bool,
-    logged: bool,
+pub(crate) struct Undo<'a> {
+    pub ino: u64,
+    pub kind: Kind,
+    pub parent: u64,
+    pub name: &'a [u8],
+    pub entry: bool,
+    pub logged: bool,
     /// The parent was removed meanwhile: the batch may have recreated some of its keys.
-    parent_gone: bool,
-    parent_keys: [Vec<u8>; 3],
+    pub parent_gone: bool,
+    pub parent_keys: [Vec<u8>; 3],
     /// Which of the node's own keys its `add` stored.
-    own_added: Vec<bool>,
+    pub own_added: Vec<bool>,
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use memfis_fs::bulk::NewFile;
+use memfis_fs::record::Inode;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
@@ -143,6 +145,8 @@ enum Op {
     Rmdir(usize),
     Rename(usize, usize, u8),
     Link(usize, usize),
+    /// Every name of one directory at once, in one batch (`memfis load`).
+    CreateMany(usize, Vec<u8>),
 }
 
 /// Paths: a name in one of the directories (`d1/x`, `y`, ...). Directories are the names
@@ -172,6 +176,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => d.prop_map(Op::Rmdir),
         3 => (p.clone(), p.clone(), 0..4u8).prop_map(|(a, b, f)| Op::Rename(a, b, f)),
         1 => (p.clone(), p).prop_map(|(a, b)| Op::Link(a, b)),
+        1 => (0..DIRS.len(), proptest::collection::vec(any::<u8>(), 0..5))
+            .prop_map(|(d, b)| Op::CreateMany(d, b)),
     ]
 }
 
@@ -251,6 +257,18 @@ fn run(fs: &Fs, op: &Op) {
                 let ino = resolve(fs, &path(*a))?;
                 let (td, tn) = split(fs, &path(*b))?;
                 let _ = fs.link(ino, td, &tn);
+            }
+            Op::CreateMany(d, data) => {
+                let dir = resolve(fs, DIRS[*d])?;
+                let files = NAMES
+                    .iter()
+                    .map(|n| NewFile {
+                        name: n.as_bytes().to_vec(),
+                        record: Inode::new(Kind::File, 0o644, 0, 0, Vec::new()),
+                        bytes: Arc::new(data.clone()),
+                    })
+                    .collect();
+                let _ = fs.create_files(dir, files);
             }
         }
         Some(())
