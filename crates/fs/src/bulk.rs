@@ -13,11 +13,12 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
 
 use crate::dirlog::Op;
-use crate::fs::{MemFs, check_name, join};
+use crate::fs::{MemFs, check_name, join, retried};
 use crate::listing::Logged;
 use crate::namespace::Undo;
 use crate::record::{Inode, Kind, Link};
-use crate::replies::Replies;
+use crate::replies::{CasOutcome, Replies};
+use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// A file to create.
@@ -32,6 +33,8 @@ pub struct NewFile {
 struct Planned {
     index: usize,
     ino: u64,
+    /// As stored by the first batch (size 0).
+    record: Inode,
     name: Vec<u8>,
     record_key: Vec<u8>,
     entry_key: Vec<u8>,
@@ -42,8 +45,10 @@ struct Planned {
 impl<S: Store> MemFs<S> {
     /// Creates `files` in `parent`, each whole (bytes and attributes) or not at all. One
     /// result per file, in order: its inode, or why it was not created (EEXIST when the name
-    /// is taken, EFBIG, ENAMETOOLONG ...). Fails as a whole only when the directory cannot be
-    /// written (gone, store down: nothing of the batch is left).
+    /// is taken, EFBIG, ENAMETOOLONG ...). Fails as a whole when the directory cannot be
+    /// written (gone, store down: nothing of the batch is left), or when a namespace
+    /// operation ran meanwhile and the store failed while waiting for it (the files are then
+    /// made but empty).
     pub fn create_files(&self, parent: u64, files: Vec<NewFile>) -> FsResult<Vec<FsResult<u64>>> {
         let dir = self.dir_info(parent)?;
         let mut out: Vec<FsResult<u64>> = Vec::with_capacity(files.len());
@@ -52,14 +57,15 @@ impl<S: Store> MemFs<S> {
         for (index, f) in files.into_iter().enumerate() {
             let mut rec = f.record;
             rec.kind = Kind::File;
-            rec.size = f.bytes.len() as u64;
+            // Stored empty first; the size follows once the bytes are where they belong.
+            rec.size = 0;
             rec.links = vec![Link::new(parent, &f.name)];
             if dir.mode & libc::S_ISGID != 0 {
                 rec.gid = dir.gid;
             }
             let checked = check_name(&f.name)
                 .and_then(|()| self.keys.data_checked(&join(&dir.path, &f.name)))
-                .and_then(|key| match self.check_size(0, rec.size) {
+                .and_then(|key| match self.check_size(0, f.bytes.len() as u64) {
                     Err(FsError::TooBig { limit, .. }) => Err(FsError::TooBig {
                         key: String::from_utf8_lossy(&key).into_owned(),
                         limit,
@@ -71,12 +77,13 @@ impl<S: Store> MemFs<S> {
                     let record_key = self.keys.inode(ino);
                     let value = rec.encode();
                     self.check_record_size(&record_key, value.len())?;
-                    Ok((key, ino, record_key, value))
+                    Ok((key, ino, record_key, value, rec.clone()))
                 });
             match checked {
-                Ok((data_key, ino, record_key, value)) => {
+                Ok((data_key, ino, record_key, value, record)) => {
                     let entry_key = self.keys.entry(parent, &f.name);
                     batch.push(Command::store(StoreOp::Add, &record_key, &value));
+                    batch.push(Command::Gets(record_key.clone()));
                     batch.push(Command::store(
                         StoreOp::Add,
                         &entry_key,
@@ -90,6 +97,7 @@ impl<S: Store> MemFs<S> {
                     planned.push(Planned {
                         index,
                         ino,
+                        record,
                         name: f.name,
                         record_key,
                         entry_key,
@@ -126,6 +134,7 @@ impl<S: Store> MemFs<S> {
             .map(|p| {
                 (
                     results.stored(&p.record_key),
+                    results.value(&p.record_key),
                     results.stored(&p.entry_key),
                     results.stored(&p.data_key),
                 )
@@ -139,7 +148,7 @@ impl<S: Store> MemFs<S> {
 
         let logged_ok = matches!(logged, Ok(Logged::Done));
         let mut created = Vec::new();
-        for (p, (rec_added, entry_added, data_added)) in planned.iter().zip(per_file) {
+        for (p, (rec_added, rec_read, entry_added, data_added)) in planned.iter().zip(per_file) {
             let data_stored = matches!(data_added, Ok(true));
             let outcome = (|| -> FsResult<()> {
                 if !logged_ok {
@@ -166,8 +175,9 @@ impl<S: Store> MemFs<S> {
                 }
                 Ok(())
             })();
+            let cas = rec_read.ok().flatten().and_then(|item| item.cas);
             match outcome {
-                Ok(()) => created.push(p),
+                Ok(()) => created.push((p, cas)),
                 Err(e) => {
                     let undo = Undo {
                         ino: p.ino,
@@ -201,7 +211,7 @@ impl<S: Store> MemFs<S> {
         } else {
             self.note_dir_touched(parent, now);
         }
-        for p in &created {
+        for (p, _) in &created {
             self.meta.note_name(parent, &p.name, Some(p.ino));
         }
         // As a create's fence: wait out a namespace operation that ran meanwhile, then move
@@ -219,16 +229,73 @@ impl<S: Store> MemFs<S> {
                 self.observe_generation(self.store.run(Command::Get(key)))
             });
         }
-        fenced?;
-        let path_now = self.dir_path(parent)?;
-        if path_now != dir.path {
-            for p in created {
-                if let Err(e) = self.move_bulk_data_key(parent, p, &path_now) {
-                    out[p.index] = Err(e);
+        let path_now = fenced.and_then(|()| retried(|| self.dir_path(parent)));
+        let path_now = match path_now {
+            Ok(p) => p,
+            Err(e) => {
+                // The names are made (empty); keys left at a path the directory moved away
+                // from go when the heartbeat finds no name at them.
+                lock(&self.stale_keys).extend(created.iter().map(|(p, _)| p.data_key.clone()));
+                return Err(e);
+            }
+        };
+        let mut placed = Vec::new();
+        for (p, cas) in created {
+            if path_now != dir.path
+                && let Err(e) = retried(|| self.move_bulk_data_key(parent, p, &path_now))
+            {
+                // The name is made (empty); the key at the old path waits for the heartbeat.
+                lock(&self.stale_keys).push(p.data_key.clone());
+                out[p.index] = Err(e);
+                continue;
+            }
+            placed.push((p, cas));
+        }
+        for (index, e) in self.set_sizes(&placed) {
+            out[index] = Err(e);
+        }
+        Ok(out)
+    }
+
+    /// The second step: each record takes its size, now that its bytes are at its name. Until
+    /// then a crash leaves an empty file (the bytes, if at an old path, are garbage no name
+    /// reaches), never a record promising bytes that are not there. A record another mount
+    /// changed meanwhile (it wrote or removed the file) is left as that mount made it.
+    /// Returns the files whose size could not be set.
+    fn set_sizes(&self, placed: &[(&Planned, Option<u64>)]) -> Vec<(usize, FsError)> {
+        let sized = |p: &Planned| {
+            let mut rec = p.record.clone();
+            rec.size = p.bytes.len() as u64;
+            rec
+        };
+        let batch: Vec<Command> = placed
+            .iter()
+            .map(|(p, cas)| Command::cas(&p.record_key, &sized(p).encode(), cas.unwrap_or(0)))
+            .collect();
+        let mut results = Replies::new(self.store.execute(batch));
+        let mut failed = Vec::new();
+        for (p, _) in placed {
+            match results.cas(&p.record_key) {
+                Ok(CasOutcome::Stored | CasOutcome::Gone) => {}
+                // Changed by another mount, or the token was never read: set the size only
+                // if the record is still as this batch made it.
+                Ok(CasOutcome::Changed) | Err(_) => {
+                    let unchanged = |r: &Inode| r.size == 0 && r.mtime == p.record.mtime;
+                    let set = retried(|| {
+                        self.update_record_if_present(p.ino, |r| {
+                            if unchanged(r) {
+                                r.size = p.bytes.len() as u64;
+                            }
+                            Ok(())
+                        })
+                    });
+                    if let Err(e) = set {
+                        failed.push((p.index, e));
+                    }
                 }
             }
         }
-        Ok(out)
+        failed
     }
 
     /// After the directory moved during the batch: the bytes belong at the new path, if the

@@ -11,7 +11,7 @@ use memfis_memcache::{Command, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
-use crate::fs::MemFs;
+use crate::fs::{MemFs, retried};
 use crate::open_files::OpenFile;
 use crate::record::{Inode, Kind, Link};
 use crate::replies::{CasOutcome, Replies};
@@ -286,12 +286,25 @@ impl<S: Store> MemFs<S> {
         if of.unlinked || !of.is_dirty() {
             return Ok(Published::Done(Vec::new()));
         }
+        let outcome = self.publish_rounds(ino, of);
+        if let Err(e) = &outcome
+            && !of.written.is_empty()
+        {
+            // Some names may hold the new bytes and others (or the record) the old: make the
+            // file consistent (empty) rather than leave nginx and mounts disagreeing.
+            warn!(ino, error = %e, "publishing file failed after its first batch");
+            self.after_failed_publish(ino, of);
+        }
+        outcome
+    }
+
+    fn publish_rounds(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
         let ikey = self.keys.inode(ino);
         let data = of.data.clone().unwrap_or_default();
         let data_was_dirty = of.data_dirty;
         for _ in 0..crate::fs::CAS_RETRIES {
             if of.cas.is_none() {
-                match self.read_inode_opt(ino)? {
+                match retried(|| self.read_inode_opt(ino))? {
                     Some((rec, cas)) => {
                         of.record = rec;
                         of.cas = Some(cas);
@@ -308,7 +321,7 @@ impl<S: Store> MemFs<S> {
             // directory rename (and count it) between the two.
             let generation_before = self.meta.generation();
             let keys = if of.data_dirty {
-                self.data_keys(&rec)?
+                retried(|| self.data_keys(&rec))?
             } else {
                 Vec::new()
             };
