@@ -1,13 +1,15 @@
-//! Creating many files of one directory in one pipelined batch (`memfis load`).
+//! Creating many files of one directory in two pipelined batches (`memfis load`).
 //!
-//! The same steps as a create followed by its first publish (`namespace.rs`, `files.rs`), for
-//! many names at once: each file's record is `add`ed with its final size, its entry `add`ed
-//! and its data key `add`ed with its bytes; one log append (`incr` by the count) lists them
-//! all; the directory's mtime and the inode count follow; the lock and the directory-rename
-//! count are read last, as a create's fence. About 3 commands a file instead of ~15, and one
-//! round trip for the lot. A file whose name (or data key) was taken meanwhile is undone alone
-//! and reported; after a namespace operation that ran during the batch, the files are waited
-//! out and moved to their directory's new path, as a single create would be.
+//! The same steps as creates followed by their first publishes (`namespace.rs`, `files.rs`),
+//! for many names at once. Batch 1, the creates: each file's record `add`ed empty, its entry
+//! and its empty data key `add`ed; one log append (`incr` by the count) lists them all; the
+//! directory's mtime and the inode count; the lock and the directory-rename count read last,
+//! as a create's fence. Batch 2, the publishes: every data key `set` to its bytes and every
+//! record `cas`ed to its size, the fence read again. About 6 commands a file instead of ~15,
+//! and two round trips for the lot. A crash between the two leaves empty files, as a crash
+//! between a create and its publish does. A name taken meanwhile is undone alone (EEXIST);
+//! after a namespace operation that ran during a batch, the affected files are waited out and
+//! published again the one-file way, at the names the operation left.
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
@@ -89,11 +91,7 @@ impl<S: Store> MemFs<S> {
                         &entry_key,
                         ino.to_string().as_bytes(),
                     ));
-                    batch.push(Command::store_shared(
-                        StoreOp::Add,
-                        &data_key,
-                        f.bytes.clone(),
-                    ));
+                    batch.push(Command::store(StoreOp::Add, &data_key, b""));
                     planned.push(Planned {
                         index,
                         ino,
@@ -169,10 +167,8 @@ impl<S: Store> MemFs<S> {
                 if !claimed {
                     return Err(FsError::Exists);
                 }
-                if !data_added? {
-                    // A key left at the path by a crash: the name is this file's now.
-                    self.write_data_keys(std::slice::from_ref(&p.data_key), p.bytes.clone())?;
-                }
+                // A key already at the path (left by a crash) is overwritten by the publish.
+                data_added?;
                 Ok(())
             })();
             let cas = rec_read.ok().flatten().and_then(|item| item.cas);
@@ -242,7 +238,7 @@ impl<S: Store> MemFs<S> {
         let mut placed = Vec::new();
         for (p, cas) in created {
             if path_now != dir.path
-                && let Err(e) = retried(|| self.move_bulk_data_key(parent, p, &path_now))
+                && let Err(e) = retried(|| self.move_created_key(parent, p))
             {
                 // The name is made (empty); the key at the old path waits for the heartbeat.
                 lock(&self.stale_keys).push(p.data_key.clone());
@@ -251,66 +247,98 @@ impl<S: Store> MemFs<S> {
             }
             placed.push((p, cas));
         }
-        for (index, e) in self.set_sizes(&placed) {
+        for (index, e) in self.publish_created(&path_now, &placed) {
             out[index] = Err(e);
         }
         Ok(out)
     }
 
-    /// The second step: each record takes its size, now that its bytes are at its name. Until
-    /// then a crash leaves an empty file (the bytes, if at an old path, are garbage no name
-    /// reaches), never a record promising bytes that are not there. A record another mount
-    /// changed meanwhile (it wrote or removed the file) is left as that mount made it.
-    /// Returns the files whose size could not be set.
-    fn set_sizes(&self, placed: &[(&Planned, Option<u64>)]) -> Vec<(usize, FsError)> {
-        let sized = |p: &Planned| {
+    /// Batch 2: the bytes to every new name and the size to every record, fenced like a
+    /// publish. A file whose record changed meanwhile, or all of them after a namespace
+    /// operation ran, are published again the one-file way (which waits it out and writes at
+    /// the names it left). Returns the files that could not be published.
+    fn publish_created(
+        &self,
+        dir_path: &[u8],
+        placed: &[(&Planned, Option<u64>)],
+    ) -> Vec<(usize, FsError)> {
+        let generation_before = self.meta.generation();
+        let mut batch = Vec::new();
+        let mut keys = Vec::new();
+        for (p, cas) in placed {
+            let key = self
+                .keys
+                .data_checked(&join(dir_path, &p.name))
+                .unwrap_or_else(|_| p.data_key.clone());
             let mut rec = p.record.clone();
             rec.size = p.bytes.len() as u64;
-            rec
-        };
-        let batch: Vec<Command> = placed
+            batch.push(Command::store_shared(StoreOp::Set, &key, p.bytes.clone()));
+            batch.push(Command::cas(&p.record_key, &rec.encode(), cas.unwrap_or(0)));
+            keys.push(key);
+        }
+        let fence = vec![
+            Command::Get(self.keys.ns_lock()),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        let mut results = Replies::new(self.execute_in_order(batch, fence));
+        let outcomes: Vec<_> = placed
             .iter()
-            .map(|(p, cas)| Command::cas(&p.record_key, &sized(p).encode(), cas.unwrap_or(0)))
+            .zip(&keys)
+            .map(|((p, _), key)| (results.stored(key), results.cas(&p.record_key)))
             .collect();
-        let mut results = Replies::new(self.store.execute(batch));
+        let quiet = matches!(results.value(&self.keys.ns_lock()), Ok(None))
+            && self.observe_generation(results.reply()).is_ok()
+            && self.meta.generation() == generation_before;
         let mut failed = Vec::new();
-        for (p, _) in placed {
-            match results.cas(&p.record_key) {
-                Ok(CasOutcome::Stored | CasOutcome::Gone) => {}
-                // Changed by another mount, or the token was never read: set the size only
-                // if the record is still as this batch made it.
-                Ok(CasOutcome::Changed) | Err(_) => {
-                    let unchanged = |r: &Inode| r.size == 0 && r.mtime == p.record.mtime;
-                    let set = retried(|| {
-                        self.update_record_if_present(p.ino, |r| {
-                            if unchanged(r) {
-                                r.size = p.bytes.len() as u64;
-                            }
-                            Ok(())
-                        })
-                    });
-                    if let Err(e) = set {
+        let mut removed = Vec::new();
+        for (((p, _), (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
+            match (set, cas) {
+                (Ok(_), Ok(CasOutcome::Stored)) if quiet => {}
+                // Removed by another mount meanwhile: the bytes just set go where no name is.
+                (_, Ok(CasOutcome::Gone)) => removed.push(key),
+                _ => {
+                    if let Err(e) = self.publish_again(p) {
                         failed.push((p.index, e));
                     }
+                    // Set at a path a rename may have taken away: goes if no name is there.
+                    removed.push(key);
                 }
             }
+        }
+        if !removed.is_empty()
+            && let Err(e) = self.delete_keys_outside_tree(&removed)
+        {
+            tracing::warn!(error = %e, "could not delete data keys no name has");
         }
         failed
     }
 
-    /// After the directory moved during the batch: the bytes belong at the new path, if the
-    /// name is still this file's (under the namespace lock, so nothing moves meanwhile).
-    fn move_bulk_data_key(&self, parent: u64, p: &Planned, dir_path: &[u8]) -> FsResult<()> {
-        let key = self.keys.data_checked(&join(dir_path, &p.name))?;
+    /// The one-file publish of a new file's bytes (after a namespace operation, or a record
+    /// another mount changed): through an open handle, as a write would be.
+    fn publish_again(&self, p: &Planned) -> FsResult<()> {
+        let fh = match self.open(p.ino, libc::O_WRONLY | libc::O_TRUNC) {
+            Ok(fh) => fh,
+            Err(FsError::NotFound) => return Ok(()), // removed meanwhile
+            Err(e) => return Err(e),
+        };
+        let written = self.write(fh, 0, &p.bytes, false).map(drop);
+        let published = self.release(fh);
+        written.and(published)
+    }
+
+    /// After the directory moved during batch 1: the (empty) data key belongs at the new path,
+    /// if the name is still this file's (under the namespace lock, so nothing moves meanwhile).
+    fn move_created_key(&self, parent: u64, p: &Planned) -> FsResult<()> {
         let reads = vec![Command::Get(self.keys.dir_generation())];
         self.with_ns_lock(reads, |_, mut results| {
             self.observe_generation(results.reply())?;
             let key = self
                 .keys
-                .data_checked(&join(&self.dir_path(parent)?, &p.name))
-                .unwrap_or(key);
-            if self.read_entry(parent, &p.name)?.ino == Some(p.ino) {
-                self.write_data_keys(std::slice::from_ref(&key), p.bytes.clone())?;
+                .data_checked(&join(&self.dir_path(parent)?, &p.name))?;
+            if key != p.data_key && self.read_entry(parent, &p.name)?.ino == Some(p.ino) {
+                self.store
+                    .store(StoreOp::Add, &key, b"")
+                    .map_err(|e| FsError::store(&key, e))?;
             }
             self.delete_unreached(std::slice::from_ref(&p.data_key))
         })

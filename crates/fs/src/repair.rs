@@ -450,9 +450,42 @@ impl<S: Store> Fixer<'_, S> {
         let Some((rec, _)) = fs.read_inode_opt(ino)? else {
             return Ok(()); // the name's own problem
         };
-        if let Some(bytes) = self.get(&key)? {
-            if bytes.len() as u64 != rec.size {
-                let size = bytes.len() as u64;
+        let names: Vec<(Vec<u8>, Vec<u8>)> = rec
+            .links
+            .iter()
+            .filter_map(|l| fs.link_path(l).ok())
+            .map(|p| (fs.keys.data(&p), p))
+            .collect();
+        if self.get(&key)?.is_some() {
+            // Another name holding what the record says wins; else the first name's bytes (in
+            // the record's order) become the file's, at every name, with their size.
+            let mut canonical = None;
+            for (k, p) in &names {
+                if let Some(bytes) = self.get(k)? {
+                    if bytes.len() as u64 == rec.size {
+                        canonical = Some((bytes, p.clone()));
+                        break;
+                    }
+                    canonical.get_or_insert((bytes, p.clone()));
+                }
+            }
+            let Some((bytes, from)) = canonical else {
+                return Ok(());
+            };
+            let size = bytes.len() as u64;
+            for (k, p) in &names {
+                if self.get(k)?.as_deref() != Some(bytes.as_slice()) {
+                    fs.store
+                        .store(StoreOp::Set, k, &bytes)
+                        .map_err(|e| FsError::store(k, e))?;
+                    self.note(
+                        p,
+                        k,
+                        format!("data key set to the bytes at {}", text(&from)),
+                    );
+                }
+            }
+            if size != rec.size {
                 fs.update_record(ino, |r| {
                     r.size = size;
                     Ok(())

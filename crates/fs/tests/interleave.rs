@@ -370,24 +370,14 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
     stepping.store(false, Ordering::SeqCst);
     // A fresh mount completes what gone mounts left, and then the store must be sound.
     let fresh = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
-    // Every file reads back what nginx is served (reading is also how a mount repairs the
-    // size of a file whose writer died between its bytes and its record).
-    let mut files = BTreeMap::new();
-    walk(&fresh, ROOT_INO, "", &mut files);
-    for (p, ino) in files {
-        let fh = fresh.open(ino, libc::O_RDONLY).unwrap();
-        let read = fresh.read(fh, 0, 1 << 16).unwrap();
-        fresh.release(fh).unwrap();
-        let served = store.get(&keys.data(format!("/{p}").as_bytes())).unwrap();
-        prop_assert_eq!(Some(read), served.map(|i| i.value), "file {}", p);
-    }
     let crashed = sched.slots.lock().unwrap().iter().any(|s| s.crashed);
-    let mut report = memfis_fs::check::check(&store, &keys).unwrap();
-    // Known limit: a create's single batch racing an rmdir of its parent writes keys under
-    // the removed directory, which it deletes in its next batch; a crash in between leaves
-    // them unreachable (garbage for `check --repair`, the tree stays sound).
-    if crashed && report.problems.iter().any(|p| p.unreachable) {
-        // ... which repair deletes without changing the tree.
+    if crashed {
+        // Known limits a crash can leave (docs/store-layout.md): keys no name reaches (a
+        // create racing an rmdir of its parent), and a publish racing a directory rename whose
+        // redo never came (names of one file holding other bytes). `memfis check --repair`
+        // must make every such store sound, and change no file when only garbage was left.
+        let before_check = memfis_fs::check::check(&store, &keys).unwrap();
+        let only_garbage = before_check.problems.iter().all(|p| p.unreachable);
         let mut before = BTreeMap::new();
         walk(&fresh, ROOT_INO, "", &mut before);
         let repaired = fresh.repair().unwrap();
@@ -402,16 +392,29 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
                 .collect::<Vec<_>>(),
             repaired.repaired
         );
-        let mut after = BTreeMap::new();
-        walk(&fresh, ROOT_INO, "", &mut after);
-        prop_assert_eq!(
-            before,
-            after,
-            "repair changed the tree: {:#?}",
-            repaired.repaired
-        );
-        report.problems.retain(|p| !p.unreachable);
+        if only_garbage {
+            let mut after = BTreeMap::new();
+            walk(&fresh, ROOT_INO, "", &mut after);
+            prop_assert_eq!(
+                before,
+                after,
+                "repair changed the tree: {:#?}",
+                repaired.repaired
+            );
+        }
     }
+    // Every file reads back what nginx is served (reading is also how a mount repairs the
+    // size of a file whose writer died between its bytes and its record).
+    let mut files = BTreeMap::new();
+    walk(&fresh, ROOT_INO, "", &mut files);
+    for (p, ino) in files {
+        let fh = fresh.open(ino, libc::O_RDONLY).unwrap();
+        let read = fresh.read(fh, 0, 1 << 16).unwrap();
+        fresh.release(fh).unwrap();
+        let served = store.get(&keys.data(format!("/{p}").as_bytes())).unwrap();
+        prop_assert_eq!(Some(read), served.map(|i| i.value), "file {}", p);
+    }
+    let report = memfis_fs::check::check(&store, &keys).unwrap();
     if std::env::var_os("MEMFIS_TRACE").is_some() && !report.problems.is_empty() {
         let mut all: Vec<_> = store.keys();
         all.sort();
