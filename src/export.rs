@@ -89,7 +89,7 @@ fn set_local_attrs(path: &Path, attr: &Attr) -> std::io::Result<()> {
     // Owner first (chown drops set-ID bits), the mode last (it may take away read access).
     std::os::unix::fs::lchown(path, Some(attr.uid), Some(attr.gid))?;
     if attr.kind == Kind::Symlink {
-        return Ok(());
+        return set_link_times(path, attr);
     }
     let times = std::fs::FileTimes::new()
         .set_accessed(system_time(attr.atime))
@@ -97,6 +97,30 @@ fn set_local_attrs(path: &Path, attr: &Attr) -> std::io::Result<()> {
     std::fs::File::open(path)?.set_times(times)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(attr.mode & 0o7777))
+}
+
+/// A symlink's own times (std sets times only through an open file, which follows links).
+fn set_link_times(path: &Path, attr: &Attr) -> std::io::Result<()> {
+    let spec = |t: Time| libc::timespec {
+        tv_sec: t.s as libc::time_t,
+        tv_nsec: t.ns as libc::c_long,
+    };
+    let times = [spec(attr.atime), spec(attr.mtime)];
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat(2) expects.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Exporter {

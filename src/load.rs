@@ -556,7 +556,13 @@ impl Loader {
             meta.uid(),
             meta.gid(),
         );
-        match made {
+        // The link's own times, as rsync -a keeps them.
+        let times = SetAttr {
+            atime: Some(time_of(meta.atime(), meta.atime_nsec())),
+            mtime: Some(time_of(meta.mtime(), meta.mtime_nsec())),
+            ..SetAttr::default()
+        };
+        match made.and_then(|a| self.fs.setattr(a.ino, &times)) {
             Ok(_) => {
                 self.counts.other.fetch_add(1, Ordering::Relaxed);
             }

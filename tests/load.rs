@@ -39,6 +39,11 @@ fn site(root: &Path) {
         "touch -d '2020-02-03 04:05:06.123456789' {}",
         root.join("css/site.css").display()
     ));
+    // A link's own time is kept too (rsync -a compares it).
+    sh(&format!(
+        "touch -h -d '2019-01-02 03:04:05.5' {}",
+        root.join("home.html").display()
+    ));
 }
 
 /// Asserts that `got` (a mount) holds what `want` (the source) holds, metadata included.
