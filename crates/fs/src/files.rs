@@ -11,7 +11,7 @@ use memfis_memcache::{Command, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
-use crate::fs::{MemFs, retried};
+use crate::fs::MemFs;
 use crate::open_files::OpenFile;
 use crate::record::{Inode, Kind, Link};
 use crate::replies::{CasOutcome, Replies};
@@ -304,7 +304,7 @@ impl<S: Store> MemFs<S> {
         let data_was_dirty = of.data_dirty;
         for _ in 0..crate::fs::CAS_RETRIES {
             if of.cas.is_none() {
-                match retried(|| self.read_inode_opt(ino))? {
+                match self.read_inode_opt(ino)? {
                     Some((rec, cas)) => {
                         of.record = rec;
                         of.cas = Some(cas);
@@ -321,7 +321,7 @@ impl<S: Store> MemFs<S> {
             // directory rename (and count it) between the two.
             let generation_before = self.meta.generation();
             let keys = if of.data_dirty {
-                retried(|| self.data_keys(&rec))?
+                self.data_keys(&rec)?
             } else {
                 Vec::new()
             };
