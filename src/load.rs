@@ -508,18 +508,22 @@ impl Loader {
     /// Whether the store's file `a` already holds what `path` holds (size and mtime, or the
     /// bytes with --checksum), with the same mode and owner.
     fn unchanged(&self, a: &Attr, path: &Path, meta: &std::fs::Metadata) -> bool {
-        if a.size != meta.len() || !same_attrs(a, meta) && !self.checksum {
+        // Attributes that differ mean a rewrite either way (the file is written whole).
+        if a.size != meta.len() || !same_attrs(a, meta) {
             return false;
         }
         if !self.checksum {
             return true;
         }
-        let (Ok(ours), Ok(fh)) = (std::fs::read(path), self.fs.open(a.ino, libc::O_RDONLY)) else {
+        let Ok(ours) = std::fs::read(path) else {
+            return false;
+        };
+        let Ok(fh) = self.fs.open(a.ino, libc::O_RDONLY) else {
             return false;
         };
         let theirs = self.fs.read(fh, 0, ours.len().max(1) as u32);
         let _ = self.fs.release(fh);
-        theirs.is_ok_and(|t| t == ours) && same_attrs(a, meta)
+        theirs.is_ok_and(|t| t == ours)
     }
 
     fn symlink(

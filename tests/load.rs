@@ -251,3 +251,31 @@ fn export_gives_back_what_load_took() {
         (g.mode(), g.mtime(), g.mtime_nsec())
     );
 }
+
+#[test]
+fn checksum_finds_changes_that_keep_size_and_time() {
+    const PREFIX: &str = "memfis://load-sum";
+    let mc = Memcached::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("page.html");
+    std::fs::write(&file, b"version 1").unwrap();
+    let src_arg = src.path().to_str().unwrap();
+    assert_eq!(load(&mc.addr(), PREFIX, &[src_arg]).0, 0);
+    // Same size, same mtime, other bytes: only --checksum sees it.
+    let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, b"version 2").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg]);
+    assert!(code == 0 && out.contains("0 files written"), "{out}");
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg, "--checksum"]);
+    assert!(code == 0 && out.contains("1 files written"), "{out}");
+    assert_eq!(
+        mc.get(format!("{PREFIX}/page.html").as_bytes()).as_deref(),
+        Some(&b"version 2"[..])
+    );
+}
