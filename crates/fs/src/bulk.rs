@@ -145,6 +145,10 @@ impl<S: Store> MemFs<S> {
         let generation = results.reply();
 
         let logged_ok = matches!(logged, Ok(Logged::Done));
+        // Replies lost (the batch may have run): if the directory is gone, its keys the batch
+        // may have made again are taken back with the undo.
+        let parent_gone = matches!(logged, Ok(Logged::DirGone))
+            || logged.is_err() && matches!(self.dir_seq_value(parent), Ok(None));
         let mut created = Vec::new();
         for (p, (rec_added, rec_read, entry_added, data_added)) in planned.iter().zip(per_file) {
             let data_stored = matches!(data_added, Ok(true));
@@ -185,7 +189,7 @@ impl<S: Store> MemFs<S> {
                             .read_entry(parent, &p.name)
                             .map_or(true, |slot| slot.ino == Some(p.ino)),
                         logged: logged_ok,
-                        parent_gone: matches!(logged, Ok(Logged::DirGone)),
+                        parent_gone,
                         parent_keys: [
                             self.keys.dir_mtime(parent),
                             self.log_chunk_keys(&la)[0].clone(),
@@ -199,12 +203,13 @@ impl<S: Store> MemFs<S> {
                 }
             }
         }
-        if touched.is_err() {
-            // Only the directory's time: try once more, the files are made.
+        if touched.is_err() && !created.is_empty() {
+            // Only the directory's time: try once more, the files are made (so the directory
+            // is there; a gone one must not get its mtime key back).
             let (touch, now) = self.touch_dir_cmd(parent);
             let _ = self.store.run(touch);
             self.note_dir_touched(parent, now);
-        } else {
+        } else if touched.is_ok() {
             self.note_dir_touched(parent, now);
         }
         for (p, _) in &created {

@@ -138,9 +138,14 @@ impl<S: Store> MemFs<S> {
                     return Ok(());
                 }
                 None if of.record.size == 0 => {
-                    if !lock_held {
-                        // An empty file's key is missing only if its creator died before it
-                        // could follow a directory rename: put it back, as nginx expects.
+                    // An empty file's key is missing only if its creator died before it could
+                    // follow a directory rename: put it back, as nginx expects; unless the name
+                    // was removed meanwhile (this record is older than that).
+                    if !lock_held
+                        && self
+                            .read_entry(link.parent, &link.name)
+                            .is_ok_and(|slot| slot.ino == Some(ino))
+                    {
                         let _ = self.store.store(StoreOp::Add, &key, b"");
                     }
                     of.data = Some(Value::default());

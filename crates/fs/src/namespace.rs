@@ -133,6 +133,7 @@ impl<S: Store> MemFs<S> {
                 .map(|r| matches!(r, Ok(Reply::Stored)))
                 .collect(),
         };
+        let logged_unknown = logged.is_err();
         let outcome = (|| -> FsResult<u64> {
             // The log record first: once appended it must be taken back on any failure.
             let logged = logged?;
@@ -173,6 +174,17 @@ impl<S: Store> MemFs<S> {
         let cas = match outcome {
             Ok(cas) => cas,
             Err(e) => {
+                // A batch whose replies were lost may still have run: take back what may be
+                // there (the entry only if it is this create's; the parent's keys if the parent
+                // is gone, as the batch may have made them again).
+                if !undo.entry {
+                    undo.entry = self
+                        .read_entry(parent, name)
+                        .map_or(true, |slot| slot.ino == Some(ino));
+                }
+                if logged_unknown && matches!(self.dir_seq_value(parent), Ok(None)) {
+                    undo.parent_gone = true;
+                }
                 self.undo_create(&undo, &own_keys);
                 return Err(e);
             }
