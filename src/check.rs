@@ -2,9 +2,6 @@
 //! JSON, with fsck's exit codes (0 clean, 1 problems repaired, 4 problems left, 8 the store
 //! could not be checked).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
 use memfis_fs::check::{Report, check};
@@ -51,11 +48,7 @@ fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
              was the store emptied?"
         );
     }
-    let fs = Arc::new(crate::mount::open_store(
-        &args.store,
-        Duration::from_secs(1),
-    )?);
-    crate::mount::spawn_heartbeat(fs.clone());
+    let fs = crate::mount::open_for_tool(&args.store)?;
     let report = fs
         .repair()
         .with_context(|| format!("cannot repair the store under prefix {prefix:?}"))?;

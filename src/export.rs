@@ -32,11 +32,7 @@ struct Exporter {
 
 pub fn run(args: ExportArgs) -> Result<i32> {
     crate::malloc::limit_caching();
-    let fs = Arc::new(crate::mount::open_store(
-        &args.store,
-        Duration::from_secs(1),
-    )?);
-    crate::mount::spawn_heartbeat(fs.clone());
+    let fs = crate::mount::open_for_tool(&args.store)?;
     let started = Instant::now();
     let mut ino = ROOT_INO;
     for part in args.from.split('/').filter(|p| !p.is_empty()) {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -152,11 +152,7 @@ pub fn run(args: LoadArgs) -> Result<i32> {
     if !meta.is_dir() {
         bail!("{} is not a directory", src.display());
     }
-    let fs = Arc::new(crate::mount::open_store(
-        &args.store,
-        Duration::from_secs(1),
-    )?);
-    crate::mount::spawn_heartbeat(fs.clone());
+    let fs = crate::mount::open_for_tool(&args.store)?;
     let started = Instant::now();
     let (files, bytes) = source_totals(&src);
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.dry_run {

@@ -248,8 +248,16 @@ fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<Owned
     Ok(())
 }
 
+/// Opens the store for a tool that works without FUSE (load, export, repair), as a mount of
+/// its own with its heartbeat running (a long run must not let its liveness key expire).
+pub fn open_for_tool(store: &StoreArgs) -> Result<Arc<MemFs<Arc<Client>>>> {
+    let fs = Arc::new(open_store(store, Duration::from_secs(1))?);
+    spawn_heartbeat(fs.clone());
+    Ok(fs)
+}
+
 /// Keeps this mount's liveness key fresh and notices a store emptied under it.
-pub fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
+fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
     std::thread::spawn(move || {
         let mut failing = false;
         loop {

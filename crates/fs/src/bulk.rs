@@ -217,19 +217,7 @@ impl<S: Store> MemFs<S> {
         }
         // As a create's fence: wait out a namespace operation that ran meanwhile, then move
         // the data keys if the directory moved.
-        let mut fenced = match lock_held {
-            Ok(false) => self.observe_generation(generation),
-            _ => Err(FsError::Contended),
-        };
-        for _ in 0..5 {
-            if fenced.is_ok() {
-                break;
-            }
-            fenced = self.wait_quiet().and_then(|()| {
-                let key = self.keys.dir_generation();
-                self.observe_generation(self.store.run(Command::Get(key)))
-            });
-        }
+        let fenced = self.settle_create_fence(&lock_held, generation);
         let path_now = fenced.and_then(|()| retried(|| self.dir_path(parent)));
         let path_now = match path_now {
             Ok(p) => p,

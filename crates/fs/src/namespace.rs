@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{Command, Reply, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 
 use crate::attr::Attr;
 use crate::dirlog::Op;
@@ -204,6 +204,25 @@ impl<S: Store> MemFs<S> {
         };
         // The name is created; what is left (following a directory rename that ran
         // meanwhile) is retried a few times rather than left half done.
+        self.settle_create_fence(&lock_held, generation)?;
+        if node.rec.kind == Kind::File
+            && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
+        {
+            // The name is made; the empty key at the old path waits for the heartbeat.
+            lock(&self.stale_keys).push(node.data_key.clone());
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    /// A create's fence, read at the end of its batch (`lock_held`, then the directory-rename
+    /// count): if a namespace operation ran meanwhile, wait it out (retried a few times rather
+    /// than leave the create half done) and note the rename count it left.
+    pub(crate) fn settle_create_fence(
+        &self,
+        lock_held: &FsResult<bool>,
+        generation: CmdResult,
+    ) -> FsResult<()> {
         let mut fenced = match lock_held {
             Ok(false) => self.observe_generation(generation),
             _ => Err(FsError::Contended), // a namespace operation ran: wait it out first
@@ -217,15 +236,7 @@ impl<S: Store> MemFs<S> {
                 self.observe_generation(self.store.run(Command::Get(key)))
             });
         }
-        fenced?;
-        if node.rec.kind == Kind::File
-            && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
-        {
-            // The name is made; the empty key at the old path waits for the heartbeat.
-            lock(&self.stale_keys).push(node.data_key.clone());
-            return Err(e);
-        }
-        Ok(node)
+        fenced
     }
 
     /// The keys a new node brings: a file's empty data key, a directory's log keys.
