@@ -4,23 +4,11 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
 fn load(server: &str, prefix: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .arg("load")
-        .args(args)
-        .args(["--server", server, "--prefix", prefix])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    memfis_on("load", args, server, prefix)
 }
 
 /// A small site with every kind of entry load keeps.
@@ -222,17 +210,9 @@ fn export_gives_back_what_load_took() {
     assert_eq!(code, 0, "{out}");
     let dest = tempfile::tempdir().unwrap();
     let out_dir = dest.path().join("copy");
-    let out = Command::new(BIN)
-        .args(["export", out_dir.to_str().unwrap(), "--from", "/a/b"])
-        .args(["--server", &mc.addr(), "--prefix", PREFIX])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out_arg = out_dir.to_str().unwrap();
+    let (code, out) = memfis_on("export", &[out_arg, "--from", "/a/b"], &mc.addr(), PREFIX);
+    assert_eq!(code, 0, "{out}");
     assert_same_tree(src.path(), &out_dir);
     let changes = sh(&format!(
         "rsync -aHX --dry-run --itemize-changes {}/ {}/",

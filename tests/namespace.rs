@@ -127,29 +127,7 @@ fn a_directory_rename_cut_by_kill_9_is_completed_by_the_next_mount() {
     const PREFIX: &str = "memfis://killed";
     const FILES: usize = 1500;
     let mc = Memcached::start();
-    let mut p1 = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
-    std::fs::create_dir(p1.p("site")).unwrap();
-    for i in 0..FILES {
-        std::fs::write(p1.p(&format!("site/f{i}")), format!("{i}")).unwrap();
-    }
-    let mv = Command::new("mv")
-        .arg(p1.p("site"))
-        .arg(p1.p("moved"))
-        .spawn()
-        .unwrap();
-    // Kill it while keys are moving: wait until the first new key appears.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mc.get(format!("{PREFIX}/moved/f0").as_bytes()).is_none()
-        && mc.get(format!("{PREFIX}%lock").as_bytes()).is_none()
-    {
-        assert!(Instant::now() < deadline, "the rename never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // SAFETY: killing our own child.
-    unsafe { libc::kill(p1.pid(), libc::SIGKILL) };
-    let _ = mv.wait_with_output();
-    let _ = p1.signal_and_wait(0); // reaps it; the dead mount is unmounted on drop
-    drop(p1);
+    kill_mount_mid_dir_rename(&mc, PREFIX, FILES);
     // The lock is held by a mount that is gone; the next mount completes the rename once
     // the liveness key expires (10 s).
     let p2 = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);

@@ -5,22 +5,11 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
 
 fn repair(server: &str, prefix: &str) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["check", "--repair", "--server", server, "--prefix", prefix])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    memfis_on("check", &["--repair"], server, prefix)
 }
 
 fn names(dir: &std::path::Path) -> Vec<String> {
@@ -97,28 +86,7 @@ fn repair_finishes_a_directory_rename_cut_by_kill_9() {
     const PREFIX: &str = "memfis://repair-killed";
     const FILES: usize = 1000;
     let mc = Memcached::start();
-    let mut p1 = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
-    std::fs::create_dir(p1.p("site")).unwrap();
-    for i in 0..FILES {
-        std::fs::write(p1.p(&format!("site/f{i}")), format!("{i}")).unwrap();
-    }
-    let mv = Command::new("mv")
-        .arg(p1.p("site"))
-        .arg(p1.p("moved"))
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mc.get(format!("{PREFIX}/moved/f0").as_bytes()).is_none()
-        && mc.get(format!("{PREFIX}%lock").as_bytes()).is_none()
-    {
-        assert!(Instant::now() < deadline, "the rename never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // SAFETY: killing our own child.
-    unsafe { libc::kill(p1.pid(), libc::SIGKILL) };
-    let _ = mv.wait_with_output();
-    let _ = p1.signal_and_wait(0);
-    drop(p1);
+    kill_mount_mid_dir_rename(&mc, PREFIX, FILES);
 
     // Repair waits for the dead mount's liveness key to expire, then completes the rename.
     let (code, out) = repair(&mc.addr(), PREFIX);

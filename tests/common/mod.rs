@@ -481,10 +481,41 @@ pub fn nginx_config(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs `memfis check` on the store; returns its exit status and output.
-pub fn memfis_check(server: &str, prefix: &str) -> (i32, String) {
+/// Mounts `prefix`, fills `site/` with `files` files (`f<i>` holding `<i>`), starts
+/// `mv site moved` and kills the daemon (SIGKILL) once data keys are moving: the namespace lock
+/// is left to a dead mount, the rename half done.
+pub fn kill_mount_mid_dir_rename(mc: &Memcached, prefix: &str, files: usize) {
+    let mut m = Mount::with_args(&[mc.addr()], prefix, &["--attr-ttl", "0"]);
+    std::fs::create_dir(m.p("site")).unwrap();
+    for i in 0..files {
+        std::fs::write(m.p(&format!("site/f{i}")), format!("{i}")).unwrap();
+    }
+    let mv = Command::new("mv")
+        .arg(m.p("site"))
+        .arg(m.p("moved"))
+        .spawn()
+        .unwrap();
+    // Kill it while keys are moving: wait until the first new key appears.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mc.get(format!("{prefix}/moved/f0").as_bytes()).is_none()
+        && mc.get(format!("{prefix}%lock").as_bytes()).is_none()
+    {
+        assert!(Instant::now() < deadline, "the rename never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(m.pid(), libc::SIGKILL) };
+    let _ = mv.wait_with_output();
+    let _ = m.signal_and_wait(0); // reaps it; the dead mount is unmounted on drop
+}
+
+/// Runs `memfis SUBCOMMAND ARGS... --server SERVER --prefix PREFIX`; returns its exit status
+/// and its output (stdout then stderr).
+pub fn memfis_on(sub: &str, args: &[&str], server: &str, prefix: &str) -> (i32, String) {
     let out = Command::new(BIN)
-        .args(["check", "--server", server, "--prefix", prefix])
+        .arg(sub)
+        .args(args)
+        .args(["--server", server, "--prefix", prefix])
         .output()
         .unwrap();
     let text = format!(
@@ -493,6 +524,11 @@ pub fn memfis_check(server: &str, prefix: &str) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs `memfis check` on the store; returns its exit status and output.
+pub fn memfis_check(server: &str, prefix: &str) -> (i32, String) {
+    memfis_on("check", &[], server, prefix)
 }
 
 pub fn sh(cmd: &str) -> String {
