@@ -32,6 +32,27 @@ pub enum Command {
     Load(LoadArgs),
     /// Write a directory of the store back onto local disk, bytes and metadata exact.
     Export(ExportArgs),
+    /// Print the manual page of memfis, or of one subcommand; --dir writes them all.
+    Man(ManArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  memfis man | man -l -\n  \
+                        memfis man --dir /usr/local/share/man/man1")]
+pub struct ManArgs {
+    /// The subcommand whose page to print (e.g. mount); the main page if omitted.
+    pub subcommand: Option<String>,
+    /// Write memfis.1 and memfis-SUBCOMMAND.1 for every subcommand into this directory.
+    #[arg(long, conflicts_with = "subcommand")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: memfis completions bash > /etc/bash_completion.d/memfis")]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +94,10 @@ pub struct LoadArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  memfis stats --server 127.0.0.1:11211 --prefix memfis://www.example.com\n  \
+                        memfis stats --json | jq .tree.files"
+)]
 pub struct StatsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -82,6 +107,12 @@ pub struct StatsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 clean (or repaired), 1 repaired but problems remain, \
+                        4 problems found, 8 the check could not run.\n\n\
+                        Examples:\n  memfis check --prefix memfis://www.example.com\n  \
+                        memfis check --repair --prefix memfis://www.example.com"
+)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -95,6 +126,9 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Example: memfis up ./site --port 8080   # then open http://127.0.0.1:8080/"
+)]
 pub struct UpArgs {
     /// Directory copied into the store (and served from disk if the store misses).
     pub site: Option<PathBuf>,
@@ -109,6 +143,10 @@ pub struct UpArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Example: memfis nginx-config --server 127.0.0.1:11211 --root /srv/www \\\n    \
+                  --prefix memfis://www.example.com > /etc/nginx/conf.d/memfis.conf"
+)]
 pub struct NginxConfigArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -150,6 +188,13 @@ pub struct StoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    memfis mount /srv/www --server 127.0.0.1:11211 --prefix memfis://www.example.com\n  \
+    memfis mount /srv/www -f -o allow_other,server=10.0.0.1:11211,server=10.0.0.2:11211\n  \
+    umount /srv/www\n\n\
+    As mount(8) helper (fstab):\n  \
+    127.0.0.1:11211  /srv/www  fuse.memfis  prefix=memfis://www.example.com,allow_other,_netdev  0 0\n\n\
+    Signals: SIGINT and SIGTERM unmount; SIGHUP reopens --log-file.")]
 pub struct MountArgs {
     /// Directory to mount on.
     pub mountpoint: PathBuf,
@@ -159,7 +204,7 @@ pub struct MountArgs {
     #[arg(short, long)]
     pub foreground: bool,
     /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
-    /// noexec, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    /// noexec, nonempty, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Seconds the kernel caches entries and attributes.
@@ -169,9 +214,14 @@ pub struct MountArgs {
     /// switching on 2 cores).
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
-    /// Append logs to this file when detached (filter with MEMFIS_LOG, e.g. MEMFIS_LOG=debug).
+    /// Append logs to this file (reopened on SIGHUP). Without it a detached mount logs to
+    /// journald, or syslog where journald does not run; --foreground logs to stderr. Filter
+    /// with MEMFIS_LOG, e.g. MEMFIS_LOG=debug.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9310), path /metrics.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl StoreArgs {
@@ -190,56 +240,5 @@ impl StoreArgs {
                 .unwrap_or_else(|| "localhost".into());
             format!("memfis://{host}")
         })
-    }
-}
-
-/// Rewrites the form mount(8) uses for `fuse.memfis` (`memfis SOURCE MOUNTPOINT -o OPTS`)
-/// into `memfis mount MOUNTPOINT -o OPTS[,server=SOURCE]`.
-pub fn from_mount_helper(args: Vec<String>) -> Vec<String> {
-    let known = [
-        "mount",
-        "nginx-config",
-        "up",
-        "check",
-        "stats",
-        "load",
-        "export",
-        "help",
-        "-h",
-        "--help",
-        "-V",
-        "--version",
-    ];
-    if args.len() < 3 || known.contains(&args[1].as_str()) || args[1].starts_with('-') {
-        return args;
-    }
-    let source = &args[1];
-    let mut out = vec![args[0].clone(), "mount".into(), args[2].clone()];
-    if source.contains(':') {
-        out.push(format!("-o=server={}", source.replace(',', ",server=")));
-    }
-    out.extend(args[3..].iter().cloned());
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_helper_form_becomes_mount() {
-        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        assert_eq!(
-            from_mount_helper(args("memfis 127.0.0.1:11211 /mnt -o rw")),
-            args("memfis mount /mnt -o=server=127.0.0.1:11211 -o rw")
-        );
-        assert_eq!(
-            from_mount_helper(args("memfis mount /mnt")),
-            args("memfis mount /mnt")
-        );
-        assert_eq!(
-            from_mount_helper(args("memfis memfis /mnt")),
-            args("memfis mount /mnt")
-        );
     }
 }

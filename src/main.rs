@@ -4,18 +4,23 @@ mod check;
 mod cli;
 mod export;
 mod fuse_adapter;
+mod fuse_mount;
 mod load;
 mod logging;
 mod malloc;
+mod manuals;
 mod mount;
+mod mount_helper;
 mod nginx_config;
+mod proc_mounts;
+mod signals;
 mod stats;
 mod up;
 
 use clap::Parser;
 
 fn main() {
-    let args = cli::from_mount_helper(std::env::args().collect());
+    let args = mount_helper::from_mount_helper(std::env::args().collect());
     let cli = cli::Cli::parse_from(args);
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(args),
@@ -33,6 +38,8 @@ fn main() {
         cli::Command::Stats(args) => exit_with(stats::run(args), 1),
         cli::Command::Load(args) => exit_with(load::run(args), 2),
         cli::Command::Export(args) => exit_with(export::run(args), 2),
+        cli::Command::Man(args) => manuals::man(&args),
+        cli::Command::Completions(args) => manuals::completions(&args),
     };
     if let Err(e) = result {
         eprintln!("memfis: {e:#}");

@@ -3,31 +3,37 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, MountOption, SessionACL};
 use memfis_fs::{FsConfig, KeyLayout, MemFs};
 use memfis_memcache::{Client, ClientConfig, Store};
 use nix::unistd::{ForkResult, fork, pipe, setsid};
+use sd_notify::NotifyState;
 
 use crate::cli::{MountArgs, StoreArgs};
 use crate::fuse_adapter::FuseFs;
+use crate::fuse_mount::{self, MountSpec};
+use crate::logging::{self, LogFile};
+use crate::signals;
 
 /// Mount options after parsing `-o`.
 struct Options {
     fuse: Vec<MountOption>,
     acl: SessionACL,
+    /// `-o fsname=`: the source shown in the mount table instead of the server list.
+    fsname: Option<String>,
+    /// `-o nonempty`: mount over a directory that has entries, or is a mount point.
+    nonempty: bool,
 }
 
 fn parse_options(args: &mut MountArgs) -> Result<Options> {
-    let mut fuse = vec![
-        MountOption::FSName("memfis".into()),
-        MountOption::Subtype("memfis".into()),
-        MountOption::DefaultPermissions,
-    ];
+    let mut fuse = vec![MountOption::DefaultPermissions];
     let mut acl = SessionACL::Owner;
+    let (mut fsname, mut nonempty) = (None, false);
     let mut servers_from_options = Vec::new();
     for opt in args.options.iter().filter(|o| !o.is_empty()) {
         let (name, value) = match opt.split_once('=') {
@@ -48,7 +54,8 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
             ("suid", None) => fuse.push(MountOption::Suid),
             ("noexec", None) => fuse.push(MountOption::NoExec),
             ("exec", None) => fuse.push(MountOption::Exec),
-            ("fsname", Some(v)) => fuse[0] = MountOption::FSName(v.into()),
+            ("fsname", Some(v)) => fsname = Some(v.to_string()),
+            ("nonempty", None) => nonempty = true,
             ("server", Some(v)) => servers_from_options.push(v.to_string()),
             ("prefix", Some(v)) => args.store.prefix = Some(v.to_string()),
             ("attr_ttl", Some(v)) => {
@@ -73,7 +80,12 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
     if !servers_from_options.is_empty() {
         args.store.servers = servers_from_options;
     }
-    Ok(Options { fuse, acl })
+    Ok(Options {
+        fuse,
+        acl,
+        fsname,
+        nonempty,
+    })
 }
 
 /// A client for the servers of `store` (connections are made on first use).
@@ -143,24 +155,23 @@ fn guard_against_evictions(client: &Client, allowed: bool) -> Result<()> {
 
 pub fn run(mut args: MountArgs) -> Result<()> {
     let options = parse_options(&mut args)?;
-    let meta = std::fs::metadata(&args.mountpoint)
-        .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
-    if !meta.is_dir() {
-        bail!(
-            "mountpoint {} is not a directory",
-            args.mountpoint.display()
-        );
-    }
+    fuse_mount::refuse_unusable(&args.mountpoint, options.nonempty)?;
+    // The daemon works from `/` (so it holds no directory busy): keep the mount point whole.
+    args.mountpoint = args.mountpoint.canonicalize()?;
     if !args.attr_ttl.is_finite() || args.attr_ttl < 0.0 {
         bail!("attr_ttl must be zero or more seconds");
     }
     let ttl = Duration::from_secs_f64(args.attr_ttl);
+    let log_file = args.log_file.as_deref().map(LogFile::open).transpose()?;
     // Check the store before detaching so errors reach the terminal; then start afresh in
     // the child (no sockets or threads cross the fork).
     drop(open_store(&args.store, ttl)?);
     if args.foreground {
-        crate::logging::init_stderr();
-        return serve(&args, &options, ttl, None);
+        match &log_file {
+            Some(file) => logging::init_daemon(Some(file)),
+            None => logging::init_stderr(),
+        }
+        return serve(&args, &options, ttl, log_file, None);
     }
     let (read_end, write_end) = pipe().context("pipe")?;
     // SAFETY: no other threads exist yet (checked above: the store check spawns none).
@@ -180,8 +191,9 @@ pub fn run(mut args: MountArgs) -> Result<()> {
         ForkResult::Child => {
             drop(read_end);
             setsid().ok();
-            crate::logging::init_daemon(args.log_file.as_deref());
-            let result = serve(&args, &options, ttl, Some(write_end));
+            std::env::set_current_dir("/").ok();
+            logging::init_daemon(log_file.as_ref());
+            let result = serve(&args, &options, ttl, log_file, Some(write_end));
             if let Err(e) = &result {
                 tracing::error!("{e:#}");
             }
@@ -190,22 +202,36 @@ pub fn run(mut args: MountArgs) -> Result<()> {
     }
 }
 
-/// Mounts and runs until unmounted. `ready` is told "ok" (or the error) once mounted.
-fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<OwnedFd>) -> Result<()> {
+/// Mounts and runs until unmounted. `ready` is told "ok" (or the error) once the mount
+/// answers; systemd (NOTIFY_SOCKET) hears READY then, and STOPPING when it goes.
+fn serve(
+    args: &MountArgs,
+    options: &Options,
+    ttl: Duration,
+    log_file: Option<LogFile>,
+    ready: Option<OwnedFd>,
+) -> Result<()> {
     let mounted = (|| -> Result<_> {
         let fs = Arc::new(open_store(&args.store, ttl)?);
         let client = fs.store().clone();
         spawn_heartbeat(fs.clone());
         let mut config = Config::default();
-        config.mount_options = options.fuse.clone();
-        config.acl = options.acl;
         config.n_threads = Some(args.threads.max(1));
         config.clone_fd = args.threads > 1;
-        let session = Session::new(FuseFs::new(fs, ttl), &args.mountpoint, &config)
-            .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
-        Ok((session, client))
+        let source = options
+            .fsname
+            .clone()
+            .unwrap_or_else(|| args.store.servers.join(","));
+        let spec = MountSpec {
+            mountpoint: &args.mountpoint,
+            source: &source,
+            options: &options.fuse,
+            acl: options.acl,
+        };
+        let (session, unmounter) = fuse_mount::mount(FuseFs::new(fs, ttl), &spec, config)?;
+        Ok((session, unmounter, client))
     })();
-    let (mut session, client) = match mounted {
+    let (session, unmounter, client) = match mounted {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -214,38 +240,69 @@ fn serve(args: &MountArgs, options: &Options, ttl: Duration, ready: Option<Owned
             return Err(e);
         }
     };
-    let mut unmounter = session.unmount_callable();
+    let unmounter = Arc::new(Mutex::new(unmounter));
+    let stopper = unmounter.clone();
     let mountpoint = args.mountpoint.clone();
-    ctrlc::set_handler(move || {
-        tracing::info!("signal received: unmounting {}", mountpoint.display());
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!("unmount failed: {e}; trying fusermount3 -u -z");
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&mountpoint)
-                .status();
-        }
-    })
-    .context("installing signal handlers")?;
-    if let Some(fd) = ready {
-        let mut f = std::fs::File::from(fd);
-        f.write_all(b"ok")?;
-        drop(f);
-        redirect_stdio_to_null();
-    }
+    signals::spawn(
+        move || {
+            tracing::info!("signal received: unmounting {}", mountpoint.display());
+            let _ = sd_notify::notify(&[NotifyState::Stopping]);
+            if let Err(e) = stopper.lock().unwrap_or_else(|p| p.into_inner()).unmount() {
+                tracing::warn!("{e:#}");
+            }
+        },
+        move || {
+            if let Some(file) = &log_file {
+                match file.reopen() {
+                    Ok(()) => tracing::info!("log file reopened"),
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
+        },
+    )?;
+    spawn_readiness(args.mountpoint.clone(), ready, unmounter);
     tracing::info!(
         "mounted {} (prefix {})",
         args.mountpoint.display(),
         args.store.prefix()
     );
     session.run().context("FUSE session")?;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let (trips, commands) = client.counters();
     tracing::info!(
         "unmounted {} after {trips} store round trips, {commands} commands",
         args.mountpoint.display()
     );
     Ok(())
+}
+
+/// Once the mount answers a stat, tells whoever waits (the parent of a detached mount,
+/// systemd) that it is ready; if it never answers, says why and unmounts.
+fn spawn_readiness(
+    mountpoint: PathBuf,
+    ready: Option<OwnedFd>,
+    unmounter: Arc<Mutex<fuse_mount::Unmounter>>,
+) {
+    std::thread::spawn(move || {
+        let answer = std::fs::metadata(&mountpoint);
+        let message = match &answer {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("the mount at {} does not answer: {e}", mountpoint.display()),
+        };
+        if let Some(fd) = ready {
+            let _ = std::fs::File::from(fd).write_all(message.as_bytes());
+            redirect_stdio_to_null();
+        }
+        if answer.is_ok() {
+            let _ = sd_notify::notify(&[NotifyState::Ready]);
+        } else {
+            tracing::error!("{message}");
+            let _ = unmounter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unmount();
+        }
+    });
 }
 
 /// Opens the store for a tool that works without FUSE (load, export, repair), as a mount of

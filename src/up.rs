@@ -78,9 +78,7 @@ impl Drop for MountService {
 }
 
 fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let path = path.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&path))
+    crate::proc_mounts::is_mount_point(path)
 }
 
 fn require(program: &str, package: &str) -> Result<()> {
