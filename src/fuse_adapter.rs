@@ -19,6 +19,8 @@ use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
 use tracing::{debug, warn};
 
+use crate::metrics::fuse_ops::{FUSE_OPS, Op};
+
 pub struct FuseFs<S: Store> {
     fs: std::sync::Arc<MemFs<S>>,
     /// Kernel entry and attribute cache lifetime.
@@ -43,7 +45,7 @@ impl<S: Store> FuseFs<S> {
     fn reply_entry(
         &self,
         reply: ReplyEntry,
-        op: &str,
+        op: Op,
         what: &dyn std::fmt::Debug,
         result: Result<Attr, FsError>,
     ) {
@@ -54,12 +56,7 @@ impl<S: Store> FuseFs<S> {
     }
 }
 
-fn reply_empty(
-    reply: ReplyEmpty,
-    op: &str,
-    what: &dyn std::fmt::Debug,
-    result: Result<(), FsError>,
-) {
+fn reply_empty(reply: ReplyEmpty, op: Op, what: &dyn std::fmt::Debug, result: Result<(), FsError>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(op, what, e)),
@@ -112,12 +109,14 @@ impl<S: Store> std::fmt::Debug for PathOf<'_, S> {
 }
 
 /// Turns an error into an errno, logging the ones that mean the store misbehaved.
-fn errno(op: &str, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
+fn errno(op: Op, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
+    let op_name = op.name();
     if e.is_fault() {
-        warn!("{op} {what:?}: {e}");
+        warn!("{op_name} {what:?}: {e}");
     } else {
-        debug!("{op} {what:?}: {e}");
+        debug!("{op_name} {what:?}: {e}");
     }
+    FUSE_OPS.error(op, e.errno());
     Errno::from_i32(e.errno())
 }
 
@@ -139,18 +138,20 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        FUSE_OPS.call(Op::Lookup);
         self.reply_entry(
             reply,
-            "lookup",
+            Op::Lookup,
             &PathOf(&self.fs, parent, name),
             self.fs.lookup(parent.0, name.as_bytes()),
         );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        FUSE_OPS.call(Op::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
-            Err(e) => reply.error(errno("getattr", &ino, e)),
+            Err(e) => reply.error(errno(Op::Getattr, &ino, e)),
         }
     }
 
@@ -172,6 +173,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        FUSE_OPS.call(Op::Setattr);
         let set = SetAttr {
             mode,
             uid,
@@ -182,14 +184,15 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         };
         match self.fs.setattr(ino.0, &set) {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
-            Err(e) => reply.error(errno("setattr", &ino, e)),
+            Err(e) => reply.error(errno(Op::Setattr, &ino, e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        FUSE_OPS.call(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno("readlink", &ino, e)),
+            Err(e) => reply.error(errno(Op::Readlink, &ino, e)),
         }
     }
 
@@ -203,6 +206,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        FUSE_OPS.call(Op::Mknod);
         if mode & libc::S_IFMT != libc::S_IFREG {
             reply.error(Errno::from_i32(libc::EOPNOTSUPP));
             return;
@@ -220,7 +224,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             .and_then(|(a, fh)| self.fs.release(fh).map(|_| a));
         match created {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("mknod", &PathOf(&self.fs, parent, name), e)),
+            Err(e) => reply.error(errno(Op::Mknod, &PathOf(&self.fs, parent, name), e)),
         }
     }
 
@@ -233,28 +237,31 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        FUSE_OPS.call(Op::Mkdir);
         match self
             .fs
             .mkdir(parent.0, name.as_bytes(), mode, req.uid(), req.gid())
         {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(errno("mkdir", &PathOf(&self.fs, parent, name), e)),
+            Err(e) => reply.error(errno(Op::Mkdir, &PathOf(&self.fs, parent, name), e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        FUSE_OPS.call(Op::Unlink);
         reply_empty(
             reply,
-            "unlink",
+            Op::Unlink,
             &PathOf(&self.fs, parent, name),
             self.fs.unlink(parent.0, name.as_bytes()),
         );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        FUSE_OPS.call(Op::Rmdir);
         reply_empty(
             reply,
-            "rmdir",
+            Op::Rmdir,
             &PathOf(&self.fs, parent, name),
             self.fs.rmdir(parent.0, name.as_bytes()),
         );
@@ -268,9 +275,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        FUSE_OPS.call(Op::Symlink);
         self.reply_entry(
             reply,
-            "symlink",
+            Op::Symlink,
             &PathOf(&self.fs, parent, link_name),
             self.fs.symlink(
                 parent.0,
@@ -292,6 +300,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        FUSE_OPS.call(Op::Rename);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             reply.error(Errno::EINVAL);
             return;
@@ -302,7 +311,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         };
         reply_empty(
             reply,
-            "rename",
+            Op::Rename,
             &(
                 PathOf(&self.fs, parent, name),
                 PathOf(&self.fs, newparent, newname),
@@ -325,18 +334,20 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        FUSE_OPS.call(Op::Link);
         self.reply_entry(
             reply,
-            "link",
+            Op::Link,
             &PathOf(&self.fs, newparent, newname),
             self.fs.link(ino.0, newparent.0, newname.as_bytes()),
         );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        FUSE_OPS.call(Op::Open);
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("open", &ino, e)),
+            Err(e) => reply.error(errno(Op::Open, &ino, e)),
         }
     }
 
@@ -351,9 +362,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        FUSE_OPS.call(Op::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno("read", &ino, e)),
+            Err(e) => reply.error(errno(Op::Read, &ino, e)),
         }
     }
 
@@ -369,10 +381,11 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        FUSE_OPS.call(Op::Write);
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(fh.0, offset, data, kill_suidgid) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", &ino, e)),
+            Err(e) => reply.error(errno(Op::Write, &ino, e)),
         }
     }
 
@@ -384,7 +397,8 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, "flush", &ino, self.fs.flush(fh.0));
+        FUSE_OPS.call(Op::Flush);
+        reply_empty(reply, Op::Flush, &ino, self.fs.flush(fh.0));
     }
 
     fn release(
@@ -397,7 +411,8 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, "release", &ino, self.fs.release(fh.0));
+        FUSE_OPS.call(Op::Release);
+        reply_empty(reply, Op::Release, &ino, self.fs.release(fh.0));
     }
 
     fn fsync(
@@ -408,10 +423,12 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, "fsync", &ino, self.fs.fsync(fh.0));
+        FUSE_OPS.call(Op::Fsync);
+        reply_empty(reply, Op::Fsync, &ino, self.fs.fsync(fh.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        FUSE_OPS.call(Op::Opendir);
         match self.fs.readdir(ino.0) {
             Ok(mut entries) => {
                 let dot = |name: &[u8]| DirEntry {
@@ -427,7 +444,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                     .insert(fh, entries);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
-            Err(e) => reply.error(errno("opendir", &ino, e)),
+            Err(e) => reply.error(errno(Op::Opendir, &ino, e)),
         }
     }
 
@@ -439,6 +456,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        FUSE_OPS.call(Op::Readdir);
         let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entries) = dirs.get(&fh.0) else {
             reply.error(Errno::EBADF);
@@ -465,6 +483,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        FUSE_OPS.call(Op::Readdirplus);
         // Attributes are fetched a page at a time: one pipelined batch per page.
         const PAGE: usize = 128;
         let page: Vec<(usize, DirEntry)> = {
@@ -485,7 +504,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         let attrs = match self.fs.getattr_many(&inos) {
             Ok(a) => a,
             Err(e) => {
-                reply.error(errno("readdirplus", &ino, e));
+                reply.error(errno(Op::Readdirplus, &ino, e));
                 return;
             }
         };
@@ -513,6 +532,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        FUSE_OPS.call(Op::Releasedir);
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -528,10 +548,12 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        FUSE_OPS.call(Op::Fsyncdir);
         reply.ok(); // directory changes are in the store when the call returns
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        FUSE_OPS.call(Op::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -543,7 +565,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 255,
                 s.block_size,
             ),
-            Err(e) => reply.error(errno("statfs", &"/", e)),
+            Err(e) => reply.error(errno(Op::Statfs, &"/", e)),
         }
     }
 
@@ -557,22 +579,25 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        FUSE_OPS.call(Op::Setxattr);
         reply_empty(
             reply,
-            "setxattr",
+            Op::Setxattr,
             &name,
             self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        FUSE_OPS.call(Op::Getxattr);
         match self.fs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => sized_reply(reply, &v, size),
-            Err(e) => reply.error(errno("getxattr", &name, e)),
+            Err(e) => reply.error(errno(Op::Getxattr, &name, e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        FUSE_OPS.call(Op::Listxattr);
         match self.fs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -582,20 +607,22 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 }
                 sized_reply(reply, &buf, size);
             }
-            Err(e) => reply.error(errno("listxattr", &ino, e)),
+            Err(e) => reply.error(errno(Op::Listxattr, &ino, e)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        FUSE_OPS.call(Op::Removexattr);
         reply_empty(
             reply,
-            "removexattr",
+            Op::Removexattr,
             &name,
             self.fs.removexattr(ino.0, name.as_bytes()),
         );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        FUSE_OPS.call(Op::Access);
         reply.ok(); // permission bits are checked by the kernel (default_permissions)
     }
 
@@ -609,6 +636,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        FUSE_OPS.call(Op::Create);
         match self
             .fs
             .create(parent.0, name.as_bytes(), mode, flags, req.uid(), req.gid())
@@ -620,7 +648,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(errno("create", &PathOf(&self.fs, parent, name), e)),
+            Err(e) => reply.error(errno(Op::Create, &PathOf(&self.fs, parent, name), e)),
         }
     }
 }

@@ -9,6 +9,7 @@ mod load;
 mod logging;
 mod malloc;
 mod manuals;
+mod metrics;
 mod mount;
 mod mount_helper;
 mod nginx_config;

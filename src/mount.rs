@@ -215,6 +215,9 @@ fn serve(
         let fs = Arc::new(open_store(&args.store, ttl)?);
         let client = fs.store().clone();
         spawn_heartbeat(fs.clone());
+        if let Some(addr) = args.metrics {
+            crate::metrics::serve(addr, fs.clone())?;
+        }
         let mut config = Config::default();
         config.n_threads = Some(args.threads.max(1));
         config.clone_fd = args.threads > 1;

@@ -286,7 +286,7 @@ impl<S: Store> MemFs<S> {
         let mut removed = Vec::new();
         for (((p, _), (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
             match (set, cas) {
-                (Ok(_), Ok(CasOutcome::Stored)) if quiet => {}
+                (Ok(_), Ok(CasOutcome::Stored)) if quiet => self.activity.published(p.bytes.len()),
                 // Removed by another mount meanwhile: the bytes just set go where no name is.
                 (_, Ok(CasOutcome::Gone)) => removed.push(key),
                 _ => {

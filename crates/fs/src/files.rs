@@ -366,6 +366,9 @@ impl<S: Store> MemFs<S> {
             let moved = self.meta.generation() != generation_before;
             match cas_result? {
                 CasOutcome::Stored => {
+                    if data_was_dirty {
+                        self.activity.published(data.len());
+                    }
                     of.record = rec;
                     of.cas = None;
                     of.pending = Default::default();

@@ -75,6 +75,8 @@ pub struct MemFs<S: Store> {
     pub(crate) open_files: OpenFiles,
     /// What this mount remembers of directories between operations (bounded, expiring).
     pub(crate) meta: MetaCache,
+    /// What this mount has done, for metrics.
+    pub(crate) activity: crate::activity::Activity,
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
@@ -114,6 +116,7 @@ impl<S: Store> MemFs<S> {
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg.cache_ttl),
+            activity: Default::default(),
             cfg,
         };
         fs.store_id = fs.check_or_create_format()?;

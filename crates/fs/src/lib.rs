@@ -30,6 +30,7 @@
 //!
 //! Values in and out: [`attr`] (attributes, changes, entries, statfs), [`error`].
 
+mod activity;
 pub mod attr;
 pub mod bulk;
 pub mod check;
@@ -53,6 +54,7 @@ mod roll_forward;
 mod sync;
 pub mod xattr;
 
+pub use activity::ActivitySnapshot;
 pub use attr::{Attr, DirEntry, SetAttr, StatFs};
 pub use error::{FsError, FsResult};
 pub use fs::{FsConfig, MemFs};

@@ -120,6 +120,9 @@ pub(crate) struct MetaCache {
     listings: Mutex<Expiring<u64, Names>>,
     /// Lowest sequence number each directory's log has reached, as last seen.
     seq_hints: Mutex<Expiring<u64, u64>>,
+    /// Questions answered from the caches, and those that had to go to the store.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl MetaCache {
@@ -131,7 +134,27 @@ impl MetaCache {
             listings: Mutex::new(Expiring::new(ttl, MAX_LISTINGS)),
             // Hints stay useful however old: only their number is bounded.
             seq_hints: Mutex::new(Expiring::new(Duration::MAX, MAX_DIRS)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// (hits, misses) of the directory and listing caches so far.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn counted<T>(&self, answer: Option<T>) -> Option<T> {
+        let counter = if answer.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
     }
 
     // ----- directory-rename count ------------------------------------------------------------
@@ -152,10 +175,11 @@ impl MetaCache {
 
     pub fn dir_info(&self, dir: u64) -> Option<DirInfo> {
         let generation = self.generation();
-        lock(&self.dirs)
+        let found = lock(&self.dirs)
             .get(&dir)
             .filter(|info| info.generation == generation)
-            .cloned()
+            .cloned();
+        self.counted(found)
     }
 
     /// Caches what was read of `dir` under directory-rename count `generation`.
@@ -178,7 +202,8 @@ impl MetaCache {
     }
 
     pub fn dir_attr(&self, dir: u64) -> Option<Attr> {
-        lock(&self.dir_attrs).get(&dir).cloned()
+        let found = lock(&self.dir_attrs).get(&dir).cloned();
+        self.counted(found)
     }
 
     pub fn put_dir_attr(&self, dir: u64, attr: Attr) {
@@ -232,9 +257,10 @@ impl MetaCache {
 
     /// True when `dir`'s listing is fresh and `name` is not in it.
     pub fn known_absent(&self, dir: u64, name: &[u8]) -> bool {
-        lock(&self.listings)
+        let absent = lock(&self.listings)
             .get(&dir)
-            .is_some_and(|names| !names.contains_key(name))
+            .is_some_and(|names| !names.contains_key(name));
+        self.counted(absent.then_some(())).is_some()
     }
 
     /// The inode last known at `name` in `dir`, however old: a guess the store confirms.

@@ -157,6 +157,11 @@ impl OpenFiles {
         }
     }
 
+    /// (open files, open handles).
+    pub fn counts(&self) -> (usize, usize) {
+        (lock(&self.files).len(), lock(&self.handles).len())
+    }
+
     /// The open file of `ino`, if any handle of this mount holds it.
     pub fn get(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
         lock(&self.files).get(&ino).cloned()

@@ -2,9 +2,10 @@
 //! per-server sub-batches pipelined, in parallel when several servers are involved.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::connection::Timeouts;
+use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::pool::ServerPool;
 use crate::protocol::validate_key;
 use crate::ring::Ring;
@@ -38,6 +39,10 @@ pub struct Client {
     /// Per-server pipelined exchanges (round trips) and commands sent, for benchmarks.
     round_trips: AtomicU64,
     commands: AtomicU64,
+    /// How long each per-server exchange took.
+    latency: LatencyHistogram,
+    /// Commands that failed for want of the server (unreachable, timed out, broken).
+    failed: AtomicU64,
 }
 
 /// Checks a server address: `host:port` with a numeric port.
@@ -71,11 +76,36 @@ impl Client {
             ring: Ring::new(&cfg.servers),
             round_trips: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            latency: LatencyHistogram::default(),
+            failed: AtomicU64::new(0),
         })
     }
 
     pub fn servers(&self) -> impl Iterator<Item = &str> {
         self.pools.iter().map(|p| p.addr.as_str())
+    }
+
+    /// Round trip times so far.
+    pub fn latency(&self) -> LatencySnapshot {
+        self.latency.snapshot()
+    }
+
+    /// Commands that failed because a server could not be reached or answered badly.
+    pub fn failed_commands(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Runs one server's part of a batch, timing it.
+    fn exchange(&self, server: usize, cmds: &[Command]) -> Vec<CmdResult> {
+        let started = Instant::now();
+        let out = self.pools[server].run_batch(cmds);
+        self.latency.record(started.elapsed());
+        let failed = out
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.is_unreachable()))
+            .count();
+        self.failed.fetch_add(failed as u64, Ordering::Relaxed);
+        out
     }
 
     /// (round trips, commands) sent so far. A batch touching two servers counts two trips.
@@ -163,15 +193,15 @@ impl Store for Client {
         }
         let outputs: Vec<(usize, Vec<CmdResult>)> = if busy.len() <= 1 {
             busy.iter()
-                .map(|&s| (s, self.pools[s].run_batch(&groups[s].1)))
+                .map(|&s| (s, self.exchange(s, &groups[s].1)))
                 .collect()
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = busy
                     .iter()
                     .map(|&s| {
-                        let (pool, cmds) = (&self.pools[s], &groups[s].1);
-                        (s, scope.spawn(move || pool.run_batch(cmds)))
+                        let cmds = &groups[s].1;
+                        (s, scope.spawn(move || self.exchange(s, cmds)))
                     })
                     .collect();
                 handles

@@ -13,6 +13,7 @@ pub mod client;
 pub mod command;
 pub mod connection;
 pub mod error;
+pub mod latency;
 pub mod memory;
 pub mod pool;
 pub mod protocol;
