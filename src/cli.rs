@@ -162,6 +162,25 @@ pub struct NginxConfigArgs {
     /// PHP front controller run for those requests [default: $document_root/index.php].
     #[arg(long)]
     pub php_script: Option<String>,
+    /// Host names this site answers (server_name); repeat or comma-separate.
+    #[arg(long = "server-name", value_delimiter = ',')]
+    pub server_names: Vec<String>,
+    /// Make this site the default server of its port (answers requests no name claims).
+    #[arg(long)]
+    pub default_server: bool,
+    /// Id naming this site's upstream and locations, unique per site on one nginx
+    /// [default: from the prefix, e.g. www_example_com].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Another extension of script files (never served as bytes; php always is); repeatable.
+    #[arg(long = "script-ext", value_delimiter = ',')]
+    pub script_exts: Vec<String>,
+    /// Print only the locations, to `include` inside an existing `server {}`.
+    #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server", "root"])]
+    pub snippet: bool,
+    /// Print only the upstream, for the http context (what --snippet needs beside it).
+    #[arg(long)]
+    pub upstream: bool,
 }
 
 /// Where the store is: shared by every subcommand that talks to it.

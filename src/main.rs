@@ -25,15 +25,7 @@ fn main() {
     let cli = cli::Cli::parse_from(args);
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(args),
-        cli::Command::NginxConfig(args) => nginx_config::render(&nginx_config::ServeOptions {
-            servers: args.store.servers.clone(),
-            prefix: args.store.prefix(),
-            listen: args.listen,
-            root: args.root,
-            php_fpm: args.php_fpm,
-            php_script: args.php_script,
-        })
-        .map(|config| print!("{config}")),
+        cli::Command::NginxConfig(args) => nginx_config::run(args),
         cli::Command::Up(args) => up::run(args),
         cli::Command::Check(args) => exit_with(check::run(args), 8),
         cli::Command::Stats(args) => exit_with(stats::run(args), 1),

@@ -1,10 +1,25 @@
 //! Serving config: renders the nginx `upstream` + `server` blocks that serve a memfis store
-//! with stock `memcached_pass`, fall back to a disk root and a PHP backend, and mark each
-//! response with where it came from. See docs/serving.md.
+//! with stock `memcached_pass`, refuse what a static nginx would refuse (hidden paths, script
+//! sources), redirect `/dir` to `/dir/`, fall back to a disk root and a PHP backend, and mark
+//! each response with where it came from. See docs/serving.md.
 
 use std::fmt::Write;
 
 use anyhow::{Result, bail};
+
+use crate::cli::NginxConfigArgs;
+
+/// What to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Part {
+    /// `upstream` and `server`, for the http context (e.g. /etc/nginx/conf.d/).
+    #[default]
+    Site,
+    /// The `location`s only, to `include` inside an existing `server {}`.
+    Snippet,
+    /// The `upstream` only, for the http context (what a snippet needs beside it).
+    Upstream,
+}
 
 /// What to serve and how.
 #[derive(Debug, Clone)]
@@ -12,14 +27,77 @@ pub struct ServeOptions {
     /// memcached servers exactly as memfis hashes them.
     pub servers: Vec<String>,
     pub prefix: String,
+    /// Names the upstream and locations of this site: unique per site on one nginx.
+    pub name: Option<String>,
     /// `listen` argument: a port or address:port.
     pub listen: String,
+    /// `server_name` values; `_` (no name) when empty.
+    pub server_names: Vec<String>,
+    /// Adds `default_server` to `listen`: this site answers requests no other name claims.
+    pub default_server: bool,
     /// Disk directory tried when the store misses or is down.
     pub root: Option<String>,
     /// php-fpm address (host:port or unix:/path) tried last.
     pub php_fpm: Option<String>,
     /// Front controller php-fpm runs for every fallback request.
     pub php_script: Option<String>,
+    /// Extensions (beyond `php`) whose files are scripts: never served as bytes.
+    pub script_exts: Vec<String>,
+    pub part: Part,
+}
+
+impl ServeOptions {
+    /// Options for one site with everything else at its default.
+    pub fn new(servers: Vec<String>, prefix: String, listen: String) -> ServeOptions {
+        ServeOptions {
+            servers,
+            prefix,
+            name: None,
+            listen,
+            server_names: Vec::new(),
+            default_server: false,
+            root: None,
+            php_fpm: None,
+            php_script: None,
+            script_exts: Vec::new(),
+            part: Part::Site,
+        }
+    }
+
+    /// The site's id: `--name`, or the prefix without its scheme, as letters, digits and `_`.
+    fn id(&self) -> String {
+        let raw = self.name.clone().unwrap_or_else(|| {
+            let prefix = &self.prefix;
+            prefix
+                .split_once("://")
+                .map_or(prefix.as_str(), |(_, rest)| rest)
+                .to_string()
+        });
+        let id: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let id = id.trim_matches('_').to_string();
+        if id.is_empty() { "site".into() } else { id }
+    }
+
+    /// Extensions of scripts, `php` first.
+    fn scripts(&self) -> Vec<String> {
+        let mut exts = vec!["php".to_string()];
+        for e in &self.script_exts {
+            let e = e.trim_start_matches('.').to_ascii_lowercase();
+            if !exts.contains(&e) {
+                exts.push(e);
+            }
+        }
+        exts
+    }
 }
 
 /// Characters that a prefix may not hold inside a quoted nginx string without changing meaning.
@@ -37,19 +115,34 @@ fn check(opts: &ServeOptions) -> Result<()> {
     for s in &opts.servers {
         memfis_memcache::client::validate_server(s).map_err(anyhow::Error::msg)?;
     }
-    for (what, value) in [
-        ("--listen", Some(&opts.listen)),
-        ("--root", opts.root.as_ref()),
-        ("--php-fpm", opts.php_fpm.as_ref()),
-    ] {
-        if let Some(v) = value
-            && (v.is_empty()
-                || v.chars()
-                    .any(|c| c.is_whitespace() || CONFIG_SPECIAL.contains(&c)))
+    let plain = |what: &str, v: &str| -> Result<()> {
+        if v.is_empty()
+            || v.chars()
+                .any(|c| c.is_whitespace() || CONFIG_SPECIAL.contains(&c))
         {
             bail!(
                 "{what} {v:?} cannot go into an nginx config (empty, spaces or special characters)"
             );
+        }
+        Ok(())
+    };
+    plain("--listen", &opts.listen)?;
+    for (what, value) in [
+        ("--root", opts.root.as_ref()),
+        ("--php-fpm", opts.php_fpm.as_ref()),
+        ("--name", opts.name.as_ref()),
+    ] {
+        if let Some(v) = value {
+            plain(what, v)?;
+        }
+    }
+    for name in &opts.server_names {
+        plain("--server-name", name)?;
+    }
+    for ext in &opts.script_exts {
+        let ext = ext.trim_start_matches('.');
+        if ext.is_empty() || !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
+            bail!("--script-ext {ext:?}: letters and digits only (e.g. phtml)");
         }
     }
     if opts.php_script.is_some() && opts.php_fpm.is_none() {
@@ -58,17 +151,87 @@ fn check(opts: &ServeOptions) -> Result<()> {
     Ok(())
 }
 
-/// The `upstream` and `server` blocks (for an `http {}` context, e.g. /etc/nginx/conf.d/).
+/// The names of one site's nginx objects.
+struct Names {
+    upstream: String,
+    fallback: String,
+    backend: String,
+    dir: String,
+    probe: String,
+    missing: String,
+}
+
+impl Names {
+    fn of(opts: &ServeOptions) -> Names {
+        let id = opts.id();
+        Names {
+            upstream: format!("memfis_{id}"),
+            fallback: format!("@memfis_{id}_fallback"),
+            backend: format!("@memfis_{id}_backend"),
+            dir: format!("@memfis_{id}_dir"),
+            probe: format!("/.memfis-{id}-dir-probe"),
+            missing: format!("@memfis_{id}_missing"),
+        }
+    }
+}
+
+/// `memfis nginx-config`: prints the config.
+pub fn run(args: NginxConfigArgs) -> Result<()> {
+    let mut opts = ServeOptions::new(args.store.servers.clone(), args.store.prefix(), args.listen);
+    opts.root = args.root;
+    opts.php_fpm = args.php_fpm;
+    opts.php_script = args.php_script;
+    opts.server_names = args.server_names;
+    opts.default_server = args.default_server;
+    opts.name = args.name;
+    opts.script_exts = args.script_exts;
+    opts.part = if args.snippet {
+        Part::Snippet
+    } else if args.upstream {
+        Part::Upstream
+    } else {
+        Part::Site
+    };
+    print!("{}", render(&opts)?);
+    Ok(())
+}
+
+/// The part of the config `opts.part` asks for.
 pub fn render(opts: &ServeOptions) -> Result<String> {
     check(opts)?;
+    let names = Names::of(opts);
     let mut c = String::new();
-    let prefix = &opts.prefix;
     writeln!(
         c,
         "# Generated by `memfis nginx-config`: serves the tree that `memfis mount` writes"
     )?;
-    writeln!(c, "# under prefix {prefix}, straight from memcached.")?;
-    writeln!(c, "upstream memfis_store {{")?;
+    writeln!(
+        c,
+        "# under prefix {}, straight from memcached.",
+        opts.prefix
+    )?;
+    match opts.part {
+        Part::Upstream => upstream(&mut c, opts, &names)?,
+        Part::Snippet => {
+            writeln!(
+                c,
+                "# Include inside a server {{}}; the upstream {} comes from \
+                 `memfis nginx-config --upstream` in the http context.",
+                names.upstream
+            )?;
+            locations(&mut c, opts, &names, "")?;
+        }
+        Part::Site => {
+            upstream(&mut c, opts, &names)?;
+            writeln!(c)?;
+            server(&mut c, opts, &names)?;
+        }
+    }
+    Ok(c)
+}
+
+fn upstream(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
+    writeln!(c, "upstream {} {{", names.upstream)?;
     if opts.servers.len() > 1 {
         writeln!(
             c,
@@ -84,68 +247,182 @@ pub fn render(opts: &ServeOptions) -> Result<String> {
         "    # Idle connections kept open: about 3x the requests/s. Must follow `hash`."
     )?;
     writeln!(c, "    keepalive 32;")?;
-    writeln!(c, "}}\n")?;
+    writeln!(c, "}}")
+}
+
+fn server(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
     writeln!(c, "server {{")?;
-    writeln!(c, "    listen {};", opts.listen)?;
-    writeln!(c, "    server_name _;")?;
-    if let Some(root) = &opts.root {
-        writeln!(c, "    root {root};")?;
-    }
-    let fallback = if opts.root.is_some() || opts.php_fpm.is_some() {
-        "@memfis_fallback"
+    let default = if opts.default_server {
+        " default_server"
     } else {
         ""
     };
-    let store_location = |c: &mut String, key_path: &str| -> std::fmt::Result {
-        writeln!(c, "        set $memcached_key \"{prefix}{key_path}\";")?;
-        writeln!(c, "        memcached_pass memfis_store;")?;
-        writeln!(c, "        memcached_connect_timeout 1s;")?;
-        writeln!(c, "        memcached_read_timeout 2s;")?;
-        writeln!(c, "        memcached_send_timeout 2s;")?;
+    writeln!(c, "    listen {}{default};", opts.listen)?;
+    if opts.server_names.is_empty() {
         writeln!(
             c,
-            "        # Read a typical page from memcached in one go, not 4 KB at a time."
+            "    # No --server-name: this site gets only requests no other server claims, and only"
         )?;
-        writeln!(c, "        memcached_buffer_size 32k;")?;
-        writeln!(c, "        add_header X-Memfis-Source store always;")?;
-        if !fallback.is_empty() {
+        writeln!(
+            c,
+            "    # if it is the default server of its port (--default-server; Debian's stock"
+        )?;
+        writeln!(
+            c,
+            "    # sites-enabled/default already is: give names, or disable that site)."
+        )?;
+        writeln!(c, "    server_name _;")?;
+    } else {
+        writeln!(c, "    server_name {};", opts.server_names.join(" "))?;
+    }
+    if let Some(root) = &opts.root {
+        writeln!(c, "    root {root};")?;
+    }
+    locations(c, opts, names, "    ")?;
+    writeln!(c, "}}")
+}
+
+/// The site's locations, each line indented by `indent`.
+fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -> std::fmt::Result {
+    let mut body = String::new();
+    let b = &mut body;
+    let prefix = &opts.prefix;
+    let fallback = if opts.root.is_some() || opts.php_fpm.is_some() {
+        Some(names.fallback.as_str())
+    } else {
+        None
+    };
+    // Where a miss goes once nothing in the store answers: the fallbacks, or a plain 404.
+    let miss = fallback.unwrap_or(names.missing.as_str());
+    let store = |b: &mut String, key: &str, on_404: Option<&str>| -> std::fmt::Result {
+        writeln!(b, "    set $memcached_key \"{prefix}{key}\";")?;
+        writeln!(b, "    memcached_pass {};", names.upstream)?;
+        writeln!(b, "    memcached_connect_timeout 1s;")?;
+        writeln!(b, "    memcached_read_timeout 2s;")?;
+        writeln!(b, "    memcached_send_timeout 2s;")?;
+        writeln!(
+            b,
+            "    # Read a typical page from memcached in one go, not 4 KB at a time."
+        )?;
+        writeln!(b, "    memcached_buffer_size 32k;")?;
+        writeln!(b, "    add_header X-Memfis-Source store always;")?;
+        if let Some(f) = fallback {
             writeln!(
-                c,
-                "        # Miss (404), store down (502) or slow (504): try the fallbacks."
+                b,
+                "    # Store down (502) or slow (504): try the fallbacks."
             )?;
-            writeln!(c, "        error_page 404 502 504 = {fallback};")?;
+            writeln!(b, "    error_page 502 504 = {f};")?;
+        }
+        if let Some(target) = on_404 {
+            writeln!(b, "    error_page 404 = {target};")?;
         }
         Ok(())
     };
+
     writeln!(
-        c,
-        "\n    # Files: Content-Type comes from nginx's types map by extension."
+        b,
+        "\n# Hidden paths (a component starting with `.`) are refused, /.well-known/ excepted."
     )?;
-    writeln!(c, "    location / {{")?;
-    store_location(&mut c, "$uri")?;
-    writeln!(c, "    }}\n")?;
+    writeln!(b, "location ~ \"^/\\.(?!well-known/)|^/.+/\\.\" {{")?;
+    writeln!(b, "    return 403;")?;
+    writeln!(b, "}}\n")?;
+
+    let exts = opts.scripts().join("|");
     writeln!(
-        c,
-        "    # A directory is served by its index.html (the memcached module looks up no index)."
+        b,
+        "# Scripts are never served as bytes: {}.",
+        if opts.php_fpm.is_some() {
+            "php-fpm runs them"
+        } else {
+            "no PHP backend, so they are refused"
+        }
     )?;
-    writeln!(c, "    location ~ /$ {{")?;
-    writeln!(c, "        default_type text/html;")?;
-    store_location(&mut c, "${uri}index.html")?;
-    writeln!(c, "    }}")?;
-    if !fallback.is_empty() {
+    writeln!(b, "location ~* \"\\.({exts})$\" {{")?;
+    if let Some(fpm) = &opts.php_fpm {
+        writeln!(
+            b,
+            "    # The script under the document root (--root), never the store's copy."
+        )?;
+        writeln!(b, "    include /etc/nginx/fastcgi_params;")?;
+        writeln!(b, "    fastcgi_param SCRIPT_FILENAME $document_root$uri;")?;
+        writeln!(b, "    fastcgi_param SCRIPT_NAME $uri;")?;
+        writeln!(b, "    fastcgi_pass {fpm};")?;
+    } else {
+        writeln!(b, "    return 403;")?;
+    }
+    writeln!(b, "}}\n")?;
+
+    writeln!(
+        b,
+        "# A directory is served by its index.html (the memcached module looks up no index)."
+    )?;
+    writeln!(b, "location ~ /$ {{")?;
+    writeln!(b, "    default_type text/html;")?;
+    store(b, "${uri}index.html", fallback)?;
+    writeln!(b, "}}\n")?;
+
+    writeln!(
+        b,
+        "# Files: Content-Type comes from nginx's types map by extension. A miss may be a"
+    )?;
+    writeln!(b, "# directory asked for without its slash.")?;
+    writeln!(b, "location / {{")?;
+    store(b, "$uri", Some(&names.dir))?;
+    writeln!(
+        b,
+        "    # The directory check below may send the request on to a further error page."
+    )?;
+    writeln!(b, "    recursive_error_pages on;")?;
+    writeln!(b, "}}\n")?;
+
+    writeln!(
+        b,
+        "# /dir -> 301 /dir/ when the store has /dir/index.html (what /dir/ would serve): a"
+    )?;
+    writeln!(
+        b,
+        "# subrequest looks for it; found, the request ends in a redirect, else it goes on."
+    )?;
+    writeln!(b, "location {} {{", names.dir)?;
+    writeln!(
+        b,
+        "    set $memfis_dir_index \"{prefix}${{uri}}/index.html\";"
+    )?;
+    writeln!(b, "    auth_request {};", names.probe)?;
+    writeln!(b, "    error_page 403 = {miss};")?;
+    writeln!(b, "    add_header Location $uri/$is_args$args always;")?;
+    writeln!(b, "    try_files /.memfis-no-file =301;")?;
+    writeln!(b, "}}")?;
+    writeln!(b, "location = {} {{", names.probe)?;
+    writeln!(b, "    internal;")?;
+    writeln!(b, "    set $memcached_key $memfis_dir_index;")?;
+    writeln!(b, "    memcached_pass {};", names.upstream)?;
+    writeln!(
+        b,
+        "    # Missing (or store down): no directory here; 403 tells auth_request so."
+    )?;
+    writeln!(b, "    error_page 404 502 504 =403 /.memfis-no-file;")?;
+    writeln!(b, "}}")?;
+
+    if fallback.is_none() {
+        writeln!(b, "location {} {{", names.missing)?;
+        writeln!(b, "    return 404;")?;
+        writeln!(b, "}}")?;
+    }
+    if let Some(f) = fallback {
         let next = if opts.php_fpm.is_some() {
-            "@memfis_backend"
+            names.backend.as_str()
         } else {
             "=404"
         };
-        writeln!(c, "\n    location @memfis_fallback {{")?;
+        writeln!(b, "\nlocation {f} {{")?;
         if opts.root.is_some() {
-            writeln!(c, "        add_header X-Memfis-Source root always;")?;
-            writeln!(c, "        try_files $uri $uri/index.html {next};")?;
+            writeln!(b, "    add_header X-Memfis-Source root always;")?;
+            writeln!(b, "    try_files $uri $uri/index.html {next};")?;
         } else {
-            writeln!(c, "        try_files /.memfis-no-root {next};")?;
+            writeln!(b, "    try_files /.memfis-no-file {next};")?;
         }
-        writeln!(c, "    }}")?;
+        writeln!(b, "}}")?;
     }
     if let Some(fpm) = &opts.php_fpm {
         let script = opts
@@ -153,24 +430,30 @@ pub fn render(opts: &ServeOptions) -> Result<String> {
             .as_deref()
             .unwrap_or("$document_root/index.php");
         writeln!(
-            c,
-            "\n    # Dynamic pages: PHP renders the page and may write it into the mount,"
+            b,
+            "\n# Dynamic pages: PHP renders the page and may write it into the mount,"
         )?;
         writeln!(
-            c,
-            "    # so the next request is served from the store without PHP."
+            b,
+            "# so the next request is served from the store without PHP."
         )?;
-        writeln!(c, "    location @memfis_backend {{")?;
-        writeln!(c, "        add_header X-Memfis-Source backend always;")?;
-        writeln!(c, "        include /etc/nginx/fastcgi_params;")?;
-        writeln!(c, "        fastcgi_param SCRIPT_FILENAME {script};")?;
-        writeln!(c, "        fastcgi_param SCRIPT_NAME /index.php;")?;
-        writeln!(c, "        fastcgi_param MEMFIS_PATH $uri;")?;
-        writeln!(c, "        fastcgi_pass {fpm};")?;
-        writeln!(c, "    }}")?;
+        writeln!(b, "location {} {{", names.backend)?;
+        writeln!(b, "    add_header X-Memfis-Source backend always;")?;
+        writeln!(b, "    include /etc/nginx/fastcgi_params;")?;
+        writeln!(b, "    fastcgi_param SCRIPT_FILENAME {script};")?;
+        writeln!(b, "    fastcgi_param SCRIPT_NAME /index.php;")?;
+        writeln!(b, "    fastcgi_param MEMFIS_PATH $uri;")?;
+        writeln!(b, "    fastcgi_pass {fpm};")?;
+        writeln!(b, "}}")?;
     }
-    writeln!(c, "}}")?;
-    Ok(c)
+    for line in body.lines() {
+        if line.is_empty() {
+            writeln!(c)?;
+        } else {
+            writeln!(c, "{indent}{line}")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,14 +461,11 @@ mod tests {
     use super::*;
 
     fn opts() -> ServeOptions {
-        ServeOptions {
-            servers: vec!["127.0.0.1:11211".into()],
-            prefix: "memfis://web".into(),
-            listen: "8080".into(),
-            root: None,
-            php_fpm: None,
-            php_script: None,
-        }
+        ServeOptions::new(
+            vec!["127.0.0.1:11211".into()],
+            "memfis://web".into(),
+            "8080".into(),
+        )
     }
 
     #[test]
@@ -205,17 +485,36 @@ mod tests {
             o.prefix = bad.into();
             assert!(render(&o).is_err(), "{bad}");
         }
+        let mut o = opts();
+        o.script_exts = vec!["p)hp".into()];
+        assert!(render(&o).is_err());
     }
 
     #[test]
     fn fallback_chain_only_when_asked() {
-        assert!(!render(&opts()).unwrap().contains("error_page"));
+        assert!(!render(&opts()).unwrap().contains("@memfis_web_fallback"));
         let mut o = opts();
         o.root = Some("/srv/site".into());
         o.php_fpm = Some("127.0.0.1:9000".into());
         let c = render(&o).unwrap();
-        assert!(c.contains("error_page 404 502 504 = @memfis_fallback;"));
-        assert!(c.contains("try_files $uri $uri/index.html @memfis_backend;"));
+        assert!(c.contains("error_page 502 504 = @memfis_web_fallback;"));
+        assert!(c.contains("try_files $uri $uri/index.html @memfis_web_backend;"));
         assert!(c.contains("fastcgi_pass 127.0.0.1:9000;"));
+    }
+
+    #[test]
+    fn names_are_unique_per_site_and_parts_split() {
+        let mut o = opts();
+        o.prefix = "memfis://www.Example.com".into();
+        assert_eq!(o.id(), "www_example_com");
+        o.name = Some("shop".into());
+        o.part = Part::Snippet;
+        let snippet = render(&o).unwrap();
+        assert!(!snippet.contains("upstream memfis_shop {"));
+        assert!(!snippet.contains("server {"));
+        assert!(snippet.contains("memcached_pass memfis_shop;"));
+        o.part = Part::Upstream;
+        let up = render(&o).unwrap();
+        assert!(up.contains("upstream memfis_shop {") && !up.contains("location"));
     }
 }

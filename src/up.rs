@@ -272,14 +272,9 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
     }
 
     // 4. nginx.
-    let server_config = render(&ServeOptions {
-        servers: servers.clone(),
-        prefix: prefix.clone(),
-        listen: listen.to_string(),
-        root: site.map(|s| s.display().to_string()),
-        php_fpm: None,
-        php_script: None,
-    })?;
+    let mut serve = ServeOptions::new(servers.clone(), prefix.clone(), listen.to_string());
+    serve.root = site.map(|s| s.display().to_string());
+    let server_config = render(&serve)?;
     let conf = runtime.join("nginx.conf");
     let dir = runtime.display();
     std::fs::write(

@@ -34,6 +34,15 @@ fn every_generated_variant_passes_nginx_t() {
             "/srv/app/index.php",
         ],
         vec!["--listen", "127.0.0.1:8081", "--root", root],
+        vec![
+            "--server-name",
+            "www.example.com,example.com",
+            "--default-server",
+            "--name",
+            "shop",
+            "--script-ext",
+            "phtml",
+        ],
     ];
     for v in variants {
         let mut args = vec!["--prefix", PREFIX];
@@ -119,4 +128,87 @@ fn store_then_root_then_404_and_a_dead_store_falls_back() {
     assert_eq!((status, body.as_slice()), (200, &b"from disk"[..]));
     assert_eq!(header(&headers, "x-memfis-source"), Some("root"));
     assert_eq!(nginx.get("/nowhere.html").0, 404);
+}
+
+/// Serves `files` (path, bytes) from the store of a fresh mount through a generated config.
+fn serve_store(
+    files: &[(&str, &[u8])],
+    extra: &[&str],
+) -> (Memcached, Mount, Nginx, tempfile::TempDir) {
+    let mc = Memcached::start();
+    let mount = Mount::new(&[mc.addr()], PREFIX);
+    for (path, bytes) in files {
+        let full = mount.p(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, bytes).unwrap();
+    }
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = mc.addr();
+    let mut args = vec!["--server", &server, "--prefix", PREFIX, "--listen", &listen];
+    args.extend(extra);
+    let config = nginx_config(&args);
+    let nginx = Nginx::start_http(port, &config);
+    (mc, mount, nginx, root)
+}
+
+#[test]
+fn hidden_paths_and_script_sources_are_never_served() {
+    let secret = b"<?php $db_password = 'hunter2';";
+    let files: &[(&str, &[u8])] = &[
+        ("config.php", secret),
+        ("lib/Tool.PHP", secret),
+        ("page.phtml", secret),
+        (".env", b"DB_PASSWORD=hunter2"),
+        (".git/config", b"[core] hunter2"),
+        ("app/.htpasswd", b"admin:hunter2"),
+        (".well-known/security.txt", b"Contact: ops@example.com"),
+        ("index.html", b"home"),
+    ];
+    let (_mc, _mount, nginx, _root) = serve_store(files, &["--script-ext", "phtml"]);
+    for path in [
+        "/config.php",
+        "/lib/Tool.PHP",
+        "/page.phtml",
+        "/.env",
+        "/.git/config",
+        "/app/.htpasswd",
+        "/%2eenv",
+        "/.well-known/../.env",
+    ] {
+        let (status, _, body) = nginx.get(path);
+        assert_eq!(status, 403, "{path}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("hunter2"),
+            "{path} leaked its source"
+        );
+    }
+    let (status, _, body) = nginx.get("/.well-known/security.txt");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"Contact: ops@example.com"[..])
+    );
+    assert_eq!(nginx.get("/index.html").0, 200);
+}
+
+#[test]
+fn a_directory_without_its_slash_is_redirected() {
+    let files: &[(&str, &[u8])] = &[
+        ("docs/index.html", b"docs index"),
+        ("docs/guide.html", b"guide"),
+        ("empty/.keep", b""),
+    ];
+    let (_mc, _mount, nginx, _root) = serve_store(files, &[]);
+    let (status, headers, _) = nginx.get("/docs");
+    assert_eq!(status, 301);
+    assert_eq!(header(&headers, "location"), Some("/docs/"));
+    let (status, headers, _) = nginx.get("/docs?page=2");
+    assert_eq!(status, 301);
+    assert_eq!(header(&headers, "location"), Some("/docs/?page=2"));
+    assert_eq!(nginx.get("/docs/").2, b"docs index");
+    assert_eq!(nginx.get("/docs/guide.html").2, b"guide");
+    // Neither a file nor a directory with an index: 404, no redirect.
+    assert_eq!(nginx.get("/nothing").0, 404);
+    assert_eq!(nginx.get("/empty").0, 404);
 }

@@ -119,6 +119,15 @@ fn a_miss_renders_with_php_once_then_nginx_serves_from_memory() {
     assert_eq!(header(&headers, "x-memfis-source"), Some("store"));
     assert_eq!(runs(), 2);
 
+    // A script's source in the store is never sent: php-fpm gets the request (and finds no
+    // such script under the document root), and the front controller renders nothing over it.
+    let source = b"<?php $db_password = 'hunter2';";
+    std::fs::write(mount.p("config.php"), source).unwrap();
+    let (status, _, body) = nginx.get("/config.php");
+    assert_ne!(status, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("hunter2"));
+    assert_eq!(std::fs::read(mount.p("config.php")).unwrap(), source);
+
     // Invalidation is `rm` in the mount.
     std::fs::remove_file(mount.p("products/42.html")).unwrap();
     let (status, headers, _) = nginx.get("/products/42.html");

@@ -61,6 +61,15 @@ impl Drop for Detached {
     }
 }
 
+/// Unmounts a path when dropped (a failing test leaves no mount behind).
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
 fn unmount(path: &Path) {
     if is_mounted(path) {
         let _ = Command::new("umount").arg(path).status();
@@ -422,4 +431,34 @@ fn manuals_completions_and_examples_come_from_the_cli() {
         .unwrap();
     assert!(bash.contains("_memfis") && bash.contains("nginx-config"));
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn a_mount_point_with_a_space_is_known_as_mounted() {
+    // The kernel lists it as `with\040space`: a second mount must still see it taken.
+    let mc = Memcached::start();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("with space");
+    std::fs::create_dir(&dir).unwrap();
+    let out = mount_detached(&dir, &mc.addr(), PREFIX);
+    let _unmount = UnmountOnDrop(dir.clone());
+    assert!(out.status.success(), "{out:?}");
+    let again = mount_detached(&dir, &mc.addr(), PREFIX);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already a mount point"),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn fusermount_ends_the_daemon_without_a_warning() {
+    let mc = Memcached::start();
+    let mut m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("a.txt"), b"a").unwrap();
+    sh(&format!("fusermount3 -u {}", m.path().display()));
+    let status = m.signal_and_wait(0);
+    assert!(status.success(), "{status}");
+    let log = m.log_text();
+    assert!(log.contains("unmounted"), "{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }

@@ -19,6 +19,11 @@ if (!is_string($path) || $path === '' || $path[0] !== '/' || str_contains($path,
     http_response_code(400);
     exit("bad path\n");
 }
+// Never render over a script or a hidden file: the mount may hold the site's sources.
+if (preg_match('~/\.|\.(php|phtml|phar)$~i', $path)) {
+    http_response_code(404);
+    exit("not found\n");
+}
 $target = str_ends_with($path, '/') ? $path . 'index.html' : $path;
 
 $title = htmlspecialchars($path, ENT_QUOTES);
