@@ -212,3 +212,109 @@ fn a_directory_without_its_slash_is_redirected() {
     assert_eq!(nginx.get("/nothing").0, 404);
     assert_eq!(nginx.get("/empty").0, 404);
 }
+
+/// A copy of Debian's stock /etc/nginx (sites-enabled/default kept, moved to `port`), run from
+/// a temp directory; `sites` are (file name, config) dropped into its conf.d/.
+struct StockNginx {
+    child: ChildGuard,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl StockNginx {
+    fn start(port: u16, sites: &[(&str, String)]) -> Option<StockNginx> {
+        if !std::path::Path::new("/etc/nginx/sites-enabled/default").exists() {
+            eprintln!("no Debian /etc/nginx layout here: skipping");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("nginx");
+        sh(&format!("cp -a /etc/nginx {}", etc.display()));
+        let etc_s = etc.display().to_string();
+        let logs = dir.path().display().to_string();
+        let conf = std::fs::read_to_string(etc.join("nginx.conf"))
+            .unwrap()
+            .replace("/etc/nginx", &etc_s)
+            .replace("/run/nginx.pid", &format!("{logs}/nginx.pid"))
+            .replace("/var/log/nginx", &logs);
+        std::fs::write(etc.join("nginx.conf"), conf).unwrap();
+        // The stock default site, kept, on the test's port.
+        let default = etc.join("sites-enabled/default");
+        let site = std::fs::read_to_string(&default)
+            .unwrap()
+            .replace("listen 80 default_server;", &format!("listen 127.0.0.1:{port} default_server;"))
+            .replace("listen [::]:80 default_server;", "");
+        std::fs::remove_file(&default).unwrap(); // a symlink into sites-available
+        std::fs::write(&default, site).unwrap();
+        for (name, config) in sites {
+            std::fs::write(etc.join("conf.d").join(name), config).unwrap();
+        }
+        let test = Command::new("nginx")
+            .arg("-t")
+            .arg("-c")
+            .arg(etc.join("nginx.conf"))
+            .output()
+            .unwrap();
+        let warnings = String::from_utf8_lossy(&test.stderr).to_string();
+        assert!(test.status.success(), "{warnings}");
+        assert!(!warnings.contains("conflicting server name"), "{warnings}");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(etc.join("nginx.conf"))
+            .args(["-g", "daemon off; master_process off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let child = ChildGuard(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(StockNginx {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    fn get(&self, host: &str, path: &str) -> (u16, Vec<u8>) {
+        let (status, _, body) = http_request(self.port, "GET", path, &[("Host", host)]);
+        (status, body)
+    }
+}
+
+#[test]
+fn two_sites_beside_debians_default_site_each_serve_their_own_tree() {
+    let mc = Memcached::start();
+    let shop = Mount::new(&[mc.addr()], "memfis://shop.test");
+    let blog = Mount::new(&[mc.addr()], "memfis://blog.test");
+    std::fs::write(shop.p("index.html"), b"shop home").unwrap();
+    std::fs::write(blog.p("index.html"), b"blog home").unwrap();
+    std::fs::create_dir(blog.p("posts")).unwrap();
+    std::fs::write(blog.p("posts/index.html"), b"all posts").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let site = |prefix: &str, name: &str| {
+        nginx_config(&[
+            "--server", &mc.addr(), "--prefix", prefix, "--listen", &listen, "--server-name", name,
+        ])
+    };
+    let sites = [
+        ("shop.conf", site("memfis://shop.test", "shop.test")),
+        ("blog.conf", site("memfis://blog.test", "blog.test")),
+    ];
+    let Some(nginx) = StockNginx::start(port, &sites) else {
+        return;
+    };
+    assert_eq!(nginx.get("shop.test", "/"), (200, b"shop home".to_vec()));
+    assert_eq!(nginx.get("blog.test", "/"), (200, b"blog home".to_vec()));
+    assert_eq!(nginx.get("blog.test", "/posts/").1, b"all posts");
+    assert_eq!(nginx.get("blog.test", "/posts").0, 301);
+    assert_eq!(nginx.get("shop.test", "/posts/").0, 404);
+    // Any other name still goes to Debian's default site, not to a store.
+    let (_, other) = nginx.get("unknown.test", "/");
+    assert_ne!(other, b"shop home");
+    assert_ne!(other, b"blog home");
+}
