@@ -200,6 +200,14 @@ store_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 static_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$work/nginx"
 "$BIN" nginx-config --server "127.0.0.1:$port" --prefix memfis://bench --listen "127.0.0.1:$store_port" > "$work/nginx/store.conf"
+# The same files in a second memcached reached over a unix socket (loaded with memfis load).
+sock_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+memcached -U 0 -s "$work/mc.sock" -a 0666 -u root -m 512 -M -I 8m -t 1 &
+pids+=($!)
+sleep 0.5
+"$BIN" load "$work/src/small" --to /small --server "unix:$work/mc.sock" --prefix memfis://bench >/dev/null
+"$BIN" nginx-config --server "unix:$work/mc.sock" --prefix memfis://bench --name bench_sock \
+  --listen "127.0.0.1:$sock_port" > "$work/nginx/sock.conf"
 cat > "$work/nginx/nginx.conf" <<NGX
 worker_processes 2;
 daemon off;
@@ -212,6 +220,7 @@ http {
     client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
     fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
     include $work/nginx/store.conf;
+    include $work/nginx/sock.conf;
     server { listen 127.0.0.1:$static_port; root $work/src; }
 }
 NGX
@@ -230,12 +239,15 @@ print(f"{rps:.0f} {p99:.2f}")'
 curl -sf -o /dev/null "http://127.0.0.1:$store_port/small/d00/f0000.html" && echo "nginx serves from the store"
 # Interleaved rounds again; the best requests/s of each, with the p99 of that round.
 best() { sort -k1,1nr | head -1; }
-store_runs=""; static_runs=""
+curl -sf -o /dev/null "http://127.0.0.1:$sock_port/small/d00/f0000.html" && echo "nginx serves from the store over a unix socket"
+store_runs=""; static_runs=""; sock_runs=""
 for round in $(seq "$ROUNDS"); do
   store_runs+="$(wrk_run "$store_port")"$'\n'
+  sock_runs+="$(wrk_run "$sock_port")"$'\n'
   static_runs+="$(wrk_run "$static_port")"$'\n'
 done
 read -r store_rps store_p99 < <(printf '%s' "$store_runs" | best)
+read -r sock_rps sock_p99 < <(printf '%s' "$sock_runs" | best)
 read -r static_rps static_p99 < <(printf '%s' "$static_runs" | best)
 fusermount3 -u "$work/memfis"
 
@@ -264,7 +276,9 @@ print("| wrk, 200 small files round robin, 32 connections, 8 s | requests/s | p9
 print("| --- | --- | --- |")
 print(f"| nginx static from tmpfs | $static_rps | $static_p99 ms |")
 print(f"| nginx memcached_pass (memfis store, generated config) | $store_rps | $store_p99 ms |")
+print(f"| nginx memcached_pass over a unix socket (same files, memfis load) | $sock_rps | $sock_p99 ms |")
 print(f"| store / static | {$store_rps / $static_rps:.2f}x | |")
+print(f"| unix socket / TCP | {$sock_rps / $store_rps:.2f}x | |")
 print()
 load_s, reload_s, raw_s, cp_s = $load_s, $reload_s, $raw_s, t["small"]["memfis"]
 print("| memfis load of (a) | seconds | files/s | ratio |")

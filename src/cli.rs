@@ -186,7 +186,8 @@ pub struct NginxConfigArgs {
 /// Where the store is: shared by every subcommand that talks to it.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// memcached server HOST:PORT; repeat for a pool (keys placed as nginx's `hash ... consistent`).
+    /// memcached server HOST:PORT or unix:/path/to/socket; repeat for a pool (keys placed as
+    /// nginx's `hash ... consistent`).
     #[arg(
         long = "server",
         env = "MEMFIS_SERVERS",

@@ -242,7 +242,10 @@ impl StockNginx {
         let default = etc.join("sites-enabled/default");
         let site = std::fs::read_to_string(&default)
             .unwrap()
-            .replace("listen 80 default_server;", &format!("listen 127.0.0.1:{port} default_server;"))
+            .replace(
+                "listen 80 default_server;",
+                &format!("listen 127.0.0.1:{port} default_server;"),
+            )
             .replace("listen [::]:80 default_server;", "");
         std::fs::remove_file(&default).unwrap(); // a symlink into sites-available
         std::fs::write(&default, site).unwrap();
@@ -298,7 +301,14 @@ fn two_sites_beside_debians_default_site_each_serve_their_own_tree() {
     let listen = format!("127.0.0.1:{port}");
     let site = |prefix: &str, name: &str| {
         nginx_config(&[
-            "--server", &mc.addr(), "--prefix", prefix, "--listen", &listen, "--server-name", name,
+            "--server",
+            &mc.addr(),
+            "--prefix",
+            prefix,
+            "--listen",
+            &listen,
+            "--server-name",
+            name,
         ])
     };
     let sites = [

@@ -45,8 +45,17 @@ pub struct Client {
     failed: AtomicU64,
 }
 
-/// Checks a server address: `host:port` with a numeric port.
+/// Checks a server address: `host:port` with a numeric port, or `unix:/absolute/path` (as
+/// nginx's upstream writes a unix socket).
 pub fn validate_server(addr: &str) -> Result<(), String> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "server {addr:?}: a unix socket needs an absolute path"
+            ));
+        }
+        return Ok(());
+    }
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("server {addr:?} is not HOST:PORT"))?;
@@ -284,5 +293,7 @@ mod tests {
         assert!(validate_server("localhost").is_err());
         assert!(validate_server("h:0").is_err());
         assert!(validate_server(":11211").is_err());
+        assert!(validate_server("unix:/run/memcached/memcached.sock").is_ok());
+        assert!(validate_server("unix:memcached.sock").is_err());
     }
 }

@@ -1,7 +1,9 @@
-//! One TCP connection to one server, with connect/read/write timeouts.
+//! One connection to one server (TCP `host:port`, or a unix socket `unix:/path` as nginx
+//! writes it), with connect/read/write timeouts.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::protocol::{read_reply, read_stats, wire_len, write_command};
@@ -28,42 +30,29 @@ impl Default for Timeouts {
     }
 }
 
+/// Either kind of stream, read and written through the same buffers.
+type Reader = BufReader<Box<dyn Read + Send>>;
+type Writer = BufWriter<Box<dyn Write + Send>>;
+
 pub struct Connection {
     server: String,
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    reader: Reader,
+    writer: Writer,
     /// Set once an error left the stream in an unknown state; the pool then drops it.
     pub broken: bool,
 }
 
 impl Connection {
     pub fn open(server: &str, t: Timeouts) -> Result<Connection, StoreError> {
-        let io_err = |e: std::io::Error| StoreError::from_io(server, &e);
-        let addrs = server.to_socket_addrs().map_err(io_err)?;
-        let mut last = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, t.connect) {
-                Ok(stream) => {
-                    stream.set_nodelay(true).map_err(io_err)?;
-                    stream.set_read_timeout(Some(t.io)).map_err(io_err)?;
-                    stream.set_write_timeout(Some(t.io)).map_err(io_err)?;
-                    let writer = stream.try_clone().map_err(io_err)?;
-                    return Ok(Connection {
-                        server: server.to_string(),
-                        reader: BufReader::with_capacity(64 << 10, stream),
-                        writer: BufWriter::with_capacity(64 << 10, writer),
-                        broken: false,
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(e) => io_err(e),
-            None => StoreError::Io {
-                server: server.to_string(),
-                message: "address resolved to nothing".into(),
-            },
+        let (reader, writer) = match server.strip_prefix("unix:") {
+            Some(path) => open_unix(server, path, t)?,
+            None => open_tcp(server, t)?,
+        };
+        Ok(Connection {
+            server: server.to_string(),
+            reader: BufReader::with_capacity(64 << 10, reader),
+            writer: BufWriter::with_capacity(64 << 10, writer),
+            broken: false,
         })
     }
 
@@ -174,4 +163,42 @@ impl Connection {
             }
         }
     }
+}
+
+/// A connected stream, split into its read and write halves.
+type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+fn open_tcp(server: &str, t: Timeouts) -> Result<Halves, StoreError> {
+    let io_err = |e: std::io::Error| StoreError::from_io(server, &e);
+    let addrs = server.to_socket_addrs().map_err(io_err)?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, t.connect) {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(io_err)?;
+                stream.set_read_timeout(Some(t.io)).map_err(io_err)?;
+                stream.set_write_timeout(Some(t.io)).map_err(io_err)?;
+                let writer = stream.try_clone().map_err(io_err)?;
+                return Ok((Box::new(stream), Box::new(writer)));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => io_err(e),
+        None => StoreError::Io {
+            server: server.to_string(),
+            message: "address resolved to nothing".into(),
+        },
+    })
+}
+
+fn open_unix(server: &str, path: &str, t: Timeouts) -> Result<Halves, StoreError> {
+    let io_err = |e: std::io::Error| StoreError::from_io(server, &e);
+    // A local socket connects at once or not at all: no connect timeout is needed.
+    let stream = UnixStream::connect(path).map_err(io_err)?;
+    stream.set_read_timeout(Some(t.io)).map_err(io_err)?;
+    stream.set_write_timeout(Some(t.io)).map_err(io_err)?;
+    let writer = stream.try_clone().map_err(io_err)?;
+    Ok((Box::new(stream), Box::new(writer)))
 }
