@@ -216,7 +216,7 @@ fn a_directory_without_its_slash_is_redirected() {
 /// A copy of Debian's stock /etc/nginx (sites-enabled/default kept, moved to `port`), run from
 /// a temp directory; `sites` are (file name, config) dropped into its conf.d/.
 struct StockNginx {
-    child: ChildGuard,
+    _child: ChildGuard,
     port: u16,
     _dir: tempfile::TempDir,
 }
@@ -276,7 +276,7 @@ impl StockNginx {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Some(StockNginx {
-            child,
+            _child: child,
             port,
             _dir: dir,
         })
