@@ -5,12 +5,28 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cli::UpArgs;
 use crate::nginx_config::{ServeOptions, render};
+
+/// Set by SIGINT/SIGTERM/SIGHUP from the moment `memfis up` starts: every wait below looks at
+/// it, so a signal at any step unwinds through the destructors that stop what was started.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Fails once a signal asked to stop.
+fn check_stop() -> Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("stopped by a signal; everything started was stopped");
+    }
+    Ok(())
+}
+
+/// Marks a runtime directory as made by `memfis up`: only such a directory is ever emptied.
+const RUNTIME_MARKER: &str = ".memfis-up";
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
@@ -98,6 +114,7 @@ fn free_port() -> Result<u16> {
 fn wait_for_port(port: u16, service: &mut Service, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
+        check_stop()?;
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
@@ -163,6 +180,8 @@ fn runtime_dir(args: &UpArgs) -> PathBuf {
 
 pub fn run(args: UpArgs) -> Result<()> {
     crate::logging::init_stderr();
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
+        .context("installing signal handlers")?;
     require("nginx", "nginx-light")?;
     require("fusermount3", "fuse3")?;
     let site = match &args.site {
@@ -188,12 +207,44 @@ pub fn run(args: UpArgs) -> Result<()> {
             runtime.join("mnt").display()
         );
     }
-    let _ = std::fs::remove_dir_all(&runtime);
-    std::fs::create_dir_all(runtime.join("mnt"))
-        .with_context(|| format!("creating {}", runtime.display()))?;
+    prepare_runtime_dir(&runtime)?;
     let result = run_stack(&args, site.as_deref(), &runtime, &listen);
     let _ = std::fs::remove_dir_all(&runtime);
     result
+}
+
+/// Makes the runtime directory, or empties one an earlier `memfis up` made (it carries the
+/// marker). Any other directory with something in it is refused: it is not ours to delete.
+fn prepare_runtime_dir(runtime: &Path) -> Result<()> {
+    if let Ok(mut entries) = std::fs::read_dir(runtime) {
+        let ours = runtime.join(RUNTIME_MARKER).exists();
+        if entries.next().is_some() && !ours {
+            bail!(
+                "--runtime-dir {} is not empty and was not made by memfis up: choose an empty \
+                 or new directory (memfis up deletes its runtime directory when it stops)",
+                runtime.display()
+            );
+        }
+        std::fs::remove_dir_all(runtime)
+            .with_context(|| format!("emptying {}", runtime.display()))?;
+    }
+    std::fs::create_dir_all(runtime.join("mnt"))
+        .with_context(|| format!("creating {}", runtime.display()))?;
+    std::fs::write(runtime.join(RUNTIME_MARKER), b"made by memfis up\n")?;
+    Ok(())
+}
+
+/// The store options the user gave, passed on to `memfis mount` and `memfis load`.
+fn store_flags(args: &UpArgs, servers: &[String], prefix: &str) -> Vec<String> {
+    let mut flags = vec!["--prefix".to_string(), prefix.to_string()];
+    for s in servers {
+        flags.extend(["--server".to_string(), s.clone()]);
+    }
+    flags.extend(["--timeout".to_string(), args.store.timeout.to_string()]);
+    if args.store.allow_evictions {
+        flags.push("--allow-evictions".into());
+    }
+    flags
 }
 
 fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -> Result<()> {
@@ -230,10 +281,7 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
     cmd.arg("mount")
         .arg(&mountpoint)
         .arg("--foreground")
-        .args(["--prefix", &prefix]);
-    for s in &servers {
-        cmd.args(["--server", s]);
-    }
+        .args(store_flags(args, &servers, &prefix));
     cmd.stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
     let mut mount = MountService {
@@ -242,6 +290,7 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !is_mounted(&mountpoint) {
+        check_stop()?;
         if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
             bail!(
                 "memfis mount exited ({status}): {}",
@@ -259,13 +308,20 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
     if let Some(site) = site {
         // `memfis load`: many files at once, no FUSE in the way; its progress bar shows here.
         let mut cmd = Command::new(&exe);
-        cmd.arg("load").arg(site).args(["--prefix", &prefix]);
-        for s in &servers {
-            cmd.args(["--server", s]);
-        }
+        cmd.arg("load")
+            .arg(site)
+            .args(store_flags(args, &servers, &prefix));
         // Its summary goes with the other progress lines; stdout carries only the URL.
         cmd.stdout(Stdio::from(std::io::stderr()));
-        let status = cmd.status().context("running memfis load")?;
+        // A service of its own: a signal stops it (on drop) like everything else.
+        let mut load = Service::spawn("memfis load", &mut cmd)?;
+        let status = loop {
+            check_stop()?;
+            if let Some(status) = load.exited() {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         if !status.success() {
             bail!("memfis load of {} failed ({status})", site.display());
         }
@@ -309,13 +365,9 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
     );
 
     // 5. Wait for Ctrl-C / SIGTERM, or for a part to die.
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })
-    .context("installing signal handlers")?;
     loop {
-        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+        std::thread::sleep(Duration::from_millis(100));
+        if STOP.load(Ordering::SeqCst) {
             eprintln!("stopping: nginx, mount, memcached");
             break;
         }
