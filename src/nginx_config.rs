@@ -511,7 +511,7 @@ mod tests {
         o.part = Part::Snippet;
         let snippet = render(&o).unwrap();
         assert!(!snippet.contains("upstream memfis_shop {"));
-        assert!(!snippet.contains("server {"));
+        assert!(!snippet.lines().any(|l| l.starts_with("server {")));
         assert!(snippet.contains("memcached_pass memfis_shop;"));
         o.part = Part::Upstream;
         let up = render(&o).unwrap();
