@@ -56,6 +56,23 @@ impl<S: Store> FuseFs<S> {
     }
 }
 
+impl<S: Store> FuseFs<S> {
+    /// An open with O_TRUNC by a caller without CAP_FSETID drops set-ID bits, as truncate
+    /// does (fuser does not pass the kernel's FUSE_OPEN_KILL_SUIDGID).
+    fn drop_setid_after_truncate(&self, ino: u64) {
+        if self.fs.getattr(ino).is_ok_and(|a| a.mode & 0o6000 != 0) {
+            let set = SetAttr {
+                size: Some(0),
+                kill_suidgid: true,
+                ..SetAttr::default()
+            };
+            if let Err(e) = self.fs.setattr(ino, &set) {
+                warn!(ino, error = %e, "could not drop set-ID bits after O_TRUNC");
+            }
+        }
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, op: Op, what: &dyn std::fmt::Debug, result: Result<(), FsError>) {
     match result {
         Ok(()) => reply.ok(),
@@ -157,7 +174,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -181,6 +198,9 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             size,
             atime: atime.map(time_of),
             mtime: mtime.map(time_of),
+            // fuser does not pass the kernel's FATTR_KILL_SUIDGID: decide as the kernel does,
+            // with root standing for CAP_FSETID.
+            kill_suidgid: req.uid() != 0,
         };
         match self.fs.setattr(ino.0, &set) {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
@@ -343,10 +363,15 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         FUSE_OPS.call(Op::Open);
         match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+                    self.drop_setid_after_truncate(ino.0);
+                }
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(errno(Op::Open, &ino, e)),
         }
     }

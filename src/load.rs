@@ -244,9 +244,9 @@ fn attrs_of(meta: &std::fs::Metadata) -> SetAttr {
         mode: Some(meta.mode() & 0o7777),
         uid: Some(meta.uid()),
         gid: Some(meta.gid()),
-        size: None,
         atime: Some(time_of(meta.atime(), meta.atime_nsec())),
         mtime: Some(time_of(meta.mtime(), meta.mtime_nsec())),
+        ..SetAttr::default()
     }
 }
 

@@ -240,6 +240,23 @@ fn writes_and_chown_drop_set_id_bits() {
         std::fs::metadata(m.p("prog")).unwrap().mode() & 0o7777,
         0o0777
     );
+    // Truncation by an unprivileged owner drops set-user-ID and set-group-ID with group
+    // execute (truncate(2), and open with O_TRUNC); root keeps them.
+    let mode = |p: &str| std::fs::metadata(m.p(p)).unwrap().mode() & 0o7777;
+    for (name, how) in [("t1", "truncate -s 0"), ("t2", "sh -c ': >\"$0\"'")] {
+        std::fs::write(m.p(name), b"data").unwrap();
+        std::os::unix::fs::chown(m.p(name), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(m.p(name), std::fs::Permissions::from_mode(0o6775)).unwrap();
+        sh(&format!(
+            "setpriv --reuid 65534 --regid 65534 --clear-groups {how} {}",
+            m.p(name).display()
+        ));
+        assert_eq!(mode(name), 0o0775, "{how}");
+        assert_eq!(std::fs::metadata(m.p(name)).unwrap().len(), 0);
+    }
+    std::fs::set_permissions(m.p("t1"), std::fs::Permissions::from_mode(0o6775)).unwrap();
+    sh(&format!("truncate -s 0 {}", m.p("t1").display()));
+    assert_eq!(mode("t1"), 0o6775, "root keeps set-ID bits");
 }
 
 #[test]

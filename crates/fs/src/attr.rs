@@ -27,6 +27,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<Time>,
     pub mtime: Option<Time>,
+    /// The caller may not keep set-ID bits (it lacks CAP_FSETID): a size change drops them,
+    /// as a write by such a caller does.
+    pub kill_suidgid: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -590,7 +590,7 @@ impl<S: Store> MemFs<S> {
                 }
                 let mut set = set.clone();
                 let view = of.view();
-                set.mode = set.mode.or(setid_cleared_by_chown(&view, &set));
+                set.mode = set.mode.or(setid_cleared(&view, &set));
                 of.pending.apply(&set);
                 return Ok(self.attr_from(ino, &of.view(), None));
             }
@@ -683,10 +683,12 @@ impl<S: Store> MemFs<S> {
 }
 
 /// chown of a non-directory drops the set-user-ID bit, and set-group-ID with group execute
-/// (chown(2) on Linux, for root too). `Some(new mode)` when `set` is such a chown.
-fn setid_cleared_by_chown(rec: &Inode, set: &SetAttr) -> Option<u32> {
+/// (chown(2) on Linux, for root too); so does truncating a file for a caller that may not keep
+/// them (`kill_suidgid`). `Some(new mode)` when `set` is such a change.
+fn setid_cleared(rec: &Inode, set: &SetAttr) -> Option<u32> {
     let chown = set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
-    if !chown || set.mode.is_some() || rec.kind == Kind::Dir {
+    let truncate = set.size.is_some() && set.kill_suidgid;
+    if !(chown || truncate) || set.mode.is_some() || rec.kind == Kind::Dir {
         return None;
     }
     let mut drop = libc::S_ISUID;
@@ -697,7 +699,7 @@ fn setid_cleared_by_chown(rec: &Inode, set: &SetAttr) -> Option<u32> {
 }
 
 pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
-    if let Some(m) = setid_cleared_by_chown(rec, set) {
+    if let Some(m) = setid_cleared(rec, set) {
         rec.mode = m;
     }
     if let Some(m) = set.mode {
