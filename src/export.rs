@@ -87,10 +87,15 @@ fn set_local_attrs(path: &Path, attr: &Attr) -> std::io::Result<()> {
     if attr.kind == Kind::Symlink {
         return set_link_times(path, attr);
     }
-    let times = std::fs::FileTimes::new()
-        .set_accessed(system_time(attr.atime))
-        .set_modified(system_time(attr.mtime));
-    std::fs::File::open(path)?.set_times(times)?;
+    if attr.kind.is_special() {
+        // Opening a FIFO would block and a device node would open the device.
+        set_link_times(path, attr)?;
+    } else {
+        let times = std::fs::FileTimes::new()
+            .set_accessed(system_time(attr.atime))
+            .set_modified(system_time(attr.mtime));
+        std::fs::File::open(path)?.set_times(times)?;
+    }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(attr.mode & 0o7777))
 }
@@ -174,6 +179,9 @@ impl Exporter {
                             dirs.push((attr.ino, local, attr));
                         }
                         Kind::Symlink => self.symlink(&local, &attr),
+                        Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                            self.special(&local, &attr)
+                        }
                         Kind::File => {
                             if attr.nlink > 1 {
                                 if let Some(first) = first_paths.get(&attr.ino) {
@@ -201,6 +209,29 @@ impl Exporter {
             if let Err(e) = set_local_attrs(path, attr) {
                 self.error(path, e);
             }
+        }
+    }
+
+    /// A FIFO, socket or device node, made again with mknod(2).
+    fn special(&self, local: &Path, attr: &Attr) {
+        use nix::sys::stat::{Mode, SFlag};
+        let kind = match attr.kind {
+            Kind::Fifo => SFlag::S_IFIFO,
+            Kind::Socket => SFlag::S_IFSOCK,
+            Kind::CharDev => SFlag::S_IFCHR,
+            _ => SFlag::S_IFBLK,
+        };
+        let _ = std::fs::remove_file(local);
+        let made = nix::sys::stat::mknod(
+            local,
+            kind,
+            Mode::from_bits_truncate(attr.mode & 0o7777),
+            attr.rdev as libc::dev_t,
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|()| set_local_attrs(local, attr));
+        if let Err(e) = made {
+            self.error(local, e);
         }
     }
 

@@ -85,6 +85,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
     }
 }
 
@@ -102,7 +106,7 @@ fn to_fuse(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev as u32,
         blksize: 4096,
         flags: 0,
     }
@@ -223,25 +227,33 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         FUSE_OPS.call(Op::Mknod);
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
-            return;
-        }
-        let created = self
-            .fs
-            .create(
+        let created = match Kind::from_mode(mode) {
+            Some(Kind::File) => self
+                .fs
+                .create(
+                    parent.0,
+                    name.as_bytes(),
+                    mode,
+                    libc::O_WRONLY,
+                    req.uid(),
+                    req.gid(),
+                )
+                .and_then(|(a, fh)| self.fs.release(fh).map(|_| a)),
+            Some(kind) if kind.is_special() => self.fs.mknod(
                 parent.0,
                 name.as_bytes(),
+                kind,
                 mode,
-                libc::O_WRONLY,
+                u64::from(rdev),
                 req.uid(),
                 req.gid(),
-            )
-            .and_then(|(a, fh)| self.fs.release(fh).map(|_| a));
+            ),
+            _ => Err(FsError::Invalid("mknod of a directory or symlink")),
+        };
         match created {
             Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(errno(Op::Mknod, &PathOf(&self.fs, parent, name), e)),

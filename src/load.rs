@@ -397,15 +397,8 @@ impl Loader {
                 return;
             }
             let mut have = existing.get(&name).cloned();
-            let ft = meta.file_type();
-            let wanted = if ft.is_dir() {
-                Kind::Dir
-            } else if ft.is_symlink() {
-                Kind::Symlink
-            } else if ft.is_file() {
-                Kind::File
-            } else {
-                self.error(&path, "not a regular file, directory or symlink: skipped");
+            let Some(wanted) = Kind::from_mode(meta.mode()) else {
+                self.error(&path, "a file of unknown type: skipped");
                 continue;
             };
             if let Some(a) = &have
@@ -434,6 +427,9 @@ impl Loader {
                     walk.dirs.push((path, ino, meta));
                 }
                 Kind::Symlink => self.symlink(dest, &name, have.as_ref(), &path, &meta),
+                Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                    self.special(dest, &name, wanted, have.as_ref(), &path, &meta)
+                }
                 Kind::File => {
                     if meta.nlink() > 1 {
                         let id = (meta.dev(), meta.ino());
@@ -520,6 +516,45 @@ impl Loader {
         let theirs = self.fs.read(fh, 0, ours.len().max(1) as u32);
         let _ = self.fs.release(fh);
         theirs.is_ok_and(|t| t == ours)
+    }
+
+    /// A FIFO, socket or device node: made again unless one of the same kind, device number,
+    /// mode, owner and mtime is there.
+    fn special(
+        &self,
+        dir: u64,
+        name: &[u8],
+        kind: Kind,
+        have: Option<&Attr>,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) {
+        if let Some(a) = have {
+            if a.rdev == meta.rdev() && same_attrs(a, meta) {
+                self.counts.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.remove(dir, name, a, path);
+        }
+        if self.dry_run || dir == 0 {
+            println!("would make {}", path.display());
+            return;
+        }
+        let made = self.fs.mknod(
+            dir,
+            name,
+            kind,
+            meta.mode() & 0o7777,
+            meta.rdev(),
+            meta.uid(),
+            meta.gid(),
+        );
+        match made.and_then(|a| self.fs.setattr(a.ino, &attrs_of(meta))) {
+            Ok(_) => {
+                self.counts.other.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.failed(path, e),
+        }
     }
 
     fn symlink(

@@ -38,6 +38,8 @@ struct TreeStats {
     directories: u64,
     files: u64,
     symlinks: u64,
+    /// FIFOs, sockets and device nodes.
+    specials: u64,
     bytes: u64,
     /// The live-inode counter of the store (`statfs` reports it as files in use).
     inodes: Option<u64>,
@@ -123,6 +125,7 @@ fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
         directories: 0,
         files: 0,
         symlinks: 0,
+        specials: 0,
         bytes: 0,
         inodes: None,
         problems: 0,
@@ -155,6 +158,7 @@ fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
             tree.directories = report.directories;
             tree.files = report.files;
             tree.symlinks = report.symlinks;
+            tree.specials = report.specials;
             tree.bytes = report.bytes;
             tree.problems = report.problems.len();
         }
@@ -228,12 +232,13 @@ fn render(stats: &Stats) -> String {
         return out;
     }
     out += &format!(
-        " format version {}, store id {}\n  {} directories, {} files, {} symlinks, {} in files, {} inodes\n",
+        " format version {}, store id {}\n  {} directories, {} files, {} symlinks, {} FIFOs/sockets/devices, {} in files, {} inodes\n",
         t.format_version.map_or("?".into(), |v| v.to_string()),
         t.store_id.as_deref().unwrap_or("?"),
         t.directories,
         t.files,
         t.symlinks,
+        t.specials,
         human(t.bytes),
         opt(t.inodes),
     );

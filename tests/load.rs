@@ -259,3 +259,34 @@ fn checksum_finds_changes_that_keep_size_and_time() {
         Some(&b"version 2"[..])
     );
 }
+
+#[test]
+fn fifos_and_device_nodes_go_in_and_come_back() {
+    const PREFIX: &str = "memfis://specials";
+    let mc = Memcached::start();
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().display();
+    sh(&format!(
+        "mkfifo -m 640 {s}/fifo && mknod -m 600 {s}/null c 1 3 && mknod {s}/loop7 b 7 7 && \
+         chown 65534:65534 {s}/fifo && touch -d '2021-05-06 07:08:09.5' {s}/fifo {s}/null"
+    ));
+    let (code, out) = load(&mc.addr(), PREFIX, &[src.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    // Loading again finds nothing to do.
+    let (code, out) = load(&mc.addr(), PREFIX, &[src.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let (code, out) = memfis_on("export", &[copy.to_str().unwrap()], &mc.addr(), PREFIX);
+    assert_eq!(code, 0, "{out}");
+    let changes = sh(&format!(
+        "rsync -aHX --dry-run --itemize-changes {s}/ {}/",
+        copy.display()
+    ));
+    assert_eq!(changes.trim(), "", "rsync sees differences");
+    let null = std::fs::symlink_metadata(copy.join("null")).unwrap();
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    let (code, out) = memfis_on("stats", &[], &mc.addr(), PREFIX);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 FIFOs/sockets/devices"), "{out}");
+}

@@ -296,3 +296,64 @@ fn set_group_id_directories_pass_their_group_on() {
     std::fs::write(m.p("plain/f"), b"x").unwrap();
     assert_eq!(std::fs::metadata(m.p("plain/f")).unwrap().gid(), 0);
 }
+
+#[test]
+fn fifos_sockets_and_device_nodes_through_every_operation() {
+    use std::os::unix::fs::FileTypeExt;
+    let mc = Memcached::start();
+    let m = Mount::with_args(
+        &[mc.addr()],
+        PREFIX,
+        &["-o", "allow_other", "--attr-ttl", "0"],
+    );
+    let other = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
+    let p = |name: &str| m.p(name).display().to_string();
+    sh(&format!(
+        "mkfifo {} && mknod {} c 1 3 && mknod {} b 7 0",
+        p("fifo"),
+        p("null"),
+        p("loop0")
+    ));
+    let socket = std::os::unix::net::UnixListener::bind(m.p("sock")).unwrap();
+    // The other mount sees each kind, and the device numbers.
+    let meta = |name: &str| std::fs::symlink_metadata(other.p(name)).unwrap();
+    assert!(meta("fifo").file_type().is_fifo());
+    assert!(meta("sock").file_type().is_socket());
+    assert!(meta("null").file_type().is_char_device());
+    assert!(meta("loop0").file_type().is_block_device());
+    assert_eq!(meta("null").rdev(), libc::makedev(1, 3));
+    assert_eq!(meta("loop0").rdev(), libc::makedev(7, 0));
+    drop(socket);
+    // A FIFO in the mount is a working pipe (the kernel makes it; nothing goes to the store).
+    let fifo = m.p("fifo");
+    let writer = std::thread::spawn(move || std::fs::write(fifo, b"through the pipe").unwrap());
+    assert_eq!(std::fs::read(m.p("fifo")).unwrap(), b"through the pipe");
+    writer.join().unwrap();
+    assert!(mc.get(format!("{PREFIX}/fifo").as_bytes()).is_none());
+    // chmod, chown, utimens, xattrs, link, rename, unlink, as on any inode.
+    std::fs::set_permissions(m.p("fifo"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(m.p("null"), Some(1), Some(2)).unwrap();
+    sh(&format!("touch -h -d '2020-01-02 03:04:05' {}", p("loop0")));
+    // user.* xattrs on a FIFO: Linux refuses them itself (EPERM), on every filesystem.
+    let refused = xattr::set(m.p("fifo"), "user.note", b"pipe").unwrap_err();
+    assert_eq!(errno_of(refused), libc::EPERM);
+    std::fs::hard_link(m.p("fifo"), m.p("fifo2")).unwrap();
+    std::fs::create_dir(m.p("dev")).unwrap();
+    std::fs::rename(m.p("null"), m.p("dev/null")).unwrap();
+    assert_eq!(meta("fifo").mode() & 0o7777, 0o640);
+    assert_eq!(meta("fifo").nlink(), 2);
+    assert_eq!((meta("dev/null").uid(), meta("dev/null").gid()), (1, 2));
+    assert_eq!(meta("dev/null").rdev(), libc::makedev(1, 3));
+    assert_eq!(meta("loop0").mtime(), 1_577_934_245);
+    std::fs::remove_file(m.p("fifo")).unwrap();
+    assert!(meta("fifo2").file_type().is_fifo());
+    // An unprivileged user makes a FIFO in a directory open to it.
+    std::fs::set_permissions(m.p("dev"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    sh(&format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups mkfifo {}",
+        p("dev/user-fifo")
+    ));
+    assert_eq!(meta("dev/user-fifo").uid(), 65534);
+    let (code, out) = memfis_check(&mc.addr(), PREFIX);
+    assert_eq!(code, 0, "{out}");
+}

@@ -13,6 +13,8 @@ pub struct Attr {
     pub uid: u32,
     pub gid: u32,
     pub nlink: u32,
+    /// Device number of a device node (0 otherwise).
+    pub rdev: u64,
     pub atime: Time,
     pub mtime: Time,
     pub ctime: Time,

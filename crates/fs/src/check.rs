@@ -71,6 +71,8 @@ pub struct Report {
     pub directories: u64,
     pub files: u64,
     pub symlinks: u64,
+    /// FIFOs, sockets and device nodes.
+    pub specials: u64,
     pub bytes: u64,
     /// Whether the store could list its keys, so that keys outside the tree were looked for.
     pub keys_listed: bool,
@@ -350,6 +352,9 @@ impl<'a, S: Store> Scan<'a, S> {
                             let what = "symlink without a target";
                             self.problem(Fault::Manual, &child, &ikey, what);
                         }
+                    }
+                    Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                        self.report.specials += 1;
                     }
                 }
             }

@@ -31,6 +31,10 @@ fn kind_char(kind: Kind) -> char {
         Kind::File => 'f',
         Kind::Dir => 'd',
         Kind::Symlink => 'l',
+        Kind::Fifo => 'p',
+        Kind::Socket => 's',
+        Kind::CharDev => 'c',
+        Kind::BlockDev => 'b',
     }
 }
 
@@ -124,6 +128,10 @@ pub fn replay(key: &[u8], chunk: &[u8], state: &mut Replay) -> FsResult<()> {
             Some(b'f') => Kind::File,
             Some(b'd') => Kind::Dir,
             Some(b'l') => Kind::Symlink,
+            Some(b'p') => Kind::Fifo,
+            Some(b's') => Kind::Socket,
+            Some(b'c') => Kind::CharDev,
+            Some(b'b') => Kind::BlockDev,
             _ => return Err(bad("bad kind")),
         };
         let ino = num(&rest[2..space]).ok_or_else(|| bad("bad inode number"))?;

@@ -90,6 +90,10 @@ impl<S: Store> MemFs<S> {
                 match rec.kind {
                     Kind::Dir => return Err(FsError::IsDir),
                     Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
+                    // The kernel opens pipes and devices itself; nothing of them is stored.
+                    Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                        return Err(FsError::Invalid("open of a FIFO, socket or device node"));
+                    }
                     Kind::File => {}
                 }
                 self.open_files

@@ -500,6 +500,7 @@ impl<S: Store> MemFs<S> {
                 Kind::Dir => 1,
                 _ => rec.links.len() as u32,
             },
+            rdev: rec.rdev,
             atime: rec.atime,
             mtime: rec.mtime,
             ctime: rec.ctime,

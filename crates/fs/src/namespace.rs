@@ -253,7 +253,9 @@ impl<S: Store> MemFs<S> {
                     rec.mtime.to_text().as_bytes(),
                 ),
             ],
-            Kind::Symlink => Vec::new(),
+            Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                Vec::new()
+            }
         }
     }
 
@@ -354,6 +356,29 @@ impl<S: Store> MemFs<S> {
         );
         rec.size = target.len() as u64;
         rec.target = Some(target.to_vec());
+        let node = self.create_node(parent, name, rec)?;
+        Ok(self.attr_from(node.ino, &node.rec, None))
+    }
+
+    /// mknod(2) of a FIFO, socket or device node: an inode with no bytes in the store.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        if !kind.is_special() {
+            return Err(FsError::Invalid("mknod of a kind that is not special"));
+        }
+        let mut rec = Inode::new(kind, mode, uid, gid, vec![Link::new(parent, name)]);
+        if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            rec.rdev = rdev;
+        }
         let node = self.create_node(parent, name, rec)?;
         Ok(self.attr_from(node.ino, &node.rec, None))
     }

@@ -52,6 +52,42 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    /// Named pipe (mkfifo): an inode with no bytes in the store; the kernel makes the pipe.
+    Fifo,
+    /// Unix socket bound in the tree: an inode with no bytes, as for a FIFO.
+    Socket,
+    /// Character device node, its device number in `rdev`.
+    CharDev,
+    /// Block device node, its device number in `rdev`.
+    BlockDev,
+}
+
+impl Kind {
+    /// The special kinds: inodes with no data key, no log, no target.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev
+        )
+    }
+
+    /// The kind of a `st_mode`'s file type bits (`S_IFMT`).
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A timestamp with nanoseconds.
@@ -150,6 +186,9 @@ pub struct Inode {
     pub links: Vec<Link>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "pct_opt")]
     pub target: Option<Vec<u8>>,
+    /// Device number of a character or block device (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
     /// user.* extended attributes, name and value percent-encoded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
@@ -169,6 +208,7 @@ impl Inode {
             ctime: now,
             links,
             target: None,
+            rdev: 0,
             xattrs: BTreeMap::new(),
         }
     }

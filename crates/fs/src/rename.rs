@@ -357,8 +357,9 @@ impl<S: Store> MemFs<S> {
         let mut out = Vec::new();
         match kind {
             Kind::File => out.push((self.keys.data(old_path), self.keys.data(new_path))),
-            Kind::Symlink => {}
             Kind::Dir => self.walk_files(ino, old_path, new_path, &mut out, 0)?,
+            // No bytes in the store.
+            Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
         }
         Ok(out)
     }
@@ -382,7 +383,7 @@ impl<S: Store> MemFs<S> {
             match kind {
                 Kind::File => out.push((self.keys.data(&o), self.keys.data(&n))),
                 Kind::Dir => self.walk_files(ino, &o, &n, out, depth + 1)?,
-                Kind::Symlink => {}
+                Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
             }
         }
         Ok(())

@@ -129,6 +129,9 @@ fn walk(fs: &Fs, dir: u64, prefix: &str, out: &mut BTreeMap<String, String>) {
             Kind::Symlink => {
                 out.insert(path, "<symlink>".into());
             }
+            other @ (Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev) => {
+                out.insert(path, format!("<{other:?}>"));
+            }
             Kind::File => {
                 let fh = fs.open(e.ino, libc::O_RDONLY).unwrap();
                 let bytes = fs.read(fh, 0, 1 << 20).unwrap();
