@@ -4,15 +4,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memfis_memcache::Store;
-
-use crate::fs::MemFs;
-
 /// Counters a mount bumps as it works.
 #[derive(Default)]
 pub(crate) struct Activity {
-    files_published: AtomicU64,
-    bytes_published: AtomicU64,
+    pub files_published: AtomicU64,
+    pub bytes_published: AtomicU64,
 }
 
 impl Activity {
@@ -35,20 +31,4 @@ pub struct ActivitySnapshot {
     pub open_files: u64,
     pub open_handles: u64,
     pub store_id: String,
-}
-
-impl<S: Store> MemFs<S> {
-    pub fn activity(&self) -> ActivitySnapshot {
-        let (cache_hits, cache_misses) = self.meta.hits_and_misses();
-        let (open_files, open_handles) = self.open_files.counts();
-        ActivitySnapshot {
-            files_published: self.activity.files_published.load(Ordering::Relaxed),
-            bytes_published: self.activity.bytes_published.load(Ordering::Relaxed),
-            cache_hits,
-            cache_misses,
-            open_files: open_files as u64,
-            open_handles: open_handles as u64,
-            store_id: self.store_id.clone(),
-        }
-    }
 }

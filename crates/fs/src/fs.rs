@@ -512,6 +512,22 @@ impl<S: Store> MemFs<S> {
         a
     }
 
+    /// What this mount has done so far, for its metrics.
+    pub fn activity(&self) -> crate::activity::ActivitySnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (cache_hits, cache_misses) = self.meta.hits_and_misses();
+        let (open_files, open_handles) = self.open_files.counts();
+        crate::activity::ActivitySnapshot {
+            files_published: self.activity.files_published.load(Relaxed),
+            bytes_published: self.activity.bytes_published.load(Relaxed),
+            cache_hits,
+            cache_misses,
+            open_files: open_files as u64,
+            open_handles: open_handles as u64,
+            store_id: self.store_id.clone(),
+        }
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // The kernel names an inode another mount removed: ENOENT, like a stale handle.
         self.getattr_opt(ino)?.ok_or(FsError::NotFound)
