@@ -357,3 +357,30 @@ fn fifos_sockets_and_device_nodes_through_every_operation() {
     let (code, out) = memfis_check(&mc.addr(), PREFIX);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn directories_link_counts_are_two_plus_subdirectories_on_every_mount() {
+    let mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
+    let other = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "0"]);
+    let links = |mount: &Mount, p: &str| std::fs::metadata(mount.p(p)).unwrap().nlink();
+    std::fs::create_dir(m.p("a")).unwrap();
+    assert_eq!(links(&m, "a"), 2);
+    std::fs::create_dir(m.p("a/b")).unwrap();
+    std::fs::create_dir(other.p("a/c")).unwrap(); // made by the other mount
+    std::fs::write(m.p("a/file"), b"not a directory").unwrap();
+    assert_eq!(links(&m, "a"), 4);
+    assert_eq!(links(&other, "a"), 4);
+    std::fs::remove_dir(other.p("a/b")).unwrap();
+    assert_eq!(links(&m, "a"), 3);
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::rename(m.p("a/c"), m.p("d/c")).unwrap();
+    for mount in [&m, &other] {
+        assert_eq!(links(mount, "a"), 2);
+        assert_eq!(links(mount, "d"), 3);
+        assert_eq!(links(mount, ""), 4, "the root: a, d");
+    }
+    // What ls -l and find see through readdirplus agrees.
+    let listed = sh(&format!("ls -ld {}/d | cut -d' ' -f2", m.path().display()));
+    assert_eq!(listed.trim(), "3");
+}

@@ -69,8 +69,35 @@ impl Memcached {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        m.restart();
-        m
+        // A port free when picked can be taken before memcached binds it (it then exits, and
+        // the listener found is someone else's): check that ours answers, else pick another.
+        for _ in 0..5 {
+            m.restart();
+            if m.is_ours() {
+                return m;
+            }
+            m.stop();
+            m.port = free_port();
+        }
+        panic!("memcached did not come up on a port of its own");
+    }
+
+    /// True when our memcached process runs and answers `version` on its port.
+    fn is_ours(&mut self) -> bool {
+        std::thread::sleep(Duration::from_millis(20));
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let answered = || -> std::io::Result<bool> {
+            let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"version\r\nquit\r\n")?;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            Ok(out.starts_with(b"VERSION "))
+        };
+        running && answered().unwrap_or(false)
     }
 
     pub fn addr(&self) -> String {

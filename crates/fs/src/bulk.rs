@@ -213,7 +213,8 @@ impl<S: Store> MemFs<S> {
             self.note_dir_touched(parent, now);
         }
         for (p, _) in &created {
-            self.meta.note_name(parent, &p.name, Some(p.ino));
+            self.meta
+                .note_name(parent, &p.name, Some((p.ino, Kind::File)));
         }
         // As a create's fence: wait out a namespace operation that ran meanwhile, then move
         // the data keys if the directory moved.

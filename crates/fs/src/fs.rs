@@ -495,9 +495,9 @@ impl<S: Store> MemFs<S> {
             mode: rec.mode,
             uid: rec.uid,
             gid: rec.gid,
-            // Directories report 1 like btrfs: subdirectories are not counted.
+            // A directory's 2 + subdirectories: see `with_dir_links`.
             nlink: match rec.kind {
-                Kind::Dir => 1,
+                Kind::Dir => 2,
                 _ => rec.links.len() as u32,
             },
             rdev: rec.rdev,
@@ -528,6 +528,20 @@ impl<S: Store> MemFs<S> {
         }
     }
 
+    /// A directory's link count as POSIX has it: 2 (its name and `.`) plus one `..` per
+    /// subdirectory, counted from its listing (cached while fresh, else read from its log, so
+    /// it is exact across mounts within the cache TTL). A listing that cannot be read leaves 2.
+    pub(crate) fn with_dir_links(&self, mut attr: Attr) -> Attr {
+        if attr.kind == Kind::Dir {
+            let subdirs = self.meta.subdirs(attr.ino).or_else(|| {
+                let listing = self.list_dir(attr.ino).ok()?;
+                Some(listing.values().filter(|(_, k)| *k == Kind::Dir).count() as u32)
+            });
+            attr.nlink = 2 + subdirs.unwrap_or(0);
+        }
+        attr
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // The kernel names an inode another mount removed: ENOENT, like a stale handle.
         self.getattr_opt(ino)?.ok_or(FsError::NotFound)
@@ -539,7 +553,11 @@ impl<S: Store> MemFs<S> {
             let of = lock(&of);
             return Ok(Some(self.attr_from(ino, &of.view(), None)));
         }
-        if let Some(attr) = self.meta.dir_attr(ino) {
+        if let Some(mut attr) = self.meta.dir_attr(ino) {
+            // Kept in step with this mount's own mkdir/rmdir/rename through its listing.
+            if let Some(subdirs) = self.meta.subdirs(ino) {
+                attr.nlink = 2 + subdirs;
+            }
             return Ok(Some(attr));
         }
         let key = self.keys.inode(ino);
@@ -555,7 +573,9 @@ impl<S: Store> MemFs<S> {
         let mtime = r.value(&mkey)?.and_then(|i| Time::from_text(&i.value));
         let attr = self.attr_from(ino, &rec, mtime);
         if attr.kind == Kind::Dir {
+            let attr = self.with_dir_links(attr);
             self.meta.put_dir_attr(ino, attr.clone());
+            return Ok(Some(attr));
         }
         Ok(Some(attr))
     }
@@ -634,7 +654,7 @@ impl<S: Store> MemFs<S> {
             self.store
                 .store(StoreOp::Set, &key, t.to_text().as_bytes())
                 .map_err(|e| FsError::store(&key, e))?;
-            return Ok(self.attr_from(ino, &rec, Some(t)));
+            return Ok(self.with_dir_links(self.attr_from(ino, &rec, Some(t))));
         }
         self.getattr(ino)
     }

@@ -33,7 +33,7 @@ pub(crate) struct LogAppend {
     chunk: u64,
     records: Vec<u8>,
     count: u64,
-    changes: Vec<(Op, Vec<u8>, u64)>,
+    changes: Vec<(Op, Vec<u8>, u64, Kind)>,
 }
 
 /// What a directory's log said to an append.
@@ -60,7 +60,7 @@ impl<S: Store> MemFs<S> {
             count: changes.len() as u64,
             changes: changes
                 .iter()
-                .map(|(op, _, ino, name)| (*op, name.to_vec(), *ino))
+                .map(|(op, kind, ino, name)| (*op, name.to_vec(), *ino, *kind))
                 .collect(),
         }
     }
@@ -118,9 +118,9 @@ impl<S: Store> MemFs<S> {
             }
         }
         self.meta.raise_seq_hint(la.dir, last);
-        for (op, name, ino) in &la.changes {
+        for (op, name, ino, kind) in &la.changes {
             self.meta
-                .note_name(la.dir, name, (*op == Op::Add).then_some(*ino));
+                .note_name(la.dir, name, (*op == Op::Add).then_some((*ino, *kind)));
         }
         Ok(Logged::Done)
     }
@@ -186,7 +186,10 @@ impl<S: Store> MemFs<S> {
             .ok_or_else(|| FsError::missing(&self.keys.dir_seq(dir)))?;
         let seq = seq.ok_or(FsError::NotFound)?; // fenced: being removed
         let listing = self.replay_log(dir, seq)?;
-        let names = listing.iter().map(|(n, (i, _))| (n.clone(), *i)).collect();
+        let names = listing
+            .iter()
+            .map(|(n, (i, k))| (n.clone(), (*i, *k)))
+            .collect();
         self.meta.put_listing(dir, names, started);
         self.meta.raise_seq_hint(dir, seq);
         Ok(listing)
@@ -255,7 +258,10 @@ impl<S: Store> MemFs<S> {
                 continue;
             }
             out.push(match value_of(key, r)? {
-                Some(item) => Some(self.attr_from(*ino, &Inode::decode(key, &item.value)?, None)),
+                Some(item) => {
+                    let attr = self.attr_from(*ino, &Inode::decode(key, &item.value)?, None);
+                    Some(self.with_dir_links(attr))
+                }
                 None => None,
             });
         }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::attr::Attr;
+use crate::record::Kind;
 use crate::record::Time;
 use crate::sync::lock;
 
@@ -108,8 +109,8 @@ pub(crate) struct DirInfo {
     generation: u64,
 }
 
-/// A directory's names, with their inodes.
-pub(crate) type Names = HashMap<Vec<u8>, u64>;
+/// A directory's names, with their inodes and kinds.
+pub(crate) type Names = HashMap<Vec<u8>, (u64, Kind)>;
 
 /// The namespace caches of one mount.
 pub(crate) struct MetaCache {
@@ -245,14 +246,21 @@ impl MetaCache {
         lock(&self.listings).insert_at(dir, names, at);
     }
 
-    /// Keeps a known listing in step with a change this mount made (`Some(ino)`: now there).
-    pub fn note_name(&self, dir: u64, name: &[u8], now: Option<u64>) {
+    /// Keeps a known listing in step with a change this mount made (`Some`: now there).
+    pub fn note_name(&self, dir: u64, name: &[u8], now: Option<(u64, Kind)>) {
         if let Some(names) = lock(&self.listings).peek_mut(&dir) {
             match now {
-                Some(ino) => names.insert(name.to_vec(), ino),
+                Some(entry) => names.insert(name.to_vec(), entry),
                 None => names.remove(name),
             };
         }
+    }
+
+    /// The number of subdirectories of `dir`, from its listing while that is fresh.
+    pub fn subdirs(&self, dir: u64) -> Option<u32> {
+        let listings = lock(&self.listings);
+        let names = listings.get(&dir)?;
+        Some(names.values().filter(|(_, k)| *k == Kind::Dir).count() as u32)
     }
 
     /// True when `dir`'s listing is fresh and `name` is not in it.
@@ -265,7 +273,10 @@ impl MetaCache {
 
     /// The inode last known at `name` in `dir`, however old: a guess the store confirms.
     pub fn known_child(&self, dir: u64, name: &[u8]) -> Option<u64> {
-        lock(&self.listings).peek(&dir)?.get(name).copied()
+        lock(&self.listings)
+            .peek(&dir)?
+            .get(name)
+            .map(|(ino, _)| *ino)
     }
 
     // ----- log sequence hints ----------------------------------------------------------------

@@ -189,7 +189,7 @@ impl<S: Store> MemFs<S> {
                 return Err(e);
             }
         };
-        self.meta.note_name(parent, name, Some(ino));
+        self.meta.note_name(parent, name, Some((ino, rec.kind)));
         self.note_dir_touched(parent, now);
         if rec.kind == Kind::Dir {
             // Nobody could list it before its entry existed: its (empty) listing is known.
