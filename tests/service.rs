@@ -462,3 +462,87 @@ fn fusermount_ends_the_daemon_without_a_warning() {
     assert!(log.contains("unmounted"), "{log}");
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }
+
+/// Removes a socket file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Removes a directory this test made (if any) when dropped.
+struct RemoveDirOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveDirOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Waits for a datagram on `socket` containing `wanted`; returns it.
+fn receive_line(socket: &UnixDatagram, wanted: &str) -> String {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = socket.recv(&mut buf).expect("a log line within 10 s");
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if line.contains(wanted) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn detached_without_a_log_file_logs_to_journald_or_syslog() {
+    const JOURNAL: &str = "/run/systemd/journal/socket";
+    if Path::new(JOURNAL).exists() || Path::new("/dev/log").exists() {
+        eprintln!("a system logger runs here: the stand-in loggers need its sockets; skipping");
+        return;
+    }
+    let mc = Memcached::start();
+    // journald first: memfis sends it native journal fields when its socket exists.
+    let made_dir = !Path::new("/run/systemd/journal").exists();
+    std::fs::create_dir_all("/run/systemd/journal").unwrap();
+    let remove_dir = RemoveDirOnDrop(made_dir.then(|| PathBuf::from("/run/systemd/journal")));
+    let journal = UnixDatagram::bind(JOURNAL).unwrap();
+    let remove_journal = RemoveOnDrop(PathBuf::from(JOURNAL));
+    let (m, out) = Detached::start(&mc, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let wanted = format!("mounted {}", m.path().display());
+    let fields = receive_line(&journal, &wanted);
+    // Native journal fields, values length-prefixed: NAME\n<u64 le length><value>\n.
+    let field = |name: &str, value: &str| {
+        let mut f = format!("{name}\n").into_bytes();
+        f.extend((value.len() as u64).to_le_bytes());
+        f.extend(value.as_bytes());
+        String::from_utf8_lossy(&f).into_owned()
+    };
+    assert!(
+        fields.contains(&field("SYSLOG_IDENTIFIER", "memfis")),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&field("MESSAGE", &format!("{wanted} (prefix {PREFIX})"))),
+        "{fields:?}"
+    );
+    drop(m);
+    drop(remove_journal);
+    drop(remove_dir);
+    // Without journald: syslog, facility daemon.
+    let syslog = UnixDatagram::bind("/dev/log").unwrap();
+    let _remove_syslog = RemoveOnDrop(PathBuf::from("/dev/log"));
+    let (m, out) = Detached::start(&mc, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let wanted = format!("mounted {}", m.path().display());
+    let line = receive_line(&syslog, &wanted);
+    // `<PRI>` of facility daemon (PRI / 8 == 3), then `memfis[PID]:`.
+    let pri: u32 = line[1..line.find('>').unwrap()].parse().unwrap();
+    assert_eq!(pri / 8, 3, "{line}");
+    assert!(line.contains("memfis["), "{line}");
+}
