@@ -443,11 +443,14 @@ fn a_mount_point_with_a_space_is_known_as_mounted() {
     let out = mount_detached(&dir, &mc.addr(), PREFIX);
     let _unmount = UnmountOnDrop(dir.clone());
     assert!(out.status.success(), "{out:?}");
+    assert!(is_mounted(&dir));
     let again = mount_detached(&dir, &mc.addr(), PREFIX);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already a mount point"),
         "{again:?}"
     );
+    unmount(&dir);
+    assert!(!is_mounted(&dir), "left mounted");
 }
 
 #[test]

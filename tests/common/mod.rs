@@ -301,7 +301,31 @@ impl Drop for ChildGuard {
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let path = path.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&path))
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|target| unescape_mount_field(target) == path)
+}
+
+/// The kernel writes a space, tab, newline or backslash in a mount point as `\ooo` (octal).
+fn unescape_mount_field(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        match u8::from_str_radix(rest.get(i + 1..i + 4).unwrap_or(""), 8) {
+            Ok(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            Err(_) => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Drop for Mount {
