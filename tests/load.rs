@@ -88,16 +88,7 @@ fn load_makes_the_store_equal_to_the_source_and_nginx_serves_it() {
     assert!(out.contains("4 files written"), "{out}"); // and one hard link
     assert_eq!(memfis_check(&mc.addr(), PREFIX).0, 0);
 
-    let port = free_port();
-    let config = nginx_config(&[
-        "--server",
-        &mc.addr(),
-        "--prefix",
-        PREFIX,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let nginx = Nginx::start_http(port, &config);
+    let nginx = Nginx::for_store(&mc.addr(), PREFIX, &[]);
     assert_eq!(nginx.get("/index.html").2, b"<h1>home</h1>");
     assert_eq!(nginx.get("/docs/deep/er/page.html").2, vec![7u8; 100_000]);
 

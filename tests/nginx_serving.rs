@@ -131,10 +131,7 @@ fn store_then_root_then_404_and_a_dead_store_falls_back() {
 }
 
 /// Serves `files` (path, bytes) from the store of a fresh mount through a generated config.
-fn serve_store(
-    files: &[(&str, &[u8])],
-    extra: &[&str],
-) -> (Memcached, Mount, Nginx, tempfile::TempDir) {
+fn serve_store(files: &[(&str, &[u8])], extra: &[&str]) -> (Memcached, Mount, Nginx) {
     let mc = Memcached::start();
     let mount = Mount::new(&[mc.addr()], PREFIX);
     for (path, bytes) in files {
@@ -142,15 +139,8 @@ fn serve_store(
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         std::fs::write(&full, bytes).unwrap();
     }
-    let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let server = mc.addr();
-    let mut args = vec!["--server", &server, "--prefix", PREFIX, "--listen", &listen];
-    args.extend(extra);
-    let config = nginx_config(&args);
-    let nginx = Nginx::start_http(port, &config);
-    (mc, mount, nginx, root)
+    let nginx = Nginx::for_store(&mc.addr(), PREFIX, extra);
+    (mc, mount, nginx)
 }
 
 #[test]
@@ -166,7 +156,7 @@ fn hidden_paths_and_script_sources_are_never_served() {
         (".well-known/security.txt", b"Contact: ops@example.com"),
         ("index.html", b"home"),
     ];
-    let (_mc, _mount, nginx, _root) = serve_store(files, &["--script-ext", "phtml"]);
+    let (_mc, _mount, nginx) = serve_store(files, &["--script-ext", "phtml"]);
     for path in [
         "/config.php",
         "/lib/Tool.PHP",
@@ -199,7 +189,7 @@ fn a_directory_without_its_slash_is_redirected() {
         ("docs/guide.html", b"guide"),
         ("empty/.keep", b""),
     ];
-    let (_mc, _mount, nginx, _root) = serve_store(files, &[]);
+    let (_mc, _mount, nginx) = serve_store(files, &[]);
     let (status, headers, _) = nginx.get("/docs");
     assert_eq!(status, 301);
     assert_eq!(header(&headers, "location"), Some("/docs/"));

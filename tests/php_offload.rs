@@ -82,20 +82,12 @@ fn a_miss_renders_with_php_once_then_nginx_serves_from_memory() {
     let fpm_port = free_port();
     let _fpm = start_php_fpm(fpm_port, mount.path(), &counter);
     let script = std::fs::canonicalize("examples/php-offload/index.php").unwrap();
-    let port = free_port();
-    let config = nginx_config(&[
-        "--server",
+    let fpm = format!("127.0.0.1:{fpm_port}");
+    let nginx = Nginx::for_store(
         &mc.addr(),
-        "--prefix",
         PREFIX,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--php-fpm",
-        &format!("127.0.0.1:{fpm_port}"),
-        "--php-script",
-        script.to_str().unwrap(),
-    ]);
-    let nginx = Nginx::start_http(port, &config);
+        &["--php-fpm", &fpm, "--php-script", script.to_str().unwrap()],
+    );
 
     let (status, headers, first) = nginx.get("/products/42.html");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&first));

@@ -406,6 +406,16 @@ impl Nginx {
         }
     }
 
+    /// nginx serving `prefix` from `server` with `memfis nginx-config` (plus `extra`
+    /// arguments), listening on a free loopback port.
+    pub fn for_store(server: &str, prefix: &str, extra: &[&str]) -> Nginx {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["--server", server, "--prefix", prefix, "--listen", &listen];
+        args.extend(extra);
+        Nginx::start_http(port, &nginx_config(&args))
+    }
+
     /// `nginx -t` of a config whose http block is `http`: Ok or nginx's complaint.
     pub fn test_config(http: &str) -> Result<(), String> {
         let dir = tempfile::tempdir().unwrap();
