@@ -5,10 +5,17 @@
 //! before it knows the number. The record goes to the chunk of the lowest number it can get
 //! (one more than the highest this mount has seen): chunks are replayed in order up to the
 //! one of the current sequence number, so a record in an earlier chunk than its number is
-//! still replayed, and records about one name are always appended in the order of the
-//! operations that wrote them. The same batch creates the next chunk (`add` of an empty
-//! value), so every chunk up to the current number exists: a missing one is an error, never
-//! an empty listing.
+//! still replayed. The same batch creates the next chunk (`add` of an empty value), so every
+//! chunk up to the current number exists: a missing one is an error, never an empty listing.
+//!
+//! Records about one (name, inode) pair must be replayed in the order of the operations that
+//! wrote them: a `-` replayed before the `+` it removes would leave the name listed. A create
+//! only adds a pair no record names yet, so where its `+` lands does not matter as long as it
+//! is before every later record about the pair. Every other change (unlink, rename, link,
+//! roll forward, repair) holds the namespace lock, so no other operation touches its pairs
+//! meanwhile: if its records landed in an earlier chunk than their numbers (this mount's idea
+//! of the log was behind: another mount appended a chunk since), it appends them again to the
+//! chunk of their numbers, which is at or after the chunk of every record written before it.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +41,9 @@ pub(crate) struct LogAppend {
     records: Vec<u8>,
     count: u64,
     changes: Vec<(Op, Vec<u8>, u64, Kind)>,
+    /// Appended holding the namespace lock: the records are appended again if they landed
+    /// in an earlier chunk than their numbers (see the module comment).
+    under_lock: bool,
 }
 
 /// What a directory's log said to an append.
@@ -46,8 +56,18 @@ pub(crate) enum Logged {
 }
 
 impl<S: Store> MemFs<S> {
-    /// Builds the commands that append `changes` to `dir`'s log in one batch.
+    /// Builds the commands that append a create's `+` records (new inodes only, no lock held)
+    /// to `dir`'s log in one batch.
     pub(crate) fn log_append(&self, dir: u64, changes: &[LogChange<'_>]) -> LogAppend {
+        self.log_append_as(dir, changes, false)
+    }
+
+    /// Builds the commands that append `changes` of an operation holding the namespace lock.
+    pub(crate) fn log_append_locked(&self, dir: u64, changes: &[LogChange<'_>]) -> LogAppend {
+        self.log_append_as(dir, changes, true)
+    }
+
+    fn log_append_as(&self, dir: u64, changes: &[LogChange<'_>], under_lock: bool) -> LogAppend {
         let hint = self.meta.seq_hint(dir);
         let mut records = Vec::new();
         for (op, kind, ino, name) in changes {
@@ -62,6 +82,7 @@ impl<S: Store> MemFs<S> {
                 .iter()
                 .map(|(op, kind, ino, name)| (*op, name.to_vec(), *ino, *kind))
                 .collect(),
+            under_lock,
         }
     }
 
@@ -101,6 +122,11 @@ impl<S: Store> MemFs<S> {
         let chunk_now = last / LOG_CHUNK_RECORDS;
         let chunk_key = self.keys.dir_log(la.dir, la.chunk);
         match append {
+            Ok(Reply::Stored) if la.under_lock && la.chunk < chunk_now => {
+                // Possibly before a record about the same pair in a later chunk: again, in
+                // the chunk of this number, after it.
+                self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
+            }
             Ok(Reply::Stored) => {}
             Ok(_) | Err(StoreError::TooLarge(_)) => {
                 self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
@@ -142,8 +168,9 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Appends records to a directory's log and bumps its mtime: one round trip.
+    /// Holding the namespace lock, or taking back a create's own `+`.
     pub(crate) fn log_dir_changes(&self, dir: u64, changes: &[LogChange<'_>]) -> FsResult<()> {
-        let la = self.log_append(dir, changes);
+        let la = self.log_append_locked(dir, changes);
         let mut batch = self.log_commands(&la);
         let (touch, now) = self.touch_dir_cmd(dir);
         batch.push(touch);

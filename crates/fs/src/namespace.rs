@@ -506,7 +506,7 @@ impl<S: Store> MemFs<S> {
                 self.intent_cmd(guard, intent.clone()),
                 Command::Delete(ekey.clone()),
             ];
-            let la = self.log_append(parent, &[(Op::Remove, rec.kind, ino, name)]);
+            let la = self.log_append_locked(parent, &[(Op::Remove, rec.kind, ino, name)]);
             batch.extend(self.log_commands(&la));
             let (touch, now) = self.touch_dir_cmd(parent);
             batch.push(touch);
