@@ -55,7 +55,7 @@ fn repair_fixes_damage_done_on_purpose_while_a_mount_is_live() {
     for what in [
         "/d/a: removed the file",
         "inode counter raised",
-        "re-added a missing log chunk",
+        "re-added a missing log piece",
         "/stray: deleted a key no name reaches",
     ] {
         assert!(out.contains(what), "{what:?} in {out}");

@@ -122,10 +122,7 @@ impl<S: Store> MemFs<S> {
             key: self.keys.inode_count(),
             delta: planned.len() as u64,
         });
-        let fence = vec![
-            Command::Get(self.keys.ns_lock()),
-            Command::Get(self.keys.dir_generation()),
-        ];
+        let fence = self.create_fence_cmds(parent);
         let mut results = Replies::new(self.execute_in_order(batch, fence));
         let per_file: Vec<_> = planned
             .iter()
@@ -141,8 +138,7 @@ impl<S: Store> MemFs<S> {
         let logged = self.finish_log(&la, &mut results);
         let touched = results.reply();
         let _inode_count = results.reply(); // statistics only
-        let lock_held = results.value(&self.keys.ns_lock()).map(|v| v.is_some());
-        let generation = results.reply();
+        let fence = self.read_create_fence(parent, &mut results);
 
         let logged_ok = matches!(logged, Ok(Logged::Done));
         // Replies lost (the batch may have run): if the directory is gone, its keys the batch
@@ -218,8 +214,13 @@ impl<S: Store> MemFs<S> {
         }
         // As a create's fence: wait out a namespace operation that ran meanwhile, then move
         // the data keys if the directory moved.
-        let fenced = self.settle_create_fence(&lock_held, generation);
-        let path_now = fenced.and_then(|()| retried(|| self.dir_path(parent)));
+        let relog: Vec<_> = created
+            .iter()
+            .map(|(p, _)| (Op::Add, Kind::File, p.ino, p.name.as_slice()))
+            .collect();
+        let path_now = self
+            .settle_create_fence(fence, parent, la.chunk, &relog)
+            .and_then(|()| retried(|| self.dir_path(parent)));
         let path_now = match path_now {
             Ok(p) => p,
             Err(e) => {

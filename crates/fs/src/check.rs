@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Store};
 use serde::Serialize;
 
-use crate::dirlog;
+use crate::dirlog::{self, LogBase};
 use crate::fs::join;
-use crate::keys::{KeyLayout, LOG_CHUNK_RECORDS, ROOT_INO};
+use crate::keys::{KeyLayout, ROOT_INO};
 use crate::nslock::LockValue;
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
 use crate::replies::{Replies, entry_slot, parse_number, value_of};
@@ -380,16 +380,34 @@ impl<'a, S: Store> Scan<'a, S> {
         let ikey = self.keys.inode(dir);
         let seq_key = self.keys.dir_seq(dir);
         let mtime_key = self.keys.dir_mtime(dir);
+        let base_key = self.keys.dir_base(dir);
         let mut own = self
-            .get_many(&[ikey.clone(), seq_key.clone(), mtime_key.clone()])?
+            .get_many(&[
+                ikey.clone(),
+                seq_key.clone(),
+                mtime_key.clone(),
+                base_key.clone(),
+            ])?
             .into_iter();
-        let (rec, seq, mtime) = (
+        let (rec, seq, mtime, base) = (
+            own.next().flatten(),
             own.next().flatten(),
             own.next().flatten(),
             own.next().flatten(),
         );
-        self.expected
-            .extend([ikey.clone(), seq_key.clone(), mtime_key.clone()]);
+        self.expected.extend([
+            ikey.clone(),
+            seq_key.clone(),
+            mtime_key.clone(),
+            base_key.clone(),
+        ]);
+        let base = match LogBase::decode(&base_key, base.as_deref()) {
+            Ok(base) => base,
+            Err(e) => {
+                self.problem(log_fault, path, &base_key, e.to_string());
+                return Ok(None);
+            }
+        };
         match rec.map(|r| Inode::decode(&ikey, &r)) {
             None => self.problem(record_fault, path, &ikey, "directory record is missing"),
             Some(Err(e)) => self.problem(record_fault, path, &ikey, e.to_string()),
@@ -416,12 +434,12 @@ impl<'a, S: Store> Scan<'a, S> {
             );
             return Ok(None);
         };
-        let chunk_keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
-            .map(|c| self.keys.dir_log(dir, c))
-            .collect();
+        let chunk_keys = self.keys.dir_log_keys(dir, base, seq);
         self.expected.extend(chunk_keys.iter().cloned());
-        self.expected
-            .insert(self.keys.dir_log(dir, seq / LOG_CHUNK_RECORDS + 1));
+        self.expected.insert(
+            self.keys
+                .dir_log(dir, seq / self.keys.log_chunk_records() + 1),
+        );
         let mut state = dirlog::Replay::default();
         let mut broken = false;
         for (key, chunk) in chunk_keys.iter().zip(self.get_many(&chunk_keys)?) {
@@ -527,7 +545,10 @@ impl<'a, S: Store> Scan<'a, S> {
                 Some(b'%') if numbered => match rest.get(1) {
                     Some(b'i') => "inode record no entry reaches",
                     Some(b'e' | b'h') => "directory entry its directory does not list",
-                    Some(b's' | b'l' | b'm') => "directory key of a directory not in the tree",
+                    Some(b's' | b'l' | b'm' | b'b' | b'c') => {
+                        "directory key of a directory not in the tree, or log no replay reads \
+                         (below the base, or a compaction's unused snapshot)"
+                    }
                     _ => continue,
                 },
                 Some(b'%') => continue, // format, counters, lock, liveness keys

@@ -50,6 +50,50 @@ pub fn encode(op: Op, kind: Kind, ino: u64, name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where a directory's log starts, the value of `PREFIX%b<dir>`: `<chunk>` or
+/// `<chunk> <generation> <pieces>`. A replay reads the snapshot's pieces (the live names a
+/// compaction wrote), then chunks `chunk ..= seq / LOG_CHUNK_RECORDS`. No key: chunk 0, no
+/// snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogBase {
+    pub chunk: u64,
+    /// (generation, number of pieces).
+    pub snapshot: Option<(u64, u64)>,
+}
+
+impl LogBase {
+    pub fn encode(&self) -> String {
+        match self.snapshot {
+            Some((generation, pieces)) => format!("{} {generation} {pieces}", self.chunk),
+            None => self.chunk.to_string(),
+        }
+    }
+
+    /// The base stored at `key`, `None` for no value.
+    pub fn decode(key: &[u8], value: Option<&[u8]>) -> FsResult<LogBase> {
+        let Some(value) = value else {
+            return Ok(LogBase::default());
+        };
+        let bad = || FsError::corrupt(key, "directory log base: not `CHUNK [GENERATION PIECES]`");
+        let text = std::str::from_utf8(value).map_err(|_| bad())?;
+        let nums: Vec<u64> = text
+            .split(' ')
+            .map(|n| n.parse().map_err(|_| bad()))
+            .collect::<FsResult<_>>()?;
+        match nums[..] {
+            [chunk] => Ok(LogBase {
+                chunk,
+                snapshot: None,
+            }),
+            [chunk, generation, pieces] => Ok(LogBase {
+                chunk,
+                snapshot: Some((generation, pieces)),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// A directory's listing: each name with the inode it points at and its kind.
 pub type Listing = BTreeMap<Vec<u8>, (u64, Kind)>;
 
@@ -57,6 +101,8 @@ pub type Listing = BTreeMap<Vec<u8>, (u64, Kind)>;
 #[derive(Debug, Default)]
 pub struct Replay {
     names: BTreeMap<Vec<u8>, NameState>,
+    /// Records replayed (what compaction weighs against the names left).
+    records: usize,
 }
 
 /// A name during replay: its live inodes, latest last, and whether it had more than one
@@ -69,6 +115,11 @@ type NameState = (Vec<(u64, Kind)>, bool);
 pub type Ambiguous = Vec<(Vec<u8>, Vec<(u64, Kind)>)>;
 
 impl Replay {
+    /// How many records were replayed.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
     /// The listing: each name with the inode it points at, and the names only the entry
     /// keys can settle.
     pub fn finish(self) -> (Listing, Ambiguous) {
@@ -141,6 +192,7 @@ pub fn replay(key: &[u8], chunk: &[u8], state: &mut Replay) -> FsResult<()> {
             return Err(bad("truncated record"));
         }
         let name = rest[colon + 1..end].to_vec();
+        state.records += 1;
         let (inos, doubtful) = state.names.entry(name).or_default();
         inos.retain(|(i, _)| *i != ino);
         if op == Op::Add {
@@ -177,6 +229,22 @@ mod tests {
         assert_eq!(listing.get(&b"x"[..]), Some(&(7, Kind::File)));
         assert_eq!(listing.get(&b"y"[..]), Some(&(8, Kind::File)));
         assert_eq!(listing.get(&b"we\nird:name"[..]), Some(&(6, Kind::Dir)));
+    }
+
+    #[test]
+    fn log_base_round_trips() {
+        for base in [
+            LogBase::default(),
+            LogBase {
+                chunk: 7,
+                snapshot: Some((123456789, 3)),
+            },
+        ] {
+            let text = base.encode();
+            assert_eq!(LogBase::decode(b"k", Some(text.as_bytes())).unwrap(), base);
+        }
+        assert_eq!(LogBase::decode(b"k", None).unwrap(), LogBase::default());
+        assert!(LogBase::decode(b"k", Some(b"7 8")).is_err());
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct MemFs<S: Store> {
     /// The intent of an operation of this mount that failed midway (the lock may not hold
     /// it): completed with the leftover lock, or by the heartbeat.
     pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
+    /// Directories whose logs a listing found worth compacting; the heartbeat compacts them.
+    pub(crate) compaction_wanted: Mutex<std::collections::BTreeSet<u64>>,
     /// Data keys this mount wrote at paths a rename took away, whose deletion failed; the
     /// heartbeat retries it.
     pub(crate) stale_keys: Mutex<Vec<Vec<u8>>>,
@@ -112,6 +114,7 @@ impl<S: Store> MemFs<S> {
             ns_local: Mutex::new(()),
             leftover: Mutex::new(None),
             orphaned: Mutex::new(None),
+            compaction_wanted: Mutex::new(std::collections::BTreeSet::new()),
             stale_keys: Mutex::new(Vec::new()),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),

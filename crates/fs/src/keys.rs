@@ -5,6 +5,8 @@
 
 use memfis_memcache::MAX_KEY_LEN;
 
+use crate::dirlog::LogBase;
+
 /// nginx's memcached key escaping: bytes 0x00-0x20 and `%` become `%XX` (uppercase hex).
 pub fn escape(raw: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -55,6 +57,8 @@ pub const LOG_CHUNK_RECORDS: u64 = 1024;
 #[derive(Debug, Clone)]
 pub struct KeyLayout {
     prefix: String,
+    /// Records per log chunk: [`LOG_CHUNK_RECORDS`], smaller only in tests.
+    log_chunk: u64,
 }
 
 impl KeyLayout {
@@ -62,7 +66,23 @@ impl KeyLayout {
         validate_prefix(prefix)?;
         Ok(KeyLayout {
             prefix: prefix.to_string(),
+            log_chunk: LOG_CHUNK_RECORDS,
         })
+    }
+
+    /// The same layout with `records` log records a chunk instead of [`LOG_CHUNK_RECORDS`]:
+    /// for tests that need logs of many chunks and compactions that move their base with a
+    /// few operations. Every mount and tool of one store must use the same value.
+    #[doc(hidden)]
+    pub fn with_log_chunk_records(mut self, records: u64) -> KeyLayout {
+        self.log_chunk = records.max(1);
+        self
+    }
+
+    /// Records a directory log chunk holds: record number `n` belongs in chunk
+    /// `n / log_chunk_records()`.
+    pub fn log_chunk_records(&self) -> u64 {
+        self.log_chunk
     }
 
     pub fn prefix(&self) -> &str {
@@ -130,7 +150,7 @@ impl KeyLayout {
         }
     }
 
-    /// Sequence counter of a directory's log (`incr`): record N lives in chunk N / LOG_CHUNK_RECORDS.
+    /// Sequence counter of a directory's log (`incr`): record N lives in chunk N / log_chunk_records().
     pub fn dir_seq(&self, dir: u64) -> Vec<u8> {
         self.meta(&format!("s{dir}"))
     }
@@ -139,6 +159,31 @@ impl KeyLayout {
     /// from the inode record so that creating a file costs a blind `set`, not a cas round.
     pub fn dir_mtime(&self, dir: u64) -> Vec<u8> {
         self.meta(&format!("m{dir}"))
+    }
+
+    /// Where a directory's log starts (absent: chunk 0, no snapshot): the first chunk still
+    /// read and the snapshot read before it ([`crate::dirlog::LogBase`]). Moved by compaction.
+    pub fn dir_base(&self, dir: u64) -> Vec<u8> {
+        self.meta(&format!("b{dir}"))
+    }
+
+    /// Piece `k` of snapshot `generation` of a directory's log: the live names written by a
+    /// compaction as `+` records, read before the chunks from the base on.
+    pub fn dir_snapshot(&self, dir: u64, generation: u64, k: u64) -> Vec<u8> {
+        self.meta(&format!("c{dir}.{generation}.{k}"))
+    }
+
+    /// The keys a replay of `dir`'s log from `base` up to sequence number `seq` reads, in
+    /// order: the snapshot's pieces, then chunks `base.chunk ..= seq / log_chunk_records()`.
+    pub fn dir_log_keys(&self, dir: u64, base: LogBase, seq: u64) -> Vec<Vec<u8>> {
+        let snapshot = base.snapshot.map_or(Vec::new(), |(generation, pieces)| {
+            (0..pieces)
+                .map(|k| self.dir_snapshot(dir, generation, k))
+                .collect()
+        });
+        let chunks =
+            (base.chunk..=(seq / self.log_chunk).max(base.chunk)).map(|c| self.dir_log(dir, c));
+        snapshot.into_iter().chain(chunks).collect()
     }
 
     /// One chunk of a directory's append-only entry log.

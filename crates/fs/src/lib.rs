@@ -22,6 +22,7 @@
 //! - [`namespace`]: create, mkdir, symlink, link, unlink, rmdir
 //! - [`bulk`]: creating many files of one directory in one batch (`memfis load`)
 //! - [`rename`]: rename, moving every data key under a renamed directory
+//! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - [`files`]: reading, writing and publishing open files
 //! - [`xattr`]: `user.*` extended attributes
@@ -34,6 +35,7 @@ mod activity;
 pub mod attr;
 pub mod bulk;
 pub mod check;
+mod compact;
 pub mod dirlog;
 pub mod error;
 pub mod fenced_store;

@@ -23,9 +23,9 @@ use memfis_memcache::{Command, Reply, Store, StoreError, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, DirEntry};
-use crate::dirlog::{self, Op};
+use crate::dirlog::{self, LogBase, Op};
 use crate::fs::MemFs;
-use crate::keys::LOG_CHUNK_RECORDS;
+use crate::namespace::DirSeq;
 use crate::record::{Inode, Kind, Time};
 use crate::replies::{Replies, value_of};
 use crate::sync::lock;
@@ -37,7 +37,7 @@ pub(crate) type LogChange<'a> = (Op, Kind, u64, &'a [u8]);
 /// Records on their way into a directory's log, sent as [`LogAppend::commands`].
 pub(crate) struct LogAppend {
     dir: u64,
-    chunk: u64,
+    pub(crate) chunk: u64,
     records: Vec<u8>,
     count: u64,
     changes: Vec<(Op, Vec<u8>, u64, Kind)>,
@@ -75,7 +75,7 @@ impl<S: Store> MemFs<S> {
         }
         LogAppend {
             dir,
-            chunk: (hint + 1) / LOG_CHUNK_RECORDS,
+            chunk: (hint + 1) / self.keys.log_chunk_records(),
             records,
             count: changes.len() as u64,
             changes: changes
@@ -98,6 +98,9 @@ impl<S: Store> MemFs<S> {
                 &la.records,
             ),
             Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, la.chunk + 1), b""),
+            // Read after the append and the chunk made ahead: what landed below a base a
+            // compaction moved goes again above it (records) or away (the chunk).
+            Command::Get(self.keys.dir_base(la.dir)),
         ]
     }
 
@@ -110,21 +113,38 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Checks the results of [`Self::log_commands`] (taken from `results`), finishing what
-    /// the batch could not do (a chunk too full or not there yet).
+    /// the batch could not do (a chunk too full or not there yet, records that landed in an
+    /// earlier chunk than their numbers or below the log's base).
     pub(crate) fn finish_log(&self, la: &LogAppend, results: &mut Replies) -> FsResult<Logged> {
-        let (incr, append, _precreate) = (results.reply(), results.reply(), results.reply());
+        let (incr, append, precreate) = (results.reply(), results.reply(), results.reply());
+        let base_key = self.keys.dir_base(la.dir);
+        let base = results.value(&base_key);
         let seq_key = self.keys.dir_seq(la.dir);
         let last = match incr {
             Ok(Reply::Number(n)) => n,
             Ok(_) | Err(StoreError::Client(_)) => return Ok(Logged::DirGone),
             Err(e) => return Err(FsError::store(&seq_key, e)),
         };
-        let chunk_now = last / LOG_CHUNK_RECORDS;
+        let base = LogBase::decode(&base_key, base?.as_ref().map(|i| &i.value[..]))?.chunk;
+        if matches!(precreate, Ok(Reply::Stored)) && la.chunk + 1 < base {
+            // Made below the base by this mount's old idea of the log: nothing reads it.
+            self.delete_stray_chunks(la.dir, la.chunk + 1..base);
+        }
+        let per_chunk = self.keys.log_chunk_records();
+        let chunk_now = (last / per_chunk).max(base);
         let chunk_key = self.keys.dir_log(la.dir, la.chunk);
+        // The batch made `la.chunk` (by appending to it) and the one after.
+        let made_up_to = if matches!(append, Ok(Reply::Stored)) {
+            la.chunk + 1
+        } else {
+            la.chunk.saturating_sub(1)
+        };
         match append {
+            // Below the base (a compaction moved it: nobody reads that chunk), or possibly
+            // before a record about the same pair in a later chunk: again, in the chunk of
+            // this number, after it. A create's records go again only under the lock, by
+            // its fence (`settle_create_fence`).
             Ok(Reply::Stored) if la.under_lock && la.chunk < chunk_now => {
-                // Possibly before a record about the same pair in a later chunk: again, in
-                // the chunk of this number, after it.
                 self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
             }
             Ok(Reply::Stored) => {}
@@ -133,22 +153,55 @@ impl<S: Store> MemFs<S> {
             }
             Err(e) => return Err(FsError::store(&chunk_key, e)),
         }
-        if chunk_now > la.chunk + 1 {
-            // This mount's idea of the sequence was far behind: make sure the chunks of the
-            // current number exist, as every reader expects.
-            let batch = (chunk_now..=chunk_now + 1)
-                .map(|c| Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, c), b""))
-                .collect();
-            for r in self.store.execute(batch) {
-                r.map_err(|e| FsError::store(&chunk_key, e))?;
-            }
+        if chunk_now > made_up_to {
+            // This mount's idea of the sequence was behind (or its chunk was not there yet):
+            // make sure every chunk up to the one after the current number exists, as every
+            // reader expects (read the base after: chunks made below a base moved meanwhile
+            // go again).
+            let from = (made_up_to + 1).max(base);
+            crate::fs::retried(|| {
+                let mut batch: Vec<Command> = (from..=chunk_now + 1)
+                    .map(|c| Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, c), b""))
+                    .collect();
+                let made = batch.len();
+                batch.push(Command::Get(base_key.clone()));
+                let mut r = Replies::new(self.store.execute(batch));
+                for _ in 0..made {
+                    r.reply().map_err(|e| FsError::store(&chunk_key, e))?;
+                }
+                let item = r.value(&base_key)?;
+                let base = LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..]))?;
+                if from < base.chunk {
+                    self.delete_stray_chunks(la.dir, from..base.chunk.min(chunk_now + 2));
+                }
+                Ok(())
+            })?;
         }
-        self.meta.raise_seq_hint(la.dir, last);
+        self.meta.raise_seq_hint(la.dir, last.max(base * per_chunk));
+        if last / per_chunk != (last - la.count) / per_chunk {
+            // The log grew by a chunk: the heartbeat looks whether it is worth compacting.
+            self.want_compaction(la.dir);
+        }
         for (op, name, ino, kind) in &la.changes {
             self.meta
                 .note_name(la.dir, name, (*op == Op::Add).then_some((*ino, *kind)));
         }
         Ok(Logged::Done)
+    }
+
+    /// Deletes chunks of `dir`'s log made below its base by a mount whose idea of the log was
+    /// from before a compaction. Best effort: left behind, they are garbage that
+    /// `memfis check --repair` deletes.
+    pub(crate) fn delete_stray_chunks(&self, dir: u64, chunks: std::ops::Range<u64>) {
+        let batch: Vec<Command> = chunks
+            .map(|c| Command::Delete(self.keys.dir_log(dir, c)))
+            .collect();
+        let _ = crate::fs::retried(|| {
+            for r in self.store.execute(batch.clone()) {
+                r.map_err(|e| FsError::store(&self.keys.dir_log(dir, 0), e))?;
+            }
+            Ok(())
+        });
     }
 
     /// The command that sets a directory's mtime (sent with every log append).
@@ -208,11 +261,11 @@ impl<S: Store> MemFs<S> {
     /// The listing of a directory, replayed from its log.
     pub fn list_dir(&self, dir: u64) -> FsResult<dirlog::Listing> {
         let started = Instant::now();
-        let (seq, _) = self
+        let DirSeq { seq, base, .. } = self
             .read_dir_seq(dir)?
             .ok_or_else(|| FsError::missing(&self.keys.dir_seq(dir)))?;
         let seq = seq.ok_or(FsError::NotFound)?; // fenced: being removed
-        let listing = self.replay_log(dir, seq)?;
+        let listing = self.replay_log(dir, base, seq)?;
         let names = listing
             .iter()
             .map(|(n, (i, k))| (n.clone(), (*i, *k)))
@@ -222,42 +275,72 @@ impl<S: Store> MemFs<S> {
         Ok(listing)
     }
 
-    /// Replays chunks `0 ..= seq / LOG_CHUNK_RECORDS` of `dir`'s log. A missing chunk is EIO
-    /// (after one retry: its creator may be a moment behind the sequence number).
-    pub(crate) fn replay_log(&self, dir: u64, seq: u64) -> FsResult<dirlog::Listing> {
-        let keys: Vec<Vec<u8>> = (0..=seq / LOG_CHUNK_RECORDS)
-            .map(|c| self.keys.dir_log(dir, c))
-            .collect();
+    /// Replays `dir`'s log from `base` (its snapshot, then chunks `base.chunk ..= seq /
+    /// log_chunk_records()`). A missing piece is EIO after one retry, which reads the sequence
+    /// and base again: its creator may be a moment behind the sequence number, or a
+    /// compaction may have moved the base. Never an empty listing: an rmdir must not take a
+    /// lost chunk for an empty directory.
+    pub(crate) fn replay_log(
+        &self,
+        dir: u64,
+        base: LogBase,
+        seq: u64,
+    ) -> FsResult<dirlog::Listing> {
+        let (mut base, mut seq) = (base, seq);
         for attempt in 0..2 {
-            let results = self
-                .store
-                .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
-            let mut state = dirlog::Replay::default();
-            let mut missing = None;
-            for (key, r) in keys.iter().zip(results) {
-                match value_of(key, r)? {
-                    Some(item) => dirlog::replay(key, &item.value, &mut state)?,
-                    None => missing = missing.or(Some(key.clone())),
+            let key = match self.replay_once(dir, base, seq)? {
+                Ok((listing, records)) => {
+                    let per_chunk = self.keys.log_chunk_records();
+                    if crate::compact::worth_compacting(records, listing.len(), per_chunk) {
+                        self.want_compaction(dir);
+                    }
+                    return Ok(listing);
                 }
-            }
-            let Some(key) = missing else {
-                let (mut listing, ambiguous) = state.finish();
-                if !ambiguous.is_empty() {
-                    let entries = ambiguous
-                        .iter()
-                        .map(|(name, _)| Ok(self.read_entry(dir, name)?.ino))
-                        .collect::<FsResult<Vec<_>>>()?;
-                    dirlog::settle(&mut listing, ambiguous, &entries);
-                }
-                return Ok(listing);
+                Err(missing) => missing,
             };
             if attempt == 1 {
-                warn!(dir, key = %String::from_utf8_lossy(&key), "directory log chunk is missing");
+                warn!(dir, key = %String::from_utf8_lossy(&key), "directory log is missing a piece");
                 return Err(FsError::missing(&key));
             }
             std::thread::sleep(Duration::from_millis(20));
+            if let Some(now) = self.read_dir_seq(dir)?
+                && let Some(s) = now.seq
+            {
+                (base, seq) = (now.base, s.max(seq));
+            }
         }
         unreachable!("the loop returns")
+    }
+
+    /// One replay from `base`: the listing (ambiguous names settled by their entries) with the
+    /// number of records read, or the key of a missing piece.
+    pub(crate) fn replay_once(
+        &self,
+        dir: u64,
+        base: LogBase,
+        seq: u64,
+    ) -> FsResult<Result<(dirlog::Listing, usize), Vec<u8>>> {
+        let keys = self.keys.dir_log_keys(dir, base, seq);
+        let results = self
+            .store
+            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
+        let mut state = dirlog::Replay::default();
+        for (key, r) in keys.iter().zip(results) {
+            match value_of(key, r)? {
+                Some(item) => dirlog::replay(key, &item.value, &mut state)?,
+                None => return Ok(Err(key.clone())),
+            }
+        }
+        let records = state.records();
+        let (mut listing, ambiguous) = state.finish();
+        if !ambiguous.is_empty() {
+            let entries = ambiguous
+                .iter()
+                .map(|(name, _)| Ok(self.read_entry(dir, name)?.ino))
+                .collect::<FsResult<Vec<_>>>()?;
+            dirlog::settle(&mut listing, ambiguous, &entries);
+        }
+        Ok(Ok((listing, records)))
     }
 
     pub fn readdir(&self, dir: u64) -> FsResult<Vec<DirEntry>> {

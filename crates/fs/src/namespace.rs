@@ -14,10 +14,10 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 
 use crate::attr::Attr;
-use crate::dirlog::Op;
+use crate::dirlog::{LogBase, Op};
 use crate::fs::{MemFs, check_name, join, retried};
 use crate::intent::Intent;
-use crate::keys::{LOG_CHUNK_RECORDS, ROOT_INO};
+use crate::keys::ROOT_INO;
 use crate::listing::Logged;
 use crate::record::{Inode, Kind, Link, Time};
 use crate::replies::{Replies, parse_number};
@@ -99,11 +99,7 @@ impl<S: Store> MemFs<S> {
         ]);
         let own_keys = self.own_keys(ino, &rec, &data_key);
         batch.extend(own_keys.iter().cloned());
-        // Read after every write: a directory rename that starts later sees them all.
-        let fence = vec![
-            Command::Get(self.keys.ns_lock()),
-            Command::Get(self.keys.dir_generation()),
-        ];
+        let fence = self.create_fence_cmds(parent);
         let mut results = Replies::new(self.execute_in_order(batch, fence));
         let inode_added = results.stored(&ikey);
         let cas = results.value(&ikey);
@@ -112,8 +108,7 @@ impl<S: Store> MemFs<S> {
         let touched = results.reply();
         let _inode_count = results.reply(); // statistics only
         let own_results = results.raw(own_keys.len());
-        let lock_held = results.value(&self.keys.ns_lock()).map(|v| v.is_some());
-        let generation = results.reply();
+        let fence = self.read_create_fence(parent, &mut results);
 
         let mut undo = Undo {
             ino,
@@ -182,8 +177,15 @@ impl<S: Store> MemFs<S> {
                         .read_entry(parent, name)
                         .map_or(true, |slot| slot.ino == Some(ino));
                 }
-                if logged_unknown && matches!(self.dir_seq_value(parent), Ok(None)) {
-                    undo.parent_gone = true;
+                if logged_unknown {
+                    match self.dir_seq_value(parent) {
+                        // Gone or being removed: keys the batch may have made are taken back.
+                        Ok(None) => undo.parent_gone = true,
+                        // There (or unknown): the `+` may have landed (a reply lost, or a
+                        // second append after a compaction): take it back with a `-`, which
+                        // changes nothing if it never landed.
+                        _ => undo.logged = true,
+                    }
                 }
                 self.undo_create(&undo, &own_keys);
                 return Err(e);
@@ -204,7 +206,8 @@ impl<S: Store> MemFs<S> {
         };
         // The name is created; what is left (following a directory rename that ran
         // meanwhile) is retried a few times rather than left half done.
-        self.settle_create_fence(&lock_held, generation)?;
+        let changes = [(Op::Add, node.rec.kind, ino, name)];
+        self.settle_create_fence(fence, parent, la.chunk, &changes)?;
         if node.rec.kind == Kind::File
             && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
         {
@@ -215,14 +218,53 @@ impl<S: Store> MemFs<S> {
         Ok(node)
     }
 
-    /// A create's fence, read at the end of its batch (`lock_held`, then the directory-rename
-    /// count): if a namespace operation ran meanwhile, wait it out (retried a few times rather
-    /// than leave the create half done) and note the rename count it left.
+    /// What a create reads after every write of its batch (sent last, in order): the
+    /// namespace lock, the directory-rename count, and its directory's log base.
+    pub(crate) fn create_fence_cmds(&self, parent: u64) -> Vec<Command> {
+        vec![
+            Command::Get(self.keys.ns_lock()),
+            Command::Get(self.keys.dir_generation()),
+            Command::Get(self.keys.dir_base(parent)),
+        ]
+    }
+
+    /// Takes the replies to [`Self::create_fence_cmds`] from `results`.
+    pub(crate) fn read_create_fence(&self, parent: u64, results: &mut Replies) -> CreateFence {
+        let lock_held = results.value(&self.keys.ns_lock()).map(|v| v.is_some());
+        let generation = results.reply();
+        let base_key = self.keys.dir_base(parent);
+        let base = results
+            .value(&base_key)
+            .and_then(|item| LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..])));
+        CreateFence {
+            lock_held,
+            generation,
+            base,
+        }
+    }
+
+    /// Settles a create's fence: if a namespace operation ran meanwhile, wait it out (retried
+    /// a few times rather than leave the create half done) and note the rename count it
+    /// left. If it may have been a compaction that moved the log's base past `chunk`, where
+    /// the create appended `relog`, those records go again above the base.
+    ///
+    /// Why this catches every compaction that could miss the records: a compaction holds the
+    /// lock from before it reads the log until after it moves the base. The records were
+    /// appended before the fence's reads; if the lock read finds it free, a compaction either
+    /// starts later (and reads the records) or has moved the base already, which the base
+    /// read (last) then shows.
     pub(crate) fn settle_create_fence(
         &self,
-        lock_held: &FsResult<bool>,
-        generation: CmdResult,
+        fence: CreateFence,
+        parent: u64,
+        chunk: u64,
+        relog: &[crate::listing::LogChange<'_>],
     ) -> FsResult<()> {
+        let CreateFence {
+            lock_held,
+            generation,
+            base,
+        } = fence;
         let mut fenced = match lock_held {
             Ok(false) => self.observe_generation(generation),
             _ => Err(FsError::Contended), // a namespace operation ran: wait it out first
@@ -236,7 +278,13 @@ impl<S: Store> MemFs<S> {
                 self.observe_generation(self.store.run(Command::Get(key)))
             });
         }
-        fenced
+        fenced?;
+        let maybe_compacted =
+            !matches!(lock_held, Ok(false)) || base.map_or(true, |b| b.chunk > chunk);
+        if maybe_compacted && !relog.is_empty() {
+            retried(|| self.relog_if_compacted(parent, chunk, relog))?;
+        }
+        Ok(())
     }
 
     /// The keys a new node brings: a file's empty data key, a directory's log keys.
@@ -296,8 +344,14 @@ impl<S: Store> MemFs<S> {
         }
         if undo.logged {
             let _ = retried(|| {
-                let taken_back = self
-                    .log_dir_changes(undo.parent, &[(Op::Remove, undo.kind, undo.ino, undo.name)]);
+                // Holding the lock, so no compaction runs meanwhile: its snapshot could keep
+                // the `+` while this `-` lands in a chunk it drops.
+                let taken_back = self.with_ns_lock(Vec::new(), |_, _| {
+                    self.log_dir_changes(
+                        undo.parent,
+                        &[(Op::Remove, undo.kind, undo.ino, undo.name)],
+                    )
+                });
                 match (taken_back, self.dir_seq_value(undo.parent)) {
                     (Ok(()), _) => Ok(()),
                     (Err(_), Ok(None)) => Ok(()), // the directory is gone: nothing lists it
@@ -592,20 +646,66 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    /// A directory's sequence number; `None` when missing or fenced.
-    pub(crate) fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
-        Ok(self.read_dir_seq(dir)?.and_then(|(seq, _)| seq))
+    /// Appends `changes` again above the log's base if a compaction moved it past `chunk`,
+    /// where they were first written (no reader looks there any more).
+    ///
+    /// Under the namespace lock: a compaction that started after the base was read would
+    /// otherwise replay without the new records and move the base past them again, and an
+    /// unlink of one of the names meanwhile must not be undone by a late `+`. Only names whose
+    /// entry still names the inode go again. A base not past `chunk` needs nothing: every
+    /// compaction that starts later replays from at most `chunk` (bases only grow) and after
+    /// the first write, so it keeps the records.
+    pub(crate) fn relog_if_compacted(
+        &self,
+        dir: u64,
+        chunk: u64,
+        changes: &[crate::listing::LogChange<'_>],
+    ) -> FsResult<()> {
+        let passed = |now: Option<DirSeq>| now.filter(|n| n.base.chunk > chunk && n.seq.is_some());
+        if passed(self.read_dir_seq(dir)?).is_none() {
+            return Ok(());
+        }
+        self.with_ns_lock(Vec::new(), |_, _| {
+            let Some(now) = passed(self.read_dir_seq(dir)?) else {
+                return Ok(()); // the directory is gone (or being removed)
+            };
+            let mut still = Vec::new();
+            for change in changes {
+                if self.read_entry(dir, change.3)?.ino == Some(change.2) {
+                    still.push(*change);
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            self.meta
+                .raise_seq_hint(dir, now.base.chunk * self.keys.log_chunk_records());
+            self.log_dir_changes(dir, &still)
+        })
     }
 
-    /// A directory's sequence key with its cas token: `None` when missing, a `None` number
-    /// when fenced (an rmdir or rename-over is removing the directory).
-    pub(crate) fn read_dir_seq(&self, dir: u64) -> FsResult<Option<(Option<u64>, u64)>> {
+    /// A directory's sequence number; `None` when missing or fenced.
+    pub(crate) fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
+        Ok(self.read_dir_seq(dir)?.and_then(|d| d.seq))
+    }
+
+    /// A directory's sequence key with its cas token, and its log's base chunk, read together:
+    /// `None` when the sequence is missing.
+    pub(crate) fn read_dir_seq(&self, dir: u64) -> FsResult<Option<DirSeq>> {
         let key = self.keys.dir_seq(dir);
-        Ok(self
-            .store
-            .gets(&key)
-            .map_err(|e| FsError::store(&key, e))?
-            .map(|i| (parse_number(&i.value), i.cas.unwrap_or(0))))
+        let base_key = self.keys.dir_base(dir);
+        let mut r = Replies::new(self.store.execute(vec![
+            Command::Gets(key.clone()),
+            Command::Get(base_key.clone()),
+        ]));
+        let seq = r.value(&key)?;
+        let base = r.value(&base_key)?;
+        let base = LogBase::decode(&base_key, base.as_ref().map(|b| &b.value[..]))?;
+        Ok(seq.map(|i| DirSeq {
+            seq: parse_number(&i.value),
+            cas: i.cas.unwrap_or(0),
+            base,
+        }))
     }
 
     /// Deletes an inode's record and, for a directory, its log keys.
@@ -619,11 +719,23 @@ impl<S: Store> MemFs<S> {
             },
         ];
         if kind == Kind::Dir {
+            // The log from its base: its snapshot and chunks (the base key goes with them).
+            let base_key = self.keys.dir_base(ino);
+            let item = self
+                .store
+                .get(&base_key)
+                .map_err(|e| FsError::store(&base_key, e))?;
+            let base =
+                LogBase::decode(&base_key, item.as_ref().map(|b| &b.value[..])).unwrap_or_default();
             batch.push(Command::Delete(self.keys.dir_seq(ino)));
             batch.push(Command::Delete(self.keys.dir_mtime(ino)));
-            for c in 0..=last_seq / LOG_CHUNK_RECORDS + 1 {
-                batch.push(Command::Delete(self.keys.dir_log(ino, c)));
-            }
+            batch.extend(
+                self.keys
+                    .dir_log_keys(ino, base, last_seq + self.keys.log_chunk_records())
+                    .into_iter()
+                    .map(Command::Delete),
+            );
+            batch.push(Command::Delete(base_key));
         }
         for r in self.store.execute(batch) {
             r.map_err(|e| FsError::store(&key, e))?;
@@ -669,11 +781,11 @@ impl<S: Store> MemFs<S> {
     /// valid only if nothing was logged since, and the sequence's value.
     pub(crate) fn empty_dir_fence(&self, dir: u64) -> FsResult<(Command, u64)> {
         let seq_key = self.keys.dir_seq(dir);
-        let (seq, cas) = self
+        let DirSeq { seq, cas, base } = self
             .read_dir_seq(dir)?
             .ok_or_else(|| FsError::missing(&seq_key))?;
         let last_seq = seq.ok_or(FsError::NotFound)?; // already being removed
-        if !self.replay_log(dir, last_seq)?.is_empty() {
+        if !self.replay_log(dir, base, last_seq)?.is_empty() {
             return Err(FsError::NotEmpty);
         }
         let fence = Command::cas(&seq_key, b"removed", cas);
@@ -718,6 +830,21 @@ impl<S: Store> MemFs<S> {
         }
         Ok(Some(ino))
     }
+}
+
+/// What a create read after its writes ([`MemFs::create_fence_cmds`]).
+pub(crate) struct CreateFence {
+    lock_held: FsResult<bool>,
+    generation: CmdResult,
+    base: FsResult<LogBase>,
+}
+
+/// A directory's log position: its sequence number (`None` when fenced), the sequence key's
+/// cas token, and where replays start.
+pub(crate) struct DirSeq {
+    pub seq: Option<u64>,
+    pub cas: u64,
+    pub base: LogBase,
 }
 
 /// What a failed create must undo.

@@ -331,13 +331,15 @@ impl<S: Store> MemFs<S> {
             })?;
             *lock(&self.orphaned) = None;
         }
+        // Directory logs that listings found long.
+        let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
         // operation failed midway (or its release failed).
         if lock(&self.leftover).is_some() {
             let _local = lock(&self.ns_local);
             self.wait_quiet()?;
         }
-        Ok(())
+        compacted
     }
 }
 

@@ -28,9 +28,9 @@ use memfis_memcache::{Store, StoreOp};
 use tracing::{info, warn};
 
 use crate::check::{Fault, Problem, Report, check_as};
-use crate::dirlog::{self, Op};
+use crate::dirlog::{self, LogBase, Op};
 use crate::fs::{MemFs, join};
-use crate::keys::{LOG_CHUNK_RECORDS, ROOT_INO, unescape};
+use crate::keys::{ROOT_INO, unescape};
 use crate::record::{Inode, Kind, Link, Time};
 use crate::replies::parse_number;
 use crate::{FsError, FsResult};
@@ -110,6 +110,20 @@ impl<S: Store> MemFs<S> {
             if fixable == 0 {
                 break;
             }
+        }
+        // Logs that grew long with names long gone are written again with the live names.
+        for (dir, path, dropped) in self.compact_all()? {
+            let r = Repaired {
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    text(&path)
+                },
+                key: text(&self.keys.dir_base(dir)),
+                action: format!("compacted the directory log: {dropped} records dropped"),
+            };
+            info!(path = %r.path, "repaired: {}", r.action);
+            repaired.push(r);
         }
         let after = crate::check::check(self.store(), self.keys())?;
         Ok(RepairReport { repaired, after })
@@ -343,12 +357,15 @@ impl<S: Store> Fixer<'_, S> {
         let fs = self.fs;
         let path = fs.dir_path(dir)?;
         let seq_key = fs.keys.dir_seq(dir);
+        let base_key = fs.keys.dir_base(dir);
+        let base = LogBase::decode(&base_key, self.get(&base_key)?.as_deref());
         let seq = match self.get(&seq_key)?.as_deref().map(parse_number) {
             Some(Some(n)) => n,
             // Missing or fenced (an rmdir whose intent was lost; the name is still there).
             _ => {
-                let last = self.last_chunk(dir)?;
-                let seq = last * LOG_CHUNK_RECORDS + LOG_CHUNK_RECORDS - 1;
+                let last = self.last_chunk(dir, base.as_ref().map_or(0, |b| b.chunk))?;
+                let per_chunk = fs.keys.log_chunk_records();
+                let seq = last * per_chunk + per_chunk - 1;
                 fs.store
                     .store(StoreOp::Set, &seq_key, seq.to_string().as_bytes())
                     .map_err(|e| FsError::store(&seq_key, e))?;
@@ -356,13 +373,31 @@ impl<S: Store> Fixer<'_, S> {
                 seq
             }
         };
+        let base = match base {
+            Ok(base) => base,
+            Err(_) => {
+                // Replays start at the sequence's chunk; the names before it are found from
+                // their entry keys below.
+                let base = LogBase {
+                    chunk: seq / fs.keys.log_chunk_records(),
+                    snapshot: None,
+                };
+                fs.store
+                    .store(StoreOp::Set, &base_key, base.encode().as_bytes())
+                    .map_err(|e| FsError::store(&base_key, e))?;
+                self.note(&path, &base_key, "replaced a malformed log base");
+                base
+            }
+        };
         let mut names = BTreeSet::new();
-        for c in 0..=seq / LOG_CHUNK_RECORDS + 1 {
-            let key = fs.keys.dir_log(dir, c);
+        for key in fs
+            .keys
+            .dir_log_keys(dir, base, seq + fs.keys.log_chunk_records())
+        {
             match self.get(&key)? {
                 None => {
                     self.add(&key, b"")?;
-                    self.note(&path, &key, "re-added a missing log chunk (empty)");
+                    self.note(&path, &key, "re-added a missing log piece (empty)");
                 }
                 Some(chunk) => {
                     let mut state = dirlog::Replay::default();
@@ -372,7 +407,7 @@ impl<S: Store> Fixer<'_, S> {
                             fs.store
                                 .store(StoreOp::Set, &key, b"")
                                 .map_err(|e| FsError::store(&key, e))?;
-                            self.note(&path, &key, "emptied a malformed log chunk");
+                            self.note(&path, &key, "emptied a malformed log piece");
                         }
                     }
                 }
@@ -391,9 +426,9 @@ impl<S: Store> Fixer<'_, S> {
         Ok(())
     }
 
-    /// The highest log chunk of `dir` still stored (0 when none is).
-    fn last_chunk(&self, dir: u64) -> FsResult<u64> {
-        let (mut last, mut c, mut misses) = (0, 0, 0);
+    /// The highest log chunk of `dir` still stored from `base` (`base` when none is).
+    fn last_chunk(&self, dir: u64, base: u64) -> FsResult<u64> {
+        let (mut last, mut c, mut misses) = (base, base, 0);
         while misses < CHUNK_PROBE {
             if self.get(&self.fs.keys.dir_log(dir, c))?.is_some() {
                 last = c;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags};
+use memfis_memcache::Store;
 use memfis_memcache::memory::MemoryStore;
 
 type Fs = MemFs<Arc<MemoryStore>>;
@@ -97,4 +98,34 @@ fn rename_back_from_a_mount_behind_the_log() {
         !listed.contains(&"y".to_string()),
         "y listed after renaming it away"
     );
+}
+
+/// Logs of two records a chunk (as the interleaving harness uses): every operation works.
+#[test]
+fn small_chunks_work() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://order")
+        .unwrap()
+        .with_log_chunk_records(2);
+    let fs = open(&store, &keys);
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    for i in 0..10 {
+        fs.mknod(dir, format!("n{i}").as_bytes(), Kind::Fifo, 0o644, 0, 0, 0)
+            .unwrap();
+    }
+    let mut all: Vec<_> = store
+        .keys()
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .filter(|k| k.contains("%"))
+        .collect();
+    all.sort();
+    for k in &all {
+        eprintln!(
+            "{k} = {:?}",
+            String::from_utf8_lossy(&store.get(k.as_bytes()).unwrap().unwrap().value)
+        );
+    }
+    eprintln!("{:?}", open(&store, &keys).list_dir(dir));
+    assert_eq!(names(&open(&store, &keys), dir).len(), 10);
 }
