@@ -296,3 +296,6 @@ if docs:
           f"check {float(cs):.1f} s; export {n / float(es):.0f} files/s (peak RSS {int(ekb) / 1024:.0f} MB); "
           f"load --delete of an emptied source {n / float(ds):.0f} files/s")
 PY
+
+# Serving with --gzip against nginx's own gzip, in a run of its own.
+./scripts/bench-gzip.sh

@@ -205,6 +205,11 @@ pub struct StoreArgs {
     /// record breaks the tree.
     #[arg(long)]
     pub allow_evictions: bool,
+    /// Store HTML, CSS, JS, JSON, XML, SVG and text files over 1 KB gzip-compressed: nginx
+    /// sends them as they are to clients that accept gzip (the generated config sets
+    /// memcached_gzip_flag and gunzip). Reads decompress whether or not this is given.
+    #[arg(long)]
+    pub gzip: bool,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +229,7 @@ pub struct MountArgs {
     #[arg(short, long)]
     pub foreground: bool,
     /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
-    /// noexec, nonempty, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    /// noexec, nonempty, gzip, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Seconds the kernel caches entries and attributes.

@@ -56,6 +56,7 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
             ("exec", None) => fuse.push(MountOption::Exec),
             ("fsname", Some(v)) => fsname = Some(v.to_string()),
             ("nonempty", None) => nonempty = true,
+            ("gzip", None) => args.store.gzip = true,
             ("server", Some(v)) => servers_from_options.push(v.to_string()),
             ("prefix", Some(v)) => args.store.prefix = Some(v.to_string()),
             ("attr_ttl", Some(v)) => {
@@ -111,6 +112,7 @@ pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Cl
     let fs_cfg = FsConfig {
         cache_ttl,
         item_size_max: client.item_size_max(),
+        gzip: store.gzip,
         ..FsConfig::default()
     };
     MemFs::new(client, keys, fs_cfg)

@@ -305,6 +305,21 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             "    # Read a typical page from memcached in one go, not 4 KB at a time."
         )?;
         writeln!(b, "    memcached_buffer_size 32k;")?;
+        writeln!(
+            b,
+            "    # Files `memfis mount --gzip` stored compressed: as they are to clients that"
+        )?;
+        writeln!(
+            b,
+            "    # accept gzip (HTTP/1.0 ones too), unpacked for the others."
+        )?;
+        writeln!(
+            b,
+            "    memcached_gzip_flag {};",
+            memfis_fs::data_codec::GZIP_FLAG
+        )?;
+        writeln!(b, "    gunzip on;")?;
+        writeln!(b, "    gzip_http_version 1.0;")?;
         writeln!(b, "    add_header X-Memfis-Source store always;")?;
         if let Some(f) = fallback {
             writeln!(

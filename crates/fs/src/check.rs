@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Store};
 use serde::Serialize;
 
+use crate::data_codec::DataCodec;
 use crate::dirlog::{self, LogBase};
+use crate::fenced_store::FencedStore;
 use crate::fs::join;
 use crate::keys::{KeyLayout, ROOT_INO};
 use crate::nslock::LockValue;
@@ -86,7 +88,13 @@ pub fn check<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
 /// One scan, without the second look that filters out operations in flight: the totals of
 /// a tree (`memfis stats`).
 pub fn scan<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
-    Scan::new(store, keys, None).run()
+    let store = decoded(store, keys);
+    Scan::new(&store, keys, None).run()
+}
+
+/// The store with gzip-compressed data keys read as their plain bytes.
+fn decoded<'a, S: Store>(store: &'a S, keys: &KeyLayout) -> FencedStore<&'a S> {
+    FencedStore::new(store, DataCodec::new(keys, false))
 }
 
 /// As [`check`], for the holder of the namespace lock (repair): that lock is not a problem.
@@ -95,6 +103,7 @@ pub(crate) fn check_as<S: Store>(
     keys: &KeyLayout,
     holder: Option<&str>,
 ) -> FsResult<Report> {
+    let store = &decoded(store, keys);
     let first = Scan::new(store, keys, holder).run()?;
     if first.problems.is_empty() {
         return Ok(first);

@@ -1,22 +1,27 @@
 //! The store as a mount sees it: every command fails once the heartbeat found the store
-//! emptied or replaced, so a mount never acts on caches of a store that is gone.
+//! emptied or replaced, so a mount never acts on caches of a store that is gone; data keys are
+//! encoded and decoded on the way ([`DataCodec`]: gzip of text files).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
+
+use crate::data_codec::DataCodec;
 
 /// The server error every command gets once the store is gone ([`crate::FsError::StoreGone`]).
 pub const STORE_GONE: &str = "the store was emptied or replaced under this mount; remount it";
 
 pub struct FencedStore<S> {
     inner: S,
+    codec: DataCodec,
     pub(crate) gone: AtomicBool,
 }
 
 impl<S: Store> FencedStore<S> {
-    pub fn new(inner: S) -> FencedStore<S> {
+    pub fn new(inner: S, codec: DataCodec) -> FencedStore<S> {
         FencedStore {
             inner,
+            codec,
             gone: AtomicBool::new(false),
         }
     }
@@ -32,7 +37,13 @@ impl<S: Store> Store for FencedStore<S> {
             let err = StoreError::Server(STORE_GONE.into());
             return batch.iter().map(|_| Err(err.clone())).collect();
         }
-        self.inner.execute(batch)
+        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
+        let batch = batch.into_iter().map(|c| self.codec.encode(c)).collect();
+        let results = self.inner.execute(batch);
+        keys.iter()
+            .zip(results)
+            .map(|(key, r)| self.codec.decode(key, r))
+            .collect()
     }
 
     fn capacity(&self) -> Option<Capacity> {

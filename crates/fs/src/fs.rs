@@ -9,6 +9,7 @@ use memfis_memcache::{CmdResult, Command, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, SetAttr, StatFs};
+use crate::data_codec::DataCodec;
 use crate::fenced_store::FencedStore;
 use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
 use crate::meta_cache::{DirInfo, MetaCache};
@@ -37,6 +38,9 @@ pub struct FsConfig {
     pub item_size_max: Option<u64>,
     /// First pause while another mount holds the namespace lock (doubles up to 10 ms).
     pub lock_backoff: Duration,
+    /// Store text files gzip-compressed (`--gzip`, [`crate::data_codec`]); reads decompress
+    /// either way.
+    pub gzip: bool,
 }
 
 impl Default for FsConfig {
@@ -45,6 +49,7 @@ impl Default for FsConfig {
             cache_ttl: Duration::from_secs(1),
             item_size_max: None,
             lock_backoff: Duration::from_micros(200),
+            gzip: false,
         }
     }
 }
@@ -107,7 +112,7 @@ impl<S: Store> MemFs<S> {
     /// empty store. Refuses a store whose format version this build does not know.
     pub fn new(store: S, keys: KeyLayout, cfg: FsConfig) -> FsResult<MemFs<S>> {
         let mut fs = MemFs {
-            store: FencedStore::new(store),
+            store: FencedStore::new(store, DataCodec::new(&keys, cfg.gzip)),
             keys,
             mount_id: random_id(),
             store_id: String::new(),

@@ -36,6 +36,7 @@ pub mod attr;
 pub mod bulk;
 pub mod check;
 mod compact;
+pub mod data_codec;
 pub mod dirlog;
 pub mod error;
 pub mod fenced_store;

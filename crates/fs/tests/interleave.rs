@@ -340,6 +340,7 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
         cache_ttl: Duration::from_millis(0),
         item_size_max: None,
         lock_backoff: Duration::ZERO,
+        gzip: false,
     };
     let sched = Arc::new(Sched {
         slots: Mutex::new((0..MOUNTS).map(|_| Slot::default()).collect()),

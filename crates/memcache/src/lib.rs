@@ -118,3 +118,21 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         (**self).in_order()
     }
 }
+
+impl<S: Store + ?Sized> Store for &S {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        (**self).execute(batch)
+    }
+    fn capacity(&self) -> Option<Capacity> {
+        (**self).capacity()
+    }
+    fn item_size_max(&self) -> Option<u64> {
+        (**self).item_size_max()
+    }
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        (**self).list_keys()
+    }
+    fn in_order(&self) -> bool {
+        (**self).in_order()
+    }
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Benchmarks `--gzip` serving in one run: 200 HTML pages of 10-40 KB from the Rust book (and
+# the Rust reference, as the book has fewer of that size), loaded
+# with `memfis load --gzip`, requested with Accept-Encoding: gzip through the generated config,
+# against nginx static with `gzip on` (level 1) and with `gzip_static on` (precompressed .gz files
+# on tmpfs), one nginx worker each. Prints requests/s and ratios, and (unless BENCH_DOCS=0) how
+# much of the Rust docs' raw bytes the store holds with --gzip.
+# Usage: sudo ./scripts/bench-gzip.sh        (./scripts/bench.sh runs it at its end)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+[ -x target/release/memfis ] || cargo build --release --locked -q
+BIN=$PWD/target/release/memfis
+ROUNDS=${ROUNDS:-3}
+docs=$(rustc --print sysroot)/share/doc/rust/html
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d /tmp/memfis-bench-gzip.XXXXXX)
+pids=()
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  mountpoint -q "$work" && umount "$work"
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+mount -t tmpfs -o size=1g tmpfs "$work"
+mkdir -p "$work"/{pages,static,nginx}
+
+# 200 pages of 10-40 KB (the book, then the reference), the same files for every server.
+find "$docs/book" "$docs/reference" -name '*.html' -size +10k -size -40k | sort | head -200 > "$work/list"
+while read -r f; do rel=${f#"$docs"/}; cp "$f" "$work/pages/${rel//\//_}"; done < "$work/list"
+cp "$work"/pages/*.html "$work/static/"
+gzip -k -6 "$work"/static/*.html
+pages=$(ls "$work/pages" | wc -l)
+
+port=$(free_port)
+memcached -U 0 -l 127.0.0.1 -p "$port" -u root -m 512 -M -I 8m -t 1 &
+pids+=($!)
+sleep 0.5
+"$BIN" load "$work/pages" --gzip --server "127.0.0.1:$port" --prefix memfis://gz >/dev/null
+
+store_port=$(free_port); gzip_port=$(free_port); gzip_static_port=$(free_port)
+"$BIN" nginx-config --server "127.0.0.1:$port" --prefix memfis://gz --listen "127.0.0.1:$store_port" > "$work/nginx/store.conf"
+cat > "$work/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    access_log off;
+    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+    include $work/nginx/store.conf;
+    server { listen 127.0.0.1:$gzip_port; root $work/pages; gzip on; gzip_comp_level 1; }
+    server { listen 127.0.0.1:$gzip_static_port; root $work/static; gzip_static on; }
+}
+NGX
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+sleep 1
+
+# A client without gzip gets the source's bytes; one with gzip gets gzip that unpacks to them.
+first=$(ls "$work/pages" | head -1)
+curl -sf "http://127.0.0.1:$store_port/$first" | cmp - "$work/pages/$first" && echo "plain client: bytes identical to the source"
+curl -sf -H 'Accept-Encoding: gzip' "http://127.0.0.1:$store_port/$first" | gzip -dc | cmp - "$work/pages/$first" \
+  && echo "gzip client: unpacks to the source"
+
+ls "$work/pages" | python3 -c '
+import sys
+paths = ["/" + l.strip() for l in sys.stdin if l.strip()]
+print("local paths = {" + ",".join(f"\"{p}\"" for p in paths) + "}")
+print("local i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i], {[\"Accept-Encoding\"] = \"gzip\"})\nend")
+' > "$work/urls.lua"
+wrk_rps() {
+  wrk -t1 -c32 -d8s -s "$work/urls.lua" "http://127.0.0.1:$1" | awk '/Requests\/sec/ {printf "%.0f\n", $2}'
+}
+store=(); gz=(); gzs=()
+for _ in $(seq "$ROUNDS"); do
+  store+=("$(wrk_rps "$store_port")"); gz+=("$(wrk_rps "$gzip_port")"); gzs+=("$(wrk_rps "$gzip_static_port")")
+done
+best() { printf '%s\n' "$@" | sort -n | tail -1; }
+s=$(best "${store[@]}"); g=$(best "${gz[@]}"); gs=$(best "${gzs[@]}")
+
+ratio_line=""
+if [ "${BENCH_DOCS:-1}" = 1 ]; then
+  docs_port=$(free_port)
+  memcached -U 0 -l 127.0.0.1 -p "$docs_port" -u root -m 2048 -M -I 16m -t 1 &
+  pids+=($!)
+  sleep 0.5
+  "$BIN" load "$docs" --gzip --server "127.0.0.1:$docs_port" --prefix memfis://docs >/dev/null
+  ratio_line=$(python3 - "$docs_port" "$(du -sb "$docs" | cut -f1)" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.sendall(b"stats\r\n")
+buf = b""
+while not buf.endswith(b"END\r\n"): buf += s.recv(65536)
+st = dict(l.split(" ")[1:3] for l in buf.decode().splitlines() if l.startswith("STAT "))
+raw = int(sys.argv[2])
+print(f"Rust docs with --gzip: the store holds {int(st['bytes']) / 2**20:.0f} MB (memcached's `bytes`, metadata included) of {raw / 2**20:.0f} MB raw: {int(st['bytes']) / raw:.0%}")
+PY
+)
+fi
+
+python3 - <<PY
+s, g, gs = $s, $g, $gs
+print()
+print(f"| wrk, $pages HTML pages of 10-40 KB, Accept-Encoding: gzip, 1 worker, 32 connections, 8 s | requests/s | memfis / it |")
+print("| --- | --- | --- |")
+print(f"| memfis --gzip store, generated config | {s} | 1x |")
+print(f"| nginx static, gzip on (level 1) | {g} | {s / g:.2f}x |")
+print(f"| nginx static, gzip_static on (.gz files on tmpfs) | {gs} | {s / gs:.2f}x |")
+print()
+print("$ratio_line")
+PY
