@@ -29,10 +29,8 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::info;
 
-use crate::dirlog::LogBase;
-use crate::dirlog::{self, Op};
+use crate::dirlog::{self, DirSeq, LogBase, Op};
 use crate::fs::{MemFs, retried};
-use crate::namespace::DirSeq;
 use crate::record::random_id;
 use crate::sync::lock;
 use crate::{FsError, FsResult};

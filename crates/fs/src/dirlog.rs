@@ -94,6 +94,14 @@ impl LogBase {
     }
 }
 
+/// A directory's log position: its sequence number (`None` when fenced), the sequence key's
+/// cas token, and where replays start.
+pub(crate) struct DirSeq {
+    pub seq: Option<u64>,
+    pub cas: u64,
+    pub base: LogBase,
+}
+
 /// A directory's listing: each name with the inode it points at and its kind.
 pub type Listing = BTreeMap<Vec<u8>, (u64, Kind)>;
 

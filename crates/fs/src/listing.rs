@@ -23,9 +23,8 @@ use memfis_memcache::{Command, Reply, Store, StoreError, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, DirEntry};
-use crate::dirlog::{self, LogBase, Op};
+use crate::dirlog::{self, DirSeq, LogBase, Op};
 use crate::fs::MemFs;
-use crate::namespace::DirSeq;
 use crate::record::{Inode, Kind, Time};
 use crate::replies::{Replies, value_of};
 use crate::sync::lock;

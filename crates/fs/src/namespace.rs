@@ -14,7 +14,7 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 
 use crate::attr::Attr;
-use crate::dirlog::{LogBase, Op};
+use crate::dirlog::{DirSeq, LogBase, Op};
 use crate::fs::{MemFs, check_name, join, retried};
 use crate::intent::Intent;
 use crate::keys::ROOT_INO;
@@ -837,14 +837,6 @@ pub(crate) struct CreateFence {
     lock_held: FsResult<bool>,
     generation: CmdResult,
     base: FsResult<LogBase>,
-}
-
-/// A directory's log position: its sequence number (`None` when fenced), the sequence key's
-/// cas token, and where replays start.
-pub(crate) struct DirSeq {
-    pub seq: Option<u64>,
-    pub cas: u64,
-    pub base: LogBase,
 }
 
 /// What a failed create must undo.
