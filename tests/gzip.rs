@@ -102,6 +102,7 @@ fn text_files_are_stored_compressed_and_every_reader_gets_plain_bytes() {
         nginx.request("GET", "/docs/index.html", &[("Accept-Encoding", "gzip")]);
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-encoding"), Some("gzip"));
+    assert_eq!(header(&headers, "vary"), Some("Accept-Encoding"));
     assert!(
         header(&headers, "content-type")
             .unwrap()
