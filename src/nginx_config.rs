@@ -320,7 +320,10 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
         )?;
         writeln!(b, "    gunzip on;")?;
         writeln!(b, "    gzip_http_version 1.0;")?;
-        writeln!(b, "    # Caches between here and the client must key on it too.")?;
+        writeln!(
+            b,
+            "    # Caches between here and the client must key on it too."
+        )?;
         writeln!(b, "    add_header Vary Accept-Encoding;")?;
         writeln!(b, "    add_header X-Memfis-Source store always;")?;
         if let Some(f) = fallback {

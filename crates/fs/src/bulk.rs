@@ -219,7 +219,7 @@ impl<S: Store> MemFs<S> {
             .map(|(p, _)| (Op::Add, Kind::File, p.ino, p.name.as_slice()))
             .collect();
         let path_now = self
-            .settle_create_fence(fence, parent, la.chunk, &relog)
+            .settle_create_fence(fence, parent, &la, &relog)
             .and_then(|()| retried(|| self.dir_path(parent)));
         let path_now = match path_now {
             Ok(p) => p,

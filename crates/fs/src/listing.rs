@@ -43,6 +43,9 @@ pub(crate) struct LogAppend {
     /// Appended holding the namespace lock: the records are appended again if they landed
     /// in an earlier chunk than their numbers (see the module comment).
     under_lock: bool,
+    /// Set when the records went in after the batch (its append failed): a create's fence,
+    /// read in the batch, then says nothing about them ([`MemFs::settle_create_fence`]).
+    pub(crate) late: std::cell::Cell<bool>,
 }
 
 /// What a directory's log said to an append.
@@ -82,6 +85,7 @@ impl<S: Store> MemFs<S> {
                 .map(|(op, kind, ino, name)| (*op, name.to_vec(), *ino, *kind))
                 .collect(),
             under_lock,
+            late: std::cell::Cell::new(false),
         }
     }
 
@@ -148,6 +152,7 @@ impl<S: Store> MemFs<S> {
             }
             Ok(Reply::Stored) => {}
             Ok(_) | Err(StoreError::TooLarge(_)) => {
+                la.late.set(true);
                 self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
             }
             Err(e) => return Err(FsError::store(&chunk_key, e)),

@@ -207,7 +207,7 @@ impl<S: Store> MemFs<S> {
         // The name is created; what is left (following a directory rename that ran
         // meanwhile) is retried a few times rather than left half done.
         let changes = [(Op::Add, node.rec.kind, ino, name)];
-        self.settle_create_fence(fence, parent, la.chunk, &changes)?;
+        self.settle_create_fence(fence, parent, &la, &changes)?;
         if node.rec.kind == Kind::File
             && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
         {
@@ -252,14 +252,16 @@ impl<S: Store> MemFs<S> {
     /// lock from before it reads the log until after it moves the base. The records were
     /// appended before the fence's reads; if the lock read finds it free, a compaction either
     /// starts later (and reads the records) or has moved the base already, which the base
-    /// read (last) then shows.
+    /// read (last) then shows. Records that went in after the batch (`la.late`) are checked
+    /// once the lock is free after them, for the same reason.
     pub(crate) fn settle_create_fence(
         &self,
         fence: CreateFence,
         parent: u64,
-        chunk: u64,
+        la: &crate::listing::LogAppend,
         relog: &[crate::listing::LogChange<'_>],
     ) -> FsResult<()> {
+        let chunk = la.chunk;
         let CreateFence {
             lock_held,
             generation,
@@ -279,9 +281,13 @@ impl<S: Store> MemFs<S> {
             });
         }
         fenced?;
+        let late = la.late.get();
         let maybe_compacted =
-            !matches!(lock_held, Ok(false)) || base.map_or(true, |b| b.chunk > chunk);
+            late || !matches!(lock_held, Ok(false)) || base.map_or(true, |b| b.chunk > chunk);
         if maybe_compacted && !relog.is_empty() {
+            if late {
+                self.wait_quiet()?;
+            }
             retried(|| self.relog_if_compacted(parent, chunk, relog))?;
         }
         Ok(())
