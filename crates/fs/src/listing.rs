@@ -224,8 +224,8 @@ impl<S: Store> MemFs<S> {
         self.meta.dir_touched(dir, now);
     }
 
-    /// Appends records to a directory's log and bumps its mtime: one round trip.
-    /// Holding the namespace lock, or taking back a create's own `+`.
+    /// Appends records to a directory's log and bumps its mtime: one round trip. Only while
+    /// holding the namespace lock.
     pub(crate) fn log_dir_changes(&self, dir: u64, changes: &[LogChange<'_>]) -> FsResult<()> {
         let la = self.log_append_locked(dir, changes);
         let mut batch = self.log_commands(&la);
@@ -234,7 +234,23 @@ impl<S: Store> MemFs<S> {
         let mut results = Replies::new(self.store.execute(batch));
         match self.finish_log(&la, &mut results)? {
             Logged::Done => {}
-            Logged::DirGone => return Err(FsError::missing(&self.keys.dir_seq(dir))),
+            Logged::DirGone => {
+                // The batch's `set` of the mtime and `add` of the next chunk may have made
+                // keys of a directory that is gone: taken back (the lock is held, so no
+                // operation makes them meanwhile).
+                let made = [
+                    self.keys.dir_mtime(dir),
+                    self.keys.dir_log(dir, la.chunk + 1),
+                ];
+                let _ = crate::fs::retried(|| {
+                    let batch = made.iter().map(|k| Command::Delete(k.clone())).collect();
+                    for (r, key) in self.store.execute(batch).into_iter().zip(&made) {
+                        r.map_err(|e| FsError::store(key, e))?;
+                    }
+                    Ok(())
+                });
+                return Err(FsError::missing(&self.keys.dir_seq(dir)));
+            }
         }
         let mtime_key = self.keys.dir_mtime(dir);
         results.done(&mtime_key)?;
