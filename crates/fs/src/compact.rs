@@ -67,12 +67,10 @@ impl<S: Store> MemFs<S> {
         if !self.store.in_order() {
             return Ok(0);
         }
-        let seq_key = self.keys.dir_seq(dir);
         self.with_ns_lock(Vec::new(), |_, _| {
             // 1. The live names.
-            let DirSeq { seq, base, .. } = self
-                .read_dir_seq(dir)?
-                .ok_or_else(|| FsError::missing(&seq_key))?;
+            // No sequence: removed since it was noted (or lost: `memfis check` reports that).
+            let DirSeq { seq, base, .. } = self.read_dir_seq(dir)?.ok_or(FsError::NotFound)?;
             let seq = seq.ok_or(FsError::NotFound)?; // being removed
             let (listing, records) = self
                 .replay_once(dir, base, seq)?
