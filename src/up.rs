@@ -244,6 +244,9 @@ fn store_flags(args: &UpArgs, servers: &[String], prefix: &str) -> Vec<String> {
     if args.store.allow_evictions {
         flags.push("--allow-evictions".into());
     }
+    if args.store.gzip {
+        flags.push("--gzip".into());
+    }
     flags
 }
 

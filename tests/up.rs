@@ -23,6 +23,8 @@ fn up_serves_the_example_site_and_sigterm_cleans_everything() {
             &port.to_string(),
             "--prefix",
             "memfis://up-test",
+            // Reaches the mount and the load (either would refuse a flag it does not know).
+            "--gzip",
         ])
         .arg("--runtime-dir")
         .arg(&runtime)
