@@ -35,8 +35,16 @@ fn key_over_250_bytes_is_enametoolong_and_nothing_is_made() {
         errno_of(std::fs::write(m.p(&" ".repeat(80)), b"x").unwrap_err()),
         libc::ENAMETOOLONG
     );
+    // A directory has no data key, so its name may be as long as NAME_MAX; a file in it
+    // cannot have a key, and a name over NAME_MAX is refused as everywhere.
+    std::fs::create_dir(m.p(&too_long)).unwrap();
     assert_eq!(
-        errno_of(std::fs::create_dir(m.p(&too_long)).unwrap_err()),
+        errno_of(std::fs::write(m.p(&format!("{too_long}/f")), b"x").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    std::fs::remove_dir(m.p(&too_long)).unwrap();
+    assert_eq!(
+        errno_of(std::fs::create_dir(m.p(&"n".repeat(256))).unwrap_err()),
         libc::ENAMETOOLONG
     );
     std::fs::create_dir(m.p("d")).unwrap();

@@ -71,7 +71,13 @@ impl<S: Store> MemFs<S> {
                 rec.mode |= libc::S_ISGID;
             }
         }
-        let data_key = self.keys.data_checked(&join(&dir.path, name))?;
+        // Only a file has bytes at its path: other kinds take any name up to NAME_MAX at any
+        // depth, while a file whose data key would pass memcached's limit is refused.
+        let path = join(&dir.path, name);
+        let data_key = match rec.kind {
+            Kind::File => self.keys.data_checked(&path)?,
+            _ => self.keys.data(&path),
+        };
         // The batch below logs the name before it knows whether its claim wins, and a
         // claim that loses must take the log record back in the next batch. Unless this
         // mount listed the directory within the TTL and the name was not there (`cp -a`),
