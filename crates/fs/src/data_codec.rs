@@ -10,12 +10,12 @@
 //! `replace`, `cas`) are compressed; memfis never appends to a data key.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use memfis_memcache::{CmdResult, Command, Item, Reply, StoreError, StoreOp};
-use std::sync::Arc;
 
 use crate::keys::KeyLayout;
 
