@@ -2,31 +2,14 @@
 //! a log of O(live names) records once compacted (by the heartbeat, or by `repair`). Against an
 //! in-memory store; the interleaving harness races compaction with other mounts' changes.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use memfis_fs::{FsConfig, KeyLayout, MemFs, ROOT_INO, RenameFlags};
+use std::sync::Arc;
+
+use memfis_fs::{KeyLayout, ROOT_INO, RenameFlags};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Command, Store, StoreOp};
-
-type Fs = MemFs<Arc<MemoryStore>>;
-
-fn open(store: &Arc<MemoryStore>, keys: &KeyLayout) -> Fs {
-    let cfg = FsConfig {
-        cache_ttl: Duration::ZERO,
-        ..FsConfig::default()
-    };
-    MemFs::new(store.clone(), keys.clone(), cfg).unwrap()
-}
-
-fn write(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> u64 {
-    let (attr, fh) = fs
-        .create(parent, name.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
-        .unwrap();
-    fs.write(fh, 0, bytes, false).unwrap();
-    fs.release(fh).unwrap();
-    attr.ino
-}
+use support::{Fs, names, open, write};
 
 /// Log chunks of `dir` in the store.
 fn chunks(store: &MemoryStore, keys: &KeyLayout, dir: u64) -> usize {
@@ -70,16 +53,8 @@ fn a_file_replaced_many_times_keeps_a_bounded_log() {
     // 60,000 records were appended (create, rename's remove and add): a few chunks remain.
     let left = chunks(&store, &keys, ROOT_INO);
     assert!(left <= 4, "{left} log chunks left");
-    let mut names: Vec<String> = other
-        .readdir(ROOT_INO)
-        .unwrap()
-        .into_iter()
-        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-        .filter(|n| n != "." && n != "..")
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        names(&other, ROOT_INO),
         [
             "index.html",
             "other0",

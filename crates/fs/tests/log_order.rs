@@ -2,34 +2,13 @@
 //! mount removing a name has never seen the directory's log grow (its idea of the sequence is
 //! chunks behind the mount that created the name).
 
+mod support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags};
-use memfis_memcache::Store;
+use memfis_fs::{KeyLayout, Kind, ROOT_INO, RenameFlags};
 use memfis_memcache::memory::MemoryStore;
-
-type Fs = MemFs<Arc<MemoryStore>>;
-
-fn open(store: &Arc<MemoryStore>, keys: &KeyLayout) -> Fs {
-    let cfg = FsConfig {
-        cache_ttl: Duration::ZERO,
-        ..FsConfig::default()
-    };
-    MemFs::new(store.clone(), keys.clone(), cfg).unwrap()
-}
-
-fn names(fs: &Fs, dir: u64) -> Vec<String> {
-    let mut names: Vec<String> = fs
-        .readdir(dir)
-        .unwrap()
-        .into_iter()
-        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-        .filter(|n| n != "." && n != "..")
-        .collect();
-    names.sort();
-    names
-}
+use support::{Fs, names, open};
 
 /// Mount `busy` fills a directory past one log chunk and creates `x`; mount `fresh`, which
 /// listed the directory when it was empty, removes `x` (or renames it away); a third mount must not list it.
@@ -113,19 +92,5 @@ fn small_chunks_work() {
         fs.mknod(dir, format!("n{i}").as_bytes(), Kind::Fifo, 0o644, 0, 0, 0)
             .unwrap();
     }
-    let mut all: Vec<_> = store
-        .keys()
-        .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
-        .filter(|k| k.contains("%"))
-        .collect();
-    all.sort();
-    for k in &all {
-        eprintln!(
-            "{k} = {:?}",
-            String::from_utf8_lossy(&store.get(k.as_bytes()).unwrap().unwrap().value)
-        );
-    }
-    eprintln!("{:?}", open(&store, &keys).list_dir(dir));
     assert_eq!(names(&open(&store, &keys), dir).len(), 10);
 }

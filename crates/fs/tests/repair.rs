@@ -2,15 +2,15 @@
 //! thing, repairs, and then the check must be clean and the tree must hold what it still can.
 //! (The same runs against real memcached through the binary in the top-level tests.)
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO};
+use memfis_fs::{KeyLayout, Kind, MemFs, ROOT_INO};
 use memfis_memcache::Store;
 use memfis_memcache::memory::MemoryStore;
-
-type Fs = MemFs<Arc<MemoryStore>>;
+use support::{Fs, uncached, write};
 
 struct Tree {
     store: Arc<MemoryStore>,
@@ -18,27 +18,11 @@ struct Tree {
     inos: BTreeMap<&'static str, u64>,
 }
 
-fn cfg() -> FsConfig {
-    FsConfig {
-        cache_ttl: Duration::ZERO,
-        ..FsConfig::default()
-    }
-}
-
-fn write(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> u64 {
-    let (attr, fh) = fs
-        .create(parent, name.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
-        .unwrap();
-    fs.write(fh, 0, bytes, false).unwrap();
-    fs.release(fh).unwrap();
-    attr.ino
-}
-
 /// /a/f1 ("hello"), /a/f2 ("second"), /a/h (hard link to f1), /b/c/g ("deep"), /s -> a/f1.
 fn build() -> Tree {
     let store = Arc::new(MemoryStore::default());
     let keys = KeyLayout::new("memfis://repair").unwrap();
-    let fs = MemFs::new(store.clone(), keys.clone(), cfg()).unwrap();
+    let fs = MemFs::new(store.clone(), keys.clone(), uncached()).unwrap();
     let a = fs.mkdir(ROOT_INO, b"a", 0o755, 0, 0).unwrap().ino;
     let b = fs.mkdir(ROOT_INO, b"b", 0o755, 0, 0).unwrap().ino;
     let c = fs.mkdir(b, b"c", 0o755, 0, 0).unwrap().ino;
@@ -74,7 +58,7 @@ impl Tree {
     fn repair(&self) -> Vec<String> {
         let before = self.check();
         assert!(!before.is_empty(), "the damage shows in the check");
-        let fs = MemFs::new(self.store.clone(), self.keys.clone(), cfg()).unwrap();
+        let fs = MemFs::new(self.store.clone(), self.keys.clone(), uncached()).unwrap();
         let report = fs.repair().unwrap();
         let after: Vec<String> = report
             .after
@@ -96,7 +80,7 @@ impl Tree {
 
     /// Every path in the tree with its bytes (directories and symlinks as markers).
     fn contents(&self) -> BTreeMap<String, String> {
-        let fs = MemFs::new(self.store.clone(), self.keys.clone(), cfg()).unwrap();
+        let fs = MemFs::new(self.store.clone(), self.keys.clone(), uncached()).unwrap();
         let mut out = BTreeMap::new();
         walk(&fs, ROOT_INO, "", &mut out);
         out
@@ -185,7 +169,7 @@ fn a_lost_log_sequence_is_rebuilt() {
     t.repair();
     assert_eq!(t.contents(), expected_full());
     // The directory takes new names again.
-    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), uncached()).unwrap();
     write(&fs, t.inos["a"], "new", b"n");
     assert!(t.check().is_empty());
 }
@@ -198,7 +182,7 @@ fn lost_counters_and_keys_are_made_again() {
     t.delete(&t.keys.dir_mtime(t.inos["b"]));
     t.repair();
     assert_eq!(t.contents(), expected_full());
-    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), uncached()).unwrap();
     let ino = write(&fs, ROOT_INO, "after", b"x");
     assert!(
         ino > t.inos["g"],
@@ -212,7 +196,7 @@ fn a_counter_behind_the_inodes_is_raised() {
     let t = build();
     t.store.raw_set(&t.keys.next_ino(), b"2");
     t.repair();
-    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), uncached()).unwrap();
     write(&fs, ROOT_INO, "after", b"x");
     assert!(t.check().is_empty());
 }
@@ -268,7 +252,7 @@ fn a_name_missing_from_the_log_is_listed_again() {
     let t = build();
     // Like a create whose log append was lost: the entry and record are there, the log
     // has no record of the name.
-    let fs = MemFs::new(t.store.clone(), t.keys.clone(), cfg()).unwrap();
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), uncached()).unwrap();
     let a = t.inos["a"];
     fs.unlink(a, b"f2").unwrap();
     let seq_before = t.store.get(&t.keys.dir_seq(a)).unwrap().unwrap().value;
