@@ -77,52 +77,32 @@ impl DataCodec {
         (out.len() < value.len()).then_some(out)
     }
 
-    /// A command as it goes to the store.
-    pub fn encode(&self, cmd: Command) -> Command {
+    /// The key of `cmd` if its reply may hold a compressed value (a read of a data key).
+    pub fn read_key(&self, cmd: &Command) -> Option<Vec<u8>> {
         match cmd {
-            Command::Store {
-                op: op @ (StoreOp::Set | StoreOp::Add | StoreOp::Replace),
-                key,
-                value,
-                flags,
-                exptime,
-            } => match self.compressed(&key, &value) {
-                Some(gz) => Command::Store {
-                    op,
-                    key,
-                    value: Arc::new(gz),
-                    flags: flags | GZIP_FLAG,
-                    exptime,
-                },
-                None => Command::Store {
-                    op,
-                    key,
-                    value,
-                    flags,
-                    exptime,
-                },
-            },
-            Command::Cas {
-                key,
-                value,
-                flags,
-                cas,
-            } => match self.compressed(&key, &value) {
-                Some(gz) => Command::Cas {
-                    key,
-                    value: Arc::new(gz),
-                    flags: flags | GZIP_FLAG,
-                    cas,
-                },
-                None => Command::Cas {
-                    key,
-                    value,
-                    flags,
-                    cas,
-                },
-            },
-            other => other,
+            Command::Get(key) | Command::Gets(key) if self.is_data_key(key) => Some(key.clone()),
+            _ => None,
         }
+    }
+
+    /// A command as it goes to the store.
+    pub fn encode(&self, mut cmd: Command) -> Command {
+        if let Command::Store {
+            op: StoreOp::Set | StoreOp::Add | StoreOp::Replace,
+            key,
+            value,
+            flags,
+            ..
+        }
+        | Command::Cas {
+            key, value, flags, ..
+        } = &mut cmd
+            && let Some(gz) = self.compressed(key, value)
+        {
+            *value = Arc::new(gz);
+            *flags |= GZIP_FLAG;
+        }
+        cmd
     }
 
     /// The reply to a command on `key` as the filesystem sees it: a compressed data key's

@@ -37,12 +37,18 @@ impl<S: Store> Store for FencedStore<S> {
             let err = StoreError::Server(STORE_GONE.into());
             return batch.iter().map(|_| Err(err.clone())).collect();
         }
-        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
+        // Only reads of data keys may come back compressed: their keys are kept for the
+        // replies, nothing is copied for the rest of the batch.
+        let reads: Vec<Option<Vec<u8>>> = batch.iter().map(|c| self.codec.read_key(c)).collect();
         let batch = batch.into_iter().map(|c| self.codec.encode(c)).collect();
         let results = self.inner.execute(batch);
-        keys.iter()
+        reads
+            .iter()
             .zip(results)
-            .map(|(key, r)| self.codec.decode(key, r))
+            .map(|(read, r)| match read {
+                Some(key) => self.codec.decode(key, r),
+                None => r,
+            })
             .collect()
     }
 
