@@ -119,9 +119,7 @@ fn stopped_server_gives_eio_in_time_and_the_mount_recovers() {
     let mc = Memcached::start();
     let m = Mount::with_args(&[mc.addr()], PREFIX, &["--timeout", "1", "--attr-ttl", "0"]);
     std::fs::write(m.p("before"), b"1").unwrap();
-    let pid = mc.pid();
-    // SAFETY: pausing our own child process.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    mc.pause();
     let started = Instant::now();
     let e = std::fs::metadata(m.p("during")).unwrap_err();
     assert_eq!(errno_of(e), libc::EIO);
@@ -132,8 +130,7 @@ fn stopped_server_gives_eio_in_time_and_the_mount_recovers() {
     );
     let e = std::fs::write(m.p("during"), b"2").unwrap_err();
     assert_eq!(errno_of(e), libc::EIO);
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    mc.resume();
     std::fs::write(m.p("after"), b"3").unwrap();
     assert_eq!(std::fs::read(m.p("before")).unwrap(), b"1");
     assert_eq!(std::fs::read(m.p("after")).unwrap(), b"3");

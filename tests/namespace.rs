@@ -315,13 +315,10 @@ fn a_store_stalled_during_the_first_publish_leaves_nothing_behind() {
     std::fs::create_dir(m.p("d")).unwrap();
     let mut f = std::fs::File::create(m.p("d/f")).unwrap();
     std::io::Write::write_all(&mut f, b"payload").unwrap();
-    let pid = mc.pid();
-    // SAFETY: signalling the test's own memcached.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    mc.pause();
     let started = Instant::now();
     let closed = f.sync_all();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    mc.resume();
     assert_eq!(errno_of(closed.unwrap_err()), libc::EIO);
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(f);

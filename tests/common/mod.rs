@@ -42,6 +42,18 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     panic!("{what} did not listen on port {port}");
 }
 
+/// The state letter of each thread of a process (`/proc/PID/task/*/stat`).
+fn thread_states(pid: i32) -> Vec<char> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // The state follows the command name, which ends with ") ".
+        .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+        .collect()
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -107,6 +119,34 @@ impl Memcached {
     /// The server's process id.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Stalls the server (SIGSTOP) and returns once the kernel shows it stopped: `kill`
+    /// returns before the signal takes effect, and a request sent in that gap is answered.
+    pub fn pause(&self) {
+        self.signal_and_wait(libc::SIGSTOP, |state| state == 'T');
+    }
+
+    /// Lets a paused server run again.
+    pub fn resume(&self) {
+        self.signal_and_wait(libc::SIGCONT, |state| state != 'T');
+    }
+
+    /// Sends `signal` and waits until every thread of the server is in a state `reached`
+    /// accepts (a group stop takes each thread at its own next step).
+    fn signal_and_wait(&self, signal: i32, reached: impl Fn(char) -> bool) {
+        let pid = self.pid();
+        // SAFETY: signalling the test's own child process.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !thread_states(pid).iter().all(|s| reached(*s)) {
+            assert!(
+                Instant::now() < deadline,
+                "memcached threads: {:?}",
+                thread_states(pid)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn stop(&mut self) {
