@@ -69,17 +69,28 @@ fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
     )
 }
 
+/// The names nginx does not serve, and why (docs/serving.md), when there are any.
+fn unserved(report: &Report) -> String {
+    match (report.private_names, report.long_names) {
+        (0, 0) => String::new(),
+        (p, l) => format!(
+            "not served: {p} names of files others may not read, {l} names too long for a key; "
+        ),
+    }
+}
+
 fn print_report(prefix: &str, report: &Report) {
     for p in &report.problems {
         println!("{}: {} (key {})", p.path, p.problem, p.key);
     }
     println!(
-        "{}: {} directories, {} files, {} symlinks, {} bytes; {}{}",
+        "{}: {} directories, {} files, {} symlinks, {} bytes; {}{}{}",
         prefix,
         report.directories,
         report.files,
         report.symlinks,
         report.bytes,
+        unserved(report),
         match report.problems.len() {
             0 => "clean".to_string(),
             n => format!("{n} problems"),

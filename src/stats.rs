@@ -41,6 +41,10 @@ struct TreeStats {
     /// FIFOs, sockets and device nodes.
     specials: u64,
     bytes: u64,
+    /// Names of files nginx does not serve: others may not read them.
+    private_names: u64,
+    /// Names of files nginx cannot serve: the data key would pass 250 bytes.
+    long_names: u64,
     /// The live-inode counter of the store (`statfs` reports it as files in use).
     inodes: Option<u64>,
     /// Problems one scan met (operations in flight included): run `memfis check`.
@@ -127,6 +131,8 @@ fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
         symlinks: 0,
         specials: 0,
         bytes: 0,
+        private_names: 0,
+        long_names: 0,
         inodes: None,
         problems: 0,
         error: None,
@@ -160,6 +166,8 @@ fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
             tree.symlinks = report.symlinks;
             tree.specials = report.specials;
             tree.bytes = report.bytes;
+            tree.private_names = report.private_names;
+            tree.long_names = report.long_names;
             tree.problems = report.problems.len();
         }
         Err(e) => tree.error = Some(e.to_string()),
@@ -242,6 +250,12 @@ fn render(stats: &Stats) -> String {
         human(t.bytes),
         opt(t.inodes),
     );
+    if t.private_names + t.long_names > 0 {
+        out += &format!(
+            "  not served by nginx: {} names of files others may not read, {} names too long for a key\n",
+            t.private_names, t.long_names
+        );
+    }
     if t.problems > 0 {
         out += &format!(
             "  {} problems seen (operations in flight count too): run `memfis check`\n",

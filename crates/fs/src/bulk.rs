@@ -65,20 +65,21 @@ impl<S: Store> MemFs<S> {
             if dir.mode & libc::S_ISGID != 0 {
                 rec.gid = dir.gid;
             }
+            let path = join(&dir.path, &f.name);
             let checked = check_name(&f.name)
-                .and_then(|()| self.keys.data_checked(&join(&dir.path, &f.name)))
-                .and_then(|key| match self.check_size(0, f.bytes.len() as u64) {
+                .and_then(|()| match self.check_size(0, f.bytes.len() as u64) {
                     Err(FsError::TooBig { limit, .. }) => Err(FsError::TooBig {
-                        key: String::from_utf8_lossy(&key).into_owned(),
+                        key: String::from_utf8_lossy(&path).into_owned(),
                         limit,
                     }),
-                    other => other.map(|()| key),
+                    other => other,
                 })
-                .and_then(|key| {
+                .and_then(|()| {
                     let ino = self.alloc_ino()?;
                     let record_key = self.keys.inode(ino);
                     let value = rec.encode();
                     self.check_record_size(&record_key, value.len())?;
+                    let key = self.keys.file_bytes(ino, rec.mode, &path);
                     Ok((key, ino, record_key, value, rec.clone()))
                 });
             match checked {
@@ -263,8 +264,7 @@ impl<S: Store> MemFs<S> {
         for (p, cas) in placed {
             let key = self
                 .keys
-                .data_checked(&join(dir_path, &p.name))
-                .unwrap_or_else(|_| p.data_key.clone());
+                .file_bytes(p.ino, p.record.mode, &join(dir_path, &p.name));
             let mut rec = p.record.clone();
             rec.size = p.bytes.len() as u64;
             batch.push(Command::store_shared(StoreOp::Set, &key, p.bytes.clone()));
@@ -327,9 +327,11 @@ impl<S: Store> MemFs<S> {
         let reads = vec![Command::Get(self.keys.dir_generation())];
         self.with_ns_lock(reads, |_, mut results| {
             self.observe_generation(results.reply())?;
-            let key = self
-                .keys
-                .data_checked(&join(&self.dir_path(parent)?, &p.name))?;
+            let key = (self.keys).file_bytes(
+                p.ino,
+                p.record.mode,
+                &join(&self.dir_path(parent)?, &p.name),
+            );
             if key != p.data_key && self.read_entry(parent, &p.name)?.ino == Some(p.ino) {
                 self.store
                     .store(StoreOp::Add, &key, b"")

@@ -76,6 +76,10 @@ pub struct Report {
     /// FIFOs, sockets and device nodes.
     pub specials: u64,
     pub bytes: u64,
+    /// Names of files nginx does not serve: the file's mode does not let others read it.
+    pub private_names: u64,
+    /// Names of files nginx cannot serve: the path makes a data key over 250 bytes.
+    pub long_names: u64,
     /// Whether the store could list its keys, so that keys outside the tree were looked for.
     pub keys_listed: bool,
 }
@@ -344,14 +348,27 @@ impl<'a, S: Store> Scan<'a, S> {
                     Kind::File => {
                         self.report.files += 1;
                         self.report.bytes += rec.size;
-                        let key = self.keys.data(&child);
-                        if key.len() <= memfis_memcache::MAX_KEY_LEN {
-                            self.expected.insert(key.clone());
-                            let fault = Fault::Data {
-                                dir,
-                                name: name.clone(),
-                                ino: *ino,
-                            };
+                        let key = self.keys.file_bytes(*ino, rec.mode, &child);
+                        let private = self.keys.private_data(*ino);
+                        if key == private {
+                            match crate::keys::is_public(rec.mode) {
+                                true => self.report.long_names += 1,
+                                false => self.report.private_names += 1,
+                            }
+                        }
+                        self.expected.insert(key.clone());
+                        if rec.links.len() > 1 {
+                            // A name removed or moved may leave the shared private key behind
+                            // until the file goes: not worth a report.
+                            self.expected.insert(private.clone());
+                        }
+                        let fault = Fault::Data {
+                            dir,
+                            name: name.clone(),
+                            ino: *ino,
+                        };
+                        // A private key is made by the first publish: an empty file may have none.
+                        if !(key == private && rec.size == 0) {
                             data_checks.push((fault, child, key, rec.size));
                         }
                     }
@@ -550,9 +567,13 @@ impl<'a, S: Store> Scan<'a, S> {
             let rest = &key[prefix.len()..];
             let numbered = rest.get(2).is_some_and(u8::is_ascii_digit);
             let what = match rest.first() {
-                Some(b'/') => "data key outside the tree (nginx serves it, no name has it)",
+                Some(b'/') => {
+                    "data key outside the tree or of a file others may not read \
+                     (nginx serves it, no served name has it)"
+                }
                 Some(b'%') if numbered => match rest.get(1) {
                     Some(b'i') => "inode record no entry reaches",
+                    Some(b'd') => "private bytes of an inode no name keeps there",
                     Some(b'e' | b'h') => "directory entry its directory does not list",
                     Some(b's' | b'l' | b'm' | b'b' | b'c') => {
                         "directory key of a directory not in the tree, or log no replay reads \

@@ -56,6 +56,7 @@ impl<S: Store> MemFs<S> {
         };
         let ino = node.ino;
         let mut of = OpenFile::new(node.rec, Some(node.cas));
+        of.private_key_unused = true;
         of.data = Some(Value::default());
         of.handles = 1;
         let attr = self.attr_from(ino, &of.view(), None);
@@ -122,8 +123,7 @@ impl<S: Store> MemFs<S> {
             let Some(link) = of.record.links.first().cloned() else {
                 return Err(FsError::NotFound); // every name removed by another mount
             };
-            let path = self.link_path(&link)?;
-            let key = self.keys.data(&path);
+            let key = self.bytes_key(ino, &of.record, &link)?;
             let batch = vec![
                 Command::Get(key.clone()),
                 Command::Get(self.keys.ns_lock()),
@@ -142,10 +142,12 @@ impl<S: Store> MemFs<S> {
                     return Ok(());
                 }
                 None if of.record.size == 0 => {
-                    // An empty file's key is missing only if its creator died before it could
-                    // follow a directory rename: put it back, as nginx expects; unless the name
-                    // was removed meanwhile (this record is older than that).
+                    // An empty file's served key is missing only if its creator died before
+                    // it could follow a directory rename: put it back, as nginx expects;
+                    // unless the name was removed meanwhile (this record is older than that).
+                    // A private key is made only by a publish: missing means empty.
                     if !lock_held
+                        && key != self.keys.private_data(ino)
                         && self
                             .read_entry(link.parent, &link.name)
                             .is_ok_and(|slot| slot.ino == Some(ino))
@@ -309,14 +311,15 @@ impl<S: Store> MemFs<S> {
 
     fn publish_rounds(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
         let ikey = self.keys.inode(ino);
-        let data = of.data.clone().unwrap_or_default();
-        let data_was_dirty = of.data_dirty;
+        let mut data = of.data.clone().unwrap_or_default();
+        let mut data_was_dirty = of.data_dirty;
         for _ in 0..crate::fs::CAS_RETRIES {
             if of.cas.is_none() {
                 match self.read_inode_opt(ino)? {
                     Some((rec, cas)) => {
                         of.record = rec;
                         of.cas = Some(cas);
+                        of.private_key_unused = false;
                     }
                     None => return self.after_removed(of),
                 }
@@ -329,11 +332,18 @@ impl<S: Store> MemFs<S> {
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
             let generation_before = self.meta.generation();
-            let keys = if of.data_dirty {
-                self.data_keys(&rec)?
-            } else {
-                Vec::new()
-            };
+            let old_keys = self.bytes_keys(ino, &of.record)?;
+            let keys = self.bytes_keys(ino, &rec)?;
+            if keys != old_keys && !of.data_dirty {
+                // A mode change that serves or withdraws the file: its bytes move with it.
+                // (Loading may read the record again: work the round out afresh.)
+                self.ensure_loaded(ino, of)?;
+                of.data_dirty = true;
+                data_was_dirty = true;
+                data = of.data.clone().unwrap_or_default();
+                continue;
+            }
+            let keys = if of.data_dirty { keys } else { Vec::new() };
             let mut batch: Vec<Command> = keys
                 .iter()
                 .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
@@ -347,12 +357,14 @@ impl<S: Store> MemFs<S> {
             ];
             let mut results = Replies::new(self.execute_in_order(batch, fence));
             let mut failure = None;
+            let private_key = self.keys.private_data(ino);
             for (k, r) in keys.iter().zip(results.raw(keys.len())) {
                 match r {
                     Ok(_) => {
                         if !of.written.contains(k) {
                             of.written.push(k.clone());
                         }
+                        of.private_key_unused &= *k != private_key;
                     }
                     Err(e) => failure = failure.or(Some(FsError::store(k, e))),
                 }
@@ -372,6 +384,18 @@ impl<S: Store> MemFs<S> {
                 CasOutcome::Stored => {
                     if data_was_dirty {
                         self.activity.published(data.len());
+                    }
+                    // Where the bytes were and no longer are (the mode changed): those keys
+                    // go like keys a rename took away, once no name holds bytes there.
+                    let never_made = |k: &Vec<u8>| *k == private_key && of.private_key_unused;
+                    let left: Vec<Vec<u8>> = old_keys
+                        .into_iter()
+                        .filter(|k| !keys.contains(k) && !never_made(k))
+                        .collect();
+                    for k in left {
+                        if !of.written.contains(&k) {
+                            of.written.push(k);
+                        }
                     }
                     of.record = rec;
                     of.cas = None;
@@ -426,7 +450,7 @@ impl<S: Store> MemFs<S> {
             of.cas = None;
         }
         if let Ok(rec) = emptied
-            && let Ok(keys) = self.data_keys(&rec)
+            && let Ok(keys) = self.bytes_keys(ino, &rec)
         {
             let _ = self.store.execute(
                 keys.iter()

@@ -319,7 +319,7 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    fn adopt(&self, ino: u64, rec: &Inode) {
+    pub(crate) fn adopt(&self, ino: u64, rec: &Inode) {
         if let Some(of) = self.open_file(ino) {
             lock(&of).adopt_record(rec.clone());
         }
@@ -485,12 +485,22 @@ impl<S: Store> MemFs<S> {
         Ok(join(&self.dir_path(link.parent)?, &link.name))
     }
 
-    /// Data keys of every name of a file.
-    pub(crate) fn data_keys(&self, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
-        rec.links
-            .iter()
-            .map(|l| Ok(self.keys.data(&self.link_path(l)?)))
-            .collect()
+    /// Where the bytes of a file's name `link` live (`KeyLayout::file_bytes`).
+    pub(crate) fn bytes_key(&self, ino: u64, rec: &Inode, link: &Link) -> FsResult<Vec<u8>> {
+        Ok(self.keys.file_bytes(ino, rec.mode, &self.link_path(link)?))
+    }
+
+    /// Every key that holds a file's bytes: the data key of each served name, and its
+    /// private key once if any name is not served.
+    pub(crate) fn bytes_keys(&self, ino: u64, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(rec.links.len());
+        for link in &rec.links {
+            let key = self.bytes_key(ino, rec, link)?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
     }
 
     // ----- attributes ----------------------------------------------------------------------
@@ -650,10 +660,22 @@ impl<S: Store> MemFs<S> {
             published?;
             return self.getattr(ino);
         }
-        let rec = self.update_inode(ino, |rec| {
-            apply_setattr(rec, set);
-            Ok(())
-        })?;
+        // A chmod that serves or withdraws a file moves its bytes, under the namespace lock;
+        // any other change is one cas (refused if a mode change elsewhere made it one).
+        let plain = self.update_inode(ino, |rec| match Self::changes_visibility(rec, set) {
+            true => Err(FsError::Contended),
+            false => {
+                apply_setattr(rec, set);
+                Ok(())
+            }
+        });
+        let rec = match plain {
+            Err(FsError::Contended) => {
+                self.setattr_moving_bytes(ino, set)?;
+                self.read_live_inode(ino)?.0
+            }
+            other => other?,
+        };
         if rec.kind == Kind::Dir
             && let Some(t) = set.mtime
         {

@@ -4,22 +4,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{Kind, pct};
+use crate::record::{Kind, pct, pct_list};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Intent {
-    /// Remove name `name` of `parent` (pointing at `ino`); delete the data key at `path`.
-    /// First change: the entry deleted.
+    /// Remove name `name` of `parent` (pointing at `ino`); delete the keys in `data_keys`
+    /// that hold its bytes and no other name's. First change: the entry deleted.
     Unlink {
         parent: u64,
         #[serde(with = "pct")]
         name: Vec<u8>,
         ino: u64,
         kind: Kind,
-        #[serde(with = "pct")]
-        path: Vec<u8>,
+        #[serde(with = "pct_list", default)]
+        data_keys: Vec<Vec<u8>>,
     },
+    /// A file's mode now lets others read it (`public`) or no longer does: its bytes move
+    /// between its served data keys and its private key. First change: the record's mode.
+    Chmod { ino: u64, public: bool },
     /// Remove the empty directory `ino`. First change: its log sequence key made non-numeric
     /// (a fence: creates inside it fail from then on); `last_seq` was its value.
     Rmdir {
@@ -36,8 +39,6 @@ pub enum Intent {
         parent: u64,
         #[serde(with = "pct")]
         name: Vec<u8>,
-        #[serde(with = "pct")]
-        path: Vec<u8>,
     },
     /// rename(2). First change: the destination entry points at `ino`.
     Rename(Box<RenameIntent>),

@@ -46,6 +46,12 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A file whose mode grants read to others is served: what a static nginx, running as an
+/// unprivileged user, could read from disk.
+pub fn is_public(mode: u32) -> bool {
+    mode & libc::S_IROTH != 0
+}
+
 /// Inode number of the root directory (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT_INO: u64 = 1;
 
@@ -100,16 +106,28 @@ impl KeyLayout {
         escape(&raw)
     }
 
-    /// The data key of `path`, or ENAMETOOLONG if it is over memcached's key limit.
-    pub fn data_checked(&self, path: &[u8]) -> Result<Vec<u8>, crate::FsError> {
-        let key = self.data(path);
-        if key.len() > MAX_KEY_LEN {
-            return Err(crate::FsError::NameTooLong {
-                len: key.len(),
-                key: String::from_utf8_lossy(&key).into_owned(),
-            });
+    /// Where a file's bytes live for its name at `path`: its data key (served) while its mode
+    /// lets others read it and the key fits memcached's limit, else its private key, which
+    /// no URI reaches (docs/serving.md, "What is served").
+    pub fn file_bytes(&self, ino: u64, mode: u32, path: &[u8]) -> Vec<u8> {
+        if is_public(mode) {
+            let key = self.data(path);
+            if key.len() <= MAX_KEY_LEN {
+                return key;
+            }
         }
-        Ok(key)
+        self.private_data(ino)
+    }
+
+    /// A file's bytes when no name of it may be served (see [`Self::file_bytes`]): one key per
+    /// inode, shared by every such name.
+    pub fn private_data(&self, ino: u64) -> Vec<u8> {
+        self.meta(&format!("d{ino}"))
+    }
+
+    /// What every private key starts with.
+    pub fn private_data_prefix(&self) -> Vec<u8> {
+        self.meta("d")
     }
 
     /// Format record: `{"format":"memfis","version":N}`.

@@ -25,6 +25,7 @@
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - [`files`]: reading, writing and publishing open files
+//! - `placement`: which key holds a file's bytes (served or private), chmod moving them
 //! - [`xattr`]: `user.*` extended attributes
 //! - [`check`]: the read-only consistency check of a whole store
 //! - [`repair`]: fixing what the check finds, under the namespace lock
@@ -49,6 +50,7 @@ mod meta_cache;
 pub mod namespace;
 pub mod nslock;
 mod open_files;
+mod placement;
 pub mod record;
 pub mod rename;
 pub mod repair;

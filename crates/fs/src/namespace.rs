@@ -32,7 +32,7 @@ pub(crate) struct NewNode {
     pub ino: u64,
     pub rec: Inode,
     pub cas: u64,
-    /// A file's data key (at its path when created).
+    /// Where a file's bytes live (`KeyLayout::file_bytes`, at its path when created).
     pub data_key: Vec<u8>,
 }
 
@@ -71,13 +71,7 @@ impl<S: Store> MemFs<S> {
                 rec.mode |= libc::S_ISGID;
             }
         }
-        // Only a file has bytes at its path: other kinds take any name up to NAME_MAX at any
-        // depth, while a file whose data key would pass memcached's limit is refused.
         let path = join(&dir.path, name);
-        let data_key = match rec.kind {
-            Kind::File => self.keys.data_checked(&path)?,
-            _ => self.keys.data(&path),
-        };
         // The batch below logs the name before it knows whether its claim wins, and a
         // claim that loses must take the log record back in the next batch. Unless this
         // mount listed the directory within the TTL and the name was not there (`cp -a`),
@@ -88,6 +82,7 @@ impl<S: Store> MemFs<S> {
         let ino = self.alloc_ino()?;
         let ikey = self.keys.inode(ino);
         let ekey = self.keys.entry(parent, name);
+        let data_key = self.keys.file_bytes(ino, rec.mode, &path);
         let la = self.log_append(parent, &[(Op::Add, rec.kind, ino, name)]);
         let (touch, now) = self.touch_dir_cmd(parent);
         let mut batch = vec![
@@ -299,9 +294,11 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// The keys a new node brings: a file's empty data key, a directory's log keys.
+    /// The keys a new node brings: a served file's empty data key (nginx serves an empty
+    /// file; a private key is made by the first publish), a directory's log keys.
     fn own_keys(&self, ino: u64, rec: &Inode, data_key: &[u8]) -> Vec<Command> {
         match rec.kind {
+            Kind::File if data_key == self.keys.private_data(ino) => Vec::new(),
             Kind::File => vec![Command::store(StoreOp::Add, data_key, b"")],
             Kind::Dir => vec![
                 Command::store(StoreOp::Add, &self.keys.dir_seq(ino), b"0"),
@@ -323,20 +320,17 @@ impl<S: Store> MemFs<S> {
     /// belongs at the new path, if the name is still this file's (under the namespace lock,
     /// so no other mount removes or moves it meanwhile).
     fn move_created_data_key(&self, parent: u64, name: &[u8], node: &mut NewNode) -> FsResult<()> {
-        if self
-            .keys
-            .data_checked(&join(&self.dir_path(parent)?, name))?
-            == node.data_key
-        {
+        let (ino, mode) = (node.ino, node.rec.mode);
+        let key_now = |path: &[u8]| self.keys.file_bytes(ino, mode, path);
+        if key_now(&join(&self.dir_path(parent)?, name)) == node.data_key {
             return Ok(());
         }
         let reads = vec![Command::Get(self.keys.dir_generation())];
         let key = self.with_ns_lock(reads, |_, mut results| {
             self.observe_generation(results.reply())?;
-            let key = self
-                .keys
-                .data_checked(&join(&self.dir_path(parent)?, name))?;
-            if self.read_entry(parent, name)?.ino == Some(node.ino) {
+            let key = key_now(&join(&self.dir_path(parent)?, name));
+            if key != self.keys.private_data(ino) && self.read_entry(parent, name)?.ino == Some(ino)
+            {
                 self.store
                     .store(StoreOp::Add, &key, b"")
                     .map_err(|e| FsError::store(&key, e))?;
@@ -378,13 +372,17 @@ impl<S: Store> MemFs<S> {
                 delta: 1,
             },
         ];
+        let private = self.keys.private_data(undo.ino);
+        let mut maybe_theirs = Vec::new();
         for (cmd, added) in own_keys.iter().zip(&undo.own_added) {
             // A file's data key is at the name's path: if the name went to another inode,
-            // whatever that one wrote there is its own (a rename's copy, a create's empty
-            // value), so it stays.
-            let name_is_ours = undo.entry || undo.kind != Kind::File;
-            if *added && name_is_ours {
-                batch.push(Command::Delete(cmd.key().to_vec()));
+            // that one may have written there since (a rename's copy, a publish), unless its
+            // bytes live elsewhere (checked under the lock). The private key is ours.
+            let name_is_ours = undo.entry || undo.kind != Kind::File || cmd.key() == private;
+            match (*added, name_is_ours) {
+                (true, true) => batch.push(Command::Delete(cmd.key().to_vec())),
+                (true, false) => maybe_theirs.push(cmd.key().to_vec()),
+                (false, _) => {}
             }
         }
         if undo.parent_gone {
@@ -397,6 +395,9 @@ impl<S: Store> MemFs<S> {
                 Some(e) => Err(FsError::store(&self.keys.inode(undo.ino), e)),
             }
         });
+        if !maybe_theirs.is_empty() {
+            let _ = self.delete_keys_outside_tree(&maybe_theirs);
+        }
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
@@ -475,10 +476,6 @@ impl<S: Store> MemFs<S> {
             if entry.ino.is_some() {
                 return Err(FsError::Exists);
             }
-            let path = join(&self.dir_path(newparent)?, newname);
-            if rec.kind == Kind::File {
-                self.keys.data_checked(&path)?;
-            }
             rec.links.push(Link::new(newparent, newname));
             self.check_record_size(&rec_key, rec.encode().len())?;
             let intent = Intent::Link {
@@ -486,7 +483,6 @@ impl<S: Store> MemFs<S> {
                 kind: rec.kind,
                 parent: newparent,
                 name: newname.to_vec(),
-                path,
             };
             // The claim is the point of no return; a create may take the name first.
             let claim = match entry.cas {
@@ -518,7 +514,7 @@ impl<S: Store> MemFs<S> {
         let Some(link) = rec.links.iter().find(|l| *l != except) else {
             return Ok(Value::default());
         };
-        let key = self.keys.data(&self.link_path(link)?);
+        let key = self.bytes_key(ino, rec, link)?;
         match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
             Some(item) => Ok(Arc::new(item.value)),
             None if rec.size == 0 => Ok(Value::default()),
@@ -557,16 +553,31 @@ impl<S: Store> MemFs<S> {
                 return Err(FsError::IsDir);
             }
             let link = Link::new(parent, name);
-            let path = self.link_path(&link)?;
+            let mut rest = rec.clone();
+            rest.remove_link(&link);
+            rest.ctime = Time::now();
+            let last_link = rest.links.is_empty();
+            // The bytes this name holds go, unless another name shares the key (a private
+            // key); with the last name, the private key too (a name removed earlier may have
+            // left bytes there).
+            let mut data_keys = Vec::new();
             if rec.kind == Kind::File {
                 self.keep_bytes_for_open_handles(ino)?;
+                let key = self.bytes_key(ino, &rec, &link)?;
+                if !self.bytes_keys(ino, &rest)?.contains(&key) {
+                    data_keys.push(key);
+                }
+                let private = self.keys.private_data(ino);
+                if last_link && !data_keys.contains(&private) {
+                    data_keys.push(private);
+                }
             }
             let intent = Intent::Unlink {
                 parent,
                 name: name.to_vec(),
                 ino,
                 kind: rec.kind,
-                path: path.clone(),
+                data_keys: data_keys.clone(),
             };
             let mut batch = vec![
                 self.intent_cmd(guard, intent.clone()),
@@ -576,10 +587,6 @@ impl<S: Store> MemFs<S> {
             batch.extend(self.log_commands(&la));
             let (touch, now) = self.touch_dir_cmd(parent);
             batch.push(touch);
-            let mut rest = rec.clone();
-            rest.remove_link(&link);
-            rest.ctime = Time::now();
-            let last_link = rest.links.is_empty();
             if last_link {
                 batch.push(Command::Delete(rec_key.clone()));
                 batch.push(Command::Decr {
@@ -589,9 +596,7 @@ impl<S: Store> MemFs<S> {
             } else {
                 batch.push(Command::cas(&rec_key, &rest.encode(), rec_cas));
             }
-            if rec.kind == Kind::File {
-                batch.push(Command::Delete(self.keys.data(&path)));
-            }
+            batch.extend(data_keys.into_iter().map(Command::Delete));
             let release = if last_link {
                 vec![self.unlock_cmd(guard)]
             } else {
@@ -730,6 +735,9 @@ impl<S: Store> MemFs<S> {
                 delta: 1,
             },
         ];
+        if kind == Kind::File {
+            batch.push(Command::Delete(self.keys.private_data(ino)));
+        }
         if kind == Kind::Dir {
             // The log from its base: its snapshot and chunks (the base key goes with them).
             let base_key = self.keys.dir_base(ino);
@@ -804,10 +812,10 @@ impl<S: Store> MemFs<S> {
         Ok((fence, last_seq))
     }
 
-    /// Deletes data keys written at paths that, after a rename, no entry reaches (another
-    /// file's key is left alone). Under the namespace lock, so no rename can give a path a
-    /// name between the check and the delete.
-    /// If that fails, the keys are kept for the heartbeat to retry.
+    /// Deletes keys a publish wrote that hold no name's bytes any more: data keys at paths a
+    /// rename took away (another file's key is left alone), keys a mode change left behind.
+    /// Under the namespace lock, so no rename or chmod changes the answer between the check
+    /// and the delete. If that fails, the keys are kept for the heartbeat to retry.
     pub(crate) fn delete_keys_outside_tree(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         let deleted = retried(|| self.with_ns_lock(Vec::new(), |_, _| self.delete_unreached(keys)));
         if deleted.is_err() {
@@ -818,17 +826,46 @@ impl<S: Store> MemFs<S> {
 
     /// [`Self::delete_keys_outside_tree`] for a caller that holds the lock.
     pub(crate) fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
-        let prefix = self.keys.data(b"");
         for key in keys {
-            let Some(escaped_path) = key.strip_prefix(prefix.as_slice()) else {
-                continue;
-            };
-            let path = crate::keys::unescape(escaped_path);
-            if self.resolve_path(&path)?.is_none() {
+            if !self.holds_bytes_of_a_name(key)? {
                 self.store.delete(key).map_err(|e| FsError::store(key, e))?;
             }
         }
         Ok(())
+    }
+
+    /// True when `key` is where some name of a file keeps its bytes (`KeyLayout::file_bytes`);
+    /// also for keys that are neither data nor private keys, which this never deletes.
+    fn holds_bytes_of_a_name(&self, key: &[u8]) -> FsResult<bool> {
+        // Paths start with `/`; metadata keys (a private key among them) with `%`.
+        let data_prefix = self.keys.data(b"");
+        if let Some(escaped_path) = key.strip_prefix(data_prefix.as_slice())
+            && escaped_path.starts_with(b"/")
+        {
+            let path = crate::keys::unescape(escaped_path);
+            let Some(ino) = self.resolve_path(&path)? else {
+                return Ok(false);
+            };
+            return Ok(match self.read_inode_opt(ino)? {
+                Some((rec, _)) if rec.kind == Kind::File => {
+                    self.keys.file_bytes(ino, rec.mode, &path) == key
+                }
+                // Not a file: a directory's path holds no bytes. (A record missing
+                // meanwhile: left for `memfis check`.)
+                Some(_) => false,
+                None => true,
+            });
+        }
+        let private_prefix = self.keys.private_data_prefix();
+        if let Some(number) = key.strip_prefix(private_prefix.as_slice())
+            && let Some(ino) = crate::replies::parse_number(number)
+        {
+            return Ok(match self.read_inode_opt(ino)? {
+                Some((rec, _)) => self.bytes_keys(ino, &rec)?.iter().any(|k| k == key),
+                None => false,
+            });
+        }
+        Ok(true)
     }
 
     /// Follows `path` (`/a/b`) from the root through entries, without caches.

@@ -90,6 +90,10 @@ pub struct OpenFile {
     /// Data keys set by publishes since the file was last clean: a key among them that is
     /// no name of the file any more (renamed meanwhile) is deleted once the publish settles.
     pub written: Vec<Vec<u8>>,
+    /// This mount created the file and nothing has put bytes at its private key since
+    /// (`KeyLayout::private_data`): a publish that makes the file served has no private
+    /// key to delete (`cp -a` creates every file unreadable by others, then opens it up).
+    pub private_key_unused: bool,
 }
 
 impl OpenFile {
@@ -104,6 +108,7 @@ impl OpenFile {
             writers: 0,
             unlinked: false,
             written: Vec::new(),
+            private_key_unused: false,
         }
     }
 

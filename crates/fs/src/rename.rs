@@ -15,7 +15,7 @@ use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
 use crate::intent::{Intent, RenameIntent};
 use crate::keys::ROOT_INO;
 use crate::nslock::LockValue;
-use crate::record::{Kind, Link, Time};
+use crate::record::{Inode, Kind, Link, Time};
 use crate::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
 
@@ -28,8 +28,22 @@ pub struct RenameFlags {
     pub exchange: bool,
 }
 
-/// (old data key, new data key) of one file a rename moves.
-type Move = (Vec<u8>, Vec<u8>);
+/// A file a rename moves: its inode, and its path before and after.
+struct MovedFile {
+    ino: u64,
+    old_path: Vec<u8>,
+    new_path: Vec<u8>,
+}
+
+/// Where a moved file's bytes go (`KeyLayout::file_bytes` of its old and new path).
+struct Move {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    /// The file is empty: a missing old key means an empty new one.
+    empty: bool,
+    /// The old key is the inode's private key, which another name may still use.
+    keep_old: bool,
+}
 
 impl<S: Store> MemFs<S> {
     pub fn rename(
@@ -144,19 +158,8 @@ impl<S: Store> MemFs<S> {
         }
         let old_path = join(&self.dir_path(parent)?, name);
         let new_path = join(&self.dir_path(newparent)?, newname);
-        // Everything that could refuse the rename is checked before its first change.
-        let mut moves = self.data_moves(src, src_rec.kind, &old_path, &new_path)?;
-        if let (Some((d, drec)), true) = (&dst, flags.exchange) {
-            moves.extend(self.data_moves(*d, drec.kind, &new_path, &old_path)?);
-        }
-        for (_, new_key) in &moves {
-            if new_key.len() > memfis_memcache::MAX_KEY_LEN {
-                return Err(FsError::NameTooLong {
-                    key: String::from_utf8_lossy(new_key).into_owned(),
-                    len: new_key.len(),
-                });
-            }
-        }
+        // Everything that could refuse the rename is checked before its first change. (A
+        // path too long for a served key is no refusal: those bytes go to a private key.)
         let mut grown = src_rec.clone();
         grown.replace_link(&Link::new(parent, name), Link::new(newparent, newname));
         self.check_record_size(&self.keys.inode(src), grown.encode().len())?;
@@ -217,6 +220,7 @@ impl<S: Store> MemFs<S> {
             None => {}
         }
         if !src_done {
+            self.drop_replaced_bytes(r)?;
             self.move_data(r)?;
         }
         let src_now = match r.replaced {
@@ -262,6 +266,30 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
+    /// A file the rename replaces keeps no bytes at the destination's data key when the
+    /// source will not overwrite them there (a file not served there, or not a file).
+    fn drop_replaced_bytes(&self, r: &RenameIntent) -> FsResult<()> {
+        let served = self.keys.data(&r.new_path);
+        if r.exchange
+            || !matches!(r.replaced, Some((_, Kind::File)))
+            || served.len() > memfis_memcache::MAX_KEY_LEN
+        {
+            return Ok(());
+        }
+        let overwritten = match (r.kind, self.read_inode_opt(r.ino)?) {
+            (Kind::File, Some((rec, _))) => {
+                self.keys.file_bytes(r.ino, rec.mode, &r.new_path) == served
+            }
+            _ => false,
+        };
+        if !overwritten {
+            self.store
+                .delete(&served)
+                .map_err(|e| FsError::store(&served, e))?;
+        }
+        Ok(())
+    }
+
     /// Lifts the fence of directory `dir` (a rename that fenced it did not begin).
     fn unfence(&self, dir: u64, last_seq: u64) -> FsResult<()> {
         let key = self.keys.dir_seq(dir);
@@ -274,9 +302,9 @@ impl<S: Store> MemFs<S> {
     /// Moves the bytes of every file the rename moves to their new keys.
     fn move_data(&self, r: &RenameIntent) -> FsResult<()> {
         if !r.exchange {
-            let moves = self.data_moves(r.ino, r.kind, &r.old_path, &r.new_path)?;
-            for chunk in moves.chunks(MOVE_BATCH) {
-                self.copy_values(chunk, true)?;
+            let files = self.data_moves(r.ino, r.kind, &r.old_path, &r.new_path)?;
+            for chunk in files.chunks(MOVE_BATCH) {
+                self.copy_values(&self.bytes_moves(chunk)?, true)?;
             }
             return Ok(());
         }
@@ -285,14 +313,15 @@ impl<S: Store> MemFs<S> {
         }
         // An exchange reads every value before writing any: the two sets of keys overlap.
         let (b, bkind) = r.replaced.expect("an exchange has a destination");
-        let mut moves = self.data_moves(r.ino, r.kind, &r.old_path, &r.new_path)?;
-        moves.extend(self.data_moves(b, bkind, &r.new_path, &r.old_path)?);
+        let mut files = self.data_moves(r.ino, r.kind, &r.old_path, &r.new_path)?;
+        files.extend(self.data_moves(b, bkind, &r.new_path, &r.old_path)?);
+        let moves = self.bytes_moves(&files)?;
         self.copy_values(&moves, false)?;
-        let new_keys: HashSet<&Vec<u8>> = moves.iter().map(|m| &m.1).collect();
+        let new_keys: HashSet<&Vec<u8>> = moves.iter().map(|m| &m.new).collect();
         let stale: Vec<Command> = moves
             .iter()
-            .filter(|m| !new_keys.contains(&m.0))
-            .map(|m| Command::Delete(m.0.clone()))
+            .filter(|m| !new_keys.contains(&m.old) && !m.keep_old)
+            .map(|m| Command::Delete(m.old.clone()))
             .collect();
         for r in self.store.execute(stale) {
             r.map_err(|e| FsError::store(b"(rename cleanup)", e))?;
@@ -346,17 +375,21 @@ impl<S: Store> MemFs<S> {
         ))
     }
 
-    /// (old data key, new data key) of every file at or below `old_path` once it is `new_path`.
+    /// Every file at or below `old_path` once it is `new_path`.
     fn data_moves(
         &self,
         ino: u64,
         kind: Kind,
         old_path: &[u8],
         new_path: &[u8],
-    ) -> FsResult<Vec<Move>> {
+    ) -> FsResult<Vec<MovedFile>> {
         let mut out = Vec::new();
         match kind {
-            Kind::File => out.push((self.keys.data(old_path), self.keys.data(new_path))),
+            Kind::File => out.push(MovedFile {
+                ino,
+                old_path: old_path.to_vec(),
+                new_path: new_path.to_vec(),
+            }),
             Kind::Dir => self.walk_files(ino, old_path, new_path, &mut out, 0)?,
             // No bytes in the store.
             Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
@@ -369,7 +402,7 @@ impl<S: Store> MemFs<S> {
         dir: u64,
         old: &[u8],
         new: &[u8],
-        out: &mut Vec<Move>,
+        out: &mut Vec<MovedFile>,
         depth: usize,
     ) -> FsResult<()> {
         if depth > 2048 {
@@ -381,7 +414,11 @@ impl<S: Store> MemFs<S> {
         for (name, (ino, kind)) in self.list_dir(dir)? {
             let (o, n) = (join(old, &name), join(new, &name));
             match kind {
-                Kind::File => out.push((self.keys.data(&o), self.keys.data(&n))),
+                Kind::File => out.push(MovedFile {
+                    ino,
+                    old_path: o,
+                    new_path: n,
+                }),
                 Kind::Dir => self.walk_files(ino, &o, &n, out, depth + 1)?,
                 Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
             }
@@ -389,19 +426,53 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
+    /// Where the bytes of `files` go (one batch of record reads): the files whose key
+    /// changes. The mode decides whether a path is served, so the records are read; a
+    /// chmod cannot change them meanwhile (it takes the namespace lock too).
+    fn bytes_moves(&self, files: &[MovedFile]) -> FsResult<Vec<Move>> {
+        let gets = files
+            .iter()
+            .map(|f| Command::Get(self.keys.inode(f.ino)))
+            .collect();
+        let mut moves = Vec::new();
+        for (f, r) in files.iter().zip(self.store.execute(gets)) {
+            let key = self.keys.inode(f.ino);
+            // A file without a record: `memfis check` reports it; its bytes stay where they are.
+            let Some(item) = value_of(&key, r)? else {
+                continue;
+            };
+            let rec = Inode::decode(&key, &item.value)?;
+            let old = self.keys.file_bytes(f.ino, rec.mode, &f.old_path);
+            let new = self.keys.file_bytes(f.ino, rec.mode, &f.new_path);
+            if old != new {
+                moves.push(Move {
+                    keep_old: old == self.keys.private_data(f.ino) && rec.links.len() > 1,
+                    empty: rec.size == 0,
+                    old,
+                    new,
+                });
+            }
+        }
+        Ok(moves)
+    }
+
     /// Reads the old keys of `moves` in one batch, then writes the new keys (and, with
     /// `delete_old`, deletes the old ones) in one batch. An old key already gone was moved
-    /// by an earlier run.
+    /// by an earlier run (or, for an empty file, never made: its new key is made empty).
     fn copy_values(&self, moves: &[Move], delete_old: bool) -> FsResult<()> {
-        let gets = moves.iter().map(|m| Command::Get(m.0.clone())).collect();
+        let gets = moves.iter().map(|m| Command::Get(m.old.clone())).collect();
         let mut sets = Vec::new();
         let mut deletes = Vec::new();
-        for ((old, new), r) in moves.iter().zip(self.store.execute(gets)) {
-            if let Some(item) = value_of(old, r)? {
-                sets.push(Command::store(StoreOp::Set, new, &item.value));
-                if delete_old && old != new {
-                    deletes.push(Command::Delete(old.clone()));
+        for (m, r) in moves.iter().zip(self.store.execute(gets)) {
+            match value_of(&m.old, r)? {
+                Some(item) => {
+                    sets.push(Command::store(StoreOp::Set, &m.new, &item.value));
+                    if delete_old && !m.keep_old {
+                        deletes.push(Command::Delete(m.old.clone()));
+                    }
                 }
+                None if m.empty => sets.push(Command::store(StoreOp::Add, &m.new, b"")),
+                None => {}
             }
         }
         // Sets before deletes: nginx finds every file at one of its paths throughout.

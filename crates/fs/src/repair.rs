@@ -481,16 +481,18 @@ impl<S: Store> Fixer<'_, S> {
     fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
         let fs = self.fs;
         let path = join(&fs.dir_path(dir)?, name);
-        let key = fs.keys.data(&path);
         let Some((rec, _)) = fs.read_inode_opt(ino)? else {
             return Ok(()); // the name's own problem
         };
-        let names: Vec<(Vec<u8>, Vec<u8>)> = rec
-            .links
-            .iter()
-            .filter_map(|l| fs.link_path(l).ok())
-            .map(|p| (fs.keys.data(&p), p))
-            .collect();
+        let key = fs.keys.file_bytes(ino, rec.mode, &path);
+        // Where each name keeps the bytes (names sharing the private key once).
+        let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for p in rec.links.iter().filter_map(|l| fs.link_path(l).ok()) {
+            let k = fs.keys.file_bytes(ino, rec.mode, &p);
+            if !names.iter().any(|(known, _)| *known == k) {
+                names.push((k, p));
+            }
+        }
         if self.get(&key)?.is_some() {
             // Another name holding what the record says wins; else the first name's bytes (in
             // the record's order) become the file's, at every name, with their size.
@@ -537,7 +539,7 @@ impl<S: Store> Fixer<'_, S> {
             let Ok(other_path) = fs.link_path(other) else {
                 continue;
             };
-            let other_key = fs.keys.data(&other_path);
+            let other_key = fs.keys.file_bytes(ino, rec.mode, &other_path);
             if let Some(bytes) = self.get(&other_key)?
                 && bytes.len() as u64 == rec.size
             {

@@ -23,7 +23,7 @@ impl<S: Store> MemFs<S> {
                 name,
                 ino,
                 kind,
-                path,
+                data_keys,
             } => {
                 self.entry_swap(*parent, name, Some(*ino), None)?;
                 self.log_dir_changes(*parent, &[(Op::Remove, *kind, *ino, name)])?;
@@ -33,7 +33,7 @@ impl<S: Store> MemFs<S> {
                 };
                 if *kind == Kind::File {
                     self.keep_bytes_for_open_handles(*ino)?;
-                    self.delete_data_if_unowned(*parent, name, path)?;
+                    self.delete_data_if_unowned(*parent, name, data_keys)?;
                 }
                 self.drop_link(*ino, &link, 0)
             }
@@ -57,7 +57,6 @@ impl<S: Store> MemFs<S> {
                 kind,
                 parent,
                 name,
-                path,
             } => {
                 if self.read_entry(*parent, name)?.ino != Some(*ino) {
                     return Ok(()); // the entry was never claimed: nothing happened
@@ -77,11 +76,12 @@ impl<S: Store> MemFs<S> {
                     && *kind == Kind::File
                 {
                     let bytes = self.current_bytes_except(*ino, &rec, &link)?;
-                    self.write_data_keys(&[self.keys.data(path)], bytes)?;
+                    self.write_data_keys(&[self.bytes_key(*ino, &rec, &link)?], bytes)?;
                 }
                 self.log_dir_changes(*parent, &[(Op::Add, *kind, *ino, name)])
             }
             Intent::Rename(r) => self.complete_rename(r),
+            Intent::Chmod { ino, public } => self.complete_chmod(*ino, *public),
         }
     }
 
@@ -99,21 +99,23 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Deletes the data key at `path` (the name `name` of `parent`) unless that name now
-    /// belongs to another file, whose bytes it holds.
+    /// Deletes the keys that held the bytes of the removed name `name` of `parent`: its
+    /// served data key unless that name now belongs to another file, whose bytes it holds;
+    /// a private key (its inode's alone) in any case.
     pub(crate) fn delete_data_if_unowned(
         &self,
         parent: u64,
         name: &[u8],
-        path: &[u8],
+        keys: &[Vec<u8>],
     ) -> FsResult<()> {
-        if self.read_entry(parent, name)?.ino.is_some() {
-            return Ok(());
+        let private = self.keys.private_data_prefix();
+        let name_taken = self.read_entry(parent, name)?.ino.is_some();
+        for key in keys {
+            if name_taken && !key.starts_with(&private) {
+                continue;
+            }
+            self.store.delete(key).map_err(|e| FsError::store(key, e))?;
         }
-        let key = self.keys.data(path);
-        self.store
-            .delete(&key)
-            .map_err(|e| FsError::store(&key, e))?;
         Ok(())
     }
 }

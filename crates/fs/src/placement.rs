@@ -1,0 +1,120 @@
+//! Where a file's bytes live, and moving them when its mode changes who may read it.
+//!
+//! A name of a file is served (its bytes at its data key, `PREFIX + path`, which nginx reads)
+//! while the file's mode grants read to others and the key fits memcached's 250 bytes; the
+//! bytes of every other name sit at the inode's private key (`PREFIX%d<ino>`), which no URI
+//! reaches (`KeyLayout::file_bytes`). A chmod that adds or removes o+r moves them, under the
+//! namespace lock with an intent, so a crash or another mount can finish the move: first the
+//! record takes the new mode (the point of no return), then the bytes are copied from where
+//! the old mode kept them to where the new one does, then the old keys are deleted.
+//!
+//! A chmod through an open writer (`cp -a` creates files unreadable by others and opens them
+//! up before closing) rides with the publish instead, which writes the new keys and deletes
+//! the old ones like keys a rename took away (`files.rs`).
+
+use memfis_memcache::{Command, Store, StoreOp};
+
+use crate::attr::SetAttr;
+use crate::fs::{CAS_RETRIES, MemFs, apply_setattr};
+use crate::intent::Intent;
+use crate::keys::is_public;
+use crate::record::{Inode, Kind};
+use crate::replies::{CasOutcome, cas_outcome, value_of};
+use crate::{FsError, FsResult};
+
+impl<S: Store> MemFs<S> {
+    /// True when `set` would serve or withdraw the file `rec` (its bytes must move).
+    pub(crate) fn changes_visibility(rec: &Inode, set: &SetAttr) -> bool {
+        let mut after = rec.clone();
+        apply_setattr(&mut after, set);
+        rec.kind == Kind::File && is_public(after.mode) != is_public(rec.mode)
+    }
+
+    /// setattr of a file whose bytes may move (see the module comment).
+    pub(crate) fn setattr_moving_bytes(&self, ino: u64, set: &SetAttr) -> FsResult<()> {
+        let key = self.keys.inode(ino);
+        self.with_ns_lock(Vec::new(), |guard, _| {
+            for _ in 0..CAS_RETRIES {
+                let (old, cas) = self.read_live_inode(ino)?;
+                let mut rec = old.clone();
+                apply_setattr(&mut rec, set);
+                let value = rec.encode();
+                self.check_record_size(&key, value.len())?;
+                let first = Command::cas(&key, &value, cas);
+                if !Self::changes_visibility(&old, set) {
+                    // Another mount changed the mode meanwhile: nothing moves after all.
+                    match cas_outcome(&key, self.store.run(first))? {
+                        CasOutcome::Stored => {
+                            self.adopt(ino, &rec);
+                            return Ok(());
+                        }
+                        CasOutcome::Changed => continue,
+                        CasOutcome::Gone => return Err(FsError::NotFound),
+                    }
+                }
+                let intent = Intent::Chmod {
+                    ino,
+                    public: is_public(rec.mode),
+                };
+                if self.begin(guard, &intent, vec![first])?[0] {
+                    self.complete(&intent)?;
+                    self.adopt(ino, &rec);
+                    return Ok(());
+                }
+                guard.intent = None; // the record changed meanwhile: read it again
+            }
+            Err(FsError::Contended)
+        })
+    }
+
+    /// Finishes a chmod that served (`public`) or withdrew a file: copies its bytes from the
+    /// keys the other mode kept them at to the keys the record's mode keeps them at, then
+    /// deletes the old keys. Does nothing when the record's mode does not say `public` (the
+    /// change never happened, or a later one undid it).
+    pub(crate) fn complete_chmod(&self, ino: u64, public: bool) -> FsResult<()> {
+        let Some((rec, _)) = self.read_inode_opt(ino)? else {
+            return Ok(()); // removed meanwhile, with its keys
+        };
+        if is_public(rec.mode) != public || rec.kind != Kind::File {
+            return Ok(());
+        }
+        let mut before = rec.clone();
+        before.mode ^= libc::S_IROTH;
+        let old_keys = self.bytes_keys(ino, &before)?;
+        let new_keys = self.bytes_keys(ino, &rec)?;
+        let gets = old_keys.iter().map(|k| Command::Get(k.clone())).collect();
+        let mut bytes = None;
+        for (key, r) in old_keys.iter().zip(self.store.execute(gets)) {
+            if let Some(item) = value_of(key, r)? {
+                bytes.get_or_insert(item.value);
+            }
+        }
+        let mut batch: Vec<Command> = match bytes {
+            Some(bytes) => new_keys
+                .iter()
+                .filter(|k| !old_keys.contains(k))
+                .map(|k| Command::store(StoreOp::Set, k, &bytes))
+                .collect(),
+            // Moved by an earlier run (the old keys are deleted last), or an empty file with
+            // no private key yet: nginx serves an empty file from an empty key.
+            None if rec.size == 0 && public => new_keys
+                .iter()
+                .map(|k| Command::store(StoreOp::Add, k, b""))
+                .collect(),
+            None => Vec::new(),
+        };
+        // Sets before deletes: readers find the bytes at one key or the other throughout.
+        batch.extend(
+            old_keys
+                .iter()
+                .filter(|k| !new_keys.contains(k))
+                .map(|k| Command::Delete(k.clone())),
+        );
+        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
+        for (key, r) in keys.iter().zip(self.store.execute(batch)) {
+            // (An `add` that found its key: an earlier run made it.)
+            r.map_err(|e| FsError::store(key, e))?;
+        }
+        Ok(())
+    }
+}
