@@ -71,10 +71,15 @@ fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
 
 /// The names nginx does not serve, and why (docs/serving.md), when there are any.
 fn unserved(report: &Report) -> String {
-    match (report.private_names, report.long_names) {
-        (0, 0) => String::new(),
-        (p, l) => format!(
-            "not served: {p} names of files others may not read, {l} names too long for a key; "
+    match (
+        report.private_names,
+        report.long_names,
+        report.chunked_files,
+    ) {
+        (0, 0, 0) => String::new(),
+        (p, l, c) => format!(
+            "not served: {p} names of files others may not read, {l} names too long for a key, \
+             {c} files larger than one item; "
         ),
     }
 }

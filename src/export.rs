@@ -254,29 +254,48 @@ impl Exporter {
                 Ok(job) => job,
                 Err(_) => return,
             };
-            match self.read_file(ino, &attr) {
-                Ok(bytes) => {
-                    let written = std::fs::write(&local, &bytes)
-                        .and_then(|()| self.copy_xattrs(ino, &local))
-                        .and_then(|()| set_local_attrs(&local, &attr));
-                    match written {
-                        Ok(()) => {
-                            self.files.fetch_add(1, Ordering::Relaxed);
-                            self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => self.error(&local, e),
-                    }
+            let written = self.copy_file(ino, &local).and_then(|len| {
+                self.copy_xattrs(ino, &local)?;
+                set_local_attrs(&local, &attr)?;
+                Ok(len)
+            });
+            match written {
+                Ok(len) => {
+                    self.files.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(len, Ordering::Relaxed);
                 }
                 Err(e) => self.error(&local, e),
             }
         }
     }
 
-    fn read_file(&self, ino: u64, attr: &Attr) -> Result<Vec<u8>, memfis_fs::FsError> {
-        let fh = self.fs.open(ino, libc::O_RDONLY)?;
-        let bytes = self.fs.read(fh, 0, attr.size.max(1) as u32);
+    /// Copies a file's bytes to `local` a piece at a time (a file in chunks may be far larger
+    /// than memory); returns how many.
+    fn copy_file(&self, ino: u64, local: &Path) -> std::io::Result<u64> {
+        const PIECE: u32 = 1 << 20;
+        let fh = self
+            .fs
+            .open(ino, libc::O_RDONLY)
+            .map_err(std::io::Error::other)?;
+        let copied = (|| {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(local)?);
+            let mut offset = 0u64;
+            loop {
+                let piece = self
+                    .fs
+                    .read(fh, offset, PIECE)
+                    .map_err(std::io::Error::other)?;
+                if piece.is_empty() {
+                    break;
+                }
+                std::io::Write::write_all(&mut out, &piece)?;
+                offset += piece.len() as u64;
+            }
+            std::io::Write::flush(&mut out)?;
+            Ok(offset)
+        })();
         let _ = self.fs.release(fh);
-        bytes
+        copied
     }
 
     fn copy_xattrs(&self, ino: u64, local: &Path) -> std::io::Result<()> {

@@ -45,6 +45,8 @@ struct TreeStats {
     private_names: u64,
     /// Names of files nginx cannot serve: the data key would pass 250 bytes.
     long_names: u64,
+    /// Files larger than one item, in chunks (not served).
+    chunked_files: u64,
     /// The live-inode counter of the store (`statfs` reports it as files in use).
     inodes: Option<u64>,
     /// Problems one scan met (operations in flight included): run `memfis check`.
@@ -133,6 +135,7 @@ fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
         bytes: 0,
         private_names: 0,
         long_names: 0,
+        chunked_files: 0,
         inodes: None,
         problems: 0,
         error: None,
@@ -168,6 +171,7 @@ fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
             tree.bytes = report.bytes;
             tree.private_names = report.private_names;
             tree.long_names = report.long_names;
+            tree.chunked_files = report.chunked_files;
             tree.problems = report.problems.len();
         }
         Err(e) => tree.error = Some(e.to_string()),
@@ -250,10 +254,10 @@ fn render(stats: &Stats) -> String {
         human(t.bytes),
         opt(t.inodes),
     );
-    if t.private_names + t.long_names > 0 {
+    if t.private_names + t.long_names + t.chunked_files > 0 {
         out += &format!(
-            "  not served by nginx: {} names of files others may not read, {} names too long for a key\n",
-            t.private_names, t.long_names
+            "  not served by nginx: {} names of files others may not read, {} names too long for a key, {} files larger than one item\n",
+            t.private_names, t.long_names, t.chunked_files
         );
     }
     if t.problems > 0 {

@@ -94,22 +94,27 @@ impl Memcached {
         panic!("memcached did not come up on a port of its own");
     }
 
-    /// True when our memcached process runs and answers `version` on its port.
+    /// True when the memcached answering on our port is our process (`stats` names its
+    /// pid): another test's server may have taken the port first.
     fn is_ours(&mut self) -> bool {
         std::thread::sleep(Duration::from_millis(20));
-        let running = self
-            .child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let pid = child.id();
         let answered = || -> std::io::Result<bool> {
             let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"version\r\nquit\r\n")?;
+            s.write_all(b"stats\r\nquit\r\n")?;
             let mut out = Vec::new();
             let _ = s.read_to_end(&mut out);
-            Ok(out.starts_with(b"VERSION "))
+            let want = format!("STAT pid {pid}\r\n");
+            Ok(String::from_utf8_lossy(&out).contains(&want))
         };
-        running && answered().unwrap_or(false)
+        answered().unwrap_or(false)
     }
 
     pub fn addr(&self) -> String {

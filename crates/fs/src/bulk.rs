@@ -67,13 +67,7 @@ impl<S: Store> MemFs<S> {
             }
             let path = join(&dir.path, &f.name);
             let checked = check_name(&f.name)
-                .and_then(|()| match self.check_size(0, f.bytes.len() as u64) {
-                    Err(FsError::TooBig { limit, .. }) => Err(FsError::TooBig {
-                        key: String::from_utf8_lossy(&path).into_owned(),
-                        limit,
-                    }),
-                    other => other,
-                })
+                .and_then(|()| self.check_fits_item(&path, f.bytes.len() as u64))
                 .and_then(|()| {
                     let ino = self.alloc_ino()?;
                     let record_key = self.keys.inode(ino);

@@ -26,6 +26,9 @@ pub(crate) enum Published {
     /// A namespace operation ran while the bytes went out: wait for it (without holding the
     /// open file) and publish again at the names it left.
     AfterNamespaceOp,
+    /// A file in chunks is small enough for one item again: its bytes are in the buffer, to
+    /// publish the usual way.
+    Unchunked,
 }
 
 impl<S: Store> MemFs<S> {
@@ -74,7 +77,7 @@ impl<S: Store> MemFs<S> {
                         Ok((rec, cas)) => {
                             g.adopt_record(rec);
                             g.cas = Some(cas);
-                            g.data = None;
+                            g.reset_bytes();
                         }
                         Err(e) => {
                             drop(g);
@@ -115,8 +118,8 @@ impl<S: Store> MemFs<S> {
     /// record says there are bytes may be a rename moving it: after the namespace settles,
     /// the record and paths are read again; still missing is EIO naming path and key.
     pub(crate) fn ensure_loaded(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        if of.data.is_some() {
-            return Ok(());
+        if of.data.is_some() || of.chunked.is_some() {
+            return Ok(()); // (chunks are read as they are needed)
         }
         let mut last_key = Vec::new();
         for attempt in 0..3 {
@@ -212,6 +215,9 @@ impl<S: Store> MemFs<S> {
         let h = self.open_files.handle(fh)?;
         let mut of = lock(&h.file);
         self.ensure_loaded(h.ino, &mut of)?;
+        if let Some(c) = of.chunked.as_mut() {
+            return self.read_chunked(h.ino, c, offset, size);
+        }
         let data: &[u8] = of.data.as_deref().map_or(&[], |d| d);
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
@@ -227,20 +233,24 @@ impl<S: Store> MemFs<S> {
         }
         let mut of = lock(&h.file);
         self.ensure_loaded(h.ino, &mut of)?;
-        // Copies only if a publish still holds the buffer.
-        let data = Arc::make_mut(of.data.as_mut().expect("loaded"));
-        let offset = if h.append {
-            data.len()
-        } else {
-            offset as usize
-        };
-        let end = offset + bytes.len();
-        self.check_size(h.ino, end as u64)?;
-        if data.len() < end {
-            data.resize(end, 0); // a hole reads as zeros
+        let offset = if h.append { of.view().size } else { offset };
+        let end = offset + bytes.len() as u64;
+        self.check_size(h.ino, end)?;
+        if of.chunked.is_none() && end > self.item_limit() {
+            self.start_chunking(h.ino, &mut of)?;
         }
-        data[offset..end].copy_from_slice(bytes);
-        of.data_dirty = true;
+        if let Some(c) = of.chunked.as_mut() {
+            self.write_chunked(h.ino, c, offset, bytes)?;
+        } else {
+            // Copies only if a publish still holds the buffer.
+            let data = Arc::make_mut(of.data.as_mut().expect("loaded"));
+            let (offset, end) = (offset as usize, end as usize);
+            if data.len() < end {
+                data.resize(end, 0); // a hole reads as zeros
+            }
+            data[offset..end].copy_from_slice(bytes);
+            of.data_dirty = true;
+        }
         of.touch_mtime();
         let mode = of.view().mode;
         if kill_suidgid && mode & 0o6000 != 0 {
@@ -283,6 +293,8 @@ impl<S: Store> MemFs<S> {
                 Published::Done(stale) => return self.delete_keys_outside_tree(&stale),
                 // A store error while waiting: the bytes are still to publish; try again.
                 Published::AfterNamespaceOp => waited = self.wait_quiet(),
+                // (Handled inside `publish`; publishing again is right in any case.)
+                Published::Unchunked => {}
             }
         }
         waited.and(Err(FsError::Contended))
@@ -296,6 +308,17 @@ impl<S: Store> MemFs<S> {
     fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
         if of.unlinked || !of.is_dirty() {
             return Ok(Published::Done(Vec::new()));
+        }
+        if of.chunked.is_some() {
+            match self.publish_chunked(ino, of) {
+                Ok(Published::Unchunked) => {} // published below, as one item
+                Ok(other) => return Ok(other),
+                Err(e) => {
+                    warn!(ino, error = %e, "publishing a file in chunks failed");
+                    self.after_failed_chunked_publish(ino, of);
+                    return Err(e);
+                }
+            }
         }
         let outcome = self.publish_rounds(ino, of);
         if let Err(e) = &outcome
@@ -328,6 +351,8 @@ impl<S: Store> MemFs<S> {
             of.pending.apply_to(&mut rec);
             if of.data.is_some() {
                 rec.size = data.len() as u64;
+                rec.chunk_size = None;
+                rec.chunk_gen = 0;
             }
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
@@ -382,6 +407,10 @@ impl<S: Store> MemFs<S> {
             let moved = self.meta.generation() != generation_before;
             match cas_result? {
                 CasOutcome::Stored => {
+                    if rec.chunk_size.is_none() {
+                        // It was in chunks until now: they go.
+                        self.delete_record_chunks(ino, &of.record);
+                    }
                     if data_was_dirty {
                         self.activity.published(data.len());
                     }
@@ -441,13 +470,22 @@ impl<S: Store> MemFs<S> {
         // Keys written at paths a rename took away meanwhile go when the heartbeat finds no
         // name at them (the file's own stay).
         lock(&self.stale_keys).append(&mut of.written);
+        // (A file in chunks becomes one empty item; its chunks go.)
+        let mut chunked = None;
         let emptied = self.update_record(ino, |r| {
+            chunked = Some(r.clone()).filter(|r| r.chunk_size.is_some());
             r.size = 0;
+            r.chunk_size = None;
+            r.chunk_gen = 0;
             Ok(())
         });
         if let Ok(rec) = &emptied {
             of.record = rec.clone();
             of.cas = None;
+            of.reset_bytes();
+            if let Some(was) = &chunked {
+                self.delete_record_chunks(ino, was);
+            }
         }
         if let Ok(rec) = emptied
             && let Ok(keys) = self.bytes_keys(ino, &rec)

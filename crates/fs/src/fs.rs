@@ -25,6 +25,12 @@ use crate::{FsError, FsResult};
 pub const NAME_MAX: usize = 255;
 /// Bytes of an item that are not the value: key (<= 250), header and CAS (memcached items.h).
 const ITEM_OVERHEAD: u64 = 512;
+
+/// memcached's default item size (`-I`), assumed when the servers do not say (twemproxy).
+const DEFAULT_ITEM_SIZE_MAX: u64 = 1024 * 1024;
+
+/// The largest file memfis stores (in chunks).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Retries of a gets/cas round lost to other writers before giving up (EBUSY).
 pub(crate) const CAS_RETRIES: usize = 64;
 /// Deepest directory nesting followed when working out a path (a cycle is EIO, not a crash).
@@ -491,8 +497,11 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Every key that holds a file's bytes: the data key of each served name, and its
-    /// private key once if any name is not served.
+    /// private key once if any name is not served. None for a file in chunks.
     pub(crate) fn bytes_keys(&self, ino: u64, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
+        if rec.chunk_size.is_some() {
+            return Ok(Vec::new());
+        }
         let mut keys: Vec<Vec<u8>> = Vec::with_capacity(rec.links.len());
         for link in &rec.links {
             let key = self.bytes_key(ino, rec, link)?;
@@ -641,7 +650,16 @@ impl<S: Store> MemFs<S> {
                 if let Some(size) = set.size {
                     self.ensure_loaded(ino, &mut of)?;
                     self.check_size(ino, size)?;
-                    of.resize(size);
+                    if of.chunked.is_none() && size > self.item_limit() {
+                        self.start_chunking(ino, &mut of)?;
+                    }
+                    match of.chunked.as_mut() {
+                        Some(c) => {
+                            self.resize_chunked(ino, c, size)?;
+                            of.touch_mtime();
+                        }
+                        None => of.resize(size),
+                    }
                 }
                 let mut set = set.clone();
                 let view = of.view();
@@ -689,22 +707,39 @@ impl<S: Store> MemFs<S> {
         self.getattr(ino)
     }
 
+    /// EFBIG for a file size past [`MAX_FILE_SIZE`]; files larger than one item go in chunks.
     pub(crate) fn check_size(&self, ino: u64, size: u64) -> FsResult<()> {
-        if let Some(item_max) = self.cfg.item_size_max {
-            // An item holds the key and a header besides the value.
-            let limit = item_max.saturating_sub(ITEM_OVERHEAD);
-            if size > limit {
-                warn!(
-                    ino,
-                    size,
-                    "file would exceed the store's item_size_max ({item_max} bytes, of which \
-                     {ITEM_OVERHEAD} are kept for the key and item header)"
-                );
-                return Err(FsError::TooBig {
-                    key: format!("inode {ino}"),
-                    limit: format!("item_size_max {item_max} bytes"),
-                });
-            }
+        if size > MAX_FILE_SIZE {
+            warn!(
+                ino,
+                size, "file would exceed the largest size memfis stores ({MAX_FILE_SIZE} bytes)"
+            );
+            return Err(FsError::TooBig {
+                key: format!("inode {ino}"),
+                limit: format!("{MAX_FILE_SIZE} bytes"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The most bytes one item holds: files up to this size are one value (served), larger
+    /// ones go in chunks (`chunked.rs`).
+    pub(crate) fn item_limit(&self) -> u64 {
+        // An item holds the key and a header besides the value.
+        let item_max = self.cfg.item_size_max.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+        item_max.saturating_sub(ITEM_OVERHEAD)
+    }
+
+    /// EFBIG for bytes that must be one item (`memfis load` writes whole files in one batch).
+    pub(crate) fn check_fits_item(&self, key: &[u8], size: u64) -> FsResult<()> {
+        if size > self.item_limit() {
+            return Err(FsError::TooBig {
+                key: String::from_utf8_lossy(key).into_owned(),
+                limit: format!(
+                    "one item of {} bytes (write larger files through the mount)",
+                    self.item_limit()
+                ),
+            });
         }
         Ok(())
     }

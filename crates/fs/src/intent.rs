@@ -39,6 +39,10 @@ pub enum Intent {
         parent: u64,
         #[serde(with = "pct")]
         name: Vec<u8>,
+        /// The new name's path when the link began (its parent may be gone by the time a
+        /// crashed link is completed).
+        #[serde(with = "pct")]
+        path: Vec<u8>,
     },
     /// rename(2). First change: the destination entry points at `ino`.
     Rename(Box<RenameIntent>),

@@ -125,6 +125,17 @@ impl KeyLayout {
         self.meta(&format!("d{ino}"))
     }
 
+    /// Chunk `n` of generation `generation` of a file larger than one item (bytes
+    /// `n * chunk_size ..`).
+    pub fn chunk(&self, ino: u64, generation: u64, n: u64) -> Vec<u8> {
+        self.meta(&format!("k{ino}.{generation:x}.{n}"))
+    }
+
+    /// What every chunk key starts with.
+    pub fn chunk_prefix(&self) -> Vec<u8> {
+        self.meta("k")
+    }
+
     /// What every private key starts with.
     pub fn private_data_prefix(&self) -> Vec<u8> {
         self.meta("d")

@@ -476,6 +476,7 @@ impl<S: Store> MemFs<S> {
             if entry.ino.is_some() {
                 return Err(FsError::Exists);
             }
+            let path = join(&self.dir_path(newparent)?, newname);
             rec.links.push(Link::new(newparent, newname));
             self.check_record_size(&rec_key, rec.encode().len())?;
             let intent = Intent::Link {
@@ -483,6 +484,7 @@ impl<S: Store> MemFs<S> {
                 kind: rec.kind,
                 parent: newparent,
                 name: newname.to_vec(),
+                path,
             };
             // The claim is the point of no return; a create may take the name first.
             let claim = match entry.cas {
@@ -561,7 +563,7 @@ impl<S: Store> MemFs<S> {
             // key); with the last name, the private key too (a name removed earlier may have
             // left bytes there).
             let mut data_keys = Vec::new();
-            if rec.kind == Kind::File {
+            if rec.kind == Kind::File && rec.chunk_size.is_none() {
                 self.keep_bytes_for_open_handles(ino)?;
                 let key = self.bytes_key(ino, &rec, &link)?;
                 if !self.bytes_keys(ino, &rest)?.contains(&key) {
@@ -616,6 +618,7 @@ impl<S: Store> MemFs<S> {
                 if let Some(of) = self.open_file(ino) {
                     lock(&of).unlinked = true;
                 }
+                self.delete_record_chunks(ino, &rec);
             } else {
                 self.adopt_removed_link(ino, &link);
             }
@@ -653,6 +656,7 @@ impl<S: Store> MemFs<S> {
         })?;
         match rec {
             Some(rec) if rec.links.is_empty() => {
+                self.delete_record_chunks(ino, &rec);
                 let last_seq = match rec.kind {
                     Kind::Dir => self.dir_seq_value(ino)?.unwrap_or(0).max(last_seq),
                     _ => 0,
@@ -848,13 +852,16 @@ impl<S: Store> MemFs<S> {
             };
             return Ok(match self.read_inode_opt(ino)? {
                 Some((rec, _)) if rec.kind == Kind::File => {
-                    self.keys.file_bytes(ino, rec.mode, &path) == key
+                    self.bytes_keys(ino, &rec)?.iter().any(|k| k == key)
                 }
                 // Not a file: a directory's path holds no bytes. (A record missing
                 // meanwhile: left for `memfis check`.)
                 Some(_) => false,
                 None => true,
             });
+        }
+        if key.starts_with(&self.keys.chunk_prefix()) {
+            return self.chunk_in_use(key);
         }
         let private_prefix = self.keys.private_data_prefix();
         if let Some(number) = key.strip_prefix(private_prefix.as_slice())

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use memfis_memcache::command::Value;
 
 use crate::attr::SetAttr;
+use crate::chunked::ChunkedFile;
 use crate::record::{Inode, Time};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
@@ -94,6 +95,9 @@ pub struct OpenFile {
     /// (`KeyLayout::private_data`): a publish that makes the file served has no private
     /// key to delete (`cp -a` creates every file unreadable by others, then opens it up).
     pub private_key_unused: bool,
+    /// The file is larger than one item: its bytes are in chunks (`chunked.rs`) and `data`
+    /// is unused.
+    pub chunked: Option<ChunkedFile>,
 }
 
 impl OpenFile {
@@ -109,7 +113,24 @@ impl OpenFile {
             unlinked: false,
             written: Vec::new(),
             private_key_unused: false,
+            chunked: None,
         }
+        .with_bytes_of_record()
+    }
+
+    /// Forgets the bytes held (unchanged ones), to read them again as the record says: one
+    /// buffer, or chunks.
+    pub(crate) fn with_bytes_of_record(mut self) -> OpenFile {
+        self.reset_bytes();
+        self
+    }
+
+    pub(crate) fn reset_bytes(&mut self) {
+        self.data = None;
+        self.chunked = self
+            .record
+            .chunk_size
+            .map(|cs| ChunkedFile::new(cs, self.record.chunk_gen, self.record.size));
     }
 
     /// The record as this mount sees it: stored record, pending changes, buffered size.
@@ -118,6 +139,9 @@ impl OpenFile {
         self.pending.apply_to(&mut rec);
         if let Some(d) = &self.data {
             rec.size = d.len() as u64;
+        }
+        if let Some(c) = &self.chunked {
+            rec.size = c.size;
         }
         rec
     }
@@ -142,7 +166,9 @@ impl OpenFile {
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
-        self.data_dirty || !self.pending.is_empty()
+        self.data_dirty
+            || !self.pending.is_empty()
+            || self.chunked.as_ref().is_some_and(ChunkedFile::is_dirty)
     }
 }
 

@@ -192,6 +192,14 @@ pub struct Inode {
     /// user.* extended attributes, name and value percent-encoded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
+    /// A file larger than one item: its bytes are in chunks of this many bytes at
+    /// `PREFIX%k<ino>.<chunk_gen>.<n>` (`chunked.rs`), and no name is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+    /// Which set of chunks holds the bytes: each time a file goes into chunks it takes a new
+    /// random generation, so chunks an earlier time left can go without touching these.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunk_gen: u64,
 }
 
 impl Inode {
@@ -210,6 +218,8 @@ impl Inode {
             target: None,
             rdev: 0,
             xattrs: BTreeMap::new(),
+            chunk_size: None,
+            chunk_gen: 0,
         }
     }
 

@@ -442,6 +442,9 @@ impl<S: Store> MemFs<S> {
                 continue;
             };
             let rec = Inode::decode(&key, &item.value)?;
+            if rec.chunk_size.is_some() {
+                continue; // chunks are keyed by inode: nothing moves
+            }
             let old = self.keys.file_bytes(f.ino, rec.mode, &f.old_path);
             let new = self.keys.file_bytes(f.ino, rec.mode, &f.new_path);
             if old != new {

@@ -57,6 +57,7 @@ impl<S: Store> MemFs<S> {
                 kind,
                 parent,
                 name,
+                path,
             } => {
                 if self.read_entry(*parent, name)?.ino != Some(*ino) {
                     return Ok(()); // the entry was never claimed: nothing happened
@@ -74,9 +75,11 @@ impl<S: Store> MemFs<S> {
                 })?;
                 if let Some(rec) = rec
                     && *kind == Kind::File
+                    && rec.chunk_size.is_none()
                 {
                     let bytes = self.current_bytes_except(*ino, &rec, &link)?;
-                    self.write_data_keys(&[self.bytes_key(*ino, &rec, &link)?], bytes)?;
+                    let key = self.keys.file_bytes(*ino, rec.mode, path);
+                    self.write_data_keys(&[key], bytes)?;
                 }
                 self.log_dir_changes(*parent, &[(Op::Add, *kind, *ino, name)])
             }

@@ -113,7 +113,9 @@ fn error_line(line: &[u8], server: &str) -> Option<StoreError> {
     let text = String::from_utf8_lossy(line);
     if let Some(msg) = text.strip_prefix("SERVER_ERROR ") {
         let msg = msg.to_string();
-        return Some(if msg.contains("out of memory") {
+        // "out of memory storing object", or "Out of memory during read" for a value too
+        // large to find room for (memcached 1.6 with -M).
+        return Some(if msg.to_ascii_lowercase().contains("out of memory") {
             StoreError::OutOfMemory(msg)
         } else if msg.contains("too large") {
             StoreError::TooLarge(msg)
@@ -347,6 +349,10 @@ mod tests {
         let set = Command::store(StoreOp::Set, b"k", b"v");
         assert!(matches!(
             reply("SERVER_ERROR out of memory storing object\r\n", set.clone()),
+            Err(StoreError::OutOfMemory(_))
+        ));
+        assert!(matches!(
+            reply("SERVER_ERROR Out of memory during read\r\n", set.clone()),
             Err(StoreError::OutOfMemory(_))
         ));
         assert!(matches!(

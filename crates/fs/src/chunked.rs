@@ -1,0 +1,396 @@
+//! Files larger than one memcached item: their bytes in chunks of `chunk_size` bytes at
+//! `PREFIX%k<ino>.<generation>.<n>` (chunk `n` holds bytes `n * chunk_size ..`), named in the
+//! record (`Inode::chunk_size`, `Inode::chunk_gen`). No name of such a file is served: nginx
+//! finds no key and falls back. Each time a file goes into chunks it takes a new random
+//! generation, so chunks left by an earlier time (a delete that failed) are garbage that can go
+//! whenever (the heartbeat retries them) without ever touching chunks being written now.
+//!
+//! A chunk that is missing, or shorter than `chunk_size`, reads as zeros up to the file's size,
+//! so a file is sparse: a write at 8 GiB stores one chunk. An open file holds only the chunks
+//! written since its last publish, and writes them out once they pass [`DIRTY_LIMIT`], so memory
+//! follows what is being written, not the file's size; reads keep the last chunk read.
+//!
+//! Unlike a file of one item, a file in chunks is not published whole: chunks go out as they
+//! are written (and at close), and the record takes the new size at close. Another mount that
+//! reads while the file is being written may see some new chunks and some old.
+//!
+//! A file becomes chunked when a write or truncate takes it past one item, and goes back to
+//! one item when a publish finds it small enough again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use memfis_memcache::{Command, Store, StoreOp};
+use tracing::warn;
+
+use crate::files::Published;
+use crate::fs::MemFs;
+use crate::open_files::OpenFile;
+use crate::record::Inode;
+use crate::replies::{CasOutcome, Replies};
+use crate::{FsError, FsResult};
+
+/// Written chunks an open file keeps before it writes them out.
+const DIRTY_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Chunks written or deleted per pipelined batch.
+const CHUNK_BATCH: usize = 16;
+
+/// The largest chunk: a few reads or writes of the kernel's (128 KiB) each.
+const MAX_CHUNK: u64 = 1024 * 1024;
+
+/// An open file's view of a file in chunks.
+#[derive(Debug, Default)]
+pub struct ChunkedFile {
+    pub chunk_size: u64,
+    pub generation: u64,
+    pub size: u64,
+    /// Chunks changed since they were last written out, whole (up to `chunk_size` bytes;
+    /// zeros after a shorter one).
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Something to publish: chunks were written out, or the size changed.
+    pub changed: bool,
+    /// Chunks from the one holding `size` up to this count may hold bytes past the size
+    /// (after a shrink): deleted at publish.
+    pub stale_until: u64,
+    /// The last chunk read from the store.
+    cached: Option<(u64, Arc<Vec<u8>>)>,
+}
+
+impl ChunkedFile {
+    pub fn new(chunk_size: u64, generation: u64, size: u64) -> ChunkedFile {
+        ChunkedFile {
+            chunk_size,
+            generation,
+            size,
+            ..ChunkedFile::default()
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.changed || !self.dirty.is_empty()
+    }
+
+    fn dirty_bytes(&self) -> u64 {
+        self.dirty.len() as u64 * self.chunk_size
+    }
+}
+
+/// How many chunks hold a file of `size` bytes.
+pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size)
+}
+
+impl<S: Store> MemFs<S> {
+    /// The chunk size of files this store makes: the largest multiple of 4 KiB one item
+    /// holds, at most [`MAX_CHUNK`].
+    pub(crate) fn chunk_size(&self) -> u64 {
+        match self.item_limit().min(MAX_CHUNK) {
+            limit if limit >= 4096 => limit / 4096 * 4096,
+            limit => limit.max(1), // (memcached's smallest -I is 1 KiB)
+        }
+    }
+
+    /// Turns a buffered file that grows past one item into chunks (all of them to write).
+    pub(crate) fn start_chunking(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
+        self.ensure_loaded(ino, of)?;
+        let data = of.data.take().unwrap_or_default();
+        let generation = u64::from_str_radix(&crate::record::random_id(), 16).unwrap_or(1);
+        let mut c = ChunkedFile::new(self.chunk_size(), generation.max(1), data.len() as u64);
+        for (n, piece) in data.chunks(c.chunk_size as usize).enumerate() {
+            c.dirty.insert(n as u64, piece.to_vec());
+        }
+        c.changed = true;
+        of.data_dirty = false;
+        of.chunked = Some(c);
+        Ok(())
+    }
+
+    /// Chunk `n` as stored (empty when missing: zeros).
+    fn load_chunk(&self, ino: u64, c: &ChunkedFile, n: u64) -> FsResult<Arc<Vec<u8>>> {
+        let key = self.keys.chunk(ino, c.generation, n);
+        let item = self.store.get(&key).map_err(|e| FsError::store(&key, e))?;
+        Ok(Arc::new(item.map(|i| i.value).unwrap_or_default()))
+    }
+
+    pub(crate) fn read_chunked(
+        &self,
+        ino: u64,
+        c: &mut ChunkedFile,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
+        let end = offset.saturating_add(size as u64).min(c.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let n = pos / c.chunk_size;
+            let start = n * c.chunk_size;
+            let upto = end.min(start + c.chunk_size);
+            let chunk: Arc<Vec<u8>> = match c.dirty.get(&n) {
+                Some(bytes) => Arc::new(bytes.clone()),
+                None => match &c.cached {
+                    Some((cn, bytes)) if *cn == n => bytes.clone(),
+                    _ => {
+                        let bytes = self.load_chunk(ino, c, n)?;
+                        c.cached = Some((n, bytes.clone()));
+                        bytes
+                    }
+                },
+            };
+            let (from, to) = ((pos - start) as usize, (upto - start) as usize);
+            let have = chunk.len().min(to);
+            if from < have {
+                out.extend_from_slice(&chunk[from..have]);
+            }
+            out.resize(out.len() + (to - from.max(have)), 0);
+            pos = upto;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn write_chunked(
+        &self,
+        ino: u64,
+        c: &mut ChunkedFile,
+        offset: u64,
+        bytes: &[u8],
+    ) -> FsResult<()> {
+        let end = offset + bytes.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let n = pos / c.chunk_size;
+            let start = n * c.chunk_size;
+            let upto = end.min(start + c.chunk_size);
+            if !c.dirty.contains_key(&n) {
+                // Bytes of the chunk the write does not cover must be read first.
+                let held = c.size.min(start + c.chunk_size);
+                let covers = pos == start && upto >= held;
+                // Room for the whole chunk at once: growing it write by write would copy it.
+                let mut chunk = Vec::with_capacity(c.chunk_size as usize);
+                match (covers, &c.cached) {
+                    (true, _) => {}
+                    (false, Some((cn, b))) if *cn == n => chunk.extend_from_slice(b),
+                    (false, _) if start < c.size => {
+                        chunk.extend_from_slice(&self.load_chunk(ino, c, n)?)
+                    }
+                    (false, _) => {}
+                }
+                c.dirty.insert(n, chunk);
+            }
+            if c.cached.as_ref().is_some_and(|(cn, _)| *cn == n) {
+                c.cached = None;
+            }
+            let chunk = c.dirty.get_mut(&n).expect("inserted above");
+            let (from, to) = ((pos - start) as usize, (upto - start) as usize);
+            if chunk.len() < to {
+                chunk.resize(to, 0);
+            }
+            let src = (pos - offset) as usize;
+            chunk[from..to].copy_from_slice(&bytes[src..src + (to - from)]);
+            pos = upto;
+        }
+        c.size = c.size.max(end);
+        c.changed = true;
+        if c.dirty_bytes() > DIRTY_LIMIT {
+            self.write_out_chunks(ino, c)?;
+        }
+        Ok(())
+    }
+
+    /// Truncates or extends a file in chunks. Bytes past a new, smaller size are cut from
+    /// the chunk that holds it (so growing again reads zeros); later chunks go at publish.
+    pub(crate) fn resize_chunked(&self, ino: u64, c: &mut ChunkedFile, size: u64) -> FsResult<()> {
+        if size < c.size {
+            c.stale_until = c.stale_until.max(chunk_count(c.size, c.chunk_size));
+            let keep = chunk_count(size, c.chunk_size);
+            c.dirty.retain(|n, _| *n < keep);
+            c.cached = None;
+            let cut = size % c.chunk_size;
+            if cut != 0 {
+                let n = size / c.chunk_size;
+                if !c.dirty.contains_key(&n) {
+                    let old = self.load_chunk(ino, c, n)?.to_vec();
+                    c.dirty.insert(n, old);
+                }
+                c.dirty
+                    .get_mut(&n)
+                    .expect("inserted above")
+                    .truncate(cut as usize);
+            }
+        }
+        c.size = size;
+        c.changed = true;
+        Ok(())
+    }
+
+    /// Writes every changed chunk to the store and forgets it.
+    fn write_out_chunks(&self, ino: u64, c: &mut ChunkedFile) -> FsResult<()> {
+        let mut chunks = std::mem::take(&mut c.dirty).into_iter().peekable();
+        while chunks.peek().is_some() {
+            // Each chunk's bytes move into its command: nothing is copied.
+            let batch: Vec<(u64, Command)> = chunks
+                .by_ref()
+                .take(CHUNK_BATCH)
+                .map(|(n, b)| {
+                    let key = self.keys.chunk(ino, c.generation, n);
+                    (n, Command::store_shared(StoreOp::Set, &key, Arc::new(b)))
+                })
+                .collect();
+            let numbers: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
+            let results = self
+                .store
+                .execute(batch.into_iter().map(|(_, c)| c).collect());
+            for (n, r) in numbers.into_iter().zip(results) {
+                r.map_err(|e| FsError::store(&self.keys.chunk(ino, c.generation, n), e))?;
+            }
+        }
+        c.changed = true;
+        Ok(())
+    }
+
+    /// Deletes chunks `from..until` of generation `generation` of a file. Chunks that could
+    /// not be deleted are left to the heartbeat, which deletes them once no record uses them.
+    pub(crate) fn delete_chunks(&self, ino: u64, generation: u64, from: u64, until: u64) {
+        let keys: Vec<Vec<u8>> = (from..until)
+            .map(|n| self.keys.chunk(ino, generation, n))
+            .collect();
+        for (i, batch) in keys.chunks(CHUNK_BATCH * 4).enumerate() {
+            let cmds = batch.iter().map(|k| Command::Delete(k.clone())).collect();
+            if let Some(Err(e)) = self.store.execute(cmds).into_iter().find(|r| r.is_err()) {
+                warn!(ino, error = %e, "could not delete chunks of a removed or shrunk file");
+                let left = &keys[i * CHUNK_BATCH * 4..];
+                crate::sync::lock(&self.stale_keys).extend(left.iter().cloned());
+                return;
+            }
+        }
+    }
+
+    /// A publish in chunks failed: what this mount wrote since the last publish is dropped
+    /// (the caller reports the error) and the file reads as the store has it. Its chunks go
+    /// to the heartbeat, which deletes them unless the record took them after all (a `cas`
+    /// whose reply was lost).
+    pub(crate) fn after_failed_chunked_publish(&self, ino: u64, of: &mut OpenFile) {
+        if let Some(c) = of.chunked.take() {
+            let until = chunk_count(c.size, c.chunk_size).max(c.stale_until);
+            let keys = (0..until).map(|n| self.keys.chunk(ino, c.generation, n));
+            crate::sync::lock(&self.stale_keys).extend(keys);
+        }
+        of.pending = Default::default();
+        of.cas = None;
+        of.reset_bytes();
+    }
+
+    /// Deletes every chunk of a file in chunks as `rec` describes it.
+    pub(crate) fn delete_record_chunks(&self, ino: u64, rec: &Inode) {
+        if let Some(cs) = rec.chunk_size {
+            self.delete_chunks(ino, rec.chunk_gen, 0, chunk_count(rec.size, cs));
+        }
+    }
+
+    /// True when chunk key `key` (`%k<ino>.<generation>.<n>`) holds bytes of a file.
+    pub(crate) fn chunk_in_use(&self, key: &[u8]) -> FsResult<bool> {
+        let rest = &key[self.keys.chunk_prefix().len()..];
+        let text = String::from_utf8_lossy(rest);
+        let mut parts = text.split('.');
+        let (Some(ino), Some(generation), Some(n)) = (
+            parts.next().and_then(|p| p.parse::<u64>().ok()),
+            parts.next().and_then(|p| u64::from_str_radix(p, 16).ok()),
+            parts.next().and_then(|p| p.parse::<u64>().ok()),
+        ) else {
+            return Ok(true); // not a chunk key this version makes: left alone
+        };
+        Ok(match self.read_inode_opt(ino)? {
+            Some((rec, _)) => {
+                rec.chunk_gen == generation
+                    && rec
+                        .chunk_size
+                        .is_some_and(|cs| n < chunk_count(rec.size, cs))
+            }
+            None => false,
+        })
+    }
+
+    /// Publishes a file in chunks: changed chunks out, chunks past a shrink deleted, then the
+    /// record (size, chunk size, pending attributes) with cas. A file small enough for one
+    /// item again goes back to one (the caller publishes it the usual way).
+    pub(crate) fn publish_chunked(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
+        let c = of.chunked.as_mut().expect("a file in chunks");
+        if c.size <= self.item_limit() {
+            let bytes = self.read_chunked(ino, c, 0, c.size as u32)?;
+            of.chunked = None;
+            of.data = Some(Arc::new(bytes));
+            of.data_dirty = true;
+            return Ok(Published::Unchunked);
+        }
+        self.write_out_chunks(ino, c)?;
+        let keep = chunk_count(c.size, c.chunk_size);
+        if c.stale_until > keep {
+            self.delete_chunks(ino, c.generation, keep, c.stale_until);
+            c.stale_until = 0;
+        }
+        let (size, chunk_size, generation) = (c.size, c.chunk_size, c.generation);
+        let ikey = self.keys.inode(ino);
+        for _ in 0..crate::fs::CAS_RETRIES {
+            if of.cas.is_none() {
+                match self.read_inode_opt(ino)? {
+                    Some((rec, cas)) => {
+                        of.record = rec;
+                        of.cas = Some(cas);
+                    }
+                    None => {
+                        of.unlinked = true;
+                        let count = chunk_count(size, chunk_size);
+                        self.delete_chunks(ino, generation, 0, count);
+                        return Ok(Published::Done(Vec::new()));
+                    }
+                }
+            }
+            let mut rec = of.record.clone();
+            of.pending.apply_to(&mut rec);
+            rec.size = size;
+            rec.chunk_size = Some(chunk_size);
+            rec.chunk_gen = generation;
+            let value = rec.encode();
+            self.check_record_size(&ikey, value.len())?;
+            // The lock read after the cas, as a publish's fence: an unlink that read the
+            // record before this cas would delete the record without these chunks.
+            let cas = Command::cas(&ikey, &value, of.cas.unwrap_or(0));
+            let fence = vec![Command::Get(self.keys.ns_lock())];
+            let mut r = Replies::new(self.execute_in_order(vec![cas], fence));
+            let stored = r.cas(&ikey)?;
+            let lock_held = r.value(&self.keys.ns_lock())?.is_some();
+            match stored {
+                CasOutcome::Stored => {
+                    // The file was one item until now: its served or private keys go; or
+                    // another set of chunks, which goes too.
+                    let stale = self.bytes_keys(ino, &of.record)?;
+                    if of.record.chunk_gen != generation {
+                        self.delete_record_chunks(ino, &of.record);
+                    }
+                    if lock_held {
+                        // Publish again once the namespace is quiet: the record may be gone
+                        // (and these chunks with it). The old keys go by the heartbeat.
+                        crate::sync::lock(&self.stale_keys).extend(stale);
+                        of.record = rec;
+                        of.cas = None;
+                        of.pending = Default::default();
+                        return Ok(Published::AfterNamespaceOp);
+                    }
+                    of.record = rec;
+                    of.cas = None;
+                    of.pending = Default::default();
+                    if let Some(c) = of.chunked.as_mut() {
+                        c.changed = false;
+                    }
+                    return Ok(Published::Done(stale));
+                }
+                CasOutcome::Changed => of.cas = None,
+                CasOutcome::Gone => {
+                    of.cas = None;
+                }
+            }
+        }
+        Err(FsError::Contended)
+    }
+}
