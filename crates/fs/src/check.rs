@@ -359,7 +359,7 @@ impl<'a, S: Store> Scan<'a, S> {
                         self.report.chunked_files += 1;
                         // Chunks may be missing (sparse): only the keys are known.
                         let cs = rec.chunk_size.unwrap_or(1).max(1);
-                        for n in 0..crate::chunked::chunk_count(rec.size, cs) {
+                        for n in 0..crate::chunk_buffer::chunk_count(rec.size, cs) {
                             self.expected
                                 .insert(self.keys.chunk(*ino, rec.chunk_gen, n));
                         }

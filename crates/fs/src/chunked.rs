@@ -17,12 +17,12 @@
 //! A file becomes chunked when a write or truncate takes it past one item, and goes back to
 //! one item when a publish finds it small enough again.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use memfis_memcache::{Command, Store, StoreOp};
 use tracing::warn;
 
+use crate::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::files::Published;
 use crate::fs::MemFs;
 use crate::open_files::OpenFile;
@@ -38,48 +38,6 @@ const CHUNK_BATCH: usize = 16;
 
 /// The largest chunk: a few reads or writes of the kernel's (128 KiB) each.
 const MAX_CHUNK: u64 = 1024 * 1024;
-
-/// An open file's view of a file in chunks.
-#[derive(Debug, Default)]
-pub struct ChunkedFile {
-    pub chunk_size: u64,
-    pub generation: u64,
-    pub size: u64,
-    /// Chunks changed since they were last written out, whole (up to `chunk_size` bytes;
-    /// zeros after a shorter one).
-    pub dirty: BTreeMap<u64, Vec<u8>>,
-    /// Something to publish: chunks were written out, or the size changed.
-    pub changed: bool,
-    /// Chunks from the one holding `size` up to this count may hold bytes past the size
-    /// (after a shrink): deleted at publish.
-    pub stale_until: u64,
-    /// The last chunk read from the store.
-    cached: Option<(u64, Arc<Vec<u8>>)>,
-}
-
-impl ChunkedFile {
-    pub fn new(chunk_size: u64, generation: u64, size: u64) -> ChunkedFile {
-        ChunkedFile {
-            chunk_size,
-            generation,
-            size,
-            ..ChunkedFile::default()
-        }
-    }
-
-    pub fn is_dirty(&self) -> bool {
-        self.changed || !self.dirty.is_empty()
-    }
-
-    fn dirty_bytes(&self) -> u64 {
-        self.dirty.len() as u64 * self.chunk_size
-    }
-}
-
-/// How many chunks hold a file of `size` bytes.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
-    size.div_ceil(chunk_size)
-}
 
 impl<S: Store> MemFs<S> {
     /// The chunk size of files this store makes: the largest multiple of 4 KiB one item

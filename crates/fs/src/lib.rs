@@ -25,7 +25,7 @@
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - [`files`]: reading, writing and publishing open files
-//! - `chunked`: files larger than one item, in chunks
+//! - `chunked`: files larger than one item, in chunks (`chunk_buffer`: what an open one holds)
 //! - `placement`: which key holds a file's bytes (served or private), chmod moving them
 //! - [`xattr`]: `user.*` extended attributes
 //! - [`check`]: the read-only consistency check of a whole store
@@ -37,6 +37,7 @@ mod activity;
 pub mod attr;
 pub mod bulk;
 pub mod check;
+mod chunk_buffer;
 mod chunked;
 mod compact;
 pub mod data_codec;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use memfis_memcache::command::Value;
 
 use crate::attr::SetAttr;
-use crate::chunked::ChunkedFile;
+use crate::chunk_buffer::ChunkedFile;
 use crate::record::{Inode, Time};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
