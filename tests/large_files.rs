@@ -192,3 +192,32 @@ fn a_full_store_is_enospc_for_a_file_in_chunks() {
     drop(f);
     assert_eq!(std::fs::read(m.p("small")).unwrap(), b"kept");
 }
+
+/// Truncated down and grown again through one open handle, before any close: the cut bytes
+/// read as zeros (the chunks past the cut went at once, not at the close).
+#[test]
+fn shrink_then_grow_in_one_open_reads_zeros() {
+    let mc = Memcached::with_args(&["-m", "64", "-I", "1m"]);
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let data = pattern(4 * 1024 * 1024);
+    std::fs::write(m.p("f"), &data).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("f"))
+        .unwrap();
+    f.set_len(1_500_000).unwrap();
+    f.set_len(4_000_000).unwrap();
+    let mut back = vec![9u8; 4_000_000];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back[..1_500_000] == data[..1_500_000]);
+    assert!(
+        back[1_500_000..].iter().all(|&b| b == 0),
+        "cut bytes came back"
+    );
+    drop(f);
+    let back = std::fs::read(m.p("f")).unwrap();
+    assert_eq!(back.len(), 4_000_000);
+    assert!(back[1_500_000..].iter().all(|&b| b == 0));
+    assert_check_clean(&mc);
+}

@@ -15,9 +15,9 @@ pub struct ChunkedFile {
     pub dirty: BTreeMap<u64, Vec<u8>>,
     /// Something to publish: chunks were written out, or the size changed.
     pub changed: bool,
-    /// Chunks from the one holding `size` up to this count may hold bytes past the size
-    /// (after a shrink): deleted at publish.
-    pub stale_until: u64,
+    /// One past the highest chunk written out since the file was opened (what a failed
+    /// publish may have left).
+    pub written_until: u64,
     /// The last chunk read from the store.
     pub(crate) cached: Option<(u64, Arc<Vec<u8>>)>,
 }

@@ -85,23 +85,21 @@ impl<S: Store> MemFs<S> {
             let n = pos / c.chunk_size;
             let start = n * c.chunk_size;
             let upto = end.min(start + c.chunk_size);
-            let chunk: Arc<Vec<u8>> = match c.dirty.get(&n) {
-                Some(bytes) => Arc::new(bytes.clone()),
-                None => match &c.cached {
-                    Some((cn, bytes)) if *cn == n => bytes.clone(),
-                    _ => {
-                        let bytes = self.load_chunk(ino, c, n)?;
-                        c.cached = Some((n, bytes.clone()));
-                        bytes
-                    }
-                },
-            };
             let (from, to) = ((pos - start) as usize, (upto - start) as usize);
-            let have = chunk.len().min(to);
-            if from < have {
-                out.extend_from_slice(&chunk[from..have]);
+            match c.dirty.get(&n) {
+                Some(bytes) => copy_part(&mut out, bytes, from, to),
+                None => {
+                    let bytes = match &c.cached {
+                        Some((cn, bytes)) if *cn == n => bytes.clone(),
+                        _ => {
+                            let bytes = self.load_chunk(ino, c, n)?;
+                            c.cached = Some((n, bytes.clone()));
+                            bytes
+                        }
+                    };
+                    copy_part(&mut out, &bytes, from, to);
+                }
             }
-            out.resize(out.len() + (to - from.max(have)), 0);
             pos = upto;
         }
         Ok(out)
@@ -157,11 +155,13 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Truncates or extends a file in chunks. Bytes past a new, smaller size are cut from
-    /// the chunk that holds it (so growing again reads zeros); later chunks go at publish.
+    /// the chunk that holds it, and later chunks are deleted at once, so growing again reads
+    /// zeros (the size reaches other mounts at publish, as with any change to such a file).
     pub(crate) fn resize_chunked(&self, ino: u64, c: &mut ChunkedFile, size: u64) -> FsResult<()> {
         if size < c.size {
-            c.stale_until = c.stale_until.max(chunk_count(c.size, c.chunk_size));
             let keep = chunk_count(size, c.chunk_size);
+            let had = chunk_count(c.size, c.chunk_size).max(c.written_until);
+            self.delete_chunks(ino, c.generation, keep, had);
             c.dirty.retain(|n, _| *n < keep);
             c.cached = None;
             let cut = size % c.chunk_size;
@@ -182,25 +182,38 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Writes every changed chunk to the store and forgets it.
+    /// Writes every changed chunk to the store and forgets it. On a store error the chunks
+    /// not known written stay, to go with the next attempt.
     fn write_out_chunks(&self, ino: u64, c: &mut ChunkedFile) -> FsResult<()> {
         let mut chunks = std::mem::take(&mut c.dirty).into_iter().peekable();
         while chunks.peek().is_some() {
-            // Each chunk's bytes move into its command: nothing is copied.
-            let batch: Vec<(u64, Command)> = chunks
+            // Each chunk's bytes move into its command (shared, not copied), and come back
+            // if the batch fails.
+            let batch: Vec<(u64, Arc<Vec<u8>>)> = chunks
                 .by_ref()
                 .take(CHUNK_BATCH)
+                .map(|(n, b)| (n, Arc::new(b)))
+                .collect();
+            let cmds = batch
+                .iter()
                 .map(|(n, b)| {
-                    let key = self.keys.chunk(ino, c.generation, n);
-                    (n, Command::store_shared(StoreOp::Set, &key, Arc::new(b)))
+                    let key = self.keys.chunk(ino, c.generation, *n);
+                    Command::store_shared(StoreOp::Set, &key, b.clone())
                 })
                 .collect();
-            let numbers: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
-            let results = self
-                .store
-                .execute(batch.into_iter().map(|(_, c)| c).collect());
-            for (n, r) in numbers.into_iter().zip(results) {
-                r.map_err(|e| FsError::store(&self.keys.chunk(ino, c.generation, n), e))?;
+            let results = self.store.execute(cmds);
+            c.written_until = c.written_until.max(batch.last().map_or(0, |(n, _)| n + 1));
+            let failed = batch
+                .iter()
+                .zip(&results)
+                .find_map(|((n, _), r)| r.as_ref().err().map(|e| (*n, e.clone())));
+            if let Some((n, e)) = failed {
+                for (n, b) in batch {
+                    c.dirty
+                        .insert(n, Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec()));
+                }
+                c.dirty.extend(chunks);
+                return Err(FsError::store(&self.keys.chunk(ino, c.generation, n), e));
             }
         }
         c.changed = true;
@@ -230,7 +243,7 @@ impl<S: Store> MemFs<S> {
     /// whose reply was lost).
     pub(crate) fn after_failed_chunked_publish(&self, ino: u64, of: &mut OpenFile) {
         if let Some(c) = of.chunked.take() {
-            let until = chunk_count(c.size, c.chunk_size).max(c.stale_until);
+            let until = chunk_count(c.size, c.chunk_size).max(c.written_until);
             let keys = (0..until).map(|n| self.keys.chunk(ino, c.generation, n));
             crate::sync::lock(&self.stale_keys).extend(keys);
         }
@@ -282,11 +295,6 @@ impl<S: Store> MemFs<S> {
             return Ok(Published::Unchunked);
         }
         self.write_out_chunks(ino, c)?;
-        let keep = chunk_count(c.size, c.chunk_size);
-        if c.stale_until > keep {
-            self.delete_chunks(ino, c.generation, keep, c.stale_until);
-            c.stale_until = 0;
-        }
         let (size, chunk_size, generation) = (c.size, c.chunk_size, c.generation);
         let ikey = self.keys.inode(ino);
         for _ in 0..crate::fs::CAS_RETRIES {
@@ -351,4 +359,13 @@ impl<S: Store> MemFs<S> {
         }
         Err(FsError::Contended)
     }
+}
+
+/// Appends bytes `from..to` of a chunk to `out`, zeros where the stored chunk is shorter.
+fn copy_part(out: &mut Vec<u8>, chunk: &[u8], from: usize, to: usize) {
+    let have = chunk.len().min(to);
+    if from < have {
+        out.extend_from_slice(&chunk[from..have]);
+    }
+    out.resize(out.len() + (to - from.max(have)), 0);
 }
