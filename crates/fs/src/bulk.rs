@@ -179,7 +179,10 @@ impl<S: Store> MemFs<S> {
                         entry: self
                             .read_entry(parent, &p.name)
                             .map_or(true, |slot| slot.ino == Some(p.ino)),
-                        logged: logged_ok,
+                        // Replies lost: the `+` may have landed (perhaps past a chunk the
+                        // batch could not make); a `-` under the lock takes it back and makes
+                        // the chunks, as for a single create.
+                        logged: logged_ok || (logged.is_err() && !parent_gone),
                         parent_gone,
                         parent_keys: [
                             self.keys.dir_mtime(parent),
