@@ -41,6 +41,9 @@ struct Planned {
     record_key: Vec<u8>,
     entry_key: Vec<u8>,
     data_key: Vec<u8>,
+    /// The served data key's cas token as batch 1 made it (`OpenFile::key_tokens`); `None`
+    /// for a private key.
+    data_token: std::cell::Cell<Option<u64>>,
     bytes: Value,
 }
 
@@ -87,6 +90,11 @@ impl<S: Store> MemFs<S> {
                         ino.to_string().as_bytes(),
                     ));
                     batch.push(Command::store(StoreOp::Add, &data_key, b""));
+                    let served = data_key != self.keys.private_data(ino);
+                    if served {
+                        // Read after the record's gets: the key is this file's.
+                        batch.push(Command::Gets(data_key.clone()));
+                    }
                     planned.push(Planned {
                         index,
                         ino,
@@ -94,6 +102,7 @@ impl<S: Store> MemFs<S> {
                         name: f.name,
                         record_key,
                         entry_key,
+                        data_token: std::cell::Cell::new(served.then_some(0)),
                         data_key,
                         bytes: f.bytes,
                     });
@@ -122,12 +131,21 @@ impl<S: Store> MemFs<S> {
         let per_file: Vec<_> = planned
             .iter()
             .map(|p| {
-                (
+                let replies = (
                     results.stored(&p.record_key),
                     results.value(&p.record_key),
                     results.stored(&p.entry_key),
                     results.stored(&p.data_key),
-                )
+                );
+                if p.data_token.get().is_some() {
+                    let token = results
+                        .value(&p.data_key)
+                        .ok()
+                        .flatten()
+                        .and_then(|i| i.cas);
+                    p.data_token.set(token);
+                }
+                replies
             })
             .collect();
         let logged = self.finish_log(&la, &mut results);
@@ -258,16 +276,35 @@ impl<S: Store> MemFs<S> {
         let generation_before = self.meta.generation();
         let mut batch = Vec::new();
         let mut keys = Vec::new();
+        let mut failed = Vec::new();
+        let mut sent = Vec::new();
         for (p, cas) in placed {
             let key = self
                 .keys
                 .file_bytes(p.ino, p.record.mode, &join(dir_path, &p.name));
+            let write = if key == self.keys.private_data(p.ino) {
+                Command::store_shared(StoreOp::Set, &key, p.bytes.clone())
+            } else {
+                match p.data_token.get().filter(|_| key == p.data_key) {
+                    // A served key only with the token batch 1 read (see `OpenFile::key_tokens`).
+                    Some(token) => Command::cas_shared(&key, p.bytes.clone(), token),
+                    // Moved with its directory meanwhile: the one-file way reads it first.
+                    None => {
+                        if let Err(e) = self.publish_again(p) {
+                            failed.push((p.index, e));
+                        }
+                        continue;
+                    }
+                }
+            };
             let mut rec = p.record.clone();
             rec.size = p.bytes.len() as u64;
-            batch.push(Command::store_shared(StoreOp::Set, &key, p.bytes.clone()));
+            batch.push(write);
             batch.push(Command::cas(&p.record_key, &rec.encode(), cas.unwrap_or(0)));
             keys.push(key);
+            sent.push((*p, *cas));
         }
+        let placed = sent;
         let fence = vec![
             Command::Get(self.keys.ns_lock()),
             Command::Get(self.keys.dir_generation()),
@@ -281,11 +318,12 @@ impl<S: Store> MemFs<S> {
         let quiet = matches!(results.value(&self.keys.ns_lock()), Ok(None))
             && self.observe_generation(results.reply()).is_ok()
             && self.meta.generation() == generation_before;
-        let mut failed = Vec::new();
         let mut removed = Vec::new();
         for (((p, _), (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
             match (set, cas) {
-                (Ok(_), Ok(CasOutcome::Stored)) if quiet => self.activity.published(p.bytes.len()),
+                (Ok(true), Ok(CasOutcome::Stored)) if quiet => {
+                    self.activity.published(p.bytes.len())
+                }
                 // Removed by another mount meanwhile: the bytes just set go where no name is.
                 (_, Ok(CasOutcome::Gone)) => removed.push(key),
                 _ => {
@@ -324,17 +362,8 @@ impl<S: Store> MemFs<S> {
         let reads = vec![Command::Get(self.keys.dir_generation())];
         self.with_ns_lock(reads, |_, mut results| {
             self.observe_generation(results.reply())?;
-            let key = (self.keys).file_bytes(
-                p.ino,
-                p.record.mode,
-                &join(&self.dir_path(parent)?, &p.name),
-            );
-            if key != p.data_key && self.read_entry(parent, &p.name)?.ino == Some(p.ino) {
-                self.store
-                    .store(StoreOp::Add, &key, b"")
-                    .map_err(|e| FsError::store(&key, e))?;
-            }
-            self.delete_unreached(std::slice::from_ref(&p.data_key))
+            self.place_created_key(p.ino, parent, &p.name, &p.data_key)
+                .map(drop)
         })
     }
 }

@@ -247,6 +247,11 @@ impl<S: Store> MemFs<S> {
             let keys = (0..until).map(|n| self.keys.chunk(ino, c.generation, n));
             crate::sync::lock(&self.stale_keys).extend(keys);
         }
+        // If the record's cas went through after all (its reply lost), the file's keys as
+        // one item are garbage; the heartbeat deletes them only if no name holds bytes there.
+        if let Ok(keys) = self.bytes_keys(ino, &of.record) {
+            crate::sync::lock(&self.stale_keys).extend(keys);
+        }
         of.pending = Default::default();
         of.cas = None;
         of.reset_bytes();
@@ -319,18 +324,20 @@ impl<S: Store> MemFs<S> {
             rec.chunk_gen = generation;
             let value = rec.encode();
             self.check_record_size(&ikey, value.len())?;
+            // The file was one item until now: its served or private keys go after the cas
+            // (worked out first: a store error then would leave them behind).
+            let stale = self.bytes_keys(ino, &of.record)?;
             // The lock read after the cas, as a publish's fence: an unlink that read the
             // record before this cas would delete the record without these chunks.
             let cas = Command::cas(&ikey, &value, of.cas.unwrap_or(0));
             let fence = vec![Command::Get(self.keys.ns_lock())];
             let mut r = Replies::new(self.execute_in_order(vec![cas], fence));
             let stored = r.cas(&ikey)?;
-            let lock_held = r.value(&self.keys.ns_lock())?.is_some();
+            // (A lock read that failed counts as held: publish again once quiet.)
+            let lock_held = r.value(&self.keys.ns_lock()).map_or(true, |v| v.is_some());
             match stored {
                 CasOutcome::Stored => {
-                    // The file was one item until now: its served or private keys go; or
-                    // another set of chunks, which goes too.
-                    let stale = self.bytes_keys(ino, &of.record)?;
+                    // Another set of chunks goes too.
                     if of.record.chunk_gen != generation {
                         self.delete_record_chunks(ino, &of.record);
                     }

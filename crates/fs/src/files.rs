@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{Command, Store, StoreOp};
+use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
@@ -59,6 +59,9 @@ impl<S: Store> MemFs<S> {
         };
         let ino = node.ino;
         let mut of = OpenFile::new(node.rec, Some(node.cas));
+        if let Some(token) = node.data_token {
+            of.set_key_tokens([(node.data_key, token)].into(), Some(node.cas));
+        }
         of.private_key_unused = true;
         of.data = Some(Value::default());
         of.handles = 1;
@@ -127,15 +130,27 @@ impl<S: Store> MemFs<S> {
                 return Err(FsError::NotFound); // every name removed by another mount
             };
             let key = self.bytes_key(ino, &of.record, &link)?;
+            let ikey = self.keys.inode(ino);
+            // The record read after the key: if still the version held, the key's token is
+            // this file's (`OpenFile::key_tokens`).
             let batch = vec![
-                Command::Get(key.clone()),
+                Command::Gets(key.clone()),
                 Command::Get(self.keys.ns_lock()),
                 Command::Get(self.keys.dir_generation()),
             ];
-            let mut r = Replies::new(self.store.execute(batch));
+            let then = vec![Command::Gets(ikey.clone())];
+            let mut r = Replies::new(self.execute_in_order(batch, then));
             let value = r.value(&key)?;
             let lock_held = r.value(&self.keys.ns_lock())?.is_some();
             self.observe_generation(r.reply())?;
+            let record_cas = r.value(&ikey).ok().flatten().and_then(|i| i.cas);
+            if let Some(item) = &value
+                && record_cas.is_some()
+                && record_cas == of.cas
+                && of.record.links.len() == 1
+            {
+                of.set_key_tokens([(key.clone(), item.cas.unwrap_or(0))].into(), of.cas);
+            }
             match value {
                 Some(item) => {
                     if item.value.len() as u64 != of.record.size && !of.is_dirty() {
@@ -369,9 +384,27 @@ impl<S: Store> MemFs<S> {
                 continue;
             }
             let keys = if of.data_dirty { keys } else { Vec::new() };
+            let private_key = self.keys.private_data(ino);
+            let served: Vec<Vec<u8>> = keys
+                .iter()
+                .filter(|k| **k != private_key)
+                .cloned()
+                .collect();
+            if served.iter().any(|k| of.key_token(k).is_none())
+                && !self.read_key_tokens(ino, of, &served)?
+            {
+                continue; // the record changed: work the round out again over it
+            }
+            // Served keys only with their tokens (see `OpenFile::key_tokens`). New tokens are
+            // not read back (that would read the bytes back): a later publish of this open
+            // file reads them first.
             let mut batch: Vec<Command> = keys
                 .iter()
-                .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
+                .map(|k| match of.key_token(k) {
+                    _ if *k == private_key => Command::store_shared(StoreOp::Set, k, data.clone()),
+                    Some(0) | None => Command::store_shared(StoreOp::Add, k, data.clone()),
+                    Some(token) => Command::cas_shared(k, data.clone(), token),
+                })
                 .collect();
             let value = rec.encode();
             self.check_record_size(&ikey, value.len())?;
@@ -382,15 +415,19 @@ impl<S: Store> MemFs<S> {
             ];
             let mut results = Replies::new(self.execute_in_order(batch, fence));
             let mut failure = None;
-            let private_key = self.keys.private_data(ino);
+            // A served key refused: it changed since its token was read (another mount's
+            // rename gave it to another file, or this file's bytes were published there by
+            // another mount): not written.
+            let mut refused = false;
             for (k, r) in keys.iter().zip(results.raw(keys.len())) {
                 match r {
-                    Ok(_) => {
+                    Ok(Reply::Stored) => {
                         if !of.written.contains(k) {
                             of.written.push(k.clone());
                         }
                         of.private_key_unused &= *k != private_key;
                     }
+                    Ok(_) => refused = true,
                     Err(e) => failure = failure.or(Some(FsError::store(k, e))),
                 }
             }
@@ -402,10 +439,21 @@ impl<S: Store> MemFs<S> {
                 self.after_failed_publish(ino, of);
                 return Err(e);
             }
-            let lock_held = lock_result?.is_some();
-            self.observe_generation(generation)?;
-            let moved = self.meta.generation() != generation_before;
+            // A fence read that failed counts as a namespace operation: publish again once
+            // quiet (the cas may have gone through, and what it left must be settled).
+            let lock_held = lock_result.map_or(true, |v| v.is_some());
+            let moved = self.observe_generation(generation).is_err()
+                || self.meta.generation() != generation_before;
             match cas_result? {
+                CasOutcome::Stored if refused => {
+                    // The record took the new size but a name did not take the bytes: read
+                    // the tokens again and publish again.
+                    of.record = rec;
+                    of.cas = None;
+                    of.pending = Default::default();
+                    of.set_key_tokens(Default::default(), None);
+                    continue;
+                }
                 CasOutcome::Stored => {
                     if rec.chunk_size.is_none() {
                         // It was in chunks until now: they go.
@@ -444,6 +492,7 @@ impl<S: Store> MemFs<S> {
                 }
                 CasOutcome::Changed => {
                     of.cas = None; // re-read, merge our changes onto it, try again
+                    of.set_key_tokens(Default::default(), None);
                     if lock_held {
                         return Ok(Published::AfterNamespaceOp);
                     }
@@ -452,6 +501,35 @@ impl<S: Store> MemFs<S> {
             }
         }
         Err(FsError::Contended)
+    }
+
+    /// Reads the tokens of `served` (data keys of the file's names) and the record in one
+    /// batch, keys first: if the record is still the version held, no name moved before the
+    /// keys were read, so the tokens are this file's (true). Otherwise the newer record is
+    /// taken (false) and the caller works the publish out again over it.
+    fn read_key_tokens(&self, ino: u64, of: &mut OpenFile, served: &[Vec<u8>]) -> FsResult<bool> {
+        let ikey = self.keys.inode(ino);
+        let reads: Vec<Command> = served.iter().map(|k| Command::Gets(k.clone())).collect();
+        let then = vec![Command::Gets(ikey.clone())];
+        let mut r = Replies::new(self.execute_in_order(reads, then));
+        let mut tokens = std::collections::HashMap::new();
+        for k in served {
+            let token = r.value(k)?.map_or(0, |item| item.cas.unwrap_or(0));
+            tokens.insert(k.clone(), token);
+        }
+        let Some(item) = r.value(&ikey)? else {
+            of.cas = None; // removed: the next round finds it gone
+            return Ok(false);
+        };
+        if item.cas.is_some() && item.cas == of.cas {
+            of.set_key_tokens(tokens, of.cas);
+            return Ok(true);
+        }
+        of.record = Inode::decode(&ikey, &item.value)?;
+        of.cas = item.cas;
+        of.private_key_unused = false;
+        of.set_key_tokens(Default::default(), None);
+        Ok(false)
     }
 
     /// The file was removed by another mount while open here: take back the bytes this

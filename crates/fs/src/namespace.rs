@@ -34,6 +34,8 @@ pub(crate) struct NewNode {
     pub cas: u64,
     /// Where a file's bytes live (`KeyLayout::file_bytes`, at its path when created).
     pub data_key: Vec<u8>,
+    /// The cas token of a served `data_key` as created (`OpenFile::key_tokens`).
+    pub data_token: Option<u64>,
 }
 
 impl<S: Store> MemFs<S> {
@@ -100,6 +102,11 @@ impl<S: Store> MemFs<S> {
         ]);
         let own_keys = self.own_keys(ino, &rec, &data_key);
         batch.extend(own_keys.iter().cloned());
+        // A served file's key token, read after the record's (see `OpenFile::key_tokens`).
+        let served = rec.kind == Kind::File && !own_keys.is_empty();
+        if served {
+            batch.push(Command::Gets(data_key.clone()));
+        }
         let fence = self.create_fence_cmds(parent);
         let mut results = Replies::new(self.execute_in_order(batch, fence));
         let inode_added = results.stored(&ikey);
@@ -109,6 +116,10 @@ impl<S: Store> MemFs<S> {
         let touched = results.reply();
         let _inode_count = results.reply(); // statistics only
         let own_results = results.raw(own_keys.len());
+        let data_token = match served {
+            true => results.value(&data_key).ok().flatten().and_then(|i| i.cas),
+            false => None,
+        };
         let fence = self.read_create_fence(parent, &mut results);
 
         let mut undo = Undo {
@@ -204,6 +215,7 @@ impl<S: Store> MemFs<S> {
             rec,
             cas,
             data_key,
+            data_token,
         };
         // The name is created; what is left (following a directory rename that ran
         // meanwhile) is retried a few times rather than left half done.
@@ -321,25 +333,50 @@ impl<S: Store> MemFs<S> {
     /// so no other mount removes or moves it meanwhile).
     fn move_created_data_key(&self, parent: u64, name: &[u8], node: &mut NewNode) -> FsResult<()> {
         let (ino, mode) = (node.ino, node.rec.mode);
-        let key_now = |path: &[u8]| self.keys.file_bytes(ino, mode, path);
-        if key_now(&join(&self.dir_path(parent)?, name)) == node.data_key {
+        if self
+            .keys
+            .file_bytes(ino, mode, &join(&self.dir_path(parent)?, name))
+            == node.data_key
+        {
             return Ok(());
         }
         let reads = vec![Command::Get(self.keys.dir_generation())];
         let key = self.with_ns_lock(reads, |_, mut results| {
             self.observe_generation(results.reply())?;
-            let key = key_now(&join(&self.dir_path(parent)?, name));
-            if key != self.keys.private_data(ino) && self.read_entry(parent, name)?.ino == Some(ino)
-            {
-                self.store
-                    .store(StoreOp::Add, &key, b"")
-                    .map_err(|e| FsError::store(&key, e))?;
-            }
-            self.delete_unreached(std::slice::from_ref(&node.data_key))?;
-            Ok(key)
+            self.place_created_key(ino, parent, name, &node.data_key)
         })?;
         node.data_key = key;
+        node.data_token = None;
         Ok(())
+    }
+
+    /// Under the namespace lock, after a directory rename moved a file just created: its
+    /// empty served key at the name's path now (as its record says now: a chmod may have
+    /// run too), if the name is still its; the key at `old_key` goes unless a name holds
+    /// bytes there. Returns where the file's bytes live now.
+    pub(crate) fn place_created_key(
+        &self,
+        ino: u64,
+        parent: u64,
+        name: &[u8],
+        old_key: &[u8],
+    ) -> FsResult<Vec<u8>> {
+        let path = join(&self.dir_path(parent)?, name);
+        let key = match self.read_inode_opt(ino)? {
+            Some((rec, _)) if self.read_entry(parent, name)?.ino == Some(ino) => {
+                let key = self.keys.file_bytes(ino, rec.mode, &path);
+                let served = key != self.keys.private_data(ino) && rec.chunk_size.is_none();
+                if served && key != old_key {
+                    self.store
+                        .store(StoreOp::Add, &key, b"")
+                        .map_err(|e| FsError::store(&key, e))?;
+                }
+                key
+            }
+            _ => old_key.to_vec(),
+        };
+        self.delete_unreached(&[old_key.to_vec()])?;
+        Ok(key)
     }
 
     /// Undoes a create that failed after its batch, retrying each step a few times (a

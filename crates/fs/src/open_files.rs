@@ -98,6 +98,14 @@ pub struct OpenFile {
     /// The file is larger than one item: its bytes are in chunks (`chunked.rs`) and `data`
     /// is unused.
     pub chunked: Option<ChunkedFile>,
+    /// cas tokens of the file's served data keys (0: the key was absent), each read while
+    /// the key was this file's name. A publish writes a served key only with `cas` on its
+    /// token (`add` for 0), so it can never replace bytes another file moved to that key
+    /// (a rename by another mount after this mount read the record).
+    pub key_tokens: HashMap<Vec<u8>, u64>,
+    /// The record version (`cas`) the tokens were checked against: they are used only while
+    /// it is `cas`.
+    pub tokens_cas: Option<u64>,
 }
 
 impl OpenFile {
@@ -114,6 +122,8 @@ impl OpenFile {
             written: Vec::new(),
             private_key_unused: false,
             chunked: None,
+            key_tokens: HashMap::new(),
+            tokens_cas: None,
         }
         .with_bytes_of_record()
     }
@@ -163,6 +173,20 @@ impl OpenFile {
         let now = Time::now();
         self.pending.set.mtime = Some(now);
         self.pending.ctime = Some(now);
+    }
+
+    /// The token of served data key `key`, if known for the record version held.
+    pub(crate) fn key_token(&self, key: &[u8]) -> Option<u64> {
+        match self.tokens_cas {
+            Some(c) if Some(c) == self.cas => self.key_tokens.get(key).copied(),
+            _ => None,
+        }
+    }
+
+    /// Takes tokens read while the record was at version `cas`.
+    pub(crate) fn set_key_tokens(&mut self, tokens: HashMap<Vec<u8>, u64>, cas: Option<u64>) {
+        self.key_tokens = tokens;
+        self.tokens_cas = cas;
     }
 
     pub(crate) fn is_dirty(&self) -> bool {

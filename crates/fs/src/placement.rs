@@ -67,6 +67,22 @@ impl<S: Store> MemFs<S> {
         })
     }
 
+    /// [`MemFs::bytes_keys`] without the names whose directory is gone (a create undone
+    /// after an rmdir fenced its directory can leave such a name in a record a moment): an
+    /// intent must finish whatever it finds.
+    fn reachable_bytes_keys(&self, ino: u64, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
+        let mut reachable = rec.clone();
+        reachable.links.clear();
+        for link in &rec.links {
+            match self.link_path(link) {
+                Ok(_) => reachable.links.push(link.clone()),
+                Err(FsError::NotFound | FsError::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.bytes_keys(ino, &reachable)
+    }
+
     /// Finishes a chmod that served (`public`) or withdrew a file: copies its bytes from the
     /// keys the other mode kept them at to the keys the record's mode keeps them at, then
     /// deletes the old keys. Does nothing when the record's mode does not say `public` (the
@@ -80,8 +96,8 @@ impl<S: Store> MemFs<S> {
         }
         let mut before = rec.clone();
         before.mode ^= libc::S_IROTH;
-        let old_keys = self.bytes_keys(ino, &before)?;
-        let new_keys = self.bytes_keys(ino, &rec)?;
+        let old_keys = self.reachable_bytes_keys(ino, &before)?;
+        let new_keys = self.reachable_bytes_keys(ino, &rec)?;
         let gets = old_keys.iter().map(|k| Command::Get(k.clone())).collect();
         let mut bytes = None;
         for (key, r) in old_keys.iter().zip(self.store.execute(gets)) {

@@ -79,9 +79,14 @@ impl Command {
     }
 
     pub fn cas(key: &[u8], value: &[u8], cas: u64) -> Command {
+        Command::cas_shared(key, Arc::new(value.to_vec()), cas)
+    }
+
+    /// A `cas` whose value is shared with the caller (no copy).
+    pub fn cas_shared(key: &[u8], value: Value, cas: u64) -> Command {
         Command::Cas {
             key: key.to_vec(),
-            value: Arc::new(value.to_vec()),
+            value,
             flags: 0,
             cas,
         }
