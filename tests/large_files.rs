@@ -14,13 +14,6 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
 }
 
-fn assert_check_clean(mc: &Memcached) -> String {
-    let (code, out) = memfis_check(&mc.addr(), PREFIX);
-    assert_eq!(code, 0, "memfis check: {out}");
-    assert!(out.contains("clean"), "{out}");
-    out
-}
-
 /// A file written past the item size (`-I 1m`) reads back whole from another mount, is not
 /// served, survives a rename, and goes back to its served key once truncated small.
 #[test]
@@ -49,7 +42,7 @@ fn a_file_larger_than_an_item_goes_in_chunks_and_back() {
         data.len() as u64
     );
     assert_eq!(nginx.get("/video.bin").0, 404);
-    let out = assert_check_clean(&mc);
+    let out = assert_check_clean(&mc, PREFIX);
     assert!(out.contains("1 files larger than one item"), "{out}");
 
     // Renamed: the chunks stay where they are (keyed by inode).
@@ -86,7 +79,7 @@ fn a_file_larger_than_an_item_goes_in_chunks_and_back() {
         std::fs::read(other.p("movie.bin")).unwrap(),
         &want[..100_000]
     );
-    assert_check_clean(&mc);
+    assert_check_clean(&mc, PREFIX);
 
     // Grown past one item by truncate: zeros, in chunks again; removed: nothing left.
     let f = std::fs::OpenOptions::new()
@@ -100,7 +93,7 @@ fn a_file_larger_than_an_item_goes_in_chunks_and_back() {
     assert!(back[100_000..].iter().all(|&b| b == 0));
     assert_eq!(nginx.get("/movie.bin").0, 404);
     std::fs::remove_file(m.p("movie.bin")).unwrap();
-    assert_check_clean(&mc);
+    assert_check_clean(&mc, PREFIX);
     assert!(mc.stat("curr_items") < 20, "chunks left behind");
 }
 
@@ -129,9 +122,9 @@ fn sparse_writes_at_16_gib() {
     assert_eq!(buf, [0; 5]);
     drop(f);
     assert!(mc.stat("curr_items") < 30, "only written chunks are stored");
-    assert_check_clean(&mc);
+    assert_check_clean(&mc, PREFIX);
     std::fs::remove_file(m.p("sparse")).unwrap();
-    assert_check_clean(&mc);
+    assert_check_clean(&mc, PREFIX);
 }
 
 /// Writing 160 MB keeps the daemon well under the file's size (it writes chunks out as it
@@ -223,5 +216,5 @@ fn shrink_then_grow_in_one_open_reads_zeros() {
     let back = std::fs::read(m.p("f")).unwrap();
     assert_eq!(back.len(), 4_000_000);
     assert!(back[1_500_000..].iter().all(|&b| b == 0));
-    assert_check_clean(&mc);
+    assert_check_clean(&mc, PREFIX);
 }

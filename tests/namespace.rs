@@ -12,12 +12,6 @@ fn errno_of(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
 
-fn assert_check_clean(mc: &Memcached, prefix: &str) {
-    let (code, out) = memfis_check(&mc.addr(), prefix);
-    assert_eq!(code, 0, "memfis check: {out}");
-    assert!(out.contains("clean"), "{out}");
-}
-
 /// Two mounts of one prefix: `echo A > x; mv x y` on one, `mv y z` on the other, looped.
 /// Afterwards every name works on both mounts and the store is sound.
 #[test]

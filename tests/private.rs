@@ -18,13 +18,6 @@ fn private_key(path: &std::path::Path) -> Vec<u8> {
     format!("{PREFIX}%d{ino}").into_bytes()
 }
 
-fn assert_check_clean(mc: &Memcached) -> String {
-    let (code, out) = memfis_check(&mc.addr(), PREFIX);
-    assert_eq!(code, 0, "memfis check: {out}");
-    assert!(out.contains("clean"), "{out}");
-    out
-}
-
 /// chmod withdraws a file from nginx and serves it again, with the same bytes; another mount
 /// sees the same; a file created unreadable by others is never served.
 #[test]
@@ -55,7 +48,7 @@ fn chmod_withdraws_and_serves_a_file() {
     // Written while private: still not served.
     std::fs::write(other.p("site/page.html"), b"<p>secret</p>").unwrap();
     assert_eq!(nginx.get("/site/page.html").0, 404);
-    let out = assert_check_clean(&mc);
+    let out = assert_check_clean(&mc, PREFIX);
     assert!(
         out.contains("1 names of files others may not read"),
         "{out}"
@@ -103,7 +96,7 @@ fn chmod_withdraws_and_serves_a_file() {
     assert!(mc.get(&key).is_some());
     std::fs::remove_file(m.p("www/settings.php")).unwrap();
     assert!(mc.get(&key).is_none());
-    assert_check_clean(&mc);
+    assert_check_clean(&mc, PREFIX);
 }
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -149,7 +142,7 @@ fn cp_a_serves_only_what_others_may_read() {
     assert_eq!(nginx.get("/app/group-only.txt").0, 404);
     // Directory search bits are not honoured (docs/serving.md says why).
     assert_eq!(nginx.get("/app/secret/keys.txt").2, b"app/secret/keys.txt");
-    let out = assert_check_clean(&mc);
+    let out = assert_check_clean(&mc, PREFIX);
     assert!(
         out.contains("2 names of files others may not read"),
         "{out}"
@@ -200,7 +193,7 @@ fn long_paths_keep_their_bytes_at_a_private_key() {
     std::fs::write(other.p("linked.txt"), b"both").unwrap();
     assert_eq!(std::fs::read(m.p(&long)).unwrap(), b"both");
     assert_eq!(nginx.get("/linked.txt").2, b"both");
-    let out = assert_check_clean(&mc);
+    let out = assert_check_clean(&mc, PREFIX);
     assert!(out.contains("names too long for a key"), "{out}");
     // A 256-byte name is refused as everywhere.
     let e = std::fs::write(m.p(&"n".repeat(256)), b"x").unwrap_err();

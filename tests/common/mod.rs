@@ -640,6 +640,14 @@ pub fn memfis_check(server: &str, prefix: &str) -> (i32, String) {
     memfis_on("check", &[], server, prefix)
 }
 
+/// `memfis check` of `prefix` on `mc` must exit 0 and say clean; its output.
+pub fn assert_check_clean(mc: &Memcached, prefix: &str) -> String {
+    let (code, out) = memfis_check(&mc.addr(), prefix);
+    assert_eq!(code, 0, "memfis check: {out}");
+    assert!(out.contains("clean"), "{out}");
+    out
+}
+
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     assert!(
