@@ -303,19 +303,10 @@ impl<S: Store> MemFs<S> {
         let (size, chunk_size, generation) = (c.size, c.chunk_size, c.generation);
         let ikey = self.keys.inode(ino);
         for _ in 0..crate::fs::CAS_RETRIES {
-            if of.cas.is_none() {
-                match self.read_inode_opt(ino)? {
-                    Some((rec, cas)) => {
-                        of.record = rec;
-                        of.cas = Some(cas);
-                    }
-                    None => {
-                        of.unlinked = true;
-                        let count = chunk_count(size, chunk_size);
-                        self.delete_chunks(ino, generation, 0, count);
-                        return Ok(Published::Done(Vec::new()));
-                    }
-                }
+            if !self.refresh_record(ino, of)? {
+                of.unlinked = true;
+                self.delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
+                return Ok(Published::Done(Vec::new()));
             }
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);

@@ -352,15 +352,8 @@ impl<S: Store> MemFs<S> {
         let mut data = of.data.clone().unwrap_or_default();
         let mut data_was_dirty = of.data_dirty;
         for _ in 0..crate::fs::CAS_RETRIES {
-            if of.cas.is_none() {
-                match self.read_inode_opt(ino)? {
-                    Some((rec, cas)) => {
-                        of.record = rec;
-                        of.cas = Some(cas);
-                        of.private_key_unused = false;
-                    }
-                    None => return self.after_removed(of),
-                }
+            if !self.refresh_record(ino, of)? {
+                return self.after_removed(of);
             }
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);
@@ -510,6 +503,24 @@ impl<S: Store> MemFs<S> {
             }
         }
         Err(FsError::Contended)
+    }
+
+    /// Before a publish round: reads the record again if its cas token is unknown (another
+    /// writer changed it, or this mount's last publish did). False when the file is gone.
+    pub(crate) fn refresh_record(&self, ino: u64, of: &mut OpenFile) -> FsResult<bool> {
+        if of.cas.is_some() {
+            return Ok(true);
+        }
+        match self.read_inode_opt(ino)? {
+            Some((rec, cas)) => {
+                of.record = rec;
+                of.cas = Some(cas);
+                // Another mount may have written the private key since this one made the file.
+                of.private_key_unused = false;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Reads the tokens of `served` (data keys of the file's names) and the record in one
