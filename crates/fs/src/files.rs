@@ -132,18 +132,25 @@ impl<S: Store> MemFs<S> {
             let key = self.bytes_key(ino, &of.record, &link)?;
             let ikey = self.keys.inode(ino);
             // The record read after the key: if still the version held, the key's token is
-            // this file's (`OpenFile::key_tokens`).
-            let batch = vec![
+            // this file's (`OpenFile::key_tokens`). Only where one batch runs in order: on a
+            // pool it would cost a round trip on every load (a publish reads tokens if needed).
+            let mut batch = vec![
                 Command::Gets(key.clone()),
                 Command::Get(self.keys.ns_lock()),
                 Command::Get(self.keys.dir_generation()),
             ];
-            let then = vec![Command::Gets(ikey.clone())];
-            let mut r = Replies::new(self.execute_in_order(batch, then));
+            let with_token = self.store.in_order();
+            if with_token {
+                batch.push(Command::Gets(ikey.clone()));
+            }
+            let mut r = Replies::new(self.store.execute(batch));
             let value = r.value(&key)?;
             let lock_held = r.value(&self.keys.ns_lock())?.is_some();
             self.observe_generation(r.reply())?;
-            let record_cas = r.value(&ikey).ok().flatten().and_then(|i| i.cas);
+            let record_cas = match with_token {
+                true => r.value(&ikey).ok().flatten().and_then(|i| i.cas),
+                false => None,
+            };
             if let Some(item) = &value
                 && record_cas.is_some()
                 && record_cas == of.cas
