@@ -303,7 +303,15 @@ impl<S: Store> MemFs<S> {
         ino: u64,
         change: impl FnMut(&mut Inode) -> FsResult<()>,
     ) -> FsResult<Inode> {
-        let rec = self.update_record(ino, change)?;
+        let rec = match self.update_record(ino, change) {
+            Ok(rec) => rec,
+            // The kernel names inodes it looked up earlier: one another mount removed
+            // meanwhile is ENOENT, as for a stale handle on a local filesystem.
+            Err(FsError::Missing { key }) if key.as_bytes() == self.keys.inode(ino) => {
+                return Err(FsError::NotFound);
+            }
+            Err(e) => return Err(e),
+        };
         self.adopt(ino, &rec);
         Ok(rec)
     }

@@ -364,7 +364,12 @@ impl<S: Store> MemFs<S> {
             if cur == ROOT_INO {
                 return Ok(());
             }
-            let (rec, _) = self.read_inode(cur)?;
+            // `target` comes from the kernel and may be gone (ENOENT); an ancestor of a
+            // directory that exists cannot be, so a missing one is damage (EIO).
+            let (rec, _) = match cur == target {
+                true => self.read_live_inode(cur)?,
+                false => self.read_inode(cur)?,
+            };
             cur = rec.links.first().map(|l| l.parent).ok_or_else(|| {
                 FsError::corrupt(&self.keys.inode(cur), "directory without a parent")
             })?;

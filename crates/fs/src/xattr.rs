@@ -20,7 +20,7 @@ impl<S: Store> MemFs<S> {
         if let Some(of) = self.open_file(ino) {
             return Ok(lock(&of).view());
         }
-        Ok(self.read_inode(ino)?.0)
+        Ok(self.read_live_inode(ino)?.0)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {

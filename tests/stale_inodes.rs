@@ -1,0 +1,74 @@
+//! The kernel calls by inode numbers it looked up earlier. When another mount removed the
+//! name meanwhile, every such call must answer ENOENT as a local filesystem does for a name
+//! that went away, never EIO (which means damage or a store fault).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// `mkdir A/d; echo x > A/d/y; stat B/d/y; rm A/d/y; <op> B/d/y`, for each operation that
+/// goes by the inode the kernel cached.
+#[test]
+fn calls_on_a_name_another_mount_removed_are_enoent() {
+    const PREFIX: &str = "memfis://stale";
+    let mc = Memcached::start();
+    // B's kernel keeps the inode it looked up for the attribute TTL (1 s): each case runs
+    // well inside it.
+    let a = Mount::new(&[mc.addr()], PREFIX);
+    let b = Mount::new(&[mc.addr()], PREFIX);
+    type Op = fn(&std::path::Path) -> i32;
+    let ops: [(&str, Op); 6] = [
+        ("chmod", |p| {
+            errno_of(std::fs::set_permissions(
+                p,
+                std::fs::Permissions::from_mode(0o600),
+            ))
+        }),
+        ("utimens", |p| {
+            errno_of(
+                std::fs::File::options()
+                    .write(true)
+                    .open(p)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::UNIX_EPOCH)),
+            )
+        }),
+        ("setxattr", |p| errno_of(xattr::set(p, "user.k", b"v"))),
+        ("getxattr", |p| errno_of(xattr::get(p, "user.k"))),
+        ("listxattr", |p| errno_of(xattr::list(p))),
+        ("chown", |p| {
+            errno_of(std::os::unix::fs::chown(p, Some(0), Some(0)))
+        }),
+    ];
+    // Made on A before B looks: B's cached listings (1 s, the attribute TTL) predate them.
+    for i in 0..ops.len() {
+        std::fs::create_dir(a.p(&format!("d{i}"))).unwrap();
+        std::fs::write(a.p(&format!("d{i}/y")), b"x\n").unwrap();
+    }
+    std::fs::create_dir(a.p("gone")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    for (i, (what, op)) in ops.iter().enumerate() {
+        let name = format!("d{i}/y");
+        std::fs::metadata(b.p(&name)).unwrap();
+        std::fs::remove_file(a.p(&name)).unwrap();
+        assert_eq!(op(&b.p(&name)), libc::ENOENT, "{what} on a removed name");
+    }
+    // A rename into a directory another mount removed.
+    std::fs::write(b.p("f"), b"f").unwrap();
+    std::fs::metadata(b.p("gone")).unwrap();
+    std::fs::remove_dir(a.p("gone")).unwrap();
+    let e = errno_of(std::fs::rename(b.p("f"), b.p("gone/f")));
+    assert_eq!(e, libc::ENOENT, "rename into a removed directory");
+    let logs = b.log_text();
+    assert!(!logs.contains("missing record"), "{logs}");
+    drop((a, b));
+    assert_check_clean(&mc, PREFIX);
+}
