@@ -384,3 +384,25 @@ fn directories_link_counts_are_two_plus_subdirectories_on_every_mount() {
     let listed = sh(&format!("ls -ld {}/d | cut -d' ' -f2", m.path().display()));
     assert_eq!(listed.trim(), "3");
 }
+
+/// fstat through a handle whose file lost its last name says 0 links, as tmpfs does; while
+/// another name is left, one.
+#[test]
+fn an_open_file_whose_last_name_is_gone_has_no_links() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("r"), b"read").unwrap();
+    std::fs::write(m.p("w"), b"write").unwrap();
+    std::fs::hard_link(m.p("w"), m.p("w2")).unwrap();
+    let reader = std::fs::File::open(m.p("r")).unwrap();
+    let writer = OpenOptions::new().append(true).open(m.p("w")).unwrap();
+    std::fs::remove_file(m.p("r")).unwrap();
+    assert_eq!(reader.metadata().unwrap().nlink(), 0, "read-only handle");
+    std::fs::remove_file(m.p("w")).unwrap();
+    assert_eq!(writer.metadata().unwrap().nlink(), 1, "one name left");
+    std::fs::remove_file(m.p("w2")).unwrap();
+    assert_eq!(writer.metadata().unwrap().nlink(), 0, "write handle");
+    (&writer).write_all(b" more").unwrap();
+    assert_eq!(writer.metadata().unwrap().nlink(), 0, "after a write");
+    assert_eq!(writer.metadata().unwrap().len(), 10);
+}

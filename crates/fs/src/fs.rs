@@ -569,6 +569,17 @@ impl<S: Store> MemFs<S> {
         attr
     }
 
+    /// Attributes of a file open in this mount: its record with the changes not yet
+    /// published. A file whose last name is gone (held open only) has no links, as on a
+    /// local filesystem; its record still lists the name it had.
+    pub(crate) fn open_attr(&self, ino: u64, of: &OpenFile) -> Attr {
+        let mut attr = self.attr_from(ino, &of.view(), None);
+        if of.unlinked {
+            attr.nlink = 0;
+        }
+        attr
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // The kernel names an inode another mount removed: ENOENT, like a stale handle.
         self.getattr_opt(ino)?.ok_or(FsError::NotFound)
@@ -577,8 +588,7 @@ impl<S: Store> MemFs<S> {
     /// Attributes of `ino`; `None` when its record is gone.
     fn getattr_opt(&self, ino: u64) -> FsResult<Option<Attr>> {
         if let Some(of) = self.open_file(ino) {
-            let of = lock(&of);
-            return Ok(Some(self.attr_from(ino, &of.view(), None)));
+            return Ok(Some(self.open_attr(ino, &lock(&of))));
         }
         if let Some(mut attr) = self.meta.dir_attr(ino) {
             // Kept in step with this mount's own mkdir/rmdir/rename through its listing.
@@ -665,7 +675,7 @@ impl<S: Store> MemFs<S> {
                 let view = of.view();
                 set.mode = set.mode.or(setid_cleared(&view, &set));
                 of.pending.apply(&set);
-                return Ok(self.attr_from(ino, &of.view(), None));
+                return Ok(self.open_attr(ino, &of));
             }
         }
         if set.size.is_some() {
