@@ -406,3 +406,53 @@ fn an_open_file_whose_last_name_is_gone_has_no_links() {
     assert_eq!(writer.metadata().unwrap().nlink(), 0, "after a write");
     assert_eq!(writer.metadata().unwrap().len(), 10);
 }
+
+fn xattr_call(path: &Path, op: &str, name: &str) -> Result<(), i32> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated path and name; the buffer outlives the call.
+    let r = unsafe {
+        match op {
+            "set" => libc::setxattr(p.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, 0) as isize,
+            "get" => libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+            _ => libc::removexattr(p.as_ptr(), n.as_ptr()) as isize,
+        }
+    };
+    match r {
+        -1 => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+        _ => Ok(()),
+    }
+}
+
+/// Extended attribute names that are not a `user.*` attribute answer what tmpfs answers: an
+/// empty name after the namespace (`user.`) is EINVAL, a name in no namespace EOPNOTSUPP.
+/// Compared with a file in /dev/shm (tmpfs) on this machine.
+#[test]
+fn odd_xattr_names_answer_as_on_tmpfs() {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm to compare with");
+    let st = nix::sys::statfs::statfs(shm.path()).unwrap();
+    assert_eq!(
+        st.filesystem_type().0 as i64,
+        TMPFS_MAGIC,
+        "/dev/shm is not tmpfs"
+    );
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let here = m.p("f");
+    let there = shm.path().join("f");
+    std::fs::write(&here, b"x").unwrap();
+    std::fs::write(&there, b"x").unwrap();
+    let mut diffs = Vec::new();
+    for name in ["user.", "user", "bogus.x", "user.x", "user.y"] {
+        for op in ["get", "set", "get", "remove", "remove"] {
+            let (want, got) = (xattr_call(&there, op, name), xattr_call(&here, op, name));
+            if want != got {
+                diffs.push(format!("{op} {name:?}: tmpfs {want:?}, memfis {got:?}"));
+            }
+        }
+    }
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_eq!(xattr_call(&here, "set", "user."), Err(libc::EINVAL));
+}
