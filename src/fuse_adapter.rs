@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents,
+    PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
@@ -688,6 +689,90 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             Err(e) => reply.error(errno(Op::Create, &PathOf(&self.fs, parent, name), e)),
         }
     }
+
+    // What a local filesystem without these features answers. ENOSYS where the kernel
+    // then stops asking and does the work itself: poll (a regular file is always ready),
+    // fallocate (EOPNOTSUPP to the caller), SEEK_DATA/SEEK_HOLE (the whole file is data),
+    // copy_file_range (copied through read and write). File locks are left to fuser's
+    // defaults. bmap is only sent to filesystems on a block device.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctl applies to a memfis file; ENOTTY as for TCGETS on a regular file.
+        reply.error(unsupported(Op::Ioctl, Errno::ENOTTY));
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(unsupported(Op::Poll, Errno::ENOSYS));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(unsupported(Op::Fallocate, Errno::ENOSYS));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        reply.error(unsupported(Op::Lseek, Errno::ENOSYS));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(unsupported(Op::CopyFileRange, Errno::ENOSYS));
+    }
+}
+
+/// Answers a request memfis has no use for with `errno`, quietly: fuser's defaults log a
+/// warning for each, and the kernel sends some of them all the time (TCGETS on every open
+/// by Python).
+fn unsupported(op: Op, errno: Errno) -> Errno {
+    FUSE_OPS.call(op);
+    FUSE_OPS.error(op, errno.code());
+    errno
 }
 
 /// xattr replies: size 0 asks for the length; a smaller buffer is ERANGE.

@@ -456,3 +456,48 @@ fn odd_xattr_names_answer_as_on_tmpfs() {
     assert!(diffs.is_empty(), "{diffs:#?}");
     assert_eq!(xattr_call(&here, "set", "user."), Err(libc::EINVAL));
 }
+
+/// Requests the kernel sends in ordinary use that memfis does not implement (ioctl, poll,
+/// SEEK_DATA, fallocate, copy_file_range) get the answer a local filesystem without the
+/// feature gives, and no log line: Python's open() alone asks TCGETS on every file.
+#[test]
+fn unimplemented_requests_answer_quietly() {
+    use std::os::fd::AsRawFd;
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("f"), b"0123456789").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("f"))
+        .unwrap();
+    let out = std::fs::File::create(m.p("copy")).unwrap();
+    let fd = f.as_raw_fd();
+    let last = || std::io::Error::last_os_error().raw_os_error().unwrap();
+    for _ in 0..3 {
+        // SAFETY: fd is open; termios is a plain struct the kernel fills (or not).
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) }, -1);
+        assert_eq!(last(), libc::ENOTTY);
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 1000) }, 1);
+        // SAFETY: plain calls on an open fd.
+        assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) }, 0);
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 100) }, -1);
+        assert_eq!(last(), libc::EOPNOTSUPP);
+    }
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    // SAFETY: both fds are open; the offsets are valid pointers.
+    let n = unsafe { libc::copy_file_range(fd, &mut off_in, out.as_raw_fd(), &mut off_out, 10, 0) };
+    assert_eq!(n, 10);
+    drop((f, out));
+    assert_eq!(std::fs::read(m.p("copy")).unwrap(), b"0123456789");
+    let log = m.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+}
