@@ -16,9 +16,10 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use memfis_fs::limited_warn;
 use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics::fuse_ops::{FUSE_OPS, Op};
 
@@ -68,7 +69,11 @@ impl<S: Store> FuseFs<S> {
                 ..SetAttr::default()
             };
             if let Err(e) = self.fs.setattr(ino, &set) {
-                warn!(ino, error = %e, "could not drop set-ID bits after O_TRUNC");
+                let kind = format!("drop set-ID bits: {}", e.kind());
+                limited_warn!(
+                    kind,
+                    "could not drop set-ID bits after O_TRUNC: inode {ino}: {e}"
+                );
             }
         }
     }
@@ -130,11 +135,20 @@ impl<S: Store> std::fmt::Debug for PathOf<'_, S> {
     }
 }
 
-/// Turns an error into an errno, logging the ones that mean the store misbehaved.
+/// Turns an error into an errno, logging the ones that mean the store misbehaved: one line a
+/// second per operation, errno and kind of trouble (`memfis_fs::log_limit`), so an outage
+/// failing every request writes a few lines, not thousands.
 fn errno(op: Op, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
     let op_name = op.name();
     if e.is_fault() {
-        warn!("{op_name} {what:?}: {e}");
+        let errno_name = match e.errno() {
+            libc::EIO => "EIO",
+            libc::ENOSPC => "ENOSPC",
+            libc::EFBIG => "EFBIG",
+            _ => "error",
+        };
+        let kind = format!("{op_name} {errno_name}: {}", e.kind());
+        limited_warn!(kind, "{op_name} {what:?}: {e}");
     } else {
         debug!("{op_name} {what:?}: {e}");
     }
