@@ -405,6 +405,11 @@ fn an_open_file_whose_last_name_is_gone_has_no_links() {
     (&writer).write_all(b" more").unwrap();
     assert_eq!(writer.metadata().unwrap().nlink(), 0, "after a write");
     assert_eq!(writer.metadata().unwrap().len(), 10);
+    // fchmod still works (nothing is served any more to withdraw).
+    writer
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    assert_eq!(writer.metadata().unwrap().mode() & 0o777, 0o600);
 }
 
 fn xattr_call(path: &Path, op: &str, name: &str) -> Result<(), i32> {

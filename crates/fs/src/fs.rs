@@ -655,10 +655,11 @@ impl<S: Store> MemFs<S> {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.open_file(ino) {
             let mut of = lock(&of);
-            if of.writers > 0 && Self::withdraws_stored(&of.record, set) {
-                // A chmod that withdraws served bytes does not wait for the writer's close:
-                // it runs now, as without a writer. It supersedes any mode still pending
-                // (cleared first, so a publish meanwhile cannot serve the file again).
+            if of.writers > 0 && !of.unlinked && Self::withdraws_stored(&of.record, set) {
+                // A chmod that withdraws served bytes (of a file that still has a name) does
+                // not wait for the writer's close: it runs now, as without a writer. It
+                // supersedes any mode still pending (cleared first, so a publish meanwhile
+                // cannot serve the file again).
                 of.pending.set.mode = None;
                 drop(of);
                 let chmod = SetAttr {
