@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents,
+    PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use memfis_fs::limited_warn;
 use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics::fuse_ops::{FUSE_OPS, Op};
 
@@ -67,7 +69,11 @@ impl<S: Store> FuseFs<S> {
                 ..SetAttr::default()
             };
             if let Err(e) = self.fs.setattr(ino, &set) {
-                warn!(ino, error = %e, "could not drop set-ID bits after O_TRUNC");
+                let kind = format!("drop set-ID bits: {}", e.kind());
+                limited_warn!(
+                    kind,
+                    "could not drop set-ID bits after O_TRUNC: inode {ino}: {e}"
+                );
             }
         }
     }
@@ -129,11 +135,20 @@ impl<S: Store> std::fmt::Debug for PathOf<'_, S> {
     }
 }
 
-/// Turns an error into an errno, logging the ones that mean the store misbehaved.
+/// Turns an error into an errno, logging the ones that mean the store misbehaved: one line a
+/// second per operation, errno and kind of trouble (`memfis_fs::log_limit`), so an outage
+/// failing every request writes a few lines, not thousands.
 fn errno(op: Op, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
     let op_name = op.name();
     if e.is_fault() {
-        warn!("{op_name} {what:?}: {e}");
+        let errno_name = match e.errno() {
+            libc::EIO => "EIO",
+            libc::ENOSPC => "ENOSPC",
+            libc::EFBIG => "EFBIG",
+            _ => "error",
+        };
+        let kind = format!("{op_name} {errno_name}: {}", e.kind());
+        limited_warn!(kind, "{op_name} {what:?}: {e}");
     } else {
         debug!("{op_name} {what:?}: {e}");
     }
@@ -688,6 +703,90 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             Err(e) => reply.error(errno(Op::Create, &PathOf(&self.fs, parent, name), e)),
         }
     }
+
+    // What a local filesystem without these features answers. ENOSYS where the kernel
+    // then stops asking and does the work itself: poll (a regular file is always ready),
+    // fallocate (EOPNOTSUPP to the caller), SEEK_DATA/SEEK_HOLE (the whole file is data),
+    // copy_file_range (copied through read and write). File locks are left to fuser's
+    // defaults. bmap is only sent to filesystems on a block device.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctl applies to a memfis file; ENOTTY as for TCGETS on a regular file.
+        reply.error(unsupported(Op::Ioctl, Errno::ENOTTY));
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(unsupported(Op::Poll, Errno::ENOSYS));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(unsupported(Op::Fallocate, Errno::ENOSYS));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        reply.error(unsupported(Op::Lseek, Errno::ENOSYS));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(unsupported(Op::CopyFileRange, Errno::ENOSYS));
+    }
+}
+
+/// Answers a request memfis has no use for with `errno`, quietly: fuser's defaults log a
+/// warning for each, and the kernel sends some of them all the time (TCGETS on every open
+/// by Python).
+fn unsupported(op: Op, errno: Errno) -> Errno {
+    FUSE_OPS.call(op);
+    FUSE_OPS.error(op, errno.code());
+    errno
 }
 
 /// xattr replies: size 0 asks for the length; a smaller buffer is ERANGE.

@@ -272,6 +272,7 @@ fn serve(
         args.store.prefix()
     );
     session.run().context("FUSE session")?;
+    memfis_fs::log_limit::global().flush();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let (trips, commands) = client.counters();
     tracing::info!(
@@ -318,12 +319,15 @@ pub fn open_for_tool(store: &StoreArgs) -> Result<Arc<MemFs<Arc<Client>>>> {
     Ok(fs)
 }
 
-/// Keeps this mount's liveness key fresh and notices a store emptied under it.
+/// Keeps this mount's liveness key fresh and notices a store emptied under it. Its own
+/// warning is written once per outage (then "reachable again"), not through the limiter.
 fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
     std::thread::spawn(move || {
         let mut failing = false;
         loop {
             std::thread::sleep(Duration::from_secs(2));
+            // Counts of repeated warnings left out (an outage that ended) are written now.
+            memfis_fs::log_limit::global().flush();
             match fs.heartbeat() {
                 Ok(()) if failing => {
                     tracing::info!("store reachable again");

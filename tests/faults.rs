@@ -204,3 +204,86 @@ fn bad_arguments_fail_before_mounting() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/memfis-mp"));
 }
+
+/// A store outage under load writes a bounded log: repeated identical errors are one line a
+/// second per kind, with a count of the ones left out, and the lines say what went wrong.
+/// Two outages while four workers stat and read files: a stopped server for 3 s (calls time
+/// out), then a dead one for 3 s (calls fail at once: 30,000 lines before the limit).
+#[test]
+fn an_outage_under_load_writes_a_few_log_lines_not_thousands() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut mc = Memcached::start();
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--timeout", "1", "--attr-ttl", "0"]);
+    for i in 0..8 {
+        std::fs::write(m.p(&format!("f{i}")), b"data").unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, failures) = (stop.clone(), failures.clone());
+            let dir = m.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let f = dir.join(format!("f{}", i % 8));
+                    if std::fs::metadata(&f).is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if std::fs::read(&f).is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Stops the workers even if an assertion below fails (before the mount goes).
+    struct Stop(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+            for w in self.1.drain(..) {
+                let _ = w.join();
+            }
+        }
+    }
+    let stopper = Stop(stop, workers);
+    std::thread::sleep(Duration::from_millis(300));
+    mc.pause();
+    std::thread::sleep(Duration::from_secs(3));
+    mc.resume();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_pause = failures.load(Ordering::Relaxed);
+    assert!(after_pause > 0, "the pause failed no call");
+    assert_eq!(std::fs::read(m.p("f0")).unwrap(), b"data", "recovered");
+    mc.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    drop(stopper);
+    let failed = failures.load(Ordering::Relaxed);
+    assert!(
+        failed > after_pause + 1000,
+        "the dead server failed {failed} calls"
+    );
+    // The heartbeat (every 2 s) writes the counts left when the trouble stopped.
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = m.log_text();
+    let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warns.len() < 50,
+        "{} WARN lines for {failed} failed calls, the last: {:#?}",
+        warns.len(),
+        &warns[warns.len().saturating_sub(20)..]
+    );
+    for cause in ["timed out talking to", "Connection refused"] {
+        assert!(
+            warns.iter().any(|l| l.contains(cause)),
+            "no line names {cause:?}: {log}"
+        );
+    }
+    assert!(
+        warns.iter().any(|l| l.contains("more like it in the last")),
+        "no line counts what was left out: {log}"
+    );
+}

@@ -384,3 +384,125 @@ fn directories_link_counts_are_two_plus_subdirectories_on_every_mount() {
     let listed = sh(&format!("ls -ld {}/d | cut -d' ' -f2", m.path().display()));
     assert_eq!(listed.trim(), "3");
 }
+
+/// fstat through a handle whose file lost its last name says 0 links, as tmpfs does; while
+/// another name is left, one.
+#[test]
+fn an_open_file_whose_last_name_is_gone_has_no_links() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("r"), b"read").unwrap();
+    std::fs::write(m.p("w"), b"write").unwrap();
+    std::fs::hard_link(m.p("w"), m.p("w2")).unwrap();
+    let reader = std::fs::File::open(m.p("r")).unwrap();
+    let writer = OpenOptions::new().append(true).open(m.p("w")).unwrap();
+    std::fs::remove_file(m.p("r")).unwrap();
+    assert_eq!(reader.metadata().unwrap().nlink(), 0, "read-only handle");
+    std::fs::remove_file(m.p("w")).unwrap();
+    assert_eq!(writer.metadata().unwrap().nlink(), 1, "one name left");
+    std::fs::remove_file(m.p("w2")).unwrap();
+    assert_eq!(writer.metadata().unwrap().nlink(), 0, "write handle");
+    (&writer).write_all(b" more").unwrap();
+    assert_eq!(writer.metadata().unwrap().nlink(), 0, "after a write");
+    assert_eq!(writer.metadata().unwrap().len(), 10);
+    // fchmod still works (nothing is served any more to withdraw).
+    writer
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    assert_eq!(writer.metadata().unwrap().mode() & 0o777, 0o600);
+}
+
+fn xattr_call(path: &Path, op: &str, name: &str) -> Result<(), i32> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated path and name; the buffer outlives the call.
+    let r = unsafe {
+        match op {
+            "set" => libc::setxattr(p.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, 0) as isize,
+            "get" => libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+            _ => libc::removexattr(p.as_ptr(), n.as_ptr()) as isize,
+        }
+    };
+    match r {
+        -1 => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+        _ => Ok(()),
+    }
+}
+
+/// Extended attribute names that are not a `user.*` attribute answer what tmpfs answers: an
+/// empty name after the namespace (`user.`) is EINVAL, a name in no namespace EOPNOTSUPP.
+/// Compared with a file in /dev/shm (tmpfs) on this machine.
+#[test]
+fn odd_xattr_names_answer_as_on_tmpfs() {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm to compare with");
+    let st = nix::sys::statfs::statfs(shm.path()).unwrap();
+    assert_eq!(
+        st.filesystem_type().0 as i64,
+        TMPFS_MAGIC,
+        "/dev/shm is not tmpfs"
+    );
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let here = m.p("f");
+    let there = shm.path().join("f");
+    std::fs::write(&here, b"x").unwrap();
+    std::fs::write(&there, b"x").unwrap();
+    let mut diffs = Vec::new();
+    for name in ["user.", "user", "bogus.x", "user.x", "user.y"] {
+        for op in ["get", "set", "get", "remove", "remove"] {
+            let (want, got) = (xattr_call(&there, op, name), xattr_call(&here, op, name));
+            if want != got {
+                diffs.push(format!("{op} {name:?}: tmpfs {want:?}, memfis {got:?}"));
+            }
+        }
+    }
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_eq!(xattr_call(&here, "set", "user."), Err(libc::EINVAL));
+}
+
+/// Requests the kernel sends in ordinary use that memfis does not implement (ioctl, poll,
+/// SEEK_DATA, fallocate, copy_file_range) get the answer a local filesystem without the
+/// feature gives, and no log line: Python's open() alone asks TCGETS on every file.
+#[test]
+fn unimplemented_requests_answer_quietly() {
+    use std::os::fd::AsRawFd;
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(m.p("f"), b"0123456789").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("f"))
+        .unwrap();
+    let out = std::fs::File::create(m.p("copy")).unwrap();
+    let fd = f.as_raw_fd();
+    let last = || std::io::Error::last_os_error().raw_os_error().unwrap();
+    for _ in 0..3 {
+        // SAFETY: fd is open; termios is a plain struct the kernel fills (or not).
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) }, -1);
+        assert_eq!(last(), libc::ENOTTY);
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 1000) }, 1);
+        // SAFETY: plain calls on an open fd.
+        assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) }, 0);
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 100) }, -1);
+        assert_eq!(last(), libc::EOPNOTSUPP);
+    }
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    // SAFETY: both fds are open; the offsets are valid pointers.
+    let n = unsafe { libc::copy_file_range(fd, &mut off_in, out.as_raw_fd(), &mut off_out, 10, 0) };
+    assert_eq!(n, 10);
+    drop((f, out));
+    assert_eq!(std::fs::read(m.p("copy")).unwrap(), b"0123456789");
+    let log = m.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+}

@@ -199,3 +199,58 @@ fn long_paths_keep_their_bytes_at_a_private_key() {
     let e = std::fs::write(m.p(&"n".repeat(256)), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
 }
+
+/// chmod o-r while this mount holds a write handle withdraws the file at once, as without
+/// one: its served key goes before chmod returns, bytes written meanwhile never reach it.
+/// chmod o+r with a write handle open serves the file at the next flush (close or fsync),
+/// with the bytes written by then.
+#[test]
+fn chmod_with_a_write_handle_open_withdraws_at_once_and_serves_at_close() {
+    use std::io::Write;
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let served = format!("{PREFIX}/f").into_bytes();
+    std::fs::write(m.p("f"), b"public").unwrap();
+    assert_eq!(mc.get(&served).unwrap(), b"public");
+
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("f"))
+        .unwrap();
+    chmod(&m.p("f"), 0o600);
+    assert!(mc.get(&served).is_none(), "still served after chmod 600");
+    assert_eq!(mc.get(&private_key(&m.p("f"))).unwrap(), b"public");
+    w.write_all(b" then secret").unwrap();
+    w.sync_all().unwrap();
+    assert!(mc.get(&served).is_none(), "served after a write");
+    drop(w);
+    assert!(mc.get(&served).is_none(), "served after close");
+    assert_eq!(
+        mc.get(&private_key(&m.p("f"))).unwrap(),
+        b"public then secret"
+    );
+    assert_eq!(m.p("f").metadata().unwrap().mode() & 0o777, 0o600);
+
+    // The same from a handle of its own (fchmod) with unpublished bytes in the buffer.
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("f"))
+        .unwrap();
+    chmod(&m.p("f"), 0o644);
+    w.write_all(b"!").unwrap();
+    assert!(mc.get(&served).is_none(), "served before the flush");
+    w.sync_all().unwrap();
+    assert_eq!(mc.get(&served).unwrap(), b"public then secret!");
+    w.write_all(b"?").unwrap();
+    w.set_permissions(std::fs::Permissions::from_mode(0o640))
+        .unwrap();
+    assert!(mc.get(&served).is_none(), "still served after fchmod 640");
+    drop(w);
+    assert!(mc.get(&served).is_none());
+    assert_eq!(
+        mc.get(&private_key(&m.p("f"))).unwrap(),
+        b"public then secret!?"
+    );
+    assert_eq!(std::fs::read(m.p("f")).unwrap(), b"public then secret!?");
+    assert_check_clean(&mc, PREFIX);
+}

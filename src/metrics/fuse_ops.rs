@@ -30,6 +30,8 @@ ops! {
     Releasedir => "releasedir", Fsyncdir => "fsyncdir", Statfs => "statfs",
     Setxattr => "setxattr", Getxattr => "getxattr", Listxattr => "listxattr",
     Removexattr => "removexattr", Access => "access", Create => "create",
+    Ioctl => "ioctl", Poll => "poll", Fallocate => "fallocate", Lseek => "lseek",
+    CopyFileRange => "copy_file_range",
 }
 
 const N_OPS: usize = Op::ALL.len();

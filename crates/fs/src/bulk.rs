@@ -338,7 +338,10 @@ impl<S: Store> MemFs<S> {
         if !removed.is_empty()
             && let Err(e) = self.delete_keys_outside_tree(&removed)
         {
-            tracing::warn!(error = %e, "could not delete data keys no name has");
+            crate::limited_warn!(
+                format!("delete stale keys: {}", e.kind()),
+                "could not delete data keys no name has: {e}"
+            );
         }
         failed
     }

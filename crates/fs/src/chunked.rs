@@ -20,7 +20,6 @@
 use std::sync::Arc;
 
 use memfis_memcache::{Command, Store, StoreOp};
-use tracing::warn;
 
 use crate::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::files::Published;
@@ -229,7 +228,10 @@ impl<S: Store> MemFs<S> {
         for (i, batch) in keys.chunks(CHUNK_BATCH * 4).enumerate() {
             let cmds = batch.iter().map(|k| Command::Delete(k.clone())).collect();
             if let Some(Err(e)) = self.store.execute(cmds).into_iter().find(|r| r.is_err()) {
-                warn!(ino, error = %e, "could not delete chunks of a removed or shrunk file");
+                crate::limited_warn!(
+                    format!("delete chunks: {e}"),
+                    "could not delete chunks of a removed or shrunk file: inode {ino}: {e}"
+                );
                 let left = &keys[i * CHUNK_BATCH * 4..];
                 crate::sync::lock(&self.stale_keys).extend(left.iter().cloned());
                 return;

@@ -336,7 +336,10 @@ impl<S: Store> MemFs<S> {
                 Ok(Published::Unchunked) => {} // published below, as one item
                 Ok(other) => return Ok(other),
                 Err(e) => {
-                    warn!(ino, error = %e, "publishing a file in chunks failed");
+                    crate::limited_warn!(
+                        format!("publish: {}", e.kind()),
+                        "publishing a file in chunks failed: inode {ino}: {e}"
+                    );
                     self.after_failed_chunked_publish(ino, of);
                     return Err(e);
                 }
@@ -348,7 +351,10 @@ impl<S: Store> MemFs<S> {
         {
             // Some names may hold the new bytes and others (or the record) the old: make the
             // file consistent (empty) rather than leave nginx and mounts disagreeing.
-            warn!(ino, error = %e, "publishing file failed after its first batch");
+            crate::limited_warn!(
+                format!("publish: {}", e.kind()),
+                "publishing file failed after its first batch: inode {ino}: {e}"
+            );
             self.after_failed_publish(ino, of);
         }
         outcome
@@ -440,7 +446,10 @@ impl<S: Store> MemFs<S> {
             let lock_result = results.value(&self.keys.ns_lock());
             let generation = results.reply();
             if let Some(e) = failure {
-                warn!(ino, error = %e, "publishing file failed");
+                crate::limited_warn!(
+                    format!("publish: {}", e.kind()),
+                    "publishing file failed: inode {ino}: {e}"
+                );
                 self.after_failed_publish(ino, of);
                 return Err(e);
             }

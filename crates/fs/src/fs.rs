@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::attr::{Attr, SetAttr, StatFs};
 use crate::data_codec::DataCodec;
 use crate::fenced_store::FencedStore;
-use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
+use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, is_public, prefixes_nest};
 use crate::meta_cache::{DirInfo, MetaCache};
 use crate::open_files::{OpenFile, OpenFiles};
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
@@ -577,6 +577,17 @@ impl<S: Store> MemFs<S> {
         attr
     }
 
+    /// Attributes of a file open in this mount: its record with the changes not yet
+    /// published. A file whose last name is gone (held open only) has no links, as on a
+    /// local filesystem; its record still lists the name it had.
+    pub(crate) fn open_attr(&self, ino: u64, of: &OpenFile) -> Attr {
+        let mut attr = self.attr_from(ino, &of.view(), None);
+        if of.unlinked {
+            attr.nlink = 0;
+        }
+        attr
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // The kernel names an inode another mount removed: ENOENT, like a stale handle.
         self.getattr_opt(ino)?.ok_or(FsError::NotFound)
@@ -585,8 +596,7 @@ impl<S: Store> MemFs<S> {
     /// Attributes of `ino`; `None` when its record is gone.
     fn getattr_opt(&self, ino: u64) -> FsResult<Option<Attr>> {
         if let Some(of) = self.open_file(ino) {
-            let of = lock(&of);
-            return Ok(Some(self.attr_from(ino, &of.view(), None)));
+            return Ok(Some(self.open_attr(ino, &lock(&of))));
         }
         if let Some(mut attr) = self.meta.dir_attr(ino) {
             // Kept in step with this mount's own mkdir/rmdir/rename through its listing.
@@ -653,8 +663,35 @@ impl<S: Store> MemFs<S> {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.open_file(ino) {
             let mut of = lock(&of);
+            if of.writers > 0 && !of.unlinked && Self::withdraws_stored(&of.record, set) {
+                // A chmod that withdraws served bytes (of a file that still has a name) does
+                // not wait for the writer's close: it runs now, as without a writer. It
+                // supersedes any mode still pending (cleared first, so a publish meanwhile
+                // cannot serve the file again).
+                of.pending.set.mode = None;
+                drop(of);
+                let chmod = SetAttr {
+                    mode: set.mode,
+                    ..SetAttr::default()
+                };
+                self.setattr_unbuffered(ino, &chmod)?;
+                let rest = SetAttr {
+                    mode: None,
+                    ..set.clone()
+                };
+                let nothing_else = rest.uid.is_none()
+                    && rest.gid.is_none()
+                    && rest.size.is_none()
+                    && rest.atime.is_none()
+                    && rest.mtime.is_none();
+                return match nothing_else {
+                    true => self.getattr(ino),
+                    false => self.setattr(ino, &rest),
+                };
+            }
             if of.writers > 0 {
-                // Published with the data at flush: keeps `cp -a` at a few round trips a file.
+                // Published with the data at flush: keeps `cp -a` at a few round trips a file
+                // (a chmod that serves it too: its bytes go straight to the served key).
                 if let Some(size) = set.size {
                     self.ensure_loaded(ino, &mut of)?;
                     self.check_size(ino, size)?;
@@ -673,9 +710,20 @@ impl<S: Store> MemFs<S> {
                 let view = of.view();
                 set.mode = set.mode.or(setid_cleared(&view, &set));
                 of.pending.apply(&set);
-                return Ok(self.attr_from(ino, &of.view(), None));
+                return Ok(self.open_attr(ino, &of));
             }
         }
+        self.setattr_unbuffered(ino, set)
+    }
+
+    /// True when `set` takes read for others away from a file whose stored record grants
+    /// it: its bytes are at a served key, and must leave it at once.
+    fn withdraws_stored(stored: &Inode, set: &SetAttr) -> bool {
+        set.mode.is_some() && Self::changes_visibility(stored, set) && is_public(stored.mode)
+    }
+
+    /// setattr straight to the store (no writer of this mount buffers the change).
+    fn setattr_unbuffered(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if set.size.is_some() {
             // Through a handle of its own, so the new size is published like any write
             // (whole, with the record, fenced against namespace operations).

@@ -32,6 +32,7 @@
 //! - [`repair`]: fixing what the check finds, under the namespace lock
 //!
 //! Values in and out: [`attr`] (attributes, changes, entries, statfs), [`error`].
+//! Warnings that repeat (a store outage fails every call alike) go through [`log_limit`].
 
 mod activity;
 pub mod attr;
@@ -49,6 +50,7 @@ pub mod fs;
 pub mod intent;
 pub mod keys;
 pub mod listing;
+pub mod log_limit;
 mod meta_cache;
 pub mod namespace;
 pub mod nslock;

@@ -384,7 +384,7 @@ impl<S: Store> MemFs<S> {
         let mut out = Vec::with_capacity(inos.len());
         for ((ino, key), r) in inos.iter().zip(&keys).zip(results) {
             if let Some(of) = self.open_file(*ino) {
-                out.push(Some(self.attr_from(*ino, &lock(&of).view(), None)));
+                out.push(Some(self.open_attr(*ino, &lock(&of))));
                 continue;
             }
             out.push(match value_of(key, r)? {

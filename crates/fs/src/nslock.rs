@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::fs::MemFs;
 use crate::intent::Intent;
@@ -77,7 +77,10 @@ impl<S: Store> MemFs<S> {
         if result.is_err()
             && let Some(intent) = guard.intent.clone()
         {
-            warn!(?intent, "operation failed midway; completing it");
+            crate::limited_warn!(
+                "operation failed midway",
+                "operation failed midway; completing it: {intent:?}"
+            );
             if let Err(e) = self
                 .store_intent(&mut guard)
                 .and_then(|()| self.complete(&intent))
@@ -152,7 +155,10 @@ impl<S: Store> MemFs<S> {
         if let Err(e) = self.store.delete(&key) {
             // Released by this mount's next operation or heartbeat (others wait meanwhile,
             // or take it over once this mount is gone).
-            warn!(error = %e, owner, "cannot release the namespace lock");
+            crate::limited_warn!(
+                format!("cannot release the namespace lock: {}", e),
+                "cannot release the namespace lock (owner {owner}): {e}"
+            );
             *lock(&self.leftover) = Some(owner.to_string());
         }
     }

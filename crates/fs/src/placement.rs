@@ -8,9 +8,10 @@
 //! record takes the new mode (the point of no return), then the bytes are copied from where
 //! the old mode kept them to where the new one does, then the old keys are deleted.
 //!
-//! A chmod through an open writer (`cp -a` creates files unreadable by others and opens them
-//! up before closing) rides with the publish instead, which writes the new keys and deletes
-//! the old ones like keys a rename took away (`files.rs`).
+//! A chmod that serves a file this mount holds open for writing (`cp -a` creates files
+//! unreadable by others and opens them up before closing) rides with the publish instead,
+//! which writes the new keys and deletes the old ones like keys a rename took away
+//! (`files.rs`). One that withdraws a served file never waits for the writer (`setattr`).
 
 use memfis_memcache::{Command, Store, StoreOp};
 

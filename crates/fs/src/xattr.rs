@@ -8,9 +8,28 @@ use crate::record::{Inode, Time, pct_decode, pct_encode};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
+/// Namespaces Linux knows. A name in none of them is EOPNOTSUPP; a name that is only a
+/// namespace (`user.`) is EINVAL, as tmpfs answers both (`system.` has no bare form: it is
+/// a set of whole names, so `system.` alone is simply unsupported).
+const NAMESPACES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"system."];
+
+/// True for a `user.*` name (the only ones memfis keeps); false for a name of another
+/// namespace Linux knows; an error where tmpfs gives one whatever the file.
+fn is_user_xattr(name: &[u8]) -> FsResult<bool> {
+    match NAMESPACES.iter().find(|ns| name.starts_with(ns)) {
+        None => Err(FsError::NotSupported(
+            "extended attribute outside any namespace",
+        )),
+        Some(ns) if name.len() == ns.len() && *ns != b"system." => Err(FsError::Invalid(
+            "extended attribute name empty after its namespace",
+        )),
+        Some(ns) => Ok(*ns == b"user."),
+    }
+}
+
 impl<S: Store> MemFs<S> {
     fn xattr_name(name: &[u8]) -> FsResult<String> {
-        if !name.starts_with(b"user.") {
+        if !is_user_xattr(name)? {
             return Err(FsError::NotSupported("only user.* extended attributes"));
         }
         Ok(pct_encode(name))
@@ -24,8 +43,8 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        if !name.starts_with(b"user.") {
-            return Err(FsError::NoXattr);
+        if !is_user_xattr(name)? {
+            return Err(FsError::NoXattr); // (none is kept, so none is there)
         }
         let rec = self.current_record(ino)?;
         let value = rec.xattrs.get(&pct_encode(name)).ok_or(FsError::NoXattr)?;
@@ -63,5 +82,24 @@ impl<S: Store> MemFs<S> {
             Ok(())
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_judged_as_tmpfs_judges_them() {
+        assert!(is_user_xattr(b"user.x").unwrap());
+        assert!(!is_user_xattr(b"security.selinux").unwrap());
+        assert!(!is_user_xattr(b"system.posix_acl_access").unwrap());
+        assert!(!is_user_xattr(b"system.").unwrap());
+        for bare in [&b"user."[..], b"trusted.", b"security."] {
+            assert_eq!(is_user_xattr(bare).unwrap_err().errno(), libc::EINVAL);
+        }
+        for odd in [&b"user"[..], b"bogus.x", b"", b"USER.x"] {
+            assert_eq!(is_user_xattr(odd).unwrap_err().errno(), libc::EOPNOTSUPP);
+        }
     }
 }
