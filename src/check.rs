@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
-use memfis_fs::check::{Report, check};
+use memfis_fs::check::{CheckOptions, Report, check_with};
 use memfis_memcache::{Client, Store};
 
 use crate::cli::CheckArgs;
@@ -21,7 +21,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     if args.repair {
         return repair(&args, &client, &keys);
     }
-    let report = check(&client, &keys)
+    let report = check_with(&client, &keys, options(&args))
         .with_context(|| format!("cannot check the store under prefix {prefix:?}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -50,7 +50,7 @@ fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
     }
     let fs = crate::mount::open_for_tool(&args.store)?;
     let report = fs
-        .repair()
+        .repair_with(options(args))
         .with_context(|| format!("cannot repair the store under prefix {prefix:?}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -67,6 +67,12 @@ fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
             (true, false) => EXIT_REPAIRED,
         },
     )
+}
+
+fn options(args: &CheckArgs) -> CheckOptions {
+    CheckOptions {
+        verify: args.verify,
+    }
 }
 
 /// The names nginx does not serve, and why (docs/serving.md), when there are any.

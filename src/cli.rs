@@ -108,10 +108,12 @@ pub struct StatsArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status: 0 clean (or repaired), 1 repaired but problems remain, \
-                        4 problems found, 8 the check could not run.\n\n\
+    after_help = "Exit status: 0 clean (nothing to repair), 1 repaired and clean now (an \
+                        unfinished operation completed counts), 4 problems found (or left after \
+                        repair), 8 the check could not run.\n\n\
                         Examples:\n  memfis check --prefix memfis://www.example.com\n  \
-                        memfis check --repair --prefix memfis://www.example.com"
+                        memfis check --repair --prefix memfis://www.example.com\n  \
+                        memfis check --verify --prefix memfis://www.example.com"
 )]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -123,6 +125,10 @@ pub struct CheckArgs {
     /// every change, then check again.
     #[arg(long)]
     pub repair: bool,
+    /// Also read every data key's bytes: every name of a file (and its private key) must
+    /// hold the same bytes. Without it sizes are compared, without reading the bytes.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,13 +5,13 @@
 //! store): it never writes. Mounts working meanwhile can show it a state between two steps of
 //! an operation, so a problem is reported only if a second scan, a moment later, finds it too.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use memfis_memcache::{Command, Store};
+use memfis_memcache::{Command, Reply, Store, StoreError};
 use serde::Serialize;
 
-use crate::data_codec::DataCodec;
+use crate::data_codec::{self, DataCodec, GZIP_FLAG};
 use crate::dirlog::{self, LogBase};
 use crate::fenced_store::FencedStore;
 use crate::fs::join;
@@ -86,16 +86,34 @@ pub struct Report {
     pub keys_listed: bool,
 }
 
+/// What a check looks at beyond the invariants it always checks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Read every data key's bytes (`memfis check --verify`): every name of a file, and its
+    /// private key, must hold the same bytes. Without it, sizes are compared (`mg KEY s`
+    /// where the server knows it, so no file's bytes travel).
+    pub verify: bool,
+}
+
 /// Checks the tree under `keys`' prefix. Errors only when the store cannot be read at all.
 pub fn check<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
-    check_as(store, keys, None)
+    check_as(store, keys, None, CheckOptions::default())
+}
+
+/// As [`check`], with `options`.
+pub fn check_with<S: Store>(
+    store: &S,
+    keys: &KeyLayout,
+    options: CheckOptions,
+) -> FsResult<Report> {
+    check_as(store, keys, None, options)
 }
 
 /// One scan, without the second look that filters out operations in flight: the totals of
 /// a tree (`memfis stats`).
 pub fn scan<S: Store>(store: &S, keys: &KeyLayout) -> FsResult<Report> {
     let store = decoded(store, keys);
-    Scan::new(&store, keys, None).run()
+    Scan::new(&store, keys, None, CheckOptions::default()).run()
 }
 
 /// The store with gzip-compressed data keys read as their plain bytes.
@@ -108,14 +126,15 @@ pub(crate) fn check_as<S: Store>(
     store: &S,
     keys: &KeyLayout,
     holder: Option<&str>,
+    options: CheckOptions,
 ) -> FsResult<Report> {
     let store = &decoded(store, keys);
-    let first = Scan::new(store, keys, holder).run()?;
+    let first = Scan::new(store, keys, holder, options).run()?;
     if first.problems.is_empty() {
         return Ok(first);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut second = Scan::new(store, keys, holder).run()?;
+    let mut second = Scan::new(store, keys, holder, options).run()?;
     let seen: HashSet<&Problem> = first.problems.iter().collect();
     second.problems.retain(|p| seen.contains(p));
     Ok(second)
@@ -127,11 +146,39 @@ struct Scan<'a, S: Store> {
     report: Report,
     /// Every key the tree accounts for.
     expected: HashSet<Vec<u8>>,
-    /// Files in the tree: chunks of another generation may be a write in progress.
-    file_inos: HashSet<u64>,
+    /// Files in the tree, with the chunks their records name (generation, count; `None` for
+    /// a file in one item): other chunks of them may be a write in progress, or a leak.
+    file_inos: HashMap<u64, Option<(u64, u64)>>,
     max_ino: u64,
     /// Owner string of a namespace lock this check runs under.
     holder: Option<&'a str>,
+    options: CheckOptions,
+    /// Whether the store answered meta commands so far (not through twemproxy).
+    meta: bool,
+    /// With `verify`: per file, its record's names in order, and each name's bytes key.
+    verify: HashMap<u64, FileKeys>,
+}
+
+/// The keys holding a file's bytes, for `--verify`.
+struct FileKeys {
+    links: Vec<Link>,
+    size: u64,
+    names: Vec<NameKey>,
+}
+
+struct NameKey {
+    link: Link,
+    path: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// A name's data key and the size its record says it holds.
+#[derive(Clone)]
+struct DataCheck {
+    fault: Fault,
+    path: Vec<u8>,
+    key: Vec<u8>,
+    size: u64,
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -139,15 +186,23 @@ fn text(bytes: &[u8]) -> String {
 }
 
 impl<'a, S: Store> Scan<'a, S> {
-    fn new(store: &'a S, keys: &'a KeyLayout, holder: Option<&'a str>) -> Self {
+    fn new(
+        store: &'a S,
+        keys: &'a KeyLayout,
+        holder: Option<&'a str>,
+        options: CheckOptions,
+    ) -> Self {
         Scan {
             store,
             keys,
             report: Report::default(),
             expected: HashSet::new(),
-            file_inos: HashSet::new(),
+            file_inos: HashMap::new(),
             max_ino: ROOT_INO,
             holder,
+            options,
+            meta: true,
+            verify: HashMap::new(),
         }
     }
 
@@ -205,6 +260,9 @@ impl<'a, S: Store> Scan<'a, S> {
         }
         self.check_lock()?;
         self.walk()?;
+        if self.options.verify {
+            self.verify_names()?;
+        }
         self.check_counters()?;
         self.check_unreached_keys();
         Ok(self.report)
@@ -276,7 +334,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 results.extend(self.store.execute(batch));
             }
             let mut results = Replies::new(results);
-            let mut data_checks = Vec::new();
+            let mut data_checks: Vec<DataCheck> = Vec::new();
             for (name, (ino, kind)) in names {
                 let child = join(&path, name);
                 let ekey = self.keys.entry(dir, name);
@@ -338,7 +396,11 @@ impl<'a, S: Store> Scan<'a, S> {
                     self.problem(name_fault(), &child, &ikey, what);
                 }
                 if rec.kind == Kind::File {
-                    self.file_inos.insert(*ino);
+                    let named = rec.chunk_size.map(|cs| {
+                        let count = crate::chunk_buffer::chunk_count(rec.size, cs.max(1));
+                        (rec.chunk_gen, count)
+                    });
+                    self.file_inos.insert(*ino, named);
                 }
                 match rec.kind {
                     Kind::Dir => {
@@ -388,7 +450,26 @@ impl<'a, S: Store> Scan<'a, S> {
                         };
                         // A private key is made by the first publish: an empty file may have none.
                         if !(key == private && rec.size == 0) {
-                            data_checks.push((fault, child, key, rec.size));
+                            if self.options.verify {
+                                let names = self.verify.entry(*ino).or_insert_with(|| FileKeys {
+                                    links: rec.links.clone(),
+                                    size: rec.size,
+                                    names: Vec::new(),
+                                });
+                                if !names.names.iter().any(|n| n.key == key) {
+                                    names.names.push(NameKey {
+                                        link: Link::new(dir, name),
+                                        path: child.clone(),
+                                        key: key.clone(),
+                                    });
+                                }
+                            }
+                            data_checks.push(DataCheck {
+                                fault,
+                                path: child,
+                                key,
+                                size: rec.size,
+                            });
                         }
                     }
                     Kind::Symlink => {
@@ -516,22 +597,112 @@ impl<'a, S: Store> Scan<'a, S> {
         Ok(Some(listing))
     }
 
-    /// Each served file's data key holds as many bytes as its record says.
-    fn check_data(&mut self, files: Vec<(Fault, Vec<u8>, Vec<u8>, u64)>) -> FsResult<()> {
-        let keys: Vec<Vec<u8>> = files.iter().map(|f| f.2.clone()).collect();
-        for ((fault, path, key, size), value) in files.into_iter().zip(self.get_many(&keys)?) {
-            match value {
-                None => {
-                    let what = "data key is missing (nginx cannot serve it)";
-                    self.problem(fault, &path, &key, what)
+    /// Each served file's data key holds as many bytes as its record says. The sizes come
+    /// from `mg KEY s f`, without the values; a gzip-flagged item's stored size is its
+    /// compressed size, so those values are read (and decompressed), as every value is where
+    /// the store has no meta commands (twemproxy, memcached before 1.6) or with `--verify`
+    /// (which compares the bytes themselves afterwards).
+    fn check_data(&mut self, files: Vec<DataCheck>) -> FsResult<()> {
+        let mut read = Vec::new();
+        let mut files = files.into_iter().peekable();
+        while self.meta && !self.options.verify && files.peek().is_some() {
+            let chunk: Vec<DataCheck> = files.by_ref().take(BATCH).collect();
+            let batch = chunk
+                .iter()
+                .map(|f| Command::MetaSize(f.key.clone()))
+                .collect();
+            let results = self.store.execute(batch);
+            if results.iter().any(|r| !matches!(r, Ok(Reply::Meta(_)))) {
+                // No meta commands here (twemproxy closes the connection, old memcached says
+                // ERROR): read values from now on.
+                self.meta = false;
+                read.extend(chunk);
+                break;
+            }
+            for (f, r) in chunk.into_iter().zip(results) {
+                match r {
+                    Ok(Reply::Meta(None)) => self.data_missing(f),
+                    Ok(Reply::Meta(Some(m))) if m.flags & GZIP_FLAG != 0 => read.push(f),
+                    Ok(Reply::Meta(Some(m))) => self.data_size(f, m.size),
+                    _ => unreachable!("every reply is a meta reply"),
                 }
-                Some(v) if v.len() as u64 != size => self.problem(
-                    fault,
-                    &path,
-                    &key,
-                    format!("data key holds {} bytes, the record says {size}", v.len()),
-                ),
-                Some(_) => {}
+            }
+        }
+        read.extend(files);
+        for chunk in read.chunks(BATCH) {
+            let batch = chunk.iter().map(|f| Command::Get(f.key.clone())).collect();
+            let results = self.store.execute(batch);
+            for (f, r) in chunk.iter().zip(results) {
+                match value_bytes(&f.key, r)? {
+                    Value::Missing => self.data_missing(f.clone()),
+                    Value::Bytes(v) => self.data_size(f.clone(), v.len() as u64),
+                    Value::Undecodable(e) => self.problem(
+                        f.fault.clone(),
+                        &f.path,
+                        &f.key,
+                        format!("data key is flagged gzip but does not decompress ({e})"),
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn data_missing(&mut self, f: DataCheck) {
+        let what = "data key is missing (nginx cannot serve it)";
+        self.problem(f.fault, &f.path, &f.key, what)
+    }
+
+    fn data_size(&mut self, f: DataCheck, held: u64) {
+        if held != f.size {
+            let what = format!("data key holds {held} bytes, the record says {}", f.size);
+            self.problem(f.fault, &f.path, &f.key, what);
+        }
+    }
+
+    /// `--verify`: every name of a file (and its private key) holds the same bytes: those of
+    /// the first name, in the record's order, that holds the record's size (what repair
+    /// copies to the others).
+    fn verify_names(&mut self) -> FsResult<()> {
+        let mut files: Vec<(u64, FileKeys)> = std::mem::take(&mut self.verify)
+            .into_iter()
+            .filter(|(_, f)| f.names.len() > 1)
+            .collect();
+        files.sort_by_key(|(ino, _)| *ino);
+        for (ino, mut file) in files {
+            let order = |n: &NameKey| file.links.iter().position(|l| *l == n.link);
+            file.names.sort_by_key(order);
+            let keys: Vec<Vec<u8>> = file.names.iter().map(|n| n.key.clone()).collect();
+            let results = self
+                .store
+                .execute(keys.iter().cloned().map(Command::Get).collect());
+            let mut held = Vec::with_capacity(keys.len());
+            for (key, r) in keys.iter().zip(results) {
+                held.push(match value_bytes(key, r)? {
+                    Value::Bytes(v) => Some(v),
+                    _ => None, // reported by the size check
+                });
+            }
+            let Some(canonical) = held
+                .iter()
+                .position(|h| h.as_ref().is_some_and(|v| v.len() as u64 == file.size))
+            else {
+                continue; // no name holds the record's size: the size check reported them
+            };
+            for (n, h) in file.names.iter().zip(&held) {
+                let Some(bytes) = h else { continue };
+                if bytes.len() as u64 == file.size && Some(bytes) != held[canonical].as_ref() {
+                    let what = format!(
+                        "data key holds other bytes than {} (same size)",
+                        text(&file.names[canonical].path)
+                    );
+                    let fault = Fault::Data {
+                        dir: n.link.parent,
+                        name: n.link.name.clone(),
+                        ino,
+                    };
+                    self.problem(fault, &n.path, &n.key, what);
+                }
             }
         }
         Ok(())
@@ -577,10 +748,18 @@ impl<'a, S: Store> Scan<'a, S> {
         };
         self.report.keys_listed = true;
         let prefix = self.keys.prefix().as_bytes();
-        let mut unreached: Vec<Vec<u8>> = all
-            .into_iter()
-            .filter(|k| k.starts_with(prefix) && !self.expected.contains(k))
-            .collect();
+        let alive_prefix = self.keys.alive("");
+        let mut others_alive = None;
+        let mut unreached: Vec<Vec<u8>> = Vec::new();
+        let mut mounts = Vec::new();
+        for k in all {
+            if let Some(id) = k.strip_prefix(alive_prefix.as_slice()) {
+                mounts.push(text(id));
+            }
+            if k.starts_with(prefix) && !self.expected.contains(&k) {
+                unreached.push(k);
+            }
+        }
         unreached.sort();
         for key in unreached {
             let rest = &key[prefix.len()..];
@@ -594,16 +773,25 @@ impl<'a, S: Store> Scan<'a, S> {
                     Some(b'i') => "inode record no entry reaches",
                     Some(b'd') => "private bytes of an inode no name keeps there",
                     Some(b'k') => {
-                        // A file in the tree may be writing chunks its record does not name
-                        // yet (a new generation, or past its size): only a gone file's go.
-                        let ino = rest[2..]
-                            .split(|&b| b == b'.')
-                            .next()
-                            .and_then(parse_number);
-                        if ino.is_some_and(|i| self.file_inos.contains(&i)) {
-                            continue;
+                        let mut parts = rest[2..].split(|&b| b == b'.');
+                        let ino = parts.next().and_then(parse_number);
+                        match ino.and_then(|i| self.file_inos.get(&i)) {
+                            None => "chunk of a file that is gone",
+                            // A file in the tree: a chunk its record does not name (another
+                            // generation, or past its size) is either a write in progress
+                            // (chunks go out before the record takes them, at close) or left
+                            // by a writer that died. Only with no other mount alive can no
+                            // write be in progress.
+                            Some(_) => {
+                                let alive =
+                                    *others_alive.get_or_insert_with(|| self.others_alive(&mounts));
+                                if alive {
+                                    continue;
+                                }
+                                "chunk its file's record does not name (a write cut short; no \
+                                 other mount is alive to be writing it)"
+                            }
                         }
-                        "chunk of a file that is gone"
                     }
                     Some(b'e' | b'h') => "directory entry its directory does not list",
                     Some(b's' | b'l' | b'm' | b'b' | b'c') => {
@@ -623,5 +811,34 @@ impl<'a, S: Store> Scan<'a, S> {
             };
             self.problem(Fault::Unreached { key: key.clone() }, &path, &key, what);
         }
+    }
+
+    /// Whether a mount other than the one this check runs for (repair's) is alive: its
+    /// liveness key, listed, is still there when read after the listing (a listing may show
+    /// an expired item). A read that fails counts as alive.
+    fn others_alive(&self, mounts: &[String]) -> bool {
+        let own = self.holder.and_then(|h| h.split('/').next());
+        mounts
+            .iter()
+            .filter(|m| Some(m.as_str()) != own)
+            .any(|m| !matches!(self.get(&self.keys.alive(m)), Ok(None)))
+    }
+}
+
+/// A data key's value as read through the codec.
+enum Value {
+    Missing,
+    Bytes(Vec<u8>),
+    /// Flagged gzip but not a gzip stream: nginx would send garbage as `Content-Encoding: gzip`.
+    Undecodable(StoreError),
+}
+
+fn value_bytes(key: &[u8], r: memfis_memcache::CmdResult) -> FsResult<Value> {
+    match r {
+        Err(e) if data_codec::is_undecodable(&e) => Ok(Value::Undecodable(e)),
+        r => Ok(match value_of(key, r)? {
+            Some(item) => Value::Bytes(item.value),
+            None => Value::Missing,
+        }),
     }
 }

@@ -32,6 +32,15 @@ const TEXT_EXTENSIONS: &[&str] = &[
     "md", "csv",
 ];
 
+/// What the error of a flagged value that does not decompress says ([`is_undecodable`]).
+const UNDECODABLE: &str = "flagged gzip but does not decompress";
+
+/// True for the error a read gets when a data key is flagged gzip and its value is not gzip:
+/// the key is damaged, not the store unreachable.
+pub fn is_undecodable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Server(m) if m.contains(UNDECODABLE))
+}
+
 /// Encodes data keys on their way to the store and decodes them on their way back.
 #[derive(Debug, Clone)]
 pub struct DataCodec {
@@ -120,7 +129,7 @@ impl DataCodec {
                         cas: item.cas,
                     }))),
                     Err(e) => Err(StoreError::Server(format!(
-                        "{}: flagged gzip but does not decompress: {e}",
+                        "{}: {UNDECODABLE}: {e}",
                         String::from_utf8_lossy(key)
                     ))),
                 }

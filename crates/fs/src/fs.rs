@@ -77,6 +77,9 @@ pub struct MemFs<S: Store> {
     /// The intent of an operation of this mount that failed midway (the lock may not hold
     /// it): completed with the leftover lock, or by the heartbeat.
     pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
+    /// Operations of gone mounts this mount completed (roll forward), as (owner, intent):
+    /// repair reports them as changes it made.
+    pub(crate) rolled_forward: Mutex<Vec<(String, String)>>,
     /// Directories whose logs a listing found worth compacting; the heartbeat compacts them.
     pub(crate) compaction_wanted: Mutex<std::collections::BTreeSet<u64>>,
     /// Data keys this mount wrote at paths a rename took away, whose deletion failed; the
@@ -125,6 +128,7 @@ impl<S: Store> MemFs<S> {
             ns_local: Mutex::new(()),
             leftover: Mutex::new(None),
             orphaned: Mutex::new(None),
+            rolled_forward: Mutex::new(Vec::new()),
             compaction_wanted: Mutex::new(std::collections::BTreeSet::new()),
             stale_keys: Mutex::new(Vec::new()),
             inos: Mutex::new((0, 0)),

@@ -285,6 +285,17 @@ impl<S: Store> MemFs<S> {
             info!(owner = %held.owner, ?intent, "completing an unfinished operation");
             self.complete(intent)?;
         }
+        if !mine_left_over {
+            let what = match &intent {
+                Some(intent) => format!("{intent:?}"),
+                None => "no intent stored yet: the lock was released".to_string(),
+            };
+            // Kept for repair to report; a long-lived mount keeps only the first few.
+            let mut done = lock(&self.rolled_forward);
+            if done.len() < 64 {
+                done.push((held.owner.clone(), what));
+            }
+        }
         if mine_left_over {
             *lock(&self.orphaned) = None;
         }

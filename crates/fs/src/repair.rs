@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Store, StoreOp};
 use tracing::{info, warn};
 
-use crate::check::{Fault, Problem, Report, check_as};
+use crate::check::{CheckOptions, Fault, Problem, Report, check_as, check_with};
 use crate::dirlog::{self, LogBase, Op};
 use crate::fs::{MemFs, join};
 use crate::keys::{ROOT_INO, unescape};
@@ -63,13 +63,23 @@ impl<S: Store> MemFs<S> {
     /// Repairs the store this mount works on. The caller keeps the mount's heartbeat going
     /// (a repair of a large store can outlast the liveness key).
     pub fn repair(&self) -> FsResult<RepairReport> {
+        self.repair_with(CheckOptions::default())
+    }
+
+    /// As [`MemFs::repair`], with the checks `options` asks for (`--verify`).
+    pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
         let mut repaired = Vec::new();
         for pass in 1..=PASSES {
             let report = self.with_ns_lock(Vec::new(), |guard, _| {
-                let report = check_as(self.store(), self.keys(), Some(guard.owner.as_str()))?;
+                // Operations of gone mounts completed when this mount opened the store, or
+                // when it took the lock: each is a change repair made.
+                self.note_rolled_forward(&mut repaired);
+                let owner = guard.owner.as_str();
+                let report = check_as(self.store(), self.keys(), Some(owner), options)?;
                 let mut fixer = Fixer {
                     fs: self,
                     done: &mut repaired,
+                    others_alive: None,
                 };
                 // Directories first (settling a name reads its directory's record and log),
                 // then names, then entry keys no listing has (names whose log record was
@@ -125,8 +135,25 @@ impl<S: Store> MemFs<S> {
             info!(path = %r.path, "repaired: {}", r.action);
             repaired.push(r);
         }
-        let after = crate::check::check(self.store(), self.keys())?;
+        self.note_rolled_forward(&mut repaired);
+        let after = check_with(self.store(), self.keys(), options)?;
         Ok(RepairReport { repaired, after })
+    }
+
+    /// Each operation of a gone mount this mount completed since the last call, as a change.
+    fn note_rolled_forward(&self, repaired: &mut Vec<Repaired>) {
+        let done = std::mem::take(&mut *crate::sync::lock(&self.rolled_forward));
+        for (owner, intent) in done {
+            let r = Repaired {
+                path: "/".into(),
+                key: text(&self.keys.ns_lock()),
+                action: format!(
+                    "completed the unfinished operation of gone mount {owner}: {intent}"
+                ),
+            };
+            info!(path = %r.path, key = %r.key, "repaired: {}", r.action);
+            repaired.push(r);
+        }
     }
 }
 
@@ -155,6 +182,9 @@ impl<S: Store> MemFs<S> {
 struct Fixer<'a, S: Store> {
     fs: &'a MemFs<S>,
     done: &'a mut Vec<Repaired>,
+    /// Whether a mount other than this one is alive (read once per pass, when a chunk of a
+    /// live file is to be freed).
+    others_alive: Option<bool>,
 }
 
 impl<S: Store> Fixer<'_, S> {
@@ -226,6 +256,16 @@ impl<S: Store> Fixer<'_, S> {
             .get(key)
             .map_err(|e| FsError::store(key, e))?
             .map(|i| i.value))
+    }
+
+    /// A data key's bytes; a value flagged gzip that does not decompress counts as none (its
+    /// bytes are lost; it is overwritten or, with its name, goes).
+    fn bytes(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        match self.fs.store.get(key) {
+            Ok(item) => Ok(item.map(|i| i.value)),
+            Err(e) if crate::data_codec::is_undecodable(&e) => Ok(None),
+            Err(e) => Err(FsError::store(key, e)),
+        }
     }
 
     /// Makes entry, log and records agree on what `name` in `dir` is.
@@ -493,12 +533,12 @@ impl<S: Store> Fixer<'_, S> {
                 names.push((k, p));
             }
         }
-        if self.get(&key)?.is_some() {
+        if self.bytes(&key)?.is_some() {
             // Another name holding what the record says wins; else the first name's bytes (in
             // the record's order) become the file's, at every name, with their size.
             let mut canonical = None;
             for (k, p) in &names {
-                if let Some(bytes) = self.get(k)? {
+                if let Some(bytes) = self.bytes(k)? {
                     if bytes.len() as u64 == rec.size {
                         canonical = Some((bytes, p.clone()));
                         break;
@@ -511,7 +551,7 @@ impl<S: Store> Fixer<'_, S> {
             };
             let size = bytes.len() as u64;
             for (k, p) in &names {
-                if self.get(k)?.as_deref() != Some(bytes.as_slice()) {
+                if self.bytes(k)?.as_deref() != Some(bytes.as_slice()) {
                     fs.store
                         .store(StoreOp::Set, k, &bytes)
                         .map_err(|e| FsError::store(k, e))?;
@@ -540,7 +580,7 @@ impl<S: Store> Fixer<'_, S> {
                 continue;
             };
             let other_key = fs.keys.file_bytes(ino, rec.mode, &other_path);
-            if let Some(bytes) = self.get(&other_key)?
+            if let Some(bytes) = self.bytes(&other_key)?
                 && bytes.len() as u64 == rec.size
             {
                 fs.store
@@ -552,7 +592,10 @@ impl<S: Store> Fixer<'_, S> {
             }
         }
         if rec.size == 0 {
-            self.add(&key, b"")?;
+            // (set: an undecodable value may be there)
+            fs.store
+                .store(StoreOp::Set, &key, b"")
+                .map_err(|e| FsError::store(&key, e))?;
             self.note(&path, &key, "made the missing data key of an empty file");
             return Ok(());
         }
@@ -561,6 +604,16 @@ impl<S: Store> Fixer<'_, S> {
         fs.entry_swap(dir, name, Some(ino), None)?;
         fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
         fs.drop_link(ino, &link, 0)?;
+        // A value that does not decode may still be there: nginx would serve it. (A private
+        // key other names share stays theirs.)
+        let shared = key == fs.keys.private_data(ino) && rec.links.len() > 1;
+        if !shared && self.delete(&key)? {
+            self.note(
+                &path,
+                &key,
+                "deleted the data key (its value does not decode)",
+            );
+        }
         warn!(path = %text(&path), "removed a file whose bytes were lost; copy it in again");
         self.note(
             &path,
@@ -616,6 +669,9 @@ impl<S: Store> Fixer<'_, S> {
                 return self.settle_name(dir, &name);
             }
         }
+        if rest.starts_with(b"%k") && self.chunk_may_be_written(rest)? {
+            return Ok(()); // a mount came up since the check: its write may need it
+        }
         let path = if rest.first() == Some(&b'/') {
             unescape(rest)
         } else {
@@ -625,6 +681,39 @@ impl<S: Store> Fixer<'_, S> {
             self.note(&path, key, "deleted a key no name reaches");
         }
         Ok(())
+    }
+
+    /// Whether the chunk `rest` (`%k<ino>.<gen>.<n>`) may belong to a write in progress: its
+    /// file still has a record and a mount other than this one is alive.
+    fn chunk_may_be_written(&mut self, rest: &[u8]) -> FsResult<bool> {
+        let ino = rest[2..]
+            .split(|&b| b == b'.')
+            .next()
+            .and_then(parse_number);
+        let Some(ino) = ino else { return Ok(false) };
+        if self.fs.read_inode_opt(ino)?.is_none() {
+            return Ok(false);
+        }
+        if let Some(alive) = self.others_alive {
+            return Ok(alive);
+        }
+        let Some(listed) = self.fs.store.list_keys() else {
+            return Ok(true);
+        };
+        let all = listed.map_err(|e| FsError::store(b"(key listing)", e))?;
+        let alive_prefix = self.fs.keys.alive("");
+        let mut alive = false;
+        for key in all {
+            if let Some(id) = key.strip_prefix(alive_prefix.as_slice())
+                && id != self.fs.mount_id.as_bytes()
+                && self.get(&key)?.is_some()
+            {
+                alive = true;
+                break;
+            }
+        }
+        self.others_alive = Some(alive);
+        Ok(alive)
     }
 
     /// The directory and name of an entry key (`%e<dir>/<escaped name>` or `%h<dir>/<hash>`).

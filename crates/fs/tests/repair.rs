@@ -278,3 +278,190 @@ fn many_keys_no_name_reaches_go_in_one_pass() {
     assert_eq!(done.len(), 20, "{done:?}");
     assert_eq!(t.contents(), expected_full());
 }
+
+/// `/a/f1`, `/a/h` (its hard link) and `/b/c/g`, as `build` makes them.
+fn data_problems(t: &Tree, verify: bool) -> Vec<String> {
+    let opts = memfis_fs::check::CheckOptions { verify };
+    memfis_fs::check::check_with(&t.store, &t.keys, opts)
+        .unwrap()
+        .problems
+        .into_iter()
+        .map(|p| format!("{}: {} ({})", p.path, p.problem, p.key))
+        .collect()
+}
+
+#[test]
+fn a_gzip_flagged_key_that_does_not_decompress_is_a_problem_repair_removes() {
+    let t = build();
+    // What a hand-made `set KEY 2 0 N` of plain bytes leaves: nginx would send them as gzip.
+    t.store
+        .raw_set_flags(&t.keys.data(b"/b/c/g"), b"not gzip", 2);
+    let found = t.check();
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("/b/c/g") && p.contains("does not decompress")),
+        "{found:?}"
+    );
+    let done = t.repair();
+    assert!(done.iter().any(|d| d.contains("/b/c/g")), "{done:?}");
+    let mut want = expected_full();
+    want.remove("/b/c/g");
+    assert_eq!(t.contents(), want);
+}
+
+#[test]
+fn sizes_come_from_meta_gets_and_values_where_the_store_has_none() {
+    let t = build();
+    t.store.raw_set(&t.keys.data(b"/a/f2"), b"other length");
+    // A gzip item: its stored size is the compressed one; the value is read and decoded.
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b"dee").unwrap();
+        e.finish().unwrap()
+    };
+    t.store.raw_set_flags(&t.keys.data(b"/b/c/g"), &gz, 2);
+    for meta in [true, false] {
+        t.store.set_meta_commands(meta);
+        let found = t.check();
+        assert_eq!(found.len(), 2, "meta commands {meta}: {found:?}");
+        assert!(found[0].contains("/a/f2: data key holds 12 bytes, the record says 6"));
+        assert!(found[1].contains("/b/c/g: data key holds 3 bytes, the record says 4"));
+    }
+    // No value of a plain data key is read when the store answers meta gets.
+    t.store.set_meta_commands(true);
+    let counting = Counting::new(t.store.clone(), t.keys.data(b"/"));
+    memfis_fs::check::check(&counting, &t.keys).unwrap();
+    let mut reads = counting.data_reads();
+    reads.dedup(); // (one per scan)
+    assert_eq!(
+        reads,
+        vec![t.keys.data(b"/b/c/g")],
+        "only the gzip item's value is read"
+    );
+}
+
+#[test]
+fn verify_finds_names_of_a_file_holding_other_bytes_of_the_same_size() {
+    let t = build();
+    t.store.raw_set(&t.keys.data(b"/a/h"), b"HELLO");
+    assert!(
+        data_problems(&t, false).is_empty(),
+        "same size: only --verify sees it"
+    );
+    let found = data_problems(&t, true);
+    assert_eq!(
+        found,
+        ["/a/h: data key holds other bytes than /a/f1 (same size) (memfis://repair/a/h)"]
+    );
+    let fs = MemFs::new(t.store.clone(), t.keys.clone(), uncached()).unwrap();
+    let opts = memfis_fs::check::CheckOptions { verify: true };
+    let report = fs.repair_with(opts).unwrap();
+    assert!(
+        report.after.problems.is_empty(),
+        "{:?}",
+        report.after.problems
+    );
+    assert_eq!(t.served("/a/h").as_deref(), Some(&b"hello"[..]));
+    assert!(data_problems(&t, true).is_empty());
+}
+
+/// A store that notes which data keys' values were read.
+struct Counting {
+    inner: Arc<MemoryStore>,
+    data_prefix: Vec<u8>,
+    reads: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl Counting {
+    fn new(inner: Arc<MemoryStore>, data_prefix: Vec<u8>) -> Counting {
+        Counting {
+            inner,
+            data_prefix,
+            reads: Default::default(),
+        }
+    }
+
+    fn data_reads(&self) -> Vec<Vec<u8>> {
+        self.reads.lock().unwrap().clone()
+    }
+}
+
+impl Store for Counting {
+    fn execute(&self, batch: Vec<memfis_memcache::Command>) -> Vec<memfis_memcache::CmdResult> {
+        use memfis_memcache::Command;
+        for c in &batch {
+            if let Command::Get(k) | Command::Gets(k) = c
+                && k.starts_with(&self.data_prefix)
+            {
+                self.reads.lock().unwrap().push(k.clone());
+            }
+        }
+        self.inner.execute(batch)
+    }
+
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, memfis_memcache::StoreError>> {
+        self.inner.list_keys()
+    }
+}
+
+#[test]
+fn chunks_no_record_names_are_freed_when_no_other_mount_can_be_writing_them() {
+    let store = Arc::new(MemoryStore::new(8192, usize::MAX));
+    let keys = KeyLayout::new("memfis://chunks").unwrap();
+    let small_items = || memfis_fs::FsConfig {
+        item_size_max: Some(8192),
+        ..uncached()
+    };
+    let fs = MemFs::new(store.clone(), keys.clone(), small_items()).unwrap();
+    let big = vec![7u8; 10_000];
+    let ino = write(&fs, ROOT_INO, "big", &big);
+    let rec = fs.getattr(ino).unwrap();
+    assert_eq!(rec.size, 10_000);
+    let chunk_keys: Vec<Vec<u8>> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&keys.chunk_prefix()))
+        .collect();
+    assert!(!chunk_keys.is_empty(), "stored in chunks");
+    // What a writer killed mid-write leaves: chunks of a new generation, one past the size.
+    let leaked = [keys.chunk(ino, 0x77, 0), keys.chunk(ino, 0x77, 1)];
+    let past = chunk_keys[0][..chunk_keys[0].len() - 1].to_vec();
+    let past = [past, b"9".to_vec()].concat();
+    for k in leaked.iter().chain([&past]) {
+        store.raw_set(k, b"stale chunk");
+    }
+    // The writing mount is alive: a write in progress, not a leak.
+    assert!(
+        memfis_fs::check::check(&store, &keys)
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    drop(fs);
+    for k in store.keys() {
+        if k.starts_with(&keys.alive("")) {
+            store.raw_delete(&k); // its liveness key expired
+        }
+    }
+    let problems = memfis_fs::check::check(&store, &keys).unwrap().problems;
+    let mut named: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    named.sort();
+    let mut want: Vec<String> = leaked
+        .iter()
+        .chain([&past])
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    want.sort();
+    assert_eq!(named, want, "{problems:?}");
+    let repairer = MemFs::new(store.clone(), keys.clone(), small_items()).unwrap();
+    let report = repairer.repair().unwrap();
+    assert_eq!(report.repaired.len(), 3, "{:?}", report.repaired);
+    assert!(report.after.problems.is_empty());
+    for k in leaked.iter().chain([&past]) {
+        assert_eq!(store.get(k).unwrap(), None);
+    }
+    let fh = repairer.open(ino, libc::O_RDONLY).unwrap();
+    assert_eq!(repairer.read(fh, 0, 20_000).unwrap(), big);
+}

@@ -272,6 +272,7 @@ fn describe(cmd: &Command) -> String {
         Command::Decr { .. } => "decr",
         Command::Delete(_) => "delete",
         Command::Touch { .. } => "touch",
+        Command::MetaSize(_) => "mg",
     };
     format!("{verb} {}", String::from_utf8_lossy(cmd.key()))
 }

@@ -60,6 +60,10 @@ pub enum Command {
         key: Vec<u8>,
         exptime: u32,
     },
+    /// memcached 1.6's meta get `mg KEY s f`: the item's stored size and flags, without its
+    /// value. Servers without meta commands (memcached before 1.6, twemproxy) refuse it:
+    /// callers fall back to reading the value.
+    MetaSize(Vec<u8>),
 }
 
 impl Command {
@@ -94,7 +98,7 @@ impl Command {
 
     pub fn key(&self) -> &[u8] {
         match self {
-            Command::Get(k) | Command::Gets(k) | Command::Delete(k) => k,
+            Command::Get(k) | Command::Gets(k) | Command::Delete(k) | Command::MetaSize(k) => k,
             Command::Store { key, .. }
             | Command::Cas { key, .. }
             | Command::Incr { key, .. }
@@ -125,6 +129,16 @@ pub enum Reply {
     Touched,
     /// `incr`/`decr` result.
     Number(u64),
+    /// [`Command::MetaSize`]: the item's size and flags, or `None` on a miss.
+    Meta(Option<MetaItem>),
+}
+
+/// What a meta get tells of an item without reading its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaItem {
+    /// Bytes of the value as stored (for a compressed value, the compressed length).
+    pub size: u64,
+    pub flags: u32,
 }
 
 impl Reply {

@@ -20,7 +20,7 @@ pub mod protocol;
 pub mod ring;
 
 pub use client::{Client, ClientConfig};
-pub use command::{Command, Item, Reply, StoreOp};
+pub use command::{Command, Item, MetaItem, Reply, StoreOp};
 pub use error::StoreError;
 
 /// Longest key memcached accepts.
@@ -87,6 +87,18 @@ pub trait Store: Send + Sync {
 
     fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
         Ok(self.run(Command::Delete(key.to_vec()))? == Reply::Deleted)
+    }
+
+    /// The size and flags of the item at `key` without its value (`mg KEY s f`); `Ok(None)` on
+    /// a miss. An error when the server has no meta commands (before 1.6, twemproxy).
+    fn meta_size(&self, key: &[u8]) -> Result<Option<MetaItem>, StoreError> {
+        match self.run(Command::MetaSize(key.to_vec()))? {
+            Reply::Meta(m) => Ok(m),
+            other => Err(StoreError::protocol(
+                "-",
+                &format!("expected HD/EN, got {other:?}"),
+            )),
+        }
     }
 
     /// `incr`; `Ok(None)` when the key does not exist.

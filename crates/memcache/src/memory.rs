@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::protocol::validate_key;
-use crate::{Capacity, CmdResult, Command, Item, Reply, Store, StoreError, StoreOp};
+use crate::{Capacity, CmdResult, Command, Item, MetaItem, Reply, Store, StoreError, StoreOp};
 
 /// key -> (value, flags, cas)
 type Items = HashMap<Vec<u8>, (Vec<u8>, u32, u64)>;
@@ -19,6 +19,8 @@ pub struct MemoryStore {
     /// Total bytes before `SERVER_ERROR out of memory` (memcached `-m` with `-M`).
     pub limit_bytes: usize,
     offline: AtomicBool,
+    /// Answers meta commands as a server without them does (twemproxy, memcached < 1.6).
+    no_meta: AtomicBool,
     /// Commands executed, for round-trip accounting in tests.
     pub commands: AtomicU64,
     pub batches: AtomicU64,
@@ -38,6 +40,7 @@ impl MemoryStore {
             item_size_max,
             limit_bytes,
             offline: AtomicBool::new(false),
+            no_meta: AtomicBool::new(false),
             commands: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         }
@@ -46,6 +49,20 @@ impl MemoryStore {
     /// Simulates a dead server: every command fails with an I/O error.
     pub fn set_offline(&self, offline: bool) {
         self.offline.store(offline, Ordering::SeqCst);
+    }
+
+    /// Refuses meta commands (`mg`) as twemproxy and memcached before 1.6 do.
+    pub fn set_meta_commands(&self, known: bool) {
+        self.no_meta.store(!known, Ordering::SeqCst);
+    }
+
+    /// Sets `key` with item `flags` (a value stored by another client, e.g. gzip-flagged).
+    pub fn raw_set_flags(&self, key: &[u8], value: &[u8], flags: u32) {
+        let cas = self.next_cas.fetch_add(1, Ordering::SeqCst);
+        self.items
+            .lock()
+            .unwrap()
+            .insert(key.to_vec(), (value.to_vec(), flags, cas));
     }
 
     /// Direct access for tests that corrupt or inspect records.
@@ -152,6 +169,16 @@ impl MemoryStore {
                 Some(_) => Reply::Deleted,
                 None => Reply::NotFound,
             }),
+            Command::MetaSize(k) if self.no_meta.load(Ordering::SeqCst) => {
+                Err(StoreError::Client(format!(
+                    "memory answered ERROR to mg {}",
+                    String::from_utf8_lossy(&k)
+                )))
+            }
+            Command::MetaSize(k) => Ok(Reply::Meta(items.get(&k).map(|(v, f, _)| MetaItem {
+                size: v.len() as u64,
+                flags: *f,
+            }))),
             Command::Touch { key, .. } => Ok(if items.contains_key(&key) {
                 Reply::Touched
             } else {
@@ -205,5 +232,20 @@ impl Store for MemoryStore {
 
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
         Some(Ok(self.keys()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_size_tells_size_and_flags_or_refuses_like_twemproxy() {
+        let m = MemoryStore::default();
+        m.raw_set_flags(b"k", b"hello", 2);
+        assert_eq!(m.meta_size(b"k"), Ok(Some(MetaItem { size: 5, flags: 2 })));
+        assert_eq!(m.meta_size(b"missing"), Ok(None));
+        m.set_meta_commands(false);
+        assert!(matches!(m.meta_size(b"k"), Err(StoreError::Client(_))));
     }
 }

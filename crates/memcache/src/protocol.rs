@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 
-use crate::{Command, Item, MAX_KEY_LEN, Reply, StoreError};
+use crate::{Command, Item, MAX_KEY_LEN, MetaItem, Reply, StoreError};
 
 /// Checks a key as memcached's text protocol needs it: 1..=250 bytes, no control bytes or space.
 pub fn validate_key(key: &[u8]) -> Result<(), StoreError> {
@@ -73,6 +73,7 @@ pub fn write_command(cmd: &Command, out: &mut impl Write) -> std::io::Result<()>
         Command::Decr { key, delta } => line(out, "decr", key, &format!(" {delta}")),
         Command::Delete(k) => line(out, "delete", k, ""),
         Command::Touch { key, exptime } => line(out, "touch", key, &format!(" {exptime}")),
+        Command::MetaSize(k) => line(out, "mg", k, " s f"),
     }
 }
 
@@ -187,7 +188,34 @@ pub fn read_reply(r: &mut impl BufRead, cmd: &Command, server: &str) -> Result<R
             b"NOT_FOUND" => Ok(Reply::NotFound),
             _ => Err(unexpected()),
         },
+        Command::MetaSize(_) => {
+            if line == b"EN" {
+                return Ok(Reply::Meta(None));
+            }
+            parse_meta_size(&line).ok_or_else(unexpected)
+        }
     }
+}
+
+/// `HD s<size> f<flags>` (the returned flags in any order) as a [`Reply::Meta`].
+fn parse_meta_size(line: &[u8]) -> Option<Reply> {
+    let mut parts = line.split(|&b| b == b' ');
+    if parts.next()? != b"HD" {
+        return None;
+    }
+    let (mut size, mut flags) = (None, None);
+    for p in parts {
+        let num = || std::str::from_utf8(&p[1..]).ok()?.parse::<u64>().ok();
+        match p.first() {
+            Some(b's') => size = num(),
+            Some(b'f') => flags = num().and_then(|f| u32::try_from(f).ok()),
+            _ => {}
+        }
+    }
+    Some(Reply::Meta(Some(MetaItem {
+        size: size?,
+        flags: flags.unwrap_or(0),
+    })))
 }
 
 /// Parses `VALUE <key> <flags> <bytes> [<cas>]` and reads the data block after it.
@@ -342,6 +370,27 @@ mod tests {
             reply("END\r\n", Command::Get(b"k".to_vec())),
             Ok(Reply::Value(None))
         );
+    }
+
+    #[test]
+    fn meta_size_asks_for_size_and_flags_and_reads_hits_and_misses() {
+        let mg = Command::MetaSize(b"k".to_vec());
+        let mut out = Vec::new();
+        write_command(&mg, &mut out).unwrap();
+        assert_eq!(out, b"mg k s f\r\n");
+        let hit = |size, flags| Ok(Reply::Meta(Some(MetaItem { size, flags })));
+        assert_eq!(reply("HD s12 f2\r\n", mg.clone()), hit(12, 2));
+        assert_eq!(reply("HD f0 s0\r\n", mg.clone()), hit(0, 0));
+        assert_eq!(reply("EN\r\n", mg.clone()), Ok(Reply::Meta(None)));
+        // memcached before 1.6 does not know it.
+        assert!(matches!(
+            reply("ERROR\r\n", mg.clone()),
+            Err(StoreError::Client(_))
+        ));
+        assert!(matches!(
+            reply("HD\r\n", mg),
+            Err(StoreError::Protocol { .. })
+        ));
     }
 
     #[test]
