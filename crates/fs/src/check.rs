@@ -281,7 +281,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 let child = join(&path, name);
                 let ekey = self.keys.entry(dir, name);
                 let ikey = self.keys.inode(*ino);
-                let entry = results.entry(&ekey);
+                let entry = results.entry(&ekey, name);
                 let rec = results.value(&ikey)?;
                 self.expected.insert(ekey.clone());
                 self.expected.insert(ikey.clone());
@@ -292,6 +292,16 @@ impl<'a, S: Store> Scan<'a, S> {
                 };
                 match entry {
                     Ok(slot) if slot.ino == Some(*ino) => {}
+                    Ok(slot) if slot.taken_by.is_some() => self.problem(
+                        name_fault(),
+                        &child,
+                        &ekey,
+                        format!(
+                            "listed as inode {ino} but its hashed entry key holds the entry of \
+                             another name ({})",
+                            String::from_utf8_lossy(slot.taken_by.as_deref().unwrap_or_default())
+                        ),
+                    ),
                     Ok(slot) => self.problem(
                         name_fault(),
                         &child,
@@ -509,7 +519,7 @@ impl<'a, S: Store> Scan<'a, S> {
         let mut entries = Vec::new();
         for (name, _) in &ambiguous {
             let key = self.keys.entry(dir, name);
-            let slot = entry_slot(&key, self.store.run(Command::Gets(key.clone())))?;
+            let slot = entry_slot(&key, name, self.store.run(Command::Gets(key.clone())))?;
             entries.push(slot.ino);
         }
         dirlog::settle(&mut listing, ambiguous, &entries);

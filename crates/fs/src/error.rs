@@ -36,6 +36,14 @@ pub enum FsError {
     BadHandle,
     #[error("name too long: store key {key} would be {len} bytes (memcached allows 250)")]
     NameTooLong { key: String, len: usize },
+    /// A long name whose hashed entry key holds another name of the directory (two names
+    /// with one SHA-256: never seen). The name does not exist, and cannot be made, linked or
+    /// renamed to: the other name's entry is never touched.
+    #[error(
+        "name cannot be stored: its entry key {key} (a hash of the long name) holds another \
+         name of the directory; use another name"
+    )]
+    NameCollision { key: String },
     #[error("file too large for one store item at key {key} ({limit})")]
     TooBig { key: String, limit: String },
     #[error("store is full writing key {key}: {source}")]
@@ -77,7 +85,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::Contended => libc::EBUSY,
-            FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
+            FsError::NameTooLong { .. } | FsError::NameCollision { .. } => libc::ENAMETOOLONG,
             FsError::TooBig { .. } => libc::EFBIG,
             FsError::NoSpace { .. } => libc::ENOSPC,
             FsError::Store { .. }
