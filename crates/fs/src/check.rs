@@ -197,11 +197,7 @@ impl<'a, S: Store> Scan<'a, S> {
         let rec: FormatRecord = serde_json::from_slice(&format)
             .map_err(|e| FsError::corrupt(&format_key, e.to_string()))?;
         if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-            return Err(FsError::UnknownFormat {
-                key: text(&format_key),
-                found: format!("{} version {}", rec.format, rec.version),
-                supported: FORMAT_VERSION,
-            });
+            return Err(FsError::unknown_format(&format_key, &rec));
         }
         self.check_lock()?;
         self.walk()?;

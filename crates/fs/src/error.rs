@@ -59,11 +59,15 @@ pub enum FsError {
          would overlap); pick a prefix that neither starts with nor is the start of another, up to a '/'"
     )]
     PrefixNests { prefix: String, other: String },
-    #[error("store format at key {key} is {found}; this memfis understands version {supported}")]
+    #[error(
+        "store format at key {key} is {found}; this memfis understands version {supported} only. {advice}"
+    )]
     UnknownFormat {
         key: String,
         found: String,
         supported: u32,
+        /// What to do about it.
+        advice: String,
     },
 }
 
@@ -111,6 +115,31 @@ impl FsError {
                 }
             }
             source => FsError::Store { key, source },
+        }
+    }
+
+    /// A format record this build does not read (`found`), with what to do about it.
+    pub fn unknown_format(key: &[u8], found: &crate::record::FormatRecord) -> FsError {
+        use crate::record::FORMAT_VERSION;
+        let advice = if found.format != "memfis" {
+            "This is not a memfis tree: pick another prefix.".to_string()
+        } else if found.version < FORMAT_VERSION {
+            format!(
+                "It was written by an older memfis; this one neither reads nor changes it \
+                 (version {FORMAT_VERSION} keys long names by SHA-256 instead of CRC-32, with \
+                 which one name could take over another's file). To move the tree: with the memfis that wrote \
+                 it, copy it out (`memfis export DIR`, or mount it and `cp -a`); then, with \
+                 this memfis, `memfis load DIR --prefix NEW` into a prefix no memfis has used, \
+                 and point nginx at NEW."
+            )
+        } else {
+            "It was written by a newer memfis: use that version.".to_string()
+        };
+        FsError::UnknownFormat {
+            key: String::from_utf8_lossy(key).into_owned(),
+            found: format!("{} version {}", found.format, found.version),
+            supported: FORMAT_VERSION,
+            advice,
         }
     }
 

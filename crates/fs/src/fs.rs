@@ -161,11 +161,7 @@ impl<S: Store> MemFs<S> {
             let rec: FormatRecord = serde_json::from_slice(&item.value)
                 .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
             if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-                return Err(FsError::UnknownFormat {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    found: format!("{} version {}", rec.format, rec.version),
-                    supported: FORMAT_VERSION,
-                });
+                return Err(FsError::unknown_format(&key, &rec));
             }
             return Ok(rec.store_id);
         }
