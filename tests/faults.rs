@@ -167,8 +167,44 @@ fn unknown_format_version_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("version 99"), "{err}");
+    assert!(err.contains("newer memfis"), "{err}");
     assert!(!is_mounted(dir.path()));
     // And nothing was written.
+    assert!(mc.get(format!("{PREFIX}%i1").as_bytes()).is_none());
+}
+
+/// A store of format version 1 (long names keyed by CRC-32) is refused by every command,
+/// with the way to move it, and left as it was.
+#[test]
+fn a_version_1_store_is_refused_with_the_way_to_move_it() {
+    let mc = Memcached::start();
+    let format = br#"{"format":"memfis","version":1,"store_id":"0123456789abcdef"}"#;
+    mc.set(format!("{PREFIX}%format").as_bytes(), format);
+    let dir = tempfile::tempdir().unwrap();
+    let out = mount_detached(dir.path(), &mc.addr(), PREFIX);
+    assert!(!out.status.success());
+    assert!(!is_mounted(dir.path()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "version 1",
+        "older memfis",
+        "memfis export",
+        "memfis load",
+        "--prefix",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    let src = tempfile::tempdir().unwrap();
+    let (code, out) = memfis_on("load", &[src.path().to_str().unwrap()], &mc.addr(), PREFIX);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("memfis load"), "{out}");
+    let (code, out) = memfis_check(&mc.addr(), PREFIX);
+    assert_eq!(code, 8, "{out}");
+    assert!(out.contains("older memfis"), "{out}");
+    assert_eq!(
+        mc.get(format!("{PREFIX}%format").as_bytes()).unwrap(),
+        format
+    );
     assert!(mc.get(format!("{PREFIX}%i1").as_bytes()).is_none());
 }
 

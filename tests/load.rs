@@ -282,3 +282,63 @@ fn fifos_and_device_nodes_go_in_and_come_back() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("3 FIFOs/sockets/devices"), "{out}");
 }
+
+/// Names up to 255 bytes (hashed entry keys, the name kept in the entry) go in with `load`
+/// and come back with `export` and through a mount: files, a hard link, a symlink and a
+/// directory with long names, one holding newlines, `%` and UTF-8.
+#[test]
+fn long_names_go_in_and_come_back() {
+    const PREFIX: &str = "memfis://load-long";
+    let mc = Memcached::start();
+    let src = tempfile::tempdir().unwrap();
+    let (a, odd, dir) = (
+        "a".repeat(255),
+        format!("{}\n%x", "é".repeat(125)),
+        "d".repeat(250),
+    );
+    let root = src.path();
+    std::fs::create_dir(root.join(&dir)).unwrap();
+    std::fs::write(root.join(&a), b"top").unwrap();
+    std::fs::write(root.join(&dir).join(&odd), b"odd").unwrap();
+    std::fs::write(root.join(&dir).join(&a), vec![3u8; 5000]).unwrap();
+    std::fs::hard_link(root.join(&a), root.join(&dir).join("l".repeat(251))).unwrap();
+    std::os::unix::fs::symlink(&odd, root.join(&dir).join("s".repeat(249))).unwrap();
+    let src_arg = root.to_str().unwrap();
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 files written"), "{out}");
+    assert_check_clean(&mc, PREFIX);
+    // Unchanged: found by their long names, nothing written again.
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 files written"), "{out}");
+
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let (code, out) = memfis_on("export", &[copy.to_str().unwrap()], &mc.addr(), PREFIX);
+    assert_eq!(code, 0, "{out}");
+    sh(&format!(
+        "diff -r --no-dereference {} {}",
+        root.display(),
+        copy.display()
+    ));
+    let changes = sh(&format!(
+        "rsync -aHX --dry-run --itemize-changes {}/ {}/",
+        root.display(),
+        copy.display()
+    ));
+    assert_eq!(changes.trim(), "", "rsync sees differences");
+    {
+        let m = Mount::new(&[mc.addr()], PREFIX);
+        assert_eq!(std::fs::read(m.p(&dir).join(&odd)).unwrap(), b"odd");
+        assert_eq!(std::fs::metadata(m.p(&a)).unwrap().nlink(), 2);
+    }
+    // --delete removes long names the source lost.
+    std::fs::remove_file(root.join(&dir).join(&odd)).unwrap();
+    let (code, out) = load(&mc.addr(), PREFIX, &[src_arg, "--delete"]);
+    assert_eq!(code, 0, "{out}");
+    assert_check_clean(&mc, PREFIX);
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    assert!(!m.p(&dir).join(&odd).exists());
+    assert_eq!(std::fs::read(m.p(&dir).join(&a)).unwrap(), vec![3u8; 5000]);
+}

@@ -41,7 +41,7 @@ fn stats_show_each_server_and_the_tree() {
     assert_eq!(tree["symlinks"], 1);
     assert_eq!(tree["bytes"], 8);
     assert_eq!(tree["inodes"], 5);
-    assert_eq!(tree["format_version"], 1);
+    assert_eq!(tree["format_version"], 2);
     assert!(tree["store_id"].as_str().unwrap().len() >= 8);
 
     let (code, out) = stats(&["--server", &mc.addr(), "--prefix", PREFIX]);

@@ -87,7 +87,7 @@ impl<S: Store> MemFs<S> {
                     batch.push(Command::store(
                         StoreOp::Add,
                         &entry_key,
-                        ino.to_string().as_bytes(),
+                        &self.keys.entry_value(parent, &f.name, ino),
                     ));
                     batch.push(Command::store(StoreOp::Add, &data_key, b""));
                     let served = data_key != self.keys.private_data(ino);

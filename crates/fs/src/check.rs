@@ -252,11 +252,7 @@ impl<'a, S: Store> Scan<'a, S> {
         let rec: FormatRecord = serde_json::from_slice(&format)
             .map_err(|e| FsError::corrupt(&format_key, e.to_string()))?;
         if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-            return Err(FsError::UnknownFormat {
-                key: text(&format_key),
-                found: format!("{} version {}", rec.format, rec.version),
-                supported: FORMAT_VERSION,
-            });
+            return Err(FsError::unknown_format(&format_key, &rec));
         }
         self.check_lock()?;
         self.walk()?;
@@ -339,7 +335,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 let child = join(&path, name);
                 let ekey = self.keys.entry(dir, name);
                 let ikey = self.keys.inode(*ino);
-                let entry = results.entry(&ekey);
+                let entry = results.entry(&ekey, name);
                 let rec = results.value(&ikey)?;
                 self.expected.insert(ekey.clone());
                 self.expected.insert(ikey.clone());
@@ -350,6 +346,16 @@ impl<'a, S: Store> Scan<'a, S> {
                 };
                 match entry {
                     Ok(slot) if slot.ino == Some(*ino) => {}
+                    Ok(slot) if slot.taken_by.is_some() => self.problem(
+                        name_fault(),
+                        &child,
+                        &ekey,
+                        format!(
+                            "listed as inode {ino} but its hashed entry key holds the entry of \
+                             another name ({})",
+                            String::from_utf8_lossy(slot.taken_by.as_deref().unwrap_or_default())
+                        ),
+                    ),
                     Ok(slot) => self.problem(
                         name_fault(),
                         &child,
@@ -590,7 +596,7 @@ impl<'a, S: Store> Scan<'a, S> {
         let mut entries = Vec::new();
         for (name, _) in &ambiguous {
             let key = self.keys.entry(dir, name);
-            let slot = entry_slot(&key, self.store.run(Command::Gets(key.clone())))?;
+            let slot = entry_slot(&key, name, self.store.run(Command::Gets(key.clone())))?;
             entries.push(slot.ino);
         }
         dirlog::settle(&mut listing, ambiguous, &entries);

@@ -189,7 +189,7 @@ impl<S: Store> MemFs<S> {
         );
         let mut kept = dirlog::Listing::new();
         for ((name, (ino, kind)), key) in listing.into_iter().zip(&keys) {
-            if replies.entry(key)?.ino == Some(ino) {
+            if replies.entry(key, &name)?.ino == Some(ino) {
                 kept.insert(name, (ino, kind));
             }
         }

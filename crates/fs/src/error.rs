@@ -36,6 +36,14 @@ pub enum FsError {
     BadHandle,
     #[error("name too long: store key {key} would be {len} bytes (memcached allows 250)")]
     NameTooLong { key: String, len: usize },
+    /// A long name whose hashed entry key holds another name of the directory (two names
+    /// with one SHA-256: never seen). The name does not exist, and cannot be made, linked or
+    /// renamed to: the other name's entry is never touched.
+    #[error(
+        "name cannot be stored: its entry key {key} (a hash of the long name) holds another \
+         name of the directory; use another name"
+    )]
+    NameCollision { key: String },
     #[error("file too large for one store item at key {key} ({limit})")]
     TooBig { key: String, limit: String },
     #[error("store is full writing key {key}: {source}")]
@@ -51,11 +59,15 @@ pub enum FsError {
          would overlap); pick a prefix that neither starts with nor is the start of another, up to a '/'"
     )]
     PrefixNests { prefix: String, other: String },
-    #[error("store format at key {key} is {found}; this memfis understands version {supported}")]
+    #[error(
+        "store format at key {key} is {found}; this memfis understands version {supported} only. {advice}"
+    )]
     UnknownFormat {
         key: String,
         found: String,
         supported: u32,
+        /// What to do about it.
+        advice: String,
     },
 }
 
@@ -77,7 +89,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::Contended => libc::EBUSY,
-            FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
+            FsError::NameTooLong { .. } | FsError::NameCollision { .. } => libc::ENAMETOOLONG,
             FsError::TooBig { .. } => libc::EFBIG,
             FsError::NoSpace { .. } => libc::ENOSPC,
             FsError::Store { .. }
@@ -103,6 +115,31 @@ impl FsError {
                 }
             }
             source => FsError::Store { key, source },
+        }
+    }
+
+    /// A format record this build does not read (`found`), with what to do about it.
+    pub fn unknown_format(key: &[u8], found: &crate::record::FormatRecord) -> FsError {
+        use crate::record::FORMAT_VERSION;
+        let advice = if found.format != "memfis" {
+            "This is not a memfis tree: pick another prefix.".to_string()
+        } else if found.version < FORMAT_VERSION {
+            format!(
+                "It was written by an older memfis; this one neither reads nor changes it \
+                 (version {FORMAT_VERSION} keys long names by SHA-256 instead of CRC-32, with \
+                 which one name could take over another's file). To move the tree: with the memfis that wrote \
+                 it, copy it out (`memfis export DIR`, or mount it and `cp -a`); then, with \
+                 this memfis, `memfis load DIR --prefix NEW` into a prefix no memfis has used, \
+                 and point nginx at NEW."
+            )
+        } else {
+            "It was written by a newer memfis: use that version.".to_string()
+        };
+        FsError::UnknownFormat {
+            key: String::from_utf8_lossy(key).into_owned(),
+            found: format!("{} version {}", found.format, found.version),
+            supported: FORMAT_VERSION,
+            advice,
         }
     }
 

@@ -165,11 +165,7 @@ impl<S: Store> MemFs<S> {
             let rec: FormatRecord = serde_json::from_slice(&item.value)
                 .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
             if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-                return Err(FsError::UnknownFormat {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    found: format!("{} version {}", rec.format, rec.version),
-                    supported: FORMAT_VERSION,
-                });
+                return Err(FsError::unknown_format(&key, &rec));
             }
             return Ok(rec.store_id);
         }
@@ -386,15 +382,31 @@ impl<S: Store> MemFs<S> {
 
     // ----- entries -------------------------------------------------------------------------
 
-    /// Reads a directory entry.
+    /// Reads a directory entry. A hashed key holding another name's entry reads as no entry
+    /// (`EntrySlot::taken_by`).
     pub(crate) fn read_entry(&self, dir: u64, name: &[u8]) -> FsResult<EntrySlot> {
         let key = self.keys.entry(dir, name);
-        entry_slot(&key, self.store.run(Command::Gets(key.clone())))
+        entry_slot(&key, name, self.store.run(Command::Gets(key.clone())))
+    }
+
+    /// The error for a name whose hashed entry key holds another name (ENAMETOOLONG): the
+    /// name cannot be made there, and the other name's entry stays as it is.
+    pub(crate) fn name_collision(&self, dir: u64, name: &[u8]) -> FsError {
+        let key = self.keys.entry(dir, name);
+        warn!(
+            path = %self.path_of(dir, name),
+            key = %String::from_utf8_lossy(&key),
+            "a long name's hashed entry key holds another name: refused"
+        );
+        FsError::NameCollision {
+            key: String::from_utf8_lossy(&key).into_owned(),
+        }
     }
 
     /// Moves entry `name` of `dir` from `from` to `to` (`None`: no entry) if it is at `from`.
     /// Returns the entry's value afterwards: `to` once done (now or before), else what
-    /// another operation left there.
+    /// another operation left there. A key that holds another name's entry is never
+    /// changed: making the name there is a [`FsError::NameCollision`].
     pub(crate) fn entry_swap(
         &self,
         dir: u64,
@@ -408,6 +420,9 @@ impl<S: Store> MemFs<S> {
             if slot.ino == to || slot.ino != from {
                 return Ok(slot.ino);
             }
+            if slot.taken_by.is_some() {
+                return Err(self.name_collision(dir, name));
+            }
             let done = match (to, slot.cas) {
                 (None, _) => {
                     self.store
@@ -417,10 +432,11 @@ impl<S: Store> MemFs<S> {
                 }
                 (Some(ino), None) => self
                     .store
-                    .store(StoreOp::Add, &key, ino.to_string().as_bytes())
+                    .store(StoreOp::Add, &key, &self.keys.entry_value(dir, name, ino))
                     .map_err(|e| FsError::store(&key, e))?,
                 (Some(ino), Some(cas)) => {
-                    let cas = Command::cas(&key, ino.to_string().as_bytes(), cas);
+                    let value = self.keys.entry_value(dir, name, ino);
+                    let cas = Command::cas(&key, &value, cas);
                     cas_outcome(&key, self.store.run(cas))? == CasOutcome::Stored
                 }
             };

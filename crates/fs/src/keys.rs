@@ -161,8 +161,10 @@ impl KeyLayout {
         self.meta(&format!("i{ino}"))
     }
 
-    /// Directory entry: value is the child's inode number, or `-` once removed.
-    /// A name whose key would pass 250 bytes is keyed by a 64-bit hash of the name instead.
+    /// Directory entry of `name` in `dir`; its value is [`Self::entry_value`]. A name whose
+    /// `%e` key would pass 250 bytes is keyed by the SHA-256 of the name instead
+    /// (`%h<dir>/<64 hex digits>`), and its value carries the name, so that a lookup can tell
+    /// its own entry from another name's should two names ever share a key.
     pub fn entry(&self, dir: u64, name: &[u8]) -> Vec<u8> {
         let mut key = self.meta(&format!("e{dir}/"));
         let escaped = escape(name);
@@ -170,13 +172,19 @@ impl KeyLayout {
             key.extend_from_slice(&escaped);
             key
         } else {
-            let reversed: Vec<u8> = name.iter().rev().copied().collect();
-            self.meta(&format!(
-                "h{dir}/{:08x}{:08x}",
-                crc32fast::hash(name),
-                crc32fast::hash(&reversed)
-            ))
+            self.meta(&format!("h{dir}/{}", name_hash(name)))
         }
+    }
+
+    /// What the entry of `name` in `dir` holds when it names inode `ino`: the number for a
+    /// `%e` key; the number, `/` and the name's bytes for a hashed (`%h`) key.
+    pub fn entry_value(&self, dir: u64, name: &[u8], ino: u64) -> Vec<u8> {
+        let mut value = ino.to_string().into_bytes();
+        if is_hashed_entry_key(&self.entry(dir, name)) {
+            value.push(b'/');
+            value.extend_from_slice(name);
+        }
+        value
     }
 
     /// Sequence counter of a directory's log (`incr`): record N lives in chunk N / log_chunk_records().
@@ -238,6 +246,24 @@ impl KeyLayout {
     }
 }
 
+/// SHA-256 of a name as 64 lowercase hex digits: the tail of a hashed entry key. A
+/// cryptographic hash, so nobody can make a second name with the key of another.
+fn name_hash(name: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(name)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// True for a hashed entry key (`PREFIX%h...`): its value carries the name. A prefix holds
+/// no `%`, so the first `%` of a key starts its metadata part.
+pub(crate) fn is_hashed_entry_key(key: &[u8]) -> bool {
+    key.iter()
+        .position(|&b| b == b'%')
+        .is_some_and(|i| key.get(i + 1) == Some(&b'h'))
+}
+
 /// The store-wide list of formatted prefixes, one per line, so that nesting ones are refused.
 /// It starts with `%`, which no prefix does, so no URI reaches it.
 pub const PREFIX_REGISTRY_KEY: &[u8] = b"%memfis-prefixes";
@@ -291,6 +317,95 @@ mod tests {
         let long = vec![b'a'; 240];
         assert!(k.entry(1, &long).len() <= MAX_KEY_LEN);
         assert_ne!(k.entry(1, &long), k.entry(1, &long[1..]));
+        // `%h<dir>/` and the SHA-256 of the name (checked against a known digest).
+        assert_eq!(
+            name_hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let want = format!("memfis://h%h77/{}", name_hash(&long));
+        assert_eq!(k.entry(77, &long), want.as_bytes());
+        assert!(is_hashed_entry_key(&k.entry(77, &long)));
+        assert!(!is_hashed_entry_key(&k.entry(77, b"short")));
+        // Plain keys hold the inode number; hashed keys the number and the name.
+        assert_eq!(k.entry_value(3, b"short", 12), b"12");
+        let mut hashed_value = b"12/".to_vec();
+        hashed_value.extend_from_slice(&long);
+        assert_eq!(k.entry_value(3, &long, 12), hashed_value);
+    }
+
+    /// The entry key format version 1 gave a long name: CRC-32 of the name, then CRC-32 of
+    /// the reversed name.
+    fn crc_key(name: &[u8]) -> u64 {
+        let reversed: Vec<u8> = name.iter().rev().copied().collect();
+        (u64::from(crc32fast::hash(name)) << 32) | u64::from(crc32fast::hash(&reversed))
+    }
+
+    /// Two different names of `len` bytes with one format-1 key. Both CRCs are affine over
+    /// GF(2) in the name's bits, so for names of one length, `crc_key(a) ^ crc_key(b)` is a
+    /// linear map `L` of `a ^ b`: `L(d) = crc_key(d) ^ crc_key(0...0)`. 96 bits of the tail
+    /// give 96 vectors in a 64-bit space, so some nonzero combination `d` has `L(d) = 0`
+    /// (found by elimination); the names are `a` and `a ^ d`, with `a` picked so that neither
+    /// holds a NUL or a `/`.
+    fn crc_colliding_names(len: usize) -> (Vec<u8>, Vec<u8>) {
+        const FREE_BYTES: usize = 12;
+        let zero = crc_key(&vec![0; len]);
+        let image = |d: &[u8]| crc_key(d) ^ zero;
+        let first = len - FREE_BYTES;
+        // basis[b]: a vector whose highest set bit is b, with the tail bits that make it.
+        let mut basis: [Option<(u64, u128)>; 64] = [None; 64];
+        let mut kernel = None;
+        for k in 0..FREE_BYTES * 8 {
+            let mut d = vec![0u8; len];
+            d[first + k / 8] = 1 << (k % 8);
+            let (mut v, mut comb) = (image(&d), 1u128 << k);
+            while v != 0 {
+                let top = 63 - v.leading_zeros() as usize;
+                match basis[top] {
+                    Some((bv, bc)) => {
+                        v ^= bv;
+                        comb ^= bc;
+                    }
+                    None => {
+                        basis[top] = Some((v, comb));
+                        break;
+                    }
+                }
+            }
+            if v == 0 {
+                kernel = Some(comb);
+                break;
+            }
+        }
+        let comb = kernel.expect("96 vectors in 64 dimensions are dependent");
+        let mut d = vec![0u8; len];
+        for k in 0..FREE_BYTES * 8 {
+            if comb >> k & 1 == 1 {
+                d[first + k / 8] ^= 1 << (k % 8);
+            }
+        }
+        let ok = |b: u8| b != 0 && b != b'/';
+        let a: Vec<u8> = d
+            .iter()
+            .map(|&x| (b'a'..=255).find(|&c| ok(c) && ok(c ^ x)).unwrap())
+            .collect();
+        let b: Vec<u8> = a.iter().zip(&d).map(|(x, y)| x ^ y).collect();
+        (a, b)
+    }
+
+    /// Issue 16: under format 1, a second long name with another name's entry key was found
+    /// in milliseconds; under SHA-256 the same two names have keys of their own.
+    #[test]
+    fn names_with_one_crc_key_get_keys_of_their_own() {
+        let k = KeyLayout::new("memfis://h").unwrap();
+        let (a, b) = crc_colliding_names(240);
+        assert_ne!(a, b);
+        assert_eq!(crc_key(&a), crc_key(&b), "format 1 gave both one key");
+        for name in [&a, &b] {
+            assert!(crate::fs::check_name(name).is_ok());
+            assert!(is_hashed_entry_key(&k.entry(1, name)));
+        }
+        assert_ne!(k.entry(1, &a), k.entry(1, &b));
+        assert_ne!(k.entry_value(1, &a, 5), k.entry_value(1, &b, 5));
     }
 
     #[test]

@@ -78,8 +78,14 @@ impl<S: Store> MemFs<S> {
         // claim that loses must take the log record back in the next batch. Unless this
         // mount listed the directory within the TTL and the name was not there (`cp -a`),
         // ask first, so a taken name costs no such round.
-        if !self.meta.known_absent(parent, name) && self.read_entry(parent, name)?.ino.is_some() {
-            return Err(FsError::Exists);
+        if !self.meta.known_absent(parent, name) {
+            let slot = self.read_entry(parent, name)?;
+            if slot.ino.is_some() {
+                return Err(FsError::Exists);
+            }
+            if slot.taken_by.is_some() {
+                return Err(self.name_collision(parent, name));
+            }
         }
         let ino = self.alloc_ino()?;
         let ikey = self.keys.inode(ino);
@@ -90,7 +96,11 @@ impl<S: Store> MemFs<S> {
         let mut batch = vec![
             Command::store(StoreOp::Add, &ikey, &rec.encode()),
             Command::Gets(ikey.clone()),
-            Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
+            Command::store(
+                StoreOp::Add,
+                &ekey,
+                &self.keys.entry_value(parent, name, ino),
+            ),
         ];
         batch.extend(self.log_commands(&la));
         batch.extend([
@@ -157,7 +167,8 @@ impl<S: Store> MemFs<S> {
             }
             undo.entry = match entry_added? {
                 true => true,
-                // Taken, or a removed name an older version left as `-`.
+                // Taken, or a removed name an older version left as `-` (a key holding
+                // another long name's entry is a `NameCollision`, never claimed).
                 false => self.entry_swap(parent, name, None, Some(ino))? == Some(ino),
             };
             if matches!(logged, Logged::DirGone) {
@@ -502,7 +513,7 @@ impl<S: Store> MemFs<S> {
             Command::Get(self.keys.dir_generation()),
         ];
         self.with_ns_lock(reads, |guard, mut r| {
-            let entry = r.entry(&ekey)?;
+            let entry = r.entry(&ekey, newname)?;
             let rec_key = self.keys.inode(ino);
             let rec = r.value(&rec_key)?.ok_or(FsError::NotFound)?;
             let mut rec = Inode::decode(&rec_key, &rec.value)?;
@@ -512,6 +523,9 @@ impl<S: Store> MemFs<S> {
             }
             if entry.ino.is_some() {
                 return Err(FsError::Exists);
+            }
+            if entry.taken_by.is_some() {
+                return Err(self.name_collision(newparent, newname));
             }
             let path = join(&self.dir_path(newparent)?, newname);
             rec.links.push(Link::new(newparent, newname));
@@ -524,9 +538,10 @@ impl<S: Store> MemFs<S> {
                 path,
             };
             // The claim is the point of no return; a create may take the name first.
+            let value = self.keys.entry_value(newparent, newname, ino);
             let claim = match entry.cas {
-                None => Command::store(StoreOp::Add, &ekey, ino.to_string().as_bytes()),
-                Some(cas) => Command::cas(&ekey, ino.to_string().as_bytes(), cas),
+                None => Command::store(StoreOp::Add, &ekey, &value),
+                Some(cas) => Command::cas(&ekey, &value, cas),
             };
             if !self.begin(guard, &intent, vec![claim])?[0] {
                 guard.intent = None;
@@ -577,7 +592,7 @@ impl<S: Store> MemFs<S> {
             reads.push(Command::Gets(self.keys.inode(ino)));
         }
         self.with_ns_lock(reads, |guard, mut r| {
-            let entry = r.entry(&ekey)?;
+            let entry = r.entry(&ekey, name)?;
             self.observe_generation(r.reply())?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let rec_key = self.keys.inode(ino);
@@ -816,7 +831,7 @@ impl<S: Store> MemFs<S> {
         let ekey = self.keys.entry(parent, name);
         let reads = vec![Command::Gets(ekey.clone())];
         self.with_ns_lock(reads, |guard, mut results| {
-            let entry = results.entry(&ekey)?;
+            let entry = results.entry(&ekey, name)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let (rec, _) = self.read_inode(ino)?;
             if rec.kind != Kind::Dir {

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{FsError, FsResult};
 
-/// Version of the store layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the store layout this build reads and writes. 2: long names are keyed by
+/// SHA-256 (was: two CRC-32s, which a second name could be made to match) and their entry
+/// values carry the name. Stores of another version are refused, never changed.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FormatRecord {

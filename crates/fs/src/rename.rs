@@ -64,8 +64,8 @@ impl<S: Store> MemFs<S> {
             Command::Get(self.keys.dir_generation()),
         ];
         self.with_ns_lock(reads, |guard, mut r| {
-            let mut src = r.entry(&skey)?;
-            let mut dst = r.entry(&dkey)?;
+            let mut src = r.entry(&skey, name)?;
+            let mut dst = r.entry(&dkey, newname)?;
             self.observe_generation(r.reply())?;
             for _ in 0..CAS_RETRIES {
                 let Some(mut intent) =
@@ -73,10 +73,10 @@ impl<S: Store> MemFs<S> {
                 else {
                     return Ok(()); // two names of one inode: POSIX says do nothing
                 };
-                let ino = intent.ino.to_string();
+                let value = self.keys.entry_value(newparent, newname, intent.ino);
                 let claim = match dst.cas {
-                    None => Command::store(StoreOp::Add, &dkey, ino.as_bytes()),
-                    Some(cas) => Command::cas(&dkey, ino.as_bytes(), cas),
+                    None => Command::store(StoreOp::Add, &dkey, &value),
+                    Some(cas) => Command::cas(&dkey, &value, cas),
                 };
                 // Replacing a directory: fence its log in the same batch, so no create lands
                 // in it from now on (see `complete_rename` for a fence that fails).
@@ -131,6 +131,10 @@ impl<S: Store> MemFs<S> {
         }
         if flags.exchange && dst_slot.ino.is_none() {
             return Err(FsError::NotFound);
+        }
+        if dst_slot.taken_by.is_some() {
+            // Another long name holds the destination's hashed key: it stays as it is.
+            return Err(self.name_collision(newparent, newname));
         }
         if dst_slot.ino == Some(src) {
             return Ok(None);

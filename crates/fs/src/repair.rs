@@ -274,8 +274,14 @@ impl<S: Store> Fixer<'_, S> {
         let path = join(&fs.dir_path(dir)?, name);
         let link = Link::new(dir, name);
         let ekey = fs.keys.entry(dir, name);
+        // A hashed key holding another name's entry: this name cannot be there (its entry
+        // is the other name's, left alone), so it goes from the log and the records.
+        let mut collides = false;
         let entry = match fs.read_entry(dir, name) {
-            Ok(slot) => slot.ino,
+            Ok(slot) => {
+                collides = slot.taken_by.is_some();
+                slot.ino
+            }
             Err(FsError::Corrupt { .. }) => {
                 self.delete(&ekey)?;
                 self.note(&path, &ekey, "deleted a malformed entry");
@@ -309,6 +315,7 @@ impl<S: Store> Fixer<'_, S> {
             }
         }
         if truth.is_none()
+            && !collides
             && let Some((x, _)) = listed
             && let Some(rec) = record(x)?
             && rec.links.contains(&link)
@@ -503,19 +510,17 @@ impl<S: Store> Fixer<'_, S> {
         Ok(Some(names))
     }
 
-    /// The name behind a hashed entry key: the one among its inode's names that hashes to it.
+    /// The name behind a hashed entry key, which its value carries (`<ino>/<name>`); `None`
+    /// when the value holds no name or one that does not hash to this key (no name reaches it).
     fn hashed_entry_name(&self, dir: u64, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        let Some(ino) = self.get(key)?.as_deref().and_then(parse_number) else {
+        let Some(value) = self.get(key)? else {
             return Ok(None);
         };
-        let Some((rec, _)) = self.fs.read_inode_opt(ino)? else {
+        let Some(slash) = value.iter().position(|&b| b == b'/') else {
             return Ok(None);
         };
-        Ok(rec
-            .links
-            .into_iter()
-            .find(|l| l.parent == dir && self.fs.keys.entry(dir, &l.name) == key)
-            .map(|l| l.name))
+        let name = value[slash + 1..].to_vec();
+        Ok((self.fs.keys.entry(dir, &name) == key).then_some(name))
     }
 
     fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
