@@ -227,6 +227,17 @@ impl Memcached {
         );
     }
 
+    /// Every key the server holds (`lru_crawler metadump all`), decoded.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let out = self.raw(b"lru_crawler metadump all\r\n");
+        String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("key="))
+            .filter_map(|l| l.split(' ').next())
+            .map(|k| percent_decode(k.as_bytes()))
+            .collect()
+    }
+
     pub fn delete(&self, key: &[u8]) {
         self.raw(&[b"delete ", key, b"\r\n"].concat());
     }
@@ -657,4 +668,25 @@ pub fn sh(cmd: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Undoes `%XX` escapes (memcached's metadump and nginx's key escaping).
+pub fn percent_decode(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if b[i] == b'%'
+            && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }

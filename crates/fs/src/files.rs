@@ -42,20 +42,31 @@ impl<S: Store> MemFs<S> {
         uid: u32,
         gid: u32,
     ) -> FsResult<(Attr, u64)> {
-        let rec = Inode::new(Kind::File, mode, uid, gid, vec![Link::new(parent, name)]);
-        let node = match self.create_node(parent, name, rec) {
-            Ok(node) => node,
+        let mut tries = 0;
+        let node = loop {
+            let rec = Inode::new(Kind::File, mode, uid, gid, vec![Link::new(parent, name)]);
+            let exists = match self.create_node(parent, name, rec) {
+                Ok(node) => break node,
+                Err(FsError::Exists) if flags & libc::O_EXCL == 0 => FsError::Exists,
+                Err(e) => return Err(e),
+            };
             // O_CREAT without O_EXCL on a name that exists (perhaps made by another mount a
-            // moment ago): open what is there.
-            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
-                let ino = self
-                    .read_entry(parent, name)?
-                    .ino
-                    .ok_or(FsError::Contended)?;
-                let fh = self.open(ino, flags)?;
-                return Ok((self.getattr(ino)?, fh));
+            // moment ago): open what is there. Removed again meanwhile: create it after all,
+            // as a local filesystem would have.
+            tries += 1;
+            if tries > crate::fs::CAS_RETRIES {
+                return Err(exists);
             }
-            Err(e) => return Err(e),
+            let Some(ino) = self.read_entry(parent, name)?.ino else {
+                continue;
+            };
+            match self
+                .open(ino, flags)
+                .and_then(|fh| Ok((self.getattr(ino)?, fh)))
+            {
+                Err(FsError::NotFound) => continue,
+                opened => return opened,
+            }
         };
         let ino = node.ino;
         let mut of = OpenFile::new(node.rec, Some(node.cas));
