@@ -22,6 +22,7 @@ use memfis_memcache::Store;
 use tracing::debug;
 
 use crate::metrics::fuse_ops::{FUSE_OPS, Op};
+use crate::moved_dirs::MovedDirs;
 
 pub struct FuseFs<S: Store> {
     fs: std::sync::Arc<MemFs<S>>,
@@ -30,15 +31,22 @@ pub struct FuseFs<S: Store> {
     /// Directory listings taken at opendir, served by offset.
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_dir_fh: AtomicU64,
+    /// Where the kernel was told each directory is (see `moved_dirs.rs`).
+    moved: std::sync::Arc<MovedDirs>,
 }
 
 impl<S: Store> FuseFs<S> {
-    pub fn new(fs: std::sync::Arc<MemFs<S>>, ttl: Duration) -> Self {
+    pub fn new(
+        fs: std::sync::Arc<MemFs<S>>,
+        ttl: Duration,
+        moved: std::sync::Arc<MovedDirs>,
+    ) -> Self {
         FuseFs {
             fs,
             ttl,
             dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
+            moved,
         }
     }
 }
@@ -173,14 +181,19 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         Ok(())
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.moved.forget(ino.0);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         FUSE_OPS.call(Op::Lookup);
-        self.reply_entry(
-            reply,
-            Op::Lookup,
-            &PathOf(&self.fs, parent, name),
-            self.fs.lookup(parent.0, name.as_bytes()),
-        );
+        let found = self.fs.lookup(parent.0, name.as_bytes());
+        if let Ok(a) = &found
+            && a.kind == Kind::Dir
+        {
+            self.moved.placed(a.ino, parent.0, name.as_bytes());
+        }
+        self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -289,7 +302,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             .fs
             .mkdir(parent.0, name.as_bytes(), mode, req.uid(), req.gid())
         {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Ok(a) => {
+                self.moved.placed(a.ino, parent.0, name.as_bytes());
+                reply.entry(&self.ttl, &to_fuse(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(Op::Mkdir, &PathOf(&self.fs, parent, name), e)),
         }
     }
@@ -562,6 +578,9 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         };
         for ((i, e), attr) in page.iter().zip(attrs) {
             let Some(attr) = attr else { continue }; // removed since opendir
+            if attr.kind == Kind::Dir && e.name != b"." && e.name != b".." {
+                self.moved.placed(e.ino, ino.0, &e.name);
+            }
             if reply.add(
                 INodeNo(e.ino),
                 *i as u64 + 1,

@@ -12,6 +12,7 @@ mod manuals;
 mod metrics;
 mod mount;
 mod mount_helper;
+mod moved_dirs;
 mod nginx_config;
 mod proc_mounts;
 mod signals;

@@ -233,7 +233,10 @@ fn serve(
             options: &options.fuse,
             acl: options.acl,
         };
-        let (session, unmounter) = fuse_mount::mount(FuseFs::new(fs, ttl), &spec, config)?;
+        let moved = Arc::new(crate::moved_dirs::MovedDirs::new());
+        let fuse_fs = FuseFs::new(fs, ttl, moved.clone());
+        let (session, unmounter) = fuse_mount::mount(fuse_fs, &spec, config)?;
+        moved.set_notifier(session.notifier());
         Ok((session, unmounter, client))
     })();
     let (session, unmounter, client) = match mounted {

@@ -34,6 +34,10 @@ pub enum FsError {
     StoreGone,
     #[error("bad file handle")]
     BadHandle,
+    /// The name the kernel asked about changed kind meanwhile (another mount): ESTALE makes
+    /// the kernel look it up again and retry the call once.
+    #[error("the name changed under this call; the kernel retries it")]
+    Stale,
     #[error("name too long: store key {key} would be {len} bytes (memcached allows 250)")]
     NameTooLong { key: String, len: usize },
     /// A long name whose hashed entry key holds another name of the directory (two names
@@ -88,6 +92,7 @@ impl FsError {
             FsError::NoXattr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
+            FsError::Stale => libc::ESTALE,
             FsError::Contended => libc::EBUSY,
             FsError::NameTooLong { .. } | FsError::NameCollision { .. } => libc::ENAMETOOLONG,
             FsError::TooBig { .. } => libc::EFBIG,

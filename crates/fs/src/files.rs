@@ -60,6 +60,21 @@ impl<S: Store> MemFs<S> {
             let Some(ino) = self.read_entry(parent, name)?.ino else {
                 continue;
             };
+            let kind = self.getattr(ino).map(|a| a.kind);
+            if let Ok(kind) = kind {
+                // A cached listing that missed the name would answer the retry's lookup.
+                self.meta.note_name(parent, name, Some((ino, kind)));
+            }
+            match kind {
+                Ok(Kind::File) => {}
+                Ok(Kind::Dir) => return Err(FsError::IsDir),
+                // A symlink, FIFO or device another mount put there: the kernel, not a
+                // create, follows or opens those; ESTALE makes it look the name up afresh
+                // and retry the open.
+                Ok(_) => return Err(FsError::Stale),
+                Err(FsError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
             match self
                 .open(ino, flags)
                 .and_then(|fh| Ok((self.getattr(ino)?, fh)))
