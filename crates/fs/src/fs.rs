@@ -138,6 +138,8 @@ impl<S: Store> MemFs<S> {
             cfg,
         };
         fs.store_id = fs.check_or_create_format()?;
+        fs.store
+            .watch_identity(fs.keys.format(), fs.store_id.clone());
         fs.register_prefix()?;
         fs.heartbeat()?;
         // A mount that died mid-operation left its intent in the lock: finish it now.

@@ -14,7 +14,6 @@
 //! lock key in the same batch and, if an operation was running, redo their last step after it.
 
 use std::sync::MutexGuard;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
@@ -325,13 +324,8 @@ impl<S: Store> MemFs<S> {
         let same = found
             .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
             .is_some_and(|rec| rec.store_id == self.store_id);
-        if !same && !self.store.gone.swap(true, Ordering::SeqCst) {
-            error!(
-                "the store was emptied or replaced under this mount (memcached restarted?): every \
-                 call now fails with EIO; unmount and mount again to start afresh, or reload the tree"
-            );
-        }
         if !same {
+            self.store.mark_gone();
             return Err(FsError::StoreGone);
         }
         // Data keys at paths renames took away, whose deletion failed.

@@ -239,6 +239,10 @@ impl Store for Client {
         })
     }
 
+    fn interruptions(&self) -> u64 {
+        self.pools.iter().map(|p| p.interruptions()).sum()
+    }
+
     fn in_order(&self) -> bool {
         self.pools.len() == 1
     }

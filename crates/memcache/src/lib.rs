@@ -64,6 +64,12 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// How many connections broke or could not be made so far: a change means a server may
+    /// have restarted, empty, in between. 0 for stores without connections.
+    fn interruptions(&self) -> u64 {
+        0
+    }
+
     /// Runs one command.
     fn run(&self, cmd: Command) -> CmdResult {
         self.execute(vec![cmd])
@@ -129,6 +135,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn in_order(&self) -> bool {
         (**self).in_order()
     }
+    fn interruptions(&self) -> u64 {
+        (**self).interruptions()
+    }
 }
 
 impl<S: Store + ?Sized> Store for &S {
@@ -146,5 +155,8 @@ impl<S: Store + ?Sized> Store for &S {
     }
     fn in_order(&self) -> bool {
         (**self).in_order()
+    }
+    fn interruptions(&self) -> u64 {
+        (**self).interruptions()
     }
 }

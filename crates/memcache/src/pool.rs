@@ -3,6 +3,7 @@
 //! is used again without any action.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::connection::{Connection, Timeouts};
 use crate::{CmdResult, Command, StoreError};
@@ -15,6 +16,9 @@ pub struct ServerPool {
     pub addr: String,
     timeouts: Timeouts,
     idle: Mutex<Vec<Connection>>,
+    /// Connections that broke and dials that failed: each may mean the server restarted
+    /// (and lost its items) before the next connection.
+    interruptions: AtomicU64,
 }
 
 impl ServerPool {
@@ -23,7 +27,13 @@ impl ServerPool {
             addr: addr.to_string(),
             timeouts,
             idle: Mutex::new(Vec::new()),
+            interruptions: AtomicU64::new(0),
         }
+    }
+
+    /// How many connections broke or could not be made so far.
+    pub fn interruptions(&self) -> u64 {
+        self.interruptions.load(Ordering::SeqCst)
     }
 
     /// Runs `f` on a pooled (or new) connection and returns it to the pool if still healthy.
@@ -31,10 +41,14 @@ impl ServerPool {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match pooled {
             Some(c) => c,
-            None => Connection::open(&self.addr, self.timeouts)?,
+            None => Connection::open(&self.addr, self.timeouts).inspect_err(|_| {
+                self.interruptions.fetch_add(1, Ordering::SeqCst);
+            })?,
         };
         let out = f(&mut conn);
-        if !conn.broken {
+        if conn.broken {
+            self.interruptions.fetch_add(1, Ordering::SeqCst);
+        } else {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
