@@ -18,6 +18,11 @@ missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${package_of[$cmd]}")
 done
+active() { command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$1" 2>/dev/null; }
+was_active=()
+for svc in memcached nginx; do
+  if active "$svc"; then was_active+=("$svc"); fi
+done
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "memfis: missing Debian packages: ${missing[*]} (run as root or apt-get install them)" >&2
@@ -28,9 +33,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts the packaged services; memfis starts its own on free ports instead.
+# Debian starts a service it installs; memfis and its tests start their own on free ports, so
+# only a service this run's install started is stopped again. One that was running before (a live
+# site) is left alone.
 for svc in memcached nginx; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+  if active "$svc" && [[ " ${was_active[*]} " != *" $svc "* ]]; then
     systemctl stop "$svc" || true
   fi
 done

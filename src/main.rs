@@ -36,9 +36,22 @@ fn main() {
         cli::Command::Completions(args) => manuals::completions(&args),
     };
     if let Err(e) = result {
+        if closed_output(&e) {
+            // `memfis man mount | head -1`: the reader had enough; not an error.
+            std::process::exit(0);
+        }
         eprintln!("memfis: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// True when writing to stdout failed because its reader went away (EPIPE).
+fn closed_output(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Exits with the status a command chose, or `on_error` when it failed.

@@ -54,6 +54,9 @@ fn subcommand(root: &clap::Command, name: &str) -> Result<clap::Command> {
 
 pub fn completions(args: &CompletionsArgs) -> Result<()> {
     let mut cmd = Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "memfis", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "memfis", &mut script);
+    std::io::stdout().write_all(&script)?;
     Ok(())
 }

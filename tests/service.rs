@@ -433,6 +433,34 @@ fn manuals_completions_and_examples_come_from_the_cli() {
     let _ = std::io::stdout().flush();
 }
 
+/// `memfis man mount | head -1`: the reader leaving early is not an error.
+#[test]
+fn output_read_only_in_part_is_not_an_error() {
+    for args in [["man", "mount"], ["completions", "bash"]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first write
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
+    }
+}
+
+/// Logs written to a file or a pipe (journald, `up`'s log) carry no terminal colour codes.
+#[test]
+fn logs_not_on_a_terminal_have_no_colour_codes() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], "memfis://plain-logs");
+    std::fs::write(m.p("f"), b"x").unwrap();
+    let log = m.log_text();
+    assert!(log.contains("mounted"), "{log}");
+    assert!(!log.contains('\x1b'), "{log:?}");
+}
+
 #[test]
 fn a_mount_point_with_a_space_is_known_as_mounted() {
     // The kernel lists it as `with\040space`: a second mount must still see it taken.
