@@ -159,6 +159,8 @@ struct Names {
     dir: String,
     probe: String,
     missing: String,
+    /// Variable (set by a `map` beside the upstream) holding a directory redirect's target.
+    dir_redirect: String,
 }
 
 impl Names {
@@ -171,6 +173,7 @@ impl Names {
             dir: format!("@memfis_{id}_dir"),
             probe: format!("/.memfis-{id}-dir-probe"),
             missing: format!("@memfis_{id}_missing"),
+            dir_redirect: format!("memfis_{id}_dir_redirect"),
         }
     }
 }
@@ -231,6 +234,17 @@ pub fn render(opts: &ServeOptions) -> Result<String> {
 }
 
 fn upstream(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
+    writeln!(
+        c,
+        "# Where /dir goes when /dir/ has an index: built from the request as sent, still"
+    )?;
+    writeln!(
+        c,
+        "# percent-encoded ($uri is decoded: a name holding CR LF would add headers)."
+    )?;
+    writeln!(c, "map $request_uri ${} {{", names.dir_redirect)?;
+    writeln!(c, "    \"~^([^?]*)(.*)$\" \"$1/$2\";")?;
+    writeln!(c, "}}\n")?;
     writeln!(c, "upstream {} {{", names.upstream)?;
     if opts.servers.len() > 1 {
         writeln!(
@@ -410,7 +424,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
     )?;
     writeln!(b, "    auth_request {};", names.probe)?;
     writeln!(b, "    error_page 403 = {miss};")?;
-    writeln!(b, "    add_header Location $uri/$is_args$args always;")?;
+    writeln!(b, "    add_header Location ${} always;", names.dir_redirect)?;
     writeln!(b, "    try_files /.memfis-no-file =301;")?;
     writeln!(b, "}}")?;
     writeln!(b, "location = {} {{", names.probe)?;

@@ -203,6 +203,20 @@ fn a_directory_without_its_slash_is_redirected() {
     assert_eq!(nginx.get("/empty").0, 404);
 }
 
+/// A directory whose name holds CR LF must not let a request split the redirect's headers.
+#[test]
+fn a_directory_redirect_cannot_inject_headers() {
+    let files: &[(&str, &[u8])] = &[("evil\r\nSet-Cookie: pwn=2/index.html", b"x")];
+    let (_mc, _mount, nginx) = serve_store(files, &[]);
+    let (status, headers, _) = nginx.get("/evil%0d%0aSet-Cookie:%20pwn=2?a=1");
+    assert_eq!(status, 301, "{headers:?}");
+    assert_eq!(header(&headers, "set-cookie"), None, "{headers:?}");
+    assert_eq!(
+        header(&headers, "location"),
+        Some("/evil%0d%0aSet-Cookie:%20pwn=2/?a=1")
+    );
+}
+
 /// A copy of Debian's stock /etc/nginx (sites-enabled/default kept, moved to `port`), run from
 /// a temp directory; `sites` are (file name, config) dropped into its conf.d/.
 struct StockNginx {
