@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
 use memfis_fs::check::{CheckOptions, Report, check_with};
-use memfis_memcache::{Client, Store};
+use memfis_memcache::Store;
 
 use crate::cli::CheckArgs;
 
@@ -18,8 +18,21 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
     let client = crate::mount::connect(&args.store)?;
+    let format = keys.format();
+    if client
+        .get(&format)
+        .with_context(|| format!("cannot read the store under prefix {prefix:?}"))?
+        .is_none()
+    {
+        // A mistyped prefix, or a store emptied by a restart: nothing to check (fsck's 8).
+        bail!(
+            "no memfis tree under prefix {prefix:?} (no format record at {}): a mistyped \
+             prefix, or a store emptied since (memcached restarted)",
+            String::from_utf8_lossy(&format)
+        );
+    }
     if args.repair {
-        return repair(&args, &client, &keys);
+        return repair(&args);
     }
     let report = check_with(&client, &keys, options(&args))
         .with_context(|| format!("cannot check the store under prefix {prefix:?}"))?;
@@ -35,19 +48,8 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     })
 }
 
-fn repair(args: &CheckArgs, client: &Client, keys: &KeyLayout) -> Result<i32> {
+fn repair(args: &CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
-    let format = keys.format();
-    if client
-        .get(&format)
-        .with_context(|| format!("cannot read the store under prefix {prefix:?}"))?
-        .is_none()
-    {
-        bail!(
-            "no memfis tree under prefix {prefix:?} (no format record): nothing to repair; \
-             was the store emptied?"
-        );
-    }
     let fs = crate::mount::open_for_tool(&args.store)?;
     let report = fs
         .repair_with(options(args))

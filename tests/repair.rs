@@ -237,3 +237,17 @@ fn chunks_a_killed_writer_left_are_found_and_freed() {
         "{chunks} items before repair; chunks left: {left:?}\n{out}"
     );
 }
+
+/// A prefix with no tree (mistyped, or a store emptied by a restart) is not "problems": it
+/// says so and exits 8, for check and for repair, and writes nothing.
+#[test]
+fn a_prefix_with_no_tree_is_said_plainly() {
+    let mc = Memcached::start();
+    for args in [&[][..], &["--repair"][..]] {
+        let (code, out) = memfis_on("check", args, &mc.addr(), "memfis://never-made");
+        assert_eq!(code, 8, "{args:?}: {out}");
+        assert!(out.contains("no memfis tree under prefix"), "{out}");
+        assert!(!out.contains("problems"), "{out}");
+    }
+    assert_eq!(mc.stat("curr_items"), 0, "nothing written");
+}
