@@ -14,6 +14,7 @@
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
 
+use crate::attr::SetAttr;
 use crate::dirlog::Op;
 use crate::fs::{MemFs, check_name, join, retried};
 use crate::listing::Logged;
@@ -354,7 +355,18 @@ impl<S: Store> MemFs<S> {
             Err(FsError::NotFound) => return Ok(()), // removed meanwhile
             Err(e) => return Err(e),
         };
-        let written = self.write(fh, 0, &p.bytes, false).map(drop);
+        // The write makes the mtime "now"; the file keeps the times it was created with (a
+        // load copies them from the source, and a whole batch comes here when its fence
+        // found a namespace operation running, such as the heartbeat's compaction).
+        let times = SetAttr {
+            atime: Some(p.record.atime),
+            mtime: Some(p.record.mtime),
+            ..SetAttr::default()
+        };
+        let written = self
+            .write(fh, 0, &p.bytes, false)
+            .and_then(|_| self.setattr(p.ino, &times))
+            .map(drop);
         let published = self.release(fh);
         written.and(published)
     }
