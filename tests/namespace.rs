@@ -174,6 +174,15 @@ fn nesting_prefixes_are_refused_in_either_order() {
     let out = mount_detached(dir.path(), &mc.addr(), "memfis://n/b");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nests"));
+    // Refused before it wrote anything: no keys of its own inside the other tree.
+    let written: Vec<String> = mc
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(b"memfis://n/b"))
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+    assert_check_clean(&mc, "memfis://n");
     let out = mount_detached(dir.path(), &mc.addr(), "memfis://nb");
     assert!(
         out.status.success(),
@@ -189,6 +198,9 @@ fn nesting_prefixes_are_refused_in_either_order() {
     let out = mount_detached(dir.path(), &mc2.addr(), "memfis://m");
     assert!(!out.status.success());
     assert!(!is_mounted(dir.path()));
+    // The outer prefix wrote nothing either (its keys would all start like the inner's).
+    let format_key = b"memfis://m%format";
+    assert!(mc2.get(format_key).is_none(), "memfis://m was formatted");
 }
 
 /// memcached restarted empty under a live mount: EIO with one clear log line, never a
@@ -202,7 +214,10 @@ fn a_store_emptied_under_a_mount_gives_eio_and_says_so() {
     std::fs::create_dir(m.p("d")).unwrap();
     mc.restart();
     // From the first call, before any heartbeat: not an empty tree (ENOENT) for a moment.
-    assert_eq!(errno_of(std::fs::metadata(m.p("d")).unwrap_err()), libc::EIO);
+    assert_eq!(
+        errno_of(std::fs::metadata(m.p("d")).unwrap_err()),
+        libc::EIO
+    );
     assert_eq!(errno_of(std::fs::read_dir(m.p("")).unwrap_err()), libc::EIO);
     std::thread::sleep(Duration::from_secs(3)); // one heartbeat
     assert_eq!(errno_of(std::fs::read(m.p("f")).unwrap_err()), libc::EIO);

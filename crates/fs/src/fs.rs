@@ -137,6 +137,8 @@ impl<S: Store> MemFs<S> {
             activity: Default::default(),
             cfg,
         };
+        // Refuse a nesting prefix before formatting writes anything under it.
+        fs.refuse_nesting_prefix()?;
         fs.store_id = fs.check_or_create_format()?;
         fs.store
             .watch_identity(fs.keys.format(), fs.store_id.clone());
@@ -210,37 +212,48 @@ impl<S: Store> MemFs<S> {
         Ok(rec.store_id)
     }
 
+    /// The prefixes formatted on this store (`PREFIX_REGISTRY_KEY`), in the order listed.
+    fn listed_prefixes(&self) -> FsResult<Vec<String>> {
+        let key = PREFIX_REGISTRY_KEY;
+        let item = self.store.get(key).map_err(|e| FsError::store(key, e))?;
+        Ok(item
+            .map(|i| String::from_utf8_lossy(&i.value).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// An error when a prefix listed before this one nests with it.
+    fn nesting_conflict(&self, listed: &[String]) -> FsResult<()> {
+        let mine = self.keys.prefix();
+        for other in listed.iter().take_while(|p| p.as_str() != mine) {
+            if prefixes_nest(other, mine) {
+                return Err(FsError::PrefixNests {
+                    prefix: mine.to_string(),
+                    other: other.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses this prefix if it nests with one already listed (checked again once listed).
+    fn refuse_nesting_prefix(&self) -> FsResult<()> {
+        self.nesting_conflict(&self.listed_prefixes()?)
+    }
+
     /// Adds this prefix to the store-wide list, refusing one that nests with a listed one
     /// (their data keys would overlap). Of two nesting prefixes added at once, the one listed
     /// first stays.
     fn register_prefix(&self) -> FsResult<()> {
         let key = PREFIX_REGISTRY_KEY;
         let mine = self.keys.prefix();
-        let read = || -> FsResult<Vec<String>> {
-            let item = self.store.get(key).map_err(|e| FsError::store(key, e))?;
-            Ok(item
-                .map(|i| String::from_utf8_lossy(&i.value).into_owned())
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect())
-        };
-        let conflict = |listed: &[String]| -> FsResult<()> {
-            for other in listed.iter().take_while(|p| p.as_str() != mine) {
-                if prefixes_nest(other, mine) {
-                    return Err(FsError::PrefixNests {
-                        prefix: mine.to_string(),
-                        other: other.clone(),
-                    });
-                }
-            }
-            Ok(())
-        };
-        let listed = read()?;
+        let listed = self.listed_prefixes()?;
         if listed.iter().any(|p| p == mine) {
-            return conflict(&listed);
+            return self.nesting_conflict(&listed);
         }
-        conflict(&listed)?;
+        self.nesting_conflict(&listed)?;
         let line = format!("{mine}\n");
         let appended = self
             .store
@@ -251,7 +264,7 @@ impl<S: Store> MemFs<S> {
                 .store(StoreOp::Add, key, line.as_bytes())
                 .map_err(|e| FsError::store(key, e))?;
         }
-        conflict(&read()?)
+        self.nesting_conflict(&self.listed_prefixes()?)
     }
 
     /// Runs `first`, then `then`, which must see every command of `first` applied (a fence
