@@ -105,6 +105,20 @@ pub fn init_daemon(file: Option<&LogFile>) {
     }
 }
 
+/// Where a detached daemon without `--log-file` would log, when nothing listens there: the
+/// warning to print before detaching (after it, nobody would read it).
+pub fn unheard_daemon_logs(log_file: Option<&LogFile>) -> Option<String> {
+    const SYSLOG_SOCKET: &str = "/dev/log";
+    if log_file.is_some() || Path::new(JOURNAL_SOCKET).exists() || Path::new(SYSLOG_SOCKET).exists()
+    {
+        return None;
+    }
+    Some(format!(
+        "neither journald ({JOURNAL_SOCKET}) nor a syslog daemon ({SYSLOG_SOCKET}) runs here: \
+         the detached daemon's logs will be lost; give --log-file FILE, or run with --foreground"
+    ))
+}
+
 fn init_syslog() -> Result<(), String> {
     let identity = c"memfis";
     let syslog = syslog_tracing::Syslog::new(

@@ -175,6 +175,9 @@ pub fn run(mut args: MountArgs) -> Result<()> {
         }
         return serve(&args, &options, ttl, log_file, None);
     }
+    if let Some(warning) = logging::unheard_daemon_logs(log_file.as_ref()) {
+        eprintln!("memfis: warning: {warning}");
+    }
     let (read_end, write_end) = pipe().context("pipe")?;
     // SAFETY: no other threads exist yet (checked above: the store check spawns none).
     match unsafe { fork() }.context("fork")? {

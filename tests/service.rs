@@ -450,6 +450,46 @@ fn output_read_only_in_part_is_not_an_error() {
     }
 }
 
+/// A detached mount without --log-file says so when nothing would hear its logs (neither
+/// journald nor a syslog daemon), and stays quiet when something would.
+#[test]
+fn a_detached_mount_warns_when_its_logs_would_be_lost() {
+    let mc = Memcached::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = mount_detached(dir.path(), &mc.addr(), "memfis://unheard");
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.path())
+        .status();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let listener = std::path::Path::new("/run/systemd/journal/socket").exists()
+        || std::path::Path::new("/dev/log").exists();
+    assert_eq!(
+        stderr.contains("logs will be lost"),
+        !listener,
+        "journald or syslog present: {listener}; stderr: {stderr}"
+    );
+    let with_file = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(dir.path())
+        .args(["--server", &mc.addr(), "--prefix", "memfis://unheard"])
+        .arg("--log-file")
+        .arg(with_file.path().join("memfis.log"))
+        .output()
+        .unwrap();
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.path())
+        .status();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("lost"),
+        "{out:?}"
+    );
+}
+
 /// Logs written to a file or a pipe (journald, `up`'s log) carry no terminal colour codes.
 #[test]
 fn logs_not_on_a_terminal_have_no_colour_codes() {
