@@ -181,6 +181,10 @@ pub struct NginxConfigArgs {
     /// Another extension of script files (never served as bytes; php always is); repeatable.
     #[arg(long = "script-ext", value_delimiter = ',')]
     pub script_exts: Vec<String>,
+    /// A file of the server's own `add_header` lines (HSTS, CSP, ...), included in every
+    /// generated location that adds headers: nginx drops the server's there otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub headers: Option<String>,
     /// Print only the locations, to `include` inside an existing `server {}`.
     #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server", "root"])]
     pub snippet: bool,

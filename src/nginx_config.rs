@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub php_script: Option<String>,
     /// Extensions (beyond `php`) whose files are scripts: never served as bytes.
     pub script_exts: Vec<String>,
+    /// File of the enclosing server's `add_header` lines, repeated where locations add their own.
+    pub headers: Option<String>,
     pub part: Part,
 }
 
@@ -60,6 +62,7 @@ impl ServeOptions {
             php_fpm: None,
             php_script: None,
             script_exts: Vec::new(),
+            headers: None,
             part: Part::Site,
         }
     }
@@ -188,6 +191,7 @@ pub fn run(args: NginxConfigArgs) -> Result<()> {
     opts.default_server = args.default_server;
     opts.name = args.name;
     opts.script_exts = args.script_exts;
+    opts.headers = args.headers;
     opts.part = if args.snippet {
         Part::Snippet
     } else if args.upstream {
@@ -231,6 +235,15 @@ pub fn render(opts: &ServeOptions) -> Result<String> {
         }
     }
     Ok(c)
+}
+
+/// Before a location's own `add_header`s: the server's, which nginx would otherwise drop
+/// there (a level with any `add_header` inherits none).
+fn server_headers(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
+    if let Some(file) = &opts.headers {
+        writeln!(b, "    include {file};")?;
+    }
+    Ok(())
 }
 
 fn upstream(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
@@ -338,6 +351,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             b,
             "    # Caches between here and the client must key on it too."
         )?;
+        server_headers(b, opts)?;
         writeln!(b, "    add_header Vary Accept-Encoding;")?;
         writeln!(b, "    add_header X-Memfis-Source store always;")?;
         if let Some(f) = fallback {
@@ -424,6 +438,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
     )?;
     writeln!(b, "    auth_request {};", names.probe)?;
     writeln!(b, "    error_page 403 = {miss};")?;
+    server_headers(b, opts)?;
     writeln!(b, "    add_header Location ${} always;", names.dir_redirect)?;
     writeln!(b, "    try_files /.memfis-no-file =301;")?;
     writeln!(b, "}}")?;
@@ -451,6 +466,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
         };
         writeln!(b, "\nlocation {f} {{")?;
         if opts.root.is_some() {
+            server_headers(b, opts)?;
             writeln!(b, "    add_header X-Memfis-Source root always;")?;
             writeln!(b, "    try_files $uri $uri/index.html {next};")?;
         } else {
@@ -472,6 +488,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             "# so the next request is served from the store without PHP."
         )?;
         writeln!(b, "location {} {{", names.backend)?;
+        server_headers(b, opts)?;
         writeln!(b, "    add_header X-Memfis-Source backend always;")?;
         writeln!(b, "    include /etc/nginx/fastcgi_params;")?;
         writeln!(b, "    fastcgi_param SCRIPT_FILENAME {script};")?;

@@ -332,3 +332,57 @@ fn two_sites_beside_debians_default_site_each_serve_their_own_tree() {
     assert_ne!(other, b"shop home");
     assert_ne!(other, b"blog home");
 }
+
+/// A snippet inside an existing server keeps that server's own headers (HSTS, CSP) on every
+/// store response, redirect and miss when given them with --headers: a location with any
+/// add_header of its own inherits none from the server.
+#[test]
+fn a_snippet_keeps_the_servers_own_headers() {
+    let mc = Memcached::start();
+    let mount = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::create_dir(mount.p("docs")).unwrap();
+    std::fs::write(mount.p("docs/index.html"), b"docs").unwrap();
+    std::fs::write(mount.p("a.css"), b"body{}").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("site-headers.conf");
+    std::fs::write(
+        &headers,
+        "add_header Strict-Transport-Security \"max-age=63072000\" always;\n\
+         add_header Content-Security-Policy \"default-src 'self'\" always;\n",
+    )
+    .unwrap();
+    let headers = headers.to_string_lossy().into_owned();
+    let snippet = dir.path().join("memfis-snippet.conf");
+    let store = ["--server", &mc.addr(), "--prefix", PREFIX];
+    std::fs::write(
+        &snippet,
+        nginx_config(&[&store[..], &["--snippet", "--headers", &headers]].concat()),
+    )
+    .unwrap();
+    let upstream = nginx_config(&[&store[..], &["--upstream"]].concat());
+    let port = free_port();
+    let http = format!(
+        "{upstream}\nserver {{\n    listen 127.0.0.1:{port};\n    include {headers};\n    \
+         include {};\n}}\n",
+        snippet.display()
+    );
+    let nginx = Nginx::start_http(port, &http);
+    for (path, status) in [
+        ("/a.css", 200),
+        ("/docs/", 200),
+        ("/docs", 301),
+        ("/none", 404),
+    ] {
+        let (got, h, _) = nginx.get(path);
+        assert_eq!(got, status, "{path}");
+        assert_eq!(
+            header(&h, "strict-transport-security"),
+            Some("max-age=63072000"),
+            "{path}: {h:?}"
+        );
+        assert!(
+            header(&h, "content-security-policy").is_some(),
+            "{path}: {h:?}"
+        );
+    }
+}
