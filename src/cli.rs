@@ -186,7 +186,7 @@ pub struct NginxConfigArgs {
     #[arg(long, value_name = "FILE")]
     pub headers: Option<String>,
     /// Print only the locations, to `include` inside an existing `server {}`.
-    #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server", "root"])]
+    #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server"])]
     pub snippet: bool,
     /// Print only the upstream, for the http context (what --snippet needs beside it).
     #[arg(long)]

@@ -465,7 +465,11 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             "=404"
         };
         writeln!(b, "\nlocation {f} {{")?;
-        if opts.root.is_some() {
+        if let Some(root) = &opts.root {
+            if opts.part == Part::Snippet {
+                // The enclosing server's own root may be another tree (or none).
+                writeln!(b, "    root {root};")?;
+            }
             server_headers(b, opts)?;
             writeln!(b, "    add_header X-Memfis-Source root always;")?;
             writeln!(b, "    try_files $uri $uri/index.html {next};")?;

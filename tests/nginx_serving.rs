@@ -352,21 +352,26 @@ fn a_snippet_keeps_the_servers_own_headers() {
     )
     .unwrap();
     let headers = headers.to_string_lossy().into_owned();
+    // The site's tree on disk is the fallback, whatever root the server has.
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("disk.txt"), b"from disk").unwrap();
+    let site = site.to_string_lossy().into_owned();
     let snippet = dir.path().join("memfis-snippet.conf");
     let store = ["--server", &mc.addr(), "--prefix", PREFIX];
-    std::fs::write(
-        &snippet,
-        nginx_config(&[&store[..], &["--snippet", "--headers", &headers]].concat()),
-    )
-    .unwrap();
+    let args = ["--snippet", "--headers", &headers, "--root", &site];
+    std::fs::write(&snippet, nginx_config(&[&store[..], &args[..]].concat())).unwrap();
     let upstream = nginx_config(&[&store[..], &["--upstream"]].concat());
     let port = free_port();
     let http = format!(
-        "{upstream}\nserver {{\n    listen 127.0.0.1:{port};\n    include {headers};\n    \
+        "{upstream}\nserver {{\n    listen 127.0.0.1:{port};\n    root /nonexistent;\n    include {headers};\n    \
          include {};\n}}\n",
         snippet.display()
     );
     let nginx = Nginx::start_http(port, &http);
+    let (status, h, body) = nginx.get("/disk.txt");
+    assert_eq!((status, body.as_slice()), (200, &b"from disk"[..]));
+    assert_eq!(header(&h, "x-memfis-source"), Some("root"));
     for (path, status) in [
         ("/a.css", 200),
         ("/docs/", 200),
