@@ -391,6 +391,11 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             b,
             "    # The script under the document root (--root), never the store's copy."
         )?;
+        writeln!(
+            b,
+            "    # Only a script that exists: /upload.txt/x.php must not reach php-fpm."
+        )?;
+        writeln!(b, "    try_files $uri =404;")?;
         writeln!(b, "    include /etc/nginx/fastcgi_params;")?;
         writeln!(b, "    fastcgi_param SCRIPT_FILENAME $document_root$uri;")?;
         writeln!(b, "    fastcgi_param SCRIPT_NAME $uri;")?;

@@ -119,6 +119,11 @@ fn a_miss_renders_with_php_once_then_nginx_serves_from_memory() {
     assert_ne!(status, 200);
     assert!(!String::from_utf8_lossy(&body).contains("hunter2"));
     assert_eq!(std::fs::read(mount.p("config.php")).unwrap(), source);
+    // A path that only ends in .php (an upload followed by /x.php) never reaches php-fpm:
+    // nginx answers 404 itself.
+    let (status, _, body) = nginx.get("/products/42.html/x.php");
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("nginx"), "{body:?}");
 
     // Invalidation is `rm` in the mount.
     std::fs::remove_file(mount.p("products/42.html")).unwrap();
