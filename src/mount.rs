@@ -115,6 +115,19 @@ pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Cl
         gzip: store.gzip,
         ..FsConfig::default()
     };
+    if client.get(&keys.format())?.is_none() {
+        // A mistyped prefix would otherwise start an empty tree without a word.
+        let trees = memfis_fs::fs::listed_prefixes(&client).unwrap_or_default();
+        eprintln!(
+            "memfis: no tree under prefix {prefix:?} on this store: making a new, empty one \
+             (trees already here: {})",
+            if trees.is_empty() {
+                "none".to_string()
+            } else {
+                trees.join(", ")
+            }
+        );
+    }
     MemFs::new(client, keys, fs_cfg)
         .with_context(|| format!("cannot open the memfis store under prefix {prefix:?}"))
 }

@@ -58,6 +58,8 @@ struct TreeStats {
 struct Stats {
     servers: Vec<ServerStats>,
     tree: TreeStats,
+    /// Prefixes of every tree formatted on this store.
+    trees: Vec<String>,
 }
 
 pub fn run(args: StatsArgs) -> Result<i32> {
@@ -67,6 +69,7 @@ pub fn run(args: StatsArgs) -> Result<i32> {
     let stats = Stats {
         servers: server_stats(&client),
         tree: tree_stats(&client, &keys),
+        trees: memfis_fs::fs::listed_prefixes(&client).unwrap_or_default(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -237,6 +240,14 @@ fn render(stats: &Stats) -> String {
                 .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0)),
         );
     }
+    out += &format!(
+        "trees on this store: {}\n",
+        if stats.trees.is_empty() {
+            "none".to_string()
+        } else {
+            stats.trees.join(", ")
+        }
+    );
     let t = &stats.tree;
     out += &format!("tree {}:", t.prefix);
     if let Some(e) = &t.error {

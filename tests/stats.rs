@@ -80,3 +80,30 @@ fn stats_name_an_evicting_or_unreachable_server() {
         "{out}"
     );
 }
+
+/// A mistyped prefix does not start an empty tree without a word: the mount says it makes a
+/// new one and names the trees already on the store, which `memfis stats` lists too.
+#[test]
+fn a_new_tree_is_announced_and_stats_list_every_tree() {
+    let mc = Memcached::start();
+    let _www = Mount::new(&[mc.addr()], "memfis://www");
+    let dir = tempfile::tempdir().unwrap();
+    let out = mount_detached(dir.path(), &mc.addr(), "memfis://wwww");
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.path())
+        .status();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no tree under prefix \"memfis://wwww\"")
+            && stderr.contains("trees already here: memfis://www"),
+        "{stderr}"
+    );
+    let (code, out) = stats(&["--server", &mc.addr(), "--prefix", "memfis://www"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("trees on this store: memfis://www, memfis://wwww"),
+        "{out}"
+    );
+}

@@ -95,6 +95,19 @@ pub struct MemFs<S: Store> {
     pub(crate) activity: crate::activity::Activity,
 }
 
+/// The prefixes of every tree formatted on this store (`PREFIX_REGISTRY_KEY`), in the order
+/// they were listed.
+pub fn listed_prefixes<S: Store>(store: &S) -> FsResult<Vec<String>> {
+    let key = PREFIX_REGISTRY_KEY;
+    let item = store.get(key).map_err(|e| FsError::store(key, e))?;
+    Ok(item
+        .map(|i| String::from_utf8_lossy(&i.value).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return Err(FsError::Invalid("bad file name"));
@@ -212,16 +225,8 @@ impl<S: Store> MemFs<S> {
         Ok(rec.store_id)
     }
 
-    /// The prefixes formatted on this store (`PREFIX_REGISTRY_KEY`), in the order listed.
     fn listed_prefixes(&self) -> FsResult<Vec<String>> {
-        let key = PREFIX_REGISTRY_KEY;
-        let item = self.store.get(key).map_err(|e| FsError::store(key, e))?;
-        Ok(item
-            .map(|i| String::from_utf8_lossy(&i.value).into_owned())
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect())
+        listed_prefixes(&self.store)
     }
 
     /// An error when a prefix listed before this one nests with it.
