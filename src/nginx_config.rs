@@ -412,6 +412,13 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
     writeln!(b, "location ~ /$ {{")?;
     writeln!(b, "    default_type text/html;")?;
     store(b, "${uri}index.html", fallback)?;
+    if opts.root.is_some() {
+        writeln!(
+            b,
+            "    # The root's index comes back through the store locations: let them fall back."
+        )?;
+        writeln!(b, "    recursive_error_pages on;")?;
+    }
     writeln!(b, "}}\n")?;
 
     writeln!(
@@ -477,7 +484,19 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             }
             server_headers(b, opts)?;
             writeln!(b, "    add_header X-Memfis-Source root always;")?;
-            writeln!(b, "    try_files $uri $uri/index.html {next};")?;
+            writeln!(
+                b,
+                "    # nginx's static handler: a file, /dir -> 301 /dir/, /dir/ -> its index"
+            )?;
+            writeln!(
+                b,
+                "    # (looked up again through the store), a miss on to the next fallback."
+            )?;
+            writeln!(b, "    index index.html;")?;
+            if opts.php_fpm.is_some() {
+                writeln!(b, "    recursive_error_pages on;")?;
+                writeln!(b, "    error_page 404 = {next};")?;
+            }
         } else {
             writeln!(b, "    try_files /.memfis-no-file {next};")?;
         }
@@ -558,7 +577,7 @@ mod tests {
         o.php_fpm = Some("127.0.0.1:9000".into());
         let c = render(&o).unwrap();
         assert!(c.contains("error_page 502 504 = @memfis_web_fallback;"));
-        assert!(c.contains("try_files $uri $uri/index.html @memfis_web_backend;"));
+        assert!(c.contains("error_page 404 = @memfis_web_backend;"));
         assert!(c.contains("fastcgi_pass 127.0.0.1:9000;"));
     }
 

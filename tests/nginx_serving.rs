@@ -85,6 +85,8 @@ fn store_then_root_then_404_and_a_dead_store_falls_back() {
     std::fs::write(mount.p("big.bin"), vec![9u8; 100_000]).unwrap();
     std::fs::write(root.path().join("both.html"), b"from disk").unwrap();
     std::fs::write(root.path().join("disk-only.css"), b"body{}").unwrap();
+    std::fs::create_dir(root.path().join("docs")).unwrap();
+    std::fs::write(root.path().join("docs/index.html"), b"disk docs").unwrap();
     let port = free_port();
     let config = nginx_config(&[
         "--server",
@@ -128,6 +130,16 @@ fn store_then_root_then_404_and_a_dead_store_falls_back() {
     assert_eq!((status, body.as_slice()), (200, &b"from disk"[..]));
     assert_eq!(header(&headers, "x-memfis-source"), Some("root"));
     assert_eq!(nginx.get("/nowhere.html").0, 404);
+    // A directory on disk asked for without its slash: a redirect, as nginx static answers
+    // (its index under /docs would break relative links); with the slash, its index.
+    let (status, headers, _) = nginx.get("/docs?x=1");
+    assert_eq!(status, 301);
+    assert!(
+        header(&headers, "location").is_some_and(|l| l.ends_with("/docs/?x=1")),
+        "{headers:?}"
+    );
+    let (status, _, body) = nginx.get("/docs/");
+    assert_eq!((status, body.as_slice()), (200, &b"disk docs"[..]));
 }
 
 /// Serves `files` (path, bytes) from the store of a fresh mount through a generated config.
