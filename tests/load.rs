@@ -342,3 +342,66 @@ fn long_names_go_in_and_come_back() {
     assert!(!m.p(&dir).join(&odd).exists());
     assert_eq!(std::fs::read(m.p(&dir).join(&a)).unwrap(), vec![3u8; 5000]);
 }
+
+/// Every source time survives a load of a large tree to the nanosecond, whatever `--jobs`:
+/// batches that met a namespace operation (the heartbeat compacting a big directory) used to
+/// take the load time, in whole batches of 256 files.
+#[test]
+fn a_large_load_keeps_every_mtime_to_the_nanosecond() {
+    const FILES: usize = 20_000;
+    let src = tempfile::tempdir().unwrap();
+    let mut times = Vec::with_capacity(FILES);
+    for i in 0..FILES {
+        // A few big directories, so that their logs get long enough to be compacted.
+        let dir = src.path().join(format!("d{}", i % 2));
+        if i < 2 {
+            std::fs::create_dir(&dir).unwrap();
+        }
+        let path = dir.join(format!("f{i:05}.html"));
+        std::fs::write(&path, format!("page {i}")).unwrap();
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::new(1_500_000_000 + i as u64, (i as u32 * 7919) % 1_000_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        times.push((format!("d{}/f{i:05}.html", i % 2), t));
+    }
+    for jobs in ["1", "8"] {
+        let mc = Memcached::start();
+        let prefix = format!("memfis://many-{jobs}");
+        let m = Mount::new(&[mc.addr()], &prefix);
+        // Another mount renaming meanwhile holds the namespace lock now and then, as the
+        // heartbeat's compaction does: the batches it meets are published again.
+        std::fs::create_dir(m.p("other")).unwrap();
+        std::fs::write(m.p("other/a"), b"a").unwrap();
+        let loaded = std::sync::atomic::AtomicBool::new(false);
+        let (code, out) = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !loaded.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(m.p("other/a"), m.p("other/b")).unwrap();
+                    std::fs::rename(m.p("other/b"), m.p("other/a")).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            });
+            let args = [src.path().to_str().unwrap(), "--jobs", jobs];
+            let done = load(&mc.addr(), &prefix, &args);
+            loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+            done
+        });
+        assert_eq!(code, 0, "{out}");
+        let wrong: Vec<&String> = times
+            .iter()
+            .filter(|(rel, t)| std::fs::metadata(m.p(rel)).unwrap().modified().unwrap() != *t)
+            .map(|(rel, _)| rel)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "--jobs {jobs}: {} of {FILES} files with another mtime, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+}
