@@ -128,6 +128,32 @@ fn a_read_completes_a_chmod_a_dead_mount_left_half_done() {
 }
 
 #[test]
+fn a_chmod_after_another_mount_renamed_the_directory_moves_the_bytes() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://loads").unwrap();
+    // This mount remembers directory paths (as a mount does for a second).
+    let cached = FsConfig {
+        cache_ttl: Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    let chmodder = hooked(&store, &keys, cached);
+    let other = open(&store, &keys);
+    let d = chmodder.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let f = write_with(&chmodder, d, "f", b"hello");
+    let none = RenameFlags::default();
+    other.rename(ROOT_INO, b"d", ROOT_INO, b"e", none).unwrap();
+    let private = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    chmodder.setattr(f, &private).unwrap();
+    assert_eq!(value(&store, &keys.private_data(f)).unwrap(), b"hello");
+    assert_eq!(value(&store, &keys.data(b"/e/f")), None, "still served");
+    let fresh = hooked(&store, &keys, uncached());
+    assert_eq!(read_all(&fresh, f).unwrap(), b"hello");
+}
+
+#[test]
 fn a_read_does_not_take_the_bytes_of_a_file_renamed_over_the_old_name() {
     let store = Arc::new(MemoryStore::default());
     let keys = KeyLayout::new("memfis://loads").unwrap();
