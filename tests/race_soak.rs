@@ -312,6 +312,45 @@ fn walk(
     }
 }
 
+/// Warnings and errors counted by kind: the text after the level, colours gone, numbers as `N`, cut
+/// short (paths and keys vary; the kind of message does not).
+fn warning_kinds(lines: &[&str]) -> BTreeMap<String, u64> {
+    let mut kinds = BTreeMap::new();
+    for line in lines {
+        let mut plain = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+                continue;
+            }
+            plain.push(c);
+        }
+        let Some((_, text)) = plain
+            .split_once(" WARN ")
+            .or_else(|| plain.split_once(" ERROR "))
+        else {
+            continue;
+        };
+        let text = text.trim();
+        let mut kind = String::new();
+        for c in text.chars() {
+            match c.is_ascii_digit() {
+                true if kind.ends_with('N') => {}
+                true => kind.push('N'),
+                false => kind.push(c),
+            }
+        }
+        let kind: String = kind.chars().take(100).collect();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+}
+
 /// The oracle: a fresh mount's tree against the raw store. Returns what is wrong.
 fn check_store_against_fresh_mount(mc: &Memcached) -> Vec<String> {
     let m = Mount::new(&[mc.addr()], PREFIX);
@@ -396,6 +435,9 @@ fn three_mounts_racing_give_posix_answers_and_serve_exact_bytes() {
     for (i, log) in logs.iter().enumerate() {
         let warnings: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
         eprintln!("mount {i}: {} log lines besides INFO", warnings.len());
+        for (kind, n) in warning_kinds(&warnings) {
+            eprintln!("  {n:>6} x {kind}");
+        }
         for line in warnings.iter().take(30) {
             eprintln!("  {line}");
         }

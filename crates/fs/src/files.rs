@@ -4,7 +4,8 @@
 //! flush/fsync/release (docs/store-layout.md), so readers (nginx, other mounts) see the old
 //! bytes or the new, never a mix.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
@@ -12,9 +13,11 @@ use tracing::warn;
 
 use crate::attr::Attr;
 use crate::fs::MemFs;
+use crate::intent::Intent;
+use crate::nslock::LockValue;
 use crate::open_files::OpenFile;
 use crate::record::{Inode, Kind, Link};
-use crate::replies::{CasOutcome, Replies};
+use crate::replies::{CasOutcome, Replies, cas_outcome};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -30,6 +33,22 @@ pub(crate) enum Published {
     /// publish the usual way.
     Unchunked,
 }
+
+/// What one load of a file's bytes found ([`MemFs::load_bytes`]).
+pub(crate) enum Load {
+    Loaded,
+    /// A namespace operation that may be moving the bytes is running (or the record kept
+    /// changing): wait until the namespace is quiet, then load again.
+    AfterNamespaceOp,
+}
+
+/// Looks at the bytes a load takes before it waits for the namespace to settle (each one
+/// after the record or the paths changed under it).
+const LOAD_LOOKS: usize = 16;
+/// Namespace operations a read or write waits out before giving up (EBUSY).
+const LOAD_WAITS: usize = 64;
+/// Between the two looks at bytes of another size than the record's.
+const MISMATCH_PAUSE: Duration = Duration::from_millis(10);
 
 impl<S: Store> MemFs<S> {
     /// Creates and opens a regular file: O_EXCL semantics come from the atomic entry claim.
@@ -143,61 +162,177 @@ impl<S: Store> MemFs<S> {
         Ok(self.open_files.new_handle(ino, of, flags))
     }
 
-    /// Loads the file's bytes into the buffer if not there yet. A data key missing while the
-    /// record says there are bytes may be a rename moving it: after the namespace settles,
-    /// the record and paths are read again; still missing is EIO naming path and key.
+    /// Loads the file's bytes into the buffer if not there yet, for callers that hold the
+    /// open file and cannot let go of it: a namespace operation moving the bytes is waited
+    /// out passively, for a few seconds at most (EBUSY after that). Reads and writes use
+    /// [`Self::lock_loaded`], which waits with the open file unlocked.
     pub(crate) fn ensure_loaded(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        if of.data.is_some() || of.chunked.is_some() {
-            return Ok(()); // (chunks are read as they are needed)
+        for _ in 0..3 {
+            match self.load_bytes(ino, of, false)? {
+                Load::Loaded => return Ok(()),
+                // Not `wait_quiet`: completing another mount's intent could need this open
+                // file, whose lock the caller holds.
+                Load::AfterNamespaceOp => self.wait_unlocked_passively(),
+            }
         }
-        let mut last_key = Vec::new();
-        for attempt in 0..3 {
+        Err(FsError::Contended)
+    }
+
+    /// [`Self::ensure_loaded`] for an operation of this mount that holds the namespace lock
+    /// (the lock it finds is its own: nothing else moves names meanwhile).
+    pub(crate) fn ensure_loaded_holding_lock(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
+        match self.load_bytes(ino, of, true)? {
+            Load::Loaded => Ok(()),
+            Load::AfterNamespaceOp => Err(FsError::Contended),
+        }
+    }
+
+    /// Locks the open file with its bytes loaded. A namespace operation that may be moving
+    /// them is waited out with the open file unlocked (completing another mount's operation
+    /// may need it), then the bytes are looked up again.
+    pub(crate) fn lock_loaded<'a>(
+        &self,
+        ino: u64,
+        file: &'a Arc<Mutex<OpenFile>>,
+    ) -> FsResult<MutexGuard<'a, OpenFile>> {
+        for _ in 0..LOAD_WAITS {
+            let mut of = lock(file);
+            match self.load_bytes(ino, &mut of, false)? {
+                Load::Loaded => return Ok(of),
+                Load::AfterNamespaceOp => {
+                    drop(of);
+                    self.wait_quiet()?;
+                }
+            }
+        }
+        Err(FsError::Contended)
+    }
+
+    /// Looks up the file's bytes at the key its record names, with a fence read after it:
+    /// the namespace lock, the directory-rename count and the record again. Other mounts'
+    /// renames, chmods and directory renames move the bytes between keys, so what is found
+    /// counts only if the record is still the version the key came from (its cas), no
+    /// directory moved since the paths were worked out, and no namespace operation that can
+    /// move this file's bytes is running. Otherwise the newer record is taken and the bytes
+    /// looked up again (or the operation waited out): a key holding nothing or another file's
+    /// bytes is never taken for this file's.
+    ///
+    /// Once all stood still: bytes of another size than the record's were left by a writer
+    /// between its bytes and its record's cas (one that died there, or one a moment from its
+    /// cas: looked at twice); the record takes their size by `cas` on the version checked. A
+    /// key holding nothing is damage: EIO naming path and key. A record gone is ENOENT.
+    fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
+        let ikey = self.keys.inode(ino);
+        let lock_key = self.keys.ns_lock();
+        let mut mismatch_seen = None;
+        for _ in 0..LOAD_LOOKS {
+            if of.data.is_some() || of.chunked.is_some() {
+                return Ok(Load::Loaded); // (chunks are read as they are needed)
+            }
             let Some(link) = of.record.links.first().cloned() else {
                 return Err(FsError::NotFound); // every name removed by another mount
             };
+            // Read before the paths are worked out (as a publish does).
+            let generation_before = self.meta.generation();
             let key = self.bytes_key(ino, &of.record, &link)?;
-            let ikey = self.keys.inode(ino);
-            // The record read after the key: if still the version held, the key's token is
-            // this file's (`OpenFile::key_tokens`). Only where one batch runs in order: on a
-            // pool it would cost a round trip on every load (a publish reads tokens if needed).
-            let mut batch = vec![
-                Command::Gets(key.clone()),
-                Command::Get(self.keys.ns_lock()),
+            let fence = vec![
+                Command::Get(lock_key.clone()),
                 Command::Get(self.keys.dir_generation()),
+                Command::Gets(ikey.clone()),
             ];
-            let with_token = self.store.in_order();
-            if with_token {
-                batch.push(Command::Gets(ikey.clone()));
+            // One batch where it runs in order. On a pool the fence goes in a second round
+            // trip, and only when the bytes do not fit the record: a load costs one round
+            // trip there, as before (without the record read, no tokens are taken).
+            let in_order = self.store.in_order();
+            let mut batch = vec![Command::Gets(key.clone())];
+            match in_order {
+                true => batch.extend(fence.iter().cloned()),
+                false => batch.extend(fence[..2].iter().cloned()),
             }
             let mut r = Replies::new(self.store.execute(batch));
             let value = r.value(&key)?;
-            let lock_held = r.value(&self.keys.ns_lock())?.is_some();
-            self.observe_generation(r.reply())?;
-            let record_cas = match with_token {
-                true => r.value(&ikey).ok().flatten().and_then(|i| i.cas),
-                false => None,
+            let fits = value
+                .as_ref()
+                .is_some_and(|item| item.value.len() as u64 == of.record.size);
+            let (held, generation, current) = if in_order || fits {
+                let held = r.value(&lock_key)?;
+                let generation = r.reply();
+                let current = match in_order {
+                    true => Some(r.value(&ikey)?),
+                    false => None,
+                };
+                (held, generation, current)
+            } else {
+                let mut f = Replies::new(self.store.execute(fence));
+                (f.value(&lock_key)?, f.reply(), Some(f.value(&ikey)?))
             };
-            if let Some(item) = &value
-                && record_cas.is_some()
-                && record_cas == of.cas
-                && of.record.links.len() == 1
-            {
-                of.set_key_tokens([(key.clone(), item.cas.unwrap_or(0))].into(), of.cas);
+            self.observe_generation(generation)?;
+            let moved = self.meta.generation() != generation_before;
+            let checked = current.is_some();
+            match current {
+                // Removed by another mount: as for a stale handle on a local filesystem.
+                Some(None) => return Err(FsError::NotFound),
+                Some(Some(item)) if item.cas.is_none() || item.cas != of.cas => {
+                    // The record changed (a rename, chmod, link, publish ...) or its version
+                    // is unknown: look again where the current one says.
+                    of.record = Inode::decode(&ikey, &item.value)?;
+                    of.cas = item.cas;
+                    of.private_key_unused = false;
+                    of.reset_bytes();
+                    continue;
+                }
+                _ => {}
             }
+            if moved {
+                continue; // a directory moved: paths worked out again (the cache was dropped)
+            }
+            let running = !own_lock && held.is_some();
+            let moving = running
+                && held
+                    .as_ref()
+                    .is_none_or(|item| self.may_move_bytes_of(ino, &item.value));
             match value {
-                Some(item) => {
-                    if item.value.len() as u64 != of.record.size && !of.is_dirty() {
-                        self.adopt_served_size(ino, of, item.value.len() as u64);
+                Some(_) if moving => return Ok(Load::AfterNamespaceOp),
+                Some(item) if fits => {
+                    if checked && of.record.links.len() == 1 {
+                        // The record read after the key is the version held: the key's token
+                        // is this file's (`OpenFile::key_tokens`).
+                        of.set_key_tokens([(key, item.cas.unwrap_or(0))].into(), of.cas);
                     }
                     of.data = Some(Arc::new(item.value));
-                    return Ok(());
+                    return Ok(Load::Loaded);
+                }
+                Some(item) => {
+                    // Another size than the record's, with record, paths and namespace
+                    // standing still. A writer a moment from its record's cas has done it
+                    // by the second look; one that died there has not.
+                    let seen = (item.cas, of.cas);
+                    if mismatch_seen != Some(seen) {
+                        mismatch_seen = Some(seen);
+                        std::thread::sleep(MISMATCH_PAUSE);
+                        continue;
+                    }
+                    let size = item.value.len() as u64;
+                    if !of.is_dirty() {
+                        match self.adopt_served_size(ino, of, size)? {
+                            CasOutcome::Stored => {}
+                            CasOutcome::Changed => {
+                                of.cas = None; // look again over the newer record
+                                continue;
+                            }
+                            CasOutcome::Gone => return Err(FsError::NotFound),
+                        }
+                    }
+                    // (A dirty file's publish records the size, by cas on this version.)
+                    of.data = Some(Arc::new(item.value));
+                    return Ok(Load::Loaded);
                 }
                 None if of.record.size == 0 => {
                     // An empty file's served key is missing only if its creator died before
                     // it could follow a directory rename: put it back, as nginx expects;
                     // unless the name was removed meanwhile (this record is older than that).
                     // A private key is made only by a publish: missing means empty.
-                    if !lock_held
+                    if held.is_none()
                         && key != self.keys.private_data(ino)
                         && self
                             .read_entry(link.parent, &link.name)
@@ -206,47 +341,68 @@ impl<S: Store> MemFs<S> {
                         let _ = self.store.store(StoreOp::Add, &key, b"");
                     }
                     of.data = Some(Value::default());
-                    return Ok(());
+                    return Ok(Load::Loaded);
                 }
-                None => {}
-            }
-            last_key = key;
-            if attempt < 2 {
-                if lock_held {
-                    // Not `wait_quiet`: completing another mount's intent could need this
-                    // open file, whose lock the caller holds.
-                    self.wait_unlocked_passively();
-                }
-                match self.read_inode_opt(ino)? {
-                    Some((rec, cas)) => {
-                        of.record = rec;
-                        of.cas = Some(cas);
-                    }
-                    None => return Err(FsError::NotFound),
+                None if running => return Ok(Load::AfterNamespaceOp),
+                None => {
+                    // The record names this key, nothing moves, and the bytes are not there.
+                    warn!(
+                        ino,
+                        path = %self.path_of(link.parent, &link.name),
+                        key = %String::from_utf8_lossy(&key),
+                        "file's data key is missing"
+                    );
+                    return Err(FsError::missing(&key));
                 }
             }
         }
-        warn!(ino, key = %String::from_utf8_lossy(&last_key), "file's data key is missing");
-        Err(FsError::missing(&last_key))
+        // The record or the paths kept moving: let the namespace settle first.
+        Ok(Load::AfterNamespaceOp)
     }
 
-    /// The data key is what nginx serves: a record whose size disagrees was left by a writer
-    /// that died between its `set` and its retried `cas` (another mount's `cas` won). The
-    /// record takes the served size, so stat and read agree again.
-    fn adopt_served_size(&self, ino: u64, of: &mut OpenFile, size: u64) {
-        warn!(
-            ino,
-            recorded = of.record.size,
-            served = size,
-            "record size differs from the data key; taking the data key's"
-        );
-        if let Ok(rec) = self.update_record(ino, |r| {
-            r.size = size;
-            Ok(())
-        }) {
+    /// Whether the namespace operation holding the lock (`value`, the lock's) may move the
+    /// bytes of inode `ino` while it runs: one on this file, or one moving a directory (the
+    /// file may be below it). One that stored no intent yet has changed nothing.
+    fn may_move_bytes_of(&self, ino: u64, value: &[u8]) -> bool {
+        let Ok(held) = serde_json::from_slice::<LockValue>(value) else {
+            return true;
+        };
+        match held.intent {
+            None | Some(Intent::Rmdir { .. }) => false,
+            Some(Intent::Unlink { ino: i, .. })
+            | Some(Intent::Link { ino: i, .. })
+            | Some(Intent::Chmod { ino: i, .. }) => i == ino,
+            Some(Intent::Rename(r)) => {
+                r.ino == ino
+                    || r.kind == Kind::Dir
+                    || r.replaced
+                        .is_some_and(|(b, kind)| b == ino || kind == Kind::Dir)
+            }
+        }
+    }
+
+    /// The record takes the size of the bytes at the data key (see [`Self::load_bytes`]):
+    /// by `cas` on the version whose key was read, so a record that changed meanwhile is
+    /// left alone (and the bytes looked up again).
+    fn adopt_served_size(&self, ino: u64, of: &mut OpenFile, size: u64) -> FsResult<CasOutcome> {
+        let ikey = self.keys.inode(ino);
+        let mut rec = of.record.clone();
+        rec.size = size;
+        let value = rec.encode();
+        self.check_record_size(&ikey, value.len())?;
+        let cas = Command::cas(&ikey, &value, of.cas.unwrap_or(0));
+        let outcome = cas_outcome(&ikey, self.store.run(cas))?;
+        if outcome == CasOutcome::Stored {
+            warn!(
+                ino,
+                recorded = of.record.size,
+                served = size,
+                "record size differs from the data key; taking the data key's (a writer died between its bytes and its record)"
+            );
             of.record = rec;
             of.cas = None;
         }
+        Ok(outcome)
     }
 
     /// Polls until no namespace operation runs, for at most a few seconds.
@@ -261,8 +417,7 @@ impl<S: Store> MemFs<S> {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.open_files.handle(fh)?;
-        let mut of = lock(&h.file);
-        self.ensure_loaded(h.ino, &mut of)?;
+        let mut of = self.lock_loaded(h.ino, &h.file)?;
         if let Some(c) = of.chunked.as_mut() {
             return self.read_chunked(h.ino, c, offset, size);
         }
@@ -279,8 +434,7 @@ impl<S: Store> MemFs<S> {
         if !h.write {
             return Err(FsError::BadHandle);
         }
-        let mut of = lock(&h.file);
-        self.ensure_loaded(h.ino, &mut of)?;
+        let mut of = self.lock_loaded(h.ino, &h.file)?;
         let offset = if h.append { of.view().size } else { offset };
         let end = offset + bytes.len() as u64;
         self.check_size(h.ino, end)?;
@@ -409,7 +563,9 @@ impl<S: Store> MemFs<S> {
             if keys != old_keys && !of.data_dirty {
                 // A mode change that serves or withdraws the file: its bytes move with it.
                 // (Loading may read the record again: work the round out afresh.)
-                self.ensure_loaded(ino, of)?;
+                if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
+                    return Ok(Published::AfterNamespaceOp);
+                }
                 of.data_dirty = true;
                 data_was_dirty = true;
                 data = of.data.clone().unwrap_or_default();

@@ -702,6 +702,11 @@ impl<S: Store> MemFs<S> {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.open_file(ino) {
+            if set.size.is_some() && lock(&of).writers > 0 {
+                // Resized through the buffer below: its bytes loaded first, waiting out
+                // namespace operations with the open file unlocked.
+                drop(self.lock_loaded(ino, &of)?);
+            }
             let mut of = lock(&of);
             if of.writers > 0 && !of.unlinked && Self::withdraws_stored(&of.record, set) {
                 // A chmod that withdraws served bytes (of a file that still has a name) does

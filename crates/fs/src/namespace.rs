@@ -552,22 +552,23 @@ impl<S: Store> MemFs<S> {
         self.getattr(ino)
     }
 
-    /// The bytes of a file from a name other than `except` (which may not hold them yet):
-    /// this mount's buffer if it holds one, else the store's.
+    /// The bytes of a file from a name other than `except` (which may not hold them yet), as
+    /// the store holds them: what the record's size counts. (Not this mount's buffer: a
+    /// handle opened before another mount published the file holds older bytes, and a dirty
+    /// buffer is published to every name, the new one too, when it is flushed.) Called under
+    /// the namespace lock, perhaps completing a gone mount's link: the directory-rename
+    /// count is read first, so the other name's path is current.
     pub(crate) fn current_bytes_except(
         &self,
         ino: u64,
         rec: &Inode,
         except: &Link,
     ) -> FsResult<Value> {
-        if let Some(of) = self.open_file(ino)
-            && let Some(data) = &lock(&of).data
-        {
-            return Ok(data.clone());
-        }
         let Some(link) = rec.links.iter().find(|l| *l != except) else {
             return Ok(Value::default());
         };
+        let generation = self.keys.dir_generation();
+        self.observe_generation(self.store.run(Command::Get(generation)))?;
         let key = self.bytes_key(ino, rec, link)?;
         match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
             Some(item) => Ok(Arc::new(item.value)),

@@ -20,7 +20,7 @@ use crate::fs::{CAS_RETRIES, MemFs, apply_setattr};
 use crate::intent::Intent;
 use crate::keys::is_public;
 use crate::record::{Inode, Kind};
-use crate::replies::{CasOutcome, cas_outcome, value_of};
+use crate::replies::{CasOutcome, Replies, cas_outcome, value_of};
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {
@@ -89,9 +89,22 @@ impl<S: Store> MemFs<S> {
     /// deletes the old keys. Does nothing when the record's mode does not say `public` (the
     /// change never happened, or a later one undid it).
     pub(crate) fn complete_chmod(&self, ino: u64, public: bool) -> FsResult<()> {
-        let Some((rec, _)) = self.read_inode_opt(ino)? else {
+        // The paths of the file's names come from this mount's cache of directory paths,
+        // which a directory rename by another mount (finished before this one took the lock)
+        // made stale unless this mount has seen the rename count since: read it with the
+        // record. (Keys at stale paths hold nothing: the bytes would stay served, and the
+        // private key would never be written.)
+        let ikey = self.keys.inode(ino);
+        let reads = vec![
+            Command::Get(self.keys.dir_generation()),
+            Command::Gets(ikey.clone()),
+        ];
+        let mut r = Replies::new(self.store.execute(reads));
+        self.observe_generation(r.reply())?;
+        let Some(item) = r.value(&ikey)? else {
             return Ok(()); // removed meanwhile, with its keys
         };
+        let rec = Inode::decode(&ikey, &item.value)?;
         if is_public(rec.mode) != public || rec.kind != Kind::File {
             return Ok(());
         }

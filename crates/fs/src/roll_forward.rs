@@ -93,7 +93,7 @@ impl<S: Store> MemFs<S> {
         if let Some(of) = self.open_file(ino) {
             let mut of = lock(&of);
             if of.data.is_none() && !of.unlinked {
-                match self.ensure_loaded(ino, &mut of) {
+                match self.ensure_loaded_holding_lock(ino, &mut of) {
                     Ok(()) | Err(FsError::NotFound) => {}
                     Err(e) => return Err(e),
                 }
