@@ -185,6 +185,10 @@ pub struct NginxConfigArgs {
     /// generated location that adds headers: nginx drops the server's there otherwise.
     #[arg(long, value_name = "FILE")]
     pub headers: Option<String>,
+    /// How long browsers may keep responses of a type: TYPE=TIME with TYPE a content type,
+    /// type/* or default, and an nginx time (5m, 12h, 30d, max, off); repeatable.
+    #[arg(long, value_name = "TYPE=TIME")]
+    pub expires: Vec<String>,
     /// Print only the locations, to `include` inside an existing `server {}`.
     #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server"])]
     pub snippet: bool,

@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub script_exts: Vec<String>,
     /// File of the enclosing server's `add_header` lines, repeated where locations add their own.
     pub headers: Option<String>,
+    /// (content type or `type/*` or `default`, nginx time) pairs for `expires`.
+    pub expires: Vec<(String, String)>,
     pub part: Part,
 }
 
@@ -62,6 +64,7 @@ impl ServeOptions {
             php_fpm: None,
             php_script: None,
             script_exts: Vec::new(),
+            expires: Vec::new(),
             headers: None,
             part: Part::Site,
         }
@@ -142,6 +145,30 @@ fn check(opts: &ServeOptions) -> Result<()> {
     for name in &opts.server_names {
         plain("--server-name", name)?;
     }
+    if let Some(h) = &opts.headers {
+        plain("--headers", h)?;
+    }
+    for (kind, time) in &opts.expires {
+        let type_ok = kind == "default"
+            || kind.split_once('/').is_some_and(|(a, b)| {
+                let token = |t: &str| {
+                    !t.is_empty()
+                        && t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                };
+                token(a) && (b == "*" || token(b))
+            });
+        if !type_ok {
+            bail!(
+                "--expires {kind}={time}: the type is a content type (text/html), type/* or default"
+            );
+        }
+        if !is_nginx_time(time) {
+            bail!(
+                "--expires {kind}={time}: the time is nginx's (30s, 5m, 12h, 7d, 1y, max, epoch or off)"
+            );
+        }
+    }
     for ext in &opts.script_exts {
         let ext = ext.trim_start_matches('.');
         if ext.is_empty() || !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -164,6 +191,8 @@ struct Names {
     missing: String,
     /// Variable (set by a `map` beside the upstream) holding a directory redirect's target.
     dir_redirect: String,
+    /// Variable (a `map` on the response's type) holding the `expires` time.
+    expires: String,
 }
 
 impl Names {
@@ -177,6 +206,7 @@ impl Names {
             probe: format!("/.memfis-{id}-dir-probe"),
             missing: format!("@memfis_{id}_missing"),
             dir_redirect: format!("memfis_{id}_dir_redirect"),
+            expires: format!("memfis_{id}_expires"),
         }
     }
 }
@@ -192,6 +222,14 @@ pub fn run(args: NginxConfigArgs) -> Result<()> {
     opts.name = args.name;
     opts.script_exts = args.script_exts;
     opts.headers = args.headers;
+    opts.expires = args
+        .expires
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((kind, time)) => Ok((kind.to_string(), time.to_string())),
+            None => bail!("--expires {e}: TYPE=TIME, e.g. text/html=5m or image/*=30d"),
+        })
+        .collect::<Result<_>>()?;
     opts.part = if args.snippet {
         Part::Snippet
     } else if args.upstream {
@@ -237,6 +275,57 @@ pub fn render(opts: &ServeOptions) -> Result<String> {
     Ok(c)
 }
 
+/// An `expires` time nginx accepts: a number with an optional unit, `max`, `epoch` or `off`.
+fn is_nginx_time(t: &str) -> bool {
+    if matches!(t, "max" | "epoch" | "off") {
+        return true;
+    }
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &t[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(unit, "" | "ms" | "s" | "m" | "h" | "d" | "w" | "M" | "y")
+}
+
+/// The `map` from the response's content type to its `expires` time (`--expires`).
+fn expires_map(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
+    if opts.expires.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        c,
+        "# How long browsers and caches may keep a response, by its type (--expires): the"
+    )?;
+    writeln!(
+        c,
+        "# store sends no Last-Modified or ETag, so this is what saves a second download."
+    )?;
+    writeln!(c, "map $sent_http_content_type ${} {{", names.expires)?;
+    let default = opts.expires.iter().find(|(k, _)| k == "default");
+    writeln!(
+        c,
+        "    default {};",
+        default.map_or("off", |(_, t)| t.as_str())
+    )?;
+    for (kind, time) in opts.expires.iter().filter(|(k, _)| k != "default") {
+        let pattern = match kind.strip_suffix("/*") {
+            Some(major) => format!("~^{}/", major.replace('.', "\\.").replace('+', "\\+")),
+            // With or without "; charset=...".
+            None => format!("~^{}(;|$)", kind.replace('.', "\\.").replace('+', "\\+")),
+        };
+        writeln!(c, "    \"{pattern}\" {time};")?;
+    }
+    writeln!(c, "}}\n")
+}
+
+/// `expires` for a location that sends files, when `--expires` asked for it.
+fn expires_line(b: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
+    if !opts.expires.is_empty() {
+        writeln!(b, "    expires ${};", names.expires)?;
+    }
+    Ok(())
+}
+
 /// Before a location's own `add_header`s: the server's, which nginx would otherwise drop
 /// there (a level with any `add_header` inherits none).
 fn server_headers(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
@@ -258,6 +347,7 @@ fn upstream(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Res
     writeln!(c, "map $request_uri ${} {{", names.dir_redirect)?;
     writeln!(c, "    \"~^([^?]*)(.*)$\" \"$1/$2\";")?;
     writeln!(c, "}}\n")?;
+    expires_map(c, opts, names)?;
     writeln!(c, "upstream {} {{", names.upstream)?;
     if opts.servers.len() > 1 {
         writeln!(
@@ -351,6 +441,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             b,
             "    # Caches between here and the client must key on it too."
         )?;
+        expires_line(b, opts, names)?;
         server_headers(b, opts)?;
         writeln!(b, "    add_header Vary Accept-Encoding;")?;
         writeln!(b, "    add_header X-Memfis-Source store always;")?;
@@ -482,6 +573,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
                 // The enclosing server's own root may be another tree (or none).
                 writeln!(b, "    root {root};")?;
             }
+            expires_line(b, opts, names)?;
             server_headers(b, opts)?;
             writeln!(b, "    add_header X-Memfis-Source root always;")?;
             writeln!(

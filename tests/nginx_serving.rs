@@ -403,3 +403,39 @@ fn a_snippet_keeps_the_servers_own_headers() {
         );
     }
 }
+
+/// `--expires` gives store (and root) responses a lifetime by content type, since the store
+/// sends no validators.
+#[test]
+fn expires_by_content_type() {
+    let files: &[(&str, &[u8])] = &[
+        ("page.html", b"<p>x"),
+        ("logo.png", b"\x89PNG"),
+        ("site.css", b"body{}"),
+        ("docs/index.html", b"docs"),
+    ];
+    let args = [
+        "--expires",
+        "text/html=5m",
+        "--expires",
+        "image/*=30d",
+        "--expires",
+        "default=1h",
+    ];
+    let (_mc, _mount, nginx) = serve_store(files, &args);
+    for (path, max_age) in [
+        ("/page.html", "300"),
+        ("/docs/", "300"),
+        ("/logo.png", "2592000"),
+        ("/site.css", "3600"),
+    ] {
+        let (status, h, _) = nginx.get(path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            header(&h, "cache-control"),
+            Some(format!("max-age={max_age}").as_str()),
+            "{path}: {h:?}"
+        );
+        assert!(header(&h, "expires").is_some(), "{path}: {h:?}");
+    }
+}
