@@ -162,8 +162,11 @@ fn a_signal_during_the_copy_stops_and_cleans_up_everything() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(runtime.to_str().unwrap()));
     let memcached = memcached.expect("memcached address printed");
+    let socket = memcached
+        .strip_prefix("unix:")
+        .unwrap_or_else(|| panic!("memcached on a unix socket, not {memcached}"));
     assert!(
-        std::net::TcpStream::connect(&memcached).is_err(),
+        std::os::unix::net::UnixStream::connect(socket).is_err(),
         "memcached at {memcached} still running"
     );
     let leftovers = Command::new("pgrep")
