@@ -686,6 +686,26 @@ proptest! {
     }
 }
 
+/// Issue 16: a mkdir whose batch was cut after its entry claim undid itself without the
+/// namespace lock, while a rename holding it had read that entry and moved the new directory
+/// (`d2` to `d1/d1`): the undo deleted the record under the rename, leaving `d1/d1` naming
+/// no record (and, had the directory's own keys been made, those keys behind).
+#[test]
+fn a_create_undone_while_a_rename_moves_its_inode_leaves_the_inode_whole() {
+    use Op::*;
+    let lists = vec![
+        vec![MkdirAt(1)],
+        vec![RenameDir(1, 2, 0)],
+        vec![Create(6, vec![], 0), RmdirAt(2)],
+    ];
+    let choices = [
+        6428, 8108, 43595, 3560, 23840, 5093, 17849, 24374, 30719, 2820, 21843, 18446, 28788, 9164,
+        25542, 10584, 4, 9407, 2, 4, 2372, 2, 4, 21841, 467, 13093, 14557, 2201, 20297, 15629,
+        1028, 2, 9732,
+    ];
+    run_case_as(&lists, &choices, Batches::SplitCutMidway).unwrap();
+}
+
 /// The shell reproducer from the issue, as operations: one mount loops `echo A > x; mv x y`
 /// while another loops `mv y z`; afterwards every name is usable.
 #[test]
