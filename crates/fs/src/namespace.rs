@@ -465,7 +465,9 @@ impl<S: Store> MemFs<S> {
                 (false, _) => {}
             }
         }
-        if undo.parent_gone {
+        // Only if the parent is still gone: a rename that fenced it and then did not happen
+        // (its claim failed) lifted the fence again, and the directory lives.
+        if undo.parent_gone && self.dir_seq_value(undo.parent)?.is_none() {
             batch.extend(undo.parent_keys.iter().map(|k| Command::Delete(k.clone())));
         }
         let results = self.store.execute(batch);
