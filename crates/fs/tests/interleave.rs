@@ -663,6 +663,14 @@ proptest! {
 /// Directories made, removed, renamed, exchanged and replaced on three mounts at once (with
 /// files in them), other mounts' commands running between those of a batch: every key a
 /// directory brings is reached from the tree or goes with it.
+///
+/// Known open race this finds with `MEMFIS_SOAK=1` (not in the fixed budget): a create's
+/// `incr` of its directory's sequence runs before an rmdir reads it and its `append` after
+/// the rmdir replayed the log, so the rmdir fences a directory that is not empty and the
+/// file is left in a removed directory (e.g. lists `[[Create(3)], [RenameDir(0, 2, 0),
+/// RmdirAt(0)], [RmdirAt(4)]]`, choices `[2187, 1877, 54357, 9038, 3122, 326, 31436,
+/// 15041, 912, 9962, 4681, 4469, 11960, 924, 1202, 9368, 137, 5360, 2624, 32681, 30799,
+/// 637, 3716]`).
 fn dir_op() -> impl Strategy<Value = Op> {
     let d = 0..DIR_PATHS.len();
     prop_oneof![
