@@ -392,60 +392,89 @@ impl<S: Store> MemFs<S> {
 
     /// Undoes a create that failed after its batch, retrying each step a few times (a
     /// store that stays down leaves unreachable keys, which `memfis check` reports).
+    ///
+    /// Holding the namespace lock: once its entry was claimed, other mounts could reach the
+    /// new inode, and an operation holding the lock may have moved it (rename), given it
+    /// another name (link) or removed it (rmdir, unlink) meanwhile. Undone without the lock,
+    /// the entry and record went under a rename that had read them (leaving the new name
+    /// pointing at no record), or the record went while the directory's own keys stayed.
+    /// So: an inode whose record lists other names than the create's lives on there and is
+    /// left alone; otherwise its entry, `+`, record and every key it brought go, the record
+    /// gone or not (a removal may have run between the batch's commands, before its own
+    /// keys were added).
     pub(crate) fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
+        let link = Link::new(undo.parent, undo.name);
+        let undone = retried(|| {
+            self.with_ns_lock(Vec::new(), |_, _| {
+                let rec = self.read_inode_opt(undo.ino)?;
+                if rec.as_ref().is_some_and(|(r, _)| r.links != [link.clone()]) {
+                    return Ok(()); // moved or linked meanwhile: the inode is someone's now
+                }
+                self.undo_create_locked(undo, own_keys, rec.is_some())
+            })
+        });
+        if undone.is_err() {
+            crate::limited_warn!(
+                "cannot undo a failed create",
+                "cannot undo the failed create of inode {} (left for `memfis check --repair`)",
+                undo.ino
+            );
+        }
+    }
+
+    /// [`Self::undo_create`] for a caller that holds the lock; `rec_there`: the inode's
+    /// record is still there (with the create's name only).
+    fn undo_create_locked(
+        &self,
+        undo: &Undo<'_>,
+        own_keys: &[Command],
+        rec_there: bool,
+    ) -> FsResult<()> {
         if undo.entry {
-            let _ = retried(|| self.entry_swap(undo.parent, undo.name, Some(undo.ino), None));
+            self.entry_swap(undo.parent, undo.name, Some(undo.ino), None)?;
         }
         if undo.logged {
-            let _ = retried(|| {
-                // Holding the lock, so no compaction runs meanwhile: its snapshot could keep
-                // the `+` while this `-` lands in a chunk it drops.
-                let taken_back = self.with_ns_lock(Vec::new(), |_, _| {
-                    self.log_dir_changes(
-                        undo.parent,
-                        &[(Op::Remove, undo.kind, undo.ino, undo.name)],
-                    )
-                });
-                match (taken_back, self.dir_seq_value(undo.parent)) {
-                    (Ok(()), _) => Ok(()),
-                    (Err(_), Ok(None)) => Ok(()), // the directory is gone: nothing lists it
-                    (Err(e), _) => Err(e),
-                }
-            });
+            // Holding the lock, so no compaction runs meanwhile: its snapshot could keep
+            // the `+` while this `-` lands in a chunk it drops.
+            let changes = [(Op::Remove, undo.kind, undo.ino, undo.name)];
+            if let Err(e) = self.log_dir_changes(undo.parent, &changes)
+                && self.dir_seq_value(undo.parent)?.is_some()
+            {
+                return Err(e); // (a gone directory lists nothing)
+            }
         }
-        let mut batch = vec![
-            Command::Delete(self.keys.inode(undo.ino)),
-            Command::Decr {
+        let mut batch = vec![Command::Delete(self.keys.inode(undo.ino))];
+        if rec_there {
+            batch.push(Command::Decr {
                 key: self.keys.inode_count(),
                 delta: 1,
-            },
-        ];
+            });
+        }
         let private = self.keys.private_data(undo.ino);
         let mut maybe_theirs = Vec::new();
         for (cmd, added) in own_keys.iter().zip(&undo.own_added) {
-            // A file's data key is at the name's path: if the name went to another inode,
-            // that one may have written there since (a rename's copy, a publish), unless its
-            // bytes live elsewhere (checked under the lock). The private key is ours.
-            let name_is_ours = undo.entry || undo.kind != Kind::File || cmd.key() == private;
-            match (*added, name_is_ours) {
+            // A directory's keys and the private key are this inode's alone: they go even if
+            // their `add` was not seen to succeed (its reply may have been lost). A file's
+            // data key is at the name's path: if the name went to another inode, that one may
+            // have written there since (a rename's copy, a publish), unless its bytes live
+            // elsewhere (checked under the lock).
+            let alone = undo.kind != Kind::File || cmd.key() == private;
+            match (*added || alone, undo.entry || alone) {
                 (true, true) => batch.push(Command::Delete(cmd.key().to_vec())),
                 (true, false) => maybe_theirs.push(cmd.key().to_vec()),
                 (false, _) => {}
             }
         }
-        if undo.parent_gone {
+        // Only if the parent is still gone: a rename that fenced it and then did not happen
+        // (its claim failed) lifted the fence again, and the directory lives.
+        if undo.parent_gone && self.dir_seq_value(undo.parent)?.is_none() {
             batch.extend(undo.parent_keys.iter().map(|k| Command::Delete(k.clone())));
         }
-        let _ = retried(|| {
-            let results = self.store.execute(batch.clone());
-            match results.into_iter().find_map(Result::err) {
-                None => Ok(()),
-                Some(e) => Err(FsError::store(&self.keys.inode(undo.ino), e)),
-            }
-        });
-        if !maybe_theirs.is_empty() {
-            let _ = self.delete_keys_outside_tree(&maybe_theirs);
+        let results = self.store.execute(batch);
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(FsError::store(&self.keys.inode(undo.ino), e));
         }
+        self.delete_unreached(&maybe_theirs)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {

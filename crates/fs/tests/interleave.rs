@@ -45,6 +45,9 @@ struct Slot {
     granted: Option<Fate>,
     done: bool,
     crashed: bool,
+    /// The waiting step is a command after the first of its batch (`Stepped::split`):
+    /// faults come between batches only, as the harness's crashes always did.
+    mid_batch: bool,
 }
 
 /// Shared by the mounts' stores and the scheduler.
@@ -53,6 +56,21 @@ struct Sched {
     cv: Condvar,
     /// Each mount's liveness key: a crash deletes it, as its expiry would.
     alive_keys: Mutex<Vec<Vec<u8>>>,
+    /// With [`Batches::SplitCutMidway`]: faults may also come between two commands of a batch.
+    faults_midway: bool,
+}
+
+/// How a mount's batches meet the store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Batches {
+    /// Each batch is one step: no other mount's command runs in the middle of it.
+    Whole,
+    /// memcached runs one connection's commands in order, but other connections' commands
+    /// may run between any two of them: each command is a step. Faults fail a whole batch.
+    Split,
+    /// As `Split`, and a fault may cut a batch midway (the connection dropped): the commands
+    /// before it ran, those after it fail unapplied.
+    SplitCutMidway,
 }
 
 /// One mount's view of the store: each batch waits for the scheduler's go.
@@ -64,6 +82,8 @@ struct Stepped {
     /// Whether it stands for one server (batches in order) or a pool (the filesystem then
     /// splits what must be ordered into separate batches).
     in_order: bool,
+    /// Each command is a step of its own ([`Batches::Split`]).
+    split: bool,
 }
 
 fn io_error() -> StoreError {
@@ -78,9 +98,48 @@ impl Store for Stepped {
         if !self.stepping.load(Ordering::SeqCst) {
             return self.inner.execute(batch);
         }
+        if !self.split {
+            return self.step(batch).0;
+        }
+        // One step per command (`Batches::Split`).
+        let mut results = Vec::with_capacity(batch.len());
+        let mut failed = false;
+        for (i, cmd) in batch.into_iter().enumerate() {
+            if failed {
+                results.push(Err(io_error()));
+                continue;
+            }
+            self.sched.slots.lock().unwrap()[self.mount].mid_batch = i > 0;
+            let (mut r, fate) = self.step(vec![cmd]);
+            failed = fate != Fate::Run;
+            results.append(&mut r);
+        }
+        results
+    }
+
+    fn capacity(&self) -> Option<Capacity> {
+        self.inner.capacity()
+    }
+
+    fn item_size_max(&self) -> Option<u64> {
+        self.inner.item_size_max()
+    }
+
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        self.inner.list_keys()
+    }
+
+    fn in_order(&self) -> bool {
+        self.in_order
+    }
+}
+
+impl Stepped {
+    /// Runs `batch` as one step once the scheduler lets it go, with the fate it chose.
+    fn step(&self, batch: Vec<Command>) -> (Vec<CmdResult>, Fate) {
         let mut slots = self.sched.slots.lock().unwrap();
         if slots[self.mount].crashed {
-            return batch.iter().map(|_| Err(io_error())).collect();
+            return (batch.iter().map(|_| Err(io_error())).collect(), Fate::Crash);
         }
         slots[self.mount].waiting = true;
         self.sched.cv.notify_all();
@@ -110,7 +169,7 @@ impl Store for Stepped {
                 .collect();
             eprintln!("mount {} {fate:?}: {cmds:?}", self.mount);
         }
-        match fate {
+        let results = match fate {
             Fate::Run => {
                 drop(slots);
                 self.inner.execute(batch)
@@ -122,23 +181,8 @@ impl Store for Stepped {
                     .raw_delete(&self.sched.alive_keys.lock().unwrap()[self.mount]);
                 batch.iter().map(|_| Err(io_error())).collect()
             }
-        }
-    }
-
-    fn capacity(&self) -> Option<Capacity> {
-        self.inner.capacity()
-    }
-
-    fn item_size_max(&self) -> Option<u64> {
-        self.inner.item_size_max()
-    }
-
-    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
-        self.inner.list_keys()
-    }
-
-    fn in_order(&self) -> bool {
-        self.in_order
+        };
+        (results, fate)
     }
 }
 
@@ -159,7 +203,15 @@ enum Op {
     CreateMany(usize, Vec<u8>),
     /// Rewrite a directory's log as its live names.
     Compact(usize),
+    /// mkdir, rmdir and rename (0: plain, 1: RENAME_NOREPLACE, 2: RENAME_EXCHANGE) of the
+    /// directory paths [`DIR_PATHS`], which nest.
+    MkdirAt(usize),
+    RmdirAt(usize),
+    RenameDir(usize, usize, u8),
 }
+
+/// Directories two deep, for the directory operations.
+const DIR_PATHS: [&str; 6] = ["d1", "d2", "d1/d1", "d1/d2", "d2/d1", "d2/d2"];
 
 /// Paths: a name in one of the directories (`d1/x`, `y`, ...). Directories are the names
 /// `d1`/`d2` at the root; files go anywhere.
@@ -304,6 +356,23 @@ fn run(fs: &Fs, op: &Op, big: bool) {
                 let dir = resolve(fs, DIRS[*d])?;
                 let _ = fs.compact_dir(dir, true);
             }
+            Op::MkdirAt(i) => {
+                let (d, n) = split(fs, DIR_PATHS[*i])?;
+                let _ = fs.mkdir(d, &n, 0o755, 0, 0);
+            }
+            Op::RmdirAt(i) => {
+                let (d, n) = split(fs, DIR_PATHS[*i])?;
+                let _ = fs.rmdir(d, &n);
+            }
+            Op::RenameDir(a, b, f) => {
+                let (sd, sn) = split(fs, DIR_PATHS[*a])?;
+                let (td, tn) = split(fs, DIR_PATHS[*b])?;
+                let flags = RenameFlags {
+                    noreplace: *f == 1,
+                    exchange: *f == 2,
+                };
+                let _ = fs.rename(sd, &sn, td, &tn, flags);
+            }
         }
         Some(())
     })();
@@ -346,7 +415,8 @@ fn drive(sched: &Sched, choices: &[u16]) {
         let choice = choices.get(step).copied().unwrap_or(step as u16);
         let mount = ready[choice as usize % ready.len()];
         // Faults only within the chosen budget, so every case ends.
-        let fate = match (step < choices.len(), choice % 64) {
+        let between_batches = !slots[mount].mid_batch || sched.faults_midway;
+        let fate = match (step < choices.len() && between_batches, choice % 64) {
             (true, 0..=2) => Fate::Fail,
             (true, 3) => Fate::Crash,
             _ => Fate::Run,
@@ -358,6 +428,11 @@ fn drive(sched: &Sched, choices: &[u16]) {
 }
 
 fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
+    run_case_as(lists, choices, Batches::Whole)
+}
+
+/// [`run_case`], with batches meeting the store as `batches` says.
+fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(), TestCaseError> {
     let store = Arc::new(MemoryStore::default());
     // Half the cases with logs of two records a chunk: logs of many chunks, mounts whose idea
     // of a log is chunks behind, and compactions that move the base past chunks.
@@ -385,6 +460,7 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
         slots: Mutex::new((0..MOUNTS).map(|_| Slot::default()).collect()),
         cv: Condvar::new(),
         alive_keys: Mutex::new(Vec::new()),
+        faults_midway: batches == Batches::SplitCutMidway,
     });
     let stepping = Arc::new(AtomicBool::new(false));
     let mounts: Vec<Fs> = (0..MOUNTS)
@@ -395,6 +471,7 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
                 mount: m,
                 stepping: stepping.clone(),
                 in_order: choices.first().is_none_or(|c| c % 2 == 0),
+                split: batches != Batches::Whole,
             };
             MemFs::new(s, keys.clone(), cfg.clone()).unwrap()
         })
@@ -581,6 +658,60 @@ proptest! {
     ) {
         run_case(&lists, &choices)?;
     }
+}
+
+/// Directories made, removed, renamed, exchanged and replaced on three mounts at once (with
+/// files in them), other mounts' commands running between those of a batch: every key a
+/// directory brings is reached from the tree or goes with it.
+///
+/// Known open race this finds with `MEMFIS_SOAK=1` (not in the fixed budget): a create's
+/// `incr` of its directory's sequence runs before an rmdir reads it and its `append` after
+/// the rmdir replayed the log, so the rmdir fences a directory that is not empty and the
+/// file is left in a removed directory (e.g. lists `[[Create(3)], [RenameDir(0, 2, 0),
+/// RmdirAt(0)], [RmdirAt(4)]]`, choices `[2187, 1877, 54357, 9038, 3122, 326, 31436,
+/// 15041, 912, 9962, 4681, 4469, 11960, 924, 1202, 9368, 137, 5360, 2624, 32681, 30799,
+/// 637, 3716]`).
+fn dir_op() -> impl Strategy<Value = Op> {
+    let d = 0..DIR_PATHS.len();
+    prop_oneof![
+        3 => d.clone().prop_map(Op::MkdirAt),
+        2 => d.clone().prop_map(Op::RmdirAt),
+        3 => (d.clone(), d, 0..3u8).prop_map(|(a, b, f)| Op::RenameDir(a, b, f)),
+        1 => (0..PATHS, proptest::collection::vec(any::<u8>(), 0..3))
+            .prop_map(|(a, b)| Op::Create(a, b, 0)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn interleaved_directory_operations_leave_no_keys_behind(
+        lists in proptest::collection::vec(proptest::collection::vec(dir_op(), 1..8), MOUNTS),
+        choices in proptest::collection::vec(any::<u16>(), 0..400),
+    ) {
+        run_case_as(&lists, &choices, Batches::Split)?;
+    }
+}
+
+/// Issue 16: a mkdir whose batch was cut after its entry claim undid itself without the
+/// namespace lock, while a rename holding it had read that entry and moved the new directory
+/// (`d2` to `d1/d1`): the undo deleted the record under the rename, leaving `d1/d1` naming
+/// no record (and, had the directory's own keys been made, those keys behind).
+#[test]
+fn a_create_undone_while_a_rename_moves_its_inode_leaves_the_inode_whole() {
+    use Op::*;
+    let lists = vec![
+        vec![MkdirAt(1)],
+        vec![RenameDir(1, 2, 0)],
+        vec![Create(6, vec![], 0), RmdirAt(2)],
+    ];
+    let choices = [
+        6428, 8108, 43595, 3560, 23840, 5093, 17849, 24374, 30719, 2820, 21843, 18446, 28788, 9164,
+        25542, 10584, 4, 9407, 2, 4, 2372, 2, 4, 21841, 467, 13093, 14557, 2201, 20297, 15629,
+        1028, 2, 9732,
+    ];
+    run_case_as(&lists, &choices, Batches::SplitCutMidway).unwrap();
 }
 
 /// The shell reproducer from the issue, as operations: one mount loops `echo A > x; mv x y`

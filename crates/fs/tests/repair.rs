@@ -279,6 +279,22 @@ fn many_keys_no_name_reaches_go_in_one_pass() {
     assert_eq!(t.contents(), expected_full());
 }
 
+#[test]
+fn the_keys_of_a_directory_no_name_reaches_go() {
+    let t = build();
+    // What a mkdir leaves whose record went while its own keys stayed (issue 16).
+    let gone = 91_000;
+    t.store.raw_set(&t.keys.dir_seq(gone), b"0");
+    t.store.raw_set(&t.keys.dir_log(gone, 0), b"");
+    t.store.raw_set(&t.keys.dir_log(gone, 1), b"");
+    t.store
+        .raw_set(&t.keys.dir_mtime(gone), b"1764000000.000000000");
+    assert_eq!(t.check().len(), 4, "{:?}", t.check());
+    let done = t.repair();
+    assert_eq!(done.len(), 4, "{done:?}");
+    assert_eq!(t.contents(), expected_full());
+}
+
 /// `/a/f1`, `/a/h` (its hard link) and `/b/c/g`, as `build` makes them.
 fn data_problems(t: &Tree, verify: bool) -> Vec<String> {
     let opts = memfis_fs::check::CheckOptions { verify };
