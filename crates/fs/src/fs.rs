@@ -71,9 +71,13 @@ pub struct MemFs<S: Store> {
     /// Namespace operations of this mount run one at a time (they would queue on the store's
     /// lock anyway); also keeps two threads from both completing one leftover intent.
     pub(crate) ns_local: Mutex<()>,
-    /// Owner string of an operation of this mount that failed midway and left its intent in
-    /// the lock: the next operation completes it instead of waiting for it.
-    pub(crate) leftover: Mutex<Option<String>>,
+    /// Owner strings under which this mount may still hold the namespace lock: an operation
+    /// that failed midway and left its intent in it, or a lock command whose reply was lost
+    /// (an `add` that took it, a `delete` that may not have run). The next operation or the
+    /// heartbeat completes and releases such a lock instead of waiting for it: this mount is
+    /// alive, so no other mount would ever take it over. Several, as a lost `add` can follow
+    /// a lost `delete`.
+    pub(crate) leftover: Mutex<Vec<String>>,
     /// The intent of an operation of this mount that failed midway (the lock may not hold
     /// it): completed with the leftover lock, or by the heartbeat.
     pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
@@ -126,7 +130,7 @@ impl<S: Store> MemFs<S> {
             mount_id: random_id(),
             store_id: String::new(),
             ns_local: Mutex::new(()),
-            leftover: Mutex::new(None),
+            leftover: Mutex::new(Vec::new()),
             orphaned: Mutex::new(None),
             rolled_forward: Mutex::new(Vec::new()),
             compaction_wanted: Mutex::new(std::collections::BTreeSet::new()),
