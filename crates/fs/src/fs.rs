@@ -501,12 +501,11 @@ impl<S: Store> MemFs<S> {
             Some(link) if link.parent == ROOT_INO => join(b"", &link.name),
             Some(link) => join(&self.dir_info_at(link.parent, depth + 1)?.path, &link.name),
             None if dir == ROOT_INO => Vec::new(),
-            None => {
-                return Err(FsError::corrupt(
-                    &self.keys.inode(dir),
-                    "directory without a parent",
-                ));
-            }
+            // A directory's record loses its name before it is deleted, in separate batches
+            // (rmdir, a rename over it): one without a name is being removed. A create in it
+            // that got here without the lock (mkdir in a directory a rename replaces) is
+            // ENOENT, as on a local filesystem, not EIO.
+            None => return Err(FsError::NotFound),
         };
         Ok(self
             .meta
