@@ -202,7 +202,10 @@ fn a_store_emptied_under_a_mount_gives_eio_and_says_so() {
     std::fs::create_dir(m.p("d")).unwrap();
     mc.restart();
     // From the first call, before any heartbeat: not an empty tree (ENOENT) for a moment.
-    assert_eq!(errno_of(std::fs::metadata(m.p("d")).unwrap_err()), libc::EIO);
+    assert_eq!(
+        errno_of(std::fs::metadata(m.p("d")).unwrap_err()),
+        libc::EIO
+    );
     assert_eq!(errno_of(std::fs::read_dir(m.p("")).unwrap_err()), libc::EIO);
     std::thread::sleep(Duration::from_secs(3)); // one heartbeat
     assert_eq!(errno_of(std::fs::read(m.p("f")).unwrap_err()), libc::EIO);
