@@ -71,9 +71,13 @@ pub struct MemFs<S: Store> {
     /// Namespace operations of this mount run one at a time (they would queue on the store's
     /// lock anyway); also keeps two threads from both completing one leftover intent.
     pub(crate) ns_local: Mutex<()>,
-    /// Owner string of an operation of this mount that failed midway and left its intent in
-    /// the lock: the next operation completes it instead of waiting for it.
-    pub(crate) leftover: Mutex<Option<String>>,
+    /// Owner strings under which this mount may still hold the namespace lock: an operation
+    /// that failed midway and left its intent in it, or a lock command whose reply was lost
+    /// (an `add` that took it, a `delete` that may not have run). The next operation or the
+    /// heartbeat completes and releases such a lock instead of waiting for it: this mount is
+    /// alive, so no other mount would ever take it over. Several, as a lost `add` can follow
+    /// a lost `delete`.
+    pub(crate) leftover: Mutex<Vec<String>>,
     /// The intent of an operation of this mount that failed midway (the lock may not hold
     /// it): completed with the leftover lock, or by the heartbeat.
     pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
@@ -139,7 +143,7 @@ impl<S: Store> MemFs<S> {
             mount_id: random_id(),
             store_id: String::new(),
             ns_local: Mutex::new(()),
-            leftover: Mutex::new(None),
+            leftover: Mutex::new(Vec::new()),
             orphaned: Mutex::new(None),
             rolled_forward: Mutex::new(Vec::new()),
             compaction_wanted: Mutex::new(std::collections::BTreeSet::new()),
@@ -515,12 +519,11 @@ impl<S: Store> MemFs<S> {
             Some(link) if link.parent == ROOT_INO => join(b"", &link.name),
             Some(link) => join(&self.dir_info_at(link.parent, depth + 1)?.path, &link.name),
             None if dir == ROOT_INO => Vec::new(),
-            None => {
-                return Err(FsError::corrupt(
-                    &self.keys.inode(dir),
-                    "directory without a parent",
-                ));
-            }
+            // A directory's record loses its name before it is deleted, in separate batches
+            // (rmdir, a rename over it): one without a name is being removed. A create in it
+            // that got here without the lock (mkdir in a directory a rename replaces) is
+            // ENOENT, as on a local filesystem, not EIO.
+            None => return Err(FsError::NotFound),
         };
         Ok(self
             .meta

@@ -281,9 +281,14 @@ impl<S: Store> MemFs<S> {
     /// The listing of a directory, replayed from its log.
     pub fn list_dir(&self, dir: u64) -> FsResult<dirlog::Listing> {
         let started = Instant::now();
-        let DirSeq { seq, base, .. } = self
-            .read_dir_seq(dir)?
-            .ok_or_else(|| FsError::missing(&self.keys.dir_seq(dir)))?;
+        let Some(DirSeq { seq, base, .. }) = self.read_dir_seq(dir)? else {
+            // An rmdir deletes the record before the sequence: both gone is a directory
+            // removed meanwhile (ENOENT); a sequence lost under a live record is EIO.
+            return match self.read_inode_opt(dir)? {
+                None => Err(FsError::NotFound),
+                Some(_) => Err(FsError::missing(&self.keys.dir_seq(dir))),
+            };
+        };
         let seq = seq.ok_or(FsError::NotFound)?; // fenced: being removed
         let listing = self.replay_log(dir, base, seq)?;
         let names = listing
@@ -323,10 +328,18 @@ impl<S: Store> MemFs<S> {
                 return Err(FsError::missing(&key));
             }
             std::thread::sleep(Duration::from_millis(20));
-            if let Some(now) = self.read_dir_seq(dir)?
-                && let Some(s) = now.seq
-            {
-                (base, seq) = (now.base, s.max(seq));
+            match self.read_dir_seq(dir)? {
+                Some(now) => match now.seq {
+                    Some(s) => (base, seq) = (now.base, s.max(seq)),
+                    // Fenced: an rmdir (or a rename over it) removed the directory while it
+                    // was read, deleting its chunks: ENOENT, as for any directory another
+                    // mount removed, not EIO for a lost chunk.
+                    None => return Err(FsError::NotFound),
+                },
+                // Sequence and record both gone: removed meanwhile, as above. A sequence
+                // lost under a live record stays EIO.
+                None if self.read_inode_opt(dir)?.is_none() => return Err(FsError::NotFound),
+                None => {}
             }
         }
         unreachable!("the loop returns")

@@ -93,15 +93,24 @@ impl<S: Store> MemFs<S> {
         let data_key = self.keys.file_bytes(ino, rec.mode, &path);
         let la = self.log_append(parent, &[(Op::Add, rec.kind, ino, name)]);
         let (touch, now) = self.touch_dir_cmd(parent);
+        let own_keys = self.own_keys(ino, &rec, &data_key);
+        // A directory's keys go before its entry: once the entry is there, another mount
+        // may list the directory (a lookup, a rename moving its parent), and a missing
+        // sequence would be EIO. They are keyed by the new inode, so nothing else uses them.
+        // A file's data key waits for the claim: at that path it may be the owner's.
+        let own_first = rec.kind == Kind::Dir;
         let mut batch = vec![
             Command::store(StoreOp::Add, &ikey, &rec.encode()),
             Command::Gets(ikey.clone()),
-            Command::store(
-                StoreOp::Add,
-                &ekey,
-                &self.keys.entry_value(parent, name, ino),
-            ),
         ];
+        if own_first {
+            batch.extend(own_keys.iter().cloned());
+        }
+        batch.push(Command::store(
+            StoreOp::Add,
+            &ekey,
+            &self.keys.entry_value(parent, name, ino),
+        ));
         batch.extend(self.log_commands(&la));
         batch.extend([
             touch,
@@ -110,8 +119,9 @@ impl<S: Store> MemFs<S> {
                 delta: 1,
             },
         ]);
-        let own_keys = self.own_keys(ino, &rec, &data_key);
-        batch.extend(own_keys.iter().cloned());
+        if !own_first {
+            batch.extend(own_keys.iter().cloned());
+        }
         // A served file's key token, read after the record's (see `OpenFile::key_tokens`).
         let served = rec.kind == Kind::File && !own_keys.is_empty();
         if served {
@@ -121,11 +131,17 @@ impl<S: Store> MemFs<S> {
         let mut results = Replies::new(self.execute_in_order(batch, fence));
         let inode_added = results.stored(&ikey);
         let cas = results.value(&ikey);
+        let mut own_results = match own_first {
+            true => results.raw(own_keys.len()),
+            false => Vec::new(),
+        };
         let entry_added = results.stored(&ekey);
         let logged = self.finish_log(&la, &mut results);
         let touched = results.reply();
         let _inode_count = results.reply(); // statistics only
-        let own_results = results.raw(own_keys.len());
+        if !own_first {
+            own_results = results.raw(own_keys.len());
+        }
         let data_token = match served {
             true => results.value(&data_key).ok().flatten().and_then(|i| i.cas),
             false => None,

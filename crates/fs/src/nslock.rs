@@ -87,7 +87,7 @@ impl<S: Store> MemFs<S> {
                 // Keep the lock: this mount's next operation (or another mount, once this one
                 // is gone) completes the intent.
                 error!(error = %e, ?intent, "cannot complete the operation now; this mount keeps the lock to retry");
-                *lock(&self.leftover) = Some(guard.owner.clone());
+                lock(&self.leftover).push(guard.owner.clone());
                 // The lock may not hold the intent (its store failed too): keep it here.
                 *lock(&self.orphaned) = Some(intent);
                 return result;
@@ -158,7 +158,7 @@ impl<S: Store> MemFs<S> {
                 format!("cannot release the namespace lock: {}", e),
                 "cannot release the namespace lock (owner {owner}): {e}"
             );
-            *lock(&self.leftover) = Some(owner.to_string());
+            lock(&self.leftover).push(owner.to_string());
         }
     }
 
@@ -181,7 +181,11 @@ impl<S: Store> MemFs<S> {
                         break Err(e);
                     }
                 }
-                Err(e) => break Err(FsError::store(&key, e)),
+                Err(e) => {
+                    // The `add` may have run with its reply lost: the lock may be ours.
+                    lock(&self.leftover).push(guard.owner.clone());
+                    break Err(FsError::store(&key, e));
+                }
             }
         };
         if taken.is_err() {
@@ -217,7 +221,14 @@ impl<S: Store> MemFs<S> {
                     return Ok((guard, rest));
                 }
                 Ok(_) => self.resolve_holder(&mut waiter)?,
-                Err(e) => return Err(FsError::store(&key, e)),
+                Err(e) => {
+                    // The `add` may have taken the lock and lost its reply: without this,
+                    // every mount would wait on a live owner that never releases it (EBUSY
+                    // after a minute, for good). The next operation or heartbeat of this
+                    // mount releases it.
+                    lock(&self.leftover).push(owner);
+                    return Err(FsError::store(&key, e));
+                }
             }
         }
     }
@@ -243,8 +254,7 @@ impl<S: Store> MemFs<S> {
         };
         let held: LockValue = serde_json::from_slice(&item.value)
             .map_err(|e| FsError::corrupt(&key, format!("namespace lock: {e}")))?;
-        let leftover = lock(&self.leftover).clone();
-        let mine_left_over = leftover.as_deref() == Some(held.owner.as_str());
+        let mine_left_over = lock(&self.leftover).contains(&held.owner);
         if !mine_left_over {
             let alive_key = self.keys.alive(held.mount());
             let alive = self
@@ -270,11 +280,15 @@ impl<S: Store> MemFs<S> {
         match self.store.run(cas) {
             Ok(Reply::Stored) => {}
             Ok(_) => return Ok(()), // someone else took it over first
-            Err(e) => return Err(FsError::store(&key, e)),
+            Err(e) => {
+                // The `cas` may have run with its reply lost: the lock may be ours.
+                lock(&self.leftover).push(me);
+                return Err(FsError::store(&key, e));
+            }
         }
         // Ours now: until it is released, this mount's next operation or heartbeat finishes
         // it (if completing fails here, the error goes to the caller).
-        *lock(&self.leftover) = Some(me.clone());
+        lock(&self.leftover).push(me.clone());
         let intent = match (&held.intent, mine_left_over) {
             (Some(intent), _) => Some(intent.clone()),
             (None, true) => lock(&self.orphaned).clone(),
@@ -298,7 +312,7 @@ impl<S: Store> MemFs<S> {
         if mine_left_over {
             *lock(&self.orphaned) = None;
         }
-        *lock(&self.leftover) = None;
+        lock(&self.leftover).retain(|o| *o != held.owner && *o != me);
         self.release_ns_lock(&me);
         Ok(())
     }
@@ -346,9 +360,14 @@ impl<S: Store> MemFs<S> {
         let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
         // operation failed midway (or its release failed).
-        if lock(&self.leftover).is_some() {
+        let leftover = lock(&self.leftover).clone();
+        if !leftover.is_empty() {
             let _local = lock(&self.ns_local);
             self.wait_quiet()?;
+            // The lock was free at some point since: none of these holds it, and none takes
+            // it again (every acquisition has a new owner; `reacquire` runs within an
+            // operation, which holds `ns_local`).
+            lock(&self.leftover).retain(|o| !leftover.contains(o));
         }
         compacted
     }
