@@ -273,10 +273,12 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
         let (item_mb, memory_mb) = memcached_sizes(site);
         let log = runtime.join("memcached.log");
         let mut cmd = Command::new("memcached");
-        cmd.arg("-s")
-            .arg(&socket)
-            .args(["-a", "0666", "-M"])
-            .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
+        cmd.arg("-s").arg(&socket).args(["-a", "0666", "-M"]).args([
+            "-m",
+            &memory_mb.to_string(),
+            "-I",
+            &format!("{item_mb}m"),
+        ]);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             cmd.args(["-u", "root"]);
@@ -284,9 +286,12 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
         let mut service = Service::spawn("memcached", &mut cmd)?;
-        wait_until(&mut service, &log, &format!("listen on {}", socket.display()), || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        })?;
+        wait_until(
+            &mut service,
+            &log,
+            &format!("listen on {}", socket.display()),
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        )?;
         let server = format!("unix:{}", socket.display());
         eprintln!("memcached: {server} (-M -m {memory_mb} -I {item_mb}m)");
         (vec![server], Some(service))
