@@ -121,6 +121,13 @@ fn check(opts: &ServeOptions) -> Result<()> {
     for s in &opts.servers {
         memfis_memcache::client::validate_server(s).map_err(anyhow::Error::msg)?;
     }
+    let plain_server = |s: &str| {
+        !s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || CONFIG_SPECIAL.contains(&c))
+    };
+    if let Some(s) = opts.servers.iter().find(|s| !plain_server(s)) {
+        bail!("--server {s:?} cannot go into an nginx config (spaces or special characters)");
+    }
     let plain = |what: &str, v: &str| -> Result<()> {
         if v.is_empty()
             || v.chars()
@@ -147,6 +154,10 @@ fn check(opts: &ServeOptions) -> Result<()> {
     }
     if let Some(h) = &opts.headers {
         plain("--headers", h)?;
+        // nginx reads an include with these as a pattern: a file name would match nothing.
+        if h.contains(['*', '?', '[']) {
+            bail!("--headers {h:?}: nginx would read * ? [ as a pattern; rename the file");
+        }
     }
     for (kind, time) in &opts.expires {
         let type_ok = kind == "default"
@@ -280,11 +291,26 @@ fn is_nginx_time(t: &str) -> bool {
     if matches!(t, "max" | "epoch" | "off") {
         return true;
     }
-    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &t[digits.len()..];
-    !digits.is_empty()
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && matches!(unit, "" | "ms" | "s" | "m" | "h" | "d" | "w" | "M" | "y")
+    // Seconds and up, parts may combine (1h30m), negative means already expired. Not `ms`:
+    // nginx's `expires` ignores it without a word when it comes through a variable.
+    let mut rest = t.strip_prefix('-').unwrap_or(t);
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 || digits > 9 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = rest.chars().next().filter(|c| "smhdwMy".contains(*c));
+        match unit {
+            Some(u) => rest = &rest[u.len_utf8()..],
+            None if rest.is_empty() => {}
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The `map` from the response's content type to its `expires` time (`--expires`).
@@ -309,9 +335,9 @@ fn expires_map(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::
     )?;
     for (kind, time) in opts.expires.iter().filter(|(k, _)| k != "default") {
         let pattern = match kind.strip_suffix("/*") {
-            Some(major) => format!("~^{}/", major.replace('.', "\\.").replace('+', "\\+")),
+            Some(major) => format!("~*^{}/", major.replace('.', "\\.").replace('+', "\\+")),
             // With or without "; charset=...".
-            None => format!("~^{}(;|$)", kind.replace('.', "\\.").replace('+', "\\+")),
+            None => format!("~*^{}(;|$)", kind.replace('.', "\\.").replace('+', "\\+")),
         };
         writeln!(c, "    \"{pattern}\" {time};")?;
     }
@@ -324,6 +350,15 @@ fn expires_line(b: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt:
         writeln!(b, "    expires ${};", names.expires)?;
     }
     Ok(())
+}
+
+/// In a snippet, the locations that read the disk set `--root` themselves: the enclosing
+/// server's own root may be another tree (or none).
+fn snippet_root(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
+    match (&opts.root, opts.part) {
+        (Some(root), Part::Snippet) => writeln!(b, "    root {root};"),
+        _ => Ok(()),
+    }
 }
 
 /// Before a location's own `add_header`s: the server's, which nginx would otherwise drop
@@ -344,8 +379,12 @@ fn upstream(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Res
         c,
         "# percent-encoded ($uri is decoded: a name holding CR LF would add headers)."
     )?;
+    writeln!(
+        c,
+        "# Leading slashes and backslashes collapse to one: //host/dir must not redirect off-site."
+    )?;
     writeln!(c, "map $request_uri ${} {{", names.dir_redirect)?;
-    writeln!(c, "    \"~^([^?]*)(.*)$\" \"$1/$2\";")?;
+    writeln!(c, "    \"~^[/\\x5c]+([^?]*)(.*)$\" \"/$1/$2\";")?;
     writeln!(c, "}}\n")?;
     expires_map(c, opts, names)?;
     writeln!(c, "upstream {} {{", names.upstream)?;
@@ -486,6 +525,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             b,
             "    # Only a script that exists: /upload.txt/x.php must not reach php-fpm."
         )?;
+        snippet_root(b, opts)?;
         writeln!(b, "    try_files $uri =404;")?;
         writeln!(b, "    include /etc/nginx/fastcgi_params;")?;
         writeln!(b, "    fastcgi_param SCRIPT_FILENAME $document_root$uri;")?;
@@ -541,6 +581,11 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
     )?;
     writeln!(b, "    auth_request {};", names.probe)?;
     writeln!(b, "    error_page 403 = {miss};")?;
+    writeln!(
+        b,
+        "    # The fallback may pass a miss on again (to the PHP backend)."
+    )?;
+    writeln!(b, "    recursive_error_pages on;")?;
     server_headers(b, opts)?;
     writeln!(b, "    add_header Location ${} always;", names.dir_redirect)?;
     writeln!(b, "    try_files /.memfis-no-file =301;")?;
@@ -568,11 +613,8 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             "=404"
         };
         writeln!(b, "\nlocation {f} {{")?;
-        if let Some(root) = &opts.root {
-            if opts.part == Part::Snippet {
-                // The enclosing server's own root may be another tree (or none).
-                writeln!(b, "    root {root};")?;
-            }
+        if opts.root.is_some() {
+            snippet_root(b, opts)?;
             expires_line(b, opts, names)?;
             server_headers(b, opts)?;
             writeln!(b, "    add_header X-Memfis-Source root always;")?;
@@ -608,6 +650,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
             "# so the next request is served from the store without PHP."
         )?;
         writeln!(b, "location {} {{", names.backend)?;
+        snippet_root(b, opts)?;
         server_headers(b, opts)?;
         writeln!(b, "    add_header X-Memfis-Source backend always;")?;
         writeln!(b, "    include /etc/nginx/fastcgi_params;")?;

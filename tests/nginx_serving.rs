@@ -208,6 +208,20 @@ fn a_directory_without_its_slash_is_redirected() {
     let (status, headers, _) = nginx.get("/docs?page=2");
     assert_eq!(status, 301);
     assert_eq!(header(&headers, "location"), Some("/docs/?page=2"));
+    // Never off-site: leading slashes and backslashes collapse to one.
+    for path in [
+        "//docs",
+        "//evil.example/../docs",
+        "/\\evil.example/../docs",
+    ] {
+        let (status, headers, _) = nginx.get(path);
+        assert_eq!(status, 301, "{path}");
+        let location = header(&headers, "location").unwrap();
+        assert!(
+            location.starts_with('/') && !location.starts_with("//") && !location.contains('\\'),
+            "{path} -> {location}"
+        );
+    }
     assert_eq!(nginx.get("/docs/").2, b"docs index");
     assert_eq!(nginx.get("/docs/guide.html").2, b"guide");
     // Neither a file nor a directory with an index: 404, no redirect.

@@ -125,10 +125,30 @@ fn a_miss_renders_with_php_once_then_nginx_serves_from_memory() {
     assert_eq!(status, 404);
     assert!(String::from_utf8_lossy(&body).contains("nginx"), "{body:?}");
 
+    // With a disk root in the chain too, a miss still reaches PHP after the root missed.
+    let root = tempfile::tempdir().unwrap();
+    let with_root = Nginx::for_store(
+        &mc.addr(),
+        PREFIX,
+        &[
+            "--php-fpm",
+            &fpm,
+            "--php-script",
+            script.to_str().unwrap(),
+            "--root",
+            root.path().to_str().unwrap(),
+        ],
+    );
+    let before = runs();
+    let (status, headers, _) = with_root.get("/products/43.html");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-memfis-source"), Some("backend"));
+    assert_eq!(runs(), before + 1);
+
     // Invalidation is `rm` in the mount.
     std::fs::remove_file(mount.p("products/42.html")).unwrap();
     let (status, headers, _) = nginx.get("/products/42.html");
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-memfis-source"), Some("backend"));
-    assert_eq!(runs(), 3);
+    assert_eq!(runs(), 4);
 }
