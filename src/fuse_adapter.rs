@@ -578,9 +578,6 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         };
         for ((i, e), attr) in page.iter().zip(attrs) {
             let Some(attr) = attr else { continue }; // removed since opendir
-            if attr.kind == Kind::Dir && e.name != b"." && e.name != b".." {
-                self.moved.placed(e.ino, ino.0, &e.name);
-            }
             if reply.add(
                 INodeNo(e.ino),
                 *i as u64 + 1,
@@ -590,6 +587,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 Generation(0),
             ) {
                 break;
+            }
+            // Only what the kernel was actually given.
+            if attr.kind == Kind::Dir && e.name != b"." && e.name != b".." {
+                self.moved.placed(e.ino, ino.0, &e.name);
             }
         }
         reply.ok();

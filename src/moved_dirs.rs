@@ -59,6 +59,13 @@ impl MovedDirs {
             }
             match placed.get_mut(&ino) {
                 Some(at) if at.0 == parent && at.1 == name => return,
+                // Within one directory the kernel moves its entry without the locks that can
+                // fail: nothing to invalidate (and the lookup holds that directory's lock,
+                // which the invalidation would wait for).
+                Some(at) if at.0 == parent => {
+                    at.1 = name.to_vec();
+                    return;
+                }
                 Some(at) => std::mem::replace(at, (parent, name.to_vec())),
                 None => {
                     placed.insert(ino, (parent, name.to_vec()));

@@ -51,6 +51,11 @@ impl<S: Store> FencedStore<S> {
         let _ = self.identity.set((format_key, store_id));
     }
 
+    /// True once the store was found emptied or replaced: answers from caches must not stand.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+
     /// Marks the store gone; the first call logs it (one line per mount).
     pub(crate) fn mark_gone(&self) {
         if !self.gone.swap(true, Ordering::SeqCst) {

@@ -641,6 +641,9 @@ impl<S: Store> MemFs<S> {
         if let Some(of) = self.open_file(ino) {
             return Ok(Some(self.open_attr(ino, &lock(&of))));
         }
+        if self.store.is_gone() {
+            return Err(FsError::StoreGone);
+        }
         if let Some(mut attr) = self.meta.dir_attr(ino) {
             // Kept in step with this mount's own mkdir/rmdir/rename through its listing.
             if let Some(subdirs) = self.meta.subdirs(ino) {
@@ -671,7 +674,11 @@ impl<S: Store> MemFs<S> {
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
         if self.meta.known_absent(parent, name) {
-            return Err(FsError::NotFound);
+            // A cached listing of a store that is gone answers nothing.
+            return Err(match self.store.is_gone() {
+                true => FsError::StoreGone,
+                false => FsError::NotFound,
+            });
         }
         for _ in 0..CAS_RETRIES {
             let ino = self

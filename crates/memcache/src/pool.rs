@@ -66,6 +66,9 @@ impl ServerPool {
         // with EOF/reset before the server could run anything: dial once more.
         if matches!(results.first(), Some(Err(StoreError::Io { .. }))) {
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            // The retry runs on a new connection, perhaps to a server that restarted empty
+            // since another thread confirmed the store: count it, so it is confirmed again.
+            self.interruptions.fetch_add(1, Ordering::SeqCst);
             return match self.with_conn(|c| c.run_batch(cmds)) {
                 Ok(results) => results,
                 Err(e) => cmds.iter().map(|_| Err(e.clone())).collect(),
