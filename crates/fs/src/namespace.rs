@@ -572,6 +572,10 @@ impl<S: Store> MemFs<S> {
             if entry.taken_by.is_some() {
                 return Err(self.name_collision(newparent, newname));
             }
+            // A directory another mount removed: its intent could never be completed.
+            if self.dir_seq_value(newparent)?.is_none() {
+                return Err(FsError::NotFound);
+            }
             let path = join(&self.dir_path(newparent)?, newname);
             rec.links.push(Link::new(newparent, newname));
             self.check_record_size(&rec_key, rec.encode().len())?;

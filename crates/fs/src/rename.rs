@@ -67,6 +67,12 @@ impl<S: Store> MemFs<S> {
             let mut src = r.entry(&skey, name)?;
             let mut dst = r.entry(&dkey, newname)?;
             self.observe_generation(r.reply())?;
+            // The kernel may name a destination directory another mount removed: its intent
+            // could never be completed (its log is gone) and would hold the lock for good.
+            // Under the lock a live directory stays live, so one look suffices.
+            if newparent != parent && self.dir_seq_value(newparent)?.is_none() {
+                return Err(FsError::NotFound);
+            }
             for _ in 0..CAS_RETRIES {
                 let Some(mut intent) =
                     self.plan_rename(parent, name, newparent, newname, flags, &src, &dst)?
