@@ -65,15 +65,6 @@ fn read_all(fs: &MemFs<Arc<Hooked>>, ino: u64) -> Result<Vec<u8>, memfis_fs::FsE
     read
 }
 
-fn write_with(fs: &MemFs<Arc<Hooked>>, dir: u64, name: &str, bytes: &[u8]) -> u64 {
-    let (attr, fh) = fs
-        .create(dir, name.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
-        .unwrap();
-    fs.write(fh, 0, bytes, false).unwrap();
-    fs.release(fh).unwrap();
-    attr.ino
-}
-
 fn value(store: &Arc<MemoryStore>, key: &[u8]) -> Option<Vec<u8>> {
     store.get(key).unwrap().map(|i| i.value)
 }
@@ -139,7 +130,7 @@ fn a_chmod_after_another_mount_renamed_the_directory_moves_the_bytes() {
     let chmodder = hooked(&store, &keys, cached);
     let other = open(&store, &keys);
     let d = chmodder.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
-    let f = write_with(&chmodder, d, "f", b"hello");
+    let f = write(&chmodder, d, "f", b"hello");
     let none = RenameFlags::default();
     other.rename(ROOT_INO, b"d", ROOT_INO, b"e", none).unwrap();
     let private = SetAttr {
@@ -197,7 +188,7 @@ fn a_read_does_not_take_the_bytes_another_directory_brought_to_its_path() {
     let d = reader.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
     let e = other.mkdir(ROOT_INO, b"e", 0o755, 0, 0).unwrap().ino;
     // The reader knows d's path ("/d") from writing in it.
-    let x = write_with(&reader, d, "x", b"bytes of d/x");
+    let x = write(&reader, d, "x", b"bytes of d/x");
     write(&other, e, "x", b"the longer bytes of e/x");
     let fh = reader.open(x, libc::O_RDONLY).unwrap();
     let none = RenameFlags::default();

@@ -24,7 +24,12 @@ pub fn open(store: &Arc<MemoryStore>, keys: &KeyLayout) -> Fs {
 }
 
 /// Creates `name` in `parent` holding `bytes`; its inode number.
-pub fn write(fs: &Fs, parent: u64, name: &str, bytes: &[u8]) -> u64 {
+pub fn write<S: memfis_memcache::Store>(
+    fs: &MemFs<S>,
+    parent: u64,
+    name: &str,
+    bytes: &[u8],
+) -> u64 {
     let (attr, fh) = fs
         .create(parent, name.as_bytes(), 0o644, libc::O_WRONLY, 0, 0)
         .unwrap();
