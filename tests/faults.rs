@@ -288,7 +288,9 @@ fn an_outage_under_load_writes_a_few_log_lines_not_thousands() {
     let stopper = Stop(stop, workers);
     std::thread::sleep(Duration::from_millis(300));
     mc.pause();
-    std::thread::sleep(Duration::from_secs(3));
+    // Long enough that calls fail: one call may spend several 1 s timeouts (a retry on a new
+    // connection, the store's identity check after it) and still succeed once resumed.
+    std::thread::sleep(Duration::from_secs(6));
     mc.resume();
     std::thread::sleep(Duration::from_millis(1500));
     let after_pause = failures.load(Ordering::Relaxed);
