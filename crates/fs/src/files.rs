@@ -511,7 +511,9 @@ impl<S: Store> MemFs<S> {
         if of.unlinked || !of.is_dirty() {
             return Ok(Published::Done(Vec::new()));
         }
-        if of.chunked.is_some() {
+        // Chunks unchanged (only attributes pending): the record's size and chunks stay as
+        // stored, which another mount may have changed since this one wrote them.
+        if of.chunked.as_ref().is_some_and(|c| c.is_dirty()) {
             match self.publish_chunked(ino, of) {
                 Ok(Published::Unchunked) => {} // published below, as one item
                 Ok(other) => return Ok(other),
@@ -550,7 +552,10 @@ impl<S: Store> MemFs<S> {
             }
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);
-            if of.data.is_some() {
+            // Only bytes this publish writes give the record its size: a buffer published
+            // already may be older than what another mount published since (an attribute
+            // change riding with a writer's close must not take the file back to its size).
+            if of.data_dirty {
                 rec.size = data.len() as u64;
                 rec.chunk_size = None;
                 rec.chunk_gen = 0;
@@ -561,8 +566,10 @@ impl<S: Store> MemFs<S> {
             let old_keys = self.bytes_keys(ino, &of.record)?;
             let keys = self.bytes_keys(ino, &rec)?;
             if keys != old_keys && !of.data_dirty {
-                // A mode change that serves or withdraws the file: its bytes move with it.
+                // A mode change that serves or withdraws the file: its bytes move with it,
+                // as the store holds them now (a buffer published already may be older).
                 // (Loading may read the record again: work the round out afresh.)
+                of.reset_bytes();
                 if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
                     return Ok(Published::AfterNamespaceOp);
                 }
