@@ -606,22 +606,27 @@ impl<S: Store> MemFs<S> {
     /// handle opened before another mount published the file holds older bytes, and a dirty
     /// buffer is published to every name, the new one too, when it is flushed.) Called under
     /// the namespace lock, perhaps completing a gone mount's link: the directory-rename
-    /// count is read first, so the other name's path is current.
+    /// count is read first, so the other name's path is current. None when that name keeps
+    /// its bytes at `target` already (names of a private file share its private key).
     pub(crate) fn current_bytes_except(
         &self,
         ino: u64,
         rec: &Inode,
         except: &Link,
-    ) -> FsResult<Value> {
+        target: &[u8],
+    ) -> FsResult<Option<Value>> {
         let Some(link) = rec.links.iter().find(|l| *l != except) else {
-            return Ok(Value::default());
+            return Ok(Some(Value::default()));
         };
         let generation = self.keys.dir_generation();
         self.observe_generation(self.store.run(Command::Get(generation)))?;
         let key = self.bytes_key(ino, rec, link)?;
+        if key == target {
+            return Ok(None);
+        }
         match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
-            Some(item) => Ok(Arc::new(item.value)),
-            None if rec.size == 0 => Ok(Value::default()),
+            Some(item) => Ok(Some(Arc::new(item.value))),
+            None if rec.size == 0 => Ok(Some(Value::default())),
             None => Err(FsError::missing(&key)),
         }
     }
