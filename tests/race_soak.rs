@@ -324,7 +324,8 @@ fn walk(
                 Ok(bytes) => {
                     if bytes.len() as u64 != meta.size() {
                         problems.push(format!(
-                            "{path}: {SIZE_DIFFERS}: read {} bytes, stat says {}",
+                            "{path} (inode {}): {SIZE_DIFFERS}: read {} bytes, stat says {}",
+                            meta.ino(),
                             bytes.len(),
                             meta.size()
                         ));
@@ -459,9 +460,19 @@ fn three_mounts_racing_give_posix_answers_and_serve_exact_bytes() {
         tally.ops
     );
     let logs: Vec<String> = mounts.iter().map(|m| m.log_text()).collect();
+    if let Some(dir) = std::env::var_os("MEMFIS_RACE_LOGS") {
+        // Kept for a diagnosis (with MEMFIS_TEST_LOG=info,memfis_fs::store_trace=trace,
+        // every batch of every mount).
+        for (i, log) in logs.iter().enumerate() {
+            std::fs::write(Path::new(&dir).join(format!("mount{i}.log")), log).unwrap();
+        }
+    }
     drop(mounts);
     for (i, log) in logs.iter().enumerate() {
-        let warnings: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains(" INFO ") && !l.contains(" TRACE "))
+            .collect();
         eprintln!("mount {i}: {} log lines besides INFO", warnings.len());
         for (kind, n) in warning_kinds(&warnings) {
             eprintln!("  {n:>6} x {kind}");
