@@ -64,3 +64,39 @@ impl<S: Store + 'static> Session<S> {
         &self.fs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use memfis_fs::{FsConfig, KeyLayout, MemFs};
+    use memfis_memcache::Store;
+    use memfis_memcache::memory::MemoryStore;
+
+    use super::Session;
+
+    #[test]
+    fn the_heartbeat_lives_as_long_as_the_session() {
+        let store = Arc::new(MemoryStore::default());
+        let keys = KeyLayout::new("memfis://session").unwrap();
+        let session =
+            Session::start(MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap());
+        let alive = keys.alive(session.fs().mount_id());
+        assert!(
+            store.get(&alive).unwrap().is_some(),
+            "opening wrote the first beat"
+        );
+        let fs = Arc::downgrade(session.fs());
+        drop(session);
+        // The thread holds the filesystem until it ends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs.upgrade().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the heartbeat outlived its session"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
