@@ -6,8 +6,10 @@ use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
 use memfis_fs::check::{CheckOptions, Report, check_with};
 use memfis_memcache::Store;
+use memfis_tools::Session;
 
 use crate::cli::CheckArgs;
+use crate::store::{Notices, TOOL_CACHE_TTL};
 
 /// Exit status when problems were found (as fsck's "errors left uncorrected").
 pub const EXIT_PROBLEMS: i32 = 4;
@@ -17,7 +19,8 @@ pub const EXIT_REPAIRED: i32 = 1;
 pub fn run(args: CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
-    let client = crate::mount::connect(&args.store)?;
+    let client =
+        memfis_tools::session::connect(&crate::store::config(&args.store, TOOL_CACHE_TTL)?)?;
     let format = keys.format();
     if client
         .get(&format)
@@ -50,8 +53,12 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 
 fn repair(args: &CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
-    let fs = crate::mount::open_for_tool(&args.store)?;
-    let report = fs
+    let session = Session::open(
+        &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        &Notices,
+    )?;
+    let report = session
+        .fs()
         .repair_with(options(args))
         .with_context(|| format!("cannot repair the store under prefix {prefix:?}"))?;
     if args.json {

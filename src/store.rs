@@ -1,0 +1,44 @@
+//! The store options of the command line as the library takes them, and what opening a store
+//! says on stderr.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use memfis_tools::{Progress, StoreConfig};
+
+use crate::cli::StoreArgs;
+
+/// `args` with the cache TTL of the command (a mount's attribute TTL; 1 s for tools).
+pub fn config(args: &StoreArgs, cache_ttl: Duration) -> Result<StoreConfig> {
+    if !args.timeout.is_finite() || args.timeout <= 0.0 {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    Ok(StoreConfig {
+        servers: args.servers.clone(),
+        prefix: args.prefix(),
+        timeout: Duration::from_secs_f64(args.timeout),
+        allow_evictions: args.allow_evictions,
+        gzip: args.gzip,
+        cache_ttl,
+    })
+}
+
+/// The cache TTL of commands other than mount.
+pub const TOOL_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// What opening a store reports, on stderr.
+pub struct Notices;
+
+impl Progress for Notices {
+    fn new_tree(&self, prefix: &str, others: &[String]) {
+        eprintln!(
+            "memfis: no tree under prefix {prefix:?} on this store: making a new, empty one \
+             (trees already here: {})",
+            if others.is_empty() {
+                "none".to_string()
+            } else {
+                others.join(", ")
+            }
+        );
+    }
+}
