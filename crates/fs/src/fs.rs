@@ -47,6 +47,10 @@ pub struct FsConfig {
     /// Store text files gzip-compressed (`--gzip`, [`crate::data_codec`]); reads decompress
     /// either way.
     pub gzip: bool,
+    /// How old this mount's last liveness refresh may be for a thread holding the namespace
+    /// lock to go on sending (below the key's 10 s expiry, after which other mounts take the
+    /// lock over: `crate::lock_lease`).
+    pub stall_limit: Duration,
 }
 
 impl Default for FsConfig {
@@ -56,6 +60,7 @@ impl Default for FsConfig {
             item_size_max: None,
             lock_backoff: Duration::from_micros(200),
             gzip: false,
+            stall_limit: Duration::from_secs(8),
         }
     }
 }
@@ -138,7 +143,11 @@ impl<S: Store> MemFs<S> {
     /// empty store. Refuses a store whose format version this build does not know.
     pub fn new(store: S, keys: KeyLayout, cfg: FsConfig) -> FsResult<MemFs<S>> {
         let mut fs = MemFs {
-            store: FencedStore::new(store, DataCodec::new(&keys, cfg.gzip)),
+            store: FencedStore::with_lease_limit(
+                store,
+                DataCodec::new(&keys, cfg.gzip),
+                cfg.stall_limit,
+            ),
             keys,
             mount_id: random_id(),
             store_id: String::new(),

@@ -51,6 +51,7 @@ pub mod fs;
 pub mod intent;
 pub mod keys;
 pub mod listing;
+mod lock_lease;
 pub mod log_limit;
 mod meta_cache;
 pub mod namespace;
