@@ -763,7 +763,7 @@ impl<S: Store> MemFs<S> {
                 }
                 let mut set = set.clone();
                 let view = of.view();
-                set.mode = set.mode.or(setid_cleared(&view, &set));
+                set.mode = set.mode.or(set.setid_cleared(&view));
                 of.pending.apply(&set);
                 return Ok(self.open_attr(ino, &of));
             }
@@ -794,7 +794,7 @@ impl<S: Store> MemFs<S> {
         let plain = self.update_inode(ino, |rec| match Self::changes_visibility(rec, set) {
             true => Err(FsError::Contended),
             false => {
-                apply_setattr(rec, set);
+                set.apply_to(rec);
                 Ok(())
             }
         });
@@ -893,48 +893,6 @@ impl<S: Store> MemFs<S> {
             files_free: free.max(1_000_000),
         })
     }
-}
-
-/// chown of a non-directory drops the set-user-ID bit, and set-group-ID with group execute
-/// (chown(2) on Linux, for root too); so does truncating a file for a caller that may not keep
-/// them (`kill_suidgid`). `Some(new mode)` when `set` is such a change.
-fn setid_cleared(rec: &Inode, set: &SetAttr) -> Option<u32> {
-    let chown = set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
-    let truncate = set.size.is_some() && set.kill_suidgid;
-    if !(chown || truncate) || set.mode.is_some() || rec.kind == Kind::Dir {
-        return None;
-    }
-    let mut drop = libc::S_ISUID;
-    if rec.mode & libc::S_IXGRP != 0 {
-        drop |= libc::S_ISGID;
-    }
-    (rec.mode & drop != 0).then_some(rec.mode & !drop)
-}
-
-pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
-    if let Some(m) = setid_cleared(rec, set) {
-        rec.mode = m;
-    }
-    if let Some(m) = set.mode {
-        rec.mode = m & 0o7777;
-    }
-    if let Some(u) = set.uid {
-        rec.uid = u;
-    }
-    if let Some(g) = set.gid {
-        rec.gid = g;
-    }
-    if let Some(s) = set.size {
-        rec.size = s;
-        rec.mtime = Time::now();
-    }
-    if let Some(t) = set.atime {
-        rec.atime = t;
-    }
-    if let Some(t) = set.mtime {
-        rec.mtime = t;
-    }
-    rec.ctime = Time::now();
 }
 
 /// Runs a cleanup step up to a few times: a step that makes the store consistent again

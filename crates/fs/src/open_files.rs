@@ -51,23 +51,10 @@ impl Pending {
             && self.ctime.is_none()
     }
 
+    /// The changes over `rec`, with the ctime of the last one (not now: a publish later is no
+    /// change of its own).
     pub(crate) fn apply_to(&self, rec: &mut Inode) {
-        let p = &self.set;
-        if let Some(m) = p.mode {
-            rec.mode = m & 0o7777;
-        }
-        if let Some(u) = p.uid {
-            rec.uid = u;
-        }
-        if let Some(g) = p.gid {
-            rec.gid = g;
-        }
-        if let Some(t) = p.atime {
-            rec.atime = t;
-        }
-        if let Some(t) = p.mtime {
-            rec.mtime = t;
-        }
+        self.set.write_fields(rec);
         if let Some(t) = self.ctime {
             rec.ctime = t;
         }
