@@ -625,7 +625,7 @@ impl<S: Store> MemFs<S> {
     /// local filesystem; its record still lists the name it had.
     pub(crate) fn open_attr(&self, ino: u64, of: &OpenFile) -> Attr {
         let mut attr = self.attr_from(ino, &of.view(), None);
-        if of.unlinked {
+        if of.is_unlinked() {
             attr.nlink = 0;
         }
         attr
@@ -712,18 +712,18 @@ impl<S: Store> MemFs<S> {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.open_file(ino) {
-            if set.size.is_some() && lock(&of).writers > 0 {
+            if set.size.is_some() && lock(&of).has_writers() {
                 // Resized through the buffer below: its bytes loaded first, waiting out
                 // namespace operations with the open file unlocked.
                 drop(self.lock_loaded(ino, &of)?);
             }
             let mut of = lock(&of);
-            if of.writers > 0 && !of.unlinked && Self::withdraws_stored(&of.record, set) {
+            if of.has_writers() && !of.is_unlinked() && Self::withdraws_stored(of.record(), set) {
                 // A chmod that withdraws served bytes (of a file that still has a name) does
                 // not wait for the writer's close: it runs now, as without a writer. It
                 // supersedes any mode still pending (cleared first, so a publish meanwhile
                 // cannot serve the file again).
-                of.pending.set.mode = None;
+                of.drop_pending_mode();
                 drop(of);
                 let chmod = SetAttr {
                     mode: set.mode,
@@ -744,16 +744,16 @@ impl<S: Store> MemFs<S> {
                     false => self.setattr(ino, &rest),
                 };
             }
-            if of.writers > 0 {
+            if of.has_writers() {
                 // Published with the data at flush: keeps `cp -a` at a few round trips a file
                 // (a chmod that serves it too: its bytes go straight to the served key).
                 if let Some(size) = set.size {
                     self.ensure_loaded(ino, &mut of)?;
                     self.check_size(ino, size)?;
-                    if of.chunked.is_none() && size > self.item_limit() {
+                    if of.chunks().is_none() && size > self.item_limit() {
                         self.start_chunking(ino, &mut of)?;
                     }
-                    match of.chunked.as_mut() {
+                    match of.chunks_mut() {
                         Some(c) => {
                             self.resize_chunked(ino, c, size)?;
                             of.touch_mtime();
@@ -764,7 +764,7 @@ impl<S: Store> MemFs<S> {
                 let mut set = set.clone();
                 let view = of.view();
                 set.mode = set.mode.or(set.setid_cleared(&view));
-                of.pending.apply(&set);
+                of.buffer_attrs(&set);
                 return Ok(self.open_attr(ino, &of));
             }
         }
