@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{Command, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
@@ -17,6 +17,7 @@ use crate::fs::MemFs;
 use crate::intent::Intent;
 use crate::nslock::LockValue;
 use crate::open_files::OpenFile;
+use crate::publish_plan::{Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round};
 use crate::record::{Inode, Kind, Link};
 use crate::replies::{CasOutcome, Replies, cas_outcome, stored};
 use crate::sync::lock;
@@ -43,6 +44,25 @@ enum Tokens {
     RecordChanged,
     /// An operation that may move this file's bytes runs: publish once it is done.
     NamespaceBusy,
+}
+
+/// The replies to a publish round ([`MemFs::send_round`]), in the plan's order.
+struct RoundReplies {
+    /// Per planned write: stored, refused, or the store's error.
+    writes: Vec<FsResult<bool>>,
+    /// The record's `cas`.
+    record: FsResult<CasOutcome>,
+    /// The namespace lock, read after the writes.
+    lock: FsResult<Option<Item>>,
+    /// The directory-rename count, read after the writes.
+    generation: CmdResult,
+}
+
+/// How a publish round ended ([`MemFs::apply_round`]).
+enum RoundEnd {
+    Settled(Published),
+    /// Work a round out again (over a record read afresh).
+    Again,
 }
 
 /// What one load of a file's bytes found ([`MemFs::load_bytes`]).
@@ -529,161 +549,175 @@ impl<S: Store> MemFs<S> {
         outcome
     }
 
+    /// Publish rounds until one settles: each works out the record and the keys over the
+    /// record as stored ([`publish_plan`](crate::publish_plan)), sends them with a fence
+    /// ([`Self::send_round`]) and applies the replies ([`Self::apply_round`]).
     fn publish_rounds(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
-        let ikey = self.keys.inode(ino);
-        let mut data = of.buffer().cloned().unwrap_or_default();
         for _ in 0..crate::fs::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 return self.after_removed(of);
             }
-            // Only bytes this publish writes give the record its size (see
-            // `OpenFile::record_to_publish`).
             let rec = of.record_to_publish();
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
             let generation_before = self.meta.generation();
-            let old_keys = self.bytes_keys(ino, of.record())?;
-            let keys = self.bytes_keys(ino, &rec)?;
-            if keys != old_keys && !of.buffer_dirty() {
-                // A mode change that serves or withdraws the file: its bytes move with it,
-                // as the store holds them now (a buffer published already may be older).
-                // (Loading may read the record again: work the round out afresh.)
-                of.forget_bytes();
-                if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
-                    return Ok(Published::AfterNamespaceOp);
-                }
-                of.mark_buffer_dirty();
-                data = of.buffer().cloned().unwrap_or_default();
-                continue;
-            }
-            let data_was_dirty = of.buffer_dirty();
-            let keys = if data_was_dirty { keys } else { Vec::new() };
-            let private_key = self.keys.private_data(ino);
-            let served: Vec<Vec<u8>> = keys
-                .iter()
-                .filter(|k| **k != private_key)
-                .cloned()
-                .collect();
-            // A key this file's names already had needs its token; a new one (a mode change
-            // serving the file, `cp -a`'s 0600-then-0644) is expected absent and is written
-            // with `add`, which cannot replace anything.
-            // (So is one this publish wrote in an earlier round: it is no longer absent.)
-            let unknown = served.iter().any(|k| {
-                of.key_token(k).is_none() && (old_keys.contains(k) || of.written().contains(k))
-            });
-            if unknown {
-                match self.read_key_tokens(ino, of, &served)? {
-                    Tokens::Taken => {}
-                    // The record changed: work the round out again over it.
-                    Tokens::RecordChanged => continue,
-                    Tokens::NamespaceBusy => return Ok(Published::AfterNamespaceOp),
-                }
-            }
-            // Served keys only with their tokens (see `RecordVersion::key_tokens`). New tokens are
-            // not read back (that would read the bytes back): a later publish of this open
-            // file reads them first.
-            let mut batch: Vec<Command> = keys
-                .iter()
-                .map(|k| match of.key_token(k) {
-                    _ if *k == private_key => Command::store_shared(StoreOp::Set, k, data.clone()),
-                    Some(0) | None => Command::store_shared(StoreOp::Add, k, data.clone()),
-                    Some(token) => Command::cas_shared(k, data.clone(), token),
-                })
-                .collect();
-            let value = rec.encode();
-            self.check_record_size(&ikey, value.len())?;
-            batch.push(Command::cas(&ikey, &value, of.cas().unwrap_or(0)));
-            let fence = vec![
-                Command::Get(self.keys.ns_lock()),
-                Command::Get(self.keys.dir_generation()),
-            ];
-            let mut results = Replies::new(self.execute_in_order(batch, fence));
-            let mut failure = None;
-            // A served key refused: it changed since its token was read (another mount's
-            // rename gave it to another file, or this file's bytes were published there by
-            // another mount): not written.
-            let mut refused = false;
-            for (k, r) in keys.iter().zip(results.raw(keys.len())) {
-                match stored(k, r) {
-                    Ok(true) => {
-                        of.note_written(k);
-                        if *k == private_key {
-                            of.private_key_used();
-                        }
+            let keys = RoundKeys {
+                stored: self.bytes_keys(ino, of.record())?,
+                publish: self.bytes_keys(ino, &rec)?,
+                private: self.keys.private_data(ino),
+            };
+            match before_round(of, &keys) {
+                None => {}
+                Some(Before::MoveBytes) => {
+                    // A mode change that serves or withdraws the file: its bytes move with
+                    // it, as the store holds them now (a buffer published already may be
+                    // older). (Loading may read the record again: work the round out afresh.)
+                    of.forget_bytes();
+                    if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
+                        return Ok(Published::AfterNamespaceOp);
                     }
-                    Ok(false) => refused = true,
-                    Err(e) => failure = failure.or(Some(e)),
-                }
-            }
-            let cas_result = results.cas(&ikey);
-            let lock_result = results.value(&self.keys.ns_lock());
-            let generation = results.reply();
-            if let Some(e) = failure {
-                crate::limited_warn!(
-                    format!("publish: {}", e.kind()),
-                    "publishing file failed: inode {ino}: {e}"
-                );
-                self.after_failed_publish(ino, of);
-                return Err(e);
-            }
-            // A fence read that failed counts as a namespace operation: publish again once
-            // quiet (the cas may have gone through, and what it left must be settled).
-            let lock_held = lock_result.map_or(true, |v| v.is_some());
-            let moved = self.observe_generation(generation).is_err()
-                || self.meta.generation() != generation_before;
-            let cas_result = cas_result?;
-            if cas_result == CasOutcome::Stored {
-                // Where the bytes were and no longer are (the mode changed): those keys go
-                // like keys a rename took away, once no name holds bytes there.
-                let never_made = |k: &Vec<u8>| *k == private_key && of.private_key_unused();
-                let left: Vec<Vec<u8>> = old_keys
-                    .iter()
-                    .filter(|k| !keys.contains(k) && !never_made(k))
-                    .cloned()
-                    .collect();
-                for k in left {
-                    of.note_written(&k);
-                }
-            }
-            match cas_result {
-                CasOutcome::Stored if refused => {
-                    // The record took the new size but a name did not take the bytes: read
-                    // the tokens again and publish again.
-                    of.record_published(rec);
+                    of.mark_buffer_dirty();
                     continue;
                 }
-                CasOutcome::Stored => {
-                    if rec.chunk_size.is_none() {
-                        // It was in chunks until now: they go.
-                        self.delete_record_chunks(ino, of.record());
-                    }
-                    if data_was_dirty {
-                        self.activity.published(data.len());
-                    }
-                    of.record_published(rec);
-                    if (lock_held || moved) && data_was_dirty {
-                        // Publish the same bytes again at the names the operation left.
-                        return Ok(Published::AfterNamespaceOp);
-                    }
-                    of.mark_buffer_clean();
-                    let current = keys;
-                    let stale: Vec<Vec<u8>> = of
-                        .take_written()
-                        .into_iter()
-                        .filter(|k| !current.contains(k))
-                        .collect();
-                    return Ok(Published::Done(stale));
-                }
-                CasOutcome::Changed => {
-                    of.forget_version(); // re-read, merge our changes onto it, try again
-                    if lock_held {
-                        return Ok(Published::AfterNamespaceOp);
+                Some(Before::ReadTokens(served)) => {
+                    match self.read_key_tokens(ino, of, &served)? {
+                        Tokens::Taken => {}
+                        // The record changed: work the round out again over it.
+                        Tokens::RecordChanged => continue,
+                        Tokens::NamespaceBusy => return Ok(Published::AfterNamespaceOp),
                     }
                 }
-                CasOutcome::Gone => return self.after_removed(of),
+            }
+            let plan = plan_round(of, rec, &keys);
+            let replies = self.send_round(ino, &plan)?;
+            match self.apply_round(ino, of, plan, replies, generation_before)? {
+                RoundEnd::Settled(published) => return Ok(published),
+                RoundEnd::Again => {}
             }
         }
         Err(FsError::Contended)
+    }
+
+    /// Sends a round: the bytes to every key planned, the record's `cas`, then (after them
+    /// on the server) the namespace lock and the directory-rename count.
+    fn send_round(&self, ino: u64, plan: &PublishPlan) -> FsResult<RoundReplies> {
+        let ikey = self.keys.inode(ino);
+        let data = plan.bytes.clone().unwrap_or_default();
+        let mut batch: Vec<Command> = plan
+            .writes
+            .iter()
+            .map(|(k, write)| match write {
+                KeyWrite::Private => Command::store_shared(StoreOp::Set, k, data.clone()),
+                KeyWrite::Add => Command::store_shared(StoreOp::Add, k, data.clone()),
+                KeyWrite::Cas(token) => Command::cas_shared(k, data.clone(), *token),
+            })
+            .collect();
+        let value = plan.record.encode();
+        self.check_record_size(&ikey, value.len())?;
+        batch.push(Command::cas(&ikey, &value, plan.cas));
+        let fence = vec![
+            Command::Get(self.keys.ns_lock()),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        let mut results = Replies::new(self.execute_in_order(batch, fence));
+        let writes = plan.keys().map(|k| stored(k, results.reply())).collect();
+        Ok(RoundReplies {
+            writes,
+            record: results.cas(&ikey),
+            lock: results.value(&self.keys.ns_lock()),
+            generation: results.reply(),
+        })
+    }
+
+    /// Applies a round's replies to the open file: the keys written, the record stored (or
+    /// changed meanwhile, or gone), and whether a namespace operation ran meanwhile.
+    fn apply_round(
+        &self,
+        ino: u64,
+        of: &mut OpenFile,
+        plan: PublishPlan,
+        replies: RoundReplies,
+        generation_before: u64,
+    ) -> FsResult<RoundEnd> {
+        let PublishPlan {
+            bytes,
+            writes,
+            record,
+            left,
+            ..
+        } = plan;
+        let mut failure = None;
+        // A served key refused: it changed since its token was read (another mount's
+        // rename gave it to another file, or this file's bytes were published there by
+        // another mount): not written.
+        let mut refused = false;
+        for ((k, write), r) in writes.iter().zip(replies.writes) {
+            match r {
+                Ok(true) => {
+                    of.note_written(k);
+                    if *write == KeyWrite::Private {
+                        of.private_key_used();
+                    }
+                }
+                Ok(false) => refused = true,
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            crate::limited_warn!(
+                format!("publish: {}", e.kind()),
+                "publishing file failed: inode {ino}: {e}"
+            );
+            self.after_failed_publish(ino, of);
+            return Err(e);
+        }
+        // A fence read that failed counts as a namespace operation: publish again once
+        // quiet (the cas may have gone through, and what it left must be settled).
+        let lock_held = replies.lock.map_or(true, |v| v.is_some());
+        let moved = self.observe_generation(replies.generation).is_err()
+            || self.meta.generation() != generation_before;
+        match replies.record? {
+            CasOutcome::Stored => {
+                // Where the bytes were and no longer are (the mode changed): those keys go
+                // like keys a rename took away, once no name holds bytes there.
+                for k in &left {
+                    of.note_written(k);
+                }
+                if refused {
+                    // The record took the new size but a name did not take the bytes: read
+                    // the tokens again and publish again.
+                    of.record_published(record);
+                    return Ok(RoundEnd::Again);
+                }
+                if record.chunk_size.is_none() {
+                    // It was in chunks until now: they go.
+                    self.delete_record_chunks(ino, of.record());
+                }
+                if let Some(bytes) = &bytes {
+                    self.activity.published(bytes.len());
+                }
+                of.record_published(record);
+                if (lock_held || moved) && bytes.is_some() {
+                    // Publish the same bytes again at the names the operation left.
+                    return Ok(RoundEnd::Settled(Published::AfterNamespaceOp));
+                }
+                of.mark_buffer_clean();
+                let stale: Vec<Vec<u8>> = of
+                    .take_written()
+                    .into_iter()
+                    .filter(|k| !writes.iter().any(|(current, _)| current == k))
+                    .collect();
+                Ok(RoundEnd::Settled(Published::Done(stale)))
+            }
+            CasOutcome::Changed => {
+                of.forget_version(); // re-read, merge our changes onto it, try again
+                match lock_held {
+                    true => Ok(RoundEnd::Settled(Published::AfterNamespaceOp)),
+                    false => Ok(RoundEnd::Again),
+                }
+            }
+            CasOutcome::Gone => self.after_removed(of).map(RoundEnd::Settled),
+        }
     }
 
     /// Before a publish round: reads the record again if its cas token is unknown (another
