@@ -44,6 +44,8 @@ enum Tokens {
     RecordChanged,
     /// An operation that may move this file's bytes runs: publish once it is done.
     NamespaceBusy,
+    /// A directory was renamed since the paths were worked out: work them out again.
+    PathsMoved,
 }
 
 /// The replies to a publish round ([`MemFs::send_round`]), in the plan's order.
@@ -580,10 +582,10 @@ impl<S: Store> MemFs<S> {
                     continue;
                 }
                 Some(Before::ReadTokens(served)) => {
-                    match self.read_key_tokens(ino, of, &served)? {
+                    match self.read_key_tokens(ino, of, &served, generation_before)? {
                         Tokens::Taken => {}
-                        // The record changed: work the round out again over it.
-                        Tokens::RecordChanged => continue,
+                        // The record changed, or the paths: work the round out again.
+                        Tokens::RecordChanged | Tokens::PathsMoved => continue,
                         Tokens::NamespaceBusy => return Ok(Published::AfterNamespaceOp),
                     }
                 }
@@ -743,12 +745,24 @@ impl<S: Store> MemFs<S> {
     /// the records before it moves the bytes: in between, the record already names a key
     /// that still holds another file's bytes, which a cas on its token would replace.)
     /// An operation that finished after the keys were read wrote them, so their tokens no
-    /// longer match.
-    fn read_key_tokens(&self, ino: u64, of: &mut OpenFile, served: &[Vec<u8>]) -> FsResult<Tokens> {
+    /// longer match. A directory renamed since the paths were worked out (directory-rename
+    /// count `generation`) changes no record but the paths: keys at the old paths may hold
+    /// other files' bytes by now.
+    fn read_key_tokens(
+        &self,
+        ino: u64,
+        of: &mut OpenFile,
+        served: &[Vec<u8>],
+        generation: u64,
+    ) -> FsResult<Tokens> {
         let ikey = self.keys.inode(ino);
         let lock_key = self.keys.ns_lock();
         let reads: Vec<Command> = served.iter().map(|k| Command::Gets(k.clone())).collect();
-        let then = vec![Command::Gets(ikey.clone()), Command::Get(lock_key.clone())];
+        let then = vec![
+            Command::Gets(ikey.clone()),
+            Command::Get(lock_key.clone()),
+            Command::Get(self.keys.dir_generation()),
+        ];
         let mut r = Replies::new(self.execute_in_order(reads, then));
         let mut tokens = std::collections::HashMap::new();
         for k in served {
@@ -757,6 +771,7 @@ impl<S: Store> MemFs<S> {
         }
         let record = r.value(&ikey)?;
         let held = r.value(&lock_key)?;
+        self.observe_generation(r.reply())?;
         let Some(item) = record else {
             of.forget_version(); // removed: the next round finds it gone
             return Ok(Tokens::RecordChanged);
@@ -767,6 +782,9 @@ impl<S: Store> MemFs<S> {
         }
         if held.is_some_and(|lock| self.may_move_bytes_of(ino, &lock.value)) {
             return Ok(Tokens::NamespaceBusy);
+        }
+        if self.meta.generation() != generation {
+            return Ok(Tokens::PathsMoved); // (the path cache was dropped)
         }
         of.take_key_tokens(tokens);
         Ok(Tokens::Taken)

@@ -99,7 +99,7 @@ pub(crate) fn before_round(of: &OpenFile, keys: &RoundKeys) -> Option<Before> {
 /// [`before_round`] needs nothing.
 pub(crate) fn plan_round(of: &OpenFile, record: Inode, keys: &RoundKeys) -> PublishPlan {
     let written = written_keys(of, keys);
-    // Served keys only with their tokens (see `OpenFile::key_token`). New tokens are
+    // Served keys only with their tokens (see `RecordVersion::key_tokens`). New tokens are
     // not read back (that would read the bytes back): a later publish of this open
     // file reads them first.
     let writes = written
