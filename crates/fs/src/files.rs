@@ -242,6 +242,9 @@ impl<S: Store> MemFs<S> {
     /// between its bytes and its record's cas (one that died there, or one a moment from its
     /// cas: looked at twice); the record takes their size by `cas` on the version checked. A
     /// key holding nothing is damage: EIO naming path and key. A record gone is ENOENT.
+    ///
+    /// (Over 80 lines: each look is one batch whose replies decide together, and every
+    /// branch's comment explains a race; split, the pieces would pass the whole look along.)
     fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
         let ikey = self.keys.inode(ino);
         let lock_key = self.keys.ns_lock();
@@ -648,31 +651,17 @@ impl<S: Store> MemFs<S> {
             left,
             ..
         } = plan;
-        let mut failure = None;
-        // A served key refused: it changed since its token was read (another mount's
-        // rename gave it to another file, or this file's bytes were published there by
-        // another mount): not written.
-        let mut refused = false;
-        for ((k, write), r) in writes.iter().zip(replies.writes) {
-            match r {
-                Ok(true) => {
-                    of.note_written(k);
-                    if *write == KeyWrite::Private {
-                        of.private_key_used();
-                    }
-                }
-                Ok(false) => refused = true,
-                Err(e) => failure = failure.or(Some(e)),
+        let refused = match note_round_writes(of, &writes, replies.writes) {
+            Ok(refused) => refused,
+            Err(e) => {
+                crate::limited_warn!(
+                    format!("publish: {}", e.kind()),
+                    "publishing file failed: inode {ino}: {e}"
+                );
+                self.after_failed_publish(ino, of);
+                return Err(e);
             }
-        }
-        if let Some(e) = failure {
-            crate::limited_warn!(
-                format!("publish: {}", e.kind()),
-                "publishing file failed: inode {ino}: {e}"
-            );
-            self.after_failed_publish(ino, of);
-            return Err(e);
-        }
+        };
         // A fence read that failed counts as a namespace operation: publish again once
         // quiet (the cas may have gone through, and what it left must be settled).
         let lock_held = replies.lock.map_or(true, |v| v.is_some());
@@ -834,4 +823,30 @@ impl<S: Store> MemFs<S> {
             lock(&self.stale_keys).extend(keys);
         }
     }
+}
+
+/// Notes in the open file the keys a round's writes stored (every one, even when another
+/// failed). True when a served key was refused: it changed since its token was read (another
+/// mount's rename gave it to another file, or this file's bytes were published there by
+/// another mount): not written. The first store error, if any.
+fn note_round_writes(
+    of: &mut OpenFile,
+    writes: &[(Vec<u8>, KeyWrite)],
+    replies: Vec<FsResult<bool>>,
+) -> FsResult<bool> {
+    let mut failure = None;
+    let mut refused = false;
+    for ((k, write), r) in writes.iter().zip(replies) {
+        match r {
+            Ok(true) => {
+                of.note_written(k);
+                if *write == KeyWrite::Private {
+                    of.private_key_used();
+                }
+            }
+            Ok(false) => refused = true,
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    failure.map_or(Ok(refused), Err)
 }
