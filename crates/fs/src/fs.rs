@@ -634,7 +634,7 @@ impl<S: Store> MemFs<S> {
     /// local filesystem; its record still lists the name it had.
     pub(crate) fn open_attr(&self, ino: u64, of: &OpenFile) -> Attr {
         let mut attr = self.attr_from(ino, &of.view(), None);
-        if of.unlinked {
+        if of.is_unlinked() {
             attr.nlink = 0;
         }
         attr
@@ -721,18 +721,18 @@ impl<S: Store> MemFs<S> {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.open_file(ino) {
-            if set.size.is_some() && lock(&of).writers > 0 {
+            if set.size.is_some() && lock(&of).has_writers() {
                 // Resized through the buffer below: its bytes loaded first, waiting out
                 // namespace operations with the open file unlocked.
                 drop(self.lock_loaded(ino, &of)?);
             }
             let mut of = lock(&of);
-            if of.writers > 0 && !of.unlinked && Self::withdraws_stored(&of.record, set) {
+            if of.has_writers() && !of.is_unlinked() && Self::withdraws_stored(of.record(), set) {
                 // A chmod that withdraws served bytes (of a file that still has a name) does
                 // not wait for the writer's close: it runs now, as without a writer. It
                 // supersedes any mode still pending (cleared first, so a publish meanwhile
                 // cannot serve the file again).
-                of.pending.set.mode = None;
+                of.drop_pending_mode();
                 drop(of);
                 let chmod = SetAttr {
                     mode: set.mode,
@@ -753,16 +753,16 @@ impl<S: Store> MemFs<S> {
                     false => self.setattr(ino, &rest),
                 };
             }
-            if of.writers > 0 {
+            if of.has_writers() {
                 // Published with the data at flush: keeps `cp -a` at a few round trips a file
                 // (a chmod that serves it too: its bytes go straight to the served key).
                 if let Some(size) = set.size {
                     self.ensure_loaded(ino, &mut of)?;
                     self.check_size(ino, size)?;
-                    if of.chunked.is_none() && size > self.item_limit() {
+                    if of.chunks().is_none() && size > self.item_limit() {
                         self.start_chunking(ino, &mut of)?;
                     }
-                    match of.chunked.as_mut() {
+                    match of.chunks_mut() {
                         Some(c) => {
                             self.resize_chunked(ino, c, size)?;
                             of.touch_mtime();
@@ -772,8 +772,8 @@ impl<S: Store> MemFs<S> {
                 }
                 let mut set = set.clone();
                 let view = of.view();
-                set.mode = set.mode.or(setid_cleared(&view, &set));
-                of.pending.apply(&set);
+                set.mode = set.mode.or(set.setid_cleared(&view));
+                of.buffer_attrs(&set);
                 return Ok(self.open_attr(ino, &of));
             }
         }
@@ -803,7 +803,7 @@ impl<S: Store> MemFs<S> {
         let plain = self.update_inode(ino, |rec| match Self::changes_visibility(rec, set) {
             true => Err(FsError::Contended),
             false => {
-                apply_setattr(rec, set);
+                set.apply_to(rec);
                 Ok(())
             }
         });
@@ -902,48 +902,6 @@ impl<S: Store> MemFs<S> {
             files_free: free.max(1_000_000),
         })
     }
-}
-
-/// chown of a non-directory drops the set-user-ID bit, and set-group-ID with group execute
-/// (chown(2) on Linux, for root too); so does truncating a file for a caller that may not keep
-/// them (`kill_suidgid`). `Some(new mode)` when `set` is such a change.
-fn setid_cleared(rec: &Inode, set: &SetAttr) -> Option<u32> {
-    let chown = set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
-    let truncate = set.size.is_some() && set.kill_suidgid;
-    if !(chown || truncate) || set.mode.is_some() || rec.kind == Kind::Dir {
-        return None;
-    }
-    let mut drop = libc::S_ISUID;
-    if rec.mode & libc::S_IXGRP != 0 {
-        drop |= libc::S_ISGID;
-    }
-    (rec.mode & drop != 0).then_some(rec.mode & !drop)
-}
-
-pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
-    if let Some(m) = setid_cleared(rec, set) {
-        rec.mode = m;
-    }
-    if let Some(m) = set.mode {
-        rec.mode = m & 0o7777;
-    }
-    if let Some(u) = set.uid {
-        rec.uid = u;
-    }
-    if let Some(g) = set.gid {
-        rec.gid = g;
-    }
-    if let Some(s) = set.size {
-        rec.size = s;
-        rec.mtime = Time::now();
-    }
-    if let Some(t) = set.atime {
-        rec.atime = t;
-    }
-    if let Some(t) = set.mtime {
-        rec.mtime = t;
-    }
-    rec.ctime = Time::now();
 }
 
 /// Runs a cleanup step up to a few times: a step that makes the store consistent again

@@ -58,6 +58,7 @@ pub mod namespace;
 pub mod nslock;
 mod open_files;
 mod placement;
+mod publish_plan;
 pub mod record;
 pub mod rename;
 pub mod repair;

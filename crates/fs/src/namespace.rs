@@ -34,7 +34,7 @@ pub(crate) struct NewNode {
     pub cas: u64,
     /// Where a file's bytes live (`KeyLayout::file_bytes`, at its path when created).
     pub data_key: Vec<u8>,
-    /// The cas token of a served `data_key` as created (`OpenFile::key_tokens`).
+    /// The cas token of a served `data_key` as created (`RecordVersion::key_tokens`).
     pub data_token: Option<u64>,
 }
 
@@ -122,7 +122,7 @@ impl<S: Store> MemFs<S> {
         if !own_first {
             batch.extend(own_keys.iter().cloned());
         }
-        // A served file's key token, read after the record's (see `OpenFile::key_tokens`).
+        // A served file's key token, read after the record's (see `RecordVersion::key_tokens`).
         let served = rec.kind == Kind::File && !own_keys.is_empty();
         if served {
             batch.push(Command::Gets(data_key.clone()));
@@ -738,7 +738,7 @@ impl<S: Store> MemFs<S> {
             self.note_dir_touched(parent, now);
             if last_link {
                 if let Some(of) = self.open_file(ino) {
-                    lock(&of).unlinked = true;
+                    lock(&of).mark_unlinked();
                 }
                 self.delete_record_chunks(ino, &rec);
             } else {
@@ -762,9 +762,7 @@ impl<S: Store> MemFs<S> {
     /// Keeps an open file of this mount in step with a name removed from its record.
     fn adopt_removed_link(&self, ino: u64, link: &Link) {
         if let Some(of) = self.open_file(ino) {
-            let mut of = lock(&of);
-            of.record.remove_link(link);
-            of.cas = None;
+            lock(&of).lose_link(link);
         }
     }
 
@@ -888,7 +886,7 @@ impl<S: Store> MemFs<S> {
         }
         self.meta.forget_removed_dir(ino);
         if let Some(of) = self.open_file(ino) {
-            lock(&of).unlinked = true;
+            lock(&of).mark_unlinked();
         }
         Ok(())
     }
