@@ -2,7 +2,7 @@
 //! JSON, with fsck's exit codes (0 clean, 1 problems repaired, 4 problems left, 8 the store
 //! could not be checked).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use memfis_fs::KeyLayout;
 use memfis_fs::check::{CheckOptions, Report, check_with};
 use memfis_memcache::Store;
@@ -11,6 +11,8 @@ use crate::cli::CheckArgs;
 
 /// Exit status when problems were found (as fsck's "errors left uncorrected").
 pub const EXIT_PROBLEMS: i32 = 4;
+/// Exit status when the store could not be checked (fsck's "operational error").
+pub const EXIT_NO_CHECK: i32 = 8;
 /// Exit status when problems were repaired and none is left (fsck's "errors corrected").
 pub const EXIT_REPAIRED: i32 = 1;
 
@@ -25,11 +27,25 @@ pub fn run(args: CheckArgs) -> Result<i32> {
         .is_none()
     {
         // A mistyped prefix, or a store emptied by a restart: nothing to check (fsck's 8).
-        bail!(
+        let trees = memfis_fs::fs::listed_prefixes(&client).unwrap_or_default();
+        let message = format!(
             "no memfis tree under prefix {prefix:?} (no format record at {}): a mistyped \
-             prefix, or a store emptied since (memcached restarted)",
-            String::from_utf8_lossy(&format)
+             prefix, or a store emptied since (memcached restarted). Trees on this store: {}",
+            String::from_utf8_lossy(&format),
+            memfis_fs::error::list_or_none(&trees)
         );
+        if args.json {
+            let answer = serde_json::json!({
+                "prefix": prefix,
+                "tree": false,
+                "error": message,
+                "trees": trees,
+            });
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        } else {
+            eprintln!("memfis: {message}");
+        }
+        return Ok(EXIT_NO_CHECK);
     }
     if args.repair {
         return repair(&args);
@@ -50,7 +66,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 
 fn repair(args: &CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
-    let fs = crate::mount::open_for_tool(&args.store)?;
+    let fs = crate::mount::open_for_tool(&args.store, crate::mount::Create::No)?;
     let report = fs
         .repair_with(options(args))
         .with_context(|| format!("cannot repair the store under prefix {prefix:?}"))?;

@@ -229,6 +229,7 @@ pub struct StoreArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     memfis mount /srv/www --server 127.0.0.1:11211 --prefix memfis://www.example.com\n  \
+    memfis mount /srv/www --create --prefix memfis://new.example.com   # a new, empty tree\n  \
     memfis mount /srv/www -f -o allow_other,server=10.0.0.1:11211,server=10.0.0.2:11211\n  \
     umount /srv/www\n\n\
     As mount(8) helper (fstab):\n  \
@@ -242,8 +243,12 @@ pub struct MountArgs {
     /// Stay in the foreground (logs go to stderr).
     #[arg(short, long)]
     pub foreground: bool,
+    /// Make a new, empty tree if the prefix has none (`-o create`). Without it a prefix with
+    /// no tree is refused (a mistyped prefix), naming the trees the store holds.
+    #[arg(long)]
+    pub create: bool,
     /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
-    /// noexec, nonempty, gzip, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    /// noexec, nonempty, gzip, create, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Seconds the kernel caches entries and attributes.

@@ -32,7 +32,7 @@ struct Exporter {
 
 pub fn run(args: ExportArgs) -> Result<i32> {
     crate::malloc::limit_caching();
-    let fs = crate::mount::open_for_tool(&args.store)?;
+    let fs = crate::mount::open_for_tool(&args.store, crate::mount::Create::No)?;
     let started = Instant::now();
     let mut ino = ROOT_INO;
     for part in args.from.split('/').filter(|p| !p.is_empty()) {

@@ -152,7 +152,13 @@ pub fn run(args: LoadArgs) -> Result<i32> {
     if !meta.is_dir() {
         bail!("{} is not a directory", src.display());
     }
-    let fs = crate::mount::open_for_tool(&args.store)?;
+    // Loading into a new prefix makes its tree (and says so); a dry run changes nothing.
+    let create = if args.dry_run {
+        crate::mount::Create::No
+    } else {
+        crate::mount::Create::ByIntent
+    };
+    let fs = crate::mount::open_for_tool(&args.store, create)?;
     let started = Instant::now();
     let (files, bytes) = source_totals(&src);
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.dry_run {

@@ -57,6 +57,7 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
             ("fsname", Some(v)) => fsname = Some(v.to_string()),
             ("nonempty", None) => nonempty = true,
             ("gzip", None) => args.store.gzip = true,
+            ("create", None) => args.create = true,
             ("server", Some(v)) => servers_from_options.push(v.to_string()),
             ("prefix", Some(v)) => args.store.prefix = Some(v.to_string()),
             ("attr_ttl", Some(v)) => {
@@ -100,8 +101,24 @@ pub fn connect(store: &StoreArgs) -> Result<Arc<Client>> {
     Ok(Arc::new(Client::new(&cfg).map_err(anyhow::Error::msg)?))
 }
 
+/// Whether opening a prefix with no tree makes one, and who asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Refuse a prefix with no tree, naming the trees there and the flag that creates.
+    No,
+    /// `mount --create`, `-o create`: make it, saying so.
+    Asked,
+    /// `memfis load`, `memfis up`: making a tree is what they are for; say so.
+    ByIntent,
+}
+
 /// Connects to the store and opens the filesystem: every check that can fail before mounting.
-pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Client>>> {
+/// A prefix with no tree is refused unless `create` says otherwise (nothing is written then).
+pub fn open_store(
+    store: &StoreArgs,
+    cache_ttl: Duration,
+    create: Create,
+) -> Result<MemFs<Arc<Client>>> {
     let prefix = store.prefix();
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
     let client = connect(store)?;
@@ -115,21 +132,29 @@ pub fn open_store(store: &StoreArgs, cache_ttl: Duration) -> Result<MemFs<Arc<Cl
         gzip: store.gzip,
         ..FsConfig::default()
     };
-    if client.get(&keys.format())?.is_none() {
-        // A mistyped prefix would otherwise start an empty tree without a word.
+    let format = keys.format();
+    let missing = client
+        .get(&format)
+        .with_context(|| format!("cannot read the store under prefix {prefix:?}"))?
+        .is_none();
+    if missing && create != Create::No {
+        // Said every time, so a mistyped prefix is seen at once.
         let trees = memfis_fs::fs::listed_prefixes(&client).unwrap_or_default();
         eprintln!(
             "memfis: no tree under prefix {prefix:?} on this store: making a new, empty one \
              (trees already here: {})",
-            if trees.is_empty() {
-                "none".to_string()
-            } else {
-                trees.join(", ")
-            }
+            memfis_fs::error::list_or_none(&trees)
         );
     }
-    MemFs::new(client, keys, fs_cfg)
-        .with_context(|| format!("cannot open the memfis store under prefix {prefix:?}"))
+    match MemFs::open_tree(client, keys, fs_cfg, create != Create::No) {
+        Err(e @ memfis_fs::FsError::NoTree { .. }) => bail!(
+            "{e}. Check the prefix (--prefix, MEMFIS_PREFIX, -o prefix=), or pass --create \
+             (-o create) to make a new, empty tree under it"
+        ),
+        other => {
+            other.with_context(|| format!("cannot open the memfis store under prefix {prefix:?}"))
+        }
+    }
 }
 
 /// Refuses servers that evict items when full (memcached's default): an evicted inode record
@@ -168,6 +193,14 @@ fn guard_against_evictions(client: &Client, allowed: bool) -> Result<()> {
     Ok(())
 }
 
+fn create_of(args: &MountArgs) -> Create {
+    if args.create {
+        Create::Asked
+    } else {
+        Create::No
+    }
+}
+
 pub fn run(mut args: MountArgs) -> Result<()> {
     let options = parse_options(&mut args)?;
     fuse_mount::refuse_unusable(&args.mountpoint, options.nonempty)?;
@@ -180,7 +213,7 @@ pub fn run(mut args: MountArgs) -> Result<()> {
     let log_file = args.log_file.as_deref().map(LogFile::open).transpose()?;
     // Check the store before detaching so errors reach the terminal; then start afresh in
     // the child (no sockets or threads cross the fork).
-    drop(open_store(&args.store, ttl)?);
+    drop(open_store(&args.store, ttl, create_of(&args))?);
     if args.foreground {
         match &log_file {
             Some(file) => logging::init_daemon(Some(file)),
@@ -230,7 +263,8 @@ fn serve(
     ready: Option<OwnedFd>,
 ) -> Result<()> {
     let mounted = (|| -> Result<_> {
-        let fs = Arc::new(open_store(&args.store, ttl)?);
+        // Created (if asked) by the check before detaching; the daemon opens what is there.
+        let fs = Arc::new(open_store(&args.store, ttl, Create::No)?);
         let client = fs.store().clone();
         spawn_heartbeat(fs.clone());
         if let Some(addr) = args.metrics {
@@ -332,8 +366,8 @@ fn spawn_readiness(
 
 /// Opens the store for a tool that works without FUSE (load, export, repair), as a mount of
 /// its own with its heartbeat running (a long run must not let its liveness key expire).
-pub fn open_for_tool(store: &StoreArgs) -> Result<Arc<MemFs<Arc<Client>>>> {
-    let fs = Arc::new(open_store(store, Duration::from_secs(1))?);
+pub fn open_for_tool(store: &StoreArgs, create: Create) -> Result<Arc<MemFs<Arc<Client>>>> {
+    let fs = Arc::new(open_store(store, Duration::from_secs(1), create)?);
     spawn_heartbeat(fs.clone());
     Ok(fs)
 }

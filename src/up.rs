@@ -304,6 +304,8 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
     cmd.arg("mount")
         .arg(&mountpoint)
         .arg("--foreground")
+        // `memfis up` makes its tree on purpose (a new store, or a prefix of its own).
+        .arg("--create")
         .args(store_flags(args, &servers, &prefix));
     cmd.stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
