@@ -178,7 +178,9 @@ pub struct NginxConfigArgs {
     /// [default: from the prefix, e.g. www_example_com].
     #[arg(long)]
     pub name: Option<String>,
-    /// Another extension of script files (never served as bytes; php always is); repeatable.
+    /// Another extension of scripts, run by --php-fpm (refused without it), never served as
+    /// bytes; repeatable. php always is one; phtml, pht, php3-php8, phar, phps and inc are
+    /// refused (403) unless named here.
     #[arg(long = "script-ext", value_delimiter = ',')]
     pub script_exts: Vec<String>,
     /// A file of the server's own `add_header` lines (HSTS, CSP, ...), included in every

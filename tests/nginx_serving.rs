@@ -162,17 +162,41 @@ fn hidden_paths_and_script_sources_are_never_served() {
         ("config.php", secret),
         ("lib/Tool.PHP", secret),
         ("page.phtml", secret),
+        ("Page.PHTML", secret),
+        ("old.php3", secret),
+        ("v5.php5", secret),
+        ("v7.Php7", secret),
+        ("v8.php8", secret),
+        ("tpl.pht", secret),
+        ("app.phar", secret),
+        ("show.phps", secret),
+        ("lib/db.inc", secret),
+        ("lib/Db.INC", secret),
+        ("notes.inc.html", b"fine"),
+        ("php5.txt", b"fine"),
         (".env", b"DB_PASSWORD=hunter2"),
         (".git/config", b"[core] hunter2"),
         ("app/.htpasswd", b"admin:hunter2"),
         (".well-known/security.txt", b"Contact: ops@example.com"),
         ("index.html", b"home"),
     ];
-    let (_mc, _mount, nginx) = serve_store(files, &["--script-ext", "phtml"]);
+    // No --script-ext: the common PHP source extensions are refused by default, in any case.
+    let (_mc, _mount, nginx) = serve_store(files, &[]);
     for path in [
         "/config.php",
         "/lib/Tool.PHP",
         "/page.phtml",
+        "/Page.PHTML",
+        "/old.php3",
+        "/v5.php5",
+        "/v7.Php7",
+        "/v8.php8",
+        "/tpl.pht",
+        "/app.phar",
+        "/show.phps",
+        "/lib/db.inc",
+        "/lib/Db.INC",
+        "/lib/db%2einc",
         "/.env",
         "/.git/config",
         "/app/.htpasswd",
@@ -192,6 +216,11 @@ fn hidden_paths_and_script_sources_are_never_served() {
         (200, &b"Contact: ops@example.com"[..])
     );
     assert_eq!(nginx.get("/index.html").0, 200);
+    // Only the extension counts.
+    for path in ["/notes.inc.html", "/php5.txt"] {
+        let (status, _, body) = nginx.get(path);
+        assert_eq!((status, body.as_slice()), (200, &b"fine"[..]), "{path}");
+    }
 }
 
 #[test]
