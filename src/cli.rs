@@ -133,7 +133,18 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example: memfis up ./site --port 8080   # then open http://127.0.0.1:8080/"
+    mut_arg("servers", |a| a
+        .hide_default_value(true)
+        .help("memcached to use (HOST:PORT or unix:/path, repeatable) instead of starting one")),
+    after_help = "Everything it starts is chosen here: memcached (its socket, port, memory and \
+                  item size; none with --server), the mount (--mountpoint, --prefix), nginx \
+                  (--port; none with --no-nginx) and the PHP backend nginx falls back to \
+                  (--php-fpm; memfis up starts no php-fpm). It deletes its runtime directory \
+                  when it stops, never a --mountpoint or --memcached-socket directory of yours.\n\n\
+                  Examples:\n  memfis up ./site --port 8080   # then open http://127.0.0.1:8080/\n  \
+                  memfis up ./site --memcached-port 11311 --memcached-memory 512 --prefix memfis://dev\n  \
+                  memfis up ./site --mountpoint /srv/dev --no-nginx\n  \
+                  memfis up ./site --php-fpm unix:/run/php/php8.2-fpm.sock"
 )]
 pub struct UpArgs {
     /// Directory copied into the store (and served from disk if the store misses).
@@ -146,6 +157,33 @@ pub struct UpArgs {
     /// Where the mount, configs and logs live [default: /run/memfis-up as root].
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
+    /// Mount here (an empty directory) instead of RUNTIME_DIR/mnt; left in place when it stops.
+    #[arg(long)]
+    pub mountpoint: Option<PathBuf>,
+    /// The unix socket of the memcached it starts [default: RUNTIME_DIR/memcached.sock]; must
+    /// not exist yet.
+    #[arg(long, conflicts_with_all = ["servers", "memcached_port"])]
+    pub memcached_socket: Option<PathBuf>,
+    /// Start memcached on this loopback TCP port instead of a unix socket.
+    #[arg(long, conflicts_with = "servers")]
+    pub memcached_port: Option<u16>,
+    /// Memory of the memcached it starts, in MB (-m) [default: 4x the site, at least 256].
+    #[arg(long, value_name = "MB", conflicts_with = "servers")]
+    pub memcached_memory: Option<u64>,
+    /// Largest item of the memcached it starts, in MB (-I): the largest file nginx serves
+    /// [default: above the site's largest file, at least 8].
+    #[arg(long, value_name = "MB", conflicts_with = "servers")]
+    pub memcached_item_size: Option<u64>,
+    /// Start no nginx: only memcached (unless --server), the mount and the load.
+    #[arg(long, conflicts_with_all = ["php_fpm", "port"])]
+    pub no_nginx: bool,
+    /// php-fpm address (HOST:PORT or unix:/path) nginx passes what nothing else answers to
+    /// (memfis up starts none).
+    #[arg(long)]
+    pub php_fpm: Option<String>,
+    /// PHP front controller run for those requests [default: SITE/index.php].
+    #[arg(long, requires = "php_fpm")]
+    pub php_script: Option<String>,
 }
 
 #[derive(Debug, Args)]
