@@ -17,6 +17,7 @@ mod nginx_config;
 mod proc_mounts;
 mod signals;
 mod stats;
+mod store;
 mod up;
 
 use clap::Parser;

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fuser::{Config, MountOption, SessionACL};
-use memfis_fs::{FsConfig, KeyLayout, MemFs};
-use memfis_memcache::{Client, ClientConfig, Store};
+use memfis_tools::{IfNoTree, Session, StoreConfig, session};
 use nix::unistd::{ForkResult, fork, pipe, setsid};
 use sd_notify::NotifyState;
 
-use crate::cli::{MountArgs, StoreArgs};
+use crate::cli::MountArgs;
 use crate::fuse_adapter::FuseFs;
 use crate::fuse_mount::{self, MountSpec};
 use crate::logging::{self, LogFile};
 use crate::signals;
+use crate::store::Notices;
 
 /// Mount options after parsing `-o`.
 struct Options {
@@ -90,116 +90,19 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
     })
 }
 
-/// A client for the servers of `store` (connections are made on first use).
-pub fn connect(store: &StoreArgs) -> Result<Arc<Client>> {
-    if !store.timeout.is_finite() || store.timeout <= 0.0 {
-        bail!("--timeout must be a positive number of seconds");
-    }
-    let mut cfg = ClientConfig::new(store.servers.clone());
-    cfg.connect_timeout = Duration::from_secs_f64(store.timeout);
-    cfg.io_timeout = Duration::from_secs_f64(store.timeout);
-    Ok(Arc::new(Client::new(&cfg).map_err(anyhow::Error::msg)?))
-}
-
-/// Whether opening a prefix with no tree makes one, and who asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Create {
-    /// Refuse a prefix with no tree, naming the trees there and the flag that creates.
-    No,
-    /// `mount --create`, `-o create`: make it, saying so.
-    Asked,
-    /// `memfis load`, `memfis up`: making a tree is what they are for; say so.
-    ByIntent,
-}
-
-/// Connects to the store and opens the filesystem: every check that can fail before mounting.
-/// A prefix with no tree is refused unless `create` says otherwise (nothing is written then).
-pub fn open_store(
-    store: &StoreArgs,
-    cache_ttl: Duration,
-    create: Create,
-) -> Result<MemFs<Arc<Client>>> {
-    let prefix = store.prefix();
-    let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
-    let client = connect(store)?;
-    for (server, version) in client.versions() {
-        version.with_context(|| format!("cannot reach memcached at {server}"))?;
-    }
-    guard_against_evictions(&client, store.allow_evictions)?;
-    let fs_cfg = FsConfig {
-        cache_ttl,
-        item_size_max: client.item_size_max(),
-        gzip: store.gzip,
-        ..FsConfig::default()
-    };
-    let format = keys.format();
-    let missing = client
-        .get(&format)
-        .with_context(|| format!("cannot read the store under prefix {prefix:?}"))?
-        .is_none();
-    if missing && create != Create::No {
-        // Said every time, so a mistyped prefix is seen at once.
-        let trees = memfis_fs::fs::listed_prefixes(&client).unwrap_or_default();
-        eprintln!(
-            "memfis: no tree under prefix {prefix:?} on this store: making a new, empty one \
-             (trees already here: {})",
-            memfis_fs::error::list_or_none(&trees)
-        );
-    }
-    match MemFs::open_tree(client, keys, fs_cfg, create != Create::No) {
-        Err(e @ memfis_fs::FsError::NoTree { .. }) => bail!(
-            "{e}. Check the prefix (--prefix, MEMFIS_PREFIX, -o prefix=), or pass --create \
-             (-o create) to make a new, empty tree under it"
-        ),
-        other => {
-            other.with_context(|| format!("cannot open the memfis store under prefix {prefix:?}"))
-        }
-    }
-}
-
-/// Refuses servers that evict items when full (memcached's default): an evicted inode record
-/// or log chunk silently breaks the tree. Through twemproxy `stats` does not pass: warn.
-fn guard_against_evictions(client: &Client, allowed: bool) -> Result<()> {
-    for (server, settings) in client.stats(Some("settings")) {
-        let evictions = match settings {
-            Ok(stats) => stats
-                .iter()
-                .find(|(k, _)| k == "evictions")
-                .map(|(_, v)| v.clone()),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot read `stats settings` of {server} ({e}; through twemproxy it does not \
-                     pass): make sure every memcached behind it runs with -M"
-                );
-                continue;
-            }
-        };
-        if evictions.as_deref() == Some("on") {
-            if allowed {
-                tracing::warn!(
-                    "{server} evicts items when full (started without -M): an evicted record \
-                     breaks the tree; accepted by --allow-evictions"
-                );
-            } else {
-                bail!(
-                    "memcached at {server} evicts items when it is full (it runs without -M), \
-                     which would silently lose files and directories. Restart it with -M (and -m \
-                     large enough for the tree, -I at least the largest file), or pass \
-                     --allow-evictions to accept the risk"
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-fn create_of(args: &MountArgs) -> Create {
+/// What the mount does with a prefix that has no tree: makes it only with `--create`
+/// (`-o create`).
+fn if_no_tree(args: &MountArgs) -> IfNoTree {
     if args.create {
-        Create::Asked
+        IfNoTree::Create
     } else {
-        Create::No
+        IfNoTree::Refuse
     }
 }
+
+/// A refusal of a prefix with no tree, with what to do about it.
+const NO_TREE_ADVICE: &str = "Check the prefix (--prefix, MEMFIS_PREFIX, -o prefix=), or pass \
+                              --create (-o create) to make a new, empty tree under it";
 
 pub fn run(mut args: MountArgs) -> Result<()> {
     let options = parse_options(&mut args)?;
@@ -213,13 +116,17 @@ pub fn run(mut args: MountArgs) -> Result<()> {
     let log_file = args.log_file.as_deref().map(LogFile::open).transpose()?;
     // Check the store before detaching so errors reach the terminal; then start afresh in
     // the child (no sockets or threads cross the fork).
-    drop(open_store(&args.store, ttl, create_of(&args))?);
+    let store = crate::store::config(&args.store, ttl)?;
+    drop(
+        session::open_fs(&store, if_no_tree(&args), &Notices)
+            .map_err(|e| crate::store::explain_no_tree(e, NO_TREE_ADVICE))?,
+    );
     if args.foreground {
         match &log_file {
             Some(file) => logging::init_daemon(Some(file)),
             None => logging::init_stderr(),
         }
-        return serve(&args, &options, ttl, log_file, None);
+        return serve(&args, &options, &store, log_file, None);
     }
     if let Some(warning) = logging::unheard_daemon_logs(log_file.as_ref()) {
         eprintln!("memfis: warning: {warning}");
@@ -244,7 +151,7 @@ pub fn run(mut args: MountArgs) -> Result<()> {
             setsid().ok();
             std::env::set_current_dir("/").ok();
             logging::init_daemon(log_file.as_ref());
-            let result = serve(&args, &options, ttl, log_file, Some(write_end));
+            let result = serve(&args, &options, &store, log_file, Some(write_end));
             if let Err(e) = &result {
                 tracing::error!("{e:#}");
             }
@@ -258,15 +165,16 @@ pub fn run(mut args: MountArgs) -> Result<()> {
 fn serve(
     args: &MountArgs,
     options: &Options,
-    ttl: Duration,
+    store: &StoreConfig,
     log_file: Option<LogFile>,
     ready: Option<OwnedFd>,
 ) -> Result<()> {
     let mounted = (|| -> Result<_> {
         // Created (if asked) by the check before detaching; the daemon opens what is there.
-        let fs = Arc::new(open_store(&args.store, ttl, Create::No)?);
+        let session = Session::open(store, IfNoTree::Refuse, &Notices)
+            .map_err(|e| crate::store::explain_no_tree(e, NO_TREE_ADVICE))?;
+        let fs = session.fs().clone();
         let client = fs.store().clone();
-        spawn_heartbeat(fs.clone());
         if let Some(addr) = args.metrics {
             crate::metrics::serve(addr, fs.clone())?;
         }
@@ -284,12 +192,13 @@ fn serve(
             acl: options.acl,
         };
         let moved = Arc::new(crate::moved_dirs::MovedDirs::new());
-        let fuse_fs = FuseFs::new(fs, ttl, moved.clone());
-        let (session, unmounter) = fuse_mount::mount(fuse_fs, &spec, config)?;
-        moved.set_notifier(session.notifier());
-        Ok((session, unmounter, client))
+        let fuse_fs = FuseFs::new(fs, store.cache_ttl, moved.clone());
+        let (fuse, unmounter) = fuse_mount::mount(fuse_fs, &spec, config)?;
+        moved.set_notifier(fuse.notifier());
+        // The session (its heartbeat) lives until the FUSE session ends.
+        Ok((session, fuse, unmounter, client))
     })();
-    let (session, unmounter, client) = match mounted {
+    let (_session, fuse, unmounter, client) = match mounted {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -324,7 +233,7 @@ fn serve(
         args.mountpoint.display(),
         args.store.prefix()
     );
-    session.run().context("FUSE session")?;
+    fuse.run().context("FUSE session")?;
     memfis_fs::log_limit::global().flush();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let (trips, commands) = client.counters();
@@ -360,40 +269,6 @@ fn spawn_readiness(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .unmount();
-        }
-    });
-}
-
-/// Opens the store for a tool that works without FUSE (load, export, repair), as a mount of
-/// its own with its heartbeat running (a long run must not let its liveness key expire).
-pub fn open_for_tool(store: &StoreArgs, create: Create) -> Result<Arc<MemFs<Arc<Client>>>> {
-    let fs = Arc::new(open_store(store, Duration::from_secs(1), create)?);
-    spawn_heartbeat(fs.clone());
-    Ok(fs)
-}
-
-/// Keeps this mount's liveness key fresh and notices a store emptied under it. Its own
-/// warning is written once per outage (then "reachable again"), not through the limiter.
-fn spawn_heartbeat(fs: Arc<MemFs<Arc<Client>>>) {
-    std::thread::spawn(move || {
-        let mut failing = false;
-        loop {
-            std::thread::sleep(Duration::from_secs(2));
-            // Counts of repeated warnings left out (an outage that ended) are written now.
-            memfis_fs::log_limit::global().flush();
-            match fs.heartbeat() {
-                Ok(()) if failing => {
-                    tracing::info!("store reachable again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(memfis_fs::FsError::StoreGone) => {}
-                Err(e) if !failing => {
-                    tracing::warn!("heartbeat: {e}");
-                    failing = true;
-                }
-                Err(_) => {}
-            }
         }
     });
 }

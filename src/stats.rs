@@ -1,189 +1,24 @@
-//! `memfis stats [--json]`: each server (reachable, version, evictions, item size limit, memory,
-//! items, evictions, hit rate) and the tree under the prefix (files, directories, bytes, inodes,
-//! format, store id). Exit 1 when a server or the tree cannot be read.
+//! `memfis stats [--json]`: the figures `memfis_tools::stats` gathers, rendered for people or
+//! as JSON. Exit 1 when a server or the tree cannot be read.
 
 use anyhow::Result;
 use memfis_fs::KeyLayout;
-use memfis_fs::record::FormatRecord;
-use memfis_memcache::{Client, Store, StoreError};
-use serde::Serialize;
+use memfis_tools::stats::Stats;
 
 use crate::cli::StatsArgs;
-
-#[derive(Debug, Serialize)]
-struct ServerStats {
-    server: String,
-    reachable: bool,
-    /// Why the server could not be read (unreachable, or `stats` not passed through).
-    error: Option<String>,
-    version: Option<String>,
-    /// `Some(true)`: the server evicts items when full (memcached without `-M`).
-    evictions_on: Option<bool>,
-    item_size_max: Option<u64>,
-    bytes_used: Option<u64>,
-    bytes_limit: Option<u64>,
-    items: Option<u64>,
-    evictions: Option<u64>,
-    get_hits: Option<u64>,
-    get_misses: Option<u64>,
-    /// Hits over gets since the server started, 0 to 1.
-    get_hit_rate: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct TreeStats {
-    prefix: String,
-    format_version: Option<u32>,
-    store_id: Option<String>,
-    directories: u64,
-    files: u64,
-    symlinks: u64,
-    /// FIFOs, sockets and device nodes.
-    specials: u64,
-    bytes: u64,
-    /// Names of files nginx does not serve: others may not read them.
-    private_names: u64,
-    /// Names of files nginx cannot serve: the data key would pass 250 bytes.
-    long_names: u64,
-    /// Files larger than one item, in chunks (not served).
-    chunked_files: u64,
-    /// The live-inode counter of the store (`statfs` reports it as files in use).
-    inodes: Option<u64>,
-    /// Problems one scan met (operations in flight included): run `memfis check`.
-    problems: usize,
-    error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct Stats {
-    servers: Vec<ServerStats>,
-    tree: TreeStats,
-    /// Prefixes of every tree formatted on this store.
-    trees: Vec<String>,
-}
+use crate::store::TOOL_CACHE_TTL;
 
 pub fn run(args: StatsArgs) -> Result<i32> {
-    let client = crate::mount::connect(&args.store)?;
-    let prefix = args.store.prefix();
-    let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
-    let stats = Stats {
-        servers: server_stats(&client),
-        tree: tree_stats(&client, &keys),
-        trees: memfis_fs::fs::listed_prefixes(&client).unwrap_or_default(),
-    };
+    let client =
+        memfis_tools::session::connect(&crate::store::config(&args.store, TOOL_CACHE_TTL)?)?;
+    let keys = KeyLayout::new(&args.store.prefix()).map_err(anyhow::Error::msg)?;
+    let stats = memfis_tools::stats::gather(&client, &keys);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
         print!("{}", render(&stats));
     }
-    let healthy = stats.servers.iter().all(|s| s.reachable) && stats.tree.error.is_none();
-    Ok(if healthy { 0 } else { 1 })
-}
-
-fn server_stats(client: &Client) -> Vec<ServerStats> {
-    let general = client.stats(None);
-    let settings = client.stats(Some("settings"));
-    let versions = client.versions();
-    let mut out = Vec::new();
-    for (((server, general), (_, settings)), (_, version)) in
-        general.into_iter().zip(settings).zip(versions)
-    {
-        let reachable = version.is_ok();
-        let error = match (&version, &general) {
-            (Err(e), _) => Some(e.to_string()),
-            (Ok(_), Err(e)) => Some(format!("no stats ({e}); twemproxy does not pass them")),
-            _ => None,
-        };
-        let stat = |stats: &Result<Vec<(String, String)>, StoreError>, name: &str| {
-            stats
-                .as_ref()
-                .ok()?
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let number = |stats, name| stat(stats, name).and_then(|v| v.parse::<u64>().ok());
-        let (hits, misses) = (number(&general, "get_hits"), number(&general, "get_misses"));
-        out.push(ServerStats {
-            server,
-            reachable,
-            error,
-            version: version.ok(),
-            evictions_on: stat(&settings, "evictions").map(|v| v == "on"),
-            item_size_max: number(&settings, "item_size_max"),
-            bytes_used: number(&general, "bytes"),
-            bytes_limit: number(&general, "limit_maxbytes"),
-            items: number(&general, "curr_items"),
-            evictions: number(&general, "evictions"),
-            get_hits: hits,
-            get_misses: misses,
-            get_hit_rate: match (hits, misses) {
-                (Some(h), Some(m)) if h + m > 0 => Some(h as f64 / (h + m) as f64),
-                _ => None,
-            },
-        });
-    }
-    out
-}
-
-fn tree_stats(client: &Client, keys: &KeyLayout) -> TreeStats {
-    let mut tree = TreeStats {
-        prefix: keys.prefix().to_string(),
-        format_version: None,
-        store_id: None,
-        directories: 0,
-        files: 0,
-        symlinks: 0,
-        specials: 0,
-        bytes: 0,
-        private_names: 0,
-        long_names: 0,
-        chunked_files: 0,
-        inodes: None,
-        problems: 0,
-        error: None,
-    };
-    let format_key = keys.format();
-    match client.get(&format_key) {
-        Ok(Some(item)) => {
-            if let Ok(rec) = serde_json::from_slice::<FormatRecord>(&item.value) {
-                tree.format_version = Some(rec.version);
-                tree.store_id = Some(rec.store_id);
-            }
-        }
-        Ok(None) => {
-            tree.error = Some(
-                "no memfis tree under this prefix (no format record): check the prefix; \
-                 `memfis load` or `memfis mount --create` makes one"
-                    .into(),
-            );
-            return tree;
-        }
-        Err(e) => {
-            tree.error = Some(format!("cannot read the format record: {e}"));
-            return tree;
-        }
-    }
-    tree.inodes = client
-        .get(&keys.inode_count())
-        .ok()
-        .flatten()
-        .and_then(|i| String::from_utf8_lossy(&i.value).trim().parse().ok());
-    match memfis_fs::check::scan(client, keys) {
-        Ok(report) => {
-            tree.directories = report.directories;
-            tree.files = report.files;
-            tree.symlinks = report.symlinks;
-            tree.specials = report.specials;
-            tree.bytes = report.bytes;
-            tree.private_names = report.private_names;
-            tree.long_names = report.long_names;
-            tree.chunked_files = report.chunked_files;
-            tree.problems = report.problems.len();
-        }
-        Err(e) => tree.error = Some(e.to_string()),
-    }
-    tree
+    Ok(if stats.healthy() { 0 } else { 1 })
 }
 
 /// Bytes for people: 1023 B, 1.5 KiB, 12.0 MiB.

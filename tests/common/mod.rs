@@ -293,7 +293,11 @@ impl Mount {
             cmd.args(["--server", s]);
         }
         cmd.args(extra)
-            .env("MEMFIS_LOG", "info")
+            // MEMFIS_TEST_LOG: another filter for a diagnosis, e.g. the store trace.
+            .env(
+                "MEMFIS_LOG",
+                std::env::var("MEMFIS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().unwrap();

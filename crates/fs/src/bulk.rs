@@ -4,12 +4,14 @@
 //! for many names at once. Batch 1, the creates: each file's record `add`ed empty, its entry
 //! and its empty data key `add`ed; one log append (`incr` by the count) lists them all; the
 //! directory's mtime and the inode count; the lock and the directory-rename count read last,
-//! as a create's fence. Batch 2, the publishes: every data key `set` to its bytes and every
-//! record `cas`ed to its size, the fence read again. About 6 commands a file instead of ~15,
-//! and two round trips for the lot. A crash between the two leaves empty files, as a crash
-//! between a create and its publish does. A name taken meanwhile is undone alone (EEXIST);
-//! after a namespace operation that ran during a batch, the affected files are waited out and
-//! published again the one-file way, at the names the operation left.
+//! as a create's fence. Batch 2, the publishes: every data key given its bytes (a served key
+//! by `cas` on the token batch 1 read) and every record `cas`ed to its size, the fence read
+//! again. About 7 commands a file (6 for a file others may not read) instead of ~15, and two
+//! round trips for the lot (plus the reservations of inode numbers, one per 64). A crash
+//! between the two leaves empty files, as a crash between a create and its publish does. A
+//! name taken meanwhile is undone alone (EEXIST); after a namespace operation that ran during
+//! a batch, the affected files are waited out and published again the one-file way, at the
+//! names the operation left.
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
@@ -235,8 +237,14 @@ impl<S: Store> MemFs<S> {
             .iter()
             .map(|(p, _)| (Op::Add, Kind::File, p.ino, p.name.as_slice()))
             .collect();
+        // (A directory removed meanwhile: the files' keys are left for `memfis check
+        // --repair`, as after any failed load of them; the load reports the error.)
         let path_now = self
             .settle_create_fence(fence, parent, &la, &relog)
+            .and_then(|settled| match settled {
+                crate::namespace::Settled::Done => Ok(()),
+                crate::namespace::Settled::DirRemoved => Err(FsError::NotFound),
+            })
             .and_then(|()| retried(|| self.dir_path(parent)));
         let path_now = match path_now {
             Ok(p) => p,

@@ -178,6 +178,12 @@ impl FsError {
         }
     }
 
+    /// Damage in the store (a key missing or holding what it must not) that no retry
+    /// mends: only `memfis check --repair` does.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, FsError::Missing { .. } | FsError::Corrupt { .. })
+    }
+
     /// Errors worth a log line (the store misbehaved), as opposed to ordinary answers.
     pub fn is_fault(&self) -> bool {
         // A gone store was logged once, by the heartbeat that found it.

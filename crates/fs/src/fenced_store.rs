@@ -104,6 +104,7 @@ impl<S: Store> Store for FencedStore<S> {
             return all_failed(batch.len(), e);
         }
         let len = batch.len();
+        let traced = crate::store_trace::enabled().then(|| batch.clone());
         // Only reads of data keys may come back compressed: their keys are kept for the
         // replies, nothing is copied for the rest of the batch.
         let reads: Vec<Option<Vec<u8>>> = batch.iter().map(|c| self.codec.read_key(c)).collect();
@@ -117,14 +118,18 @@ impl<S: Store> Store for FencedStore<S> {
         {
             return all_failed(len, e);
         }
-        reads
+        let results: Vec<CmdResult> = reads
             .iter()
             .zip(results)
             .map(|(read, r)| match read {
                 Some(key) => self.codec.decode(key, r),
                 None => r,
             })
-            .collect()
+            .collect();
+        if let Some(batch) = traced {
+            crate::store_trace::log(&batch, &results);
+        }
+        results
     }
 
     fn capacity(&self) -> Option<Capacity> {

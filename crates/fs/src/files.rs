@@ -34,6 +34,18 @@ pub(crate) enum Published {
     Unchunked,
 }
 
+/// What a read of the tokens of a file's data keys found ([`MemFs::read_key_tokens`]).
+enum Tokens {
+    /// The keys hold this file's bytes: their tokens are kept.
+    Taken,
+    /// The record changed (or went): the newer one is taken, the round worked out again.
+    RecordChanged,
+    /// An operation that may move this file's bytes runs: publish once it is done.
+    NamespaceBusy,
+    /// A directory was renamed since the paths were worked out: work them out again.
+    PathsMoved,
+}
+
 /// What one load of a file's bytes found ([`MemFs::load_bytes`]).
 pub(crate) enum Load {
     Loaded,
@@ -511,7 +523,9 @@ impl<S: Store> MemFs<S> {
         if of.unlinked || !of.is_dirty() {
             return Ok(Published::Done(Vec::new()));
         }
-        if of.chunked.is_some() {
+        // Chunks unchanged (only attributes pending): the record's size and chunks stay as
+        // stored, which another mount may have changed since this one wrote them.
+        if of.chunked.as_ref().is_some_and(|c| c.is_dirty()) {
             match self.publish_chunked(ino, of) {
                 Ok(Published::Unchunked) => {} // published below, as one item
                 Ok(other) => return Ok(other),
@@ -550,7 +564,10 @@ impl<S: Store> MemFs<S> {
             }
             let mut rec = of.record.clone();
             of.pending.apply_to(&mut rec);
-            if of.data.is_some() {
+            // Only bytes this publish writes give the record its size: a buffer published
+            // already may be older than what another mount published since (an attribute
+            // change riding with a writer's close must not take the file back to its size).
+            if of.data_dirty {
                 rec.size = data.len() as u64;
                 rec.chunk_size = None;
                 rec.chunk_gen = 0;
@@ -561,8 +578,10 @@ impl<S: Store> MemFs<S> {
             let old_keys = self.bytes_keys(ino, &of.record)?;
             let keys = self.bytes_keys(ino, &rec)?;
             if keys != old_keys && !of.data_dirty {
-                // A mode change that serves or withdraws the file: its bytes move with it.
+                // A mode change that serves or withdraws the file: its bytes move with it,
+                // as the store holds them now (a buffer published already may be older).
                 // (Loading may read the record again: work the round out afresh.)
+                of.reset_bytes();
                 if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
                     return Ok(Published::AfterNamespaceOp);
                 }
@@ -585,8 +604,13 @@ impl<S: Store> MemFs<S> {
             let unknown = served.iter().any(|k| {
                 of.key_token(k).is_none() && (old_keys.contains(k) || of.written.contains(k))
             });
-            if unknown && !self.read_key_tokens(ino, of, &served)? {
-                continue; // the record changed: work the round out again over it
+            if unknown {
+                match self.read_key_tokens(ino, of, &served, generation_before)? {
+                    Tokens::Taken => {}
+                    // The record changed, or the paths: work the round out again.
+                    Tokens::RecordChanged | Tokens::PathsMoved => continue,
+                    Tokens::NamespaceBusy => return Ok(Published::AfterNamespaceOp),
+                }
             }
             // Served keys only with their tokens (see `OpenFile::key_tokens`). New tokens are
             // not read back (that would read the bytes back): a later publish of this open
@@ -721,33 +745,59 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    /// Reads the tokens of `served` (data keys of the file's names) and the record in one
-    /// batch, keys first: if the record is still the version held, no name moved before the
-    /// keys were read, so the tokens are this file's (true). Otherwise the newer record is
-    /// taken (false) and the caller works the publish out again over it.
-    fn read_key_tokens(&self, ino: u64, of: &mut OpenFile, served: &[Vec<u8>]) -> FsResult<bool> {
+    /// Reads the tokens of `served` (data keys of the file's names), then the record and the
+    /// namespace lock: if the record is still the version held, no name moved before the keys
+    /// were read; if besides no operation that may move this file's bytes runs, the keys
+    /// hold this file's bytes, so the tokens are this file's. (A rename or exchange changes
+    /// the records before it moves the bytes: in between, the record already names a key
+    /// that still holds another file's bytes, which a cas on its token would replace.)
+    /// An operation that finished after the keys were read wrote them, so their tokens no
+    /// longer match. A directory renamed since the paths were worked out (directory-rename
+    /// count `generation`) changes no record but the paths: keys at the old paths may hold
+    /// other files' bytes by now.
+    fn read_key_tokens(
+        &self,
+        ino: u64,
+        of: &mut OpenFile,
+        served: &[Vec<u8>],
+        generation: u64,
+    ) -> FsResult<Tokens> {
         let ikey = self.keys.inode(ino);
+        let lock_key = self.keys.ns_lock();
         let reads: Vec<Command> = served.iter().map(|k| Command::Gets(k.clone())).collect();
-        let then = vec![Command::Gets(ikey.clone())];
+        let then = vec![
+            Command::Gets(ikey.clone()),
+            Command::Get(lock_key.clone()),
+            Command::Get(self.keys.dir_generation()),
+        ];
         let mut r = Replies::new(self.execute_in_order(reads, then));
         let mut tokens = std::collections::HashMap::new();
         for k in served {
             let token = r.value(k)?.map_or(0, |item| item.cas.unwrap_or(0));
             tokens.insert(k.clone(), token);
         }
-        let Some(item) = r.value(&ikey)? else {
+        let record = r.value(&ikey)?;
+        let held = r.value(&lock_key)?;
+        self.observe_generation(r.reply())?;
+        let Some(item) = record else {
             of.cas = None; // removed: the next round finds it gone
-            return Ok(false);
+            return Ok(Tokens::RecordChanged);
         };
-        if item.cas.is_some() && item.cas == of.cas {
-            of.set_key_tokens(tokens, of.cas);
-            return Ok(true);
+        if item.cas.is_none() || item.cas != of.cas {
+            of.record = Inode::decode(&ikey, &item.value)?;
+            of.cas = item.cas;
+            of.private_key_unused = false;
+            of.set_key_tokens(Default::default(), None);
+            return Ok(Tokens::RecordChanged);
         }
-        of.record = Inode::decode(&ikey, &item.value)?;
-        of.cas = item.cas;
-        of.private_key_unused = false;
-        of.set_key_tokens(Default::default(), None);
-        Ok(false)
+        if held.is_some_and(|lock| self.may_move_bytes_of(ino, &lock.value)) {
+            return Ok(Tokens::NamespaceBusy);
+        }
+        if self.meta.generation() != generation {
+            return Ok(Tokens::PathsMoved); // (the path cache was dropped)
+        }
+        of.set_key_tokens(tokens, of.cas);
+        Ok(Tokens::Taken)
     }
 
     /// The file was removed by another mount while open here: take back the bytes this

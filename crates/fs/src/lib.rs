@@ -33,6 +33,7 @@
 //!
 //! Values in and out: [`attr`] (attributes, changes, entries, statfs), [`error`].
 //! Warnings that repeat (a store outage fails every call alike) go through [`log_limit`].
+//! `store_trace` logs every store batch and its replies when enabled, for diagnosing races.
 
 mod activity;
 pub mod attr;
@@ -61,6 +62,7 @@ pub mod rename;
 pub mod repair;
 mod replies;
 mod roll_forward;
+mod store_trace;
 mod sync;
 pub mod xattr;
 

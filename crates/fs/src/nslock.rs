@@ -84,6 +84,18 @@ impl<S: Store> MemFs<S> {
                 .store_intent(&mut guard)
                 .and_then(|()| self.complete(&intent))
             {
+                if e.is_damage() {
+                    // No retry mends it: kept, the lock would stop every namespace operation
+                    // of every mount for good.
+                    error!(error = %e, ?intent, "cannot complete the operation: the store is damaged there; releasing the namespace lock so that other operations go on (run `memfis check --repair`)");
+                    let mut orphaned = lock(&self.orphaned);
+                    if orphaned.as_ref() == Some(&intent) {
+                        *orphaned = None; // (the heartbeat was completing it)
+                    }
+                    drop(orphaned);
+                    self.release_ns_lock(&guard.owner);
+                    return result;
+                }
                 // Keep the lock: this mount's next operation (or another mount, once this one
                 // is gone) completes the intent.
                 error!(error = %e, ?intent, "cannot complete the operation now; this mount keeps the lock to retry");
@@ -296,7 +308,13 @@ impl<S: Store> MemFs<S> {
         };
         if let Some(intent) = &intent {
             info!(owner = %held.owner, ?intent, "completing an unfinished operation");
-            self.complete(intent)?;
+            match self.complete(intent) {
+                // As in `with_ns_lock`: damage no retry mends does not keep the lock.
+                Err(e) if e.is_damage() => {
+                    error!(error = %e, ?intent, "cannot complete another mount's operation: the store is damaged there; releasing the namespace lock (run `memfis check --repair`)")
+                }
+                other => other?,
+            }
         }
         if !mine_left_over {
             let what = match &intent {

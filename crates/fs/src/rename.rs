@@ -20,7 +20,7 @@ use crate::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
 
 /// Files whose bytes are copied per pipelined batch while moving a directory.
-const MOVE_BATCH: usize = 64;
+pub const MOVE_BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RenameFlags {

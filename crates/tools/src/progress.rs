@@ -1,0 +1,41 @@
+//! How a command reports while it works. The library calls these; the binary renders them (a
+//! progress bar, lines on stderr, nothing). Final figures come back as each command's summary.
+
+use std::path::Path;
+
+/// Every method defaults to saying nothing.
+pub trait Progress: Sync {
+    /// The prefix holds no tree: opening it makes a new, empty one (asked for with
+    /// [`crate::IfNoTree::Create`]). `others` are the prefixes of the trees already on the
+    /// store (so a mistyped prefix is seen at once).
+    fn new_tree(&self, _prefix: &str, _others: &[String]) {}
+
+    /// A path the command could not handle (`path: why`); it goes on with the rest.
+    fn error(&self, _line: &str) {}
+
+    /// Bytes of source files dealt with (written, unchanged or given up), for a progress bar.
+    fn advanced(&self, _bytes: u64) {}
+
+    /// A change a dry run would make.
+    fn would(&self, _change: &Would) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {}
+
+/// A change `load --dry-run` would make, by the source path it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Would<'a> {
+    /// Write a file's bytes.
+    Write(&'a Path),
+    /// Make a FIFO, socket or device node.
+    Make(&'a Path),
+    /// Make a symlink to the target.
+    Symlink(&'a Path, &'a Path),
+    /// Make a hard link.
+    Link(&'a Path),
+    /// Remove a name (a directory with everything below it).
+    Remove(&'a Path),
+}
