@@ -109,12 +109,20 @@ pub struct MemFs<S: Store> {
 pub fn listed_prefixes<S: Store>(store: &S) -> FsResult<Vec<String>> {
     let key = PREFIX_REGISTRY_KEY;
     let item = store.get(key).map_err(|e| FsError::store(key, e))?;
-    Ok(item
-        .map(|i| String::from_utf8_lossy(&i.value).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect())
+    Ok(parse_prefix_list(
+        item.as_ref().map_or(&[][..], |i| &i.value[..]),
+    ))
+}
+
+/// The prefixes of the registry's value, one a line, each once (in the order first listed).
+fn parse_prefix_list(value: &[u8]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(value).lines() {
+        if !line.is_empty() && !out.iter().any(|p| p == line) {
+            out.push(line.to_string());
+        }
+    }
+    out
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
@@ -139,9 +147,17 @@ pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl<S: Store> MemFs<S> {
-    /// Opens the filesystem under `keys`, creating the format record and root directory on an
-    /// empty store. Refuses a store whose format version this build does not know.
+    /// Opens the filesystem under `keys`, creating the format record and root directory when
+    /// the prefix has no tree yet. Refuses a store whose format version this build does not know.
     pub fn new(store: S, keys: KeyLayout, cfg: FsConfig) -> FsResult<MemFs<S>> {
+        MemFs::open_tree(store, keys, cfg, true)
+    }
+
+    /// Opens the filesystem under `keys`. A prefix with no tree is made only when `create` is
+    /// true; otherwise it is refused with [`FsError::NoTree`], having written nothing to the
+    /// store. A new prefix is listed in the store-wide registry before anything is written
+    /// under it, so two nesting prefixes created at once cannot both succeed.
+    pub fn open_tree(store: S, keys: KeyLayout, cfg: FsConfig, create: bool) -> FsResult<MemFs<S>> {
         let mut fs = MemFs {
             store: FencedStore::with_lease_limit(
                 store,
@@ -163,12 +179,28 @@ impl<S: Store> MemFs<S> {
             activity: Default::default(),
             cfg,
         };
-        // Refuse a nesting prefix before formatting writes anything under it.
+        // Refuse a nesting prefix before anything is written under it.
         fs.refuse_nesting_prefix()?;
-        fs.store_id = fs.check_or_create_format()?;
+        fs.store_id = match fs.read_format()? {
+            Some(id) => {
+                // A tree made before the registry existed is listed now.
+                fs.register_prefix()?;
+                id
+            }
+            None if !create => {
+                return Err(FsError::NoTree {
+                    prefix: fs.keys.prefix().to_string(),
+                    trees: fs.listed_prefixes()?,
+                });
+            }
+            None => {
+                // Listed first (refusing a nesting prefix listed meanwhile), then formatted.
+                fs.register_prefix()?;
+                fs.create_format()?
+            }
+        };
         fs.store
             .watch_identity(fs.keys.format(), fs.store_id.clone());
-        fs.register_prefix()?;
         fs.heartbeat()?;
         // A mount that died mid-operation left its intent in the lock: finish it now.
         fs.wait_quiet()?;
@@ -188,17 +220,25 @@ impl<S: Store> MemFs<S> {
         &self.mount_id
     }
 
-    /// Reads the format record, or formats an empty store. Returns the store id.
-    fn check_or_create_format(&self) -> FsResult<String> {
+    /// The store id of the tree under this prefix; `None` when there is no tree. Refuses a
+    /// format this build does not know.
+    fn read_format(&self) -> FsResult<Option<String>> {
         let key = self.keys.format();
-        if let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
-            let rec: FormatRecord = serde_json::from_slice(&item.value)
-                .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
-            if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-                return Err(FsError::unknown_format(&key, &rec));
-            }
-            return Ok(rec.store_id);
+        let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? else {
+            return Ok(None);
+        };
+        let rec: FormatRecord = serde_json::from_slice(&item.value)
+            .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
+        if rec.format != "memfis" || rec.version != FORMAT_VERSION {
+            return Err(FsError::unknown_format(&key, &rec));
         }
+        Ok(Some(rec.store_id))
+    }
+
+    /// Formats an empty tree under this prefix (another process may be doing the same: the
+    /// format record that got stored counts). Returns the store id.
+    fn create_format(&self) -> FsResult<String> {
+        let key = self.keys.format();
         tracing::info!(
             prefix = self.keys.prefix(),
             "no memfis format record in the store: formatting an empty tree"
@@ -262,27 +302,45 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Adds this prefix to the store-wide list, refusing one that nests with a listed one
-    /// (their data keys would overlap). Of two nesting prefixes added at once, the one listed
-    /// first stays.
+    /// (their data keys would overlap). The list is changed only by `add` (the first prefix)
+    /// or `cas` on the value just read, so of two nesting prefixes registered at once the
+    /// second to write saw the first and is refused, having written nothing. A prefix already
+    /// listed stays, unless a nesting one was listed before it (the first listed wins).
     fn register_prefix(&self) -> FsResult<()> {
         let key = PREFIX_REGISTRY_KEY;
         let mine = self.keys.prefix();
-        let listed = self.listed_prefixes()?;
-        if listed.iter().any(|p| p == mine) {
-            return self.nesting_conflict(&listed);
+        for _ in 0..CAS_RETRIES {
+            let item = self.store.gets(key).map_err(|e| FsError::store(key, e))?;
+            let value = item.as_ref().map(|i| i.value.clone()).unwrap_or_default();
+            let listed = parse_prefix_list(&value);
+            self.nesting_conflict(&listed)?;
+            if listed.iter().any(|p| p == mine) {
+                return Ok(());
+            }
+            let mut new = value;
+            if !new.is_empty() && !new.ends_with(b"\n") {
+                new.push(b'\n');
+            }
+            new.extend_from_slice(format!("{mine}\n").as_bytes());
+            let stored = match item {
+                None => self
+                    .store
+                    .store(StoreOp::Add, key, &new)
+                    .map_err(|e| FsError::store(key, e))?,
+                Some(item) => {
+                    let r = self
+                        .store
+                        .run(Command::cas(key, &new, item.cas.unwrap_or(0)));
+                    matches!(cas_outcome(key, r)?, CasOutcome::Stored)
+                }
+            };
+            if stored {
+                // Another memfis (an older one appends without cas) may have listed a
+                // nesting prefix meanwhile: the one listed first stays.
+                return self.nesting_conflict(&self.listed_prefixes()?);
+            }
         }
-        self.nesting_conflict(&listed)?;
-        let line = format!("{mine}\n");
-        let appended = self
-            .store
-            .store(StoreOp::Append, key, line.as_bytes())
-            .map_err(|e| FsError::store(key, e))?;
-        if !appended {
-            self.store
-                .store(StoreOp::Add, key, line.as_bytes())
-                .map_err(|e| FsError::store(key, e))?;
-        }
-        self.nesting_conflict(&self.listed_prefixes()?)
+        Err(FsError::Contended)
     }
 
     /// Runs `first`, then `then`, which must see every command of `first` applied (a fence
