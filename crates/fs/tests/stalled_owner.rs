@@ -19,11 +19,14 @@ use support::*;
 
 type Gate = Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>;
 
+/// Picks the batch after which a mount stops.
+type Picker = Box<dyn Fn(&[Command], &[CmdResult]) -> bool + Send + Sync>;
+
 /// A mount's store that stops at the gate before the first batch after one that `after`
 /// picks.
 struct PauseAfter {
     inner: Arc<MemoryStore>,
-    after: Box<dyn Fn(&[Command], &[CmdResult]) -> bool + Send + Sync>,
+    after: Picker,
     armed: std::sync::atomic::AtomicBool,
     gate: Gate,
 }
