@@ -48,8 +48,9 @@ pub struct FsConfig {
     /// either way.
     pub gzip: bool,
     /// How old this mount's last liveness refresh may be for a thread holding the namespace
-    /// lock to go on sending (below the key's 10 s expiry, after which other mounts take the
-    /// lock over: `crate::lock_lease`).
+    /// lock to go on sending (`crate::lock_lease`): below the key's 10 s expiry, after which
+    /// other mounts take the lock over, less a second for memcached's clock, which ticks by
+    /// seconds, and the store timeout of a batch in flight.
     pub stall_limit: Duration,
 }
 
@@ -60,7 +61,7 @@ impl Default for FsConfig {
             item_size_max: None,
             lock_backoff: Duration::from_micros(200),
             gzip: false,
-            stall_limit: Duration::from_secs(8),
+            stall_limit: Duration::from_secs(7),
         }
     }
 }
