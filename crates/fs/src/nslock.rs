@@ -341,6 +341,11 @@ impl<S: Store> MemFs<S> {
         let alive = self.keys.alive(&self.mount_id);
         let format = self.keys.format();
         let results = self.store.inner().execute(vec![
+            // Whether the key was still there: a lapse may have cost this mount's file locks.
+            Command::Touch {
+                key: alive.clone(),
+                exptime: ALIVE_SECS,
+            },
             Command::Store {
                 op: StoreOp::Set,
                 key: alive.clone(),
@@ -351,7 +356,9 @@ impl<S: Store> MemFs<S> {
             Command::Get(format.clone()),
         ]);
         let mut results = Replies::new(results);
+        let touched = matches!(results.reply(), Ok(Reply::Touched));
         results.done(&alive)?;
+        self.note_liveness(touched);
         let found = results.value(&format)?;
         let same = found
             .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
@@ -374,6 +381,8 @@ impl<S: Store> MemFs<S> {
             })?;
             *lock(&self.orphaned) = None;
         }
+        // File lock releases that failed (a lock must not stay held by a live mount).
+        self.retry_lock_releases();
         // Directory logs that listings found long.
         let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
