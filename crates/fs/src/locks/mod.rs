@@ -33,9 +33,9 @@ pub(crate) struct LocalLocks {
     by_handle: Mutex<HashMap<u64, HashSet<u64>>>,
     /// Mounts seen alive lately, and when.
     alive_seen: Mutex<HashMap<String, Instant>>,
-    /// Releases at close that failed: (inode, owner), retried by the heartbeat and by the
-    /// owner's next lock on the inode.
-    failed_releases: Mutex<HashSet<(u64, u64)>>,
+    /// Releases at close that failed: (inode, owner, handle or all), retried by the
+    /// heartbeat and by the owner's next lock on the inode.
+    failed_releases: Mutex<HashSet<(u64, u64, Option<u64>)>>,
     /// Counts this mount's releases; its waiters wake on a change.
     released: Mutex<u64>,
     release_signal: Condvar,

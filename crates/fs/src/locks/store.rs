@@ -65,13 +65,18 @@ impl<S: Store> MemFs<S> {
         let who = self.owner(req.owner);
         let want = Request {
             who: who.clone(),
+            fh: req.fh,
             pid: req.pid,
             host: self.locks.host.clone(),
             write: req.write,
             start: req.start,
             end: req.end,
         };
-        let redo_release = lock(&self.locks.failed_releases).contains(&(ino, req.owner));
+        let redo_release: Vec<Option<u64>> = lock(&self.locks.failed_releases)
+            .iter()
+            .filter(|f| f.0 == ino && f.1 == req.owner)
+            .map(|f| f.2)
+            .collect();
         let in_order = self.store.in_order();
         // `None`: no list known, so try to `add` one.
         let mut current: Option<Item> = None;
@@ -84,8 +89,8 @@ impl<S: Store> MemFs<S> {
                 }
                 Some(item) => {
                     let mut list = self.decode_list(&key, item)?;
-                    if redo_release {
-                        list.remove_owner(&who);
+                    for fh in &redo_release {
+                        list.remove_owner(&who, *fh);
                     }
                     let blocking: Vec<Entry> = list
                         .conflicts(&who, req.write, req.start, req.end)
@@ -114,7 +119,9 @@ impl<S: Store> MemFs<S> {
                 let record = if in_order {
                     r.value(&ikey)?
                 } else {
-                    self.store.gets(&ikey).map_err(|e| FsError::store(&ikey, e))?
+                    self.store
+                        .gets(&ikey)
+                        .map_err(|e| FsError::store(&ikey, e))?
                 };
                 lock(&self.locks.held)
                     .entry(ino)
@@ -124,8 +131,8 @@ impl<S: Store> MemFs<S> {
                     .entry(req.fh)
                     .or_default()
                     .insert(req.owner);
-                if redo_release {
-                    lock(&self.locks.failed_releases).remove(&(ino, req.owner));
+                if !redo_release.is_empty() {
+                    lock(&self.locks.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
                 }
                 return Ok(Ok(self.adopt_published(ino, record)?));
             }
@@ -172,13 +179,18 @@ impl<S: Store> MemFs<S> {
     /// locks). Costs nothing unless this mount knows the owner locked the file. A failure
     /// is kept for the heartbeat to retry (the lock must not stay held by a live mount).
     pub fn release_locks(&self, ino: u64, owner: u64) -> FsResult<()> {
+        self.release_owner(ino, owner, None)
+    }
+
+    /// Releases `owner`'s locks on `ino`, only those taken through handle `fh` if given.
+    fn release_owner(&self, ino: u64, owner: u64, fh: Option<u64>) -> FsResult<()> {
         if !self.may_hold(ino, owner) {
             return Ok(());
         }
         let who = self.owner(owner);
-        let result = self.change_own(ino, &who, |list| list.remove_owner(&who));
+        let result = self.change_own(ino, &who, |list| list.remove_owner(&who, fh));
         if result.is_err() {
-            lock(&self.locks.failed_releases).insert((ino, owner));
+            lock(&self.locks.failed_releases).insert((ino, owner, fh));
         }
         result
     }
@@ -192,13 +204,11 @@ impl<S: Store> MemFs<S> {
         ino: u64,
         flock_owner: Option<u64>,
     ) -> FsResult<()> {
-        let mut owners = lock(&self.locks.by_handle)
-            .remove(&fh)
-            .unwrap_or_default();
+        let mut owners = lock(&self.locks.by_handle).remove(&fh).unwrap_or_default();
         owners.extend(flock_owner);
         let mut result = Ok(());
         for owner in owners {
-            if let Err(e) = self.release_locks(ino, owner) {
+            if let Err(e) = self.release_owner(ino, owner, Some(fh)) {
                 result = Err(e);
             }
         }
@@ -207,9 +217,9 @@ impl<S: Store> MemFs<S> {
 
     /// Retries releases that failed (heartbeat). Errors are logged, the releases kept.
     pub(crate) fn retry_lock_releases(&self) {
-        let failed: Vec<(u64, u64)> = lock(&self.locks.failed_releases).drain().collect();
-        for (ino, owner) in failed {
-            if let Err(e) = self.release_locks(ino, owner) {
+        let failed: Vec<_> = lock(&self.locks.failed_releases).drain().collect();
+        for (ino, owner, fh) in failed {
+            if let Err(e) = self.release_owner(ino, owner, fh) {
                 crate::limited_warn!(
                     format!("cannot release a file lock: {}", e),
                     "cannot release the locks of owner {owner:x} on inode {ino} (retried): {e}"
@@ -244,7 +254,9 @@ impl<S: Store> MemFs<S> {
         lock(&self.locks.held)
             .get(&ino)
             .is_some_and(|o| o.contains(&owner))
-            || lock(&self.locks.failed_releases).contains(&(ino, owner))
+            || lock(&self.locks.failed_releases)
+                .iter()
+                .any(|f| f.0 == ino && f.1 == owner)
     }
 
     /// Changes this mount's own entries with `change` (false: nothing to change) by gets +

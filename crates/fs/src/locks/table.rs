@@ -23,6 +23,11 @@ pub struct Entry {
     /// The kernel's lock owner on that mount.
     #[serde(rename = "o")]
     pub owner: u64,
+    /// The mount's file handle the lock was taken through: the last close of that handle
+    /// releases it, and only it (the kernel may give a new open file the owner number of
+    /// one whose release is still on its way).
+    #[serde(rename = "f", default)]
+    pub fh: u64,
     /// Pid of the process that took it (0 for OFD and flock-by-fork cases the kernel gives so).
     #[serde(rename = "p")]
     pub pid: u32,
@@ -54,6 +59,7 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub who: Owner,
+    pub fh: u64,
     pub pid: u32,
     pub host: String,
     pub write: bool,
@@ -138,10 +144,12 @@ impl Table {
         changed
     }
 
-    /// Drops every entry of `who`. True when anything changed.
-    pub fn remove_owner(&mut self, who: &Owner) -> bool {
+    /// Drops every entry of `who` (taken through handle `fh`, if given). True when anything
+    /// changed.
+    pub fn remove_owner(&mut self, who: &Owner, fh: Option<u64>) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|e| !e.owned_by(who));
+        self.entries
+            .retain(|e| !(e.owned_by(who) && fh.is_none_or(|fh| e.fh == fh)));
         self.entries.len() != before
     }
 
@@ -166,6 +174,7 @@ impl Table {
         self.entries.push(Entry {
             mount: req.who.mount.clone(),
             owner: req.who.owner,
+            fh: req.fh,
             pid: req.pid,
             host: req.host.clone(),
             write: req.write,
@@ -190,6 +199,7 @@ mod tests {
     fn req(w: &Owner, write: bool, start: u64, end: u64) -> Request {
         Request {
             who: w.clone(),
+            fh: 3,
             pid: 7,
             host: "h".into(),
             write,
@@ -267,7 +277,9 @@ mod tests {
         t.lock(&req(&b, false, 0, 9));
         assert!(t.prune(&["m2".to_string()]));
         assert!(!t.holds(&b));
-        assert!(t.remove_owner(&a));
+        // Only the entries taken through the handle given.
+        assert!(!t.remove_owner(&a, Some(4)));
+        assert!(t.remove_owner(&a, Some(3)));
         assert!(t.is_empty());
     }
 
