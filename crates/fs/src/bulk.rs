@@ -237,8 +237,14 @@ impl<S: Store> MemFs<S> {
             .iter()
             .map(|(p, _)| (Op::Add, Kind::File, p.ino, p.name.as_slice()))
             .collect();
+        // (A directory removed meanwhile: the files' keys are left for `memfis check
+        // --repair`, as after any failed load of them; the load reports the error.)
         let path_now = self
             .settle_create_fence(fence, parent, &la, &relog)
+            .and_then(|settled| match settled {
+                crate::namespace::Settled::Done => Ok(()),
+                crate::namespace::Settled::DirRemoved => Err(FsError::NotFound),
+            })
             .and_then(|()| retried(|| self.dir_path(parent)));
         let path_now = match path_now {
             Ok(p) => p,

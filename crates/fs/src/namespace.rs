@@ -247,7 +247,14 @@ impl<S: Store> MemFs<S> {
         // The name is created; what is left (following a directory rename that ran
         // meanwhile) is retried a few times rather than left half done.
         let changes = [(Op::Add, node.rec.kind, ino, name)];
-        self.settle_create_fence(fence, parent, &la, &changes)?;
+        if let Settled::DirRemoved = self.settle_create_fence(fence, parent, &la, &changes)? {
+            // The entry is this create's, the `+` went with the directory's log.
+            undo.entry = true;
+            undo.logged = false;
+            undo.parent_gone = true;
+            self.undo_create(&undo, &own_keys);
+            return Err(FsError::NotFound);
+        }
         if node.rec.kind == Kind::File
             && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
         {
@@ -294,13 +301,18 @@ impl<S: Store> MemFs<S> {
     /// starts later (and reads the records) or has moved the base already, which the base
     /// read (last) then shows. Records that went in after the batch (`la.late`) are checked
     /// once the lock is free after them, for the same reason.
+    ///
+    /// The operation waited out may have been an rmdir of `parent` that replayed its log
+    /// before the records landed (the `incr` before its read of the sequence, the append
+    /// after its replay): it held the lock from before that read to its end, so the lock
+    /// read here, after the append, found it held. Then the directory is looked at again.
     pub(crate) fn settle_create_fence(
         &self,
         fence: CreateFence,
         parent: u64,
         la: &crate::listing::LogAppend,
         relog: &[crate::listing::LogChange<'_>],
-    ) -> FsResult<()> {
+    ) -> FsResult<Settled> {
         let chunk = la.chunk;
         let CreateFence {
             lock_held,
@@ -321,6 +333,9 @@ impl<S: Store> MemFs<S> {
             });
         }
         fenced?;
+        if !matches!(lock_held, Ok(false)) && self.dir_seq_value(parent)?.is_none() {
+            return Ok(Settled::DirRemoved);
+        }
         let late = la.late.get();
         let maybe_compacted =
             late || !matches!(lock_held, Ok(false)) || base.map_or(true, |b| b.chunk > chunk);
@@ -330,7 +345,7 @@ impl<S: Store> MemFs<S> {
             }
             retried(|| self.relog_if_compacted(parent, chunk, relog))?;
         }
-        Ok(())
+        Ok(Settled::Done)
     }
 
     /// The keys a new node brings: a served file's empty data key (nginx serves an empty
@@ -993,6 +1008,13 @@ impl<S: Store> MemFs<S> {
         }
         Ok(Some(ino))
     }
+}
+
+/// How a create's fence settled ([`MemFs::settle_create_fence`]).
+pub(crate) enum Settled {
+    Done,
+    /// The directory was removed while the create's batch ran: the create is taken back.
+    DirRemoved,
 }
 
 /// What a create read after its writes ([`MemFs::create_fence_cmds`]).

@@ -1,0 +1,143 @@
+//! A create racing an rmdir of its directory on another mount, the two interleaved command
+//! by command (memcached runs one connection's pipeline in order, but other connections'
+//! commands run in between): the create's `incr` of the log sequence lands before the rmdir
+//! reads it, its `+` record after the rmdir replayed the (empty) log. The rmdir fences the
+//! sequence and removes the directory; the create, which saw the lock held in its batch,
+//! waited for the rmdir and then answered success with its entry and record in a directory
+//! that no longer exists (found by the interleaving soak). Now a create that waited for a
+//! namespace operation checks that its directory is still there, and takes itself back.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use memfis_fs::{FsError, KeyLayout, MemFs, ROOT_INO};
+use memfis_memcache::memory::MemoryStore;
+use memfis_memcache::{CmdResult, Command, Store, StoreOp};
+use support::*;
+
+type Gate = Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>;
+
+fn wait_at(gate: &Gate) {
+    if let Some((reached, go)) = gate.lock().unwrap().take() {
+        reached.send(()).unwrap();
+        go.recv().unwrap();
+    }
+}
+
+/// The creating mount's store: its first batch with an `append` runs up to the append,
+/// stops at the gate, then runs the rest.
+struct SplitAtAppend {
+    inner: Arc<MemoryStore>,
+    gate: Gate,
+}
+
+impl Store for SplitAtAppend {
+    fn execute(&self, mut batch: Vec<Command>) -> Vec<CmdResult> {
+        let at = batch.iter().position(|c| {
+            matches!(
+                c,
+                Command::Store {
+                    op: StoreOp::Append,
+                    ..
+                }
+            )
+        });
+        match at {
+            Some(at) if self.gate.lock().unwrap().is_some() => {
+                let rest = batch.split_off(at);
+                let mut results = self.inner.execute(batch);
+                wait_at(&self.gate);
+                results.extend(self.inner.execute(rest));
+                results
+            }
+            _ => self.inner.execute(batch),
+        }
+    }
+}
+
+/// The removing mount's store: stops at the gate before the first batch after the one that
+/// fenced the directory's sequence (`cas` to `removed`).
+struct PauseAfterFence {
+    inner: Arc<MemoryStore>,
+    fenced: AtomicBool,
+    gate: Gate,
+}
+
+impl Store for PauseAfterFence {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        if self.fenced.load(Ordering::SeqCst) {
+            wait_at(&self.gate);
+        }
+        let fence = batch
+            .iter()
+            .any(|c| matches!(c, Command::Cas { value, .. } if value.as_slice() == b"removed"));
+        let results = self.inner.execute(batch);
+        if fence {
+            self.fenced.store(true, Ordering::SeqCst);
+        }
+        results
+    }
+}
+
+#[test]
+fn a_create_whose_directory_is_removed_meanwhile_takes_itself_back() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://create-rmdir").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+
+    let (create_at, create_reached) = mpsc::channel();
+    let (create_go, create_wait) = mpsc::channel();
+    let creator = MemFs::new(
+        SplitAtAppend {
+            inner: store.clone(),
+            gate: Mutex::new(Some((create_at, create_wait))),
+        },
+        keys.clone(),
+        uncached(),
+    )
+    .unwrap();
+    let (rmdir_at, rmdir_reached) = mpsc::channel();
+    let (rmdir_go, rmdir_wait) = mpsc::channel();
+    let remover = MemFs::new(
+        PauseAfterFence {
+            inner: store.clone(),
+            fenced: AtomicBool::new(false),
+            gate: Mutex::new(Some((rmdir_at, rmdir_wait))),
+        },
+        keys.clone(),
+        uncached(),
+    )
+    .unwrap();
+
+    std::thread::scope(|s| {
+        let create = s.spawn(|| creator.create(d, b"f", 0o644, libc::O_WRONLY, 0, 0));
+        create_reached.recv().unwrap(); // its sequence taken, its `+` not yet appended
+        let rmdir = s.spawn(|| remover.rmdir(ROOT_INO, b"d"));
+        rmdir_reached.recv().unwrap(); // the log replayed empty, the sequence fenced
+        create_go.send(()).unwrap(); // the `+` lands; the create finds the lock held
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        rmdir_go.send(()).unwrap();
+        rmdir.join().unwrap().unwrap();
+        match create.join().unwrap() {
+            Err(FsError::NotFound) => {}
+            Ok((attr, fh)) => {
+                let _ = creator.release(fh);
+                panic!(
+                    "the create succeeded (inode {}) in a removed directory",
+                    attr.ino
+                );
+            }
+            Err(e) => panic!("create: {e}"),
+        }
+    });
+    let report = memfis_fs::check::check(&*store, &keys).unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "the store after the race: {:?}",
+        report.problems
+    );
+}
