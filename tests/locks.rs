@@ -274,3 +274,120 @@ fn locks_of_a_killed_mount_are_free_once_its_liveness_lapses() {
     drop(flocked);
     drop(posix);
 }
+
+/// php-fpm with one pool of `children` workers listening on `port`, its files in `mount`.
+struct PhpFpm {
+    child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl PhpFpm {
+    fn start(port: u16, mount: &Path, children: usize) -> PhpFpm {
+        let binary = std::fs::read_dir("/usr/sbin")
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("php-fpm")
+            })
+            .expect("php-fpm installed (apt-get install php-fpm)");
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("php-fpm.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
+                 [app]\nuser = root\ngroup = root\nlisten = 127.0.0.1:{port}\npm = static\n\
+                 pm.max_children = {children}\nclear_env = yes\nenv[MEMFIS_MOUNT] = {m}\n",
+                d = dir.path().display(),
+                m = mount.display(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(binary)
+            .args(["-F", "-R", "-y"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "php-fpm exited");
+            assert!(Instant::now() < deadline, "php-fpm did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PhpFpm {
+            child: ChildGuard(child),
+            _dir: dir,
+        }
+    }
+}
+
+#[test]
+fn php_flock_on_two_hosts_pools_excludes() {
+    let mc = Memcached::start();
+    let a = Mount::new(&[mc.addr()], "memfis://php-locks");
+    let b = Mount::new(&[mc.addr()], "memfis://php-locks");
+    std::fs::write(a.p("counter"), "0\n").unwrap();
+    visible(b.p("counter"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let _fpm_a = PhpFpm::start(port_a, a.path(), 4);
+    let _fpm_b = PhpFpm::start(port_b, b.path(), 4);
+    assert!(_fpm_a.child.0.id() != _fpm_b.child.0.id());
+    let script = std::fs::canonicalize("tests/locks/flock_counter.php").unwrap();
+    let location = |port: u16| {
+        format!(
+            "fastcgi_pass 127.0.0.1:{port}; include /etc/nginx/fastcgi_params; \
+             fastcgi_param SCRIPT_FILENAME {};",
+            script.display()
+        )
+    };
+    // One nginx standing for two hosts: /a goes to host A's pool, /b to host B's.
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location = /a {{ {} }}\nlocation = /b {{ {} }}",
+            location(port_a),
+            location(port_b)
+        ),
+    );
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 40;
+    let answers: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let nginx = &nginx;
+                s.spawn(move || {
+                    (0..REQUESTS)
+                        .map(|i| {
+                            let path = if (c + i) % 2 == 0 { "/a" } else { "/b" };
+                            let (status, _, body) = nginx.get(path);
+                            let body = String::from_utf8_lossy(&body).to_string();
+                            assert_eq!(status, 200, "{path}: {body}");
+                            body.trim().parse::<u64>().expect("a number")
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sorted = answers.clone();
+    sorted.sort();
+    let total = (CLIENTS * REQUESTS) as u64;
+    assert_eq!(
+        sorted,
+        (1..=total).collect::<Vec<u64>>(),
+        "every number once"
+    );
+    let text = std::fs::read_to_string(b.p("counter")).unwrap();
+    assert_eq!(text.trim(), total.to_string());
+}

@@ -8,6 +8,8 @@
  *                                             stdin closes
  *   lockworker try flock|posix PATH           one attempt without waiting: "ok" or the errno
  *   lockworker getlk PATH START LEN           F_GETLK for a write lock: "TYPE START LEN PID"
+ *   lockworker cycle flock|posix PATH N       N times lock then unlock one open file (no
+ *                                             waiting): prints the microseconds a pair took
  *   lockworker wait posix|flock PATH SECS     wait for the lock with an alarm after SECS:
  *                                             "ok" or the errno (EINTR once interrupted)
  */
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 static int lock_fd(int fd, const char *kind, int write, int wait, long start, long len) {
@@ -72,6 +75,21 @@ int main(int argc, char **argv) {
             if (i % 2 == 0 && unlock_fd(fd, kind) < 0) die("unlock");
             if (close(fd) < 0) die("close");
         }
+        return 0;
+    }
+    if (strcmp(mode, "cycle") == 0 && argc == 5) {
+        int fd = open(argv[3], O_RDWR);
+        if (fd < 0) die("open");
+        long n = atol(argv[4]);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (long i = 0; i < n; i++) {
+            if (lock_fd(fd, argv[2], 1, 0, 0, 0) < 0) die("lock");
+            if (unlock_fd(fd, argv[2]) < 0) die("unlock");
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double us = (t1.tv_sec - t0.tv_sec) * 1e6 + (t1.tv_nsec - t0.tv_nsec) / 1e3;
+        printf("%.1f\n", us / n);
         return 0;
     }
     if (strcmp(mode, "hold") == 0 && argc == 6) {
