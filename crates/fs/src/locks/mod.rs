@@ -19,6 +19,7 @@ use std::time::Instant;
 
 pub use store::{Holder, LockRequest};
 pub use table::OFFSET_MAX;
+pub use wait::{FIRST_PAUSE, MAX_PAUSE};
 
 /// Seconds an empty lock list stays in the store (it goes by itself after that).
 pub const EMPTY_LIST_SECS: u32 = 5;

@@ -15,8 +15,10 @@ use super::store::LockRequest;
 use crate::fs::MemFs;
 use crate::{FsError, FsResult};
 
-const FIRST_PAUSE: Duration = Duration::from_millis(1);
-const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// The first pause of a waiter between tries; it doubles up to [`MAX_PAUSE`].
+pub const FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// The longest pause of a waiter between tries (each try costs a round trip or two).
+pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 impl<S: Store> MemFs<S> {
     /// Takes the lock, waiting as long as it takes while thread `tid` (the caller, as the
