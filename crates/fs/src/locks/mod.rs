@@ -32,11 +32,19 @@ pub(crate) struct LocalLocks {
     held: Mutex<HashMap<u64, HashSet<u64>>>,
     /// File handle -> owners that locked through it (released with the handle).
     by_handle: Mutex<HashMap<u64, HashSet<u64>>>,
+    /// The last version of each inode's list this mount read or wrote (with its cas token):
+    /// a lock or unlock `cas`es on it at once, one round trip, and reads again only when
+    /// another mount changed it meanwhile. Never trusted to refuse a lock.
+    seen: Mutex<HashMap<u64, memfis_memcache::Item>>,
     /// Mounts seen alive lately, and when.
     alive_seen: Mutex<HashMap<String, Instant>>,
     /// Releases at close that failed: (inode, owner, handle or all), retried by the
     /// heartbeat and by the owner's next lock on the inode.
     failed_releases: Mutex<HashSet<(u64, u64, Option<u64>)>>,
+    /// A mount's changes of one inode's list run one at a time, each with its update of
+    /// `held`: otherwise a release through an old handle could forget an owner that a
+    /// lock through a new handle (the same owner number) just recorded.
+    stripes: Vec<Mutex<()>>,
     /// Counts this mount's releases; its waiters wake on a change.
     released: Mutex<u64>,
     release_signal: Condvar,
@@ -50,12 +58,48 @@ impl LocalLocks {
             host: host_id(),
             held: Mutex::default(),
             by_handle: Mutex::default(),
+            seen: Mutex::default(),
             alive_seen: Mutex::default(),
             failed_releases: Mutex::default(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             released: Mutex::new(0),
             release_signal: Condvar::new(),
             beat: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+}
+
+/// Most lists [`LocalLocks::seen`] keeps (past it, it starts over).
+const SEEN_MAX: usize = 4096;
+
+impl LocalLocks {
+    pub(crate) fn seen(&self, ino: u64) -> Option<memfis_memcache::Item> {
+        crate::sync::lock(&self.seen).get(&ino).cloned()
+    }
+
+    pub(crate) fn remember(&self, ino: u64, item: Option<memfis_memcache::Item>) {
+        let mut seen = crate::sync::lock(&self.seen);
+        match item {
+            Some(item) => {
+                if seen.len() >= SEEN_MAX && !seen.contains_key(&ino) {
+                    seen.clear();
+                }
+                seen.insert(ino, item);
+            }
+            None => {
+                seen.remove(&ino);
+            }
+        }
+    }
+}
+
+/// Stripes of [`LocalLocks::stripes`].
+const STRIPES: usize = 64;
+
+impl LocalLocks {
+    /// Held while this mount changes `ino`'s list and what it remembers of it.
+    pub(crate) fn stripe(&self, ino: u64) -> std::sync::MutexGuard<'_, ()> {
+        crate::sync::lock(&self.stripes[(ino % STRIPES as u64) as usize])
     }
 }
 

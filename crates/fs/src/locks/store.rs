@@ -78,8 +78,11 @@ impl<S: Store> MemFs<S> {
             .map(|f| f.2)
             .collect();
         let in_order = self.store.in_order();
-        // `None`: no list known, so try to `add` one.
-        let mut current: Option<Item> = None;
+        let _serial = self.locks.stripe(ino);
+        // `None`: no list known, so try to `add` one. The list last seen may be stale: it
+        // is written on (a stale one fails the `cas`) but never trusted to refuse.
+        let mut current: Option<Item> = self.locks.seen(ino);
+        let mut fresh = current.is_none();
         for _ in 0..CAS_RETRIES {
             let write = match &current {
                 None => {
@@ -96,6 +99,11 @@ impl<S: Store> MemFs<S> {
                         .conflicts(&who, req.write, req.start, req.end)
                         .cloned()
                         .collect();
+                    if !blocking.is_empty() && !fresh {
+                        current = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+                        fresh = true;
+                        continue;
+                    }
                     if !blocking.is_empty() {
                         let gone = self.gone_mounts(&blocking)?;
                         if let Some(e) = blocking.iter().find(|e| !gone.contains(&e.mount)) {
@@ -115,6 +123,7 @@ impl<S: Store> MemFs<S> {
             let mut r = Replies::new(self.store.execute(batch));
             let stored = r.stored(&key)?;
             let after = r.value(&key)?;
+            self.locks.remember(ino, after.clone());
             if stored {
                 let record = if in_order {
                     r.value(&ikey)?
@@ -137,6 +146,7 @@ impl<S: Store> MemFs<S> {
                 return Ok(Ok(self.adopt_published(ino, record)?));
             }
             current = after;
+            fresh = true;
         }
         Err(FsError::Contended)
     }
@@ -144,7 +154,9 @@ impl<S: Store> MemFs<S> {
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
     pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
         let key = self.keys.lock_table(ino);
-        let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+        let found = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+        self.locks.remember(ino, found.clone());
+        let Some(item) = found else {
             return Ok(None);
         };
         let list = self.decode_list(&key, &item)?;
@@ -268,7 +280,13 @@ impl<S: Store> MemFs<S> {
         mut change: impl FnMut(&mut Table) -> bool,
     ) -> FsResult<()> {
         let key = self.keys.lock_table(ino);
-        let mut item = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+        let _serial = self.locks.stripe(ino);
+        // The list last seen holds every entry of this mount's (only this mount adds them,
+        // under the stripe): if it says there is nothing to change, there is nothing.
+        let mut item = match self.locks.seen(ino) {
+            Some(item) => Some(item),
+            None => self.store.gets(&key).map_err(|e| FsError::store(&key, e))?,
+        };
         for _ in 0..CAS_RETRIES {
             let Some(it) = item else {
                 self.forget_owner(ino, who.owner);
@@ -286,6 +304,7 @@ impl<S: Store> MemFs<S> {
             let mut r = Replies::new(self.store.execute(vec![cas, Command::Gets(key.clone())]));
             let stored = r.stored(&key)?;
             let after = r.value(&key)?;
+            self.locks.remember(ino, after.clone());
             if stored {
                 if !list.holds(who) {
                     self.forget_owner(ino, who.owner);
