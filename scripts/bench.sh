@@ -43,7 +43,7 @@ PY
 
 mount_memfis() {
   # shellcheck disable=SC2086 # MEMFIS_BENCH_ARGS: extra mount options to compare (word-split on purpose)
-  "$BIN" mount "$work/memfis" --server "127.0.0.1:$port" --prefix memfis://bench --log-file "$work/memfis.log" ${MEMFIS_BENCH_ARGS:-}
+  "$BIN" mount "$work/memfis" --create --server "127.0.0.1:$port" --prefix memfis://bench --log-file "$work/memfis.log" ${MEMFIS_BENCH_ARGS:-}
   mpid=$(pgrep -n -f "memfis mount $work/memfis")
 }
 mount -t tmpfs -o size=2g tmpfs "$work/bindfs-backing"

@@ -2,17 +2,18 @@
 //! JSON, with fsck's exit codes (0 clean, 1 problems repaired, 4 problems left, 8 the store
 //! could not be checked).
 
-use anyhow::{Context, Result, bail};
-use memfis_fs::KeyLayout;
+use anyhow::{Context, Result};
 use memfis_fs::check::{CheckOptions, Report, check_with};
-use memfis_memcache::Store;
-use memfis_tools::Session;
+use memfis_fs::{FsError, KeyLayout};
+use memfis_tools::{IfNoTree, Session};
 
 use crate::cli::CheckArgs;
 use crate::store::{Notices, TOOL_CACHE_TTL};
 
 /// Exit status when problems were found (as fsck's "errors left uncorrected").
 pub const EXIT_PROBLEMS: i32 = 4;
+/// Exit status when the store could not be checked (fsck's "operational error").
+pub const EXIT_NO_CHECK: i32 = 8;
 /// Exit status when problems were repaired and none is left (fsck's "errors corrected").
 pub const EXIT_REPAIRED: i32 = 1;
 
@@ -21,18 +22,18 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
     let client =
         memfis_tools::session::connect(&crate::store::config(&args.store, TOOL_CACHE_TTL)?)?;
-    let format = keys.format();
-    if client
-        .get(&format)
-        .with_context(|| format!("cannot read the store under prefix {prefix:?}"))?
-        .is_none()
-    {
+    match memfis_tools::session::require_tree(&client, &keys) {
+        Ok(()) => {}
         // A mistyped prefix, or a store emptied by a restart: nothing to check (fsck's 8).
-        bail!(
-            "no memfis tree under prefix {prefix:?} (no format record at {}): a mistyped \
-             prefix, or a store emptied since (memcached restarted)",
-            String::from_utf8_lossy(&format)
-        );
+        Err(FsError::NoTree { trees, .. }) => return no_tree(&args, &keys, &trees),
+        Err(FsError::Store { source, .. }) => {
+            return Err(source)
+                .with_context(|| format!("cannot read the store under prefix {prefix:?}"));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the store under prefix {prefix:?}"));
+        }
     }
     if args.repair {
         return repair(&args);
@@ -53,10 +54,21 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 
 fn repair(args: &CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
-    let session = Session::open(
+    let session = match Session::open(
         &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        IfNoTree::Refuse,
         &Notices,
-    )?;
+    ) {
+        Ok(session) => session,
+        // Gone since the look before (a store emptied meanwhile).
+        Err(e) => match memfis_tools::session::no_tree(&e) {
+            Some((_, trees)) => {
+                let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
+                return no_tree(args, &keys, trees);
+            }
+            None => return Err(e),
+        },
+    };
     let report = session
         .fs()
         .repair_with(options(args))
@@ -76,6 +88,30 @@ fn repair(args: &CheckArgs) -> Result<i32> {
             (true, false) => EXIT_REPAIRED,
         },
     )
+}
+
+/// Says there is no tree to check (JSON with --json), naming the trees the store holds, and
+/// gives fsck's 8.
+fn no_tree(args: &CheckArgs, keys: &KeyLayout, trees: &[String]) -> Result<i32> {
+    let prefix = keys.prefix();
+    let message = format!(
+        "no memfis tree under prefix {prefix:?} (no format record at {}): a mistyped prefix, \
+         or a store emptied since (memcached restarted). Trees on this store: {}",
+        String::from_utf8_lossy(&keys.format()),
+        memfis_fs::error::list_or_none(trees)
+    );
+    if args.json {
+        let answer = serde_json::json!({
+            "prefix": prefix,
+            "tree": false,
+            "error": message,
+            "trees": trees,
+        });
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        eprintln!("memfis: {message}");
+    }
+    Ok(EXIT_NO_CHECK)
 }
 
 fn options(args: &CheckArgs) -> CheckOptions {

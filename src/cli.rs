@@ -133,7 +133,18 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example: memfis up ./site --port 8080   # then open http://127.0.0.1:8080/"
+    mut_arg("servers", |a| a
+        .hide_default_value(true)
+        .help("memcached to use (HOST:PORT or unix:/path, repeatable) instead of starting one")),
+    after_help = "Everything it starts is chosen here: memcached (its socket, port, memory and \
+                  item size; none with --server), the mount (--mountpoint, --prefix), nginx \
+                  (--port; none with --no-nginx) and the PHP backend nginx falls back to \
+                  (--php-fpm; memfis up starts no php-fpm). It deletes its runtime directory \
+                  when it stops, never a --mountpoint or --memcached-socket directory of yours.\n\n\
+                  Examples:\n  memfis up ./site --port 8080   # then open http://127.0.0.1:8080/\n  \
+                  memfis up ./site --memcached-port 11311 --memcached-memory 512 --prefix memfis://dev\n  \
+                  memfis up ./site --mountpoint /srv/dev --no-nginx\n  \
+                  memfis up ./site --php-fpm unix:/run/php/php8.2-fpm.sock"
 )]
 pub struct UpArgs {
     /// Directory copied into the store (and served from disk if the store misses).
@@ -146,6 +157,33 @@ pub struct UpArgs {
     /// Where the mount, configs and logs live [default: /run/memfis-up as root].
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
+    /// Mount here (an empty directory) instead of RUNTIME_DIR/mnt; left in place when it stops.
+    #[arg(long)]
+    pub mountpoint: Option<PathBuf>,
+    /// The unix socket of the memcached it starts [default: RUNTIME_DIR/memcached.sock]; must
+    /// not exist yet.
+    #[arg(long, conflicts_with_all = ["servers", "memcached_port"])]
+    pub memcached_socket: Option<PathBuf>,
+    /// Start memcached on this loopback TCP port instead of a unix socket.
+    #[arg(long, conflicts_with = "servers")]
+    pub memcached_port: Option<u16>,
+    /// Memory of the memcached it starts, in MB (-m) [default: 4x the site, at least 256].
+    #[arg(long, value_name = "MB", conflicts_with = "servers")]
+    pub memcached_memory: Option<u64>,
+    /// Largest item of the memcached it starts, in MB (-I): the largest file nginx serves
+    /// [default: above the site's largest file, at least 8].
+    #[arg(long, value_name = "MB", conflicts_with = "servers")]
+    pub memcached_item_size: Option<u64>,
+    /// Start no nginx: only memcached (unless --server), the mount and the load.
+    #[arg(long, conflicts_with_all = ["php_fpm", "port"])]
+    pub no_nginx: bool,
+    /// php-fpm address (HOST:PORT or unix:/path) nginx passes what nothing else answers to
+    /// (memfis up starts none).
+    #[arg(long)]
+    pub php_fpm: Option<String>,
+    /// PHP front controller run for those requests [default: SITE/index.php].
+    #[arg(long, requires = "php_fpm")]
+    pub php_script: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -178,7 +216,9 @@ pub struct NginxConfigArgs {
     /// [default: from the prefix, e.g. www_example_com].
     #[arg(long)]
     pub name: Option<String>,
-    /// Another extension of script files (never served as bytes; php always is); repeatable.
+    /// Another extension of scripts, run by --php-fpm (refused without it), never served as
+    /// bytes; repeatable. php always is one; phtml, pht, php3-php8, phar, phps and inc are
+    /// refused (403) unless named here.
     #[arg(long = "script-ext", value_delimiter = ',')]
     pub script_exts: Vec<String>,
     /// A file of the server's own `add_header` lines (HSTS, CSP, ...), included in every
@@ -229,6 +269,7 @@ pub struct StoreArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     memfis mount /srv/www --server 127.0.0.1:11211 --prefix memfis://www.example.com\n  \
+    memfis mount /srv/www --create --prefix memfis://new.example.com   # a new, empty tree\n  \
     memfis mount /srv/www -f -o allow_other,server=10.0.0.1:11211,server=10.0.0.2:11211\n  \
     umount /srv/www\n\n\
     As mount(8) helper (fstab):\n  \
@@ -242,8 +283,12 @@ pub struct MountArgs {
     /// Stay in the foreground (logs go to stderr).
     #[arg(short, long)]
     pub foreground: bool,
+    /// Make a new, empty tree if the prefix has none (`-o create`). Without it a prefix with
+    /// no tree is refused (a mistyped prefix), naming the trees the store holds.
+    #[arg(long)]
+    pub create: bool,
     /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
-    /// noexec, nonempty, gzip, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    /// noexec, nonempty, gzip, create, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Seconds the kernel caches entries and attributes.

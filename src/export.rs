@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use memfis_tools::{Session, Silent};
+use memfis_tools::{IfNoTree, Session, Silent};
 
 use crate::cli::ExportArgs;
 use crate::store::{Notices, TOOL_CACHE_TTL};
@@ -13,8 +13,16 @@ pub fn run(args: ExportArgs) -> Result<i32> {
     crate::malloc::limit_caching();
     let session = Session::open(
         &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        IfNoTree::Refuse,
         &Notices,
-    )?;
+    )
+    .map_err(|e| {
+        crate::store::explain_no_tree(
+            e,
+            "Check the prefix (--prefix, MEMFIS_PREFIX): a mistyped prefix, or a store emptied \
+             since (memcached restarted)",
+        )
+    })?;
     let started = Instant::now();
     // Errors are printed once, after the run.
     let summary = memfis_tools::export::export(session.fs(), &args.from, &args.dest, &Silent)?;

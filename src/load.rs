@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use memfis_tools::load::{LoadOptions, Source};
-use memfis_tools::{Progress, Session, Would};
+use memfis_tools::{IfNoTree, Progress, Session, Would};
 
 use crate::cli::LoadArgs;
 use crate::store::{Notices, TOOL_CACHE_TTL};
@@ -14,10 +14,23 @@ use crate::store::{Notices, TOOL_CACHE_TTL};
 pub fn run(args: LoadArgs) -> Result<i32> {
     crate::malloc::limit_caching();
     let source = Source::new(&args.src)?;
+    // Loading into a new prefix makes its tree (and says so); a dry run changes nothing.
+    let if_no_tree = if args.dry_run {
+        IfNoTree::Refuse
+    } else {
+        IfNoTree::Create
+    };
     let session = Session::open(
         &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        if_no_tree,
         &Notices,
-    )?;
+    )
+    .map_err(|e| {
+        crate::store::explain_no_tree(
+            e,
+            "Check the prefix (--prefix, MEMFIS_PREFIX); a load without --dry-run makes the tree",
+        )
+    })?;
     let started = Instant::now();
     let (files, bytes) = source.totals();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.dry_run {

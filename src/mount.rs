@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fuser::{Config, MountOption, SessionACL};
-use memfis_tools::{Session, StoreConfig, session};
+use memfis_tools::{IfNoTree, Session, StoreConfig, session};
 use nix::unistd::{ForkResult, fork, pipe, setsid};
 use sd_notify::NotifyState;
 
@@ -57,6 +57,7 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
             ("fsname", Some(v)) => fsname = Some(v.to_string()),
             ("nonempty", None) => nonempty = true,
             ("gzip", None) => args.store.gzip = true,
+            ("create", None) => args.create = true,
             ("server", Some(v)) => servers_from_options.push(v.to_string()),
             ("prefix", Some(v)) => args.store.prefix = Some(v.to_string()),
             ("attr_ttl", Some(v)) => {
@@ -89,6 +90,20 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
     })
 }
 
+/// What the mount does with a prefix that has no tree: makes it only with `--create`
+/// (`-o create`).
+fn if_no_tree(args: &MountArgs) -> IfNoTree {
+    if args.create {
+        IfNoTree::Create
+    } else {
+        IfNoTree::Refuse
+    }
+}
+
+/// A refusal of a prefix with no tree, with what to do about it.
+const NO_TREE_ADVICE: &str = "Check the prefix (--prefix, MEMFIS_PREFIX, -o prefix=), or pass \
+                              --create (-o create) to make a new, empty tree under it";
+
 pub fn run(mut args: MountArgs) -> Result<()> {
     let options = parse_options(&mut args)?;
     fuse_mount::refuse_unusable(&args.mountpoint, options.nonempty)?;
@@ -102,7 +117,10 @@ pub fn run(mut args: MountArgs) -> Result<()> {
     // Check the store before detaching so errors reach the terminal; then start afresh in
     // the child (no sockets or threads cross the fork).
     let store = crate::store::config(&args.store, ttl)?;
-    drop(session::open_fs(&store, &Notices)?);
+    drop(
+        session::open_fs(&store, if_no_tree(&args), &Notices)
+            .map_err(|e| crate::store::explain_no_tree(e, NO_TREE_ADVICE))?,
+    );
     if args.foreground {
         match &log_file {
             Some(file) => logging::init_daemon(Some(file)),
@@ -152,7 +170,9 @@ fn serve(
     ready: Option<OwnedFd>,
 ) -> Result<()> {
     let mounted = (|| -> Result<_> {
-        let session = Session::open(store, &Notices)?;
+        // Created (if asked) by the check before detaching; the daemon opens what is there.
+        let session = Session::open(store, IfNoTree::Refuse, &Notices)
+            .map_err(|e| crate::store::explain_no_tree(e, NO_TREE_ADVICE))?;
         let fs = session.fs().clone();
         let client = fs.store().clone();
         if let Some(addr) = args.metrics {

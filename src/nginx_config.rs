@@ -106,6 +106,13 @@ impl ServeOptions {
     }
 }
 
+/// Extensions of PHP sources besides `.php` (matched in any case): files PHP runs or includes,
+/// whose bytes hold code and often secrets. Never served, with or without a PHP backend;
+/// `--script-ext` one of them to have php-fpm run it instead.
+pub const SOURCE_EXTS: &[&str] = &[
+    "phtml", "pht", "php3", "php4", "php5", "php6", "php7", "php8", "phar", "phps", "inc",
+];
+
 /// Characters that a prefix may not hold inside a quoted nginx string without changing meaning.
 const CONFIG_SPECIAL: &[char] = &['$', '"', '\'', '\\', '{', '}', ';', '#'];
 
@@ -535,6 +542,22 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
         writeln!(b, "    return 403;")?;
     }
     writeln!(b, "}}\n")?;
+
+    let scripts = opts.scripts();
+    let sources: Vec<&str> = SOURCE_EXTS
+        .iter()
+        .copied()
+        .filter(|e| !scripts.iter().any(|s| s == e))
+        .collect();
+    if !sources.is_empty() {
+        writeln!(
+            b,
+            "# Other PHP sources (includes, archives, old extensions) are never served either."
+        )?;
+        writeln!(b, "location ~* \"\\.({})$\" {{", sources.join("|"))?;
+        writeln!(b, "    return 403;")?;
+        writeln!(b, "}}\n")?;
+    }
 
     writeln!(
         b,

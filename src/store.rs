@@ -1,5 +1,5 @@
 //! The store options of the command line as the library takes them, and what opening a store
-//! says on stderr.
+//! says on stderr (a new tree made, a prefix with no tree refused).
 
 use std::time::Duration;
 
@@ -34,11 +34,17 @@ impl Progress for Notices {
         eprintln!(
             "memfis: no tree under prefix {prefix:?} on this store: making a new, empty one \
              (trees already here: {})",
-            if others.is_empty() {
-                "none".to_string()
-            } else {
-                others.join(", ")
-            }
+            memfis_fs::error::list_or_none(others)
         );
+    }
+}
+
+/// A refusal of a prefix with no tree ([`memfis_tools::session::no_tree`]: it names the trees
+/// the store holds) followed by what to do about it; any other error as it is.
+pub fn explain_no_tree(err: anyhow::Error, advice: &str) -> anyhow::Error {
+    if memfis_tools::session::no_tree(&err).is_some() {
+        anyhow::anyhow!("{err}. {advice}")
+    } else {
+        err
     }
 }

@@ -2,6 +2,7 @@
 //! in, nginx serving it from memory. Ctrl-C (or SIGTERM) takes it all down again.
 
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -190,7 +191,9 @@ pub fn run(args: UpArgs) -> Result<()> {
     crate::logging::init_stderr();
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("installing signal handlers")?;
-    require("nginx", "nginx-light")?;
+    if !args.no_nginx {
+        require("nginx", "nginx-light")?;
+    }
     require("fusermount3", "fuse3")?;
     let site = match &args.site {
         Some(s) => Some(
@@ -205,18 +208,47 @@ pub fn run(args: UpArgs) -> Result<()> {
         bail!("{} is not a directory", s.display());
     }
     let listen = format!("127.0.0.1:{}", args.port);
-    TcpListener::bind(&listen)
-        .with_context(|| format!("port {} is in use (choose another with --port)", args.port))?;
+    if !args.no_nginx {
+        TcpListener::bind(&listen).with_context(|| {
+            format!("port {} is in use (choose another with --port)", args.port)
+        })?;
+    }
+    if let Some(port) = args.memcached_port {
+        TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!("port {port} is in use (choose another with --memcached-port)")
+        })?;
+    }
+    if let Some(socket) = &args.memcached_socket
+        && std::fs::symlink_metadata(socket).is_ok()
+    {
+        // memcached would unlink it, even another server's live socket.
+        bail!(
+            "--memcached-socket {} exists: choose a path that does not",
+            socket.display()
+        );
+    }
 
     let runtime = runtime_dir(&args);
-    if runtime.join("mnt").exists() && is_mounted(&runtime.join("mnt")) {
+    let mountpoint = match &args.mountpoint {
+        Some(m) => m
+            .canonicalize()
+            .with_context(|| format!("--mountpoint {}", m.display()))?,
+        None => runtime.join("mnt"),
+    };
+    if mountpoint.exists() && is_mounted(&mountpoint) {
         bail!(
             "{} is still mounted: another `memfis up` is running (or run fusermount3 -u on it)",
-            runtime.join("mnt").display()
+            mountpoint.display()
         );
     }
     prepare_runtime_dir(&runtime)?;
-    let result = run_stack(&args, site.as_deref(), &runtime, &listen);
+    let result = run_stack(&args, site.as_deref(), &runtime, &mountpoint, &listen);
+    if let Some(socket) = &args.memcached_socket
+        && std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+    {
+        // The socket its memcached made (the path did not exist before).
+        let _ = std::fs::remove_file(socket);
+    }
     let _ = std::fs::remove_dir_all(&runtime);
     result
 }
@@ -258,27 +290,38 @@ fn store_flags(args: &UpArgs, servers: &[String], prefix: &str) -> Vec<String> {
     flags
 }
 
-fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -> Result<()> {
+fn run_stack(
+    args: &UpArgs,
+    site: Option<&Path>,
+    runtime: &Path,
+    mountpoint: &Path,
+    listen: &str,
+) -> Result<()> {
     let exe = std::env::current_exe()?;
     let prefix = args.store.prefix();
 
     // 1. memcached, unless the user named servers.
-    let (servers, _memcached) = if args.store.servers_given() {
+    let (servers, memcached) = if args.store.servers_given() {
         (args.store.servers.clone(), None)
     } else {
         require("memcached", "memcached")?;
-        // A unix socket: nginx serves from it at about 0.9x of static files, over TCP at
-        // about 0.6x (docs/benchmarks.md).
-        let socket = runtime.join("memcached.sock");
-        let (item_mb, memory_mb) = memcached_sizes(site);
+        let (sized_item_mb, sized_memory_mb) = memcached_sizes(site);
+        let item_mb = args.memcached_item_size.unwrap_or(sized_item_mb);
+        let memory_mb = args.memcached_memory.unwrap_or(sized_memory_mb);
         let log = runtime.join("memcached.log");
         let mut cmd = Command::new("memcached");
-        cmd.arg("-s").arg(&socket).args(["-a", "0666", "-M"]).args([
-            "-m",
-            &memory_mb.to_string(),
-            "-I",
-            &format!("{item_mb}m"),
-        ]);
+        // By default a unix socket: nginx serves from it at about 0.9x of static files, over
+        // TCP at about 0.6x (docs/benchmarks.md).
+        let socket = args
+            .memcached_socket
+            .clone()
+            .unwrap_or_else(|| runtime.join("memcached.sock"));
+        match args.memcached_port {
+            Some(port) => cmd.args(["-l", "127.0.0.1", "-U", "0", "-p", &port.to_string()]),
+            None => cmd.arg("-s").arg(&socket).args(["-a", "0666"]),
+        };
+        cmd.arg("-M")
+            .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             cmd.args(["-u", "root"]);
@@ -286,24 +329,34 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
         let mut service = Service::spawn("memcached", &mut cmd)?;
-        wait_until(
-            &mut service,
-            &log,
-            &format!("listen on {}", socket.display()),
-            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-        )?;
-        let server = format!("unix:{}", socket.display());
+        let server = match args.memcached_port {
+            Some(port) => {
+                wait_for_port(port, &mut service, &log)?;
+                format!("127.0.0.1:{port}")
+            }
+            None => {
+                wait_until(
+                    &mut service,
+                    &log,
+                    &format!("listen on {}", socket.display()),
+                    || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+                )?;
+                format!("unix:{}", socket.display())
+            }
+        };
         eprintln!("memcached: {server} (-M -m {memory_mb} -I {item_mb}m)");
         (vec![server], Some(service))
     };
 
     // 2. The mount.
-    let mountpoint = runtime.join("mnt");
+    let mountpoint = mountpoint.to_path_buf();
     let log = runtime.join("memfis.log");
     let mut cmd = Command::new(&exe);
     cmd.arg("mount")
         .arg(&mountpoint)
         .arg("--foreground")
+        // `memfis up` makes its tree on purpose (a new store, or a prefix of its own).
+        .arg("--create")
         .args(store_flags(args, &servers, &prefix));
     cmd.stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
@@ -350,9 +403,66 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
         }
     }
 
-    // 4. nginx.
-    let mut serve = ServeOptions::new(servers.clone(), prefix.clone(), listen.to_string());
+    // 4. nginx, unless --no-nginx.
+    let nginx_log = runtime.join("nginx-error.log");
+    let mut nginx = if args.no_nginx {
+        println!(
+            "Mounted {} (prefix {prefix}, memcached {}); no nginx (--no-nginx). Ctrl-C stops \
+             everything.",
+            mountpoint.display(),
+            servers.join(",")
+        );
+        None
+    } else {
+        let nginx = start_nginx(args, site, runtime, &servers, &prefix, listen)?;
+        println!(
+            "Serving http://{listen}/ from memcached. Edit files in {}. Ctrl-C stops everything.",
+            mountpoint.display()
+        );
+        Some(nginx)
+    };
+
+    // 5. Wait for Ctrl-C / SIGTERM, or for a part to die.
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if STOP.load(Ordering::SeqCst) {
+            // Only what this run started.
+            let mut parts = Vec::new();
+            if nginx.is_some() {
+                parts.push("nginx");
+            }
+            parts.push("mount");
+            if memcached.is_some() {
+                parts.push("memcached");
+            }
+            eprintln!("stopping: {}", parts.join(", "));
+            break;
+        }
+        if let Some(status) = nginx.as_mut().and_then(|n| n.exited()) {
+            bail!("nginx exited ({status}); see {}", nginx_log.display());
+        }
+        if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
+            bail!("memfis mount exited ({status}); see {}", log.display());
+        }
+    }
+    drop(nginx);
+    drop(mount);
+    Ok(())
+}
+
+/// Writes the nginx config for the store and starts nginx on `listen`.
+fn start_nginx(
+    args: &UpArgs,
+    site: Option<&Path>,
+    runtime: &Path,
+    servers: &[String],
+    prefix: &str,
+    listen: &str,
+) -> Result<Service> {
+    let mut serve = ServeOptions::new(servers.to_vec(), prefix.to_string(), listen.to_string());
     serve.root = site.map(|s| s.display().to_string());
+    serve.php_fpm = args.php_fpm.clone();
+    serve.php_script = args.php_script.clone();
     let server_config = render(&serve)?;
     let conf = runtime.join("nginx.conf");
     let dir = runtime.display();
@@ -382,26 +492,5 @@ fn run_stack(args: &UpArgs, site: Option<&Path>, runtime: &Path, listen: &str) -
         Err(e).with_context(|| detail.trim().to_string())
     })?;
     eprintln!("nginx config: {}", conf.display());
-    println!(
-        "Serving http://{listen}/ from memcached. Edit files in {}. Ctrl-C stops everything.",
-        mountpoint.display()
-    );
-
-    // 5. Wait for Ctrl-C / SIGTERM, or for a part to die.
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if STOP.load(Ordering::SeqCst) {
-            eprintln!("stopping: nginx, mount, memcached");
-            break;
-        }
-        if let Some(status) = nginx.exited() {
-            bail!("nginx exited ({status}); see {}", nginx_log.display());
-        }
-        if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
-            bail!("memfis mount exited ({status}); see {}", log.display());
-        }
-    }
-    drop(nginx);
-    drop(mount);
-    Ok(())
+    Ok(nginx)
 }

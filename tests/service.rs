@@ -24,7 +24,7 @@ impl Detached {
         let out = Command::new(BIN)
             .arg("mount")
             .arg(dir.path())
-            .args(["--server", &mc.addr(), "--prefix", PREFIX])
+            .args(["--create", "--server", &mc.addr(), "--prefix", PREFIX])
             .args(args)
             .output()
             .unwrap();
@@ -146,7 +146,14 @@ fn a_non_empty_mount_point_needs_nonempty() {
     let out = Command::new(BIN)
         .arg("mount")
         .arg(dir.path())
-        .args(["--server", &mc.addr(), "--prefix", PREFIX, "-o", "nonempty"])
+        .args([
+            "--server",
+            &mc.addr(),
+            "--prefix",
+            PREFIX,
+            "-o",
+            "nonempty,create",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -191,7 +198,12 @@ fn the_helper_form_is_taken_only_from_mount() {
     let out = Command::new("/sbin/mount.fuse3")
         .arg(mc.addr())
         .arg(dir.path())
-        .args(["-t", "fuse.memfis", "-o", &format!("prefix={PREFIX}")])
+        .args([
+            "-t",
+            "fuse.memfis",
+            "-o",
+            &format!("prefix={PREFIX},create"),
+        ])
         .env("PATH", path)
         .output()
         .unwrap();
@@ -263,7 +275,14 @@ fn systemd_hears_ready_once_the_mount_answers_and_stopping_on_unmount() {
     let child = Command::new(BIN)
         .arg("mount")
         .arg(dir.path())
-        .args(["--foreground", "--server", &mc.addr(), "--prefix", PREFIX])
+        .args([
+            "--foreground",
+            "--create",
+            "--server",
+            &mc.addr(),
+            "--prefix",
+            PREFIX,
+        ])
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -474,7 +493,13 @@ fn a_detached_mount_warns_when_its_logs_would_be_lost() {
     let out = Command::new(BIN)
         .arg("mount")
         .arg(dir.path())
-        .args(["--server", &mc.addr(), "--prefix", "memfis://unheard"])
+        .args([
+            "--create",
+            "--server",
+            &mc.addr(),
+            "--prefix",
+            "memfis://unheard",
+        ])
         .arg("--log-file")
         .arg(with_file.path().join("memfis.log"))
         .output()

@@ -81,8 +81,9 @@ fn stats_name_an_evicting_or_unreachable_server() {
     );
 }
 
-/// A mistyped prefix does not start an empty tree without a word: the mount says it makes a
-/// new one and names the trees already on the store, which `memfis stats` lists too.
+/// A new tree is made only with `--create`, and even then not without a word: the mount says
+/// it makes a new one and names the trees already on the store, which `memfis stats` lists too
+/// (refusals without `--create`: tests/prefixes.rs).
 #[test]
 fn a_new_tree_is_announced_and_stats_list_every_tree() {
     let mc = Memcached::start();

@@ -20,7 +20,7 @@ if (!is_string($path) || $path === '' || $path[0] !== '/' || str_contains($path,
     exit("bad path\n");
 }
 // Never render over a script or a hidden file: the mount may hold the site's sources.
-if (preg_match('~/\.|\.(php|phtml|phar)$~i', $path)) {
+if (preg_match('~/\.|\.(php[0-9]?|phtml|pht|phar|phps|inc)$~i', $path)) {
     http_response_code(404);
     exit("not found\n");
 }

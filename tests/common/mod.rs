@@ -272,7 +272,15 @@ impl Mount {
         Mount::with_args(servers, prefix, &[])
     }
 
+    /// Mounts `prefix`, making its tree if it has none (`--create`).
     pub fn with_args(servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
+        let mut args = vec!["--create"];
+        args.extend_from_slice(extra);
+        Mount::with_exact_args(servers, prefix, &args)
+    }
+
+    /// Mounts `prefix` with exactly `extra` (no `--create`: the tree must exist).
+    pub fn with_exact_args(servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("memfis.log");
@@ -559,12 +567,13 @@ pub fn http_request(
     (status, headers, out[split + 4..].to_vec())
 }
 
-/// `memfis mount DIR --server SERVER --prefix PREFIX` (detaching), returning its output.
+/// `memfis mount DIR --create --server SERVER --prefix PREFIX` (detaching; making the tree
+/// if the prefix has none), returning its output.
 pub fn mount_detached(dir: &Path, server: &str, prefix: &str) -> std::process::Output {
     Command::new(BIN)
         .arg("mount")
         .arg(dir)
-        .args(["--server", server, "--prefix", prefix])
+        .args(["--create", "--server", server, "--prefix", prefix])
         .output()
         .unwrap()
 }

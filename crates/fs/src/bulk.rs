@@ -44,7 +44,7 @@ struct Planned {
     record_key: Vec<u8>,
     entry_key: Vec<u8>,
     data_key: Vec<u8>,
-    /// The served data key's cas token as batch 1 made it (`OpenFile::key_tokens`); `None`
+    /// The served data key's cas token as batch 1 made it (`RecordVersion::key_tokens`); `None`
     /// for a private key.
     data_token: std::cell::Cell<Option<u64>>,
     bytes: Value,
@@ -295,7 +295,7 @@ impl<S: Store> MemFs<S> {
                 Command::store_shared(StoreOp::Set, &key, p.bytes.clone())
             } else {
                 match p.data_token.get().filter(|_| key == p.data_key) {
-                    // A served key only with the token batch 1 read (see `OpenFile::key_tokens`).
+                    // A served key only with the token batch 1 read (see `RecordVersion::key_tokens`).
                     Some(token) => Command::cas_shared(&key, p.bytes.clone(), token),
                     // Moved with its directory meanwhile: the one-file way reads it first.
                     None => {

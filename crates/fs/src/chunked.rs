@@ -51,15 +51,8 @@ impl<S: Store> MemFs<S> {
     /// Turns a buffered file that grows past one item into chunks (all of them to write).
     pub(crate) fn start_chunking(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
         self.ensure_loaded(ino, of)?;
-        let data = of.data.take().unwrap_or_default();
         let generation = u64::from_str_radix(&crate::record::random_id(), 16).unwrap_or(1);
-        let mut c = ChunkedFile::new(self.chunk_size(), generation.max(1), data.len() as u64);
-        for (n, piece) in data.chunks(c.chunk_size as usize).enumerate() {
-            c.dirty.insert(n as u64, piece.to_vec());
-        }
-        c.changed = true;
-        of.data_dirty = false;
-        of.chunked = Some(c);
+        of.go_chunked(self.chunk_size(), generation.max(1));
         Ok(())
     }
 
@@ -244,19 +237,19 @@ impl<S: Store> MemFs<S> {
     /// to the heartbeat, which deletes them unless the record took them after all (a `cas`
     /// whose reply was lost).
     pub(crate) fn after_failed_chunked_publish(&self, ino: u64, of: &mut OpenFile) {
-        if let Some(c) = of.chunked.take() {
+        if let Some(c) = of.chunks() {
             let until = chunk_count(c.size, c.chunk_size).max(c.written_until);
             let keys = (0..until).map(|n| self.keys.chunk(ino, c.generation, n));
             crate::sync::lock(&self.stale_keys).extend(keys);
         }
         // If the record's cas went through after all (its reply lost), the file's keys as
         // one item are garbage; the heartbeat deletes them only if no name holds bytes there.
-        if let Ok(keys) = self.bytes_keys(ino, &of.record) {
+        if let Ok(keys) = self.bytes_keys(ino, of.record()) {
             crate::sync::lock(&self.stale_keys).extend(keys);
         }
-        of.pending = Default::default();
-        of.cas = None;
-        of.reset_bytes();
+        of.drop_pending();
+        of.forget_version();
+        of.forget_bytes();
     }
 
     /// Deletes every chunk of a file in chunks as `rec` describes it.
@@ -293,12 +286,10 @@ impl<S: Store> MemFs<S> {
     /// record (size, chunk size, pending attributes) with cas. A file small enough for one
     /// item again goes back to one (the caller publishes it the usual way).
     pub(crate) fn publish_chunked(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
-        let c = of.chunked.as_mut().expect("a file in chunks");
+        let c = of.chunks_mut().expect("a file in chunks");
         if c.size <= self.item_limit() {
             let bytes = self.read_chunked(ino, c, 0, c.size as u32)?;
-            of.chunked = None;
-            of.data = Some(Arc::new(bytes));
-            of.data_dirty = true;
+            of.unchunk(bytes);
             return Ok(Published::Unchunked);
         }
         self.write_out_chunks(ino, c)?;
@@ -306,12 +297,11 @@ impl<S: Store> MemFs<S> {
         let ikey = self.keys.inode(ino);
         for _ in 0..crate::fs::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
-                of.unlinked = true;
+                of.mark_unlinked();
                 self.delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
                 return Ok(Published::Done(Vec::new()));
             }
-            let mut rec = of.record.clone();
-            of.pending.apply_to(&mut rec);
+            let mut rec = of.record_to_publish();
             rec.size = size;
             rec.chunk_size = Some(chunk_size);
             rec.chunk_gen = generation;
@@ -319,10 +309,10 @@ impl<S: Store> MemFs<S> {
             self.check_record_size(&ikey, value.len())?;
             // The file was one item until now: its served or private keys go after the cas
             // (worked out first: a store error then would leave them behind).
-            let stale = self.bytes_keys(ino, &of.record)?;
+            let stale = self.bytes_keys(ino, of.record())?;
             // The lock read after the cas, as a publish's fence: an unlink that read the
             // record before this cas would delete the record without these chunks.
-            let cas = Command::cas(&ikey, &value, of.cas.unwrap_or(0));
+            let cas = Command::cas(&ikey, &value, of.cas().unwrap_or(0));
             let fence = vec![Command::Get(self.keys.ns_lock())];
             let mut r = Replies::new(self.execute_in_order(vec![cas], fence));
             let stored = r.cas(&ikey)?;
@@ -331,30 +321,23 @@ impl<S: Store> MemFs<S> {
             match stored {
                 CasOutcome::Stored => {
                     // Another set of chunks goes too.
-                    if of.record.chunk_gen != generation {
-                        self.delete_record_chunks(ino, &of.record);
+                    if of.record().chunk_gen != generation {
+                        self.delete_record_chunks(ino, of.record());
                     }
                     if lock_held {
                         // Publish again once the namespace is quiet: the record may be gone
                         // (and these chunks with it). The old keys go by the heartbeat.
                         crate::sync::lock(&self.stale_keys).extend(stale);
-                        of.record = rec;
-                        of.cas = None;
-                        of.pending = Default::default();
+                        of.record_published(rec);
                         return Ok(Published::AfterNamespaceOp);
                     }
-                    of.record = rec;
-                    of.cas = None;
-                    of.pending = Default::default();
-                    if let Some(c) = of.chunked.as_mut() {
+                    of.record_published(rec);
+                    if let Some(c) = of.chunks_mut() {
                         c.changed = false;
                     }
                     return Ok(Published::Done(stale));
                 }
-                CasOutcome::Changed => of.cas = None,
-                CasOutcome::Gone => {
-                    of.cas = None;
-                }
+                CasOutcome::Changed | CasOutcome::Gone => of.forget_version(),
             }
         }
         Err(FsError::Contended)

@@ -69,6 +69,13 @@ pub enum FsError {
          would overlap); pick a prefix that neither starts with nor is the start of another, up to a '/'"
     )]
     PrefixNests { prefix: String, other: String },
+    /// Opened without asking to create: the prefix has no tree (a mistyped prefix, or a store
+    /// emptied by a restart). Nothing was written.
+    #[error(
+        "no memfis tree under prefix {prefix:?} on this store (trees here: {})",
+        crate::error::list_or_none(trees)
+    )]
+    NoTree { prefix: String, trees: Vec<String> },
     #[error(
         "store format at key {key} is {found}; this memfis understands version {supported} only. {advice}"
     )]
@@ -82,6 +89,15 @@ pub enum FsError {
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+/// `a, b, c`, or `none` for an empty list.
+pub fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
 
 impl FsError {
     /// The errno this error reports through FUSE.
@@ -111,6 +127,7 @@ impl FsError {
             | FsError::Corrupt { .. }
             | FsError::UnknownFormat { .. } => libc::EIO,
             FsError::PrefixNests { .. } => libc::EINVAL,
+            FsError::NoTree { .. } => libc::ENOENT,
         }
     }
 

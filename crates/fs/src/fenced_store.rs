@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
 
 use crate::data_codec::DataCodec;
+use crate::lock_lease::{LEASE_LAPSED, LockLease};
 use crate::record::FormatRecord;
 
 /// The server error every command gets once the store is gone ([`crate::FsError::StoreGone`]).
@@ -26,16 +27,29 @@ pub struct FencedStore<S> {
     identity: OnceLock<(Vec<u8>, String)>,
     /// The store's interruption count when the identity was last confirmed.
     confirmed: AtomicU64,
+    /// Whether the thread holding the namespace lock may still send ([`LockLease`]).
+    pub(crate) lease: LockLease,
 }
 
 impl<S: Store> FencedStore<S> {
     pub fn new(inner: S, codec: DataCodec) -> FencedStore<S> {
+        FencedStore::with_lease_limit(inner, codec, crate::fs::FsConfig::default().stall_limit)
+    }
+
+    /// A store whose lock holder stops sending once the liveness refresh is older than
+    /// `stall_limit` ([`LockLease`]).
+    pub fn with_lease_limit(
+        inner: S,
+        codec: DataCodec,
+        stall_limit: std::time::Duration,
+    ) -> FencedStore<S> {
         FencedStore {
             inner,
             codec,
             gone: AtomicBool::new(false),
             identity: OnceLock::new(),
             confirmed: AtomicU64::new(0),
+            lease: LockLease::new(stall_limit),
         }
     }
 
@@ -95,6 +109,9 @@ impl<S: Store> Store for FencedStore<S> {
     fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
         if self.gone.load(Ordering::Relaxed) {
             return all_failed(batch.len(), StoreError::Server(STORE_GONE.into()));
+        }
+        if self.lease.refuses() {
+            return all_failed(batch.len(), StoreError::Server(LEASE_LAPSED.into()));
         }
         let identity = self.identity.get();
         if let Some(id) = identity

@@ -8,16 +8,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{Command, Reply, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
+use crate::chunk_buffer::ChunkedFile;
 use crate::fs::MemFs;
 use crate::intent::Intent;
 use crate::nslock::LockValue;
 use crate::open_files::OpenFile;
+use crate::publish_plan::{Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round};
 use crate::record::{Inode, Kind, Link};
-use crate::replies::{CasOutcome, Replies, cas_outcome};
+use crate::replies::{CasOutcome, Replies, cas_outcome, stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -44,6 +46,25 @@ enum Tokens {
     NamespaceBusy,
     /// A directory was renamed since the paths were worked out: work them out again.
     PathsMoved,
+}
+
+/// The replies to a publish round ([`MemFs::send_round`]), in the plan's order.
+struct RoundReplies {
+    /// Per planned write: stored, refused, or the store's error.
+    writes: Vec<FsResult<bool>>,
+    /// The record's `cas`.
+    record: FsResult<CasOutcome>,
+    /// The namespace lock, read after the writes.
+    lock: FsResult<Option<Item>>,
+    /// The directory-rename count, read after the writes.
+    generation: CmdResult,
+}
+
+/// How a publish round ended ([`MemFs::apply_round`]).
+enum RoundEnd {
+    Settled(Published),
+    /// Work a round out again (over a record read afresh).
+    Again,
 }
 
 /// What one load of a file's bytes found ([`MemFs::load_bytes`]).
@@ -115,13 +136,8 @@ impl<S: Store> MemFs<S> {
             }
         };
         let ino = node.ino;
-        let mut of = OpenFile::new(node.rec, Some(node.cas));
-        if let Some(token) = node.data_token {
-            of.set_key_tokens([(node.data_key, token)].into(), Some(node.cas));
-        }
-        of.private_key_unused = true;
-        of.data = Some(Value::default());
-        of.handles = 1;
+        let data_token = node.data_token.map(|token| (node.data_key, token));
+        let of = OpenFile::created(node.rec, node.cas, data_token);
         let attr = self.attr_from(ino, &of.view(), None);
         let of = self.open_files.insert_created(ino, of);
         Ok((attr, self.open_files.new_handle(ino, of, flags)))
@@ -131,14 +147,10 @@ impl<S: Store> MemFs<S> {
         let of = match self.open_files.join(ino) {
             Some(of) => {
                 let mut g = lock(&of);
-                if !g.is_dirty() && g.writers == 0 && !g.unlinked {
+                if !g.is_dirty() && !g.has_writers() && !g.is_unlinked() {
                     // Close-to-open: a new open sees what other mounts closed since.
                     match self.read_live_inode(ino) {
-                        Ok((rec, cas)) => {
-                            g.adopt_record(rec);
-                            g.cas = Some(cas);
-                            g.reset_bytes();
-                        }
+                        Ok((rec, cas)) => g.reopen(rec, cas),
                         Err(e) => {
                             drop(g);
                             self.open_files.drop_handle_count(ino, &of, false);
@@ -166,10 +178,7 @@ impl<S: Store> MemFs<S> {
         };
         let writable = matches!(flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR);
         if writable && flags & libc::O_TRUNC != 0 {
-            let mut g = lock(&of);
-            g.data = Some(Value::default());
-            g.data_dirty = true;
-            g.touch_mtime();
+            lock(&of).truncate();
         }
         Ok(self.open_files.new_handle(ino, of, flags))
     }
@@ -233,20 +242,23 @@ impl<S: Store> MemFs<S> {
     /// between its bytes and its record's cas (one that died there, or one a moment from its
     /// cas: looked at twice); the record takes their size by `cas` on the version checked. A
     /// key holding nothing is damage: EIO naming path and key. A record gone is ENOENT.
+    ///
+    /// (Over 80 lines: each look is one batch whose replies decide together, and every
+    /// branch's comment explains a race; split, the pieces would pass the whole look along.)
     fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
         let ikey = self.keys.inode(ino);
         let lock_key = self.keys.ns_lock();
         let mut mismatch_seen = None;
         for _ in 0..LOAD_LOOKS {
-            if of.data.is_some() || of.chunked.is_some() {
+            if of.is_loaded() {
                 return Ok(Load::Loaded); // (chunks are read as they are needed)
             }
-            let Some(link) = of.record.links.first().cloned() else {
+            let Some(link) = of.record().links.first().cloned() else {
                 return Err(FsError::NotFound); // every name removed by another mount
             };
             // Read before the paths are worked out (as a publish does).
             let generation_before = self.meta.generation();
-            let key = self.bytes_key(ino, &of.record, &link)?;
+            let key = self.bytes_key(ino, of.record(), &link)?;
             let fence = vec![
                 Command::Get(lock_key.clone()),
                 Command::Get(self.keys.dir_generation()),
@@ -265,7 +277,7 @@ impl<S: Store> MemFs<S> {
             let value = r.value(&key)?;
             let fits = value
                 .as_ref()
-                .is_some_and(|item| item.value.len() as u64 == of.record.size);
+                .is_some_and(|item| item.value.len() as u64 == of.record().size);
             let (held, generation, current) = if in_order || fits {
                 let held = r.value(&lock_key)?;
                 let generation = r.reply();
@@ -284,13 +296,11 @@ impl<S: Store> MemFs<S> {
             match current {
                 // Removed by another mount: as for a stale handle on a local filesystem.
                 Some(None) => return Err(FsError::NotFound),
-                Some(Some(item)) if item.cas.is_none() || item.cas != of.cas => {
+                Some(Some(item)) if item.cas.is_none() || item.cas != of.cas() => {
                     // The record changed (a rename, chmod, link, publish ...) or its version
                     // is unknown: look again where the current one says.
-                    of.record = Inode::decode(&ikey, &item.value)?;
-                    of.cas = item.cas;
-                    of.private_key_unused = false;
-                    of.reset_bytes();
+                    of.take_newer_record(Inode::decode(&ikey, &item.value)?, item.cas);
+                    of.forget_bytes();
                     continue;
                 }
                 _ => {}
@@ -306,19 +316,19 @@ impl<S: Store> MemFs<S> {
             match value {
                 Some(_) if moving => return Ok(Load::AfterNamespaceOp),
                 Some(item) if fits => {
-                    if checked && of.record.links.len() == 1 {
+                    if checked && of.record().links.len() == 1 {
                         // The record read after the key is the version held: the key's token
-                        // is this file's (`OpenFile::key_tokens`).
-                        of.set_key_tokens([(key, item.cas.unwrap_or(0))].into(), of.cas);
+                        // is this file's (`RecordVersion::key_tokens`).
+                        of.take_key_tokens([(key, item.cas.unwrap_or(0))].into());
                     }
-                    of.data = Some(Arc::new(item.value));
+                    of.loaded(Arc::new(item.value));
                     return Ok(Load::Loaded);
                 }
                 Some(item) => {
                     // Another size than the record's, with record, paths and namespace
                     // standing still. A writer a moment from its record's cas has done it
                     // by the second look; one that died there has not.
-                    let seen = (item.cas, of.cas);
+                    let seen = (item.cas, of.cas());
                     if mismatch_seen != Some(seen) {
                         mismatch_seen = Some(seen);
                         std::thread::sleep(MISMATCH_PAUSE);
@@ -329,17 +339,17 @@ impl<S: Store> MemFs<S> {
                         match self.adopt_served_size(ino, of, size)? {
                             CasOutcome::Stored => {}
                             CasOutcome::Changed => {
-                                of.cas = None; // look again over the newer record
+                                of.forget_version(); // look again over the newer record
                                 continue;
                             }
                             CasOutcome::Gone => return Err(FsError::NotFound),
                         }
                     }
                     // (A dirty file's publish records the size, by cas on this version.)
-                    of.data = Some(Arc::new(item.value));
+                    of.loaded(Arc::new(item.value));
                     return Ok(Load::Loaded);
                 }
-                None if of.record.size == 0 => {
+                None if of.record().size == 0 => {
                     // An empty file's served key is missing only if its creator died before
                     // it could follow a directory rename: put it back, as nginx expects;
                     // unless the name was removed meanwhile (this record is older than that).
@@ -352,7 +362,7 @@ impl<S: Store> MemFs<S> {
                     {
                         let _ = self.store.store(StoreOp::Add, &key, b"");
                     }
-                    of.data = Some(Value::default());
+                    of.loaded(Value::default());
                     return Ok(Load::Loaded);
                 }
                 None if running => return Ok(Load::AfterNamespaceOp),
@@ -398,21 +408,20 @@ impl<S: Store> MemFs<S> {
     /// left alone (and the bytes looked up again).
     fn adopt_served_size(&self, ino: u64, of: &mut OpenFile, size: u64) -> FsResult<CasOutcome> {
         let ikey = self.keys.inode(ino);
-        let mut rec = of.record.clone();
+        let mut rec = of.record().clone();
         rec.size = size;
         let value = rec.encode();
         self.check_record_size(&ikey, value.len())?;
-        let cas = Command::cas(&ikey, &value, of.cas.unwrap_or(0));
+        let cas = Command::cas(&ikey, &value, of.cas().unwrap_or(0));
         let outcome = cas_outcome(&ikey, self.store.run(cas))?;
         if outcome == CasOutcome::Stored {
             warn!(
                 ino,
-                recorded = of.record.size,
+                recorded = of.record().size,
                 served = size,
                 "record size differs from the data key; taking the data key's (a writer died between its bytes and its record)"
             );
-            of.record = rec;
-            of.cas = None;
+            of.adopt_record(rec);
         }
         Ok(outcome)
     }
@@ -430,10 +439,10 @@ impl<S: Store> MemFs<S> {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.open_files.handle(fh)?;
         let mut of = self.lock_loaded(h.ino, &h.file)?;
-        if let Some(c) = of.chunked.as_mut() {
+        if let Some(c) = of.chunks_mut() {
             return self.read_chunked(h.ino, c, offset, size);
         }
-        let data: &[u8] = of.data.as_deref().map_or(&[], |d| d);
+        let data: &[u8] = of.buffer().map_or(&[], |d| d);
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
         Ok(data[start..end].to_vec())
@@ -450,25 +459,16 @@ impl<S: Store> MemFs<S> {
         let offset = if h.append { of.view().size } else { offset };
         let end = offset + bytes.len() as u64;
         self.check_size(h.ino, end)?;
-        if of.chunked.is_none() && end > self.item_limit() {
+        if of.chunks().is_none() && end > self.item_limit() {
             self.start_chunking(h.ino, &mut of)?;
         }
-        if let Some(c) = of.chunked.as_mut() {
-            self.write_chunked(h.ino, c, offset, bytes)?;
-        } else {
-            // Copies only if a publish still holds the buffer.
-            let data = Arc::make_mut(of.data.as_mut().expect("loaded"));
-            let (offset, end) = (offset as usize, end as usize);
-            if data.len() < end {
-                data.resize(end, 0); // a hole reads as zeros
-            }
-            data[offset..end].copy_from_slice(bytes);
-            of.data_dirty = true;
+        match of.chunks_mut() {
+            Some(c) => self.write_chunked(h.ino, c, offset, bytes)?,
+            None => of.write_buffer(offset as usize, bytes),
         }
         of.touch_mtime();
-        let mode = of.view().mode;
-        if kill_suidgid && mode & 0o6000 != 0 {
-            of.pending.set.mode = Some(mode & !0o6000);
+        if kill_suidgid {
+            of.kill_suidgid();
         }
         Ok(bytes.len() as u32)
     }
@@ -499,7 +499,7 @@ impl<S: Store> MemFs<S> {
             let outcome = self.publish(ino, &mut lock(file));
             if outcome.is_err() {
                 // Keys written at paths a rename took away go once no name is at them.
-                lock(&self.stale_keys).append(&mut lock(file).written);
+                lock(&self.stale_keys).extend(lock(file).take_written());
             }
             let outcome = outcome?;
             match outcome {
@@ -520,12 +520,12 @@ impl<S: Store> MemFs<S> {
     /// directory moved, the keys written were the file's names and any later rename copies
     /// these bytes. Otherwise the file is published again once the namespace is quiet.
     fn publish(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
-        if of.unlinked || !of.is_dirty() {
+        if of.is_unlinked() || !of.is_dirty() {
             return Ok(Published::Done(Vec::new()));
         }
         // Chunks unchanged (only attributes pending): the record's size and chunks stay as
         // stored, which another mount may have changed since this one wrote them.
-        if of.chunked.as_ref().is_some_and(|c| c.is_dirty()) {
+        if of.chunks().is_some_and(ChunkedFile::is_dirty) {
             match self.publish_chunked(ino, of) {
                 Ok(Published::Unchunked) => {} // published below, as one item
                 Ok(other) => return Ok(other),
@@ -541,7 +541,7 @@ impl<S: Store> MemFs<S> {
         }
         let outcome = self.publish_rounds(ino, of);
         if let Err(e) = &outcome
-            && !of.written.is_empty()
+            && !of.written().is_empty()
         {
             // Some names may hold the new bytes and others (or the record) the old: make the
             // file consistent (empty) rather than leave nginx and mounts disagreeing.
@@ -554,104 +554,106 @@ impl<S: Store> MemFs<S> {
         outcome
     }
 
+    /// Publish rounds until one settles: each works out the record and the keys over the
+    /// record as stored ([`publish_plan`](crate::publish_plan)), sends them with a fence
+    /// ([`Self::send_round`]) and applies the replies ([`Self::apply_round`]).
     fn publish_rounds(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
-        let ikey = self.keys.inode(ino);
-        let mut data = of.data.clone().unwrap_or_default();
-        let mut data_was_dirty = of.data_dirty;
         for _ in 0..crate::fs::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 return self.after_removed(of);
             }
-            let mut rec = of.record.clone();
-            of.pending.apply_to(&mut rec);
-            // Only bytes this publish writes give the record its size: a buffer published
-            // already may be older than what another mount published since (an attribute
-            // change riding with a writer's close must not take the file back to its size).
-            if of.data_dirty {
-                rec.size = data.len() as u64;
-                rec.chunk_size = None;
-                rec.chunk_gen = 0;
-            }
+            let rec = of.record_to_publish();
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
             let generation_before = self.meta.generation();
-            let old_keys = self.bytes_keys(ino, &of.record)?;
-            let keys = self.bytes_keys(ino, &rec)?;
-            if keys != old_keys && !of.data_dirty {
-                // A mode change that serves or withdraws the file: its bytes move with it,
-                // as the store holds them now (a buffer published already may be older).
-                // (Loading may read the record again: work the round out afresh.)
-                of.reset_bytes();
-                if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
-                    return Ok(Published::AfterNamespaceOp);
-                }
-                of.data_dirty = true;
-                data_was_dirty = true;
-                data = of.data.clone().unwrap_or_default();
-                continue;
-            }
-            let keys = if of.data_dirty { keys } else { Vec::new() };
-            let private_key = self.keys.private_data(ino);
-            let served: Vec<Vec<u8>> = keys
-                .iter()
-                .filter(|k| **k != private_key)
-                .cloned()
-                .collect();
-            // A key this file's names already had needs its token; a new one (a mode change
-            // serving the file, `cp -a`'s 0600-then-0644) is expected absent and is written
-            // with `add`, which cannot replace anything.
-            // (So is one this publish wrote in an earlier round: it is no longer absent.)
-            let unknown = served.iter().any(|k| {
-                of.key_token(k).is_none() && (old_keys.contains(k) || of.written.contains(k))
-            });
-            if unknown {
-                match self.read_key_tokens(ino, of, &served, generation_before)? {
-                    Tokens::Taken => {}
-                    // The record changed, or the paths: work the round out again.
-                    Tokens::RecordChanged | Tokens::PathsMoved => continue,
-                    Tokens::NamespaceBusy => return Ok(Published::AfterNamespaceOp),
-                }
-            }
-            // Served keys only with their tokens (see `OpenFile::key_tokens`). New tokens are
-            // not read back (that would read the bytes back): a later publish of this open
-            // file reads them first.
-            let mut batch: Vec<Command> = keys
-                .iter()
-                .map(|k| match of.key_token(k) {
-                    _ if *k == private_key => Command::store_shared(StoreOp::Set, k, data.clone()),
-                    Some(0) | None => Command::store_shared(StoreOp::Add, k, data.clone()),
-                    Some(token) => Command::cas_shared(k, data.clone(), token),
-                })
-                .collect();
-            let value = rec.encode();
-            self.check_record_size(&ikey, value.len())?;
-            batch.push(Command::cas(&ikey, &value, of.cas.unwrap_or(0)));
-            let fence = vec![
-                Command::Get(self.keys.ns_lock()),
-                Command::Get(self.keys.dir_generation()),
-            ];
-            let mut results = Replies::new(self.execute_in_order(batch, fence));
-            let mut failure = None;
-            // A served key refused: it changed since its token was read (another mount's
-            // rename gave it to another file, or this file's bytes were published there by
-            // another mount): not written.
-            let mut refused = false;
-            for (k, r) in keys.iter().zip(results.raw(keys.len())) {
-                match r {
-                    Ok(Reply::Stored) => {
-                        if !of.written.contains(k) {
-                            of.written.push(k.clone());
-                        }
-                        of.private_key_unused &= *k != private_key;
+            let keys = RoundKeys {
+                stored: self.bytes_keys(ino, of.record())?,
+                publish: self.bytes_keys(ino, &rec)?,
+                private: self.keys.private_data(ino),
+            };
+            match before_round(of, &keys) {
+                None => {}
+                Some(Before::MoveBytes) => {
+                    // A mode change that serves or withdraws the file: its bytes move with
+                    // it, as the store holds them now (a buffer published already may be
+                    // older). (Loading may read the record again: work the round out afresh.)
+                    of.forget_bytes();
+                    if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
+                        return Ok(Published::AfterNamespaceOp);
                     }
-                    Ok(_) => refused = true,
-                    Err(e) => failure = failure.or(Some(FsError::store(k, e))),
+                    of.mark_buffer_dirty();
+                    continue;
+                }
+                Some(Before::ReadTokens(served)) => {
+                    match self.read_key_tokens(ino, of, &served, generation_before)? {
+                        Tokens::Taken => {}
+                        // The record changed, or the paths: work the round out again.
+                        Tokens::RecordChanged | Tokens::PathsMoved => continue,
+                        Tokens::NamespaceBusy => return Ok(Published::AfterNamespaceOp),
+                    }
                 }
             }
-            let cas_result = results.cas(&ikey);
-            let lock_result = results.value(&self.keys.ns_lock());
-            let generation = results.reply();
-            if let Some(e) = failure {
+            let plan = plan_round(of, rec, &keys);
+            let replies = self.send_round(ino, &plan)?;
+            match self.apply_round(ino, of, plan, replies, generation_before)? {
+                RoundEnd::Settled(published) => return Ok(published),
+                RoundEnd::Again => {}
+            }
+        }
+        Err(FsError::Contended)
+    }
+
+    /// Sends a round: the bytes to every key planned, the record's `cas`, then (after them
+    /// on the server) the namespace lock and the directory-rename count.
+    fn send_round(&self, ino: u64, plan: &PublishPlan) -> FsResult<RoundReplies> {
+        let ikey = self.keys.inode(ino);
+        let data = plan.bytes.clone().unwrap_or_default();
+        let mut batch: Vec<Command> = plan
+            .writes
+            .iter()
+            .map(|(k, write)| match write {
+                KeyWrite::Private => Command::store_shared(StoreOp::Set, k, data.clone()),
+                KeyWrite::Add => Command::store_shared(StoreOp::Add, k, data.clone()),
+                KeyWrite::Cas(token) => Command::cas_shared(k, data.clone(), *token),
+            })
+            .collect();
+        let value = plan.record.encode();
+        self.check_record_size(&ikey, value.len())?;
+        batch.push(Command::cas(&ikey, &value, plan.cas));
+        let fence = vec![
+            Command::Get(self.keys.ns_lock()),
+            Command::Get(self.keys.dir_generation()),
+        ];
+        let mut results = Replies::new(self.execute_in_order(batch, fence));
+        let writes = plan.keys().map(|k| stored(k, results.reply())).collect();
+        Ok(RoundReplies {
+            writes,
+            record: results.cas(&ikey),
+            lock: results.value(&self.keys.ns_lock()),
+            generation: results.reply(),
+        })
+    }
+
+    /// Applies a round's replies to the open file: the keys written, the record stored (or
+    /// changed meanwhile, or gone), and whether a namespace operation ran meanwhile.
+    fn apply_round(
+        &self,
+        ino: u64,
+        of: &mut OpenFile,
+        plan: PublishPlan,
+        replies: RoundReplies,
+        generation_before: u64,
+    ) -> FsResult<RoundEnd> {
+        let PublishPlan {
+            bytes,
+            writes,
+            record,
+            left,
+            ..
+        } = plan;
+        let refused = match note_round_writes(of, &writes, replies.writes) {
+            Ok(refused) => refused,
+            Err(e) => {
                 crate::limited_warn!(
                     format!("publish: {}", e.kind()),
                     "publishing file failed: inode {ino}: {e}"
@@ -659,86 +661,66 @@ impl<S: Store> MemFs<S> {
                 self.after_failed_publish(ino, of);
                 return Err(e);
             }
-            // A fence read that failed counts as a namespace operation: publish again once
-            // quiet (the cas may have gone through, and what it left must be settled).
-            let lock_held = lock_result.map_or(true, |v| v.is_some());
-            let moved = self.observe_generation(generation).is_err()
-                || self.meta.generation() != generation_before;
-            let cas_result = cas_result?;
-            if cas_result == CasOutcome::Stored {
+        };
+        // A fence read that failed counts as a namespace operation: publish again once
+        // quiet (the cas may have gone through, and what it left must be settled).
+        let lock_held = replies.lock.map_or(true, |v| v.is_some());
+        let moved = self.observe_generation(replies.generation).is_err()
+            || self.meta.generation() != generation_before;
+        match replies.record? {
+            CasOutcome::Stored => {
                 // Where the bytes were and no longer are (the mode changed): those keys go
                 // like keys a rename took away, once no name holds bytes there.
-                let never_made = |k: &Vec<u8>| *k == private_key && of.private_key_unused;
-                let left: Vec<Vec<u8>> = old_keys
-                    .iter()
-                    .filter(|k| !keys.contains(k) && !never_made(k))
-                    .cloned()
-                    .collect();
-                for k in left {
-                    if !of.written.contains(&k) {
-                        of.written.push(k);
-                    }
+                for k in &left {
+                    of.note_written(k);
                 }
-            }
-            match cas_result {
-                CasOutcome::Stored if refused => {
+                if refused {
                     // The record took the new size but a name did not take the bytes: read
                     // the tokens again and publish again.
-                    of.record = rec;
-                    of.cas = None;
-                    of.pending = Default::default();
-                    of.set_key_tokens(Default::default(), None);
-                    continue;
+                    of.record_published(record);
+                    return Ok(RoundEnd::Again);
                 }
-                CasOutcome::Stored => {
-                    if rec.chunk_size.is_none() {
-                        // It was in chunks until now: they go.
-                        self.delete_record_chunks(ino, &of.record);
-                    }
-                    if data_was_dirty {
-                        self.activity.published(data.len());
-                    }
-                    of.record = rec;
-                    of.cas = None;
-                    of.pending = Default::default();
-                    if (lock_held || moved) && data_was_dirty {
-                        // Publish the same bytes again at the names the operation left.
-                        of.data_dirty = true;
-                        return Ok(Published::AfterNamespaceOp);
-                    }
-                    of.data_dirty = false;
-                    let current = keys;
-                    let stale: Vec<Vec<u8>> = std::mem::take(&mut of.written)
-                        .into_iter()
-                        .filter(|k| !current.contains(k))
-                        .collect();
-                    return Ok(Published::Done(stale));
+                if record.chunk_size.is_none() {
+                    // It was in chunks until now: they go.
+                    self.delete_record_chunks(ino, of.record());
                 }
-                CasOutcome::Changed => {
-                    of.cas = None; // re-read, merge our changes onto it, try again
-                    of.set_key_tokens(Default::default(), None);
-                    if lock_held {
-                        return Ok(Published::AfterNamespaceOp);
-                    }
+                if let Some(bytes) = &bytes {
+                    self.activity.published(bytes.len());
                 }
-                CasOutcome::Gone => return self.after_removed(of),
+                of.record_published(record);
+                if (lock_held || moved) && bytes.is_some() {
+                    // Publish the same bytes again at the names the operation left.
+                    return Ok(RoundEnd::Settled(Published::AfterNamespaceOp));
+                }
+                of.mark_buffer_clean();
+                let stale: Vec<Vec<u8>> = of
+                    .take_written()
+                    .into_iter()
+                    .filter(|k| !writes.iter().any(|(current, _)| current == k))
+                    .collect();
+                Ok(RoundEnd::Settled(Published::Done(stale)))
             }
+            CasOutcome::Changed => {
+                of.forget_version(); // re-read, merge our changes onto it, try again
+                match lock_held {
+                    true => Ok(RoundEnd::Settled(Published::AfterNamespaceOp)),
+                    false => Ok(RoundEnd::Again),
+                }
+            }
+            CasOutcome::Gone => self.after_removed(of).map(RoundEnd::Settled),
         }
-        Err(FsError::Contended)
     }
 
     /// Before a publish round: reads the record again if its cas token is unknown (another
     /// writer changed it, or this mount's last publish did). False when the file is gone.
     pub(crate) fn refresh_record(&self, ino: u64, of: &mut OpenFile) -> FsResult<bool> {
-        if of.cas.is_some() {
+        if of.cas().is_some() {
             return Ok(true);
         }
         match self.read_inode_opt(ino)? {
             Some((rec, cas)) => {
-                of.record = rec;
-                of.cas = Some(cas);
                 // Another mount may have written the private key since this one made the file.
-                of.private_key_unused = false;
+                of.take_newer_record(rec, Some(cas));
                 Ok(true)
             }
             None => Ok(false),
@@ -780,14 +762,11 @@ impl<S: Store> MemFs<S> {
         let held = r.value(&lock_key)?;
         self.observe_generation(r.reply())?;
         let Some(item) = record else {
-            of.cas = None; // removed: the next round finds it gone
+            of.forget_version(); // removed: the next round finds it gone
             return Ok(Tokens::RecordChanged);
         };
-        if item.cas.is_none() || item.cas != of.cas {
-            of.record = Inode::decode(&ikey, &item.value)?;
-            of.cas = item.cas;
-            of.private_key_unused = false;
-            of.set_key_tokens(Default::default(), None);
+        if item.cas.is_none() || item.cas != of.cas() {
+            of.take_newer_record(Inode::decode(&ikey, &item.value)?, item.cas);
             return Ok(Tokens::RecordChanged);
         }
         if held.is_some_and(|lock| self.may_move_bytes_of(ino, &lock.value)) {
@@ -796,26 +775,25 @@ impl<S: Store> MemFs<S> {
         if self.meta.generation() != generation {
             return Ok(Tokens::PathsMoved); // (the path cache was dropped)
         }
-        of.set_key_tokens(tokens, of.cas);
+        of.take_key_tokens(tokens);
         Ok(Tokens::Taken)
     }
 
     /// The file was removed by another mount while open here: take back the bytes this
     /// publish put where no name is.
     fn after_removed(&self, of: &mut OpenFile) -> FsResult<Published> {
-        of.unlinked = true;
-        Ok(Published::Done(std::mem::take(&mut of.written)))
+        of.mark_unlinked();
+        Ok(Published::Done(of.take_written()))
     }
 
     /// A failed `set` leaves no old bytes either (memcached drops the item), so the file is
     /// made empty everywhere rather than left half-visible; the buffer is dropped.
     fn after_failed_publish(&self, ino: u64, of: &mut OpenFile) {
-        of.data = None;
-        of.data_dirty = false;
-        of.pending = crate::open_files::Pending::default();
+        of.drop_buffer();
+        of.drop_pending();
         // Keys written at paths a rename took away meanwhile go when the heartbeat finds no
         // name at them (the file's own stay).
-        lock(&self.stale_keys).append(&mut of.written);
+        lock(&self.stale_keys).extend(of.take_written());
         // (A file in chunks becomes one empty item; its chunks go.)
         let mut chunked = None;
         let emptied = self.update_record(ino, |r| {
@@ -826,9 +804,8 @@ impl<S: Store> MemFs<S> {
             Ok(())
         });
         if let Ok(rec) = &emptied {
-            of.record = rec.clone();
-            of.cas = None;
-            of.reset_bytes();
+            of.adopt_record(rec.clone());
+            of.forget_bytes();
             if let Some(was) = &chunked {
                 self.delete_record_chunks(ino, was);
             }
@@ -846,4 +823,30 @@ impl<S: Store> MemFs<S> {
             lock(&self.stale_keys).extend(keys);
         }
     }
+}
+
+/// Notes in the open file the keys a round's writes stored (every one, even when another
+/// failed). True when a served key was refused: it changed since its token was read (another
+/// mount's rename gave it to another file, or this file's bytes were published there by
+/// another mount): not written. The first store error, if any.
+fn note_round_writes(
+    of: &mut OpenFile,
+    writes: &[(Vec<u8>, KeyWrite)],
+    replies: Vec<FsResult<bool>>,
+) -> FsResult<bool> {
+    let mut failure = None;
+    let mut refused = false;
+    for ((k, write), r) in writes.iter().zip(replies) {
+        match r {
+            Ok(true) => {
+                of.note_written(k);
+                if *write == KeyWrite::Private {
+                    of.private_key_used();
+                }
+            }
+            Ok(false) => refused = true,
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    failure.map_or(Ok(refused), Err)
 }

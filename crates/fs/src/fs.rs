@@ -47,6 +47,10 @@ pub struct FsConfig {
     /// Store text files gzip-compressed (`--gzip`, [`crate::data_codec`]); reads decompress
     /// either way.
     pub gzip: bool,
+    /// How old this mount's last liveness refresh may be for a thread holding the namespace
+    /// lock to go on sending (below the key's 10 s expiry, after which other mounts take the
+    /// lock over: `crate::lock_lease`).
+    pub stall_limit: Duration,
 }
 
 impl Default for FsConfig {
@@ -56,6 +60,7 @@ impl Default for FsConfig {
             item_size_max: None,
             lock_backoff: Duration::from_micros(200),
             gzip: false,
+            stall_limit: Duration::from_secs(8),
         }
     }
 }
@@ -106,12 +111,20 @@ pub struct MemFs<S: Store> {
 pub fn listed_prefixes<S: Store>(store: &S) -> FsResult<Vec<String>> {
     let key = PREFIX_REGISTRY_KEY;
     let item = store.get(key).map_err(|e| FsError::store(key, e))?;
-    Ok(item
-        .map(|i| String::from_utf8_lossy(&i.value).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect())
+    Ok(parse_prefix_list(
+        item.as_ref().map_or(&[][..], |i| &i.value[..]),
+    ))
+}
+
+/// The prefixes of the registry's value, one a line, each once (in the order first listed).
+fn parse_prefix_list(value: &[u8]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(value).lines() {
+        if !line.is_empty() && !out.iter().any(|p| p == line) {
+            out.push(line.to_string());
+        }
+    }
+    out
 }
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
@@ -136,11 +149,23 @@ pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl<S: Store> MemFs<S> {
-    /// Opens the filesystem under `keys`, creating the format record and root directory on an
-    /// empty store. Refuses a store whose format version this build does not know.
+    /// Opens the filesystem under `keys`, creating the format record and root directory when
+    /// the prefix has no tree yet. Refuses a store whose format version this build does not know.
     pub fn new(store: S, keys: KeyLayout, cfg: FsConfig) -> FsResult<MemFs<S>> {
+        MemFs::open_tree(store, keys, cfg, true)
+    }
+
+    /// Opens the filesystem under `keys`. A prefix with no tree is made only when `create` is
+    /// true; otherwise it is refused with [`FsError::NoTree`], having written nothing to the
+    /// store. A new prefix is listed in the store-wide registry before anything is written
+    /// under it, so two nesting prefixes created at once cannot both succeed.
+    pub fn open_tree(store: S, keys: KeyLayout, cfg: FsConfig, create: bool) -> FsResult<MemFs<S>> {
         let mut fs = MemFs {
-            store: FencedStore::new(store, DataCodec::new(&keys, cfg.gzip)),
+            store: FencedStore::with_lease_limit(
+                store,
+                DataCodec::new(&keys, cfg.gzip),
+                cfg.stall_limit,
+            ),
             keys,
             mount_id: random_id(),
             store_id: String::new(),
@@ -157,12 +182,28 @@ impl<S: Store> MemFs<S> {
             locks: crate::locks::LocalLocks::new(),
             cfg,
         };
-        // Refuse a nesting prefix before formatting writes anything under it.
+        // Refuse a nesting prefix before anything is written under it.
         fs.refuse_nesting_prefix()?;
-        fs.store_id = fs.check_or_create_format()?;
+        fs.store_id = match fs.read_format()? {
+            Some(id) => {
+                // A tree made before the registry existed is listed now.
+                fs.register_prefix()?;
+                id
+            }
+            None if !create => {
+                return Err(FsError::NoTree {
+                    prefix: fs.keys.prefix().to_string(),
+                    trees: fs.listed_prefixes()?,
+                });
+            }
+            None => {
+                // Listed first (refusing a nesting prefix listed meanwhile), then formatted.
+                fs.register_prefix()?;
+                fs.create_format()?
+            }
+        };
         fs.store
             .watch_identity(fs.keys.format(), fs.store_id.clone());
-        fs.register_prefix()?;
         fs.heartbeat()?;
         // A mount that died mid-operation left its intent in the lock: finish it now.
         fs.wait_quiet()?;
@@ -182,17 +223,25 @@ impl<S: Store> MemFs<S> {
         &self.mount_id
     }
 
-    /// Reads the format record, or formats an empty store. Returns the store id.
-    fn check_or_create_format(&self) -> FsResult<String> {
+    /// The store id of the tree under this prefix; `None` when there is no tree. Refuses a
+    /// format this build does not know.
+    fn read_format(&self) -> FsResult<Option<String>> {
         let key = self.keys.format();
-        if let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
-            let rec: FormatRecord = serde_json::from_slice(&item.value)
-                .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
-            if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-                return Err(FsError::unknown_format(&key, &rec));
-            }
-            return Ok(rec.store_id);
+        let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? else {
+            return Ok(None);
+        };
+        let rec: FormatRecord = serde_json::from_slice(&item.value)
+            .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
+        if rec.format != "memfis" || rec.version != FORMAT_VERSION {
+            return Err(FsError::unknown_format(&key, &rec));
         }
+        Ok(Some(rec.store_id))
+    }
+
+    /// Formats an empty tree under this prefix (another process may be doing the same: the
+    /// format record that got stored counts). Returns the store id.
+    fn create_format(&self) -> FsResult<String> {
+        let key = self.keys.format();
         tracing::info!(
             prefix = self.keys.prefix(),
             "no memfis format record in the store: formatting an empty tree"
@@ -256,27 +305,45 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Adds this prefix to the store-wide list, refusing one that nests with a listed one
-    /// (their data keys would overlap). Of two nesting prefixes added at once, the one listed
-    /// first stays.
+    /// (their data keys would overlap). The list is changed only by `add` (the first prefix)
+    /// or `cas` on the value just read, so of two nesting prefixes registered at once the
+    /// second to write saw the first and is refused, having written nothing. A prefix already
+    /// listed stays, unless a nesting one was listed before it (the first listed wins).
     fn register_prefix(&self) -> FsResult<()> {
         let key = PREFIX_REGISTRY_KEY;
         let mine = self.keys.prefix();
-        let listed = self.listed_prefixes()?;
-        if listed.iter().any(|p| p == mine) {
-            return self.nesting_conflict(&listed);
+        for _ in 0..CAS_RETRIES {
+            let item = self.store.gets(key).map_err(|e| FsError::store(key, e))?;
+            let value = item.as_ref().map(|i| i.value.clone()).unwrap_or_default();
+            let listed = parse_prefix_list(&value);
+            self.nesting_conflict(&listed)?;
+            if listed.iter().any(|p| p == mine) {
+                return Ok(());
+            }
+            let mut new = value;
+            if !new.is_empty() && !new.ends_with(b"\n") {
+                new.push(b'\n');
+            }
+            new.extend_from_slice(format!("{mine}\n").as_bytes());
+            let stored = match item {
+                None => self
+                    .store
+                    .store(StoreOp::Add, key, &new)
+                    .map_err(|e| FsError::store(key, e))?,
+                Some(item) => {
+                    let r = self
+                        .store
+                        .run(Command::cas(key, &new, item.cas.unwrap_or(0)));
+                    matches!(cas_outcome(key, r)?, CasOutcome::Stored)
+                }
+            };
+            if stored {
+                // Another memfis (an older one appends without cas) may have listed a
+                // nesting prefix meanwhile: the one listed first stays.
+                return self.nesting_conflict(&self.listed_prefixes()?);
+            }
         }
-        self.nesting_conflict(&listed)?;
-        let line = format!("{mine}\n");
-        let appended = self
-            .store
-            .store(StoreOp::Append, key, line.as_bytes())
-            .map_err(|e| FsError::store(key, e))?;
-        if !appended {
-            self.store
-                .store(StoreOp::Add, key, line.as_bytes())
-                .map_err(|e| FsError::store(key, e))?;
-        }
-        self.nesting_conflict(&self.listed_prefixes()?)
+        Err(FsError::Contended)
     }
 
     /// Runs `first`, then `then`, which must see every command of `first` applied (a fence
@@ -628,7 +695,7 @@ impl<S: Store> MemFs<S> {
     /// local filesystem; its record still lists the name it had.
     pub(crate) fn open_attr(&self, ino: u64, of: &OpenFile) -> Attr {
         let mut attr = self.attr_from(ino, &of.view(), None);
-        if of.unlinked {
+        if of.is_unlinked() {
             attr.nlink = 0;
         }
         attr
@@ -715,18 +782,18 @@ impl<S: Store> MemFs<S> {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.open_file(ino) {
-            if set.size.is_some() && lock(&of).writers > 0 {
+            if set.size.is_some() && lock(&of).has_writers() {
                 // Resized through the buffer below: its bytes loaded first, waiting out
                 // namespace operations with the open file unlocked.
                 drop(self.lock_loaded(ino, &of)?);
             }
             let mut of = lock(&of);
-            if of.writers > 0 && !of.unlinked && Self::withdraws_stored(&of.record, set) {
+            if of.has_writers() && !of.is_unlinked() && Self::withdraws_stored(of.record(), set) {
                 // A chmod that withdraws served bytes (of a file that still has a name) does
                 // not wait for the writer's close: it runs now, as without a writer. It
                 // supersedes any mode still pending (cleared first, so a publish meanwhile
                 // cannot serve the file again).
-                of.pending.set.mode = None;
+                of.drop_pending_mode();
                 drop(of);
                 let chmod = SetAttr {
                     mode: set.mode,
@@ -747,16 +814,16 @@ impl<S: Store> MemFs<S> {
                     false => self.setattr(ino, &rest),
                 };
             }
-            if of.writers > 0 {
+            if of.has_writers() {
                 // Published with the data at flush: keeps `cp -a` at a few round trips a file
                 // (a chmod that serves it too: its bytes go straight to the served key).
                 if let Some(size) = set.size {
                     self.ensure_loaded(ino, &mut of)?;
                     self.check_size(ino, size)?;
-                    if of.chunked.is_none() && size > self.item_limit() {
+                    if of.chunks().is_none() && size > self.item_limit() {
                         self.start_chunking(ino, &mut of)?;
                     }
-                    match of.chunked.as_mut() {
+                    match of.chunks_mut() {
                         Some(c) => {
                             self.resize_chunked(ino, c, size)?;
                             of.touch_mtime();
@@ -766,8 +833,8 @@ impl<S: Store> MemFs<S> {
                 }
                 let mut set = set.clone();
                 let view = of.view();
-                set.mode = set.mode.or(setid_cleared(&view, &set));
-                of.pending.apply(&set);
+                set.mode = set.mode.or(set.setid_cleared(&view));
+                of.buffer_attrs(&set);
                 return Ok(self.open_attr(ino, &of));
             }
         }
@@ -797,7 +864,7 @@ impl<S: Store> MemFs<S> {
         let plain = self.update_inode(ino, |rec| match Self::changes_visibility(rec, set) {
             true => Err(FsError::Contended),
             false => {
-                apply_setattr(rec, set);
+                set.apply_to(rec);
                 Ok(())
             }
         });
@@ -896,48 +963,6 @@ impl<S: Store> MemFs<S> {
             files_free: free.max(1_000_000),
         })
     }
-}
-
-/// chown of a non-directory drops the set-user-ID bit, and set-group-ID with group execute
-/// (chown(2) on Linux, for root too); so does truncating a file for a caller that may not keep
-/// them (`kill_suidgid`). `Some(new mode)` when `set` is such a change.
-fn setid_cleared(rec: &Inode, set: &SetAttr) -> Option<u32> {
-    let chown = set.uid.is_some_and(|u| u != rec.uid) || set.gid.is_some_and(|g| g != rec.gid);
-    let truncate = set.size.is_some() && set.kill_suidgid;
-    if !(chown || truncate) || set.mode.is_some() || rec.kind == Kind::Dir {
-        return None;
-    }
-    let mut drop = libc::S_ISUID;
-    if rec.mode & libc::S_IXGRP != 0 {
-        drop |= libc::S_ISGID;
-    }
-    (rec.mode & drop != 0).then_some(rec.mode & !drop)
-}
-
-pub(crate) fn apply_setattr(rec: &mut Inode, set: &SetAttr) {
-    if let Some(m) = setid_cleared(rec, set) {
-        rec.mode = m;
-    }
-    if let Some(m) = set.mode {
-        rec.mode = m & 0o7777;
-    }
-    if let Some(u) = set.uid {
-        rec.uid = u;
-    }
-    if let Some(g) = set.gid {
-        rec.gid = g;
-    }
-    if let Some(s) = set.size {
-        rec.size = s;
-        rec.mtime = Time::now();
-    }
-    if let Some(t) = set.atime {
-        rec.atime = t;
-    }
-    if let Some(t) = set.mtime {
-        rec.mtime = t;
-    }
-    rec.ctime = Time::now();
 }
 
 /// Runs a cleanup step up to a few times: a step that makes the store consistent again

@@ -34,7 +34,7 @@ pub(crate) struct NewNode {
     pub cas: u64,
     /// Where a file's bytes live (`KeyLayout::file_bytes`, at its path when created).
     pub data_key: Vec<u8>,
-    /// The cas token of a served `data_key` as created (`OpenFile::key_tokens`).
+    /// The cas token of a served `data_key` as created (`RecordVersion::key_tokens`).
     pub data_token: Option<u64>,
 }
 
@@ -122,7 +122,7 @@ impl<S: Store> MemFs<S> {
         if !own_first {
             batch.extend(own_keys.iter().cloned());
         }
-        // A served file's key token, read after the record's (see `OpenFile::key_tokens`).
+        // A served file's key token, read after the record's (see `RecordVersion::key_tokens`).
         let served = rec.kind == Kind::File && !own_keys.is_empty();
         if served {
             batch.push(Command::Gets(data_key.clone()));
@@ -272,6 +272,9 @@ impl<S: Store> MemFs<S> {
             Command::Get(self.keys.ns_lock()),
             Command::Get(self.keys.dir_generation()),
             Command::Get(self.keys.dir_base(parent)),
+            // After the lock: an rmdir that replayed the log before this create's records
+            // landed and was done by the time of the lock read has fenced or deleted it.
+            Command::Get(self.keys.dir_seq(parent)),
         ]
     }
 
@@ -283,10 +286,16 @@ impl<S: Store> MemFs<S> {
         let base = results
             .value(&base_key)
             .and_then(|item| LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..])));
+        // (A read that failed says nothing: the lock read, which then counts as held, has
+        // the directory looked at again.)
+        let dir_removed = results
+            .value(&self.keys.dir_seq(parent))
+            .is_ok_and(|item| item.is_none_or(|i| parse_number(&i.value).is_none()));
         CreateFence {
             lock_held,
             generation,
             base,
+            dir_removed,
         }
     }
 
@@ -302,10 +311,12 @@ impl<S: Store> MemFs<S> {
     /// read (last) then shows. Records that went in after the batch (`la.late`) are checked
     /// once the lock is free after them, for the same reason.
     ///
-    /// The operation waited out may have been an rmdir of `parent` that replayed its log
-    /// before the records landed (the `incr` before its read of the sequence, the append
-    /// after its replay): it held the lock from before that read to its end, so the lock
-    /// read here, after the append, found it held. Then the directory is looked at again.
+    /// An rmdir of `parent` may have replayed its log before the records landed (the `incr`
+    /// before its read of the sequence, the append after its replay). It held the lock
+    /// from before that read to its end: if the lock read here (after the append) found it
+    /// held, the directory is looked at again once it is free; if it found it free, the
+    /// rmdir was done by then, and the sequence read after it shows the fence (or nothing).
+    /// On a pool the two reads go to different servers unordered: there a window remains.
     pub(crate) fn settle_create_fence(
         &self,
         fence: CreateFence,
@@ -318,7 +329,11 @@ impl<S: Store> MemFs<S> {
             lock_held,
             generation,
             base,
+            dir_removed,
         } = fence;
+        if dir_removed {
+            return Ok(Settled::DirRemoved);
+        }
         let mut fenced = match lock_held {
             Ok(false) => self.observe_generation(generation),
             _ => Err(FsError::Contended), // a namespace operation ran: wait it out first
@@ -738,7 +753,7 @@ impl<S: Store> MemFs<S> {
             self.note_dir_touched(parent, now);
             if last_link {
                 if let Some(of) = self.open_file(ino) {
-                    lock(&of).unlinked = true;
+                    lock(&of).mark_unlinked();
                 }
                 self.delete_record_chunks(ino, &rec);
             } else {
@@ -762,9 +777,7 @@ impl<S: Store> MemFs<S> {
     /// Keeps an open file of this mount in step with a name removed from its record.
     fn adopt_removed_link(&self, ino: u64, link: &Link) {
         if let Some(of) = self.open_file(ino) {
-            let mut of = lock(&of);
-            of.record.remove_link(link);
-            of.cas = None;
+            lock(&of).lose_link(link);
         }
     }
 
@@ -888,7 +901,7 @@ impl<S: Store> MemFs<S> {
         }
         self.meta.forget_removed_dir(ino);
         if let Some(of) = self.open_file(ino) {
-            lock(&of).unlinked = true;
+            lock(&of).mark_unlinked();
         }
         Ok(())
     }
@@ -1022,6 +1035,8 @@ pub(crate) struct CreateFence {
     lock_held: FsResult<bool>,
     generation: CmdResult,
     base: FsResult<LogBase>,
+    /// The directory's sequence, read last, was fenced (`removed`) or gone.
+    dir_removed: bool,
 }
 
 /// What a failed create must undo.

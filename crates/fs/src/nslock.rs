@@ -52,11 +52,19 @@ impl LockValue {
 /// The namespace lock held by this thread; [`MemFs::with_ns_lock`] releases it.
 pub(crate) struct NsLock<'a> {
     _local: MutexGuard<'a, ()>,
+    /// Told when this thread holds the lock and when it no longer does.
+    lease: &'a crate::lock_lease::LockLease,
     pub owner: String,
     /// The lock key was deleted by the operation's last batch already.
     pub released: bool,
     /// An intent was stored: if the operation fails midway, it must be completed.
     pub intent: Option<Intent>,
+}
+
+impl Drop for NsLock<'_> {
+    fn drop(&mut self) {
+        self.lease.given_up();
+    }
 }
 
 impl<S: Store> MemFs<S> {
@@ -224,8 +232,10 @@ impl<S: Store> MemFs<S> {
             let rest = results.split_off(1);
             match results.pop().expect("one result per command") {
                 Ok(Reply::Stored) => {
+                    self.store.lease.taken();
                     let guard = NsLock {
                         _local: local,
+                        lease: &self.store.lease,
                         owner,
                         released: false,
                         intent: None,
@@ -335,11 +345,20 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
+    /// Says that [`Self::heartbeat`] now runs every few seconds: from then on, a thread
+    /// holding the namespace lock stops sending once the last refresh is older than
+    /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
+    /// liveness may have lost the lock to another mount).
+    pub fn keep_alive(&self) {
+        self.store.lease.arm();
+    }
+
     /// Refreshes this mount's liveness key and checks that the store is still the one it
     /// mounted. Call every few seconds (the FUSE mount runs a thread for it).
     pub fn heartbeat(&self) -> FsResult<()> {
         let alive = self.keys.alive(&self.mount_id);
         let format = self.keys.format();
+        let sent = std::time::Instant::now();
         let results = self.store.inner().execute(vec![
             // Whether the key was still there: a lapse may have cost this mount's file locks.
             Command::Touch {
@@ -359,6 +378,7 @@ impl<S: Store> MemFs<S> {
         let touched = matches!(results.reply(), Ok(Reply::Touched));
         results.done(&alive)?;
         self.note_liveness(touched);
+        self.store.lease.refreshed(sent);
         let found = results.value(&format)?;
         let same = found
             .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())

@@ -1,6 +1,8 @@
 //! What this mount holds open: handles, and per inode one [`OpenFile`] shared by all its
-//! handles (a buffer of the whole file plus attribute changes not yet published). Plain state;
-//! reading, writing and publishing it live in `files.rs`.
+//! handles: the record and its version (with the key tokens read at it), the bytes (not read
+//! yet, one buffer of the whole file, or chunks), attribute changes not yet published. The
+//! state and its transitions, without the store; reading, writing and publishing it live in
+//! `files.rs` and `chunked.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +12,7 @@ use memfis_memcache::command::Value;
 
 use crate::attr::SetAttr;
 use crate::chunk_buffer::ChunkedFile;
-use crate::record::{Inode, Time};
+use crate::record::{Inode, Link, Time};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -25,13 +27,13 @@ pub struct Handle {
 
 /// Attribute changes made through an open file, applied over the stored record at publish.
 #[derive(Debug, Clone, Default)]
-pub struct Pending {
-    pub set: SetAttr,
-    pub ctime: Option<Time>,
+pub(crate) struct Pending {
+    set: SetAttr,
+    ctime: Option<Time>,
 }
 
 impl Pending {
-    pub fn apply(&mut self, set: &SetAttr) {
+    fn apply(&mut self, set: &SetAttr) {
         let p = &mut self.set;
         p.mode = set.mode.or(p.mode);
         p.uid = set.uid.or(p.uid);
@@ -41,7 +43,7 @@ impl Pending {
         self.ctime = Some(Time::now());
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         let p = &self.set;
         p.mode.is_none()
             && p.uid.is_none()
@@ -51,122 +53,348 @@ impl Pending {
             && self.ctime.is_none()
     }
 
-    pub(crate) fn apply_to(&self, rec: &mut Inode) {
-        let p = &self.set;
-        if let Some(m) = p.mode {
-            rec.mode = m & 0o7777;
-        }
-        if let Some(u) = p.uid {
-            rec.uid = u;
-        }
-        if let Some(g) = p.gid {
-            rec.gid = g;
-        }
-        if let Some(t) = p.atime {
-            rec.atime = t;
-        }
-        if let Some(t) = p.mtime {
-            rec.mtime = t;
-        }
+    /// The changes over `rec`, with the ctime of the last one (not now: a publish later is no
+    /// change of its own).
+    fn apply_to(&self, rec: &mut Inode) {
+        self.set.write_fields(rec);
         if let Some(t) = self.ctime {
             rec.ctime = t;
         }
     }
 }
 
+/// An open file's bytes: exactly one of not read yet, one buffer of the whole file, or the
+/// chunks of a file larger than one item.
 #[derive(Debug)]
-pub struct OpenFile {
-    /// The record as last read from or written to the store.
-    pub record: Inode,
+enum Bytes {
+    /// Not read yet (or forgotten): read as the record says before they are used
+    /// (`MemFs::load_bytes`).
+    Unloaded,
+    /// The whole file. `dirty`: it holds bytes not published yet.
+    Whole { data: Value, dirty: bool },
+    /// The file is larger than one item: its bytes are in chunks (`chunked.rs`), read as
+    /// they are needed.
+    Chunked(ChunkedFile),
+}
+
+impl Bytes {
+    /// The bytes as the record says they are stored: none read yet, or chunks.
+    fn of_record(record: &Inode) -> Bytes {
+        match record.chunk_size {
+            Some(cs) => Bytes::Chunked(ChunkedFile::new(cs, record.chunk_gen, record.size)),
+            None => Bytes::Unloaded,
+        }
+    }
+}
+
+/// The record as last read from or written to the store, with what is known of its version:
+/// its cas token and the tokens of the file's served data keys read at that version. Tokens
+/// count only for the version they were read at, so forgetting the version forgets them too.
+#[derive(Debug)]
+struct RecordVersion {
+    record: Inode,
     /// cas token of `record`; `None` when unknown (re-read before publishing).
-    pub cas: Option<u64>,
-    /// The file's bytes, once read (or written).
-    pub data: Option<Value>,
-    pub data_dirty: bool,
-    pub pending: Pending,
-    pub handles: u32,
-    pub writers: u32,
-    /// The last name is gone: keep serving holders, publish nothing.
-    pub unlinked: bool,
-    /// Data keys set by publishes since the file was last clean: a key among them that is
-    /// no name of the file any more (renamed meanwhile) is deleted once the publish settles.
-    pub written: Vec<Vec<u8>>,
-    /// This mount created the file and nothing has put bytes at its private key since
-    /// (`KeyLayout::private_data`): a publish that makes the file served has no private
-    /// key to delete (`cp -a` creates every file unreadable by others, then opens it up).
-    pub private_key_unused: bool,
-    /// The file is larger than one item: its bytes are in chunks (`chunked.rs`) and `data`
-    /// is unused.
-    pub chunked: Option<ChunkedFile>,
+    cas: Option<u64>,
     /// cas tokens of the file's served data keys (0: the key was absent), each read while
     /// the key was this file's name. A publish writes a served key only with `cas` on its
     /// token (`add` for 0), so it can never replace bytes another file moved to that key
     /// (a rename by another mount after this mount read the record).
-    pub key_tokens: HashMap<Vec<u8>, u64>,
+    key_tokens: HashMap<Vec<u8>, u64>,
     /// The record version (`cas`) the tokens were checked against: they are used only while
     /// it is `cas`.
-    pub tokens_cas: Option<u64>,
+    tokens_cas: Option<u64>,
+}
+
+impl RecordVersion {
+    fn new(record: Inode, cas: Option<u64>) -> RecordVersion {
+        RecordVersion {
+            record,
+            cas,
+            key_tokens: HashMap::new(),
+            tokens_cas: None,
+        }
+    }
+
+    /// The version is unknown from now on (the record changed, or may have): read again
+    /// before the next publish. The key tokens go with it.
+    fn forget(&mut self) {
+        self.cas = None;
+        self.key_tokens.clear();
+        self.tokens_cas = None;
+    }
+
+    /// Takes a record read from the store at version `cas`. Tokens read at another version
+    /// go (they could never count again: a version does not come back).
+    fn read(&mut self, record: Inode, cas: Option<u64>) {
+        self.record = record;
+        self.cas = cas;
+        if cas.is_none() || self.tokens_cas != cas {
+            self.key_tokens.clear();
+            self.tokens_cas = None;
+        }
+    }
+
+    /// Takes a record this mount just stored: its new version is unknown.
+    fn stored(&mut self, record: Inode) {
+        self.record = record;
+        self.forget();
+    }
+
+    fn key_token(&self, key: &[u8]) -> Option<u64> {
+        match self.tokens_cas {
+            Some(c) if Some(c) == self.cas => self.key_tokens.get(key).copied(),
+            _ => None,
+        }
+    }
+
+    /// Takes tokens read while the record was at the version held.
+    fn take_tokens(&mut self, tokens: HashMap<Vec<u8>, u64>) {
+        self.key_tokens = tokens;
+        self.tokens_cas = self.cas;
+    }
+}
+
+/// One file open in this mount, shared by all its handles: the stored record and its version,
+/// the bytes, attribute changes not yet published, and what its publishes wrote.
+#[derive(Debug)]
+pub struct OpenFile {
+    version: RecordVersion,
+    bytes: Bytes,
+    pending: Pending,
+    handles: u32,
+    writers: u32,
+    /// The last name is gone: keep serving holders, publish nothing.
+    unlinked: bool,
+    /// Data keys set by publishes since the file was last clean: a key among them that is
+    /// no name of the file any more (renamed meanwhile) is deleted once the publish settles.
+    written: Vec<Vec<u8>>,
+    /// This mount created the file and nothing has put bytes at its private key since
+    /// (`KeyLayout::private_data`): a publish that makes the file served has no private
+    /// key to delete (`cp -a` creates every file unreadable by others, then opens it up).
+    private_key_unused: bool,
 }
 
 impl OpenFile {
     pub(crate) fn new(record: Inode, cas: Option<u64>) -> OpenFile {
         OpenFile {
-            record,
-            cas,
-            data: None,
-            data_dirty: false,
+            bytes: Bytes::of_record(&record),
+            version: RecordVersion::new(record, cas),
             pending: Pending::default(),
             handles: 0,
             writers: 0,
             unlinked: false,
             written: Vec::new(),
             private_key_unused: false,
-            chunked: None,
-            key_tokens: HashMap::new(),
-            tokens_cas: None,
         }
-        .with_bytes_of_record()
     }
 
-    /// Forgets the bytes held (unchanged ones), to read them again as the record says: one
-    /// buffer, or chunks.
-    pub(crate) fn with_bytes_of_record(mut self) -> OpenFile {
-        self.reset_bytes();
-        self
+    /// A file this mount just created (at version `cas`), empty, with its one handle
+    /// counted; `data_token`: its served data key with the token the create read.
+    pub(crate) fn created(record: Inode, cas: u64, data_token: Option<(Vec<u8>, u64)>) -> OpenFile {
+        let mut of = OpenFile::new(record, Some(cas));
+        if let Some((key, token)) = data_token {
+            of.version.take_tokens([(key, token)].into());
+        }
+        of.private_key_unused = true;
+        of.bytes = Bytes::Whole {
+            data: Value::default(),
+            dirty: false,
+        };
+        of.handles = 1;
+        of
     }
 
-    pub(crate) fn reset_bytes(&mut self) {
-        self.data = None;
-        self.chunked = self
-            .record
-            .chunk_size
-            .map(|cs| ChunkedFile::new(cs, self.record.chunk_gen, self.record.size));
+    // ----- the record and its version ----------------------------------------------------
+
+    /// The record as last read from or written to the store.
+    pub(crate) fn record(&self) -> &Inode {
+        &self.version.record
     }
 
-    /// The record as this mount sees it: stored record, pending changes, buffered size.
-    pub fn view(&self) -> Inode {
-        let mut rec = self.record.clone();
-        self.pending.apply_to(&mut rec);
-        if let Some(d) = &self.data {
-            rec.size = d.len() as u64;
-        }
-        if let Some(c) = &self.chunked {
-            rec.size = c.size;
-        }
-        rec
+    /// cas token of the record held; `None` when unknown (re-read before publishing).
+    pub(crate) fn cas(&self) -> Option<u64> {
+        self.version.cas
+    }
+
+    /// The record version is unknown from now on (another writer changed the record, or
+    /// this mount's publish did): read again before the next publish, key tokens with it.
+    pub(crate) fn forget_version(&mut self) {
+        self.version.forget();
     }
 
     /// Takes a record this mount just stored (rename, link, xattr ...): its token is unknown.
     pub fn adopt_record(&mut self, rec: Inode) {
-        self.record = rec;
-        self.cas = None;
+        self.version.stored(rec);
     }
 
-    pub fn resize(&mut self, size: u64) {
-        let data = self.data.get_or_insert_with(Value::default);
-        Arc::make_mut(data).resize(size as usize, 0);
-        self.data_dirty = true;
+    /// Takes a record read from the store that another mount may have changed: it may have
+    /// written the private key too.
+    pub(crate) fn take_newer_record(&mut self, rec: Inode, cas: Option<u64>) {
+        self.version.read(rec, cas);
+        self.private_key_unused = false;
+    }
+
+    /// Close-to-open: a new open takes the record as stored now (`cas`), and reads the
+    /// bytes again.
+    pub(crate) fn reopen(&mut self, rec: Inode, cas: u64) {
+        self.version.read(rec, Some(cas));
+        self.forget_bytes();
+    }
+
+    /// Another operation of this mount removed name `link` from the stored record.
+    pub(crate) fn lose_link(&mut self, link: &Link) {
+        self.version.record.remove_link(link);
+        self.version.forget();
+    }
+
+    /// The token of served data key `key`, if known for the record version held.
+    pub(crate) fn key_token(&self, key: &[u8]) -> Option<u64> {
+        self.version.key_token(key)
+    }
+
+    /// Takes tokens of served data keys read while the record was at the version held.
+    pub(crate) fn take_key_tokens(&mut self, tokens: HashMap<Vec<u8>, u64>) {
+        self.version.take_tokens(tokens);
+    }
+
+    // ----- the bytes ---------------------------------------------------------------------
+
+    /// The bytes are there to use: a whole buffer, or chunks (read as they are needed).
+    pub(crate) fn is_loaded(&self) -> bool {
+        !matches!(self.bytes, Bytes::Unloaded)
+    }
+
+    /// The whole-file buffer, if that is how the bytes are held and they were read.
+    pub(crate) fn buffer(&self) -> Option<&Value> {
+        match &self.bytes {
+            Bytes::Whole { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The buffer holds bytes not published yet.
+    pub(crate) fn buffer_dirty(&self) -> bool {
+        matches!(self.bytes, Bytes::Whole { dirty: true, .. })
+    }
+
+    pub(crate) fn chunks(&self) -> Option<&ChunkedFile> {
+        match &self.bytes {
+            Bytes::Chunked(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn chunks_mut(&mut self) -> Option<&mut ChunkedFile> {
+        match &mut self.bytes {
+            Bytes::Chunked(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Forgets the bytes held (unchanged ones), to read them again as the record says: one
+    /// buffer, or chunks.
+    pub(crate) fn forget_bytes(&mut self) {
+        self.bytes = Bytes::of_record(&self.version.record);
+    }
+
+    /// Takes the bytes as read from the store.
+    pub(crate) fn loaded(&mut self, data: Value) {
+        self.bytes = Bytes::Whole { data, dirty: false };
+    }
+
+    /// Drops the buffer, published or not (a file in chunks keeps its chunks).
+    pub(crate) fn drop_buffer(&mut self) {
+        if let Bytes::Whole { .. } = self.bytes {
+            self.bytes = Bytes::Unloaded;
+        }
+    }
+
+    /// The buffer is to be published (again), as after a write. (Chunks are published by
+    /// their own state.)
+    pub(crate) fn mark_buffer_dirty(&mut self) {
+        if let Bytes::Whole { dirty, .. } = &mut self.bytes {
+            *dirty = true;
+        }
+    }
+
+    /// The buffer as published.
+    pub(crate) fn mark_buffer_clean(&mut self) {
+        if let Bytes::Whole { dirty, .. } = &mut self.bytes {
+            *dirty = false;
+        }
+    }
+
+    /// O_TRUNC: the file is empty, to publish so, whatever the store holds.
+    pub(crate) fn truncate(&mut self) {
+        self.bytes = Bytes::Whole {
+            data: Value::default(),
+            dirty: true,
+        };
         self.touch_mtime();
+    }
+
+    /// The loaded buffer, to change (marked dirty). Copies only if a publish still holds it.
+    fn buffer_to_change(&mut self) -> &mut Vec<u8> {
+        match &mut self.bytes {
+            Bytes::Whole { data, dirty } => {
+                *dirty = true;
+                Arc::make_mut(data)
+            }
+            _ => panic!("a change to the buffer of a file whose buffer is not loaded"),
+        }
+    }
+
+    /// Writes `bytes` at `offset` into the loaded buffer.
+    pub(crate) fn write_buffer(&mut self, offset: usize, bytes: &[u8]) {
+        let data = self.buffer_to_change();
+        let end = offset + bytes.len();
+        if data.len() < end {
+            data.resize(end, 0); // a hole reads as zeros
+        }
+        data[offset..end].copy_from_slice(bytes);
+    }
+
+    /// Resizes the loaded buffer (a file in chunks: `MemFs::resize_chunked`).
+    pub fn resize(&mut self, size: u64) {
+        self.buffer_to_change().resize(size as usize, 0);
+        self.touch_mtime();
+    }
+
+    /// The loaded buffer goes into chunks of `chunk_size` (all to write) under a new
+    /// `generation`.
+    pub(crate) fn go_chunked(&mut self, chunk_size: u64, generation: u64) {
+        let data = match std::mem::replace(&mut self.bytes, Bytes::Unloaded) {
+            Bytes::Whole { data, .. } => data,
+            _ => Value::default(),
+        };
+        let mut c = ChunkedFile::new(chunk_size, generation, data.len() as u64);
+        for (n, piece) in data.chunks(c.chunk_size as usize).enumerate() {
+            c.dirty.insert(n as u64, piece.to_vec());
+        }
+        c.changed = true;
+        self.bytes = Bytes::Chunked(c);
+    }
+
+    /// A file in chunks small enough for one item again: `bytes` are all of it, to publish.
+    pub(crate) fn unchunk(&mut self, bytes: Vec<u8>) {
+        self.bytes = Bytes::Whole {
+            data: Arc::new(bytes),
+            dirty: true,
+        };
+    }
+
+    // ----- attributes --------------------------------------------------------------------
+
+    /// The record as this mount sees it: stored record, pending changes, buffered size.
+    pub fn view(&self) -> Inode {
+        let mut rec = self.version.record.clone();
+        self.pending.apply_to(&mut rec);
+        match &self.bytes {
+            Bytes::Whole { data, .. } => rec.size = data.len() as u64,
+            Bytes::Chunked(c) => rec.size = c.size,
+            Bytes::Unloaded => {}
+        }
+        rec
     }
 
     pub(crate) fn touch_mtime(&mut self) {
@@ -175,24 +403,99 @@ impl OpenFile {
         self.pending.ctime = Some(now);
     }
 
-    /// The token of served data key `key`, if known for the record version held.
-    pub(crate) fn key_token(&self, key: &[u8]) -> Option<u64> {
-        match self.tokens_cas {
-            Some(c) if Some(c) == self.cas => self.key_tokens.get(key).copied(),
-            _ => None,
+    /// Attribute changes to publish with the bytes (`cp -a` keeps to a few round trips).
+    pub(crate) fn buffer_attrs(&mut self, set: &SetAttr) {
+        self.pending.apply(set);
+    }
+
+    /// Drops a mode change still to publish (a chmod that runs at once supersedes it).
+    pub(crate) fn drop_pending_mode(&mut self) {
+        self.pending.set.mode = None;
+    }
+
+    /// A write by a caller that may not keep set-ID bits: they go with the publish.
+    pub(crate) fn kill_suidgid(&mut self) {
+        let mode = self.view().mode;
+        if mode & 0o6000 != 0 {
+            self.pending.set.mode = Some(mode & !0o6000);
         }
     }
 
-    /// Takes tokens read while the record was at version `cas`.
-    pub(crate) fn set_key_tokens(&mut self, tokens: HashMap<Vec<u8>, u64>, cas: Option<u64>) {
-        self.key_tokens = tokens;
-        self.tokens_cas = cas;
+    /// Forgets the attribute changes not published (they went, or failed to).
+    pub(crate) fn drop_pending(&mut self) {
+        self.pending = Pending::default();
+    }
+
+    /// The record a publish stores: the stored one with the pending changes, and the size of
+    /// the buffer if it is to be written. Only bytes this publish writes give the record its
+    /// size: a buffer published already may be older than what another mount published since
+    /// (an attribute change riding with a writer's close must not take the file back to its
+    /// size).
+    pub(crate) fn record_to_publish(&self) -> Inode {
+        let mut rec = self.version.record.clone();
+        self.pending.apply_to(&mut rec);
+        if let Bytes::Whole { data, dirty: true } = &self.bytes {
+            rec.size = data.len() as u64;
+            rec.chunk_size = None;
+            rec.chunk_gen = 0;
+        }
+        rec
+    }
+
+    /// The record (with the pending changes) is stored: its new version is unknown.
+    pub(crate) fn record_published(&mut self, rec: Inode) {
+        self.version.stored(rec);
+        self.drop_pending();
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
-        self.data_dirty
-            || !self.pending.is_empty()
-            || self.chunked.as_ref().is_some_and(ChunkedFile::is_dirty)
+        let bytes = match &self.bytes {
+            Bytes::Whole { dirty, .. } => *dirty,
+            Bytes::Chunked(c) => c.is_dirty(),
+            Bytes::Unloaded => false,
+        };
+        bytes || !self.pending.is_empty()
+    }
+
+    // ----- handles, names, keys written ----------------------------------------------------
+
+    pub(crate) fn has_writers(&self) -> bool {
+        self.writers > 0
+    }
+
+    pub(crate) fn is_unlinked(&self) -> bool {
+        self.unlinked
+    }
+
+    /// The last name is gone: holders keep reading, nothing is published.
+    pub(crate) fn mark_unlinked(&mut self) {
+        self.unlinked = true;
+    }
+
+    /// Keys a publish wrote since the file was last clean (see `written`).
+    pub(crate) fn written(&self) -> &[Vec<u8>] {
+        &self.written
+    }
+
+    /// A publish wrote `key`, or left bytes there that go once no name holds them.
+    pub(crate) fn note_written(&mut self, key: &[u8]) {
+        if !self.written.iter().any(|k| k == key) {
+            self.written.push(key.to_vec());
+        }
+    }
+
+    /// A publish put bytes at the private key.
+    pub(crate) fn private_key_used(&mut self) {
+        self.private_key_unused = false;
+    }
+
+    pub(crate) fn take_written(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.written)
+    }
+
+    /// See `private_key_unused`.
+    pub(crate) fn private_key_unused(&self) -> bool {
+        self.private_key_unused
     }
 }
 

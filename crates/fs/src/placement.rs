@@ -16,7 +16,7 @@
 use memfis_memcache::{Command, Store, StoreOp};
 
 use crate::attr::SetAttr;
-use crate::fs::{CAS_RETRIES, MemFs, apply_setattr};
+use crate::fs::{CAS_RETRIES, MemFs};
 use crate::intent::Intent;
 use crate::keys::is_public;
 use crate::record::{Inode, Kind};
@@ -27,7 +27,7 @@ impl<S: Store> MemFs<S> {
     /// True when `set` would serve or withdraw the file `rec` (its bytes must move).
     pub(crate) fn changes_visibility(rec: &Inode, set: &SetAttr) -> bool {
         let mut after = rec.clone();
-        apply_setattr(&mut after, set);
+        set.apply_to(&mut after);
         rec.kind == Kind::File && is_public(after.mode) != is_public(rec.mode)
     }
 
@@ -38,7 +38,7 @@ impl<S: Store> MemFs<S> {
             for _ in 0..CAS_RETRIES {
                 let (old, cas) = self.read_live_inode(ino)?;
                 let mut rec = old.clone();
-                apply_setattr(&mut rec, set);
+                set.apply_to(&mut rec);
                 let value = rec.encode();
                 self.check_record_size(&key, value.len())?;
                 let first = Command::cas(&key, &value, cas);

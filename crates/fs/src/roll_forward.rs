@@ -104,7 +104,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn keep_bytes_for_open_handles(&self, ino: u64) -> FsResult<()> {
         if let Some(of) = self.open_file(ino) {
             let mut of = lock(&of);
-            if of.data.is_none() && !of.unlinked {
+            if !of.is_loaded() && !of.is_unlinked() {
                 match self.ensure_loaded_holding_lock(ino, &mut of) {
                     Ok(()) | Err(FsError::NotFound) => {}
                     Err(e) => return Err(e),

@@ -455,6 +455,7 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
         item_size_max: small_items.then_some(1536),
         lock_backoff: Duration::ZERO,
         gzip,
+        ..FsConfig::default()
     };
     let sched = Arc::new(Sched {
         slots: Mutex::new((0..MOUNTS).map(|_| Slot::default()).collect()),

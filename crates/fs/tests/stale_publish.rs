@@ -1,6 +1,6 @@
 //! A publish by a mount whose copy of the record is stale: another mount renamed the file away
 //! and moved another file to the old name before the publish's batch. The publish writes served
-//! data keys only with `cas` on tokens read while the name was the file's (`OpenFile::key_tokens`),
+//! data keys only with `cas` on tokens read while the name was the file's (`RecordVersion::key_tokens`),
 //! so the other file's bytes stay; the publish is redone at the file's new name. (Before tokens,
 //! the `set` replaced the other file's bytes: the interleaving harness found it, a bulk create's
 //! second batch racing a RENAME_EXCHANGE.)

@@ -24,4 +24,4 @@ pub mod session;
 pub mod stats;
 
 pub use progress::{Progress, Silent, Would};
-pub use session::{Session, StoreConfig};
+pub use session::{IfNoTree, Session, StoreConfig};

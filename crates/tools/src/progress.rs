@@ -5,8 +5,9 @@ use std::path::Path;
 
 /// Every method defaults to saying nothing.
 pub trait Progress: Sync {
-    /// The prefix holds no tree: opening it makes a new, empty one. `others` are the prefixes
-    /// of the trees already on the store (so a mistyped prefix is seen at once).
+    /// The prefix holds no tree: opening it makes a new, empty one (asked for with
+    /// [`crate::IfNoTree::Create`]). `others` are the prefixes of the trees already on the
+    /// store (so a mistyped prefix is seen at once).
     fn new_tree(&self, _prefix: &str, _others: &[String]) {}
 
     /// A path the command could not handle (`path: why`); it goes on with the rest.

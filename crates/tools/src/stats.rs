@@ -136,7 +136,11 @@ pub fn tree_stats<S: Store>(store: &S, keys: &KeyLayout) -> TreeStats {
             }
         }
         Ok(None) => {
-            tree.error = Some("no memfis tree under this prefix (no format record)".into());
+            tree.error = Some(
+                "no memfis tree under this prefix (no format record): check the prefix; \
+                 `memfis load` or `memfis mount --create` makes one"
+                    .into(),
+            );
             return tree;
         }
         Err(e) => {

@@ -394,16 +394,14 @@ impl<S: Store> MemFs<S> {
             return Ok(false);
         };
         let mut of = lock(&of);
-        if item.cas.is_some() && of.cas == item.cas {
+        if item.cas.is_some() && of.cas() == item.cas {
             return Ok(false);
         }
-        if of.is_dirty() || of.unlinked {
+        if of.is_dirty() || of.is_unlinked() {
             return Ok(false);
         }
-        of.record = Inode::decode(&self.keys.inode(ino), &item.value)?;
-        of.cas = item.cas;
-        of.private_key_unused = false;
-        of.reset_bytes();
+        of.take_newer_record(Inode::decode(&self.keys.inode(ino), &item.value)?, item.cas);
+        of.forget_bytes();
         Ok(true)
     }
 

@@ -26,6 +26,9 @@ impl Heartbeat {
         // nothing needs to wait for it; the thread ends when the beat returns.
         std::thread::spawn(move || {
             let mut failing = false;
+            // A beat at once: the liveness counts from now, not from when the store was
+            // opened (`MemFs::keep_alive`).
+            beat(&fs, &mut failing);
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT_EVERY) {
                 beat(&fs, &mut failing);
             }

@@ -3,7 +3,8 @@
 //! [`Session`]: the filesystem as a mount of its own, whose liveness key its heartbeat keeps
 //! alive for as long as the session lives (a long load must not look like a dead mount).
 //!
-//! - `open`: connecting and every check before serving (reachable, no evictions, a tree)
+//! - `open`: connecting and every check before serving (reachable, no evictions, a tree:
+//!   there already, or made only when the command says so, [`IfNoTree`])
 //! - `heartbeat`: the thread that refreshes the liveness key
 
 mod heartbeat;
@@ -18,7 +19,7 @@ use memfis_memcache::{Client, Store};
 use crate::progress::Progress;
 
 pub use heartbeat::HEARTBEAT_EVERY;
-pub use open::{connect, open_fs};
+pub use open::{IfNoTree, connect, no_tree, open_fs, open_tree, require_tree};
 
 /// Where the store is and how to treat it: what the command line gives.
 #[derive(Debug, Clone)]
@@ -43,10 +44,14 @@ pub struct Session<S: Store + 'static> {
 }
 
 impl Session<Arc<Client>> {
-    /// Connects, checks the servers and opens the tree (making it if the prefix has none),
-    /// then starts the heartbeat.
-    pub fn open(cfg: &StoreConfig, progress: &dyn Progress) -> anyhow::Result<Self> {
-        Ok(Session::start(open_fs(cfg, progress)?))
+    /// Connects, checks the servers and opens the tree (a prefix with none is refused or
+    /// made, as `if_no_tree` says), then starts the heartbeat.
+    pub fn open(
+        cfg: &StoreConfig,
+        if_no_tree: IfNoTree,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<Self> {
+        Ok(Session::start(open_fs(cfg, if_no_tree, progress)?))
     }
 }
 
@@ -54,6 +59,7 @@ impl<S: Store + 'static> Session<S> {
     /// Starts the heartbeat of a filesystem already opened (whose open wrote the first beat).
     pub fn start(fs: MemFs<S>) -> Self {
         let fs = Arc::new(fs);
+        fs.keep_alive(); // the heartbeat below refreshes the liveness every 2 s
         Session {
             _heartbeat: heartbeat::Heartbeat::start(fs.clone()),
             fs,
@@ -70,11 +76,105 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use memfis_fs::{FsConfig, KeyLayout, MemFs};
+    use std::sync::Mutex;
+
+    use memfis_fs::{FsConfig, FsError, KeyLayout, MemFs};
     use memfis_memcache::Store;
     use memfis_memcache::memory::MemoryStore;
 
-    use super::Session;
+    use super::{IfNoTree, Session, no_tree, open_tree, require_tree};
+    use crate::progress::Progress;
+
+    /// Records every announcement of a new tree.
+    #[derive(Default)]
+    struct NewTrees(Mutex<Vec<(String, Vec<String>)>>);
+
+    impl Progress for NewTrees {
+        fn new_tree(&self, prefix: &str, others: &[String]) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((prefix.to_string(), others.to_vec()));
+        }
+    }
+
+    fn open(
+        store: &Arc<MemoryStore>,
+        prefix: &str,
+        if_no_tree: IfNoTree,
+        progress: &NewTrees,
+    ) -> anyhow::Result<MemFs<Arc<MemoryStore>>> {
+        let keys = KeyLayout::new(prefix).unwrap();
+        open_tree(
+            store.clone(),
+            keys,
+            FsConfig::default(),
+            if_no_tree,
+            progress,
+        )
+    }
+
+    #[test]
+    fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
+        let store = Arc::new(MemoryStore::default());
+        let said = NewTrees::default();
+        let www = open(&store, "memfis://www", IfNoTree::Create, &said).unwrap();
+        assert_eq!(
+            *said.0.lock().unwrap(),
+            [("memfis://www".to_string(), vec![])],
+            "making a tree is announced"
+        );
+        drop(www);
+
+        let before = store.keys();
+        let typo = KeyLayout::new("memfis://wwww").unwrap();
+        let Err(refused) = open(&store, "memfis://wwww", IfNoTree::Refuse, &said) else {
+            panic!("a prefix with no tree opened without --create");
+        };
+        assert_eq!(
+            no_tree(&refused),
+            Some(("memfis://wwww", &["memfis://www".to_string()][..])),
+            "{refused:#}"
+        );
+        assert!(matches!(
+            require_tree(&*store, &typo),
+            Err(FsError::NoTree { .. })
+        ));
+        let mut after = store.keys();
+        let mut before = before;
+        after.sort();
+        before.sort();
+        assert_eq!(after, before, "a refusal wrote to the store");
+        assert_eq!(
+            said.0.lock().unwrap().len(),
+            1,
+            "a refusal announced a tree"
+        );
+
+        // An existing tree opens either way, without a word.
+        open(&store, "memfis://www", IfNoTree::Refuse, &said).unwrap();
+        open(&store, "memfis://www", IfNoTree::Create, &said).unwrap();
+        assert!(require_tree(&*store, &KeyLayout::new("memfis://www").unwrap()).is_ok());
+        assert_eq!(said.0.lock().unwrap().len(), 1);
+
+        // A new one names the trees already there; a nesting one is refused.
+        open(&store, "memfis://two", IfNoTree::Create, &said).unwrap();
+        assert_eq!(
+            said.0.lock().unwrap()[1],
+            ("memfis://two".to_string(), vec!["memfis://www".to_string()])
+        );
+        let Err(nests) = open(&store, "memfis://www/b", IfNoTree::Create, &said) else {
+            panic!("a nesting prefix was made");
+        };
+        assert!(
+            matches!(
+                nests.downcast_ref::<FsError>(),
+                Some(FsError::PrefixNests { .. })
+            ),
+            "{nests:#}"
+        );
+        assert!(no_tree(&nests).is_none());
+    }
 
     #[test]
     fn the_heartbeat_lives_as_long_as_the_session() {

@@ -1,10 +1,11 @@
 //! Connecting to the servers, and every check that can fail before a command changes the
-//! tree: the servers answer, they do not evict, the tree opens.
+//! tree: the servers answer, they do not evict, the tree is there (or is made on purpose) and
+//! opens.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use memfis_fs::{FsConfig, KeyLayout, MemFs};
+use memfis_fs::{FsConfig, FsError, KeyLayout, MemFs};
 use memfis_memcache::{Client, ClientConfig, Store};
 
 use super::StoreConfig;
@@ -18,11 +19,79 @@ pub fn connect(cfg: &StoreConfig) -> Result<Arc<Client>> {
     Ok(Arc::new(Client::new(&client).map_err(anyhow::Error::msg)?))
 }
 
+/// What opening a prefix that holds no tree does. Trees are made only on purpose: a mistyped
+/// prefix, or a store emptied by a memcached restart, must not silently become a new, empty
+/// tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfNoTree {
+    /// Refuse it with [`FsError::NoTree`] (naming the trees the store holds), having written
+    /// nothing to the store.
+    Refuse,
+    /// Make a new, empty tree, announced through [`Progress::new_tree`]. The prefix is listed
+    /// in the store's registry before anything is written under it, so a prefix nesting with
+    /// one created at the same moment is refused ([`FsError::PrefixNests`]).
+    Create,
+}
+
+/// Whether the prefix of `keys` holds a tree (its format record), reading only: `Ok` when it
+/// does, [`FsError::NoTree`] naming the trees the store holds when it does not.
+pub fn require_tree<S: Store>(store: &S, keys: &KeyLayout) -> Result<(), FsError> {
+    let format = keys.format();
+    if store
+        .get(&format)
+        .map_err(|e| FsError::store(&format, e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    Err(FsError::NoTree {
+        prefix: keys.prefix().to_string(),
+        trees: memfis_fs::fs::listed_prefixes(store).unwrap_or_default(),
+    })
+}
+
+/// The refusal of a prefix with no tree in an error a command got, if it is one: the prefix
+/// and the trees the store holds, for the command to say what to do about it.
+pub fn no_tree(err: &anyhow::Error) -> Option<(&str, &[String])> {
+    match err.downcast_ref::<FsError>() {
+        Some(FsError::NoTree { prefix, trees }) => Some((prefix, trees)),
+        _ => None,
+    }
+}
+
+/// Opens the filesystem under `keys` on `store`, making the tree only as `if_no_tree` says.
+/// A refusal is returned as the [`FsError::NoTree`] itself (see [`no_tree`]).
+pub fn open_tree<S: Store>(
+    store: S,
+    keys: KeyLayout,
+    fs_cfg: FsConfig,
+    if_no_tree: IfNoTree,
+    progress: &dyn Progress,
+) -> Result<MemFs<S>> {
+    let prefix = keys.prefix().to_string();
+    let create = if_no_tree == IfNoTree::Create;
+    if create && let Err(FsError::NoTree { trees, .. }) = require_tree(&store, &keys) {
+        // Said every time, so a mistyped prefix is seen at once. (Another error reading the
+        // store comes back from the open below.)
+        progress.new_tree(&prefix, &trees);
+    }
+    match MemFs::open_tree(store, keys, fs_cfg, create) {
+        Ok(fs) => Ok(fs),
+        Err(e @ FsError::NoTree { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot open the memfis store under prefix {prefix:?}"
+        ))),
+    }
+}
+
 /// Connects and opens the filesystem, with no heartbeat: what a mount checks before it
 /// detaches (no thread may run across the fork). Commands open a [`super::Session`].
-pub fn open_fs(cfg: &StoreConfig, progress: &dyn Progress) -> Result<MemFs<Arc<Client>>> {
-    let prefix = &cfg.prefix;
-    let keys = KeyLayout::new(prefix).map_err(anyhow::Error::msg)?;
+pub fn open_fs(
+    cfg: &StoreConfig,
+    if_no_tree: IfNoTree,
+    progress: &dyn Progress,
+) -> Result<MemFs<Arc<Client>>> {
+    let keys = KeyLayout::new(&cfg.prefix).map_err(anyhow::Error::msg)?;
     let client = connect(cfg)?;
     for (server, version) in client.versions() {
         version.with_context(|| format!("cannot reach memcached at {server}"))?;
@@ -34,13 +103,7 @@ pub fn open_fs(cfg: &StoreConfig, progress: &dyn Progress) -> Result<MemFs<Arc<C
         gzip: cfg.gzip,
         ..FsConfig::default()
     };
-    if client.get(&keys.format())?.is_none() {
-        // A mistyped prefix would otherwise start an empty tree without a word.
-        let trees = memfis_fs::fs::listed_prefixes(&client).unwrap_or_default();
-        progress.new_tree(prefix, &trees);
-    }
-    MemFs::new(client, keys, fs_cfg)
-        .with_context(|| format!("cannot open the memfis store under prefix {prefix:?}"))
+    open_tree(client, keys, fs_cfg, if_no_tree, progress)
 }
 
 /// Refuses servers that evict items when full (memcached's default): an evicted inode record

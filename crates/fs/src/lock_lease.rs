@@ -1,0 +1,87 @@
+//! Whether this mount may still act as the namespace lock's owner.
+//!
+//! Other mounts take the lock over once the owner's liveness key has expired (10 s after
+//! its last refresh, by memcached's clock). A mount that stalled that long (stopped,
+//! swapped out, a paused VM) and resumes must not go on with the operation it held the
+//! lock for: another mount completed it meanwhile and may hold the lock now, and the
+//! resumed batches (its intent, its changes, its release, which deletes the lock
+//! whoever holds it) would run beside that owner's. So the thread that holds the lock
+//! sends nothing once the mount's last liveness refresh is older than a limit below
+//! the expiry: its batches fail (EIO) and the operation is completed later, under a
+//! lock taken afresh, by the mount's heartbeat (completing an intent twice is
+//! harmless). A stall that begins between this check and the write of a batch is not
+//! caught: that window is one memory access wide.
+//!
+//! Armed once something refreshes the liveness every few seconds ([`MemFs::keep_alive`]:
+//! the session of a mount or a tool starts its heartbeat). A filesystem nobody keeps alive
+//! (in-memory tests) never refuses.
+//!
+//! [`MemFs::keep_alive`]: crate::MemFs::keep_alive
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use crate::sync::lock;
+
+/// The server error of a batch refused so ([`LockLease::refuses`]).
+pub const LEASE_LAPSED: &str = "this mount stalled past its liveness: the namespace lock it held \
+                                may be another mount's now";
+
+pub(crate) struct LockLease {
+    /// Set once a heartbeat keeps the liveness fresh.
+    armed: AtomicBool,
+    /// The thread of this mount that holds the namespace lock (one at a time).
+    holder: Mutex<Option<ThreadId>>,
+    /// When the last liveness refresh that succeeded was sent.
+    refreshed: Mutex<Option<Instant>>,
+    /// How old that refresh may be for the holder to go on.
+    limit: Duration,
+}
+
+impl LockLease {
+    pub(crate) fn new(limit: Duration) -> LockLease {
+        LockLease {
+            armed: AtomicBool::new(false),
+            holder: Mutex::new(None),
+            refreshed: Mutex::new(None),
+            limit,
+        }
+    }
+
+    /// From now on a heartbeat refreshes the liveness every few seconds.
+    pub(crate) fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// A liveness refresh sent at `at` succeeded.
+    pub(crate) fn refreshed(&self, at: Instant) {
+        *lock(&self.refreshed) = Some(at);
+    }
+
+    /// The calling thread took the namespace lock.
+    pub(crate) fn taken(&self) {
+        *lock(&self.holder) = Some(std::thread::current().id());
+    }
+
+    /// The calling thread no longer holds the namespace lock.
+    pub(crate) fn given_up(&self) {
+        let mut holder = lock(&self.holder);
+        if *holder == Some(std::thread::current().id()) {
+            *holder = None;
+        }
+    }
+
+    /// True when the calling thread holds the lock and the mount's liveness may have
+    /// lapsed: its batches must not go out.
+    pub(crate) fn refuses(&self) -> bool {
+        if !self.armed.load(Ordering::SeqCst) {
+            return false;
+        }
+        if *lock(&self.holder) != Some(std::thread::current().id()) {
+            return false;
+        }
+        lock(&self.refreshed).is_none_or(|at| at.elapsed() > self.limit)
+    }
+}
