@@ -103,6 +103,8 @@ pub struct MemFs<S: Store> {
     pub(crate) meta: MetaCache,
     /// What this mount has done, for metrics.
     pub(crate) activity: crate::activity::Activity,
+    /// What this mount remembers of the file locks it holds (`crate::locks`).
+    pub(crate) locks: crate::locks::LocalLocks,
 }
 
 /// The prefixes of every tree formatted on this store (`PREFIX_REGISTRY_KEY`), in the order
@@ -178,6 +180,7 @@ impl<S: Store> MemFs<S> {
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg.cache_ttl),
             activity: Default::default(),
+            locks: crate::locks::LocalLocks::new(),
             cfg,
         };
         // Refuse a nesting prefix before anything is written under it.

@@ -397,6 +397,11 @@ impl<S: Store> MemFs<S> {
         let format = self.keys.format();
         let sent = std::time::Instant::now();
         let results = self.store.inner().execute(vec![
+            // Whether the key was still there: a lapse may have cost this mount's file locks.
+            Command::Touch {
+                key: alive.clone(),
+                exptime: ALIVE_SECS,
+            },
             Command::Store {
                 op: StoreOp::Set,
                 key: alive.clone(),
@@ -407,7 +412,9 @@ impl<S: Store> MemFs<S> {
             Command::Get(format.clone()),
         ]);
         let mut results = Replies::new(results);
+        let touched = matches!(results.reply(), Ok(Reply::Touched));
         results.done(&alive)?;
+        self.note_liveness(touched);
         self.store.lease.refreshed(sent);
         let found = results.value(&format)?;
         let same = found
@@ -436,6 +443,8 @@ impl<S: Store> MemFs<S> {
             })?;
             *lock(&self.orphaned) = None;
         }
+        // File lock releases that failed (a lock must not stay held by a live mount).
+        self.retry_lock_releases();
         // Directory logs that listings found long.
         let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
