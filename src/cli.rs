@@ -135,12 +135,15 @@ pub struct CheckArgs {
 #[command(
     mut_arg("servers", |a| a
         .hide_default_value(true)
-        .help("memcached to use (HOST:PORT or unix:/path, repeatable) instead of starting one")),
+        .help("memcached to use (HOST:PORT or unix:/path, repeatable) instead of starting one; \
+               needs --prefix, and a prefix holding a tree needs --into-existing")),
     after_help = "Everything it starts is chosen here: memcached (its socket, port, memory and \
                   item size; none with --server), the mount (--mountpoint, --prefix), nginx \
                   (--port; none with --no-nginx) and the PHP backend nginx falls back to \
                   (--php-fpm; memfis up starts no php-fpm). It deletes its runtime directory \
-                  when it stops, never a --mountpoint or --memcached-socket directory of yours.\n\n\
+                  when it stops, never a --mountpoint or --memcached-socket directory of yours, \
+                  never across a mount; a runtime directory another running memfis up holds \
+                  (it locks RUNTIME_DIR/.memfis-up), or with a mount under it, is refused.\n\n\
                   Examples:\n  memfis up ./site --port 8080   # then open http://127.0.0.1:8080/\n  \
                   memfis up ./site --memcached-port 11311 --memcached-memory 512 --prefix memfis://dev\n  \
                   memfis up ./site --mountpoint /srv/dev --no-nginx\n  \
@@ -174,6 +177,10 @@ pub struct UpArgs {
     /// [default: above the site's largest file, at least 8].
     #[arg(long, value_name = "MB", conflicts_with = "servers")]
     pub memcached_item_size: Option<u64>,
+    /// With --server: use the prefix even if it holds a tree already (SITE_DIR is copied into
+    /// it, replacing files of the same names). Without it such a prefix is refused.
+    #[arg(long)]
+    pub into_existing: bool,
     /// Start no nginx: only memcached (unless --server), the mount and the load.
     #[arg(long, conflicts_with_all = ["php_fpm", "port"])]
     pub no_nginx: bool,

@@ -14,6 +14,9 @@ use anyhow::{Context, Result, bail};
 use crate::cli::UpArgs;
 use crate::nginx_config::{ServeOptions, render};
 
+mod runtime;
+use runtime::RuntimeDir;
+
 /// Set by SIGINT/SIGTERM/SIGHUP from the moment `memfis up` starts: every wait below looks at
 /// it, so a signal at any step unwinds through the destructors that stop what was started.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -25,9 +28,6 @@ fn check_stop() -> Result<()> {
     }
     Ok(())
 }
-
-/// Marks a runtime directory as made by `memfis up`: only such a directory is ever emptied.
-const RUNTIME_MARKER: &str = ".memfis-up";
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
@@ -228,50 +228,89 @@ pub fn run(args: UpArgs) -> Result<()> {
         );
     }
 
+    if args.store.servers_given() {
+        refuse_a_tree_in_use(&args)?;
+    }
+
     let runtime = runtime_dir(&args);
     let mountpoint = match &args.mountpoint {
-        Some(m) => m
-            .canonicalize()
-            .with_context(|| format!("--mountpoint {}", m.display()))?,
-        None => runtime.join("mnt"),
+        Some(m) => {
+            let m = m
+                .canonicalize()
+                .with_context(|| format!("--mountpoint {}", m.display()))?;
+            if let Ok(rt) = runtime.canonicalize()
+                && m.starts_with(&rt)
+            {
+                bail!(
+                    "--mountpoint {} is inside the runtime directory {}, which memfis up \
+                     empties: leave --mountpoint out to mount at RUNTIME_DIR/mnt",
+                    m.display(),
+                    rt.display()
+                );
+            }
+            if is_mounted(&m) {
+                bail!(
+                    "{} is still mounted: another `memfis up` is running (or run fusermount3 -u \
+                     on it)",
+                    m.display()
+                );
+            }
+            Some(m)
+        }
+        None => None,
     };
-    if mountpoint.exists() && is_mounted(&mountpoint) {
-        bail!(
-            "{} is still mounted: another `memfis up` is running (or run fusermount3 -u on it)",
-            mountpoint.display()
-        );
-    }
-    prepare_runtime_dir(&runtime)?;
-    let result = run_stack(&args, site.as_deref(), &runtime, &mountpoint, &listen);
+    // Held (locked) until the end: a second run with the same directory is refused.
+    let runtime = RuntimeDir::take(&runtime)?;
+    let mountpoint = mountpoint.unwrap_or_else(|| runtime.path().join("mnt"));
+    let result = run_stack(&args, site.as_deref(), runtime.path(), &mountpoint, &listen);
     if let Some(socket) = &args.memcached_socket
         && std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
     {
         // The socket its memcached made (the path did not exist before).
         let _ = std::fs::remove_file(socket);
     }
-    let _ = std::fs::remove_dir_all(&runtime);
+    runtime.remove();
     result
 }
 
-/// Makes the runtime directory, or empties one an earlier `memfis up` made (it carries the
-/// marker). Any other directory with something in it is refused: it is not ours to delete.
-fn prepare_runtime_dir(runtime: &Path) -> Result<()> {
-    if let Ok(mut entries) = std::fs::read_dir(runtime) {
-        let ours = runtime.join(RUNTIME_MARKER).exists();
-        if entries.next().is_some() && !ours {
-            bail!(
-                "--runtime-dir {} is not empty and was not made by memfis up: choose an empty \
-                 or new directory (memfis up deletes its runtime directory when it stops)",
-                runtime.display()
-            );
-        }
-        std::fs::remove_dir_all(runtime)
-            .with_context(|| format!("emptying {}", runtime.display()))?;
+/// With `--server` (the user's memcached, maybe holding production trees): the prefix must be
+/// chosen, and one that holds a tree already is used only with `--into-existing`.
+fn refuse_a_tree_in_use(args: &UpArgs) -> Result<()> {
+    let Some(prefix) = &args.store.prefix else {
+        bail!(
+            "with --server, give --prefix too: memfis up copies SITE_DIR into that prefix of \
+             your memcached, and the default (memfis://HOSTNAME) may be a tree in use"
+        );
+    };
+    if tree_state(args, &args.store.servers, prefix)?.is_ok() && !args.into_existing {
+        bail!(
+            "prefix {prefix:?} on {} already holds a tree: memfis up would mount it and copy \
+             SITE_DIR into it, replacing files of the same names. Choose a new --prefix, or pass \
+             --into-existing to use that tree",
+            args.store.servers.join(",")
+        );
     }
-    std::fs::create_dir_all(runtime.join("mnt"))
-        .with_context(|| format!("creating {}", runtime.display()))?;
-    std::fs::write(runtime.join(RUNTIME_MARKER), b"made by memfis up\n")?;
     Ok(())
+}
+
+/// Whether `prefix` on `servers` holds a tree (`Ok`), or else the trees the store holds.
+fn tree_state(args: &UpArgs, servers: &[String], prefix: &str) -> Result<Result<(), Vec<String>>> {
+    let mut store = args.store.clone();
+    store.servers = servers.to_vec();
+    store.prefix = Some(prefix.to_string());
+    let cfg = crate::store::config(&store, crate::store::TOOL_CACHE_TTL)?;
+    let client = memfis_tools::session::connect(&cfg)?;
+    let keys = memfis_fs::KeyLayout::new(prefix).map_err(anyhow::Error::msg)?;
+    match memfis_tools::session::require_tree(&client, &keys) {
+        Ok(()) => Ok(Ok(())),
+        Err(memfis_fs::FsError::NoTree { trees, .. }) => Ok(Err(trees)),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot read the store at {} under prefix {prefix:?}",
+                servers.join(",")
+            )
+        }),
+    }
 }
 
 /// The store options the user gave, passed on to `memfis mount` and `memfis load`.
@@ -348,7 +387,9 @@ fn run_stack(
         (vec![server], Some(service))
     };
 
-    // 2. The mount.
+    // 2. The mount, making the tree if the prefix has none (said here: the mount's own
+    // notice goes to its log, deleted with the runtime directory).
+    let before = tree_state(args, &servers, &prefix)?;
     let mountpoint = mountpoint.to_path_buf();
     let log = runtime.join("memfis.log");
     let mut cmd = Command::new(&exe);
@@ -377,6 +418,13 @@ fn run_stack(
             bail!("the mount did not appear at {}", mountpoint.display());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(others) = &before {
+        eprintln!(
+            "memfis up: made a new, empty tree under prefix {prefix:?} (trees already on this \
+             store: {})",
+            memfis_fs::error::list_or_none(others)
+        );
     }
     eprintln!("mounted: {} (prefix {prefix})", mountpoint.display());
 
