@@ -25,6 +25,11 @@ use clap::Parser;
 fn main() {
     let args = mount_helper::from_mount_helper(std::env::args().collect());
     let cli = cli::Cli::parse_from(args);
+    // Warnings (twemproxy, evictions, the heartbeat) reach stderr from every command; a mount
+    // chooses its own logging (stderr, a file, journald or syslog).
+    if !matches!(cli.command, cli::Command::Mount(_)) {
+        logging::init_stderr();
+    }
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(args),
         cli::Command::NginxConfig(args) => nginx_config::run(args),
