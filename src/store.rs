@@ -32,7 +32,7 @@ pub struct Notices;
 impl Progress for Notices {
     fn new_tree(&self, prefix: &str, others: &[String]) {
         eprintln!(
-            "memfis: no tree under prefix {prefix:?} on this store: making a new, empty one \
+            "memfis: no tree under prefix {prefix:?} on this store: made a new, empty one \
              (trees already here: {})",
             memfis_fs::error::list_or_none(others)
         );

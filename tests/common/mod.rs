@@ -461,6 +461,21 @@ impl Drop for UpGuard {
     }
 }
 
+/// Unmounts (lazily if busy) whatever is mounted at its path when dropped: made before a mount is
+/// tried, it undoes one that should not have happened, even when the test fails.
+pub struct UnmountGuard(pub PathBuf);
+
+impl Drop for UnmountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+        }
+    }
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let path = path.to_string_lossy();
