@@ -239,7 +239,8 @@ pub struct NginxConfigArgs {
     /// Print only the locations, to `include` inside an existing `server {}`.
     #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server"])]
     pub snippet: bool,
-    /// Print only the upstream, for the http context (what --snippet needs beside it).
+    /// Print only the upstream, for the http context (what --snippet needs beside it; generate
+    /// both with the same --expires, whose map it holds).
     #[arg(long)]
     pub upstream: bool,
 }

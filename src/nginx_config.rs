@@ -559,6 +559,31 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
         writeln!(b, "}}\n")?;
     }
 
+    // php\d? covers php and php3-php8 (scripts or not).
+    let mut backed_up: Vec<String> = ["php\\d?", "phtml", "pht", "phar", "phps", "inc"]
+        .map(String::from)
+        .to_vec();
+    let php_n = |e: &str| {
+        e.strip_prefix("php")
+            .is_some_and(|n| n.len() <= 1 && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    for e in scripts.iter().filter(|e| !php_n(e)) {
+        if !backed_up.contains(e) {
+            backed_up.push(e.clone());
+        }
+    }
+    writeln!(
+        b,
+        "# Backup copies of scripts and PHP sources (an editor's, a deploy's) are never served."
+    )?;
+    writeln!(
+        b,
+        "location ~* \"\\.({})(~|\\.(bak|old|orig|save|dist|tmp|swp))$\" {{",
+        backed_up.join("|")
+    )?;
+    writeln!(b, "    return 403;")?;
+    writeln!(b, "}}\n")?;
+
     writeln!(
         b,
         "# A directory is served by its index.html (the memcached module looks up no index)."
