@@ -83,7 +83,9 @@ pub struct LoadArgs {
     /// Compare bytes, not size and modification time, to skip unchanged files.
     #[arg(long)]
     pub checksum: bool,
-    /// Print what would change; change nothing.
+    /// Print what would change; write no file. The tree is opened as by every command: while
+    /// it runs its liveness key is written, and an operation a dead mount left half done is
+    /// completed.
     #[arg(long)]
     pub dry_run: bool,
     /// Files written at once (each waits for two store round trips).

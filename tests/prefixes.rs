@@ -122,8 +122,9 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     let _unmount = UnmountGuard(dir.path().to_path_buf());
     let mp = dir.path().to_str().unwrap();
     let typo = "memfis://wwww";
+    // Every command refuses it with the same exit status, 8, and the same words.
     let (code, _, err) = run(&["mount", mp, "--server", &server, "--prefix", typo]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 8, "{err}");
     assert!(!is_mounted(dir.path()));
     assert!(
         err.contains("no memfis tree under prefix \"memfis://wwww\"")
@@ -144,14 +145,14 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
             typo,
         ],
     );
-    assert_ne!(code, 0, "{err}");
+    assert_eq!(code, 8, "{err}");
     assert!(err.contains("--create"), "{err}");
 
     let (code, out, err) = run(&["check", "--server", &server, "--prefix", typo]);
     assert_eq!(code, 8, "{out}{err}");
     assert!(
-        err.contains("no memfis tree under prefix \"memfis://wwww\"")
-            && err.contains("Trees on this store: memfis://www"),
+        err.contains("no memfis tree under prefix \"memfis://wwww\" on this store")
+            && err.contains("trees here: memfis://www"),
         "{err}"
     );
     let (code, out, err) = run(&["check", "--json", "--server", &server, "--prefix", typo]);
@@ -174,22 +175,23 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     let dest = dest.path().join("out");
     let dest = dest.to_str().unwrap();
     let (code, _, err) = run(&["export", dest, "--server", &server, "--prefix", typo]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 8, "{err}");
     assert!(
-        err.contains("no memfis tree") && err.contains("memfis://www"),
+        err.contains("no memfis tree under prefix \"memfis://wwww\" on this store")
+            && err.contains("trees here: memfis://www"),
         "{err}"
     );
     assert!(!std::path::Path::new(dest).exists(), "export made {dest}");
 
     let (code, out, _) = run(&["stats", "--server", &server, "--prefix", typo]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 8, "{out}");
     assert!(
-        out.contains("tree memfis://wwww: no memfis tree under this prefix")
+        out.contains("tree memfis://wwww: no memfis tree under prefix \"memfis://wwww\" on this store (trees here: memfis://www)")
             && out.contains("trees on this store: memfis://www"),
         "{out}"
     );
     let (code, out, _) = run(&["stats", "--json", "--server", &server, "--prefix", typo]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 8, "{out}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
         json["tree"]["error"]
@@ -208,8 +210,11 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
         "--prefix",
         typo,
     ]);
-    assert_ne!(code, 0, "{err}");
-    assert!(err.contains("no memfis tree"), "{err}");
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains("no memfis tree under prefix \"memfis://wwww\" on this store"),
+        "{err}"
+    );
 
     assert_eq!(store_state(&mc), before, "a refusal wrote to the store");
 
