@@ -336,77 +336,122 @@ fn run_stack(
     mountpoint: &Path,
     listen: &str,
 ) -> Result<()> {
-    let exe = std::env::current_exe()?;
     let prefix = args.store.prefix();
-
     // 1. memcached, unless the user named servers.
     let (servers, memcached) = if args.store.servers_given() {
         (args.store.servers.clone(), None)
     } else {
-        require("memcached", "memcached")?;
-        let (sized_item_mb, sized_memory_mb) = memcached_sizes(site);
-        let item_mb = args.memcached_item_size.unwrap_or(sized_item_mb);
-        let memory_mb = args.memcached_memory.unwrap_or(sized_memory_mb);
-        let log = runtime.join("memcached.log");
-        let mut cmd = Command::new("memcached");
-        // By default a unix socket: nginx serves from it at about 0.9x of static files, over
-        // TCP at about 0.6x (docs/benchmarks.md).
-        let socket = args
-            .memcached_socket
-            .clone()
-            .unwrap_or_else(|| runtime.join("memcached.sock"));
-        match args.memcached_port {
-            Some(port) => cmd.args(["-l", "127.0.0.1", "-U", "0", "-p", &port.to_string()]),
-            None => cmd.arg("-s").arg(&socket).args(["-a", "0666"]),
-        };
-        cmd.arg("-M")
-            .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        let mut service = Service::spawn("memcached", &mut cmd)?;
-        let server = match args.memcached_port {
-            Some(port) => {
-                wait_for_port(port, &mut service, &log)?;
-                format!("127.0.0.1:{port}")
-            }
-            None => {
-                wait_until(
-                    &mut service,
-                    &log,
-                    &format!("listen on {}", socket.display()),
-                    || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-                )?;
-                format!("unix:{}", socket.display())
-            }
-        };
-        eprintln!("memcached: {server} (-M -m {memory_mb} -I {item_mb}m)");
+        let (server, service) = start_memcached(args, site, runtime)?;
         (vec![server], Some(service))
     };
+    // 2. The mount.
+    let mut mount = start_mount(args, runtime, mountpoint, &servers, &prefix)?;
+    // 3. The site.
+    if let Some(site) = site {
+        load_site(args, site, &servers, &prefix)?;
+    }
+    // 4. nginx, unless --no-nginx.
+    let mut nginx = if args.no_nginx {
+        println!(
+            "Mounted {} (prefix {prefix}, memcached {}); no nginx (--no-nginx). Ctrl-C stops \
+             everything.",
+            mountpoint.display(),
+            servers.join(",")
+        );
+        None
+    } else {
+        let nginx = start_nginx(args, site, runtime, &servers, &prefix, listen)?;
+        println!(
+            "Serving http://{listen}/ from memcached. Edit files in {}. Ctrl-C stops everything.",
+            mountpoint.display()
+        );
+        Some(nginx)
+    };
+    // 5. Until Ctrl-C / SIGTERM, or a part dies.
+    wait_for_stop(runtime, &mut nginx, &mut mount, memcached.is_some())?;
+    drop(nginx);
+    drop(mount);
+    drop(memcached);
+    Ok(())
+}
 
-    // 2. The mount, making the tree if the prefix has none (said here: the mount's own
-    // notice goes to its log, deleted with the runtime directory).
-    let before = tree_state(args, &servers, &prefix)?;
-    let mountpoint = mountpoint.to_path_buf();
+/// Starts memcached sized for the site (or as the flags say): its address and service.
+fn start_memcached(
+    args: &UpArgs,
+    site: Option<&Path>,
+    runtime: &Path,
+) -> Result<(String, Service)> {
+    require("memcached", "memcached")?;
+    let (sized_item_mb, sized_memory_mb) = memcached_sizes(site);
+    let item_mb = args.memcached_item_size.unwrap_or(sized_item_mb);
+    let memory_mb = args.memcached_memory.unwrap_or(sized_memory_mb);
+    let log = runtime.join("memcached.log");
+    let mut cmd = Command::new("memcached");
+    // By default a unix socket: nginx serves from it at about 0.9x of static files, over
+    // TCP at about 0.6x (docs/benchmarks.md).
+    let socket = args
+        .memcached_socket
+        .clone()
+        .unwrap_or_else(|| runtime.join("memcached.sock"));
+    match args.memcached_port {
+        Some(port) => cmd.args(["-l", "127.0.0.1", "-U", "0", "-p", &port.to_string()]),
+        None => cmd.arg("-s").arg(&socket).args(["-a", "0666"]),
+    };
+    cmd.arg("-M")
+        .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut service = Service::spawn("memcached", &mut cmd)?;
+    let server = match args.memcached_port {
+        Some(port) => {
+            wait_for_port(port, &mut service, &log)?;
+            format!("127.0.0.1:{port}")
+        }
+        None => {
+            wait_until(
+                &mut service,
+                &log,
+                &format!("listen on {}", socket.display()),
+                || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            )?;
+            format!("unix:{}", socket.display())
+        }
+    };
+    eprintln!("memcached: {server} (-M -m {memory_mb} -I {item_mb}m)");
+    Ok((server, service))
+}
+
+/// Mounts the prefix at `mountpoint` with `memfis mount --foreground --create`, making the
+/// tree if the prefix has none (said here: the mount's own notice goes to its log, deleted
+/// with the runtime directory).
+fn start_mount(
+    args: &UpArgs,
+    runtime: &Path,
+    mountpoint: &Path,
+    servers: &[String],
+    prefix: &str,
+) -> Result<MountService> {
+    let before = tree_state(args, servers, prefix)?;
     let log = runtime.join("memfis.log");
-    let mut cmd = Command::new(&exe);
+    let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("mount")
-        .arg(&mountpoint)
+        .arg(mountpoint)
         .arg("--foreground")
         // `memfis up` makes its tree on purpose (a new store, or a prefix of its own).
         .arg("--create")
-        .args(store_flags(args, &servers, &prefix));
+        .args(store_flags(args, servers, prefix));
     cmd.stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
     let mut mount = MountService {
-        mountpoint: mountpoint.clone(),
+        mountpoint: mountpoint.to_path_buf(),
         service: Some(Service::spawn("memfis mount", &mut cmd)?),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mounted(&mountpoint) {
+    while !is_mounted(mountpoint) {
         check_stop()?;
         if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
             bail!(
@@ -427,50 +472,40 @@ fn run_stack(
         );
     }
     eprintln!("mounted: {} (prefix {prefix})", mountpoint.display());
+    Ok(mount)
+}
 
-    // 3. The site.
-    if let Some(site) = site {
-        // `memfis load`: many files at once, no FUSE in the way; its progress bar shows here.
-        let mut cmd = Command::new(&exe);
-        cmd.arg("load")
-            .arg(site)
-            .args(store_flags(args, &servers, &prefix));
-        // Its summary goes with the other progress lines; stdout carries only the URL.
-        cmd.stdout(Stdio::from(std::io::stderr()));
-        // A service of its own: a signal stops it (on drop) like everything else.
-        let mut load = Service::spawn("memfis load", &mut cmd)?;
-        let status = loop {
-            check_stop()?;
-            if let Some(status) = load.exited() {
-                break status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if !status.success() {
-            bail!("memfis load of {} failed ({status})", site.display());
+/// Copies the site in with `memfis load`: many files at once, no FUSE in the way; its
+/// progress bar shows here.
+fn load_site(args: &UpArgs, site: &Path, servers: &[String], prefix: &str) -> Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("load")
+        .arg(site)
+        .args(store_flags(args, servers, prefix));
+    // Its summary goes with the other progress lines; stdout carries only the URL.
+    cmd.stdout(Stdio::from(std::io::stderr()));
+    // A service of its own: a signal stops it (on drop) like everything else.
+    let mut load = Service::spawn("memfis load", &mut cmd)?;
+    let status = loop {
+        check_stop()?;
+        if let Some(status) = load.exited() {
+            break status;
         }
-    }
-
-    // 4. nginx, unless --no-nginx.
-    let nginx_log = runtime.join("nginx-error.log");
-    let mut nginx = if args.no_nginx {
-        println!(
-            "Mounted {} (prefix {prefix}, memcached {}); no nginx (--no-nginx). Ctrl-C stops \
-             everything.",
-            mountpoint.display(),
-            servers.join(",")
-        );
-        None
-    } else {
-        let nginx = start_nginx(args, site, runtime, &servers, &prefix, listen)?;
-        println!(
-            "Serving http://{listen}/ from memcached. Edit files in {}. Ctrl-C stops everything.",
-            mountpoint.display()
-        );
-        Some(nginx)
+        std::thread::sleep(Duration::from_millis(20));
     };
+    if !status.success() {
+        bail!("memfis load of {} failed ({status})", site.display());
+    }
+    Ok(())
+}
 
-    // 5. Wait for Ctrl-C / SIGTERM, or for a part to die.
+/// Waits for Ctrl-C / SIGTERM (Ok, saying what it stops) or for nginx or the mount to die.
+fn wait_for_stop(
+    runtime: &Path,
+    nginx: &mut Option<Service>,
+    mount: &mut MountService,
+    memcached: bool,
+) -> Result<()> {
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if STOP.load(Ordering::SeqCst) {
@@ -480,22 +515,25 @@ fn run_stack(
                 parts.push("nginx");
             }
             parts.push("mount");
-            if memcached.is_some() {
+            if memcached {
                 parts.push("memcached");
             }
             eprintln!("stopping: {}", parts.join(", "));
-            break;
+            return Ok(());
         }
         if let Some(status) = nginx.as_mut().and_then(|n| n.exited()) {
-            bail!("nginx exited ({status}); see {}", nginx_log.display());
+            bail!(
+                "nginx exited ({status}); see {}",
+                runtime.join("nginx-error.log").display()
+            );
         }
         if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
-            bail!("memfis mount exited ({status}); see {}", log.display());
+            bail!(
+                "memfis mount exited ({status}); see {}",
+                runtime.join("memfis.log").display()
+            );
         }
     }
-    drop(nginx);
-    drop(mount);
-    Ok(())
 }
 
 /// Writes the nginx config for the store and starts nginx on `listen`.
