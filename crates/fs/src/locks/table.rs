@@ -350,8 +350,7 @@ mod tests {
                         prop_assert!(!(touching && pair[0].write == pair[1].write), "unmerged {:?}", t);
                     }
                 }
-                for byte in 0..LEN as usize {
-                    let (x, y) = (models[0][byte], models[1][byte]);
+                for (&x, &y) in models[0].iter().zip(&models[1]).take(LEN as usize) {
                     prop_assert!(!(x.is_some() && y.is_some() && (x == Some(true) || y == Some(true))));
                 }
             }
