@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, SetAttr, StatFs};
@@ -543,8 +543,13 @@ impl<S: Store> MemFs<S> {
     /// Notes the store's directory-rename count read in some batch: a change since the last
     /// one makes every cached path stale.
     pub(crate) fn observe_generation(&self, r: CmdResult) -> FsResult<()> {
+        self.note_generation(value_of(&self.keys.dir_generation(), r))
+    }
+
+    /// As [`Self::observe_generation`], from a read of the count taken by its handle.
+    pub(crate) fn note_generation(&self, got: FsResult<Option<Item>>) -> FsResult<()> {
         let key = self.keys.dir_generation();
-        let Some(item) = value_of(&key, r)? else {
+        let Some(item) = got? else {
             return Err(FsError::missing(&key));
         };
         let gen_now =

@@ -2,8 +2,10 @@
 //! command order; [`Replies`] hands them out one at a time as what each command was for (a
 //! value, a required record, an entry, a store that may be refused), naming the key on error.
 
-use memfis_memcache::{CmdResult, Item, Reply};
+use memfis_memcache::{CmdResult, Item};
 
+use crate::batch;
+pub(crate) use crate::batch::CasOutcome;
 use crate::{FsError, FsResult};
 
 /// The replies of one batch, read in command order.
@@ -49,11 +51,6 @@ impl Replies {
     pub fn cas(&mut self, key: &[u8]) -> FsResult<CasOutcome> {
         cas_outcome(key, self.reply())
     }
-
-    /// The next `n` replies, unread.
-    pub fn raw(&mut self, n: usize) -> Vec<CmdResult> {
-        self.0.by_ref().take(n).collect()
-    }
 }
 
 impl Iterator for Replies {
@@ -77,41 +74,17 @@ pub(crate) struct EntrySlot {
 
 /// Maps a batch result to the value of a get, naming the key on failure.
 pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
-    match r {
-        Ok(Reply::Value(v)) => Ok(v),
-        Ok(other) => Err(FsError::corrupt(key, format!("unexpected reply {other:?}"))),
-        Err(e) => Err(FsError::store(key, e)),
-    }
+    batch::read::<batch::Got>(key, r)
 }
 
 /// Maps a batch result of a storage command: `Ok(true)` stored, `Ok(false)` refused.
 pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
-    match r {
-        Ok(Reply::Stored) => Ok(true),
-        Ok(_) => Ok(false),
-        Err(e) => Err(FsError::store(key, e)),
-    }
-}
-
-/// What a `cas` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CasOutcome {
-    Stored,
-    /// Another writer changed the item since it was read: read again and retry.
-    Changed,
-    /// The item is gone.
-    Gone,
+    batch::read::<batch::Stored>(key, r)
 }
 
 /// Maps the result of a `cas`, naming the key on failure.
 pub(crate) fn cas_outcome(key: &[u8], r: CmdResult) -> FsResult<CasOutcome> {
-    match r {
-        Ok(Reply::Stored) => Ok(CasOutcome::Stored),
-        Ok(Reply::Exists) => Ok(CasOutcome::Changed),
-        Ok(Reply::NotFound) => Ok(CasOutcome::Gone),
-        Ok(other) => Err(FsError::corrupt(key, format!("cas got {other:?}"))),
-        Err(e) => Err(FsError::store(key, e)),
-    }
+    batch::read::<batch::Cas>(key, r)
 }
 
 /// A decimal counter value (sequence keys, inode counters).
