@@ -242,13 +242,17 @@ impl<S: Store> MemFs<S> {
     }
 
     /// What a create reads after every write of its batch (sent last, across the batch's
-    /// fence): the namespace lock, the directory-rename count, and its directory's log base.
+    /// fence): the namespace lock, the directory-rename count, its directory's log base and
+    /// sequence.
     pub(crate) fn create_fence_cmds(&self, parent: u64, batch: &mut Batch) -> FenceReads {
         batch.fence();
         FenceReads {
             lock: batch.get(self.keys.ns_lock()),
             generation: batch.get(self.keys.dir_generation()),
             base: batch.get(self.keys.dir_base(parent)),
+            // After the lock: an rmdir that replayed the log before this create's records
+            // landed and was done by the time of the lock read has fenced or deleted it.
+            seq: batch.get(self.keys.dir_seq(parent)),
         }
     }
 
@@ -265,10 +269,16 @@ impl<S: Store> MemFs<S> {
         let base = results
             .take(sent.base)
             .and_then(|item| LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..])));
+        // (A read that failed says nothing: the lock read, which then counts as held, has
+        // the directory looked at again.)
+        let dir_removed = results
+            .take(sent.seq)
+            .is_ok_and(|item| item.is_none_or(|i| parse_number(&i.value).is_none()));
         CreateFence {
             lock_held,
             generation,
             base,
+            dir_removed,
         }
     }
 
@@ -284,10 +294,12 @@ impl<S: Store> MemFs<S> {
     /// read (last) then shows. Records that went in after the batch (`la.late`) are checked
     /// once the lock is free after them, for the same reason.
     ///
-    /// The operation waited out may have been an rmdir of `parent` that replayed its log
-    /// before the records landed (the `incr` before its read of the sequence, the append
-    /// after its replay): it held the lock from before that read to its end, so the lock
-    /// read here, after the append, found it held. Then the directory is looked at again.
+    /// An rmdir of `parent` may have replayed its log before the records landed (the `incr`
+    /// before its read of the sequence, the append after its replay). It held the lock
+    /// from before that read to its end: if the lock read here (after the append) found it
+    /// held, the directory is looked at again once it is free; if it found it free, the
+    /// rmdir was done by then, and the sequence read after it shows the fence (or nothing).
+    /// On a pool the two reads go to different servers unordered: there a window remains.
     pub(crate) fn settle_create_fence(
         &self,
         fence: CreateFence,
@@ -300,7 +312,11 @@ impl<S: Store> MemFs<S> {
             lock_held,
             generation,
             base,
+            dir_removed,
         } = fence;
+        if dir_removed {
+            return Ok(Settled::DirRemoved);
+        }
         let mut fenced = match lock_held {
             Ok(false) => self.note_generation(generation),
             _ => Err(FsError::Contended), // a namespace operation ran: wait it out first
@@ -1014,6 +1030,7 @@ pub(crate) struct FenceReads {
     lock: Handle<Got>,
     generation: Handle<Got>,
     base: Handle<Got>,
+    seq: Handle<Got>,
 }
 
 /// What a create read after its writes ([`MemFs::create_fence_cmds`]).
@@ -1021,6 +1038,8 @@ pub(crate) struct CreateFence {
     lock_held: FsResult<bool>,
     generation: FsResult<Option<Item>>,
     base: FsResult<LogBase>,
+    /// The directory's sequence, read last, was fenced (`removed`) or gone.
+    dir_removed: bool,
 }
 
 /// What a failed create must undo.

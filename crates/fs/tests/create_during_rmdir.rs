@@ -141,3 +141,50 @@ fn a_create_whose_directory_is_removed_meanwhile_takes_itself_back() {
         report.problems
     );
 }
+
+/// The same race, the rmdir done (its keys deleted, the lock free) before the rest of the
+/// create's batch runs: the create finds the lock free, and its read of the directory's
+/// sequence, after the lock read, shows the directory gone.
+#[test]
+fn a_create_whose_directory_was_removed_before_its_fence_takes_itself_back() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://create-rmdir-done").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let (create_at, create_reached) = mpsc::channel();
+    let (create_go, create_wait) = mpsc::channel();
+    let creator = MemFs::new(
+        SplitAtAppend {
+            inner: store.clone(),
+            gate: Mutex::new(Some((create_at, create_wait))),
+        },
+        keys.clone(),
+        uncached(),
+    )
+    .unwrap();
+    let remover = open(&store, &keys);
+    std::thread::scope(|s| {
+        let create = s.spawn(|| creator.create(d, b"f", 0o644, libc::O_WRONLY, 0, 0));
+        create_reached.recv().unwrap();
+        let removed = remover.rmdir(ROOT_INO, b"d");
+        create_go.send(()).unwrap();
+        removed.unwrap();
+        match create.join().unwrap() {
+            Err(FsError::NotFound) => {}
+            Ok((attr, fh)) => {
+                let _ = creator.release(fh);
+                panic!(
+                    "the create succeeded (inode {}) in a removed directory",
+                    attr.ino
+                );
+            }
+            Err(e) => panic!("create: {e}"),
+        }
+    });
+    let report = memfis_fs::check::check(&*store, &keys).unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "the store after the race: {:?}",
+        report.problems
+    );
+}
