@@ -13,6 +13,7 @@ use std::marker::PhantomData;
 use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
 
+use crate::replies::{EntrySlot, decode_entry};
 use crate::{FsError, FsResult};
 
 /// What a command's reply means to its caller.
@@ -221,6 +222,21 @@ impl Batch {
         self.fence = Some(self.cmds.len());
     }
 
+    /// The commands, for a caller that sends them inside a batch of its own (the namespace
+    /// lock's `add` goes first); their replies go to [`Self::answered`].
+    pub fn commands(&self) -> &[Command] {
+        &self.cmds
+    }
+
+    /// The replies to [`Self::commands`], sent by the caller.
+    pub fn answered(self, results: Vec<CmdResult>) -> Replies {
+        debug_assert_eq!(results.len(), self.cmds.len());
+        Replies {
+            results,
+            keys: self.keys,
+        }
+    }
+
     /// Sends the batch: one `execute`, or two across the fence where the store does not run
     /// a batch in order.
     pub fn execute(self, store: &impl Store) -> Replies {
@@ -253,6 +269,20 @@ impl Replies {
     pub fn take<K: Expect>(&mut self, handle: Handle<K>) -> FsResult<K::Out> {
         let r = self.take_result(&handle);
         read::<K>(self.key(&handle), r)
+    }
+
+    /// The reply to a get of a key that must exist: missing is EIO naming it.
+    pub fn required(&mut self, handle: Handle<Got>) -> FsResult<Item> {
+        let key = handle.key;
+        self.take(handle)?
+            .ok_or_else(|| FsError::missing(&self.keys[key.0 as usize..key.1 as usize]))
+    }
+
+    /// The reply to a `gets` of the entry key of `name` (see [`crate::replies::EntrySlot`]).
+    pub fn entry(&mut self, handle: Handle<Got>, name: &[u8]) -> FsResult<EntrySlot> {
+        let key = handle.key;
+        let item = self.take(handle)?;
+        decode_entry(&self.keys[key.0 as usize..key.1 as usize], name, item)
     }
 
     /// The key of the command of `handle`.

@@ -378,9 +378,10 @@ impl<S: Store> MemFs<S> {
     /// After the directory moved during batch 1: the (empty) data key belongs at the new path,
     /// if the name is still this file's (under the namespace lock, so nothing moves meanwhile).
     fn move_created_key(&self, parent: u64, p: &Planned) -> FsResult<()> {
-        let reads = vec![Command::Get(self.keys.dir_generation())];
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
         self.with_ns_lock(reads, |_, mut results| {
-            self.observe_generation(results.reply())?;
+            self.note_generation(results.take(generation))?;
             self.place_created_key(p.ino, parent, &p.name, &p.data_key)
                 .map(drop)
         })

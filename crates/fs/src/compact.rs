@@ -67,7 +67,7 @@ impl<S: Store> MemFs<S> {
         if !self.store.in_order() {
             return Ok(0);
         }
-        self.with_ns_lock(Vec::new(), |_, _| {
+        self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
             // 1. The live names.
             // No sequence: removed since it was noted (or lost: `memfis check` reports that).
             let DirSeq { seq, base, .. } = self.read_dir_seq(dir)?.ok_or(FsError::NotFound)?;

@@ -380,9 +380,10 @@ impl<S: Store> MemFs<S> {
         {
             return Ok(());
         }
-        let reads = vec![Command::Get(self.keys.dir_generation())];
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
         let key = self.with_ns_lock(reads, |_, mut results| {
-            self.observe_generation(results.reply())?;
+            self.note_generation(results.take(generation))?;
             self.place_created_key(ino, parent, name, &node.data_key)
         })?;
         node.data_key = key;
@@ -434,7 +435,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
         let link = Link::new(undo.parent, undo.name);
         let undone = retried(|| {
-            self.with_ns_lock(Vec::new(), |_, _| {
+            self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
                 let rec = self.read_inode_opt(undo.ino)?;
                 if rec.as_ref().is_some_and(|(r, _)| r.links != [link.clone()]) {
                     return Ok(()); // moved or linked meanwhile: the inode is someone's now
@@ -565,17 +566,16 @@ impl<S: Store> MemFs<S> {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
         let ekey = self.keys.entry(newparent, newname);
-        let reads = vec![
-            Command::Gets(ekey.clone()),
-            Command::Gets(self.keys.inode(ino)),
-            Command::Get(self.keys.dir_generation()),
-        ];
+        let mut reads = Batch::new();
+        let entry = reads.gets(&ekey);
+        let record = reads.gets(self.keys.inode(ino));
+        let generation = reads.get(self.keys.dir_generation());
         self.with_ns_lock(reads, |guard, mut r| {
-            let entry = r.entry(&ekey, newname)?;
+            let entry = r.entry(entry, newname)?;
             let rec_key = self.keys.inode(ino);
-            let rec = r.value(&rec_key)?.ok_or(FsError::NotFound)?;
+            let rec = r.take(record)?.ok_or(FsError::NotFound)?;
             let mut rec = Inode::decode(&rec_key, &rec.value)?;
-            self.observe_generation(r.reply())?;
+            self.note_generation(r.take(generation))?;
             if rec.kind == Kind::Dir {
                 return Err(FsError::NotPermitted("hard link to a directory"));
             }
@@ -652,21 +652,18 @@ impl<S: Store> MemFs<S> {
         check_name(name)?;
         let ekey = self.keys.entry(parent, name);
         let guess = self.meta.known_child(parent, name);
-        let mut reads = vec![
-            Command::Gets(ekey.clone()),
-            Command::Get(self.keys.dir_generation()),
-        ];
-        if let Some(ino) = guess {
-            reads.push(Command::Gets(self.keys.inode(ino)));
-        }
+        let mut reads = Batch::new();
+        let entry = reads.gets(&ekey);
+        let generation = reads.get(self.keys.dir_generation());
+        let guessed = guess.map(|ino| (ino, reads.gets(self.keys.inode(ino))));
         self.with_ns_lock(reads, |guard, mut r| {
-            let entry = r.entry(&ekey, name)?;
-            self.observe_generation(r.reply())?;
+            let entry = r.entry(entry, name)?;
+            self.note_generation(r.take(generation))?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let rec_key = self.keys.inode(ino);
-            let (rec, rec_cas) = match guess {
-                Some(g) if g == ino => {
-                    let item = r.required(&rec_key)?;
+            let (rec, rec_cas) = match guessed {
+                Some((g, record)) if g == ino => {
+                    let item = r.required(record)?;
                     (Inode::decode(&rec_key, &item.value)?, item.cas.unwrap_or(0))
                 }
                 _ => self.read_inode(ino)?,
@@ -811,7 +808,7 @@ impl<S: Store> MemFs<S> {
         if passed(self.read_dir_seq(dir)?).is_none() {
             return Ok(());
         }
-        self.with_ns_lock(Vec::new(), |_, _| {
+        self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
             let Some(now) = passed(self.read_dir_seq(dir)?) else {
                 return Ok(()); // the directory is gone (or being removed)
             };
@@ -900,9 +897,10 @@ impl<S: Store> MemFs<S> {
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let ekey = self.keys.entry(parent, name);
-        let reads = vec![Command::Gets(ekey.clone())];
+        let mut reads = Batch::new();
+        let entry = reads.gets(&ekey);
         self.with_ns_lock(reads, |guard, mut results| {
-            let entry = results.entry(&ekey, name)?;
+            let entry = results.entry(entry, name)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let (rec, _) = self.read_inode(ino)?;
             if rec.kind != Kind::Dir {
@@ -944,7 +942,11 @@ impl<S: Store> MemFs<S> {
     /// Under the namespace lock, so no rename or chmod changes the answer between the check
     /// and the delete. If that fails, the keys are kept for the heartbeat to retry.
     pub(crate) fn delete_keys_outside_tree(&self, keys: &[Vec<u8>]) -> FsResult<()> {
-        let deleted = retried(|| self.with_ns_lock(Vec::new(), |_, _| self.delete_unreached(keys)));
+        let deleted = retried(|| {
+            self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
+                self.delete_unreached(keys)
+            })
+        });
         if deleted.is_err() {
             lock(&self.stale_keys).extend(keys.iter().cloned());
         }

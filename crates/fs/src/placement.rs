@@ -34,7 +34,7 @@ impl<S: Store> MemFs<S> {
     /// setattr of a file whose bytes may move (see the module comment).
     pub(crate) fn setattr_moving_bytes(&self, ino: u64, set: &SetAttr) -> FsResult<()> {
         let key = self.keys.inode(ino);
-        self.with_ns_lock(Vec::new(), |guard, _| {
+        self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
             for _ in 0..CAS_RETRIES {
                 let (old, cas) = self.read_live_inode(ino)?;
                 let mut rec = old.clone();

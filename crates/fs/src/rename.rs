@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
+use crate::batch::Batch;
 use crate::dirlog::Op;
 use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
 use crate::intent::{Intent, RenameIntent};
@@ -58,15 +59,14 @@ impl<S: Store> MemFs<S> {
         check_name(newname)?;
         let skey = self.keys.entry(parent, name);
         let dkey = self.keys.entry(newparent, newname);
-        let reads = vec![
-            Command::Gets(skey.clone()),
-            Command::Gets(dkey.clone()),
-            Command::Get(self.keys.dir_generation()),
-        ];
+        let mut reads = Batch::new();
+        let src = reads.gets(&skey);
+        let dst = reads.gets(&dkey);
+        let generation = reads.get(self.keys.dir_generation());
         self.with_ns_lock(reads, |guard, mut r| {
-            let mut src = r.entry(&skey, name)?;
-            let mut dst = r.entry(&dkey, newname)?;
-            self.observe_generation(r.reply())?;
+            let mut src = r.entry(src, name)?;
+            let mut dst = r.entry(dst, newname)?;
+            self.note_generation(r.take(generation))?;
             // The kernel may name a destination directory another mount removed: its intent
             // could never be completed (its log is gone) and would hold the lock for good.
             // Under the lock a live directory stays live, so one look suffices.

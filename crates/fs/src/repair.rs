@@ -70,7 +70,7 @@ impl<S: Store> MemFs<S> {
     pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
         let mut repaired = Vec::new();
         for pass in 1..=PASSES {
-            let report = self.with_ns_lock(Vec::new(), |guard, _| {
+            let report = self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
                 // Operations of gone mounts completed when this mount opened the store, or
                 // when it took the lock: each is a change repair made.
                 self.note_rolled_forward(&mut repaired);

@@ -27,24 +27,9 @@ impl Replies {
         value_of(key, self.reply())
     }
 
-    /// The next reply as a get of a key that must exist: missing is EIO naming it.
-    pub fn required(&mut self, key: &[u8]) -> FsResult<Item> {
-        self.value(key)?.ok_or_else(|| FsError::missing(key))
-    }
-
     /// The next reply as a gets of the entry key `key` of `name`.
     pub fn entry(&mut self, key: &[u8], name: &[u8]) -> FsResult<EntrySlot> {
         entry_slot(key, name, self.reply())
-    }
-
-    /// The next reply as a storage command: `true` stored, `false` refused.
-    pub fn stored(&mut self, key: &[u8]) -> FsResult<bool> {
-        stored(key, self.reply())
-    }
-
-    /// The next reply, any answer but an error counting as done.
-    pub fn done(&mut self, key: &[u8]) -> FsResult<()> {
-        self.reply().map(drop).map_err(|e| FsError::store(key, e))
     }
 
     /// The next reply as a `cas`.
@@ -77,11 +62,6 @@ pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
     batch::read::<batch::Got>(key, r)
 }
 
-/// Maps a batch result of a storage command: `Ok(true)` stored, `Ok(false)` refused.
-pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
-    batch::read::<batch::Stored>(key, r)
-}
-
 /// Maps the result of a `cas`, naming the key on failure.
 pub(crate) fn cas_outcome(key: &[u8], r: CmdResult) -> FsResult<CasOutcome> {
     batch::read::<batch::Cas>(key, r)
@@ -95,7 +75,12 @@ pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
 /// Decodes the reply to a `gets` of the entry key `key` of `name`. A hashed key's value
 /// carries the name it belongs to: another name's entry reads as none, with `taken_by` set.
 pub(crate) fn entry_slot(key: &[u8], name: &[u8], r: CmdResult) -> FsResult<EntrySlot> {
-    let Some(item) = value_of(key, r)? else {
+    decode_entry(key, name, value_of(key, r)?)
+}
+
+/// Decodes what a `gets` of the entry key `key` of `name` found.
+pub(crate) fn decode_entry(key: &[u8], name: &[u8], item: Option<Item>) -> FsResult<EntrySlot> {
+    let Some(item) = item else {
         return Ok(EntrySlot {
             ino: None,
             cas: None,
