@@ -258,6 +258,22 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// Sends the batch in pieces of at most `max` commands, one `execute` each, in order
+    /// (large read-only sweeps such as `memfis check`'s). No fence.
+    pub fn execute_in_pieces(self, store: &impl Store, max: usize) -> Replies {
+        debug_assert!(self.fence.is_none(), "a fence in a batch sent in pieces");
+        let Batch { mut cmds, keys, .. } = self;
+        let mut results = Vec::with_capacity(cmds.len());
+        while !cmds.is_empty() {
+            let rest = cmds.split_off(max.min(cmds.len()));
+            results.extend(store.execute(cmds));
+            cmds = rest;
+        }
+        Replies { results, keys }
+    }
+}
+
 /// The replies of a batch that ran, taken by their handles.
 pub(crate) struct Replies {
     results: Vec<CmdResult>,

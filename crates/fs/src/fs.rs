@@ -9,15 +9,14 @@ use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, SetAttr, StatFs};
+use crate::batch::Batch;
 use crate::data_codec::DataCodec;
 use crate::fenced_store::FencedStore;
 use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, is_public, prefixes_nest};
 use crate::meta_cache::{DirInfo, MetaCache};
 use crate::open_files::{OpenFile, OpenFiles};
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
-use crate::replies::{
-    CasOutcome, EntrySlot, Replies, cas_outcome, entry_slot, parse_number, value_of,
-};
+use crate::replies::{CasOutcome, EntrySlot, cas_outcome, entry_slot, parse_number, value_of};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -341,24 +340,6 @@ impl<S: Store> MemFs<S> {
             }
         }
         Err(FsError::Contended)
-    }
-
-    /// Runs `first`, then `then`, which must see every command of `first` applied (a fence
-    /// read after writes, a lock released after changes): one pipelined batch on a single
-    /// server, two round trips on a pool. Results in command order.
-    pub(crate) fn execute_in_order(
-        &self,
-        first: Vec<Command>,
-        then: Vec<Command>,
-    ) -> Vec<CmdResult> {
-        if self.store.in_order() {
-            let mut batch = first;
-            batch.extend(then);
-            return self.store.execute(batch);
-        }
-        let mut results = self.store.execute(first);
-        results.extend(self.store.execute(then));
-        results
     }
 
     // ----- records -------------------------------------------------------------------------
@@ -725,15 +706,14 @@ impl<S: Store> MemFs<S> {
         }
         let key = self.keys.inode(ino);
         let mkey = self.keys.dir_mtime(ino);
-        let mut r = Replies::new(
-            self.store
-                .execute(vec![Command::Get(key.clone()), Command::Get(mkey.clone())]),
-        );
-        let Some(rec) = r.value(&key)? else {
+        let mut batch = Batch::new();
+        let (record, mtime) = (batch.get(&key), batch.get(mkey));
+        let mut r = batch.execute(&self.store);
+        let Some(rec) = r.take(record)? else {
             return Ok(None);
         };
         let rec = Inode::decode(&key, &rec.value)?;
-        let mtime = r.value(&mkey)?.and_then(|i| Time::from_text(&i.value));
+        let mtime = r.take(mtime)?.and_then(|i| Time::from_text(&i.value));
         let attr = self.attr_from(ino, &rec, mtime);
         if attr.kind == Kind::Dir {
             let attr = self.with_dir_links(attr);

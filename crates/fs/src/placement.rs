@@ -16,11 +16,12 @@
 use memfis_memcache::{Command, Store, StoreOp};
 
 use crate::attr::SetAttr;
+use crate::batch::Batch;
 use crate::fs::{CAS_RETRIES, MemFs};
 use crate::intent::Intent;
 use crate::keys::is_public;
 use crate::record::{Inode, Kind};
-use crate::replies::{CasOutcome, Replies, cas_outcome, value_of};
+use crate::replies::{CasOutcome, cas_outcome, value_of};
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {
@@ -95,13 +96,12 @@ impl<S: Store> MemFs<S> {
         // record. (Keys at stale paths hold nothing: the bytes would stay served, and the
         // private key would never be written.)
         let ikey = self.keys.inode(ino);
-        let reads = vec![
-            Command::Get(self.keys.dir_generation()),
-            Command::Gets(ikey.clone()),
-        ];
-        let mut r = Replies::new(self.store.execute(reads));
-        self.observe_generation(r.reply())?;
-        let Some(item) = r.value(&ikey)? else {
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
+        let record = reads.gets(&ikey);
+        let mut r = reads.execute(&self.store);
+        self.note_generation(r.take(generation))?;
+        let Some(item) = r.take(record)? else {
             return Ok(()); // removed meanwhile, with its keys
         };
         let rec = Inode::decode(&ikey, &item.value)?;

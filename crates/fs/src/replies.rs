@@ -1,50 +1,12 @@
-//! Typed reading of a batch's replies. `Store::execute` answers one result per command, in
-//! command order; [`Replies`] hands them out one at a time as what each command was for (a
-//! value, a required record, an entry, a store that may be refused), naming the key on error.
+//! Decoding single replies: a get's value, a `cas`, a directory entry, a counter. Batches
+//! read their replies by handle (`batch.rs`); these serve single commands (`Store::run`) and
+//! sweeps that zip keys with results, through the same conversion (`batch::read`).
 
 use memfis_memcache::{CmdResult, Item};
 
 use crate::batch;
 pub(crate) use crate::batch::CasOutcome;
 use crate::{FsError, FsResult};
-
-/// The replies of one batch, read in command order.
-pub(crate) struct Replies(std::vec::IntoIter<CmdResult>);
-
-impl Replies {
-    pub fn new(results: Vec<CmdResult>) -> Self {
-        Replies(results.into_iter())
-    }
-
-    /// The reply to the next command. Asking for more replies than commands sent is a bug in
-    /// the caller, not a store condition.
-    pub fn reply(&mut self) -> CmdResult {
-        self.0.next().expect("one reply per command of the batch")
-    }
-
-    /// The next reply as a get's value (`None`: no such key).
-    pub fn value(&mut self, key: &[u8]) -> FsResult<Option<Item>> {
-        value_of(key, self.reply())
-    }
-
-    /// The next reply as a gets of the entry key `key` of `name`.
-    pub fn entry(&mut self, key: &[u8], name: &[u8]) -> FsResult<EntrySlot> {
-        entry_slot(key, name, self.reply())
-    }
-
-    /// The next reply as a `cas`.
-    pub fn cas(&mut self, key: &[u8]) -> FsResult<CasOutcome> {
-        cas_outcome(key, self.reply())
-    }
-}
-
-impl Iterator for Replies {
-    type Item = CmdResult;
-
-    fn next(&mut self) -> Option<CmdResult> {
-        self.0.next()
-    }
-}
 
 /// A directory entry as read from the store: the child's inode (or `None` once removed) and
 /// the cas token to change it.
