@@ -13,10 +13,11 @@ use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents,
     PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use memfis_fs::limited_warn;
+use memfis_fs::locks::LockRequest;
 use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
 use tracing::debug;
@@ -172,7 +173,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // File locks go to the store (`memfis_fs::locks`), so they hold across mounts.
+            | InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS;
         if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {missing:?}");
         }
@@ -462,11 +466,14 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         FUSE_OPS.call(Op::Flush);
-        reply_empty(reply, Op::Flush, &ino, self.fs.flush(fh.0));
+        // A close: publish, then release the closing process's POSIX locks on the file.
+        let result = self.fs.flush(fh.0);
+        let released = self.fs.release_locks(ino.0, lock_owner.0);
+        reply_empty(reply, Op::Flush, &ino, result.and(released));
     }
 
     fn release(
@@ -475,12 +482,17 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         FUSE_OPS.call(Op::Release);
-        reply_empty(reply, Op::Release, &ino, self.fs.release(fh.0));
+        // The last close of an open file: publish, then release its flock and OFD locks.
+        let result = self.fs.release(fh.0);
+        let released = self
+            .fs
+            .release_handle_locks(fh.0, ino.0, lock_owner.map(|o| o.0));
+        reply_empty(reply, Op::Release, &ino, result.and(released));
     }
 
     fn fsync(
@@ -724,11 +736,79 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         }
     }
 
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        FUSE_OPS.call(Op::Getlk);
+        let asked = lock_request(fh, lock_owner, start, end, typ, pid);
+        match self.fs.test_lock(ino.0, &asked) {
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Ok(Some(h)) => reply.locked(h.start, h.end, lock_type(h.write), h.pid),
+            Err(e) => reply.error(errno(Op::Getlk, &ino, e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        FUSE_OPS.call(Op::Setlk);
+        if typ == libc::F_UNLCK {
+            let result = self.fs.unlock(fh.0, ino.0, lock_owner.0, start, end);
+            return reply_empty(reply, Op::Setlk, &ino, result);
+        }
+        let asked = lock_request(fh, lock_owner, start, end, typ, pid);
+        match self.fs.try_lock(ino.0, &asked) {
+            Ok(Ok(changed)) => {
+                self.drop_cached_pages(ino, changed);
+                reply.ok();
+            }
+            Ok(Err(_)) if !sleep => reply.error(Errno::EAGAIN),
+            Ok(Err(_)) => {
+                // Wait on a thread of its own: a waiter must not hold a request thread (the
+                // holder's unlock may need it).
+                let fs = self.fs.clone();
+                let notifier = self.moved.notifier();
+                let tid = req.pid();
+                let waiter = std::thread::Builder::new()
+                    .name("memfis-lockwait".into())
+                    .spawn(move || match fs.lock_wait(ino.0, &asked, tid) {
+                        Ok(changed) => {
+                            drop_cached_pages(notifier, ino, changed);
+                            reply.ok();
+                        }
+                        Err(e) => reply.error(errno(Op::Setlk, &ino, e)),
+                    });
+                if let Err(e) = waiter {
+                    limited_warn!("lock wait thread", "cannot start a lock wait thread: {e}");
+                }
+            }
+            Err(e) => reply.error(errno(Op::Setlk, &ino, e)),
+        }
+    }
+
     // What a local filesystem without these features answers. ENOSYS where the kernel
     // then stops asking and does the work itself: poll (a regular file is always ready),
     // fallocate (EOPNOTSUPP to the caller), SEEK_DATA/SEEK_HOLE (the whole file is data),
-    // copy_file_range (copied through read and write). File locks are left to fuser's
-    // defaults. bmap is only sent to filesystems on a block device.
+    // copy_file_range (copied through read and write). bmap is only sent to filesystems on a block device.
 
     fn ioctl(
         &self,
@@ -798,6 +878,57 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     ) {
         reply.error(unsupported(Op::CopyFileRange, Errno::ENOSYS));
     }
+}
+
+impl<S: Store> FuseFs<S> {
+    fn drop_cached_pages(&self, ino: INodeNo, changed: bool) {
+        drop_cached_pages(self.moved.notifier(), ino, changed);
+    }
+}
+
+/// A lock was granted on a file another mount changed since this mount read it: the
+/// kernel's cached pages and attributes of it are dropped, so reads under the lock see the
+/// last holder's writes. On a thread of its own, waited for briefly: the kernel may wait for
+/// a page a read in progress holds, and that read needs a request thread.
+fn drop_cached_pages(notifier: Option<fuser::Notifier>, ino: INodeNo, changed: bool) {
+    let Some(notifier) = notifier.filter(|_| changed) else {
+        return;
+    };
+    let (done, wait) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("memfis-inval".into())
+        .spawn(move || {
+            if let Err(e) = notifier.inval_inode(ino, 0, 0) {
+                debug!("dropping cached pages of inode {}: {e}", ino.0);
+            }
+            let _ = done.send(());
+        });
+    if spawned.is_ok() {
+        let _ = wait.recv_timeout(Duration::from_millis(500));
+    }
+}
+
+/// A lock request as the kernel sends it (`typ` F_RDLCK or F_WRLCK).
+fn lock_request(
+    fh: FileHandle,
+    owner: LockOwner,
+    start: u64,
+    end: u64,
+    typ: i32,
+    pid: u32,
+) -> LockRequest {
+    LockRequest {
+        owner: owner.0,
+        fh: fh.0,
+        pid,
+        write: typ == libc::F_WRLCK,
+        start,
+        end: end.min(memfis_fs::locks::OFFSET_MAX),
+    }
+}
+
+fn lock_type(write: bool) -> i32 {
+    if write { libc::F_WRLCK } else { libc::F_RDLCK }
 }
 
 /// Answers a request memfis has no use for with `errno`, quietly: fuser's defaults log a

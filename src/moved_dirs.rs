@@ -49,6 +49,11 @@ impl MovedDirs {
         let _ = self.notifier.set(notifier);
     }
 
+    /// Where notifications go, once the session exists.
+    pub fn notifier(&self) -> Option<Notifier> {
+        self.notifier.get().cloned()
+    }
+
     /// The kernel is about to be told directory `ino` is `name` in `parent`: when it knew
     /// the directory elsewhere, invalidates that entry (waiting [`INVAL_WAIT`] at most).
     pub fn placed(&self, ino: u64, parent: u64, name: &[u8]) {

@@ -291,3 +291,35 @@ fn chunks_and_gzip() {
     let served = store.get(&fs.keys().data(b"/page.html")).unwrap().unwrap();
     assert_eq!(served.flags as u64, flag);
 }
+
+#[test]
+fn file_locks() {
+    use memfis_fs::locks::{EMPTY_LIST_SECS, FIRST_PAUSE, MAX_PAUSE};
+    holds(
+        LAYOUT,
+        "an empty list is stored with a {} s expiry",
+        EMPTY_LIST_SECS as u64,
+    );
+    holds(
+        LAYOUT,
+        "A list left empty is stored (`cas`) with a {} s expiry",
+        EMPTY_LIST_SECS as u64,
+    );
+    let pauses = stated(LAYOUT, "tries again after {} ms, doubling up to {} ms");
+    assert_eq!(
+        pauses,
+        [FIRST_PAUSE.as_millis() as u64, MAX_PAUSE.as_millis() as u64]
+    );
+    holds(
+        README,
+        "with a backoff of up to {} ms",
+        MAX_PAUSE.as_millis() as u64,
+    );
+    let expiry = memfis_fs::nslock::ALIVE_SECS as u64;
+    holds(
+        LAYOUT,
+        "are free at most {} s after its last heartbeat",
+        expiry,
+    );
+    holds(README, "once its liveness key expires ({} s)", expiry);
+}

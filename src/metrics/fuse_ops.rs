@@ -29,7 +29,8 @@ ops! {
     Opendir => "opendir", Readdir => "readdir", Readdirplus => "readdirplus",
     Releasedir => "releasedir", Fsyncdir => "fsyncdir", Statfs => "statfs",
     Setxattr => "setxattr", Getxattr => "getxattr", Listxattr => "listxattr",
-    Removexattr => "removexattr", Access => "access", Create => "create",
+    Removexattr => "removexattr", Access => "access", Create => "create", Getlk => "getlk",
+    Setlk => "setlk",
     Ioctl => "ioctl", Poll => "poll", Fallocate => "fallocate", Lseek => "lseek",
     CopyFileRange => "copy_file_range",
 }

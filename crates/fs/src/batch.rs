@@ -36,6 +36,8 @@ pub(crate) enum Cas {}
 pub(crate) enum Counted {}
 /// A `delete`: `true` deleted, `false` there was no such key.
 pub(crate) enum Deleted {}
+/// A `touch`: `true` touched, `false` there was no such key.
+pub(crate) enum Touched {}
 
 impl Expect for Got {
     type Out = Option<Item>;
@@ -96,6 +98,16 @@ impl Expect for Deleted {
     }
     fn fits(cmd: &Command) -> bool {
         matches!(cmd, Command::Delete(_))
+    }
+}
+
+impl Expect for Touched {
+    type Out = bool;
+    fn decode(reply: Reply) -> Result<bool, Reply> {
+        Ok(reply == Reply::Touched)
+    }
+    fn fits(cmd: &Command) -> bool {
+        matches!(cmd, Command::Touch { .. })
     }
 }
 
@@ -212,6 +224,13 @@ impl Batch {
 
     pub fn delete(&mut self, key: impl IntoKey) -> Handle<Deleted> {
         self.push(Command::Delete(key.into_key()))
+    }
+
+    pub fn touch(&mut self, key: impl IntoKey, exptime: u32) -> Handle<Touched> {
+        self.push(Command::Touch {
+            key: key.into_key(),
+            exptime,
+        })
     }
 
     /// Commands pushed from here on must see every command pushed before applied (a fence

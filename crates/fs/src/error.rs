@@ -29,6 +29,12 @@ pub enum FsError {
     /// longer than a caller waits: the one error for contention.
     #[error("changed concurrently by other writers for too long; try again")]
     Contended,
+    /// A lock is held by another owner (`F_SETLK`, `LOCK_NB`).
+    #[error("the file is locked by another owner")]
+    WouldBlock,
+    /// A blocking lock wait ended because the waiting thread has a signal pending.
+    #[error("interrupted while waiting for a lock")]
+    Interrupted,
     /// The store was emptied or replaced under a live mount (memcached restarted).
     #[error("the store was emptied or replaced under this mount; remount it")]
     StoreGone,
@@ -110,6 +116,8 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Stale => libc::ESTALE,
             FsError::Contended => libc::EBUSY,
+            FsError::WouldBlock => libc::EAGAIN,
+            FsError::Interrupted => libc::EINTR,
             FsError::NameTooLong { .. } | FsError::NameCollision { .. } => libc::ENAMETOOLONG,
             FsError::TooBig { .. } => libc::EFBIG,
             FsError::NoSpace { .. } => libc::ENOSPC,

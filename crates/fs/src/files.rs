@@ -578,9 +578,18 @@ impl<S: Store> MemFs<S> {
     /// record as stored ([`publish_plan`](crate::publish_plan)), sends them with a fence
     /// ([`Self::send_round`]) and applies the replies ([`Self::apply_round`]).
     fn publish_rounds(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
+        // The record version whose bytes were loaded to move with a mode change: they are
+        // the store's, not a writer's, and go stale with the version.
+        let mut moving_at = None;
         for _ in 0..crate::fs::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 return self.after_removed(of);
+            }
+            if moving_at.is_some_and(|at| at != of.cas()) {
+                // Another mount changed the file since: load its bytes again rather than
+                // publish older ones over them.
+                of.forget_bytes();
+                moving_at = None;
             }
             let rec = of.record_to_publish();
             // Read before the paths are worked out: another thread of this mount may see a
@@ -602,6 +611,7 @@ impl<S: Store> MemFs<S> {
                         return Ok(Published::AfterNamespaceOp);
                     }
                     of.mark_buffer_dirty();
+                    moving_at = Some(of.cas());
                     continue;
                 }
                 Some(Before::ReadTokens(served)) => {

@@ -47,8 +47,9 @@ pub struct FsConfig {
     /// either way.
     pub gzip: bool,
     /// How old this mount's last liveness refresh may be for a thread holding the namespace
-    /// lock to go on sending (below the key's 10 s expiry, after which other mounts take the
-    /// lock over: `crate::lock_lease`).
+    /// lock to go on sending (`crate::lock_lease`): below the key's 10 s expiry, after which
+    /// other mounts take the lock over, less a second for memcached's clock, which ticks by
+    /// seconds, and the store timeout of a batch in flight.
     pub stall_limit: Duration,
 }
 
@@ -59,7 +60,7 @@ impl Default for FsConfig {
             item_size_max: None,
             lock_backoff: Duration::from_micros(200),
             gzip: false,
-            stall_limit: Duration::from_secs(8),
+            stall_limit: Duration::from_secs(7),
         }
     }
 }
@@ -101,6 +102,8 @@ pub struct MemFs<S: Store> {
     pub(crate) meta: MetaCache,
     /// What this mount has done, for metrics.
     pub(crate) activity: crate::activity::Activity,
+    /// What this mount remembers of the file locks it holds (`crate::locks`).
+    pub(crate) locks: crate::locks::LocalLocks,
 }
 
 /// The prefixes of every tree formatted on this store (`PREFIX_REGISTRY_KEY`), in the order
@@ -176,6 +179,7 @@ impl<S: Store> MemFs<S> {
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg.cache_ttl),
             activity: Default::default(),
+            locks: crate::locks::LocalLocks::new(),
             cfg,
         };
         // Refuse a nesting prefix before anything is written under it.

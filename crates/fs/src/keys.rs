@@ -234,6 +234,12 @@ impl KeyLayout {
         self.meta("lock")
     }
 
+    /// The advisory locks (flock, fcntl) every mount holds on inode `ino`
+    /// (`crate::locks`).
+    pub fn lock_table(&self, ino: u64) -> Vec<u8> {
+        self.meta(&format!("L{ino}"))
+    }
+
     /// A mount's liveness key, stored with an expiry and refreshed while the mount runs: once
     /// it is gone, the mount's unfinished intent may be completed by others.
     pub fn alive(&self, mount_id: &str) -> Vec<u8> {

@@ -28,6 +28,7 @@
 //! - `chunked`: files larger than one item, in chunks (`chunk_buffer`: what an open one holds)
 //! - `placement`: which key holds a file's bytes (served or private), chmod moving them
 //! - [`xattr`]: `user.*` extended attributes
+//! - [`locks`]: flock and POSIX byte-range locks held in the store, across mounts
 //! - [`check`]: the read-only consistency check of a whole store
 //! - [`repair`]: fixing what the check finds, under the namespace lock
 //!
@@ -53,6 +54,7 @@ pub mod intent;
 pub mod keys;
 pub mod listing;
 mod lock_lease;
+pub mod locks;
 pub mod log_limit;
 mod meta_cache;
 pub mod namespace;

@@ -7,16 +7,19 @@
 //! resumed batches (its intent, its changes, its release, which deletes the lock
 //! whoever holds it) would run beside that owner's. So the thread that holds the lock
 //! sends nothing once the mount's last liveness refresh is older than a limit below
-//! the expiry: its batches fail (EIO) and the operation is completed later, under a
-//! lock taken afresh, by the mount's heartbeat (completing an intent twice is
-//! harmless). A stall that begins between this check and the write of a batch is not
-//! caught: that window is one memory access wide.
+//! the expiry (the key may expire a second early: memcached's clock ticks by seconds):
+//! its batches fail (EIO). The mount then completes nothing from its own copy of the
+//! intent (other mounts may have completed it and gone on since): only if the lock
+//! still names it, from the intent stored there, as any mount would. A takeover of a
+//! gone mount's lock is fenced the same way. A stall that begins after the check and
+//! before the server runs the batch (a reconnect, a send to each server of a pool) is
+//! not caught.
 //!
-//! Armed once something refreshes the liveness every few seconds ([`MemFs::keep_alive`]:
-//! the session of a mount or a tool starts its heartbeat). A filesystem nobody keeps alive
-//! (in-memory tests) never refuses.
+//! Armed once something refreshes the liveness every few seconds
+//! ([`MemFs::arm_stall_fence`]: the session of a mount or a tool starts its heartbeat). A
+//! filesystem nobody keeps alive (in-memory tests) never refuses.
 //!
-//! [`MemFs::keep_alive`]: crate::MemFs::keep_alive
+//! [`MemFs::arm_stall_fence`]: crate::MemFs::arm_stall_fence
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +68,18 @@ impl LockLease {
         *lock(&self.holder) = Some(std::thread::current().id());
     }
 
+    /// The calling thread took the lock over from a gone mount, for as long as the returned
+    /// value lives (a thread that holds the lock already keeps it after).
+    pub(crate) fn taken_over(&self) -> TakenOver<'_> {
+        let me = std::thread::current().id();
+        let already = *lock(&self.holder) == Some(me);
+        *lock(&self.holder) = Some(me);
+        TakenOver {
+            lease: self,
+            already,
+        }
+    }
+
     /// The calling thread no longer holds the namespace lock.
     pub(crate) fn given_up(&self) {
         let mut holder = lock(&self.holder);
@@ -74,7 +89,8 @@ impl LockLease {
     }
 
     /// True when the calling thread holds the lock and the mount's liveness may have
-    /// lapsed: its batches must not go out.
+    /// lapsed: its batches must not go out. (Also what a failed operation asks before
+    /// completing its intent.)
     pub(crate) fn refuses(&self) -> bool {
         if !self.armed.load(Ordering::SeqCst) {
             return false;
@@ -83,5 +99,19 @@ impl LockLease {
             return false;
         }
         lock(&self.refreshed).is_none_or(|at| at.elapsed() > self.limit)
+    }
+}
+
+/// A takeover in progress ([`LockLease::taken_over`]).
+pub(crate) struct TakenOver<'a> {
+    lease: &'a LockLease,
+    already: bool,
+}
+
+impl Drop for TakenOver<'_> {
+    fn drop(&mut self) {
+        if !self.already {
+            self.lease.given_up();
+        }
     }
 }

@@ -81,16 +81,34 @@ impl<S: Store> MemFs<S> {
         if guard.released {
             return result;
         }
+        if result.is_err() && self.store.lease.refuses() {
+            // This mount stalled past its liveness: another mount may have completed the
+            // intent and gone on since, so this copy of it must not run again. If the lock
+            // still names this mount, the heartbeat completes the intent stored there.
+            error!(intent = ?guard.intent, "this mount stalled past its liveness while holding the namespace lock; the operation failed, and is left to whoever holds the lock");
+            lock(&self.leftover).push(guard.owner.clone());
+            return result;
+        }
         if result.is_err()
-            && let Some(intent) = guard.intent.clone()
+            && let Some(mine) = guard.intent.clone()
         {
+            // The intent as the lock holds it, if it does: the operation may have noted
+            // progress there that its own copy lacks (an exchange whose bytes were swapped
+            // already must not swap them back).
+            let intent = match self.intent_in_lock(&guard.owner) {
+                Some(stored) => {
+                    guard.intent = Some(stored.clone());
+                    stored
+                }
+                None => mine,
+            };
             crate::limited_warn!(
                 "operation failed midway",
                 "operation failed midway; completing it: {intent:?}"
             );
             if let Err(e) = self
                 .store_intent(&mut guard)
-                .and_then(|()| self.complete(&intent))
+                .and_then(|()| self.complete_unless_damaged(&intent))
             {
                 if e.is_damage() {
                     // No retry mends it: kept, the lock would stop every namespace operation
@@ -115,6 +133,13 @@ impl<S: Store> MemFs<S> {
         }
         self.release_ns_lock(&guard.owner);
         result
+    }
+
+    /// The intent the lock holds if `owner` holds it (None when unreadable).
+    fn intent_in_lock(&self, owner: &str) -> Option<Intent> {
+        let item = self.store.get(&self.keys.ns_lock()).ok()??;
+        let held: LockValue = serde_json::from_slice(&item.value).ok()?;
+        (held.owner == owner).then_some(held.intent).flatten()
     }
 
     /// The command that stores `intent` in the lock (first in an operation's first write batch).
@@ -305,6 +330,8 @@ impl<S: Store> MemFs<S> {
                 return Err(FsError::store(&key, e));
             }
         }
+        // Fenced as an acquisition is (`lock_lease`): a stall from here on sends nothing.
+        let _fenced = self.store.lease.taken_over();
         // Ours now: until it is released, this mount's next operation or heartbeat finishes
         // it (if completing fails here, the error goes to the caller).
         lock(&self.leftover).push(me.clone());
@@ -315,7 +342,7 @@ impl<S: Store> MemFs<S> {
         };
         if let Some(intent) = &intent {
             info!(owner = %held.owner, ?intent, "completing an unfinished operation");
-            match self.complete(intent) {
+            match self.complete_unless_damaged(intent) {
                 // As in `with_ns_lock`: damage no retry mends does not keep the lock.
                 Err(e) if e.is_damage() => {
                     error!(error = %e, ?intent, "cannot complete another mount's operation: the store is damaged there; releasing the namespace lock (run `memfis check --repair`)")
@@ -346,17 +373,29 @@ impl<S: Store> MemFs<S> {
     /// holding the namespace lock stops sending once the last refresh is older than
     /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
     /// liveness may have lost the lock to another mount).
-    pub fn keep_alive(&self) {
+    pub fn arm_stall_fence(&self) {
         self.store.lease.arm();
     }
 
     /// Refreshes this mount's liveness key and checks that the store is still the one it
-    /// mounted. Call every few seconds (the FUSE mount runs a thread for it).
+    /// mounted, then does the mount's background work (keys left behind, intents to
+    /// complete, logs to compact). Call every few seconds (the session runs a thread for it).
     pub fn heartbeat(&self) -> FsResult<()> {
+        self.refresh_liveness()?;
+        self.background_work()
+    }
+
+    /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
+    /// for the namespace lock, so a thread of its own keeps the mount alive while the
+    /// background work waits behind a long operation of this mount (the lock's holder stops
+    /// sending once the liveness is stale: `lock_lease`).
+    pub fn refresh_liveness(&self) -> FsResult<()> {
         let alive = self.keys.alive(&self.mount_id);
         let format = self.keys.format();
         let sent = std::time::Instant::now();
         let mut batch = Batch::new();
+        // Whether the key was still there: a lapse may have cost this mount's file locks.
+        let touched = batch.touch(&alive, ALIVE_SECS);
         let refreshed = batch.push::<Stored>(Command::Store {
             op: StoreOp::Set,
             key: alive,
@@ -366,7 +405,9 @@ impl<S: Store> MemFs<S> {
         });
         let format_read = batch.get(format);
         let mut results = batch.execute(self.store.inner());
+        let touched = matches!(results.take(touched), Ok(true));
         results.take(refreshed)?;
+        self.note_liveness(touched);
         self.store.lease.refreshed(sent);
         let found = results.take(format_read)?;
         let same = found
@@ -376,6 +417,11 @@ impl<S: Store> MemFs<S> {
             self.store.mark_gone();
             return Err(FsError::StoreGone);
         }
+        Ok(())
+    }
+
+    /// The background work of [`Self::heartbeat`].
+    fn background_work(&self) -> FsResult<()> {
         // Data keys at paths renames took away, whose deletion failed.
         let stale = std::mem::take(&mut *lock(&self.stale_keys));
         if !stale.is_empty() {
@@ -390,6 +436,8 @@ impl<S: Store> MemFs<S> {
             })?;
             *lock(&self.orphaned) = None;
         }
+        // File lock releases that failed (a lock must not stay held by a live mount).
+        self.retry_lock_releases();
         // Directory logs that listings found long.
         let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an

@@ -208,6 +208,15 @@ impl<S: Store> MemFs<S> {
         // Once the source entry changed, the data step was done (and the old name may
         // already belong to a new file).
         let src_done = self.read_entry(r.src_parent, &r.src_name)?.ino != Some(r.ino);
+        let dir_moved = r.kind == Kind::Dir
+            || r.replaced
+                .is_some_and(|(_, kind)| kind == Kind::Dir && r.exchange);
+        if dir_moved && !src_done {
+            // Before any byte moves, as well as at the end: a reader that finds a key moved
+            // (a publish's token read, a load) reads the count after it and sees the change
+            // even where its reads of the lock and the count are unordered (a pool).
+            self.bump_dir_generation()?;
+        }
         let now = Time::now();
         self.update_record_if_present(r.ino, |rec| {
             if rec.links.contains(&src_link) {
@@ -256,21 +265,8 @@ impl<S: Store> MemFs<S> {
             self.log_dir_changes(r.src_parent, &at_src)?;
             self.log_dir_changes(r.dst_parent, &at_dst)?;
         }
-        let dir_moved = r.kind == Kind::Dir
-            || r.replaced
-                .is_some_and(|(_, kind)| kind == Kind::Dir && r.exchange);
         if dir_moved {
-            let key = self.keys.dir_generation();
-            if self
-                .store
-                .incr(&key, 1)
-                .map_err(|e| FsError::store(&key, e))?
-                .is_none()
-            {
-                self.store
-                    .store(StoreOp::Add, &key, b"1")
-                    .map_err(|e| FsError::store(&key, e))?;
-            }
+            self.bump_dir_generation()?;
             self.meta.forget_dir(r.ino);
         }
         Ok(())
@@ -337,6 +333,22 @@ impl<S: Store> MemFs<S> {
             r.map_err(|e| FsError::store(b"(rename cleanup)", e))?;
         }
         self.mark_exchange_data_done()
+    }
+
+    /// Counts a directory rename (`PREFIX%dirgen`): mounts drop their cached paths.
+    fn bump_dir_generation(&self) -> FsResult<()> {
+        let key = self.keys.dir_generation();
+        if self
+            .store
+            .incr(&key, 1)
+            .map_err(|e| FsError::store(&key, e))?
+            .is_none()
+        {
+            self.store
+                .store(StoreOp::Add, &key, b"1")
+                .map_err(|e| FsError::store(&key, e))?;
+        }
+        Ok(())
     }
 
     /// Records in the lock that an exchange's bytes were swapped (a second swap would undo it).

@@ -89,7 +89,7 @@ fn a_lock_owner_that_stalled_past_its_liveness_sends_nothing_when_it_resumes() {
         ..uncached()
     };
     let a = MemFs::new(a_store, keys.clone(), cfg).unwrap();
-    a.keep_alive();
+    a.arm_stall_fence();
     // C: pauses once it took the lock.
     let took_lock = {
         let lock_key = lock_key.clone();

@@ -46,6 +46,8 @@ pub enum Command {
         value: Value,
         flags: u32,
         cas: u64,
+        /// Expiry of the stored item (0: never); a `cas` sets it anew like a `set`.
+        exptime: u32,
     },
     Incr {
         key: Vec<u8>,
@@ -93,6 +95,18 @@ impl Command {
             value,
             flags: 0,
             cas,
+            exptime: 0,
+        }
+    }
+
+    /// A `cas` storing an item that expires after `exptime` seconds (0: never).
+    pub fn cas_expiring(key: &[u8], value: &[u8], cas: u64, exptime: u32) -> Command {
+        Command::Cas {
+            key: key.to_vec(),
+            value: Arc::new(value.to_vec()),
+            flags: 0,
+            cas,
+            exptime,
         }
     }
 

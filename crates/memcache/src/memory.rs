@@ -150,6 +150,7 @@ impl MemoryStore {
                 value,
                 flags,
                 cas: expected,
+                ..
             } => match items.get(&key) {
                 None => Ok(Reply::NotFound),
                 Some((_, _, c)) if *c != expected => Ok(Reply::Exists),

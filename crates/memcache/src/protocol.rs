@@ -59,12 +59,13 @@ pub fn write_command(cmd: &Command, out: &mut impl Write) -> std::io::Result<()>
             value,
             flags,
             cas,
+            exptime,
         } => {
             line(
                 out,
                 "cas",
                 key,
-                &format!(" {flags} 0 {} {cas}", value.len()),
+                &format!(" {flags} {exptime} {} {cas}", value.len()),
             )?;
             out.write_all(value)?;
             out.write_all(b"\r\n")

@@ -17,23 +17,40 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 pub(super) struct Heartbeat {
     /// Dropped to stop the thread: it wakes at once and ends.
     _stop: Sender<()>,
+    /// The same for the thread that only refreshes the liveness.
+    _stop_refresh: Sender<()>,
 }
 
 impl Heartbeat {
     pub(super) fn start<S: Store + 'static>(fs: Arc<MemFs<S>>) -> Heartbeat {
         let (stop, stopped) = channel::<()>();
+        let refresher = fs.clone();
         // Not joined on drop: a beat in flight may wait on the store for its timeout, and
         // nothing needs to wait for it; the thread ends when the beat returns.
         std::thread::spawn(move || {
             let mut failing = false;
             // A beat at once: the liveness counts from now, not from when the store was
-            // opened (`MemFs::keep_alive`).
+            // opened (`MemFs::arm_stall_fence`).
             beat(&fs, &mut failing);
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT_EVERY) {
                 beat(&fs, &mut failing);
             }
         });
-        Heartbeat { _stop: stop }
+        // The liveness alone, on a thread of its own: a beat's background work can wait for
+        // the namespace lock behind a long operation of this mount (a big directory's
+        // rename, a repair), and the liveness must not lapse meanwhile. (Its errors are the
+        // beat's to report.)
+        let (stop_refresh, refresh_stopped) = channel::<()>();
+        std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = refresh_stopped.recv_timeout(HEARTBEAT_EVERY)
+            {
+                let _ = refresher.refresh_liveness();
+            }
+        });
+        Heartbeat {
+            _stop: stop,
+            _stop_refresh: stop_refresh,
+        }
     }
 }
 

@@ -59,7 +59,7 @@ impl<S: Store + 'static> Session<S> {
     /// Starts the heartbeat of a filesystem already opened (whose open wrote the first beat).
     pub fn start(fs: MemFs<S>) -> Self {
         let fs = Arc::new(fs);
-        fs.keep_alive(); // the heartbeat below refreshes the liveness every 2 s
+        fs.arm_stall_fence(); // the heartbeat below refreshes the liveness every 2 s
         Session {
             _heartbeat: heartbeat::Heartbeat::start(fs.clone()),
             fs,

@@ -1,0 +1,434 @@
+//! The lock list of an inode in the store, `PREFIX%L<ino>`: taking, testing and releasing
+//! locks with `add` or `gets` + `cas` (docs/store-layout.md, "File locks").
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use memfis_memcache::{Command, Item, Store, StoreOp};
+use tracing::{error, warn};
+
+use super::table::{Entry, Owner, Request, Table};
+use super::{EMPTY_LIST_SECS, LocalLocks};
+use crate::batch::{Batch, Stored};
+use crate::fs::{CAS_RETRIES, MemFs};
+use crate::record::Inode;
+use crate::sync::lock;
+use crate::{FsError, FsResult};
+
+/// How long a mount seen alive counts as alive without reading its liveness key again.
+const ALIVE_TRUST: Duration = Duration::from_secs(1);
+
+/// A lock asked for through the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRequest {
+    /// The kernel's lock owner (a process's file table, or an open file).
+    pub owner: u64,
+    /// The file handle the request came through.
+    pub fh: u64,
+    /// Pid of the locking process, for `F_GETLK` on its host (0 when the kernel gives none).
+    pub pid: u32,
+    pub write: bool,
+    pub start: u64,
+    /// Last byte, included.
+    pub end: u64,
+}
+
+/// A lock in the way, as `F_GETLK` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub write: bool,
+    pub start: u64,
+    pub end: u64,
+    /// The holder's pid where it runs on this host, else 0.
+    pub pid: u32,
+}
+
+impl<S: Store> MemFs<S> {
+    fn owner(&self, owner: u64) -> Owner {
+        Owner {
+            mount: self.mount_id.clone(),
+            owner,
+        }
+    }
+
+    fn decode_list(&self, key: &[u8], item: &Item) -> FsResult<Table> {
+        Table::decode(&item.value).map_err(|why| FsError::corrupt(key, why))
+    }
+
+    /// Tries once to take a lock. `Ok(Ok(changed))` when granted: `changed` tells that
+    /// another mount published the file since this mount read it (the kernel's cached pages
+    /// and attributes of it are stale). `Ok(Err(holder))` when a live owner's lock is in the
+    /// way.
+    pub fn try_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Result<bool, Holder>> {
+        let key = self.keys.lock_table(ino);
+        let ikey = self.keys.inode(ino);
+        let who = self.owner(req.owner);
+        let want = Request {
+            who: who.clone(),
+            fh: req.fh,
+            pid: req.pid,
+            host: self.locks.host.clone(),
+            write: req.write,
+            start: req.start,
+            end: req.end,
+        };
+        let redo_release: Vec<Option<u64>> = lock(&self.locks.failed_releases)
+            .iter()
+            .filter(|f| f.0 == ino && f.1 == req.owner)
+            .map(|f| f.2)
+            .collect();
+        let in_order = self.store.in_order();
+        let _serial = self.locks.stripe(ino);
+        // `None`: no list known, so try to `add` one. The list last seen may be stale: it
+        // is written on (a stale one fails the `cas`) but never trusted to refuse.
+        let mut current: Option<Item> = self.locks.seen(ino);
+        let mut fresh = current.is_none();
+        for _ in 0..CAS_RETRIES {
+            let write = match &current {
+                None => {
+                    let mut fresh = Table::default();
+                    fresh.lock(&want);
+                    Command::store(StoreOp::Add, &key, &fresh.encode())
+                }
+                Some(item) => {
+                    let mut list = self.decode_list(&key, item)?;
+                    for fh in &redo_release {
+                        list.remove_owner(&who, *fh);
+                    }
+                    let blocking: Vec<Entry> = list
+                        .conflicts(&who, req.write, req.start, req.end)
+                        .cloned()
+                        .collect();
+                    if !blocking.is_empty() && !fresh {
+                        current = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+                        fresh = true;
+                        continue;
+                    }
+                    if !blocking.is_empty() {
+                        let gone = self.gone_mounts(&blocking)?;
+                        if let Some(e) = blocking.iter().find(|e| !gone.contains(&e.mount)) {
+                            return Ok(Err(self.holder(e)));
+                        }
+                        list.prune(&gone);
+                    }
+                    list.lock(&want);
+                    Command::cas(&key, &list.encode(), item.cas.unwrap_or(0))
+                }
+            };
+            // The list again after the write: on a refusal it is what to work from.
+            let mut batch = Batch::new();
+            let stored = batch.push::<Stored>(write);
+            let after = batch.gets(&key);
+            let record = in_order.then(|| batch.gets(&ikey));
+            let mut r = batch.execute(&self.store);
+            let stored = r.take(stored)?;
+            let after = r.take(after)?;
+            self.locks.remember(ino, after.clone());
+            if stored {
+                let record = if let Some(record) = record {
+                    r.take(record)?
+                } else {
+                    self.store
+                        .gets(&ikey)
+                        .map_err(|e| FsError::store(&ikey, e))?
+                };
+                lock(&self.locks.held)
+                    .entry(ino)
+                    .or_default()
+                    .insert(req.owner);
+                lock(&self.locks.by_handle)
+                    .entry(req.fh)
+                    .or_default()
+                    .insert(req.owner);
+                if !redo_release.is_empty() {
+                    lock(&self.locks.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
+                }
+                return Ok(Ok(self.adopt_published(ino, record)?));
+            }
+            current = after;
+            fresh = true;
+        }
+        Err(FsError::Contended)
+    }
+
+    /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
+    pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
+        let key = self.keys.lock_table(ino);
+        let found = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+        self.locks.remember(ino, found.clone());
+        let Some(item) = found else {
+            return Ok(None);
+        };
+        let list = self.decode_list(&key, &item)?;
+        let who = self.owner(req.owner);
+        let blocking: Vec<Entry> = list
+            .conflicts(&who, req.write, req.start, req.end)
+            .cloned()
+            .collect();
+        if blocking.is_empty() {
+            return Ok(None);
+        }
+        let gone = self.gone_mounts(&blocking)?;
+        Ok(blocking
+            .iter()
+            .find(|e| !gone.contains(&e.mount))
+            .map(|e| self.holder(e)))
+    }
+
+    /// `F_UNLCK` of a range through handle `fh`: publishes the file's pending writes first,
+    /// so the next holder on any mount reads them, then cuts the range out of the owner's
+    /// locks.
+    pub fn unlock(&self, fh: u64, ino: u64, owner: u64, start: u64, end: u64) -> FsResult<()> {
+        self.flush(fh)?;
+        if !self.may_hold(ino, owner) {
+            return Ok(());
+        }
+        let who = self.owner(owner);
+        self.change_own(ino, &who, |list| list.unlock(&who, start, end))
+    }
+
+    /// Releases every lock `owner` holds on `ino` (a close: the kernel's FLUSH for POSIX
+    /// locks). Costs nothing unless this mount knows the owner locked the file. A failure
+    /// is kept for the heartbeat to retry (the lock must not stay held by a live mount).
+    pub fn release_locks(&self, ino: u64, owner: u64) -> FsResult<()> {
+        self.release_owner(ino, owner, None)
+    }
+
+    /// Releases `owner`'s locks on `ino`, only those taken through handle `fh` if given.
+    fn release_owner(&self, ino: u64, owner: u64, fh: Option<u64>) -> FsResult<()> {
+        if !self.may_hold(ino, owner) {
+            return Ok(());
+        }
+        let who = self.owner(owner);
+        let result = self.change_own(ino, &who, |list| list.remove_owner(&who, fh));
+        if result.is_err() {
+            lock(&self.locks.failed_releases).insert((ino, owner, fh));
+        }
+        result
+    }
+
+    /// The last close of handle `fh` (the kernel's RELEASE): releases the locks of every
+    /// owner that locked through it (its flock and OFD locks; POSIX locks of processes went
+    /// with their FLUSH already), and `flock_owner`'s.
+    pub fn release_handle_locks(
+        &self,
+        fh: u64,
+        ino: u64,
+        flock_owner: Option<u64>,
+    ) -> FsResult<()> {
+        let mut owners = lock(&self.locks.by_handle).remove(&fh).unwrap_or_default();
+        owners.extend(flock_owner);
+        let mut result = Ok(());
+        for owner in owners {
+            if let Err(e) = self.release_owner(ino, owner, Some(fh)) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Retries releases that failed (heartbeat). Errors are logged, the releases kept.
+    pub(crate) fn retry_lock_releases(&self) {
+        let failed: Vec<_> = lock(&self.locks.failed_releases).drain().collect();
+        for (ino, owner, fh) in failed {
+            if let Err(e) = self.release_owner(ino, owner, fh) {
+                crate::limited_warn!(
+                    format!("cannot release a file lock: {}", e),
+                    "cannot release the locks of owner {owner:x} on inode {ino} (retried): {e}"
+                );
+            }
+        }
+    }
+
+    /// Called by the heartbeat with whether this mount's liveness key was still there. A
+    /// lapse means other mounts may have been given locks this mount's processes hold.
+    pub(crate) fn note_liveness(&self, was_alive: bool) {
+        let first = !self
+            .locks
+            .beat
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if was_alive || first {
+            return;
+        }
+        let held: usize = lock(&self.locks.held).values().map(HashSet::len).sum();
+        if held > 0 {
+            error!(
+                mount = %self.mount_id,
+                "this mount's liveness key expired (no heartbeat reached the store for 10 s): \
+                 other mounts may have taken file locks that {held} owner(s) here still believe \
+                 they hold"
+            );
+        }
+    }
+
+    /// Whether `owner` of this mount may hold locks on `ino`.
+    fn may_hold(&self, ino: u64, owner: u64) -> bool {
+        lock(&self.locks.held)
+            .get(&ino)
+            .is_some_and(|o| o.contains(&owner))
+            || lock(&self.locks.failed_releases)
+                .iter()
+                .any(|f| f.0 == ino && f.1 == owner)
+    }
+
+    /// Changes this mount's own entries with `change` (false: nothing to change) by gets +
+    /// cas; an emptied list is stored to expire. Wakes this mount's waiters.
+    fn change_own(
+        &self,
+        ino: u64,
+        who: &Owner,
+        mut change: impl FnMut(&mut Table) -> bool,
+    ) -> FsResult<()> {
+        let key = self.keys.lock_table(ino);
+        let _serial = self.locks.stripe(ino);
+        // The list last seen holds every entry of this mount's (only this mount adds them,
+        // under the stripe): if it says there is nothing to change, there is nothing.
+        let mut item = match self.locks.seen(ino) {
+            Some(item) => Some(item),
+            None => self.store.gets(&key).map_err(|e| FsError::store(&key, e))?,
+        };
+        for _ in 0..CAS_RETRIES {
+            let Some(it) = item else {
+                self.forget_owner(ino, who.owner);
+                return Ok(());
+            };
+            let mut list = self.decode_list(&key, &it)?;
+            if !change(&mut list) {
+                if !list.holds(who) {
+                    self.forget_owner(ino, who.owner);
+                }
+                return Ok(());
+            }
+            let exptime = if list.is_empty() { EMPTY_LIST_SECS } else { 0 };
+            let cas = Command::cas_expiring(&key, &list.encode(), it.cas.unwrap_or(0), exptime);
+            let mut batch = Batch::new();
+            let stored = batch.push::<Stored>(cas);
+            let after = batch.gets(&key);
+            let mut r = batch.execute(&self.store);
+            let stored = r.take(stored)?;
+            let after = r.take(after)?;
+            self.locks.remember(ino, after.clone());
+            if stored {
+                if !list.holds(who) {
+                    self.forget_owner(ino, who.owner);
+                }
+                self.wake_waiters();
+                return Ok(());
+            }
+            item = after;
+        }
+        Err(FsError::Contended)
+    }
+
+    fn forget_owner(&self, ino: u64, owner: u64) {
+        let mut held = lock(&self.locks.held);
+        if let Some(owners) = held.get_mut(&ino) {
+            owners.remove(&owner);
+            if owners.is_empty() {
+                held.remove(&ino);
+            }
+        }
+    }
+
+    fn holder(&self, e: &Entry) -> Holder {
+        Holder {
+            write: e.write,
+            start: e.start,
+            end: e.end,
+            pid: if e.host == self.locks.host { e.pid } else { 0 },
+        }
+    }
+
+    /// The mounts of `entries` whose liveness key is gone. This mount is alive; a mount seen
+    /// alive within [`ALIVE_TRUST`] counts as alive (treating a gone mount as alive a moment
+    /// longer only delays).
+    fn gone_mounts(&self, entries: &[Entry]) -> FsResult<Vec<String>> {
+        let now = Instant::now();
+        let unknown: Vec<String> = {
+            let seen = lock(&self.locks.alive_seen);
+            let mut unknown: Vec<String> = entries
+                .iter()
+                .map(|e| e.mount.clone())
+                .filter(|m| *m != self.mount_id)
+                .filter(|m| {
+                    seen.get(m)
+                        .is_none_or(|t| now.duration_since(*t) > ALIVE_TRUST)
+                })
+                .collect();
+            unknown.sort();
+            unknown.dedup();
+            unknown
+        };
+        if unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = Batch::new();
+        let alive: Vec<_> = unknown
+            .iter()
+            .map(|m| batch.get(self.keys.alive(m)))
+            .collect();
+        let mut r = batch.execute(&self.store);
+        let mut gone = Vec::new();
+        let mut seen = lock(&self.locks.alive_seen);
+        if seen.len() > 4096 {
+            seen.retain(|_, t| now.duration_since(*t) <= ALIVE_TRUST);
+        }
+        for (mount, alive) in unknown.into_iter().zip(alive) {
+            if r.take(alive)?.is_some() {
+                seen.insert(mount, now);
+            } else {
+                warn!(
+                    mount = %mount,
+                    "file locks of a mount whose liveness expired are dropped"
+                );
+                gone.push(mount);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// A lock was granted and `record` read after it: if another mount published the file
+    /// since this mount read it, the open file takes the new record and drops its bytes
+    /// (unless it holds writes not yet published). True when the file changed.
+    fn adopt_published(&self, ino: u64, record: Option<Item>) -> FsResult<bool> {
+        let Some(item) = record else {
+            return Ok(false); // removed: reads answer ENOENT as for any stale handle
+        };
+        let Some(of) = self.open_files.get(ino) else {
+            return Ok(false);
+        };
+        let mut of = lock(&of);
+        if item.cas.is_some() && of.cas() == item.cas {
+            return Ok(false);
+        }
+        if of.is_dirty() || of.is_unlinked() {
+            return Ok(false);
+        }
+        of.take_newer_record(Inode::decode(&self.keys.inode(ino), &item.value)?, item.cas);
+        of.forget_bytes();
+        Ok(true)
+    }
+
+    pub(super) fn wake_waiters(&self) {
+        *lock(&self.locks.released) += 1;
+        self.locks.release_signal.notify_all();
+    }
+}
+
+impl LocalLocks {
+    /// How many releases this mount made so far.
+    pub(super) fn releases(&self) -> u64 {
+        *lock(&self.released)
+    }
+
+    /// Waits until this mount releases a lock after `seen` releases, or `pause` passes.
+    pub(super) fn wait_release(&self, seen: u64, pause: Duration) {
+        let guard = lock(&self.released);
+        if *guard != seen {
+            return;
+        }
+        let _ = self
+            .release_signal
+            .wait_timeout_while(guard, pause, |n| *n == seen);
+    }
+}
