@@ -132,6 +132,42 @@ pub(crate) fn read<K: Expect>(key: &[u8], r: CmdResult) -> FsResult<K::Out> {
     }
 }
 
+/// Single commands answered as in a batch: the reply typed, a store error naming the key
+/// (through [`read`]). One `execute` of one command each, as `Store::run`.
+pub(crate) trait StoreAt: Store {
+    fn get_at(&self, key: &[u8]) -> FsResult<Option<Item>> {
+        read::<Got>(key, self.run(Command::Get(key.to_vec())))
+    }
+
+    fn gets_at(&self, key: &[u8]) -> FsResult<Option<Item>> {
+        read::<Got>(key, self.run(Command::Gets(key.to_vec())))
+    }
+
+    fn store_at(&self, op: StoreOp, key: &[u8], value: &[u8]) -> FsResult<bool> {
+        read::<Stored>(key, self.run(Command::store(op, key, value)))
+    }
+
+    fn delete_at(&self, key: &[u8]) -> FsResult<bool> {
+        read::<Deleted>(key, self.run(Command::Delete(key.to_vec())))
+    }
+
+    fn incr_at(&self, key: &[u8], delta: u64) -> FsResult<Option<u64>> {
+        let incr = Command::Incr {
+            key: key.to_vec(),
+            delta,
+        };
+        read::<Counted>(key, self.run(incr))
+    }
+
+    /// A `cas`, or a `run` of any command built elsewhere, read as `K` at `key`.
+    fn run_at<K: Expect>(&self, key: &[u8], cmd: Command) -> FsResult<K::Out> {
+        debug_assert!(K::fits(&cmd) && cmd.key() == key);
+        read::<K>(key, self.run(cmd))
+    }
+}
+
+impl<S: Store + ?Sized> StoreAt for S {}
+
 /// The place of one command's reply in its batch, typed by what the reply means. Taken by
 /// value when read, so no reply is read twice.
 #[must_use = "a command's reply is read by its handle"]

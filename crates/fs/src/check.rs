@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Reply, Store, StoreError};
 use serde::Serialize;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, StoreAt};
 use crate::data_codec::{self, DataCodec, GZIP_FLAG};
 use crate::dirlog::{self, LogBase};
 use crate::fenced_store::FencedStore;
@@ -219,11 +219,7 @@ impl<'a, S: Store> Scan<'a, S> {
     }
 
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        Ok(self
-            .store
-            .get(key)
-            .map_err(|e| FsError::store(key, e))?
-            .map(|i| i.value))
+        Ok(self.store.get_at(key)?.map(|i| i.value))
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> FsResult<Vec<Option<Vec<u8>>>> {

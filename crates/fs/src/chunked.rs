@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::batch::{Batch, CasOutcome};
+use crate::batch::{Batch, CasOutcome, StoreAt};
 use crate::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::files::Published;
 use crate::fs::MemFs;
@@ -59,7 +59,7 @@ impl<S: Store> MemFs<S> {
     /// Chunk `n` as stored (empty when missing: zeros).
     fn load_chunk(&self, ino: u64, c: &ChunkedFile, n: u64) -> FsResult<Arc<Vec<u8>>> {
         let key = self.keys.chunk(ino, c.generation, n);
-        let item = self.store.get(&key).map_err(|e| FsError::store(&key, e))?;
+        let item = self.store.get_at(&key)?;
         Ok(Arc::new(item.map(|i| i.value).unwrap_or_default()))
     }
 

@@ -12,7 +12,7 @@ use memfis_memcache::{Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
-use crate::batch::{self, Batch, CasOutcome, Got, Handle, Replies, Stored};
+use crate::batch::{Batch, Cas, CasOutcome, Got, Handle, Replies, StoreAt, Stored};
 use crate::chunk_buffer::ChunkedFile;
 use crate::fs::MemFs;
 use crate::intent::Intent;
@@ -433,7 +433,7 @@ impl<S: Store> MemFs<S> {
         let value = rec.encode();
         self.check_record_size(&ikey, value.len())?;
         let cas = Command::cas(&ikey, &value, of.cas().unwrap_or(0));
-        let outcome = batch::read::<batch::Cas>(&ikey, self.store.run(cas))?;
+        let outcome = self.store.run_at::<Cas>(&ikey, cas)?;
         if outcome == CasOutcome::Stored {
             warn!(
                 ino,

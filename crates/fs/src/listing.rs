@@ -23,7 +23,7 @@ use memfis_memcache::{Command, Store, StoreError, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, DirEntry};
-use crate::batch::{Batch, Counted, Got, Handle, Replies, Stored};
+use crate::batch::{Batch, Counted, Got, Handle, Replies, StoreAt, Stored};
 use crate::dirlog::{self, DirSeq, LogBase, Op};
 use crate::fs::MemFs;
 use crate::record::{Inode, Kind, Time};
@@ -280,18 +280,10 @@ impl<S: Store> MemFs<S> {
 
     pub(crate) fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
         for _ in 0..crate::fs::CAS_RETRIES {
-            if self
-                .store
-                .store(StoreOp::Append, key, record)
-                .map_err(|e| FsError::store(key, e))?
-            {
+            if self.store.store_at(StoreOp::Append, key, record)? {
                 return Ok(());
             }
-            if self
-                .store
-                .store(StoreOp::Add, key, record)
-                .map_err(|e| FsError::store(key, e))?
-            {
+            if self.store.store_at(StoreOp::Add, key, record)? {
                 return Ok(());
             }
         }

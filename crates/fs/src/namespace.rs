@@ -14,7 +14,9 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
 use crate::attr::Attr;
-use crate::batch::{Batch, Cas, CasOutcome, Counted, Deleted, Got, Handle, Replies, Stored};
+use crate::batch::{
+    Batch, Cas, CasOutcome, Counted, Deleted, Got, Handle, Replies, StoreAt, Stored,
+};
 use crate::dirlog::{DirSeq, LogBase, Op};
 use crate::fs::{MemFs, check_name, join, retried};
 use crate::intent::Intent;
@@ -46,8 +48,7 @@ impl<S: Store> MemFs<S> {
             let key = self.keys.next_ino();
             let top = self
                 .store
-                .incr(&key, INO_BATCH)
-                .map_err(|e| FsError::store(&key, e))?
+                .incr_at(&key, INO_BATCH)?
                 .ok_or_else(|| FsError::missing(&key))?;
             *inos = (top + 1 - INO_BATCH, top + 1);
         }
@@ -408,9 +409,7 @@ impl<S: Store> MemFs<S> {
                 let key = self.keys.file_bytes(ino, rec.mode, &path);
                 let served = key != self.keys.private_data(ino) && rec.chunk_size.is_none();
                 if served && key != old_key {
-                    self.store
-                        .store(StoreOp::Add, &key, b"")
-                        .map_err(|e| FsError::store(&key, e))?;
+                    self.store.store_at(StoreOp::Add, &key, b"")?;
                 }
                 key
             }
@@ -637,7 +636,7 @@ impl<S: Store> MemFs<S> {
         if key == target {
             return Ok(None);
         }
-        match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+        match self.store.get_at(&key)? {
             Some(item) => Ok(Some(Arc::new(item.value))),
             None if rec.size == 0 => Ok(Some(Value::default())),
             None => Err(FsError::missing(&key)),
@@ -862,10 +861,7 @@ impl<S: Store> MemFs<S> {
         if kind == Kind::Dir {
             // The log from its base: its snapshot and chunks (the base key goes with them).
             let base_key = self.keys.dir_base(ino);
-            let item = self
-                .store
-                .get(&base_key)
-                .map_err(|e| FsError::store(&base_key, e))?;
+            let item = self.store.get_at(&base_key)?;
             let base =
                 LogBase::decode(&base_key, item.as_ref().map(|b| &b.value[..])).unwrap_or_default();
             deleted.push(batch.delete(self.keys.dir_seq(ino)));
@@ -957,7 +953,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         for key in keys {
             if !self.holds_bytes_of_a_name(key)? {
-                self.store.delete(key).map_err(|e| FsError::store(key, e))?;
+                self.store.delete_at(key)?;
             }
         }
         Ok(())

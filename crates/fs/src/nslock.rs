@@ -20,7 +20,7 @@ use memfis_memcache::{Command, Reply, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use crate::batch::{self, Batch, Handle, Replies, Stored};
+use crate::batch::{Batch, Handle, Replies, StoreAt, Stored};
 use crate::fs::MemFs;
 use crate::intent::Intent;
 use crate::record::{FormatRecord, random_id};
@@ -181,7 +181,9 @@ impl<S: Store> MemFs<S> {
         };
         let cmd = self.intent_cmd(guard, intent);
         crate::fs::retried(|| {
-            batch::read::<Stored>(&self.keys.ns_lock(), self.store.run(cmd.clone())).map(drop)
+            self.store
+                .run_at::<Stored>(&self.keys.ns_lock(), cmd.clone())
+                .map(drop)
         })
     }
 
@@ -283,7 +285,7 @@ impl<S: Store> MemFs<S> {
         let key = self.keys.ns_lock();
         let mut waiter = Waiter::new(self.cfg.lock_backoff);
         loop {
-            match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+            match self.store.get_at(&key)? {
                 None => return Ok(()),
                 Some(_) => self.resolve_holder(&mut waiter)?,
             }
@@ -293,7 +295,7 @@ impl<S: Store> MemFs<S> {
     /// The lock is held: wait for a live owner, or complete a dead owner's intent.
     fn resolve_holder(&self, waiter: &mut Waiter) -> FsResult<()> {
         let key = self.keys.ns_lock();
-        let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+        let Some(item) = self.store.gets_at(&key)? else {
             return Ok(()); // released meanwhile
         };
         let held: LockValue = serde_json::from_slice(&item.value)
@@ -301,11 +303,7 @@ impl<S: Store> MemFs<S> {
         let mine_left_over = lock(&self.leftover).contains(&held.owner);
         if !mine_left_over {
             let alive_key = self.keys.alive(held.mount());
-            let alive = self
-                .store
-                .get(&alive_key)
-                .map_err(|e| FsError::store(&alive_key, e))?
-                .is_some();
+            let alive = self.store.get_at(&alive_key)?.is_some();
             if alive {
                 return waiter.wait();
             }

@@ -16,12 +16,12 @@
 use memfis_memcache::{Command, Store, StoreOp};
 
 use crate::attr::SetAttr;
-use crate::batch::Batch;
+use crate::batch::{Batch, Cas, StoreAt};
 use crate::fs::{CAS_RETRIES, MemFs};
 use crate::intent::Intent;
 use crate::keys::is_public;
 use crate::record::{Inode, Kind};
-use crate::replies::{CasOutcome, cas_outcome, value_of};
+use crate::replies::{CasOutcome, value_of};
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {
@@ -45,7 +45,7 @@ impl<S: Store> MemFs<S> {
                 let first = Command::cas(&key, &value, cas);
                 if !Self::changes_visibility(&old, set) {
                     // Another mount changed the mode meanwhile: nothing moves after all.
-                    match cas_outcome(&key, self.store.run(first))? {
+                    match self.store.run_at::<Cas>(&key, first)? {
                         CasOutcome::Stored => {
                             self.adopt(ino, &rec);
                             return Ok(());

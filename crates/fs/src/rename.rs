@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, StoreAt};
 use crate::dirlog::Op;
 use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
 use crate::intent::{Intent, RenameIntent};
@@ -289,9 +289,7 @@ impl<S: Store> MemFs<S> {
             _ => false,
         };
         if !overwritten {
-            self.store
-                .delete(&served)
-                .map_err(|e| FsError::store(&served, e))?;
+            self.store.delete_at(&served)?;
         }
         Ok(())
     }
@@ -338,15 +336,8 @@ impl<S: Store> MemFs<S> {
     /// Counts a directory rename (`PREFIX%dirgen`): mounts drop their cached paths.
     fn bump_dir_generation(&self) -> FsResult<()> {
         let key = self.keys.dir_generation();
-        if self
-            .store
-            .incr(&key, 1)
-            .map_err(|e| FsError::store(&key, e))?
-            .is_none()
-        {
-            self.store
-                .store(StoreOp::Add, &key, b"1")
-                .map_err(|e| FsError::store(&key, e))?;
+        if self.store.incr_at(&key, 1)?.is_none() {
+            self.store.store_at(StoreOp::Add, &key, b"1")?;
         }
         Ok(())
     }
@@ -355,7 +346,7 @@ impl<S: Store> MemFs<S> {
     fn mark_exchange_data_done(&self) -> FsResult<()> {
         let key = self.keys.ns_lock();
         for _ in 0..CAS_RETRIES {
-            let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+            let Some(item) = self.store.gets_at(&key)? else {
                 return Ok(());
             };
             let mut held: LockValue = serde_json::from_slice(&item.value)

@@ -24,11 +24,6 @@ pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
     batch::read::<batch::Got>(key, r)
 }
 
-/// Maps the result of a `cas`, naming the key on failure.
-pub(crate) fn cas_outcome(key: &[u8], r: CmdResult) -> FsResult<CasOutcome> {
-    batch::read::<batch::Cas>(key, r)
-}
-
 /// A decimal counter value (sequence keys, inode counters).
 pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()

@@ -9,7 +9,7 @@ use tracing::{error, warn};
 
 use super::table::{Entry, Owner, Request, Table};
 use super::{EMPTY_LIST_SECS, LocalLocks};
-use crate::batch::{Batch, Stored};
+use crate::batch::{Batch, StoreAt, Stored};
 use crate::fs::{CAS_RETRIES, MemFs};
 use crate::record::Inode;
 use crate::sync::lock;
@@ -100,7 +100,7 @@ impl<S: Store> MemFs<S> {
                         .cloned()
                         .collect();
                     if !blocking.is_empty() && !fresh {
-                        current = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+                        current = self.store.gets_at(&key)?;
                         fresh = true;
                         continue;
                     }
@@ -128,9 +128,7 @@ impl<S: Store> MemFs<S> {
                 let record = if let Some(record) = record {
                     r.take(record)?
                 } else {
-                    self.store
-                        .gets(&ikey)
-                        .map_err(|e| FsError::store(&ikey, e))?
+                    self.store.gets_at(&ikey)?
                 };
                 lock(&self.locks.held)
                     .entry(ino)
@@ -154,7 +152,7 @@ impl<S: Store> MemFs<S> {
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
     pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
         let key = self.keys.lock_table(ino);
-        let found = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+        let found = self.store.gets_at(&key)?;
         self.locks.remember(ino, found.clone());
         let Some(item) = found else {
             return Ok(None);
@@ -285,7 +283,7 @@ impl<S: Store> MemFs<S> {
         // under the stripe): if it says there is nothing to change, there is nothing.
         let mut item = match self.locks.seen(ino) {
             Some(item) => Some(item),
-            None => self.store.gets(&key).map_err(|e| FsError::store(&key, e))?,
+            None => self.store.gets_at(&key)?,
         };
         for _ in 0..CAS_RETRIES {
             let Some(it) = item else {
