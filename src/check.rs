@@ -12,8 +12,9 @@ use crate::store::{Notices, TOOL_CACHE_TTL};
 
 /// Exit status when problems were found (as fsck's "errors left uncorrected").
 pub const EXIT_PROBLEMS: i32 = 4;
-/// Exit status when the store could not be checked (fsck's "operational error").
-pub const EXIT_NO_CHECK: i32 = 8;
+/// Exit status when the store could not be checked (fsck's "operational error"), a prefix
+/// with no tree included.
+pub const EXIT_NO_CHECK: i32 = crate::store::EXIT_NO_TREE;
 /// Exit status when problems were repaired and none is left (fsck's "errors corrected").
 pub const EXIT_REPAIRED: i32 = 1;
 
@@ -94,11 +95,13 @@ fn repair(args: &CheckArgs) -> Result<i32> {
 /// gives fsck's 8.
 fn no_tree(args: &CheckArgs, keys: &KeyLayout, trees: &[String]) -> Result<i32> {
     let prefix = keys.prefix();
+    let refusal = FsError::NoTree {
+        prefix: prefix.to_string(),
+        trees: trees.to_vec(),
+    };
     let message = format!(
-        "no memfis tree under prefix {prefix:?} (no format record at {}): a mistyped prefix, \
-         or a store emptied since (memcached restarted). Trees on this store: {}",
-        String::from_utf8_lossy(&keys.format()),
-        memfis_fs::error::list_or_none(trees)
+        "{refusal}. Nothing to check: a mistyped prefix (--prefix, MEMFIS_PREFIX), or a store \
+         emptied since (memcached restarted)"
     );
     if args.json {
         let answer = serde_json::json!({

@@ -83,7 +83,9 @@ pub struct LoadArgs {
     /// Compare bytes, not size and modification time, to skip unchanged files.
     #[arg(long)]
     pub checksum: bool,
-    /// Print what would change; change nothing.
+    /// Print what would change; write no file. The tree is opened as by every command: while
+    /// it runs its liveness key is written, and an operation a dead mount left half done is
+    /// completed.
     #[arg(long)]
     pub dry_run: bool,
     /// Files written at once (each waits for two store round trips).
@@ -135,12 +137,15 @@ pub struct CheckArgs {
 #[command(
     mut_arg("servers", |a| a
         .hide_default_value(true)
-        .help("memcached to use (HOST:PORT or unix:/path, repeatable) instead of starting one")),
+        .help("memcached to use (HOST:PORT or unix:/path, repeatable) instead of starting one; \
+               needs --prefix, and a prefix holding a tree needs --into-existing")),
     after_help = "Everything it starts is chosen here: memcached (its socket, port, memory and \
                   item size; none with --server), the mount (--mountpoint, --prefix), nginx \
                   (--port; none with --no-nginx) and the PHP backend nginx falls back to \
                   (--php-fpm; memfis up starts no php-fpm). It deletes its runtime directory \
-                  when it stops, never a --mountpoint or --memcached-socket directory of yours.\n\n\
+                  when it stops, never a --mountpoint or --memcached-socket directory of yours, \
+                  never across a mount; a runtime directory another running memfis up holds \
+                  (it locks RUNTIME_DIR/.memfis-up), or with a mount under it, is refused.\n\n\
                   Examples:\n  memfis up ./site --port 8080   # then open http://127.0.0.1:8080/\n  \
                   memfis up ./site --memcached-port 11311 --memcached-memory 512 --prefix memfis://dev\n  \
                   memfis up ./site --mountpoint /srv/dev --no-nginx\n  \
@@ -174,6 +179,10 @@ pub struct UpArgs {
     /// [default: above the site's largest file, at least 8].
     #[arg(long, value_name = "MB", conflicts_with = "servers")]
     pub memcached_item_size: Option<u64>,
+    /// With --server: use the prefix even if it holds a tree already (SITE_DIR is copied into
+    /// it, replacing files of the same names). Without it such a prefix is refused.
+    #[arg(long)]
+    pub into_existing: bool,
     /// Start no nginx: only memcached (unless --server), the mount and the load.
     #[arg(long, conflicts_with_all = ["php_fpm", "port"])]
     pub no_nginx: bool,
@@ -232,7 +241,8 @@ pub struct NginxConfigArgs {
     /// Print only the locations, to `include` inside an existing `server {}`.
     #[arg(long, conflicts_with_all = ["upstream", "listen", "server_names", "default_server"])]
     pub snippet: bool,
-    /// Print only the upstream, for the http context (what --snippet needs beside it).
+    /// Print only the upstream, for the http context (what --snippet needs beside it; generate
+    /// both with the same --expires, whose map it holds).
     #[arg(long)]
     pub upstream: bool,
 }

@@ -25,8 +25,13 @@ use clap::Parser;
 fn main() {
     let args = mount_helper::from_mount_helper(std::env::args().collect());
     let cli = cli::Cli::parse_from(args);
+    // Warnings (twemproxy, evictions, the heartbeat) reach stderr from every command; a mount
+    // chooses its own logging (stderr, a file, journald or syslog).
+    if !matches!(cli.command, cli::Command::Mount(_)) {
+        logging::init_stderr();
+    }
     let result = match cli.command {
-        cli::Command::Mount(args) => mount::run(args),
+        cli::Command::Mount(args) => mount::run(args).map_err(exit_if_no_tree),
         cli::Command::NginxConfig(args) => nginx_config::run(args),
         cli::Command::Up(args) => up::run(args),
         cli::Command::Check(args) => exit_with(check::run(args), 8),
@@ -55,13 +60,24 @@ fn closed_output(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Exits with the status a command chose, or `on_error` when it failed.
+/// Exits with the status a command chose, or `on_error` when it failed (8 when it refused a
+/// prefix with no tree).
 fn exit_with(result: anyhow::Result<i32>, on_error: i32) -> ! {
-    match result {
+    match result.map_err(exit_if_no_tree) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("memfis: {e:#}");
             std::process::exit(on_error);
         }
     }
+}
+
+/// A refusal of a prefix with no tree is said and exits 8, whatever the command; any other
+/// error is returned.
+fn exit_if_no_tree(e: anyhow::Error) -> anyhow::Error {
+    if store::is_no_tree(&e) {
+        eprintln!("memfis: {e:#}");
+        std::process::exit(store::EXIT_NO_TREE);
+    }
+    e
 }

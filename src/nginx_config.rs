@@ -227,6 +227,11 @@ impl Names {
             expires: format!("memfis_{id}_expires"),
         }
     }
+
+    /// The fallback location, when there is one (`--root` or `--php-fpm`).
+    fn fallback_of(&self, opts: &ServeOptions) -> Option<&str> {
+        (opts.root.is_some() || opts.php_fpm.is_some()).then_some(self.fallback.as_str())
+    }
 }
 
 /// `memfis nginx-config`: prints the config.
@@ -448,62 +453,22 @@ fn server(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Resul
 /// The site's locations, each line indented by `indent`.
 fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -> std::fmt::Result {
     let mut body = String::new();
-    let b = &mut body;
-    let prefix = &opts.prefix;
-    let fallback = if opts.root.is_some() || opts.php_fpm.is_some() {
-        Some(names.fallback.as_str())
-    } else {
-        None
-    };
-    // Where a miss goes once nothing in the store answers: the fallbacks, or a plain 404.
-    let miss = fallback.unwrap_or(names.missing.as_str());
-    let store = |b: &mut String, key: &str, on_404: Option<&str>| -> std::fmt::Result {
-        writeln!(b, "    set $memcached_key \"{prefix}{key}\";")?;
-        writeln!(b, "    memcached_pass {};", names.upstream)?;
-        writeln!(b, "    memcached_connect_timeout 1s;")?;
-        writeln!(b, "    memcached_read_timeout 2s;")?;
-        writeln!(b, "    memcached_send_timeout 2s;")?;
-        writeln!(
-            b,
-            "    # Read a typical page from memcached in one go, not 4 KB at a time."
-        )?;
-        writeln!(b, "    memcached_buffer_size 32k;")?;
-        writeln!(
-            b,
-            "    # Files `memfis mount --gzip` stored compressed: as they are to clients that"
-        )?;
-        writeln!(
-            b,
-            "    # accept gzip (HTTP/1.0 ones too), unpacked for the others."
-        )?;
-        writeln!(
-            b,
-            "    memcached_gzip_flag {};",
-            memfis_fs::data_codec::GZIP_FLAG
-        )?;
-        writeln!(b, "    gunzip on;")?;
-        writeln!(b, "    gzip_http_version 1.0;")?;
-        writeln!(
-            b,
-            "    # Caches between here and the client must key on it too."
-        )?;
-        expires_line(b, opts, names)?;
-        server_headers(b, opts)?;
-        writeln!(b, "    add_header Vary Accept-Encoding;")?;
-        writeln!(b, "    add_header X-Memfis-Source store always;")?;
-        if let Some(f) = fallback {
-            writeln!(
-                b,
-                "    # Store down (502) or slow (504): try the fallbacks."
-            )?;
-            writeln!(b, "    error_page 502 504 = {f};")?;
+    refused_locations(&mut body, opts)?;
+    store_locations(&mut body, opts, names)?;
+    fallback_locations(&mut body, opts, names)?;
+    for line in body.lines() {
+        if line.is_empty() {
+            writeln!(c)?;
+        } else {
+            writeln!(c, "{indent}{line}")?;
         }
-        if let Some(target) = on_404 {
-            writeln!(b, "    error_page 404 = {target};")?;
-        }
-        Ok(())
-    };
+    }
+    Ok(())
+}
 
+/// Locations answering 403 whatever the store holds: hidden paths, script sources (run by
+/// php-fpm when there is one) and their backup copies.
+fn refused_locations(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
     writeln!(
         b,
         "\n# Hidden paths (a component starting with `.`) are refused, /.well-known/ excepted."
@@ -559,13 +524,48 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
         writeln!(b, "}}\n")?;
     }
 
+    // php\d? covers php and php3-php8 (scripts or not).
+    let mut backed_up: Vec<String> = ["php\\d?", "phtml", "pht", "phar", "phps", "inc"]
+        .map(String::from)
+        .to_vec();
+    let php_n = |e: &str| {
+        e.strip_prefix("php")
+            .is_some_and(|n| n.len() <= 1 && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    for e in scripts.iter().filter(|e| !php_n(e)) {
+        if !backed_up.contains(e) {
+            backed_up.push(e.clone());
+        }
+    }
+    writeln!(
+        b,
+        "# Backup copies of scripts and PHP sources (an editor's, a deploy's) are never served."
+    )?;
+    writeln!(
+        b,
+        "location ~* \"\\.({})(~|\\.(bak|old|orig|save|dist|tmp|swp))$\" {{",
+        backed_up.join("|")
+    )?;
+    writeln!(b, "    return 403;")?;
+    writeln!(b, "}}\n")?;
+
+    Ok(())
+}
+
+/// Locations serving from the store: a directory's index, files, and the `/dir` -> `/dir/`
+/// redirect with the subrequest that looks for the index.
+fn store_locations(b: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
+    let prefix = &opts.prefix;
+    let fallback = names.fallback_of(opts);
+    // Where a miss goes once nothing in the store answers: the fallbacks, or a plain 404.
+    let miss = fallback.unwrap_or(names.missing.as_str());
     writeln!(
         b,
         "# A directory is served by its index.html (the memcached module looks up no index)."
     )?;
     writeln!(b, "location ~ /$ {{")?;
     writeln!(b, "    default_type text/html;")?;
-    store(b, "${uri}index.html", fallback)?;
+    store_directives(b, opts, names, "${uri}index.html", fallback)?;
     if opts.root.is_some() {
         writeln!(
             b,
@@ -581,7 +581,7 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
     )?;
     writeln!(b, "# directory asked for without its slash.")?;
     writeln!(b, "location / {{")?;
-    store(b, "$uri", Some(&names.dir))?;
+    store_directives(b, opts, names, "$uri", Some(&names.dir))?;
     writeln!(
         b,
         "    # The directory check below may send the request on to a further error page."
@@ -624,6 +624,12 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
     writeln!(b, "    error_page 404 502 504 =403 /.memfis-no-file;")?;
     writeln!(b, "}}")?;
 
+    Ok(())
+}
+
+/// Where a miss goes: a plain 404 without fallbacks, else the root on disk, then php-fpm.
+fn fallback_locations(b: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Result {
+    let fallback = names.fallback_of(opts);
     if fallback.is_none() {
         writeln!(b, "location {} {{", names.missing)?;
         writeln!(b, "    return 404;")?;
@@ -683,12 +689,63 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
         writeln!(b, "    fastcgi_pass {fpm};")?;
         writeln!(b, "}}")?;
     }
-    for line in body.lines() {
-        if line.is_empty() {
-            writeln!(c)?;
-        } else {
-            writeln!(c, "{indent}{line}")?;
-        }
+    Ok(())
+}
+
+/// What a location serving from the store holds: the key of `key` (after the prefix), the
+/// upstream, timeouts, gzip, headers, and where errors go (502/504 to the fallbacks, 404 to
+/// `on_404`).
+fn store_directives(
+    b: &mut String,
+    opts: &ServeOptions,
+    names: &Names,
+    key: &str,
+    on_404: Option<&str>,
+) -> std::fmt::Result {
+    let prefix = &opts.prefix;
+    let fallback = names.fallback_of(opts);
+    writeln!(b, "    set $memcached_key \"{prefix}{key}\";")?;
+    writeln!(b, "    memcached_pass {};", names.upstream)?;
+    writeln!(b, "    memcached_connect_timeout 1s;")?;
+    writeln!(b, "    memcached_read_timeout 2s;")?;
+    writeln!(b, "    memcached_send_timeout 2s;")?;
+    writeln!(
+        b,
+        "    # Read a typical page from memcached in one go, not 4 KB at a time."
+    )?;
+    writeln!(b, "    memcached_buffer_size 32k;")?;
+    writeln!(
+        b,
+        "    # Files `memfis mount --gzip` stored compressed: as they are to clients that"
+    )?;
+    writeln!(
+        b,
+        "    # accept gzip (HTTP/1.0 ones too), unpacked for the others."
+    )?;
+    writeln!(
+        b,
+        "    memcached_gzip_flag {};",
+        memfis_fs::data_codec::GZIP_FLAG
+    )?;
+    writeln!(b, "    gunzip on;")?;
+    writeln!(b, "    gzip_http_version 1.0;")?;
+    writeln!(
+        b,
+        "    # Caches between here and the client must key on it too."
+    )?;
+    expires_line(b, opts, names)?;
+    server_headers(b, opts)?;
+    writeln!(b, "    add_header Vary Accept-Encoding;")?;
+    writeln!(b, "    add_header X-Memfis-Source store always;")?;
+    if let Some(f) = fallback {
+        writeln!(
+            b,
+            "    # Store down (502) or slow (504): try the fallbacks."
+        )?;
+        writeln!(b, "    error_page 502 504 = {f};")?;
+    }
+    if let Some(target) = on_404 {
+        writeln!(b, "    error_page 404 = {target};")?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `memfis stats [--json]`: the figures `memfis_tools::stats` gathers, rendered for people or
-//! as JSON. Exit 1 when a server or the tree cannot be read.
+//! as JSON. Exit 1 when a server or the tree cannot be read, 8 when the prefix holds no tree.
 
 use anyhow::Result;
 use memfis_fs::KeyLayout;
@@ -18,7 +18,14 @@ pub fn run(args: StatsArgs) -> Result<i32> {
     } else {
         print!("{}", render(&stats));
     }
-    Ok(if stats.healthy() { 0 } else { 1 })
+    Ok(if stats.healthy() {
+        0
+    } else if stats.tree.no_tree && stats.servers.iter().all(|s| s.reachable) {
+        // Every server answered and none holds the tree.
+        crate::store::EXIT_NO_TREE
+    } else {
+        1
+    })
 }
 
 /// Bytes for people: 1023 B, 1.5 KiB, 12.0 MiB.

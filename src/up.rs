@@ -14,6 +14,9 @@ use anyhow::{Context, Result, bail};
 use crate::cli::UpArgs;
 use crate::nginx_config::{ServeOptions, render};
 
+mod runtime;
+use runtime::RuntimeDir;
+
 /// Set by SIGINT/SIGTERM/SIGHUP from the moment `memfis up` starts: every wait below looks at
 /// it, so a signal at any step unwinds through the destructors that stop what was started.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -25,9 +28,6 @@ fn check_stop() -> Result<()> {
     }
     Ok(())
 }
-
-/// Marks a runtime directory as made by `memfis up`: only such a directory is ever emptied.
-const RUNTIME_MARKER: &str = ".memfis-up";
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
 struct Service {
@@ -228,50 +228,89 @@ pub fn run(args: UpArgs) -> Result<()> {
         );
     }
 
+    if args.store.servers_given() {
+        refuse_a_tree_in_use(&args)?;
+    }
+
     let runtime = runtime_dir(&args);
     let mountpoint = match &args.mountpoint {
-        Some(m) => m
-            .canonicalize()
-            .with_context(|| format!("--mountpoint {}", m.display()))?,
-        None => runtime.join("mnt"),
+        Some(m) => {
+            let m = m
+                .canonicalize()
+                .with_context(|| format!("--mountpoint {}", m.display()))?;
+            if let Ok(rt) = runtime.canonicalize()
+                && m.starts_with(&rt)
+            {
+                bail!(
+                    "--mountpoint {} is inside the runtime directory {}, which memfis up \
+                     empties: leave --mountpoint out to mount at RUNTIME_DIR/mnt",
+                    m.display(),
+                    rt.display()
+                );
+            }
+            if is_mounted(&m) {
+                bail!(
+                    "{} is still mounted: another `memfis up` is running (or run fusermount3 -u \
+                     on it)",
+                    m.display()
+                );
+            }
+            Some(m)
+        }
+        None => None,
     };
-    if mountpoint.exists() && is_mounted(&mountpoint) {
-        bail!(
-            "{} is still mounted: another `memfis up` is running (or run fusermount3 -u on it)",
-            mountpoint.display()
-        );
-    }
-    prepare_runtime_dir(&runtime)?;
-    let result = run_stack(&args, site.as_deref(), &runtime, &mountpoint, &listen);
+    // Held (locked) until the end: a second run with the same directory is refused.
+    let runtime = RuntimeDir::take(&runtime)?;
+    let mountpoint = mountpoint.unwrap_or_else(|| runtime.path().join("mnt"));
+    let result = run_stack(&args, site.as_deref(), runtime.path(), &mountpoint, &listen);
     if let Some(socket) = &args.memcached_socket
         && std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
     {
         // The socket its memcached made (the path did not exist before).
         let _ = std::fs::remove_file(socket);
     }
-    let _ = std::fs::remove_dir_all(&runtime);
+    runtime.remove();
     result
 }
 
-/// Makes the runtime directory, or empties one an earlier `memfis up` made (it carries the
-/// marker). Any other directory with something in it is refused: it is not ours to delete.
-fn prepare_runtime_dir(runtime: &Path) -> Result<()> {
-    if let Ok(mut entries) = std::fs::read_dir(runtime) {
-        let ours = runtime.join(RUNTIME_MARKER).exists();
-        if entries.next().is_some() && !ours {
-            bail!(
-                "--runtime-dir {} is not empty and was not made by memfis up: choose an empty \
-                 or new directory (memfis up deletes its runtime directory when it stops)",
-                runtime.display()
-            );
-        }
-        std::fs::remove_dir_all(runtime)
-            .with_context(|| format!("emptying {}", runtime.display()))?;
+/// With `--server` (the user's memcached, maybe holding production trees): the prefix must be
+/// chosen, and one that holds a tree already is used only with `--into-existing`.
+fn refuse_a_tree_in_use(args: &UpArgs) -> Result<()> {
+    let Some(prefix) = &args.store.prefix else {
+        bail!(
+            "with --server, give --prefix too: memfis up copies SITE_DIR into that prefix of \
+             your memcached, and the default (memfis://HOSTNAME) may be a tree in use"
+        );
+    };
+    if tree_state(args, &args.store.servers, prefix)?.is_ok() && !args.into_existing {
+        bail!(
+            "prefix {prefix:?} on {} already holds a tree: memfis up would mount it and copy \
+             SITE_DIR into it, replacing files of the same names. Choose a new --prefix, or pass \
+             --into-existing to use that tree",
+            args.store.servers.join(",")
+        );
     }
-    std::fs::create_dir_all(runtime.join("mnt"))
-        .with_context(|| format!("creating {}", runtime.display()))?;
-    std::fs::write(runtime.join(RUNTIME_MARKER), b"made by memfis up\n")?;
     Ok(())
+}
+
+/// Whether `prefix` on `servers` holds a tree (`Ok`), or else the trees the store holds.
+fn tree_state(args: &UpArgs, servers: &[String], prefix: &str) -> Result<Result<(), Vec<String>>> {
+    let mut store = args.store.clone();
+    store.servers = servers.to_vec();
+    store.prefix = Some(prefix.to_string());
+    let cfg = crate::store::config(&store, crate::store::TOOL_CACHE_TTL)?;
+    let client = memfis_tools::session::connect(&cfg)?;
+    let keys = memfis_fs::KeyLayout::new(prefix).map_err(anyhow::Error::msg)?;
+    match memfis_tools::session::require_tree(&client, &keys) {
+        Ok(()) => Ok(Ok(())),
+        Err(memfis_fs::FsError::NoTree { trees, .. }) => Ok(Err(trees)),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot read the store at {} under prefix {prefix:?}",
+                servers.join(",")
+            )
+        }),
+    }
 }
 
 /// The store options the user gave, passed on to `memfis mount` and `memfis load`.
@@ -297,114 +336,21 @@ fn run_stack(
     mountpoint: &Path,
     listen: &str,
 ) -> Result<()> {
-    let exe = std::env::current_exe()?;
     let prefix = args.store.prefix();
-
     // 1. memcached, unless the user named servers.
     let (servers, memcached) = if args.store.servers_given() {
         (args.store.servers.clone(), None)
     } else {
-        require("memcached", "memcached")?;
-        let (sized_item_mb, sized_memory_mb) = memcached_sizes(site);
-        let item_mb = args.memcached_item_size.unwrap_or(sized_item_mb);
-        let memory_mb = args.memcached_memory.unwrap_or(sized_memory_mb);
-        let log = runtime.join("memcached.log");
-        let mut cmd = Command::new("memcached");
-        // By default a unix socket: nginx serves from it at about 0.9x of static files, over
-        // TCP at about 0.6x (docs/benchmarks.md).
-        let socket = args
-            .memcached_socket
-            .clone()
-            .unwrap_or_else(|| runtime.join("memcached.sock"));
-        match args.memcached_port {
-            Some(port) => cmd.args(["-l", "127.0.0.1", "-U", "0", "-p", &port.to_string()]),
-            None => cmd.arg("-s").arg(&socket).args(["-a", "0666"]),
-        };
-        cmd.arg("-M")
-            .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        let mut service = Service::spawn("memcached", &mut cmd)?;
-        let server = match args.memcached_port {
-            Some(port) => {
-                wait_for_port(port, &mut service, &log)?;
-                format!("127.0.0.1:{port}")
-            }
-            None => {
-                wait_until(
-                    &mut service,
-                    &log,
-                    &format!("listen on {}", socket.display()),
-                    || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-                )?;
-                format!("unix:{}", socket.display())
-            }
-        };
-        eprintln!("memcached: {server} (-M -m {memory_mb} -I {item_mb}m)");
+        let (server, service) = start_memcached(args, site, runtime)?;
         (vec![server], Some(service))
     };
-
     // 2. The mount.
-    let mountpoint = mountpoint.to_path_buf();
-    let log = runtime.join("memfis.log");
-    let mut cmd = Command::new(&exe);
-    cmd.arg("mount")
-        .arg(&mountpoint)
-        .arg("--foreground")
-        // `memfis up` makes its tree on purpose (a new store, or a prefix of its own).
-        .arg("--create")
-        .args(store_flags(args, &servers, &prefix));
-    cmd.stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?);
-    let mut mount = MountService {
-        mountpoint: mountpoint.clone(),
-        service: Some(Service::spawn("memfis mount", &mut cmd)?),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mounted(&mountpoint) {
-        check_stop()?;
-        if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
-            bail!(
-                "memfis mount exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default().trim()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("the mount did not appear at {}", mountpoint.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("mounted: {} (prefix {prefix})", mountpoint.display());
-
+    let mut mount = start_mount(args, runtime, mountpoint, &servers, &prefix)?;
     // 3. The site.
     if let Some(site) = site {
-        // `memfis load`: many files at once, no FUSE in the way; its progress bar shows here.
-        let mut cmd = Command::new(&exe);
-        cmd.arg("load")
-            .arg(site)
-            .args(store_flags(args, &servers, &prefix));
-        // Its summary goes with the other progress lines; stdout carries only the URL.
-        cmd.stdout(Stdio::from(std::io::stderr()));
-        // A service of its own: a signal stops it (on drop) like everything else.
-        let mut load = Service::spawn("memfis load", &mut cmd)?;
-        let status = loop {
-            check_stop()?;
-            if let Some(status) = load.exited() {
-                break status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if !status.success() {
-            bail!("memfis load of {} failed ({status})", site.display());
-        }
+        load_site(args, site, &servers, &prefix)?;
     }
-
     // 4. nginx, unless --no-nginx.
-    let nginx_log = runtime.join("nginx-error.log");
     let mut nginx = if args.no_nginx {
         println!(
             "Mounted {} (prefix {prefix}, memcached {}); no nginx (--no-nginx). Ctrl-C stops \
@@ -421,8 +367,145 @@ fn run_stack(
         );
         Some(nginx)
     };
+    // 5. Until Ctrl-C / SIGTERM, or a part dies.
+    wait_for_stop(runtime, &mut nginx, &mut mount, memcached.is_some())?;
+    drop(nginx);
+    drop(mount);
+    drop(memcached);
+    Ok(())
+}
 
-    // 5. Wait for Ctrl-C / SIGTERM, or for a part to die.
+/// Starts memcached sized for the site (or as the flags say): its address and service.
+fn start_memcached(
+    args: &UpArgs,
+    site: Option<&Path>,
+    runtime: &Path,
+) -> Result<(String, Service)> {
+    require("memcached", "memcached")?;
+    let (sized_item_mb, sized_memory_mb) = memcached_sizes(site);
+    let item_mb = args.memcached_item_size.unwrap_or(sized_item_mb);
+    let memory_mb = args.memcached_memory.unwrap_or(sized_memory_mb);
+    let log = runtime.join("memcached.log");
+    let mut cmd = Command::new("memcached");
+    // By default a unix socket: nginx serves from it at about 0.9x of static files, over
+    // TCP at about 0.6x (docs/benchmarks.md).
+    let socket = args
+        .memcached_socket
+        .clone()
+        .unwrap_or_else(|| runtime.join("memcached.sock"));
+    match args.memcached_port {
+        Some(port) => cmd.args(["-l", "127.0.0.1", "-U", "0", "-p", &port.to_string()]),
+        None => cmd.arg("-s").arg(&socket).args(["-a", "0666"]),
+    };
+    cmd.arg("-M")
+        .args(["-m", &memory_mb.to_string(), "-I", &format!("{item_mb}m")]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut service = Service::spawn("memcached", &mut cmd)?;
+    let server = match args.memcached_port {
+        Some(port) => {
+            wait_for_port(port, &mut service, &log)?;
+            format!("127.0.0.1:{port}")
+        }
+        None => {
+            wait_until(
+                &mut service,
+                &log,
+                &format!("listen on {}", socket.display()),
+                || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            )?;
+            format!("unix:{}", socket.display())
+        }
+    };
+    eprintln!("memcached: {server} (-M -m {memory_mb} -I {item_mb}m)");
+    Ok((server, service))
+}
+
+/// Mounts the prefix at `mountpoint` with `memfis mount --foreground --create`, making the
+/// tree if the prefix has none (said here: the mount's own notice goes to its log, deleted
+/// with the runtime directory).
+fn start_mount(
+    args: &UpArgs,
+    runtime: &Path,
+    mountpoint: &Path,
+    servers: &[String],
+    prefix: &str,
+) -> Result<MountService> {
+    let before = tree_state(args, servers, prefix)?;
+    let log = runtime.join("memfis.log");
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("mount")
+        .arg(mountpoint)
+        .arg("--foreground")
+        // `memfis up` makes its tree on purpose (a new store, or a prefix of its own).
+        .arg("--create")
+        .args(store_flags(args, servers, prefix));
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut mount = MountService {
+        mountpoint: mountpoint.to_path_buf(),
+        service: Some(Service::spawn("memfis mount", &mut cmd)?),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(mountpoint) {
+        check_stop()?;
+        if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
+            bail!(
+                "memfis mount exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the mount did not appear at {}", mountpoint.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(others) = &before {
+        eprintln!(
+            "memfis up: made a new, empty tree under prefix {prefix:?} (trees already on this \
+             store: {})",
+            memfis_fs::error::list_or_none(others)
+        );
+    }
+    eprintln!("mounted: {} (prefix {prefix})", mountpoint.display());
+    Ok(mount)
+}
+
+/// Copies the site in with `memfis load`: many files at once, no FUSE in the way; its
+/// progress bar shows here.
+fn load_site(args: &UpArgs, site: &Path, servers: &[String], prefix: &str) -> Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("load")
+        .arg(site)
+        .args(store_flags(args, servers, prefix));
+    // Its summary goes with the other progress lines; stdout carries only the URL.
+    cmd.stdout(Stdio::from(std::io::stderr()));
+    // A service of its own: a signal stops it (on drop) like everything else.
+    let mut load = Service::spawn("memfis load", &mut cmd)?;
+    let status = loop {
+        check_stop()?;
+        if let Some(status) = load.exited() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        bail!("memfis load of {} failed ({status})", site.display());
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C / SIGTERM (Ok, saying what it stops) or for nginx or the mount to die.
+fn wait_for_stop(
+    runtime: &Path,
+    nginx: &mut Option<Service>,
+    mount: &mut MountService,
+    memcached: bool,
+) -> Result<()> {
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if STOP.load(Ordering::SeqCst) {
@@ -432,22 +515,25 @@ fn run_stack(
                 parts.push("nginx");
             }
             parts.push("mount");
-            if memcached.is_some() {
+            if memcached {
                 parts.push("memcached");
             }
             eprintln!("stopping: {}", parts.join(", "));
-            break;
+            return Ok(());
         }
         if let Some(status) = nginx.as_mut().and_then(|n| n.exited()) {
-            bail!("nginx exited ({status}); see {}", nginx_log.display());
+            bail!(
+                "nginx exited ({status}); see {}",
+                runtime.join("nginx-error.log").display()
+            );
         }
         if let Some(status) = mount.service.as_mut().and_then(|s| s.exited()) {
-            bail!("memfis mount exited ({status}); see {}", log.display());
+            bail!(
+                "memfis mount exited ({status}); see {}",
+                runtime.join("memfis.log").display()
+            );
         }
     }
-    drop(nginx);
-    drop(mount);
-    Ok(())
 }
 
 /// Writes the nginx config for the store and starts nginx on `listen`.

@@ -405,3 +405,22 @@ fn a_large_load_keeps_every_mtime_to_the_nanosecond() {
         );
     }
 }
+
+/// The tools log their warnings to stderr as the mount does: here the one that accepts a
+/// memcached evicting items (--allow-evictions), from `load`.
+#[test]
+fn a_tools_warnings_reach_stderr() {
+    let mc = evicting_memcached();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("a.html"), b"a").unwrap();
+    let (code, out) = load(
+        &mc.addr(),
+        "memfis://warned",
+        &[src.path().to_str().unwrap(), "--allow-evictions"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN") && out.contains("accepted by --allow-evictions"),
+        "{out}"
+    );
+}

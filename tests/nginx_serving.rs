@@ -174,6 +174,19 @@ fn hidden_paths_and_script_sources_are_never_served() {
         ("lib/Db.INC", secret),
         ("notes.inc.html", b"fine"),
         ("php5.txt", b"fine"),
+        // Backup copies: an editor's, a deploy's.
+        ("config.php~", secret),
+        ("config.php.bak", secret),
+        ("Config.PHP.Old", secret),
+        ("wp-config.php.save", secret),
+        ("settings.php.dist", secret),
+        ("v7.php7.orig", secret),
+        ("page.phtml.tmp", secret),
+        ("app.phar.swp", secret),
+        ("lib/db.inc~", secret),
+        ("lib/db.INC.BAK", secret),
+        ("tpl.pht.old", secret),
+        ("show.phps.bak", secret),
         (".env", b"DB_PASSWORD=hunter2"),
         (".git/config", b"[core] hunter2"),
         ("app/.htpasswd", b"admin:hunter2"),
@@ -197,6 +210,19 @@ fn hidden_paths_and_script_sources_are_never_served() {
         "/lib/db.inc",
         "/lib/Db.INC",
         "/lib/db%2einc",
+        "/config.php~",
+        "/config.php.bak",
+        "/Config.PHP.Old",
+        "/wp-config.php.save",
+        "/settings.php.dist",
+        "/v7.php7.orig",
+        "/page.phtml.tmp",
+        "/app.phar.swp",
+        "/lib/db.inc~",
+        "/lib/db.INC.BAK",
+        "/tpl.pht.old",
+        "/show.phps.bak",
+        "/config.php%2ebak",
         "/.env",
         "/.git/config",
         "/app/.htpasswd",
@@ -281,7 +307,7 @@ struct StockNginx {
 }
 
 impl StockNginx {
-    fn start(port: u16, sites: &[(&str, String)]) -> Option<StockNginx> {
+    fn start(port: u16, sites: &[(&str, String)]) -> StockNginx {
         // A missing layout fails the test: it must never pass without running.
         assert!(
             std::path::Path::new("/etc/nginx/sites-enabled/default").exists(),
@@ -335,11 +361,11 @@ impl StockNginx {
             assert!(std::time::Instant::now() < deadline, "nginx did not listen");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Some(StockNginx {
+        StockNginx {
             _child: child,
             port,
             _dir: dir,
-        })
+        }
     }
 
     fn get(&self, host: &str, path: &str) -> (u16, Vec<u8>) {
@@ -375,9 +401,7 @@ fn two_sites_beside_debians_default_site_each_serve_their_own_tree() {
         ("shop.conf", site("memfis://shop.test", "shop.test")),
         ("blog.conf", site("memfis://blog.test", "blog.test")),
     ];
-    let Some(nginx) = StockNginx::start(port, &sites) else {
-        return;
-    };
+    let nginx = StockNginx::start(port, &sites);
     assert_eq!(nginx.get("shop.test", "/"), (200, b"shop home".to_vec()));
     assert_eq!(nginx.get("blog.test", "/"), (200, b"blog home".to_vec()));
     assert_eq!(nginx.get("blog.test", "/posts/").1, b"all posts");

@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use common::*;
 use memfis_fs::{FsConfig, FsError, KeyLayout, MemFs};
@@ -72,6 +73,30 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs memfis with `args`, killed (and the test failed) if it is still running after `limit`;
+/// its exit status and stderr.
+fn run_for_at_most(limit: Duration, args: &[&str]) -> (i32, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "memfis {args:?} still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(log.path()).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
 #[test]
 fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     let mc = Memcached::start();
@@ -85,7 +110,7 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("no tree under prefix \"memfis://www\"")
-            && err.contains("making a new, empty one")
+            && err.contains("made a new, empty one")
             && err.contains("trees already here: none"),
         "{err}"
     );
@@ -93,10 +118,13 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     // A mistyped prefix: every tool refuses it and the store is left exactly as it was.
     let before = store_state(&mc);
     let dir = tempfile::tempdir().unwrap();
+    // Made before any mount is tried: a mount that wrongly succeeds is undone even on failure.
+    let _unmount = UnmountGuard(dir.path().to_path_buf());
     let mp = dir.path().to_str().unwrap();
     let typo = "memfis://wwww";
+    // Every command refuses it with the same exit status, 8, and the same words.
     let (code, _, err) = run(&["mount", mp, "--server", &server, "--prefix", typo]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 8, "{err}");
     assert!(!is_mounted(dir.path()));
     assert!(
         err.contains("no memfis tree under prefix \"memfis://wwww\"")
@@ -104,23 +132,27 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
             && err.contains("--create"),
         "{err}"
     );
-    let (code, _, err) = run(&[
-        "mount",
-        mp,
-        "--foreground",
-        "--server",
-        &server,
-        "--prefix",
-        typo,
-    ]);
-    assert_ne!(code, 0, "{err}");
+    // In the foreground a wrong success would never return: run with a deadline.
+    let (code, err) = run_for_at_most(
+        Duration::from_secs(20),
+        &[
+            "mount",
+            mp,
+            "--foreground",
+            "--server",
+            &server,
+            "--prefix",
+            typo,
+        ],
+    );
+    assert_eq!(code, 8, "{err}");
     assert!(err.contains("--create"), "{err}");
 
     let (code, out, err) = run(&["check", "--server", &server, "--prefix", typo]);
     assert_eq!(code, 8, "{out}{err}");
     assert!(
-        err.contains("no memfis tree under prefix \"memfis://wwww\"")
-            && err.contains("Trees on this store: memfis://www"),
+        err.contains("no memfis tree under prefix \"memfis://wwww\" on this store")
+            && err.contains("trees here: memfis://www"),
         "{err}"
     );
     let (code, out, err) = run(&["check", "--json", "--server", &server, "--prefix", typo]);
@@ -143,22 +175,23 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     let dest = dest.path().join("out");
     let dest = dest.to_str().unwrap();
     let (code, _, err) = run(&["export", dest, "--server", &server, "--prefix", typo]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 8, "{err}");
     assert!(
-        err.contains("no memfis tree") && err.contains("memfis://www"),
+        err.contains("no memfis tree under prefix \"memfis://wwww\" on this store")
+            && err.contains("trees here: memfis://www"),
         "{err}"
     );
     assert!(!std::path::Path::new(dest).exists(), "export made {dest}");
 
     let (code, out, _) = run(&["stats", "--server", &server, "--prefix", typo]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 8, "{out}");
     assert!(
-        out.contains("tree memfis://wwww: no memfis tree under this prefix")
+        out.contains("tree memfis://wwww: no memfis tree under prefix \"memfis://wwww\" on this store (trees here: memfis://www)")
             && out.contains("trees on this store: memfis://www"),
         "{out}"
     );
     let (code, out, _) = run(&["stats", "--json", "--server", &server, "--prefix", typo]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 8, "{out}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
         json["tree"]["error"]
@@ -177,8 +210,11 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
         "--prefix",
         typo,
     ]);
-    assert_ne!(code, 0, "{err}");
-    assert!(err.contains("no memfis tree"), "{err}");
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains("no memfis tree under prefix \"memfis://wwww\" on this store"),
+        "{err}"
+    );
 
     assert_eq!(store_state(&mc), before, "a refusal wrote to the store");
 
@@ -186,11 +222,10 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     let (code, _, err) = run(&[
         "mount", mp, "--create", "--server", &server, "--prefix", typo,
     ]);
-    let _unmount = UnmountOnDrop(dir.path().to_path_buf());
     assert_eq!(code, 0, "{err}");
     assert!(is_mounted(dir.path()));
     assert!(
-        err.contains("making a new, empty one (trees already here: memfis://www)"),
+        err.contains("made a new, empty one (trees already here: memfis://www)"),
         "{err}"
     );
     std::fs::write(dir.path().join("f"), b"x").unwrap();
@@ -203,19 +238,6 @@ fn a_prefix_with_no_tree_is_refused_without_a_write_unless_created() {
     // An existing tree mounts without --create.
     let m = Mount::with_exact_args(std::slice::from_ref(&server), "memfis://www", &[]);
     assert_eq!(std::fs::read(m.p("index.html")).unwrap(), b"<p>www</p>");
-}
-
-struct UnmountOnDrop(std::path::PathBuf);
-
-impl Drop for UnmountOnDrop {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
-        }
-        if is_mounted(&self.0) {
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
-        }
-    }
 }
 
 fn client(mc: &Memcached) -> Arc<Client> {
@@ -334,7 +356,7 @@ fn two_mount_processes_creating_nesting_prefixes_at_once() {
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let _guards: Vec<_> = dirs
             .iter()
-            .map(|d| UnmountOnDrop(d.path().to_path_buf()))
+            .map(|d| UnmountGuard(d.path().to_path_buf()))
             .collect();
         let children: Vec<_> = [&outer, &inner]
             .iter()

@@ -15,26 +15,29 @@ fn up_serves_the_example_site_and_sigterm_cleans_everything() {
     let work = tempfile::tempdir().unwrap();
     let runtime = work.path().join("rt");
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "up",
-            "examples/site",
-            "--port",
-            &port.to_string(),
-            "--prefix",
-            "memfis://up-test",
-            // Reaches the mount and the load (either would refuse a flag it does not know).
-            "--gzip",
-        ])
-        .arg("--runtime-dir")
-        .arg(&runtime)
-        .env_remove("MEMFIS_SERVERS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = UpGuard::spawn(
+        Command::new(BIN)
+            .args([
+                "up",
+                "examples/site",
+                "--port",
+                &port.to_string(),
+                "--prefix",
+                "memfis://up-test",
+                // Reaches the mount and the load (either would refuse a flag it does not know).
+                "--gzip",
+            ])
+            .arg("--runtime-dir")
+            .arg(&runtime)
+            .env_remove("MEMFIS_SERVERS")
+            .env_remove("MEMFIS_PREFIX")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        &runtime,
+        None,
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert!(
@@ -53,17 +56,7 @@ fn up_serves_the_example_site_and_sigterm_cleans_everything() {
         assert_eq!(header(&headers, "content-type"), Some(ct), "{path}");
         assert!(String::from_utf8_lossy(&body).contains(needle), "{path}");
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "memfis up did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
+    child.stop();
     assert!(!runtime.exists(), "runtime directory left behind");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(runtime.to_str().unwrap()));
@@ -122,7 +115,7 @@ fn a_signal_during_the_copy_stops_and_cleans_up_everything() {
     }
     let runtime = work.path().join("rt");
     let port = free_port();
-    let mut child = ChildGuard(
+    let mut child = UpGuard::spawn(
         Command::new(BIN)
             .arg("up")
             .arg(&site)
@@ -130,14 +123,15 @@ fn a_signal_during_the_copy_stops_and_cleans_up_everything() {
             .arg("--runtime-dir")
             .arg(&runtime)
             .env_remove("MEMFIS_SERVERS")
+            .env_remove("MEMFIS_PREFIX")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::piped()),
+        &runtime,
+        None,
     );
     // Wait for the mount (the copy starts right after), remembering memcached's address.
     let mut memcached = None;
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut stderr = BufReader::new(child.child.stderr.take().unwrap());
     loop {
         let mut line = String::new();
         assert!(
@@ -152,9 +146,9 @@ fn a_signal_during_the_copy_stops_and_cleans_up_everything() {
         }
     }
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id(), libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while child.0.try_wait().unwrap().is_none() {
+    while child.child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "memfis up did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -210,21 +204,6 @@ fn appears(path: &std::path::Path) -> bool {
     true
 }
 
-/// Sends SIGTERM to `memfis up` and waits for it to exit successfully.
-fn stop_up(child: &mut std::process::Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "memfis up did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
-}
-
 /// The value of `STAT name` in memcached's `stats settings` on 127.0.0.1:`port`.
 fn memcached_setting(port: u16, name: &str) -> String {
     use std::io::{Read, Write};
@@ -249,7 +228,7 @@ fn up_starts_what_the_flags_choose() {
     let mountpoint = work.path().join("my-mount");
     std::fs::create_dir(&mountpoint).unwrap();
     let (port, mc_port, fpm_port) = (free_port(), free_port(), free_port());
-    let mut child = ChildGuard(
+    let mut child = UpGuard::spawn(
         Command::new(BIN)
             .args(["up", "examples/site", "--port", &port.to_string()])
             .args(["--memcached-port", &mc_port.to_string()])
@@ -261,13 +240,14 @@ fn up_starts_what_the_flags_choose() {
             .arg("--runtime-dir")
             .arg(&runtime)
             .env_remove("MEMFIS_SERVERS")
+            .env_remove("MEMFIS_PREFIX")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
+        &runtime,
+        Some(&mountpoint),
     );
     let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
+    BufReader::new(child.child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert!(
@@ -302,7 +282,7 @@ fn up_starts_what_the_flags_choose() {
     // there: 502 from nginx, not 404).
     let (status, _, _) = http_request(port, "GET", "/no-such-page", &[]);
     assert_eq!(status, 502);
-    stop_up(&mut child.0);
+    child.stop();
     assert!(!is_mounted(&mountpoint));
     assert!(mountpoint.is_dir(), "the user's mount point was removed");
     assert!(!runtime.exists());
@@ -321,7 +301,7 @@ fn up_without_nginx_on_a_socket_of_ones_choice() {
     let work = tempfile::tempdir().unwrap();
     let runtime = work.path().join("rt");
     let socket = work.path().join("mc.sock");
-    let mut child = ChildGuard(
+    let mut child = UpGuard::spawn(
         Command::new(BIN)
             .args([
                 "up",
@@ -335,13 +315,14 @@ fn up_without_nginx_on_a_socket_of_ones_choice() {
             .arg("--runtime-dir")
             .arg(&runtime)
             .env_remove("MEMFIS_SERVERS")
+            .env_remove("MEMFIS_PREFIX")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::piped()),
+        &runtime,
+        None,
     );
     let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
+    BufReader::new(child.child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("no nginx (--no-nginx)"), "{line}");
@@ -358,10 +339,15 @@ fn up_without_nginx_on_a_socket_of_ones_choice() {
         .output()
         .unwrap();
     assert!(nginx.stdout.is_empty(), "{nginx:?}");
-    stop_up(&mut child.0);
+    child.stop();
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(&mut child.child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("stopping: mount, memcached\n"), "{stderr}");
+    // `up` says it made its tree itself (the mount's notice goes to its log, since deleted).
+    assert!(
+        stderr.contains("memfis up: made a new, empty tree under prefix \"memfis://bare\""),
+        "{stderr}"
+    );
     assert!(!socket.exists(), "memcached's socket left behind");
     assert!(!runtime.exists());
 
@@ -382,4 +368,150 @@ fn up_without_nginx_on_a_socket_of_ones_choice() {
         "{out:?}"
     );
     assert_eq!(std::fs::read(&socket).unwrap(), b"not yours");
+}
+
+/// `memfis up` on `site` with `--no-nginx`, its runtime directory `runtime`; `extra` flags.
+fn up_no_nginx(site: &str, runtime: &std::path::Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", site, "--no-nginx"])
+        .args(extra)
+        .arg("--runtime-dir")
+        .arg(runtime)
+        .env_remove("MEMFIS_SERVERS")
+        .env_remove("MEMFIS_PREFIX");
+    cmd
+}
+
+/// A second `memfis up` with the runtime directory of a running one is refused (the first
+/// holds its lock), and the first keeps running with every file of its tree: the second once
+/// emptied the directory, descending into the first's live mount and deleting its files.
+#[test]
+fn a_second_up_on_the_same_runtime_dir_is_refused_and_the_first_keeps_its_files() {
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("rt");
+    let mut first = UpGuard::spawn(
+        up_no_nginx("examples/site", &runtime, &["--prefix", "memfis://first"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        &runtime,
+        None,
+    );
+    let mut line = String::new();
+    BufReader::new(first.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("no nginx"), "{line}");
+    let index = runtime.join("mnt/index.html");
+    assert!(appears(&index));
+    let before = std::fs::read(&index).unwrap();
+    std::fs::write(runtime.join("mnt/mine.txt"), b"written through the mount").unwrap();
+
+    let out = up_no_nginx("examples/site", &runtime, &["--prefix", "memfis://second"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another `memfis up`") && err.contains("--runtime-dir"),
+        "{err}"
+    );
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first run stopped"
+    );
+    assert!(is_mounted(&runtime.join("mnt")));
+    assert_eq!(std::fs::read(&index).unwrap(), before);
+    assert_eq!(
+        std::fs::read(runtime.join("mnt/mine.txt")).unwrap(),
+        b"written through the mount"
+    );
+    assert!(runtime.join("memcached.sock").exists());
+    first.stop();
+    assert!(!runtime.exists());
+}
+
+/// A mount left under a runtime directory (a `memfis up` killed before it unmounted) is
+/// refused, its files untouched: the directory is never emptied across a mount.
+#[test]
+fn a_mount_left_in_the_runtime_dir_is_refused_and_kept() {
+    let mc = Memcached::start();
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("rt");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::write(runtime.join(".memfis-up"), b"made by memfis up\n").unwrap();
+    let mount = Mount::in_dir(&runtime, &[mc.addr()], "memfis://left", &["--create"]);
+    std::fs::write(mount.p("kept.txt"), b"still here").unwrap();
+    let out = up_no_nginx("examples/site", &runtime, &["--prefix", "memfis://again"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is mounted, under the runtime directory") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(mount.p("kept.txt")).unwrap(), b"still here");
+}
+
+/// With `--server` (a memcached of the user's, maybe holding production trees) `up` needs a
+/// `--prefix`, and refuses one that holds a tree unless `--into-existing`; refusing, it starts
+/// nothing and writes nothing.
+#[test]
+fn up_on_a_users_server_needs_a_prefix_and_leaves_a_tree_alone() {
+    let mc = Memcached::start();
+    let work = tempfile::tempdir().unwrap();
+    let runtime = work.path().join("rt");
+    let server = mc.addr();
+    let out = up_no_nginx("examples/site", &runtime, &["--server", &server])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("with --server, give --prefix too"), "{err}");
+    assert!(mc.keys().is_empty(), "something was written");
+
+    // A tree in use under memfis://prod.
+    let prod = work.path().join("prod");
+    std::fs::create_dir(&prod).unwrap();
+    std::fs::write(prod.join("index.html"), b"production").unwrap();
+    let (code, out) = memfis_on("load", &[prod.to_str().unwrap()], &server, "memfis://prod");
+    assert_eq!(code, 0, "{out}");
+    let cmd_set = mc.stat("cmd_set");
+    let args = ["--server", &server, "--prefix", "memfis://prod"];
+    let out = up_no_nginx("examples/site", &runtime, &args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already holds a tree") && err.contains("--into-existing"),
+        "{err}"
+    );
+    assert_eq!(mc.stat("cmd_set"), cmd_set, "something was written");
+    assert!(!runtime.exists());
+    assert_eq!(
+        mc.get(b"memfis://prod/index.html").as_deref(),
+        Some(&b"production"[..])
+    );
+
+    // Asked for, it mounts that tree and copies the site in.
+    let mut up = UpGuard::spawn(
+        up_no_nginx("examples/site", &runtime, &args)
+            .arg("--into-existing")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        &runtime,
+        None,
+    );
+    let mut line = String::new();
+    BufReader::new(up.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("no nginx"), "{line}");
+    assert!(appears(&runtime.join("mnt/css/style.css")));
+    up.stop();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut up.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("made a new, empty tree"), "{stderr}");
+    assert!(stderr.contains("stopping: mount\n"), "{stderr}");
 }

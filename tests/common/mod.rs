@@ -281,7 +281,12 @@ impl Mount {
 
     /// Mounts `prefix` with exactly `extra` (no `--create`: the tree must exist).
     pub fn with_exact_args(servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
+        Mount::in_dir(&std::env::temp_dir(), servers, prefix, extra)
+    }
+
+    /// As [`Mount::with_exact_args`], on a new directory made in `parent`.
+    pub fn in_dir(parent: &Path, servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("memfis.log");
         let mut cmd = Command::new(BIN);
@@ -363,6 +368,111 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A `memfis up` child process. On drop (a test that failed, or one that left it running):
+/// SIGTERM and a bounded wait for its own cleanup; then, if it is still there, SIGKILL to the
+/// process groups it started (memcached, the mount, nginx: each has its own), to it, and a lazy
+/// unmount of its mount points.
+pub struct UpGuard {
+    pub child: Child,
+    /// Mount points to unmount if `memfis up` did not.
+    mounts: Vec<PathBuf>,
+}
+
+impl UpGuard {
+    /// Spawns `cmd` (a `memfis up` with `--runtime-dir runtime`, mounting at `mountpoint` if
+    /// given, else at RUNTIME/mnt).
+    pub fn spawn(cmd: &mut Command, runtime: &Path, mountpoint: Option<&Path>) -> UpGuard {
+        let child = cmd.spawn().unwrap();
+        let mut mounts = vec![runtime.join("mnt")];
+        mounts.extend(mountpoint.map(Path::to_path_buf));
+        UpGuard { child, mounts }
+    }
+
+    pub fn id(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits (15 s at most) for it to exit successfully.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.id(), libc::SIGTERM) };
+        let status = self.wait_for(Duration::from_secs(15));
+        let status = status.expect("memfis up did not stop on SIGTERM");
+        assert!(status.success(), "{status}");
+    }
+
+    fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The processes whose parent is `pid` (`/proc/*/stat`, field 4).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // The fields after the command name, which ends with ") ".
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.id(), libc::SIGTERM) };
+        if self.wait_for(Duration::from_secs(20)).is_some() {
+            return;
+        }
+        // Its children each lead a process group of their own (nginx's workers are in its).
+        for child in children_of(self.id()) {
+            // SAFETY: killing a process group our own child started.
+            unsafe { libc::kill(-child, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for m in &self.mounts {
+            if is_mounted(m) {
+                let _ = Command::new("fusermount3").arg("-uz").arg(m).status();
+            }
+        }
+    }
+}
+
+/// Unmounts (lazily if busy) whatever is mounted at its path when dropped: made before a mount is
+/// tried, it undoes one that should not have happened, even when the test fails.
+pub struct UnmountGuard(pub PathBuf);
+
+impl Drop for UnmountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+        }
     }
 }
 

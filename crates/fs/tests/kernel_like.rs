@@ -780,15 +780,26 @@ fn run_seed(seed: u64, run_for: Duration) -> Outcome {
             // The mount's heartbeat thread (the FUSE mount runs one every 2 s): completes an
             // operation that failed midway and kept the lock. It runs while any worker does:
             // a worker of another mount may wait for that lock.
+            let lock_key = keys.ns_lock();
             scope.spawn(move || {
-                // After the workers, until one heartbeat succeeds: every mount's heartbeat
-                // runs at once, as one may wait for a lock another still has to complete.
+                // After the workers, until one heartbeat succeeds and this mount holds no
+                // lock a fault kept (a release whose reply was lost: the FUSE mount's
+                // heartbeat would release it at its next beat): every mount's heartbeat runs
+                // at once, as one may wait for a lock another still has to complete.
+                let owner = format!("\"{}/", fs.mount_id());
+                let holds_lock = || {
+                    store
+                        .get(&lock_key)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|i| String::from_utf8_lossy(&i.value).contains(&owner))
+                };
                 loop {
                     if world.crashed[m].load(Ordering::SeqCst) {
                         return;
                     }
                     let done = workers_left.load(Ordering::SeqCst) == 0;
-                    if fs.heartbeat().is_ok() && done {
+                    if fs.heartbeat().is_ok() && done && !holds_lock() {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(20));

@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// Every method defaults to saying nothing.
 pub trait Progress: Sync {
-    /// The prefix holds no tree: opening it makes a new, empty one (asked for with
+    /// The prefix held no tree and opening it made a new, empty one (asked for with
     /// [`crate::IfNoTree::Create`]). `others` are the prefixes of the trees already on the
     /// store (so a mistyped prefix is seen at once).
     fn new_tree(&self, _prefix: &str, _others: &[String]) {}

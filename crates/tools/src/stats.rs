@@ -49,6 +49,9 @@ pub struct TreeStats {
     /// Problems one scan met (operations in flight included): run `memfis check`.
     pub problems: usize,
     pub error: Option<String>,
+    /// The prefix holds no tree (`error` says so).
+    #[serde(skip)]
+    pub no_tree: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,10 +71,28 @@ impl Stats {
 
 /// The figures of the servers behind `client` and of the tree under `keys`' prefix.
 pub fn gather(client: &Client, keys: &KeyLayout) -> Stats {
+    let mut tree = tree_stats(client, keys);
+    let trees = memfis_fs::fs::listed_prefixes(client);
+    if tree.no_tree {
+        // Said as every command says it (FsError::NoTree), with the trees there.
+        tree.error = Some(match &trees {
+            Ok(trees) => format!(
+                "{}. `memfis load` or `memfis mount --create` makes one",
+                memfis_fs::FsError::NoTree {
+                    prefix: keys.prefix().to_string(),
+                    trees: trees.clone(),
+                }
+            ),
+            Err(e) => format!(
+                "no memfis tree under prefix {:?} (and the list of trees cannot be read: {e})",
+                keys.prefix()
+            ),
+        });
+    }
     Stats {
         servers: server_stats(client),
-        tree: tree_stats(client, keys),
-        trees: memfis_fs::fs::listed_prefixes(client).unwrap_or_default(),
+        tree,
+        trees: trees.unwrap_or_default(),
     }
 }
 
@@ -136,11 +157,8 @@ pub fn tree_stats<S: Store>(store: &S, keys: &KeyLayout) -> TreeStats {
             }
         }
         Ok(None) => {
-            tree.error = Some(
-                "no memfis tree under this prefix (no format record): check the prefix; \
-                 `memfis load` or `memfis mount --create` makes one"
-                    .into(),
-            );
+            tree.error = Some(format!("no memfis tree under prefix {:?}", keys.prefix()));
+            tree.no_tree = true;
             return tree;
         }
         Err(e) => {

@@ -174,6 +174,11 @@ mod tests {
             "{nests:#}"
         );
         assert!(no_tree(&nests).is_none());
+        assert_eq!(
+            said.0.lock().unwrap().len(),
+            2,
+            "a refused nesting prefix was announced as a new tree"
+        );
     }
 
     #[test]

@@ -44,9 +44,10 @@ pub fn require_tree<S: Store>(store: &S, keys: &KeyLayout) -> Result<(), FsError
     {
         return Ok(());
     }
+    // A registry that cannot be read is that error, not "trees here: none".
     Err(FsError::NoTree {
         prefix: keys.prefix().to_string(),
-        trees: memfis_fs::fs::listed_prefixes(store).unwrap_or_default(),
+        trees: memfis_fs::fs::listed_prefixes(store)?,
     })
 }
 
@@ -70,13 +71,21 @@ pub fn open_tree<S: Store>(
 ) -> Result<MemFs<S>> {
     let prefix = keys.prefix().to_string();
     let create = if_no_tree == IfNoTree::Create;
-    if create && let Err(FsError::NoTree { trees, .. }) = require_tree(&store, &keys) {
-        // Said every time, so a mistyped prefix is seen at once. (Another error reading the
-        // store comes back from the open below.)
-        progress.new_tree(&prefix, &trees);
-    }
+    // The trees there before, when this open may make one. (An error reading the store comes
+    // back from the open below.)
+    let missing = match require_tree(&store, &keys) {
+        Err(FsError::NoTree { trees, .. }) if create => Some(trees),
+        _ => None,
+    };
     match MemFs::open_tree(store, keys, fs_cfg, create) {
-        Ok(fs) => Ok(fs),
+        Ok(fs) => {
+            if let Some(trees) = missing {
+                // Said every time, once made (a nesting prefix is refused before), so a
+                // mistyped prefix is seen at once.
+                progress.new_tree(&prefix, &trees);
+            }
+            Ok(fs)
+        }
         Err(e @ FsError::NoTree { .. }) => Err(e.into()),
         Err(e) => Err(anyhow::Error::new(e).context(format!(
             "cannot open the memfis store under prefix {prefix:?}"
