@@ -17,12 +17,12 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
 
 use crate::attr::SetAttr;
+use crate::batch::{Batch, CasOutcome, Got, Handle, Stored};
 use crate::dirlog::Op;
 use crate::fs::{MemFs, check_name, join, retried};
 use crate::listing::Logged;
 use crate::namespace::Undo;
 use crate::record::{Inode, Kind, Link};
-use crate::replies::{CasOutcome, Replies};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -42,12 +42,21 @@ struct Planned {
     record: Inode,
     name: Vec<u8>,
     record_key: Vec<u8>,
-    entry_key: Vec<u8>,
     data_key: Vec<u8>,
     /// The served data key's cas token as batch 1 made it (`RecordVersion::key_tokens`); `None`
     /// for a private key.
-    data_token: std::cell::Cell<Option<u64>>,
+    data_token: Option<u64>,
     bytes: Value,
+}
+
+/// Where the replies to a file's commands of batch 1 are.
+struct Sent {
+    record_added: Handle<Stored>,
+    record_read: Handle<Got>,
+    entry_added: Handle<Stored>,
+    data_added: Handle<Stored>,
+    /// A served data key's token, read after the record's.
+    data_read: Option<Handle<Got>>,
 }
 
 impl<S: Store> MemFs<S> {
@@ -61,7 +70,8 @@ impl<S: Store> MemFs<S> {
         let dir = self.dir_info(parent)?;
         let mut out: Vec<FsResult<u64>> = Vec::with_capacity(files.len());
         let mut planned = Vec::new();
-        let mut batch = Vec::new();
+        let mut sent = Vec::new();
+        let mut batch = Batch::new();
         for (index, f) in files.into_iter().enumerate() {
             let mut rec = f.record;
             rec.kind = Kind::File;
@@ -85,27 +95,23 @@ impl<S: Store> MemFs<S> {
             match checked {
                 Ok((data_key, ino, record_key, value, record)) => {
                     let entry_key = self.keys.entry(parent, &f.name);
-                    batch.push(Command::store(StoreOp::Add, &record_key, &value));
-                    batch.push(Command::Gets(record_key.clone()));
-                    batch.push(Command::store(
-                        StoreOp::Add,
-                        &entry_key,
-                        &self.keys.entry_value(parent, &f.name, ino),
-                    ));
-                    batch.push(Command::store(StoreOp::Add, &data_key, b""));
                     let served = data_key != self.keys.private_data(ino);
-                    if served {
+                    sent.push(Sent {
+                        record_added: batch.add(&record_key, &value),
+                        record_read: batch.gets(&record_key),
+                        entry_added: batch
+                            .add(&entry_key, &self.keys.entry_value(parent, &f.name, ino)),
+                        data_added: batch.add(&data_key, b""),
                         // Read after the record's gets: the key is this file's.
-                        batch.push(Command::Gets(data_key.clone()));
-                    }
+                        data_read: served.then(|| batch.gets(&data_key)),
+                    });
                     planned.push(Planned {
                         index,
                         ino,
                         record,
                         name: f.name,
                         record_key,
-                        entry_key,
-                        data_token: std::cell::Cell::new(served.then_some(0)),
+                        data_token: None,
                         data_key,
                         bytes: f.bytes,
                     });
@@ -122,39 +128,31 @@ impl<S: Store> MemFs<S> {
             .map(|p| (Op::Add, Kind::File, p.ino, p.name.as_slice()))
             .collect();
         let la = self.log_append(parent, &changes);
-        batch.extend(self.log_commands(&la));
+        let log = self.log_commands(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(parent);
-        batch.push(touch);
-        batch.push(Command::Incr {
-            key: self.keys.inode_count(),
-            delta: planned.len() as u64,
-        });
-        let fence = self.create_fence_cmds(parent);
-        let mut results = Replies::new(self.execute_in_order(batch, fence));
+        let touched = batch.push::<Stored>(touch);
+        // Statistics only: unread.
+        let _inode_count = batch.incr(self.keys.inode_count(), planned.len() as u64);
+        let fence = self.create_fence_cmds(parent, &mut batch);
+        let mut results = batch.execute(&self.store);
         let per_file: Vec<_> = planned
-            .iter()
-            .map(|p| {
-                let replies = (
-                    results.stored(&p.record_key),
-                    results.value(&p.record_key),
-                    results.stored(&p.entry_key),
-                    results.stored(&p.data_key),
-                );
-                if p.data_token.get().is_some() {
-                    let token = results
-                        .value(&p.data_key)
-                        .ok()
-                        .flatten()
-                        .and_then(|i| i.cas);
-                    p.data_token.set(token);
-                }
-                replies
+            .iter_mut()
+            .zip(sent)
+            .map(|(p, sent)| {
+                p.data_token = sent
+                    .data_read
+                    .and_then(|h| results.take(h).ok().flatten().and_then(|i| i.cas));
+                (
+                    results.take(sent.record_added),
+                    results.take(sent.record_read),
+                    results.take(sent.entry_added),
+                    results.take(sent.data_added),
+                )
             })
             .collect();
-        let logged = self.finish_log(&la, &mut results);
-        let touched = results.reply();
-        let _inode_count = results.reply(); // statistics only
-        let fence = self.read_create_fence(parent, &mut results);
+        let logged = self.finish_log(&la, &mut results, log);
+        let touched = results.take(touched).is_ok();
+        let fence = self.read_create_fence(parent, &mut results, fence);
 
         let logged_ok = matches!(logged, Ok(Logged::Done));
         // Replies lost (the batch may have run): if the directory is gone, its keys the batch
@@ -218,13 +216,13 @@ impl<S: Store> MemFs<S> {
                 }
             }
         }
-        if touched.is_err() && !created.is_empty() {
+        if !touched && !created.is_empty() {
             // Only the directory's time: try once more, the files are made (so the directory
             // is there; a gone one must not get its mtime key back).
             let (touch, now) = self.touch_dir_cmd(parent);
             let _ = self.store.run(touch);
             self.note_dir_touched(parent, now);
-        } else if touched.is_ok() {
+        } else if touched {
             self.note_dir_touched(parent, now);
         }
         for (p, _) in &created {
@@ -283,7 +281,7 @@ impl<S: Store> MemFs<S> {
         placed: &[(&Planned, Option<u64>)],
     ) -> Vec<(usize, FsError)> {
         let generation_before = self.meta.generation();
-        let mut batch = Vec::new();
+        let mut batch = Batch::new();
         let mut keys = Vec::new();
         let mut failed = Vec::new();
         let mut sent = Vec::new();
@@ -292,11 +290,11 @@ impl<S: Store> MemFs<S> {
                 .keys
                 .file_bytes(p.ino, p.record.mode, &join(dir_path, &p.name));
             let write = if key == self.keys.private_data(p.ino) {
-                Command::store_shared(StoreOp::Set, &key, p.bytes.clone())
+                batch.store_shared(StoreOp::Set, &key, p.bytes.clone())
             } else {
-                match p.data_token.get().filter(|_| key == p.data_key) {
+                match p.data_token.filter(|_| key == p.data_key) {
                     // A served key only with the token batch 1 read (see `RecordVersion::key_tokens`).
-                    Some(token) => Command::cas_shared(&key, p.bytes.clone(), token),
+                    Some(token) => batch.cas_write(&key, p.bytes.clone(), token),
                     // Moved with its directory meanwhile: the one-file way reads it first.
                     None => {
                         if let Err(e) = self.publish_again(p) {
@@ -308,24 +306,22 @@ impl<S: Store> MemFs<S> {
             };
             let mut rec = p.record.clone();
             rec.size = p.bytes.len() as u64;
-            batch.push(write);
-            batch.push(Command::cas(&p.record_key, &rec.encode(), cas.unwrap_or(0)));
+            let record = batch.cas(&p.record_key, &rec.encode(), cas.unwrap_or(0));
             keys.push(key);
-            sent.push((*p, *cas));
+            sent.push((*p, *cas, write, record));
         }
-        let placed = sent;
-        let fence = vec![
-            Command::Get(self.keys.ns_lock()),
-            Command::Get(self.keys.dir_generation()),
-        ];
-        let mut results = Replies::new(self.execute_in_order(batch, fence));
-        let outcomes: Vec<_> = placed
-            .iter()
-            .zip(&keys)
-            .map(|((p, _), key)| (results.stored(key), results.cas(&p.record_key)))
-            .collect();
-        let quiet = matches!(results.value(&self.keys.ns_lock()), Ok(None))
-            && self.observe_generation(results.reply()).is_ok()
+        batch.fence();
+        let lock = batch.get(self.keys.ns_lock());
+        let generation = batch.get(self.keys.dir_generation());
+        let mut results = batch.execute(&self.store);
+        let mut placed = Vec::with_capacity(sent.len());
+        let mut outcomes = Vec::with_capacity(sent.len());
+        for (p, cas, write, record) in sent {
+            outcomes.push((results.take(write), results.take(record)));
+            placed.push((p, cas));
+        }
+        let quiet = matches!(results.take(lock), Ok(None))
+            && self.note_generation(results.take(generation)).is_ok()
             && self.meta.generation() == generation_before;
         let mut removed = Vec::new();
         for (((p, _), (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
@@ -382,9 +378,10 @@ impl<S: Store> MemFs<S> {
     /// After the directory moved during batch 1: the (empty) data key belongs at the new path,
     /// if the name is still this file's (under the namespace lock, so nothing moves meanwhile).
     fn move_created_key(&self, parent: u64, p: &Planned) -> FsResult<()> {
-        let reads = vec![Command::Get(self.keys.dir_generation())];
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
         self.with_ns_lock(reads, |_, mut results| {
-            self.observe_generation(results.reply())?;
+            self.note_generation(results.take(generation))?;
             self.place_created_key(p.ino, parent, &p.name, &p.data_key)
                 .map(drop)
         })

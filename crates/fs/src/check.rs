@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Reply, Store, StoreError};
 use serde::Serialize;
 
+use crate::batch::{Batch, StoreAt};
 use crate::data_codec::{self, DataCodec, GZIP_FLAG};
 use crate::dirlog::{self, LogBase};
 use crate::fenced_store::FencedStore;
@@ -18,7 +19,7 @@ use crate::fs::join;
 use crate::keys::{KeyLayout, ROOT_INO};
 use crate::nslock::LockValue;
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
-use crate::replies::{Replies, entry_slot, parse_number, value_of};
+use crate::replies::{entry_slot, parse_number, value_of};
 use crate::{FsError, FsResult};
 
 /// Commands per pipelined batch while scanning.
@@ -218,11 +219,7 @@ impl<'a, S: Store> Scan<'a, S> {
     }
 
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        Ok(self
-            .store
-            .get(key)
-            .map_err(|e| FsError::store(key, e))?
-            .map(|i| i.value))
+        Ok(self.store.get_at(key)?.map(|i| i.value))
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> FsResult<Vec<Option<Vec<u8>>>> {
@@ -309,34 +306,22 @@ impl<'a, S: Store> Scan<'a, S> {
             };
             self.report.directories += 1;
             let names: Vec<(&Vec<u8>, &(u64, Kind))> = listing.iter().collect();
-            let mut keys = Vec::with_capacity(names.len() * 2);
-            for (name, (ino, _)) in &names {
-                keys.push(self.keys.entry(dir, name));
-                keys.push(self.keys.inode(*ino));
-            }
-            let mut results = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(BATCH) {
-                let batch = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        if i % 2 == 0 {
-                            Command::Gets(k.clone())
-                        } else {
-                            Command::Get(k.clone())
-                        }
-                    })
-                    .collect();
-                results.extend(self.store.execute(batch));
-            }
-            let mut results = Replies::new(results);
+            let mut batch = Batch::new();
+            let sent: Vec<_> = names
+                .iter()
+                .map(|(name, (ino, _))| {
+                    let entry = batch.gets(self.keys.entry(dir, name));
+                    (entry, batch.get(self.keys.inode(*ino)))
+                })
+                .collect();
+            let mut results = batch.execute_in_pieces(&self.store, BATCH);
             let mut data_checks: Vec<DataCheck> = Vec::new();
-            for (name, (ino, kind)) in names {
+            for ((name, (ino, kind)), (entry, record)) in names.into_iter().zip(sent) {
                 let child = join(&path, name);
                 let ekey = self.keys.entry(dir, name);
                 let ikey = self.keys.inode(*ino);
-                let entry = results.entry(&ekey, name);
-                let rec = results.value(&ikey)?;
+                let entry = results.entry(entry, name);
+                let rec = results.take(record)?;
                 self.expected.insert(ekey.clone());
                 self.expected.insert(ikey.clone());
                 self.max_ino = self.max_ino.max(*ino);

@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use memfis_memcache::{Command, Store, StoreOp};
 
+use crate::batch::{Batch, CasOutcome, StoreAt};
 use crate::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::files::Published;
 use crate::fs::MemFs;
 use crate::open_files::OpenFile;
 use crate::record::Inode;
-use crate::replies::{CasOutcome, Replies};
 use crate::{FsError, FsResult};
 
 /// Written chunks an open file keeps before it writes them out.
@@ -59,7 +59,7 @@ impl<S: Store> MemFs<S> {
     /// Chunk `n` as stored (empty when missing: zeros).
     fn load_chunk(&self, ino: u64, c: &ChunkedFile, n: u64) -> FsResult<Arc<Vec<u8>>> {
         let key = self.keys.chunk(ino, c.generation, n);
-        let item = self.store.get(&key).map_err(|e| FsError::store(&key, e))?;
+        let item = self.store.get_at(&key)?;
         Ok(Arc::new(item.map(|i| i.value).unwrap_or_default()))
     }
 
@@ -312,12 +312,14 @@ impl<S: Store> MemFs<S> {
             let stale = self.bytes_keys(ino, of.record())?;
             // The lock read after the cas, as a publish's fence: an unlink that read the
             // record before this cas would delete the record without these chunks.
-            let cas = Command::cas(&ikey, &value, of.cas().unwrap_or(0));
-            let fence = vec![Command::Get(self.keys.ns_lock())];
-            let mut r = Replies::new(self.execute_in_order(vec![cas], fence));
-            let stored = r.cas(&ikey)?;
+            let mut batch = Batch::new();
+            let cas = batch.cas(&ikey, &value, of.cas().unwrap_or(0));
+            batch.fence();
+            let lock = batch.get(self.keys.ns_lock());
+            let mut r = batch.execute(&self.store);
+            let stored = r.take(cas)?;
             // (A lock read that failed counts as held: publish again once quiet.)
-            let lock_held = r.value(&self.keys.ns_lock()).map_or(true, |v| v.is_some());
+            let lock_held = r.take(lock).map_or(true, |v| v.is_some());
             match stored {
                 CasOutcome::Stored => {
                     // Another set of chunks goes too.

@@ -67,7 +67,7 @@ impl<S: Store> MemFs<S> {
         if !self.store.in_order() {
             return Ok(0);
         }
-        self.with_ns_lock(Vec::new(), |_, _| {
+        self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
             // 1. The live names.
             // No sequence: removed since it was noted (or lost: `memfis check` reports that).
             let DirSeq { seq, base, .. } = self.read_dir_seq(dir)?.ok_or(FsError::NotFound)?;
@@ -179,17 +179,15 @@ impl<S: Store> MemFs<S> {
         dir: u64,
         listing: dirlog::Listing,
     ) -> FsResult<dirlog::Listing> {
-        let keys: Vec<Vec<u8>> = listing
+        let mut batch = crate::batch::Batch::new();
+        let entries: Vec<_> = listing
             .keys()
-            .map(|name| self.keys.entry(dir, name))
+            .map(|name| batch.gets(self.keys.entry(dir, name)))
             .collect();
-        let mut replies = crate::replies::Replies::new(
-            self.store
-                .execute(keys.iter().map(|k| Command::Gets(k.clone())).collect()),
-        );
+        let mut replies = batch.execute(&self.store);
         let mut kept = dirlog::Listing::new();
-        for ((name, (ino, kind)), key) in listing.into_iter().zip(&keys) {
-            if replies.entry(key, &name)?.ino == Some(ino) {
+        for ((name, (ino, kind)), entry) in listing.into_iter().zip(entries) {
+            if replies.entry(entry, &name)?.ino == Some(ino) {
                 kept.insert(name, (ino, kind));
             }
         }

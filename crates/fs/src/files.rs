@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
+use memfis_memcache::{Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::Attr;
+use crate::batch::{Batch, Cas, CasOutcome, Got, Handle, Replies, StoreAt, Stored};
 use crate::chunk_buffer::ChunkedFile;
 use crate::fs::MemFs;
 use crate::intent::Intent;
@@ -19,7 +20,6 @@ use crate::nslock::LockValue;
 use crate::open_files::OpenFile;
 use crate::publish_plan::{Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round};
 use crate::record::{Inode, Kind, Link};
-use crate::replies::{CasOutcome, Replies, cas_outcome, stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -57,7 +57,30 @@ struct RoundReplies {
     /// The namespace lock, read after the writes.
     lock: FsResult<Option<Item>>,
     /// The directory-rename count, read after the writes.
-    generation: CmdResult,
+    generation: FsResult<Option<Item>>,
+}
+
+/// Where the replies to a load's fence reads are ([`MemFs::load_fence`]).
+struct LoadFence {
+    lock: Handle<Got>,
+    generation: Handle<Got>,
+    /// The record again, read where the fence runs after the data key's read.
+    record: Option<Handle<Got>>,
+}
+
+/// What a load's fence read: the lock's value, the directory-rename count, the record.
+type LoadFenceRead = (Option<Item>, FsResult<Option<Item>>, Option<Option<Item>>);
+
+impl LoadFence {
+    fn take(self, r: &mut Replies) -> FsResult<LoadFenceRead> {
+        let held = r.take(self.lock)?;
+        let generation = r.take(self.generation);
+        let record = match self.record {
+            Some(h) => Some(r.take(h)?),
+            None => None,
+        };
+        Ok((held, generation, record))
+    }
 }
 
 /// How a publish round ended ([`MemFs::apply_round`]).
@@ -247,7 +270,6 @@ impl<S: Store> MemFs<S> {
     /// branch's comment explains a race; split, the pieces would pass the whole look along.)
     fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
         let ikey = self.keys.inode(ino);
-        let lock_key = self.keys.ns_lock();
         let mut mismatch_seen = None;
         for _ in 0..LOAD_LOOKS {
             if of.is_loaded() {
@@ -259,38 +281,26 @@ impl<S: Store> MemFs<S> {
             // Read before the paths are worked out (as a publish does).
             let generation_before = self.meta.generation();
             let key = self.bytes_key(ino, of.record(), &link)?;
-            let fence = vec![
-                Command::Get(lock_key.clone()),
-                Command::Get(self.keys.dir_generation()),
-                Command::Gets(ikey.clone()),
-            ];
             // One batch where it runs in order. On a pool the fence goes in a second round
             // trip, and only when the bytes do not fit the record: a load costs one round
             // trip there, as before (without the record read, no tokens are taken).
             let in_order = self.store.in_order();
-            let mut batch = vec![Command::Gets(key.clone())];
-            match in_order {
-                true => batch.extend(fence.iter().cloned()),
-                false => batch.extend(fence[..2].iter().cloned()),
-            }
-            let mut r = Replies::new(self.store.execute(batch));
-            let value = r.value(&key)?;
+            let mut batch = Batch::new();
+            let value = batch.gets(&key);
+            let fence = self.load_fence(&mut batch, ino, in_order);
+            let mut r = batch.execute(&self.store);
+            let value = r.take(value)?;
             let fits = value
                 .as_ref()
                 .is_some_and(|item| item.value.len() as u64 == of.record().size);
             let (held, generation, current) = if in_order || fits {
-                let held = r.value(&lock_key)?;
-                let generation = r.reply();
-                let current = match in_order {
-                    true => Some(r.value(&ikey)?),
-                    false => None,
-                };
-                (held, generation, current)
+                fence.take(&mut r)?
             } else {
-                let mut f = Replies::new(self.store.execute(fence));
-                (f.value(&lock_key)?, f.reply(), Some(f.value(&ikey)?))
+                let mut batch = Batch::new();
+                let fence = self.load_fence(&mut batch, ino, true);
+                fence.take(&mut batch.execute(&self.store))?
             };
-            self.observe_generation(generation)?;
+            self.note_generation(generation)?;
             let moved = self.meta.generation() != generation_before;
             let checked = current.is_some();
             match current {
@@ -403,6 +413,16 @@ impl<S: Store> MemFs<S> {
         }
     }
 
+    /// Pushes a load's fence reads: the namespace lock, the directory-rename count and,
+    /// with `record`, the record again.
+    fn load_fence(&self, batch: &mut Batch, ino: u64, record: bool) -> LoadFence {
+        LoadFence {
+            lock: batch.get(self.keys.ns_lock()),
+            generation: batch.get(self.keys.dir_generation()),
+            record: record.then(|| batch.gets(self.keys.inode(ino))),
+        }
+    }
+
     /// The record takes the size of the bytes at the data key (see [`Self::load_bytes`]):
     /// by `cas` on the version whose key was read, so a record that changed meanwhile is
     /// left alone (and the bytes looked up again).
@@ -413,7 +433,7 @@ impl<S: Store> MemFs<S> {
         let value = rec.encode();
         self.check_record_size(&ikey, value.len())?;
         let cas = Command::cas(&ikey, &value, of.cas().unwrap_or(0));
-        let outcome = cas_outcome(&ikey, self.store.run(cas))?;
+        let outcome = self.store.run_at::<Cas>(&ikey, cas)?;
         if outcome == CasOutcome::Stored {
             warn!(
                 ino,
@@ -618,29 +638,28 @@ impl<S: Store> MemFs<S> {
     fn send_round(&self, ino: u64, plan: &PublishPlan) -> FsResult<RoundReplies> {
         let ikey = self.keys.inode(ino);
         let data = plan.bytes.clone().unwrap_or_default();
-        let mut batch: Vec<Command> = plan
+        let mut batch = Batch::new();
+        let writes: Vec<Handle<Stored>> = plan
             .writes
             .iter()
             .map(|(k, write)| match write {
-                KeyWrite::Private => Command::store_shared(StoreOp::Set, k, data.clone()),
-                KeyWrite::Add => Command::store_shared(StoreOp::Add, k, data.clone()),
-                KeyWrite::Cas(token) => Command::cas_shared(k, data.clone(), *token),
+                KeyWrite::Private => batch.store_shared(StoreOp::Set, k, data.clone()),
+                KeyWrite::Add => batch.store_shared(StoreOp::Add, k, data.clone()),
+                KeyWrite::Cas(token) => batch.cas_write(k, data.clone(), *token),
             })
             .collect();
         let value = plan.record.encode();
         self.check_record_size(&ikey, value.len())?;
-        batch.push(Command::cas(&ikey, &value, plan.cas));
-        let fence = vec![
-            Command::Get(self.keys.ns_lock()),
-            Command::Get(self.keys.dir_generation()),
-        ];
-        let mut results = Replies::new(self.execute_in_order(batch, fence));
-        let writes = plan.keys().map(|k| stored(k, results.reply())).collect();
+        let record = batch.cas(&ikey, &value, plan.cas);
+        batch.fence();
+        let lock = batch.get(self.keys.ns_lock());
+        let generation = batch.get(self.keys.dir_generation());
+        let mut results = batch.execute(&self.store);
         Ok(RoundReplies {
-            writes,
-            record: results.cas(&ikey),
-            lock: results.value(&self.keys.ns_lock()),
-            generation: results.reply(),
+            writes: writes.into_iter().map(|h| results.take(h)).collect(),
+            record: results.take(record),
+            lock: results.take(lock),
+            generation: results.take(generation),
         })
     }
 
@@ -675,7 +694,7 @@ impl<S: Store> MemFs<S> {
         // A fence read that failed counts as a namespace operation: publish again once
         // quiet (the cas may have gone through, and what it left must be settled).
         let lock_held = replies.lock.map_or(true, |v| v.is_some());
-        let moved = self.observe_generation(replies.generation).is_err()
+        let moved = self.note_generation(replies.generation).is_err()
             || self.meta.generation() != generation_before;
         match replies.record? {
             CasOutcome::Stored => {
@@ -755,22 +774,21 @@ impl<S: Store> MemFs<S> {
         generation: u64,
     ) -> FsResult<Tokens> {
         let ikey = self.keys.inode(ino);
-        let lock_key = self.keys.ns_lock();
-        let reads: Vec<Command> = served.iter().map(|k| Command::Gets(k.clone())).collect();
-        let then = vec![
-            Command::Gets(ikey.clone()),
-            Command::Get(lock_key.clone()),
-            Command::Get(self.keys.dir_generation()),
-        ];
-        let mut r = Replies::new(self.execute_in_order(reads, then));
+        let mut batch = Batch::new();
+        let reads: Vec<_> = served.iter().map(|k| batch.gets(k)).collect();
+        batch.fence();
+        let record = batch.gets(&ikey);
+        let held = batch.get(self.keys.ns_lock());
+        let dirgen = batch.get(self.keys.dir_generation());
+        let mut r = batch.execute(&self.store);
         let mut tokens = std::collections::HashMap::new();
-        for k in served {
-            let token = r.value(k)?.map_or(0, |item| item.cas.unwrap_or(0));
+        for (k, read) in served.iter().zip(reads) {
+            let token = r.take(read)?.map_or(0, |item| item.cas.unwrap_or(0));
             tokens.insert(k.clone(), token);
         }
-        let record = r.value(&ikey)?;
-        let held = r.value(&lock_key)?;
-        self.observe_generation(r.reply())?;
+        let record = r.take(record)?;
+        let held = r.take(held)?;
+        self.note_generation(r.take(dirgen))?;
         let Some(item) = record else {
             of.forget_version(); // removed: the next round finds it gone
             return Ok(Tokens::RecordChanged);

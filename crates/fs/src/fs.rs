@@ -5,19 +5,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Store, StoreOp};
+use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, SetAttr, StatFs};
+use crate::batch::{Batch, Cas, StoreAt};
 use crate::data_codec::DataCodec;
 use crate::fenced_store::FencedStore;
 use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, is_public, prefixes_nest};
 use crate::meta_cache::{DirInfo, MetaCache};
 use crate::open_files::{OpenFile, OpenFiles};
 use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
-use crate::replies::{
-    CasOutcome, EntrySlot, Replies, cas_outcome, entry_slot, parse_number, value_of,
-};
+use crate::replies::{CasOutcome, EntrySlot, entry_slot, parse_number, value_of};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -111,7 +110,7 @@ pub struct MemFs<S: Store> {
 /// they were listed.
 pub fn listed_prefixes<S: Store>(store: &S) -> FsResult<Vec<String>> {
     let key = PREFIX_REGISTRY_KEY;
-    let item = store.get(key).map_err(|e| FsError::store(key, e))?;
+    let item = store.get_at(key)?;
     Ok(parse_prefix_list(
         item.as_ref().map_or(&[][..], |i| &i.value[..]),
     ))
@@ -228,7 +227,7 @@ impl<S: Store> MemFs<S> {
     /// format this build does not know.
     fn read_format(&self) -> FsResult<Option<String>> {
         let key = self.keys.format();
-        let Some(item) = self.store.get(&key).map_err(|e| FsError::store(&key, e))? else {
+        let Some(item) = self.store.get_at(&key)? else {
             return Ok(None);
         };
         let rec: FormatRecord = serde_json::from_slice(&item.value)
@@ -268,14 +267,11 @@ impl<S: Store> MemFs<S> {
             r.map_err(|e| FsError::store(&key, e))?;
         }
         let format = serde_json::to_vec(&FormatRecord::new(random_id())).expect("serializes");
-        self.store
-            .store(StoreOp::Add, &key, &format)
-            .map_err(|e| FsError::store(&key, e))?;
+        self.store.store_at(StoreOp::Add, &key, &format)?;
         // Two mounts may format at once: the one record that got stored counts.
         let item = self
             .store
-            .get(&key)
-            .map_err(|e| FsError::store(&key, e))?
+            .get_at(&key)?
             .ok_or_else(|| FsError::missing(&key))?;
         let rec: FormatRecord = serde_json::from_slice(&item.value)
             .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
@@ -314,7 +310,7 @@ impl<S: Store> MemFs<S> {
         let key = PREFIX_REGISTRY_KEY;
         let mine = self.keys.prefix();
         for _ in 0..CAS_RETRIES {
-            let item = self.store.gets(key).map_err(|e| FsError::store(key, e))?;
+            let item = self.store.gets_at(key)?;
             let value = item.as_ref().map(|i| i.value.clone()).unwrap_or_default();
             let listed = parse_prefix_list(&value);
             self.nesting_conflict(&listed)?;
@@ -327,15 +323,10 @@ impl<S: Store> MemFs<S> {
             }
             new.extend_from_slice(format!("{mine}\n").as_bytes());
             let stored = match item {
-                None => self
-                    .store
-                    .store(StoreOp::Add, key, &new)
-                    .map_err(|e| FsError::store(key, e))?,
+                None => self.store.store_at(StoreOp::Add, key, &new)?,
                 Some(item) => {
-                    let r = self
-                        .store
-                        .run(Command::cas(key, &new, item.cas.unwrap_or(0)));
-                    matches!(cas_outcome(key, r)?, CasOutcome::Stored)
+                    let cas = Command::cas(key, &new, item.cas.unwrap_or(0));
+                    self.store.run_at::<Cas>(key, cas)? == CasOutcome::Stored
                 }
             };
             if stored {
@@ -345,24 +336,6 @@ impl<S: Store> MemFs<S> {
             }
         }
         Err(FsError::Contended)
-    }
-
-    /// Runs `first`, then `then`, which must see every command of `first` applied (a fence
-    /// read after writes, a lock released after changes): one pipelined batch on a single
-    /// server, two round trips on a pool. Results in command order.
-    pub(crate) fn execute_in_order(
-        &self,
-        first: Vec<Command>,
-        then: Vec<Command>,
-    ) -> Vec<CmdResult> {
-        if self.store.in_order() {
-            let mut batch = first;
-            batch.extend(then);
-            return self.store.execute(batch);
-        }
-        let mut results = self.store.execute(first);
-        results.extend(self.store.execute(then));
-        results
     }
 
     // ----- records -------------------------------------------------------------------------
@@ -376,7 +349,7 @@ impl<S: Store> MemFs<S> {
     /// Reads an inode record with its cas token; `None` when there is none.
     pub(crate) fn read_inode_opt(&self, ino: u64) -> FsResult<Option<(Inode, u64)>> {
         let key = self.keys.inode(ino);
-        let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+        let Some(item) = self.store.gets_at(&key)? else {
             return Ok(None);
         };
         Ok(Some((
@@ -448,7 +421,10 @@ impl<S: Store> MemFs<S> {
             change(&mut rec)?;
             let value = rec.encode();
             self.check_record_size(&key, value.len())?;
-            match cas_outcome(&key, self.store.run(Command::cas(&key, &value, cas)))? {
+            match self
+                .store
+                .run_at::<Cas>(&key, Command::cas(&key, &value, cas))?
+            {
                 CasOutcome::Stored => return Ok(rec),
                 CasOutcome::Changed => continue,
                 CasOutcome::Gone => return Err(FsError::missing(&key)),
@@ -520,9 +496,7 @@ impl<S: Store> MemFs<S> {
             }
             let done = match (to, slot.cas) {
                 (None, _) => {
-                    self.store
-                        .delete(&key)
-                        .map_err(|e| FsError::store(&key, e))?;
+                    self.store.delete_at(&key)?;
                     true
                 }
                 (Some(ino), None) => self
@@ -532,7 +506,7 @@ impl<S: Store> MemFs<S> {
                 (Some(ino), Some(cas)) => {
                     let value = self.keys.entry_value(dir, name, ino);
                     let cas = Command::cas(&key, &value, cas);
-                    cas_outcome(&key, self.store.run(cas))? == CasOutcome::Stored
+                    self.store.run_at::<Cas>(&key, cas)? == CasOutcome::Stored
                 }
             };
             if done {
@@ -547,8 +521,13 @@ impl<S: Store> MemFs<S> {
     /// Notes the store's directory-rename count read in some batch: a change since the last
     /// one makes every cached path stale.
     pub(crate) fn observe_generation(&self, r: CmdResult) -> FsResult<()> {
+        self.note_generation(value_of(&self.keys.dir_generation(), r))
+    }
+
+    /// As [`Self::observe_generation`], from a read of the count taken by its handle.
+    pub(crate) fn note_generation(&self, got: FsResult<Option<Item>>) -> FsResult<()> {
         let key = self.keys.dir_generation();
-        let Some(item) = value_of(&key, r)? else {
+        let Some(item) = got? else {
             return Err(FsError::missing(&key));
         };
         let gen_now =
@@ -724,15 +703,14 @@ impl<S: Store> MemFs<S> {
         }
         let key = self.keys.inode(ino);
         let mkey = self.keys.dir_mtime(ino);
-        let mut r = Replies::new(
-            self.store
-                .execute(vec![Command::Get(key.clone()), Command::Get(mkey.clone())]),
-        );
-        let Some(rec) = r.value(&key)? else {
+        let mut batch = Batch::new();
+        let (record, mtime) = (batch.get(&key), batch.get(mkey));
+        let mut r = batch.execute(&self.store);
+        let Some(rec) = r.take(record)? else {
             return Ok(None);
         };
         let rec = Inode::decode(&key, &rec.value)?;
-        let mtime = r.value(&mkey)?.and_then(|i| Time::from_text(&i.value));
+        let mtime = r.take(mtime)?.and_then(|i| Time::from_text(&i.value));
         let attr = self.attr_from(ino, &rec, mtime);
         if attr.kind == Kind::Dir {
             let attr = self.with_dir_links(attr);
@@ -774,11 +752,7 @@ impl<S: Store> MemFs<S> {
     /// True when no namespace operation is running.
     pub(crate) fn is_quiet(&self) -> FsResult<bool> {
         let key = self.keys.ns_lock();
-        Ok(self
-            .store
-            .get(&key)
-            .map_err(|e| FsError::store(&key, e))?
-            .is_none())
+        Ok(self.store.get_at(&key)?.is_none())
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
@@ -945,8 +919,7 @@ impl<S: Store> MemFs<S> {
         let key = self.keys.inode_count();
         let files = self
             .store
-            .get(&key)
-            .map_err(|e| FsError::store(&key, e))?
+            .get_at(&key)?
             .and_then(|i| std::str::from_utf8(&i.value).ok()?.trim().parse().ok())
             .unwrap_or(0u64);
         let (blocks, free) = match self.store.capacity() {

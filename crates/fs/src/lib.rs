@@ -38,6 +38,7 @@
 
 mod activity;
 pub mod attr;
+mod batch;
 pub mod bulk;
 pub mod check;
 mod chunk_buffer;

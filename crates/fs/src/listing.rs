@@ -19,14 +19,15 @@
 
 use std::time::{Duration, Instant};
 
-use memfis_memcache::{Command, Reply, Store, StoreError, StoreOp};
+use memfis_memcache::{Command, Store, StoreError, StoreOp};
 use tracing::warn;
 
 use crate::attr::{Attr, DirEntry};
+use crate::batch::{Batch, Counted, Got, Handle, Replies, StoreAt, Stored};
 use crate::dirlog::{self, DirSeq, LogBase, Op};
 use crate::fs::MemFs;
 use crate::record::{Inode, Kind, Time};
-use crate::replies::{Replies, value_of};
+use crate::replies::value_of;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -46,6 +47,14 @@ pub(crate) struct LogAppend {
     /// Set when the records went in after the batch (its append failed): a create's fence,
     /// read in the batch, then says nothing about them ([`MemFs::settle_create_fence`]).
     pub(crate) late: std::cell::Cell<bool>,
+}
+
+/// Where the replies to [`MemFs::log_commands`] are.
+pub(crate) struct LogReplies {
+    incr: Handle<Counted>,
+    append: Handle<Stored>,
+    precreate: Handle<Stored>,
+    base: Handle<Got>,
 }
 
 /// What a directory's log said to an append.
@@ -89,22 +98,20 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    pub(crate) fn log_commands(&self, la: &LogAppend) -> Vec<Command> {
-        vec![
-            Command::Incr {
-                key: self.keys.dir_seq(la.dir),
-                delta: la.count,
-            },
-            Command::store(
+    /// Pushes the commands of `la` onto `batch`; their replies go to [`Self::finish_log`].
+    pub(crate) fn log_commands(&self, la: &LogAppend, batch: &mut Batch) -> LogReplies {
+        LogReplies {
+            incr: batch.incr(self.keys.dir_seq(la.dir), la.count),
+            append: batch.store(
                 StoreOp::Append,
                 &self.keys.dir_log(la.dir, la.chunk),
                 &la.records,
             ),
-            Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, la.chunk + 1), b""),
+            precreate: batch.add(&self.keys.dir_log(la.dir, la.chunk + 1), b""),
             // Read after the append and the chunk made ahead: what landed below a base a
             // compaction moved goes again above it (records) or away (the chunk).
-            Command::Get(self.keys.dir_base(la.dir)),
-        ]
+            base: batch.get(self.keys.dir_base(la.dir)),
+        }
     }
 
     /// The chunk keys an append may create (for cleaning up after a removed directory).
@@ -115,29 +122,39 @@ impl<S: Store> MemFs<S> {
         ]
     }
 
-    /// Checks the results of [`Self::log_commands`] (taken from `results`), finishing what
+    /// Checks the replies to [`Self::log_commands`] (taken from `results`), finishing what
     /// the batch could not do (a chunk too full or not there yet, records that landed in an
     /// earlier chunk than their numbers or below the log's base).
-    pub(crate) fn finish_log(&self, la: &LogAppend, results: &mut Replies) -> FsResult<Logged> {
-        let (incr, append, precreate) = (results.reply(), results.reply(), results.reply());
+    pub(crate) fn finish_log(
+        &self,
+        la: &LogAppend,
+        results: &mut Replies,
+        sent: LogReplies,
+    ) -> FsResult<Logged> {
+        let incr = results.take(sent.incr);
+        let append = results.take(sent.append);
+        let precreate = results.take(sent.precreate);
+        let base = results.take(sent.base);
         let base_key = self.keys.dir_base(la.dir);
-        let base = results.value(&base_key);
-        let seq_key = self.keys.dir_seq(la.dir);
         let last = match incr {
-            Ok(Reply::Number(n)) => n,
-            Ok(_) | Err(StoreError::Client(_)) => return Ok(Logged::DirGone),
-            Err(e) => return Err(FsError::store(&seq_key, e)),
+            Ok(Some(n)) => n,
+            // No sequence, or one fenced by an rmdir (not a number).
+            Ok(None)
+            | Err(FsError::Store {
+                source: StoreError::Client(_),
+                ..
+            }) => return Ok(Logged::DirGone),
+            Err(e) => return Err(e),
         };
         let base = LogBase::decode(&base_key, base?.as_ref().map(|i| &i.value[..]))?.chunk;
-        if matches!(precreate, Ok(Reply::Stored)) && la.chunk + 1 < base {
+        if matches!(precreate, Ok(true)) && la.chunk + 1 < base {
             // Made below the base by this mount's old idea of the log: nothing reads it.
             self.delete_stray_chunks(la.dir, la.chunk + 1..base);
         }
         let per_chunk = self.keys.log_chunk_records();
         let chunk_now = (last / per_chunk).max(base);
-        let chunk_key = self.keys.dir_log(la.dir, la.chunk);
         // The batch made `la.chunk` (by appending to it) and the one after.
-        let made_up_to = if matches!(append, Ok(Reply::Stored)) {
+        let made_up_to = if matches!(append, Ok(true)) {
             la.chunk + 1
         } else {
             la.chunk.saturating_sub(1)
@@ -147,15 +164,16 @@ impl<S: Store> MemFs<S> {
             // before a record about the same pair in a later chunk: again, in the chunk of
             // this number, after it. A create's records go again only under the lock, by
             // its fence (`settle_create_fence`).
-            Ok(Reply::Stored) if la.under_lock && la.chunk < chunk_now => {
+            Ok(true) if la.under_lock && la.chunk < chunk_now => {
                 self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
             }
-            Ok(Reply::Stored) => {}
-            Ok(_) | Err(StoreError::TooLarge(_)) => {
+            Ok(true) => {}
+            // Not there yet, or full (the item size limit).
+            Ok(false) | Err(FsError::TooBig { .. }) => {
                 la.late.set(true);
                 self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
             }
-            Err(e) => return Err(FsError::store(&chunk_key, e)),
+            Err(e) => return Err(e),
         }
         if chunk_now > made_up_to {
             // This mount's idea of the sequence was behind (or its chunk was not there yet):
@@ -164,16 +182,16 @@ impl<S: Store> MemFs<S> {
             // go again).
             let from = (made_up_to + 1).max(base);
             crate::fs::retried(|| {
-                let mut batch: Vec<Command> = (from..=chunk_now + 1)
-                    .map(|c| Command::store(StoreOp::Add, &self.keys.dir_log(la.dir, c), b""))
+                let mut batch = Batch::new();
+                let made: Vec<_> = (from..=chunk_now + 1)
+                    .map(|c| batch.add(&self.keys.dir_log(la.dir, c), b""))
                     .collect();
-                let made = batch.len();
-                batch.push(Command::Get(base_key.clone()));
-                let mut r = Replies::new(self.store.execute(batch));
-                for _ in 0..made {
-                    r.reply().map_err(|e| FsError::store(&chunk_key, e))?;
+                let base_read = batch.get(&base_key);
+                let mut r = batch.execute(&self.store);
+                for chunk in made {
+                    r.take(chunk)?;
                 }
-                let item = r.value(&base_key)?;
+                let item = r.take(base_read)?;
                 let base = LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..]))?;
                 if from < base.chunk {
                     self.delete_stray_chunks(la.dir, from..base.chunk.min(chunk_now + 2));
@@ -228,11 +246,12 @@ impl<S: Store> MemFs<S> {
     /// holding the namespace lock.
     pub(crate) fn log_dir_changes(&self, dir: u64, changes: &[LogChange<'_>]) -> FsResult<()> {
         let la = self.log_append_locked(dir, changes);
-        let mut batch = self.log_commands(&la);
+        let mut batch = Batch::new();
+        let log = self.log_commands(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(dir);
-        batch.push(touch);
-        let mut results = Replies::new(self.store.execute(batch));
-        match self.finish_log(&la, &mut results)? {
+        let touched = batch.push::<Stored>(touch);
+        let mut results = batch.execute(&self.store);
+        match self.finish_log(&la, &mut results, log)? {
             Logged::Done => {}
             Logged::DirGone => {
                 // The batch's `set` of the mtime and `add` of the next chunk may have made
@@ -243,35 +262,28 @@ impl<S: Store> MemFs<S> {
                     self.keys.dir_log(dir, la.chunk + 1),
                 ];
                 let _ = crate::fs::retried(|| {
-                    let batch = made.iter().map(|k| Command::Delete(k.clone())).collect();
-                    for (r, key) in self.store.execute(batch).into_iter().zip(&made) {
-                        r.map_err(|e| FsError::store(key, e))?;
+                    let mut batch = Batch::new();
+                    let deleted: Vec<_> = made.iter().map(|k| batch.delete(k)).collect();
+                    let mut r = batch.execute(&self.store);
+                    for key in deleted {
+                        r.take(key)?;
                     }
                     Ok(())
                 });
                 return Err(FsError::missing(&self.keys.dir_seq(dir)));
             }
         }
-        let mtime_key = self.keys.dir_mtime(dir);
-        results.done(&mtime_key)?;
+        results.take(touched)?;
         self.note_dir_touched(dir, now);
         Ok(())
     }
 
     pub(crate) fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
         for _ in 0..crate::fs::CAS_RETRIES {
-            if self
-                .store
-                .store(StoreOp::Append, key, record)
-                .map_err(|e| FsError::store(key, e))?
-            {
+            if self.store.store_at(StoreOp::Append, key, record)? {
                 return Ok(());
             }
-            if self
-                .store
-                .store(StoreOp::Add, key, record)
-                .map_err(|e| FsError::store(key, e))?
-            {
+            if self.store.store_at(StoreOp::Add, key, record)? {
                 return Ok(());
             }
         }

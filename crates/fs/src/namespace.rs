@@ -11,16 +11,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use memfis_memcache::command::Value;
-use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+use memfis_memcache::{Command, Item, Store, StoreOp};
 
 use crate::attr::Attr;
+use crate::batch::{
+    Batch, Cas, CasOutcome, Counted, Deleted, Got, Handle, Replies, StoreAt, Stored,
+};
 use crate::dirlog::{DirSeq, LogBase, Op};
 use crate::fs::{MemFs, check_name, join, retried};
 use crate::intent::Intent;
 use crate::keys::ROOT_INO;
 use crate::listing::Logged;
 use crate::record::{Inode, Kind, Link, Time};
-use crate::replies::{Replies, parse_number};
+use crate::replies::parse_number;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -45,8 +48,7 @@ impl<S: Store> MemFs<S> {
             let key = self.keys.next_ino();
             let top = self
                 .store
-                .incr(&key, INO_BATCH)
-                .map_err(|e| FsError::store(&key, e))?
+                .incr_at(&key, INO_BATCH)?
                 .ok_or_else(|| FsError::missing(&key))?;
             *inos = (top + 1 - INO_BATCH, top + 1);
         }
@@ -99,54 +101,34 @@ impl<S: Store> MemFs<S> {
         // sequence would be EIO. They are keyed by the new inode, so nothing else uses them.
         // A file's data key waits for the claim: at that path it may be the owner's.
         let own_first = rec.kind == Kind::Dir;
-        let mut batch = vec![
-            Command::store(StoreOp::Add, &ikey, &rec.encode()),
-            Command::Gets(ikey.clone()),
-        ];
+        let mut batch = Batch::new();
+        let inode_added = batch.add(&ikey, &rec.encode());
+        let inode_read = batch.gets(&ikey);
+        let mut own_sent = Vec::with_capacity(own_keys.len());
         if own_first {
-            batch.extend(own_keys.iter().cloned());
+            own_sent.extend(own_keys.iter().map(|c| batch.push::<Stored>(c.clone())));
         }
-        batch.push(Command::store(
-            StoreOp::Add,
-            &ekey,
-            &self.keys.entry_value(parent, name, ino),
-        ));
-        batch.extend(self.log_commands(&la));
-        batch.extend([
-            touch,
-            Command::Incr {
-                key: self.keys.inode_count(),
-                delta: 1,
-            },
-        ]);
+        let entry_added = batch.add(&ekey, &self.keys.entry_value(parent, name, ino));
+        let log = self.log_commands(&la, &mut batch);
+        let touched = batch.push::<Stored>(touch);
+        let _inode_count = batch.incr(self.keys.inode_count(), 1); // statistics only: unread
         if !own_first {
-            batch.extend(own_keys.iter().cloned());
+            own_sent.extend(own_keys.iter().map(|c| batch.push::<Stored>(c.clone())));
         }
         // A served file's key token, read after the record's (see `RecordVersion::key_tokens`).
         let served = rec.kind == Kind::File && !own_keys.is_empty();
-        if served {
-            batch.push(Command::Gets(data_key.clone()));
-        }
-        let fence = self.create_fence_cmds(parent);
-        let mut results = Replies::new(self.execute_in_order(batch, fence));
-        let inode_added = results.stored(&ikey);
-        let cas = results.value(&ikey);
-        let mut own_results = match own_first {
-            true => results.raw(own_keys.len()),
-            false => Vec::new(),
-        };
-        let entry_added = results.stored(&ekey);
-        let logged = self.finish_log(&la, &mut results);
-        let touched = results.reply();
-        let _inode_count = results.reply(); // statistics only
-        if !own_first {
-            own_results = results.raw(own_keys.len());
-        }
-        let data_token = match served {
-            true => results.value(&data_key).ok().flatten().and_then(|i| i.cas),
-            false => None,
-        };
-        let fence = self.read_create_fence(parent, &mut results);
+        let data_read = served.then(|| batch.gets(&data_key));
+        let fence = self.create_fence_cmds(parent, &mut batch);
+        let mut results = batch.execute(&self.store);
+        let inode_added = results.take(inode_added);
+        let cas = results.take(inode_read);
+        let own_results: Vec<FsResult<bool>> =
+            own_sent.into_iter().map(|h| results.take(h)).collect();
+        let entry_added = results.take(entry_added);
+        let logged = self.finish_log(&la, &mut results, log);
+        let touched = results.take(touched);
+        let data_token = data_read.and_then(|h| results.take(h).ok().flatten().and_then(|i| i.cas));
+        let fence = self.read_create_fence(parent, &mut results, fence);
 
         let mut undo = Undo {
             ino,
@@ -161,10 +143,7 @@ impl<S: Store> MemFs<S> {
                 self.log_chunk_keys(&la)[0].clone(),
                 self.log_chunk_keys(&la)[1].clone(),
             ],
-            own_added: own_results
-                .iter()
-                .map(|r| matches!(r, Ok(Reply::Stored)))
-                .collect(),
+            own_added: own_results.iter().map(|r| matches!(r, Ok(true))).collect(),
         };
         let logged_unknown = logged.is_err();
         let outcome = (|| -> FsResult<u64> {
@@ -194,11 +173,9 @@ impl<S: Store> MemFs<S> {
             if !undo.entry {
                 return Err(FsError::Exists);
             }
-            touched.map_err(|e| FsError::store(&self.keys.dir_mtime(parent), e))?;
-            for (cmd, r) in own_keys.iter().zip(&own_results) {
-                if let Err(e) = r {
-                    return Err(FsError::store(cmd.key(), e.clone()));
-                }
+            touched?;
+            for r in own_results {
+                r?;
             }
             Ok(cas?
                 .ok_or_else(|| FsError::missing(&ikey))?
@@ -265,31 +242,38 @@ impl<S: Store> MemFs<S> {
         Ok(node)
     }
 
-    /// What a create reads after every write of its batch (sent last, in order): the
-    /// namespace lock, the directory-rename count, and its directory's log base.
-    pub(crate) fn create_fence_cmds(&self, parent: u64) -> Vec<Command> {
-        vec![
-            Command::Get(self.keys.ns_lock()),
-            Command::Get(self.keys.dir_generation()),
-            Command::Get(self.keys.dir_base(parent)),
+    /// What a create reads after every write of its batch (sent last, across the batch's
+    /// fence): the namespace lock, the directory-rename count, its directory's log base and
+    /// sequence.
+    pub(crate) fn create_fence_cmds(&self, parent: u64, batch: &mut Batch) -> FenceReads {
+        batch.fence();
+        FenceReads {
+            lock: batch.get(self.keys.ns_lock()),
+            generation: batch.get(self.keys.dir_generation()),
+            base: batch.get(self.keys.dir_base(parent)),
             // After the lock: an rmdir that replayed the log before this create's records
             // landed and was done by the time of the lock read has fenced or deleted it.
-            Command::Get(self.keys.dir_seq(parent)),
-        ]
+            seq: batch.get(self.keys.dir_seq(parent)),
+        }
     }
 
     /// Takes the replies to [`Self::create_fence_cmds`] from `results`.
-    pub(crate) fn read_create_fence(&self, parent: u64, results: &mut Replies) -> CreateFence {
-        let lock_held = results.value(&self.keys.ns_lock()).map(|v| v.is_some());
-        let generation = results.reply();
+    pub(crate) fn read_create_fence(
+        &self,
+        parent: u64,
+        results: &mut Replies,
+        sent: FenceReads,
+    ) -> CreateFence {
+        let lock_held = results.take(sent.lock).map(|v| v.is_some());
+        let generation = results.take(sent.generation);
         let base_key = self.keys.dir_base(parent);
         let base = results
-            .value(&base_key)
+            .take(sent.base)
             .and_then(|item| LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..])));
         // (A read that failed says nothing: the lock read, which then counts as held, has
         // the directory looked at again.)
         let dir_removed = results
-            .value(&self.keys.dir_seq(parent))
+            .take(sent.seq)
             .is_ok_and(|item| item.is_none_or(|i| parse_number(&i.value).is_none()));
         CreateFence {
             lock_held,
@@ -335,7 +319,7 @@ impl<S: Store> MemFs<S> {
             return Ok(Settled::DirRemoved);
         }
         let mut fenced = match lock_held {
-            Ok(false) => self.observe_generation(generation),
+            Ok(false) => self.note_generation(generation),
             _ => Err(FsError::Contended), // a namespace operation ran: wait it out first
         };
         for _ in 0..5 {
@@ -397,9 +381,10 @@ impl<S: Store> MemFs<S> {
         {
             return Ok(());
         }
-        let reads = vec![Command::Get(self.keys.dir_generation())];
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
         let key = self.with_ns_lock(reads, |_, mut results| {
-            self.observe_generation(results.reply())?;
+            self.note_generation(results.take(generation))?;
             self.place_created_key(ino, parent, name, &node.data_key)
         })?;
         node.data_key = key;
@@ -424,9 +409,7 @@ impl<S: Store> MemFs<S> {
                 let key = self.keys.file_bytes(ino, rec.mode, &path);
                 let served = key != self.keys.private_data(ino) && rec.chunk_size.is_none();
                 if served && key != old_key {
-                    self.store
-                        .store(StoreOp::Add, &key, b"")
-                        .map_err(|e| FsError::store(&key, e))?;
+                    self.store.store_at(StoreOp::Add, &key, b"")?;
                 }
                 key
             }
@@ -451,7 +434,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
         let link = Link::new(undo.parent, undo.name);
         let undone = retried(|| {
-            self.with_ns_lock(Vec::new(), |_, _| {
+            self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
                 let rec = self.read_inode_opt(undo.ino)?;
                 if rec.as_ref().is_some_and(|(r, _)| r.links != [link.clone()]) {
                     return Ok(()); // moved or linked meanwhile: the inode is someone's now
@@ -582,17 +565,16 @@ impl<S: Store> MemFs<S> {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
         let ekey = self.keys.entry(newparent, newname);
-        let reads = vec![
-            Command::Gets(ekey.clone()),
-            Command::Gets(self.keys.inode(ino)),
-            Command::Get(self.keys.dir_generation()),
-        ];
+        let mut reads = Batch::new();
+        let entry = reads.gets(&ekey);
+        let record = reads.gets(self.keys.inode(ino));
+        let generation = reads.get(self.keys.dir_generation());
         self.with_ns_lock(reads, |guard, mut r| {
-            let entry = r.entry(&ekey, newname)?;
+            let entry = r.entry(entry, newname)?;
             let rec_key = self.keys.inode(ino);
-            let rec = r.value(&rec_key)?.ok_or(FsError::NotFound)?;
+            let rec = r.take(record)?.ok_or(FsError::NotFound)?;
             let mut rec = Inode::decode(&rec_key, &rec.value)?;
-            self.observe_generation(r.reply())?;
+            self.note_generation(r.take(generation))?;
             if rec.kind == Kind::Dir {
                 return Err(FsError::NotPermitted("hard link to a directory"));
             }
@@ -654,7 +636,7 @@ impl<S: Store> MemFs<S> {
         if key == target {
             return Ok(None);
         }
-        match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+        match self.store.get_at(&key)? {
             Some(item) => Ok(Some(Arc::new(item.value))),
             None if rec.size == 0 => Ok(Some(Value::default())),
             None => Err(FsError::missing(&key)),
@@ -669,21 +651,18 @@ impl<S: Store> MemFs<S> {
         check_name(name)?;
         let ekey = self.keys.entry(parent, name);
         let guess = self.meta.known_child(parent, name);
-        let mut reads = vec![
-            Command::Gets(ekey.clone()),
-            Command::Get(self.keys.dir_generation()),
-        ];
-        if let Some(ino) = guess {
-            reads.push(Command::Gets(self.keys.inode(ino)));
-        }
+        let mut reads = Batch::new();
+        let entry = reads.gets(&ekey);
+        let generation = reads.get(self.keys.dir_generation());
+        let guessed = guess.map(|ino| (ino, reads.gets(self.keys.inode(ino))));
         self.with_ns_lock(reads, |guard, mut r| {
-            let entry = r.entry(&ekey, name)?;
-            self.observe_generation(r.reply())?;
+            let entry = r.entry(entry, name)?;
+            self.note_generation(r.take(generation))?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let rec_key = self.keys.inode(ino);
-            let (rec, rec_cas) = match guess {
-                Some(g) if g == ino => {
-                    let item = r.required(&rec_key)?;
+            let (rec, rec_cas) = match guessed {
+                Some((g, record)) if g == ino => {
+                    let item = r.required(record)?;
                     (Inode::decode(&rec_key, &item.value)?, item.cas.unwrap_or(0))
                 }
                 _ => self.read_inode(ino)?,
@@ -718,38 +697,45 @@ impl<S: Store> MemFs<S> {
                 kind: rec.kind,
                 data_keys: data_keys.clone(),
             };
-            let mut batch = vec![
-                self.intent_cmd(guard, intent.clone()),
-                Command::Delete(ekey.clone()),
-            ];
+            let mut batch = Batch::new();
+            let intent_stored = batch.push::<Stored>(self.intent_cmd(guard, intent.clone()));
+            let entry_deleted = batch.delete(&ekey);
             let la = self.log_append_locked(parent, &[(Op::Remove, rec.kind, ino, name)]);
-            batch.extend(self.log_commands(&la));
+            let log = self.log_commands(&la, &mut batch);
             let (touch, now) = self.touch_dir_cmd(parent);
-            batch.push(touch);
-            if last_link {
-                batch.push(Command::Delete(rec_key.clone()));
-                batch.push(Command::Decr {
-                    key: self.keys.inode_count(),
-                    delta: 1,
-                });
+            let touched = batch.push::<Stored>(touch);
+            let record = if last_link {
+                RecordChange::Removed(
+                    batch.delete(&rec_key),
+                    batch.decr(self.keys.inode_count(), 1),
+                )
             } else {
-                batch.push(Command::cas(&rec_key, &rest.encode(), rec_cas));
-            }
-            batch.extend(data_keys.into_iter().map(Command::Delete));
-            let release = if last_link {
-                vec![self.unlock_cmd(guard)]
-            } else {
-                Vec::new()
+                RecordChange::Updated(batch.cas(&rec_key, &rest.encode(), rec_cas))
             };
-            let results = self.execute_in_order(batch, release);
+            let data_deleted: Vec<_> = data_keys.into_iter().map(|k| batch.delete(k)).collect();
+            // (With nothing after it the fence still sends an empty second batch on a pool.)
+            batch.fence();
+            let release = last_link.then(|| batch.push::<Deleted>(self.unlock_cmd(guard)));
+            let mut results = batch.execute(&self.store);
             // The lock's delete, last in the batch, ran only if the batch got that far.
-            let unlocked = last_link && results.last().is_some_and(|r| r.is_ok());
-            let mut results = Replies::new(results);
-            let mut all_done = results.reply().is_ok();
-            all_done &= results.reply().is_ok();
-            all_done &= matches!(self.finish_log(&la, &mut results), Ok(Logged::Done));
-            all_done &=
-                results.all(|r| r.is_ok_and(|r| r != Reply::Exists && r != Reply::NotStored));
+            let unlocked = release.is_some_and(|h| results.take(h).is_ok());
+            let mut all_done = results.take(intent_stored).is_ok();
+            all_done &= results.take(entry_deleted).is_ok();
+            all_done &= matches!(self.finish_log(&la, &mut results, log), Ok(Logged::Done));
+            all_done &= matches!(results.take(touched), Ok(true));
+            all_done &= match record {
+                RecordChange::Removed(deleted, counted) => {
+                    results.take(deleted).is_ok() & results.take(counted).is_ok()
+                }
+                // Gone meanwhile counts as done; changed (a publish) does not.
+                RecordChange::Updated(cas) => {
+                    matches!(results.take(cas), Ok(CasOutcome::Stored | CasOutcome::Gone))
+                }
+            };
+            for deleted in data_deleted {
+                all_done &= results.take(deleted).is_ok();
+            }
+            all_done &= !last_link || unlocked;
             self.note_dir_touched(parent, now);
             if last_link {
                 if let Some(of) = self.open_file(ino) {
@@ -821,7 +807,7 @@ impl<S: Store> MemFs<S> {
         if passed(self.read_dir_seq(dir)?).is_none() {
             return Ok(());
         }
-        self.with_ns_lock(Vec::new(), |_, _| {
+        self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
             let Some(now) = passed(self.read_dir_seq(dir)?) else {
                 return Ok(()); // the directory is gone (or being removed)
             };
@@ -850,12 +836,11 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn read_dir_seq(&self, dir: u64) -> FsResult<Option<DirSeq>> {
         let key = self.keys.dir_seq(dir);
         let base_key = self.keys.dir_base(dir);
-        let mut r = Replies::new(self.store.execute(vec![
-            Command::Gets(key.clone()),
-            Command::Get(base_key.clone()),
-        ]));
-        let seq = r.value(&key)?;
-        let base = r.value(&base_key)?;
+        let mut batch = Batch::new();
+        let (seq, base) = (batch.gets(key), batch.get(&base_key));
+        let mut r = batch.execute(&self.store);
+        let seq = r.take(seq)?;
+        let base = r.take(base)?;
         let base = LogBase::decode(&base_key, base.as_ref().map(|b| &b.value[..]))?;
         Ok(seq.map(|i| DirSeq {
             seq: parse_number(&i.value),
@@ -866,38 +851,34 @@ impl<S: Store> MemFs<S> {
 
     /// Deletes an inode's record and, for a directory, its log keys.
     pub(crate) fn delete_inode_keys(&self, ino: u64, kind: Kind, last_seq: u64) -> FsResult<()> {
-        let key = self.keys.inode(ino);
-        let mut batch = vec![
-            Command::Delete(key.clone()),
-            Command::Decr {
-                key: self.keys.inode_count(),
-                delta: 1,
-            },
-        ];
+        let mut batch = Batch::new();
+        let record = batch.delete(self.keys.inode(ino));
+        let counted = batch.decr(self.keys.inode_count(), 1);
+        let mut deleted = Vec::new();
         if kind == Kind::File {
-            batch.push(Command::Delete(self.keys.private_data(ino)));
+            deleted.push(batch.delete(self.keys.private_data(ino)));
         }
         if kind == Kind::Dir {
             // The log from its base: its snapshot and chunks (the base key goes with them).
             let base_key = self.keys.dir_base(ino);
-            let item = self
-                .store
-                .get(&base_key)
-                .map_err(|e| FsError::store(&base_key, e))?;
+            let item = self.store.get_at(&base_key)?;
             let base =
                 LogBase::decode(&base_key, item.as_ref().map(|b| &b.value[..])).unwrap_or_default();
-            batch.push(Command::Delete(self.keys.dir_seq(ino)));
-            batch.push(Command::Delete(self.keys.dir_mtime(ino)));
-            batch.extend(
-                self.keys
-                    .dir_log_keys(ino, base, last_seq + self.keys.log_chunk_records())
-                    .into_iter()
-                    .map(Command::Delete),
-            );
-            batch.push(Command::Delete(base_key));
+            deleted.push(batch.delete(self.keys.dir_seq(ino)));
+            deleted.push(batch.delete(self.keys.dir_mtime(ino)));
+            for key in self
+                .keys
+                .dir_log_keys(ino, base, last_seq + self.keys.log_chunk_records())
+            {
+                deleted.push(batch.delete(key));
+            }
+            deleted.push(batch.delete(base_key));
         }
-        for r in self.store.execute(batch) {
-            r.map_err(|e| FsError::store(&key, e))?;
+        let mut results = batch.execute(&self.store);
+        results.take(record)?;
+        results.take(counted)?;
+        for key in deleted {
+            results.take(key)?;
         }
         self.meta.forget_removed_dir(ino);
         if let Some(of) = self.open_file(ino) {
@@ -912,9 +893,10 @@ impl<S: Store> MemFs<S> {
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let ekey = self.keys.entry(parent, name);
-        let reads = vec![Command::Gets(ekey.clone())];
+        let mut reads = Batch::new();
+        let entry = reads.gets(&ekey);
         self.with_ns_lock(reads, |guard, mut results| {
-            let entry = results.entry(&ekey, name)?;
+            let entry = results.entry(entry, name)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let (rec, _) = self.read_inode(ino)?;
             if rec.kind != Kind::Dir {
@@ -956,7 +938,11 @@ impl<S: Store> MemFs<S> {
     /// Under the namespace lock, so no rename or chmod changes the answer between the check
     /// and the delete. If that fails, the keys are kept for the heartbeat to retry.
     pub(crate) fn delete_keys_outside_tree(&self, keys: &[Vec<u8>]) -> FsResult<()> {
-        let deleted = retried(|| self.with_ns_lock(Vec::new(), |_, _| self.delete_unreached(keys)));
+        let deleted = retried(|| {
+            self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
+                self.delete_unreached(keys)
+            })
+        });
         if deleted.is_err() {
             lock(&self.stale_keys).extend(keys.iter().cloned());
         }
@@ -967,7 +953,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         for key in keys {
             if !self.holds_bytes_of_a_name(key)? {
-                self.store.delete(key).map_err(|e| FsError::store(key, e))?;
+                self.store.delete_at(key)?;
             }
         }
         Ok(())
@@ -1023,6 +1009,13 @@ impl<S: Store> MemFs<S> {
     }
 }
 
+/// How an unlink changes the inode's record: deleted with the last name (and the inode
+/// count lowered), or `cas`ed without the name.
+enum RecordChange {
+    Removed(Handle<Deleted>, Handle<Counted>),
+    Updated(Handle<Cas>),
+}
+
 /// How a create's fence settled ([`MemFs::settle_create_fence`]).
 pub(crate) enum Settled {
     Done,
@@ -1030,10 +1023,18 @@ pub(crate) enum Settled {
     DirRemoved,
 }
 
+/// Where the replies to [`MemFs::create_fence_cmds`] are.
+pub(crate) struct FenceReads {
+    lock: Handle<Got>,
+    generation: Handle<Got>,
+    base: Handle<Got>,
+    seq: Handle<Got>,
+}
+
 /// What a create read after its writes ([`MemFs::create_fence_cmds`]).
 pub(crate) struct CreateFence {
     lock_held: FsResult<bool>,
-    generation: CmdResult,
+    generation: FsResult<Option<Item>>,
     base: FsResult<LogBase>,
     /// The directory's sequence, read last, was fenced (`removed`) or gone.
     dir_removed: bool,

@@ -16,14 +16,14 @@
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use memfis_memcache::{CmdResult, Command, Reply, Store, StoreOp};
+use memfis_memcache::{Command, Reply, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
+use crate::batch::{Batch, Handle, Replies, StoreAt, Stored};
 use crate::fs::MemFs;
 use crate::intent::Intent;
 use crate::record::{FormatRecord, random_id};
-use crate::replies::Replies;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -73,11 +73,11 @@ impl<S: Store> MemFs<S> {
     /// If `op` fails after storing an intent, the intent is completed before returning.
     pub(crate) fn with_ns_lock<T>(
         &self,
-        reads: Vec<Command>,
+        reads: Batch,
         op: impl FnOnce(&mut NsLock<'_>, Replies) -> FsResult<T>,
     ) -> FsResult<T> {
         let (mut guard, results) = self.acquire(reads)?;
-        let result = op(&mut guard, Replies::new(results));
+        let result = op(&mut guard, results);
         if guard.released {
             return result;
         }
@@ -165,12 +165,12 @@ impl<S: Store> MemFs<S> {
         intent: &Intent,
         first: Vec<Command>,
     ) -> FsResult<Vec<bool>> {
-        let keys: Vec<Vec<u8>> = first.iter().map(|c| c.key().to_vec()).collect();
-        let mut batch = vec![self.intent_cmd(guard, intent.clone())];
-        batch.extend(first);
-        let mut results = Replies::new(self.store.execute(batch));
-        results.done(&self.keys.ns_lock())?;
-        keys.iter().map(|key| results.stored(key)).collect()
+        let mut batch = Batch::new();
+        let stored_intent = batch.push::<Stored>(self.intent_cmd(guard, intent.clone()));
+        let firsts: Vec<Handle<Stored>> = first.into_iter().map(|c| batch.push(c)).collect();
+        let mut results = batch.execute(&self.store);
+        results.take(stored_intent)?;
+        firsts.into_iter().map(|h| results.take(h)).collect()
     }
 
     /// Stores the guard's intent in the lock again (before completing it after a failed
@@ -182,9 +182,8 @@ impl<S: Store> MemFs<S> {
         let cmd = self.intent_cmd(guard, intent);
         crate::fs::retried(|| {
             self.store
-                .run(cmd.clone())
+                .run_at::<Stored>(&self.keys.ns_lock(), cmd.clone())
                 .map(drop)
-                .map_err(|e| FsError::store(&self.keys.ns_lock(), e))
         })
     }
 
@@ -240,7 +239,7 @@ impl<S: Store> MemFs<S> {
         taken
     }
 
-    fn acquire(&self, reads: Vec<Command>) -> FsResult<(NsLock<'_>, Vec<CmdResult>)> {
+    fn acquire(&self, reads: Batch) -> FsResult<(NsLock<'_>, Replies)> {
         let local = lock(&self.ns_local);
         let owner = format!("{}/{}", self.mount_id, random_id());
         let value = serde_json::to_vec(&LockValue {
@@ -252,7 +251,7 @@ impl<S: Store> MemFs<S> {
         let mut waiter = Waiter::new(self.cfg.lock_backoff);
         loop {
             let mut batch = vec![Command::store(StoreOp::Add, &key, &value)];
-            batch.extend(reads.iter().cloned());
+            batch.extend(reads.commands().iter().cloned());
             let mut results = self.store.execute(batch);
             let rest = results.split_off(1);
             match results.pop().expect("one result per command") {
@@ -265,7 +264,7 @@ impl<S: Store> MemFs<S> {
                         released: false,
                         intent: None,
                     };
-                    return Ok((guard, rest));
+                    return Ok((guard, reads.answered(rest)));
                 }
                 Ok(_) => self.resolve_holder(&mut waiter)?,
                 Err(e) => {
@@ -286,7 +285,7 @@ impl<S: Store> MemFs<S> {
         let key = self.keys.ns_lock();
         let mut waiter = Waiter::new(self.cfg.lock_backoff);
         loop {
-            match self.store.get(&key).map_err(|e| FsError::store(&key, e))? {
+            match self.store.get_at(&key)? {
                 None => return Ok(()),
                 Some(_) => self.resolve_holder(&mut waiter)?,
             }
@@ -296,7 +295,7 @@ impl<S: Store> MemFs<S> {
     /// The lock is held: wait for a live owner, or complete a dead owner's intent.
     fn resolve_holder(&self, waiter: &mut Waiter) -> FsResult<()> {
         let key = self.keys.ns_lock();
-        let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+        let Some(item) = self.store.gets_at(&key)? else {
             return Ok(()); // released meanwhile
         };
         let held: LockValue = serde_json::from_slice(&item.value)
@@ -304,11 +303,7 @@ impl<S: Store> MemFs<S> {
         let mine_left_over = lock(&self.leftover).contains(&held.owner);
         if !mine_left_over {
             let alive_key = self.keys.alive(held.mount());
-            let alive = self
-                .store
-                .get(&alive_key)
-                .map_err(|e| FsError::store(&alive_key, e))?
-                .is_some();
+            let alive = self.store.get_at(&alive_key)?.is_some();
             if alive {
                 return waiter.wait();
             }
@@ -396,27 +391,23 @@ impl<S: Store> MemFs<S> {
         let alive = self.keys.alive(&self.mount_id);
         let format = self.keys.format();
         let sent = std::time::Instant::now();
-        let results = self.store.inner().execute(vec![
-            // Whether the key was still there: a lapse may have cost this mount's file locks.
-            Command::Touch {
-                key: alive.clone(),
-                exptime: ALIVE_SECS,
-            },
-            Command::Store {
-                op: StoreOp::Set,
-                key: alive.clone(),
-                value: std::sync::Arc::new(b"1".to_vec()),
-                flags: 0,
-                exptime: ALIVE_SECS,
-            },
-            Command::Get(format.clone()),
-        ]);
-        let mut results = Replies::new(results);
-        let touched = matches!(results.reply(), Ok(Reply::Touched));
-        results.done(&alive)?;
+        let mut batch = Batch::new();
+        // Whether the key was still there: a lapse may have cost this mount's file locks.
+        let touched = batch.touch(&alive, ALIVE_SECS);
+        let refreshed = batch.push::<Stored>(Command::Store {
+            op: StoreOp::Set,
+            key: alive,
+            value: std::sync::Arc::new(b"1".to_vec()),
+            flags: 0,
+            exptime: ALIVE_SECS,
+        });
+        let format_read = batch.get(format);
+        let mut results = batch.execute(self.store.inner());
+        let touched = matches!(results.take(touched), Ok(true));
+        results.take(refreshed)?;
         self.note_liveness(touched);
         self.store.lease.refreshed(sent);
-        let found = results.value(&format)?;
+        let found = results.take(format_read)?;
         let same = found
             .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
             .is_some_and(|rec| rec.store_id == self.store_id);
@@ -437,7 +428,7 @@ impl<S: Store> MemFs<S> {
         // An operation whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {
-            self.with_ns_lock(Vec::new(), |guard, _| {
+            self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
                 guard.intent = Some(intent.clone());
                 self.complete(&intent)
             })?;

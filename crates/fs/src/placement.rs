@@ -16,11 +16,12 @@
 use memfis_memcache::{Command, Store, StoreOp};
 
 use crate::attr::SetAttr;
+use crate::batch::{Batch, Cas, StoreAt};
 use crate::fs::{CAS_RETRIES, MemFs};
 use crate::intent::Intent;
 use crate::keys::is_public;
 use crate::record::{Inode, Kind};
-use crate::replies::{CasOutcome, Replies, cas_outcome, value_of};
+use crate::replies::{CasOutcome, value_of};
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {
@@ -34,7 +35,7 @@ impl<S: Store> MemFs<S> {
     /// setattr of a file whose bytes may move (see the module comment).
     pub(crate) fn setattr_moving_bytes(&self, ino: u64, set: &SetAttr) -> FsResult<()> {
         let key = self.keys.inode(ino);
-        self.with_ns_lock(Vec::new(), |guard, _| {
+        self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
             for _ in 0..CAS_RETRIES {
                 let (old, cas) = self.read_live_inode(ino)?;
                 let mut rec = old.clone();
@@ -44,7 +45,7 @@ impl<S: Store> MemFs<S> {
                 let first = Command::cas(&key, &value, cas);
                 if !Self::changes_visibility(&old, set) {
                     // Another mount changed the mode meanwhile: nothing moves after all.
-                    match cas_outcome(&key, self.store.run(first))? {
+                    match self.store.run_at::<Cas>(&key, first)? {
                         CasOutcome::Stored => {
                             self.adopt(ino, &rec);
                             return Ok(());
@@ -95,13 +96,12 @@ impl<S: Store> MemFs<S> {
         // record. (Keys at stale paths hold nothing: the bytes would stay served, and the
         // private key would never be written.)
         let ikey = self.keys.inode(ino);
-        let reads = vec![
-            Command::Get(self.keys.dir_generation()),
-            Command::Gets(ikey.clone()),
-        ];
-        let mut r = Replies::new(self.store.execute(reads));
-        self.observe_generation(r.reply())?;
-        let Some(item) = r.value(&ikey)? else {
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
+        let record = reads.gets(&ikey);
+        let mut r = reads.execute(&self.store);
+        self.note_generation(r.take(generation))?;
+        let Some(item) = r.take(record)? else {
             return Ok(()); // removed meanwhile, with its keys
         };
         let rec = Inode::decode(&ikey, &item.value)?;

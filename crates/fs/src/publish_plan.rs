@@ -59,13 +59,6 @@ pub(crate) struct PublishPlan {
     pub left: Vec<Vec<u8>>,
 }
 
-impl PublishPlan {
-    /// The keys the round writes.
-    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
-        self.writes.iter().map(|(k, _)| k)
-    }
-}
-
 /// The keys a round writes: every key of the record to publish if the buffer is to publish,
 /// none otherwise (only the record goes).
 fn written_keys<'k>(of: &OpenFile, keys: &'k RoundKeys) -> &'k [Vec<u8>] {

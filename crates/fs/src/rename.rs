@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
+use crate::batch::{Batch, StoreAt};
 use crate::dirlog::Op;
 use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
 use crate::intent::{Intent, RenameIntent};
@@ -58,15 +59,14 @@ impl<S: Store> MemFs<S> {
         check_name(newname)?;
         let skey = self.keys.entry(parent, name);
         let dkey = self.keys.entry(newparent, newname);
-        let reads = vec![
-            Command::Gets(skey.clone()),
-            Command::Gets(dkey.clone()),
-            Command::Get(self.keys.dir_generation()),
-        ];
+        let mut reads = Batch::new();
+        let src = reads.gets(&skey);
+        let dst = reads.gets(&dkey);
+        let generation = reads.get(self.keys.dir_generation());
         self.with_ns_lock(reads, |guard, mut r| {
-            let mut src = r.entry(&skey, name)?;
-            let mut dst = r.entry(&dkey, newname)?;
-            self.observe_generation(r.reply())?;
+            let mut src = r.entry(src, name)?;
+            let mut dst = r.entry(dst, newname)?;
+            self.note_generation(r.take(generation))?;
             // The kernel may name a destination directory another mount removed: its intent
             // could never be completed (its log is gone) and would hold the lock for good.
             // Under the lock a live directory stays live, so one look suffices.
@@ -289,9 +289,7 @@ impl<S: Store> MemFs<S> {
             _ => false,
         };
         if !overwritten {
-            self.store
-                .delete(&served)
-                .map_err(|e| FsError::store(&served, e))?;
+            self.store.delete_at(&served)?;
         }
         Ok(())
     }
@@ -338,15 +336,8 @@ impl<S: Store> MemFs<S> {
     /// Counts a directory rename (`PREFIX%dirgen`): mounts drop their cached paths.
     fn bump_dir_generation(&self) -> FsResult<()> {
         let key = self.keys.dir_generation();
-        if self
-            .store
-            .incr(&key, 1)
-            .map_err(|e| FsError::store(&key, e))?
-            .is_none()
-        {
-            self.store
-                .store(StoreOp::Add, &key, b"1")
-                .map_err(|e| FsError::store(&key, e))?;
+        if self.store.incr_at(&key, 1)?.is_none() {
+            self.store.store_at(StoreOp::Add, &key, b"1")?;
         }
         Ok(())
     }
@@ -355,7 +346,7 @@ impl<S: Store> MemFs<S> {
     fn mark_exchange_data_done(&self) -> FsResult<()> {
         let key = self.keys.ns_lock();
         for _ in 0..CAS_RETRIES {
-            let Some(item) = self.store.gets(&key).map_err(|e| FsError::store(&key, e))? else {
+            let Some(item) = self.store.gets_at(&key)? else {
                 return Ok(());
             };
             let mut held: LockValue = serde_json::from_slice(&item.value)

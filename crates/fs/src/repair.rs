@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Store, StoreOp};
 use tracing::{info, warn};
 
+use crate::batch::StoreAt;
 use crate::check::{CheckOptions, Fault, Problem, Report, check_as, check_with};
 use crate::dirlog::{self, LogBase, Op};
 use crate::fs::{MemFs, join};
@@ -70,7 +71,7 @@ impl<S: Store> MemFs<S> {
     pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
         let mut repaired = Vec::new();
         for pass in 1..=PASSES {
-            let report = self.with_ns_lock(Vec::new(), |guard, _| {
+            let report = self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
                 // Operations of gone mounts completed when this mount opened the store, or
                 // when it took the lock: each is a change repair made.
                 self.note_rolled_forward(&mut repaired);
@@ -236,26 +237,15 @@ impl<S: Store> Fixer<'_, S> {
     }
 
     fn add(&self, key: &[u8], value: &[u8]) -> FsResult<bool> {
-        self.fs
-            .store
-            .store(StoreOp::Add, key, value)
-            .map_err(|e| FsError::store(key, e))
+        self.fs.store.store_at(StoreOp::Add, key, value)
     }
 
     fn delete(&self, key: &[u8]) -> FsResult<bool> {
-        self.fs
-            .store
-            .delete(key)
-            .map_err(|e| FsError::store(key, e))
+        self.fs.store.delete_at(key)
     }
 
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        Ok(self
-            .fs
-            .store
-            .get(key)
-            .map_err(|e| FsError::store(key, e))?
-            .map(|i| i.value))
+        Ok(self.fs.store.get_at(key)?.map(|i| i.value))
     }
 
     /// A data key's bytes; a value flagged gzip that does not decompress counts as none (its
@@ -451,9 +441,7 @@ impl<S: Store> Fixer<'_, S> {
                     match dirlog::replay(&key, &chunk, &mut state) {
                         Ok(()) => names.extend(state.listing().into_keys()),
                         Err(_) => {
-                            fs.store
-                                .store(StoreOp::Set, &key, b"")
-                                .map_err(|e| FsError::store(&key, e))?;
+                            fs.store.store_at(StoreOp::Set, &key, b"")?;
                             self.note(&path, &key, "emptied a malformed log piece");
                         }
                     }
@@ -557,9 +545,7 @@ impl<S: Store> Fixer<'_, S> {
             let size = bytes.len() as u64;
             for (k, p) in &names {
                 if self.bytes(k)?.as_deref() != Some(bytes.as_slice()) {
-                    fs.store
-                        .store(StoreOp::Set, k, &bytes)
-                        .map_err(|e| FsError::store(k, e))?;
+                    fs.store.store_at(StoreOp::Set, k, &bytes)?;
                     self.note(
                         p,
                         k,
@@ -588,9 +574,7 @@ impl<S: Store> Fixer<'_, S> {
             if let Some(bytes) = self.bytes(&other_key)?
                 && bytes.len() as u64 == rec.size
             {
-                fs.store
-                    .store(StoreOp::Set, &key, &bytes)
-                    .map_err(|e| FsError::store(&key, e))?;
+                fs.store.store_at(StoreOp::Set, &key, &bytes)?;
                 let what = format!("data key copied from {}", text(&other_path));
                 self.note(&path, &key, what);
                 return Ok(());
@@ -598,9 +582,7 @@ impl<S: Store> Fixer<'_, S> {
         }
         if rec.size == 0 {
             // (set: an undecodable value may be there)
-            fs.store
-                .store(StoreOp::Set, &key, b"")
-                .map_err(|e| FsError::store(&key, e))?;
+            fs.store.store_at(StoreOp::Set, &key, b"")?;
             self.note(&path, &key, "made the missing data key of an empty file");
             return Ok(());
         }
@@ -637,10 +619,7 @@ impl<S: Store> Fixer<'_, S> {
         match self.get(&key)?.as_deref().and_then(parse_number) {
             Some(n) if n >= max_ino => return Ok(()),
             Some(n) => {
-                self.fs
-                    .store
-                    .incr(&key, max_ino - n + margin)
-                    .map_err(|e| FsError::store(&key, e))?;
+                self.fs.store.incr_at(&key, max_ino - n + margin)?;
             }
             None => {
                 self.fs

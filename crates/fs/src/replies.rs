@@ -1,68 +1,12 @@
-//! Typed reading of a batch's replies. `Store::execute` answers one result per command, in
-//! command order; [`Replies`] hands them out one at a time as what each command was for (a
-//! value, a required record, an entry, a store that may be refused), naming the key on error.
+//! Decoding single replies: a get's value, a `cas`, a directory entry, a counter. Batches
+//! read their replies by handle (`batch.rs`); these serve single commands (`Store::run`) and
+//! sweeps that zip keys with results, through the same conversion (`batch::read`).
 
-use memfis_memcache::{CmdResult, Item, Reply};
+use memfis_memcache::{CmdResult, Item};
 
+use crate::batch;
+pub(crate) use crate::batch::CasOutcome;
 use crate::{FsError, FsResult};
-
-/// The replies of one batch, read in command order.
-pub(crate) struct Replies(std::vec::IntoIter<CmdResult>);
-
-impl Replies {
-    pub fn new(results: Vec<CmdResult>) -> Self {
-        Replies(results.into_iter())
-    }
-
-    /// The reply to the next command. Asking for more replies than commands sent is a bug in
-    /// the caller, not a store condition.
-    pub fn reply(&mut self) -> CmdResult {
-        self.0.next().expect("one reply per command of the batch")
-    }
-
-    /// The next reply as a get's value (`None`: no such key).
-    pub fn value(&mut self, key: &[u8]) -> FsResult<Option<Item>> {
-        value_of(key, self.reply())
-    }
-
-    /// The next reply as a get of a key that must exist: missing is EIO naming it.
-    pub fn required(&mut self, key: &[u8]) -> FsResult<Item> {
-        self.value(key)?.ok_or_else(|| FsError::missing(key))
-    }
-
-    /// The next reply as a gets of the entry key `key` of `name`.
-    pub fn entry(&mut self, key: &[u8], name: &[u8]) -> FsResult<EntrySlot> {
-        entry_slot(key, name, self.reply())
-    }
-
-    /// The next reply as a storage command: `true` stored, `false` refused.
-    pub fn stored(&mut self, key: &[u8]) -> FsResult<bool> {
-        stored(key, self.reply())
-    }
-
-    /// The next reply, any answer but an error counting as done.
-    pub fn done(&mut self, key: &[u8]) -> FsResult<()> {
-        self.reply().map(drop).map_err(|e| FsError::store(key, e))
-    }
-
-    /// The next reply as a `cas`.
-    pub fn cas(&mut self, key: &[u8]) -> FsResult<CasOutcome> {
-        cas_outcome(key, self.reply())
-    }
-
-    /// The next `n` replies, unread.
-    pub fn raw(&mut self, n: usize) -> Vec<CmdResult> {
-        self.0.by_ref().take(n).collect()
-    }
-}
-
-impl Iterator for Replies {
-    type Item = CmdResult;
-
-    fn next(&mut self) -> Option<CmdResult> {
-        self.0.next()
-    }
-}
 
 /// A directory entry as read from the store: the child's inode (or `None` once removed) and
 /// the cas token to change it.
@@ -77,41 +21,7 @@ pub(crate) struct EntrySlot {
 
 /// Maps a batch result to the value of a get, naming the key on failure.
 pub(crate) fn value_of(key: &[u8], r: CmdResult) -> FsResult<Option<Item>> {
-    match r {
-        Ok(Reply::Value(v)) => Ok(v),
-        Ok(other) => Err(FsError::corrupt(key, format!("unexpected reply {other:?}"))),
-        Err(e) => Err(FsError::store(key, e)),
-    }
-}
-
-/// Maps a batch result of a storage command: `Ok(true)` stored, `Ok(false)` refused.
-pub(crate) fn stored(key: &[u8], r: CmdResult) -> FsResult<bool> {
-    match r {
-        Ok(Reply::Stored) => Ok(true),
-        Ok(_) => Ok(false),
-        Err(e) => Err(FsError::store(key, e)),
-    }
-}
-
-/// What a `cas` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CasOutcome {
-    Stored,
-    /// Another writer changed the item since it was read: read again and retry.
-    Changed,
-    /// The item is gone.
-    Gone,
-}
-
-/// Maps the result of a `cas`, naming the key on failure.
-pub(crate) fn cas_outcome(key: &[u8], r: CmdResult) -> FsResult<CasOutcome> {
-    match r {
-        Ok(Reply::Stored) => Ok(CasOutcome::Stored),
-        Ok(Reply::Exists) => Ok(CasOutcome::Changed),
-        Ok(Reply::NotFound) => Ok(CasOutcome::Gone),
-        Ok(other) => Err(FsError::corrupt(key, format!("cas got {other:?}"))),
-        Err(e) => Err(FsError::store(key, e)),
-    }
+    batch::read::<batch::Got>(key, r)
 }
 
 /// A decimal counter value (sequence keys, inode counters).
@@ -122,7 +32,12 @@ pub(crate) fn parse_number(value: &[u8]) -> Option<u64> {
 /// Decodes the reply to a `gets` of the entry key `key` of `name`. A hashed key's value
 /// carries the name it belongs to: another name's entry reads as none, with `taken_by` set.
 pub(crate) fn entry_slot(key: &[u8], name: &[u8], r: CmdResult) -> FsResult<EntrySlot> {
-    let Some(item) = value_of(key, r)? else {
+    decode_entry(key, name, value_of(key, r)?)
+}
+
+/// Decodes what a `gets` of the entry key `key` of `name` found.
+pub(crate) fn decode_entry(key: &[u8], name: &[u8], item: Option<Item>) -> FsResult<EntrySlot> {
+    let Some(item) = item else {
         return Ok(EntrySlot {
             ino: None,
             cas: None,

@@ -7,6 +7,7 @@
 
 use memfis_memcache::Store;
 
+use crate::batch::StoreAt;
 use crate::dirlog::Op;
 use crate::fs::MemFs;
 use crate::intent::Intent;
@@ -147,7 +148,7 @@ impl<S: Store> MemFs<S> {
             if name_taken && !key.starts_with(&private) {
                 continue;
             }
-            self.store.delete(key).map_err(|e| FsError::store(key, e))?;
+            self.store.delete_at(key)?;
         }
         Ok(())
     }

@@ -9,9 +9,9 @@ use tracing::{error, warn};
 
 use super::table::{Entry, Owner, Request, Table};
 use super::{EMPTY_LIST_SECS, LocalLocks};
+use crate::batch::{Batch, StoreAt, Stored};
 use crate::fs::{CAS_RETRIES, MemFs};
 use crate::record::Inode;
-use crate::replies::Replies;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -100,7 +100,7 @@ impl<S: Store> MemFs<S> {
                         .cloned()
                         .collect();
                     if !blocking.is_empty() && !fresh {
-                        current = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+                        current = self.store.gets_at(&key)?;
                         fresh = true;
                         continue;
                     }
@@ -116,21 +116,19 @@ impl<S: Store> MemFs<S> {
                 }
             };
             // The list again after the write: on a refusal it is what to work from.
-            let mut batch = vec![write, Command::Gets(key.clone())];
-            if in_order {
-                batch.push(Command::Gets(ikey.clone()));
-            }
-            let mut r = Replies::new(self.store.execute(batch));
-            let stored = r.stored(&key)?;
-            let after = r.value(&key)?;
+            let mut batch = Batch::new();
+            let stored = batch.push::<Stored>(write);
+            let after = batch.gets(&key);
+            let record = in_order.then(|| batch.gets(&ikey));
+            let mut r = batch.execute(&self.store);
+            let stored = r.take(stored)?;
+            let after = r.take(after)?;
             self.locks.remember(ino, after.clone());
             if stored {
-                let record = if in_order {
-                    r.value(&ikey)?
+                let record = if let Some(record) = record {
+                    r.take(record)?
                 } else {
-                    self.store
-                        .gets(&ikey)
-                        .map_err(|e| FsError::store(&ikey, e))?
+                    self.store.gets_at(&ikey)?
                 };
                 lock(&self.locks.held)
                     .entry(ino)
@@ -154,7 +152,7 @@ impl<S: Store> MemFs<S> {
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
     pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
         let key = self.keys.lock_table(ino);
-        let found = self.store.gets(&key).map_err(|e| FsError::store(&key, e))?;
+        let found = self.store.gets_at(&key)?;
         self.locks.remember(ino, found.clone());
         let Some(item) = found else {
             return Ok(None);
@@ -285,7 +283,7 @@ impl<S: Store> MemFs<S> {
         // under the stripe): if it says there is nothing to change, there is nothing.
         let mut item = match self.locks.seen(ino) {
             Some(item) => Some(item),
-            None => self.store.gets(&key).map_err(|e| FsError::store(&key, e))?,
+            None => self.store.gets_at(&key)?,
         };
         for _ in 0..CAS_RETRIES {
             let Some(it) = item else {
@@ -301,9 +299,12 @@ impl<S: Store> MemFs<S> {
             }
             let exptime = if list.is_empty() { EMPTY_LIST_SECS } else { 0 };
             let cas = Command::cas_expiring(&key, &list.encode(), it.cas.unwrap_or(0), exptime);
-            let mut r = Replies::new(self.store.execute(vec![cas, Command::Gets(key.clone())]));
-            let stored = r.stored(&key)?;
-            let after = r.value(&key)?;
+            let mut batch = Batch::new();
+            let stored = batch.push::<Stored>(cas);
+            let after = batch.gets(&key);
+            let mut r = batch.execute(&self.store);
+            let stored = r.take(stored)?;
+            let after = r.take(after)?;
             self.locks.remember(ino, after.clone());
             if stored {
                 if !list.holds(who) {
@@ -359,18 +360,19 @@ impl<S: Store> MemFs<S> {
         if unknown.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<Vec<u8>> = unknown.iter().map(|m| self.keys.alive(m)).collect();
-        let mut r = Replies::new(
-            self.store
-                .execute(keys.iter().map(|k| Command::Get(k.clone())).collect()),
-        );
+        let mut batch = Batch::new();
+        let alive: Vec<_> = unknown
+            .iter()
+            .map(|m| batch.get(self.keys.alive(m)))
+            .collect();
+        let mut r = batch.execute(&self.store);
         let mut gone = Vec::new();
         let mut seen = lock(&self.locks.alive_seen);
         if seen.len() > 4096 {
             seen.retain(|_, t| now.duration_since(*t) <= ALIVE_TRUST);
         }
-        for (mount, key) in unknown.into_iter().zip(&keys) {
-            if r.value(key)?.is_some() {
+        for (mount, alive) in unknown.into_iter().zip(alive) {
+            if r.take(alive)?.is_some() {
                 seen.insert(mount, now);
             } else {
                 warn!(
