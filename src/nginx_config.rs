@@ -543,9 +543,13 @@ fn refused_locations(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
     )?;
     writeln!(
         b,
-        "location ~* \"\\.({})(~|\\.(bak|old|orig|save|dist|tmp|swp))$\" {{",
+        "location ~* \"\\.({})(~|_|\\.|\\.(bak|old|orig|save|dist|tmp|swp|swo|swx|backup|copy|\\d+)~?)$\" {{",
         backed_up.join("|")
     )?;
+    writeln!(b, "    return 403;")?;
+    writeln!(b, "}}\n")?;
+    writeln!(b, "# An editor's autosave (`#name#`), whatever it saves.")?;
+    writeln!(b, "location ~ \"/#[^/]*#$\" {{")?;
     writeln!(b, "    return 403;")?;
     writeln!(b, "}}\n")?;
 
