@@ -225,8 +225,8 @@ pub struct NginxConfigArgs {
     /// [default: from the prefix, e.g. www_example_com].
     #[arg(long)]
     pub name: Option<String>,
-    /// Another extension of scripts, run by --php-fpm (refused without it), never served as
-    /// bytes; repeatable. php always is one; phtml, pht, php3-php8, phar, phps and inc are
+    /// Another extension of scripts, run by --php-fpm (answered 403 without a backend), never
+    /// served as bytes; repeatable (php-fpm's pool must allow it: security.limit_extensions). php always is one; phtml, pht, php3-php8, phar, phps and inc are
     /// refused (403) unless named here.
     #[arg(long = "script-ext", value_delimiter = ',')]
     pub script_exts: Vec<String>,

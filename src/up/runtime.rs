@@ -65,6 +65,8 @@ impl RuntimeDir {
         dir.empty()?;
         std::fs::create_dir(dir.path.join("mnt"))
             .with_context(|| format!("creating {}/mnt", dir.path.display()))?;
+        // Rewritten only now: a run refused above changes nothing of the directory.
+        dir.lock.set_len(0)?;
         std::io::Write::write_all(&mut &dir.lock, b"made by memfis up\n")?;
         Ok(dir)
     }
@@ -158,7 +160,6 @@ fn lock_marker(dir: &Path) -> Result<File> {
         if std::fs::symlink_metadata(&marker)
             .is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino())
         {
-            file.set_len(0)?;
             return Ok(file);
         }
     }
