@@ -951,6 +951,11 @@ impl<S: Store> MemFs<S> {
 
     /// [`Self::delete_keys_outside_tree`] for a caller that holds the lock.
     pub(crate) fn delete_unreached(&self, keys: &[Vec<u8>]) -> FsResult<()> {
+        // Whether a name reaches a key is worked out with this mount's cached directory paths:
+        // current only once the directory-rename count is read (no directory moves while the
+        // lock is held). A stale path would miss the file now at the key and delete its bytes.
+        let generation = self.keys.dir_generation();
+        self.observe_generation(self.store.run(Command::Get(generation)))?;
         for key in keys {
             if !self.holds_bytes_of_a_name(key)? {
                 self.store.delete_at(key)?;
