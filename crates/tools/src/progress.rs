@@ -39,3 +39,20 @@ pub enum Would<'a> {
     /// Remove a name (a directory with everything below it).
     Remove(&'a Path),
 }
+
+/// The per-path errors of a load or an export: told to the progress as they happen, kept
+/// for the summary.
+#[derive(Default)]
+pub(crate) struct Errors(std::sync::Mutex<Vec<String>>);
+
+impl Errors {
+    pub(crate) fn note(&self, progress: &dyn Progress, path: &Path, what: impl std::fmt::Display) {
+        let line = format!("{}: {what}", path.display());
+        progress.error(&line);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    pub(crate) fn into_lines(self) -> Vec<String> {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}

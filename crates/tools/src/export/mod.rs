@@ -12,7 +12,6 @@ mod local;
 mod walk;
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -57,13 +56,13 @@ pub fn export<S: Store>(
         progress,
         files: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
-        errors: Mutex::new(Vec::new()),
+        errors: Default::default(),
     };
     ex.export_tree(ino, dest, top_attr);
     Ok(ExportSummary {
         files: ex.files.load(Ordering::Relaxed),
         bytes: ex.bytes.load(Ordering::Relaxed),
-        errors: ex.errors.into_inner().unwrap_or_else(|p| p.into_inner()),
+        errors: ex.errors.into_lines(),
     })
 }
 
@@ -73,16 +72,11 @@ struct Exporter<'a, S: Store> {
     progress: &'a dyn Progress,
     files: AtomicU64,
     bytes: AtomicU64,
-    errors: Mutex<Vec<String>>,
+    errors: crate::progress::Errors,
 }
 
 impl<S: Store> Exporter<'_, S> {
     fn error(&self, path: &Path, what: impl std::fmt::Display) {
-        let line = format!("{}: {what}", path.display());
-        self.progress.error(&line);
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        self.errors.note(self.progress, path, what);
     }
 }

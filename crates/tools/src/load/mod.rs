@@ -80,7 +80,7 @@ pub fn load<S: Store>(
         opts,
         progress,
         counts: Counts::default(),
-        errors: Mutex::new(Vec::new()),
+        errors: Default::default(),
         full: AtomicBool::new(false),
         budget: Budget::new(budget::IN_FLIGHT_BYTES),
     };
@@ -93,10 +93,7 @@ pub fn load<S: Store>(
         skipped: c.skipped.load(Ordering::Relaxed),
         other: c.other.load(Ordering::Relaxed),
         removed: c.removed.load(Ordering::Relaxed),
-        errors: loader
-            .errors
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner()),
+        errors: loader.errors.into_lines(),
         full: loader.full.load(Ordering::Relaxed),
     })
 }
@@ -116,7 +113,7 @@ struct Loader<'a, S: Store> {
     opts: &'a LoadOptions,
     progress: &'a dyn Progress,
     counts: Counts,
-    errors: Mutex<Vec<String>>,
+    errors: crate::progress::Errors,
     /// Set when the store is full: stop cleanly.
     full: AtomicBool,
     /// Bytes the writers may hold at once.
@@ -125,12 +122,7 @@ struct Loader<'a, S: Store> {
 
 impl<S: Store> Loader<'_, S> {
     fn error(&self, path: &Path, what: impl std::fmt::Display) {
-        let line = format!("{}: {what}", path.display());
-        self.progress.error(&line);
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        self.errors.note(self.progress, path, what);
     }
 
     /// Notes a failed store call: a full store stops the load.
