@@ -36,10 +36,7 @@ fn up_serves_the_example_site_and_sigterm_cleans_everything() {
         &runtime,
         None,
     );
-    let mut line = String::new();
-    BufReader::new(child.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     assert!(
         line.contains(&format!("http://127.0.0.1:{port}/")),
         "{line}"
@@ -193,6 +190,15 @@ fn a_runtime_dir_it_did_not_make_is_refused_when_not_empty() {
 }
 
 /// True once `path` is a file: the mount sees what `memfis load` wrote after its cache TTL.
+/// The first line `memfis up` prints on stdout (where it serves, what it started).
+fn first_line(up: &mut UpGuard) -> String {
+    let mut line = String::new();
+    BufReader::new(up.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
 fn appears(path: &std::path::Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !path.is_file() {
@@ -246,10 +252,7 @@ fn up_starts_what_the_flags_choose() {
         &runtime,
         Some(&mountpoint),
     );
-    let mut line = String::new();
-    BufReader::new(child.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     assert!(
         line.contains(&format!("http://127.0.0.1:{port}/")),
         "{line}"
@@ -321,10 +324,7 @@ fn up_without_nginx_on_a_socket_of_ones_choice() {
         &runtime,
         None,
     );
-    let mut line = String::new();
-    BufReader::new(child.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     assert!(line.contains("no nginx (--no-nginx)"), "{line}");
     assert!(
         line.contains(&format!("unix:{}", socket.display())),
@@ -396,10 +396,7 @@ fn a_second_up_on_the_same_runtime_dir_is_refused_and_the_first_keeps_its_files(
         &runtime,
         None,
     );
-    let mut line = String::new();
-    BufReader::new(first.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut first);
     assert!(line.contains("no nginx"), "{line}");
     let index = runtime.join("mnt/index.html");
     assert!(appears(&index));
@@ -503,10 +500,7 @@ fn up_on_a_users_server_needs_a_prefix_and_leaves_a_tree_alone() {
         &runtime,
         None,
     );
-    let mut line = String::new();
-    BufReader::new(up.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut up);
     assert!(line.contains("no nginx"), "{line}");
     assert!(appears(&runtime.join("mnt/css/style.css")));
     up.stop();
