@@ -14,9 +14,33 @@ use memfis_memcache::Store;
 use memfis_memcache::memory::MemoryStore;
 use support::*;
 
-fn settle(store: &MemoryStore, keys: &KeyLayout, reader: &Fs, ino: u64, path: &[u8]) {
-    let served = store.get(&keys.data(path)).unwrap().unwrap().value;
-    let attr = reader.getattr(ino).unwrap();
+/// `mode` set first (if any); a writer mount publishes `mine` and keeps its handle open;
+/// another mount publishes `theirs`; the writer then makes attribute change `set` (waiting
+/// for its close) and closes. The record must count the bytes at the served key, which are
+/// returned.
+fn race(mode: Option<u32>, mine: &[u8], theirs: &[u8], set: SetAttr) -> Vec<u8> {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://attrs-after-publish").unwrap();
+    let writer = open(&store, &keys);
+    let other = open(&store, &keys);
+    let f = write(&writer, ROOT_INO, "f", b"first");
+    if let Some(mode) = mode {
+        let first = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        writer.setattr(f, &first).unwrap();
+    }
+    let fh = writer.open(f, libc::O_RDWR).unwrap();
+    writer.write(fh, 0, mine, false).unwrap();
+    writer.flush(fh).unwrap(); // published; the handle stays open
+    let wh = other.open(f, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    other.write(wh, 0, theirs, false).unwrap();
+    other.release(wh).unwrap();
+    writer.setattr(f, &set).unwrap();
+    writer.release(fh).unwrap();
+    let served = store.get(&keys.data(b"/f")).unwrap().unwrap().value;
+    let attr = open(&store, &keys).getattr(f).unwrap();
     assert_eq!(
         attr.size,
         served.len() as u64,
@@ -24,21 +48,11 @@ fn settle(store: &MemoryStore, keys: &KeyLayout, reader: &Fs, ino: u64, path: &[
         attr.size,
         String::from_utf8_lossy(&served)
     );
+    served
 }
 
 #[test]
 fn a_pending_utimens_keeps_the_size_another_mount_published() {
-    let store = Arc::new(MemoryStore::default());
-    let keys = KeyLayout::new("memfis://attrs-after-publish").unwrap();
-    let writer = open(&store, &keys);
-    let other = open(&store, &keys);
-    let f = write(&writer, ROOT_INO, "f", b"first");
-    let fh = writer.open(f, libc::O_RDWR).unwrap();
-    writer.write(fh, 0, b"short", false).unwrap();
-    writer.flush(fh).unwrap(); // published; the handle stays open
-    let wh = other.open(f, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-    other.write(wh, 0, b"much longer bytes", false).unwrap();
-    other.release(wh).unwrap();
     let set = SetAttr {
         mtime: Some(Time {
             s: 1_700_000_000,
@@ -46,67 +60,26 @@ fn a_pending_utimens_keeps_the_size_another_mount_published() {
         }),
         ..SetAttr::default()
     };
-    writer.setattr(f, &set).unwrap();
-    writer.release(fh).unwrap();
-    let fresh = open(&store, &keys);
-    settle(&store, &keys, &fresh, f, b"/f");
+    race(None, b"short", b"much longer bytes", set);
 }
 
 #[test]
 fn a_pending_chmod_keeps_the_size_another_mount_published() {
-    let store = Arc::new(MemoryStore::default());
-    let keys = KeyLayout::new("memfis://attrs-after-publish").unwrap();
-    let writer = open(&store, &keys);
-    let other = open(&store, &keys);
-    let f = write(&writer, ROOT_INO, "f", b"first");
-    let fh = writer.open(f, libc::O_RDWR).unwrap();
-    writer
-        .write(fh, 0, b"a much longer first version", false)
-        .unwrap();
-    writer.flush(fh).unwrap();
-    let wh = other.open(f, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-    other.write(wh, 0, b"tiny", false).unwrap();
-    other.release(wh).unwrap();
     let set = SetAttr {
         mode: Some(0o664),
         ..SetAttr::default()
     };
-    writer.setattr(f, &set).unwrap();
-    writer.release(fh).unwrap();
-    let fresh = open(&store, &keys);
-    settle(&store, &keys, &fresh, f, b"/f");
+    race(None, b"a much longer first version", b"tiny", set);
 }
 
 /// A chmod that serves the file moves its bytes to the served key at the writer's close: the
 /// bytes the store holds, not the writer's buffer published before another mount's write.
 #[test]
 fn a_pending_chmod_that_serves_moves_the_stored_bytes() {
-    let store = Arc::new(MemoryStore::default());
-    let keys = KeyLayout::new("memfis://attrs-after-publish").unwrap();
-    let writer = open(&store, &keys);
-    let other = open(&store, &keys);
-    let f = write(&writer, ROOT_INO, "f", b"first");
-    let private = SetAttr {
-        mode: Some(0o600),
-        ..SetAttr::default()
-    };
-    writer.setattr(f, &private).unwrap();
-    let fh = writer.open(f, libc::O_RDWR).unwrap();
-    writer.write(fh, 0, b"writer's", false).unwrap();
-    writer.flush(fh).unwrap();
-    let wh = other.open(f, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-    other
-        .write(wh, 0, b"the other mount's bytes", false)
-        .unwrap();
-    other.release(wh).unwrap();
-    let public = SetAttr {
+    let set = SetAttr {
         mode: Some(0o644),
         ..SetAttr::default()
     };
-    writer.setattr(f, &public).unwrap();
-    writer.release(fh).unwrap();
-    let fresh = open(&store, &keys);
-    settle(&store, &keys, &fresh, f, b"/f");
-    let served = store.get(&keys.data(b"/f")).unwrap().unwrap().value;
+    let served = race(Some(0o600), b"writer's", b"the other mount's bytes", set);
     assert_eq!(served, b"the other mount's bytes");
 }
