@@ -193,7 +193,7 @@ impl<S: Store> MemFs<S> {
                         ino: p.ino,
                         kind: Kind::File,
                         parent,
-                        name: &p.name,
+                        name: p.name.clone(),
                         // Unknown: the undo's entry step only removes this file's own.
                         entry: self
                             .read_entry(parent, &p.name)
@@ -210,8 +210,8 @@ impl<S: Store> MemFs<S> {
                         ],
                         own_added: vec![data_stored],
                     };
-                    let own = [Command::store(StoreOp::Add, &p.data_key, b"")];
-                    self.undo_create(&undo, &own);
+                    let own = vec![Command::store(StoreOp::Add, &p.data_key, b"")];
+                    self.undo_create(undo, own);
                     out[p.index] = Err(e);
                 }
             }
@@ -235,15 +235,50 @@ impl<S: Store> MemFs<S> {
             .iter()
             .map(|(p, _)| (Op::Add, Kind::File, p.ino, p.name.as_slice()))
             .collect();
-        // (A directory removed meanwhile: the files' keys are left for `memfis check
-        // --repair`, as after any failed load of them; the load reports the error.)
-        let path_now = self
-            .settle_create_fence(fence, parent, &la, &relog)
-            .and_then(|settled| match settled {
-                crate::namespace::Settled::Done => Ok(()),
-                crate::namespace::Settled::DirRemoved => Err(FsError::NotFound),
-            })
-            .and_then(|()| retried(|| self.dir_path(parent)));
+        // If the directory was removed meanwhile, each file made is taken back: its entry
+        // is its own, its `+` went with the directory's log.
+        let undos = || -> Vec<(Undo, Vec<Command>)> {
+            created
+                .iter()
+                .map(|(p, _)| {
+                    let undo = Undo {
+                        ino: p.ino,
+                        kind: Kind::File,
+                        parent,
+                        name: p.name.clone(),
+                        entry: true,
+                        logged: false,
+                        parent_gone: true,
+                        parent_keys: [
+                            self.keys.dir_mtime(parent),
+                            self.log_chunk_keys(&la)[0].clone(),
+                            self.log_chunk_keys(&la)[1].clone(),
+                        ],
+                        own_added: vec![true],
+                    };
+                    (undo, vec![Command::store(StoreOp::Add, &p.data_key, b"")])
+                })
+                .collect()
+        };
+        let path_now =
+            match self.settle_create_fence(fence, parent, la.chunk, la.late.get(), &relog) {
+                Ok(crate::namespace::Settled::Done) => retried(|| self.dir_path(parent)),
+                Ok(crate::namespace::Settled::DirRemoved) => {
+                    for (undo, own_keys) in undos() {
+                        self.undo_create(undo, own_keys);
+                    }
+                    return Err(FsError::NotFound);
+                }
+                Err(e) => {
+                    // Unknown whether the directory lives: the heartbeat settles it.
+                    self.unsettled.push(crate::unsettled::Unsettled::Settle {
+                        parent,
+                        chunk: la.chunk,
+                        nodes: undos(),
+                    });
+                    Err(e)
+                }
+            };
         let path_now = match path_now {
             Ok(p) => p,
             Err(e) => {

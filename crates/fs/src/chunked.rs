@@ -310,17 +310,28 @@ impl<S: Store> MemFs<S> {
             // The file was one item until now: its served or private keys go after the cas
             // (worked out first: a store error then would leave them behind).
             let stale = self.bytes_keys(ino, of.record())?;
-            // The lock read after the cas, as a publish's fence: an unlink that read the
-            // record before this cas would delete the record without these chunks.
+            // The lock, then the record, read after the cas as a publish's fence: an unlink
+            // that read the record before this cas deletes the record without these chunks.
+            // Either it still holds the lock at the lock read, or it has deleted the record
+            // by the record read.
             let mut batch = Batch::new();
             let cas = batch.cas(&ikey, &value, of.cas().unwrap_or(0));
             batch.fence();
             let lock = batch.get(self.keys.ns_lock());
+            let record_after = batch.get(&ikey);
             let mut r = batch.execute(&self.store);
             let stored = r.take(cas)?;
             // (A lock read that failed counts as held: publish again once quiet.)
             let lock_held = r.take(lock).map_or(true, |v| v.is_some());
+            let removed_after = matches!(r.take(record_after), Ok(None));
             match stored {
+                CasOutcome::Stored if removed_after && !lock_held => {
+                    // Unlinked by another mount that read the record before this cas: the
+                    // chunks this cas named are no record's now.
+                    of.mark_unlinked();
+                    self.delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
+                    return Ok(Published::Done(Vec::new()));
+                }
                 CasOutcome::Stored => {
                     // Another set of chunks goes too.
                     if of.record().chunk_gen != generation {

@@ -94,6 +94,8 @@ pub struct MemFs<S: Store> {
     /// Data keys this mount wrote at paths a rename took away, whose deletion failed; the
     /// heartbeat retries it.
     pub(crate) stale_keys: Mutex<Vec<Vec<u8>>>,
+    /// Creates a store error left unfinished; the heartbeat finishes them.
+    pub(crate) unsettled: crate::unsettled::UnsettledCreates,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files and handles of this mount.
@@ -175,6 +177,7 @@ impl<S: Store> MemFs<S> {
             rolled_forward: Mutex::new(Vec::new()),
             compaction_wanted: Mutex::new(std::collections::BTreeSet::new()),
             stale_keys: Mutex::new(Vec::new()),
+            unsettled: Default::default(),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg.cache_ttl),

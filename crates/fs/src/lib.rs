@@ -69,6 +69,7 @@ mod replies;
 mod roll_forward;
 mod store_trace;
 mod sync;
+mod unsettled;
 pub mod xattr;
 
 pub use activity::ActivitySnapshot;

@@ -25,6 +25,7 @@ use crate::listing::Logged;
 use crate::record::{Inode, Kind, Link, Time};
 use crate::replies::parse_number;
 use crate::sync::lock;
+use crate::unsettled::Unsettled;
 use crate::{FsError, FsResult};
 
 /// How many inode numbers one `incr` reserves for this mount.
@@ -134,7 +135,7 @@ impl<S: Store> MemFs<S> {
             ino,
             kind: rec.kind,
             parent,
-            name,
+            name: name.to_vec(),
             entry: false,
             logged: false,
             parent_gone: false,
@@ -203,7 +204,7 @@ impl<S: Store> MemFs<S> {
                         _ => undo.logged = true,
                     }
                 }
-                self.undo_create(&undo, &own_keys);
+                self.undo_create(undo, own_keys);
                 return Err(e);
             }
         };
@@ -224,13 +225,26 @@ impl<S: Store> MemFs<S> {
         // The name is created; what is left (following a directory rename that ran
         // meanwhile) is retried a few times rather than left half done.
         let changes = [(Op::Add, node.rec.kind, ino, name)];
-        if let Settled::DirRemoved = self.settle_create_fence(fence, parent, &la, &changes)? {
-            // The entry is this create's, the `+` went with the directory's log.
-            undo.entry = true;
-            undo.logged = false;
-            undo.parent_gone = true;
-            self.undo_create(&undo, &own_keys);
-            return Err(FsError::NotFound);
+        // If the directory turns out removed, the entry is this create's and the `+` went
+        // with the directory's log.
+        undo.entry = true;
+        undo.logged = false;
+        undo.parent_gone = true;
+        match self.settle_create_fence(fence, parent, la.chunk, la.late.get(), &changes) {
+            Ok(Settled::Done) => {}
+            Ok(Settled::DirRemoved) => {
+                self.undo_create(undo, own_keys);
+                return Err(FsError::NotFound);
+            }
+            Err(e) => {
+                // Unknown whether the directory lives: the heartbeat settles it.
+                self.unsettled.push(Unsettled::Settle {
+                    parent,
+                    chunk: la.chunk,
+                    nodes: vec![(undo, own_keys)],
+                });
+                return Err(e);
+            }
         }
         if node.rec.kind == Kind::File
             && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
@@ -292,7 +306,7 @@ impl<S: Store> MemFs<S> {
     /// lock from before it reads the log until after it moves the base. The records were
     /// appended before the fence's reads; if the lock read finds it free, a compaction either
     /// starts later (and reads the records) or has moved the base already, which the base
-    /// read (last) then shows. Records that went in after the batch (`la.late`) are checked
+    /// read (last) then shows. Records that went in after the batch (`late`) are checked
     /// once the lock is free after them, for the same reason.
     ///
     /// An rmdir of `parent` may have replayed its log before the records landed (the `incr`
@@ -305,10 +319,10 @@ impl<S: Store> MemFs<S> {
         &self,
         fence: CreateFence,
         parent: u64,
-        la: &crate::listing::LogAppend,
+        chunk: u64,
+        late: bool,
         relog: &[crate::listing::LogChange<'_>],
     ) -> FsResult<Settled> {
-        let chunk = la.chunk;
         let CreateFence {
             lock_held,
             generation,
@@ -335,7 +349,6 @@ impl<S: Store> MemFs<S> {
         if !matches!(lock_held, Ok(false)) && self.dir_seq_value(parent)?.is_none() {
             return Ok(Settled::DirRemoved);
         }
-        let late = la.late.get();
         let maybe_compacted =
             late || !matches!(lock_held, Ok(false)) || base.map_or(true, |b| b.chunk > chunk);
         if maybe_compacted && !relog.is_empty() {
@@ -431,23 +444,24 @@ impl<S: Store> MemFs<S> {
     /// left alone; otherwise its entry, `+`, record and every key it brought go, the record
     /// gone or not (a removal may have run between the batch's commands, before its own
     /// keys were added).
-    pub(crate) fn undo_create(&self, undo: &Undo<'_>, own_keys: &[Command]) {
-        let link = Link::new(undo.parent, undo.name);
+    pub(crate) fn undo_create(&self, undo: Undo, own_keys: Vec<Command>) {
+        let link = Link::new(undo.parent, &undo.name);
         let undone = retried(|| {
             self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
                 let rec = self.read_inode_opt(undo.ino)?;
                 if rec.as_ref().is_some_and(|(r, _)| r.links != [link.clone()]) {
                     return Ok(()); // moved or linked meanwhile: the inode is someone's now
                 }
-                self.undo_create_locked(undo, own_keys, rec.is_some())
+                self.undo_create_locked(&undo, &own_keys, rec.is_some())
             })
         });
-        if undone.is_err() {
+        if let Err(e) = undone {
             crate::limited_warn!(
                 "cannot undo a failed create",
-                "cannot undo the failed create of inode {} (left for `memfis check --repair`)",
+                "cannot undo the failed create of inode {} yet (the heartbeat tries again): {e}",
                 undo.ino
             );
+            self.unsettled.push(Unsettled::Undo { undo, own_keys });
         }
     }
 
@@ -455,17 +469,17 @@ impl<S: Store> MemFs<S> {
     /// record is still there (with the create's name only).
     fn undo_create_locked(
         &self,
-        undo: &Undo<'_>,
+        undo: &Undo,
         own_keys: &[Command],
         rec_there: bool,
     ) -> FsResult<()> {
         if undo.entry {
-            self.entry_swap(undo.parent, undo.name, Some(undo.ino), None)?;
+            self.entry_swap(undo.parent, &undo.name, Some(undo.ino), None)?;
         }
         if undo.logged {
             // Holding the lock, so no compaction runs meanwhile: its snapshot could keep
             // the `+` while this `-` lands in a chunk it drops.
-            let changes = [(Op::Remove, undo.kind, undo.ino, undo.name)];
+            let changes = [(Op::Remove, undo.kind, undo.ino, undo.name.as_slice())];
             if let Err(e) = self.log_dir_changes(undo.parent, &changes)
                 && self.dir_seq_value(undo.parent)?.is_some()
             {
@@ -1045,12 +1059,25 @@ pub(crate) struct CreateFence {
     dir_removed: bool,
 }
 
+impl CreateFence {
+    /// A fence whose reads were lost: settling it waits for the lock, then looks at the
+    /// directory and its log again.
+    pub(crate) fn unknown() -> CreateFence {
+        CreateFence {
+            lock_held: Ok(true),
+            generation: Ok(None),
+            base: Ok(LogBase::default()),
+            dir_removed: false,
+        }
+    }
+}
+
 /// What a failed create must undo.
-pub(crate) struct Undo<'a> {
+pub(crate) struct Undo {
     pub ino: u64,
     pub kind: Kind,
     pub parent: u64,
-    pub name: &'a [u8],
+    pub name: Vec<u8>,
     pub entry: bool,
     pub logged: bool,
     /// The parent was removed meanwhile: the batch may have recreated some of its keys.

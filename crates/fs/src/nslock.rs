@@ -425,6 +425,8 @@ impl<S: Store> MemFs<S> {
         if !stale.is_empty() {
             self.delete_keys_outside_tree(&stale)?;
         }
+        // Creates a store error left unfinished (their directory may have gone meanwhile).
+        self.settle_unsettled()?;
         // An operation whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {

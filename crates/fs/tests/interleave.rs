@@ -730,3 +730,51 @@ fn rename_loops_on_two_mounts_leave_usable_names() {
         run_case(&[ops_a.clone(), ops_b.clone(), Vec::new()], &choices).unwrap();
     }
 }
+
+/// A create whose fence read a lock held by an rmdir of its directory, and whose waits for
+/// that lock then failed (store errors), returned without settling: its inode, its entry
+/// in the removed directory and its own directory keys stayed behind. The heartbeat now
+/// settles such creates.
+#[test]
+fn a_create_whose_fence_fails_while_its_directory_goes_is_taken_back_by_the_heartbeat() {
+    use Op::*;
+    let lists = vec![
+        vec![MkdirAt(0), MkdirAt(2)],
+        vec![MkdirAt(2)],
+        vec![RmdirAt(4), RmdirAt(0)],
+    ];
+    let choices = [
+        12096, 47328, 203, 6024, 1205, 45, 18438, 23171, 4274, 6111, 1542, 1988, 34709, 17651, 495,
+        21, 6789, 11087, 19805, 55868, 32212, 5006, 47775, 54, 2074, 6614, 39044, 39389, 0, 43990,
+        8221, 134, 8981, 256, 677, 9725, 17283, 1234, 7938, 21589, 202, 9646, 15391, 40868, 1948,
+        5330, 1285, 5893, 10309, 8005, 12422, 755, 10037, 18989, 6981, 7964, 13319, 13445, 299,
+        14348, 6302, 10524, 10692, 27077, 27962, 11867, 23622, 2190, 0, 8677, 3244, 46805, 3,
+        36583, 11407, 10954, 42137, 0, 0, 0, 0, 25429, 45142, 32296, 1, 1, 30620, 63818, 60982,
+        10720, 29768, 24892, 63676, 8624, 40916, 326, 10760, 3606, 30734, 3200, 21072, 15326,
+        45846, 1994, 15258, 4801, 54606, 31681, 9104, 26732, 590, 22644, 3782, 12554, 44714, 5664,
+        31680, 44736, 11456,
+    ];
+    run_case_as(&lists, &choices, Batches::Split).unwrap();
+}
+
+/// A publish in chunks whose record `cas` landed between an unlink's read of the record and
+/// its delete (the unlink done by the fence's lock read): the chunks the `cas` named stayed
+/// behind. The fence now reads the record after the lock.
+#[test]
+fn chunks_published_while_another_mount_unlinks_the_file_go_with_it() {
+    use Op::*;
+    let lists = vec![
+        vec![Link(0, 0), Rmdir(0), Chmod(0, false), Unlink(6)],
+        vec![Mkdir(0), Create(3, vec![0], 0)],
+        vec![Rename(0, 0, 3), Create(0, vec![], 0)],
+    ];
+    let choices = [
+        3773, 16223, 19000, 22769, 11478, 6033, 1743, 467, 56697, 2913, 41609, 46369, 8093, 12342,
+        31438, 48903, 63693, 61647, 1148, 723, 7627, 332, 10314, 38769, 47001, 21188, 12740, 13321,
+        60249, 1212, 48531, 17227, 19159, 43918, 3382, 24157, 26488, 849, 41049, 1090, 55387,
+        61309, 43478, 12296, 1277, 35020, 6436, 21375, 19286, 32600, 13335, 16812, 20833, 6033,
+        198, 57499, 16848, 36826, 60942, 34933, 55600, 14853, 35614, 33136, 2658, 16884, 4549,
+        18859, 53601, 16791,
+    ];
+    run_case(&lists, &choices).unwrap();
+}
