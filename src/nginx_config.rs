@@ -117,7 +117,7 @@ pub const SOURCE_EXTS: &[&str] = &[
 const CONFIG_SPECIAL: &[char] = &['$', '"', '\'', '\\', '{', '}', ';', '#'];
 
 fn check(opts: &ServeOptions) -> Result<()> {
-    memfis_fs::keys::validate_prefix(&opts.prefix).map_err(anyhow::Error::msg)?;
+    memfis_fs::layout::keys::validate_prefix(&opts.prefix).map_err(anyhow::Error::msg)?;
     if let Some(c) = opts.prefix.chars().find(|c| CONFIG_SPECIAL.contains(c)) {
         bail!(
             "prefix {:?} contains {c:?}, which an nginx config cannot quote as a plain string; \
@@ -729,7 +729,7 @@ fn store_directives(
     writeln!(
         b,
         "    memcached_gzip_flag {};",
-        memfis_fs::data_codec::GZIP_FLAG
+        memfis_fs::layout::data_codec::GZIP_FLAG
     )?;
     writeln!(b, "    gunzip on;")?;
     writeln!(b, "    gzip_http_version 1.0;")?;

@@ -12,7 +12,7 @@
 //! mount reads; no served key lies outside the tree; then `memfis check` is clean.
 //!
 //! `MEMFIS_RACE_SECS` sets the length (default 60 s). For a diagnosis, `MEMFIS_RACE_LOGS=DIR`
-//! keeps the mounts' logs and `MEMFIS_TEST_LOG=info,memfis_fs::store_trace=trace` makes them
+//! keeps the mounts' logs and `MEMFIS_TEST_LOG=info,memfis_fs::store::store_trace=trace` makes them
 //! hold every store batch with its replies.
 
 mod common;
@@ -461,7 +461,7 @@ fn three_mounts_racing_give_posix_answers_and_serve_exact_bytes() {
     );
     let logs: Vec<String> = mounts.iter().map(|m| m.log_text()).collect();
     if let Some(dir) = std::env::var_os("MEMFIS_RACE_LOGS") {
-        // Kept for a diagnosis (with MEMFIS_TEST_LOG=info,memfis_fs::store_trace=trace,
+        // Kept for a diagnosis (with MEMFIS_TEST_LOG=info,memfis_fs::store::store_trace=trace,
         // every batch of every mount).
         for (i, log) in logs.iter().enumerate() {
             std::fs::write(Path::new(&dir).join(format!("mount{i}.log")), log).unwrap();

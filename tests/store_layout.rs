@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use memfis_fs::bulk::NewFile;
-use memfis_fs::record::Inode;
+use memfis_fs::layout::record::Inode;
+use memfis_fs::namespace::bulk::NewFile;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{MAX_KEY_LEN, Store};
@@ -92,7 +92,7 @@ fn number(store: &MemoryStore, key: &[u8]) -> u64 {
 fn format_and_keys() {
     holds(LAYOUT, "# memfis store layout (format version {})", 2);
     holds(LAYOUT, r#""version":{},"#, 2);
-    assert_eq!(memfis_fs::record::FORMAT_VERSION, 2);
+    assert_eq!(memfis_fs::layout::record::FORMAT_VERSION, 2);
     holds(LAYOUT, "The root directory is inode {}.", ROOT_INO);
     for pattern in [
         "must fit memcached's {} bytes",
@@ -109,7 +109,7 @@ fn format_and_keys() {
 
 #[test]
 fn liveness() {
-    let expiry = memfis_fs::nslock::ALIVE_SECS as u64;
+    let expiry = memfis_fs::namespace::lock::ALIVE_SECS as u64;
     let every = memfis_tools::session::HEARTBEAT_EVERY;
     let said = stated(LAYOUT, "a {} s expiry, refreshed every {} s");
     for pair in said.chunks(2) {
@@ -136,7 +136,7 @@ fn liveness() {
 
 #[test]
 fn directory_logs() {
-    let per_chunk = memfis_fs::keys::LOG_CHUNK_RECORDS;
+    let per_chunk = memfis_fs::layout::keys::LOG_CHUNK_RECORDS;
     for pattern in [
         "appends one record to chunk `n / {}`",
         "every chunk `chunk ..= seq/{}`",
@@ -155,7 +155,7 @@ fn batches() {
     holds(
         LAYOUT,
         "in batches of {}: read the records",
-        memfis_fs::rename::MOVE_BATCH as u64,
+        memfis_fs::namespace::rename::MOVE_BATCH as u64,
     );
     let bulk = memfis_tools::load::BATCH_FILES as u64;
     holds(
@@ -280,13 +280,13 @@ fn chunks_and_gzip() {
     holds(
         README,
         "text files over {} KB",
-        memfis_fs::data_codec::GZIP_MIN_BYTES as u64 / 1024,
+        memfis_fs::layout::data_codec::GZIP_MIN_BYTES as u64 / 1024,
     );
     let flag = stated(
         LAYOUT,
         "holding gzip-compressed bytes (`--gzip`) has flags `{}`",
     )[0];
-    assert_eq!(flag, memfis_fs::data_codec::GZIP_FLAG as u64);
+    assert_eq!(flag, memfis_fs::layout::data_codec::GZIP_FLAG as u64);
     write("page.html", "<p>memfis</p>\n".repeat(200).as_bytes());
     let served = store.get(&fs.keys().data(b"/page.html")).unwrap().unwrap();
     assert_eq!(served.flags as u64, flag);
@@ -315,7 +315,7 @@ fn file_locks() {
         "with a backoff of up to {} ms",
         MAX_PAUSE.as_millis() as u64,
     );
-    let expiry = memfis_fs::nslock::ALIVE_SECS as u64;
+    let expiry = memfis_fs::namespace::lock::ALIVE_SECS as u64;
     holds(
         LAYOUT,
         "are free at most {} s after its last heartbeat",

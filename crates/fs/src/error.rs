@@ -135,7 +135,9 @@ impl FsError {
     pub fn store(key: &[u8], source: StoreError) -> FsError {
         let key = String::from_utf8_lossy(key).into_owned();
         match source {
-            StoreError::Server(m) if m == crate::fenced_store::STORE_GONE => FsError::StoreGone,
+            StoreError::Server(m) if m == crate::store::fenced_store::STORE_GONE => {
+                FsError::StoreGone
+            }
             StoreError::OutOfMemory(_) => FsError::NoSpace { key, source },
             StoreError::TooLarge(msg) => FsError::TooBig { key, limit: msg },
             StoreError::BadKey(_) if key.len() > memfis_memcache::MAX_KEY_LEN => {
@@ -149,8 +151,8 @@ impl FsError {
     }
 
     /// A format record this build does not read (`found`), with what to do about it.
-    pub fn unknown_format(key: &[u8], found: &crate::record::FormatRecord) -> FsError {
-        use crate::record::FORMAT_VERSION;
+    pub fn unknown_format(key: &[u8], found: &crate::layout::record::FormatRecord) -> FsError {
+        use crate::layout::record::FORMAT_VERSION;
         let advice = if found.format != "memfis" {
             "This is not a memfis tree: pick another prefix.".to_string()
         } else if found.version < FORMAT_VERSION {

@@ -8,15 +8,15 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
-use crate::attr::{Attr, SetAttr, StatFs};
-use crate::batch::{Batch, Cas, StoreAt};
-use crate::data_codec::DataCodec;
-use crate::fenced_store::FencedStore;
-use crate::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, is_public, prefixes_nest};
-use crate::meta_cache::{DirInfo, MetaCache};
-use crate::open_files::{OpenFile, OpenFiles};
-use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
-use crate::replies::{CasOutcome, EntrySlot, entry_slot, parse_number, value_of};
+use crate::files::open_files::{OpenFile, OpenFiles};
+use crate::layout::attr::{Attr, SetAttr, StatFs};
+use crate::layout::data_codec::DataCodec;
+use crate::layout::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, is_public, prefixes_nest};
+use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link, Time, random_id};
+use crate::namespace::meta_cache::{DirInfo, MetaCache};
+use crate::store::batch::{Batch, Cas, StoreAt};
+use crate::store::fenced_store::FencedStore;
+use crate::store::replies::{CasOutcome, EntrySlot, entry_slot, parse_number, value_of};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -43,11 +43,11 @@ pub struct FsConfig {
     pub item_size_max: Option<u64>,
     /// First pause while another mount holds the namespace lock (doubles up to 10 ms).
     pub lock_backoff: Duration,
-    /// Store text files gzip-compressed (`--gzip`, [`crate::data_codec`]); reads decompress
+    /// Store text files gzip-compressed (`--gzip`, [`crate::layout::data_codec`]); reads decompress
     /// either way.
     pub gzip: bool,
     /// How old this mount's last liveness refresh may be for a thread holding the namespace
-    /// lock to go on sending (`crate::lock_lease`): below the key's 10 s expiry, after which
+    /// lock to go on sending (`crate::store::lock_lease`): below the key's 10 s expiry, after which
     /// other mounts take the lock over, less a second for memcached's clock, which ticks by
     /// seconds, and the store timeout of a batch in flight.
     pub stall_limit: Duration,
@@ -85,7 +85,7 @@ pub struct MemFs<S: Store> {
     pub(crate) leftover: Mutex<Vec<String>>,
     /// The intent of an operation of this mount that failed midway (the lock may not hold
     /// it): completed with the leftover lock, or by the heartbeat.
-    pub(crate) orphaned: Mutex<Option<crate::intent::Intent>>,
+    pub(crate) orphaned: Mutex<Option<crate::layout::intent::Intent>>,
     /// Operations of gone mounts this mount completed (roll forward), as (owner, intent):
     /// repair reports them as changes it made.
     pub(crate) rolled_forward: Mutex<Vec<(String, String)>>,
@@ -95,7 +95,7 @@ pub struct MemFs<S: Store> {
     /// heartbeat retries it.
     pub(crate) stale_keys: Mutex<Vec<Vec<u8>>>,
     /// Creates a store error left unfinished; the heartbeat finishes them.
-    pub(crate) unsettled: crate::unsettled::UnsettledCreates,
+    pub(crate) unsettled: crate::namespace::unsettled::UnsettledCreates,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files and handles of this mount.

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use memfis_fs::bulk::NewFile;
-use memfis_fs::record::Inode;
+use memfis_fs::layout::record::Inode;
+use memfis_fs::namespace::bulk::NewFile;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
@@ -439,7 +439,7 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
     let per_chunk = if choices.get(1).is_none_or(|c| c % 2 == 0) {
         2
     } else {
-        memfis_fs::keys::LOG_CHUNK_RECORDS
+        memfis_fs::layout::keys::LOG_CHUNK_RECORDS
     };
     let keys = KeyLayout::new("memfis://interleave")
         .unwrap()
@@ -558,7 +558,7 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
     // a file whose writer died between its bytes and its record).
     let mut files = BTreeMap::new();
     walk(&fresh, ROOT_INO, "", &mut files);
-    let codec = memfis_fs::data_codec::DataCodec::new(&keys, false);
+    let codec = memfis_fs::layout::data_codec::DataCodec::new(&keys, false);
     for (p, ino) in files {
         let fh = fresh.open(ino, libc::O_RDONLY).unwrap();
         let read = fresh.read(fh, 0, 1 << 16).unwrap();

@@ -3,7 +3,7 @@
 //! inodes, format, store id), gathered read-only. The binary renders them as text or JSON.
 
 use memfis_fs::KeyLayout;
-use memfis_fs::record::FormatRecord;
+use memfis_fs::layout::record::FormatRecord;
 use memfis_memcache::{Client, Store, StoreError};
 use serde::Serialize;
 

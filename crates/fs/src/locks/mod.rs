@@ -108,5 +108,5 @@ impl LocalLocks {
 fn host_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().replace('-', "").chars().take(8).collect())
-        .unwrap_or_else(|_| crate::record::random_id())
+        .unwrap_or_else(|_| crate::layout::record::random_id())
 }

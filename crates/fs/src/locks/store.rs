@@ -9,9 +9,9 @@ use tracing::{error, warn};
 
 use super::table::{Entry, Owner, Request, Table};
 use super::{EMPTY_LIST_SECS, LocalLocks};
-use crate::batch::{Batch, StoreAt, Stored};
 use crate::fs::{CAS_RETRIES, MemFs};
-use crate::record::Inode;
+use crate::layout::record::Inode;
+use crate::store::batch::{Batch, StoreAt, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 

@@ -1,5 +1,5 @@
 //! The heartbeat: keeps the session's liveness key fresh (it expires 10 s after the last
-//! beat, `memfis_fs::nslock::ALIVE_SECS`) and notices a store emptied under it; between beats
+//! beat, `memfis_fs::namespace::lock::ALIVE_SECS`) and notices a store emptied under it; between beats
 //! the filesystem does its background work (`MemFs::heartbeat`).
 
 use std::sync::Arc;

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
 
-use crate::data_codec::DataCodec;
-use crate::lock_lease::{LEASE_LAPSED, LockLease};
-use crate::record::FormatRecord;
+use crate::layout::data_codec::DataCodec;
+use crate::layout::record::FormatRecord;
+use crate::store::lock_lease::{LEASE_LAPSED, LockLease};
 
 /// The server error every command gets once the store is gone ([`crate::FsError::StoreGone`]).
 pub const STORE_GONE: &str = "the store was emptied or replaced under this mount; remount it";
@@ -121,7 +121,7 @@ impl<S: Store> Store for FencedStore<S> {
             return all_failed(batch.len(), e);
         }
         let len = batch.len();
-        let traced = crate::store_trace::enabled().then(|| batch.clone());
+        let traced = crate::store::store_trace::enabled().then(|| batch.clone());
         // Only reads of data keys may come back compressed: their keys are kept for the
         // replies, nothing is copied for the rest of the batch.
         let reads: Vec<Option<Vec<u8>>> = batch.iter().map(|c| self.codec.read_key(c)).collect();
@@ -144,7 +144,7 @@ impl<S: Store> Store for FencedStore<S> {
             })
             .collect();
         if let Some(batch) = traced {
-            crate::store_trace::log(&batch, &results);
+            crate::store::store_trace::log(&batch, &results);
         }
         results
     }

@@ -5,21 +5,23 @@
 //! store): it never writes. Mounts working meanwhile can show it a state between two steps of
 //! an operation, so a problem is reported only if a second scan, a moment later, finds it too.
 
+pub mod repair;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use memfis_memcache::{Command, Reply, Store, StoreError};
 use serde::Serialize;
 
-use crate::batch::{Batch, StoreAt};
-use crate::data_codec::{self, DataCodec, GZIP_FLAG};
-use crate::dirlog::{self, LogBase};
-use crate::fenced_store::FencedStore;
 use crate::fs::join;
-use crate::keys::{KeyLayout, ROOT_INO};
-use crate::nslock::LockValue;
-use crate::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
-use crate::replies::{entry_slot, parse_number, value_of};
+use crate::layout::data_codec::{self, DataCodec, GZIP_FLAG};
+use crate::layout::dirlog::{self, LogBase};
+use crate::layout::keys::{KeyLayout, ROOT_INO};
+use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
+use crate::namespace::lock::LockValue;
+use crate::store::batch::{Batch, StoreAt};
+use crate::store::fenced_store::FencedStore;
+use crate::store::replies::{entry_slot, parse_number, value_of};
 use crate::{FsError, FsResult};
 
 /// Commands per pipelined batch while scanning.
@@ -388,7 +390,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 }
                 if rec.kind == Kind::File {
                     let named = rec.chunk_size.map(|cs| {
-                        let count = crate::chunk_buffer::chunk_count(rec.size, cs.max(1));
+                        let count = crate::files::chunk_buffer::chunk_count(rec.size, cs.max(1));
                         (rec.chunk_gen, count)
                     });
                     self.file_inos.insert(*ino, named);
@@ -412,7 +414,7 @@ impl<'a, S: Store> Scan<'a, S> {
                         self.report.chunked_files += 1;
                         // Chunks may be missing (sparse): only the keys are known.
                         let cs = rec.chunk_size.unwrap_or(1).max(1);
-                        for n in 0..crate::chunk_buffer::chunk_count(rec.size, cs) {
+                        for n in 0..crate::files::chunk_buffer::chunk_count(rec.size, cs) {
                             self.expected
                                 .insert(self.keys.chunk(*ino, rec.chunk_gen, n));
                         }
@@ -423,7 +425,7 @@ impl<'a, S: Store> Scan<'a, S> {
                         let key = self.keys.file_bytes(*ino, rec.mode, &child);
                         let private = self.keys.private_data(*ino);
                         if key == private {
-                            match crate::keys::is_public(rec.mode) {
+                            match crate::layout::keys::is_public(rec.mode) {
                                 true => self.report.long_names += 1,
                                 false => self.report.private_names += 1,
                             }
@@ -794,7 +796,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 Some(b'%') => continue, // format, counters, lock, liveness keys
                 _ => continue,          // another prefix that starts like this one
             };
-            let path = crate::keys::unescape(rest);
+            let path = crate::layout::keys::unescape(rest);
             let path = if rest.first() == Some(&b'/') {
                 path
             } else {

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use memfis_memcache::command::Value;
 use memfis_memcache::{CmdResult, Command, Item, Reply, Store, StoreOp};
 
-use crate::replies::{EntrySlot, decode_entry};
+use crate::store::replies::{EntrySlot, decode_entry};
 use crate::{FsError, FsResult};
 
 /// What a command's reply means to its caller.
@@ -349,7 +349,7 @@ impl Replies {
             .ok_or_else(|| FsError::missing(&self.keys[key.0 as usize..key.1 as usize]))
     }
 
-    /// The reply to a `gets` of the entry key of `name` (see [`crate::replies::EntrySlot`]).
+    /// The reply to a `gets` of the entry key of `name` (see [`crate::store::replies::EntrySlot`]).
     pub fn entry(&mut self, handle: Handle<Got>, name: &[u8]) -> FsResult<EntrySlot> {
         let key = handle.key;
         let item = self.take(handle)?;

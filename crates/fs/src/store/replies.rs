@@ -4,8 +4,8 @@
 
 use memfis_memcache::{CmdResult, Item};
 
-use crate::batch;
-pub(crate) use crate::batch::CasOutcome;
+use crate::store::batch;
+pub(crate) use crate::store::batch::CasOutcome;
 use crate::{FsError, FsResult};
 
 /// A directory entry as read from the store: the child's inode (or `None` once removed) and
@@ -62,7 +62,7 @@ pub(crate) fn decode_entry(key: &[u8], name: &[u8], item: Option<Item>) -> FsRes
 /// An entry's value: the child's inode number, followed for a hashed key by `/` and the
 /// name. `-` at a plain key (left by older versions for a removed name) reads as no entry.
 fn parse_entry<'v>(key: &[u8], value: &'v [u8]) -> FsResult<(Option<u64>, Option<&'v [u8]>)> {
-    let hashed = crate::keys::is_hashed_entry_key(key);
+    let hashed = crate::layout::keys::is_hashed_entry_key(key);
     if value == b"-" && !hashed {
         return Ok((None, None));
     }

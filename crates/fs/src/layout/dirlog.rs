@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::record::Kind;
+use crate::layout::record::Kind;
 use crate::{FsError, FsResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::batch::{Batch, CasOutcome, StoreAt};
-use crate::chunk_buffer::{ChunkedFile, chunk_count};
-use crate::files::Published;
+use crate::files::chunk_buffer::{ChunkedFile, chunk_count};
+use crate::files::io::Published;
+use crate::files::open_files::OpenFile;
 use crate::fs::MemFs;
-use crate::open_files::OpenFile;
-use crate::record::Inode;
+use crate::layout::record::Inode;
+use crate::store::batch::{Batch, CasOutcome, StoreAt};
 use crate::{FsError, FsResult};
 
 /// Written chunks an open file keeps before it writes them out.
@@ -51,7 +51,7 @@ impl<S: Store> MemFs<S> {
     /// Turns a buffered file that grows past one item into chunks (all of them to write).
     pub(crate) fn start_chunking(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
         self.ensure_loaded(ino, of)?;
-        let generation = u64::from_str_radix(&crate::record::random_id(), 16).unwrap_or(1);
+        let generation = u64::from_str_radix(&crate::layout::record::random_id(), 16).unwrap_or(1);
         of.go_chunked(self.chunk_size(), generation.max(1));
         Ok(())
     }

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Store, StoreError, StoreOp};
 use tracing::warn;
 
-use crate::attr::{Attr, DirEntry};
-use crate::batch::{Batch, Counted, Got, Handle, Replies, StoreAt, Stored};
-use crate::dirlog::{self, DirSeq, LogBase, Op};
 use crate::fs::MemFs;
-use crate::record::{Inode, Kind, Time};
-use crate::replies::value_of;
+use crate::layout::attr::{Attr, DirEntry};
+use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
+use crate::layout::record::{Inode, Kind, Time};
+use crate::store::batch::{Batch, Counted, Got, Handle, Replies, StoreAt, Stored};
+use crate::store::replies::value_of;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -328,7 +328,11 @@ impl<S: Store> MemFs<S> {
             let key = match self.replay_once(dir, base, seq)? {
                 Ok((listing, records)) => {
                     let per_chunk = self.keys.log_chunk_records();
-                    if crate::compact::worth_compacting(records, listing.len(), per_chunk) {
+                    if crate::namespace::compact::worth_compacting(
+                        records,
+                        listing.len(),
+                        per_chunk,
+                    ) {
                         self.want_compaction(dir);
                     }
                     return Ok(listing);

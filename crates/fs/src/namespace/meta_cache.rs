@@ -19,9 +19,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::attr::Attr;
-use crate::record::Kind;
-use crate::record::Time;
+use crate::layout::attr::Attr;
+use crate::layout::record::Kind;
+use crate::layout::record::Time;
 use crate::sync::lock;
 
 /// Directories whose path, attributes or sequence hint a mount keeps.

@@ -7,11 +7,11 @@
 
 use memfis_memcache::Store;
 
-use crate::batch::StoreAt;
-use crate::dirlog::Op;
 use crate::fs::MemFs;
-use crate::intent::Intent;
-use crate::record::{Kind, Link};
+use crate::layout::dirlog::Op;
+use crate::layout::intent::Intent;
+use crate::layout::record::{Kind, Link};
+use crate::store::batch::StoreAt;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 use tracing::warn;
@@ -20,7 +20,7 @@ impl<S: Store> MemFs<S> {
     /// [`Self::complete`], looked at twice when it meets damage (a key missing, a value that
     /// does not parse), 200 ms apart: a key another mount's failed write dropped for a moment
     /// is back by then; damage is not, and the caller releases the lock rather than keep it
-    /// for good (`nslock`).
+    /// for good (`lock.rs`).
     pub(crate) fn complete_unless_damaged(&self, intent: &Intent) -> FsResult<()> {
         match self.complete(intent) {
             Err(e) if e.is_damage() => {
@@ -89,7 +89,7 @@ impl<S: Store> MemFs<S> {
                 let rec = self.update_record_if_present(*ino, |r| {
                     if !r.links.contains(&link) {
                         r.links.push(link.clone());
-                        r.ctime = crate::record::Time::now();
+                        r.ctime = crate::layout::record::Time::now();
                     }
                     Ok(())
                 })?;

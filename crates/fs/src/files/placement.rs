@@ -11,17 +11,17 @@
 //! A chmod that serves a file this mount holds open for writing (`cp -a` creates files
 //! unreadable by others and opens them up before closing) rides with the publish instead,
 //! which writes the new keys and deletes the old ones like keys a rename took away
-//! (`files.rs`). One that withdraws a served file never waits for the writer (`setattr`).
+//! (`files/io.rs`). One that withdraws a served file never waits for the writer (`setattr`).
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::attr::SetAttr;
-use crate::batch::{Batch, Cas, StoreAt};
 use crate::fs::{CAS_RETRIES, MemFs};
-use crate::intent::Intent;
-use crate::keys::is_public;
-use crate::record::{Inode, Kind};
-use crate::replies::{CasOutcome, value_of};
+use crate::layout::attr::SetAttr;
+use crate::layout::intent::Intent;
+use crate::layout::keys::is_public;
+use crate::layout::record::{Inode, Kind};
+use crate::store::batch::{Batch, Cas, StoreAt};
+use crate::store::replies::{CasOutcome, value_of};
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {
@@ -35,7 +35,7 @@ impl<S: Store> MemFs<S> {
     /// setattr of a file whose bytes may move (see the module comment).
     pub(crate) fn setattr_moving_bytes(&self, ino: u64, set: &SetAttr) -> FsResult<()> {
         let key = self.keys.inode(ino);
-        self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
+        self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
             for _ in 0..CAS_RETRIES {
                 let (old, cas) = self.read_live_inode(ino)?;
                 let mut rec = old.clone();

@@ -4,7 +4,7 @@
 use memfis_memcache::Store;
 
 use crate::fs::MemFs;
-use crate::record::{Inode, Time, pct_decode, pct_encode};
+use crate::layout::record::{Inode, Time, pct_decode, pct_encode};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 

@@ -27,13 +27,13 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Store, StoreOp};
 use tracing::{info, warn};
 
-use crate::batch::StoreAt;
 use crate::check::{CheckOptions, Fault, Problem, Report, check_as, check_with};
-use crate::dirlog::{self, LogBase, Op};
 use crate::fs::{MemFs, join};
-use crate::keys::{ROOT_INO, unescape};
-use crate::record::{Inode, Kind, Link, Time};
-use crate::replies::parse_number;
+use crate::layout::dirlog::{self, LogBase, Op};
+use crate::layout::keys::{ROOT_INO, unescape};
+use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::store::batch::StoreAt;
+use crate::store::replies::parse_number;
 use crate::{FsError, FsResult};
 
 /// Passes of check-then-fix before giving up on what is left.
@@ -71,7 +71,7 @@ impl<S: Store> MemFs<S> {
     pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
         let mut repaired = Vec::new();
         for pass in 1..=PASSES {
-            let report = self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
+            let report = self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
                 // Operations of gone mounts completed when this mount opened the store, or
                 // when it took the lock: each is a change repair made.
                 self.note_rolled_forward(&mut repaired);
@@ -253,7 +253,7 @@ impl<S: Store> Fixer<'_, S> {
     fn bytes(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
         match self.fs.store.get(key) {
             Ok(item) => Ok(item.map(|i| i.value)),
-            Err(e) if crate::data_codec::is_undecodable(&e) => Ok(None),
+            Err(e) if crate::layout::data_codec::is_undecodable(&e) => Ok(None),
             Err(e) => Err(FsError::store(key, e)),
         }
     }

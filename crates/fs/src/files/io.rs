@@ -11,15 +11,17 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
 use tracing::warn;
 
-use crate::attr::Attr;
-use crate::batch::{Batch, Cas, CasOutcome, Got, Handle, Replies, StoreAt, Stored};
-use crate::chunk_buffer::ChunkedFile;
+use crate::files::chunk_buffer::ChunkedFile;
+use crate::files::open_files::OpenFile;
+use crate::files::publish_plan::{
+    Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round,
+};
 use crate::fs::MemFs;
-use crate::intent::Intent;
-use crate::nslock::LockValue;
-use crate::open_files::OpenFile;
-use crate::publish_plan::{Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round};
-use crate::record::{Inode, Kind, Link};
+use crate::layout::attr::Attr;
+use crate::layout::intent::Intent;
+use crate::layout::record::{Inode, Kind, Link};
+use crate::namespace::lock::LockValue;
+use crate::store::batch::{Batch, Cas, CasOutcome, Got, Handle, Replies, StoreAt, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -575,7 +577,7 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Publish rounds until one settles: each works out the record and the keys over the
-    /// record as stored ([`publish_plan`](crate::publish_plan)), sends them with a fence
+    /// record as stored ([`publish_plan`](crate::files::publish_plan)), sends them with a fence
     /// ([`Self::send_round`]) and applies the replies ([`Self::apply_round`]).
     fn publish_rounds(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
         // The record version whose bytes were loaded to move with a mode change: they are

@@ -3,7 +3,7 @@
 //! Creates take no lock: one batch adds the inode record, claims the entry with `add`,
 //! appends the log record and adds the empty data key, and reads the namespace lock and the
 //! directory-rename count to learn whether a directory rename ran meanwhile. Removing and
-//! linking hold the namespace lock (`nslock.rs`) and store an [`Intent`] before their first
+//! linking hold the namespace lock (`lock.rs`) and store an [`Intent`] before their first
 //! change, so that a crash at any point is completed by the next mount.
 
 use std::collections::HashMap;
@@ -13,19 +13,19 @@ use std::time::Instant;
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
-use crate::attr::Attr;
-use crate::batch::{
+use crate::fs::{MemFs, check_name, join, retried};
+use crate::layout::attr::Attr;
+use crate::layout::dirlog::{DirSeq, LogBase, Op};
+use crate::layout::intent::Intent;
+use crate::layout::keys::ROOT_INO;
+use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::namespace::listing::Logged;
+use crate::namespace::unsettled::Unsettled;
+use crate::store::batch::{
     Batch, Cas, CasOutcome, Counted, Deleted, Got, Handle, Replies, StoreAt, Stored,
 };
-use crate::dirlog::{DirSeq, LogBase, Op};
-use crate::fs::{MemFs, check_name, join, retried};
-use crate::intent::Intent;
-use crate::keys::ROOT_INO;
-use crate::listing::Logged;
-use crate::record::{Inode, Kind, Link, Time};
-use crate::replies::parse_number;
+use crate::store::replies::parse_number;
 use crate::sync::lock;
-use crate::unsettled::Unsettled;
 use crate::{FsError, FsResult};
 
 /// How many inode numbers one `incr` reserves for this mount.
@@ -321,7 +321,7 @@ impl<S: Store> MemFs<S> {
         parent: u64,
         chunk: u64,
         late: bool,
-        relog: &[crate::listing::LogChange<'_>],
+        relog: &[crate::namespace::listing::LogChange<'_>],
     ) -> FsResult<Settled> {
         let CreateFence {
             lock_held,
@@ -447,7 +447,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn undo_create(&self, undo: Undo, own_keys: Vec<Command>) {
         let link = Link::new(undo.parent, &undo.name);
         let undone = retried(|| {
-            self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
+            self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
                 let rec = self.read_inode_opt(undo.ino)?;
                 if rec.as_ref().is_some_and(|(r, _)| r.links != [link.clone()]) {
                     return Ok(()); // moved or linked meanwhile: the inode is someone's now
@@ -815,13 +815,13 @@ impl<S: Store> MemFs<S> {
         &self,
         dir: u64,
         chunk: u64,
-        changes: &[crate::listing::LogChange<'_>],
+        changes: &[crate::namespace::listing::LogChange<'_>],
     ) -> FsResult<()> {
         let passed = |now: Option<DirSeq>| now.filter(|n| n.base.chunk > chunk && n.seq.is_some());
         if passed(self.read_dir_seq(dir)?).is_none() {
             return Ok(());
         }
-        self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
+        self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
             let Some(now) = passed(self.read_dir_seq(dir)?) else {
                 return Ok(()); // the directory is gone (or being removed)
             };
@@ -953,7 +953,7 @@ impl<S: Store> MemFs<S> {
     /// and the delete. If that fails, the keys are kept for the heartbeat to retry.
     pub(crate) fn delete_keys_outside_tree(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         let deleted = retried(|| {
-            self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
+            self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
                 self.delete_unreached(keys)
             })
         });
@@ -986,7 +986,7 @@ impl<S: Store> MemFs<S> {
         if let Some(escaped_path) = key.strip_prefix(data_prefix.as_slice())
             && escaped_path.starts_with(b"/")
         {
-            let path = crate::keys::unescape(escaped_path);
+            let path = crate::layout::keys::unescape(escaped_path);
             let Some(ino) = self.resolve_path(&path)? else {
                 return Ok(false);
             };
@@ -1005,7 +1005,7 @@ impl<S: Store> MemFs<S> {
         }
         let private_prefix = self.keys.private_data_prefix();
         if let Some(number) = key.strip_prefix(private_prefix.as_slice())
-            && let Some(ino) = crate::replies::parse_number(number)
+            && let Some(ino) = crate::store::replies::parse_number(number)
         {
             return Ok(match self.read_inode_opt(ino)? {
                 Some((rec, _)) => self.bytes_keys(ino, &rec)?.iter().any(|k| k == key),

@@ -5,7 +5,7 @@
 
 use memfis_memcache::MAX_KEY_LEN;
 
-use crate::dirlog::LogBase;
+use crate::layout::dirlog::LogBase;
 
 /// nginx's memcached key escaping: bytes 0x00-0x20 and `%` become `%XX` (uppercase hex).
 pub fn escape(raw: &[u8]) -> Vec<u8> {
@@ -199,7 +199,7 @@ impl KeyLayout {
     }
 
     /// Where a directory's log starts (absent: chunk 0, no snapshot): the first chunk still
-    /// read and the snapshot read before it ([`crate::dirlog::LogBase`]). Moved by compaction.
+    /// read and the snapshot read before it ([`crate::layout::dirlog::LogBase`]). Moved by compaction.
     pub fn dir_base(&self, dir: u64) -> Vec<u8> {
         self.meta(&format!("b{dir}"))
     }

@@ -10,14 +10,14 @@ use std::collections::HashSet;
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
-use crate::batch::{Batch, StoreAt};
-use crate::dirlog::Op;
 use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
-use crate::intent::{Intent, RenameIntent};
-use crate::keys::ROOT_INO;
-use crate::nslock::LockValue;
-use crate::record::{Inode, Kind, Link, Time};
-use crate::replies::{EntrySlot, value_of};
+use crate::layout::dirlog::Op;
+use crate::layout::intent::{Intent, RenameIntent};
+use crate::layout::keys::ROOT_INO;
+use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::namespace::lock::LockValue;
+use crate::store::batch::{Batch, StoreAt};
+use crate::store::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
 
 /// Files whose bytes are copied per pipelined batch while moving a directory.

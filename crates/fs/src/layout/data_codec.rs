@@ -3,7 +3,7 @@
 //! [`GZIP_FLAG`] set in the item's flags, which nginx's `memcached_gzip_flag` turns into
 //! `Content-Encoding: gzip` (and `gunzip on` decompresses for clients that do not accept it).
 //!
-//! Applied where the filesystem meets the store ([`crate::fenced_store::FencedStore`]), so every
+//! Applied where the filesystem meets the store ([`crate::store::fenced_store::FencedStore`]), so every
 //! path that writes or copies a data key (publish, create, rename, link, load) compresses, and
 //! every read of a flagged item (by any mount, with `--gzip` or not, and by `memfis check`)
 //! gets the plain bytes: nothing above this layer knows. Only whole-value writes (`set`, `add`,
@@ -17,7 +17,7 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use memfis_memcache::{CmdResult, Command, Item, Reply, StoreError, StoreOp};
 
-use crate::keys::KeyLayout;
+use crate::layout::keys::KeyLayout;
 
 /// The item flag bit that marks a gzip-compressed value (`memcached_gzip_flag 2;`).
 pub const GZIP_FLAG: u32 = 2;

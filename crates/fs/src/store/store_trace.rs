@@ -1,14 +1,14 @@
 //! A trace of every store batch a mount sends, for finding races between mounts: one line
 //! per batch, each command with its key, what it carried and the reply. Off unless the log
-//! filter enables target `memfis_fs::store_trace` at trace level
-//! (`MEMFIS_LOG=info,memfis_fs::store_trace=trace`); then costly, never for production.
+//! filter enables target `memfis_fs::store::store_trace` at trace level
+//! (`MEMFIS_LOG=info,memfis_fs::store::store_trace=trace`); then costly, never for production.
 //! Values are summarised: a data value by its length and first byte, an inode record whole
 //! (it is short JSON), anything else by its length.
 
 use memfis_memcache::{CmdResult, Command, Reply};
 
 pub(crate) fn enabled() -> bool {
-    tracing::enabled!(target: "memfis_fs::store_trace", tracing::Level::TRACE)
+    tracing::enabled!(target: "memfis_fs::store::store_trace", tracing::Level::TRACE)
 }
 
 pub(crate) fn log(batch: &[Command], results: &[CmdResult]) {
@@ -24,7 +24,7 @@ pub(crate) fn log(batch: &[Command], results: &[CmdResult]) {
             None => "(no reply)".into(),
         });
     }
-    tracing::trace!(target: "memfis_fs::store_trace", "{line}");
+    tracing::trace!(target: "memfis_fs::store::store_trace", "{line}");
 }
 
 fn key(k: &[u8]) -> String {

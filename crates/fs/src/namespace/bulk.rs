@@ -1,6 +1,6 @@
 //! Creating many files of one directory in two pipelined batches (`memfis load`).
 //!
-//! The same steps as creates followed by their first publishes (`namespace.rs`, `files.rs`),
+//! The same steps as creates followed by their first publishes (`nodes.rs`, `files/io.rs`),
 //! for many names at once. Batch 1, the creates: each file's record `add`ed empty, its entry
 //! and its empty data key `add`ed; one log append (`incr` by the count) lists them all; the
 //! directory's mtime and the inode count; the lock and the directory-rename count read last,
@@ -16,13 +16,13 @@
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::attr::SetAttr;
-use crate::batch::{Batch, CasOutcome, Got, Handle, Stored};
-use crate::dirlog::Op;
 use crate::fs::{MemFs, check_name, join, retried};
-use crate::listing::Logged;
-use crate::namespace::Undo;
-use crate::record::{Inode, Kind, Link};
+use crate::layout::attr::SetAttr;
+use crate::layout::dirlog::Op;
+use crate::layout::record::{Inode, Kind, Link};
+use crate::namespace::listing::Logged;
+use crate::namespace::nodes::Undo;
+use crate::store::batch::{Batch, CasOutcome, Got, Handle, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -262,8 +262,8 @@ impl<S: Store> MemFs<S> {
         };
         let path_now =
             match self.settle_create_fence(fence, parent, la.chunk, la.late.get(), &relog) {
-                Ok(crate::namespace::Settled::Done) => retried(|| self.dir_path(parent)),
-                Ok(crate::namespace::Settled::DirRemoved) => {
+                Ok(crate::namespace::nodes::Settled::Done) => retried(|| self.dir_path(parent)),
+                Ok(crate::namespace::nodes::Settled::DirRemoved) => {
                     for (undo, own_keys) in undos() {
                         self.undo_create(undo, own_keys);
                     }
@@ -271,11 +271,12 @@ impl<S: Store> MemFs<S> {
                 }
                 Err(e) => {
                     // Unknown whether the directory lives: the heartbeat settles it.
-                    self.unsettled.push(crate::unsettled::Unsettled::Settle {
-                        parent,
-                        chunk: la.chunk,
-                        nodes: undos(),
-                    });
+                    self.unsettled
+                        .push(crate::namespace::unsettled::Unsettled::Settle {
+                            parent,
+                            chunk: la.chunk,
+                            nodes: undos(),
+                        });
                     Err(e)
                 }
             };

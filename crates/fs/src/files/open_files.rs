@@ -2,7 +2,7 @@
 //! handles: the record and its version (with the key tokens read at it), the bytes (not read
 //! yet, one buffer of the whole file, or chunks), attribute changes not yet published. The
 //! state and its transitions, without the store; reading, writing and publishing it live in
-//! `files.rs` and `chunked.rs`.
+//! `files/io.rs` and `chunked.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
 
-use crate::attr::SetAttr;
-use crate::chunk_buffer::ChunkedFile;
-use crate::record::{Inode, Link, Time};
+use crate::files::chunk_buffer::ChunkedFile;
+use crate::layout::attr::SetAttr;
+use crate::layout::record::{Inode, Link, Time};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 

@@ -29,9 +29,9 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::info;
 
-use crate::dirlog::{self, DirSeq, LogBase, Op};
 use crate::fs::{MemFs, retried};
-use crate::record::random_id;
+use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
+use crate::layout::record::random_id;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -67,7 +67,7 @@ impl<S: Store> MemFs<S> {
         if !self.store.in_order() {
             return Ok(0);
         }
-        self.with_ns_lock(crate::batch::Batch::new(), |_, _| {
+        self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
             // 1. The live names.
             // No sequence: removed since it was noted (or lost: `memfis check` reports that).
             let DirSeq { seq, base, .. } = self.read_dir_seq(dir)?.ok_or(FsError::NotFound)?;
@@ -152,7 +152,7 @@ impl<S: Store> MemFs<S> {
     /// (directory, its path, records dropped) for each one compacted.
     pub fn compact_all(&self) -> FsResult<Vec<(u64, Vec<u8>, usize)>> {
         let mut done = Vec::new();
-        let mut dirs = vec![(crate::keys::ROOT_INO, Vec::new())];
+        let mut dirs = vec![(crate::layout::keys::ROOT_INO, Vec::new())];
         while let Some((dir, path)) = dirs.pop() {
             let listing = match self.list_dir(dir) {
                 Ok(listing) => listing,
@@ -160,7 +160,7 @@ impl<S: Store> MemFs<S> {
                 Err(e) => return Err(e),
             };
             for (name, (ino, kind)) in listing {
-                if kind == crate::record::Kind::Dir {
+                if kind == crate::layout::record::Kind::Dir {
                     dirs.push((ino, crate::fs::join(&path, &name)));
                 }
             }
@@ -179,7 +179,7 @@ impl<S: Store> MemFs<S> {
         dir: u64,
         listing: dirlog::Listing,
     ) -> FsResult<dirlog::Listing> {
-        let mut batch = crate::batch::Batch::new();
+        let mut batch = crate::store::batch::Batch::new();
         let entries: Vec<_> = listing
             .keys()
             .map(|name| batch.gets(self.keys.entry(dir, name)))

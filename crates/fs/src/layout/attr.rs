@@ -1,7 +1,7 @@
 //! The plain values the filesystem hands out and takes in: attributes, attribute changes,
 //! directory entries, filesystem statistics.
 
-use crate::record::{Inode, Kind, Time};
+use crate::layout::record::{Inode, Kind, Time};
 
 /// Attributes as `stat` shows them.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,10 +20,10 @@ use memfis_memcache::{Command, Reply, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use crate::batch::{Batch, Handle, Replies, StoreAt, Stored};
 use crate::fs::MemFs;
-use crate::intent::Intent;
-use crate::record::{FormatRecord, random_id};
+use crate::layout::intent::Intent;
+use crate::layout::record::{FormatRecord, random_id};
+use crate::store::batch::{Batch, Handle, Replies, StoreAt, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -53,7 +53,7 @@ impl LockValue {
 pub(crate) struct NsLock<'a> {
     _local: MutexGuard<'a, ()>,
     /// Told when this thread holds the lock and when it no longer does.
-    lease: &'a crate::lock_lease::LockLease,
+    lease: &'a crate::store::lock_lease::LockLease,
     pub owner: String,
     /// The lock key was deleted by the operation's last batch already.
     pub released: bool,
@@ -430,7 +430,7 @@ impl<S: Store> MemFs<S> {
         // An operation whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {
-            self.with_ns_lock(crate::batch::Batch::new(), |guard, _| {
+            self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
                 guard.intent = Some(intent.clone());
                 self.complete(&intent)
             })?;

@@ -1,12 +1,12 @@
 //! What one round of a publish writes, worked out from the open file and the keys of its
 //! names without the store: which data keys, which command for each (`cas` on the key's token,
-//! `add`, or `set` of the private key), and the record to store. `files.rs` sends the plan
+//! `add`, or `set` of the private key), and the record to store. `files/io.rs` sends the plan
 //! (with its fence reads) and applies the replies to the open file.
 
 use memfis_memcache::command::Value;
 
-use crate::open_files::OpenFile;
-use crate::record::Inode;
+use crate::files::open_files::OpenFile;
+use crate::layout::record::Inode;
 
 /// The keys of a publish round (`MemFs::bytes_keys`, worked out by the caller).
 #[derive(Debug, Clone)]
@@ -129,8 +129,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::attr::SetAttr;
-    use crate::record::{Kind, Link};
+    use crate::layout::attr::SetAttr;
+    use crate::layout::record::{Kind, Link};
 
     const PRIVATE: &[u8] = b"p%d7";
     const SERVED: &[u8] = b"p/a";

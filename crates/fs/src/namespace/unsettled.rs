@@ -10,7 +10,7 @@ use memfis_memcache::{Command, Store};
 
 use crate::FsResult;
 use crate::fs::MemFs;
-use crate::namespace::{CreateFence, Settled, Undo};
+use crate::namespace::nodes::{CreateFence, Settled, Undo};
 use crate::sync::lock;
 
 /// A create left unfinished.
@@ -57,7 +57,7 @@ impl<S: Store> MemFs<S> {
                         .iter()
                         .map(|(undo, _)| {
                             (
-                                crate::dirlog::Op::Add,
+                                crate::layout::dirlog::Op::Add,
                                 undo.kind,
                                 undo.ino,
                                 undo.name.as_slice(),

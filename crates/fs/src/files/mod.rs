@@ -1,0 +1,18 @@
+//! File bytes: open files, reading, writing and publishing them to their data keys.
+//!
+//! - [`io`]: open, read, write, flush, release; publishing an open file (rounds of a plan,
+//!   its batch, its replies)
+//! - `open_files`: what a mount holds of an open file (a state machine over its bytes and
+//!   the record version they belong to)
+//! - `publish_plan`: the keys and record one publish round writes, worked out without a store
+//! - `chunked`: files larger than one item, in chunks (`chunk_buffer`: what an open one holds)
+//! - `placement`: which key holds a file's bytes (served or private), chmod moving them
+//! - [`xattr`]: `user.*` extended attributes
+
+pub(crate) mod chunk_buffer;
+pub(crate) mod chunked;
+pub mod io;
+pub(crate) mod open_files;
+pub(crate) mod placement;
+pub(crate) mod publish_plan;
+pub mod xattr;

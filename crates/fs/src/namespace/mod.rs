@@ -1,0 +1,21 @@
+//! Names: entries, directory logs, the namespace lock, and the operations that change them.
+//!
+//! - [`nodes`]: create, mkdir, symlink, mknod, link, unlink, rmdir
+//! - [`bulk`]: creating many files of one directory in few batches (`memfis load`)
+//! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
+//! - [`listing`]: appending to and replaying directory logs, readdir
+//! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
+//! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount, the heartbeat
+//! - `roll_forward`: completing the intent a gone mount left in the lock
+//! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
+//! - `meta_cache`: what a mount remembers of directories between operations
+
+pub mod bulk;
+pub(crate) mod compact;
+pub mod listing;
+pub mod lock;
+pub(crate) mod meta_cache;
+pub mod nodes;
+pub mod rename;
+pub(crate) mod roll_forward;
+pub(crate) mod unsettled;
