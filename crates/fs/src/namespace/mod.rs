@@ -1,6 +1,7 @@
 //! Names: entries, directory logs, the namespace lock, and the operations that change them.
 //!
 //! - [`nodes`]: create, mkdir, symlink, mknod, link, unlink, rmdir
+//! - `claim`: the one create path (one batch claiming new names, its fence settled)
 //! - [`bulk`]: creating many files of one directory in few batches (`memfis load`)
 //! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
@@ -11,6 +12,7 @@
 //! - `meta_cache`: what a mount remembers of directories between operations
 
 pub mod bulk;
+pub(crate) mod claim;
 pub(crate) mod compact;
 pub mod listing;
 pub mod lock;

@@ -6,9 +6,7 @@
 //! linking hold the namespace lock (`lock.rs`) and store an [`Intent`] before their first
 //! change, so that a crash at any point is completed by the next mount.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
@@ -19,6 +17,7 @@ use crate::layout::dirlog::{DirSeq, LogBase, Op};
 use crate::layout::intent::Intent;
 use crate::layout::keys::ROOT_INO;
 use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::namespace::claim::{NewName, NewNode};
 use crate::namespace::listing::Logged;
 use crate::namespace::unsettled::Unsettled;
 use crate::store::batch::{
@@ -30,17 +29,6 @@ use crate::{FsError, FsResult};
 
 /// How many inode numbers one `incr` reserves for this mount.
 const INO_BATCH: u64 = 64;
-
-/// An inode just created by [`MemFs::create_node`].
-pub(crate) struct NewNode {
-    pub ino: u64,
-    pub rec: Inode,
-    pub cas: u64,
-    /// Where a file's bytes live (`KeyLayout::file_bytes`, at its path when created).
-    pub data_key: Vec<u8>,
-    /// The cas token of a served `data_key` as created (`RecordVersion::key_tokens`).
-    pub data_token: Option<u64>,
-}
 
 impl<S: Store> MemFs<S> {
     pub(crate) fn alloc_ino(&self) -> FsResult<u64> {
@@ -58,9 +46,9 @@ impl<S: Store> MemFs<S> {
         Ok(ino)
     }
 
-    /// Creates a node in one round trip: record, entry, log record, and the node's own keys
-    /// (an empty data key for a file; sequence, first log chunks and mtime for a directory).
-    /// Anything that fails is undone before the error is returned.
+    /// Creates a node in one round trip (`claim.rs`): record, entry, log record, and the
+    /// node's own keys (an empty data key for a file; sequence, first log chunks and mtime
+    /// for a directory). Anything that fails is undone before the error is returned.
     pub(crate) fn create_node(
         &self,
         parent: u64,
@@ -76,11 +64,10 @@ impl<S: Store> MemFs<S> {
                 rec.mode |= libc::S_ISGID;
             }
         }
-        let path = join(&dir.path, name);
-        // The batch below logs the name before it knows whether its claim wins, and a
-        // claim that loses must take the log record back in the next batch. Unless this
-        // mount listed the directory within the TTL and the name was not there (`cp -a`),
-        // ask first, so a taken name costs no such round.
+        // The batch logs the name before it knows whether its claim wins, and a claim that
+        // loses must take the log record back in the next batch. Unless this mount listed
+        // the directory within the TTL and the name was not there (`cp -a`), ask first, so
+        // a taken name costs no such round.
         if !self.meta.known_absent(parent, name) {
             let slot = self.read_entry(parent, name)?;
             if slot.ino.is_some() {
@@ -90,170 +77,13 @@ impl<S: Store> MemFs<S> {
                 return Err(self.name_collision(parent, name));
             }
         }
-        let ino = self.alloc_ino()?;
-        let ikey = self.keys.inode(ino);
-        let ekey = self.keys.entry(parent, name);
-        let data_key = self.keys.file_bytes(ino, rec.mode, &path);
-        let la = self.log_append(parent, &[(Op::Add, rec.kind, ino, name)]);
-        let (touch, now) = self.touch_dir_cmd(parent);
-        let own_keys = self.own_keys(ino, &rec, &data_key);
-        // A directory's keys go before its entry: once the entry is there, another mount
-        // may list the directory (a lookup, a rename moving its parent), and a missing
-        // sequence would be EIO. They are keyed by the new inode, so nothing else uses them.
-        // A file's data key waits for the claim: at that path it may be the owner's.
-        let own_first = rec.kind == Kind::Dir;
-        let mut batch = Batch::new();
-        let inode_added = batch.add(&ikey, &rec.encode());
-        let inode_read = batch.gets(&ikey);
-        let mut own_sent = Vec::with_capacity(own_keys.len());
-        if own_first {
-            own_sent.extend(own_keys.iter().map(|c| batch.push::<Stored>(c.clone())));
-        }
-        let entry_added = batch.add(&ekey, &self.keys.entry_value(parent, name, ino));
-        let log = self.log_commands(&la, &mut batch);
-        let touched = batch.push::<Stored>(touch);
-        let _inode_count = batch.incr(self.keys.inode_count(), 1); // statistics only: unread
-        if !own_first {
-            own_sent.extend(own_keys.iter().map(|c| batch.push::<Stored>(c.clone())));
-        }
-        // A served file's key token, read after the record's (see `RecordVersion::key_tokens`).
-        let served = rec.kind == Kind::File && !own_keys.is_empty();
-        let data_read = served.then(|| batch.gets(&data_key));
-        let fence = self.create_fence_cmds(parent, &mut batch);
-        let mut results = batch.execute(&self.store);
-        let inode_added = results.take(inode_added);
-        let cas = results.take(inode_read);
-        let own_results: Vec<FsResult<bool>> =
-            own_sent.into_iter().map(|h| results.take(h)).collect();
-        let entry_added = results.take(entry_added);
-        let logged = self.finish_log(&la, &mut results, log);
-        let touched = results.take(touched);
-        let data_token = data_read.and_then(|h| results.take(h).ok().flatten().and_then(|i| i.cas));
-        let fence = self.read_create_fence(parent, &mut results, fence);
-
-        let mut undo = Undo {
-            ino,
-            kind: rec.kind,
-            parent,
+        let new = NewName {
             name: name.to_vec(),
-            entry: false,
-            logged: false,
-            parent_gone: false,
-            parent_keys: [
-                self.keys.dir_mtime(parent),
-                self.log_chunk_keys(&la)[0].clone(),
-                self.log_chunk_keys(&la)[1].clone(),
-            ],
-            own_added: own_results.iter().map(|r| matches!(r, Ok(true))).collect(),
-        };
-        let logged_unknown = logged.is_err();
-        let outcome = (|| -> FsResult<u64> {
-            // The log record first: once appended it must be taken back on any failure.
-            let logged = logged?;
-            undo.logged = matches!(logged, Logged::Done);
-            match inode_added? {
-                true => {}
-                false => {
-                    return Err(FsError::corrupt(
-                        &ikey,
-                        "inode number already in use: the next-ino counter is behind \
-                         (run `memfis check`)",
-                    ));
-                }
-            }
-            undo.entry = match entry_added? {
-                true => true,
-                // Taken, or a removed name an older version left as `-` (a key holding
-                // another long name's entry is a `NameCollision`, never claimed).
-                false => self.entry_swap(parent, name, None, Some(ino))? == Some(ino),
-            };
-            if matches!(logged, Logged::DirGone) {
-                undo.parent_gone = true;
-                return Err(FsError::NotFound);
-            }
-            if !undo.entry {
-                return Err(FsError::Exists);
-            }
-            touched?;
-            for r in own_results {
-                r?;
-            }
-            Ok(cas?
-                .ok_or_else(|| FsError::missing(&ikey))?
-                .cas
-                .unwrap_or(0))
-        })();
-        let cas = match outcome {
-            Ok(cas) => cas,
-            Err(e) => {
-                // A batch whose replies were lost may still have run: take back what may be
-                // there (the entry only if it is this create's; the parent's keys if the parent
-                // is gone, as the batch may have made them again).
-                if !undo.entry {
-                    undo.entry = self
-                        .read_entry(parent, name)
-                        .map_or(true, |slot| slot.ino == Some(ino));
-                }
-                if logged_unknown {
-                    match self.dir_seq_value(parent) {
-                        // Gone or being removed: keys the batch may have made are taken back.
-                        Ok(None) => undo.parent_gone = true,
-                        // There (or unknown): the `+` may have landed (a reply lost, or a
-                        // second append after a compaction): take it back with a `-`, which
-                        // changes nothing if it never landed.
-                        _ => undo.logged = true,
-                    }
-                }
-                self.undo_create(undo, own_keys);
-                return Err(e);
-            }
-        };
-        self.meta.note_name(parent, name, Some((ino, rec.kind)));
-        self.note_dir_touched(parent, now);
-        if rec.kind == Kind::Dir {
-            // Nobody could list it before its entry existed: its (empty) listing is known.
-            self.meta.put_listing(ino, HashMap::new(), Instant::now());
-            self.meta.raise_seq_hint(ino, 0);
-        }
-        let mut node = NewNode {
-            ino,
+            ino: self.alloc_ino()?,
             rec,
-            cas,
-            data_key,
-            data_token,
         };
-        // The name is created; what is left (following a directory rename that ran
-        // meanwhile) is retried a few times rather than left half done.
-        let changes = [(Op::Add, node.rec.kind, ino, name)];
-        // If the directory turns out removed, the entry is this create's and the `+` went
-        // with the directory's log.
-        undo.entry = true;
-        undo.logged = false;
-        undo.parent_gone = true;
-        match self.settle_create_fence(fence, parent, la.chunk, la.late.get(), &changes) {
-            Ok(Settled::Done) => {}
-            Ok(Settled::DirRemoved) => {
-                self.undo_create(undo, own_keys);
-                return Err(FsError::NotFound);
-            }
-            Err(e) => {
-                // Unknown whether the directory lives: the heartbeat settles it.
-                self.unsettled.push(Unsettled::Settle {
-                    parent,
-                    chunk: la.chunk,
-                    nodes: vec![(undo, own_keys)],
-                });
-                return Err(e);
-            }
-        }
-        if node.rec.kind == Kind::File
-            && let Err(e) = retried(|| self.move_created_data_key(parent, name, &mut node))
-        {
-            // The name is made; the empty key at the old path waits for the heartbeat.
-            lock(&self.stale_keys).push(node.data_key.clone());
-            return Err(e);
-        }
-        Ok(node)
+        let claimed = self.claim_names(parent, &dir.path, vec![new]);
+        claimed.into_iter().next().expect("one result a name")
     }
 
     /// What a create reads after every write of its batch (sent last, across the batch's
@@ -358,51 +188,6 @@ impl<S: Store> MemFs<S> {
             retried(|| self.relog_if_compacted(parent, chunk, relog))?;
         }
         Ok(Settled::Done)
-    }
-
-    /// The keys a new node brings: a served file's empty data key (nginx serves an empty
-    /// file; a private key is made by the first publish), a directory's log keys.
-    fn own_keys(&self, ino: u64, rec: &Inode, data_key: &[u8]) -> Vec<Command> {
-        match rec.kind {
-            Kind::File if data_key == self.keys.private_data(ino) => Vec::new(),
-            Kind::File => vec![Command::store(StoreOp::Add, data_key, b"")],
-            Kind::Dir => vec![
-                Command::store(StoreOp::Add, &self.keys.dir_seq(ino), b"0"),
-                Command::store(StoreOp::Add, &self.keys.dir_log(ino, 0), b""),
-                Command::store(StoreOp::Add, &self.keys.dir_log(ino, 1), b""),
-                Command::store(
-                    StoreOp::Add,
-                    &self.keys.dir_mtime(ino),
-                    rec.mtime.to_text().as_bytes(),
-                ),
-            ],
-            Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
-                Vec::new()
-            }
-        }
-    }
-
-    /// After a directory rename moved the parent during the create: the empty data key
-    /// belongs at the new path, if the name is still this file's (under the namespace lock,
-    /// so no other mount removes or moves it meanwhile).
-    fn move_created_data_key(&self, parent: u64, name: &[u8], node: &mut NewNode) -> FsResult<()> {
-        let (ino, mode) = (node.ino, node.rec.mode);
-        if self
-            .keys
-            .file_bytes(ino, mode, &join(&self.dir_path(parent)?, name))
-            == node.data_key
-        {
-            return Ok(());
-        }
-        let mut reads = Batch::new();
-        let generation = reads.get(self.keys.dir_generation());
-        let key = self.with_ns_lock(reads, |_, mut results| {
-            self.note_generation(results.take(generation))?;
-            self.place_created_key(ino, parent, name, &node.data_key)
-        })?;
-        node.data_key = key;
-        node.data_token = None;
-        Ok(())
     }
 
     /// Under the namespace lock, after a directory rename moved a file just created: its
