@@ -610,3 +610,90 @@ fn fifty_concurrent_misses_on_two_hosts_render_once() {
     let names: Vec<_> = tree(mount_a.path()).into_iter().map(|e| e.0).collect();
     assert_eq!(names.len(), 4, "{names:?}");
 }
+
+#[test]
+fn php_sessions_in_the_shared_mount_hold_across_hosts() {
+    let mc = Memcached::start();
+    let a = Mount::new(&[mc.addr()], PREFIX);
+    let b = Mount::new(&[mc.addr()], PREFIX);
+    // PHP's files handler makes no directory: the operator makes it, hidden and private.
+    std::fs::create_dir(a.p(".sessions")).unwrap();
+    // Made before the site serves: mount B sees it once the root listing it read at mount time
+    // is older than the attribute TTL (1 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.p(".sessions").is_dir() {
+        assert!(Instant::now() < deadline, "B never saw .sessions");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fpm_a = PhpFpm::start(a.path(), 4, &[]);
+    let fpm_b = PhpFpm::start(b.path(), 4, &[]);
+    let script = std::fs::canonicalize("tests/php_offload/session_counter.php").unwrap();
+    let location = |port: u16| {
+        format!(
+            "fastcgi_pass 127.0.0.1:{port}; include /etc/nginx/fastcgi_params; \
+             fastcgi_param SCRIPT_FILENAME {};",
+            script.display()
+        )
+    };
+    // One nginx standing for two hosts: /a goes to host A's pool, /b to host B's.
+    let nginx = Nginx::start(
+        "",
+        &format!(
+            "location = /a {{ {} }}\nlocation = /b {{ {} }}",
+            location(fpm_a.port),
+            location(fpm_b.port)
+        ),
+    );
+    let (status, headers, body) = nginx.get("/a");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"1\n");
+    let cookie = header(&headers, "set-cookie").expect("a session cookie");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let id = cookie.strip_prefix("PHPSESSID=").unwrap().to_string();
+
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 25;
+    let answers: Vec<u64> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (nginx, cookie) = (&nginx, &cookie);
+                s.spawn(move || {
+                    (0..REQUESTS)
+                        .map(|i| {
+                            let path = if (c + i) % 2 == 0 { "/a" } else { "/b" };
+                            let (status, _, body) =
+                                nginx.request("GET", path, &[("Cookie", cookie)]);
+                            let body = String::from_utf8_lossy(&body).to_string();
+                            assert_eq!(status, 200, "{path}: {body}");
+                            body.trim().parse::<u64>().expect("a number")
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let mut sorted = answers;
+    sorted.sort();
+    let last = 1 + (CLIENTS * REQUESTS) as u64;
+    assert_eq!(
+        sorted,
+        (2..=last).collect::<Vec<u64>>(),
+        "every count once; host A's php-fpm log:\n{}\nhost B's:\n{}",
+        fpm_a.log(),
+        fpm_b.log()
+    );
+    // One session file, private: a file others may not read has no key nginx could reach.
+    let file = b.p(&format!(".sessions/sess_{id}"));
+    let meta = std::fs::metadata(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(
+        String::from_utf8_lossy(&std::fs::read(&file).unwrap()).contains(&format!("i:{last};"))
+    );
+    let key = format!("{PREFIX}/.sessions/sess_{id}");
+    assert_eq!(mc.get(key.as_bytes()), None);
+}
