@@ -229,13 +229,43 @@ impl Memcached {
 
     /// Every key the server holds (`lru_crawler metadump all`), decoded.
     pub fn keys(&self) -> Vec<Vec<u8>> {
-        let out = self.raw(b"lru_crawler metadump all\r\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            let out = self.metadump();
+            // BUSY (and no keys) while the crawler still runs for the dump before, or for
+            // memcached's own LRU maintenance.
+            if !out.starts_with(b"BUSY") {
+                break out;
+            }
+            assert!(Instant::now() < deadline, "the LRU crawler stayed busy");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         String::from_utf8_lossy(&out)
             .lines()
             .filter_map(|l| l.strip_prefix("key="))
             .filter_map(|l| l.split(' ').next())
             .map(|k| percent_decode(k.as_bytes()))
             .collect()
+    }
+
+    /// The reply to `lru_crawler metadump all`, read to its END: the crawler writes it from a
+    /// thread of its own, so a `quit` sent after it could close the connection mid-dump.
+    fn metadump(&self) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"lru_crawler metadump all\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0; 64 * 1024];
+        while !(out.ends_with(b"END\r\n") || out.starts_with(b"BUSY") && out.ends_with(b"\r\n")) {
+            let n = s.read(&mut buf).expect("metadump");
+            assert!(
+                n > 0,
+                "metadump cut short: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
     }
 
     pub fn delete(&self, key: &[u8]) {
