@@ -81,28 +81,56 @@ function layout(string $title, string $body): string
 /** Renders `$name` unless another request (on any host) stored it meanwhile; its bytes. */
 function publish(string $mount, string $name, callable $render): string
 {
-    $lock = lock_for($mount, $name);
+    $lock = open_lock($mount, $name);
     if ($lock === null) {
         // Answer the request, but store nothing without the lock.
         return render($name, $render);
     }
+    // The lock file holds a token that whoever stores the page changes. A mount may not see for
+    // up to a second a name another mount just made (it answers lookups from a directory listing
+    // it read within attr_ttl), but a lock shows what its last holder wrote: a token that changed
+    // while this request waited says the page is stored, even where it is not visible yet.
+    $before = stream_get_contents($lock, -1, 0);
+    if (!flock($lock, LOCK_EX)) {
+        fclose($lock);
+        error_log("memfis offload: cannot lock $name");
+        return render($name, $render);
+    }
     try {
-        // nginx missed, but another host may have stored the page while this one waited.
-        $page = @file_get_contents("$mount/$name");
-        if ($page !== false) {
+        $stored = stream_get_contents($lock, -1, 0) !== $before;
+        $page = read_page("$mount/$name", $stored ? 15 : 1);
+        if ($page !== null) {
             return $page;
         }
         $page = render($name, $render);
-        if (strlen($page) <= MAX_PAGE_BYTES) {
-            store("$mount/$name", $page);
-        } else {
+        if (strlen($page) > MAX_PAGE_BYTES) {
             error_log("memfis offload: $name is " . strlen($page) . " bytes, not stored");
+        } elseif (store("$mount/$name", $page)) {
+            ftruncate($lock, 0);
+            rewind($lock);
+            fwrite($lock, bin2hex(random_bytes(8)));
+            fflush($lock);
         }
         return $page;
     } finally {
-        flock($lock, LOCK_UN);
+        flock($lock, LOCK_UN); // publishes the token
         fclose($lock);
     }
+}
+
+/** The page's bytes, looking `$tries` times 100 ms apart; null if it is not there. */
+function read_page(string $file, int $tries): ?string
+{
+    for ($try = 0; $try < $tries; $try++) {
+        if ($try > 0) {
+            usleep(100_000);
+        }
+        $page = @file_get_contents($file);
+        if ($page !== false) {
+            return $page;
+        }
+    }
+    return null;
 }
 
 function render(string $name, callable $render): string
@@ -115,36 +143,37 @@ function render(string $name, callable $render): string
 }
 
 /**
- * An exclusive flock on the page's lock file in the mount, or null. Lock files are kept (one per
- * page the route table knows): a removed one could be locked by one request and re-created and
- * locked by another at once.
+ * The page's lock file in the mount, opened, or null. Lock files are kept (one per page the route
+ * table knows): a removed one could be locked by one request and re-created and locked by another.
  */
-function lock_for(string $mount, string $name)
+function open_lock(string $mount, string $name)
 {
     $dir = "$mount/.locks";
     if (!make_dir($dir, 0700)) {
         return null;
     }
-    $f = fopen("$dir/" . sha1($name) . '.lock', 'c');
-    if ($f === false || !flock($f, LOCK_EX)) {
-        error_log("memfis offload: cannot lock $name");
+    $f = fopen("$dir/" . sha1($name) . '.lock', 'c+');
+    if ($f === false) {
+        error_log("memfis offload: cannot open the lock of $name");
         return null;
     }
+    // Every read goes to the file: a buffered one could answer from before the lock.
+    stream_set_read_buffer($f, 0);
     return $f;
 }
 
 /** Writes `$page` at `$file` whole: a temporary file, published by fsync, renamed over it. */
-function store(string $file, string $page): void
+function store(string $file, string $page): bool
 {
     $dir = dirname($file);
     if (!make_dir($dir, 0755)) {
-        return;
+        return false;
     }
     $tmp = "$dir/." . basename($file) . '.' . bin2hex(random_bytes(6)) . '.tmp';
     $f = @fopen($tmp, 'x'); // O_EXCL: never through an existing name or link
     if ($f === false) {
         error_log("memfis offload: cannot create $tmp");
-        return;
+        return false;
     }
     // Others must be able to read it, or nginx never serves it (a pool's umask may be 027).
     $ok = chmod($tmp, 0644) && fwrite($f, $page) === strlen($page) && fsync($f);
@@ -152,7 +181,9 @@ function store(string $file, string $page): void
     if (!$ok || !rename($tmp, $file)) {
         @unlink($tmp);
         error_log("memfis offload: cannot store $file");
+        return false;
     }
+    return true;
 }
 
 /** True once `$dir` is a directory, made if need be; never a symlink. */
