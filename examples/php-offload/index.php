@@ -9,7 +9,8 @@
 //   (a page stored per requested URL would fill memcached until every write fails);
 // - the names written come from the route table, never from the request, and pages are bounded;
 // - several hosts missing one page at once render it once: a flock on a lock file in the shared
-//   mount (memfis locks hold across mounts), then a second look before rendering;
+//   mount (memfis locks hold across mounts), then a second look before rendering, helped by a
+//   token in the lock file (publish());
 // - a page appears whole or not at all: written under a hidden temporary name (nginx refuses
 //   hidden paths), then renamed over its name.
 //
