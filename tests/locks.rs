@@ -275,59 +275,6 @@ fn locks_of_a_killed_mount_are_free_once_its_liveness_lapses() {
     drop(posix);
 }
 
-/// php-fpm with one pool of `children` workers listening on `port`, its files in `mount`.
-struct PhpFpm {
-    child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-impl PhpFpm {
-    fn start(port: u16, mount: &Path, children: usize) -> PhpFpm {
-        let binary = std::fs::read_dir("/usr/sbin")
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("php-fpm")
-            })
-            .expect("php-fpm installed (apt-get install php-fpm)");
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("php-fpm.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
-                 [app]\nuser = root\ngroup = root\nlisten = 127.0.0.1:{port}\npm = static\n\
-                 pm.max_children = {children}\nclear_env = yes\nenv[MEMFIS_MOUNT] = {m}\n",
-                d = dir.path().display(),
-                m = mount.display(),
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(binary)
-            .args(["-F", "-R", "-y"])
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "php-fpm exited");
-            assert!(Instant::now() < deadline, "php-fpm did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PhpFpm {
-            child: ChildGuard(child),
-            _dir: dir,
-        }
-    }
-}
-
 #[test]
 fn php_flock_on_two_hosts_pools_excludes() {
     let mc = Memcached::start();
@@ -335,10 +282,10 @@ fn php_flock_on_two_hosts_pools_excludes() {
     let b = Mount::new(&[mc.addr()], "memfis://php-locks");
     std::fs::write(a.p("counter"), "0\n").unwrap();
     visible(b.p("counter"));
-    let (port_a, port_b) = (free_port(), free_port());
-    let _fpm_a = PhpFpm::start(port_a, a.path(), 4);
-    let _fpm_b = PhpFpm::start(port_b, b.path(), 4);
-    assert!(_fpm_a.child.0.id() != _fpm_b.child.0.id());
+    let fpm_a = PhpFpm::start(a.path(), 4, &[]);
+    let fpm_b = PhpFpm::start(b.path(), 4, &[]);
+    assert!(fpm_a.pid() != fpm_b.pid());
+    let (port_a, port_b) = (fpm_a.port, fpm_b.port);
     let script = std::fs::canonicalize("tests/locks/flock_counter.php").unwrap();
     let location = |port: u16| {
         format!(

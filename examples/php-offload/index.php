@@ -1,42 +1,209 @@
 <?php
-// PHP offloading with memfis: nginx serves every page it finds in memcached. A miss falls
-// through to this script, which renders the page, writes it into the memfis mount at the
-// request's path with ordinary file functions, and returns it. The next request for that
-// path is served by nginx from memcached without running PHP. Invalidate with `rm`.
+// PHP offloading with memfis, as a small application. nginx serves every page it finds in
+// memcached; a miss of any URL falls through to this script, which renders the page, writes it
+// into the memfis mount and returns it. The next request is served by nginx from memcached
+// without PHP. Invalidate a page with `rm` in the mount.
 //
-// Environment (php-fpm pool `env[...]`): MEMFIS_MOUNT, the mount point; MEMFIS_PHP_COUNTER,
-// optional file that gets one byte per invocation (the tests count PHP runs with it).
+// Every miss reaches this script, including a crawler's or an attacker's random URLs, so:
+// - only the routes below render; any other path is a 404 that touches nothing in the mount
+//   (a page stored per requested URL would fill memcached until every write fails);
+// - the names written come from the route table, never from the request, and pages are bounded;
+// - several hosts missing one page at once render it once: a flock on a lock file in the shared
+//   mount (memfis locks hold across mounts), then a second look before rendering, helped by a
+//   token in the lock file (publish());
+// - a page appears whole or not at all: written under a hidden temporary name (nginx refuses
+//   hidden paths), then renamed over its name.
+//
+// Environment (php-fpm pool `env[...]`): MEMFIS_MOUNT, the mount point. For the tests:
+// MEMFIS_PHP_COUNTER, a file that gets one byte per invocation; MEMFIS_RENDER_LOG, one line
+// per render; MEMFIS_RENDER_DELAY_MS, a pause in each render so that concurrent misses overlap.
+
+declare(strict_types=1);
+
+// Below memcached's item size (-I), or nginx could not serve the page anyway.
+const MAX_PAGE_BYTES = 256 * 1024;
 
 $mount = rtrim(getenv('MEMFIS_MOUNT') ?: '/run/memfis-up/mnt', '/');
 $path = $_SERVER['MEMFIS_PATH'] ?? parse_url($_SERVER['REQUEST_URI'] ?? '/', PHP_URL_PATH);
+$articles = require __DIR__ . '/articles.php';
 
-$counter = getenv('MEMFIS_PHP_COUNTER');
-if ($counter) {
+if ($counter = getenv('MEMFIS_PHP_COUNTER')) {
     file_put_contents($counter, 'x', FILE_APPEND | LOCK_EX);
 }
 
-if (!is_string($path) || $path === '' || $path[0] !== '/' || str_contains($path, '/..')) {
-    http_response_code(400);
-    exit("bad path\n");
-}
-// Never render over a script or a hidden file: the mount may hold the site's sources.
-if (preg_match('~/\.|\.(php[0-9]?|phtml|pht|phar|phps|inc)$~i', $path)) {
+$route = is_string($path) ? route($path, $articles) : null;
+if ($route === null) {
     http_response_code(404);
+    header('Content-Type: text/plain; charset=utf-8');
     exit("not found\n");
 }
-$target = str_ends_with($path, '/') ? $path . 'index.html' : $path;
+[$name, $render] = $route;
+$page = publish($mount, $name, $render);
+header('Content-Type: text/html; charset=utf-8');
+echo $page;
 
-$title = htmlspecialchars($path, ENT_QUOTES);
-$html = "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>$title</title></head>\n"
-      . "<body>\n<h1>$title</h1>\n<p>Rendered by PHP at " . gmdate('Y-m-d H:i:s') . " UTC.</p>\n</body>\n</html>\n";
-
-// Publish: memfis stores the whole file in memcached when it is closed.
-$file = $mount . $target;
-if (!is_dir(dirname($file)) && !mkdir(dirname($file), 0755, true) && !is_dir(dirname($file))) {
-    error_log("memfis offload: cannot create " . dirname($file));
-} elseif (file_put_contents($file, $html) === false) {
-    error_log("memfis offload: cannot write $file");
+/** The file a path is stored at and how to render it, or null for a path that is no page. */
+function route(string $path, array $articles): ?array
+{
+    $home = fn() => layout('memfis', '<ul>' . implode('', array_map(
+        fn($slug, $a) => '<li><a href="/articles/' . $slug . '.html">' . e($a['title']) . '</a></li>',
+        array_keys($articles),
+        $articles
+    )) . '</ul>');
+    $pages = [
+        '/' => ['index.html', $home],
+        '/index.html' => ['index.html', $home],
+        '/about.html' => ['about.html', fn() => layout('About', '<p>Rendered once by PHP, then served by nginx from memcached.</p>')],
+    ];
+    if (isset($pages[$path])) {
+        return $pages[$path];
+    }
+    // \z, not $: `$` would also match before a trailing newline (%0A in the URL).
+    if (preg_match('~\A/articles/([a-z0-9-]{1,64})\.html\z~', $path, $m) && isset($articles[$m[1]])) {
+        $a = $articles[$m[1]];
+        $body = implode("\n", array_map(fn($p) => '<p>' . e($p) . '</p>', $a['body']));
+        return ["articles/$m[1].html", fn() => layout($a['title'], $body)];
+    }
+    return null;
 }
 
-header('Content-Type: text/html; charset=utf-8');
-echo $html;
+function e(string $s): string
+{
+    return htmlspecialchars($s, ENT_QUOTES | ENT_SUBSTITUTE, 'UTF-8');
+}
+
+function layout(string $title, string $body): string
+{
+    return "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>" . e($title)
+        . "</title></head>\n<body>\n<h1>" . e($title) . "</h1>\n$body\n<p>Rendered by PHP at "
+        . gmdate('Y-m-d H:i:s') . " UTC.</p>\n</body>\n</html>\n";
+}
+
+/** Renders `$name` unless another request (on any host) stored it meanwhile; its bytes. */
+function publish(string $mount, string $name, callable $render): string
+{
+    $lock = open_lock($mount, $name);
+    if ($lock === null) {
+        // Answer the request, but store nothing without the lock.
+        return render($name, $render);
+    }
+    // The lock file holds a token that whoever stores the page changes. A mount may not see for
+    // up to a second a name another mount just made (it answers lookups from a directory listing
+    // it read within attr_ttl), but a lock shows what its last holder wrote: a token that changed
+    // while this request waited says the page is stored, even where it is not visible yet.
+    $before = stream_get_contents($lock, -1, 0);
+    if (!flock($lock, LOCK_EX)) {
+        fclose($lock);
+        error_log("memfis offload: cannot lock $name");
+        return render($name, $render);
+    }
+    try {
+        $stored = stream_get_contents($lock, -1, 0) !== $before;
+        $page = read_page("$mount/$name", $stored ? 15 : 1);
+        if ($page !== null) {
+            return $page;
+        }
+        $page = render($name, $render);
+        if (strlen($page) > MAX_PAGE_BYTES) {
+            error_log("memfis offload: $name is " . strlen($page) . " bytes, not stored");
+        } elseif (store("$mount/$name", $page)) {
+            ftruncate($lock, 0);
+            rewind($lock);
+            fwrite($lock, bin2hex(random_bytes(8)));
+            fflush($lock);
+        }
+        return $page;
+    } finally {
+        flock($lock, LOCK_UN); // publishes the token
+        fclose($lock);
+    }
+}
+
+/** The page's bytes, looking `$tries` times 100 ms apart; null if it is not there. */
+function read_page(string $file, int $tries): ?string
+{
+    for ($try = 0; $try < $tries; $try++) {
+        if ($try > 0) {
+            usleep(100_000);
+        }
+        $page = @file_get_contents($file);
+        if ($page !== false) {
+            return $page;
+        }
+    }
+    return null;
+}
+
+function render(string $name, callable $render): string
+{
+    if ($log = getenv('MEMFIS_RENDER_LOG')) {
+        file_put_contents($log, "$name\n", FILE_APPEND | LOCK_EX);
+    }
+    usleep(1000 * (int) getenv('MEMFIS_RENDER_DELAY_MS'));
+    return $render();
+}
+
+/**
+ * The page's lock file in the mount, opened, or null. Lock files are kept (one per page the route
+ * table knows): a removed one could be locked by one request and re-created and locked by another.
+ */
+function open_lock(string $mount, string $name)
+{
+    $dir = "$mount/.locks";
+    if (!make_dir($dir, 0700)) {
+        return null;
+    }
+    $f = fopen("$dir/" . sha1($name) . '.lock', 'c+');
+    if ($f === false) {
+        error_log("memfis offload: cannot open the lock of $name");
+        return null;
+    }
+    // Every read goes to the file: a buffered one could answer from before the lock.
+    stream_set_read_buffer($f, 0);
+    return $f;
+}
+
+/** Writes `$page` at `$file` whole: a temporary file, published by fsync, renamed over it. */
+function store(string $file, string $page): bool
+{
+    $dir = dirname($file);
+    if (!make_dir($dir, 0755)) {
+        return false;
+    }
+    $tmp = "$dir/." . basename($file) . '.' . bin2hex(random_bytes(6)) . '.tmp';
+    $f = @fopen($tmp, 'x'); // O_EXCL: never through an existing name or link
+    if ($f === false) {
+        error_log("memfis offload: cannot create $tmp");
+        return false;
+    }
+    // Others must be able to read it, or nginx never serves it (a pool's umask may be 027).
+    $ok = chmod($tmp, 0644) && fwrite($f, $page) === strlen($page) && fsync($f);
+    fclose($f);
+    if (!$ok || !rename($tmp, $file)) {
+        @unlink($tmp);
+        error_log("memfis offload: cannot store $file");
+        return false;
+    }
+    return true;
+}
+
+/** True once `$dir` is a directory, made if need be; never a symlink. */
+function make_dir(string $dir, int $mode): bool
+{
+    // A directory another host made a moment ago may not be visible here yet: a mount answers
+    // lookups from a listing it read within the last second (attr_ttl), so mkdir says EEXIST
+    // while is_dir says no. Wait that out.
+    for ($try = 0; $try < 15; $try++) {
+        clearstatcache(true, $dir);
+        if (is_dir($dir) || @mkdir($dir, $mode)) {
+            // PHP runs as a user that can write the mount: never follow a link out of it.
+            if (is_link($dir)) {
+                break;
+            }
+            return true;
+        }
+        usleep(100_000);
+    }
+    error_log("memfis offload: cannot make directory $dir");
+    return false;
+}

@@ -229,13 +229,43 @@ impl Memcached {
 
     /// Every key the server holds (`lru_crawler metadump all`), decoded.
     pub fn keys(&self) -> Vec<Vec<u8>> {
-        let out = self.raw(b"lru_crawler metadump all\r\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            let out = self.metadump();
+            // BUSY (and no keys) while the crawler still runs for the dump before, or for
+            // memcached's own LRU maintenance.
+            if !out.starts_with(b"BUSY") {
+                break out;
+            }
+            assert!(Instant::now() < deadline, "the LRU crawler stayed busy");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         String::from_utf8_lossy(&out)
             .lines()
             .filter_map(|l| l.strip_prefix("key="))
             .filter_map(|l| l.split(' ').next())
             .map(|k| percent_decode(k.as_bytes()))
             .collect()
+    }
+
+    /// The reply to `lru_crawler metadump all`, read to its END: the crawler writes it from a
+    /// thread of its own, so a `quit` sent after it could close the connection mid-dump.
+    fn metadump(&self) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"lru_crawler metadump all\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0; 64 * 1024];
+        while !(out.ends_with(b"END\r\n") || out.starts_with(b"BUSY") && out.ends_with(b"\r\n")) {
+            let n = s.read(&mut buf).expect("metadump");
+            assert!(
+                n > 0,
+                "metadump cut short: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
     }
 
     pub fn delete(&self, key: &[u8]) {
@@ -368,6 +398,77 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// php-fpm (`-F`, as root) with one static pool of `children` workers on a free loopback port,
+/// `MEMFIS_MOUNT` set to `mount` and each of `env` in the pool's environment. Stopped on drop
+/// with its workers: it runs in a process group of its own, killed whole (a SIGKILL of the
+/// master alone leaves its workers running).
+pub struct PhpFpm {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl PhpFpm {
+    pub fn start(mount: &Path, children: usize, env: &[(&str, &Path)]) -> PhpFpm {
+        use std::os::unix::process::CommandExt;
+        let binary = std::fs::read_dir("/usr/sbin")
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("php-fpm")
+            })
+            .expect("php-fpm installed (apt-get install php-fpm)");
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("php-fpm.conf");
+        let mut text = format!(
+            "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
+             [app]\nuser = root\ngroup = root\nlisten = 127.0.0.1:{port}\npm = static\n\
+             pm.max_children = {children}\nclear_env = yes\ncatch_workers_output = yes\n\
+             env[MEMFIS_MOUNT] = {m}\n",
+            d = dir.path().display(),
+            m = mount.display(),
+        );
+        for (k, v) in env {
+            text.push_str(&format!("env[{k}] = {}\n", v.display()));
+        }
+        std::fs::write(&conf, text).unwrap();
+        let child = Command::new(binary)
+            .args(["-F", "-R", "-y"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path())
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut fpm = PhpFpm { port, child, dir };
+        wait_for_port(port, "php-fpm", &mut fpm.child);
+        fpm
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// php-fpm's log, with what the workers wrote to stderr (PHP's `error_log`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("php-fpm.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PhpFpm {
+    fn drop(&mut self) {
+        // SAFETY: killing the process group our own child leads.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }
 
