@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -484,6 +486,51 @@ fn unknown_path(rng: &mut Rng, i: usize) -> (String, bool) {
     }
 }
 
+/// A symlink made in the mount at a page's name, or at a page's lock file, is never read out
+/// or written through (PHP may run as a user that can read and write anything).
+#[test]
+fn links_at_a_page_or_its_lock_are_never_followed() {
+    let mc = Memcached::start();
+    let mount = Mount::new(&[mc.addr()], PREFIX);
+    let work = tempfile::tempdir().unwrap();
+    let host = Host::start(&mc, mount.path(), work.path(), "a", &[]);
+    let private = |name: &str, text: &str| {
+        std::fs::write(mount.p(name), text).unwrap();
+        std::fs::set_permissions(mount.p(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    private("secret.txt", "SECRET");
+    private("victim.txt", "VICTIM");
+
+    // A link at a page's name: nginx finds no key there, PHP renders the page over the link.
+    std::os::unix::fs::symlink("secret.txt", mount.p("about.html")).unwrap();
+    let (status, _, body) = host.nginx.get("/about.html");
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("SECRET"));
+    let meta = std::fs::symlink_metadata(mount.p("about.html")).unwrap();
+    assert!(meta.file_type().is_file(), "the page replaced the link");
+    assert_eq!(std::fs::read(mount.p("about.html")).unwrap(), body);
+
+    // A link at a page's lock file: the page is answered but not stored, the target untouched.
+    assert_eq!(host.nginx.get("/").0, 200); // makes .locks
+    let name = "articles/hello-memfis.html";
+    let out = Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(name.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("sha1sum runs");
+    let sha1 = String::from_utf8(out.stdout).unwrap()[..40].to_string();
+    std::os::unix::fs::symlink("../victim.txt", mount.p(&format!(".locks/{sha1}.lock"))).unwrap();
+    let (status, headers, body) = host.nginx.get(&format!("/{name}"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "x-memfis-source"), Some("backend"));
+    assert_eq!(std::fs::read(mount.p("victim.txt")).unwrap(), b"VICTIM");
+    assert!(!mount.p(name).exists(), "stored without its lock");
+}
+
 #[test]
 fn ten_thousand_unknown_paths_answer_404_and_write_nothing() {
     let mc = Memcached::start();
@@ -495,6 +542,11 @@ fn ten_thousand_unknown_paths_answer_404_and_write_nothing() {
         assert_eq!(host.nginx.get(path).0, 200, "{path}");
     }
     let store = store_snapshot(&mc);
+    // (An empty snapshot would compare equal to anything.)
+    assert!(
+        store.contains_key(format!("{PREFIX}/about.html").as_bytes()),
+        "the snapshot misses the pages just stored"
+    );
     let files = tree(mount.path());
     let calls = host.calls();
 

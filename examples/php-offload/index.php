@@ -126,9 +126,13 @@ function read_page(string $file, int $tries): ?string
         if ($try > 0) {
             usleep(100_000);
         }
-        $page = @file_get_contents($file);
-        if ($page !== false) {
-            return $page;
+        $f = open_regular($file, 'r');
+        if ($f !== null) {
+            $page = stream_get_contents($f);
+            fclose($f);
+            if ($page !== false) {
+                return $page;
+            }
         }
     }
     return null;
@@ -153,13 +157,41 @@ function open_lock(string $mount, string $name)
     if (!make_dir($dir, 0700)) {
         return null;
     }
-    $f = fopen("$dir/" . sha1($name) . '.lock', 'c+');
-    if ($f === false) {
+    $f = open_regular("$dir/" . sha1($name) . '.lock', 'c+');
+    if ($f === null) {
         error_log("memfis offload: cannot open the lock of $name");
         return null;
     }
     // Every read goes to the file: a buffered one could answer from before the lock.
     stream_set_read_buffer($f, 0);
+    return $f;
+}
+
+/**
+ * `$path` opened with `$mode`, or null unless it is a regular file reached through no symlink:
+ * PHP may run as a user that can write anywhere, and a link someone made in the mount (at a
+ * page's name, or a lock file's) must not be read out or written through.
+ */
+function open_regular(string $path, string $mode)
+{
+    clearstatcache(true, $path);
+    $before = @lstat($path);
+    if ($before !== false && ($before['mode'] & 0170000) !== 0100000) {
+        return null;
+    }
+    $f = @fopen($path, $mode);
+    if ($f === false) {
+        return null;
+    }
+    // The name may have changed between the lstat and the open: the file opened must be the
+    // one the name holds now, not what a link there points at.
+    clearstatcache(true, $path);
+    $opened = fstat($f);
+    $now = @lstat($path);
+    if ($now === false || $opened['dev'] !== $now['dev'] || $opened['ino'] !== $now['ino']) {
+        fclose($f);
+        return null;
+    }
     return $f;
 }
 

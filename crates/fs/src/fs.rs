@@ -266,9 +266,7 @@ impl<S: Store> MemFs<S> {
             Command::store(StoreOp::Add, &self.keys.inode_count(), b"1"),
             Command::store(StoreOp::Add, &self.keys.dir_generation(), b"0"),
         ];
-        for r in self.store.execute(batch) {
-            r.map_err(|e| FsError::store(&key, e))?;
-        }
+        self.store.execute_all(batch)?;
         let format = serde_json::to_vec(&FormatRecord::new(random_id())).expect("serializes");
         self.store.store_at(StoreOp::Add, &key, &format)?;
         // Two mounts may format at once: the one record that got stored counts.
@@ -502,10 +500,11 @@ impl<S: Store> MemFs<S> {
                     self.store.delete_at(&key)?;
                     true
                 }
-                (Some(ino), None) => self
-                    .store
-                    .store(StoreOp::Add, &key, &self.keys.entry_value(dir, name, ino))
-                    .map_err(|e| FsError::store(&key, e))?,
+                (Some(ino), None) => self.store.store_at(
+                    StoreOp::Add,
+                    &key,
+                    &self.keys.entry_value(dir, name, ino),
+                )?,
                 (Some(ino), Some(cas)) => {
                     let value = self.keys.entry_value(dir, name, ino);
                     let cas = Command::cas(&key, &value, cas);
@@ -859,8 +858,7 @@ impl<S: Store> MemFs<S> {
             // The mtime key wins over the record for directories: keep them in step.
             let key = self.keys.dir_mtime(ino);
             self.store
-                .store(StoreOp::Set, &key, t.to_text().as_bytes())
-                .map_err(|e| FsError::store(&key, e))?;
+                .store_at(StoreOp::Set, &key, t.to_text().as_bytes())?;
             return Ok(self.with_dir_links(self.attr_from(ino, &rec, Some(t))));
         }
         self.getattr(ino)
@@ -909,10 +907,7 @@ impl<S: Store> MemFs<S> {
             .iter()
             .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
             .collect();
-        for (k, r) in keys.iter().zip(self.store.execute(batch)) {
-            r.map_err(|e| FsError::store(k, e))?;
-        }
-        Ok(())
+        self.store.execute_all(batch)
     }
 
     // ----- whole filesystem ----------------------------------------------------------------

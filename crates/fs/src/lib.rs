@@ -13,11 +13,15 @@
 //!
 //! [`MemFs`] ([`fs`]) is the facade: the type, opening a store, and what every layer shares
 //! (reading and changing records and entries, paths, attributes). Each operation of the
-//! facade is defined in the folder of its layer: `lookup`, `getattr`, `setattr` and `statfs`
-//! in [`fs`]; `create`, `mkdir`, `unlink`, `rmdir`, `link`, `symlink` in [`namespace::nodes`];
-//! `rename` in [`namespace::rename`]; `readdir` in [`namespace::listing`]; `open`, `read`,
-//! `write`, `flush`, `release` in [`files::io`]; xattrs in [`files::xattr`]; file locks in
-//! [`locks`]; `heartbeat` in [`namespace::lock`]; `repair` in [`check::repair`].
+//! facade is defined in the folder of its layer:
+//! - `lookup`, `getattr`, `setattr`, `statfs`: [`fs`]
+//! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]
+//!   (every create claims its name through `namespace::claim`)
+//! - `create_files`: [`namespace::bulk`]; `rename`: [`namespace::rename`]; `readdir`:
+//!   [`namespace::listing`]; `compact_dir`, `compact_all`: `namespace::compact`
+//! - `create`, `open`, `read`, `write`, `flush`, `fsync`, `release`: [`files::io`]; xattrs:
+//!   [`files::xattr`]
+//! - file locks: [`locks`]; `heartbeat`: [`namespace::lock`]; `repair`: [`check::repair`]
 //!
 //! Values in and out: [`layout::attr`] (attributes, changes, entries, statfs), [`error`].
 //! Warnings that repeat (a store outage fails every call alike) go through [`log_limit`].

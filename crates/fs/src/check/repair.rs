@@ -374,10 +374,7 @@ impl<S: Store> Fixer<'_, S> {
         let fresh = self.add(&key, &rec.encode())?;
         if !fresh {
             // There but unreadable: replaced.
-            self.fs
-                .store
-                .store(StoreOp::Set, &key, &rec.encode())
-                .map_err(|e| FsError::store(&key, e))?;
+            self.fs.store.store_at(StoreOp::Set, &key, &rec.encode())?;
         }
         let path = self.fs.dir_path(dir).unwrap_or_default();
         self.note(

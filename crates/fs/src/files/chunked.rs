@@ -330,7 +330,8 @@ impl<S: Store> MemFs<S> {
                     // chunks this cas named are no record's now.
                     of.mark_unlinked();
                     self.delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
-                    return Ok(Published::Done(Vec::new()));
+                    // (Keys of the file as one item go unless a name still reaches them.)
+                    return Ok(Published::Done(stale));
                 }
                 CasOutcome::Stored => {
                     // Another set of chunks goes too.

@@ -140,11 +140,7 @@ impl<S: Store> MemFs<S> {
                 .filter(|k| !new_keys.contains(k))
                 .map(|k| Command::Delete(k.clone())),
         );
-        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
-        for (key, r) in keys.iter().zip(self.store.execute(batch)) {
-            // (An `add` that found its key: an earlier run made it.)
-            r.map_err(|e| FsError::store(key, e))?;
-        }
-        Ok(())
+        // (An `add` that found its key: an earlier run made it.)
+        self.store.execute_all(batch)
     }
 }

@@ -85,6 +85,7 @@ impl<S: Store> MemFs<S> {
             .unzip();
         let log = self.log_commands(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(parent);
+        let touch_again = touch.clone();
         let touched = batch.push::<Stored>(touch);
         // Statistics only: unread.
         let _inode_count = batch.incr(self.keys.inode_count(), sending.len() as u64);
@@ -119,8 +120,13 @@ impl<S: Store> MemFs<S> {
                 parent_gone,
                 parent_keys: self.parent_keys(parent, &la),
                 own_added,
+                record_cas: r
+                    .record_read
+                    .as_ref()
+                    .ok()
+                    .and_then(|i| i.as_ref().and_then(|i| i.cas)),
             };
-            match self.claim_outcome(parent, &s, r, &logged, &touched, &mut undo) {
+            match self.claim_outcome(parent, &s, r, &logged, &mut undo) {
                 Ok((cas, data_token)) => {
                     out.push(Ok(NewNode {
                         ino: s.new.ino,
@@ -153,7 +159,9 @@ impl<S: Store> MemFs<S> {
         if claimed.is_empty() {
             return out;
         }
-        if touched.is_ok() {
+        // Only the directory's time: tried once more, the nodes are made (so the directory
+        // is there; a gone one must not get its mtime key back).
+        if touched.is_ok() || self.store.run(touch_again).is_ok() {
             self.note_dir_touched(parent, now);
         }
         self.note_claimed(parent, &out);
@@ -213,7 +221,6 @@ impl<S: Store> MemFs<S> {
         s: &Sending,
         r: ClaimReplies,
         logged: &FsResult<Logged>,
-        touched: &FsResult<bool>,
         undo: &mut Undo,
     ) -> FsResult<(u64, Option<u64>)> {
         // The log record first: once appended it must be taken back on any failure.
@@ -242,7 +249,6 @@ impl<S: Store> MemFs<S> {
         if !undo.entry {
             return Err(FsError::Exists);
         }
-        touched.clone()?;
         for o in r.own {
             o?;
         }
@@ -338,15 +344,27 @@ impl<S: Store> MemFs<S> {
         if self.keys.file_bytes(node.ino, node.rec.mode, &path) == node.data_key {
             return Ok(());
         }
-        let mut reads = Batch::new();
-        let generation = reads.get(self.keys.dir_generation());
-        let key = self.with_ns_lock(reads, |_, mut results| {
-            self.note_generation(results.take(generation))?;
-            self.place_created_key(node.ino, parent, &node.name, &node.data_key)
-        })?;
-        node.data_key = key;
+        node.data_key =
+            self.place_created_key_locked(parent, node.ino, &node.name, &node.data_key)?;
         node.data_token = None;
         Ok(())
+    }
+
+    /// [`Self::place_created_key`] under the namespace lock, with the directory-rename count
+    /// read as it is taken.
+    pub(crate) fn place_created_key_locked(
+        &self,
+        parent: u64,
+        ino: u64,
+        name: &[u8],
+        key: &[u8],
+    ) -> FsResult<Vec<u8>> {
+        let mut reads = Batch::new();
+        let generation = reads.get(self.keys.dir_generation());
+        self.with_ns_lock(reads, |_, mut results| {
+            self.note_generation(results.take(generation))?;
+            self.place_created_key(ino, parent, name, key)
+        })
     }
 
     /// The keys a new node brings: a served file's empty data key (nginx serves an empty

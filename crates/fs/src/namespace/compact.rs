@@ -32,6 +32,7 @@ use tracing::info;
 use crate::fs::{MemFs, retried};
 use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
 use crate::layout::record::random_id;
+use crate::store::batch::StoreAt;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
@@ -131,10 +132,7 @@ impl<S: Store> MemFs<S> {
             }
             let _ = retried(|| {
                 let batch = unread.iter().map(|k| Command::Delete(k.clone())).collect();
-                for r in self.store.execute(batch) {
-                    r.map_err(|e| FsError::store(&base_key, e))?;
-                }
-                Ok(())
+                self.store.execute_all(batch)
             });
             flipped?;
             self.meta.raise_seq_hint(dir, seq);

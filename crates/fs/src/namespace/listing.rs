@@ -218,12 +218,7 @@ impl<S: Store> MemFs<S> {
         let batch: Vec<Command> = chunks
             .map(|c| Command::Delete(self.keys.dir_log(dir, c)))
             .collect();
-        let _ = crate::fs::retried(|| {
-            for r in self.store.execute(batch.clone()) {
-                r.map_err(|e| FsError::store(&self.keys.dir_log(dir, 0), e))?;
-            }
-            Ok(())
-        });
+        let _ = crate::fs::retried(|| self.store.execute_all(batch.clone()));
     }
 
     /// The command that sets a directory's mtime (sent with every log append).

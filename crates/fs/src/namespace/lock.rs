@@ -425,8 +425,9 @@ impl<S: Store> MemFs<S> {
         if !stale.is_empty() {
             self.delete_keys_outside_tree(&stale)?;
         }
-        // Creates a store error left unfinished (their directory may have gone meanwhile).
-        self.settle_unsettled()?;
+        // Creates a store error left unfinished (their directory may have gone meanwhile);
+        // the steps below do not wait for them.
+        let unsettled = self.settle_unsettled();
         // An operation whose intent is kept here without the lock: take it again to complete it.
         let orphaned = lock(&self.orphaned).clone();
         if let Some(intent) = orphaned {
@@ -451,7 +452,7 @@ impl<S: Store> MemFs<S> {
             // operation, which holds `ns_local`).
             lock(&self.leftover).retain(|o| !leftover.contains(o));
         }
-        compacted
+        compacted.and(unsettled)
     }
 }
 

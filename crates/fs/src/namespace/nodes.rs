@@ -48,7 +48,8 @@ impl<S: Store> MemFs<S> {
 
     /// Creates a node in one round trip (`claim.rs`): record, entry, log record, and the
     /// node's own keys (an empty data key for a file; sequence, first log chunks and mtime
-    /// for a directory). Anything that fails is undone before the error is returned.
+    /// for a directory). Anything that fails is undone before the error is returned (or, if
+    /// the store keeps failing, by the heartbeat).
     pub(crate) fn create_node(
         &self,
         parent: u64,
@@ -230,17 +231,7 @@ impl<S: Store> MemFs<S> {
     /// gone or not (a removal may have run between the batch's commands, before its own
     /// keys were added).
     pub(crate) fn undo_create(&self, undo: Undo, own_keys: Vec<Command>) {
-        let link = Link::new(undo.parent, &undo.name);
-        let undone = retried(|| {
-            self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
-                let rec = self.read_inode_opt(undo.ino)?;
-                if rec.as_ref().is_some_and(|(r, _)| r.links != [link.clone()]) {
-                    return Ok(()); // moved or linked meanwhile: the inode is someone's now
-                }
-                self.undo_create_locked(&undo, &own_keys, rec.is_some())
-            })
-        });
-        if let Err(e) = undone {
+        if let Err(e) = self.undo_create_now(&undo, &own_keys) {
             crate::limited_warn!(
                 "cannot undo a failed create",
                 "cannot undo the failed create of inode {} yet (the heartbeat tries again): {e}",
@@ -248,6 +239,27 @@ impl<S: Store> MemFs<S> {
             );
             self.unsettled.push(Unsettled::Undo { undo, own_keys });
         }
+    }
+
+    /// [`Self::undo_create`], retried a few times, the error returned.
+    pub(crate) fn undo_create_now(&self, undo: &Undo, own_keys: &[Command]) -> FsResult<()> {
+        let link = Link::new(undo.parent, &undo.name);
+        retried(|| {
+            self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
+                let rec = self.read_inode_opt(undo.ino)?;
+                let someones = rec.as_ref().is_some_and(|(r, cas)| {
+                    let written = match undo.record_cas {
+                        Some(made) => *cas != made,
+                        None => r.size != 0 || r.chunk_size.is_some(),
+                    };
+                    r.links != [link.clone()] || written
+                });
+                if someones {
+                    return Ok(()); // moved, linked or written meanwhile: someone's now
+                }
+                self.undo_create_locked(undo, own_keys, rec.is_some())
+            })
+        })
     }
 
     /// [`Self::undo_create`] for a caller that holds the lock; `rec_there`: the inode's
@@ -298,10 +310,7 @@ impl<S: Store> MemFs<S> {
         if undo.parent_gone && self.dir_seq_value(undo.parent)?.is_none() {
             batch.extend(undo.parent_keys.iter().map(|k| Command::Delete(k.clone())));
         }
-        let results = self.store.execute(batch);
-        if let Some(e) = results.into_iter().find_map(Result::err) {
-            return Err(FsError::store(&self.keys.inode(undo.ino), e));
-        }
+        self.store.execute_all(batch)?;
         self.delete_unreached(&maybe_theirs)
     }
 
@@ -870,4 +879,8 @@ pub(crate) struct Undo {
     pub parent_keys: [Vec<u8>; 3],
     /// Which of the node's own keys its `add` stored.
     pub own_added: Vec<bool>,
+    /// The record's cas token as the create made it (`None`: its read failed). A record at
+    /// another version was written since (the name was live: another mount may have opened
+    /// and published it), and the inode is left alone.
+    pub record_cas: Option<u64>,
 }

@@ -283,8 +283,10 @@ impl<S: Store> MemFs<S> {
             return Ok(());
         }
         let overwritten = match (r.kind, self.read_inode_opt(r.ino)?) {
+            // (A file in chunks has no served key: nothing overwrites the destination's.)
             (Kind::File, Some((rec, _))) => {
-                self.keys.file_bytes(r.ino, rec.mode, &r.new_path) == served
+                rec.chunk_size.is_none()
+                    && self.keys.file_bytes(r.ino, rec.mode, &r.new_path) == served
             }
             _ => false,
         };
@@ -327,9 +329,7 @@ impl<S: Store> MemFs<S> {
             .filter(|m| !new_keys.contains(&m.old) && !m.keep_old)
             .map(|m| Command::Delete(m.old.clone()))
             .collect();
-        for r in self.store.execute(stale) {
-            r.map_err(|e| FsError::store(b"(rename cleanup)", e))?;
-        }
+        self.store.execute_all(stale)?;
         self.mark_exchange_data_done()
     }
 
@@ -498,10 +498,6 @@ impl<S: Store> MemFs<S> {
         }
         // Sets before deletes: nginx finds every file at one of its paths throughout.
         let batch: Vec<Command> = sets.into_iter().chain(deletes).collect();
-        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
-        for (key, r) in keys.iter().zip(self.store.execute(batch)) {
-            r.map_err(|e| FsError::store(key, e))?;
-        }
-        Ok(())
+        self.store.execute_all(batch)
     }
 }

@@ -10,6 +10,8 @@ use memfis_memcache::{Command, Store};
 
 use crate::FsResult;
 use crate::fs::MemFs;
+use crate::layout::dirlog::Op;
+use crate::layout::record::Kind;
 use crate::namespace::nodes::{CreateFence, Settled, Undo};
 use crate::sync::lock;
 
@@ -43,55 +45,89 @@ impl UnsettledCreates {
 
 impl<S: Store> MemFs<S> {
     /// Finishes the creates left unfinished (part of the heartbeat). Those that fail again
-    /// stay for the next heartbeat, and the first error is returned.
+    /// stay for the next heartbeat (the first error is returned), unless the store is
+    /// damaged there: then they are left for `memfis check --repair`, with a log line.
     pub(crate) fn settle_unsettled(&self) -> FsResult<()> {
         let mut first_error = Ok(());
         for u in self.unsettled.take() {
-            let done = match &u {
+            let done = match u {
                 Unsettled::Settle {
                     parent,
                     chunk,
                     nodes,
-                } => {
-                    let relog: Vec<_> = nodes
-                        .iter()
-                        .map(|(undo, _)| {
-                            (
-                                crate::layout::dirlog::Op::Add,
-                                undo.kind,
-                                undo.ino,
-                                undo.name.as_slice(),
-                            )
-                        })
-                        .collect();
-                    self.settle_create_fence(CreateFence::unknown(), *parent, *chunk, false, &relog)
+                } => self.settle_again(parent, chunk, nodes),
+                Unsettled::Undo { undo, own_keys } => {
+                    self.undo_create_now(&undo, &own_keys).map_err(|e| {
+                        let again = Unsettled::Undo { undo, own_keys };
+                        Box::new((e, again))
+                    })
                 }
-                Unsettled::Undo { .. } => Ok(Settled::DirRemoved),
             };
-            match (done, u) {
-                (Ok(Settled::Done), _) => {}
-                // (An undo that fails again queues itself.)
-                (Ok(Settled::DirRemoved), Unsettled::Settle { nodes, .. }) => {
-                    for (undo, own_keys) in nodes {
-                        self.undo_create(undo, own_keys);
-                    }
+            if let Err(failed) = done {
+                let (e, again) = *failed;
+                if e.is_damage() {
+                    tracing::error!(
+                        "a create left unfinished cannot be finished ({e}): left for \
+                         `memfis check --repair`"
+                    );
+                    continue;
                 }
-                (Ok(Settled::DirRemoved), Unsettled::Undo { undo, own_keys }) => {
-                    self.undo_create(undo, own_keys)
-                }
-                (Err(e), u) => {
-                    self.unsettled.push(u);
-                    if first_error.is_ok() {
-                        first_error = Err(e);
-                    }
+                self.unsettled.push(again);
+                if first_error.is_ok() {
+                    first_error = Err(e);
                 }
             }
         }
-        first_error?;
-        // An undo that failed above queued itself again.
-        match lock(&self.unsettled.0).is_empty() {
-            true => Ok(()),
-            false => Err(crate::FsError::Contended),
+        first_error
+    }
+
+    /// Settles the fence of creates in `parent` again: the nodes are taken back if the
+    /// directory went, and a file's empty data key follows a directory rename otherwise.
+    fn settle_again(
+        &self,
+        parent: u64,
+        chunk: u64,
+        nodes: Vec<(Undo, Vec<Command>)>,
+    ) -> Result<(), Box<(crate::FsError, Unsettled)>> {
+        let relog: Vec<_> = nodes
+            .iter()
+            .map(|(undo, _)| (Op::Add, undo.kind, undo.ino, undo.name.as_slice()))
+            .collect();
+        let settled =
+            self.settle_create_fence(CreateFence::unknown(), parent, chunk, false, &relog);
+        drop(relog);
+        match settled {
+            Ok(Settled::Done) => {
+                for (undo, own_keys) in &nodes {
+                    // A served file's empty data key (a private file has none yet).
+                    let Some(key) = own_keys.first().filter(|_| undo.kind == Kind::File) else {
+                        continue;
+                    };
+                    if self
+                        .place_created_key_locked(parent, undo.ino, &undo.name, key.key())
+                        .is_err()
+                    {
+                        // Deleted by the heartbeat once no name reaches it.
+                        lock(&self.stale_keys).push(key.key().to_vec());
+                    }
+                }
+                Ok(())
+            }
+            Ok(Settled::DirRemoved) => {
+                // (An undo that fails queues itself.)
+                for (undo, own_keys) in nodes {
+                    self.undo_create(undo, own_keys);
+                }
+                Ok(())
+            }
+            Err(e) => Err(Box::new((
+                e,
+                Unsettled::Settle {
+                    parent,
+                    chunk,
+                    nodes,
+                },
+            ))),
         }
     }
 }

@@ -147,6 +147,16 @@ pub(crate) trait StoreAt: Store {
         read::<Stored>(key, self.run(Command::store(op, key, value)))
     }
 
+    /// Runs `batch`, every command of which must succeed (whatever it answers): the first
+    /// that failed is the error, naming its key.
+    fn execute_all(&self, batch: Vec<Command>) -> FsResult<()> {
+        let keys: Vec<Vec<u8>> = batch.iter().map(|c| c.key().to_vec()).collect();
+        for (key, r) in keys.iter().zip(self.execute(batch)) {
+            r.map_err(|e| FsError::store(key, e))?;
+        }
+        Ok(())
+    }
+
     fn delete_at(&self, key: &[u8]) -> FsResult<bool> {
         read::<Deleted>(key, self.run(Command::Delete(key.to_vec())))
     }
