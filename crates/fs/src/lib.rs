@@ -14,7 +14,7 @@
 //! [`MemFs`] ([`fs`]) is the facade: the type, opening a store, and what every layer shares
 //! (reading and changing records and entries, paths, attributes). Each operation of the
 //! facade is defined in the folder of its layer:
-//! - `lookup`, `getattr`, `setattr`, `statfs`: [`fs`]
+//! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`, `setattr`: `files::attrs`
 //! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]
 //!   (every create claims its name through `namespace::claim`)
 //! - `create_files`: [`namespace::bulk`]; `rename`: [`namespace::rename`]; `readdir`:

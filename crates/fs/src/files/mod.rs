@@ -1,5 +1,6 @@
 //! File bytes: open files, reading, writing and publishing them to their data keys.
 //!
+//! - `attrs`: `getattr`, `setattr`, the attributes a record or an open file makes, size limits
 //! - [`io`]: open, read, write, flush, release; publishing an open file (rounds of a plan,
 //!   its batch, its replies)
 //! - `open_files`: what a mount holds of an open file (a state machine over its bytes and
@@ -9,6 +10,7 @@
 //! - `placement`: which key holds a file's bytes (served or private), chmod moving them
 //! - [`xattr`]: `user.*` extended attributes
 
+pub(crate) mod attrs;
 pub(crate) mod chunk_buffer;
 pub(crate) mod chunked;
 pub mod io;

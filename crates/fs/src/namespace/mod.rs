@@ -1,5 +1,7 @@
 //! Names: entries, directory logs, the namespace lock, and the operations that change them.
 //!
+//! - `records`: inode records and entries as every operation reads and changes them, paths,
+//!   `lookup`
 //! - [`nodes`]: create, mkdir, symlink, mknod, link, unlink, rmdir
 //! - `claim`: the one create path (one batch claiming new names, its fence settled)
 //! - [`bulk`]: creating many files of one directory in few batches (`memfis load`)
@@ -18,6 +20,7 @@ pub mod listing;
 pub mod lock;
 pub(crate) mod meta_cache;
 pub mod nodes;
+pub(crate) mod records;
 pub mod rename;
 pub(crate) mod roll_forward;
 pub(crate) mod unsettled;
