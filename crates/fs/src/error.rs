@@ -135,9 +135,7 @@ impl FsError {
     pub fn store(key: &[u8], source: StoreError) -> FsError {
         let key = String::from_utf8_lossy(key).into_owned();
         match source {
-            StoreError::Server(m) if m == crate::store::fenced_store::STORE_GONE => {
-                FsError::StoreGone
-            }
+            StoreError::Refused(memfis_memcache::Refusal::StoreGone) => FsError::StoreGone,
             StoreError::OutOfMemory(_) => FsError::NoSpace { key, source },
             StoreError::TooLarge(msg) => FsError::TooBig { key, limit: msg },
             StoreError::BadKey(_) if key.len() > memfis_memcache::MAX_KEY_LEN => {

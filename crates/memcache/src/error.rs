@@ -28,6 +28,23 @@ pub enum StoreError {
     /// The reply could not be parsed.
     #[error("protocol error from {server}: {message}")]
     Protocol { server: String, message: String },
+    /// Never sent: a guard above the connections refused it.
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Why a guard above the connections refused a command (a caller's own rule, typed so that
+/// callers tell the cases apart without reading messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The store was emptied or replaced under the caller.
+    #[error("the store was emptied or replaced under this mount; remount it")]
+    StoreGone,
+    /// The caller stalled past its liveness while holding a lock another may hold now.
+    #[error(
+        "this mount stalled past its liveness: the namespace lock it held may be another mount's now"
+    )]
+    LeaseLapsed,
 }
 
 impl StoreError {

@@ -21,7 +21,7 @@ pub mod ring;
 
 pub use client::{Client, ClientConfig};
 pub use command::{Command, Item, MetaItem, Reply, StoreOp};
-pub use error::StoreError;
+pub use error::{Refusal, StoreError};
 
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;

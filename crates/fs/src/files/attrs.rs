@@ -194,15 +194,18 @@ impl<S: Store> MemFs<S> {
         }
         // A chmod that serves or withdraws a file moves its bytes, under the namespace lock;
         // any other change is one cas (refused if a mode change elsewhere made it one).
-        let plain = self.update_inode(ino, |rec| match Self::changes_visibility(rec, set) {
-            true => Err(FsError::Contended),
-            false => {
-                set.apply_to(rec);
-                Ok(())
+        // (The flag says why the cas loop stopped; a `Contended` of its own is an error.)
+        let moves_bytes = std::cell::Cell::new(false);
+        let plain = self.update_inode(ino, |rec| {
+            if Self::changes_visibility(rec, set) {
+                moves_bytes.set(true);
+                return Err(FsError::Invalid("a mode change that moves bytes"));
             }
+            set.apply_to(rec);
+            Ok(())
         });
         let rec = match plain {
-            Err(FsError::Contended) => {
+            Err(_) if moves_bytes.get() => {
                 self.setattr_moving_bytes(ino, set)?;
                 self.read_live_inode(ino)?.0
             }

@@ -10,14 +10,11 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
+use memfis_memcache::{Capacity, CmdResult, Command, Refusal, Store, StoreError};
 
 use crate::layout::data_codec::DataCodec;
 use crate::layout::record::FormatRecord;
-use crate::store::lock_lease::{LEASE_LAPSED, LockLease};
-
-/// The server error every command gets once the store is gone ([`crate::FsError::StoreGone`]).
-pub const STORE_GONE: &str = "the store was emptied or replaced under this mount; remount it";
+use crate::store::lock_lease::LockLease;
 
 pub struct FencedStore<S> {
     inner: S,
@@ -90,7 +87,7 @@ impl<S: Store> FencedStore<S> {
             .is_some_and(|rec| &rec.store_id == store_id);
         if !same {
             self.mark_gone();
-            return Err(StoreError::Server(STORE_GONE.into()));
+            return Err(StoreError::Refused(Refusal::StoreGone));
         }
         self.confirmed.fetch_max(seen, Ordering::SeqCst);
         Ok(())
@@ -108,10 +105,10 @@ fn all_failed(len: usize, err: StoreError) -> Vec<CmdResult> {
 impl<S: Store> Store for FencedStore<S> {
     fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
         if self.gone.load(Ordering::Relaxed) {
-            return all_failed(batch.len(), StoreError::Server(STORE_GONE.into()));
+            return all_failed(batch.len(), StoreError::Refused(Refusal::StoreGone));
         }
         if self.lease.refuses() {
-            return all_failed(batch.len(), StoreError::Server(LEASE_LAPSED.into()));
+            return all_failed(batch.len(), StoreError::Refused(Refusal::LeaseLapsed));
         }
         let identity = self.identity.get();
         if let Some(id) = identity

@@ -28,10 +28,6 @@ use std::time::{Duration, Instant};
 
 use crate::sync::lock;
 
-/// The server error of a batch refused so ([`LockLease::refuses`]).
-pub const LEASE_LAPSED: &str = "this mount stalled past its liveness: the namespace lock it held \
-                                may be another mount's now";
-
 pub(crate) struct LockLease {
     /// Set once a heartbeat keeps the liveness fresh.
     armed: AtomicBool,
