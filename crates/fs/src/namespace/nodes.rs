@@ -483,21 +483,7 @@ impl<S: Store> MemFs<S> {
             rest.remove_link(&link);
             rest.ctime = Time::now();
             let last_link = rest.links.is_empty();
-            // The bytes this name holds go, unless another name shares the key (a private
-            // key); with the last name, the private key too (a name removed earlier may have
-            // left bytes there).
-            let mut data_keys = Vec::new();
-            if rec.kind == Kind::File && rec.chunk_size.is_none() {
-                self.keep_bytes_for_open_handles(ino)?;
-                let key = self.bytes_key(ino, &rec, &link)?;
-                if !self.bytes_keys(ino, &rest)?.contains(&key) {
-                    data_keys.push(key);
-                }
-                let private = self.keys.private_data(ino);
-                if last_link && !data_keys.contains(&private) {
-                    data_keys.push(private);
-                }
-            }
+            let data_keys = self.keys_freed_by_unlink(ino, &rec, &rest, &link)?;
             let intent = Intent::Unlink {
                 parent,
                 name: name.to_vec(),
@@ -505,45 +491,11 @@ impl<S: Store> MemFs<S> {
                 kind: rec.kind,
                 data_keys: data_keys.clone(),
             };
-            let mut batch = Batch::new();
-            let intent_stored = batch.push::<Stored>(self.intent_cmd(guard, intent.clone()));
-            let entry_deleted = batch.delete(&ekey);
-            let la = self.log_append_locked(parent, &[(Op::Remove, rec.kind, ino, name)]);
-            let log = self.log_commands(&la, &mut batch);
-            let (touch, now) = self.touch_dir_cmd(parent);
-            let touched = batch.push::<Stored>(touch);
-            let record = if last_link {
-                RecordChange::Removed(
-                    batch.delete(&rec_key),
-                    batch.decr(self.keys.inode_count(), 1),
-                )
-            } else {
-                RecordChange::Updated(batch.cas(&rec_key, &rest.encode(), rec_cas))
-            };
-            let data_deleted: Vec<_> = data_keys.into_iter().map(|k| batch.delete(k)).collect();
-            // (With nothing after it the fence still sends an empty second batch on a pool.)
-            batch.fence();
-            let release = last_link.then(|| batch.push::<Deleted>(self.unlock_cmd(guard)));
-            let mut results = batch.execute(&self.store);
-            // The lock's delete, last in the batch, ran only if the batch got that far.
-            let unlocked = release.is_some_and(|h| results.take(h).is_ok());
-            let mut all_done = results.take(intent_stored).is_ok();
-            all_done &= results.take(entry_deleted).is_ok();
-            all_done &= matches!(self.finish_log(&la, &mut results, log), Ok(Logged::Done));
-            all_done &= matches!(results.take(touched), Ok(true));
-            all_done &= match record {
-                RecordChange::Removed(deleted, counted) => {
-                    results.take(deleted).is_ok() & results.take(counted).is_ok()
-                }
-                // Gone meanwhile counts as done; changed (a publish) does not.
-                RecordChange::Updated(cas) => {
-                    matches!(results.take(cas), Ok(CasOutcome::Stored | CasOutcome::Gone))
-                }
-            };
-            for deleted in data_deleted {
-                all_done &= results.take(deleted).is_ok();
-            }
-            all_done &= !last_link || unlocked;
+            let Unlinked {
+                all_done,
+                unlocked,
+                now,
+            } = self.unlink_batch(guard, &intent, &rest, rec_cas, last_link)?;
             self.note_dir_touched(parent, now);
             if last_link {
                 if let Some(of) = self.open_file(ino) {
@@ -565,6 +517,100 @@ impl<S: Store> MemFs<S> {
                 self.complete(&intent)?;
             }
             Ok(())
+        })
+    }
+
+    /// The data keys an unlink frees: the bytes this name holds, unless another name shares
+    /// the key (a private key); with the last name, the private key too (a name removed
+    /// earlier may have left bytes there). None for a file in chunks (its chunks go with
+    /// the record).
+    fn keys_freed_by_unlink(
+        &self,
+        ino: u64,
+        rec: &Inode,
+        rest: &Inode,
+        link: &Link,
+    ) -> FsResult<Vec<Vec<u8>>> {
+        let mut data_keys = Vec::new();
+        if rec.kind == Kind::File && rec.chunk_size.is_none() {
+            self.keep_bytes_for_open_handles(ino)?;
+            let key = self.bytes_key(ino, rec, link)?;
+            if !self.bytes_keys(ino, rest)?.contains(&key) {
+                data_keys.push(key);
+            }
+            let private = self.keys.private_data(ino);
+            if rest.links.is_empty() && !data_keys.contains(&private) {
+                data_keys.push(private);
+            }
+        }
+        Ok(data_keys)
+    }
+
+    /// An unlink's one batch, holding the lock: the intent, the entry's delete, the log's `-`,
+    /// the directory's mtime, the record deleted with the last name (else `cas`ed without it),
+    /// the freed data keys, and with the last name the lock's release. Whether all of it ran.
+    fn unlink_batch(
+        &self,
+        guard: &mut crate::namespace::lock::NsLock<'_>,
+        intent: &Intent,
+        rest: &Inode,
+        rec_cas: u64,
+        last_link: bool,
+    ) -> FsResult<Unlinked> {
+        let Intent::Unlink {
+            parent,
+            name,
+            ino,
+            kind,
+            data_keys,
+        } = intent
+        else {
+            unreachable!("an unlink's intent")
+        };
+        let (parent, ino, rec_key) = (*parent, *ino, self.keys.inode(*ino));
+        let mut batch = Batch::new();
+        let intent_stored = batch.push::<Stored>(self.intent_cmd(guard, intent.clone()));
+        let entry_deleted = batch.delete(self.keys.entry(parent, name));
+        let la = self.log_append_locked(parent, &[(Op::Remove, *kind, ino, name)]);
+        let log = self.log_commands(&la, &mut batch);
+        let (touch, now) = self.touch_dir_cmd(parent);
+        let touched = batch.push::<Stored>(touch);
+        let record = if last_link {
+            RecordChange::Removed(
+                batch.delete(&rec_key),
+                batch.decr(self.keys.inode_count(), 1),
+            )
+        } else {
+            RecordChange::Updated(batch.cas(&rec_key, &rest.encode(), rec_cas))
+        };
+        let data_deleted: Vec<_> = data_keys.iter().map(|k| batch.delete(k)).collect();
+        // (With nothing after it the fence still sends an empty second batch on a pool.)
+        batch.fence();
+        let release = last_link.then(|| batch.push::<Deleted>(self.unlock_cmd(guard)));
+        let mut results = batch.execute(&self.store);
+        // The lock's delete, last in the batch, ran only if the batch got that far.
+        let unlocked = release.is_some_and(|h| results.take(h).is_ok());
+        let mut all_done = results.take(intent_stored).is_ok();
+        all_done &= results.take(entry_deleted).is_ok();
+        all_done &= matches!(self.finish_log(&la, &mut results, log), Ok(Logged::Done));
+        all_done &= matches!(results.take(touched), Ok(true));
+        all_done &= match record {
+            RecordChange::Removed(deleted, counted) => {
+                results.take(deleted).is_ok() & results.take(counted).is_ok()
+            }
+            // Gone meanwhile counts as done; changed (a publish) does not.
+            RecordChange::Updated(cas) => {
+                matches!(results.take(cas), Ok(CasOutcome::Stored | CasOutcome::Gone))
+            }
+        };
+        for deleted in data_deleted {
+            all_done &= results.take(deleted).is_ok();
+        }
+        all_done &= !last_link || unlocked;
+        Ok(Unlinked {
+            all_done,
+            unlocked,
+            now,
         })
     }
 
@@ -820,6 +866,16 @@ impl<S: Store> MemFs<S> {
         }
         Ok(Some(ino))
     }
+}
+
+/// What an unlink's batch did ([`MemFs::unlink_batch`]).
+struct Unlinked {
+    /// Every command ran as meant.
+    all_done: bool,
+    /// The batch released the lock.
+    unlocked: bool,
+    /// The directory's new mtime.
+    now: Time,
 }
 
 /// How an unlink changes the inode's record: deleted with the last name (and the inode
