@@ -26,6 +26,9 @@ use crate::store::batch::{Batch, Got, Handle, Replies, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
+/// What takes a create back: what it made, and the own keys it sent.
+pub(crate) type CreateUndo = (Undo, Vec<Command>);
+
 /// A node to create: a new inode number and its record (whose links name the new entry).
 pub(crate) struct NewName {
     pub name: Vec<u8>,
@@ -106,6 +109,32 @@ impl<S: Store> MemFs<S> {
             Ok(Logged::Done) => false,
             Err(_) => matches!(self.dir_seq_value(parent), Ok(None)),
         };
+        let (mut out, claimed) =
+            self.judge_claims(parent, &la, sending, replies, &logged, parent_gone);
+        if claimed.is_empty() {
+            return out;
+        }
+        // Only the directory's time: tried once more, the nodes are made (so the directory
+        // is there; a gone one must not get its mtime key back).
+        if touched.is_ok() || self.store.run(touch_again).is_ok() {
+            self.note_dir_touched(parent, now);
+        }
+        self.note_claimed(parent, &out);
+        self.settle_claims(parent, &la, fence, claimed, &mut out);
+        out
+    }
+
+    /// Whether each node's claim holds: its node, or its error once it is undone. Also the
+    /// undo of every node claimed, for the fence's settling.
+    fn judge_claims(
+        &self,
+        parent: u64,
+        la: &LogAppend,
+        sending: Vec<Sending>,
+        replies: Vec<ClaimReplies>,
+        logged: &FsResult<Logged>,
+        parent_gone: bool,
+    ) -> (Vec<FsResult<NewNode>>, Vec<CreateUndo>) {
         let mut claimed = Vec::new();
         let mut out: Vec<FsResult<NewNode>> = Vec::with_capacity(sending.len());
         for (s, r) in sending.into_iter().zip(replies) {
@@ -118,7 +147,7 @@ impl<S: Store> MemFs<S> {
                 entry: false,
                 logged: false,
                 parent_gone,
-                parent_keys: self.parent_keys(parent, &la),
+                parent_keys: self.parent_keys(parent, la),
                 own_added,
                 record_cas: r
                     .record_read
@@ -126,7 +155,7 @@ impl<S: Store> MemFs<S> {
                     .ok()
                     .and_then(|i| i.as_ref().and_then(|i| i.cas)),
             };
-            match self.claim_outcome(parent, &s, r, &logged, &mut undo) {
+            match self.claim_outcome(parent, &s, r, logged, &mut undo) {
                 Ok((cas, data_token)) => {
                     out.push(Ok(NewNode {
                         ino: s.new.ino,
@@ -156,17 +185,7 @@ impl<S: Store> MemFs<S> {
                 }
             }
         }
-        if claimed.is_empty() {
-            return out;
-        }
-        // Only the directory's time: tried once more, the nodes are made (so the directory
-        // is there; a gone one must not get its mtime key back).
-        if touched.is_ok() || self.store.run(touch_again).is_ok() {
-            self.note_dir_touched(parent, now);
-        }
-        self.note_claimed(parent, &out);
-        self.settle_claims(parent, &la, fence, claimed, &mut out);
-        out
+        (out, claimed)
     }
 
     /// Pushes one node's commands onto `batch`.
@@ -277,7 +296,7 @@ impl<S: Store> MemFs<S> {
         parent: u64,
         la: &LogAppend,
         fence: crate::namespace::nodes::CreateFence,
-        mut claimed: Vec<(Undo, Vec<Command>)>,
+        mut claimed: Vec<CreateUndo>,
         out: &mut [FsResult<NewNode>],
     ) {
         let relog: Vec<_> = claimed

@@ -12,6 +12,7 @@ use crate::FsResult;
 use crate::fs::MemFs;
 use crate::layout::dirlog::Op;
 use crate::layout::record::Kind;
+use crate::namespace::claim::CreateUndo;
 use crate::namespace::nodes::{CreateFence, Settled, Undo};
 use crate::sync::lock;
 
@@ -23,7 +24,7 @@ pub(crate) enum Unsettled {
     Settle {
         parent: u64,
         chunk: u64,
-        nodes: Vec<(Undo, Vec<Command>)>,
+        nodes: Vec<CreateUndo>,
     },
     /// A create to take back whose undo failed.
     Undo { undo: Undo, own_keys: Vec<Command> },
@@ -87,7 +88,7 @@ impl<S: Store> MemFs<S> {
         &self,
         parent: u64,
         chunk: u64,
-        nodes: Vec<(Undo, Vec<Command>)>,
+        nodes: Vec<CreateUndo>,
     ) -> Result<(), Box<(crate::FsError, Unsettled)>> {
         let relog: Vec<_> = nodes
             .iter()
