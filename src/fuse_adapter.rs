@@ -419,6 +419,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 }
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
+            // A name this kernel cached for a file another mount removed since: ESTALE has the
+            // kernel look the name up again and retry the open once (an `O_CREAT` then
+            // creates the file, as on a local filesystem, instead of failing with ENOENT).
+            Err(memfis_fs::FsError::NotFound) => reply.error(Errno::from_i32(libc::ESTALE)),
             Err(e) => reply.error(errno(Op::Open, &ino, e)),
         }
     }

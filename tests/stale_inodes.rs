@@ -72,3 +72,30 @@ fn calls_on_a_name_another_mount_removed_are_enoent() {
     drop((a, b));
     assert_check_clean(&mc, PREFIX);
 }
+
+/// `echo a > A/x; cat B/x; rm A/x; echo b > B/x`: B's kernel still has the name cached for
+/// the removed file. The create must make a new file, as on a local filesystem (memfis
+/// answers ESTALE for the removed inode, and the kernel looks the name up again).
+#[test]
+fn a_create_over_a_name_another_mount_removed_makes_the_file() {
+    const PREFIX: &str = "memfis://stale-create";
+    let mc = Memcached::start();
+    let a = Mount::new(&[mc.addr()], PREFIX);
+    let b = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::create_dir(a.p("t")).unwrap();
+    for round in 0..5 {
+        std::fs::write(a.p(&format!("t/x{round}.html")), b"a\n").unwrap();
+    }
+    // B's cached listings (1 s) predate the files.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    for round in 0..5 {
+        let name = format!("t/x{round}.html");
+        assert_eq!(std::fs::read(b.p(&name)).unwrap(), b"a\n");
+        std::fs::remove_file(a.p(&name)).unwrap();
+        // Within B's attribute TTL (1 s): its kernel still holds the name.
+        std::fs::write(b.p(&name), b"b\n").unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(std::fs::read(b.p(&name)).unwrap(), b"b\n");
+    }
+    drop((a, b));
+    assert_check_clean(&mc, PREFIX);
+}

@@ -94,7 +94,7 @@ fn a_queued_undo_leaves_a_file_another_mount_wrote_since() {
 }
 
 #[test]
-fn a_queued_undo_takes_back_a_create_no_one_used() {
+fn a_queued_undo_takes_back_a_create_no_one_used_with_its_served_key() {
     let store = Arc::new(MemoryStore::default());
     let keys = KeyLayout::new("memfis://unsettled").unwrap();
     let flaky = Arc::new(Flaky {
@@ -106,8 +106,18 @@ fn a_queued_undo_takes_back_a_create_no_one_used() {
     assert!(fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0).is_err());
     flaky.mode.store(UP, Ordering::SeqCst);
     fs.heartbeat().unwrap();
+    // A served file: its empty data key (whose `add` reply was lost) goes too, or nginx would
+    // answer 200 for a name that does not exist.
+    flaky.mode.store(LOSE_NEXT_CREATE, Ordering::SeqCst);
+    assert!(
+        fs.create(ROOT_INO, b"e.html", 0o644, libc::O_WRONLY, 0, 0)
+            .is_err()
+    );
+    flaky.mode.store(UP, Ordering::SeqCst);
+    fs.heartbeat().unwrap();
     let fresh = open(&store, &keys);
     assert!(names(&fresh, ROOT_INO).is_empty());
+    assert!(store.get(b"memfis://unsettled/e.html").unwrap().is_none());
     let report = memfis_fs::check::check(&store, &keys).unwrap();
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }

@@ -301,8 +301,9 @@ impl<S: Store> MemFs<S> {
             let alone = undo.kind != Kind::File || cmd.key() == private;
             match (*added || alone, undo.entry || alone) {
                 (true, true) => batch.push(Command::Delete(cmd.key().to_vec())),
-                (true, false) => maybe_theirs.push(cmd.key().to_vec()),
-                (false, _) => {}
+                // Not known to be this create's (taken, or its reply lost): it goes only if no
+                // name reaches it.
+                _ => maybe_theirs.push(cmd.key().to_vec()),
             }
         }
         // Only if the parent is still gone: a rename that fenced it and then did not happen
