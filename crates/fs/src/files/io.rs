@@ -705,15 +705,16 @@ impl<S: Store> MemFs<S> {
                 for k in &left {
                     of.note_written(k);
                 }
+                if record.chunk_size.is_none() {
+                    // It was in chunks until now: they go (before the round below, which
+                    // starts from the record stored, no longer naming them).
+                    self.delete_record_chunks(ino, of.record());
+                }
                 if refused {
                     // The record took the new size but a name did not take the bytes: read
                     // the tokens again and publish again.
                     of.record_published(record);
                     return Ok(RoundEnd::Again);
-                }
-                if record.chunk_size.is_none() {
-                    // It was in chunks until now: they go.
-                    self.delete_record_chunks(ino, of.record());
                 }
                 if let Some(bytes) = &bytes {
                     self.activity.published(bytes.len());
