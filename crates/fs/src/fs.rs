@@ -89,13 +89,8 @@ pub struct MemFs<S: Store> {
     /// Operations of gone mounts this mount completed (roll forward), as (owner, intent):
     /// repair reports them as changes it made.
     pub(crate) rolled_forward: Mutex<Vec<(String, String)>>,
-    /// Directories whose logs a listing found worth compacting; the heartbeat compacts them.
-    pub(crate) compaction_wanted: Mutex<std::collections::BTreeSet<u64>>,
-    /// Data keys this mount wrote at paths a rename took away, whose deletion failed; the
-    /// heartbeat retries it.
-    pub(crate) stale_keys: Mutex<Vec<Vec<u8>>>,
-    /// Creates a store error left unfinished; the heartbeat finishes them.
-    pub(crate) unsettled: crate::namespace::unsettled::UnsettledCreates,
+    /// What the heartbeat has to finish or clean up (`namespace/maintenance.rs`).
+    pub(crate) maintenance: crate::namespace::maintenance::Maintenance,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files and handles of this mount.
@@ -175,9 +170,7 @@ impl<S: Store> MemFs<S> {
             leftover: Mutex::new(Vec::new()),
             orphaned: Mutex::new(None),
             rolled_forward: Mutex::new(Vec::new()),
-            compaction_wanted: Mutex::new(std::collections::BTreeSet::new()),
-            stale_keys: Mutex::new(Vec::new()),
-            unsettled: Default::default(),
+            maintenance: Default::default(),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg.cache_ttl),

@@ -521,7 +521,7 @@ impl<S: Store> MemFs<S> {
             let outcome = self.publish(ino, &mut lock(file));
             if outcome.is_err() {
                 // Keys written at paths a rename took away go once no name is at them.
-                lock(&self.stale_keys).extend(lock(file).take_written());
+                lock(&self.maintenance.stale_keys).extend(lock(file).take_written());
             }
             let outcome = outcome?;
             match outcome {
@@ -824,7 +824,7 @@ impl<S: Store> MemFs<S> {
         of.drop_pending();
         // Keys written at paths a rename took away meanwhile go when the heartbeat finds no
         // name at them (the file's own stay).
-        lock(&self.stale_keys).extend(of.take_written());
+        lock(&self.maintenance.stale_keys).extend(of.take_written());
         // (A file in chunks becomes one empty item; its chunks go.)
         let mut chunked = None;
         let emptied = self.update_record(ino, |r| {
@@ -851,7 +851,7 @@ impl<S: Store> MemFs<S> {
             );
             // Another mount may have removed or moved the file meanwhile: the heartbeat
             // deletes these again if no name is at them.
-            lock(&self.stale_keys).extend(keys);
+            lock(&self.maintenance.stale_keys).extend(keys);
         }
     }
 }

@@ -122,7 +122,8 @@ impl<S: Store> MemFs<S> {
             Err(e) => {
                 // The names are made (empty); keys left at a path the directory moved away
                 // from go when the heartbeat finds no name at them.
-                lock(&self.stale_keys).extend(created.iter().map(|p| p.data_key.clone()));
+                lock(&self.maintenance.stale_keys)
+                    .extend(created.iter().map(|p| p.data_key.clone()));
                 return Err(e);
             }
         };

@@ -325,7 +325,7 @@ impl<S: Store> MemFs<S> {
             }
             Err(e) => {
                 // Unknown whether the directory lives: the heartbeat settles it.
-                self.unsettled.push(Unsettled::Settle {
+                self.maintenance.unsettled.push(Unsettled::Settle {
                     parent,
                     chunk: la.chunk,
                     nodes: claimed,
@@ -343,7 +343,7 @@ impl<S: Store> MemFs<S> {
             }
             if let Err(e) = retried(|| self.move_created_data_key(parent, node)) {
                 // The name is made; the empty key at the old path waits for the heartbeat.
-                lock(&self.stale_keys).push(node.data_key.clone());
+                lock(&self.maintenance.stale_keys).push(node.data_key.clone());
                 *r = Err(e);
             }
         }

@@ -46,13 +46,13 @@ impl<S: Store> MemFs<S> {
     /// Notes that `dir`'s log may be worth compacting; the heartbeat looks and does it.
     pub(crate) fn want_compaction(&self, dir: u64) {
         if self.store.in_order() {
-            lock(&self.compaction_wanted).insert(dir);
+            lock(&self.maintenance.compaction_wanted).insert(dir);
         }
     }
 
     /// Compacts the logs noted as worth it (called by the heartbeat).
     pub(crate) fn compact_wanted(&self) -> FsResult<()> {
-        let wanted: BTreeSet<u64> = std::mem::take(&mut *lock(&self.compaction_wanted));
+        let wanted: BTreeSet<u64> = std::mem::take(&mut *lock(&self.maintenance.compaction_wanted));
         for dir in wanted {
             match self.compact_dir(dir, false) {
                 Ok(_) | Err(FsError::NotFound) => {}

@@ -367,7 +367,7 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Says that [`Self::heartbeat`] now runs every few seconds: from then on, a thread
+    /// Says that [`Self::heartbeat`](crate::namespace::maintenance) now runs every few seconds: from then on, a thread
     /// holding the namespace lock stops sending once the last refresh is older than
     /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
     /// liveness may have lost the lock to another mount).
@@ -375,15 +375,7 @@ impl<S: Store> MemFs<S> {
         self.store.lease.arm();
     }
 
-    /// Refreshes this mount's liveness key and checks that the store is still the one it
-    /// mounted, then does the mount's background work (keys left behind, intents to
-    /// complete, logs to compact). Call every few seconds (the session runs a thread for it).
-    pub fn heartbeat(&self) -> FsResult<()> {
-        self.refresh_liveness()?;
-        self.background_work()
-    }
-
-    /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
+    /// Only the liveness refresh and the store check of [`Self::heartbeat`](crate::namespace::maintenance): it never waits
     /// for the namespace lock, so a thread of its own keeps the mount alive while the
     /// background work waits behind a long operation of this mount (the lock's holder stops
     /// sending once the liveness is stale: `lock_lease`).
@@ -416,43 +408,6 @@ impl<S: Store> MemFs<S> {
             return Err(FsError::StoreGone);
         }
         Ok(())
-    }
-
-    /// The background work of [`Self::heartbeat`].
-    fn background_work(&self) -> FsResult<()> {
-        // Data keys at paths renames took away, whose deletion failed.
-        let stale = std::mem::take(&mut *lock(&self.stale_keys));
-        if !stale.is_empty() {
-            self.delete_keys_outside_tree(&stale)?;
-        }
-        // Creates a store error left unfinished (their directory may have gone meanwhile);
-        // the steps below do not wait for them.
-        let unsettled = self.settle_unsettled();
-        // An operation whose intent is kept here without the lock: take it again to complete it.
-        let orphaned = lock(&self.orphaned).clone();
-        if let Some(intent) = orphaned {
-            self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
-                guard.intent = Some(intent.clone());
-                self.complete(&intent)
-            })?;
-            *lock(&self.orphaned) = None;
-        }
-        // File lock releases that failed (a lock must not stay held by a live mount).
-        self.retry_lock_releases();
-        // Directory logs that listings found long.
-        let compacted = self.compact_wanted();
-        // Last, as the steps above may leave it: the lock this mount still holds after an
-        // operation failed midway (or its release failed).
-        let leftover = lock(&self.leftover).clone();
-        if !leftover.is_empty() {
-            let _local = lock(&self.ns_local);
-            self.wait_quiet()?;
-            // The lock was free at some point since: none of these holds it, and none takes
-            // it again (every acquisition has a new owner; `reacquire` runs within an
-            // operation, which holds `ns_local`).
-            lock(&self.leftover).retain(|o| !leftover.contains(o));
-        }
-        compacted.and(unsettled)
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
-//! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount, the heartbeat
+//! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount
+//! - `maintenance`: what the heartbeat finishes or cleans up (owned there), and the heartbeat
 //! - `roll_forward`: completing the intent a gone mount left in the lock
 //! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
 //! - `meta_cache`: what a mount remembers of directories between operations
@@ -18,6 +19,7 @@ pub(crate) mod claim;
 pub(crate) mod compact;
 pub mod listing;
 pub mod lock;
+pub(crate) mod maintenance;
 pub(crate) mod meta_cache;
 pub mod nodes;
 pub(crate) mod records;

@@ -237,7 +237,9 @@ impl<S: Store> MemFs<S> {
                 "cannot undo the failed create of inode {} yet (the heartbeat tries again): {e}",
                 undo.ino
             );
-            self.unsettled.push(Unsettled::Undo { undo, own_keys });
+            self.maintenance
+                .unsettled
+                .push(Unsettled::Undo { undo, own_keys });
         }
     }
 
@@ -799,7 +801,7 @@ impl<S: Store> MemFs<S> {
             })
         });
         if deleted.is_err() {
-            lock(&self.stale_keys).extend(keys.iter().cloned());
+            lock(&self.maintenance.stale_keys).extend(keys.iter().cloned());
         }
         deleted
     }

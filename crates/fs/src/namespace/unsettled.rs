@@ -50,7 +50,7 @@ impl<S: Store> MemFs<S> {
     /// damaged there: then they are left for `memfis check --repair`, with a log line.
     pub(crate) fn settle_unsettled(&self) -> FsResult<()> {
         let mut first_error = Ok(());
-        for u in self.unsettled.take() {
+        for u in self.maintenance.unsettled.take() {
             let done = match u {
                 Unsettled::Settle {
                     parent,
@@ -73,7 +73,7 @@ impl<S: Store> MemFs<S> {
                     );
                     continue;
                 }
-                self.unsettled.push(again);
+                self.maintenance.unsettled.push(again);
                 if first_error.is_ok() {
                     first_error = Err(e);
                 }
@@ -109,7 +109,7 @@ impl<S: Store> MemFs<S> {
                         .is_err()
                     {
                         // Deleted by the heartbeat once no name reaches it.
-                        lock(&self.stale_keys).push(key.key().to_vec());
+                        lock(&self.maintenance.stale_keys).push(key.key().to_vec());
                     }
                 }
                 Ok(())
