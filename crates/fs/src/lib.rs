@@ -11,8 +11,8 @@
 //! - [`locks`]: flock and POSIX byte-range locks held in the store, across mounts
 //! - [`check`]: the read-only consistency check of a whole store, and repair
 //!
-//! [`MemFs`] ([`fs`]) is the facade: the type, opening a store, and what every layer shares
-//! (reading and changing records and entries, paths, attributes). Each operation of the
+//! [`MemFs`] ([`fs`]) is the facade: the type, opening a store, statfs, and the small helpers
+//! every layer shares (names, paths, retries). Each operation of the
 //! facade is defined in the folder of its layer:
 //! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`, `setattr`: `files::attrs`
 //! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]

@@ -138,7 +138,6 @@ impl<S: Store> MemFs<S> {
         let mut claimed = Vec::new();
         let mut out: Vec<FsResult<NewNode>> = Vec::with_capacity(sending.len());
         for (s, r) in sending.into_iter().zip(replies) {
-            let own_added = r.own.iter().map(|o| matches!(o, Ok(true))).collect();
             let mut undo = Undo {
                 ino: s.new.ino,
                 kind: s.new.rec.kind,
@@ -148,7 +147,6 @@ impl<S: Store> MemFs<S> {
                 logged: false,
                 parent_gone,
                 parent_keys: self.parent_keys(parent, la),
-                own_added,
                 record_cas: r
                     .record_read
                     .as_ref()

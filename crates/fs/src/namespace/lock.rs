@@ -367,7 +367,7 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Says that [`Self::heartbeat`](crate::namespace::maintenance) now runs every few seconds: from then on, a thread
+    /// Says that [`Self::heartbeat`] now runs every few seconds: from then on, a thread
     /// holding the namespace lock stops sending once the last refresh is older than
     /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
     /// liveness may have lost the lock to another mount).
@@ -375,7 +375,7 @@ impl<S: Store> MemFs<S> {
         self.store.lease.arm();
     }
 
-    /// Only the liveness refresh and the store check of [`Self::heartbeat`](crate::namespace::maintenance): it never waits
+    /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
     /// for the namespace lock, so a thread of its own keeps the mount alive while the
     /// background work waits behind a long operation of this mount (the lock's holder stops
     /// sending once the liveness is stale: `lock_lease`).

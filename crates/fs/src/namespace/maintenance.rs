@@ -1,8 +1,9 @@
-//! The mount's maintenance: what it must finish or clean up in the background, owned here,
-//! and the heartbeat that does it every few seconds (after refreshing the mount's liveness,
-//! `lock.rs`): data keys at paths renames took away, creates a store error left unfinished,
-//! the intent of an operation of this mount that failed midway, failed file-lock releases,
-//! directory logs worth compacting, and a namespace lock this mount may still hold.
+//! The mount's maintenance: the heartbeat, which every few seconds (after refreshing the
+//! mount's liveness, `lock.rs`) finishes or cleans up what operations left: data keys at paths
+//! renames took away, creates a store error left unfinished and directory logs worth compacting
+//! (kept here, in [`Maintenance`]), and the intent of an operation of this mount that failed
+//! midway, failed file-lock releases and a namespace lock this mount may still hold (kept by
+//! the namespace lock and the file locks).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

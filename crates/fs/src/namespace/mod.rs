@@ -9,7 +9,8 @@
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
 //! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount
-//! - `maintenance`: what the heartbeat finishes or cleans up (owned there), and the heartbeat
+//! - `maintenance`: the heartbeat, and the queues of work it finishes (stale keys, unsettled
+//!   creates, logs to compact)
 //! - `roll_forward`: completing the intent a gone mount left in the lock
 //! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
 //! - `meta_cache`: what a mount remembers of directories between operations

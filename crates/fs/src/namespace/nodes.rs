@@ -294,18 +294,17 @@ impl<S: Store> MemFs<S> {
         }
         let private = self.keys.private_data(undo.ino);
         let mut maybe_theirs = Vec::new();
-        for (cmd, added) in own_keys.iter().zip(&undo.own_added) {
+        for cmd in own_keys {
             // A directory's keys and the private key are this inode's alone: they go even if
             // their `add` was not seen to succeed (its reply may have been lost). A file's
-            // data key is at the name's path: if the name went to another inode, that one may
-            // have written there since (a rename's copy, a publish), unless its bytes live
-            // elsewhere (checked under the lock).
+            // served key is at the name's path, and goes only if no name reaches it (checked
+            // under the lock), even when this create's `add` made it and the entry was this
+            // create's: the name may have gone to another inode, or the directory may have
+            // been replaced by a rename, whose copy put another file's bytes at that path.
             let alone = undo.kind != Kind::File || cmd.key() == private;
-            match (*added || alone, undo.entry || alone) {
-                (true, true) => batch.push(Command::Delete(cmd.key().to_vec())),
-                // Not known to be this create's (taken, or its reply lost): it goes only if no
-                // name reaches it.
-                _ => maybe_theirs.push(cmd.key().to_vec()),
+            match alone {
+                true => batch.push(Command::Delete(cmd.key().to_vec())),
+                false => maybe_theirs.push(cmd.key().to_vec()),
             }
         }
         // Only if the parent is still gone: a rename that fenced it and then did not happen
@@ -936,8 +935,6 @@ pub(crate) struct Undo {
     /// The parent was removed meanwhile: the batch may have recreated some of its keys.
     pub parent_gone: bool,
     pub parent_keys: [Vec<u8>; 3],
-    /// Which of the node's own keys its `add` stored.
-    pub own_added: Vec<bool>,
     /// The record's cas token as the create made it (`None`: its read failed). A record at
     /// another version was written since (the name was live: another mount may have opened
     /// and published it), and the inode is left alone.
