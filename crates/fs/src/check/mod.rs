@@ -10,7 +10,7 @@ pub mod repair;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use memfis_memcache::{Command, Reply, Store, StoreError};
+use memfis_memcache::{Command, Item, Reply, Store, StoreError};
 use serde::Serialize;
 
 use crate::fs::join;
@@ -21,6 +21,7 @@ use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
 use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, StoreAt};
 use crate::store::fenced_store::FencedStore;
+use crate::store::replies::EntrySlot;
 use crate::store::replies::{entry_slot, parse_number, value_of};
 use crate::{FsError, FsResult};
 
@@ -175,6 +176,32 @@ struct NameKey {
     key: Vec<u8>,
 }
 
+/// A listed name's inode record as the walk found it.
+enum ChildRecord {
+    Found(Inode),
+    Missing,
+    Unreadable,
+}
+
+/// A name a directory's listing holds, as the walk checks it.
+struct Child {
+    dir: u64,
+    name: Vec<u8>,
+    ino: u64,
+    /// As the listing says.
+    kind: Kind,
+    path: Vec<u8>,
+}
+
+impl Child {
+    fn name_fault(&self) -> Fault {
+        Fault::Name {
+            dir: self.dir,
+            name: self.name.clone(),
+        }
+    }
+}
+
 /// A name's data key and the size its record says it holds.
 #[derive(Clone)]
 struct DataCheck {
@@ -319,157 +346,59 @@ impl<'a, S: Store> Scan<'a, S> {
             let mut results = batch.execute_in_pieces(&self.store, BATCH);
             let mut data_checks: Vec<DataCheck> = Vec::new();
             for ((name, (ino, kind)), (entry, record)) in names.into_iter().zip(sent) {
-                let child = join(&path, name);
-                let ekey = self.keys.entry(dir, name);
-                let ikey = self.keys.inode(*ino);
-                let entry = results.entry(entry, name);
-                let rec = results.take(record)?;
-                self.expected.insert(ekey.clone());
-                self.expected.insert(ikey.clone());
-                self.max_ino = self.max_ino.max(*ino);
-                let name_fault = || Fault::Name {
+                let child = Child {
                     dir,
                     name: name.clone(),
+                    ino: *ino,
+                    kind: *kind,
+                    path: join(&path, name),
                 };
-                match entry {
-                    Ok(slot) if slot.ino == Some(*ino) => {}
-                    Ok(slot) if slot.taken_by.is_some() => self.problem(
-                        name_fault(),
-                        &child,
-                        &ekey,
-                        format!(
-                            "listed as inode {ino} but its hashed entry key holds the entry of \
-                             another name ({})",
-                            String::from_utf8_lossy(slot.taken_by.as_deref().unwrap_or_default())
-                        ),
-                    ),
-                    Ok(slot) => self.problem(
-                        name_fault(),
-                        &child,
-                        &ekey,
-                        format!("listed as inode {ino} but its entry says {:?}", slot.ino),
-                    ),
-                    Err(e) => self.problem(name_fault(), &child, &ekey, e.to_string()),
-                }
-                let Some(rec) = rec else {
-                    let what = "entry points at a missing inode record";
-                    if *kind == Kind::Dir {
-                        // Its contents may all be there: check them too.
-                        let fault = Fault::DirRecord {
-                            dir: *ino,
-                            parent: dir,
-                            name: name.clone(),
-                        };
-                        self.problem(fault, &child, &ikey, what);
-                        if seen_dirs.insert(*ino) {
-                            queue.push_back((*ino, child, dir, name.clone()));
+                let entry = results.entry(entry, name);
+                let rec = results.take(record)?;
+                self.expected.insert(self.keys.entry(dir, name));
+                self.expected.insert(self.keys.inode(*ino));
+                self.max_ino = self.max_ino.max(*ino);
+                self.check_entry(&child, entry);
+                let rec = match self.child_record(&child, rec) {
+                    ChildRecord::Found(rec) => rec,
+                    // A directory whose record is missing may have all its contents: walked.
+                    ChildRecord::Missing if child.kind == Kind::Dir => {
+                        if seen_dirs.insert(child.ino) {
+                            queue.push_back((child.ino, child.path, dir, child.name));
                         }
-                    } else {
-                        self.problem(name_fault(), &child, &ikey, what);
-                    }
-                    continue;
-                };
-                let rec = match Inode::decode(&ikey, &rec.value) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.problem(Fault::Manual, &child, &ikey, e.to_string());
                         continue;
                     }
+                    ChildRecord::Missing | ChildRecord::Unreadable => continue,
                 };
-                if rec.kind != *kind {
-                    self.problem(
-                        name_fault(),
-                        &child,
-                        &ikey,
-                        format!("listed as {kind:?} but the record is {:?}", rec.kind),
-                    );
-                }
-                if !rec.links.contains(&Link::new(dir, name)) {
-                    let what = "the inode record does not list this name";
-                    self.problem(name_fault(), &child, &ikey, what);
-                }
-                if rec.kind == Kind::File {
-                    let named = rec.chunk_size.map(|cs| {
-                        let count = crate::files::chunk_buffer::chunk_count(rec.size, cs.max(1));
-                        (rec.chunk_gen, count)
-                    });
-                    self.file_inos.insert(*ino, named);
-                }
                 match rec.kind {
                     Kind::Dir => {
-                        if rec.links.len() != 1 {
-                            let what = "a directory with more than one name";
-                            self.problem(Fault::Manual, &child, &ikey, what);
-                        }
-                        if seen_dirs.insert(*ino) {
-                            queue.push_back((*ino, child, dir, name.clone()));
+                        if seen_dirs.insert(child.ino) {
+                            queue.push_back((child.ino, child.path, dir, child.name));
                         } else {
                             let what = "directory reached twice (a cycle)";
-                            self.problem(Fault::Manual, &child, &ikey, what);
-                        }
-                    }
-                    Kind::File if rec.chunk_size.is_some() => {
-                        self.report.files += 1;
-                        self.report.bytes += rec.size;
-                        self.report.chunked_files += 1;
-                        // Chunks may be missing (sparse): only the keys are known.
-                        let cs = rec.chunk_size.unwrap_or(1).max(1);
-                        for n in 0..crate::files::chunk_buffer::chunk_count(rec.size, cs) {
-                            self.expected
-                                .insert(self.keys.chunk(*ino, rec.chunk_gen, n));
+                            self.problem(
+                                Fault::Manual,
+                                &child.path,
+                                &self.keys.inode(child.ino),
+                                what,
+                            );
                         }
                     }
                     Kind::File => {
-                        self.report.files += 1;
-                        self.report.bytes += rec.size;
-                        let key = self.keys.file_bytes(*ino, rec.mode, &child);
-                        let private = self.keys.private_data(*ino);
-                        if key == private {
-                            match crate::layout::keys::is_public(rec.mode) {
-                                true => self.report.long_names += 1,
-                                false => self.report.private_names += 1,
-                            }
-                        }
-                        self.expected.insert(key.clone());
-                        if rec.links.len() > 1 {
-                            // A name removed or moved may leave the shared private key behind
-                            // until the file goes: not worth a report.
-                            self.expected.insert(private.clone());
-                        }
-                        let fault = Fault::Data {
-                            dir,
-                            name: name.clone(),
-                            ino: *ino,
-                        };
-                        // A private key is made by the first publish: an empty file may have none.
-                        if !(key == private && rec.size == 0) {
-                            if self.options.verify {
-                                let names = self.verify.entry(*ino).or_insert_with(|| FileKeys {
-                                    links: rec.links.clone(),
-                                    size: rec.size,
-                                    names: Vec::new(),
-                                });
-                                if !names.names.iter().any(|n| n.key == key) {
-                                    names.names.push(NameKey {
-                                        link: Link::new(dir, name),
-                                        path: child.clone(),
-                                        key: key.clone(),
-                                    });
-                                }
-                            }
-                            data_checks.push(DataCheck {
-                                fault,
-                                path: child,
-                                key,
-                                size: rec.size,
-                            });
+                        if let Some(check) = self.check_file(&child, &rec) {
+                            data_checks.push(check);
                         }
                     }
                     Kind::Symlink => {
                         self.report.symlinks += 1;
                         if rec.target.is_none() {
                             let what = "symlink without a target";
-                            self.problem(Fault::Manual, &child, &ikey, what);
+                            self.problem(
+                                Fault::Manual,
+                                &child.path,
+                                &self.keys.inode(child.ino),
+                                what,
+                            );
                         }
                     }
                     Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
@@ -480,6 +409,141 @@ impl<'a, S: Store> Scan<'a, S> {
             self.check_data(data_checks)?;
         }
         Ok(())
+    }
+
+    /// Whether a listed name's entry key names the inode the listing says.
+    fn check_entry(&mut self, child: &Child, entry: FsResult<EntrySlot>) {
+        let ekey = self.keys.entry(child.dir, &child.name);
+        let ino = child.ino;
+        match entry {
+            Ok(slot) if slot.ino == Some(ino) => {}
+            Ok(slot) if slot.taken_by.is_some() => self.problem(
+                child.name_fault(),
+                &child.path,
+                &ekey,
+                format!(
+                    "listed as inode {ino} but its hashed entry key holds the entry of \
+                     another name ({})",
+                    String::from_utf8_lossy(slot.taken_by.as_deref().unwrap_or_default())
+                ),
+            ),
+            Ok(slot) => self.problem(
+                child.name_fault(),
+                &child.path,
+                &ekey,
+                format!("listed as inode {ino} but its entry says {:?}", slot.ino),
+            ),
+            Err(e) => self.problem(child.name_fault(), &child.path, &ekey, e.to_string()),
+        }
+    }
+
+    /// A listed name's inode record, decoded and held against the listing (kind, the name
+    /// among its links, a directory's single name); missing or unreadable ones reported.
+    fn child_record(&mut self, child: &Child, rec: Option<Item>) -> ChildRecord {
+        let ikey = self.keys.inode(child.ino);
+        let Some(rec) = rec else {
+            let what = "entry points at a missing inode record";
+            let fault = match child.kind {
+                Kind::Dir => Fault::DirRecord {
+                    dir: child.ino,
+                    parent: child.dir,
+                    name: child.name.clone(),
+                },
+                _ => child.name_fault(),
+            };
+            self.problem(fault, &child.path, &ikey, what);
+            return ChildRecord::Missing;
+        };
+        let rec = match Inode::decode(&ikey, &rec.value) {
+            Ok(r) => r,
+            Err(e) => {
+                self.problem(Fault::Manual, &child.path, &ikey, e.to_string());
+                return ChildRecord::Unreadable;
+            }
+        };
+        if rec.kind != child.kind {
+            self.problem(
+                child.name_fault(),
+                &child.path,
+                &ikey,
+                format!(
+                    "listed as {:?} but the record is {:?}",
+                    child.kind, rec.kind
+                ),
+            );
+        }
+        if !rec.links.contains(&Link::new(child.dir, &child.name)) {
+            let what = "the inode record does not list this name";
+            self.problem(child.name_fault(), &child.path, &ikey, what);
+        }
+        if rec.kind == Kind::Dir && rec.links.len() != 1 {
+            let what = "a directory with more than one name";
+            self.problem(Fault::Manual, &child.path, &ikey, what);
+        }
+        ChildRecord::Found(rec)
+    }
+
+    /// A file's keys: its chunks, or the data key its name serves (and the private key it
+    /// may share); the data check of its bytes, when there are bytes to check.
+    fn check_file(&mut self, child: &Child, rec: &Inode) -> Option<DataCheck> {
+        let ino = child.ino;
+        let named = rec.chunk_size.map(|cs| {
+            let count = crate::files::chunk_buffer::chunk_count(rec.size, cs.max(1));
+            (rec.chunk_gen, count)
+        });
+        self.file_inos.insert(ino, named);
+        self.report.files += 1;
+        self.report.bytes += rec.size;
+        if let Some((generation, count)) = named {
+            self.report.chunked_files += 1;
+            // Chunks may be missing (sparse): only the keys are known.
+            for n in 0..count {
+                self.expected.insert(self.keys.chunk(ino, generation, n));
+            }
+            return None;
+        }
+        let key = self.keys.file_bytes(ino, rec.mode, &child.path);
+        let private = self.keys.private_data(ino);
+        if key == private {
+            match crate::layout::keys::is_public(rec.mode) {
+                true => self.report.long_names += 1,
+                false => self.report.private_names += 1,
+            }
+        }
+        self.expected.insert(key.clone());
+        if rec.links.len() > 1 {
+            // A name removed or moved may leave the shared private key behind until the
+            // file goes: not worth a report.
+            self.expected.insert(private.clone());
+        }
+        // A private key is made by the first publish: an empty file may have none.
+        if key == private && rec.size == 0 {
+            return None;
+        }
+        if self.options.verify {
+            let names = self.verify.entry(ino).or_insert_with(|| FileKeys {
+                links: rec.links.clone(),
+                size: rec.size,
+                names: Vec::new(),
+            });
+            if !names.names.iter().any(|n| n.key == key) {
+                names.names.push(NameKey {
+                    link: Link::new(child.dir, &child.name),
+                    path: child.path.clone(),
+                    key: key.clone(),
+                });
+            }
+        }
+        Some(DataCheck {
+            fault: Fault::Data {
+                dir: child.dir,
+                name: child.name.clone(),
+                ino,
+            },
+            path: child.path.clone(),
+            key,
+            size: rec.size,
+        })
     }
 
     /// A directory's own keys; its listing if they can be read.
