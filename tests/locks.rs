@@ -287,22 +287,8 @@ fn php_flock_on_two_hosts_pools_excludes() {
     assert!(fpm_a.pid() != fpm_b.pid());
     let (port_a, port_b) = (fpm_a.port, fpm_b.port);
     let script = std::fs::canonicalize("tests/locks/flock_counter.php").unwrap();
-    let location = |port: u16| {
-        format!(
-            "fastcgi_pass 127.0.0.1:{port}; include /etc/nginx/fastcgi_params; \
-             fastcgi_param SCRIPT_FILENAME {};",
-            script.display()
-        )
-    };
     // One nginx standing for two hosts: /a goes to host A's pool, /b to host B's.
-    let nginx = Nginx::start(
-        "",
-        &format!(
-            "location = /a {{ {} }}\nlocation = /b {{ {} }}",
-            location(port_a),
-            location(port_b)
-        ),
-    );
+    let nginx = Nginx::two_php_hosts(&script, port_a, port_b);
     const CLIENTS: usize = 8;
     const REQUESTS: usize = 40;
     let answers: Vec<u64> = std::thread::scope(|s| {

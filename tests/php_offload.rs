@@ -367,31 +367,6 @@ fn known_routes_render_once_then_nginx_serves_them_from_memory() {
     );
 }
 
-/// xorshift64: the same paths on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A name of `min` up to `min + spread - 1` letters, digits and dashes.
-    fn word(&mut self, min: usize, spread: usize) -> String {
-        let len = min + self.below(spread);
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-";
-        (0..len)
-            .map(|_| ALPHABET[self.below(ALPHABET.len())] as char)
-            .collect()
-    }
-}
-
 /// The `i`th of the unknown paths (percent-encoded) and whether PHP must be the one answering
 /// (404): the others nginx may refuse itself (403 for hidden paths and PHP sources, 404 for a
 /// `.php` that is no script, 400 for a path above the root).
@@ -680,22 +655,8 @@ fn php_sessions_in_the_shared_mount_hold_across_hosts() {
     let fpm_a = PhpFpm::start(a.path(), 4, &[]);
     let fpm_b = PhpFpm::start(b.path(), 4, &[]);
     let script = std::fs::canonicalize("tests/php_offload/session_counter.php").unwrap();
-    let location = |port: u16| {
-        format!(
-            "fastcgi_pass 127.0.0.1:{port}; include /etc/nginx/fastcgi_params; \
-             fastcgi_param SCRIPT_FILENAME {};",
-            script.display()
-        )
-    };
     // One nginx standing for two hosts: /a goes to host A's pool, /b to host B's.
-    let nginx = Nginx::start(
-        "",
-        &format!(
-            "location = /a {{ {} }}\nlocation = /b {{ {} }}",
-            location(fpm_a.port),
-            location(fpm_b.port)
-        ),
-    );
+    let nginx = Nginx::two_php_hosts(&script, fpm_a.port, fpm_b.port);
     let (status, headers, body) = nginx.get("/a");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"1\n");

@@ -32,25 +32,6 @@ const DIRS: [&str; 3] = ["d0", "d1", "d2"];
 const FILES: [&str; 4] = ["f0", "f1", "f2", "f3"];
 const LINKS: [&str; 2] = ["s0", "s1"];
 
-/// A small xorshift generator: each worker's sequence is fixed by its seed (printed on
-/// failure), and the tests need no crate for it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
-        of[self.below(of.len())]
-    }
-}
-
 /// A random path inside the mount: up to two directories deep, ending in `last`.
 fn path_in(rng: &mut Rng, root: &Path, names: &[&str]) -> PathBuf {
     let last = rng.pick(names);

@@ -644,6 +644,26 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// One nginx standing for two hosts running `script` with PHP: `/a` goes to the php-fpm
+    /// pool on `port_a` (host A's), `/b` to the one on `port_b`.
+    pub fn two_php_hosts(script: &Path, port_a: u16, port_b: u16) -> Nginx {
+        let location = |port: u16| {
+            format!(
+                "fastcgi_pass 127.0.0.1:{port}; include /etc/nginx/fastcgi_params; \
+                 fastcgi_param SCRIPT_FILENAME {};",
+                script.display()
+            )
+        };
+        Nginx::start(
+            "",
+            &format!(
+                "location = /a {{ {} }}\nlocation = /b {{ {} }}",
+                location(port_a),
+                location(port_b)
+            ),
+        )
+    }
+
     /// `server_body` goes inside `server { listen 127.0.0.1:PORT; ... }`.
     pub fn start(http_extra: &str, server_body: &str) -> Nginx {
         let port = free_port();
@@ -913,4 +933,34 @@ pub fn percent_decode(b: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// A small xorshift generator: a sequence fixed by its seed (printed on failure, or fixed),
+/// so that the tests need no crate for it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+        of[self.below(of.len())]
+    }
+
+    /// A name of `min` up to `min + spread - 1` letters, digits and dashes.
+    pub fn word(&mut self, min: usize, spread: usize) -> String {
+        let len = min + self.below(spread);
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-";
+        (0..len)
+            .map(|_| ALPHABET[self.below(ALPHABET.len())] as char)
+            .collect()
+    }
 }
