@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use memfis_fs::layout::record::Inode;
 use memfis_fs::namespace::bulk::NewFile;
-use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr};
+use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr, Time};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
 use proptest::prelude::*;
@@ -208,6 +208,9 @@ enum Op {
     MkdirAt(usize),
     RmdirAt(usize),
     RenameDir(usize, usize, u8),
+    /// utimens of a directory path [`DIR_PATHS`] (its mtime key is set outside the
+    /// namespace lock).
+    TouchDir(usize),
 }
 
 /// Directories two deep, for the directory operations.
@@ -372,6 +375,14 @@ fn run(fs: &Fs, op: &Op, big: bool) {
                     exchange: *f == 2,
                 };
                 let _ = fs.rename(sd, &sn, td, &tn, flags);
+            }
+            Op::TouchDir(i) => {
+                let ino = resolve(fs, DIR_PATHS[*i])?;
+                let set = SetAttr {
+                    mtime: Some(Time::now()),
+                    ..SetAttr::default()
+                };
+                let _ = fs.setattr(ino, &set);
             }
         }
         Some(())
@@ -686,7 +697,8 @@ fn dir_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => d.clone().prop_map(Op::MkdirAt),
         2 => d.clone().prop_map(Op::RmdirAt),
-        3 => (d.clone(), d, 0..3u8).prop_map(|(a, b, f)| Op::RenameDir(a, b, f)),
+        3 => (d.clone(), d.clone(), 0..3u8).prop_map(|(a, b, f)| Op::RenameDir(a, b, f)),
+        1 => d.prop_map(Op::TouchDir),
         1 => (0..PATHS, proptest::collection::vec(any::<u8>(), 0..3))
             .prop_map(|(a, b)| Op::Create(a, b, 0)),
     ]
@@ -722,6 +734,27 @@ fn a_create_undone_while_a_rename_moves_its_inode_leaves_the_inode_whole() {
         1028, 2, 9732,
     ];
     run_case_as(&lists, &choices, Batches::SplitCutMidway).unwrap();
+}
+
+/// A utimens of a directory sets its mtime key outside the namespace lock: when an rmdir by
+/// another mount ran between the record's `cas` and that `set`, the key stayed behind with
+/// no directory (`memfis check` found it after the real-mount race soak). Every point at
+/// which the rmdir can run is tried.
+#[test]
+fn a_directory_touched_while_another_mount_removes_it_leaves_no_mtime_key() {
+    let lists = vec![vec![Op::TouchDir(0)], vec![Op::RmdirAt(0)], Vec::new()];
+    // Schedules: mount 0 (the touch) runs `t` batches, mount 1 (the rmdir) `r`, then the
+    // rest in turn; 6 picks mount 0 of the three waiting at the start, 7 mount 1 (none
+    // faults: every choice is 4 or more modulo 64).
+    for t in 0..10 {
+        for r in 0..16 {
+            let choices: Vec<u16> = std::iter::repeat_n(6, t)
+                .chain(std::iter::repeat_n(7, r))
+                .chain(std::iter::repeat_n(4, 60))
+                .collect();
+            run_case(&lists, &choices).unwrap();
+        }
+    }
 }
 
 /// The shell reproducer from the issue, as operations: one mount loops `echo A > x; mv x y`
