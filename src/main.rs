@@ -1,45 +1,30 @@
 //! memfis: a small binary over the library crates. See README.md for the layers.
 
-mod check;
 mod cli;
-mod export;
-mod fuse_adapter;
-mod fuse_mount;
-mod load;
-mod logging;
-mod malloc;
-mod manuals;
-mod metrics;
-mod mount;
-mod mount_helper;
-mod moved_dirs;
-mod nginx_config;
-mod proc_mounts;
-mod signals;
-mod stats;
-mod store;
-mod up;
+mod commands;
+mod fuse;
+mod service;
 
 use clap::Parser;
 
 fn main() {
-    let args = mount_helper::from_mount_helper(std::env::args().collect());
+    let args = cli::mount_helper::from_mount_helper(std::env::args().collect());
     let cli = cli::Cli::parse_from(args);
     // Warnings (twemproxy, evictions, the heartbeat) reach stderr from every command; a mount
     // chooses its own logging (stderr, a file, journald or syslog).
     if !matches!(cli.command, cli::Command::Mount(_)) {
-        logging::init_stderr();
+        service::logging::init_stderr();
     }
     let result = match cli.command {
-        cli::Command::Mount(args) => mount::run(args).map_err(exit_if_no_tree),
-        cli::Command::NginxConfig(args) => nginx_config::run(args),
-        cli::Command::Up(args) => up::run(args),
-        cli::Command::Check(args) => exit_with(check::run(args), 8),
-        cli::Command::Stats(args) => exit_with(stats::run(args), 1),
-        cli::Command::Load(args) => exit_with(load::run(args), 2),
-        cli::Command::Export(args) => exit_with(export::run(args), 2),
-        cli::Command::Man(args) => manuals::man(&args),
-        cli::Command::Completions(args) => manuals::completions(&args),
+        cli::Command::Mount(args) => commands::mount::run(args).map_err(exit_if_no_tree),
+        cli::Command::NginxConfig(args) => commands::nginx_config::run(args),
+        cli::Command::Up(args) => commands::up::run(args),
+        cli::Command::Check(args) => exit_with(commands::check::run(args), 8),
+        cli::Command::Stats(args) => exit_with(commands::stats::run(args), 1),
+        cli::Command::Load(args) => exit_with(commands::load::run(args), 2),
+        cli::Command::Export(args) => exit_with(commands::export::run(args), 2),
+        cli::Command::Man(args) => commands::manuals::man(&args),
+        cli::Command::Completions(args) => commands::manuals::completions(&args),
     };
     if let Err(e) = result {
         if closed_output(&e) {
@@ -75,9 +60,9 @@ fn exit_with(result: anyhow::Result<i32>, on_error: i32) -> ! {
 /// A refusal of a prefix with no tree is said and exits 8, whatever the command; any other
 /// error is returned.
 fn exit_if_no_tree(e: anyhow::Error) -> anyhow::Error {
-    if store::is_no_tree(&e) {
+    if cli::store::is_no_tree(&e) {
         eprintln!("memfis: {e:#}");
-        std::process::exit(store::EXIT_NO_TREE);
+        std::process::exit(cli::store::EXIT_NO_TREE);
     }
     e
 }

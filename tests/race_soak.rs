@@ -208,7 +208,7 @@ struct Tally {
 
 /// ESTALE comes from the kernel, not from memfis: when a lookup finds a directory another
 /// mount moved, the kernel moves its cached entry only if two locks are free at that instant,
-/// and the system call retries once (src/moved_dirs.rs invalidates the old entry to help
+/// and the system call retries once (src/fuse/moved_dirs.rs invalidates the old entry to help
 /// the retry). This soak renames three directory names all the time; a few such failures
 /// still reach the callers. They are reported, and fail the test past one in 2,000
 /// operations, or at all with `MEMFIS_RACE_STRICT=1`.

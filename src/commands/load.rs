@@ -9,10 +9,10 @@ use memfis_tools::load::{LoadOptions, Source};
 use memfis_tools::{IfNoTree, Progress, Session, Would};
 
 use crate::cli::LoadArgs;
-use crate::store::{Notices, TOOL_CACHE_TTL};
+use crate::cli::store::{Notices, TOOL_CACHE_TTL};
 
 pub fn run(args: LoadArgs) -> Result<i32> {
-    crate::malloc::limit_caching();
+    crate::service::malloc::limit_caching();
     let source = Source::new(&args.src)?;
     // Loading into a new prefix makes its tree (and says so); a dry run changes nothing.
     let if_no_tree = if args.dry_run {
@@ -21,12 +21,12 @@ pub fn run(args: LoadArgs) -> Result<i32> {
         IfNoTree::Create
     };
     let session = Session::open(
-        &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        &crate::cli::store::config(&args.store, TOOL_CACHE_TTL)?,
         if_no_tree,
         &Notices,
     )
     .map_err(|e| {
-        crate::store::explain_no_tree(
+        crate::cli::store::explain_no_tree(
             e,
             "Check the prefix (--prefix, MEMFIS_PREFIX); a load without --dry-run makes the tree",
         )

@@ -14,11 +14,11 @@ use nix::unistd::{ForkResult, fork, pipe, setsid};
 use sd_notify::NotifyState;
 
 use crate::cli::MountArgs;
-use crate::fuse_adapter::FuseFs;
-use crate::fuse_mount::{self, MountSpec};
-use crate::logging::{self, LogFile};
-use crate::signals;
-use crate::store::Notices;
+use crate::cli::store::Notices;
+use crate::fuse::adapter::FuseFs;
+use crate::fuse::kernel_mount::{self, MountSpec};
+use crate::service::logging::{self, LogFile};
+use crate::service::signals;
 
 /// Mount options after parsing `-o`.
 struct Options {
@@ -106,7 +106,7 @@ const NO_TREE_ADVICE: &str = "Check the prefix (--prefix, MEMFIS_PREFIX, -o pref
 
 pub fn run(mut args: MountArgs) -> Result<()> {
     let options = parse_options(&mut args)?;
-    fuse_mount::refuse_unusable(&args.mountpoint, options.nonempty)?;
+    kernel_mount::refuse_unusable(&args.mountpoint, options.nonempty)?;
     // The daemon works from `/` (so it holds no directory busy): keep the mount point whole.
     args.mountpoint = args.mountpoint.canonicalize()?;
     if !args.attr_ttl.is_finite() || args.attr_ttl < 0.0 {
@@ -116,10 +116,10 @@ pub fn run(mut args: MountArgs) -> Result<()> {
     let log_file = args.log_file.as_deref().map(LogFile::open).transpose()?;
     // Check the store before detaching so errors reach the terminal; then start afresh in
     // the child (no sockets or threads cross the fork).
-    let store = crate::store::config(&args.store, ttl)?;
+    let store = crate::cli::store::config(&args.store, ttl)?;
     drop(
         session::open_fs(&store, if_no_tree(&args), &Notices)
-            .map_err(|e| crate::store::explain_no_tree(e, NO_TREE_ADVICE))?,
+            .map_err(|e| crate::cli::store::explain_no_tree(e, NO_TREE_ADVICE))?,
     );
     if args.foreground {
         match &log_file {
@@ -172,11 +172,11 @@ fn serve(
     let mounted = (|| -> Result<_> {
         // Created (if asked) by the check before detaching; the daemon opens what is there.
         let session = Session::open(store, IfNoTree::Refuse, &Notices)
-            .map_err(|e| crate::store::explain_no_tree(e, NO_TREE_ADVICE))?;
+            .map_err(|e| crate::cli::store::explain_no_tree(e, NO_TREE_ADVICE))?;
         let fs = session.fs().clone();
         let client = fs.store().clone();
         if let Some(addr) = args.metrics {
-            crate::metrics::serve(addr, fs.clone())?;
+            crate::service::metrics::serve(addr, fs.clone())?;
         }
         let mut config = Config::default();
         config.n_threads = Some(args.threads.max(1));
@@ -191,9 +191,9 @@ fn serve(
             options: &options.fuse,
             acl: options.acl,
         };
-        let moved = Arc::new(crate::moved_dirs::MovedDirs::new());
+        let moved = Arc::new(crate::fuse::moved_dirs::MovedDirs::new());
         let fuse_fs = FuseFs::new(fs, store.cache_ttl, moved.clone());
-        let (fuse, unmounter) = fuse_mount::mount(fuse_fs, &spec, config)?;
+        let (fuse, unmounter) = kernel_mount::mount(fuse_fs, &spec, config)?;
         moved.set_notifier(fuse.notifier());
         // The session (its heartbeat) lives until the FUSE session ends.
         Ok((session, fuse, unmounter, client))
@@ -249,7 +249,7 @@ fn serve(
 fn spawn_readiness(
     mountpoint: PathBuf,
     ready: Option<OwnedFd>,
-    unmounter: Arc<Mutex<fuse_mount::Unmounter>>,
+    unmounter: Arc<Mutex<kernel_mount::Unmounter>>,
 ) {
     std::thread::spawn(move || {
         let answer = std::fs::metadata(&mountpoint);

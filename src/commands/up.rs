@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::UpArgs;
-use crate::nginx_config::{ServeOptions, render};
+use memfis_serving::{ServeOptions, render};
 
 mod runtime;
 use runtime::RuntimeDir;
@@ -95,7 +95,7 @@ impl Drop for MountService {
 }
 
 fn is_mounted(path: &Path) -> bool {
-    crate::proc_mounts::is_mount_point(path)
+    crate::fuse::proc_mounts::is_mount_point(path)
 }
 
 fn require(program: &str, package: &str) -> Result<()> {
@@ -188,7 +188,7 @@ fn runtime_dir(args: &UpArgs) -> PathBuf {
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
-    crate::logging::init_stderr();
+    crate::service::logging::init_stderr();
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
         .context("installing signal handlers")?;
     if !args.no_nginx {
@@ -298,7 +298,7 @@ fn tree_state(args: &UpArgs, servers: &[String], prefix: &str) -> Result<Result<
     let mut store = args.store.clone();
     store.servers = servers.to_vec();
     store.prefix = Some(prefix.to_string());
-    let cfg = crate::store::config(&store, crate::store::TOOL_CACHE_TTL)?;
+    let cfg = crate::cli::store::config(&store, crate::cli::store::TOOL_CACHE_TTL)?;
     let client = memfis_tools::session::connect(&cfg)?;
     let keys = memfis_fs::KeyLayout::new(prefix).map_err(anyhow::Error::msg)?;
     match memfis_tools::session::require_tree(&client, &keys) {

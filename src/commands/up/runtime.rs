@@ -90,7 +90,7 @@ impl RuntimeDir {
 
     /// Mount points strictly under the directory.
     fn mounts_under(&self) -> Vec<PathBuf> {
-        crate::proc_mounts::mounts()
+        crate::fuse::proc_mounts::mounts()
             .into_iter()
             .map(|m| m.target)
             .filter(|t| t != &self.path && t.starts_with(&self.path))

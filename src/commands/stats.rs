@@ -6,11 +6,11 @@ use memfis_fs::KeyLayout;
 use memfis_tools::stats::Stats;
 
 use crate::cli::StatsArgs;
-use crate::store::TOOL_CACHE_TTL;
+use crate::cli::store::TOOL_CACHE_TTL;
 
 pub fn run(args: StatsArgs) -> Result<i32> {
     let client =
-        memfis_tools::session::connect(&crate::store::config(&args.store, TOOL_CACHE_TTL)?)?;
+        memfis_tools::session::connect(&crate::cli::store::config(&args.store, TOOL_CACHE_TTL)?)?;
     let keys = KeyLayout::new(&args.store.prefix()).map_err(anyhow::Error::msg)?;
     let stats = memfis_tools::stats::gather(&client, &keys);
     if args.json {
@@ -22,7 +22,7 @@ pub fn run(args: StatsArgs) -> Result<i32> {
         0
     } else if stats.tree.no_tree && stats.servers.iter().all(|s| s.reachable) {
         // Every server answered and none holds the tree.
-        crate::store::EXIT_NO_TREE
+        crate::cli::store::EXIT_NO_TREE
     } else {
         1
     })

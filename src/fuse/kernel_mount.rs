@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use fuser::{Config, Filesystem, MountOption, Session, SessionACL, SessionUnmounter};
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::proc_mounts;
+use crate::fuse::proc_mounts;
 
 /// The filesystem type the kernel shows: `fuse.` + subtype.
 pub const FS_TYPE: &str = "fuse.memfis";

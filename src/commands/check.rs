@@ -8,13 +8,13 @@ use memfis_fs::{FsError, KeyLayout};
 use memfis_tools::{IfNoTree, Session};
 
 use crate::cli::CheckArgs;
-use crate::store::{Notices, TOOL_CACHE_TTL};
+use crate::cli::store::{Notices, TOOL_CACHE_TTL};
 
 /// Exit status when problems were found (as fsck's "errors left uncorrected").
 pub const EXIT_PROBLEMS: i32 = 4;
 /// Exit status when the store could not be checked (fsck's "operational error"), a prefix
 /// with no tree included.
-pub const EXIT_NO_CHECK: i32 = crate::store::EXIT_NO_TREE;
+pub const EXIT_NO_CHECK: i32 = crate::cli::store::EXIT_NO_TREE;
 /// Exit status when problems were repaired and none is left (fsck's "errors corrected").
 pub const EXIT_REPAIRED: i32 = 1;
 
@@ -22,7 +22,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
     let keys = KeyLayout::new(&prefix).map_err(anyhow::Error::msg)?;
     let client =
-        memfis_tools::session::connect(&crate::store::config(&args.store, TOOL_CACHE_TTL)?)?;
+        memfis_tools::session::connect(&crate::cli::store::config(&args.store, TOOL_CACHE_TTL)?)?;
     match memfis_tools::session::require_tree(&client, &keys) {
         Ok(()) => {}
         // A mistyped prefix, or a store emptied by a restart: nothing to check (fsck's 8).
@@ -56,7 +56,7 @@ pub fn run(args: CheckArgs) -> Result<i32> {
 fn repair(args: &CheckArgs) -> Result<i32> {
     let prefix = args.store.prefix();
     let session = match Session::open(
-        &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        &crate::cli::store::config(&args.store, TOOL_CACHE_TTL)?,
         IfNoTree::Refuse,
         &Notices,
     ) {

@@ -22,8 +22,8 @@ use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
 use tracing::debug;
 
-use crate::metrics::fuse_ops::{FUSE_OPS, Op};
-use crate::moved_dirs::MovedDirs;
+use crate::fuse::moved_dirs::MovedDirs;
+use crate::service::metrics::fuse_ops::{FUSE_OPS, Op};
 
 pub struct FuseFs<S: Store> {
     fs: std::sync::Arc<MemFs<S>>,

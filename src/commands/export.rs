@@ -7,17 +7,17 @@ use anyhow::Result;
 use memfis_tools::{IfNoTree, Session, Silent};
 
 use crate::cli::ExportArgs;
-use crate::store::{Notices, TOOL_CACHE_TTL};
+use crate::cli::store::{Notices, TOOL_CACHE_TTL};
 
 pub fn run(args: ExportArgs) -> Result<i32> {
-    crate::malloc::limit_caching();
+    crate::service::malloc::limit_caching();
     let session = Session::open(
-        &crate::store::config(&args.store, TOOL_CACHE_TTL)?,
+        &crate::cli::store::config(&args.store, TOOL_CACHE_TTL)?,
         IfNoTree::Refuse,
         &Notices,
     )
     .map_err(|e| {
-        crate::store::explain_no_tree(
+        crate::cli::store::explain_no_tree(
             e,
             "Check the prefix (--prefix, MEMFIS_PREFIX): a mistyped prefix, or a store emptied \
              since (memcached restarted)",
