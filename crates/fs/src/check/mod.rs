@@ -176,6 +176,18 @@ struct NameKey {
     key: Vec<u8>,
 }
 
+/// What the walk goes on with after a listed name.
+enum Reached {
+    /// A directory to walk; `recorded` when its record was read (a second path to it is
+    /// then a cycle).
+    Dir {
+        child: Child,
+        recorded: bool,
+    },
+    File(DataCheck),
+    Nothing,
+}
+
 /// A listed name's inode record as the walk found it.
 enum ChildRecord {
     Found(Inode),
@@ -355,60 +367,70 @@ impl<'a, S: Store> Scan<'a, S> {
                 };
                 let entry = results.entry(entry, name);
                 let rec = results.take(record)?;
-                self.expected.insert(self.keys.entry(dir, name));
-                self.expected.insert(self.keys.inode(*ino));
-                self.max_ino = self.max_ino.max(*ino);
-                self.check_entry(&child, entry);
-                let rec = match self.child_record(&child, rec) {
-                    ChildRecord::Found(rec) => rec,
-                    // A directory whose record is missing may have all its contents: walked.
-                    ChildRecord::Missing if child.kind == Kind::Dir => {
+                match self.check_child(child, entry, rec) {
+                    Reached::Dir { child, recorded } => {
                         if seen_dirs.insert(child.ino) {
                             queue.push_back((child.ino, child.path, dir, child.name));
-                        }
-                        continue;
-                    }
-                    ChildRecord::Missing | ChildRecord::Unreadable => continue,
-                };
-                match rec.kind {
-                    Kind::Dir => {
-                        if seen_dirs.insert(child.ino) {
-                            queue.push_back((child.ino, child.path, dir, child.name));
-                        } else {
+                        } else if recorded {
                             let what = "directory reached twice (a cycle)";
-                            self.problem(
-                                Fault::Manual,
-                                &child.path,
-                                &self.keys.inode(child.ino),
-                                what,
-                            );
+                            let key = self.keys.inode(child.ino);
+                            self.problem(Fault::Manual, &child.path, &key, what);
                         }
                     }
-                    Kind::File => {
-                        if let Some(check) = self.check_file(&child, &rec) {
-                            data_checks.push(check);
-                        }
-                    }
-                    Kind::Symlink => {
-                        self.report.symlinks += 1;
-                        if rec.target.is_none() {
-                            let what = "symlink without a target";
-                            self.problem(
-                                Fault::Manual,
-                                &child.path,
-                                &self.keys.inode(child.ino),
-                                what,
-                            );
-                        }
-                    }
-                    Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
-                        self.report.specials += 1;
-                    }
+                    Reached::File(check) => data_checks.push(check),
+                    Reached::Nothing => {}
                 }
             }
             self.check_data(data_checks)?;
         }
         Ok(())
+    }
+
+    /// One listed name: its entry and record, and what the walk goes on with (a directory
+    /// to walk, even one whose record is missing since its contents may all be there; a
+    /// file's data to check).
+    fn check_child(
+        &mut self,
+        child: Child,
+        entry: FsResult<EntrySlot>,
+        rec: Option<Item>,
+    ) -> Reached {
+        self.expected
+            .insert(self.keys.entry(child.dir, &child.name));
+        self.expected.insert(self.keys.inode(child.ino));
+        self.max_ino = self.max_ino.max(child.ino);
+        self.check_entry(&child, entry);
+        let rec = match self.child_record(&child, rec) {
+            ChildRecord::Found(rec) => rec,
+            ChildRecord::Missing if child.kind == Kind::Dir => {
+                return Reached::Dir {
+                    child,
+                    recorded: false,
+                };
+            }
+            ChildRecord::Missing | ChildRecord::Unreadable => return Reached::Nothing,
+        };
+        match rec.kind {
+            Kind::Dir => Reached::Dir {
+                child,
+                recorded: true,
+            },
+            Kind::File => self
+                .check_file(&child, &rec)
+                .map_or(Reached::Nothing, Reached::File),
+            Kind::Symlink => {
+                self.report.symlinks += 1;
+                if rec.target.is_none() {
+                    let key = self.keys.inode(child.ino);
+                    self.problem(Fault::Manual, &child.path, &key, "symlink without a target");
+                }
+                Reached::Nothing
+            }
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                self.report.specials += 1;
+                Reached::Nothing
+            }
+        }
     }
 
     /// Whether a listed name's entry key names the inode the listing says.
@@ -554,6 +576,21 @@ impl<'a, S: Store> Scan<'a, S> {
         parent: u64,
         name: &[u8],
     ) -> FsResult<Option<dirlog::Listing>> {
+        let Some((base, seq)) = self.check_dir_keys(dir, path, parent, name)? else {
+            return Ok(None);
+        };
+        self.replay_dir_log(dir, path, base, seq)
+    }
+
+    /// A directory's record, mtime, sequence and base keys: where its log starts and how
+    /// many records it holds, if the log can be read.
+    fn check_dir_keys(
+        &mut self,
+        dir: u64,
+        path: &[u8],
+        parent: u64,
+        name: &[u8],
+    ) -> FsResult<Option<(LogBase, u64)>> {
         let record_fault = Fault::DirRecord {
             dir,
             parent,
@@ -564,26 +601,20 @@ impl<'a, S: Store> Scan<'a, S> {
         let seq_key = self.keys.dir_seq(dir);
         let mtime_key = self.keys.dir_mtime(dir);
         let base_key = self.keys.dir_base(dir);
-        let mut own = self
-            .get_many(&[
-                ikey.clone(),
-                seq_key.clone(),
-                mtime_key.clone(),
-                base_key.clone(),
-            ])?
-            .into_iter();
+        let own_keys = [
+            ikey.clone(),
+            seq_key.clone(),
+            mtime_key.clone(),
+            base_key.clone(),
+        ];
+        let mut own = self.get_many(&own_keys)?.into_iter();
         let (rec, seq, mtime, base) = (
             own.next().flatten(),
             own.next().flatten(),
             own.next().flatten(),
             own.next().flatten(),
         );
-        self.expected.extend([
-            ikey.clone(),
-            seq_key.clone(),
-            mtime_key.clone(),
-            base_key.clone(),
-        ]);
+        self.expected.extend(own_keys);
         let base = match LogBase::decode(&base_key, base.as_deref()) {
             Ok(base) => base,
             Err(e) => {
@@ -617,6 +648,19 @@ impl<'a, S: Store> Scan<'a, S> {
             );
             return Ok(None);
         };
+        Ok(Some((base, seq)))
+    }
+
+    /// A directory's listing, replayed from its log's chunks (`seq` records from `base`);
+    /// names the log leaves ambiguous are settled by their entry keys.
+    fn replay_dir_log(
+        &mut self,
+        dir: u64,
+        path: &[u8],
+        base: LogBase,
+        seq: u64,
+    ) -> FsResult<Option<dirlog::Listing>> {
+        let log_fault = Fault::DirLog { dir };
         let chunk_keys = self.keys.dir_log_keys(dir, base, seq);
         self.expected.extend(chunk_keys.iter().cloned());
         self.expected.insert(

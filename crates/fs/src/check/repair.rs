@@ -280,47 +280,92 @@ impl<S: Store> Fixer<'_, S> {
             Err(e) => return Err(e),
         };
         let listed = fs.list_dir(dir)?.get(name).copied();
-        let record = |ino: u64| fs.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
+        let truth = self.name_truth(&link, &path, entry, collides, listed)?;
+        self.set_entry_and_log(&link, &path, entry, listed, truth)?;
+        // Inodes that claim the name without having it let go of it.
+        let truth_ino = truth.map(|(i, _)| i);
+        for other in [entry, listed.map(|(i, _)| i)].into_iter().flatten() {
+            if Some(other) == truth_ino {
+                continue;
+            }
+            if let Some(rec) = fs.read_inode_opt(other)?.map(|(rec, _)| rec)
+                && rec.links.contains(&link)
+            {
+                fs.drop_link(other, &link, 0)?;
+                let what = "dropped the name from an inode record";
+                self.note(&path, &fs.keys.inode(other), what);
+            }
+        }
+        if !matches!(truth, Some((_, Kind::File))) {
+            let key = fs.keys.data(&path);
+            if key.len() <= memfis_memcache::MAX_KEY_LEN && self.get(&key)?.is_some() {
+                self.delete(&key)?;
+                self.note(&path, &key, "deleted a data key no file has");
+            }
+        }
+        Ok(())
+    }
 
-        // Which inode, if any, the name is.
-        let mut truth = None;
+    /// Which inode, if any, a name is: its entry's inode when that record has the name
+    /// (or can take it: not a directory with a name elsewhere), else the listed inode when
+    /// its record has the name and no other name's entry holds the key.
+    fn name_truth(
+        &mut self,
+        link: &Link,
+        path: &[u8],
+        entry: Option<u64>,
+        collides: bool,
+        listed: Option<(u64, Kind)>,
+    ) -> FsResult<Option<(u64, Kind)>> {
+        let fs = self.fs;
+        let record = |ino: u64| fs.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
         if let Some(e) = entry
             && let Some(rec) = record(e)?
         {
-            if rec.links.contains(&link) {
-                truth = Some((e, rec.kind));
-            } else if rec.kind != Kind::Dir || rec.links.is_empty() {
+            if rec.links.contains(link) {
+                return Ok(Some((e, rec.kind)));
+            }
+            if rec.kind != Kind::Dir || rec.links.is_empty() {
                 fs.update_record(e, |r| {
-                    if !r.links.contains(&link) {
+                    if !r.links.contains(link) {
                         r.links.push(link.clone());
                     }
                     Ok(())
                 })?;
-                self.note(
-                    &path,
-                    &fs.keys.inode(e),
-                    "added the name to its inode record",
-                );
-                truth = Some((e, rec.kind));
+                let what = "added the name to its inode record";
+                self.note(path, &fs.keys.inode(e), what);
+                return Ok(Some((e, rec.kind)));
             }
         }
-        if truth.is_none()
-            && !collides
+        if !collides
             && let Some((x, _)) = listed
             && let Some(rec) = record(x)?
-            && rec.links.contains(&link)
+            && rec.links.contains(link)
         {
-            truth = Some((x, rec.kind));
+            return Ok(Some((x, rec.kind)));
         }
-        let truth_ino = truth.map(|(i, _)| i);
+        Ok(None)
+    }
 
+    /// Points a name's entry key and its directory's log at `truth`.
+    fn set_entry_and_log(
+        &mut self,
+        link: &Link,
+        path: &[u8],
+        entry: Option<u64>,
+        listed: Option<(u64, Kind)>,
+        truth: Option<(u64, Kind)>,
+    ) -> FsResult<()> {
+        let fs = self.fs;
+        let (dir, name) = (link.parent, &link.name[..]);
+        let truth_ino = truth.map(|(i, _)| i);
         if entry != truth_ino {
             fs.entry_swap(dir, name, entry, truth_ino)?;
             let what = match truth_ino {
                 Some(i) => format!("entry set to inode {i} (was {entry:?})"),
                 None => format!("entry removed (it named inode {entry:?}, which lacks this name)"),
             };
-            self.note(&path, &ekey, what);
+            self.note(path, &fs.keys.entry(dir, name), what);
         }
         if listed != truth {
             let mut changes = Vec::new();
@@ -335,30 +380,7 @@ impl<S: Store> Fixer<'_, S> {
                 Some((t, kind)) => format!("directory log now lists inode {t} ({kind:?})"),
                 None => "directory log no longer lists the name".to_string(),
             };
-            self.note(&path, &fs.keys.dir_seq(dir), what);
-        }
-        // Inodes that claim the name without having it let go of it.
-        for other in [entry, listed.map(|(i, _)| i)].into_iter().flatten() {
-            if Some(other) == truth_ino {
-                continue;
-            }
-            if let Some(rec) = record(other)?
-                && rec.links.contains(&link)
-            {
-                fs.drop_link(other, &link, 0)?;
-                self.note(
-                    &path,
-                    &fs.keys.inode(other),
-                    "dropped the name from an inode record",
-                );
-            }
-        }
-        if !matches!(truth, Some((_, Kind::File))) {
-            let key = fs.keys.data(&path);
-            if key.len() <= memfis_memcache::MAX_KEY_LEN && self.get(&key)?.is_some() {
-                self.delete(&key)?;
-                self.note(&path, &key, "deleted a data key no file has");
-            }
+            self.note(path, &fs.keys.dir_seq(dir), what);
         }
         Ok(())
     }
@@ -524,44 +546,7 @@ impl<S: Store> Fixer<'_, S> {
             }
         }
         if self.bytes(&key)?.is_some() {
-            // Another name holding what the record says wins; else the first name's bytes (in
-            // the record's order) become the file's, at every name, with their size.
-            let mut canonical = None;
-            for (k, p) in &names {
-                if let Some(bytes) = self.bytes(k)? {
-                    if bytes.len() as u64 == rec.size {
-                        canonical = Some((bytes, p.clone()));
-                        break;
-                    }
-                    canonical.get_or_insert((bytes, p.clone()));
-                }
-            }
-            let Some((bytes, from)) = canonical else {
-                return Ok(());
-            };
-            let size = bytes.len() as u64;
-            for (k, p) in &names {
-                if self.bytes(k)?.as_deref() != Some(bytes.as_slice()) {
-                    fs.store.store_at(StoreOp::Set, k, &bytes)?;
-                    self.note(
-                        p,
-                        k,
-                        format!("data key set to the bytes at {}", text(&from)),
-                    );
-                }
-            }
-            if size != rec.size {
-                fs.update_record(ino, |r| {
-                    r.size = size;
-                    Ok(())
-                })?;
-                let what = format!(
-                    "record size {} set to the {size} bytes stored (what nginx serves)",
-                    rec.size
-                );
-                self.note(&path, &fs.keys.inode(ino), what);
-            }
-            return Ok(());
+            return self.align_names(ino, &rec, &path, &names);
         }
         for other in rec.links.iter().filter(|l| **l != Link::new(dir, name)) {
             let Ok(other_path) = fs.link_path(other) else {
@@ -583,25 +568,88 @@ impl<S: Store> Fixer<'_, S> {
             self.note(&path, &key, "made the missing data key of an empty file");
             return Ok(());
         }
-        // The bytes are gone: the name goes, so nginx falls back instead of serving nothing.
+        self.remove_lost_file(dir, name, ino, &rec, &key)
+    }
+
+    /// A file whose data key holds bytes: another name holding what the record says wins;
+    /// else the first name's bytes (in the record's order) become the file's, at every name,
+    /// with their size.
+    fn align_names(
+        &mut self,
+        ino: u64,
+        rec: &Inode,
+        path: &[u8],
+        names: &[(Vec<u8>, Vec<u8>)],
+    ) -> FsResult<()> {
+        let fs = self.fs;
+        let mut canonical = None;
+        for (k, p) in names {
+            if let Some(bytes) = self.bytes(k)? {
+                if bytes.len() as u64 == rec.size {
+                    canonical = Some((bytes, p.clone()));
+                    break;
+                }
+                canonical.get_or_insert((bytes, p.clone()));
+            }
+        }
+        let Some((bytes, from)) = canonical else {
+            return Ok(());
+        };
+        let size = bytes.len() as u64;
+        for (k, p) in names {
+            if self.bytes(k)?.as_deref() != Some(bytes.as_slice()) {
+                fs.store.store_at(StoreOp::Set, k, &bytes)?;
+                self.note(
+                    p,
+                    k,
+                    format!("data key set to the bytes at {}", text(&from)),
+                );
+            }
+        }
+        if size != rec.size {
+            fs.update_record(ino, |r| {
+                r.size = size;
+                Ok(())
+            })?;
+            let what = format!(
+                "record size {} set to the {size} bytes stored (what nginx serves)",
+                rec.size
+            );
+            self.note(path, &fs.keys.inode(ino), what);
+        }
+        Ok(())
+    }
+
+    /// A file whose bytes are gone at every name: the name goes, so nginx falls back
+    /// instead of serving nothing.
+    fn remove_lost_file(
+        &mut self,
+        dir: u64,
+        name: &[u8],
+        ino: u64,
+        rec: &Inode,
+        key: &[u8],
+    ) -> FsResult<()> {
+        let fs = self.fs;
+        let path = join(&fs.dir_path(dir)?, name);
         let link = Link::new(dir, name);
         fs.entry_swap(dir, name, Some(ino), None)?;
         fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
         fs.drop_link(ino, &link, 0)?;
         // A value that does not decode may still be there: nginx would serve it. (A private
         // key other names share stays theirs.)
-        let shared = key == fs.keys.private_data(ino) && rec.links.len() > 1;
-        if !shared && self.delete(&key)? {
+        let shared = *key == fs.keys.private_data(ino) && rec.links.len() > 1;
+        if !shared && self.delete(key)? {
             self.note(
                 &path,
-                &key,
+                key,
                 "deleted the data key (its value does not decode)",
             );
         }
         warn!(path = %text(&path), "removed a file whose bytes were lost; copy it in again");
         self.note(
             &path,
-            &key,
+            key,
             format!(
                 "removed the file: its {} bytes were lost (data key missing); copy it in again",
                 rec.size

@@ -62,16 +62,9 @@ impl<S: Store> MemFs<S> {
     pub fn try_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Result<bool, Holder>> {
         let key = self.keys.lock_table(ino);
         let ikey = self.keys.inode(ino);
-        let who = self.owner(req.owner);
-        let want = Request {
-            who: who.clone(),
-            fh: req.fh,
-            pid: req.pid,
-            host: self.locks.host.clone(),
-            write: req.write,
-            start: req.start,
-            end: req.end,
-        };
+        let want = self.request(req);
+        let who = want.who.clone();
+        // Releases of this owner that failed earlier are done with this write.
         let redo_release: Vec<Option<u64>> = lock(&self.locks.failed_releases)
             .iter()
             .filter(|f| f.0 == ino && f.1 == req.owner)
@@ -130,23 +123,43 @@ impl<S: Store> MemFs<S> {
                 } else {
                     self.store.gets_at(&ikey)?
                 };
-                lock(&self.locks.held)
-                    .entry(ino)
-                    .or_default()
-                    .insert(req.owner);
-                lock(&self.locks.by_handle)
-                    .entry(req.fh)
-                    .or_default()
-                    .insert(req.owner);
-                if !redo_release.is_empty() {
-                    lock(&self.locks.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
-                }
+                self.note_granted(ino, req, !redo_release.is_empty());
                 return Ok(Ok(self.adopt_published(ino, record)?));
             }
             current = after;
             fresh = true;
         }
         Err(FsError::Contended)
+    }
+
+    /// The entry `req` adds to a lock list.
+    fn request(&self, req: &LockRequest) -> Request {
+        Request {
+            who: self.owner(req.owner),
+            fh: req.fh,
+            pid: req.pid,
+            host: self.locks.host.clone(),
+            write: req.write,
+            start: req.start,
+            end: req.end,
+        }
+    }
+
+    /// What this mount remembers of a lock granted: which owners hold locks on `ino` and
+    /// through which handle (released with them), and that the failed releases it redid
+    /// are done.
+    fn note_granted(&self, ino: u64, req: &LockRequest, redid_releases: bool) {
+        lock(&self.locks.held)
+            .entry(ino)
+            .or_default()
+            .insert(req.owner);
+        lock(&self.locks.by_handle)
+            .entry(req.fh)
+            .or_default()
+            .insert(req.owner);
+        if redid_releases {
+            lock(&self.locks.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
+        }
     }
 
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.

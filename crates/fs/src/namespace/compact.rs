@@ -82,39 +82,12 @@ impl<S: Store> MemFs<S> {
             let listing = self.with_entries_agreeing(dir, listing)?;
             // 2. The snapshot, 1,024 records a piece.
             let generation = u64::from_str_radix(&random_id(), 16).unwrap_or(0);
-            let names: Vec<_> = listing.iter().collect();
-            let pieces: Vec<Vec<u8>> = names
-                .chunks(self.keys.log_chunk_records() as usize)
-                .map(|piece| {
-                    let mut bytes = Vec::new();
-                    for (name, (ino, kind)) in piece {
-                        bytes.extend(dirlog::encode(Op::Add, *kind, *ino, name));
-                    }
-                    bytes
-                })
-                .collect();
+            let pieces = self.snapshot_pieces(&listing);
             let new_base = LogBase {
                 chunk: seq / self.keys.log_chunk_records(),
                 snapshot: (!pieces.is_empty()).then_some((generation, pieces.len() as u64)),
             };
-            let written: Vec<Vec<u8>> = (0..pieces.len() as u64)
-                .map(|k| self.keys.dir_snapshot(dir, generation, k))
-                .collect();
-            let sets = written
-                .iter()
-                .zip(&pieces)
-                .map(|(key, bytes)| Command::store(StoreOp::Set, key, bytes))
-                .collect();
-            let stored = self
-                .store
-                .execute(sets)
-                .into_iter()
-                .zip(&written)
-                .try_for_each(|(r, key)| match r {
-                    Ok(Reply::Stored) => Ok(()),
-                    Ok(other) => Err(FsError::corrupt(key, format!("set answered {other:?}"))),
-                    Err(e) => Err(FsError::store(key, e)),
-                });
+            let (written, stored) = self.store_snapshot(dir, generation, &pieces);
             // 3. Replays start at the snapshot.
             let base_key = self.keys.dir_base(dir);
             let flipped = stored.and_then(|()| {
@@ -144,6 +117,50 @@ impl<S: Store> MemFs<S> {
             );
             Ok(records.saturating_sub(listing.len()))
         })
+    }
+
+    /// A listing as log records of additions, as many a piece as a log chunk holds.
+    fn snapshot_pieces(&self, listing: &dirlog::Listing) -> Vec<Vec<u8>> {
+        let names: Vec<_> = listing.iter().collect();
+        names
+            .chunks(self.keys.log_chunk_records() as usize)
+            .map(|piece| {
+                let mut bytes = Vec::new();
+                for (name, (ino, kind)) in piece {
+                    bytes.extend(dirlog::encode(Op::Add, *kind, *ino, name));
+                }
+                bytes
+            })
+            .collect()
+    }
+
+    /// Stores a snapshot's pieces: the keys written (some may be, even on an error) and
+    /// whether every piece was stored.
+    fn store_snapshot(
+        &self,
+        dir: u64,
+        generation: u64,
+        pieces: &[Vec<u8>],
+    ) -> (Vec<Vec<u8>>, FsResult<()>) {
+        let written: Vec<Vec<u8>> = (0..pieces.len() as u64)
+            .map(|k| self.keys.dir_snapshot(dir, generation, k))
+            .collect();
+        let sets = written
+            .iter()
+            .zip(pieces)
+            .map(|(key, bytes)| Command::store(StoreOp::Set, key, bytes))
+            .collect();
+        let stored = self
+            .store
+            .execute(sets)
+            .into_iter()
+            .zip(&written)
+            .try_for_each(|(r, key)| match r {
+                Ok(Reply::Stored) => Ok(()),
+                Ok(other) => Err(FsError::corrupt(key, format!("set answered {other:?}"))),
+                Err(e) => Err(FsError::store(key, e)),
+            });
+        (written, stored)
     }
 
     /// Compacts every directory log of the tree worth it (`memfis check --repair`): returns

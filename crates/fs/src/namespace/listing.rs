@@ -176,28 +176,7 @@ impl<S: Store> MemFs<S> {
             Err(e) => return Err(e),
         }
         if chunk_now > made_up_to {
-            // This mount's idea of the sequence was behind (or its chunk was not there yet):
-            // make sure every chunk up to the one after the current number exists, as every
-            // reader expects (read the base after: chunks made below a base moved meanwhile
-            // go again).
-            let from = (made_up_to + 1).max(base);
-            crate::fs::retried(|| {
-                let mut batch = Batch::new();
-                let made: Vec<_> = (from..=chunk_now + 1)
-                    .map(|c| batch.add(&self.keys.dir_log(la.dir, c), b""))
-                    .collect();
-                let base_read = batch.get(&base_key);
-                let mut r = batch.execute(&self.store);
-                for chunk in made {
-                    r.take(chunk)?;
-                }
-                let item = r.take(base_read)?;
-                let base = LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..]))?;
-                if from < base.chunk {
-                    self.delete_stray_chunks(la.dir, from..base.chunk.min(chunk_now + 2));
-                }
-                Ok(())
-            })?;
+            self.make_chunks_up_to(la.dir, (made_up_to + 1).max(base), chunk_now)?;
         }
         self.meta.raise_seq_hint(la.dir, last.max(base * per_chunk));
         if last / per_chunk != (last - la.count) / per_chunk {
@@ -209,6 +188,31 @@ impl<S: Store> MemFs<S> {
                 .note_name(la.dir, name, (*op == Op::Add).then_some((*ino, *kind)));
         }
         Ok(Logged::Done)
+    }
+
+    /// This mount's idea of a log's sequence was behind (or its chunk was not there yet):
+    /// makes sure every chunk from `from` up to the one after `chunk_now` exists, as every
+    /// reader expects (the base is read after: chunks made below a base moved meanwhile go
+    /// again).
+    fn make_chunks_up_to(&self, dir: u64, from: u64, chunk_now: u64) -> FsResult<()> {
+        let base_key = self.keys.dir_base(dir);
+        crate::fs::retried(|| {
+            let mut batch = Batch::new();
+            let made: Vec<_> = (from..=chunk_now + 1)
+                .map(|c| batch.add(&self.keys.dir_log(dir, c), b""))
+                .collect();
+            let base_read = batch.get(&base_key);
+            let mut r = batch.execute(&self.store);
+            for chunk in made {
+                r.take(chunk)?;
+            }
+            let item = r.take(base_read)?;
+            let base = LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..]))?;
+            if from < base.chunk {
+                self.delete_stray_chunks(dir, from..base.chunk.min(chunk_now + 2));
+            }
+            Ok(())
+        })
     }
 
     /// Deletes chunks of `dir`'s log made below its base by a mount whose idea of the log was

@@ -217,27 +217,7 @@ impl<S: Store> MemFs<S> {
             // even where its reads of the lock and the count are unordered (a pool).
             self.bump_dir_generation()?;
         }
-        let now = Time::now();
-        self.update_record_if_present(r.ino, |rec| {
-            if rec.links.contains(&src_link) {
-                rec.replace_link(&src_link, dst_link.clone());
-                rec.ctime = now;
-            }
-            Ok(())
-        })?;
-        match r.replaced {
-            Some((b, _)) if r.exchange => {
-                self.update_record_if_present(b, |rec| {
-                    if rec.links.contains(&dst_link) {
-                        rec.replace_link(&dst_link, src_link.clone());
-                        rec.ctime = now;
-                    }
-                    Ok(())
-                })?;
-            }
-            Some((b, _)) => self.drop_link(b, &dst_link, r.replaced_last_seq)?,
-            None => {}
-        }
+        self.rename_records(r, &src_link, &dst_link)?;
         if !src_done {
             self.drop_replaced_bytes(r)?;
             self.move_data(r)?;
@@ -247,7 +227,44 @@ impl<S: Store> MemFs<S> {
             _ => None,
         };
         self.entry_swap(r.src_parent, &r.src_name, Some(r.ino), src_now)?;
-        // Every (name, inode) pair that ends is removed, every one that starts is added.
+        self.log_rename(r)?;
+        if dir_moved {
+            self.bump_dir_generation()?;
+            self.meta.forget_dir(r.ino);
+        }
+        Ok(())
+    }
+
+    /// The records take the new names: the moved inode's, and a replaced inode's (its
+    /// name swapped by an exchange, dropped otherwise).
+    fn rename_records(&self, r: &RenameIntent, src_link: &Link, dst_link: &Link) -> FsResult<()> {
+        let now = Time::now();
+        self.update_record_if_present(r.ino, |rec| {
+            if rec.links.contains(src_link) {
+                rec.replace_link(src_link, dst_link.clone());
+                rec.ctime = now;
+            }
+            Ok(())
+        })?;
+        match r.replaced {
+            Some((b, _)) if r.exchange => {
+                self.update_record_if_present(b, |rec| {
+                    if rec.links.contains(dst_link) {
+                        rec.replace_link(dst_link, src_link.clone());
+                        rec.ctime = now;
+                    }
+                    Ok(())
+                })?;
+            }
+            Some((b, _)) => self.drop_link(b, dst_link, r.replaced_last_seq)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The directories' logs: every (name, inode) pair that ends is removed, every one
+    /// that starts is added.
+    fn log_rename(&self, r: &RenameIntent) -> FsResult<()> {
         let (src_name, dst_name) = (r.src_name.as_slice(), r.dst_name.as_slice());
         let mut at_src = vec![(Op::Remove, r.kind, r.ino, src_name)];
         let mut at_dst = Vec::new();
@@ -264,10 +281,6 @@ impl<S: Store> MemFs<S> {
         } else {
             self.log_dir_changes(r.src_parent, &at_src)?;
             self.log_dir_changes(r.dst_parent, &at_dst)?;
-        }
-        if dir_moved {
-            self.bump_dir_generation()?;
-            self.meta.forget_dir(r.ino);
         }
         Ok(())
     }

@@ -40,83 +40,102 @@ impl<S: Store> MemFs<S> {
                 ino,
                 kind,
                 data_keys,
-            } => {
-                self.entry_swap(*parent, name, Some(*ino), None)?;
-                self.log_dir_changes(*parent, &[(Op::Remove, *kind, *ino, name)])?;
-                let link = Link {
-                    parent: *parent,
-                    name: name.clone(),
-                };
-                if *kind == Kind::File {
-                    // A courtesy to this mount's open handles: a key missing for a moment (a
-                    // failed publish elsewhere) must not stop the removal half done.
-                    if let Err(e) = self.keep_bytes_for_open_handles(*ino) {
-                        warn!(ino, error = %e, "unlink: cannot keep the file's bytes for this mount's open handles");
-                    }
-                    self.delete_data_if_unowned(*parent, name, data_keys)?;
-                }
-                self.drop_link(*ino, &link, 0)
-            }
+            } => self.complete_unlink(*parent, name, *ino, *kind, data_keys),
             Intent::Rmdir {
                 parent,
                 name,
                 ino,
                 last_seq,
-            } => {
-                if self.dir_seq_value(*ino)?.is_some() {
-                    return Ok(()); // the fence was never set: nothing happened
-                }
-                self.entry_swap(*parent, name, Some(*ino), None)?;
-                self.log_dir_changes(*parent, &[(Op::Remove, Kind::Dir, *ino, name)])?;
-                self.delete_inode_keys(*ino, Kind::Dir, *last_seq)?;
-                self.meta.forget_dir(*ino);
-                Ok(())
-            }
+            } => self.complete_rmdir(*parent, name, *ino, *last_seq),
             Intent::Link {
                 ino,
                 kind,
                 parent,
                 name,
                 path,
-            } => {
-                if self.read_entry(*parent, name)?.ino != Some(*ino) {
-                    return Ok(()); // the entry was never claimed: nothing happened
-                }
-                let link = Link {
-                    parent: *parent,
-                    name: name.clone(),
-                };
-                let rec = self.update_record_if_present(*ino, |r| {
-                    if !r.links.contains(&link) {
-                        r.links.push(link.clone());
-                        r.ctime = crate::layout::record::Time::now();
-                    }
-                    Ok(())
-                })?;
-                if let Some(rec) = rec
-                    && *kind == Kind::File
-                    && rec.chunk_size.is_none()
-                {
-                    let key = self.keys.file_bytes(*ino, rec.mode, path);
-                    match self.current_bytes_except(*ino, &rec, &link, &key) {
-                        Ok(Some(bytes)) => self.write_data_keys(&[key], bytes)?,
-                        Ok(None) => {} // the names share the key (a private key)
-                        // Damage, not a fault of this operation: the new name reads as the
-                        // others do (EIO naming the key) until `memfis check --repair`. An
-                        // intent that could never complete would hold the lock for good.
-                        Err(FsError::Missing { key: lost }) => warn!(
-                            ino,
-                            key = %lost,
-                            "link: the file's bytes are missing from the store; the new name has none either (run `memfis check`)"
-                        ),
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.log_dir_changes(*parent, &[(Op::Add, *kind, *ino, name)])
-            }
+            } => self.complete_link(*ino, *kind, *parent, name, path),
             Intent::Rename(r) => self.complete_rename(r),
             Intent::Chmod { ino, public } => self.complete_chmod(*ino, *public),
         }
+    }
+
+    /// An unlink: entry, log record and the record's name go, with the data keys no other
+    /// name keeps.
+    fn complete_unlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        ino: u64,
+        kind: Kind,
+        data_keys: &[Vec<u8>],
+    ) -> FsResult<()> {
+        self.entry_swap(parent, name, Some(ino), None)?;
+        self.log_dir_changes(parent, &[(Op::Remove, kind, ino, name)])?;
+        let link = Link::new(parent, name);
+        if kind == Kind::File {
+            // A courtesy to this mount's open handles: a key missing for a moment (a
+            // failed publish elsewhere) must not stop the removal half done.
+            if let Err(e) = self.keep_bytes_for_open_handles(ino) {
+                warn!(ino, error = %e, "unlink: cannot keep the file's bytes for this mount's open handles");
+            }
+            self.delete_data_if_unowned(parent, name, data_keys)?;
+        }
+        self.drop_link(ino, &link, 0)
+    }
+
+    /// An rmdir whose fence was set: the name and every key of the directory go.
+    fn complete_rmdir(&self, parent: u64, name: &[u8], ino: u64, last_seq: u64) -> FsResult<()> {
+        if self.dir_seq_value(ino)?.is_some() {
+            return Ok(()); // the fence was never set: nothing happened
+        }
+        self.entry_swap(parent, name, Some(ino), None)?;
+        self.log_dir_changes(parent, &[(Op::Remove, Kind::Dir, ino, name)])?;
+        self.delete_inode_keys(ino, Kind::Dir, last_seq)?;
+        self.meta.forget_dir(ino);
+        Ok(())
+    }
+
+    /// A link whose entry was claimed: the record gains the name, the new name's data key
+    /// the file's bytes, the log the name.
+    fn complete_link(
+        &self,
+        ino: u64,
+        kind: Kind,
+        parent: u64,
+        name: &[u8],
+        path: &[u8],
+    ) -> FsResult<()> {
+        if self.read_entry(parent, name)?.ino != Some(ino) {
+            return Ok(()); // the entry was never claimed: nothing happened
+        }
+        let link = Link::new(parent, name);
+        let rec = self.update_record_if_present(ino, |r| {
+            if !r.links.contains(&link) {
+                r.links.push(link.clone());
+                r.ctime = crate::layout::record::Time::now();
+            }
+            Ok(())
+        })?;
+        if let Some(rec) = rec
+            && kind == Kind::File
+            && rec.chunk_size.is_none()
+        {
+            let key = self.keys.file_bytes(ino, rec.mode, path);
+            match self.current_bytes_except(ino, &rec, &link, &key) {
+                Ok(Some(bytes)) => self.write_data_keys(&[key], bytes)?,
+                Ok(None) => {} // the names share the key (a private key)
+                // Damage, not a fault of this operation: the new name reads as the
+                // others do (EIO naming the key) until `memfis check --repair`. An
+                // intent that could never complete would hold the lock for good.
+                Err(FsError::Missing { key: lost }) => warn!(
+                    ino,
+                    key = %lost,
+                    "link: the file's bytes are missing from the store; the new name has none either (run `memfis check`)"
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        self.log_dir_changes(parent, &[(Op::Add, kind, ino, name)])
     }
 
     /// Before a file's last data key goes: this mount's open handles keep reading its bytes.
