@@ -126,9 +126,9 @@ fn options(args: &CheckArgs) -> CheckOptions {
 /// The names nginx does not serve, and why (docs/serving.md), when there are any.
 fn unserved(report: &Report) -> String {
     match (
-        report.private_names,
-        report.long_names,
-        report.chunked_files,
+        report.counts.private_names,
+        report.counts.long_names,
+        report.counts.chunked_files,
     ) {
         (0, 0, 0) => String::new(),
         (p, l, c) => format!(
@@ -145,10 +145,10 @@ fn print_report(prefix: &str, report: &Report) {
     println!(
         "{}: {} directories, {} files, {} symlinks, {} bytes; {}{}{}",
         prefix,
-        report.directories,
-        report.files,
-        report.symlinks,
-        report.bytes,
+        report.counts.directories,
+        report.counts.files,
+        report.counts.symlinks,
+        report.counts.bytes,
         unserved(report),
         match report.problems.len() {
             0 => "clean".to_string(),

@@ -104,17 +104,17 @@ fn render(stats: &Stats) -> String {
         " format version {}, store id {}\n  {} directories, {} files, {} symlinks, {} FIFOs/sockets/devices, {} in files, {} inodes\n",
         t.format_version.map_or("?".into(), |v| v.to_string()),
         t.store_id.as_deref().unwrap_or("?"),
-        t.directories,
-        t.files,
-        t.symlinks,
-        t.specials,
-        human(t.bytes),
+        t.counts.directories,
+        t.counts.files,
+        t.counts.symlinks,
+        t.counts.specials,
+        human(t.counts.bytes),
         opt(t.inodes),
     );
-    if t.private_names + t.long_names + t.chunked_files > 0 {
+    if t.counts.private_names + t.counts.long_names + t.counts.chunked_files > 0 {
         out += &format!(
             "  not served by nginx: {} names of files others may not read, {} names too long for a key, {} files larger than one item\n",
-            t.private_names, t.long_names, t.chunked_files
+            t.counts.private_names, t.counts.long_names, t.counts.chunked_files
         );
     }
     if t.problems > 0 {

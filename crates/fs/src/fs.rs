@@ -73,22 +73,8 @@ pub struct MemFs<S: Store> {
     pub(crate) mount_id: String,
     /// The id in the format record when this mount opened the store.
     pub(crate) store_id: String,
-    /// Namespace operations of this mount run one at a time (they would queue on the store's
-    /// lock anyway); also keeps two threads from both completing one leftover intent.
-    pub(crate) ns_local: Mutex<()>,
-    /// Owner strings under which this mount may still hold the namespace lock: an operation
-    /// that failed midway and left its intent in it, or a lock command whose reply was lost
-    /// (an `add` that took it, a `delete` that may not have run). The next operation or the
-    /// heartbeat completes and releases such a lock instead of waiting for it: this mount is
-    /// alive, so no other mount would ever take it over. Several, as a lost `add` can follow
-    /// a lost `delete`.
-    pub(crate) leftover: Mutex<Vec<String>>,
-    /// The intent of an operation of this mount that failed midway (the lock may not hold
-    /// it): completed with the leftover lock, or by the heartbeat.
-    pub(crate) orphaned: Mutex<Option<crate::layout::intent::Intent>>,
-    /// Operations of gone mounts this mount completed (roll forward), as (owner, intent):
-    /// repair reports them as changes it made.
-    pub(crate) rolled_forward: Mutex<Vec<(String, String)>>,
+    /// This mount's side of the namespace lock (`namespace/lock.rs`).
+    pub(crate) ns: crate::namespace::lock::LocalNsLock,
     /// What the heartbeat has to finish or clean up (`namespace/maintenance.rs`).
     pub(crate) maintenance: crate::namespace::maintenance::Maintenance,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
@@ -166,10 +152,7 @@ impl<S: Store> MemFs<S> {
             keys,
             mount_id: random_id(),
             store_id: String::new(),
-            ns_local: Mutex::new(()),
-            leftover: Mutex::new(Vec::new()),
-            orphaned: Mutex::new(None),
-            rolled_forward: Mutex::new(Vec::new()),
+            ns: crate::namespace::lock::LocalNsLock::default(),
             maintenance: Default::default(),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),

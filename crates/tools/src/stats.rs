@@ -3,6 +3,7 @@
 //! inodes, format, store id), gathered read-only. The binary renders them as text or JSON.
 
 use memfis_fs::KeyLayout;
+use memfis_fs::check::TreeCounts;
 use memfis_fs::layout::record::FormatRecord;
 use memfis_memcache::{Client, Store, StoreError};
 use serde::Serialize;
@@ -32,18 +33,9 @@ pub struct TreeStats {
     pub prefix: String,
     pub format_version: Option<u32>,
     pub store_id: Option<String>,
-    pub directories: u64,
-    pub files: u64,
-    pub symlinks: u64,
-    /// FIFOs, sockets and device nodes.
-    pub specials: u64,
-    pub bytes: u64,
-    /// Names of files nginx does not serve: others may not read them.
-    pub private_names: u64,
-    /// Names of files nginx cannot serve: the data key would pass 250 bytes.
-    pub long_names: u64,
-    /// Files larger than one item, in chunks (not served).
-    pub chunked_files: u64,
+    /// What the walk of the tree counted.
+    #[serde(flatten)]
+    pub counts: TreeCounts,
     /// The live-inode counter of the store (`statfs` reports it as files in use).
     pub inodes: Option<u64>,
     /// Problems one scan met (operations in flight included): run `memfis check`.
@@ -173,14 +165,7 @@ pub fn tree_stats<S: Store>(store: &S, keys: &KeyLayout) -> TreeStats {
         .and_then(|i| String::from_utf8_lossy(&i.value).trim().parse().ok());
     match memfis_fs::check::scan(store, keys) {
         Ok(report) => {
-            tree.directories = report.directories;
-            tree.files = report.files;
-            tree.symlinks = report.symlinks;
-            tree.specials = report.specials;
-            tree.bytes = report.bytes;
-            tree.private_names = report.private_names;
-            tree.long_names = report.long_names;
-            tree.chunked_files = report.chunked_files;
+            tree.counts = report.counts;
             tree.problems = report.problems.len();
         }
         Err(e) => tree.error = Some(e.to_string()),

@@ -74,6 +74,15 @@ pub enum Fault {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub problems: Vec<Problem>,
+    #[serde(flatten)]
+    pub counts: TreeCounts,
+    /// Whether the store could list its keys, so that keys outside the tree were looked for.
+    pub keys_listed: bool,
+}
+
+/// What a walk of the tree counts (`memfis check` and `memfis stats` show them).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TreeCounts {
     pub directories: u64,
     pub files: u64,
     pub symlinks: u64,
@@ -86,8 +95,6 @@ pub struct Report {
     pub long_names: u64,
     /// Files larger than one item, in chunks (not served).
     pub chunked_files: u64,
-    /// Whether the store could list its keys, so that keys outside the tree were looked for.
-    pub keys_listed: bool,
 }
 
 /// What a check looks at beyond the invariants it always checks.
@@ -345,7 +352,7 @@ impl<'a, S: Store> Scan<'a, S> {
             let Some(listing) = self.check_dir(dir, &path, parent, &dir_name)? else {
                 continue;
             };
-            self.report.directories += 1;
+            self.report.counts.directories += 1;
             let names: Vec<(&Vec<u8>, &(u64, Kind))> = listing.iter().collect();
             let mut batch = Batch::new();
             let sent: Vec<_> = names
@@ -419,7 +426,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 .check_file(&child, &rec)
                 .map_or(Reached::Nothing, Reached::File),
             Kind::Symlink => {
-                self.report.symlinks += 1;
+                self.report.counts.symlinks += 1;
                 if rec.target.is_none() {
                     let key = self.keys.inode(child.ino);
                     self.problem(Fault::Manual, &child.path, &key, "symlink without a target");
@@ -427,7 +434,7 @@ impl<'a, S: Store> Scan<'a, S> {
                 Reached::Nothing
             }
             Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
-                self.report.specials += 1;
+                self.report.counts.specials += 1;
                 Reached::Nothing
             }
         }
@@ -514,10 +521,10 @@ impl<'a, S: Store> Scan<'a, S> {
             (rec.chunk_gen, count)
         });
         self.file_inos.insert(ino, named);
-        self.report.files += 1;
-        self.report.bytes += rec.size;
+        self.report.counts.files += 1;
+        self.report.counts.bytes += rec.size;
         if let Some((generation, count)) = named {
-            self.report.chunked_files += 1;
+            self.report.counts.chunked_files += 1;
             // Chunks may be missing (sparse): only the keys are known.
             for n in 0..count {
                 self.expected.insert(self.keys.chunk(ino, generation, n));
@@ -528,8 +535,8 @@ impl<'a, S: Store> Scan<'a, S> {
         let private = self.keys.private_data(ino);
         if key == private {
             match crate::layout::keys::is_public(rec.mode) {
-                true => self.report.long_names += 1,
-                false => self.report.private_names += 1,
+                true => self.report.counts.long_names += 1,
+                false => self.report.counts.private_names += 1,
             }
         }
         self.expected.insert(key.clone());

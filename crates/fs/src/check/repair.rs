@@ -143,7 +143,7 @@ impl<S: Store> MemFs<S> {
 
     /// Each operation of a gone mount this mount completed since the last call, as a change.
     fn note_rolled_forward(&self, repaired: &mut Vec<Repaired>) {
-        let done = std::mem::take(&mut *crate::sync::lock(&self.rolled_forward));
+        let done = std::mem::take(&mut *crate::sync::lock(&self.ns.rolled_forward));
         for (owner, intent) in done {
             let r = Repaired {
                 path: "/".into(),
@@ -423,8 +423,7 @@ impl<S: Store> Fixer<'_, S> {
                 let per_chunk = fs.keys.log_chunk_records();
                 let seq = last * per_chunk + per_chunk - 1;
                 fs.store
-                    .store(StoreOp::Set, &seq_key, seq.to_string().as_bytes())
-                    .map_err(|e| FsError::store(&seq_key, e))?;
+                    .store_at(StoreOp::Set, &seq_key, seq.to_string().as_bytes())?;
                 self.note(&path, &seq_key, format!("set the log sequence to {seq}"));
                 seq
             }
@@ -439,8 +438,7 @@ impl<S: Store> Fixer<'_, S> {
                     snapshot: None,
                 };
                 fs.store
-                    .store(StoreOp::Set, &base_key, base.encode().as_bytes())
-                    .map_err(|e| FsError::store(&base_key, e))?;
+                    .store_at(StoreOp::Set, &base_key, base.encode().as_bytes())?;
                 self.note(&path, &base_key, "replaced a malformed log base");
                 base
             }
@@ -667,14 +665,11 @@ impl<S: Store> Fixer<'_, S> {
                 self.fs.store.incr_at(&key, max_ino - n + margin)?;
             }
             None => {
-                self.fs
-                    .store
-                    .store(
-                        StoreOp::Set,
-                        &key,
-                        (max_ino + margin).to_string().as_bytes(),
-                    )
-                    .map_err(|e| FsError::store(&key, e))?;
+                self.fs.store.store_at(
+                    StoreOp::Set,
+                    &key,
+                    (max_ino + margin).to_string().as_bytes(),
+                )?;
             }
         }
         let what = format!("inode counter raised above inode {max_ino}");

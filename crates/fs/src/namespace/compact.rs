@@ -92,8 +92,8 @@ impl<S: Store> MemFs<S> {
             let base_key = self.keys.dir_base(dir);
             let flipped = stored.and_then(|()| {
                 self.store
-                    .store(StoreOp::Set, &base_key, new_base.encode().as_bytes())
-                    .map_err(|e| FsError::store(&base_key, e))
+                    .store_at(StoreOp::Set, &base_key, new_base.encode().as_bytes())
+                    .map(|_| ())
             });
             // 4. What no replay reads any more goes (the new pieces, if the flip failed).
             let mut unread: Vec<Vec<u8>> = match flipped {

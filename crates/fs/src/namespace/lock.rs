@@ -13,7 +13,7 @@
 //! Creates and publishes do not take the lock (they cost one round trip each); they read the
 //! lock key in the same batch and, if an operation was running, redo their last step after it.
 
-use std::sync::MutexGuard;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
@@ -67,6 +67,27 @@ impl Drop for NsLock<'_> {
     }
 }
 
+/// This mount's side of the namespace lock.
+#[derive(Default)]
+pub(crate) struct LocalNsLock {
+    /// Namespace operations of this mount run one at a time (they would queue on the store's
+    /// lock anyway); also keeps two threads from both completing one leftover intent.
+    pub(crate) serial: Mutex<()>,
+    /// Owner strings under which this mount may still hold the namespace lock: an operation
+    /// that failed midway and left its intent in it, or a lock command whose reply was lost
+    /// (an `add` that took it, a `delete` that may not have run). The next operation or the
+    /// heartbeat completes and releases such a lock instead of waiting for it: this mount is
+    /// alive, so no other mount would ever take it over. Several, as a lost `add` can follow
+    /// a lost `delete`.
+    pub(crate) leftover: Mutex<Vec<String>>,
+    /// The intent of an operation of this mount that failed midway (the lock may not hold
+    /// it): completed with the leftover lock, or by the heartbeat.
+    pub(crate) orphaned: Mutex<Option<Intent>>,
+    /// Operations of gone mounts this mount completed (roll forward), as (owner, intent):
+    /// repair reports them as changes it made.
+    pub(crate) rolled_forward: Mutex<Vec<(String, String)>>,
+}
+
 impl<S: Store> MemFs<S> {
     /// Runs `op` holding the namespace lock. `reads` go in the same batch as the `add` that
     /// takes it (so an uncontended operation pays no extra round trip); `op` gets their results.
@@ -86,7 +107,7 @@ impl<S: Store> MemFs<S> {
             // intent and gone on since, so this copy of it must not run again. If the lock
             // still names this mount, the heartbeat completes the intent stored there.
             error!(intent = ?guard.intent, "this mount stalled past its liveness while holding the namespace lock; the operation failed, and is left to whoever holds the lock");
-            lock(&self.leftover).push(guard.owner.clone());
+            lock(&self.ns.leftover).push(guard.owner.clone());
             return result;
         }
         if result.is_err()
@@ -114,7 +135,7 @@ impl<S: Store> MemFs<S> {
                     // No retry mends it: kept, the lock would stop every namespace operation
                     // of every mount for good.
                     error!(error = %e, ?intent, "cannot complete the operation: the store is damaged there; releasing the namespace lock so that other operations go on (run `memfis check --repair`)");
-                    let mut orphaned = lock(&self.orphaned);
+                    let mut orphaned = lock(&self.ns.orphaned);
                     if orphaned.as_ref() == Some(&intent) {
                         *orphaned = None; // (the heartbeat was completing it)
                     }
@@ -125,9 +146,9 @@ impl<S: Store> MemFs<S> {
                 // Keep the lock: this mount's next operation (or another mount, once this one
                 // is gone) completes the intent.
                 error!(error = %e, ?intent, "cannot complete the operation now; this mount keeps the lock to retry");
-                lock(&self.leftover).push(guard.owner.clone());
+                lock(&self.ns.leftover).push(guard.owner.clone());
                 // The lock may not hold the intent (its store failed too): keep it here.
-                *lock(&self.orphaned) = Some(intent);
+                *lock(&self.ns.orphaned) = Some(intent);
                 return result;
             }
         }
@@ -202,7 +223,7 @@ impl<S: Store> MemFs<S> {
                 format!("cannot release the namespace lock: {}", e),
                 "cannot release the namespace lock (owner {owner}): {e}"
             );
-            lock(&self.leftover).push(owner.to_string());
+            lock(&self.ns.leftover).push(owner.to_string());
         }
     }
 
@@ -227,20 +248,20 @@ impl<S: Store> MemFs<S> {
                 }
                 Err(e) => {
                     // The `add` may have run with its reply lost: the lock may be ours.
-                    lock(&self.leftover).push(guard.owner.clone());
+                    lock(&self.ns.leftover).push(guard.owner.clone());
                     break Err(FsError::store(&key, e));
                 }
             }
         };
         if taken.is_err() {
-            *lock(&self.orphaned) = guard.intent.clone();
+            *lock(&self.ns.orphaned) = guard.intent.clone();
         }
         guard.released = taken.is_err();
         taken
     }
 
     fn acquire(&self, reads: Batch) -> FsResult<(NsLock<'_>, Replies)> {
-        let local = lock(&self.ns_local);
+        let local = lock(&self.ns.serial);
         let owner = format!("{}/{}", self.mount_id, random_id());
         let value = serde_json::to_vec(&LockValue {
             owner: owner.clone(),
@@ -272,7 +293,7 @@ impl<S: Store> MemFs<S> {
                     // every mount would wait on a live owner that never releases it (EBUSY
                     // after a minute, for good). The next operation or heartbeat of this
                     // mount releases it.
-                    lock(&self.leftover).push(owner);
+                    lock(&self.ns.leftover).push(owner);
                     return Err(FsError::store(&key, e));
                 }
             }
@@ -300,7 +321,7 @@ impl<S: Store> MemFs<S> {
         };
         let held: LockValue = serde_json::from_slice(&item.value)
             .map_err(|e| FsError::corrupt(&key, format!("namespace lock: {e}")))?;
-        let mine_left_over = lock(&self.leftover).contains(&held.owner);
+        let mine_left_over = lock(&self.ns.leftover).contains(&held.owner);
         if !mine_left_over {
             let alive_key = self.keys.alive(held.mount());
             let alive = self.store.get_at(&alive_key)?.is_some();
@@ -324,7 +345,7 @@ impl<S: Store> MemFs<S> {
             Ok(_) => return Ok(()), // someone else took it over first
             Err(e) => {
                 // The `cas` may have run with its reply lost: the lock may be ours.
-                lock(&self.leftover).push(me);
+                lock(&self.ns.leftover).push(me);
                 return Err(FsError::store(&key, e));
             }
         }
@@ -332,10 +353,10 @@ impl<S: Store> MemFs<S> {
         let _fenced = self.store.lease.taken_over();
         // Ours now: until it is released, this mount's next operation or heartbeat finishes
         // it (if completing fails here, the error goes to the caller).
-        lock(&self.leftover).push(me.clone());
+        lock(&self.ns.leftover).push(me.clone());
         let intent = match (&held.intent, mine_left_over) {
             (Some(intent), _) => Some(intent.clone()),
-            (None, true) => lock(&self.orphaned).clone(),
+            (None, true) => lock(&self.ns.orphaned).clone(),
             (None, false) => None,
         };
         if let Some(intent) = &intent {
@@ -354,15 +375,15 @@ impl<S: Store> MemFs<S> {
                 None => "no intent stored yet: the lock was released".to_string(),
             };
             // Kept for repair to report; a long-lived mount keeps only the first few.
-            let mut done = lock(&self.rolled_forward);
+            let mut done = lock(&self.ns.rolled_forward);
             if done.len() < 64 {
                 done.push((held.owner.clone(), what));
             }
         }
         if mine_left_over {
-            *lock(&self.orphaned) = None;
+            *lock(&self.ns.orphaned) = None;
         }
-        lock(&self.leftover).retain(|o| *o != held.owner && *o != me);
+        lock(&self.ns.leftover).retain(|o| *o != held.owner && *o != me);
         self.release_ns_lock(&me);
         Ok(())
     }

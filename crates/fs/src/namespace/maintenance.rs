@@ -47,13 +47,13 @@ impl<S: Store> MemFs<S> {
         // the steps below do not wait for them.
         let unsettled = self.settle_unsettled();
         // An operation whose intent is kept here without the lock: take it again to complete it.
-        let orphaned = lock(&self.orphaned).clone();
+        let orphaned = lock(&self.ns.orphaned).clone();
         if let Some(intent) = orphaned {
             self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
                 guard.intent = Some(intent.clone());
                 self.complete(&intent)
             })?;
-            *lock(&self.orphaned) = None;
+            *lock(&self.ns.orphaned) = None;
         }
         // File lock releases that failed (a lock must not stay held by a live mount).
         self.retry_lock_releases();
@@ -61,14 +61,14 @@ impl<S: Store> MemFs<S> {
         let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
         // operation failed midway (or its release failed).
-        let leftover = lock(&self.leftover).clone();
+        let leftover = lock(&self.ns.leftover).clone();
         if !leftover.is_empty() {
-            let _local = lock(&self.ns_local);
+            let _local = lock(&self.ns.serial);
             self.wait_quiet()?;
             // The lock was free at some point since: none of these holds it, and none takes
             // it again (every acquisition has a new owner; `reacquire` runs within an
             // operation, which holds `ns_local`).
-            lock(&self.leftover).retain(|o| !leftover.contains(o));
+            lock(&self.ns.leftover).retain(|o| !leftover.contains(o));
         }
         compacted.and(unsettled)
     }

@@ -313,8 +313,7 @@ impl<S: Store> MemFs<S> {
     fn unfence(&self, dir: u64, last_seq: u64) -> FsResult<()> {
         let key = self.keys.dir_seq(dir);
         self.store
-            .store(StoreOp::Set, &key, last_seq.to_string().as_bytes())
-            .map_err(|e| FsError::store(&key, e))?;
+            .store_at(StoreOp::Set, &key, last_seq.to_string().as_bytes())?;
         Ok(())
     }
 
