@@ -99,3 +99,37 @@ fn a_create_over_a_name_another_mount_removed_makes_the_file() {
     drop((a, b));
     assert_check_clean(&mc, PREFIX);
 }
+
+/// An open the kernel cannot redirect by looking the name up again (reopening
+/// `/proc/self/fd/N`) of a file another mount removed: memfis answers ESTALE, the kernel
+/// retries once with the same inode, and that second miss is ENOENT, never ESTALE at the
+/// caller.
+#[test]
+fn reopening_a_file_another_mount_removed_is_enoent_not_estale() {
+    const PREFIX: &str = "memfis://stale-reopen";
+    let mc = Memcached::start();
+    let a = Mount::new(&[mc.addr()], PREFIX);
+    let b = Mount::new(&[mc.addr()], PREFIX);
+    std::fs::write(a.p("x"), b"a\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let held = std::fs::File::open(b.p("x")).unwrap();
+    drop(held);
+    // B's kernel keeps the dentry (and its inode) for the entry TTL; only O_PATH keeps the
+    // inode without a memfis open file.
+    let path_fd = nix::fcntl::open(
+        &b.p("x"),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    std::fs::remove_file(a.p("x")).unwrap();
+    let proc_path = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&path_fd)
+    );
+    let e = errno_of(std::fs::File::open(&proc_path));
+    assert_eq!(e, libc::ENOENT, "reopening a removed file through /proc");
+    drop(path_fd);
+    drop((a, b));
+    assert_check_clean(&mc, PREFIX);
+}

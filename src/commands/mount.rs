@@ -191,10 +191,10 @@ fn serve(
             options: &options.fuse,
             acl: options.acl,
         };
-        let moved = Arc::new(crate::fuse::moved_dirs::MovedDirs::new());
-        let fuse_fs = FuseFs::new(fs, store.cache_ttl, moved.clone());
+        let notifier = Arc::new(std::sync::OnceLock::new());
+        let fuse_fs = FuseFs::new(fs, store.cache_ttl, notifier.clone());
         let (fuse, unmounter) = kernel_mount::mount(fuse_fs, &spec, config)?;
-        moved.set_notifier(fuse.notifier());
+        let _ = notifier.set(fuse.notifier());
         // The session (its heartbeat) lives until the FUSE session ends.
         Ok((session, fuse, unmounter, client))
     })();

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -22,8 +22,12 @@ use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
 use memfis_memcache::Store;
 use tracing::debug;
 
-use crate::fuse::moved_dirs::MovedDirs;
+use crate::fuse::node_ids::NodeIds;
 use crate::service::metrics::fuse_ops::{FUSE_OPS, Op};
+
+/// How soon after an open answered ESTALE the same thread's next open counts as the
+/// kernel's retry of it.
+const STALE_RETRY_WINDOW: Duration = Duration::from_secs(1);
 
 pub struct FuseFs<S: Store> {
     fs: std::sync::Arc<MemFs<S>>,
@@ -32,27 +36,71 @@ pub struct FuseFs<S: Store> {
     /// Directory listings taken at opendir, served by offset.
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_dir_fh: AtomicU64,
-    /// Where the kernel was told each directory is (see `moved_dirs.rs`).
-    moved: std::sync::Arc<MovedDirs>,
+    /// The kernel's node ids and the inodes they stand for (`node_ids.rs`).
+    ids: NodeIds,
+    /// Threads whose open this mount answered ESTALE (a removed inode), and when: the
+    /// kernel retries that open once, and a second miss is answered ENOENT (see `open`).
+    stale_opens: Mutex<HashMap<u32, Instant>>,
+    /// Where invalidations go, once the session exists (the filesystem is built before it).
+    notifier: std::sync::Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl<S: Store> FuseFs<S> {
     pub fn new(
         fs: std::sync::Arc<MemFs<S>>,
         ttl: Duration,
-        moved: std::sync::Arc<MovedDirs>,
+        notifier: std::sync::Arc<std::sync::OnceLock<fuser::Notifier>>,
     ) -> Self {
         FuseFs {
             fs,
             ttl,
             dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
-            moved,
+            ids: NodeIds::new(),
+            stale_opens: Mutex::new(HashMap::new()),
+            notifier,
         }
     }
 }
 
 impl<S: Store> FuseFs<S> {
+    /// A node id of the kernel's as the inode it stands for.
+    fn node(&self, nodeid: INodeNo) -> INodeNo {
+        INodeNo(self.ids.ino(nodeid.0))
+    }
+
+    /// The answer to an open of an inode another mount removed since this kernel looked
+    /// its name up. ESTALE has the kernel look the name up again and retry the open once (an
+    /// `O_CREAT` then creates the file, as on a local filesystem). The retry can miss too
+    /// (the name's next file removed in between): ESTALE then would reach the caller, so
+    /// it is ENOENT, as if the open came after the removal.
+    fn removed_on_open(&self, req: &Request) -> Errno {
+        let mut stale = self.stale_opens.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if stale.len() > 4096 {
+            stale.retain(|_, at| now.duration_since(*at) < STALE_RETRY_WINDOW);
+        }
+        match stale.remove(&req.pid()) {
+            Some(at) if now.duration_since(at) < STALE_RETRY_WINDOW => Errno::ENOENT,
+            _ => {
+                stale.insert(req.pid(), now);
+                Errno::from_i32(libc::ESTALE)
+            }
+        }
+    }
+
+    /// An open or create of this thread went through: an ESTALE it had was retried.
+    fn open_went_through(&self, req: &Request) {
+        let mut stale = self.stale_opens.lock().unwrap_or_else(|p| p.into_inner());
+        if !stale.is_empty() {
+            stale.remove(&req.pid());
+        }
+    }
+
+    fn notifier(&self) -> Option<fuser::Notifier> {
+        self.notifier.get().cloned()
+    }
+
     fn reply_entry(
         &self,
         reply: ReplyEntry,
@@ -185,22 +233,25 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         Ok(())
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        self.moved.forget(ino.0);
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ids.forget(ino.0, nlookup);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent_node = parent;
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Lookup);
-        let found = self.fs.lookup(parent.0, name.as_bytes());
-        if let Ok(a) = &found
-            && a.kind == Kind::Dir
-        {
-            self.moved.placed(a.ino, parent.0, name.as_bytes());
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Ok(a) if a.kind == Kind::Dir => {
+                let nodeid = self.ids.dir_entry(a.ino, parent_node.0, name.as_bytes());
+                reply.entry_with_nodeid(&self.ttl, INodeNo(nodeid), &to_fuse(&a), Generation(0))
+            }
+            found => self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found),
         }
-        self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
@@ -226,6 +277,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Setattr);
         let set = SetAttr {
             mode,
@@ -245,6 +297,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
@@ -262,6 +315,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Mknod);
         let created = match Kind::from_mode(mode) {
             Some(Kind::File) => self
@@ -301,20 +355,24 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let parent_node = parent;
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Mkdir);
         match self
             .fs
             .mkdir(parent.0, name.as_bytes(), mode, req.uid(), req.gid())
         {
             Ok(a) => {
-                self.moved.placed(a.ino, parent.0, name.as_bytes());
-                reply.entry(&self.ttl, &to_fuse(&a), Generation(0))
+                // A new directory: the kernel holds it nowhere else, so its own number.
+                let nodeid = self.ids.dir_entry(a.ino, parent_node.0, name.as_bytes());
+                reply.entry_with_nodeid(&self.ttl, INodeNo(nodeid), &to_fuse(&a), Generation(0))
             }
             Err(e) => reply.error(errno(Op::Mkdir, &PathOf(&self.fs, parent, name), e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Unlink);
         reply_empty(
             reply,
@@ -325,6 +383,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Rmdir);
         reply_empty(
             reply,
@@ -342,6 +401,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Symlink);
         self.reply_entry(
             reply,
@@ -367,6 +427,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let parent_node = parent;
+        let parent = self.node(parent);
+        let newparent_node = newparent;
+        let newparent = self.node(newparent);
         FUSE_OPS.call(Op::Rename);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             reply.error(Errno::EINVAL);
@@ -383,13 +447,24 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 PathOf(&self.fs, parent, name),
                 PathOf(&self.fs, newparent, newname),
             ),
-            self.fs.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags,
-            ),
+            self.fs
+                .rename(
+                    parent.0,
+                    name.as_bytes(),
+                    newparent.0,
+                    newname.as_bytes(),
+                    flags,
+                )
+                .inspect(|()| {
+                    // The kernel moves its dentries itself: keep the places in step.
+                    self.ids.renamed(
+                        parent_node.0,
+                        name.as_bytes(),
+                        newparent_node.0,
+                        newname.as_bytes(),
+                        flags.exchange,
+                    )
+                }),
         );
     }
 
@@ -401,6 +476,8 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let ino = self.node(ino);
+        let newparent = self.node(newparent);
         FUSE_OPS.call(Op::Link);
         self.reply_entry(
             reply,
@@ -411,18 +488,17 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Open);
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => {
+                self.open_went_through(req);
                 if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
                     self.drop_setid_after_truncate(ino.0);
                 }
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-            // A name this kernel cached for a file another mount removed since: ESTALE has the
-            // kernel look the name up again and retry the open once (an `O_CREAT` then
-            // creates the file, as on a local filesystem, instead of failing with ENOENT).
-            Err(memfis_fs::FsError::NotFound) => reply.error(Errno::from_i32(libc::ESTALE)),
+            Err(memfis_fs::FsError::NotFound) => reply.error(self.removed_on_open(req)),
             Err(e) => reply.error(errno(Op::Open, &ino, e)),
         }
     }
@@ -438,6 +514,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
@@ -457,6 +534,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Write);
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(fh.0, offset, data, kill_suidgid) {
@@ -473,6 +551,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Flush);
         // A close: publish, then release the closing process's POSIX locks on the file.
         let result = self.fs.flush(fh.0);
@@ -490,6 +569,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Release);
         // The last close of an open file: publish, then release its flock and OFD locks.
         let result = self.fs.release(fh.0);
@@ -507,11 +587,13 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Fsync);
         reply_empty(reply, Op::Fsync, &ino, self.fs.fsync(fh.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Opendir);
         match self.fs.readdir(ino.0) {
             Ok(mut entries) => {
@@ -567,6 +649,8 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let ino_node = ino;
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Readdirplus);
         // Attributes are fetched a page at a time: one pipelined batch per page.
         const PAGE: usize = 128;
@@ -594,19 +678,25 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         };
         for ((i, e), attr) in page.iter().zip(attrs) {
             let Some(attr) = attr else { continue }; // removed since opendir
+            // The kernel links every entry but `.` and `..`, as a lookup would.
+            let linked = attr.kind == Kind::Dir && e.name != b"." && e.name != b"..";
+            let nodeid = match linked {
+                true => self.ids.dir_entry(e.ino, ino_node.0, &e.name),
+                false => e.ino,
+            };
             if reply.add(
-                INodeNo(e.ino),
+                INodeNo(nodeid),
                 *i as u64 + 1,
                 OsStr::from_bytes(&e.name),
                 &self.ttl,
                 &to_fuse(&attr),
                 Generation(0),
             ) {
+                // Not sent (the reply is full): the kernel holds no lookup of it.
+                if linked {
+                    self.ids.not_given(nodeid);
+                }
                 break;
-            }
-            // Only what the kernel was actually given.
-            if attr.kind == Kind::Dir && e.name != b"." && e.name != b".." {
-                self.moved.placed(e.ino, ino.0, &e.name);
             }
         }
         reply.ok();
@@ -667,6 +757,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Setxattr);
         reply_empty(
             reply,
@@ -677,6 +768,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Getxattr);
         match self.fs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => sized_reply(reply, &v, size),
@@ -685,6 +777,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Listxattr);
         match self.fs.listxattr(ino.0) {
             Ok(names) => {
@@ -700,6 +793,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Removexattr);
         reply_empty(
             reply,
@@ -724,18 +818,22 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let parent = self.node(parent);
         FUSE_OPS.call(Op::Create);
         match self
             .fs
             .create(parent.0, name.as_bytes(), mode, flags, req.uid(), req.gid())
         {
-            Ok((a, fh)) => reply.created(
-                &self.ttl,
-                &to_fuse(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, fh)) => {
+                self.open_went_through(req);
+                reply.created(
+                    &self.ttl,
+                    &to_fuse(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno(Op::Create, &PathOf(&self.fs, parent, name), e)),
         }
     }
@@ -752,6 +850,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         pid: u32,
         reply: ReplyLock,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Getlk);
         let asked = lock_request(fh, lock_owner, start, end, typ, pid);
         match self.fs.test_lock(ino.0, &asked) {
@@ -774,6 +873,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.node(ino);
         FUSE_OPS.call(Op::Setlk);
         if typ == libc::F_UNLCK {
             let result = self.fs.unlock(fh.0, ino.0, lock_owner.0, start, end);
@@ -790,7 +890,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 // Wait on a thread of its own: a waiter must not hold a request thread (the
                 // holder's unlock may need it).
                 let fs = self.fs.clone();
-                let notifier = self.moved.notifier();
+                let notifier = self.notifier();
                 let tid = req.pid();
                 let waiter = std::thread::Builder::new()
                     .name("memfis-lockwait".into())
@@ -886,7 +986,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
 
 impl<S: Store> FuseFs<S> {
     fn drop_cached_pages(&self, ino: INodeNo, changed: bool) {
-        drop_cached_pages(self.moved.notifier(), ino, changed);
+        drop_cached_pages(self.notifier(), ino, changed);
     }
 }
 

@@ -4,7 +4,7 @@
 pub mod adapter;
 /// mount(2) as `fuse.memfis` with the refusals a mount helper owes, and the unmount.
 pub mod kernel_mount;
-/// Directories another mount moved: the kernel's old entry dropped before a reply.
-pub mod moved_dirs;
+/// The kernel's node ids: a directory another mount moved gets a fresh one.
+pub mod node_ids;
 /// `/proc/self/mounts` read with its escapes undone.
 pub mod proc_mounts;
