@@ -69,19 +69,17 @@ impl<S: Store> FuseFs<S> {
         INodeNo(self.ids.ino(nodeid.0))
     }
 
-    /// The answer to an open of an inode another mount removed since this kernel looked
-    /// its name up. ESTALE has the kernel look the name up again and retry the open once (an
-    /// `O_CREAT` then creates the file, as on a local filesystem). The retry can miss too
-    /// (the name's next file removed in between): ESTALE then would reach the caller, so
-    /// it is ENOENT, as if the open came after the removal.
-    fn removed_on_open(&self, req: &Request) -> Errno {
+    /// ESTALE, which has the kernel look the path up again and retry the call once; or,
+    /// when this thread's call is that retry and it misses again, `second` (ESTALE would
+    /// then reach the caller, which a local filesystem never answers).
+    fn stale_once(&self, req: &Request, second: Errno) -> Errno {
         let mut stale = self.stale_opens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if stale.len() > 4096 {
             stale.retain(|_, at| now.duration_since(*at) < STALE_RETRY_WINDOW);
         }
         match stale.remove(&req.pid()) {
-            Some(at) if now.duration_since(at) < STALE_RETRY_WINDOW => Errno::ENOENT,
+            Some(at) if now.duration_since(at) < STALE_RETRY_WINDOW => second,
             _ => {
                 stale.insert(req.pid(), now);
                 Errno::from_i32(libc::ESTALE)
@@ -89,7 +87,16 @@ impl<S: Store> FuseFs<S> {
         }
     }
 
-    /// An open or create of this thread went through: an ESTALE it had was retried.
+    /// The answer to an open of an inode another mount removed since this kernel looked
+    /// its name up: ESTALE, so the kernel looks the name up again and retries (an `O_CREAT`
+    /// then creates the file, as on a local filesystem). When the retry misses too (the
+    /// name's next file removed in between), ENOENT, as if the open came after the removal.
+    fn removed_on_open(&self, req: &Request) -> Errno {
+        self.stale_once(req, Errno::ENOENT)
+    }
+
+    /// The kernel's retry of an open this thread was answered ESTALE for is over (an open or
+    /// create went through, or the name is gone).
     fn open_went_through(&self, req: &Request) {
         let mut stale = self.stale_opens.lock().unwrap_or_else(|p| p.into_inner());
         if !stale.is_empty() {
@@ -237,7 +244,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         self.ids.forget(ino.0, nlookup);
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent_node = parent;
         let parent = self.node(parent);
         FUSE_OPS.call(Op::Lookup);
@@ -246,7 +253,14 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 let nodeid = self.ids.dir_entry(a.ino, parent_node.0, name.as_bytes());
                 reply.entry_with_nodeid(&self.ttl, INodeNo(nodeid), &to_fuse(&a), Generation(0))
             }
-            found => self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found),
+            found => {
+                if matches!(found, Err(FsError::NotFound)) {
+                    // A retried open that finds no name goes no further (it creates, or
+                    // fails with ENOENT): the thread's next open is not that retry.
+                    self.open_went_through(req);
+                }
+                self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found)
+            }
         }
     }
 
@@ -681,7 +695,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             // The kernel links every entry but `.` and `..`, as a lookup would.
             let linked = attr.kind == Kind::Dir && e.name != b"." && e.name != b"..";
             let nodeid = match linked {
-                true => self.ids.dir_entry(e.ino, ino_node.0, &e.name),
+                true => self.ids.choose(e.ino, ino_node.0, &e.name),
                 false => e.ino,
             };
             if reply.add(
@@ -692,11 +706,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 &to_fuse(&attr),
                 Generation(0),
             ) {
-                // Not sent (the reply is full): the kernel holds no lookup of it.
-                if linked {
-                    self.ids.not_given(nodeid);
-                }
-                break;
+                break; // the reply is full: this entry was not sent
+            }
+            if linked {
+                self.ids.given(nodeid, e.ino, ino_node.0, &e.name);
             }
         }
         reply.ok();
@@ -834,6 +847,10 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                     FopenFlags::empty(),
                 )
             }
+            // A name another mount made a symlink (or a FIFO, a device) meanwhile: the
+            // kernel's retry follows or opens it. When the retry meets another such change,
+            // ELOOP: the name kept turning into links under the call.
+            Err(FsError::Stale) => reply.error(self.stale_once(req, Errno::from_i32(libc::ELOOP))),
             Err(e) => reply.error(errno(Op::Create, &PathOf(&self.fs, parent, name), e)),
         }
     }

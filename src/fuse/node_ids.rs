@@ -11,8 +11,13 @@
 //! fresh node id (an alias) in the entry reply: to the kernel it is a new inode, there is no
 //! dentry to move, and its `st_ino` stays the inode number (the reply's attributes carry it).
 //! The old node id keeps working for whoever still holds it (a process whose working
-//! directory it is) until the kernel forgets it. Node ids equal inode numbers otherwise;
+//! directory it is) until the kernel forgets it; such a process's `getcwd` names the old path
+//! (or fails once the kernel drops the old entry), as over NFS. Node ids equal inode numbers otherwise;
 //! aliases are numbered from [`FIRST_ALIAS`], far above any inode number.
+//!
+//! The table holds the directories the kernel holds, counted as the kernel counts them
+//! (one lookup per entry reply: lookup, mkdir, readdirplus; FORGET gives them back), so it
+//! is as large as the kernel's cache of directories and no larger.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,10 +26,6 @@ use std::sync::Mutex;
 /// never come near it.
 pub const FIRST_ALIAS: u64 = 1 << 62;
 
-/// Most directories whose place is remembered; past it the places start over (a forgotten
-/// place only means a later lookup may not see that a directory moved).
-const MAX_PLACES: usize = 1 << 20;
-
 #[derive(Default)]
 pub struct NodeIds {
     inner: Mutex<Inner>,
@@ -32,16 +33,23 @@ pub struct NodeIds {
 
 #[derive(Default)]
 struct Inner {
-    /// Alias node id -> (inode, lookups the kernel holds on it).
-    aliases: HashMap<u64, (u64, u64)>,
+    /// Directory node id -> what the kernel holds of it.
+    held: HashMap<u64, Held>,
+    /// (parent node id, name) -> the directory node id the kernel holds there.
+    by_place: HashMap<(u64, Vec<u8>), u64>,
     /// Inode -> the alias entry replies give it now (absent: the inode number).
     current: HashMap<u64, u64>,
-    /// Directory node id -> (parent node id, name) the kernel was last told it is.
-    placed: HashMap<u64, (u64, Vec<u8>)>,
-    /// The same, the other way round (a rename of this mount finds what it moved).
-    by_place: HashMap<(u64, Vec<u8>), u64>,
-    /// The next alias to hand out, counted up from [`FIRST_ALIAS`].
-    next_alias: u64,
+    /// Aliases handed out so far (the next is [`FIRST_ALIAS`] plus this).
+    aliases_made: u64,
+}
+
+/// A directory node id the kernel holds.
+struct Held {
+    ino: u64,
+    /// Lookups the kernel holds on it.
+    lookups: u64,
+    /// (parent node id, name) the kernel was last told it is.
+    place: (u64, Vec<u8>),
 }
 
 impl NodeIds {
@@ -54,31 +62,57 @@ impl NodeIds {
         if nodeid < FIRST_ALIAS {
             return nodeid;
         }
-        let inner = self.lock();
         // An alias forgotten already: a number no inode has, so the call finds nothing.
-        inner.aliases.get(&nodeid).map_or(nodeid, |a| a.0)
+        self.lock().held.get(&nodeid).map_or(nodeid, |h| h.ino)
     }
 
     /// The node id to give the kernel for directory `ino`, about to be told it is `name` in
-    /// `parent` (a node id). Counts the lookup the reply gives the kernel on an alias.
+    /// `parent` (a node id), counted as a lookup the kernel holds.
     pub fn dir_entry(&self, ino: u64, parent: u64, name: &[u8]) -> u64 {
+        let nodeid = self.choose(ino, parent, name);
+        self.given(nodeid, ino, parent, name);
+        nodeid
+    }
+
+    /// The node id [`Self::dir_entry`] would give, without counting it: for a reply that may
+    /// not carry the entry after all (a full readdirplus buffer). [`Self::given`] counts it.
+    pub fn choose(&self, ino: u64, parent: u64, name: &[u8]) -> u64 {
         let mut inner = self.lock();
-        if inner.placed.len() >= MAX_PLACES {
-            inner.placed.clear();
-            inner.by_place.clear();
+        let place = (parent, name.to_vec());
+        if let Some(&there) = inner.by_place.get(&place)
+            && inner.held.get(&there).is_some_and(|h| h.ino == ino)
+        {
+            return there; // the kernel holds it right there
         }
         let now = inner.current.get(&ino).copied().unwrap_or(ino);
-        let nodeid = match inner.placed.get(&now) {
+        match inner.held.get(&now) {
             // Elsewhere: the kernel would have to move its dentry. Within one parent it
             // moves it without the locks that can fail.
-            Some((held_in, _)) if *held_in != parent => inner.new_alias(ino),
+            Some(h) if h.place.0 != parent => {
+                let alias = FIRST_ALIAS + inner.aliases_made;
+                inner.aliases_made += 1;
+                alias
+            }
             _ => now,
-        };
-        inner.place(nodeid, parent, name);
-        if let Some(alias) = inner.aliases.get_mut(&nodeid) {
-            alias.1 += 1;
         }
-        nodeid
+    }
+
+    /// The kernel was given `nodeid` for directory `ino` as `name` in `parent`: one lookup
+    /// more on it, held there.
+    pub fn given(&self, nodeid: u64, ino: u64, parent: u64, name: &[u8]) {
+        let mut inner = self.lock();
+        let held = inner.held.entry(nodeid).or_insert(Held {
+            ino,
+            lookups: 0,
+            place: (parent, name.to_vec()),
+        });
+        held.lookups += 1;
+        inner.place(nodeid, parent, name);
+        if nodeid == ino {
+            inner.current.remove(&ino);
+        } else {
+            inner.current.insert(ino, nodeid);
+        }
     }
 
     /// This mount renamed `name` in `parent` to `new_name` in `new_parent` (node ids): the
@@ -110,34 +144,21 @@ impl NodeIds {
         }
     }
 
-    /// The kernel dropped `n` lookups of `nodeid` (all it had, for a node id that is an
-    /// inode number: the kernel sends FORGET when it evicts the inode).
+    /// The kernel gave back `n` lookups of `nodeid` (FORGET).
     pub fn forget(&self, nodeid: u64, n: u64) {
         let mut inner = self.lock();
-        let gone = match inner.aliases.get_mut(&nodeid) {
-            Some(alias) => {
-                alias.1 = alias.1.saturating_sub(n);
-                (alias.1 == 0).then_some(alias.0)
-            }
-            None => {
-                inner.unplace(nodeid);
-                return;
-            }
+        let Some(held) = inner.held.get_mut(&nodeid) else {
+            return; // not a directory
         };
-        if let Some(ino) = gone {
-            inner.aliases.remove(&nodeid);
-            inner.unplace(nodeid);
-            if inner.current.get(&ino) == Some(&nodeid) {
-                inner.current.remove(&ino);
-            }
+        held.lookups = held.lookups.saturating_sub(n);
+        if held.lookups > 0 {
+            return;
         }
-    }
-
-    /// An entry [`Self::dir_entry`] numbered was not sent after all: the kernel holds no
-    /// lookup of it.
-    pub fn not_given(&self, nodeid: u64) {
-        if nodeid >= FIRST_ALIAS {
-            self.forget(nodeid, 1);
+        let ino = held.ino;
+        inner.unplace(nodeid);
+        inner.held.remove(&nodeid);
+        if inner.current.get(&ino) == Some(&nodeid) {
+            inner.current.remove(&ino);
         }
     }
 
@@ -150,24 +171,20 @@ impl Inner {
     /// Records that the kernel holds directory `nodeid` as `name` in `parent`.
     fn place(&mut self, nodeid: u64, parent: u64, name: &[u8]) {
         self.unplace(nodeid);
-        self.placed.insert(nodeid, (parent, name.to_vec()));
-        self.by_place.insert((parent, name.to_vec()), nodeid);
-    }
-
-    fn unplace(&mut self, nodeid: u64) {
-        if let Some(at) = self.placed.remove(&nodeid)
-            && self.by_place.get(&at) == Some(&nodeid)
-        {
-            self.by_place.remove(&at);
+        let place = (parent, name.to_vec());
+        if let Some(held) = self.held.get_mut(&nodeid) {
+            held.place = place.clone();
         }
+        self.by_place.insert(place, nodeid);
     }
 
-    fn new_alias(&mut self, ino: u64) -> u64 {
-        let nodeid = FIRST_ALIAS + self.next_alias;
-        self.next_alias += 1;
-        self.aliases.insert(nodeid, (ino, 0));
-        self.current.insert(ino, nodeid);
-        nodeid
+    /// Forgets where `nodeid` is held (the place may already name another node id).
+    fn unplace(&mut self, nodeid: u64) {
+        if let Some(held) = self.held.get(&nodeid)
+            && self.by_place.get(&held.place) == Some(&nodeid)
+        {
+            self.by_place.remove(&held.place);
+        }
     }
 }
 
@@ -189,17 +206,47 @@ mod tests {
         assert_eq!(ids.ino(10), 10);
         // Found there again: the same alias, one more lookup.
         assert_eq!(ids.dir_entry(10, 20, b"b"), alias);
-        ids.forget(alias, 1);
+        // Moved back where the kernel still holds node id 10: that one again.
+        assert_eq!(ids.dir_entry(10, 1, b"b"), 10);
+        assert_eq!(ids.dir_entry(10, 20, b"b"), alias);
+        ids.forget(alias, 2);
         assert_eq!(ids.ino(alias), 10, "one lookup still held");
         ids.forget(alias, 1);
         assert_ne!(ids.ino(alias), 10, "forgotten");
         // The kernel still holds node id 10 under parent 1: found under 20, a new alias.
         let again = ids.dir_entry(10, 20, b"b");
         assert!(again >= FIRST_ALIAS && again != alias);
-        // Once node id 10 is forgotten too, its place goes with it.
-        ids.forget(10, 5);
+        // Node id 10 is still held under parent 1 (one of its four lookups).
+        ids.forget(10, 3);
         ids.forget(again, 1);
-        assert_eq!(ids.dir_entry(10, 30, b"c"), 10);
+        let third = ids.dir_entry(10, 30, b"c");
+        assert!(third >= FIRST_ALIAS);
+        // Nothing held any more: the inode number again.
+        ids.forget(10, 1);
+        ids.forget(third, 1);
+        assert_eq!(ids.dir_entry(10, 40, b"d"), 10);
+    }
+
+    #[test]
+    fn a_forget_racing_a_new_lookup_keeps_the_place() {
+        let ids = NodeIds::new();
+        assert_eq!(ids.dir_entry(10, 1, b"a"), 10);
+        // The kernel evicts node id 10 (FORGET of its one lookup) while another thread
+        // answers a lookup with it again: the place stays for the new lookup.
+        assert_eq!(ids.dir_entry(10, 1, b"a"), 10);
+        ids.forget(10, 1);
+        assert!(ids.dir_entry(10, 2, b"a") >= FIRST_ALIAS);
+    }
+
+    #[test]
+    fn an_entry_not_sent_is_not_counted() {
+        let ids = NodeIds::new();
+        assert_eq!(ids.dir_entry(10, 1, b"a"), 10);
+        let alias = ids.choose(10, 2, b"a");
+        assert!(alias >= FIRST_ALIAS);
+        // Not given: the kernel still holds only node id 10, under parent 1.
+        assert_eq!(ids.ino(alias), alias);
+        assert_eq!(ids.dir_entry(10, 1, b"a"), 10);
     }
 
     #[test]

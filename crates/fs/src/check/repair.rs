@@ -566,7 +566,7 @@ impl<S: Store> Fixer<'_, S> {
             self.note(&path, &key, "made the missing data key of an empty file");
             return Ok(());
         }
-        self.remove_lost_file(dir, name, ino, &rec, &key)
+        self.remove_lost_file(dir, name, &path, ino, &rec, &key)
     }
 
     /// A file whose data key holds bytes: another name holding what the record says wins;
@@ -624,12 +624,12 @@ impl<S: Store> Fixer<'_, S> {
         &mut self,
         dir: u64,
         name: &[u8],
+        path: &[u8],
         ino: u64,
         rec: &Inode,
         key: &[u8],
     ) -> FsResult<()> {
         let fs = self.fs;
-        let path = join(&fs.dir_path(dir)?, name);
         let link = Link::new(dir, name);
         fs.entry_swap(dir, name, Some(ino), None)?;
         fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
@@ -639,14 +639,14 @@ impl<S: Store> Fixer<'_, S> {
         let shared = *key == fs.keys.private_data(ino) && rec.links.len() > 1;
         if !shared && self.delete(key)? {
             self.note(
-                &path,
+                path,
                 key,
                 "deleted the data key (its value does not decode)",
             );
         }
-        warn!(path = %text(&path), "removed a file whose bytes were lost; copy it in again");
+        warn!(path = %text(path), "removed a file whose bytes were lost; copy it in again");
         self.note(
-            &path,
+            path,
             key,
             format!(
                 "removed the file: its {} bytes were lost (data key missing); copy it in again",

@@ -214,25 +214,11 @@ impl<S: Store> MemFs<S> {
         if rec.kind == Kind::Dir
             && let Some(t) = set.mtime
         {
-            self.set_dir_mtime_key(ino, t)?;
+            // The mtime key wins over the record for directories: they are kept in step.
+            self.set_dir_mtime_unlocked(ino, t)?;
             return Ok(self.with_dir_links(self.attr_from(ino, &rec, Some(t))));
         }
         self.getattr(ino)
-    }
-
-    /// Sets a directory's mtime key (it wins over the record for directories: they are kept
-    /// in step). Not under the namespace lock, so an rmdir by another mount may have deleted
-    /// the directory's keys since the record's cas: the `set` would then leave a key of no
-    /// directory. Its sequence is read after the `set`: still numeric, any rmdir fences it
-    /// later and deletes the key itself; missing or fenced, the key is taken back here.
-    fn set_dir_mtime_key(&self, dir: u64, t: Time) -> FsResult<()> {
-        let key = self.keys.dir_mtime(dir);
-        self.store
-            .store_at(StoreOp::Set, &key, t.to_text().as_bytes())?;
-        if crate::fs::retried(|| self.dir_seq_value(dir))?.is_none() {
-            crate::fs::retried(|| self.store.delete_at(&key))?;
-        }
-        Ok(())
     }
 
     /// EFBIG for a file size past [`MAX_FILE_SIZE`]; files larger than one item go in chunks.

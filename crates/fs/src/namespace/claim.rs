@@ -88,7 +88,6 @@ impl<S: Store> MemFs<S> {
             .unzip();
         let log = self.log_commands(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(parent);
-        let touch_again = touch.clone();
         let touched = batch.push::<Stored>(touch);
         // Statistics only: unread.
         let _inode_count = batch.incr(self.keys.inode_count(), sending.len() as u64);
@@ -116,7 +115,7 @@ impl<S: Store> MemFs<S> {
         }
         // Only the directory's time: tried once more, the nodes are made (so the directory
         // is there; a gone one must not get its mtime key back).
-        if touched.is_ok() || self.store.run(touch_again).is_ok() {
+        if touched.is_ok() || self.set_dir_mtime_unlocked(parent, now).is_ok() {
             self.note_dir_touched(parent, now);
         }
         self.note_claimed(parent, &out);

@@ -236,6 +236,27 @@ impl<S: Store> MemFs<S> {
         (cmd, now)
     }
 
+    /// Sets a directory's mtime key outside the namespace lock. An rmdir by another mount
+    /// may have deleted the directory's keys meanwhile: the `set` would then leave a key of
+    /// no directory. So its sequence is read after the `set`: still numeric, any rmdir fences
+    /// it later and deletes the key itself; missing or fenced, the key is taken back. (A fence
+    /// is lifted again only by a rename whose claim failed, under the namespace lock: it is
+    /// looked at again under that lock before the key goes.)
+    pub(crate) fn set_dir_mtime_unlocked(&self, dir: u64, t: Time) -> FsResult<()> {
+        let key = self.keys.dir_mtime(dir);
+        self.store
+            .store_at(StoreOp::Set, &key, t.to_text().as_bytes())?;
+        if crate::fs::retried(|| self.dir_seq_value(dir))?.is_some() {
+            return Ok(());
+        }
+        self.with_ns_lock(Batch::new(), |_, _| {
+            if self.dir_seq_value(dir)?.is_none() {
+                self.store.delete_at(&key)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Keeps this mount's cached attributes of `dir` in step with an mtime it just set.
     pub(crate) fn note_dir_touched(&self, dir: u64, now: Time) {
         self.meta.dir_touched(dir, now);
