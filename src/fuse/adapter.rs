@@ -26,8 +26,9 @@ use crate::fuse::node_ids::NodeIds;
 use crate::service::metrics::fuse_ops::{FUSE_OPS, Op};
 
 /// How soon after an open answered ESTALE the same thread's next open counts as the
-/// kernel's retry of it.
-const STALE_RETRY_WINDOW: Duration = Duration::from_secs(1);
+/// kernel's retry of it (which follows at once; a lookup that misses in between may be one
+/// of the retry's two, so it does not end the retry).
+const STALE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 
 pub struct FuseFs<S: Store> {
     fs: std::sync::Arc<MemFs<S>>,
@@ -96,7 +97,7 @@ impl<S: Store> FuseFs<S> {
     }
 
     /// The kernel's retry of an open this thread was answered ESTALE for is over (an open or
-    /// create went through, or the name is gone).
+    /// create went through).
     fn open_went_through(&self, req: &Request) {
         let mut stale = self.stale_opens.lock().unwrap_or_else(|p| p.into_inner());
         if !stale.is_empty() {
@@ -244,7 +245,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         self.ids.forget(ino.0, nlookup);
     }
 
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent_node = parent;
         let parent = self.node(parent);
         FUSE_OPS.call(Op::Lookup);
@@ -253,14 +254,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
                 let nodeid = self.ids.dir_entry(a.ino, parent_node.0, name.as_bytes());
                 reply.entry_with_nodeid(&self.ttl, INodeNo(nodeid), &to_fuse(&a), Generation(0))
             }
-            found => {
-                if matches!(found, Err(FsError::NotFound)) {
-                    // A retried open that finds no name goes no further (it creates, or
-                    // fails with ENOENT): the thread's next open is not that retry.
-                    self.open_went_through(req);
-                }
-                self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found)
-            }
+            found => self.reply_entry(reply, Op::Lookup, &PathOf(&self.fs, parent, name), found),
         }
     }
 

@@ -266,13 +266,15 @@ impl<S: Store> MemFs<S> {
     /// Once all stood still: bytes of another size than the record's were left by a writer
     /// between its bytes and its record's cas (one that died there, or one a moment from its
     /// cas: looked at twice); the record takes their size by `cas` on the version checked. A
-    /// key holding nothing is damage: EIO naming path and key. A record gone is ENOENT.
+    /// key holding nothing (looked at twice) is damage: EIO naming path and key. A record
+    /// gone is ENOENT.
     ///
     /// (Over 80 lines: each look is one batch whose replies decide together, and every
     /// branch's comment explains a race; split, the pieces would pass the whole look along.)
     fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
         let ikey = self.keys.inode(ino);
         let mut mismatch_seen = None;
+        let mut missing_seen = false;
         for _ in 0..LOAD_LOOKS {
             if of.is_loaded() {
                 return Ok(Load::Loaded); // (chunks are read as they are needed)
@@ -378,8 +380,16 @@ impl<S: Store> MemFs<S> {
                     return Ok(Load::Loaded);
                 }
                 None if running => return Ok(Load::AfterNamespaceOp),
+                None if !missing_seen => {
+                    // The record names this key, nothing moves, and the bytes are not there:
+                    // looked at once more before it counts as damage (a removal or a move by
+                    // another mount between the looks shows in the record or the lock).
+                    missing_seen = true;
+                    std::thread::sleep(MISMATCH_PAUSE);
+                    continue;
+                }
                 None => {
-                    // The record names this key, nothing moves, and the bytes are not there.
+                    // Still: damage.
                     warn!(
                         ino,
                         path = %self.path_of(link.parent, &link.name),
