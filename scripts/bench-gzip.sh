@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-[ -x target/release/memfis ] || cargo build --release --locked -q
-BIN=$PWD/target/release/memfis
+BIN=${MEMFIS_BIN:-$PWD/target/release/memfis}
+[ -x "$BIN" ] || cargo build --release --locked -q
 ROUNDS=${ROUNDS:-3}
 docs=$(rustc --print sysroot)/share/doc/rust/html
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

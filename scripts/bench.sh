@@ -2,12 +2,15 @@
 # Benchmarks memfis against bindfs-over-tmpfs (a plain FUSE passthrough) and tmpfs, all in one run,
 # and prints ratios (the machines are shared and noisy: compare within a run, not across runs).
 # Usage: sudo ./scripts/bench.sh            (root: mounts tmpfs and FUSE filesystems)
+#        MEMFIS_BIN=/path/to/memfis ./scripts/bench.sh   runs another build (e.g. an older
+#        commit's, for a before/after in one sitting) instead of this tree's release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/install-deps.sh
-cargo build --release --locked -q
-BIN=$PWD/target/release/memfis
+if [ -z "${MEMFIS_BIN:-}" ]; then cargo build --release --locked -q; fi
+BIN=${MEMFIS_BIN:-$PWD/target/release/memfis}
+export MEMFIS_BIN=$BIN
 
 work=$(mktemp -d /tmp/memfis-bench.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
