@@ -524,8 +524,8 @@ impl<S: Store> MemFs<S> {
 
     /// The data keys an unlink frees: the bytes this name holds, unless another name shares
     /// the key (a private key); with the last name, the private key too (a name removed
-    /// earlier may have left bytes there). None for a file in chunks (its chunks go with
-    /// the record).
+    /// earlier may have left bytes there) and the name's served key (a publish racing the
+    /// unlink may have made it). None for a file in chunks (its chunks go with the record).
     fn keys_freed_by_unlink(
         &self,
         ino: u64,
@@ -543,6 +543,14 @@ impl<S: Store> MemFs<S> {
             let private = self.keys.private_data(ino);
             if rest.links.is_empty() && !data_keys.contains(&private) {
                 data_keys.push(private);
+            }
+            // A publish of another mount may open the file to others between the record read
+            // above and this unlink's batch (`cp -a` creates 0600 and chmods at the close):
+            // the served key it adds at this name's path would outlive the file. Under the
+            // lock the name is this file's, so that key holds nothing else.
+            let served = self.keys.file_bytes(ino, 0o644, &self.link_path(link)?);
+            if rest.links.is_empty() && !data_keys.contains(&served) {
+                data_keys.push(served);
             }
         }
         Ok(data_keys)
