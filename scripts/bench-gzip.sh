@@ -28,7 +28,7 @@ mount -t tmpfs -o size=1g tmpfs "$work"
 mkdir -p "$work"/{pages,static,nginx}
 
 # 200 pages of 10-40 KB (the book, then the reference), the same files for every server.
-find "$docs/book" "$docs/reference" -name '*.html' -size +10k -size -40k | sort | head -200 > "$work/list"
+find "$docs/book" "$docs/reference" -name '*.html' -size +10k -size -40k | sort | sed -n 1,200p > "$work/list"
 while read -r f; do rel=${f#"$docs"/}; cp "$f" "$work/pages/${rel//\//_}"; done < "$work/list"
 cp "$work"/pages/*.html "$work/static/"
 gzip -k -6 "$work"/static/*.html
@@ -60,10 +60,15 @@ http {
 NGX
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
-sleep 1
+# Until every server listens.
+for _ in $(seq 50); do
+  curl -s -o /dev/null "http://127.0.0.1:$store_port/" && curl -s -o /dev/null "http://127.0.0.1:$gzip_port/" \
+    && curl -s -o /dev/null "http://127.0.0.1:$gzip_static_port/" && break
+  sleep 0.1
+done
 
 # A client without gzip gets the source's bytes; one with gzip gets gzip that unpacks to them.
-first=$(ls "$work/pages" | head -1)
+first=$(ls "$work/pages" | sed -n 1p)
 curl -sf "http://127.0.0.1:$store_port/$first" | cmp - "$work/pages/$first" && echo "plain client: bytes identical to the source"
 curl -sf -H 'Accept-Encoding: gzip' "http://127.0.0.1:$store_port/$first" | gzip -dc | cmp - "$work/pages/$first" \
   && echo "gzip client: unpacks to the source"

@@ -241,7 +241,7 @@ print(f"{rps:.0f} {p99:.2f}")'
 }
 curl -sf -o /dev/null "http://127.0.0.1:$store_port/small/d00/f0000.html" && echo "nginx serves from the store"
 # Interleaved rounds again; the best requests/s of each, with the p99 of that round.
-best() { sort -k1,1nr | head -1; }
+best() { sort -k1,1nr | sed -n 1p; }
 curl -sf -o /dev/null "http://127.0.0.1:$sock_port/small/d00/f0000.html" && echo "nginx serves from the store over a unix socket"
 store_runs=""; static_runs=""; sock_runs=""
 for round in $(seq "$ROUNDS"); do
