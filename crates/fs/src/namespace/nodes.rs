@@ -548,9 +548,11 @@ impl<S: Store> MemFs<S> {
             // above and this unlink's batch (`cp -a` creates 0600 and chmods at the close):
             // the served key it adds at this name's path would outlive the file. Under the
             // lock the name is this file's, so that key holds nothing else.
-            let served = self.keys.file_bytes(ino, 0o644, &self.link_path(link)?);
-            if rest.links.is_empty() && !data_keys.contains(&served) {
-                data_keys.push(served);
+            if rest.links.is_empty() {
+                let served = self.keys.file_bytes(ino, 0o644, &self.link_path(link)?);
+                if !data_keys.contains(&served) {
+                    data_keys.push(served);
+                }
             }
         }
         Ok(data_keys)
