@@ -71,8 +71,13 @@ impl Drop for NsLock<'_> {
 #[derive(Default)]
 pub(crate) struct LocalNsLock {
     /// Namespace operations of this mount run one at a time (they would queue on the store's
-    /// lock anyway); also keeps two threads from both completing one leftover intent.
+    /// lock anyway).
     pub(crate) serial: Mutex<()>,
+    /// Held by the one thread of this mount that takes a held lock over and completes its
+    /// intent (a dead mount's, or this mount's leftover). Waiters for the lock (creates,
+    /// publishes, reads) do not hold `serial`: without this, a second thread would find the
+    /// first one's new owner among the leftovers and take the lock over again midway.
+    pub(crate) taking_over: Mutex<()>,
     /// Owner strings under which this mount may still hold the namespace lock: an operation
     /// that failed midway and left its intent in it, or a lock command whose reply was lost
     /// (an `add` that took it, a `delete` that may not have run). The next operation or the
@@ -98,6 +103,7 @@ impl<S: Store> MemFs<S> {
         op: impl FnOnce(&mut NsLock<'_>, Replies) -> FsResult<T>,
     ) -> FsResult<T> {
         let (mut guard, results) = self.acquire(reads)?;
+        let _holding = HoldingNsLock::mark();
         let result = op(&mut guard, results);
         if guard.released {
             return result;
@@ -303,6 +309,10 @@ impl<S: Store> MemFs<S> {
     /// Waits until no namespace operation runs (completing a dead mount's), for creates,
     /// publishes and reads that found the lock held.
     pub(crate) fn wait_quiet(&self) -> FsResult<()> {
+        if HoldingNsLock::here() {
+            // The operation running is this thread's own: waiting would wait for itself.
+            return Ok(());
+        }
         let key = self.keys.ns_lock();
         let mut waiter = Waiter::new(self.cfg.lock_backoff);
         loop {
@@ -315,6 +325,12 @@ impl<S: Store> MemFs<S> {
 
     /// The lock is held: wait for a live owner, or complete a dead owner's intent.
     fn resolve_holder(&self, waiter: &mut Waiter) -> FsResult<()> {
+        let _one_taker = match self.ns.taking_over.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            // Another thread of this mount is completing the holder's intent.
+            Err(std::sync::TryLockError::WouldBlock) => return waiter.wait(),
+        };
         let key = self.keys.ns_lock();
         let Some(item) = self.store.gets_at(&key)? else {
             return Ok(()); // released meanwhile
@@ -359,6 +375,7 @@ impl<S: Store> MemFs<S> {
             (None, true) => lock(&self.ns.orphaned).clone(),
             (None, false) => None,
         };
+        let _holding = HoldingNsLock::mark();
         if let Some(intent) = &intent {
             info!(owner = %held.owner, ?intent, "completing an unfinished operation");
             match self.complete_unless_damaged(intent) {
@@ -429,6 +446,35 @@ impl<S: Store> MemFs<S> {
             return Err(FsError::StoreGone);
         }
         Ok(())
+    }
+}
+
+thread_local! {
+    static HOLDS_NS_LOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as running under the namespace lock (an operation, or the completion of
+/// an intent it took over) until dropped: a step of it that waits for the lock to be free
+/// (`wait_quiet`) must not wait for itself, nor take its own lock over again.
+struct HoldingNsLock {
+    before: bool,
+}
+
+impl HoldingNsLock {
+    fn mark() -> HoldingNsLock {
+        HoldingNsLock {
+            before: HOLDS_NS_LOCK.replace(true),
+        }
+    }
+
+    fn here() -> bool {
+        HOLDS_NS_LOCK.get()
+    }
+}
+
+impl Drop for HoldingNsLock {
+    fn drop(&mut self) {
+        HOLDS_NS_LOCK.set(self.before);
     }
 }
 
