@@ -464,10 +464,14 @@ impl<S: Store> MemFs<S> {
         let mut reads = Batch::new();
         let entry = reads.gets(&ekey);
         let generation = reads.get(self.keys.dir_generation());
+        let parent_seq = reads.get(self.keys.dir_seq(parent));
         let guessed = guess.map(|ino| (ino, reads.gets(self.keys.inode(ino))));
         self.with_ns_lock(reads, |guard, mut r| {
             let entry = r.entry(entry, name)?;
             self.note_generation(r.take(generation))?;
+            if !dir_live(r.take(parent_seq)?) {
+                return Err(FsError::NotFound);
+            }
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let rec_key = self.keys.inode(ino);
             let (rec, rec_cas) = match guessed {
@@ -761,8 +765,12 @@ impl<S: Store> MemFs<S> {
         let ekey = self.keys.entry(parent, name);
         let mut reads = Batch::new();
         let entry = reads.gets(&ekey);
+        let parent_seq = reads.get(self.keys.dir_seq(parent));
         self.with_ns_lock(reads, |guard, mut results| {
             let entry = results.entry(entry, name)?;
+            if !dir_live(results.take(parent_seq)?) {
+                return Err(FsError::NotFound);
+            }
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let (rec, _) = self.read_inode(ino)?;
             if rec.kind != Kind::Dir {
@@ -949,4 +957,12 @@ pub(crate) struct Undo {
     /// another version was written since (the name was live: another mount may have opened
     /// and published it), and the inode is left alone.
     pub record_cas: Option<u64>,
+}
+
+/// Whether a directory's sequence key, read under the namespace lock, says it is live. A
+/// name found in a directory another mount removed belongs to a create of another mount
+/// that is about to undo itself: an intent changing it could never complete (the
+/// directory's log is gone), so the name counts as absent.
+pub(crate) fn dir_live(seq: Option<Item>) -> bool {
+    seq.is_some_and(|item| parse_number(&item.value).is_some())
 }

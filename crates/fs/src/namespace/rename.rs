@@ -16,6 +16,7 @@ use crate::layout::intent::{Intent, RenameIntent};
 use crate::layout::keys::ROOT_INO;
 use crate::layout::record::{Inode, Kind, Link, Time};
 use crate::namespace::lock::LockValue;
+use crate::namespace::nodes::dir_live;
 use crate::store::batch::{Batch, StoreAt};
 use crate::store::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
@@ -63,15 +64,19 @@ impl<S: Store> MemFs<S> {
         let src = reads.gets(&skey);
         let dst = reads.gets(&dkey);
         let generation = reads.get(self.keys.dir_generation());
+        let parent_seqs = [parent, newparent].map(|dir| reads.get(self.keys.dir_seq(dir)));
         self.with_ns_lock(reads, |guard, mut r| {
             let mut src = r.entry(src, name)?;
             let mut dst = r.entry(dst, newname)?;
             self.note_generation(r.take(generation))?;
-            // The kernel may name a destination directory another mount removed: its intent
-            // could never be completed (its log is gone) and would hold the lock for good.
-            // Under the lock a live directory stays live, so one look suffices.
-            if newparent != parent && self.dir_seq_value(newparent)?.is_none() {
-                return Err(FsError::NotFound);
+            // The kernel may name a directory another mount removed (a name may still be
+            // there: a create about to undo itself): the intent could never be completed
+            // (the log is gone) and would hold the lock for good. Under the lock a live
+            // directory stays live, so one look suffices.
+            for seq in parent_seqs {
+                if !dir_live(r.take(seq)?) {
+                    return Err(FsError::NotFound);
+                }
             }
             for _ in 0..CAS_RETRIES {
                 let Some(mut intent) =
