@@ -117,6 +117,37 @@ fn failed(n: usize) -> Vec<CmdResult> {
 
 impl Store for Faulty {
     fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        let results = self.execute_unless_crashed(batch);
+        let w = &self.world;
+        if w.crashed[self.mount].load(Ordering::SeqCst) {
+            // A batch that passed the check below before another thread crashed the mount
+            // may have refreshed its liveness after the crash deleted it: this in-memory
+            // store never expires a key, so the dead mount would look alive for good.
+            w.store
+                .raw_delete(&w.alive_keys.lock().unwrap()[self.mount]);
+        }
+        results
+    }
+
+    fn capacity(&self) -> Option<Capacity> {
+        self.world.store.capacity()
+    }
+
+    fn item_size_max(&self) -> Option<u64> {
+        self.world.store.item_size_max()
+    }
+
+    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+        self.world.store.list_keys()
+    }
+
+    fn interruptions(&self) -> u64 {
+        self.world.interruptions[self.mount].load(Ordering::SeqCst)
+    }
+}
+
+impl Faulty {
+    fn execute_unless_crashed(&self, batch: Vec<Command>) -> Vec<CmdResult> {
         let w = &self.world;
         if w.crashed[self.mount].load(Ordering::SeqCst) {
             HIT.set(true);
@@ -144,6 +175,20 @@ impl Store for Faulty {
             }))
         });
         match fault {
+            None if tracing_to_memory() => {
+                let cmds: Vec<String> = batch.iter().map(describe).collect();
+                let results = w.store.execute(batch);
+                let replies: Vec<String> = results
+                    .iter()
+                    .map(|r| format!("{r:?}").chars().take(60).collect())
+                    .collect();
+                trace(format!(
+                    "  m{} {:?}: {cmds:?} -> {replies:?}",
+                    self.mount,
+                    std::thread::current().id()
+                ));
+                results
+            }
             None => w.store.execute(batch),
             Some(None) if !w.any_crash.swap(true, Ordering::SeqCst) => {
                 HIT.set(true);
@@ -157,10 +202,11 @@ impl Store for Faulty {
                 HIT.set(true);
                 if tracing() {
                     let cmds: Vec<String> = batch.iter().map(describe).collect();
-                    eprintln!(
-                        "  m{} fault: {applied} of {len} applied, {answered} answered: {cmds:?}",
-                        self.mount
-                    );
+                    trace(format!(
+                        "  m{} {:?} fault: {applied} of {len} applied, {answered} answered: {cmds:?}",
+                        self.mount,
+                        std::thread::current().id()
+                    ));
                 }
                 w.interruptions[self.mount].fetch_add(1, Ordering::SeqCst);
                 if applied > answered {
@@ -173,29 +219,41 @@ impl Store for Faulty {
             }
         }
     }
-
-    fn capacity(&self) -> Option<Capacity> {
-        self.world.store.capacity()
-    }
-
-    fn item_size_max(&self) -> Option<u64> {
-        self.world.store.item_size_max()
-    }
-
-    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
-        self.world.store.list_keys()
-    }
-
-    fn interruptions(&self) -> u64 {
-        self.world.interruptions[self.mount].load(Ordering::SeqCst)
-    }
 }
 
 type Fs = MemFs<Faulty>;
 
-/// `MEMFIS_TRACE=1`: every operation and every faulty batch on stderr.
+/// `MEMFIS_TRACE=1`: every operation and every faulty batch on stderr. `MEMFIS_TRACE=mem`:
+/// every operation and every batch with its replies kept in memory, written to
+/// `$TMPDIR/memfis-kernel-like-trace.txt` when a seed fails (stderr slows the threads enough
+/// to hide most races).
 fn tracing() -> bool {
     std::env::var_os("MEMFIS_TRACE").is_some()
+}
+
+fn tracing_to_memory() -> bool {
+    std::env::var_os("MEMFIS_TRACE").is_some_and(|v| v == "mem")
+}
+
+static MEMORY_TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn trace(line: String) {
+    if tracing_to_memory() {
+        MEMORY_TRACE.lock().unwrap().push(line);
+    } else if tracing() {
+        eprintln!("{line}");
+    }
+}
+
+/// Writes the memory trace out (and empties it); says where.
+fn dump_memory_trace() -> Option<std::path::PathBuf> {
+    if !tracing_to_memory() {
+        return None;
+    }
+    let path = std::env::temp_dir().join("memfis-kernel-like-trace.txt");
+    let lines = std::mem::take(&mut *MEMORY_TRACE.lock().unwrap());
+    std::fs::write(&path, lines.join("\n")).ok()?;
+    Some(path)
 }
 
 fn describe(c: &Command) -> String {
@@ -385,12 +443,13 @@ impl Worker<'_> {
         self.recent
             .push(format!("{}{line}", if hit { "[fault] " } else { "" }));
         if tracing() {
-            eprintln!(
-                "m{} t{}: {}{line}",
+            trace(format!(
+                "m{} t{} {:?}: {}{line}",
                 self.mount,
                 self.thread,
+                std::thread::current().id(),
                 if hit { "[fault] " } else { "" }
-            );
+            ));
         }
         match r {
             Ok(v) => Ok(v),
@@ -725,6 +784,7 @@ struct Outcome {
 /// Runs one seed: threads for `run_for`, then the oracle. Panics (naming the seed) on a
 /// violation.
 fn run_seed(seed: u64, run_for: Duration) -> Outcome {
+    MEMORY_TRACE.lock().unwrap().clear();
     let store = Arc::new(MemoryStore::default());
     let keys = KeyLayout::new("memfis://kernel").unwrap();
     let crash_seed = seed % 3 == 2;
@@ -768,10 +828,20 @@ fn run_seed(seed: u64, run_for: Duration) -> Outcome {
                 waited += Duration::from_millis(100);
                 if waited == run_for + Duration::from_secs(10) {
                     let held = store.get(&lock_key).unwrap().map(|i| i.value);
-                    eprintln!(
+                    // Straight to stderr: a hung test never shows its captured output.
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "seed {seed}: stuck; mounts {ids:?}; lock {:?}",
                         held.map(|v| String::from_utf8_lossy(&v).into_owned())
                     );
+                    if let Some(path) = dump_memory_trace() {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "seed {seed}: trace in {}",
+                            path.display()
+                        );
+                    }
                 }
             }
         });
@@ -855,12 +925,18 @@ fn run_seed(seed: u64, run_for: Duration) -> Outcome {
         }
     });
     let crashed = world.crashed.iter().any(|c| c.load(Ordering::SeqCst));
+    if tracing_to_memory() {
+        trace(format!("seed {seed}: workers done; oracle"));
+    }
     let violations = violations.into_inner().unwrap();
     let mut problems = violations.clone();
     let lost_replies = world.lost_replies.load(Ordering::SeqCst) > 0;
     let key_lost = !world.known.lock().unwrap().is_empty();
     problems.extend(oracle(&store, &keys, crashed, lost_replies, key_lost));
     if !problems.is_empty() {
+        if let Some(path) = dump_memory_trace() {
+            eprintln!("seed {seed}: trace in {}", path.display());
+        }
         panic!(
             "seed {seed} (replay: MEMFIS_SEED={seed} cargo test -p memfis-fs --test kernel_like): \
              {} problems:\n{}",
