@@ -188,3 +188,53 @@ fn a_create_whose_directory_was_removed_before_its_fence_takes_itself_back() {
         report.problems
     );
 }
+
+/// A mkdir cut the same way, and another mount removes the new directory itself in between:
+/// its entry is there before the mkdir's `+` record, so the rmdir finds it empty and logs
+/// its `-` first. The `+` landing after it listed a directory whose keys were gone, and a
+/// rename of the parent then failed at every try, holding the namespace lock (the
+/// kernel-like harness found it). Now the create sees its entry gone after its batch and
+/// takes the `+` back.
+#[test]
+fn a_directory_removed_between_its_entry_and_its_log_record_is_not_listed() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://mkdir-rmdir").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let (create_at, create_reached) = mpsc::channel();
+    let (create_go, create_wait) = mpsc::channel();
+    let creator = MemFs::new(
+        SplitAtAppend {
+            inner: store.clone(),
+            gate: Mutex::new(Some((create_at, create_wait))),
+        },
+        keys.clone(),
+        uncached(),
+    )
+    .unwrap();
+    let remover = open(&store, &keys);
+    std::thread::scope(|s| {
+        let made = s.spawn(|| creator.mkdir(d, b"s", 0o755, 0, 0));
+        create_reached.recv().unwrap(); // the entry made, its `+` not yet appended
+        let removed = remover.rmdir(d, b"s");
+        create_go.send(()).unwrap();
+        removed.unwrap();
+        made.join().unwrap().unwrap(); // made, then removed: both happened
+    });
+    assert!(names(&remover, d).is_empty(), "{:?}", names(&remover, d));
+    remover
+        .rename(
+            ROOT_INO,
+            b"d",
+            ROOT_INO,
+            b"e",
+            memfis_fs::RenameFlags::default(),
+        )
+        .unwrap();
+    let report = memfis_fs::check::check(&*store, &keys).unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "the store after the race: {:?}",
+        report.problems
+    );
+}

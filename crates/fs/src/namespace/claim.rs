@@ -92,6 +92,14 @@ impl<S: Store> MemFs<S> {
         // Statistics only: unread.
         let _inode_count = batch.incr(self.keys.inode_count(), sending.len() as u64);
         let fence = self.create_fence_cmds(parent, &mut batch);
+        // After the `+` records: whether each entry still names its inode.
+        let entries_after: Vec<(Vec<u8>, u64, Handle<Got>)> = sending
+            .iter()
+            .map(|s| {
+                let key = self.keys.entry(parent, &s.new.name);
+                (s.new.name.clone(), s.new.ino, batch.gets(key))
+            })
+            .collect();
         let mut results = batch.execute(&self.store);
         let replies: Vec<_> = sent
             .into_iter()
@@ -99,7 +107,14 @@ impl<S: Store> MemFs<S> {
             .collect();
         let logged = self.finish_log(&la, &mut results, log);
         let touched = results.take(touched);
-        let fence = self.read_create_fence(parent, &mut results, fence);
+        let mut fence = self.read_create_fence(parent, &mut results, fence);
+        let entries_after: Vec<(Vec<u8>, Option<u64>)> = entries_after
+            .into_iter()
+            .map(|(name, ino, read)| {
+                let now = results.entry(read, &name).ok().and_then(|slot| slot.ino);
+                (name, (now == Some(ino)).then_some(ino))
+            })
+            .collect();
 
         // Replies lost (the batch may have run): if the directory is gone, keys of it the batch
         // may have made again are taken back with the undo; if not, the `+` may have landed.
@@ -119,6 +134,11 @@ impl<S: Store> MemFs<S> {
             self.note_dir_touched(parent, now);
         }
         self.note_claimed(parent, &out);
+        fence.names_moved = claimed.iter().any(|(undo, _)| {
+            !entries_after
+                .iter()
+                .any(|(name, still)| *name == undo.name && *still == Some(undo.ino))
+        });
         self.settle_claims(parent, &la, fence, claimed, &mut out);
         out
     }

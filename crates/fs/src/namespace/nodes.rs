@@ -125,6 +125,7 @@ impl<S: Store> MemFs<S> {
             generation,
             base,
             dir_removed,
+            names_moved: false,
         }
     }
 
@@ -159,6 +160,7 @@ impl<S: Store> MemFs<S> {
             generation,
             base,
             dir_removed,
+            names_moved,
         } = fence;
         if dir_removed {
             return Ok(Settled::DirRemoved);
@@ -188,7 +190,48 @@ impl<S: Store> MemFs<S> {
             }
             retried(|| self.relog_if_compacted(parent, chunk, relog))?;
         }
+        if (late || names_moved) && !relog.is_empty() {
+            retried(|| self.take_back_stale_adds(parent, relog))?;
+        }
         Ok(Settled::Done)
+    }
+
+    /// After a namespace operation ran during a create's batch. A pipeline is not atomic: an
+    /// unlink, rmdir or rename of another mount may have found the new entry between the
+    /// batch's `add` of it and its `+` record, and logged the name's `-` before that `+`,
+    /// which then lists a name that is gone (or an inode twice). Under the lock (nothing
+    /// moves the inode back meanwhile), a `-` goes after each `+` whose entry no longer
+    /// names its inode; if the `+` came first after all, a `-` of a pair not listed does
+    /// nothing.
+    fn take_back_stale_adds(
+        &self,
+        parent: u64,
+        adds: &[crate::namespace::listing::LogChange<'_>],
+    ) -> FsResult<()> {
+        let mut moved = Vec::new();
+        for &(_, kind, ino, name) in adds {
+            if self.read_entry(parent, name)?.ino != Some(ino) {
+                moved.push((Op::Remove, kind, ino, name));
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        self.with_ns_lock(Batch::new(), |_, _| {
+            if self.dir_seq_value(parent)?.is_none() {
+                return Ok(()); // the directory went, its log with it
+            }
+            let mut still = Vec::new();
+            for change in &moved {
+                if self.read_entry(parent, change.3)?.ino != Some(change.2) {
+                    still.push(*change);
+                }
+            }
+            match still.is_empty() {
+                true => Ok(()),
+                false => self.log_dir_changes(parent, &still),
+            }
+        })
     }
 
     /// Under the namespace lock, after a directory rename moved a file just created: its
@@ -927,6 +970,10 @@ pub(crate) struct CreateFence {
     base: FsResult<LogBase>,
     /// The directory's sequence, read last, was fenced (`removed`) or gone.
     dir_removed: bool,
+    /// A name the create claimed no longer named its inode after the batch (or its read
+    /// failed): another mount's unlink, rmdir or rename took it meanwhile
+    /// (`take_back_stale_adds`). Set by the caller, which knows the names.
+    pub(crate) names_moved: bool,
 }
 
 impl CreateFence {
@@ -938,6 +985,7 @@ impl CreateFence {
             generation: Ok(None),
             base: Ok(LogBase::default()),
             dir_removed: false,
+            names_moved: true,
         }
     }
 }

@@ -454,7 +454,13 @@ impl<S: Store> MemFs<S> {
                     old_path: o,
                     new_path: n,
                 }),
-                Kind::Dir => self.walk_files(ino, &o, &n, out, depth + 1)?,
+                Kind::Dir => match self.walk_files(ino, &o, &n, out, depth + 1) {
+                    // Listed but gone (record and log): a mkdir of another mount undoing
+                    // itself, whose undo waits for this lock. No files to move there; an
+                    // error would fail the intent at every try and keep the lock for good.
+                    Err(FsError::NotFound) => {}
+                    other => other?,
+                },
                 Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
             }
         }
