@@ -6,6 +6,8 @@
 //! waited for the rmdir and then answered success with its entry and record in a directory
 //! that no longer exists (found by the interleaving soak). Now a create that waited for a
 //! namespace operation checks that its directory is still there, and takes itself back.
+//! The last test cuts a mkdir the same way while another mount removes the new directory
+//! itself.
 
 mod support;
 

@@ -864,13 +864,34 @@ fn run_seed(seed: u64, run_for: Duration) -> Outcome {
                         .flatten()
                         .is_some_and(|i| String::from_utf8_lossy(&i.value).contains(&owner))
                 };
+                let mut done_since: Option<Instant> = None;
+                let mut reported = false;
                 loop {
                     if world.crashed[m].load(Ordering::SeqCst) {
                         return;
                     }
                     let done = workers_left.load(Ordering::SeqCst) == 0;
-                    if fs.heartbeat().is_ok() && done && !holds_lock() {
+                    let beat = fs.heartbeat();
+                    if beat.is_ok() && done && !holds_lock() {
                         return;
+                    }
+                    if done
+                        && !reported
+                        && done_since.get_or_insert_with(Instant::now).elapsed()
+                            > Duration::from_secs(10)
+                    {
+                        // Straight to stderr: a hung test never shows its captured output.
+                        use std::io::Write;
+                        let held = store.get(&lock_key).ok().flatten().map(|i| i.value);
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "seed {seed}: mount {m}'s heartbeat after the workers: {beat:?}; lock {:?}",
+                            held.map(|v| String::from_utf8_lossy(&v).into_owned())
+                        );
+                        if let Some(path) = dump_memory_trace() {
+                            let _ = writeln!(std::io::stderr(), "seed {seed}: trace in {}", path.display());
+                        }
+                        reported = true;
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }

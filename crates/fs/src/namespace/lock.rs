@@ -76,7 +76,9 @@ pub(crate) struct LocalNsLock {
     /// Held by the one thread of this mount that takes a held lock over and completes its
     /// intent (a dead mount's, or this mount's leftover). Waiters for the lock (creates,
     /// publishes, reads) do not hold `serial`: without this, a second thread would find the
-    /// first one's new owner among the leftovers and take the lock over again midway.
+    /// first one's new owner among the leftovers and take the lock over again midway. Only
+    /// ever `try_lock`ed. Its holder may lock open files (`keep_bytes_for_open_handles`):
+    /// nothing may wait for the namespace lock while holding an open file's mutex.
     pub(crate) taking_over: Mutex<()>,
     /// Owner strings under which this mount may still hold the namespace lock: an operation
     /// that failed midway and left its intent in it, or a lock command whose reply was lost
@@ -267,6 +269,11 @@ impl<S: Store> MemFs<S> {
     }
 
     fn acquire(&self, reads: Batch) -> FsResult<(NsLock<'_>, Replies)> {
+        // Taking it again under itself would wait for itself (on `serial`, or on the lock).
+        debug_assert!(
+            !HoldingNsLock::here(),
+            "the namespace lock taken by a thread that holds it"
+        );
         let local = lock(&self.ns.serial);
         let owner = format!("{}/{}", self.mount_id, random_id());
         let value = serde_json::to_vec(&LockValue {
@@ -325,7 +332,7 @@ impl<S: Store> MemFs<S> {
 
     /// The lock is held: wait for a live owner, or complete a dead owner's intent.
     fn resolve_holder(&self, waiter: &mut Waiter) -> FsResult<()> {
-        let _one_taker = match self.ns.taking_over.try_lock() {
+        let one_taker = match self.ns.taking_over.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             // Another thread of this mount is completing the holder's intent.
@@ -342,6 +349,7 @@ impl<S: Store> MemFs<S> {
             let alive_key = self.keys.alive(held.mount());
             let alive = self.store.get_at(&alive_key)?.is_some();
             if alive {
+                drop(one_taker); // (others of this mount may look meanwhile)
                 return waiter.wait();
             }
         }

@@ -190,8 +190,15 @@ impl<S: Store> MemFs<S> {
             }
             retried(|| self.relog_if_compacted(parent, chunk, relog))?;
         }
-        if (late || names_moved) && !relog.is_empty() {
-            retried(|| self.take_back_stale_adds(parent, relog))?;
+        // (On a pool an unlink's entry delete and its `-` may land on different servers in
+        // either order: the entry read may come too early. A lock seen held looks again.)
+        if (late || names_moved || !matches!(lock_held, Ok(false))) && !relog.is_empty() {
+            // The create itself happened: a failure here leaves a name listed that no entry
+            // backs (readdir shows it, lookup answers ENOENT, `memfis check --repair` drops
+            // it), not a failed create.
+            if let Err(e) = self.take_back_stale_adds(parent, relog) {
+                tracing::warn!(parent, error = %e, "a create could not take back the log records of names another mount took meanwhile (run `memfis check`)");
+            }
         }
         Ok(Settled::Done)
     }
@@ -208,12 +215,7 @@ impl<S: Store> MemFs<S> {
         parent: u64,
         adds: &[crate::namespace::listing::LogChange<'_>],
     ) -> FsResult<()> {
-        let mut moved = Vec::new();
-        for &(_, kind, ino, name) in adds {
-            if self.read_entry(parent, name)?.ino != Some(ino) {
-                moved.push((Op::Remove, kind, ino, name));
-            }
-        }
+        let moved = self.adds_no_entry_backs(parent, adds)?;
         if moved.is_empty() {
             return Ok(());
         }
@@ -221,17 +223,39 @@ impl<S: Store> MemFs<S> {
             if self.dir_seq_value(parent)?.is_none() {
                 return Ok(()); // the directory went, its log with it
             }
-            let mut still = Vec::new();
-            for change in &moved {
-                if self.read_entry(parent, change.3)?.ino != Some(change.2) {
-                    still.push(*change);
-                }
-            }
+            let still = self.adds_no_entry_backs(parent, &moved)?;
             match still.is_empty() {
                 true => Ok(()),
-                false => self.log_dir_changes(parent, &still),
+                false => {
+                    let removals: Vec<_> = still
+                        .iter()
+                        .map(|&(_, kind, ino, name)| (Op::Remove, kind, ino, name))
+                        .collect();
+                    self.log_dir_changes(parent, &removals)
+                }
             }
         })
+    }
+
+    /// The records of `adds` whose entry no longer names their inode (one batch of reads).
+    fn adds_no_entry_backs<'a>(
+        &self,
+        parent: u64,
+        adds: &[crate::namespace::listing::LogChange<'a>],
+    ) -> FsResult<Vec<crate::namespace::listing::LogChange<'a>>> {
+        let mut batch = Batch::new();
+        let reads: Vec<_> = adds
+            .iter()
+            .map(|change| batch.gets(self.keys.entry(parent, change.3)))
+            .collect();
+        let mut results = batch.execute(&self.store);
+        let mut moved = Vec::new();
+        for (change, read) in adds.iter().zip(reads) {
+            if results.entry(read, change.3)?.ino != Some(change.2) {
+                moved.push(*change);
+            }
+        }
+        Ok(moved)
     }
 
     /// Under the namespace lock, after a directory rename moved a file just created: its
@@ -422,6 +446,7 @@ impl<S: Store> MemFs<S> {
         let entry = reads.gets(&ekey);
         let record = reads.gets(self.keys.inode(ino));
         let generation = reads.get(self.keys.dir_generation());
+        let parent_seq = reads.get(self.keys.dir_seq(newparent));
         self.with_ns_lock(reads, |guard, mut r| {
             let entry = r.entry(entry, newname)?;
             let rec_key = self.keys.inode(ino);
@@ -438,9 +463,7 @@ impl<S: Store> MemFs<S> {
                 return Err(self.name_collision(newparent, newname));
             }
             // A directory another mount removed: its intent could never be completed.
-            if self.dir_seq_value(newparent)?.is_none() {
-                return Err(FsError::NotFound);
-            }
+            self.require_live_dir(newparent, r.take(parent_seq)?)?;
             let path = join(&self.dir_path(newparent)?, newname);
             rec.links.push(Link::new(newparent, newname));
             self.check_record_size(&rec_key, rec.encode().len())?;
@@ -512,9 +535,7 @@ impl<S: Store> MemFs<S> {
         self.with_ns_lock(reads, |guard, mut r| {
             let entry = r.entry(entry, name)?;
             self.note_generation(r.take(generation))?;
-            if !dir_live(r.take(parent_seq)?) {
-                return Err(FsError::NotFound);
-            }
+            self.require_live_dir(parent, r.take(parent_seq)?)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let rec_key = self.keys.inode(ino);
             let (rec, rec_cas) = match guessed {
@@ -739,6 +760,22 @@ impl<S: Store> MemFs<S> {
         })
     }
 
+    /// ENOENT unless directory `dir`'s sequence key, `seq` as read under the namespace lock,
+    /// says it is live. The kernel may name a directory another mount removed, and a name
+    /// may still be found there (a create of another mount about to undo itself): an intent
+    /// changing it could never complete (the log is gone) and would hold the lock for good.
+    /// Under the lock a live directory stays live, so one look suffices. The root is never
+    /// removed: its sequence missing is damage (EIO naming the key).
+    pub(crate) fn require_live_dir(&self, dir: u64, seq: Option<Item>) -> FsResult<()> {
+        if seq.is_some_and(|item| parse_number(&item.value).is_some()) {
+            return Ok(());
+        }
+        match dir {
+            ROOT_INO => Err(FsError::missing(&self.keys.dir_seq(dir))),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
     /// A directory's sequence number; `None` when missing or fenced.
     pub(crate) fn dir_seq_value(&self, dir: u64) -> FsResult<Option<u64>> {
         Ok(self.read_dir_seq(dir)?.and_then(|d| d.seq))
@@ -811,9 +848,7 @@ impl<S: Store> MemFs<S> {
         let parent_seq = reads.get(self.keys.dir_seq(parent));
         self.with_ns_lock(reads, |guard, mut results| {
             let entry = results.entry(entry, name)?;
-            if !dir_live(results.take(parent_seq)?) {
-                return Err(FsError::NotFound);
-            }
+            self.require_live_dir(parent, results.take(parent_seq)?)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
             let (rec, _) = self.read_inode(ino)?;
             if rec.kind != Kind::Dir {
@@ -1005,12 +1040,4 @@ pub(crate) struct Undo {
     /// another version was written since (the name was live: another mount may have opened
     /// and published it), and the inode is left alone.
     pub record_cas: Option<u64>,
-}
-
-/// Whether a directory's sequence key, read under the namespace lock, says it is live. A
-/// name found in a directory another mount removed belongs to a create of another mount
-/// that is about to undo itself: an intent changing it could never complete (the
-/// directory's log is gone), so the name counts as absent.
-pub(crate) fn dir_live(seq: Option<Item>) -> bool {
-    seq.is_some_and(|item| parse_number(&item.value).is_some())
 }

@@ -16,7 +16,6 @@ use crate::layout::intent::{Intent, RenameIntent};
 use crate::layout::keys::ROOT_INO;
 use crate::layout::record::{Inode, Kind, Link, Time};
 use crate::namespace::lock::LockValue;
-use crate::namespace::nodes::dir_live;
 use crate::store::batch::{Batch, StoreAt};
 use crate::store::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
@@ -69,14 +68,8 @@ impl<S: Store> MemFs<S> {
             let mut src = r.entry(src, name)?;
             let mut dst = r.entry(dst, newname)?;
             self.note_generation(r.take(generation))?;
-            // The kernel may name a directory another mount removed (a name may still be
-            // there: a create about to undo itself): the intent could never be completed
-            // (the log is gone) and would hold the lock for good. Under the lock a live
-            // directory stays live, so one look suffices.
-            for seq in parent_seqs {
-                if !dir_live(r.take(seq)?) {
-                    return Err(FsError::NotFound);
-                }
+            for (dir, seq) in [parent, newparent].into_iter().zip(parent_seqs) {
+                self.require_live_dir(dir, r.take(seq)?)?;
             }
             for _ in 0..CAS_RETRIES {
                 let Some(mut intent) =
