@@ -321,7 +321,9 @@ impl<S: Store> MemFs<S> {
                         Some(made) => *cas != made,
                         None => r.size != 0 || r.chunk_size.is_some(),
                     };
-                    r.links != [link.clone()] || written
+                    // In a directory that is gone, a write (another mount touched the new
+                    // inode through its entry) keeps nothing reachable: only a rename out does.
+                    r.links != [link.clone()] || (written && !undo.parent_gone)
                 });
                 if someones {
                     return Ok(()); // moved, linked or written meanwhile: someone's now
