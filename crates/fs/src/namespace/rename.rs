@@ -418,43 +418,45 @@ impl<S: Store> MemFs<S> {
                 old_path: old_path.to_vec(),
                 new_path: new_path.to_vec(),
             }),
-            Kind::Dir => self.walk_files(ino, old_path, new_path, &mut out, 0)?,
+            Kind::Dir => self.walk_files(ino, old_path, new_path, &mut out)?,
             // No bytes in the store.
             Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
         }
         Ok(out)
     }
 
+    /// The files below directory `top`, walked with a stack of its own rather than by
+    /// recursion, each directory once: a cycle of directories (damage that a race once made)
+    /// used to recurse until the thread's stack overflowed and the mount died.
     fn walk_files(
         &self,
-        dir: u64,
+        top: u64,
         old: &[u8],
         new: &[u8],
         out: &mut Vec<MovedFile>,
-        depth: usize,
     ) -> FsResult<()> {
-        if depth > 2048 {
-            return Err(FsError::corrupt(
-                &self.keys.inode(dir),
-                "directory nesting too deep: a cycle of directories",
-            ));
-        }
-        for (name, (ino, kind)) in self.list_dir(dir)? {
-            let (o, n) = (join(old, &name), join(new, &name));
-            match kind {
-                Kind::File => out.push(MovedFile {
-                    ino,
-                    old_path: o,
-                    new_path: n,
-                }),
-                Kind::Dir => match self.walk_files(ino, &o, &n, out, depth + 1) {
-                    // Listed but gone (record and log): a mkdir of another mount undoing
-                    // itself, whose undo waits for this lock. No files to move there; an
-                    // error would fail the intent at every try and keep the lock for good.
-                    Err(FsError::NotFound) => {}
-                    other => other?,
-                },
-                Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
+        let mut seen = HashSet::from([top]);
+        let mut todo = vec![(top, old.to_vec(), new.to_vec())];
+        while let Some((dir, old, new)) = todo.pop() {
+            let listing = match self.list_dir(dir) {
+                // Listed but gone (record and log): a mkdir of another mount undoing itself,
+                // whose undo waits for this lock. No files to move there; an error would
+                // fail the intent at every try and keep the lock for good.
+                Err(FsError::NotFound) if dir != top => continue,
+                other => other?,
+            };
+            for (name, (ino, kind)) in listing {
+                let (o, n) = (join(&old, &name), join(&new, &name));
+                match kind {
+                    Kind::File => out.push(MovedFile {
+                        ino,
+                        old_path: o,
+                        new_path: n,
+                    }),
+                    Kind::Dir if seen.insert(ino) => todo.push((ino, o, n)),
+                    Kind::Dir => {} // reached again: a cycle, or a stale second name
+                    Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {}
+                }
             }
         }
         Ok(())
