@@ -240,3 +240,44 @@ fn a_directory_removed_between_its_entry_and_its_log_record_is_not_listed() {
         report.problems
     );
 }
+
+/// The create cut the same way while another mount renames a file onto the new name: the
+/// rename logs the new file's `-` and its own `+` before the create's late `+`. The name lists
+/// the renamed file once the create takes its `+` back.
+#[test]
+fn a_file_renamed_onto_a_name_being_created_stays_listed() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://create-rename-onto").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let y = write(&setup, d, "y", b"bytes of y");
+    let (create_at, create_reached) = mpsc::channel();
+    let (create_go, create_wait) = mpsc::channel();
+    let creator = MemFs::new(
+        SplitAtAppend {
+            inner: store.clone(),
+            gate: Mutex::new(Some((create_at, create_wait))),
+        },
+        keys.clone(),
+        uncached(),
+    )
+    .unwrap();
+    let renamer = open(&store, &keys);
+    std::thread::scope(|s| {
+        let made = s.spawn(|| creator.create(d, b"a", 0o644, libc::O_WRONLY, 0, 0));
+        create_reached.recv().unwrap(); // the entry made, its `+` not yet appended
+        let renamed = renamer.rename(d, b"y", d, b"a", memfis_fs::RenameFlags::default());
+        create_go.send(()).unwrap();
+        renamed.unwrap();
+        let (_, fh) = made.join().unwrap().unwrap(); // made, then replaced: both happened
+        let _ = creator.release(fh);
+    });
+    assert_eq!(names(&renamer, d), ["a"]);
+    assert_eq!(renamer.lookup(d, b"a").unwrap().ino, y);
+    let report = memfis_fs::check::check(&*store, &keys).unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "the store after the race: {:?}",
+        report.problems
+    );
+}

@@ -224,16 +224,16 @@ impl<S: Store> MemFs<S> {
                 return Ok(()); // the directory went, its log with it
             }
             let still = self.adds_no_entry_backs(parent, &moved)?;
-            match still.is_empty() {
-                true => Ok(()),
-                false => {
-                    let removals: Vec<_> = still
-                        .iter()
-                        .map(|&(_, kind, ino, name)| (Op::Remove, kind, ino, name))
-                        .collect();
-                    self.log_dir_changes(parent, &removals)
-                }
+            if still.is_empty() {
+                return Ok(());
             }
+            // (A rename of another mount onto the name logged its inode's `+` before the late
+            // one: replay keeps it under the name once the late pair is removed.)
+            let records: Vec<_> = still
+                .iter()
+                .map(|&(_, kind, ino, name)| (Op::Remove, kind, ino, name))
+                .collect();
+            self.log_dir_changes(parent, &records)
         })
     }
 
