@@ -60,6 +60,31 @@ impl Store for SplitAtAppend {
     }
 }
 
+/// A mount whose first batch with an `append` stops there (`SplitAtAppend`): the mount, the
+/// receiver told when it stops, the sender that lets it go on.
+fn split_creator(
+    store: &Arc<MemoryStore>,
+    keys: &KeyLayout,
+) -> (MemFs<SplitAtAppend>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (at, reached) = mpsc::channel();
+    let (go, wait) = mpsc::channel();
+    let split = SplitAtAppend {
+        inner: store.clone(),
+        gate: Mutex::new(Some((at, wait))),
+    };
+    let fs = MemFs::new(split, keys.clone(), uncached()).unwrap();
+    (fs, reached, go)
+}
+
+fn assert_store_sound(store: &Arc<MemoryStore>, keys: &KeyLayout) {
+    let report = memfis_fs::check::check(&**store, keys).unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "the store after the race: {:?}",
+        report.problems
+    );
+}
+
 /// The removing mount's store: stops at the gate before the first batch after the one that
 /// fenced the directory's sequence (`cas` to `removed`).
 struct PauseAfterFence {
@@ -91,17 +116,7 @@ fn a_create_whose_directory_is_removed_meanwhile_takes_itself_back() {
     let setup = open(&store, &keys);
     let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
 
-    let (create_at, create_reached) = mpsc::channel();
-    let (create_go, create_wait) = mpsc::channel();
-    let creator = MemFs::new(
-        SplitAtAppend {
-            inner: store.clone(),
-            gate: Mutex::new(Some((create_at, create_wait))),
-        },
-        keys.clone(),
-        uncached(),
-    )
-    .unwrap();
+    let (creator, create_reached, create_go) = split_creator(&store, &keys);
     let (rmdir_at, rmdir_reached) = mpsc::channel();
     let (rmdir_go, rmdir_wait) = mpsc::channel();
     let remover = MemFs::new(
@@ -136,12 +151,7 @@ fn a_create_whose_directory_is_removed_meanwhile_takes_itself_back() {
             Err(e) => panic!("create: {e}"),
         }
     });
-    let report = memfis_fs::check::check(&*store, &keys).unwrap();
-    assert!(
-        report.problems.is_empty(),
-        "the store after the race: {:?}",
-        report.problems
-    );
+    assert_store_sound(&store, &keys);
 }
 
 /// The same race, the rmdir done (its keys deleted, the lock free) before the rest of the
@@ -153,17 +163,7 @@ fn a_create_whose_directory_was_removed_before_its_fence_takes_itself_back() {
     let keys = KeyLayout::new("memfis://create-rmdir-done").unwrap();
     let setup = open(&store, &keys);
     let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
-    let (create_at, create_reached) = mpsc::channel();
-    let (create_go, create_wait) = mpsc::channel();
-    let creator = MemFs::new(
-        SplitAtAppend {
-            inner: store.clone(),
-            gate: Mutex::new(Some((create_at, create_wait))),
-        },
-        keys.clone(),
-        uncached(),
-    )
-    .unwrap();
+    let (creator, create_reached, create_go) = split_creator(&store, &keys);
     let remover = open(&store, &keys);
     std::thread::scope(|s| {
         let create = s.spawn(|| creator.create(d, b"f", 0o644, libc::O_WRONLY, 0, 0));
@@ -183,12 +183,7 @@ fn a_create_whose_directory_was_removed_before_its_fence_takes_itself_back() {
             Err(e) => panic!("create: {e}"),
         }
     });
-    let report = memfis_fs::check::check(&*store, &keys).unwrap();
-    assert!(
-        report.problems.is_empty(),
-        "the store after the race: {:?}",
-        report.problems
-    );
+    assert_store_sound(&store, &keys);
 }
 
 /// A mkdir cut the same way, and another mount removes the new directory itself in between:
@@ -203,17 +198,7 @@ fn a_directory_removed_between_its_entry_and_its_log_record_is_not_listed() {
     let keys = KeyLayout::new("memfis://mkdir-rmdir").unwrap();
     let setup = open(&store, &keys);
     let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
-    let (create_at, create_reached) = mpsc::channel();
-    let (create_go, create_wait) = mpsc::channel();
-    let creator = MemFs::new(
-        SplitAtAppend {
-            inner: store.clone(),
-            gate: Mutex::new(Some((create_at, create_wait))),
-        },
-        keys.clone(),
-        uncached(),
-    )
-    .unwrap();
+    let (creator, create_reached, create_go) = split_creator(&store, &keys);
     let remover = open(&store, &keys);
     std::thread::scope(|s| {
         let made = s.spawn(|| creator.mkdir(d, b"s", 0o755, 0, 0));
@@ -233,12 +218,7 @@ fn a_directory_removed_between_its_entry_and_its_log_record_is_not_listed() {
             memfis_fs::RenameFlags::default(),
         )
         .unwrap();
-    let report = memfis_fs::check::check(&*store, &keys).unwrap();
-    assert!(
-        report.problems.is_empty(),
-        "the store after the race: {:?}",
-        report.problems
-    );
+    assert_store_sound(&store, &keys);
 }
 
 /// The create cut the same way while another mount renames a file onto the new name: the
@@ -251,17 +231,7 @@ fn a_file_renamed_onto_a_name_being_created_stays_listed() {
     let setup = open(&store, &keys);
     let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
     let y = write(&setup, d, "y", b"bytes of y");
-    let (create_at, create_reached) = mpsc::channel();
-    let (create_go, create_wait) = mpsc::channel();
-    let creator = MemFs::new(
-        SplitAtAppend {
-            inner: store.clone(),
-            gate: Mutex::new(Some((create_at, create_wait))),
-        },
-        keys.clone(),
-        uncached(),
-    )
-    .unwrap();
+    let (creator, create_reached, create_go) = split_creator(&store, &keys);
     let renamer = open(&store, &keys);
     std::thread::scope(|s| {
         let made = s.spawn(|| creator.create(d, b"a", 0o644, libc::O_WRONLY, 0, 0));
@@ -274,10 +244,5 @@ fn a_file_renamed_onto_a_name_being_created_stays_listed() {
     });
     assert_eq!(names(&renamer, d), ["a"]);
     assert_eq!(renamer.lookup(d, b"a").unwrap().ino, y);
-    let report = memfis_fs::check::check(&*store, &keys).unwrap();
-    assert!(
-        report.problems.is_empty(),
-        "the store after the race: {:?}",
-        report.problems
-    );
+    assert_store_sound(&store, &keys);
 }
