@@ -34,10 +34,20 @@ fn wait_at(gate: &Gate) {
 struct SplitAtAppend {
     inner: Arc<MemoryStore>,
     gate: Gate,
+    /// Set once the split batch ran if the mount dies there: every later command fails.
+    dies_after_split: bool,
+    dead: AtomicBool,
 }
 
 impl Store for SplitAtAppend {
     fn execute(&self, mut batch: Vec<Command>) -> Vec<CmdResult> {
+        if self.dead.load(Ordering::SeqCst) {
+            let gone = || memfis_memcache::StoreError::Io {
+                server: "killed mount".into(),
+                message: "the process is gone".into(),
+            };
+            return batch.iter().map(|_| Err(gone())).collect();
+        }
         let at = batch.iter().position(|c| {
             matches!(
                 c,
@@ -53,6 +63,9 @@ impl Store for SplitAtAppend {
                 let mut results = self.inner.execute(batch);
                 wait_at(&self.gate);
                 results.extend(self.inner.execute(rest));
+                if self.dies_after_split {
+                    self.dead.store(true, Ordering::SeqCst);
+                }
                 results
             }
             _ => self.inner.execute(batch),
@@ -66,11 +79,23 @@ fn split_creator(
     store: &Arc<MemoryStore>,
     keys: &KeyLayout,
 ) -> (MemFs<SplitAtAppend>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    split_creator_dying(store, keys, false)
+}
+
+/// [`split_creator`], whose mount dies right after the split batch if `dies` (every later
+/// command fails, as for a killed process).
+fn split_creator_dying(
+    store: &Arc<MemoryStore>,
+    keys: &KeyLayout,
+    dies: bool,
+) -> (MemFs<SplitAtAppend>, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let (at, reached) = mpsc::channel();
     let (go, wait) = mpsc::channel();
     let split = SplitAtAppend {
         inner: store.clone(),
         gate: Mutex::new(Some((at, wait))),
+        dies_after_split: dies,
+        dead: AtomicBool::new(false),
     };
     let fs = MemFs::new(split, keys.clone(), uncached()).unwrap();
     (fs, reached, go)
@@ -244,5 +269,31 @@ fn a_file_renamed_onto_a_name_being_created_stays_listed() {
     });
     assert_eq!(names(&renamer, d), ["a"]);
     assert_eq!(renamer.lookup(d, b"a").unwrap().ino, y);
+    assert_store_sound(&store, &keys);
+}
+
+/// The create cut the same way while another mount removes the new file, and the creating
+/// mount dies right after its batch, before it can take its late `+` back: the name stays
+/// listed with no entry behind it. rmdir of the directory, under the namespace lock, drops
+/// such names instead of answering ENOTEMPTY until a repair.
+#[test]
+fn rmdir_drops_a_name_a_dead_creator_left_listed_without_an_entry() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://create-dies").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let (creator, create_reached, create_go) = split_creator_dying(&store, &keys, true);
+    let remover = open(&store, &keys);
+    std::thread::scope(|s| {
+        let made = s.spawn(|| creator.create(d, b"f", 0o644, libc::O_WRONLY, 0, 0));
+        create_reached.recv().unwrap(); // the entry made, its `+` not yet appended
+        remover.unlink(d, b"f").unwrap();
+        create_go.send(()).unwrap();
+        let _ = made.join().unwrap(); // whatever a dying mount answered
+    });
+    // The dead mount's liveness key goes as its expiry would.
+    store.execute(vec![Command::Delete(keys.alive(creator.mount_id()))]);
+    remover.rmdir(ROOT_INO, b"d").unwrap();
+    assert!(names(&remover, ROOT_INO).is_empty());
     assert_store_sound(&store, &keys);
 }
