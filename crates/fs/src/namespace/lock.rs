@@ -222,6 +222,12 @@ impl<S: Store> MemFs<S> {
         Command::Delete(self.keys.ns_lock())
     }
 
+    /// Called once the batch holding [`Self::unlock_cmd`] ran it: what the operation does
+    /// after that runs without the lock, and waits for other mounts' operations as any does.
+    pub(crate) fn lock_released_by_batch(&self) {
+        HOLDS_NS_LOCK.set(false);
+    }
+
     fn release_ns_lock(&self, owner: &str) {
         let key = self.keys.ns_lock();
         if let Err(e) = self.store.delete(&key) {
@@ -263,6 +269,8 @@ impl<S: Store> MemFs<S> {
         };
         if taken.is_err() {
             *lock(&self.ns.orphaned) = guard.intent.clone();
+        } else {
+            HOLDS_NS_LOCK.set(true); // held again (`lock_released_by_batch` cleared it)
         }
         guard.released = taken.is_err();
         taken

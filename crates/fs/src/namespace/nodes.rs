@@ -672,6 +672,9 @@ impl<S: Store> MemFs<S> {
         let mut results = batch.execute(&self.store);
         // The lock's delete, last in the batch, ran only if the batch got that far.
         let unlocked = release.is_some_and(|h| results.take(h).is_ok());
+        if unlocked {
+            self.lock_released_by_batch();
+        }
         let mut all_done = results.take(intent_stored).is_ok();
         all_done &= results.take(entry_deleted).is_ok();
         all_done &= matches!(self.finish_log(&la, &mut results, log), Ok(Logged::Done));
