@@ -222,37 +222,61 @@ impl<S: Store> MemFs<S> {
     /// Path, mode and group of directory `dir`, cached for the cache TTL and while no
     /// directory was renamed.
     pub(crate) fn dir_info(&self, dir: u64) -> FsResult<DirInfo> {
-        self.dir_info_at(dir, 0)
+        self.dir_info_at(dir)
     }
 
-    fn dir_info_at(&self, dir: u64, depth: usize) -> FsResult<DirInfo> {
+    /// Walks up from `dir` to the root or a directory whose path is cached, then works the
+    /// paths out downwards, caching each. A loop of its own, not recursion: over a cycle of
+    /// directories (damage) the walk stops at `MAX_DEPTH` with an error naming the key,
+    /// where recursion could run out of stack first.
+    fn dir_info_at(&self, dir: u64) -> FsResult<DirInfo> {
         let generation = self.meta.generation();
-        if let Some(info) = self.meta.dir_info(dir) {
-            return Ok(info);
-        }
-        if depth > MAX_DEPTH {
-            return Err(FsError::corrupt(
-                &self.keys.inode(dir),
-                "directory nesting too deep: a cycle of directories",
-            ));
-        }
-        let (rec, _) = self.read_live_inode(dir)?;
-        if rec.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        let path = match rec.links.first() {
-            Some(link) if link.parent == ROOT_INO => join(b"", &link.name),
-            Some(link) => join(&self.dir_info_at(link.parent, depth + 1)?.path, &link.name),
-            None if dir == ROOT_INO => Vec::new(),
-            // A directory's record loses its name before it is deleted, in separate batches
-            // (rmdir, a rename over it): one without a name is being removed. A create in it
-            // that got here without the lock (mkdir in a directory a rename replaces) is
-            // ENOENT, as on a local filesystem, not EIO.
-            None => return Err(FsError::NotFound),
+        // Directories whose paths are not known yet, from `dir` up: (ino, record, name).
+        let mut unknown: Vec<(u64, Inode, Vec<u8>)> = Vec::new();
+        let mut at = dir;
+        let mut path = loop {
+            if let Some(info) = self.meta.dir_info(at) {
+                if unknown.is_empty() {
+                    return Ok(info);
+                }
+                break info.path;
+            }
+            if unknown.len() > MAX_DEPTH {
+                return Err(FsError::corrupt(
+                    &self.keys.inode(dir),
+                    "directory nesting too deep: a cycle of directories",
+                ));
+            }
+            let (rec, _) = self.read_live_inode(at)?;
+            if rec.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let (parent, name) = match rec.links.first() {
+                Some(link) => (Some(link.parent), link.name.clone()),
+                None if at == ROOT_INO => (None, Vec::new()),
+                // A directory's record loses its name before it is deleted, in separate
+                // batches (rmdir, a rename over it): one without a name is being removed. A
+                // create in it that got here without the lock (mkdir in a directory a rename
+                // replaces) is ENOENT, as on a local filesystem, not EIO.
+                None => return Err(FsError::NotFound),
+            };
+            unknown.push((at, rec, name));
+            match parent {
+                Some(ROOT_INO) | None => break Vec::new(),
+                Some(parent) => at = parent,
+            }
         };
-        Ok(self
-            .meta
-            .put_dir_info(dir, path, rec.mode, rec.gid, generation))
+        let mut info = None;
+        while let Some((ino, rec, name)) = unknown.pop() {
+            if ino != ROOT_INO {
+                path = join(&path, &name);
+            }
+            let here = self
+                .meta
+                .put_dir_info(ino, path.clone(), rec.mode, rec.gid, generation);
+            info = Some(here);
+        }
+        Ok(info.expect("at least one directory was looked up"))
     }
 
     /// The path of entry `name` of directory `dir`, for messages (best effort).
