@@ -180,7 +180,7 @@ impl Faulty {
                 let results = w.store.execute(batch);
                 let replies: Vec<String> = results
                     .iter()
-                    .map(|r| format!("{r:?}").chars().take(60).collect())
+                    .map(describe_reply)
                     .collect();
                 trace(format!(
                     "  m{} {:?}: {cmds:?} -> {replies:?}",
@@ -256,6 +256,20 @@ fn dump_memory_trace() -> Option<std::path::PathBuf> {
     Some(path)
 }
 
+/// A reply as the trace shows it: a value as text (records and logs are text), shortened.
+fn describe_reply(r: &memfis_memcache::CmdResult) -> String {
+    use memfis_memcache::Reply;
+    let text = match r {
+        Ok(Reply::Value(Some(item))) => format!(
+            "cas {} {}",
+            item.cas.unwrap_or(0),
+            String::from_utf8_lossy(&item.value)
+        ),
+        other => format!("{other:?}"),
+    };
+    text.chars().take(400).collect()
+}
+
 fn describe(c: &Command) -> String {
     let k = String::from_utf8_lossy(c.key()).into_owned();
     let v = match c {
@@ -263,7 +277,7 @@ fn describe(c: &Command) -> String {
         Command::Cas { value, .. } => format!("cas {}", String::from_utf8_lossy(value)),
         other => format!("{other:?}").chars().take(6).collect(),
     };
-    format!("{v} {k}").chars().take(160).collect()
+    format!("{v} {k}").chars().take(400).collect()
 }
 
 /// Errors a local filesystem may answer to an operation, besides success.
