@@ -36,6 +36,8 @@ struct SplitAtAppend {
     gate: Gate,
     /// Set once the split batch ran if the mount dies there: every later command fails.
     dies_after_split: bool,
+    /// The batch runs whole, and the gate comes after it (before the mount's next batch).
+    pause_after_batch: bool,
     dead: AtomicBool,
 }
 
@@ -58,6 +60,11 @@ impl Store for SplitAtAppend {
             )
         });
         match at {
+            Some(_) if self.pause_after_batch && self.gate.lock().unwrap().is_some() => {
+                let results = self.inner.execute(batch);
+                wait_at(&self.gate);
+                results
+            }
             Some(at) if self.gate.lock().unwrap().is_some() => {
                 let rest = batch.split_off(at);
                 let mut results = self.inner.execute(batch);
@@ -82,6 +89,14 @@ fn split_creator(
     split_creator_dying(store, keys, false)
 }
 
+/// A mount whose first batch with an `append` runs whole, then stops before the next batch.
+fn pausing_creator(
+    store: &Arc<MemoryStore>,
+    keys: &KeyLayout,
+) -> (MemFs<SplitAtAppend>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    creator_store(store, keys, false, true)
+}
+
 /// [`split_creator`], whose mount dies right after the split batch if `dies` (every later
 /// command fails, as for a killed process).
 fn split_creator_dying(
@@ -89,12 +104,22 @@ fn split_creator_dying(
     keys: &KeyLayout,
     dies: bool,
 ) -> (MemFs<SplitAtAppend>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    creator_store(store, keys, dies, false)
+}
+
+fn creator_store(
+    store: &Arc<MemoryStore>,
+    keys: &KeyLayout,
+    dies: bool,
+    pause_after_batch: bool,
+) -> (MemFs<SplitAtAppend>, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let (at, reached) = mpsc::channel();
     let (go, wait) = mpsc::channel();
     let split = SplitAtAppend {
         inner: store.clone(),
         gate: Mutex::new(Some((at, wait))),
         dies_after_split: dies,
+        pause_after_batch,
         dead: AtomicBool::new(false),
     };
     let fs = MemFs::new(split, keys.clone(), uncached()).unwrap();
@@ -295,5 +320,33 @@ fn rmdir_drops_a_name_a_dead_creator_left_listed_without_an_entry() {
     store.execute(vec![Command::Delete(keys.alive(creator.mount_id()))]);
     remover.rmdir(ROOT_INO, b"d").unwrap();
     assert!(names(&remover, ROOT_INO).is_empty());
+    assert_store_sound(&store, &keys);
+}
+
+/// A live create whose entry `add` failed (the key held a removed name's `-` marker, as
+/// older versions left) backs its `+` with the entry a round trip later: in between, its
+/// name is listed with no entry behind it. An rmdir then must not take it for a dead
+/// creator's leftover: the new file's record lists the name, so the directory is not empty.
+#[test]
+fn rmdir_keeps_a_name_a_live_create_is_about_to_back() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://create-backs-late").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    store
+        .run(Command::store(StoreOp::Set, &keys.entry(d, b"f"), b"-"))
+        .unwrap();
+    let (creator, create_reached, create_go) = pausing_creator(&store, &keys);
+    let other = open(&store, &keys);
+    std::thread::scope(|s| {
+        let made = s.spawn(|| creator.create(d, b"f", 0o644, libc::O_WRONLY, 0, 0));
+        create_reached.recv().unwrap(); // its batch ran: entry `add` refused, `+` appended
+        let removed = other.rmdir(ROOT_INO, b"d");
+        create_go.send(()).unwrap();
+        let (_, fh) = made.join().unwrap().unwrap();
+        creator.release(fh).unwrap();
+        assert!(matches!(removed, Err(FsError::NotEmpty)), "{removed:?}");
+    });
+    assert_eq!(names(&other, d), ["f"]);
     assert_store_sound(&store, &keys);
 }

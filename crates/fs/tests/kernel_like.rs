@@ -178,10 +178,7 @@ impl Faulty {
             None if tracing_to_memory() => {
                 let cmds: Vec<String> = batch.iter().map(describe).collect();
                 let results = w.store.execute(batch);
-                let replies: Vec<String> = results
-                    .iter()
-                    .map(describe_reply)
-                    .collect();
+                let replies: Vec<String> = results.iter().map(describe_reply).collect();
                 trace(format!(
                     "  m{} {:?}: {cmds:?} -> {replies:?}",
                     self.mount,

@@ -880,7 +880,9 @@ impl<S: Store> MemFs<S> {
     ///
     /// Under the namespace lock. Names listed with no entry behind them are dropped first (a
     /// `-` each): a create whose `+` landed after another mount removed its entry takes the
-    /// `+` back itself, unless its mount died first; the directory is then empty. Only where
+    /// `+` back itself, unless its mount died first; the directory is then empty. Not while
+    /// the name's record still lists it (a live create backs its `+` a round trip later when
+    /// its entry `add` failed: `claim.rs`). Only where
     /// the store runs a batch in order: on a pool a create's `+` may land before its entry
     /// (another server), and such a name is left for `memfis check --repair`.
     pub(crate) fn empty_dir_fence(&self, dir: u64) -> FsResult<(Command, u64)> {
@@ -904,7 +906,7 @@ impl<S: Store> MemFs<S> {
                 .map(|(name, &(ino, kind))| (Op::Add, kind, ino, name.as_slice()))
                 .collect();
             let unbacked = self.adds_no_entry_backs(dir, &listed)?;
-            if unbacked.len() < listed.len() {
+            if unbacked.len() < listed.len() || self.any_record_names(dir, &unbacked)? {
                 return Err(FsError::NotEmpty);
             }
             // (A `-` of a pair only matches that pair: a name listed again meanwhile stays.)
@@ -920,6 +922,29 @@ impl<S: Store> MemFs<S> {
             self.log_dir_changes(dir, &removals)?;
             dropped_unbacked = true;
         }
+    }
+
+    /// Whether the record of any of `listed` (names of `dir`) still lists its name: a live
+    /// create whose entry `add` failed (the name was taken, or held a removed name's marker)
+    /// backs its `+` with the entry a round trip later. A creator that died there left a
+    /// record no entry reaches, or none (an unlink of the name deleted it).
+    fn any_record_names(&self, dir: u64, listed: &[LogChange<'_>]) -> FsResult<bool> {
+        let mut batch = Batch::new();
+        let reads: Vec<_> = listed
+            .iter()
+            .map(|&(_, _, ino, _)| batch.get(self.keys.inode(ino)))
+            .collect();
+        let mut results = batch.execute(&self.store);
+        for (&(_, _, ino, name), read) in listed.iter().zip(reads) {
+            let key = self.keys.inode(ino);
+            if let Some(item) = results.take(read)? {
+                let rec = Inode::decode(&key, &item.value)?;
+                if rec.links.iter().any(|l| l.parent == dir && l.name == name) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Deletes keys a publish wrote that hold no name's bytes any more: data keys at paths a
