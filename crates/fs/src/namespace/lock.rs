@@ -164,6 +164,13 @@ impl<S: Store> MemFs<S> {
         result
     }
 
+    /// The owner the lock at `key` names (None when free or unreadable).
+    fn intent_owner(&self, key: &[u8]) -> Option<String> {
+        let item = self.store.get(key).ok()??;
+        let held: LockValue = serde_json::from_slice(&item.value).ok()?;
+        Some(held.owner)
+    }
+
     /// The intent the lock holds if `owner` holds it (None when unreadable).
     fn intent_in_lock(&self, owner: &str) -> Option<Intent> {
         let item = self.store.get(&self.keys.ns_lock()).ok()??;
@@ -241,9 +248,11 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    /// Takes the lock back for an operation whose last batch released it although an
-    /// earlier command of that batch failed, with the operation's intent. If it cannot, the
-    /// intent is kept for the heartbeat to complete.
+    /// Takes the lock back for an operation whose last batch held its release although an
+    /// earlier command of that batch failed, with the operation's intent. The release may
+    /// have run (the lock free, or another mount's by now) or not (still this operation's,
+    /// if its reply was lost or the batch stopped before it): both are found out here, never
+    /// assumed. If it cannot, the intent is kept for the heartbeat to complete.
     pub(crate) fn reacquire(&self, guard: &mut NsLock<'_>) -> FsResult<()> {
         let value = serde_json::to_vec(&LockValue {
             owner: guard.owner.clone(),
@@ -255,6 +264,9 @@ impl<S: Store> MemFs<S> {
         let taken = loop {
             match self.store.run(Command::store(StoreOp::Add, &key, &value)) {
                 Ok(Reply::Stored) => break Ok(()),
+                Ok(_) if self.intent_owner(&key).as_deref() == Some(&guard.owner) => {
+                    break Ok(()); // the release never ran: still held
+                }
                 Ok(_) => {
                     if let Err(e) = self.resolve_holder(&mut waiter) {
                         break Err(e);

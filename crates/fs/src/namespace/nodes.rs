@@ -563,11 +563,8 @@ impl<S: Store> MemFs<S> {
                 kind: rec.kind,
                 data_keys: data_keys.clone(),
             };
-            let Unlinked {
-                all_done,
-                unlocked,
-                now,
-            } = self.unlink_batch(guard, &intent, &rest, rec_cas, last_link)?;
+            let Unlinked { all_done, now } =
+                self.unlink_batch(guard, &intent, &rest, rec_cas, last_link)?;
             self.note_dir_touched(parent, now);
             if last_link {
                 if let Some(of) = self.open_file(ino) {
@@ -581,7 +578,9 @@ impl<S: Store> MemFs<S> {
                 // Something in the batch failed or raced (a publish changed the record):
                 // finish from where it stopped, holding the lock (again, if the batch
                 // released it).
-                if unlocked {
+                // (Its reply lost, the release may have run: then another mount may hold
+                // the lock by now, and storing the intent over it would take it from them.)
+                if last_link {
                     self.reacquire(guard)?;
                 }
                 guard.released = false;
@@ -692,11 +691,7 @@ impl<S: Store> MemFs<S> {
             all_done &= results.take(deleted).is_ok();
         }
         all_done &= !last_link || unlocked;
-        Ok(Unlinked {
-            all_done,
-            unlocked,
-            now,
-        })
+        Ok(Unlinked { all_done, now })
     }
 
     /// Keeps an open file of this mount in step with a name removed from its record.
@@ -1032,8 +1027,6 @@ impl<S: Store> MemFs<S> {
 struct Unlinked {
     /// Every command ran as meant.
     all_done: bool,
-    /// The batch released the lock.
-    unlocked: bool,
     /// The directory's new mtime.
     now: Time,
 }
