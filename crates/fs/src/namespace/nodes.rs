@@ -987,7 +987,7 @@ impl<S: Store> MemFs<S> {
             };
             return Ok(match self.read_inode_opt(ino)? {
                 Some((rec, _)) if rec.kind == Kind::File => {
-                    self.bytes_keys(ino, &rec)?.iter().any(|k| k == key)
+                    self.bytes_keys_include(ino, &rec, key)?
                 }
                 // Not a file: a directory's path holds no bytes. (A record missing
                 // meanwhile: left for `memfis check`.)
@@ -1003,11 +1003,22 @@ impl<S: Store> MemFs<S> {
             && let Some(ino) = crate::store::replies::parse_number(number)
         {
             return Ok(match self.read_inode_opt(ino)? {
-                Some((rec, _)) => self.bytes_keys(ino, &rec)?.iter().any(|k| k == key),
+                Some((rec, _)) => self.bytes_keys_include(ino, &rec, key)?,
                 None => false,
             });
         }
         Ok(true)
+    }
+
+    /// Whether `key` is among the keys of the file's bytes. A name of its record in a
+    /// directory that is gone (damage a fault left: `memfis check` reports it) leaves the
+    /// paths unknown: the key is kept, rather than fail every later try (the heartbeat's).
+    fn bytes_keys_include(&self, ino: u64, rec: &Inode, key: &[u8]) -> FsResult<bool> {
+        match self.bytes_keys(ino, rec) {
+            Ok(keys) => Ok(keys.iter().any(|k| k == key)),
+            Err(FsError::NotFound) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Follows `path` (`/a/b`) from the root through entries, without caches.
@@ -1095,4 +1106,42 @@ pub(crate) struct Undo {
     /// another version was written since (the name was live: another mount may have opened
     /// and published it), and the inode is left alone.
     pub record_cas: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use memfis_memcache::memory::MemoryStore;
+    use memfis_memcache::{Command, Store, StoreOp};
+
+    use crate::layout::keys::ROOT_INO;
+    use crate::layout::record::Inode;
+    use crate::{FsConfig, KeyLayout, MemFs};
+
+    /// The kernel-like harness hung on this: after lost replies, a file reached by an entry
+    /// whose record names it in a directory that is gone. Working out whether a stale key
+    /// holds its bytes failed with ENOENT at every heartbeat, so the heartbeat never
+    /// succeeded again. The key is kept (check reports the record), and the call succeeds.
+    #[test]
+    fn a_key_of_a_file_whose_record_names_a_gone_directory_is_kept() {
+        let store = Arc::new(MemoryStore::default());
+        let keys = KeyLayout::new("memfis://gone-parent").unwrap();
+        let fs = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
+        let (attr, fh) = fs
+            .create(ROOT_INO, b"f", 0o644, libc::O_WRONLY, 0, 0)
+            .unwrap();
+        fs.write(fh, 0, b"bytes", false).unwrap();
+        fs.release(fh).unwrap();
+        let ikey = keys.inode(attr.ino);
+        let item = store.get(&ikey).unwrap().unwrap();
+        let mut rec = Inode::decode(&ikey, &item.value).unwrap();
+        rec.links[0].parent = 999; // no such directory
+        store
+            .run(Command::store(StoreOp::Set, &ikey, &rec.encode()))
+            .unwrap();
+        let served = keys.data(b"/f");
+        fs.delete_unreached(std::slice::from_ref(&served)).unwrap();
+        assert!(store.get(&served).unwrap().is_some(), "the bytes are kept");
+    }
 }
