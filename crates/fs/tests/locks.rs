@@ -204,3 +204,106 @@ fn a_release_through_one_handle_keeps_the_owners_lock_taken_through_another() {
     a.release_handle_locks(new, ino, Some(9)).unwrap();
     assert_eq!(b.try_lock(ino, &whole(2, fb, true)).unwrap(), Ok(false));
 }
+
+/// A store whose next batch runs with every reply lost (`lose_next`), or whose next lone
+/// read of a lock list stops at a gate after it ran (`pause_next_read`).
+struct Faulty {
+    inner: Arc<MemoryStore>,
+    lose_next: std::sync::atomic::AtomicBool,
+    pause_next_read:
+        std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl Store for Faulty {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        if self.lose_next.swap(false, Ordering::SeqCst) {
+            let n = batch.len();
+            self.inner.execute(batch);
+            return (0..n)
+                .map(|_| {
+                    Err(memfis_memcache::StoreError::Timeout {
+                        server: "lost replies".into(),
+                    })
+                })
+                .collect();
+        }
+        let lone_list_read =
+            matches!(&batch[..], [Command::Gets(k)] if k.windows(2).any(|w| w == b"%L"));
+        let results = self.inner.execute(batch);
+        if lone_list_read && let Some((reached, go)) = self.pause_next_read.lock().unwrap().take() {
+            reached.send(()).unwrap();
+            let _ = go.recv_timeout(Duration::from_secs(5));
+        }
+        results
+    }
+}
+
+fn faulty(store: &Arc<MemoryStore>, keys: &KeyLayout) -> (MemFs<Arc<Faulty>>, Arc<Faulty>) {
+    let f = Arc::new(Faulty {
+        inner: store.clone(),
+        lose_next: Default::default(),
+        pause_next_read: Default::default(),
+    });
+    (MemFs::new(f.clone(), keys.clone(), uncached()).unwrap(), f)
+}
+
+/// A lock whose write ran with its reply lost may be held in the store: the caller got an
+/// error, but the owner's close must still release it (it used to be forgotten, and every
+/// other owner on every mount stayed locked out while the mount lived).
+#[test]
+fn a_lock_whose_reply_was_lost_is_released_at_close() {
+    let (store, keys, ino) = setup();
+    let (a, fault) = faulty(&store, &keys);
+    let b = open(&store, &keys);
+    let (fa, fb) = (
+        a.open(ino, libc::O_RDWR).unwrap(),
+        b.open(ino, libc::O_RDWR).unwrap(),
+    );
+    fault.lose_next.store(true, Ordering::SeqCst);
+    assert!(a.try_lock(ino, &whole(1, fa, true)).is_err());
+    assert!(
+        b.try_lock(ino, &whole(2, fb, true)).unwrap().is_err(),
+        "held in the store"
+    );
+    a.release_locks(ino, 1).unwrap(); // the close
+    assert_eq!(b.try_lock(ino, &whole(2, fb, true)).unwrap(), Ok(false));
+}
+
+/// An `F_GETLK` whose read of the list is answered before a lock of the same mount is
+/// written, but remembered after it, must not make the mount forget that lock: an unlock
+/// trusted the remembered list, found nothing to change, and left the lock held for good.
+#[test]
+fn a_test_racing_a_lock_does_not_make_its_unlock_a_no_op() {
+    let (store, keys, ino) = setup();
+    let (a, fault) = faulty(&store, &keys);
+    let b = open(&store, &keys);
+    let (fa, fb) = (
+        a.open(ino, libc::O_RDWR).unwrap(),
+        b.open(ino, libc::O_RDWR).unwrap(),
+    );
+    let range = |owner, fh, start, end| LockRequest {
+        start,
+        end,
+        ..whole(owner, fh, true)
+    };
+    // The other mount holds bytes 100-199: the list exists before.
+    b.try_lock(ino, &range(2, fb, 100, 199)).unwrap().unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    *fault.pause_next_read.lock().unwrap() = Some((reached_tx, go_rx));
+    std::thread::scope(|s| {
+        let tested = s.spawn(|| a.test_lock(ino, &range(3, fa, 0, 9)));
+        reached.recv().unwrap(); // the list read (the other mount's lock), not yet remembered
+        let locked = s.spawn(|| a.try_lock(ino, &range(1, fa, 0, 9)));
+        std::thread::sleep(Duration::from_millis(100));
+        go.send(()).unwrap();
+        assert_eq!(tested.join().unwrap().unwrap(), None);
+        assert_eq!(locked.join().unwrap().unwrap(), Ok(false));
+    });
+    a.unlock(fa, ino, 1, 0, 9).unwrap();
+    assert_eq!(
+        b.try_lock(ino, &range(4, fb, 0, 9)).unwrap(),
+        Ok(false),
+        "unlocked"
+    );
+}

@@ -114,19 +114,36 @@ impl<S: Store> MemFs<S> {
             let after = batch.gets(&key);
             let record = in_order.then(|| batch.gets(&ikey));
             let mut r = batch.execute(&self.store);
-            let stored = r.take(stored)?;
-            let after = r.take(after)?;
-            self.locks.remember(ino, after.clone());
+            let stored = r.take(stored);
+            let after = r.take(after);
+            // A list this mount may be behind on is not kept: `change_own` trusts the one
+            // it remembers to hold every entry of this mount's.
+            self.locks
+                .remember(ino, after.as_ref().ok().cloned().flatten());
+            let stored = match stored {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // The write may have run with its reply lost: the owner may hold the
+                    // lock in the store. Noted as held, so its unlock, close or exit
+                    // releases it (the caller gets the error and does not count on it).
+                    self.note_granted(ino, req, false);
+                    return Err(e);
+                }
+            };
             if stored {
-                let record = if let Some(record) = record {
-                    r.take(record)?
-                } else {
-                    self.store.gets_at(&ikey)?
-                };
                 self.note_granted(ino, req, !redo_release.is_empty());
-                return Ok(Ok(self.adopt_published(ino, record)?));
+                // Granted: the reads after it only tell whether the kernel's pages are
+                // stale; without them they count as stale.
+                let record = match record {
+                    Some(record) => r.take(record),
+                    None => self.store.gets_at(&ikey),
+                };
+                return Ok(Ok(match record {
+                    Ok(record) => self.adopt_published(ino, record).unwrap_or(true),
+                    Err(_) => true,
+                }));
             }
-            current = after;
+            current = after?;
             fresh = true;
         }
         Err(FsError::Contended)
@@ -165,8 +182,14 @@ impl<S: Store> MemFs<S> {
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
     pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
         let key = self.keys.lock_table(ino);
-        let found = self.store.gets_at(&key)?;
-        self.locks.remember(ino, found.clone());
+        // Under the stripe, as every read the list is remembered from: an older list
+        // remembered over a newer one this mount wrote would miss this mount's entry.
+        let found = {
+            let _serial = self.locks.stripe(ino);
+            let found = self.store.gets_at(&key)?;
+            self.locks.remember(ino, found.clone());
+            found
+        };
         let Some(item) = found else {
             return Ok(None);
         };
@@ -316,9 +339,11 @@ impl<S: Store> MemFs<S> {
             let stored = batch.push::<Stored>(cas);
             let after = batch.gets(&key);
             let mut r = batch.execute(&self.store);
-            let stored = r.take(stored)?;
-            let after = r.take(after)?;
-            self.locks.remember(ino, after.clone());
+            let stored = r.take(stored);
+            let after = r.take(after);
+            self.locks
+                .remember(ino, after.as_ref().ok().cloned().flatten());
+            let (stored, after) = (stored?, after?);
             if stored {
                 if !list.holds(who) {
                     self.forget_owner(ino, who.owner);
