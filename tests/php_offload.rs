@@ -488,6 +488,16 @@ fn links_at_a_page_or_its_lock_are_never_followed() {
     // A link at a page's lock file: the page is answered but not stored, the target untouched.
     assert_eq!(host.nginx.get("/").0, 200); // makes .locks
     let name = "articles/hello-memfis.html";
+    std::os::unix::fs::symlink("../victim.txt", mount.p(&lock_file_of(name))).unwrap();
+    let (status, headers, body) = host.nginx.get(&format!("/{name}"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "x-memfis-source"), Some("backend"));
+    assert_eq!(std::fs::read(mount.p("victim.txt")).unwrap(), b"VICTIM");
+    assert!(!mount.p(name).exists(), "stored without its lock");
+}
+
+/// The page lock file of `name` (`.locks/<sha1 of the name>.lock`), relative to the mount.
+fn lock_file_of(name: &str) -> String {
     let out = Command::new("sha1sum")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -497,8 +507,62 @@ fn links_at_a_page_or_its_lock_are_never_followed() {
             c.wait_with_output()
         })
         .expect("sha1sum runs");
-    let sha1 = String::from_utf8(out.stdout).unwrap()[..40].to_string();
-    std::os::unix::fs::symlink("../victim.txt", mount.p(&format!(".locks/{sha1}.lock"))).unwrap();
+    format!(
+        ".locks/{}.lock",
+        &String::from_utf8(out.stdout).unwrap()[..40]
+    )
+}
+
+/// Hard links and linked directories someone made in the mount: a hard link to a private
+/// file at a page's name is not read out, one at a lock file is not written through, and a
+/// page directory that is a symlink is neither read from nor written into (found by an
+/// attack: each of them was followed).
+#[test]
+fn hard_links_and_linked_directories_are_never_followed() {
+    let mc = Memcached::start();
+    let mount = Mount::new(&[mc.addr()], PREFIX);
+    let work = tempfile::tempdir().unwrap();
+    let host = Host::start(&mc, mount.path(), work.path(), "a", &[]);
+    let write_mode = |name: &str, text: &str, mode: u32| {
+        std::fs::write(mount.p(name), text).unwrap();
+        std::fs::set_permissions(mount.p(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    // `articles` a link to another directory holding a readable file at the page's name.
+    std::fs::create_dir(mount.p("elsewhere")).unwrap();
+    write_mode("elsewhere/render-once.html", "LINKED DIRECTORY", 0o644);
+    std::os::unix::fs::symlink("elsewhere", mount.p("articles")).unwrap();
+    let (status, _, body) = host.nginx.get("/articles/render-once.html");
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("LINKED"));
+    let mut left: Vec<_> = std::fs::read_dir(mount.p("elsewhere"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["render-once.html"],
+        "nothing written through the link"
+    );
+    std::fs::remove_file(mount.p("articles")).unwrap();
+    std::fs::create_dir(mount.p("articles")).unwrap();
+
+    // A hard link to a private file at a page's name.
+    write_mode("secret.txt", "SECRET", 0o600);
+    std::fs::hard_link(mount.p("secret.txt"), mount.p("articles/hello-memfis.html")).unwrap();
+    let (status, _, body) = host.nginx.get("/articles/hello-memfis.html");
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&body).contains("SECRET"));
+    assert_eq!(std::fs::read(mount.p("secret.txt")).unwrap(), b"SECRET");
+
+    // A hard link to another file at a page's lock file.
+    write_mode("victim.txt", "VICTIM", 0o644);
+    assert_eq!(host.nginx.get("/").0, 200); // makes .locks
+    let name = "articles/invalidate-with-rm.html";
+    let lock = lock_file_of(name);
+    let _ = std::fs::remove_file(mount.p(&lock));
+    std::fs::hard_link(mount.p("victim.txt"), mount.p(&lock)).unwrap();
     let (status, headers, body) = host.nginx.get(&format!("/{name}"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(header(&headers, "x-memfis-source"), Some("backend"));

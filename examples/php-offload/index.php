@@ -12,7 +12,13 @@
 //   mount (memfis locks hold across mounts), then a second look before rendering, helped by a
 //   token in the lock file (publish());
 // - a page appears whole or not at all: written under a hidden temporary name (nginx refuses
-//   hidden paths), then renamed over its name.
+//   hidden paths), then renamed over its name;
+// - nothing someone planted in the mount is read out or written through: no symlink at a page,
+//   a lock file or any directory on their way, no hard link (a page or lock file with a second
+//   name), and a page is returned only if others may read it (as nginx would serve it). A
+//   writer inside the mount who swaps names between these checks and the open can still win a
+//   race (PHP has no openat); set php-fpm's request_terminate_timeout so that a FIFO swapped in
+//   cannot hold a worker for good.
 //
 // Environment (php-fpm pool `env[...]`): MEMFIS_MOUNT, the mount point. For the tests:
 // MEMFIS_PHP_COUNTER, a file that gets one byte per invocation; MEMFIS_RENDER_LOG, one line
@@ -24,6 +30,7 @@ declare(strict_types=1);
 const MAX_PAGE_BYTES = 256 * 1024;
 
 $mount = rtrim(getenv('MEMFIS_MOUNT') ?: '/run/memfis-up/mnt', '/');
+$mount = realpath($mount) ?: $mount; // (paths below are checked to be real: see real_dir())
 $path = $_SERVER['MEMFIS_PATH'] ?? parse_url($_SERVER['REQUEST_URI'] ?? '/', PHP_URL_PATH);
 $articles = require __DIR__ . '/articles.php';
 
@@ -98,7 +105,12 @@ function publish(string $mount, string $name, callable $render): string
         return render($name, $render);
     }
     try {
-        $stored = stream_get_contents($lock, -1, 0) !== $before;
+        // Stored meanwhile: the token changed while this request waited, or it was written
+        // within the last 2 s (the previous holder may have stored the page just before this
+        // request read the token: this mount may not see the name for a second yet).
+        $now = stream_get_contents($lock, -1, 0);
+        $written = (float) (explode(' ', (string) $now, 2)[1] ?? 0);
+        $stored = $now !== $before || microtime(true) - $written < 2.0;
         $page = read_page("$mount/$name", $stored ? 15 : 1);
         if ($page !== null) {
             return $page;
@@ -109,7 +121,7 @@ function publish(string $mount, string $name, callable $render): string
         } elseif (store("$mount/$name", $page)) {
             ftruncate($lock, 0);
             rewind($lock);
-            fwrite($lock, bin2hex(random_bytes(8)));
+            fwrite($lock, bin2hex(random_bytes(8)) . ' ' . microtime(true));
             fflush($lock);
         }
         return $page;
@@ -128,7 +140,10 @@ function read_page(string $file, int $tries): ?string
         }
         $f = open_regular($file, 'r');
         if ($f !== null) {
-            $page = stream_get_contents($f);
+            // Only a page nginx would serve: one name (a hard link someone made there to
+            // a private file must not be read out) and readable by others.
+            $st = fstat($f);
+            $page = $st['nlink'] === 1 && ($st['mode'] & 0004) ? stream_get_contents($f) : false;
             fclose($f);
             if ($page !== false) {
                 return $page;
@@ -158,6 +173,11 @@ function open_lock(string $mount, string $name)
         return null;
     }
     $f = open_regular("$dir/" . sha1($name) . '.lock', 'c+');
+    if ($f !== null && fstat($f)['nlink'] !== 1) {
+        // A hard link someone made there: its token would be written into another file.
+        fclose($f);
+        $f = null;
+    }
     if ($f === null) {
         error_log("memfis offload: cannot open the lock of $name");
         return null;
@@ -174,6 +194,9 @@ function open_lock(string $mount, string $name)
  */
 function open_regular(string $path, string $mode)
 {
+    if (!real_dir(dirname($path))) {
+        return null;
+    }
     clearstatcache(true, $path);
     $before = @lstat($path);
     if ($before !== false && ($before['mode'] & 0170000) !== 0100000) {
@@ -219,6 +242,16 @@ function store(string $file, string $page): bool
     return true;
 }
 
+/**
+ * Whether `$dir` is itself, not reached through a symlink anywhere on its way (a linked
+ * parent would take reads and writes out of the page's directory, or out of the mount).
+ */
+function real_dir(string $dir): bool
+{
+    clearstatcache();
+    return realpath($dir) === $dir;
+}
+
 /** True once `$dir` is a directory, made if need be; never a symlink. */
 function make_dir(string $dir, int $mode): bool
 {
@@ -229,7 +262,7 @@ function make_dir(string $dir, int $mode): bool
         clearstatcache(true, $dir);
         if (is_dir($dir) || @mkdir($dir, $mode)) {
             // PHP runs as a user that can write the mount: never follow a link out of it.
-            if (is_link($dir)) {
+            if (!real_dir($dir)) {
                 break;
             }
             return true;
