@@ -161,7 +161,8 @@ pub fn run(mut args: MountArgs) -> Result<()> {
 }
 
 /// Mounts and runs until unmounted. `ready` is told "ok" (or the error) once the mount
-/// answers; systemd (NOTIFY_SOCKET) hears READY then, and STOPPING when it goes.
+/// answers; systemd (NOTIFY_SOCKET) hears READY then, and STOPPING when it goes. (Over 80
+/// lines: the mount's life in order: threads started, mounted, ready, signals, stopped.)
 fn serve(
     args: &MountArgs,
     options: &Options,

@@ -44,6 +44,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// The report `memfis stats` prints. (Over 80 lines: one line per figure, in print order.)
 fn render(stats: &Stats) -> String {
     let mut out = String::new();
     let opt = |v: Option<u64>| v.map_or("?".to_string(), |n| n.to_string());

@@ -187,6 +187,8 @@ fn runtime_dir(args: &UpArgs) -> PathBuf {
     }
 }
 
+/// (Over 80 lines: the steps of `up` in the order they run, each a call; what is
+/// started is stopped in reverse by the guards it makes on the way.)
 pub fn run(args: UpArgs) -> Result<()> {
     crate::service::logging::init_stderr();
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))

@@ -111,6 +111,7 @@ pub const SOURCE_EXTS: &[&str] = &[
 const CONFIG_SPECIAL: &[char] = &['$', '"', '\'', '\\', '{', '}', ';', '#'];
 
 /// Refuses options an nginx config could not hold as they are (quoting, patterns, units).
+/// (Over 80 lines: one independent check per option, each with its own message.)
 pub(crate) fn check(opts: &ServeOptions) -> Result<()> {
     memfis_fs::layout::keys::validate_prefix(&opts.prefix).map_err(anyhow::Error::msg)?;
     if let Some(c) = opts.prefix.chars().find(|c| CONFIG_SPECIAL.contains(c)) {

@@ -220,7 +220,8 @@ fn locations(c: &mut String, opts: &ServeOptions, names: &Names, indent: &str) -
 }
 
 /// Locations answering 403 whatever the store holds: hidden paths, script sources (run by
-/// php-fpm when there is one) and their backup copies.
+/// php-fpm when there is one) and their backup copies. (Over 80 lines: the nginx text of
+/// those locations, written out in the order nginx matches them.)
 fn refused_locations(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
     writeln!(
         b,

@@ -45,7 +45,8 @@ pub fn serve(addr: SocketAddr, fs: Arc<MemFs<Arc<Client>>>) -> Result<()> {
     Ok(())
 }
 
-/// Every figure of the mount, in the exposition format.
+/// Every figure of the mount, in the exposition format. (Over 80 lines: one family after
+/// another, in the order `/metrics` lists them; nothing branches.)
 pub fn render(fs: &MemFs<Arc<Client>>) -> String {
     let mut out = Exposition::default();
 

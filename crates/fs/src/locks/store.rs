@@ -120,28 +120,13 @@ impl<S: Store> MemFs<S> {
             // it remembers to hold every entry of this mount's.
             self.locks
                 .remember(ino, after.as_ref().ok().cloned().flatten());
-            let stored = match stored {
-                Ok(stored) => stored,
-                Err(e) => {
-                    // The write may have run with its reply lost: the owner may hold the
-                    // lock in the store. Noted as held, so its unlock, close or exit
-                    // releases it (the caller gets the error and does not count on it).
-                    self.note_granted(ino, req, false);
-                    return Err(e);
-                }
-            };
-            if stored {
+            if stored.inspect_err(|_| self.note_maybe_granted(ino, req))? {
                 self.note_granted(ino, req, !redo_release.is_empty());
-                // Granted: the reads after it only tell whether the kernel's pages are
-                // stale; without them they count as stale.
                 let record = match record {
                     Some(record) => r.take(record),
                     None => self.store.gets_at(&ikey),
                 };
-                return Ok(Ok(match record {
-                    Ok(record) => self.adopt_published(ino, record).unwrap_or(true),
-                    Err(_) => true,
-                }));
+                return Ok(Ok(self.pages_stale_after_grant(ino, record)));
             }
             current = after?;
             fresh = true;
@@ -176,6 +161,23 @@ impl<S: Store> MemFs<S> {
             .insert(req.owner);
         if redid_releases {
             lock(&self.locks.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
+        }
+    }
+
+    /// A lock write whose reply was lost may have run: the owner may hold the lock in the
+    /// store. Noted as held, so the owner's close or exit releases it (the caller gets the
+    /// error and does not count on the lock).
+    fn note_maybe_granted(&self, ino: u64, req: &LockRequest) {
+        self.note_granted(ino, req, false);
+    }
+
+    /// Whether the kernel's pages of a file just locked are stale (another mount published
+    /// it since), from the record read after the grant. The lock stands either way: without
+    /// the record they count as stale.
+    fn pages_stale_after_grant(&self, ino: u64, record: FsResult<Option<Item>>) -> bool {
+        match record {
+            Ok(record) => self.adopt_published(ino, record).unwrap_or(true),
+            Err(_) => true,
         }
     }
 

@@ -350,7 +350,9 @@ impl<S: Store> MemFs<S> {
         }
     }
 
-    /// The lock is held: wait for a live owner, or complete a dead owner's intent.
+    /// The lock is held: wait for a live owner, or complete a dead owner's intent. (About 80
+    /// lines: a take-over is one sequence of read, `cas`, complete and release, whose steps
+    /// share the lock's value and owner.)
     fn resolve_holder(&self, waiter: &mut Waiter) -> FsResult<()> {
         let one_taker = match self.ns.taking_over.try_lock() {
             Ok(guard) => guard,
