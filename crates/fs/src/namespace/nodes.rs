@@ -328,8 +328,21 @@ impl<S: Store> MemFs<S> {
                 if someones {
                     return Ok(()); // moved, linked or written meanwhile: someone's now
                 }
+                if undo.kind == Kind::Dir && rec.is_some() && self.logged_in(undo.ino)? {
+                    return Ok(()); // names made or moved in it meanwhile: someone's now
+                }
                 self.undo_create_locked(undo, own_keys, rec.is_some())
             })
+        })
+    }
+
+    /// Whether anything was logged in directory `dir` since it was made (its sequence past
+    /// 0), or an rmdir fenced it (which then removes it): a directory's record does not
+    /// change when names are made in it, so only its log tells that others use it.
+    fn logged_in(&self, dir: u64) -> FsResult<bool> {
+        Ok(match self.read_dir_seq(dir)? {
+            None => false, // its keys never made (or gone already)
+            Some(DirSeq { seq, .. }) => seq != Some(0),
         })
     }
 
