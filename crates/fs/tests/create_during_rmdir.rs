@@ -350,3 +350,82 @@ fn rmdir_keeps_a_name_a_live_create_is_about_to_back() {
     assert_eq!(names(&other, d), ["f"]);
     assert_store_sound(&store, &keys);
 }
+
+/// The creating mount's store for the next test: stops before its first batch with an
+/// `append` (gate 1) and again right after it (gate 2).
+struct AroundAppend {
+    inner: Arc<MemoryStore>,
+    before: Gate,
+    after: Gate,
+}
+
+impl Store for AroundAppend {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        let appends = batch.iter().any(|c| {
+            matches!(
+                c,
+                Command::Store {
+                    op: StoreOp::Append,
+                    ..
+                }
+            )
+        });
+        if !appends {
+            return self.inner.execute(batch);
+        }
+        wait_at(&self.before);
+        let results = self.inner.execute(batch);
+        wait_at(&self.after);
+        results
+    }
+}
+
+/// A create whose entry `add` is refused (another mount made the name between the create's
+/// look and its batch) claims the entry a round trip after its `+`. Another mount unlinks
+/// the name's holder and removes the directory in between: the name was listed twice (the
+/// old file's pair removed, the create's not backed yet), replay settled it by the empty
+/// entry, so the directory looked empty. The create must then find its directory gone and
+/// take itself back, not answer success with a name in a removed directory (found by
+/// review).
+#[test]
+fn a_create_claiming_late_in_a_directory_removed_meanwhile_takes_itself_back() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://late-claim").unwrap();
+    let setup = open(&store, &keys);
+    let d = setup.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let (before_at, before_reached) = mpsc::channel();
+    let (before_go, before_wait) = mpsc::channel();
+    let (after_at, after_reached) = mpsc::channel();
+    let (after_go, after_wait) = mpsc::channel();
+    let creator = MemFs::new(
+        AroundAppend {
+            inner: store.clone(),
+            before: Mutex::new(Some((before_at, before_wait))),
+            after: Mutex::new(Some((after_at, after_wait))),
+        },
+        keys.clone(),
+        uncached(),
+    )
+    .unwrap();
+    let other = open(&store, &keys);
+    std::thread::scope(|s| {
+        let made = s.spawn(|| creator.create(d, b"n", 0o644, libc::O_WRONLY, 0, 0));
+        before_reached.recv().unwrap(); // the name looked up free, the batch not sent
+        write(&other, d, "n", b"another mount's file");
+        before_go.send(()).unwrap();
+        after_reached.recv().unwrap(); // entry `add` refused, `+` appended
+        other.unlink(d, b"n").unwrap();
+        let removed = other.rmdir(ROOT_INO, b"d");
+        after_go.send(()).unwrap();
+        let made = made.join().unwrap();
+        if let Ok((_, fh)) = &made {
+            let _ = creator.release(*fh);
+        }
+        match removed {
+            // The directory went: the create must not have made anything in it.
+            Ok(()) => assert!(matches!(made, Err(FsError::NotFound)), "{made:?}"),
+            Err(e) => assert!(matches!(e, FsError::NotEmpty), "{e:?}"),
+        }
+    });
+    assert_store_sound(&store, &keys);
+}

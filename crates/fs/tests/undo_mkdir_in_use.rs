@@ -80,7 +80,10 @@ fn a_mkdir_undone_after_lost_replies_leaves_a_directory_others_made_names_in() {
         go.send(()).unwrap();
         let _ = made.join().unwrap(); // EIO or success: either may be answered
     });
-    let d = other.lookup(ROOT_INO, b"d").expect("the directory stays").ino;
+    let d = other
+        .lookup(ROOT_INO, b"d")
+        .expect("the directory stays")
+        .ino;
     assert_eq!(names(&other, d), ["x"]);
     let x = other.lookup(d, b"x").unwrap().ino;
     let fh = other.open(x, libc::O_RDONLY).unwrap();

@@ -182,8 +182,19 @@ impl<S: Store> MemFs<S> {
         if !matches!(lock_held, Ok(false)) && self.dir_seq_value(parent)?.is_none() {
             return Ok(Settled::DirRemoved);
         }
-        let maybe_compacted =
-            late || !matches!(lock_held, Ok(false)) || base.map_or(true, |b| b.chunk > chunk);
+        // A claim whose entry `add` was refused takes the entry a round trip after its `+`
+        // (`claim.rs`); another mount's unlink of the name's old holder in between leaves
+        // the name listed twice, which replay and compaction settle by the entry, then
+        // empty: an rmdir could remove the directory before the entry lands, a compaction
+        // drop the name. Looked at under the lock, after it (no rmdir or compaction runs
+        // meanwhile); the name is logged again below if a compaction ran.
+        if names_moved && self.dir_removed_under_lock(parent)? {
+            return Ok(Settled::DirRemoved);
+        }
+        let maybe_compacted = late
+            || names_moved
+            || !matches!(lock_held, Ok(false))
+            || base.map_or(true, |b| b.chunk > chunk);
         if maybe_compacted && !relog.is_empty() {
             if late {
                 self.wait_quiet()?;
@@ -201,6 +212,11 @@ impl<S: Store> MemFs<S> {
             }
         }
         Ok(Settled::Done)
+    }
+
+    /// Whether directory `dir` is gone (or being removed), looked at holding the lock.
+    fn dir_removed_under_lock(&self, dir: u64) -> FsResult<bool> {
+        self.with_ns_lock(Batch::new(), |_, _| Ok(self.dir_seq_value(dir)?.is_none()))
     }
 
     /// After a namespace operation ran during a create's batch. A pipeline is not atomic: an
