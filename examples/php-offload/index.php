@@ -110,7 +110,8 @@ function publish(string $mount, string $name, callable $render): string
         // request read the token: this mount may not see the name for a second yet).
         $now = stream_get_contents($lock, -1, 0);
         $written = (float) (explode(' ', (string) $now, 2)[1] ?? 0);
-        $stored = $now !== $before || microtime(true) - $written < 2.0;
+        // (Hosts' clocks may differ a little: within 2 s either way counts as recent.)
+        $stored = $now !== $before || abs(microtime(true) - $written) < 2.0;
         $page = read_page("$mount/$name", $stored ? 15 : 1);
         if ($page !== null) {
             return $page;
@@ -248,7 +249,9 @@ function store(string $file, string $page): bool
  */
 function real_dir(string $dir): bool
 {
-    clearstatcache();
+    // `true`: the realpath cache too (a worker keeps it up to 120 s: a directory swapped for
+    // a link since would still resolve as it was).
+    clearstatcache(true);
     return realpath($dir) === $dir;
 }
 

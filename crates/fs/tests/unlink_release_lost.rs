@@ -23,6 +23,8 @@ struct LoseReleaseReplies {
     lock_key: Vec<u8>,
     other_lock: Vec<u8>,
     done: AtomicBool,
+    /// Told once the other mount holds the lock.
+    taken: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 impl Store for LoseReleaseReplies {
@@ -42,6 +44,9 @@ impl Store for LoseReleaseReplies {
                 &self.other_lock,
             ))
             .unwrap();
+        if let Some(taken) = self.taken.lock().unwrap().take() {
+            taken.send(()).unwrap();
+        }
         (0..n)
             .map(|_| {
                 Err(StoreError::Timeout {
@@ -61,12 +66,14 @@ fn an_unlink_whose_release_reply_is_lost_does_not_take_the_lock_from_another_mou
     // The other mount is alive (its liveness key is there): its lock is waited for.
     let other = open(&store, &keys);
     let other_lock = format!(r#"{{"owner":"{}/op"}}"#, other.mount_id());
+    let (taken_tx, taken) = std::sync::mpsc::channel();
     let unlinker = MemFs::new(
         LoseReleaseReplies {
             inner: store.clone(),
             lock_key: keys.ns_lock(),
             other_lock: other_lock.clone().into_bytes(),
             done: AtomicBool::new(false),
+            taken: std::sync::Mutex::new(Some(taken_tx)),
         },
         keys.clone(),
         uncached(),
@@ -75,6 +82,7 @@ fn an_unlink_whose_release_reply_is_lost_does_not_take_the_lock_from_another_mou
     std::thread::scope(|s| {
         let unlinked = s.spawn(|| unlinker.unlink(ROOT_INO, b"f"));
         // While the other mount's operation runs, its lock stays its own.
+        taken.recv().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let held = store.get(&keys.ns_lock()).unwrap().map(|i| i.value);
         assert_eq!(

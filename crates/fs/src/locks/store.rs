@@ -120,7 +120,10 @@ impl<S: Store> MemFs<S> {
             // it remembers to hold every entry of this mount's.
             self.locks
                 .remember(ino, after.as_ref().ok().cloned().flatten());
-            if stored.inspect_err(|_| self.note_maybe_granted(ino, req))? {
+            if stored.is_err() {
+                self.note_maybe_granted(ino, req);
+            }
+            if stored? {
                 self.note_granted(ino, req, !redo_release.is_empty());
                 let record = match record {
                     Some(record) => r.take(record),

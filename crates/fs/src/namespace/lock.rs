@@ -164,9 +164,9 @@ impl<S: Store> MemFs<S> {
         result
     }
 
-    /// The owner the lock at `key` names (None when free or unreadable).
-    fn intent_owner(&self, key: &[u8]) -> Option<String> {
-        let item = self.store.get(key).ok()??;
+    /// The owner the namespace lock names (None when free or unreadable).
+    fn lock_owner(&self) -> Option<String> {
+        let item = self.store.get(&self.keys.ns_lock()).ok()??;
         let held: LockValue = serde_json::from_slice(&item.value).ok()?;
         Some(held.owner)
     }
@@ -264,7 +264,7 @@ impl<S: Store> MemFs<S> {
         let taken = loop {
             match self.store.run(Command::store(StoreOp::Add, &key, &value)) {
                 Ok(Reply::Stored) => break Ok(()),
-                Ok(_) if self.intent_owner(&key).as_deref() == Some(&guard.owner) => {
+                Ok(_) if self.lock_owner().as_deref() == Some(&guard.owner) => {
                     break Ok(()); // the release never ran: still held
                 }
                 Ok(_) => {

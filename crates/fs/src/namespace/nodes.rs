@@ -906,9 +906,9 @@ impl<S: Store> MemFs<S> {
     /// `-` each): a create whose `+` landed after another mount removed its entry takes the
     /// `+` back itself, unless its mount died first; the directory is then empty. Not while
     /// the name's record still lists it (a live create backs its `+` a round trip later when
-    /// its entry `add` failed: `claim.rs`). Only where
-    /// the store runs a batch in order: on a pool a create's `+` may land before its entry
-    /// (another server), and such a name is left for `memfis check --repair`.
+    /// its entry `add` failed: `claim.rs`). Only where the store runs a batch in order: on
+    /// a pool a create's `+` may land before its entry (another server), and such a name is
+    /// left for `memfis check --repair`.
     pub(crate) fn empty_dir_fence(&self, dir: u64) -> FsResult<(Command, u64)> {
         let seq_key = self.keys.dir_seq(dir);
         let mut dropped_unbacked = false;
@@ -1040,12 +1040,13 @@ impl<S: Store> MemFs<S> {
     }
 
     /// Whether `key` is among the keys of the file's bytes. A name of its record in a
-    /// directory that is gone (damage a fault left: `memfis check` reports it) leaves the
-    /// paths unknown: the key is kept, rather than fail every later try (the heartbeat's).
+    /// directory that is gone, is no directory or is damaged (damage a fault left: `memfis
+    /// check` reports it) leaves the paths unknown: the key is kept, rather than fail every
+    /// later try (the heartbeat's).
     fn bytes_keys_include(&self, ino: u64, rec: &Inode, key: &[u8]) -> FsResult<bool> {
         match self.bytes_keys(ino, rec) {
             Ok(keys) => Ok(keys.iter().any(|k| k == key)),
-            Err(FsError::NotFound) => Ok(true),
+            Err(e) if matches!(e, FsError::NotFound | FsError::NotDir) || e.is_damage() => Ok(true),
             Err(e) => Err(e),
         }
     }
