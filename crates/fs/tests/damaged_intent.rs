@@ -43,3 +43,28 @@ fn a_dead_mounts_intent_over_a_damaged_record_does_not_keep_the_lock() {
         "the lock is free"
     );
 }
+
+/// A link of a file whose only name is in a directory that is gone (a create there about to
+/// take itself back, as another mount removed the directory; the kernel still had the
+/// inode number) answers ENOENT and changes nothing. It used to claim the new name and then
+/// fail at every try to copy the bytes from the old one, keeping the lock (the kernel-like
+/// harness hung on it).
+#[test]
+fn a_link_of_a_file_in_a_removed_directory_is_enoent_and_changes_nothing() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://link-gone-dir").unwrap();
+    let fs = open(&store, &keys);
+    let a = fs.mkdir(ROOT_INO, b"a", 0o755, 0, 0).unwrap().ino;
+    let f = write(&fs, a, "f", b"f");
+    store.delete(&keys.inode(a)).unwrap(); // the directory's record gone
+    let linked = fs.link(f, ROOT_INO, b"c");
+    assert!(
+        matches!(linked, Err(memfis_fs::FsError::NotFound)),
+        "{linked:?}"
+    );
+    assert!(
+        store.get(&keys.ns_lock()).unwrap().is_none(),
+        "the lock is free"
+    );
+    assert!(store.get(&keys.entry(ROOT_INO, b"c")).unwrap().is_none());
+}

@@ -496,6 +496,13 @@ impl<S: Store> MemFs<S> {
             // A directory another mount removed: its intent could never be completed.
             self.require_live_dir(newparent, r.take(parent_seq)?)?;
             let path = join(&self.dir_path(newparent)?, newname);
+            // Each name the file has must be in a live directory (its bytes are copied from
+            // one): one whose names are all in a directory another mount removed is a create
+            // about to take itself back, or damage. ENOENT, as for a stale handle, before
+            // anything changes: its completion could never find the bytes.
+            for link in &rec.links {
+                self.link_path(link)?;
+            }
             rec.links.push(Link::new(newparent, newname));
             self.check_record_size(&rec_key, rec.encode().len())?;
             let intent = Intent::Link {
