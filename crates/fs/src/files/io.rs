@@ -451,7 +451,7 @@ impl<S: Store> MemFs<S> {
                 ino,
                 recorded = of.record().size,
                 served = size,
-                "record size differs from the data key; taking the data key's (a writer died between its bytes and its record)"
+                "record size differs from the data key; taking the data key's (a writer died, or is slow, between its bytes and its record)"
             );
             of.adopt_record(rec);
         }
