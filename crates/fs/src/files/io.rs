@@ -528,7 +528,17 @@ impl<S: Store> MemFs<S> {
         for _ in 0..crate::fs::CAS_RETRIES {
             // The open file is unlocked before waiting: completing another mount's intent
             // may need it.
-            let outcome = self.publish(ino, &mut lock(file));
+            let published = self.publish(ino, &mut lock(file)); // (the open file unlocked again)
+            let outcome = match published {
+                // Every name removed by another mount (its directory too, so the paths
+                // cannot be worked out): as on a local filesystem, the bytes of an unlinked
+                // file go with it, and close and fsync succeed.
+                Err(FsError::NotFound) if self.read_inode_opt(ino)?.is_none() => {
+                    lock(file).mark_unlinked();
+                    return Ok(());
+                }
+                outcome => outcome,
+            };
             if outcome.is_err() {
                 // Keys written at paths a rename took away go once no name is at them.
                 lock(&self.maintenance.stale_keys).extend(lock(file).take_written());
