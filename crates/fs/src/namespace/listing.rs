@@ -427,19 +427,32 @@ impl<S: Store> MemFs<S> {
     /// Attributes of many inodes in one pipelined batch; `None` for a vanished one.
     pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
         let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.keys.inode(i)).collect();
-        let results = self
-            .store
-            .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
+        // Each record and its directory-mtime key, as getattr reads them (a directory's
+        // mtime lives apart from its record; a file has none: a miss in the same batch).
+        let mut cmds = Vec::with_capacity(2 * inos.len());
+        for (&ino, key) in inos.iter().zip(&keys) {
+            cmds.push(Command::Get(key.clone()));
+            cmds.push(Command::Get(self.keys.dir_mtime(ino)));
+        }
+        let mut results = self.store.execute(cmds).into_iter();
         let mut out = Vec::with_capacity(inos.len());
-        for ((ino, key), r) in inos.iter().zip(&keys).zip(results) {
-            if let Some(of) = self.open_file(*ino) {
-                out.push(Some(self.open_attr(*ino, &lock(&of))));
+        for (&ino, key) in inos.iter().zip(&keys) {
+            let (record, mtime) = (results.next(), results.next());
+            if let Some(of) = self.open_file(ino) {
+                out.push(Some(self.open_attr(ino, &lock(&of))));
                 continue;
             }
-            out.push(match value_of(key, r)? {
+            let record = record.expect("one reply a command");
+            out.push(match value_of(key, record)? {
                 Some(item) => {
-                    let attr = self.attr_from(*ino, &Inode::decode(key, &item.value)?, None);
-                    Some(self.with_dir_links(attr))
+                    let rec = Inode::decode(key, &item.value)?;
+                    let mkey = self.keys.dir_mtime(ino);
+                    let mtime = match rec.kind {
+                        Kind::Dir => value_of(&mkey, mtime.expect("one reply a command"))?
+                            .and_then(|i| Time::from_text(&i.value)),
+                        _ => None,
+                    };
+                    Some(self.with_dir_links(self.attr_from(ino, &rec, mtime)))
                 }
                 None => None,
             });
