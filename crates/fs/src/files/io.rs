@@ -534,7 +534,13 @@ impl<S: Store> MemFs<S> {
                 // cannot be worked out): as on a local filesystem, the bytes of an unlinked
                 // file go with it, and close and fsync succeed.
                 Err(FsError::NotFound) if self.read_inode_opt(ino)?.is_none() => {
-                    lock(file).mark_unlinked();
+                    let written = {
+                        let mut of = lock(file);
+                        of.mark_unlinked();
+                        of.take_written()
+                    };
+                    // (Keys a first round wrote at the gone paths go once no name is there.)
+                    lock(&self.maintenance.stale_keys).extend(written);
                     return Ok(());
                 }
                 outcome => outcome,
