@@ -219,13 +219,7 @@ impl Store for Faulty {
         if self.lose_next.swap(false, Ordering::SeqCst) {
             let n = batch.len();
             self.inner.execute(batch);
-            return (0..n)
-                .map(|_| {
-                    Err(memfis_memcache::StoreError::Timeout {
-                        server: "lost replies".into(),
-                    })
-                })
-                .collect();
+            return replies_lost(n);
         }
         let lone_list_read =
             matches!(&batch[..], [Command::Gets(k)] if k.windows(2).any(|w| w == b"%L"));

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use memfis_fs::{KeyLayout, MemFs, ROOT_INO};
 use memfis_memcache::memory::MemoryStore;
-use memfis_memcache::{CmdResult, Command, Store, StoreError, StoreOp};
+use memfis_memcache::{CmdResult, Command, Store, StoreOp};
 use support::*;
 
 /// Runs the first batch that appends to a log with every reply lost, then stops at a gate
@@ -45,13 +45,7 @@ impl Store for LoseThenPause {
         }
         let n = batch.len();
         self.inner.execute(batch);
-        (0..n)
-            .map(|_| {
-                Err(StoreError::Timeout {
-                    server: "lost replies".into(),
-                })
-            })
-            .collect()
+        replies_lost(n)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use memfis_fs::{KeyLayout, MemFs, ROOT_INO};
 use memfis_memcache::memory::MemoryStore;
-use memfis_memcache::{CmdResult, Command, Store, StoreError, StoreOp};
+use memfis_memcache::{CmdResult, Command, Store, StoreOp};
 use support::*;
 
 /// Runs the first batch that deletes the namespace lock, then, as another mount would,
@@ -47,13 +47,7 @@ impl Store for LoseReleaseReplies {
         if let Some(taken) = self.taken.lock().unwrap().take() {
             taken.send(()).unwrap();
         }
-        (0..n)
-            .map(|_| {
-                Err(StoreError::Timeout {
-                    server: "lost replies".into(),
-                })
-            })
-            .collect()
+        replies_lost(n)
     }
 }
 

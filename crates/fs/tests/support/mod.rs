@@ -50,3 +50,14 @@ pub fn names(fs: &Fs, dir: u64) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The replies of a batch of `n` commands that ran but whose replies were lost (a timeout).
+pub fn replies_lost(n: usize) -> Vec<memfis_memcache::CmdResult> {
+    (0..n)
+        .map(|_| {
+            Err(memfis_memcache::StoreError::Timeout {
+                server: "lost replies".into(),
+            })
+        })
+        .collect()
+}
