@@ -1,23 +1,20 @@
-//! The facade: the [`MemFs`] type and its configuration, opening a store (the format record,
-//! the registry of prefixes), what the mount has done, statfs, and the small helpers every
-//! layer uses (names, paths, retries). Operations live in the folder of their layer (see the
+//! The facade: the [`MemFs`] type and its configuration, what the mount has done, statfs, and
+//! the small helpers every layer uses (names, paths, retries). What every component shares
+//! (store, keys, configuration, identity) and opening a tree is `tree.rs`. Operations live in the folder of their layer (see the
 //! crate's documentation); records and entries in `namespace/records.rs`, attributes in
 //! `files/attrs.rs`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use memfis_memcache::{Command, Store, StoreOp};
+use memfis_memcache::Store;
 
 use crate::files::open_files::OpenFiles;
 use crate::layout::attr::StatFs;
-use crate::layout::data_codec::DataCodec;
-use crate::layout::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
-use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Time, random_id};
+use crate::layout::keys::KeyLayout;
 use crate::namespace::meta_cache::MetaCache;
-use crate::store::batch::{Cas, StoreAt};
-use crate::store::fenced_store::FencedStore;
-use crate::store::replies::CasOutcome;
+use crate::store::batch::StoreAt;
+use crate::tree::Tree;
 use crate::{FsError, FsResult};
 
 /// Longest name of one directory entry (as on Linux filesystems).
@@ -66,13 +63,8 @@ impl Default for FsConfig {
 }
 
 pub struct MemFs<S: Store> {
-    pub(crate) store: FencedStore<S>,
-    pub(crate) keys: KeyLayout,
-    pub(crate) cfg: FsConfig,
-    /// This mount's id: its liveness key and the owner of the namespace locks it takes.
-    pub(crate) mount_id: String,
-    /// The id in the format record when this mount opened the store.
-    pub(crate) store_id: String,
+    /// The store, key layout, configuration and identity every component shares.
+    pub(crate) tree: Arc<Tree<S>>,
     /// This mount's side of the namespace lock (`namespace/lock.rs`).
     pub(crate) ns: crate::namespace::lock::LocalNsLock,
     /// What the heartbeat has to finish or clean up (`namespace/maintenance.rs`).
@@ -83,32 +75,11 @@ pub struct MemFs<S: Store> {
     pub(crate) open_files: OpenFiles,
     /// What this mount remembers of directories between operations (bounded, expiring).
     pub(crate) meta: MetaCache,
-    /// What this mount has done, for metrics.
-    pub(crate) activity: crate::activity::Activity,
     /// What this mount remembers of the file locks it holds (`crate::locks`).
     pub(crate) locks: crate::locks::LocalLocks,
 }
 
-/// The prefixes of every tree formatted on this store (`PREFIX_REGISTRY_KEY`), in the order
-/// they were listed.
-pub fn listed_prefixes<S: Store>(store: &S) -> FsResult<Vec<String>> {
-    let key = PREFIX_REGISTRY_KEY;
-    let item = store.get_at(key)?;
-    Ok(parse_prefix_list(
-        item.as_ref().map_or(&[][..], |i| &i.value[..]),
-    ))
-}
-
-/// The prefixes of the registry's value, one a line, each once (in the order first listed).
-fn parse_prefix_list(value: &[u8]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for line in String::from_utf8_lossy(value).lines() {
-        if !line.is_empty() && !out.iter().any(|p| p == line) {
-            out.push(line.to_string());
-        }
-    }
-    out
-}
+pub use crate::tree::listed_prefixes;
 
 pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
@@ -143,46 +114,16 @@ impl<S: Store> MemFs<S> {
     /// store. A new prefix is listed in the store-wide registry before anything is written
     /// under it, so two nesting prefixes created at once cannot both succeed.
     pub fn open_tree(store: S, keys: KeyLayout, cfg: FsConfig, create: bool) -> FsResult<MemFs<S>> {
-        let mut fs = MemFs {
-            store: FencedStore::with_lease_limit(
-                store,
-                DataCodec::new(&keys, cfg.gzip),
-                cfg.stall_limit,
-            ),
-            keys,
-            mount_id: random_id(),
-            store_id: String::new(),
+        let cfg_ttl = cfg.cache_ttl;
+        let fs = MemFs {
+            tree: Arc::new(Tree::open(store, keys, cfg, create)?),
             ns: crate::namespace::lock::LocalNsLock::default(),
             maintenance: Default::default(),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),
-            meta: MetaCache::new(cfg.cache_ttl),
-            activity: Default::default(),
+            meta: MetaCache::new(cfg_ttl),
             locks: crate::locks::LocalLocks::new(),
-            cfg,
         };
-        // Refuse a nesting prefix before anything is written under it.
-        fs.refuse_nesting_prefix()?;
-        fs.store_id = match fs.read_format()? {
-            Some(id) => {
-                // A tree made before the registry existed is listed now.
-                fs.register_prefix()?;
-                id
-            }
-            None if !create => {
-                return Err(FsError::NoTree {
-                    prefix: fs.keys.prefix().to_string(),
-                    trees: fs.listed_prefixes()?,
-                });
-            }
-            None => {
-                // Listed first (refusing a nesting prefix listed meanwhile), then formatted.
-                fs.register_prefix()?;
-                fs.create_format()?
-            }
-        };
-        fs.store
-            .watch_identity(fs.keys.format(), fs.store_id.clone());
         fs.heartbeat()?;
         // A mount that died mid-operation left its intent in the lock: finish it now.
         fs.wait_quiet()?;
@@ -190,129 +131,16 @@ impl<S: Store> MemFs<S> {
     }
 
     pub fn keys(&self) -> &KeyLayout {
-        &self.keys
+        &self.tree.keys
     }
 
     pub fn store(&self) -> &S {
-        self.store.inner()
+        self.tree.store.inner()
     }
 
     /// This mount's id (its liveness key is `PREFIX%alive.<id>`).
     pub fn mount_id(&self) -> &str {
-        &self.mount_id
-    }
-
-    /// The store id of the tree under this prefix; `None` when there is no tree. Refuses a
-    /// format this build does not know.
-    fn read_format(&self) -> FsResult<Option<String>> {
-        let key = self.keys.format();
-        let Some(item) = self.store.get_at(&key)? else {
-            return Ok(None);
-        };
-        let rec: FormatRecord = serde_json::from_slice(&item.value)
-            .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
-        if rec.format != "memfis" || rec.version != FORMAT_VERSION {
-            return Err(FsError::unknown_format(&key, &rec));
-        }
-        Ok(Some(rec.store_id))
-    }
-
-    /// Formats an empty tree under this prefix (another process may be doing the same: the
-    /// format record that got stored counts). Returns the store id.
-    fn create_format(&self) -> FsResult<String> {
-        let key = self.keys.format();
-        tracing::info!(
-            prefix = self.keys.prefix(),
-            "no memfis format record in the store: formatting an empty tree"
-        );
-        // A fresh store: root first, format record last, so a half-made one is retried.
-        let root = Inode::new(Kind::Dir, 0o755, current_uid(), current_gid(), Vec::new());
-        let now = Time::now().to_text();
-        let batch = vec![
-            Command::store(StoreOp::Add, &self.keys.inode(ROOT_INO), &root.encode()),
-            Command::store(StoreOp::Add, &self.keys.dir_seq(ROOT_INO), b"0"),
-            Command::store(StoreOp::Add, &self.keys.dir_log(ROOT_INO, 0), b""),
-            Command::store(StoreOp::Add, &self.keys.dir_log(ROOT_INO, 1), b""),
-            Command::store(StoreOp::Add, &self.keys.dir_mtime(ROOT_INO), now.as_bytes()),
-            Command::store(
-                StoreOp::Add,
-                &self.keys.next_ino(),
-                ROOT_INO.to_string().as_bytes(),
-            ),
-            Command::store(StoreOp::Add, &self.keys.inode_count(), b"1"),
-            Command::store(StoreOp::Add, &self.keys.dir_generation(), b"0"),
-        ];
-        self.store.execute_all(batch)?;
-        let format = serde_json::to_vec(&FormatRecord::new(random_id())).expect("serializes");
-        self.store.store_at(StoreOp::Add, &key, &format)?;
-        // Two mounts may format at once: the one record that got stored counts.
-        let item = self
-            .store
-            .get_at(&key)?
-            .ok_or_else(|| FsError::missing(&key))?;
-        let rec: FormatRecord = serde_json::from_slice(&item.value)
-            .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
-        Ok(rec.store_id)
-    }
-
-    fn listed_prefixes(&self) -> FsResult<Vec<String>> {
-        listed_prefixes(&self.store)
-    }
-
-    /// An error when a prefix listed before this one nests with it.
-    fn nesting_conflict(&self, listed: &[String]) -> FsResult<()> {
-        let mine = self.keys.prefix();
-        for other in listed.iter().take_while(|p| p.as_str() != mine) {
-            if prefixes_nest(other, mine) {
-                return Err(FsError::PrefixNests {
-                    prefix: mine.to_string(),
-                    other: other.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses this prefix if it nests with one already listed (checked again once listed).
-    fn refuse_nesting_prefix(&self) -> FsResult<()> {
-        self.nesting_conflict(&self.listed_prefixes()?)
-    }
-
-    /// Adds this prefix to the store-wide list, refusing one that nests with a listed one
-    /// (their data keys would overlap). The list is changed only by `add` (the first prefix)
-    /// or `cas` on the value just read, so of two nesting prefixes registered at once the
-    /// second to write saw the first and is refused, having written nothing. A prefix already
-    /// listed stays, unless a nesting one was listed before it (the first listed wins).
-    fn register_prefix(&self) -> FsResult<()> {
-        let key = PREFIX_REGISTRY_KEY;
-        let mine = self.keys.prefix();
-        for _ in 0..CAS_RETRIES {
-            let item = self.store.gets_at(key)?;
-            let value = item.as_ref().map(|i| i.value.clone()).unwrap_or_default();
-            let listed = parse_prefix_list(&value);
-            self.nesting_conflict(&listed)?;
-            if listed.iter().any(|p| p == mine) {
-                return Ok(());
-            }
-            let mut new = value;
-            if !new.is_empty() && !new.ends_with(b"\n") {
-                new.push(b'\n');
-            }
-            new.extend_from_slice(format!("{mine}\n").as_bytes());
-            let stored = match item {
-                None => self.store.store_at(StoreOp::Add, key, &new)?,
-                Some(item) => {
-                    let cas = Command::cas(key, &new, item.cas.unwrap_or(0));
-                    self.store.run_at::<Cas>(key, cas)? == CasOutcome::Stored
-                }
-            };
-            if stored {
-                // Another memfis (an older one appends without cas) may have listed a
-                // nesting prefix meanwhile: the one listed first stays.
-                return self.nesting_conflict(&self.listed_prefixes()?);
-            }
-        }
-        Err(FsError::Contended)
+        &self.tree.mount_id
     }
 
     /// What this mount has done so far, for its metrics.
@@ -321,33 +149,28 @@ impl<S: Store> MemFs<S> {
         let (cache_hits, cache_misses) = self.meta.hits_and_misses();
         let (open_files, open_handles) = self.open_files.counts();
         crate::activity::ActivitySnapshot {
-            files_published: self.activity.files_published.load(Relaxed),
-            bytes_published: self.activity.bytes_published.load(Relaxed),
+            files_published: self.tree.activity.files_published.load(Relaxed),
+            bytes_published: self.tree.activity.bytes_published.load(Relaxed),
             cache_hits,
             cache_misses,
             open_files: open_files as u64,
             open_handles: open_handles as u64,
-            store_id: self.store_id.clone(),
+            store_id: self.tree.store_id.clone(),
         }
-    }
-
-    /// True when no namespace operation is running.
-    pub(crate) fn is_quiet(&self) -> FsResult<bool> {
-        let key = self.keys.ns_lock();
-        Ok(self.store.get_at(&key)?.is_none())
     }
 
     // ----- whole filesystem ----------------------------------------------------------------
 
     pub fn statfs(&self) -> FsResult<StatFs> {
         const BLOCK: u64 = 4096;
-        let key = self.keys.inode_count();
+        let key = self.tree.keys.inode_count();
         let files = self
+            .tree
             .store
             .get_at(&key)?
             .and_then(|i| std::str::from_utf8(&i.value).ok()?.trim().parse().ok())
             .unwrap_or(0u64);
-        let (blocks, free) = match self.store.capacity() {
+        let (blocks, free) = match self.tree.store.capacity() {
             Some(c) => (
                 c.limit_bytes / BLOCK,
                 c.limit_bytes.saturating_sub(c.used_bytes) / BLOCK,
@@ -375,14 +198,4 @@ pub(crate) fn retried<T>(mut step: impl FnMut() -> FsResult<T>) -> FsResult<T> {
         last = step();
     }
     last
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid/getgid cannot fail and touch no memory.
-    unsafe { libc::getuid() }
-}
-
-fn current_gid() -> u32 {
-    // SAFETY: as above.
-    unsafe { libc::getgid() }
 }

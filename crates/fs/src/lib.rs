@@ -11,8 +11,10 @@
 //! - [`locks`]: flock and POSIX byte-range locks held in the store, across mounts
 //! - [`check`]: the read-only consistency check of a whole store, and repair
 //!
-//! [`MemFs`] ([`fs`]) is the facade: the type, opening a store, statfs, and the small helpers
-//! every layer shares (names, paths, retries). Each operation of the
+//! [`MemFs`] ([`fs`]) is the facade: the type, statfs, and the small helpers every layer
+//! shares (names, paths, retries). `tree` holds what every component shares (the fenced
+//! store, the key layout, the configuration, this mount's id) and opens a tree (the format
+//! record, the registry of prefixes). Each operation of the
 //! facade is defined in the folder of its layer:
 //! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`, `setattr`: `files::attrs`
 //! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]
@@ -37,6 +39,7 @@ pub mod log_limit;
 pub mod namespace;
 pub mod store;
 mod sync;
+mod tree;
 
 pub use activity::ActivitySnapshot;
 pub use error::{FsError, FsResult};

@@ -130,7 +130,7 @@ impl<S: Store> MemFs<S> {
                 } else {
                     text(&path)
                 },
-                key: text(&self.keys.dir_base(dir)),
+                key: text(&self.tree.keys.dir_base(dir)),
                 action: format!("compacted the directory log: {dropped} records dropped"),
             };
             info!(path = %r.path, "repaired: {}", r.action);
@@ -147,7 +147,7 @@ impl<S: Store> MemFs<S> {
         for (owner, intent) in done {
             let r = Repaired {
                 path: "/".into(),
-                key: text(&self.keys.ns_lock()),
+                key: text(&self.tree.keys.ns_lock()),
                 action: format!(
                     "completed the unfinished operation of gone mount {owner}: {intent}"
                 ),
@@ -168,7 +168,7 @@ impl<S: Store> MemFs<S> {
             Fault::DirLog { .. } => 1,
             Fault::Unreached { key } => {
                 let rest = key
-                    .strip_prefix(self.keys.prefix().as_bytes())
+                    .strip_prefix(self.tree.keys.prefix().as_bytes())
                     .unwrap_or(key);
                 match rest {
                     [b'%', b'e' | b'h', ..] => 3,
@@ -209,7 +209,7 @@ impl<S: Store> Fixer<'_, S> {
             Fault::Name { dir, name } => self.settle_name(*dir, name),
             Fault::DirRecord { dir, parent, name } => self.dir_record(*dir, *parent, name),
             Fault::DirMtime { dir } => {
-                let key = self.fs.keys.dir_mtime(*dir);
+                let key = self.fs.tree.keys.dir_mtime(*dir);
                 self.add(&key, Time::now().to_text().as_bytes())?;
                 let path = self.fs.dir_path(*dir).unwrap_or_default();
                 self.note(&path, &key, "made the missing directory mtime key (now)");
@@ -219,7 +219,7 @@ impl<S: Store> Fixer<'_, S> {
             Fault::Data { dir, name, ino } => self.data(*dir, name, *ino),
             Fault::InodeCounter { max_ino } => self.inode_counter(*max_ino),
             Fault::DirGeneration => {
-                let key = self.fs.keys.dir_generation();
+                let key = self.fs.tree.keys.dir_generation();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -237,21 +237,21 @@ impl<S: Store> Fixer<'_, S> {
     }
 
     fn add(&self, key: &[u8], value: &[u8]) -> FsResult<bool> {
-        self.fs.store.store_at(StoreOp::Add, key, value)
+        self.fs.tree.store.store_at(StoreOp::Add, key, value)
     }
 
     fn delete(&self, key: &[u8]) -> FsResult<bool> {
-        self.fs.store.delete_at(key)
+        self.fs.tree.store.delete_at(key)
     }
 
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        Ok(self.fs.store.get_at(key)?.map(|i| i.value))
+        Ok(self.fs.tree.store.get_at(key)?.map(|i| i.value))
     }
 
     /// A data key's bytes; a value flagged gzip that does not decompress counts as none (its
     /// bytes are lost; it is overwritten or, with its name, goes).
     fn bytes(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        match self.fs.store.get(key) {
+        match self.fs.tree.store.get(key) {
             Ok(item) => Ok(item.map(|i| i.value)),
             Err(e) if crate::layout::data_codec::is_undecodable(&e) => Ok(None),
             Err(e) => Err(FsError::store(key, e)),
@@ -263,7 +263,7 @@ impl<S: Store> Fixer<'_, S> {
         let fs = self.fs;
         let path = join(&fs.dir_path(dir)?, name);
         let link = Link::new(dir, name);
-        let ekey = fs.keys.entry(dir, name);
+        let ekey = fs.tree.keys.entry(dir, name);
         // A hashed key holding another name's entry: this name cannot be there (its entry
         // is the other name's, left alone), so it goes from the log and the records.
         let mut collides = false;
@@ -293,11 +293,11 @@ impl<S: Store> Fixer<'_, S> {
             {
                 fs.drop_link(other, &link, 0)?;
                 let what = "dropped the name from an inode record";
-                self.note(&path, &fs.keys.inode(other), what);
+                self.note(&path, &fs.tree.keys.inode(other), what);
             }
         }
         if !matches!(truth, Some((_, Kind::File))) {
-            let key = fs.keys.data(&path);
+            let key = fs.tree.keys.data(&path);
             if key.len() <= memfis_memcache::MAX_KEY_LEN && self.get(&key)?.is_some() {
                 self.delete(&key)?;
                 self.note(&path, &key, "deleted a data key no file has");
@@ -333,7 +333,7 @@ impl<S: Store> Fixer<'_, S> {
                     Ok(())
                 })?;
                 let what = "added the name to its inode record";
-                self.note(path, &fs.keys.inode(e), what);
+                self.note(path, &fs.tree.keys.inode(e), what);
                 return Ok(Some((e, rec.kind)));
             }
         }
@@ -365,7 +365,7 @@ impl<S: Store> Fixer<'_, S> {
                 Some(i) => format!("entry set to inode {i} (was {entry:?})"),
                 None => format!("entry removed (it named inode {entry:?}, which lacks this name)"),
             };
-            self.note(path, &fs.keys.entry(dir, name), what);
+            self.note(path, &fs.tree.keys.entry(dir, name), what);
         }
         if listed != truth {
             let mut changes = Vec::new();
@@ -380,13 +380,13 @@ impl<S: Store> Fixer<'_, S> {
                 Some((t, kind)) => format!("directory log now lists inode {t} ({kind:?})"),
                 None => "directory log no longer lists the name".to_string(),
             };
-            self.note(path, &fs.keys.dir_seq(dir), what);
+            self.note(path, &fs.tree.keys.dir_seq(dir), what);
         }
         Ok(())
     }
 
     fn dir_record(&mut self, dir: u64, parent: u64, name: &[u8]) -> FsResult<()> {
-        let key = self.fs.keys.inode(dir);
+        let key = self.fs.tree.keys.inode(dir);
         let links = if dir == ROOT_INO {
             Vec::new()
         } else {
@@ -396,7 +396,10 @@ impl<S: Store> Fixer<'_, S> {
         let fresh = self.add(&key, &rec.encode())?;
         if !fresh {
             // There but unreadable: replaced.
-            self.fs.store.store_at(StoreOp::Set, &key, &rec.encode())?;
+            self.fs
+                .tree
+                .store
+                .store_at(StoreOp::Set, &key, &rec.encode())?;
         }
         let path = self.fs.dir_path(dir).unwrap_or_default();
         self.note(
@@ -412,17 +415,18 @@ impl<S: Store> Fixer<'_, S> {
     fn rebuild_log(&mut self, dir: u64) -> FsResult<()> {
         let fs = self.fs;
         let path = fs.dir_path(dir)?;
-        let seq_key = fs.keys.dir_seq(dir);
-        let base_key = fs.keys.dir_base(dir);
+        let seq_key = fs.tree.keys.dir_seq(dir);
+        let base_key = fs.tree.keys.dir_base(dir);
         let base = LogBase::decode(&base_key, self.get(&base_key)?.as_deref());
         let seq = match self.get(&seq_key)?.as_deref().map(parse_number) {
             Some(Some(n)) => n,
             // Missing or fenced (an rmdir whose intent was lost; the name is still there).
             _ => {
                 let last = self.last_chunk(dir, base.as_ref().map_or(0, |b| b.chunk))?;
-                let per_chunk = fs.keys.log_chunk_records();
+                let per_chunk = fs.tree.keys.log_chunk_records();
                 let seq = last * per_chunk + per_chunk - 1;
-                fs.store
+                fs.tree
+                    .store
                     .store_at(StoreOp::Set, &seq_key, seq.to_string().as_bytes())?;
                 self.note(&path, &seq_key, format!("set the log sequence to {seq}"));
                 seq
@@ -434,10 +438,11 @@ impl<S: Store> Fixer<'_, S> {
                 // Replays start at the sequence's chunk; the names before it are found from
                 // their entry keys below.
                 let base = LogBase {
-                    chunk: seq / fs.keys.log_chunk_records(),
+                    chunk: seq / fs.tree.keys.log_chunk_records(),
                     snapshot: None,
                 };
-                fs.store
+                fs.tree
+                    .store
                     .store_at(StoreOp::Set, &base_key, base.encode().as_bytes())?;
                 self.note(&path, &base_key, "replaced a malformed log base");
                 base
@@ -445,8 +450,9 @@ impl<S: Store> Fixer<'_, S> {
         };
         let mut names = BTreeSet::new();
         for key in fs
+            .tree
             .keys
-            .dir_log_keys(dir, base, seq + fs.keys.log_chunk_records())
+            .dir_log_keys(dir, base, seq + fs.tree.keys.log_chunk_records())
         {
             match self.get(&key)? {
                 None => {
@@ -458,7 +464,7 @@ impl<S: Store> Fixer<'_, S> {
                     match dirlog::replay(&key, &chunk, &mut state) {
                         Ok(()) => names.extend(state.listing().into_keys()),
                         Err(_) => {
-                            fs.store.store_at(StoreOp::Set, &key, b"")?;
+                            fs.tree.store.store_at(StoreOp::Set, &key, b"")?;
                             self.note(&path, &key, "emptied a malformed log piece");
                         }
                     }
@@ -482,7 +488,7 @@ impl<S: Store> Fixer<'_, S> {
     fn last_chunk(&self, dir: u64, base: u64) -> FsResult<u64> {
         let (mut last, mut c, mut misses) = (base, base, 0);
         while misses < CHUNK_PROBE {
-            if self.get(&self.fs.keys.dir_log(dir, c))?.is_some() {
+            if self.get(&self.fs.tree.keys.dir_log(dir, c))?.is_some() {
                 last = c;
                 misses = 0;
             } else {
@@ -496,12 +502,12 @@ impl<S: Store> Fixer<'_, S> {
     /// The names of `dir` that have an entry key, found by listing the store's keys; `None`
     /// when the store cannot list them.
     fn entry_names(&self, dir: u64) -> FsResult<Option<Vec<Vec<u8>>>> {
-        let Some(listed) = self.fs.store.list_keys() else {
+        let Some(listed) = self.fs.tree.store.list_keys() else {
             return Ok(None);
         };
         let all = listed.map_err(|e| FsError::store(b"(key listing)", e))?;
-        let plain = self.fs.keys.entry(dir, b"");
-        let hashed_start = format!("{}%h{dir}/", self.fs.keys.prefix()).into_bytes();
+        let plain = self.fs.tree.keys.entry(dir, b"");
+        let hashed_start = format!("{}%h{dir}/", self.fs.tree.keys.prefix()).into_bytes();
         let mut names = Vec::new();
         for key in all {
             if let Some(rest) = key.strip_prefix(plain.as_slice()) {
@@ -525,7 +531,7 @@ impl<S: Store> Fixer<'_, S> {
             return Ok(None);
         };
         let name = value[slash + 1..].to_vec();
-        Ok((self.fs.keys.entry(dir, &name) == key).then_some(name))
+        Ok((self.fs.tree.keys.entry(dir, &name) == key).then_some(name))
     }
 
     fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
@@ -534,11 +540,11 @@ impl<S: Store> Fixer<'_, S> {
         let Some((rec, _)) = fs.read_inode_opt(ino)? else {
             return Ok(()); // the name's own problem
         };
-        let key = fs.keys.file_bytes(ino, rec.mode, &path);
+        let key = fs.tree.keys.file_bytes(ino, rec.mode, &path);
         // Where each name keeps the bytes (names sharing the private key once).
         let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for p in rec.links.iter().filter_map(|l| fs.link_path(l).ok()) {
-            let k = fs.keys.file_bytes(ino, rec.mode, &p);
+            let k = fs.tree.keys.file_bytes(ino, rec.mode, &p);
             if !names.iter().any(|(known, _)| *known == k) {
                 names.push((k, p));
             }
@@ -550,11 +556,11 @@ impl<S: Store> Fixer<'_, S> {
             let Ok(other_path) = fs.link_path(other) else {
                 continue;
             };
-            let other_key = fs.keys.file_bytes(ino, rec.mode, &other_path);
+            let other_key = fs.tree.keys.file_bytes(ino, rec.mode, &other_path);
             if let Some(bytes) = self.bytes(&other_key)?
                 && bytes.len() as u64 == rec.size
             {
-                fs.store.store_at(StoreOp::Set, &key, &bytes)?;
+                fs.tree.store.store_at(StoreOp::Set, &key, &bytes)?;
                 let what = format!("data key copied from {}", text(&other_path));
                 self.note(&path, &key, what);
                 return Ok(());
@@ -562,7 +568,7 @@ impl<S: Store> Fixer<'_, S> {
         }
         if rec.size == 0 {
             // (set: an undecodable value may be there)
-            fs.store.store_at(StoreOp::Set, &key, b"")?;
+            fs.tree.store.store_at(StoreOp::Set, &key, b"")?;
             self.note(&path, &key, "made the missing data key of an empty file");
             return Ok(());
         }
@@ -596,7 +602,7 @@ impl<S: Store> Fixer<'_, S> {
         let size = bytes.len() as u64;
         for (k, p) in names {
             if self.bytes(k)?.as_deref() != Some(bytes.as_slice()) {
-                fs.store.store_at(StoreOp::Set, k, &bytes)?;
+                fs.tree.store.store_at(StoreOp::Set, k, &bytes)?;
                 self.note(
                     p,
                     k,
@@ -613,7 +619,7 @@ impl<S: Store> Fixer<'_, S> {
                 "record size {} set to the {size} bytes stored (what nginx serves)",
                 rec.size
             );
-            self.note(path, &fs.keys.inode(ino), what);
+            self.note(path, &fs.tree.keys.inode(ino), what);
         }
         Ok(())
     }
@@ -636,7 +642,7 @@ impl<S: Store> Fixer<'_, S> {
         fs.drop_link(ino, &link, 0)?;
         // A value that does not decode may still be there: nginx would serve it. (A private
         // key other names share stays theirs.)
-        let shared = *key == fs.keys.private_data(ino) && rec.links.len() > 1;
+        let shared = *key == fs.tree.keys.private_data(ino) && rec.links.len() > 1;
         if !shared && self.delete(key)? {
             self.note(
                 path,
@@ -657,15 +663,15 @@ impl<S: Store> Fixer<'_, S> {
     }
 
     fn inode_counter(&mut self, max_ino: u64) -> FsResult<()> {
-        let key = self.fs.keys.next_ino();
+        let key = self.fs.tree.keys.next_ino();
         let margin = 1024;
         match self.get(&key)?.as_deref().and_then(parse_number) {
             Some(n) if n >= max_ino => return Ok(()),
             Some(n) => {
-                self.fs.store.incr_at(&key, max_ino - n + margin)?;
+                self.fs.tree.store.incr_at(&key, max_ino - n + margin)?;
             }
             None => {
-                self.fs.store.store_at(
+                self.fs.tree.store.store_at(
                     StoreOp::Set,
                     &key,
                     (max_ino + margin).to_string().as_bytes(),
@@ -679,7 +685,7 @@ impl<S: Store> Fixer<'_, S> {
 
     /// A key no name reaches: an entry key is settled as a name, anything else deleted.
     fn unreached(&mut self, key: &[u8]) -> FsResult<()> {
-        let prefix = self.fs.keys.prefix().as_bytes();
+        let prefix = self.fs.tree.keys.prefix().as_bytes();
         let Some(rest) = key.strip_prefix(prefix) else {
             return Ok(());
         };
@@ -721,15 +727,15 @@ impl<S: Store> Fixer<'_, S> {
         if let Some(alive) = self.others_alive {
             return Ok(alive);
         }
-        let Some(listed) = self.fs.store.list_keys() else {
+        let Some(listed) = self.fs.tree.store.list_keys() else {
             return Ok(true);
         };
         let all = listed.map_err(|e| FsError::store(b"(key listing)", e))?;
-        let alive_prefix = self.fs.keys.alive("");
+        let alive_prefix = self.fs.tree.keys.alive("");
         let mut alive = false;
         for key in all {
             if let Some(id) = key.strip_prefix(alive_prefix.as_slice())
-                && id != self.fs.mount_id.as_bytes()
+                && id != self.fs.tree.mount_id.as_bytes()
                 && self.get(&key)?.is_some()
             {
                 alive = true;
@@ -752,7 +758,7 @@ impl<S: Store> Fixer<'_, S> {
         if rest[1] == b'e' {
             return Ok((Some(dir), Some(unescape(&body[slash + 1..]))));
         }
-        let mut key = self.fs.keys.prefix().as_bytes().to_vec();
+        let mut key = self.fs.tree.keys.prefix().as_bytes().to_vec();
         key.extend_from_slice(rest);
         Ok((Some(dir), self.hashed_entry_name(dir, &key)?))
     }

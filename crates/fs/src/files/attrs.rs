@@ -84,7 +84,7 @@ impl<S: Store> MemFs<S> {
         if let Some(of) = self.open_file(ino) {
             return Ok(Some(self.open_attr(ino, &lock(&of))));
         }
-        if self.store.is_gone() {
+        if self.tree.store.is_gone() {
             return Err(FsError::StoreGone);
         }
         if let Some(mut attr) = self.meta.dir_attr(ino) {
@@ -94,11 +94,11 @@ impl<S: Store> MemFs<S> {
             }
             return Ok(Some(attr));
         }
-        let key = self.keys.inode(ino);
-        let mkey = self.keys.dir_mtime(ino);
+        let key = self.tree.keys.inode(ino);
+        let mkey = self.tree.keys.dir_mtime(ino);
         let mut batch = Batch::new();
         let (record, mtime) = (batch.get(&key), batch.get(mkey));
-        let mut r = batch.execute(&self.store);
+        let mut r = batch.execute(&self.tree.store);
         let Some(rec) = r.take(record)? else {
             return Ok(None);
         };
@@ -240,7 +240,7 @@ impl<S: Store> MemFs<S> {
     /// ones go in chunks (`chunked.rs`).
     pub(crate) fn item_limit(&self) -> u64 {
         // An item holds the key and a header besides the value.
-        let item_max = self.cfg.item_size_max.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+        let item_max = self.tree.cfg.item_size_max.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
         item_max.saturating_sub(ITEM_OVERHEAD)
     }
 
@@ -264,6 +264,6 @@ impl<S: Store> MemFs<S> {
             .iter()
             .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
             .collect();
-        self.store.execute_all(batch)
+        self.tree.store.execute_all(batch)
     }
 }

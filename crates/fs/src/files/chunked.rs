@@ -58,8 +58,8 @@ impl<S: Store> MemFs<S> {
 
     /// Chunk `n` as stored (empty when missing: zeros).
     fn load_chunk(&self, ino: u64, c: &ChunkedFile, n: u64) -> FsResult<Arc<Vec<u8>>> {
-        let key = self.keys.chunk(ino, c.generation, n);
-        let item = self.store.get_at(&key)?;
+        let key = self.tree.keys.chunk(ino, c.generation, n);
+        let item = self.tree.store.get_at(&key)?;
         Ok(Arc::new(item.map(|i| i.value).unwrap_or_default()))
     }
 
@@ -189,11 +189,11 @@ impl<S: Store> MemFs<S> {
             let cmds = batch
                 .iter()
                 .map(|(n, b)| {
-                    let key = self.keys.chunk(ino, c.generation, *n);
+                    let key = self.tree.keys.chunk(ino, c.generation, *n);
                     Command::store_shared(StoreOp::Set, &key, b.clone())
                 })
                 .collect();
-            let results = self.store.execute(cmds);
+            let results = self.tree.store.execute(cmds);
             c.written_until = c.written_until.max(batch.last().map_or(0, |(n, _)| n + 1));
             let failed = batch
                 .iter()
@@ -205,7 +205,10 @@ impl<S: Store> MemFs<S> {
                         .insert(n, Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec()));
                 }
                 c.dirty.extend(chunks);
-                return Err(FsError::store(&self.keys.chunk(ino, c.generation, n), e));
+                return Err(FsError::store(
+                    &self.tree.keys.chunk(ino, c.generation, n),
+                    e,
+                ));
             }
         }
         c.changed = true;
@@ -216,11 +219,17 @@ impl<S: Store> MemFs<S> {
     /// not be deleted are left to the heartbeat, which deletes them once no record uses them.
     pub(crate) fn delete_chunks(&self, ino: u64, generation: u64, from: u64, until: u64) {
         let keys: Vec<Vec<u8>> = (from..until)
-            .map(|n| self.keys.chunk(ino, generation, n))
+            .map(|n| self.tree.keys.chunk(ino, generation, n))
             .collect();
         for (i, batch) in keys.chunks(CHUNK_BATCH * 4).enumerate() {
             let cmds = batch.iter().map(|k| Command::Delete(k.clone())).collect();
-            if let Some(Err(e)) = self.store.execute(cmds).into_iter().find(|r| r.is_err()) {
+            if let Some(Err(e)) = self
+                .tree
+                .store
+                .execute(cmds)
+                .into_iter()
+                .find(|r| r.is_err())
+            {
                 crate::limited_warn!(
                     format!("delete chunks: {e}"),
                     "could not delete chunks of a removed or shrunk file: inode {ino}: {e}"
@@ -239,7 +248,7 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn after_failed_chunked_publish(&self, ino: u64, of: &mut OpenFile) {
         if let Some(c) = of.chunks() {
             let until = chunk_count(c.size, c.chunk_size).max(c.written_until);
-            let keys = (0..until).map(|n| self.keys.chunk(ino, c.generation, n));
+            let keys = (0..until).map(|n| self.tree.keys.chunk(ino, c.generation, n));
             crate::sync::lock(&self.maintenance.stale_keys).extend(keys);
         }
         // If the record's cas went through after all (its reply lost), the file's keys as
@@ -261,7 +270,7 @@ impl<S: Store> MemFs<S> {
 
     /// True when chunk key `key` (`%k<ino>.<generation>.<n>`) holds bytes of a file.
     pub(crate) fn chunk_in_use(&self, key: &[u8]) -> FsResult<bool> {
-        let rest = &key[self.keys.chunk_prefix().len()..];
+        let rest = &key[self.tree.keys.chunk_prefix().len()..];
         let text = String::from_utf8_lossy(rest);
         let mut parts = text.split('.');
         let (Some(ino), Some(generation), Some(n)) = (
@@ -294,7 +303,7 @@ impl<S: Store> MemFs<S> {
         }
         self.write_out_chunks(ino, c)?;
         let (size, chunk_size, generation) = (c.size, c.chunk_size, c.generation);
-        let ikey = self.keys.inode(ino);
+        let ikey = self.tree.keys.inode(ino);
         for _ in 0..crate::fs::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 of.mark_unlinked();
@@ -317,9 +326,9 @@ impl<S: Store> MemFs<S> {
             let mut batch = Batch::new();
             let cas = batch.cas(&ikey, &value, of.cas().unwrap_or(0));
             batch.fence();
-            let lock = batch.get(self.keys.ns_lock());
+            let lock = batch.get(self.tree.keys.ns_lock());
             let record_after = batch.get(&ikey);
-            let mut r = batch.execute(&self.store);
+            let mut r = batch.execute(&self.tree.store);
             let stored = r.take(cas)?;
             // (A lock read that failed counts as held: publish again once quiet.)
             let lock_held = r.take(lock).map_or(true, |v| v.is_some());

@@ -272,7 +272,7 @@ impl<S: Store> MemFs<S> {
     /// (Over 80 lines: each look is one batch whose replies decide together, and every
     /// branch's comment explains a race; split, the pieces would pass the whole look along.)
     fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
-        let ikey = self.keys.inode(ino);
+        let ikey = self.tree.keys.inode(ino);
         let mut mismatch_seen = None;
         let mut missing_seen = false;
         for _ in 0..LOAD_LOOKS {
@@ -288,11 +288,11 @@ impl<S: Store> MemFs<S> {
             // One batch where it runs in order. On a pool the fence goes in a second round
             // trip, and only when the bytes do not fit the record: a load costs one round
             // trip there, as before (without the record read, no tokens are taken).
-            let in_order = self.store.in_order();
+            let in_order = self.tree.store.in_order();
             let mut batch = Batch::new();
             let value = batch.gets(&key);
             let fence = self.load_fence(&mut batch, ino, in_order);
-            let mut r = batch.execute(&self.store);
+            let mut r = batch.execute(&self.tree.store);
             let value = r.take(value)?;
             let fits = value
                 .as_ref()
@@ -302,7 +302,7 @@ impl<S: Store> MemFs<S> {
             } else {
                 let mut batch = Batch::new();
                 let fence = self.load_fence(&mut batch, ino, true);
-                fence.take(&mut batch.execute(&self.store))?
+                fence.take(&mut batch.execute(&self.tree.store))?
             };
             self.note_generation(generation)?;
             let moved = self.meta.generation() != generation_before;
@@ -369,12 +369,12 @@ impl<S: Store> MemFs<S> {
                     // unless the name was removed meanwhile (this record is older than that).
                     // A private key is made only by a publish: missing means empty.
                     if held.is_none()
-                        && key != self.keys.private_data(ino)
+                        && key != self.tree.keys.private_data(ino)
                         && self
                             .read_entry(link.parent, &link.name)
                             .is_ok_and(|slot| slot.ino == Some(ino))
                     {
-                        let _ = self.store.store(StoreOp::Add, &key, b"");
+                        let _ = self.tree.store.store(StoreOp::Add, &key, b"");
                     }
                     of.loaded(Value::default());
                     return Ok(Load::Loaded);
@@ -429,9 +429,9 @@ impl<S: Store> MemFs<S> {
     /// with `record`, the record again.
     fn load_fence(&self, batch: &mut Batch, ino: u64, record: bool) -> LoadFence {
         LoadFence {
-            lock: batch.get(self.keys.ns_lock()),
-            generation: batch.get(self.keys.dir_generation()),
-            record: record.then(|| batch.gets(self.keys.inode(ino))),
+            lock: batch.get(self.tree.keys.ns_lock()),
+            generation: batch.get(self.tree.keys.dir_generation()),
+            record: record.then(|| batch.gets(self.tree.keys.inode(ino))),
         }
     }
 
@@ -439,13 +439,13 @@ impl<S: Store> MemFs<S> {
     /// by `cas` on the version whose key was read, so a record that changed meanwhile is
     /// left alone (and the bytes looked up again).
     fn adopt_served_size(&self, ino: u64, of: &mut OpenFile, size: u64) -> FsResult<CasOutcome> {
-        let ikey = self.keys.inode(ino);
+        let ikey = self.tree.keys.inode(ino);
         let mut rec = of.record().clone();
         rec.size = size;
         let value = rec.encode();
         self.check_record_size(&ikey, value.len())?;
         let cas = Command::cas(&ikey, &value, of.cas().unwrap_or(0));
-        let outcome = self.store.run_at::<Cas>(&ikey, cas)?;
+        let outcome = self.tree.store.run_at::<Cas>(&ikey, cas)?;
         if outcome == CasOutcome::Stored {
             warn!(
                 ino,
@@ -461,7 +461,7 @@ impl<S: Store> MemFs<S> {
     /// Polls until no namespace operation runs, for at most a few seconds.
     fn wait_unlocked_passively(&self) {
         for _ in 0..200 {
-            if self.is_quiet().unwrap_or(true) {
+            if self.tree.is_quiet().unwrap_or(true) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -626,7 +626,7 @@ impl<S: Store> MemFs<S> {
             let keys = RoundKeys {
                 stored: self.bytes_keys(ino, of.record())?,
                 publish: self.bytes_keys(ino, &rec)?,
-                private: self.keys.private_data(ino),
+                private: self.tree.keys.private_data(ino),
             };
             match before_round(of, &keys) {
                 None => {}
@@ -664,7 +664,7 @@ impl<S: Store> MemFs<S> {
     /// Sends a round: the bytes to every key planned, the record's `cas`, then (after them
     /// on the server) the namespace lock and the directory-rename count.
     fn send_round(&self, ino: u64, plan: &PublishPlan) -> FsResult<RoundReplies> {
-        let ikey = self.keys.inode(ino);
+        let ikey = self.tree.keys.inode(ino);
         let data = plan.bytes.clone().unwrap_or_default();
         let mut batch = Batch::new();
         let writes: Vec<Handle<Stored>> = plan
@@ -680,9 +680,9 @@ impl<S: Store> MemFs<S> {
         self.check_record_size(&ikey, value.len())?;
         let record = batch.cas(&ikey, &value, plan.cas);
         batch.fence();
-        let lock = batch.get(self.keys.ns_lock());
-        let generation = batch.get(self.keys.dir_generation());
-        let mut results = batch.execute(&self.store);
+        let lock = batch.get(self.tree.keys.ns_lock());
+        let generation = batch.get(self.tree.keys.dir_generation());
+        let mut results = batch.execute(&self.tree.store);
         Ok(RoundReplies {
             writes: writes.into_iter().map(|h| results.take(h)).collect(),
             record: results.take(record),
@@ -743,7 +743,7 @@ impl<S: Store> MemFs<S> {
                     return Ok(RoundEnd::Again);
                 }
                 if let Some(bytes) = &bytes {
-                    self.activity.published(bytes.len());
+                    self.tree.activity.published(bytes.len());
                 }
                 of.record_published(record);
                 if (lock_held || moved) && bytes.is_some() {
@@ -802,14 +802,14 @@ impl<S: Store> MemFs<S> {
         served: &[Vec<u8>],
         generation: u64,
     ) -> FsResult<Tokens> {
-        let ikey = self.keys.inode(ino);
+        let ikey = self.tree.keys.inode(ino);
         let mut batch = Batch::new();
         let reads: Vec<_> = served.iter().map(|k| batch.gets(k)).collect();
         batch.fence();
         let record = batch.gets(&ikey);
-        let held = batch.get(self.keys.ns_lock());
-        let dirgen = batch.get(self.keys.dir_generation());
-        let mut r = batch.execute(&self.store);
+        let held = batch.get(self.tree.keys.ns_lock());
+        let dirgen = batch.get(self.tree.keys.dir_generation());
+        let mut r = batch.execute(&self.tree.store);
         let mut tokens = std::collections::HashMap::new();
         for (k, read) in served.iter().zip(reads) {
             let token = r.take(read)?.map_or(0, |item| item.cas.unwrap_or(0));
@@ -870,7 +870,7 @@ impl<S: Store> MemFs<S> {
         if let Ok(rec) = emptied
             && let Ok(keys) = self.bytes_keys(ino, &rec)
         {
-            let _ = self.store.execute(
+            let _ = self.tree.store.execute(
                 keys.iter()
                     .map(|k| Command::store(StoreOp::Set, k, b""))
                     .collect(),

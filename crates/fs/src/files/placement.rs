@@ -34,7 +34,7 @@ impl<S: Store> MemFs<S> {
 
     /// setattr of a file whose bytes may move (see the module comment).
     pub(crate) fn setattr_moving_bytes(&self, ino: u64, set: &SetAttr) -> FsResult<()> {
-        let key = self.keys.inode(ino);
+        let key = self.tree.keys.inode(ino);
         self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
             for _ in 0..CAS_RETRIES {
                 let (old, cas) = self.read_live_inode(ino)?;
@@ -45,7 +45,7 @@ impl<S: Store> MemFs<S> {
                 let first = Command::cas(&key, &value, cas);
                 if !Self::changes_visibility(&old, set) {
                     // Another mount changed the mode meanwhile: nothing moves after all.
-                    match self.store.run_at::<Cas>(&key, first)? {
+                    match self.tree.store.run_at::<Cas>(&key, first)? {
                         CasOutcome::Stored => {
                             self.adopt(ino, &rec);
                             return Ok(());
@@ -95,11 +95,11 @@ impl<S: Store> MemFs<S> {
         // made stale unless this mount has seen the rename count since: read it with the
         // record. (Keys at stale paths hold nothing: the bytes would stay served, and the
         // private key would never be written.)
-        let ikey = self.keys.inode(ino);
+        let ikey = self.tree.keys.inode(ino);
         let mut reads = Batch::new();
-        let generation = reads.get(self.keys.dir_generation());
+        let generation = reads.get(self.tree.keys.dir_generation());
         let record = reads.gets(&ikey);
-        let mut r = reads.execute(&self.store);
+        let mut r = reads.execute(&self.tree.store);
         self.note_generation(r.take(generation))?;
         let Some(item) = r.take(record)? else {
             return Ok(()); // removed meanwhile, with its keys
@@ -114,7 +114,7 @@ impl<S: Store> MemFs<S> {
         let new_keys = self.reachable_bytes_keys(ino, &rec)?;
         let gets = old_keys.iter().map(|k| Command::Get(k.clone())).collect();
         let mut bytes = None;
-        for (key, r) in old_keys.iter().zip(self.store.execute(gets)) {
+        for (key, r) in old_keys.iter().zip(self.tree.store.execute(gets)) {
             if let Some(item) = value_of(key, r)? {
                 bytes.get_or_insert(item.value);
             }
@@ -141,6 +141,6 @@ impl<S: Store> MemFs<S> {
                 .map(|k| Command::Delete(k.clone())),
         );
         // (An `add` that found its key: an earlier run made it.)
-        self.store.execute_all(batch)
+        self.tree.store.execute_all(batch)
     }
 }

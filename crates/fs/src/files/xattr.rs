@@ -48,7 +48,8 @@ impl<S: Store> MemFs<S> {
         }
         let rec = self.current_record(ino)?;
         let value = rec.xattrs.get(&pct_encode(name)).ok_or(FsError::NoXattr)?;
-        pct_decode(value).ok_or_else(|| FsError::corrupt(&self.keys.inode(ino), "bad xattr value"))
+        pct_decode(value)
+            .ok_or_else(|| FsError::corrupt(&self.tree.keys.inode(ino), "bad xattr value"))
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {

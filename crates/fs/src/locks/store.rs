@@ -46,7 +46,7 @@ pub struct Holder {
 impl<S: Store> MemFs<S> {
     fn owner(&self, owner: u64) -> Owner {
         Owner {
-            mount: self.mount_id.clone(),
+            mount: self.tree.mount_id.clone(),
             owner,
         }
     }
@@ -60,8 +60,8 @@ impl<S: Store> MemFs<S> {
     /// and attributes of it are stale). `Ok(Err(holder))` when a live owner's lock is in the
     /// way.
     pub fn try_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Result<bool, Holder>> {
-        let key = self.keys.lock_table(ino);
-        let ikey = self.keys.inode(ino);
+        let key = self.tree.keys.lock_table(ino);
+        let ikey = self.tree.keys.inode(ino);
         let want = self.request(req);
         let who = want.who.clone();
         // Releases of this owner that failed earlier are done with this write.
@@ -70,7 +70,7 @@ impl<S: Store> MemFs<S> {
             .filter(|f| f.0 == ino && f.1 == req.owner)
             .map(|f| f.2)
             .collect();
-        let in_order = self.store.in_order();
+        let in_order = self.tree.store.in_order();
         let _serial = self.locks.stripe(ino);
         // `None`: no list known, so try to `add` one. The list last seen may be stale: it
         // is written on (a stale one fails the `cas`) but never trusted to refuse.
@@ -93,7 +93,7 @@ impl<S: Store> MemFs<S> {
                         .cloned()
                         .collect();
                     if !blocking.is_empty() && !fresh {
-                        current = self.store.gets_at(&key)?;
+                        current = self.tree.store.gets_at(&key)?;
                         fresh = true;
                         continue;
                     }
@@ -113,7 +113,7 @@ impl<S: Store> MemFs<S> {
             let stored = batch.push::<Stored>(write);
             let after = batch.gets(&key);
             let record = in_order.then(|| batch.gets(&ikey));
-            let mut r = batch.execute(&self.store);
+            let mut r = batch.execute(&self.tree.store);
             let stored = r.take(stored);
             let after = r.take(after);
             // A list this mount may be behind on is not kept: `change_own` trusts the one
@@ -127,7 +127,7 @@ impl<S: Store> MemFs<S> {
                 self.note_granted(ino, req, !redo_release.is_empty());
                 let record = match record {
                     Some(record) => r.take(record),
-                    None => self.store.gets_at(&ikey),
+                    None => self.tree.store.gets_at(&ikey),
                 };
                 return Ok(Ok(self.pages_stale_after_grant(ino, record)));
             }
@@ -186,12 +186,12 @@ impl<S: Store> MemFs<S> {
 
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
     pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
-        let key = self.keys.lock_table(ino);
+        let key = self.tree.keys.lock_table(ino);
         // Under the stripe, as every read the list is remembered from: an older list
         // remembered over a newer one this mount wrote would miss this mount's entry.
         let found = {
             let _serial = self.locks.stripe(ino);
-            let found = self.store.gets_at(&key)?;
+            let found = self.tree.store.gets_at(&key)?;
             self.locks.remember(ino, found.clone());
             found
         };
@@ -292,7 +292,7 @@ impl<S: Store> MemFs<S> {
         let held: usize = lock(&self.locks.held).values().map(HashSet::len).sum();
         if held > 0 {
             error!(
-                mount = %self.mount_id,
+                mount = %self.tree.mount_id,
                 "this mount's liveness key expired (no heartbeat reached the store for 10 s): \
                  other mounts may have taken file locks that {held} owner(s) here still believe \
                  they hold"
@@ -318,13 +318,13 @@ impl<S: Store> MemFs<S> {
         who: &Owner,
         mut change: impl FnMut(&mut Table) -> bool,
     ) -> FsResult<()> {
-        let key = self.keys.lock_table(ino);
+        let key = self.tree.keys.lock_table(ino);
         let _serial = self.locks.stripe(ino);
         // The list last seen holds every entry of this mount's (only this mount adds them,
         // under the stripe): if it says there is nothing to change, there is nothing.
         let mut item = match self.locks.seen(ino) {
             Some(item) => Some(item),
-            None => self.store.gets_at(&key)?,
+            None => self.tree.store.gets_at(&key)?,
         };
         for _ in 0..CAS_RETRIES {
             let Some(it) = item else {
@@ -343,7 +343,7 @@ impl<S: Store> MemFs<S> {
             let mut batch = Batch::new();
             let stored = batch.push::<Stored>(cas);
             let after = batch.gets(&key);
-            let mut r = batch.execute(&self.store);
+            let mut r = batch.execute(&self.tree.store);
             let stored = r.take(stored);
             let after = r.take(after);
             self.locks
@@ -390,7 +390,7 @@ impl<S: Store> MemFs<S> {
             let mut unknown: Vec<String> = entries
                 .iter()
                 .map(|e| e.mount.clone())
-                .filter(|m| *m != self.mount_id)
+                .filter(|m| *m != self.tree.mount_id)
                 .filter(|m| {
                     seen.get(m)
                         .is_none_or(|t| now.duration_since(*t) > ALIVE_TRUST)
@@ -406,9 +406,9 @@ impl<S: Store> MemFs<S> {
         let mut batch = Batch::new();
         let alive: Vec<_> = unknown
             .iter()
-            .map(|m| batch.get(self.keys.alive(m)))
+            .map(|m| batch.get(self.tree.keys.alive(m)))
             .collect();
-        let mut r = batch.execute(&self.store);
+        let mut r = batch.execute(&self.tree.store);
         let mut gone = Vec::new();
         let mut seen = lock(&self.locks.alive_seen);
         if seen.len() > 4096 {
@@ -445,7 +445,10 @@ impl<S: Store> MemFs<S> {
         if of.is_dirty() || of.is_unlinked() {
             return Ok(false);
         }
-        of.take_newer_record(Inode::decode(&self.keys.inode(ino), &item.value)?, item.cas);
+        of.take_newer_record(
+            Inode::decode(&self.tree.keys.inode(ino), &item.value)?,
+            item.cas,
+        );
         of.forget_bytes();
         Ok(true)
     }

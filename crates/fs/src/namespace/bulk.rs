@@ -74,7 +74,7 @@ impl<S: Store> MemFs<S> {
                 .and_then(|()| self.check_fits_item(&path, f.bytes.len() as u64))
                 .and_then(|()| {
                     let ino = self.alloc_ino()?;
-                    self.check_record_size(&self.keys.inode(ino), rec.encode().len())?;
+                    self.check_record_size(&self.tree.keys.inode(ino), rec.encode().len())?;
                     Ok(ino)
                 });
             match checked {
@@ -103,7 +103,7 @@ impl<S: Store> MemFs<S> {
                 Ok(n) => created.push(Planned {
                     index,
                     ino: n.ino,
-                    record_key: self.keys.inode(n.ino),
+                    record_key: self.tree.keys.inode(n.ino),
                     record: n.rec,
                     cas: n.cas,
                     name: n.name,
@@ -145,9 +145,10 @@ impl<S: Store> MemFs<S> {
         let mut sent = Vec::new();
         for p in placed {
             let key = self
+                .tree
                 .keys
                 .file_bytes(p.ino, p.record.mode, &join(dir_path, &p.name));
-            let write = if key == self.keys.private_data(p.ino) {
+            let write = if key == self.tree.keys.private_data(p.ino) {
                 batch.store_shared(StoreOp::Set, &key, p.bytes.clone())
             } else {
                 match p.data_token.filter(|_| key == p.data_key) {
@@ -169,9 +170,9 @@ impl<S: Store> MemFs<S> {
             sent.push((p, write, record));
         }
         batch.fence();
-        let lock = batch.get(self.keys.ns_lock());
-        let generation = batch.get(self.keys.dir_generation());
-        let mut results = batch.execute(&self.store);
+        let lock = batch.get(self.tree.keys.ns_lock());
+        let generation = batch.get(self.tree.keys.dir_generation());
+        let mut results = batch.execute(&self.tree.store);
         let mut placed = Vec::with_capacity(sent.len());
         let mut outcomes = Vec::with_capacity(sent.len());
         for (p, write, record) in sent {
@@ -185,7 +186,7 @@ impl<S: Store> MemFs<S> {
         for ((p, (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
             match (set, cas) {
                 (Ok(true), Ok(CasOutcome::Stored)) if quiet => {
-                    self.activity.published(p.bytes.len())
+                    self.tree.activity.published(p.bytes.len())
                 }
                 // Removed by another mount meanwhile: the bytes just set go where no name is.
                 (_, Ok(CasOutcome::Gone)) => removed.push(key),

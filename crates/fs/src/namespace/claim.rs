@@ -90,17 +90,17 @@ impl<S: Store> MemFs<S> {
         let (touch, now) = self.touch_dir_cmd(parent);
         let touched = batch.push::<Stored>(touch);
         // Statistics only: unread.
-        let _inode_count = batch.incr(self.keys.inode_count(), sending.len() as u64);
+        let _inode_count = batch.incr(self.tree.keys.inode_count(), sending.len() as u64);
         let fence = self.create_fence_cmds(parent, &mut batch);
         // After the `+` records: whether each entry still names its inode.
         let entries_after: Vec<(Vec<u8>, u64, Handle<Got>)> = sending
             .iter()
             .map(|s| {
-                let key = self.keys.entry(parent, &s.new.name);
+                let key = self.tree.keys.entry(parent, &s.new.name);
                 (s.new.name.clone(), s.new.ino, batch.gets(key))
             })
             .collect();
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         let replies: Vec<_> = sent
             .into_iter()
             .map(|s| ClaimReplies::take(&mut results, s))
@@ -213,8 +213,9 @@ impl<S: Store> MemFs<S> {
         new: NewName,
         batch: &mut Batch,
     ) -> (Sending, Sent) {
-        let ikey = self.keys.inode(new.ino);
+        let ikey = self.tree.keys.inode(new.ino);
         let data_key = self
+            .tree
             .keys
             .file_bytes(new.ino, new.rec.mode, &join(dir_path, &new.name));
         let own_keys = self.own_keys(new.ino, &new.rec, &data_key);
@@ -226,8 +227,8 @@ impl<S: Store> MemFs<S> {
             own.extend(own_keys.iter().map(|c| batch.push::<Stored>(c.clone())));
         }
         let entry_added = batch.add(
-            &self.keys.entry(parent, &new.name),
-            &self.keys.entry_value(parent, &new.name, new.ino),
+            &self.tree.keys.entry(parent, &new.name),
+            &self.tree.keys.entry_value(parent, &new.name, new.ino),
         );
         if !own_first {
             own.extend(own_keys.iter().map(|c| batch.push::<Stored>(c.clone())));
@@ -262,7 +263,7 @@ impl<S: Store> MemFs<S> {
         // The log record first: once appended it must be taken back on any failure.
         let logged = logged.clone()?;
         undo.logged = matches!(logged, Logged::Done);
-        let ikey = self.keys.inode(s.new.ino);
+        let ikey = self.tree.keys.inode(s.new.ino);
         if !r.record_added? {
             return Err(FsError::corrupt(
                 &ikey,
@@ -369,7 +370,7 @@ impl<S: Store> MemFs<S> {
     /// The parent's keys a create's batch may make again (mtime, the two log chunks).
     fn parent_keys(&self, parent: u64, la: &LogAppend) -> [Vec<u8>; 3] {
         let [log, next] = self.log_chunk_keys(la);
-        [self.keys.dir_mtime(parent), log, next]
+        [self.tree.keys.dir_mtime(parent), log, next]
     }
 
     /// After a directory rename moved the parent during the create: the empty data key
@@ -377,7 +378,7 @@ impl<S: Store> MemFs<S> {
     /// so no other mount removes or moves it meanwhile).
     fn move_created_data_key(&self, parent: u64, node: &mut NewNode) -> FsResult<()> {
         let path = join(&self.dir_path(parent)?, &node.name);
-        if self.keys.file_bytes(node.ino, node.rec.mode, &path) == node.data_key {
+        if self.tree.keys.file_bytes(node.ino, node.rec.mode, &path) == node.data_key {
             return Ok(());
         }
         node.data_key =
@@ -396,7 +397,7 @@ impl<S: Store> MemFs<S> {
         key: &[u8],
     ) -> FsResult<Vec<u8>> {
         let mut reads = Batch::new();
-        let generation = reads.get(self.keys.dir_generation());
+        let generation = reads.get(self.tree.keys.dir_generation());
         self.with_ns_lock(reads, |_, mut results| {
             self.note_generation(results.take(generation))?;
             self.place_created_key(ino, parent, name, key)
@@ -407,15 +408,15 @@ impl<S: Store> MemFs<S> {
     /// file; a private key is made by the first publish), a directory's log keys.
     pub(crate) fn own_keys(&self, ino: u64, rec: &Inode, data_key: &[u8]) -> Vec<Command> {
         match rec.kind {
-            Kind::File if data_key == self.keys.private_data(ino) => Vec::new(),
+            Kind::File if data_key == self.tree.keys.private_data(ino) => Vec::new(),
             Kind::File => vec![Command::store(StoreOp::Add, data_key, b"")],
             Kind::Dir => vec![
-                Command::store(StoreOp::Add, &self.keys.dir_seq(ino), b"0"),
-                Command::store(StoreOp::Add, &self.keys.dir_log(ino, 0), b""),
-                Command::store(StoreOp::Add, &self.keys.dir_log(ino, 1), b""),
+                Command::store(StoreOp::Add, &self.tree.keys.dir_seq(ino), b"0"),
+                Command::store(StoreOp::Add, &self.tree.keys.dir_log(ino, 0), b""),
+                Command::store(StoreOp::Add, &self.tree.keys.dir_log(ino, 1), b""),
                 Command::store(
                     StoreOp::Add,
-                    &self.keys.dir_mtime(ino),
+                    &self.tree.keys.dir_mtime(ino),
                     rec.mtime.to_text().as_bytes(),
                 ),
             ],

@@ -45,7 +45,7 @@ pub(crate) fn worth_compacting(records: usize, names: usize, per_chunk: u64) -> 
 impl<S: Store> MemFs<S> {
     /// Notes that `dir`'s log may be worth compacting; the heartbeat looks and does it.
     pub(crate) fn want_compaction(&self, dir: u64) {
-        if self.store.in_order() {
+        if self.tree.store.in_order() {
             lock(&self.maintenance.compaction_wanted).insert(dir);
         }
     }
@@ -65,7 +65,7 @@ impl<S: Store> MemFs<S> {
     /// Compacts `dir`'s log (when worth it, or always with `force`). Returns the records
     /// dropped (0: nothing done, or a store that cannot run a batch in order).
     pub fn compact_dir(&self, dir: u64, force: bool) -> FsResult<usize> {
-        if !self.store.in_order() {
+        if !self.tree.store.in_order() {
             return Ok(0);
         }
         self.with_ns_lock(crate::store::batch::Batch::new(), |_, _| {
@@ -76,7 +76,9 @@ impl<S: Store> MemFs<S> {
             let (listing, records) = self
                 .replay_once(dir, base, seq)?
                 .map_err(|missing| FsError::missing(&missing))?;
-            if !force && !worth_compacting(records, listing.len(), self.keys.log_chunk_records()) {
+            if !force
+                && !worth_compacting(records, listing.len(), self.tree.keys.log_chunk_records())
+            {
                 return Ok(0);
             }
             let listing = self.with_entries_agreeing(dir, listing)?;
@@ -84,28 +86,29 @@ impl<S: Store> MemFs<S> {
             let generation = u64::from_str_radix(&random_id(), 16).unwrap_or(0);
             let pieces = self.snapshot_pieces(&listing);
             let new_base = LogBase {
-                chunk: seq / self.keys.log_chunk_records(),
+                chunk: seq / self.tree.keys.log_chunk_records(),
                 snapshot: (!pieces.is_empty()).then_some((generation, pieces.len() as u64)),
             };
             let (written, stored) = self.store_snapshot(dir, generation, &pieces);
             // 3. Replays start at the snapshot.
-            let base_key = self.keys.dir_base(dir);
+            let base_key = self.tree.keys.dir_base(dir);
             let flipped = stored.and_then(|()| {
-                self.store
+                self.tree
+                    .store
                     .store_at(StoreOp::Set, &base_key, new_base.encode().as_bytes())
                     .map(|_| ())
             });
             // 4. What no replay reads any more goes (the new pieces, if the flip failed).
             let mut unread: Vec<Vec<u8>> = match flipped {
-                Ok(_) => self.keys.dir_log_keys(dir, base, seq),
+                Ok(_) => self.tree.keys.dir_log_keys(dir, base, seq),
                 Err(_) => written,
             };
             if flipped.is_ok() {
-                unread.retain(|k| *k != self.keys.dir_log(dir, new_base.chunk));
+                unread.retain(|k| *k != self.tree.keys.dir_log(dir, new_base.chunk));
             }
             let _ = retried(|| {
                 let batch = unread.iter().map(|k| Command::Delete(k.clone())).collect();
-                self.store.execute_all(batch)
+                self.tree.store.execute_all(batch)
             });
             flipped?;
             self.meta.raise_seq_hint(dir, seq);
@@ -123,7 +126,7 @@ impl<S: Store> MemFs<S> {
     fn snapshot_pieces(&self, listing: &dirlog::Listing) -> Vec<Vec<u8>> {
         let names: Vec<_> = listing.iter().collect();
         names
-            .chunks(self.keys.log_chunk_records() as usize)
+            .chunks(self.tree.keys.log_chunk_records() as usize)
             .map(|piece| {
                 let mut bytes = Vec::new();
                 for (name, (ino, kind)) in piece {
@@ -143,7 +146,7 @@ impl<S: Store> MemFs<S> {
         pieces: &[Vec<u8>],
     ) -> (Vec<Vec<u8>>, FsResult<()>) {
         let written: Vec<Vec<u8>> = (0..pieces.len() as u64)
-            .map(|k| self.keys.dir_snapshot(dir, generation, k))
+            .map(|k| self.tree.keys.dir_snapshot(dir, generation, k))
             .collect();
         let sets = written
             .iter()
@@ -151,6 +154,7 @@ impl<S: Store> MemFs<S> {
             .map(|(key, bytes)| Command::store(StoreOp::Set, key, bytes))
             .collect();
         let stored = self
+            .tree
             .store
             .execute(sets)
             .into_iter()
@@ -197,9 +201,9 @@ impl<S: Store> MemFs<S> {
         let mut batch = crate::store::batch::Batch::new();
         let entries: Vec<_> = listing
             .keys()
-            .map(|name| batch.gets(self.keys.entry(dir, name)))
+            .map(|name| batch.gets(self.tree.keys.entry(dir, name)))
             .collect();
-        let mut replies = batch.execute(&self.store);
+        let mut replies = batch.execute(&self.tree.store);
         let mut kept = dirlog::Listing::new();
         for ((name, (ino, kind)), entry) in listing.into_iter().zip(entries) {
             if replies.entry(entry, &name)?.ino == Some(ino) {

@@ -86,7 +86,7 @@ impl<S: Store> MemFs<S> {
         }
         LogAppend {
             dir,
-            chunk: (hint + 1) / self.keys.log_chunk_records(),
+            chunk: (hint + 1) / self.tree.keys.log_chunk_records(),
             records,
             count: changes.len() as u64,
             changes: changes
@@ -101,24 +101,24 @@ impl<S: Store> MemFs<S> {
     /// Pushes the commands of `la` onto `batch`; their replies go to [`Self::finish_log`].
     pub(crate) fn log_commands(&self, la: &LogAppend, batch: &mut Batch) -> LogReplies {
         LogReplies {
-            incr: batch.incr(self.keys.dir_seq(la.dir), la.count),
+            incr: batch.incr(self.tree.keys.dir_seq(la.dir), la.count),
             append: batch.store(
                 StoreOp::Append,
-                &self.keys.dir_log(la.dir, la.chunk),
+                &self.tree.keys.dir_log(la.dir, la.chunk),
                 &la.records,
             ),
-            precreate: batch.add(&self.keys.dir_log(la.dir, la.chunk + 1), b""),
+            precreate: batch.add(&self.tree.keys.dir_log(la.dir, la.chunk + 1), b""),
             // Read after the append and the chunk made ahead: what landed below a base a
             // compaction moved goes again above it (records) or away (the chunk).
-            base: batch.get(self.keys.dir_base(la.dir)),
+            base: batch.get(self.tree.keys.dir_base(la.dir)),
         }
     }
 
     /// The chunk keys an append may create (for cleaning up after a removed directory).
     pub(crate) fn log_chunk_keys(&self, la: &LogAppend) -> [Vec<u8>; 2] {
         [
-            self.keys.dir_log(la.dir, la.chunk),
-            self.keys.dir_log(la.dir, la.chunk + 1),
+            self.tree.keys.dir_log(la.dir, la.chunk),
+            self.tree.keys.dir_log(la.dir, la.chunk + 1),
         ]
     }
 
@@ -135,7 +135,7 @@ impl<S: Store> MemFs<S> {
         let append = results.take(sent.append);
         let precreate = results.take(sent.precreate);
         let base = results.take(sent.base);
-        let base_key = self.keys.dir_base(la.dir);
+        let base_key = self.tree.keys.dir_base(la.dir);
         let last = match incr {
             Ok(Some(n)) => n,
             // No sequence, or one fenced by an rmdir (not a number).
@@ -151,7 +151,7 @@ impl<S: Store> MemFs<S> {
             // Made below the base by this mount's old idea of the log: nothing reads it.
             self.delete_stray_chunks(la.dir, la.chunk + 1..base);
         }
-        let per_chunk = self.keys.log_chunk_records();
+        let per_chunk = self.tree.keys.log_chunk_records();
         let chunk_now = (last / per_chunk).max(base);
         // The batch made `la.chunk` (by appending to it) and the one after.
         let made_up_to = if matches!(append, Ok(true)) {
@@ -165,13 +165,13 @@ impl<S: Store> MemFs<S> {
             // this number, after it. A create's records go again only under the lock, by
             // its fence (`settle_create_fence`).
             Ok(true) if la.under_lock && la.chunk < chunk_now => {
-                self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
+                self.append_or_add(&self.tree.keys.dir_log(la.dir, chunk_now), &la.records)?
             }
             Ok(true) => {}
             // Not there yet, or full (the item size limit).
             Ok(false) | Err(FsError::TooBig { .. }) => {
                 la.late.set(true);
-                self.append_or_add(&self.keys.dir_log(la.dir, chunk_now), &la.records)?
+                self.append_or_add(&self.tree.keys.dir_log(la.dir, chunk_now), &la.records)?
             }
             Err(e) => return Err(e),
         }
@@ -195,14 +195,14 @@ impl<S: Store> MemFs<S> {
     /// reader expects (the base is read after: chunks made below a base moved meanwhile go
     /// again).
     fn make_chunks_up_to(&self, dir: u64, from: u64, chunk_now: u64) -> FsResult<()> {
-        let base_key = self.keys.dir_base(dir);
+        let base_key = self.tree.keys.dir_base(dir);
         crate::fs::retried(|| {
             let mut batch = Batch::new();
             let made: Vec<_> = (from..=chunk_now + 1)
-                .map(|c| batch.add(&self.keys.dir_log(dir, c), b""))
+                .map(|c| batch.add(&self.tree.keys.dir_log(dir, c), b""))
                 .collect();
             let base_read = batch.get(&base_key);
-            let mut r = batch.execute(&self.store);
+            let mut r = batch.execute(&self.tree.store);
             for chunk in made {
                 r.take(chunk)?;
             }
@@ -220,9 +220,9 @@ impl<S: Store> MemFs<S> {
     /// `memfis check --repair` deletes.
     pub(crate) fn delete_stray_chunks(&self, dir: u64, chunks: std::ops::Range<u64>) {
         let batch: Vec<Command> = chunks
-            .map(|c| Command::Delete(self.keys.dir_log(dir, c)))
+            .map(|c| Command::Delete(self.tree.keys.dir_log(dir, c)))
             .collect();
-        let _ = crate::fs::retried(|| self.store.execute_all(batch.clone()));
+        let _ = crate::fs::retried(|| self.tree.store.execute_all(batch.clone()));
     }
 
     /// The command that sets a directory's mtime (sent with every log append).
@@ -230,7 +230,7 @@ impl<S: Store> MemFs<S> {
         let now = Time::now();
         let cmd = Command::store(
             StoreOp::Set,
-            &self.keys.dir_mtime(dir),
+            &self.tree.keys.dir_mtime(dir),
             now.to_text().as_bytes(),
         );
         (cmd, now)
@@ -243,15 +243,16 @@ impl<S: Store> MemFs<S> {
     /// is lifted again only by a rename whose claim failed, under the namespace lock: it is
     /// looked at again under that lock before the key goes.)
     pub(crate) fn set_dir_mtime_unlocked(&self, dir: u64, t: Time) -> FsResult<()> {
-        let key = self.keys.dir_mtime(dir);
-        self.store
+        let key = self.tree.keys.dir_mtime(dir);
+        self.tree
+            .store
             .store_at(StoreOp::Set, &key, t.to_text().as_bytes())?;
         if crate::fs::retried(|| self.dir_seq_value(dir))?.is_some() {
             return Ok(());
         }
         self.with_ns_lock(Batch::new(), |_, _| {
             if self.dir_seq_value(dir)?.is_none() {
-                self.store.delete_at(&key)?;
+                self.tree.store.delete_at(&key)?;
             }
             Ok(())
         })
@@ -270,7 +271,7 @@ impl<S: Store> MemFs<S> {
         let log = self.log_commands(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(dir);
         let touched = batch.push::<Stored>(touch);
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         match self.finish_log(&la, &mut results, log)? {
             Logged::Done => {}
             Logged::DirGone => {
@@ -278,19 +279,19 @@ impl<S: Store> MemFs<S> {
                 // keys of a directory that is gone: taken back (the lock is held, so no
                 // operation makes them meanwhile).
                 let made = [
-                    self.keys.dir_mtime(dir),
-                    self.keys.dir_log(dir, la.chunk + 1),
+                    self.tree.keys.dir_mtime(dir),
+                    self.tree.keys.dir_log(dir, la.chunk + 1),
                 ];
                 let _ = crate::fs::retried(|| {
                     let mut batch = Batch::new();
                     let deleted: Vec<_> = made.iter().map(|k| batch.delete(k)).collect();
-                    let mut r = batch.execute(&self.store);
+                    let mut r = batch.execute(&self.tree.store);
                     for key in deleted {
                         r.take(key)?;
                     }
                     Ok(())
                 });
-                return Err(FsError::missing(&self.keys.dir_seq(dir)));
+                return Err(FsError::missing(&self.tree.keys.dir_seq(dir)));
             }
         }
         results.take(touched)?;
@@ -300,10 +301,10 @@ impl<S: Store> MemFs<S> {
 
     pub(crate) fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
         for _ in 0..crate::fs::CAS_RETRIES {
-            if self.store.store_at(StoreOp::Append, key, record)? {
+            if self.tree.store.store_at(StoreOp::Append, key, record)? {
                 return Ok(());
             }
-            if self.store.store_at(StoreOp::Add, key, record)? {
+            if self.tree.store.store_at(StoreOp::Add, key, record)? {
                 return Ok(());
             }
         }
@@ -318,7 +319,7 @@ impl<S: Store> MemFs<S> {
             // removed meanwhile (ENOENT); a sequence lost under a live record is EIO.
             return match self.read_inode_opt(dir)? {
                 None => Err(FsError::NotFound),
-                Some(_) => Err(FsError::missing(&self.keys.dir_seq(dir))),
+                Some(_) => Err(FsError::missing(&self.tree.keys.dir_seq(dir))),
             };
         };
         let seq = seq.ok_or(FsError::NotFound)?; // fenced: being removed
@@ -347,7 +348,7 @@ impl<S: Store> MemFs<S> {
         for attempt in 0..2 {
             let key = match self.replay_once(dir, base, seq)? {
                 Ok((listing, records)) => {
-                    let per_chunk = self.keys.log_chunk_records();
+                    let per_chunk = self.tree.keys.log_chunk_records();
                     if crate::namespace::compact::worth_compacting(
                         records,
                         listing.len(),
@@ -389,8 +390,9 @@ impl<S: Store> MemFs<S> {
         base: LogBase,
         seq: u64,
     ) -> FsResult<Result<(dirlog::Listing, usize), Vec<u8>>> {
-        let keys = self.keys.dir_log_keys(dir, base, seq);
+        let keys = self.tree.keys.dir_log_keys(dir, base, seq);
         let results = self
+            .tree
             .store
             .execute(keys.iter().map(|k| Command::Get(k.clone())).collect());
         let mut state = dirlog::Replay::default();
@@ -426,15 +428,15 @@ impl<S: Store> MemFs<S> {
 
     /// Attributes of many inodes in one pipelined batch; `None` for a vanished one.
     pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
-        let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.keys.inode(i)).collect();
+        let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.tree.keys.inode(i)).collect();
         // Each record and its directory-mtime key, as getattr reads them (a directory's
         // mtime lives apart from its record; a file has none: a miss in the same batch).
         let mut cmds = Vec::with_capacity(2 * inos.len());
         for (&ino, key) in inos.iter().zip(&keys) {
             cmds.push(Command::Get(key.clone()));
-            cmds.push(Command::Get(self.keys.dir_mtime(ino)));
+            cmds.push(Command::Get(self.tree.keys.dir_mtime(ino)));
         }
-        let mut results = self.store.execute(cmds).into_iter();
+        let mut results = self.tree.store.execute(cmds).into_iter();
         let mut out = Vec::with_capacity(inos.len());
         for (&ino, key) in inos.iter().zip(&keys) {
             let (record, mtime) = (results.next(), results.next());
@@ -446,7 +448,7 @@ impl<S: Store> MemFs<S> {
             out.push(match value_of(key, record)? {
                 Some(item) => {
                     let rec = Inode::decode(key, &item.value)?;
-                    let mkey = self.keys.dir_mtime(ino);
+                    let mkey = self.tree.keys.dir_mtime(ino);
                     let mtime = match rec.kind {
                         Kind::Dir => value_of(&mkey, mtime.expect("one reply a command"))?
                             .and_then(|i| Time::from_text(&i.value)),

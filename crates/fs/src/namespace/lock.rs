@@ -110,7 +110,7 @@ impl<S: Store> MemFs<S> {
         if guard.released {
             return result;
         }
-        if result.is_err() && self.store.lease.refuses() {
+        if result.is_err() && self.tree.store.lease.refuses() {
             // This mount stalled past its liveness: another mount may have completed the
             // intent and gone on since, so this copy of it must not run again. If the lock
             // still names this mount, the heartbeat completes the intent stored there.
@@ -166,14 +166,14 @@ impl<S: Store> MemFs<S> {
 
     /// The owner the namespace lock names (None when free or unreadable).
     fn lock_owner(&self) -> Option<String> {
-        let item = self.store.get(&self.keys.ns_lock()).ok()??;
+        let item = self.tree.store.get(&self.tree.keys.ns_lock()).ok()??;
         let held: LockValue = serde_json::from_slice(&item.value).ok()?;
         Some(held.owner)
     }
 
     /// The intent the lock holds if `owner` holds it (None when unreadable).
     fn intent_in_lock(&self, owner: &str) -> Option<Intent> {
-        let item = self.store.get(&self.keys.ns_lock()).ok()??;
+        let item = self.tree.store.get(&self.tree.keys.ns_lock()).ok()??;
         let held: LockValue = serde_json::from_slice(&item.value).ok()?;
         (held.owner == owner).then_some(held.intent).flatten()
     }
@@ -187,7 +187,7 @@ impl<S: Store> MemFs<S> {
         guard.intent = Some(intent);
         Command::store(
             StoreOp::Set,
-            &self.keys.ns_lock(),
+            &self.tree.keys.ns_lock(),
             &serde_json::to_vec(&value).expect("serializes"),
         )
     }
@@ -204,7 +204,7 @@ impl<S: Store> MemFs<S> {
         let mut batch = Batch::new();
         let stored_intent = batch.push::<Stored>(self.intent_cmd(guard, intent.clone()));
         let firsts: Vec<Handle<Stored>> = first.into_iter().map(|c| batch.push(c)).collect();
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         results.take(stored_intent)?;
         firsts.into_iter().map(|h| results.take(h)).collect()
     }
@@ -217,8 +217,9 @@ impl<S: Store> MemFs<S> {
         };
         let cmd = self.intent_cmd(guard, intent);
         crate::fs::retried(|| {
-            self.store
-                .run_at::<Stored>(&self.keys.ns_lock(), cmd.clone())
+            self.tree
+                .store
+                .run_at::<Stored>(&self.tree.keys.ns_lock(), cmd.clone())
                 .map(drop)
         })
     }
@@ -226,7 +227,7 @@ impl<S: Store> MemFs<S> {
     /// The command that releases the lock (last in an operation's last batch).
     pub(crate) fn unlock_cmd(&self, guard: &mut NsLock<'_>) -> Command {
         guard.released = true;
-        Command::Delete(self.keys.ns_lock())
+        Command::Delete(self.tree.keys.ns_lock())
     }
 
     /// Called once the batch holding [`Self::unlock_cmd`] ran it: what the operation does
@@ -236,8 +237,8 @@ impl<S: Store> MemFs<S> {
     }
 
     fn release_ns_lock(&self, owner: &str) {
-        let key = self.keys.ns_lock();
-        if let Err(e) = self.store.delete(&key) {
+        let key = self.tree.keys.ns_lock();
+        if let Err(e) = self.tree.store.delete(&key) {
             // Released by this mount's next operation or heartbeat (others wait meanwhile,
             // or take it over once this mount is gone).
             crate::limited_warn!(
@@ -259,10 +260,14 @@ impl<S: Store> MemFs<S> {
             intent: guard.intent.clone(),
         })
         .expect("serializes");
-        let key = self.keys.ns_lock();
-        let mut waiter = Waiter::new(self.cfg.lock_backoff);
+        let key = self.tree.keys.ns_lock();
+        let mut waiter = Waiter::new(self.tree.cfg.lock_backoff);
         let taken = loop {
-            match self.store.run(Command::store(StoreOp::Add, &key, &value)) {
+            match self
+                .tree
+                .store
+                .run(Command::store(StoreOp::Add, &key, &value))
+            {
                 Ok(Reply::Stored) => break Ok(()),
                 Ok(_) if self.lock_owner().as_deref() == Some(&guard.owner) => {
                     break Ok(()); // the release never ran: still held
@@ -295,25 +300,25 @@ impl<S: Store> MemFs<S> {
             "the namespace lock taken by a thread that holds it"
         );
         let local = lock(&self.ns.serial);
-        let owner = format!("{}/{}", self.mount_id, random_id());
+        let owner = format!("{}/{}", self.tree.mount_id, random_id());
         let value = serde_json::to_vec(&LockValue {
             owner: owner.clone(),
             intent: None,
         })
         .expect("serializes");
-        let key = self.keys.ns_lock();
-        let mut waiter = Waiter::new(self.cfg.lock_backoff);
+        let key = self.tree.keys.ns_lock();
+        let mut waiter = Waiter::new(self.tree.cfg.lock_backoff);
         loop {
             let mut batch = vec![Command::store(StoreOp::Add, &key, &value)];
             batch.extend(reads.commands().iter().cloned());
-            let mut results = self.store.execute(batch);
+            let mut results = self.tree.store.execute(batch);
             let rest = results.split_off(1);
             match results.pop().expect("one result per command") {
                 Ok(Reply::Stored) => {
-                    self.store.lease.taken();
+                    self.tree.store.lease.taken();
                     let guard = NsLock {
                         _local: local,
-                        lease: &self.store.lease,
+                        lease: &self.tree.store.lease,
                         owner,
                         released: false,
                         intent: None,
@@ -340,10 +345,10 @@ impl<S: Store> MemFs<S> {
             // The operation running is this thread's own: waiting would wait for itself.
             return Ok(());
         }
-        let key = self.keys.ns_lock();
-        let mut waiter = Waiter::new(self.cfg.lock_backoff);
+        let key = self.tree.keys.ns_lock();
+        let mut waiter = Waiter::new(self.tree.cfg.lock_backoff);
         loop {
-            match self.store.get_at(&key)? {
+            match self.tree.store.get_at(&key)? {
                 None => return Ok(()),
                 Some(_) => self.resolve_holder(&mut waiter)?,
             }
@@ -360,23 +365,23 @@ impl<S: Store> MemFs<S> {
             // Another thread of this mount is completing the holder's intent.
             Err(std::sync::TryLockError::WouldBlock) => return waiter.wait(),
         };
-        let key = self.keys.ns_lock();
-        let Some(item) = self.store.gets_at(&key)? else {
+        let key = self.tree.keys.ns_lock();
+        let Some(item) = self.tree.store.gets_at(&key)? else {
             return Ok(()); // released meanwhile
         };
         let held: LockValue = serde_json::from_slice(&item.value)
             .map_err(|e| FsError::corrupt(&key, format!("namespace lock: {e}")))?;
         let mine_left_over = lock(&self.ns.leftover).contains(&held.owner);
         if !mine_left_over {
-            let alive_key = self.keys.alive(held.mount());
-            let alive = self.store.get_at(&alive_key)?.is_some();
+            let alive_key = self.tree.keys.alive(held.mount());
+            let alive = self.tree.store.get_at(&alive_key)?.is_some();
             if alive {
                 drop(one_taker); // (others of this mount may look meanwhile)
                 return waiter.wait();
             }
         }
         // The owner is gone (or it is this mount's own failed operation): take over.
-        let me = format!("{}/{}", self.mount_id, random_id());
+        let me = format!("{}/{}", self.tree.mount_id, random_id());
         let taken = LockValue {
             owner: me.clone(),
             intent: held.intent.clone(),
@@ -386,7 +391,7 @@ impl<S: Store> MemFs<S> {
             &serde_json::to_vec(&taken).expect("serializes"),
             item.cas.unwrap_or(0),
         );
-        match self.store.run(cas) {
+        match self.tree.store.run(cas) {
             Ok(Reply::Stored) => {}
             Ok(_) => return Ok(()), // someone else took it over first
             Err(e) => {
@@ -396,7 +401,7 @@ impl<S: Store> MemFs<S> {
             }
         }
         // Fenced as an acquisition is (`lock_lease`): a stall from here on sends nothing.
-        let _fenced = self.store.lease.taken_over();
+        let _fenced = self.tree.store.lease.taken_over();
         // Ours now: until it is released, this mount's next operation or heartbeat finishes
         // it (if completing fails here, the error goes to the caller).
         lock(&self.ns.leftover).push(me.clone());
@@ -440,7 +445,7 @@ impl<S: Store> MemFs<S> {
     /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
     /// liveness may have lost the lock to another mount).
     pub fn arm_stall_fence(&self) {
-        self.store.lease.arm();
+        self.tree.store.lease.arm();
     }
 
     /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
@@ -448,8 +453,8 @@ impl<S: Store> MemFs<S> {
     /// background work waits behind a long operation of this mount (the lock's holder stops
     /// sending once the liveness is stale: `lock_lease`).
     pub fn refresh_liveness(&self) -> FsResult<()> {
-        let alive = self.keys.alive(&self.mount_id);
-        let format = self.keys.format();
+        let alive = self.tree.keys.alive(&self.tree.mount_id);
+        let format = self.tree.keys.format();
         let sent = std::time::Instant::now();
         let mut batch = Batch::new();
         // Whether the key was still there: a lapse may have cost this mount's file locks.
@@ -462,17 +467,17 @@ impl<S: Store> MemFs<S> {
             exptime: ALIVE_SECS,
         });
         let format_read = batch.get(format);
-        let mut results = batch.execute(self.store.inner());
+        let mut results = batch.execute(self.tree.store.inner());
         let touched = matches!(results.take(touched), Ok(true));
         results.take(refreshed)?;
         self.note_liveness(touched);
-        self.store.lease.refreshed(sent);
+        self.tree.store.lease.refreshed(sent);
         let found = results.take(format_read)?;
         let same = found
             .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
-            .is_some_and(|rec| rec.store_id == self.store_id);
+            .is_some_and(|rec| rec.store_id == self.tree.store_id);
         if !same {
-            self.store.mark_gone();
+            self.tree.store.mark_gone();
             return Err(FsError::StoreGone);
         }
         Ok(())

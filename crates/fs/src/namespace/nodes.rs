@@ -34,8 +34,9 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn alloc_ino(&self) -> FsResult<u64> {
         let mut inos = lock(&self.inos);
         if inos.0 >= inos.1 {
-            let key = self.keys.next_ino();
+            let key = self.tree.keys.next_ino();
             let top = self
+                .tree
                 .store
                 .incr_at(&key, INO_BATCH)?
                 .ok_or_else(|| FsError::missing(&key))?;
@@ -93,12 +94,12 @@ impl<S: Store> MemFs<S> {
     pub(crate) fn create_fence_cmds(&self, parent: u64, batch: &mut Batch) -> FenceReads {
         batch.fence();
         FenceReads {
-            lock: batch.get(self.keys.ns_lock()),
-            generation: batch.get(self.keys.dir_generation()),
-            base: batch.get(self.keys.dir_base(parent)),
+            lock: batch.get(self.tree.keys.ns_lock()),
+            generation: batch.get(self.tree.keys.dir_generation()),
+            base: batch.get(self.tree.keys.dir_base(parent)),
             // After the lock: an rmdir that replayed the log before this create's records
             // landed and was done by the time of the lock read has fenced or deleted it.
-            seq: batch.get(self.keys.dir_seq(parent)),
+            seq: batch.get(self.tree.keys.dir_seq(parent)),
         }
     }
 
@@ -111,7 +112,7 @@ impl<S: Store> MemFs<S> {
     ) -> CreateFence {
         let lock_held = results.take(sent.lock).map(|v| v.is_some());
         let generation = results.take(sent.generation);
-        let base_key = self.keys.dir_base(parent);
+        let base_key = self.tree.keys.dir_base(parent);
         let base = results
             .take(sent.base)
             .and_then(|item| LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..])));
@@ -174,8 +175,8 @@ impl<S: Store> MemFs<S> {
                 break;
             }
             fenced = self.wait_quiet().and_then(|()| {
-                let key = self.keys.dir_generation();
-                self.observe_generation(self.store.run(Command::Get(key)))
+                let key = self.tree.keys.dir_generation();
+                self.observe_generation(self.tree.store.run(Command::Get(key)))
             });
         }
         fenced?;
@@ -262,9 +263,9 @@ impl<S: Store> MemFs<S> {
         let mut batch = Batch::new();
         let reads: Vec<_> = adds
             .iter()
-            .map(|change| batch.gets(self.keys.entry(parent, change.3)))
+            .map(|change| batch.gets(self.tree.keys.entry(parent, change.3)))
             .collect();
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         let mut moved = Vec::new();
         for (change, read) in adds.iter().zip(reads) {
             if results.entry(read, change.3)?.ino != Some(change.2) {
@@ -288,10 +289,10 @@ impl<S: Store> MemFs<S> {
         let path = join(&self.dir_path(parent)?, name);
         let key = match self.read_inode_opt(ino)? {
             Some((rec, _)) if self.read_entry(parent, name)?.ino == Some(ino) => {
-                let key = self.keys.file_bytes(ino, rec.mode, &path);
-                let served = key != self.keys.private_data(ino) && rec.chunk_size.is_none();
+                let key = self.tree.keys.file_bytes(ino, rec.mode, &path);
+                let served = key != self.tree.keys.private_data(ino) && rec.chunk_size.is_none();
                 if served && key != old_key {
-                    self.store.store_at(StoreOp::Add, &key, b"")?;
+                    self.tree.store.store_at(StoreOp::Add, &key, b"")?;
                 }
                 key
             }
@@ -383,14 +384,14 @@ impl<S: Store> MemFs<S> {
                 return Err(e); // (a gone directory lists nothing)
             }
         }
-        let mut batch = vec![Command::Delete(self.keys.inode(undo.ino))];
+        let mut batch = vec![Command::Delete(self.tree.keys.inode(undo.ino))];
         if rec_there {
             batch.push(Command::Decr {
-                key: self.keys.inode_count(),
+                key: self.tree.keys.inode_count(),
                 delta: 1,
             });
         }
-        let private = self.keys.private_data(undo.ino);
+        let private = self.tree.keys.private_data(undo.ino);
         let mut maybe_theirs = Vec::new();
         for cmd in own_keys {
             // A directory's keys and the private key are this inode's alone: they go even if
@@ -410,7 +411,7 @@ impl<S: Store> MemFs<S> {
         if undo.parent_gone && self.dir_seq_value(undo.parent)?.is_none() {
             batch.extend(undo.parent_keys.iter().map(|k| Command::Delete(k.clone())));
         }
-        self.store.execute_all(batch)?;
+        self.tree.store.execute_all(batch)?;
         self.delete_unreached(&maybe_theirs)
     }
 
@@ -472,15 +473,15 @@ impl<S: Store> MemFs<S> {
     /// A new name for a file: entry, link in the record, its bytes at the new data key.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
-        let ekey = self.keys.entry(newparent, newname);
+        let ekey = self.tree.keys.entry(newparent, newname);
         let mut reads = Batch::new();
         let entry = reads.gets(&ekey);
-        let record = reads.gets(self.keys.inode(ino));
-        let generation = reads.get(self.keys.dir_generation());
-        let parent_seq = reads.get(self.keys.dir_seq(newparent));
+        let record = reads.gets(self.tree.keys.inode(ino));
+        let generation = reads.get(self.tree.keys.dir_generation());
+        let parent_seq = reads.get(self.tree.keys.dir_seq(newparent));
         self.with_ns_lock(reads, |guard, mut r| {
             let entry = r.entry(entry, newname)?;
-            let rec_key = self.keys.inode(ino);
+            let rec_key = self.tree.keys.inode(ino);
             let rec = r.take(record)?.ok_or(FsError::NotFound)?;
             let mut rec = Inode::decode(&rec_key, &rec.value)?;
             self.note_generation(r.take(generation))?;
@@ -513,7 +514,7 @@ impl<S: Store> MemFs<S> {
                 path,
             };
             // The claim is the point of no return; a create may take the name first.
-            let value = self.keys.entry_value(newparent, newname, ino);
+            let value = self.tree.keys.entry_value(newparent, newname, ino);
             let claim = match entry.cas {
                 None => Command::store(StoreOp::Add, &ekey, &value),
                 Some(cas) => Command::cas(&ekey, &value, cas),
@@ -544,13 +545,13 @@ impl<S: Store> MemFs<S> {
         let Some(link) = rec.links.iter().find(|l| *l != except) else {
             return Ok(Some(Value::default()));
         };
-        let generation = self.keys.dir_generation();
-        self.observe_generation(self.store.run(Command::Get(generation)))?;
+        let generation = self.tree.keys.dir_generation();
+        self.observe_generation(self.tree.store.run(Command::Get(generation)))?;
         let key = self.bytes_key(ino, rec, link)?;
         if key == target {
             return Ok(None);
         }
-        match self.store.get_at(&key)? {
+        match self.tree.store.get_at(&key)? {
             Some(item) => Ok(Some(Arc::new(item.value))),
             None if rec.size == 0 => Ok(Some(Value::default())),
             None => Err(FsError::missing(&key)),
@@ -563,19 +564,19 @@ impl<S: Store> MemFs<S> {
     /// that stores the intent, makes every change and releases the lock.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        let ekey = self.keys.entry(parent, name);
+        let ekey = self.tree.keys.entry(parent, name);
         let guess = self.meta.known_child(parent, name);
         let mut reads = Batch::new();
         let entry = reads.gets(&ekey);
-        let generation = reads.get(self.keys.dir_generation());
-        let parent_seq = reads.get(self.keys.dir_seq(parent));
-        let guessed = guess.map(|ino| (ino, reads.gets(self.keys.inode(ino))));
+        let generation = reads.get(self.tree.keys.dir_generation());
+        let parent_seq = reads.get(self.tree.keys.dir_seq(parent));
+        let guessed = guess.map(|ino| (ino, reads.gets(self.tree.keys.inode(ino))));
         self.with_ns_lock(reads, |guard, mut r| {
             let entry = r.entry(entry, name)?;
             self.note_generation(r.take(generation))?;
             self.require_live_dir(parent, r.take(parent_seq)?)?;
             let ino = entry.ino.ok_or(FsError::NotFound)?;
-            let rec_key = self.keys.inode(ino);
+            let rec_key = self.tree.keys.inode(ino);
             let (rec, rec_cas) = match guessed {
                 Some((g, record)) if g == ino => {
                     let item = r.required(record)?;
@@ -645,7 +646,7 @@ impl<S: Store> MemFs<S> {
             if !self.bytes_keys(ino, rest)?.contains(&key) {
                 data_keys.push(key);
             }
-            let private = self.keys.private_data(ino);
+            let private = self.tree.keys.private_data(ino);
             if rest.links.is_empty() && !data_keys.contains(&private) {
                 data_keys.push(private);
             }
@@ -654,7 +655,10 @@ impl<S: Store> MemFs<S> {
             // the served key it adds at this name's path would outlive the file. Under the
             // lock the name is this file's, so that key holds nothing else.
             if rest.links.is_empty() {
-                let served = self.keys.file_bytes(ino, 0o644, &self.link_path(link)?);
+                let served = self
+                    .tree
+                    .keys
+                    .file_bytes(ino, 0o644, &self.link_path(link)?);
                 if !data_keys.contains(&served) {
                     data_keys.push(served);
                 }
@@ -684,10 +688,10 @@ impl<S: Store> MemFs<S> {
         else {
             unreachable!("an unlink's intent")
         };
-        let (parent, ino, rec_key) = (*parent, *ino, self.keys.inode(*ino));
+        let (parent, ino, rec_key) = (*parent, *ino, self.tree.keys.inode(*ino));
         let mut batch = Batch::new();
         let intent_stored = batch.push::<Stored>(self.intent_cmd(guard, intent.clone()));
-        let entry_deleted = batch.delete(self.keys.entry(parent, name));
+        let entry_deleted = batch.delete(self.tree.keys.entry(parent, name));
         let la = self.log_append_locked(parent, &[(Op::Remove, *kind, ino, name)]);
         let log = self.log_commands(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(parent);
@@ -695,7 +699,7 @@ impl<S: Store> MemFs<S> {
         let record = if last_link {
             RecordChange::Removed(
                 batch.delete(&rec_key),
-                batch.decr(self.keys.inode_count(), 1),
+                batch.decr(self.tree.keys.inode_count(), 1),
             )
         } else {
             RecordChange::Updated(batch.cas(&rec_key, &rest.encode(), rec_cas))
@@ -704,7 +708,7 @@ impl<S: Store> MemFs<S> {
         // (With nothing after it the fence still sends an empty second batch on a pool.)
         batch.fence();
         let release = last_link.then(|| batch.push::<Deleted>(self.unlock_cmd(guard)));
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         // The lock's delete, last in the batch, ran only if the batch got that far.
         let unlocked = release.is_some_and(|h| results.take(h).is_ok());
         if unlocked {
@@ -791,7 +795,7 @@ impl<S: Store> MemFs<S> {
                 return Ok(());
             }
             self.meta
-                .raise_seq_hint(dir, now.base.chunk * self.keys.log_chunk_records());
+                .raise_seq_hint(dir, now.base.chunk * self.tree.keys.log_chunk_records());
             self.log_dir_changes(dir, &still)
         })
     }
@@ -807,7 +811,7 @@ impl<S: Store> MemFs<S> {
             return Ok(());
         }
         match dir {
-            ROOT_INO => Err(FsError::missing(&self.keys.dir_seq(dir))),
+            ROOT_INO => Err(FsError::missing(&self.tree.keys.dir_seq(dir))),
             _ => Err(FsError::NotFound),
         }
     }
@@ -820,11 +824,11 @@ impl<S: Store> MemFs<S> {
     /// A directory's sequence key with its cas token, and its log's base chunk, read together:
     /// `None` when the sequence is missing.
     pub(crate) fn read_dir_seq(&self, dir: u64) -> FsResult<Option<DirSeq>> {
-        let key = self.keys.dir_seq(dir);
-        let base_key = self.keys.dir_base(dir);
+        let key = self.tree.keys.dir_seq(dir);
+        let base_key = self.tree.keys.dir_base(dir);
         let mut batch = Batch::new();
         let (seq, base) = (batch.gets(key), batch.get(&base_key));
-        let mut r = batch.execute(&self.store);
+        let mut r = batch.execute(&self.tree.store);
         let seq = r.take(seq)?;
         let base = r.take(base)?;
         let base = LogBase::decode(&base_key, base.as_ref().map(|b| &b.value[..]))?;
@@ -838,29 +842,30 @@ impl<S: Store> MemFs<S> {
     /// Deletes an inode's record and, for a directory, its log keys.
     pub(crate) fn delete_inode_keys(&self, ino: u64, kind: Kind, last_seq: u64) -> FsResult<()> {
         let mut batch = Batch::new();
-        let record = batch.delete(self.keys.inode(ino));
-        let counted = batch.decr(self.keys.inode_count(), 1);
+        let record = batch.delete(self.tree.keys.inode(ino));
+        let counted = batch.decr(self.tree.keys.inode_count(), 1);
         let mut deleted = Vec::new();
         if kind == Kind::File {
-            deleted.push(batch.delete(self.keys.private_data(ino)));
+            deleted.push(batch.delete(self.tree.keys.private_data(ino)));
         }
         if kind == Kind::Dir {
             // The log from its base: its snapshot and chunks (the base key goes with them).
-            let base_key = self.keys.dir_base(ino);
-            let item = self.store.get_at(&base_key)?;
+            let base_key = self.tree.keys.dir_base(ino);
+            let item = self.tree.store.get_at(&base_key)?;
             let base =
                 LogBase::decode(&base_key, item.as_ref().map(|b| &b.value[..])).unwrap_or_default();
-            deleted.push(batch.delete(self.keys.dir_seq(ino)));
-            deleted.push(batch.delete(self.keys.dir_mtime(ino)));
-            for key in self
-                .keys
-                .dir_log_keys(ino, base, last_seq + self.keys.log_chunk_records())
-            {
+            deleted.push(batch.delete(self.tree.keys.dir_seq(ino)));
+            deleted.push(batch.delete(self.tree.keys.dir_mtime(ino)));
+            for key in self.tree.keys.dir_log_keys(
+                ino,
+                base,
+                last_seq + self.tree.keys.log_chunk_records(),
+            ) {
                 deleted.push(batch.delete(key));
             }
             deleted.push(batch.delete(base_key));
         }
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         results.take(record)?;
         results.take(counted)?;
         for key in deleted {
@@ -878,10 +883,10 @@ impl<S: Store> MemFs<S> {
     /// read empty; then every key goes.
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        let ekey = self.keys.entry(parent, name);
+        let ekey = self.tree.keys.entry(parent, name);
         let mut reads = Batch::new();
         let entry = reads.gets(&ekey);
-        let parent_seq = reads.get(self.keys.dir_seq(parent));
+        let parent_seq = reads.get(self.tree.keys.dir_seq(parent));
         self.with_ns_lock(reads, |guard, mut results| {
             let entry = results.entry(entry, name)?;
             self.require_live_dir(parent, results.take(parent_seq)?)?;
@@ -917,7 +922,7 @@ impl<S: Store> MemFs<S> {
     /// a pool a create's `+` may land before its entry (another server), and such a name is
     /// left for `memfis check --repair`.
     pub(crate) fn empty_dir_fence(&self, dir: u64) -> FsResult<(Command, u64)> {
-        let seq_key = self.keys.dir_seq(dir);
+        let seq_key = self.tree.keys.dir_seq(dir);
         let mut dropped_unbacked = false;
         loop {
             let DirSeq { seq, cas, base } = self
@@ -929,7 +934,7 @@ impl<S: Store> MemFs<S> {
                 let fence = Command::cas(&seq_key, b"removed", cas);
                 return Ok((fence, last_seq));
             }
-            if dropped_unbacked || !self.store.in_order() {
+            if dropped_unbacked || !self.tree.store.in_order() {
                 return Err(FsError::NotEmpty);
             }
             let listed: Vec<LogChange<'_>> = listing
@@ -963,11 +968,11 @@ impl<S: Store> MemFs<S> {
         let mut batch = Batch::new();
         let reads: Vec<_> = listed
             .iter()
-            .map(|&(_, _, ino, _)| batch.get(self.keys.inode(ino)))
+            .map(|&(_, _, ino, _)| batch.get(self.tree.keys.inode(ino)))
             .collect();
-        let mut results = batch.execute(&self.store);
+        let mut results = batch.execute(&self.tree.store);
         for (&(_, _, ino, name), read) in listed.iter().zip(reads) {
-            let key = self.keys.inode(ino);
+            let key = self.tree.keys.inode(ino);
             if let Some(item) = results.take(read)? {
                 let rec = Inode::decode(&key, &item.value)?;
                 if rec.links.iter().any(|l| l.parent == dir && l.name == name) {
@@ -999,11 +1004,11 @@ impl<S: Store> MemFs<S> {
         // Whether a name reaches a key is worked out with this mount's cached directory paths:
         // current only once the directory-rename count is read (no directory moves while the
         // lock is held). A stale path would miss the file now at the key and delete its bytes.
-        let generation = self.keys.dir_generation();
-        self.observe_generation(self.store.run(Command::Get(generation)))?;
+        let generation = self.tree.keys.dir_generation();
+        self.observe_generation(self.tree.store.run(Command::Get(generation)))?;
         for key in keys {
             if !self.holds_bytes_of_a_name(key)? {
-                self.store.delete_at(key)?;
+                self.tree.store.delete_at(key)?;
             }
         }
         Ok(())
@@ -1013,7 +1018,7 @@ impl<S: Store> MemFs<S> {
     /// also for keys that are neither data nor private keys, which this never deletes.
     fn holds_bytes_of_a_name(&self, key: &[u8]) -> FsResult<bool> {
         // Paths start with `/`; metadata keys (a private key among them) with `%`.
-        let data_prefix = self.keys.data(b"");
+        let data_prefix = self.tree.keys.data(b"");
         if let Some(escaped_path) = key.strip_prefix(data_prefix.as_slice())
             && escaped_path.starts_with(b"/")
         {
@@ -1031,10 +1036,10 @@ impl<S: Store> MemFs<S> {
                 None => true,
             });
         }
-        if key.starts_with(&self.keys.chunk_prefix()) {
+        if key.starts_with(&self.tree.keys.chunk_prefix()) {
             return self.chunk_in_use(key);
         }
-        let private_prefix = self.keys.private_data_prefix();
+        let private_prefix = self.tree.keys.private_data_prefix();
         if let Some(number) = key.strip_prefix(private_prefix.as_slice())
             && let Some(ino) = crate::store::replies::parse_number(number)
         {

@@ -21,13 +21,13 @@ impl<S: Store> MemFs<S> {
     /// Reads an inode record with its cas token. A missing record is EIO naming the key.
     pub(crate) fn read_inode(&self, ino: u64) -> FsResult<(Inode, u64)> {
         self.read_inode_opt(ino)?
-            .ok_or_else(|| FsError::missing(&self.keys.inode(ino)))
+            .ok_or_else(|| FsError::missing(&self.tree.keys.inode(ino)))
     }
 
     /// Reads an inode record with its cas token; `None` when there is none.
     pub(crate) fn read_inode_opt(&self, ino: u64) -> FsResult<Option<(Inode, u64)>> {
-        let key = self.keys.inode(ino);
-        let Some(item) = self.store.gets_at(&key)? else {
+        let key = self.tree.keys.inode(ino);
+        let Some(item) = self.tree.store.gets_at(&key)? else {
             return Ok(None);
         };
         Ok(Some((
@@ -53,7 +53,7 @@ impl<S: Store> MemFs<S> {
             Ok(rec) => rec,
             // The kernel names inodes it looked up earlier: one another mount removed
             // meanwhile is ENOENT, as for a stale handle on a local filesystem.
-            Err(FsError::Missing { key }) if key.as_bytes() == self.keys.inode(ino) => {
+            Err(FsError::Missing { key }) if key.as_bytes() == self.tree.keys.inode(ino) => {
                 return Err(FsError::NotFound);
             }
             Err(e) => return Err(e),
@@ -93,13 +93,14 @@ impl<S: Store> MemFs<S> {
         ino: u64,
         mut change: impl FnMut(&mut Inode) -> FsResult<()>,
     ) -> FsResult<Inode> {
-        let key = self.keys.inode(ino);
+        let key = self.tree.keys.inode(ino);
         for _ in 0..CAS_RETRIES {
             let (mut rec, cas) = self.read_inode(ino)?;
             change(&mut rec)?;
             let value = rec.encode();
             self.check_record_size(&key, value.len())?;
             match self
+                .tree
                 .store
                 .run_at::<Cas>(&key, Command::cas(&key, &value, cas))?
             {
@@ -114,7 +115,7 @@ impl<S: Store> MemFs<S> {
     /// EFBIG before a record grows past the store's item size (checked before an operation
     /// changes anything, so it fails whole).
     pub(crate) fn check_record_size(&self, key: &[u8], len: usize) -> FsResult<()> {
-        if let Some(max) = self.cfg.item_size_max
+        if let Some(max) = self.tree.cfg.item_size_max
             && len as u64 + ITEM_OVERHEAD > max
         {
             return Err(FsError::TooBig {
@@ -130,14 +131,14 @@ impl<S: Store> MemFs<S> {
     /// Reads a directory entry. A hashed key holding another name's entry reads as no entry
     /// (`EntrySlot::taken_by`).
     pub(crate) fn read_entry(&self, dir: u64, name: &[u8]) -> FsResult<EntrySlot> {
-        let key = self.keys.entry(dir, name);
-        entry_slot(&key, name, self.store.run(Command::Gets(key.clone())))
+        let key = self.tree.keys.entry(dir, name);
+        entry_slot(&key, name, self.tree.store.run(Command::Gets(key.clone())))
     }
 
     /// The error for a name whose hashed entry key holds another name (ENAMETOOLONG): the
     /// name cannot be made there, and the other name's entry stays as it is.
     pub(crate) fn name_collision(&self, dir: u64, name: &[u8]) -> FsError {
-        let key = self.keys.entry(dir, name);
+        let key = self.tree.keys.entry(dir, name);
         warn!(
             path = %self.path_of(dir, name),
             key = %String::from_utf8_lossy(&key),
@@ -159,7 +160,7 @@ impl<S: Store> MemFs<S> {
         from: Option<u64>,
         to: Option<u64>,
     ) -> FsResult<Option<u64>> {
-        let key = self.keys.entry(dir, name);
+        let key = self.tree.keys.entry(dir, name);
         for _ in 0..CAS_RETRIES {
             let slot = self.read_entry(dir, name)?;
             if slot.ino == to || slot.ino != from {
@@ -170,18 +171,18 @@ impl<S: Store> MemFs<S> {
             }
             let done = match (to, slot.cas) {
                 (None, _) => {
-                    self.store.delete_at(&key)?;
+                    self.tree.store.delete_at(&key)?;
                     true
                 }
-                (Some(ino), None) => self.store.store_at(
+                (Some(ino), None) => self.tree.store.store_at(
                     StoreOp::Add,
                     &key,
-                    &self.keys.entry_value(dir, name, ino),
+                    &self.tree.keys.entry_value(dir, name, ino),
                 )?,
                 (Some(ino), Some(cas)) => {
-                    let value = self.keys.entry_value(dir, name, ino);
+                    let value = self.tree.keys.entry_value(dir, name, ino);
                     let cas = Command::cas(&key, &value, cas);
-                    self.store.run_at::<Cas>(&key, cas)? == CasOutcome::Stored
+                    self.tree.store.run_at::<Cas>(&key, cas)? == CasOutcome::Stored
                 }
             };
             if done {
@@ -196,12 +197,12 @@ impl<S: Store> MemFs<S> {
     /// Notes the store's directory-rename count read in some batch: a change since the last
     /// one makes every cached path stale.
     pub(crate) fn observe_generation(&self, r: CmdResult) -> FsResult<()> {
-        self.note_generation(value_of(&self.keys.dir_generation(), r))
+        self.note_generation(value_of(&self.tree.keys.dir_generation(), r))
     }
 
     /// As [`Self::observe_generation`], from a read of the count taken by its handle.
     pub(crate) fn note_generation(&self, got: FsResult<Option<Item>>) -> FsResult<()> {
-        let key = self.keys.dir_generation();
+        let key = self.tree.keys.dir_generation();
         let Some(item) = got? else {
             return Err(FsError::missing(&key));
         };
@@ -243,7 +244,7 @@ impl<S: Store> MemFs<S> {
             }
             if unknown.len() > MAX_DEPTH {
                 return Err(FsError::corrupt(
-                    &self.keys.inode(dir),
+                    &self.tree.keys.inode(dir),
                     "directory nesting too deep: a cycle of directories",
                 ));
             }
@@ -293,7 +294,10 @@ impl<S: Store> MemFs<S> {
 
     /// Where the bytes of a file's name `link` live (`KeyLayout::file_bytes`).
     pub(crate) fn bytes_key(&self, ino: u64, rec: &Inode, link: &Link) -> FsResult<Vec<u8>> {
-        Ok(self.keys.file_bytes(ino, rec.mode, &self.link_path(link)?))
+        Ok(self
+            .tree
+            .keys
+            .file_bytes(ino, rec.mode, &self.link_path(link)?))
     }
 
     /// Every key that holds a file's bytes: the data key of each served name, and its
@@ -316,7 +320,7 @@ impl<S: Store> MemFs<S> {
         check_name(name)?;
         if self.meta.known_absent(parent, name) {
             // A cached listing of a store that is gone answers nothing.
-            return Err(match self.store.is_gone() {
+            return Err(match self.tree.store.is_gone() {
                 true => FsError::StoreGone,
                 false => FsError::NotFound,
             });
@@ -331,8 +335,8 @@ impl<S: Store> MemFs<S> {
             }
             // The entry named a record that is gone: removed or moved by another mount
             // meanwhile (ENOENT or the new inode), or lost (EIO).
-            if self.read_entry(parent, name)?.ino == Some(ino) && self.is_quiet()? {
-                let key = self.keys.inode(ino);
+            if self.read_entry(parent, name)?.ino == Some(ino) && self.tree.is_quiet()? {
+                let key = self.tree.keys.inode(ino);
                 warn!(path = %self.path_of(parent, name), key = %String::from_utf8_lossy(&key), "entry points at a missing inode record");
                 return Err(FsError::missing(&key));
             }

@@ -57,13 +57,13 @@ impl<S: Store> MemFs<S> {
     ) -> FsResult<()> {
         check_name(name)?;
         check_name(newname)?;
-        let skey = self.keys.entry(parent, name);
-        let dkey = self.keys.entry(newparent, newname);
+        let skey = self.tree.keys.entry(parent, name);
+        let dkey = self.tree.keys.entry(newparent, newname);
         let mut reads = Batch::new();
         let src = reads.gets(&skey);
         let dst = reads.gets(&dkey);
-        let generation = reads.get(self.keys.dir_generation());
-        let parent_seqs = [parent, newparent].map(|dir| reads.get(self.keys.dir_seq(dir)));
+        let generation = reads.get(self.tree.keys.dir_generation());
+        let parent_seqs = [parent, newparent].map(|dir| reads.get(self.tree.keys.dir_seq(dir)));
         self.with_ns_lock(reads, |guard, mut r| {
             let mut src = r.entry(src, name)?;
             let mut dst = r.entry(dst, newname)?;
@@ -77,7 +77,7 @@ impl<S: Store> MemFs<S> {
                 else {
                     return Ok(()); // two names of one inode: POSIX says do nothing
                 };
-                let value = self.keys.entry_value(newparent, newname, intent.ino);
+                let value = self.tree.keys.entry_value(newparent, newname, intent.ino);
                 let claim = match dst.cas {
                     None => Command::store(StoreOp::Add, &dkey, &value),
                     Some(cas) => Command::cas(&dkey, &value, cas),
@@ -170,7 +170,7 @@ impl<S: Store> MemFs<S> {
         // path too long for a served key is no refusal: those bytes go to a private key.)
         let mut grown = src_rec.clone();
         grown.replace_link(&Link::new(parent, name), Link::new(newparent, newname));
-        self.check_record_size(&self.keys.inode(src), grown.encode().len())?;
+        self.check_record_size(&self.tree.keys.inode(src), grown.encode().len())?;
         Ok(Some(RenameIntent {
             src_parent: parent,
             src_name: name.to_vec(),
@@ -286,7 +286,7 @@ impl<S: Store> MemFs<S> {
     /// A file the rename replaces keeps no bytes at the destination's data key when the
     /// source will not overwrite them there (a file not served there, or not a file).
     fn drop_replaced_bytes(&self, r: &RenameIntent) -> FsResult<()> {
-        let served = self.keys.data(&r.new_path);
+        let served = self.tree.keys.data(&r.new_path);
         if r.exchange
             || !matches!(r.replaced, Some((_, Kind::File)))
             || served.len() > memfis_memcache::MAX_KEY_LEN
@@ -297,20 +297,21 @@ impl<S: Store> MemFs<S> {
             // (A file in chunks has no served key: nothing overwrites the destination's.)
             (Kind::File, Some((rec, _))) => {
                 rec.chunk_size.is_none()
-                    && self.keys.file_bytes(r.ino, rec.mode, &r.new_path) == served
+                    && self.tree.keys.file_bytes(r.ino, rec.mode, &r.new_path) == served
             }
             _ => false,
         };
         if !overwritten {
-            self.store.delete_at(&served)?;
+            self.tree.store.delete_at(&served)?;
         }
         Ok(())
     }
 
     /// Lifts the fence of directory `dir` (a rename that fenced it did not begin).
     fn unfence(&self, dir: u64, last_seq: u64) -> FsResult<()> {
-        let key = self.keys.dir_seq(dir);
-        self.store
+        let key = self.tree.keys.dir_seq(dir);
+        self.tree
+            .store
             .store_at(StoreOp::Set, &key, last_seq.to_string().as_bytes())?;
         Ok(())
     }
@@ -339,24 +340,24 @@ impl<S: Store> MemFs<S> {
             .filter(|m| !new_keys.contains(&m.old) && !m.keep_old)
             .map(|m| Command::Delete(m.old.clone()))
             .collect();
-        self.store.execute_all(stale)?;
+        self.tree.store.execute_all(stale)?;
         self.mark_exchange_data_done()
     }
 
     /// Counts a directory rename (`PREFIX%dirgen`): mounts drop their cached paths.
     fn bump_dir_generation(&self) -> FsResult<()> {
-        let key = self.keys.dir_generation();
-        if self.store.incr_at(&key, 1)?.is_none() {
-            self.store.store_at(StoreOp::Add, &key, b"1")?;
+        let key = self.tree.keys.dir_generation();
+        if self.tree.store.incr_at(&key, 1)?.is_none() {
+            self.tree.store.store_at(StoreOp::Add, &key, b"1")?;
         }
         Ok(())
     }
 
     /// Records in the lock that an exchange's bytes were swapped (a second swap would undo it).
     fn mark_exchange_data_done(&self) -> FsResult<()> {
-        let key = self.keys.ns_lock();
+        let key = self.tree.keys.ns_lock();
         for _ in 0..CAS_RETRIES {
-            let Some(item) = self.store.gets_at(&key)? else {
+            let Some(item) = self.tree.store.gets_at(&key)? else {
                 return Ok(());
             };
             let mut held: LockValue = serde_json::from_slice(&item.value)
@@ -366,6 +367,7 @@ impl<S: Store> MemFs<S> {
             }
             let value = serde_json::to_vec(&held).expect("serializes");
             match self
+                .tree
                 .store
                 .run(Command::cas(&key, &value, item.cas.unwrap_or(0)))
             {
@@ -394,11 +396,11 @@ impl<S: Store> MemFs<S> {
                 false => self.read_inode(cur)?,
             };
             cur = rec.links.first().map(|l| l.parent).ok_or_else(|| {
-                FsError::corrupt(&self.keys.inode(cur), "directory without a parent")
+                FsError::corrupt(&self.tree.keys.inode(cur), "directory without a parent")
             })?;
         }
         Err(FsError::corrupt(
-            &self.keys.inode(target),
+            &self.tree.keys.inode(target),
             "directory nesting too deep: a cycle of directories",
         ))
     }
@@ -468,11 +470,11 @@ impl<S: Store> MemFs<S> {
     fn bytes_moves(&self, files: &[MovedFile]) -> FsResult<Vec<Move>> {
         let gets = files
             .iter()
-            .map(|f| Command::Get(self.keys.inode(f.ino)))
+            .map(|f| Command::Get(self.tree.keys.inode(f.ino)))
             .collect();
         let mut moves = Vec::new();
-        for (f, r) in files.iter().zip(self.store.execute(gets)) {
-            let key = self.keys.inode(f.ino);
+        for (f, r) in files.iter().zip(self.tree.store.execute(gets)) {
+            let key = self.tree.keys.inode(f.ino);
             // A file without a record: `memfis check` reports it; its bytes stay where they are.
             let Some(item) = value_of(&key, r)? else {
                 continue;
@@ -481,11 +483,11 @@ impl<S: Store> MemFs<S> {
             if rec.chunk_size.is_some() {
                 continue; // chunks are keyed by inode: nothing moves
             }
-            let old = self.keys.file_bytes(f.ino, rec.mode, &f.old_path);
-            let new = self.keys.file_bytes(f.ino, rec.mode, &f.new_path);
+            let old = self.tree.keys.file_bytes(f.ino, rec.mode, &f.old_path);
+            let new = self.tree.keys.file_bytes(f.ino, rec.mode, &f.new_path);
             if old != new {
                 moves.push(Move {
-                    keep_old: old == self.keys.private_data(f.ino) && rec.links.len() > 1,
+                    keep_old: old == self.tree.keys.private_data(f.ino) && rec.links.len() > 1,
                     empty: rec.size == 0,
                     old,
                     new,
@@ -502,7 +504,7 @@ impl<S: Store> MemFs<S> {
         let gets = moves.iter().map(|m| Command::Get(m.old.clone())).collect();
         let mut sets = Vec::new();
         let mut deletes = Vec::new();
-        for (m, r) in moves.iter().zip(self.store.execute(gets)) {
+        for (m, r) in moves.iter().zip(self.tree.store.execute(gets)) {
             match value_of(&m.old, r)? {
                 Some(item) => {
                     sets.push(Command::store(StoreOp::Set, &m.new, &item.value));
@@ -516,6 +518,6 @@ impl<S: Store> MemFs<S> {
         }
         // Sets before deletes: nginx finds every file at one of its paths throughout.
         let batch: Vec<Command> = sets.into_iter().chain(deletes).collect();
-        self.store.execute_all(batch)
+        self.tree.store.execute_all(batch)
     }
 }

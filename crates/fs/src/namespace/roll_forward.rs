@@ -120,7 +120,7 @@ impl<S: Store> MemFs<S> {
             && kind == Kind::File
             && rec.chunk_size.is_none()
         {
-            let key = self.keys.file_bytes(ino, rec.mode, path);
+            let key = self.tree.keys.file_bytes(ino, rec.mode, path);
             match self.current_bytes_except(ino, &rec, &link, &key) {
                 Ok(Some(bytes)) => self.write_data_keys(&[key], bytes)?,
                 Ok(None) => {} // the names share the key (a private key)
@@ -161,13 +161,13 @@ impl<S: Store> MemFs<S> {
         name: &[u8],
         keys: &[Vec<u8>],
     ) -> FsResult<()> {
-        let private = self.keys.private_data_prefix();
+        let private = self.tree.keys.private_data_prefix();
         let name_taken = self.read_entry(parent, name)?.ino.is_some();
         for key in keys {
             if name_taken && !key.starts_with(&private) {
                 continue;
             }
-            self.store.delete_at(key)?;
+            self.tree.store.delete_at(key)?;
         }
         Ok(())
     }
