@@ -12,6 +12,7 @@ use memfis_memcache::Store;
 use crate::files::open_files::OpenFiles;
 use crate::layout::attr::StatFs;
 use crate::layout::keys::KeyLayout;
+use crate::locks::{FileLocks, Holder, LockRequest};
 use crate::namespace::meta_cache::MetaCache;
 use crate::store::batch::StoreAt;
 use crate::tree::Tree;
@@ -75,8 +76,8 @@ pub struct MemFs<S: Store> {
     pub(crate) open_files: OpenFiles,
     /// What this mount remembers of directories between operations (bounded, expiring).
     pub(crate) meta: MetaCache,
-    /// What this mount remembers of the file locks it holds (`crate::locks`).
-    pub(crate) locks: crate::locks::LocalLocks,
+    /// File locks across mounts (`crate::locks`).
+    pub(crate) locks: FileLocks<S>,
 }
 
 pub use crate::tree::listed_prefixes;
@@ -115,14 +116,15 @@ impl<S: Store> MemFs<S> {
     /// under it, so two nesting prefixes created at once cannot both succeed.
     pub fn open_tree(store: S, keys: KeyLayout, cfg: FsConfig, create: bool) -> FsResult<MemFs<S>> {
         let cfg_ttl = cfg.cache_ttl;
+        let tree = Arc::new(Tree::open(store, keys, cfg, create)?);
         let fs = MemFs {
-            tree: Arc::new(Tree::open(store, keys, cfg, create)?),
+            locks: FileLocks::new(tree.clone()),
+            tree,
             ns: crate::namespace::lock::LocalNsLock::default(),
             maintenance: Default::default(),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg_ttl),
-            locks: crate::locks::LocalLocks::new(),
         };
         fs.heartbeat()?;
         // A mount that died mid-operation left its intent in the lock: finish it now.
@@ -157,6 +159,59 @@ impl<S: Store> MemFs<S> {
             open_handles: open_handles as u64,
             store_id: self.tree.store_id.clone(),
         }
+    }
+
+    // ----- file locks (`crate::locks`) ---------------------------------------------------
+
+    /// Tries once to take a lock. `Ok(Ok(changed))` when granted: `changed` tells that
+    /// another mount published the file since this mount read it (the kernel's cached pages
+    /// and attributes of it are stale). `Ok(Err(holder))` when a live owner's lock is in the
+    /// way.
+    pub fn try_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Result<bool, Holder>> {
+        Ok(self
+            .locks
+            .try_lock(ino, req)?
+            .map(|granted| self.pages_stale_after_grant(ino, granted.record)))
+    }
+
+    /// Takes the lock, waiting as long as it takes while thread `tid` (the caller, as the
+    /// kernel names it; 0: unknown) has no signal pending. Granted: whether the file changed
+    /// (as [`MemFs::try_lock`]).
+    pub fn lock_wait(&self, ino: u64, req: &LockRequest, tid: u32) -> FsResult<bool> {
+        let granted = self.locks.lock_wait(ino, req, tid)?;
+        Ok(self.pages_stale_after_grant(ino, granted.record))
+    }
+
+    /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
+    pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
+        self.locks.test_lock(ino, req)
+    }
+
+    /// `F_UNLCK` of a range through handle `fh`: publishes the file's pending writes first,
+    /// so the next holder on any mount reads them, then cuts the range out of the owner's
+    /// locks.
+    pub fn unlock(&self, fh: u64, ino: u64, owner: u64, start: u64, end: u64) -> FsResult<()> {
+        self.flush(fh)?;
+        self.locks.unlock(ino, owner, start, end)
+    }
+
+    /// Releases every lock `owner` holds on `ino` (a close: the kernel's FLUSH for POSIX
+    /// locks). Costs nothing unless this mount knows the owner locked the file. A failure
+    /// is kept for the heartbeat to retry (the lock must not stay held by a live mount).
+    pub fn release_locks(&self, ino: u64, owner: u64) -> FsResult<()> {
+        self.locks.release_locks(ino, owner)
+    }
+
+    /// The last close of handle `fh` (the kernel's RELEASE): releases the locks of every
+    /// owner that locked through it (its flock and OFD locks; POSIX locks of processes went
+    /// with their FLUSH already), and `flock_owner`'s.
+    pub fn release_handle_locks(
+        &self,
+        fh: u64,
+        ino: u64,
+        flock_owner: Option<u64>,
+    ) -> FsResult<()> {
+        self.locks.release_handle_locks(fh, ino, flock_owner)
     }
 
     // ----- whole filesystem ----------------------------------------------------------------

@@ -6,7 +6,7 @@
 //!   mounts; releasing on unlock and close; what a granted lock makes visible
 //! - `wait`: blocking waits, with backoff and an end when the waiting thread is signalled
 //!
-//! What this mount remembers ([`LocalLocks`]) only saves round trips (a close of a file it
+//! What this mount remembers ([`FileLocks`]) only saves round trips (a close of a file it
 //! never locked costs nothing) and wakes its own waiters; the store's list is the truth.
 
 mod store;
@@ -14,8 +14,12 @@ pub mod table;
 mod wait;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
+
+use memfis_memcache::Store;
+
+use crate::tree::Tree;
 
 pub use store::{Holder, LockRequest};
 pub use table::OFFSET_MAX;
@@ -24,8 +28,10 @@ pub use wait::{FIRST_PAUSE, MAX_PAUSE};
 /// Seconds an empty lock list stays in the store (it goes by itself after that).
 pub const EMPTY_LIST_SECS: u32 = 5;
 
-/// A mount's lock state kept locally.
-pub(crate) struct LocalLocks {
+/// The file locks component: this mount's lock state, and the operations on the store's
+/// lists (`store`, `wait`).
+pub(crate) struct FileLocks<S: Store> {
+    tree: Arc<Tree<S>>,
     /// This host, as lock entries name it (for `F_GETLK`'s pid).
     host: String,
     /// Inode -> owners of this mount that may hold locks on it.
@@ -52,9 +58,10 @@ pub(crate) struct LocalLocks {
     pub(crate) beat: std::sync::atomic::AtomicBool,
 }
 
-impl LocalLocks {
-    pub(crate) fn new() -> LocalLocks {
-        LocalLocks {
+impl<S: Store> FileLocks<S> {
+    pub(crate) fn new(tree: Arc<Tree<S>>) -> FileLocks<S> {
+        FileLocks {
+            tree,
             host: host_id(),
             held: Mutex::default(),
             by_handle: Mutex::default(),
@@ -69,10 +76,10 @@ impl LocalLocks {
     }
 }
 
-/// Most lists [`LocalLocks::seen`] keeps (past it, it starts over).
+/// Most lists [`FileLocks::seen`] keeps (past it, it starts over).
 const SEEN_MAX: usize = 4096;
 
-impl LocalLocks {
+impl<S: Store> FileLocks<S> {
     pub(crate) fn seen(&self, ino: u64) -> Option<memfis_memcache::Item> {
         crate::sync::lock(&self.seen).get(&ino).cloned()
     }
@@ -93,10 +100,10 @@ impl LocalLocks {
     }
 }
 
-/// Stripes of [`LocalLocks::stripes`].
+/// Stripes of [`FileLocks::stripes`].
 const STRIPES: usize = 64;
 
-impl LocalLocks {
+impl<S: Store> FileLocks<S> {
     /// Held while this mount changes `ino`'s list and what it remembers of it.
     pub(crate) fn stripe(&self, ino: u64) -> std::sync::MutexGuard<'_, ()> {
         crate::sync::lock(&self.stripes[(ino % STRIPES as u64) as usize])

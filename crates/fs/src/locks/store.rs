@@ -8,9 +8,8 @@ use memfis_memcache::{Command, Item, Store, StoreOp};
 use tracing::{error, warn};
 
 use super::table::{Entry, Owner, Request, Table};
-use super::{EMPTY_LIST_SECS, LocalLocks};
-use crate::fs::{CAS_RETRIES, MemFs};
-use crate::layout::record::Inode;
+use super::{EMPTY_LIST_SECS, FileLocks};
+use crate::fs::CAS_RETRIES;
 use crate::store::batch::{Batch, StoreAt, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
@@ -33,6 +32,12 @@ pub struct LockRequest {
     pub end: u64,
 }
 
+/// A lock granted, with the file's record read after the grant (for the open file to see
+/// whether another mount published it meanwhile: `MemFs::try_lock`).
+pub(crate) struct Granted {
+    pub(crate) record: FsResult<Option<Item>>,
+}
+
 /// A lock in the way, as `F_GETLK` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holder {
@@ -43,7 +48,7 @@ pub struct Holder {
     pub pid: u32,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> FileLocks<S> {
     fn owner(&self, owner: u64) -> Owner {
         Owner {
             mount: self.tree.mount_id.clone(),
@@ -55,26 +60,28 @@ impl<S: Store> MemFs<S> {
         Table::decode(&item.value).map_err(|why| FsError::corrupt(key, why))
     }
 
-    /// Tries once to take a lock. `Ok(Ok(changed))` when granted: `changed` tells that
-    /// another mount published the file since this mount read it (the kernel's cached pages
-    /// and attributes of it are stale). `Ok(Err(holder))` when a live owner's lock is in the
-    /// way.
-    pub fn try_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Result<bool, Holder>> {
+    /// Tries once to take a lock. `Ok(Ok(granted))` when granted, with the file's record as
+    /// read after the grant; `Ok(Err(holder))` when a live owner's lock is in the way.
+    pub(crate) fn try_lock(
+        &self,
+        ino: u64,
+        req: &LockRequest,
+    ) -> FsResult<Result<Granted, Holder>> {
         let key = self.tree.keys.lock_table(ino);
         let ikey = self.tree.keys.inode(ino);
         let want = self.request(req);
         let who = want.who.clone();
         // Releases of this owner that failed earlier are done with this write.
-        let redo_release: Vec<Option<u64>> = lock(&self.locks.failed_releases)
+        let redo_release: Vec<Option<u64>> = lock(&self.failed_releases)
             .iter()
             .filter(|f| f.0 == ino && f.1 == req.owner)
             .map(|f| f.2)
             .collect();
         let in_order = self.tree.store.in_order();
-        let _serial = self.locks.stripe(ino);
+        let _serial = self.stripe(ino);
         // `None`: no list known, so try to `add` one. The list last seen may be stale: it
         // is written on (a stale one fails the `cas`) but never trusted to refuse.
-        let mut current: Option<Item> = self.locks.seen(ino);
+        let mut current: Option<Item> = self.seen(ino);
         let mut fresh = current.is_none();
         for _ in 0..CAS_RETRIES {
             let write = match &current {
@@ -118,8 +125,7 @@ impl<S: Store> MemFs<S> {
             let after = r.take(after);
             // A list this mount may be behind on is not kept: `change_own` trusts the one
             // it remembers to hold every entry of this mount's.
-            self.locks
-                .remember(ino, after.as_ref().ok().cloned().flatten());
+            self.remember(ino, after.as_ref().ok().cloned().flatten());
             if stored.is_err() {
                 self.note_maybe_granted(ino, req);
             }
@@ -129,7 +135,7 @@ impl<S: Store> MemFs<S> {
                     Some(record) => r.take(record),
                     None => self.tree.store.gets_at(&ikey),
                 };
-                return Ok(Ok(self.pages_stale_after_grant(ino, record)));
+                return Ok(Ok(Granted { record }));
             }
             current = after?;
             fresh = true;
@@ -143,7 +149,7 @@ impl<S: Store> MemFs<S> {
             who: self.owner(req.owner),
             fh: req.fh,
             pid: req.pid,
-            host: self.locks.host.clone(),
+            host: self.host.clone(),
             write: req.write,
             start: req.start,
             end: req.end,
@@ -154,16 +160,13 @@ impl<S: Store> MemFs<S> {
     /// through which handle (released with them), and that the failed releases it redid
     /// are done.
     fn note_granted(&self, ino: u64, req: &LockRequest, redid_releases: bool) {
-        lock(&self.locks.held)
-            .entry(ino)
-            .or_default()
-            .insert(req.owner);
-        lock(&self.locks.by_handle)
+        lock(&self.held).entry(ino).or_default().insert(req.owner);
+        lock(&self.by_handle)
             .entry(req.fh)
             .or_default()
             .insert(req.owner);
         if redid_releases {
-            lock(&self.locks.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
+            lock(&self.failed_releases).retain(|f| !(f.0 == ino && f.1 == req.owner));
         }
     }
 
@@ -174,25 +177,15 @@ impl<S: Store> MemFs<S> {
         self.note_granted(ino, req, false);
     }
 
-    /// Whether the kernel's pages of a file just locked are stale (another mount published
-    /// it since), from the record read after the grant. The lock stands either way: without
-    /// the record they count as stale.
-    fn pages_stale_after_grant(&self, ino: u64, record: FsResult<Option<Item>>) -> bool {
-        match record {
-            Ok(record) => self.adopt_published(ino, record).unwrap_or(true),
-            Err(_) => true,
-        }
-    }
-
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
-    pub fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
+    pub(crate) fn test_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Option<Holder>> {
         let key = self.tree.keys.lock_table(ino);
         // Under the stripe, as every read the list is remembered from: an older list
         // remembered over a newer one this mount wrote would miss this mount's entry.
         let found = {
-            let _serial = self.locks.stripe(ino);
+            let _serial = self.stripe(ino);
             let found = self.tree.store.gets_at(&key)?;
-            self.locks.remember(ino, found.clone());
+            self.remember(ino, found.clone());
             found
         };
         let Some(item) = found else {
@@ -214,11 +207,8 @@ impl<S: Store> MemFs<S> {
             .map(|e| self.holder(e)))
     }
 
-    /// `F_UNLCK` of a range through handle `fh`: publishes the file's pending writes first,
-    /// so the next holder on any mount reads them, then cuts the range out of the owner's
-    /// locks.
-    pub fn unlock(&self, fh: u64, ino: u64, owner: u64, start: u64, end: u64) -> FsResult<()> {
-        self.flush(fh)?;
+    /// `F_UNLCK` of a range: cuts the range out of the owner's locks.
+    pub(crate) fn unlock(&self, ino: u64, owner: u64, start: u64, end: u64) -> FsResult<()> {
         if !self.may_hold(ino, owner) {
             return Ok(());
         }
@@ -229,7 +219,7 @@ impl<S: Store> MemFs<S> {
     /// Releases every lock `owner` holds on `ino` (a close: the kernel's FLUSH for POSIX
     /// locks). Costs nothing unless this mount knows the owner locked the file. A failure
     /// is kept for the heartbeat to retry (the lock must not stay held by a live mount).
-    pub fn release_locks(&self, ino: u64, owner: u64) -> FsResult<()> {
+    pub(crate) fn release_locks(&self, ino: u64, owner: u64) -> FsResult<()> {
         self.release_owner(ino, owner, None)
     }
 
@@ -241,7 +231,7 @@ impl<S: Store> MemFs<S> {
         let who = self.owner(owner);
         let result = self.change_own(ino, &who, |list| list.remove_owner(&who, fh));
         if result.is_err() {
-            lock(&self.locks.failed_releases).insert((ino, owner, fh));
+            lock(&self.failed_releases).insert((ino, owner, fh));
         }
         result
     }
@@ -249,13 +239,13 @@ impl<S: Store> MemFs<S> {
     /// The last close of handle `fh` (the kernel's RELEASE): releases the locks of every
     /// owner that locked through it (its flock and OFD locks; POSIX locks of processes went
     /// with their FLUSH already), and `flock_owner`'s.
-    pub fn release_handle_locks(
+    pub(crate) fn release_handle_locks(
         &self,
         fh: u64,
         ino: u64,
         flock_owner: Option<u64>,
     ) -> FsResult<()> {
-        let mut owners = lock(&self.locks.by_handle).remove(&fh).unwrap_or_default();
+        let mut owners = lock(&self.by_handle).remove(&fh).unwrap_or_default();
         owners.extend(flock_owner);
         let mut result = Ok(());
         for owner in owners {
@@ -268,7 +258,7 @@ impl<S: Store> MemFs<S> {
 
     /// Retries releases that failed (heartbeat). Errors are logged, the releases kept.
     pub(crate) fn retry_lock_releases(&self) {
-        let failed: Vec<_> = lock(&self.locks.failed_releases).drain().collect();
+        let failed: Vec<_> = lock(&self.failed_releases).drain().collect();
         for (ino, owner, fh) in failed {
             if let Err(e) = self.release_owner(ino, owner, fh) {
                 crate::limited_warn!(
@@ -282,14 +272,11 @@ impl<S: Store> MemFs<S> {
     /// Called by the heartbeat with whether this mount's liveness key was still there. A
     /// lapse means other mounts may have been given locks this mount's processes hold.
     pub(crate) fn note_liveness(&self, was_alive: bool) {
-        let first = !self
-            .locks
-            .beat
-            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        let first = !self.beat.swap(true, std::sync::atomic::Ordering::Relaxed);
         if was_alive || first {
             return;
         }
-        let held: usize = lock(&self.locks.held).values().map(HashSet::len).sum();
+        let held: usize = lock(&self.held).values().map(HashSet::len).sum();
         if held > 0 {
             error!(
                 mount = %self.tree.mount_id,
@@ -302,10 +289,10 @@ impl<S: Store> MemFs<S> {
 
     /// Whether `owner` of this mount may hold locks on `ino`.
     fn may_hold(&self, ino: u64, owner: u64) -> bool {
-        lock(&self.locks.held)
+        lock(&self.held)
             .get(&ino)
             .is_some_and(|o| o.contains(&owner))
-            || lock(&self.locks.failed_releases)
+            || lock(&self.failed_releases)
                 .iter()
                 .any(|f| f.0 == ino && f.1 == owner)
     }
@@ -319,10 +306,10 @@ impl<S: Store> MemFs<S> {
         mut change: impl FnMut(&mut Table) -> bool,
     ) -> FsResult<()> {
         let key = self.tree.keys.lock_table(ino);
-        let _serial = self.locks.stripe(ino);
+        let _serial = self.stripe(ino);
         // The list last seen holds every entry of this mount's (only this mount adds them,
         // under the stripe): if it says there is nothing to change, there is nothing.
-        let mut item = match self.locks.seen(ino) {
+        let mut item = match self.seen(ino) {
             Some(item) => Some(item),
             None => self.tree.store.gets_at(&key)?,
         };
@@ -346,8 +333,7 @@ impl<S: Store> MemFs<S> {
             let mut r = batch.execute(&self.tree.store);
             let stored = r.take(stored);
             let after = r.take(after);
-            self.locks
-                .remember(ino, after.as_ref().ok().cloned().flatten());
+            self.remember(ino, after.as_ref().ok().cloned().flatten());
             let (stored, after) = (stored?, after?);
             if stored {
                 if !list.holds(who) {
@@ -362,7 +348,7 @@ impl<S: Store> MemFs<S> {
     }
 
     fn forget_owner(&self, ino: u64, owner: u64) {
-        let mut held = lock(&self.locks.held);
+        let mut held = lock(&self.held);
         if let Some(owners) = held.get_mut(&ino) {
             owners.remove(&owner);
             if owners.is_empty() {
@@ -376,7 +362,7 @@ impl<S: Store> MemFs<S> {
             write: e.write,
             start: e.start,
             end: e.end,
-            pid: if e.host == self.locks.host { e.pid } else { 0 },
+            pid: if e.host == self.host { e.pid } else { 0 },
         }
     }
 
@@ -386,7 +372,7 @@ impl<S: Store> MemFs<S> {
     fn gone_mounts(&self, entries: &[Entry]) -> FsResult<Vec<String>> {
         let now = Instant::now();
         let unknown: Vec<String> = {
-            let seen = lock(&self.locks.alive_seen);
+            let seen = lock(&self.alive_seen);
             let mut unknown: Vec<String> = entries
                 .iter()
                 .map(|e| e.mount.clone())
@@ -410,7 +396,7 @@ impl<S: Store> MemFs<S> {
             .collect();
         let mut r = batch.execute(&self.tree.store);
         let mut gone = Vec::new();
-        let mut seen = lock(&self.locks.alive_seen);
+        let mut seen = lock(&self.alive_seen);
         if seen.len() > 4096 {
             seen.retain(|_, t| now.duration_since(*t) <= ALIVE_TRUST);
         }
@@ -428,38 +414,13 @@ impl<S: Store> MemFs<S> {
         Ok(gone)
     }
 
-    /// A lock was granted and `record` read after it: if another mount published the file
-    /// since this mount read it, the open file takes the new record and drops its bytes
-    /// (unless it holds writes not yet published). True when the file changed.
-    fn adopt_published(&self, ino: u64, record: Option<Item>) -> FsResult<bool> {
-        let Some(item) = record else {
-            return Ok(false); // removed: reads answer ENOENT as for any stale handle
-        };
-        let Some(of) = self.open_files.get(ino) else {
-            return Ok(false);
-        };
-        let mut of = lock(&of);
-        if item.cas.is_some() && of.cas() == item.cas {
-            return Ok(false);
-        }
-        if of.is_dirty() || of.is_unlinked() {
-            return Ok(false);
-        }
-        of.take_newer_record(
-            Inode::decode(&self.tree.keys.inode(ino), &item.value)?,
-            item.cas,
-        );
-        of.forget_bytes();
-        Ok(true)
-    }
-
     pub(super) fn wake_waiters(&self) {
-        *lock(&self.locks.released) += 1;
-        self.locks.release_signal.notify_all();
+        *lock(&self.released) += 1;
+        self.release_signal.notify_all();
     }
 }
 
-impl LocalLocks {
+impl<S: Store> FileLocks<S> {
     /// How many releases this mount made so far.
     pub(super) fn releases(&self) -> u64 {
         *lock(&self.released)

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use memfis_memcache::Store;
 
-use super::store::LockRequest;
-use crate::fs::MemFs;
+use super::FileLocks;
+use super::store::{Granted, LockRequest};
 use crate::{FsError, FsResult};
 
 /// The first pause of a waiter between tries; it doubles up to [`MAX_PAUSE`].
@@ -20,21 +20,20 @@ pub const FIRST_PAUSE: Duration = Duration::from_millis(1);
 /// The longest pause of a waiter between tries (each try costs a round trip or two).
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> FileLocks<S> {
     /// Takes the lock, waiting as long as it takes while thread `tid` (the caller, as the
-    /// kernel names it; 0: unknown) has no signal pending. Granted: whether the file changed
-    /// (as [`MemFs::try_lock`]).
-    pub fn lock_wait(&self, ino: u64, req: &LockRequest, tid: u32) -> FsResult<bool> {
+    /// kernel names it; 0: unknown) has no signal pending.
+    pub(crate) fn lock_wait(&self, ino: u64, req: &LockRequest, tid: u32) -> FsResult<Granted> {
         let mut pause = FIRST_PAUSE;
         loop {
-            let seen = self.locks.releases();
-            if let Ok(changed) = self.try_lock(ino, req)? {
-                return Ok(changed);
+            let seen = self.releases();
+            if let Ok(granted) = self.try_lock(ino, req)? {
+                return Ok(granted);
             }
             if tid != 0 && signal_pending(tid) {
                 return Err(FsError::Interrupted);
             }
-            self.locks.wait_release(seen, pause);
+            self.wait_release(seen, pause);
             pause = (pause * 2).min(MAX_PAUSE);
         }
     }

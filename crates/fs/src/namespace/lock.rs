@@ -470,7 +470,7 @@ impl<S: Store> MemFs<S> {
         let mut results = batch.execute(self.tree.store.inner());
         let touched = matches!(results.take(touched), Ok(true));
         results.take(refreshed)?;
-        self.note_liveness(touched);
+        self.locks.note_liveness(touched);
         self.tree.store.lease.refreshed(sent);
         let found = results.take(format_read)?;
         let same = found

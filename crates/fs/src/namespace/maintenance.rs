@@ -56,7 +56,7 @@ impl<S: Store> MemFs<S> {
             *lock(&self.ns.orphaned) = None;
         }
         // File lock releases that failed (a lock must not stay held by a live mount).
-        self.retry_lock_releases();
+        self.locks.retry_lock_releases();
         // Directory logs that listings found long.
         let compacted = self.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
