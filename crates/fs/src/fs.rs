@@ -13,6 +13,7 @@ use crate::files::open_files::OpenFiles;
 use crate::layout::attr::StatFs;
 use crate::layout::keys::KeyLayout;
 use crate::locks::{FileLocks, Holder, LockRequest};
+use crate::maintenance::Maintenance;
 use crate::namespace::meta_cache::MetaCache;
 use crate::store::batch::StoreAt;
 use crate::tree::Tree;
@@ -68,8 +69,8 @@ pub struct MemFs<S: Store> {
     pub(crate) tree: Arc<Tree<S>>,
     /// This mount's side of the namespace lock (`namespace/lock.rs`).
     pub(crate) ns: crate::namespace::lock::LocalNsLock,
-    /// What the heartbeat has to finish or clean up (`namespace/maintenance.rs`).
-    pub(crate) maintenance: crate::namespace::maintenance::Maintenance,
+    /// What the heartbeat has to finish or clean up (`maintenance.rs`).
+    pub(crate) maintenance: Arc<Maintenance>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files and handles of this mount.
@@ -212,6 +213,38 @@ impl<S: Store> MemFs<S> {
         flock_owner: Option<u64>,
     ) -> FsResult<()> {
         self.locks.release_handle_locks(fh, ino, flock_owner)
+    }
+
+    // ----- the heartbeat ------------------------------------------------------------------
+
+    /// Refreshes this mount's liveness key and checks that the store is still the one it
+    /// mounted, then does the mount's background work (keys left behind, intents to
+    /// complete, logs to compact). Call every few seconds (the session runs a thread for it).
+    pub fn heartbeat(&self) -> FsResult<()> {
+        self.refresh_liveness()?;
+        self.background_work()
+    }
+
+    /// The background work of [`Self::heartbeat`].
+    fn background_work(&self) -> FsResult<()> {
+        // Data keys at paths renames took away, whose deletion failed.
+        let stale = self.maintenance.take_stale_keys();
+        if !stale.is_empty() {
+            self.delete_keys_outside_tree(&stale)?;
+        }
+        // Creates a store error left unfinished (their directory may have gone meanwhile);
+        // the steps below do not wait for them.
+        let unsettled = self.settle_unsettled();
+        // An operation whose intent is kept here without the lock: take it again to complete it.
+        self.complete_orphaned_intent()?;
+        // File lock releases that failed (a lock must not stay held by a live mount).
+        self.locks.retry_lock_releases();
+        // Directory logs that listings found long.
+        let compacted = self.compact_wanted();
+        // Last, as the steps above may leave it: the lock this mount still holds after an
+        // operation failed midway (or its release failed).
+        self.forget_released_leftovers()?;
+        compacted.and(unsettled)
     }
 
     // ----- whole filesystem ----------------------------------------------------------------

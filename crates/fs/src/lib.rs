@@ -23,7 +23,7 @@
 //!   [`namespace::listing`]; `compact_dir`, `compact_all`: `namespace::compact`
 //! - `create`, `open`, `read`, `write`, `flush`, `fsync`, `release`: [`files::io`]; xattrs:
 //!   [`files::xattr`]
-//! - file locks: [`locks`]; `heartbeat`: `namespace::maintenance`; `repair`: [`check::repair`]
+//! - file locks: [`locks`]; `heartbeat`: [`fs`] (its queues: `maintenance`); `repair`: [`check::repair`]
 //!
 //! Values in and out: [`layout::attr`] (attributes, changes, entries, statfs), [`error`].
 //! Warnings that repeat (a store outage fails every call alike) go through [`log_limit`].
@@ -36,6 +36,7 @@ pub mod fs;
 pub mod layout;
 pub mod locks;
 pub mod log_limit;
+mod maintenance;
 pub mod namespace;
 pub mod store;
 mod sync;

@@ -235,7 +235,7 @@ impl<S: Store> MemFs<S> {
                     "could not delete chunks of a removed or shrunk file: inode {ino}: {e}"
                 );
                 let left = &keys[i * CHUNK_BATCH * 4..];
-                crate::sync::lock(&self.maintenance.stale_keys).extend(left.iter().cloned());
+                self.maintenance.leave_stale_keys(left.iter().cloned());
                 return;
             }
         }
@@ -249,12 +249,12 @@ impl<S: Store> MemFs<S> {
         if let Some(c) = of.chunks() {
             let until = chunk_count(c.size, c.chunk_size).max(c.written_until);
             let keys = (0..until).map(|n| self.tree.keys.chunk(ino, c.generation, n));
-            crate::sync::lock(&self.maintenance.stale_keys).extend(keys);
+            self.maintenance.leave_stale_keys(keys);
         }
         // If the record's cas went through after all (its reply lost), the file's keys as
         // one item are garbage; the heartbeat deletes them only if no name holds bytes there.
         if let Ok(keys) = self.bytes_keys(ino, of.record()) {
-            crate::sync::lock(&self.maintenance.stale_keys).extend(keys);
+            self.maintenance.leave_stale_keys(keys);
         }
         of.drop_pending();
         of.forget_version();
@@ -350,7 +350,7 @@ impl<S: Store> MemFs<S> {
                     if lock_held {
                         // Publish again once the namespace is quiet: the record may be gone
                         // (and these chunks with it). The old keys go by the heartbeat.
-                        crate::sync::lock(&self.maintenance.stale_keys).extend(stale);
+                        self.maintenance.leave_stale_keys(stale);
                         of.record_published(rec);
                         return Ok(Published::AfterNamespaceOp);
                     }

@@ -540,14 +540,14 @@ impl<S: Store> MemFs<S> {
                         of.take_written()
                     };
                     // (Keys a first round wrote at the gone paths go once no name is there.)
-                    lock(&self.maintenance.stale_keys).extend(written);
+                    self.maintenance.leave_stale_keys(written);
                     return Ok(());
                 }
                 outcome => outcome,
             };
             if outcome.is_err() {
                 // Keys written at paths a rename took away go once no name is at them.
-                lock(&self.maintenance.stale_keys).extend(lock(file).take_written());
+                self.maintenance.leave_stale_keys(lock(file).take_written());
             }
             let outcome = outcome?;
             match outcome {
@@ -850,7 +850,7 @@ impl<S: Store> MemFs<S> {
         of.drop_pending();
         // Keys written at paths a rename took away meanwhile go when the heartbeat finds no
         // name at them (the file's own stay).
-        lock(&self.maintenance.stale_keys).extend(of.take_written());
+        self.maintenance.leave_stale_keys(of.take_written());
         // (A file in chunks becomes one empty item; its chunks go.)
         let mut chunked = None;
         let emptied = self.update_record(ino, |r| {
@@ -877,7 +877,7 @@ impl<S: Store> MemFs<S> {
             );
             // Another mount may have removed or moved the file meanwhile: the heartbeat
             // deletes these again if no name is at them.
-            lock(&self.maintenance.stale_keys).extend(keys);
+            self.maintenance.leave_stale_keys(keys);
         }
     }
 }

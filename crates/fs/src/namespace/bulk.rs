@@ -21,7 +21,6 @@ use crate::layout::attr::SetAttr;
 use crate::layout::record::{Inode, Kind, Link};
 use crate::namespace::claim::NewName;
 use crate::store::batch::{Batch, CasOutcome};
-use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// A file to create.
@@ -122,8 +121,8 @@ impl<S: Store> MemFs<S> {
             Err(e) => {
                 // The names are made (empty); keys left at a path the directory moved away
                 // from go when the heartbeat finds no name at them.
-                lock(&self.maintenance.stale_keys)
-                    .extend(created.iter().map(|p| p.data_key.clone()));
+                self.maintenance
+                    .leave_stale_keys(created.iter().map(|p| p.data_key.clone()));
                 return Err(e);
             }
         };

@@ -23,7 +23,6 @@ use crate::namespace::listing::{LogAppend, Logged};
 use crate::namespace::nodes::{Settled, Undo};
 use crate::namespace::unsettled::Unsettled;
 use crate::store::batch::{Batch, Got, Handle, Replies, Stored};
-use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// What takes a create back: what it made, and the own keys it sent.
@@ -343,7 +342,7 @@ impl<S: Store> MemFs<S> {
             }
             Err(e) => {
                 // Unknown whether the directory lives: the heartbeat settles it.
-                self.maintenance.unsettled.push(Unsettled::Settle {
+                self.maintenance.leave_unsettled(Unsettled::Settle {
                     parent,
                     chunk: la.chunk,
                     nodes: claimed,
@@ -361,7 +360,7 @@ impl<S: Store> MemFs<S> {
             }
             if let Err(e) = retried(|| self.move_created_data_key(parent, node)) {
                 // The name is made; the empty key at the old path waits for the heartbeat.
-                lock(&self.maintenance.stale_keys).push(node.data_key.clone());
+                self.maintenance.leave_stale_keys([node.data_key.clone()]);
                 *r = Err(e);
             }
         }

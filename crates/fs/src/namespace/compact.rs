@@ -33,7 +33,6 @@ use crate::fs::{MemFs, retried};
 use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
 use crate::layout::record::random_id;
 use crate::store::batch::StoreAt;
-use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 /// A log is compacted once it holds more than twice as many records as live names, plus a
@@ -46,13 +45,13 @@ impl<S: Store> MemFs<S> {
     /// Notes that `dir`'s log may be worth compacting; the heartbeat looks and does it.
     pub(crate) fn want_compaction(&self, dir: u64) {
         if self.tree.store.in_order() {
-            lock(&self.maintenance.compaction_wanted).insert(dir);
+            self.maintenance.want_compaction(dir);
         }
     }
 
     /// Compacts the logs noted as worth it (called by the heartbeat).
     pub(crate) fn compact_wanted(&self) -> FsResult<()> {
-        let wanted: BTreeSet<u64> = std::mem::take(&mut *lock(&self.maintenance.compaction_wanted));
+        let wanted: BTreeSet<u64> = self.maintenance.take_compaction_wanted();
         for dir in wanted {
             match self.compact_dir(dir, false) {
                 Ok(_) | Err(FsError::NotFound) => {}

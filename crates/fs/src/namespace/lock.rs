@@ -448,6 +448,35 @@ impl<S: Store> MemFs<S> {
         self.tree.store.lease.arm();
     }
 
+    /// Completes the intent of an operation of this mount kept without the lock (its lock
+    /// was lost midway), taking the lock again (heartbeat).
+    pub(crate) fn complete_orphaned_intent(&self) -> FsResult<()> {
+        let orphaned = lock(&self.ns.orphaned).clone();
+        if let Some(intent) = orphaned {
+            self.with_ns_lock(Batch::new(), |guard, _| {
+                guard.intent = Some(intent.clone());
+                self.complete(&intent)
+            })?;
+            *lock(&self.ns.orphaned) = None;
+        }
+        Ok(())
+    }
+
+    /// Forgets the locks this mount may still hold after an operation failed midway (or its
+    /// release failed) once the lock was seen free (heartbeat).
+    pub(crate) fn forget_released_leftovers(&self) -> FsResult<()> {
+        let leftover = lock(&self.ns.leftover).clone();
+        if !leftover.is_empty() {
+            let _local = lock(&self.ns.serial);
+            self.wait_quiet()?;
+            // The lock was free at some point since: none of these holds it, and none takes
+            // it again (every acquisition has a new owner; `reacquire` runs within an
+            // operation, which holds `ns_local`).
+            lock(&self.ns.leftover).retain(|o| !leftover.contains(o));
+        }
+        Ok(())
+    }
+
     /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
     /// for the namespace lock, so a thread of its own keeps the mount alive while the
     /// background work waits behind a long operation of this mount (the lock's holder stops

@@ -9,8 +9,6 @@
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
 //! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount
-//! - `maintenance`: the heartbeat, and the queues of work it finishes (stale keys, unsettled
-//!   creates, logs to compact)
 //! - `roll_forward`: completing the intent a gone mount left in the lock
 //! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
 //! - `meta_cache`: what a mount remembers of directories between operations
@@ -20,7 +18,6 @@ pub(crate) mod claim;
 pub(crate) mod compact;
 pub mod listing;
 pub mod lock;
-pub(crate) mod maintenance;
 pub(crate) mod meta_cache;
 pub mod nodes;
 pub(crate) mod records;

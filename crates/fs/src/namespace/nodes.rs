@@ -322,8 +322,7 @@ impl<S: Store> MemFs<S> {
                 undo.ino
             );
             self.maintenance
-                .unsettled
-                .push(Unsettled::Undo { undo, own_keys });
+                .leave_unsettled(Unsettled::Undo { undo, own_keys });
         }
     }
 
@@ -994,7 +993,7 @@ impl<S: Store> MemFs<S> {
             })
         });
         if deleted.is_err() {
-            lock(&self.maintenance.stale_keys).extend(keys.iter().cloned());
+            self.maintenance.leave_stale_keys(keys.iter().cloned());
         }
         deleted
     }

@@ -14,7 +14,6 @@ use crate::layout::dirlog::Op;
 use crate::layout::record::Kind;
 use crate::namespace::claim::CreateUndo;
 use crate::namespace::nodes::{CreateFence, Settled, Undo};
-use crate::sync::lock;
 
 /// A create left unfinished.
 pub(crate) enum Unsettled {
@@ -30,27 +29,13 @@ pub(crate) enum Unsettled {
     Undo { undo: Undo, own_keys: Vec<Command> },
 }
 
-/// This mount's unfinished creates.
-#[derive(Default)]
-pub(crate) struct UnsettledCreates(std::sync::Mutex<Vec<Unsettled>>);
-
-impl UnsettledCreates {
-    pub(crate) fn push(&self, u: Unsettled) {
-        lock(&self.0).push(u);
-    }
-
-    fn take(&self) -> Vec<Unsettled> {
-        std::mem::take(&mut *lock(&self.0))
-    }
-}
-
 impl<S: Store> MemFs<S> {
     /// Finishes the creates left unfinished (part of the heartbeat). Those that fail again
     /// stay for the next heartbeat (the first error is returned), unless the store is
     /// damaged there: then they are left for `memfis check --repair`, with a log line.
     pub(crate) fn settle_unsettled(&self) -> FsResult<()> {
         let mut first_error = Ok(());
-        for u in self.maintenance.unsettled.take() {
+        for u in self.maintenance.take_unsettled() {
             let done = match u {
                 Unsettled::Settle {
                     parent,
@@ -73,7 +58,7 @@ impl<S: Store> MemFs<S> {
                     );
                     continue;
                 }
-                self.maintenance.unsettled.push(again);
+                self.maintenance.leave_unsettled(again);
                 if first_error.is_ok() {
                     first_error = Err(e);
                 }
@@ -109,7 +94,7 @@ impl<S: Store> MemFs<S> {
                         .is_err()
                     {
                         // Deleted by the heartbeat once no name reaches it.
-                        lock(&self.maintenance.stale_keys).push(key.key().to_vec());
+                        self.maintenance.leave_stale_keys([key.key().to_vec()]);
                     }
                 }
                 Ok(())
