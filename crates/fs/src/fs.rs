@@ -1,8 +1,8 @@
-//! The facade: the [`MemFs`] type and its configuration, what the mount has done, statfs, and
-//! the small helpers every layer uses (names, paths, retries). What every component shares
-//! (store, keys, configuration, identity) and opening a tree is `tree.rs`. Operations live in the folder of their layer (see the
-//! crate's documentation); records and entries in `namespace/records.rs`, attributes in
-//! `files/attrs.rs`.
+//! The facade: the [`MemFs`] type and its configuration, the components it holds, what the
+//! mount has done, the heartbeat, file locks and statfs, and the small helpers every layer
+//! uses (names, paths, retries). What every component shares (store, keys, configuration,
+//! identity) and opening a tree is `tree.rs`. The other operations live in the folder of
+//! their layer (see the crate's documentation).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

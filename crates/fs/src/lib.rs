@@ -16,7 +16,7 @@
 //! store, the key layout, the configuration, this mount's id) and opens a tree (the format
 //! record, the registry of prefixes). Each operation of the
 //! facade is defined in the folder of its layer:
-//! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`, `setattr`: `files::attrs`
+//! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`: `namespace::attrs`; `setattr`: `files::setattr`
 //! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]
 //!   (every create claims its name through `namespace::claim`)
 //! - `create_files`: [`namespace::bulk`]; `rename`: [`namespace::rename`]; `readdir`:

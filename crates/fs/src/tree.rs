@@ -2,9 +2,10 @@
 //! prefix, the configuration and this mount's identity. Every component holds it
 //! (`Arc<Tree>`); opening a tree (the format record, the registry of prefixes) lives here too.
 
+use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::fs::{CAS_RETRIES, FsConfig};
+use crate::fs::{CAS_RETRIES, DEFAULT_ITEM_SIZE_MAX, FsConfig, ITEM_OVERHEAD};
 use crate::layout::data_codec::DataCodec;
 use crate::layout::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
 use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Time, random_id};
@@ -47,6 +48,37 @@ fn parse_prefix_list(value: &[u8]) -> Vec<String> {
 }
 
 impl<S: Store> Tree<S> {
+    /// The most bytes one item holds: files up to this size are one value (served), larger
+    /// ones go in chunks (`chunked.rs`).
+    pub(crate) fn item_limit(&self) -> u64 {
+        // An item holds the key and a header besides the value.
+        let item_max = self.cfg.item_size_max.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+        item_max.saturating_sub(ITEM_OVERHEAD)
+    }
+
+    /// EFBIG for bytes that must be one item (`memfis load` writes whole files in one batch).
+    pub(crate) fn check_fits_item(&self, key: &[u8], size: u64) -> FsResult<()> {
+        if size > self.item_limit() {
+            return Err(FsError::TooBig {
+                key: String::from_utf8_lossy(key).into_owned(),
+                limit: format!(
+                    "one item of {} bytes (write larger files through the mount)",
+                    self.item_limit()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces the value of every data key with `data` (one pipelined batch).
+    pub(crate) fn write_data_keys(&self, keys: &[Vec<u8>], data: Value) -> FsResult<()> {
+        let batch = keys
+            .iter()
+            .map(|k| Command::store_shared(StoreOp::Set, k, data.clone()))
+            .collect();
+        self.store.execute_all(batch)
+    }
+
     /// Opens the tree under `keys`: see [`crate::MemFs::open_tree`].
     pub(crate) fn open(
         store: S,

@@ -42,7 +42,7 @@ impl<S: Store> MemFs<S> {
     /// The chunk size of files this store makes: the largest multiple of 4 KiB one item
     /// holds, at most [`MAX_CHUNK`].
     pub(crate) fn chunk_size(&self) -> u64 {
-        match self.item_limit().min(MAX_CHUNK) {
+        match self.tree.item_limit().min(MAX_CHUNK) {
             limit if limit >= 4096 => limit / 4096 * 4096,
             limit => limit.max(1), // (memcached's smallest -I is 1 KiB)
         }
@@ -296,7 +296,7 @@ impl<S: Store> MemFs<S> {
     /// item again goes back to one (the caller publishes it the usual way).
     pub(crate) fn publish_chunked(&self, ino: u64, of: &mut OpenFile) -> FsResult<Published> {
         let c = of.chunks_mut().expect("a file in chunks");
-        if c.size <= self.item_limit() {
+        if c.size <= self.tree.item_limit() {
             let bytes = self.read_chunked(ino, c, 0, c.size as u32)?;
             of.unchunk(bytes);
             return Ok(Published::Unchunked);

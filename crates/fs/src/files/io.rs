@@ -491,7 +491,7 @@ impl<S: Store> MemFs<S> {
         let offset = if h.append { of.view().size } else { offset };
         let end = offset + bytes.len() as u64;
         self.check_size(h.ino, end)?;
-        if of.chunks().is_none() && end > self.item_limit() {
+        if of.chunks().is_none() && end > self.tree.item_limit() {
             self.start_chunking(h.ino, &mut of)?;
         }
         match of.chunks_mut() {

@@ -1,6 +1,6 @@
 //! File bytes: open files, reading, writing and publishing them to their data keys.
 //!
-//! - `attrs`: `getattr`, `setattr`, the attributes a record or an open file makes, size limits
+//! - `setattr`: `setattr` (through an open file's buffer), the largest file
 //! - [`io`]: open, read, write, flush, release; publishing an open file (rounds of a plan,
 //!   its batch, its replies)
 //! - `open_files`: what a mount holds of an open file (a state machine over its bytes and
@@ -11,7 +11,7 @@
 //! - `lock_grant`: an open file adopting what another mount published before a lock granted
 //! - [`xattr`]: `user.*` extended attributes
 
-pub(crate) mod attrs;
+pub(crate) mod setattr;
 pub(crate) mod chunk_buffer;
 pub(crate) mod chunked;
 pub mod io;

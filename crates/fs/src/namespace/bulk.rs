@@ -70,7 +70,7 @@ impl<S: Store> MemFs<S> {
             }
             let path = join(&dir.path, &f.name);
             let checked = check_name(&f.name)
-                .and_then(|()| self.check_fits_item(&path, f.bytes.len() as u64))
+                .and_then(|()| self.tree.check_fits_item(&path, f.bytes.len() as u64))
                 .and_then(|()| {
                     let ino = self.alloc_ino()?;
                     self.check_record_size(&self.tree.keys.inode(ino), rec.encode().len())?;

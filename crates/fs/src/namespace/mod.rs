@@ -2,6 +2,7 @@
 //!
 //! - `records`: inode records and entries as every operation reads and changes them, paths,
 //!   `lookup`
+//! - `attrs`: `getattr`, the attributes records and open files make
 //! - [`nodes`]: create, mkdir, symlink, mknod, link, unlink, rmdir
 //! - `claim`: the one create path (one batch claiming new names, its fence settled)
 //! - [`bulk`]: creating many files of one directory in few batches (`memfis load`)
@@ -13,6 +14,7 @@
 //! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
 //! - `meta_cache`: what a mount remembers of directories between operations
 
+pub(crate) mod attrs;
 pub mod bulk;
 pub(crate) mod claim;
 pub(crate) mod compact;

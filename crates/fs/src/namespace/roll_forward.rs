@@ -122,7 +122,7 @@ impl<S: Store> MemFs<S> {
         {
             let key = self.tree.keys.file_bytes(ino, rec.mode, path);
             match self.current_bytes_except(ino, &rec, &link, &key) {
-                Ok(Some(bytes)) => self.write_data_keys(&[key], bytes)?,
+                Ok(Some(bytes)) => self.tree.write_data_keys(&[key], bytes)?,
                 Ok(None) => {} // the names share the key (a private key)
                 // Damage, not a fault of this operation: the new name reads as the
                 // others do (EIO naming the key) until `memfis check --repair`. An
