@@ -70,7 +70,7 @@ pub struct MemFs<S: Store> {
     /// This mount's side of the namespace lock (`namespace/lock.rs`).
     pub(crate) ns: crate::namespace::lock::LocalNsLock,
     /// What the heartbeat has to finish or clean up (`maintenance.rs`).
-    pub(crate) maintenance: Arc<Maintenance>,
+    pub(crate) maintenance: Arc<Maintenance<S>>,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
     pub(crate) inos: Mutex<(u64, u64)>,
     /// Open files and handles of this mount.
@@ -120,9 +120,9 @@ impl<S: Store> MemFs<S> {
         let tree = Arc::new(Tree::open(store, keys, cfg, create)?);
         let fs = MemFs {
             locks: FileLocks::new(tree.clone()),
+            maintenance: Arc::new(Maintenance::new(tree.clone())),
             tree,
             ns: crate::namespace::lock::LocalNsLock::default(),
-            maintenance: Default::default(),
             inos: Mutex::new((0, 0)),
             open_files: OpenFiles::new(),
             meta: MetaCache::new(cfg_ttl),

@@ -1,19 +1,27 @@
 //! The mount's maintenance queues: what operations leave for the heartbeat
 //! ([`crate::MemFs::heartbeat`]) to finish or clean up: data keys at paths renames or failed
 //! publishes took away, creates a store error left unfinished, and directory logs worth
-//! compacting. (The intent of an operation of this mount that failed midway, a namespace lock
+//! compacting; and deleting a file's chunks, which leaves what fails to the heartbeat. (The intent of an operation of this mount that failed midway, a namespace lock
 //! it may still hold and failed file-lock releases are kept by the namespace lock and the file
 //! locks.)
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use memfis_memcache::{Command, Store};
+
+use crate::files::chunk_buffer::chunk_count;
+use crate::layout::record::Inode;
 use crate::namespace::unsettled::Unsettled;
 use crate::sync::lock;
+use crate::tree::Tree;
+
+/// Chunks deleted per pipelined batch.
+const DELETE_BATCH: usize = 64;
 
 /// What the heartbeat has to finish, filled by the operations that left it.
-#[derive(Default)]
-pub(crate) struct Maintenance {
+pub(crate) struct Maintenance<S: Store> {
+    tree: Arc<Tree<S>>,
     /// Data keys this mount wrote at paths a rename took away, whose deletion failed; they go
     /// once no name reaches them.
     stale_keys: Mutex<Vec<Vec<u8>>>,
@@ -23,7 +31,16 @@ pub(crate) struct Maintenance {
     compaction_wanted: Mutex<BTreeSet<u64>>,
 }
 
-impl Maintenance {
+impl<S: Store> Maintenance<S> {
+    pub(crate) fn new(tree: Arc<Tree<S>>) -> Maintenance<S> {
+        Maintenance {
+            tree,
+            stale_keys: Mutex::default(),
+            unsettled: Mutex::default(),
+            compaction_wanted: Mutex::default(),
+        }
+    }
+
     /// Data keys to delete once no name reaches them.
     pub(crate) fn leave_stale_keys(&self, keys: impl IntoIterator<Item = Vec<u8>>) {
         lock(&self.stale_keys).extend(keys);
@@ -49,5 +66,38 @@ impl Maintenance {
 
     pub(crate) fn take_compaction_wanted(&self) -> BTreeSet<u64> {
         std::mem::take(&mut *lock(&self.compaction_wanted))
+    }
+
+    /// Deletes chunks `from..until` of generation `generation` of a file. Chunks that could
+    /// not be deleted are left to the heartbeat, which deletes them once no record uses them.
+    pub(crate) fn delete_chunks(&self, ino: u64, generation: u64, from: u64, until: u64) {
+        let keys: Vec<Vec<u8>> = (from..until)
+            .map(|n| self.tree.keys.chunk(ino, generation, n))
+            .collect();
+        for (i, batch) in keys.chunks(DELETE_BATCH).enumerate() {
+            let cmds = batch.iter().map(|k| Command::Delete(k.clone())).collect();
+            if let Some(Err(e)) = self
+                .tree
+                .store
+                .execute(cmds)
+                .into_iter()
+                .find(|r| r.is_err())
+            {
+                crate::limited_warn!(
+                    format!("delete chunks: {e}"),
+                    "could not delete chunks of a removed or shrunk file: inode {ino}: {e}"
+                );
+                let left = &keys[i * DELETE_BATCH..];
+                self.leave_stale_keys(left.iter().cloned());
+                return;
+            }
+        }
+    }
+
+    /// Deletes every chunk of a file in chunks as `rec` describes it.
+    pub(crate) fn delete_record_chunks(&self, ino: u64, rec: &Inode) {
+        if let Some(cs) = rec.chunk_size {
+            self.delete_chunks(ino, rec.chunk_gen, 0, chunk_count(rec.size, cs));
+        }
     }
 }

@@ -25,7 +25,6 @@ use crate::files::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::files::io::Published;
 use crate::files::open_files::OpenFile;
 use crate::fs::MemFs;
-use crate::layout::record::Inode;
 use crate::store::batch::{Batch, CasOutcome, StoreAt};
 use crate::{FsError, FsResult};
 
@@ -153,7 +152,7 @@ impl<S: Store> MemFs<S> {
         if size < c.size {
             let keep = chunk_count(size, c.chunk_size);
             let had = chunk_count(c.size, c.chunk_size).max(c.written_until);
-            self.delete_chunks(ino, c.generation, keep, had);
+            self.maintenance.delete_chunks(ino, c.generation, keep, had);
             c.dirty.retain(|n, _| *n < keep);
             c.cached = None;
             let cut = size % c.chunk_size;
@@ -215,32 +214,6 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Deletes chunks `from..until` of generation `generation` of a file. Chunks that could
-    /// not be deleted are left to the heartbeat, which deletes them once no record uses them.
-    pub(crate) fn delete_chunks(&self, ino: u64, generation: u64, from: u64, until: u64) {
-        let keys: Vec<Vec<u8>> = (from..until)
-            .map(|n| self.tree.keys.chunk(ino, generation, n))
-            .collect();
-        for (i, batch) in keys.chunks(CHUNK_BATCH * 4).enumerate() {
-            let cmds = batch.iter().map(|k| Command::Delete(k.clone())).collect();
-            if let Some(Err(e)) = self
-                .tree
-                .store
-                .execute(cmds)
-                .into_iter()
-                .find(|r| r.is_err())
-            {
-                crate::limited_warn!(
-                    format!("delete chunks: {e}"),
-                    "could not delete chunks of a removed or shrunk file: inode {ino}: {e}"
-                );
-                let left = &keys[i * CHUNK_BATCH * 4..];
-                self.maintenance.leave_stale_keys(left.iter().cloned());
-                return;
-            }
-        }
-    }
-
     /// A publish in chunks failed: what this mount wrote since the last publish is dropped
     /// (the caller reports the error) and the file reads as the store has it. Its chunks go
     /// to the heartbeat, which deletes them unless the record took them after all (a `cas`
@@ -261,36 +234,6 @@ impl<S: Store> MemFs<S> {
         of.forget_bytes();
     }
 
-    /// Deletes every chunk of a file in chunks as `rec` describes it.
-    pub(crate) fn delete_record_chunks(&self, ino: u64, rec: &Inode) {
-        if let Some(cs) = rec.chunk_size {
-            self.delete_chunks(ino, rec.chunk_gen, 0, chunk_count(rec.size, cs));
-        }
-    }
-
-    /// True when chunk key `key` (`%k<ino>.<generation>.<n>`) holds bytes of a file.
-    pub(crate) fn chunk_in_use(&self, key: &[u8]) -> FsResult<bool> {
-        let rest = &key[self.tree.keys.chunk_prefix().len()..];
-        let text = String::from_utf8_lossy(rest);
-        let mut parts = text.split('.');
-        let (Some(ino), Some(generation), Some(n)) = (
-            parts.next().and_then(|p| p.parse::<u64>().ok()),
-            parts.next().and_then(|p| u64::from_str_radix(p, 16).ok()),
-            parts.next().and_then(|p| p.parse::<u64>().ok()),
-        ) else {
-            return Ok(true); // not a chunk key this version makes: left alone
-        };
-        Ok(match self.read_inode_opt(ino)? {
-            Some((rec, _)) => {
-                rec.chunk_gen == generation
-                    && rec
-                        .chunk_size
-                        .is_some_and(|cs| n < chunk_count(rec.size, cs))
-            }
-            None => false,
-        })
-    }
-
     /// Publishes a file in chunks: changed chunks out, chunks past a shrink deleted, then the
     /// record (size, chunk size, pending attributes) with cas. A file small enough for one
     /// item again goes back to one (the caller publishes it the usual way).
@@ -307,7 +250,8 @@ impl<S: Store> MemFs<S> {
         for _ in 0..crate::fs::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 of.mark_unlinked();
-                self.delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
+                self.maintenance
+                    .delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
                 return Ok(Published::Done(Vec::new()));
             }
             let mut rec = of.record_to_publish();
@@ -338,14 +282,19 @@ impl<S: Store> MemFs<S> {
                     // Unlinked by another mount that read the record before this cas: the
                     // chunks this cas named are no record's now.
                     of.mark_unlinked();
-                    self.delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
+                    self.maintenance.delete_chunks(
+                        ino,
+                        generation,
+                        0,
+                        chunk_count(size, chunk_size),
+                    );
                     // (Keys of the file as one item go unless a name still reaches them.)
                     return Ok(Published::Done(stale));
                 }
                 CasOutcome::Stored => {
                     // Another set of chunks goes too.
                     if of.record().chunk_gen != generation {
-                        self.delete_record_chunks(ino, of.record());
+                        self.maintenance.delete_record_chunks(ino, of.record());
                     }
                     if lock_held {
                         // Publish again once the namespace is quiet: the record may be gone

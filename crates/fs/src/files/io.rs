@@ -734,7 +734,7 @@ impl<S: Store> MemFs<S> {
                 if record.chunk_size.is_none() {
                     // It was in chunks until now: they go (before the round below, which
                     // starts from the record stored, no longer naming them).
-                    self.delete_record_chunks(ino, of.record());
+                    self.maintenance.delete_record_chunks(ino, of.record());
                 }
                 if refused {
                     // The record took the new size but a name did not take the bytes: read
@@ -864,7 +864,7 @@ impl<S: Store> MemFs<S> {
             of.adopt_record(rec.clone());
             of.forget_bytes();
             if let Some(was) = &chunked {
-                self.delete_record_chunks(ino, was);
+                self.maintenance.delete_record_chunks(ino, was);
             }
         }
         if let Ok(rec) = emptied

@@ -7,16 +7,14 @@
 //!   the record version they belong to)
 //! - `publish_plan`: the keys and record one publish round writes, worked out without a store
 //! - `chunked`: files larger than one item, in chunks (`chunk_buffer`: what an open one holds)
-//! - `placement`: which key holds a file's bytes (served or private), chmod moving them
 //! - `lock_grant`: an open file adopting what another mount published before a lock granted
 //! - [`xattr`]: `user.*` extended attributes
 
-pub(crate) mod setattr;
 pub(crate) mod chunk_buffer;
 pub(crate) mod chunked;
 pub mod io;
 pub(crate) mod lock_grant;
 pub(crate) mod open_files;
-pub(crate) mod placement;
 pub(crate) mod publish_plan;
+pub(crate) mod setattr;
 pub mod xattr;

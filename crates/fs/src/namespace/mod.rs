@@ -6,16 +6,20 @@
 //! - [`nodes`]: create, mkdir, symlink, mknod, link, unlink, rmdir
 //! - `claim`: the one create path (one batch claiming new names, its fence settled)
 //! - [`bulk`]: creating many files of one directory in few batches (`memfis load`)
+//! - `chmod`: which key holds a file's bytes (served or private), a chmod moving them under
+//!   the lock with an intent
 //! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
 //! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount
 //! - `roll_forward`: completing the intent a gone mount left in the lock
+//! - `unreached_keys`: deleting keys that hold no name's bytes any more
 //! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
 //! - `meta_cache`: what a mount remembers of directories between operations
 
 pub(crate) mod attrs;
 pub mod bulk;
+pub(crate) mod chmod;
 pub(crate) mod claim;
 pub(crate) mod compact;
 pub mod listing;
@@ -25,4 +29,5 @@ pub mod nodes;
 pub(crate) mod records;
 pub mod rename;
 pub(crate) mod roll_forward;
+pub(crate) mod unreached_keys;
 pub(crate) mod unsettled;

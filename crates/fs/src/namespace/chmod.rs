@@ -11,7 +11,8 @@
 //! A chmod that serves a file this mount holds open for writing (`cp -a` creates files
 //! unreadable by others and opens them up before closing) rides with the publish instead,
 //! which writes the new keys and deletes the old ones like keys a rename took away
-//! (`files/io.rs`). One that withdraws a served file never waits for the writer (`setattr`).
+//! (`files/io.rs`). One that withdraws a served file never waits for the writer
+//! (`files/setattr.rs`).
 
 use memfis_memcache::{Command, Store, StoreOp};
 
