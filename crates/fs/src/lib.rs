@@ -19,7 +19,7 @@
 //! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`: `namespace::attrs`; `setattr`: `files::setattr`
 //! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]
 //!   (every create claims its name through `namespace::claim`)
-//! - `create_files`: [`namespace::bulk`]; `rename`: [`namespace::rename`]; `readdir`:
+//! - `create_files`: [`files::bulk`]; `rename`: [`namespace::rename`]; `readdir`:
 //!   [`namespace::listing`]; `compact_dir`, `compact_all`: `namespace::compact`
 //! - `create`, `open`, `read`, `write`, `flush`, `fsync`, `release`: [`files::io`]; xattrs:
 //!   [`files::xattr`]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use memfis_fs::layout::record::Inode;
-use memfis_fs::namespace::bulk::NewFile;
+use memfis_fs::files::bulk::NewFile;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr, Time};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};

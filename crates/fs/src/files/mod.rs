@@ -1,6 +1,8 @@
 //! File bytes: open files, reading, writing and publishing them to their data keys.
 //!
 //! - `setattr`: `setattr` (through an open file's buffer), the largest file
+//! - [`bulk`]: creating many files of one directory with their bytes in few batches (`memfis
+//!   load`): the names claimed together (`namespace::claim`), then their bytes published
 //! - [`io`]: open, read, write, flush, release; publishing an open file (rounds of a plan,
 //!   its batch, its replies)
 //! - `open_files`: what a mount holds of an open file (a state machine over its bytes and
@@ -12,6 +14,7 @@
 
 pub(crate) mod chunk_buffer;
 pub(crate) mod chunked;
+pub mod bulk;
 pub mod io;
 pub(crate) mod lock_grant;
 pub(crate) mod open_files;

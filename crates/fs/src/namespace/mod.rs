@@ -5,7 +5,6 @@
 //! - `attrs`: `getattr`, the attributes records and open files make
 //! - [`nodes`]: create, mkdir, symlink, mknod, link, unlink, rmdir
 //! - `claim`: the one create path (one batch claiming new names, its fence settled)
-//! - [`bulk`]: creating many files of one directory in few batches (`memfis load`)
 //! - `chmod`: which key holds a file's bytes (served or private), a chmod moving them under
 //!   the lock with an intent
 //! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
@@ -18,7 +17,6 @@
 //! - `meta_cache`: what a mount remembers of directories between operations
 
 pub(crate) mod attrs;
-pub mod bulk;
 pub(crate) mod chmod;
 pub(crate) mod claim;
 pub(crate) mod compact;
