@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use memfis_fs::layout::record::Inode;
 use memfis_fs::files::bulk::NewFile;
+use memfis_fs::layout::record::Inode;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{MAX_KEY_LEN, Store};

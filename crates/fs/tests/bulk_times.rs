@@ -8,8 +8,8 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use memfis_fs::layout::record::{Inode, Kind, Time};
 use memfis_fs::files::bulk::NewFile;
+use memfis_fs::layout::record::{Inode, Kind, Time};
 use memfis_fs::{KeyLayout, MemFs, ROOT_INO};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{CmdResult, Command, Store};

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use memfis_fs::layout::record::Inode;
 use memfis_fs::files::bulk::NewFile;
+use memfis_fs::layout::record::Inode;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr, Time};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};

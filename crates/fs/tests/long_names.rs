@@ -7,8 +7,8 @@ mod support;
 
 use std::sync::Arc;
 
-use memfis_fs::layout::record::{Inode, Link};
 use memfis_fs::files::bulk::NewFile;
+use memfis_fs::layout::record::{Inode, Link};
 use memfis_fs::{FsConfig, FsError, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags};
 use memfis_memcache::memory::MemoryStore;
 use memfis_memcache::{Store, StoreOp};

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
-use memfis_fs::layout::record::{Inode, pct_encode};
 use memfis_fs::files::bulk::NewFile;
+use memfis_fs::layout::record::{Inode, pct_encode};
 use memfis_fs::{FsError, Kind, MemFs};
 use memfis_memcache::Store;
 
