@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
 use crate::files::chunk_buffer::ChunkedFile;
-use crate::files::load::Load;
 use crate::files::open_files::OpenFile;
 use crate::files::publish_plan::{
     Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round,
@@ -17,6 +16,7 @@ use crate::files::publish_plan::{
 use crate::fs::MemFs;
 use crate::layout::attr::Attr;
 use crate::layout::record::{Inode, Kind, Link};
+use crate::namespace::file_bytes::Load;
 use crate::store::batch::{Batch, CasOutcome, Handle, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};

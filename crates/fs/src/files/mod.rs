@@ -5,7 +5,6 @@
 //!   load`): the names claimed together (`namespace::claim`), then their bytes published
 //! - [`io`]: open, read, write, flush, release; publishing an open file (rounds of a plan,
 //!   its batch, its replies)
-//! - `load`: loading an open file's bytes, fenced against namespace operations moving them
 //! - `open_files`: what a mount holds of an open file (a state machine over its bytes and
 //!   the record version they belong to)
 //! - `publish_plan`: the keys and record one publish round writes, worked out without a store
@@ -17,7 +16,6 @@ pub mod bulk;
 pub(crate) mod chunk_buffer;
 pub(crate) mod chunked;
 pub mod io;
-pub(crate) mod load;
 pub(crate) mod lock_grant;
 pub(crate) mod open_files;
 pub(crate) mod publish_plan;

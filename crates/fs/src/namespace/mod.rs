@@ -7,6 +7,8 @@
 //! - `claim`: the one create path (one batch claiming new names, its fence settled)
 //! - `chmod`: which key holds a file's bytes (served or private), a chmod moving them under
 //!   the lock with an intent
+//! - `file_bytes`: where a file's bytes are (the keys its names make) and loading an open
+//!   file's bytes, fenced against operations of any mount that move them
 //! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
@@ -20,6 +22,7 @@ pub(crate) mod attrs;
 pub(crate) mod chmod;
 pub(crate) mod claim;
 pub(crate) mod compact;
+pub(crate) mod file_bytes;
 pub mod listing;
 pub mod lock;
 pub(crate) mod meta_cache;

@@ -292,30 +292,6 @@ impl<S: Store> MemFs<S> {
         Ok(join(&self.dir_path(link.parent)?, &link.name))
     }
 
-    /// Where the bytes of a file's name `link` live (`KeyLayout::file_bytes`).
-    pub(crate) fn bytes_key(&self, ino: u64, rec: &Inode, link: &Link) -> FsResult<Vec<u8>> {
-        Ok(self
-            .tree
-            .keys
-            .file_bytes(ino, rec.mode, &self.link_path(link)?))
-    }
-
-    /// Every key that holds a file's bytes: the data key of each served name, and its
-    /// private key once if any name is not served. None for a file in chunks.
-    pub(crate) fn bytes_keys(&self, ino: u64, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
-        if rec.chunk_size.is_some() {
-            return Ok(Vec::new());
-        }
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(rec.links.len());
-        for link in &rec.links {
-            let key = self.bytes_key(ino, rec, link)?;
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        Ok(keys)
-    }
-
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
         if self.meta.known_absent(parent, name) {

@@ -1,5 +1,8 @@
 //! Loading an open file's bytes from the key its record names, fenced against namespace
 //! operations (of any mount) that move them: renames, chmods, links and directory renames.
+//! Here, with the names, because where a file's bytes are is a matter of its names (a served
+//! key is a path), and an operation holding the namespace lock loads the bytes of files open
+//! in this mount before their last key goes (`keep_bytes_for_open_handles`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,7 +14,7 @@ use tracing::warn;
 use crate::files::open_files::OpenFile;
 use crate::fs::MemFs;
 use crate::layout::intent::Intent;
-use crate::layout::record::{Inode, Kind};
+use crate::layout::record::{Inode, Kind, Link};
 use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, Cas, CasOutcome, Got, Handle, Replies, StoreAt};
 use crate::sync::lock;
@@ -57,6 +60,30 @@ impl LoadFence {
 }
 
 impl<S: Store> MemFs<S> {
+    /// Where the bytes of a file's name `link` live (`KeyLayout::file_bytes`).
+    pub(crate) fn bytes_key(&self, ino: u64, rec: &Inode, link: &Link) -> FsResult<Vec<u8>> {
+        Ok(self
+            .tree
+            .keys
+            .file_bytes(ino, rec.mode, &self.link_path(link)?))
+    }
+
+    /// Every key that holds a file's bytes: the data key of each served name, and its
+    /// private key once if any name is not served. None for a file in chunks.
+    pub(crate) fn bytes_keys(&self, ino: u64, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {
+        if rec.chunk_size.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(rec.links.len());
+        for link in &rec.links {
+            let key = self.bytes_key(ino, rec, link)?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
     /// Loads the file's bytes into the buffer if not there yet, for callers that hold the
     /// open file and cannot let go of it: a namespace operation moving the bytes is waited
     /// out passively, for a few seconds at most (EBUSY after that). Reads and writes use
@@ -120,7 +147,7 @@ impl<S: Store> MemFs<S> {
     ///
     /// (Over 80 lines: each look is one batch whose replies decide together, and every
     /// branch's comment explains a race; split, the pieces would pass the whole look along.)
-    pub(super) fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
+    pub(crate) fn load_bytes(&self, ino: u64, of: &mut OpenFile, own_lock: bool) -> FsResult<Load> {
         let ikey = self.tree.keys.inode(ino);
         let mut mismatch_seen = None;
         let mut missing_seen = false;
@@ -256,7 +283,7 @@ impl<S: Store> MemFs<S> {
     /// Whether the namespace operation holding the lock (`value`, the lock's) may move the
     /// bytes of inode `ino` while it runs: one on this file, or one moving a directory (the
     /// file may be below it). One that stored no intent yet has changed nothing.
-    pub(super) fn may_move_bytes_of(&self, ino: u64, value: &[u8]) -> bool {
+    pub(crate) fn may_move_bytes_of(&self, ino: u64, value: &[u8]) -> bool {
         let Ok(held) = serde_json::from_slice::<LockValue>(value) else {
             return true;
         };
