@@ -225,6 +225,24 @@ impl<S: Store> MemFs<S> {
         self.background_work()
     }
 
+    /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
+    /// for the namespace lock, so a thread of its own keeps the mount alive while the
+    /// background work waits behind a long operation of this mount (the lock's holder stops
+    /// sending once the liveness is stale: `lock_lease`).
+    pub fn refresh_liveness(&self) -> FsResult<()> {
+        // A lapse of the liveness key may have cost this mount's file locks.
+        self.maintenance
+            .refresh_liveness(|was_alive| self.locks.note_liveness(was_alive))
+    }
+
+    /// Says that [`Self::heartbeat`] now runs every few seconds: from then on, a thread
+    /// holding the namespace lock stops sending once the last refresh is older than
+    /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
+    /// liveness may have lost the lock to another mount).
+    pub fn arm_stall_fence(&self) {
+        self.maintenance.arm_stall_fence();
+    }
+
     /// The background work of [`Self::heartbeat`].
     fn background_work(&self) -> FsResult<()> {
         // Data keys at paths renames took away, whose deletion failed.

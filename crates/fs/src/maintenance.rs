@@ -1,14 +1,21 @@
 //! The mount's maintenance queues: what operations leave for the heartbeat
 //! ([`crate::MemFs::heartbeat`]) to finish or clean up: data keys at paths renames or failed
 //! publishes took away, creates a store error left unfinished, and directory logs worth
-//! compacting; and deleting a file's chunks, which leaves what fails to the heartbeat. (The intent of an operation of this mount that failed midway, a namespace lock
+//! compacting; deleting a file's chunks, which leaves what fails to the heartbeat; and
+//! refreshing this mount's liveness key (`PREFIX%alive.<id>`, which the namespace lock and
+//! the file locks of every mount go by). (The intent of an operation of this mount that failed midway, a namespace lock
 //! it may still hold and failed file-lock releases are kept by the namespace lock and the file
 //! locks.)
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use memfis_memcache::{Command, Store};
+use memfis_memcache::{Command, Store, StoreOp};
+
+use crate::layout::record::FormatRecord;
+use crate::namespace::lock::ALIVE_SECS;
+use crate::store::batch::{Batch, Stored};
+use crate::{FsError, FsResult};
 
 use crate::files::chunk_buffer::chunk_count;
 use crate::layout::record::Inode;
@@ -99,5 +106,50 @@ impl<S: Store> Maintenance<S> {
         if let Some(cs) = rec.chunk_size {
             self.delete_chunks(ino, rec.chunk_gen, 0, chunk_count(rec.size, cs));
         }
+    }
+
+    // ----- this mount's liveness -------------------------------------------------------
+
+    /// Says that [`crate::MemFs::heartbeat`] now runs every few seconds: from then on, a thread
+    /// holding the namespace lock stops sending once the last refresh is older than
+    /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
+    /// liveness may have lost the lock to another mount).
+    pub(crate) fn arm_stall_fence(&self) {
+        self.tree.store.lease.arm();
+    }
+
+    /// Only the liveness refresh and the store check of [`crate::MemFs::heartbeat`]: it never waits
+    /// for the namespace lock, so a thread of its own keeps the mount alive while the
+    /// background work waits behind a long operation of this mount (the lock's holder stops
+    /// sending once the liveness is stale: `lock_lease`).
+    pub(crate) fn refresh_liveness(&self, note_alive: impl FnOnce(bool)) -> FsResult<()> {
+        let alive = self.tree.keys.alive(&self.tree.mount_id);
+        let format = self.tree.keys.format();
+        let sent = std::time::Instant::now();
+        let mut batch = Batch::new();
+        // Whether the key was still there: a lapse may have cost this mount's file locks.
+        let touched = batch.touch(&alive, ALIVE_SECS);
+        let refreshed = batch.push::<Stored>(Command::Store {
+            op: StoreOp::Set,
+            key: alive,
+            value: std::sync::Arc::new(b"1".to_vec()),
+            flags: 0,
+            exptime: ALIVE_SECS,
+        });
+        let format_read = batch.get(format);
+        let mut results = batch.execute(self.tree.store.inner());
+        let touched = matches!(results.take(touched), Ok(true));
+        results.take(refreshed)?;
+        note_alive(touched);
+        self.tree.store.lease.refreshed(sent);
+        let found = results.take(format_read)?;
+        let same = found
+            .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
+            .is_some_and(|rec| rec.store_id == self.tree.store_id);
+        if !same {
+            self.tree.store.mark_gone();
+            return Err(FsError::StoreGone);
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,8 @@
 //! such operation that runs at a time, store-wide. Its value names the owner and, once the
 //! operation has read what it will change, its [`Intent`]: every step still to do, written so
 //! that any mount can finish it from any point. Each mount keeps `PREFIX%alive.<id>` alive with
-//! a short expiry (memcached's own clock, so clocks of web servers never matter). A lock whose
+//! a short expiry (memcached's own clock, so clocks of web servers never matter; refreshed by
+//! `crate::maintenance`). A lock whose
 //! owner's liveness key is gone belongs to a dead or stalled mount: the next mount that wants
 //! the lock takes it over with `cas` and completes the intent (roll forward).
 //!
@@ -22,7 +23,7 @@ use tracing::{error, info};
 
 use crate::fs::MemFs;
 use crate::layout::intent::Intent;
-use crate::layout::record::{FormatRecord, random_id};
+use crate::layout::record::random_id;
 use crate::store::batch::{Batch, Handle, Replies, StoreAt, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
@@ -440,14 +441,6 @@ impl<S: Store> MemFs<S> {
         Ok(())
     }
 
-    /// Says that [`Self::heartbeat`] now runs every few seconds: from then on, a thread
-    /// holding the namespace lock stops sending once the last refresh is older than
-    /// [`crate::FsConfig::stall_limit`] (`lock_lease`: a mount that stalled past its
-    /// liveness may have lost the lock to another mount).
-    pub fn arm_stall_fence(&self) {
-        self.tree.store.lease.arm();
-    }
-
     /// Completes the intent of an operation of this mount kept without the lock (its lock
     /// was lost midway), taking the lock again (heartbeat).
     pub(crate) fn complete_orphaned_intent(&self) -> FsResult<()> {
@@ -473,41 +466,6 @@ impl<S: Store> MemFs<S> {
             // it again (every acquisition has a new owner; `reacquire` runs within an
             // operation, which holds `ns_local`).
             lock(&self.ns.leftover).retain(|o| !leftover.contains(o));
-        }
-        Ok(())
-    }
-
-    /// Only the liveness refresh and the store check of [`Self::heartbeat`]: it never waits
-    /// for the namespace lock, so a thread of its own keeps the mount alive while the
-    /// background work waits behind a long operation of this mount (the lock's holder stops
-    /// sending once the liveness is stale: `lock_lease`).
-    pub fn refresh_liveness(&self) -> FsResult<()> {
-        let alive = self.tree.keys.alive(&self.tree.mount_id);
-        let format = self.tree.keys.format();
-        let sent = std::time::Instant::now();
-        let mut batch = Batch::new();
-        // Whether the key was still there: a lapse may have cost this mount's file locks.
-        let touched = batch.touch(&alive, ALIVE_SECS);
-        let refreshed = batch.push::<Stored>(Command::Store {
-            op: StoreOp::Set,
-            key: alive,
-            value: std::sync::Arc::new(b"1".to_vec()),
-            flags: 0,
-            exptime: ALIVE_SECS,
-        });
-        let format_read = batch.get(format);
-        let mut results = batch.execute(self.tree.store.inner());
-        let touched = matches!(results.take(touched), Ok(true));
-        results.take(refreshed)?;
-        self.locks.note_liveness(touched);
-        self.tree.store.lease.refreshed(sent);
-        let found = results.take(format_read)?;
-        let same = found
-            .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
-            .is_some_and(|rec| rec.store_id == self.tree.store_id);
-        if !same {
-            self.tree.store.mark_gone();
-            return Err(FsError::StoreGone);
         }
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! - [`rename`]: rename, RENAME_EXCHANGE, moving every data key under a renamed directory
 //! - [`listing`]: appending to and replaying directory logs, readdir
 //! - `compact`: rewriting a directory's log as its live names (heartbeat, repair)
-//! - [`lock`]: the namespace lock, mount liveness, taking over from a gone mount
+//! - [`lock`]: the namespace lock, other mounts' liveness, taking over from a gone mount
 //! - `roll_forward`: completing the intent a gone mount left in the lock
 //! - `unreached_keys`: deleting keys that hold no name's bytes any more
 //! - `unsettled`: creates a store error left unfinished, finished by the heartbeat
