@@ -4,17 +4,20 @@
 //! identity) and opening a tree is `tree.rs`. The other operations live in the folder of
 //! their layer (see the crate's documentation).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use memfis_memcache::Store;
 
 use crate::files::open_files::OpenFiles;
-use crate::layout::attr::StatFs;
+use crate::layout::attr::{Attr, DirEntry, StatFs};
+use crate::layout::dirlog::Listing;
 use crate::layout::keys::KeyLayout;
+use crate::layout::record::Kind;
 use crate::locks::{FileLocks, Holder, LockRequest};
 use crate::maintenance::Maintenance;
-use crate::namespace::meta_cache::MetaCache;
+use crate::namespace::Namespace;
+use crate::namespace::rename::RenameFlags;
 use crate::store::batch::StoreAt;
 use crate::tree::Tree;
 use crate::{FsError, FsResult};
@@ -64,19 +67,17 @@ impl Default for FsConfig {
     }
 }
 
+/// The facade: the operations of a mounted tree, each handed to the component that owns it.
 pub struct MemFs<S: Store> {
     /// The store, key layout, configuration and identity every component shares.
     pub(crate) tree: Arc<Tree<S>>,
-    /// This mount's side of the namespace lock (`namespace/lock.rs`).
-    pub(crate) ns: crate::namespace::lock::LocalNsLock,
-    /// What the heartbeat has to finish or clean up (`maintenance.rs`).
+    /// What the heartbeat has to finish or clean up, and this mount's liveness
+    /// (`maintenance.rs`).
     pub(crate) maintenance: Arc<Maintenance<S>>,
-    /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
-    pub(crate) inos: Mutex<(u64, u64)>,
-    /// Open files and handles of this mount.
-    pub(crate) open_files: OpenFiles,
-    /// What this mount remembers of directories between operations (bounded, expiring).
-    pub(crate) meta: MetaCache,
+    /// Names, records, directory logs and the namespace lock (`namespace/`).
+    pub(crate) names: Namespace<S>,
+    /// Open files and handles of this mount (the namespace keeps them in step with names).
+    pub(crate) open_files: Arc<OpenFiles>,
     /// File locks across mounts (`crate::locks`).
     pub(crate) locks: FileLocks<S>,
 }
@@ -116,20 +117,19 @@ impl<S: Store> MemFs<S> {
     /// store. A new prefix is listed in the store-wide registry before anything is written
     /// under it, so two nesting prefixes created at once cannot both succeed.
     pub fn open_tree(store: S, keys: KeyLayout, cfg: FsConfig, create: bool) -> FsResult<MemFs<S>> {
-        let cfg_ttl = cfg.cache_ttl;
         let tree = Arc::new(Tree::open(store, keys, cfg, create)?);
+        let maintenance = Arc::new(Maintenance::new(tree.clone()));
+        let open_files = Arc::new(OpenFiles::new());
         let fs = MemFs {
+            names: Namespace::new(tree.clone(), maintenance.clone(), open_files.clone()),
             locks: FileLocks::new(tree.clone()),
-            maintenance: Arc::new(Maintenance::new(tree.clone())),
+            maintenance,
+            open_files,
             tree,
-            ns: crate::namespace::lock::LocalNsLock::default(),
-            inos: Mutex::new((0, 0)),
-            open_files: OpenFiles::new(),
-            meta: MetaCache::new(cfg_ttl),
         };
         fs.heartbeat()?;
         // A mount that died mid-operation left its intent in the lock: finish it now.
-        fs.wait_quiet()?;
+        fs.names.wait_quiet()?;
         Ok(fs)
     }
 
@@ -149,7 +149,7 @@ impl<S: Store> MemFs<S> {
     /// What this mount has done so far, for its metrics.
     pub fn activity(&self) -> crate::activity::ActivitySnapshot {
         use std::sync::atomic::Ordering::Relaxed;
-        let (cache_hits, cache_misses) = self.meta.hits_and_misses();
+        let (cache_hits, cache_misses) = self.names.meta.hits_and_misses();
         let (open_files, open_handles) = self.open_files.counts();
         crate::activity::ActivitySnapshot {
             files_published: self.tree.activity.files_published.load(Relaxed),
@@ -160,6 +160,102 @@ impl<S: Store> MemFs<S> {
             open_handles: open_handles as u64,
             store_id: self.tree.store_id.clone(),
         }
+    }
+
+    // ----- names (`crate::namespace`) ---------------------------------------------------
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        self.names.lookup(parent, name)
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.names.getattr(ino)
+    }
+
+    /// Attributes of many inodes at once (`None` for one whose record is gone).
+    pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
+        self.names.getattr_many(inos)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+        self.names.mkdir(parent, name, mode, uid, gid)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.names.symlink(parent, name, target, uid, gid)
+    }
+
+    #[allow(clippy::too_many_arguments)] // mknod(2)'s arguments, and the caller's ids
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.names.mknod(parent, name, kind, mode, rdev, uid, gid)
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.names.readlink(ino)
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.names.link(ino, newparent, newname)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.names.unlink(parent, name)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.names.rmdir(parent, name)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.names.rename(parent, name, newparent, newname, flags)
+    }
+
+    pub fn readdir(&self, dir: u64) -> FsResult<Vec<DirEntry>> {
+        self.names.readdir(dir)
+    }
+
+    /// A directory's live names (name -> inode and kind), replayed from its log.
+    pub fn list_dir(&self, dir: u64) -> FsResult<Listing> {
+        self.names.list_dir(dir)
+    }
+
+    /// `dir/name` as a path for messages (a placeholder when the directory's path is unknown).
+    pub fn path_of(&self, dir: u64, name: &[u8]) -> String {
+        self.names.path_of(dir, name)
+    }
+
+    /// Rewrites `dir`'s log as its live names (`force`: even when not worth it). Returns
+    /// the records dropped.
+    pub fn compact_dir(&self, dir: u64, force: bool) -> FsResult<usize> {
+        self.names.compact_dir(dir, force)
+    }
+
+    /// Compacts every directory's log worth it: (inode, path, records dropped) of each.
+    pub fn compact_all(&self) -> FsResult<Vec<(u64, Vec<u8>, usize)>> {
+        self.names.compact_all()
     }
 
     // ----- file locks (`crate::locks`) ---------------------------------------------------
@@ -248,20 +344,20 @@ impl<S: Store> MemFs<S> {
         // Data keys at paths renames took away, whose deletion failed.
         let stale = self.maintenance.take_stale_keys();
         if !stale.is_empty() {
-            self.delete_keys_outside_tree(&stale)?;
+            self.names.delete_keys_outside_tree(&stale)?;
         }
         // Creates a store error left unfinished (their directory may have gone meanwhile);
         // the steps below do not wait for them.
-        let unsettled = self.settle_unsettled();
+        let unsettled = self.names.settle_unsettled();
         // An operation whose intent is kept here without the lock: take it again to complete it.
-        self.complete_orphaned_intent()?;
+        self.names.complete_orphaned_intent()?;
         // File lock releases that failed (a lock must not stay held by a live mount).
         self.locks.retry_lock_releases();
         // Directory logs that listings found long.
-        let compacted = self.compact_wanted();
+        let compacted = self.names.compact_wanted();
         // Last, as the steps above may leave it: the lock this mount still holds after an
         // operation failed midway (or its release failed).
-        self.forget_released_leftovers()?;
+        self.names.forget_released_leftovers()?;
         compacted.and(unsettled)
     }
 

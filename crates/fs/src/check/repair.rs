@@ -71,42 +71,44 @@ impl<S: Store> MemFs<S> {
     pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
         let mut repaired = Vec::new();
         for pass in 1..=PASSES {
-            let report = self.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
-                // Operations of gone mounts completed when this mount opened the store, or
-                // when it took the lock: each is a change repair made.
-                self.note_rolled_forward(&mut repaired);
-                let owner = guard.owner.as_str();
-                let report = check_as(self.store(), self.keys(), Some(owner), options)?;
-                let mut fixer = Fixer {
-                    fs: self,
-                    done: &mut repaired,
-                    others_alive: None,
-                };
-                // Directories first (settling a name reads its directory's record and log),
-                // then names, then entry keys no listing has (names whose log record was
-                // lost); other keys no name reaches last, and only once nothing else needed
-                // fixing in this pass: a fix can make the tree reach them again.
-                let mut problems = report.problems.clone();
-                problems.sort_by_key(|p| self.repair_order(&p.fault));
-                let mut seen = BTreeSet::new();
-                let fixed_before = fixer.done.len();
-                let mut garbage_phase = false;
-                for p in &problems {
-                    if !garbage_phase && self.repair_order(&p.fault) == GARBAGE {
-                        if fixer.done.len() > fixed_before {
-                            break; // the next pass checks again first
+            let report =
+                self.names
+                    .with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
+                        // Operations of gone mounts completed when this mount opened the store, or
+                        // when it took the lock: each is a change repair made.
+                        self.note_rolled_forward(&mut repaired);
+                        let owner = guard.owner.as_str();
+                        let report = check_as(self.store(), self.keys(), Some(owner), options)?;
+                        let mut fixer = Fixer {
+                            fs: self,
+                            done: &mut repaired,
+                            others_alive: None,
+                        };
+                        // Directories first (settling a name reads its directory's record and log),
+                        // then names, then entry keys no listing has (names whose log record was
+                        // lost); other keys no name reaches last, and only once nothing else needed
+                        // fixing in this pass: a fix can make the tree reach them again.
+                        let mut problems = report.problems.clone();
+                        problems.sort_by_key(|p| self.repair_order(&p.fault));
+                        let mut seen = BTreeSet::new();
+                        let fixed_before = fixer.done.len();
+                        let mut garbage_phase = false;
+                        for p in &problems {
+                            if !garbage_phase && self.repair_order(&p.fault) == GARBAGE {
+                                if fixer.done.len() > fixed_before {
+                                    break; // the next pass checks again first
+                                }
+                                garbage_phase = true;
+                            }
+                            if !seen.insert(p.fault.clone()) {
+                                continue; // one fault, several symptoms
+                            }
+                            if let Err(e) = fixer.fix(p) {
+                                warn!(path = %p.path, key = %p.key, error = %e, "could not repair");
+                            }
                         }
-                        garbage_phase = true;
-                    }
-                    if !seen.insert(p.fault.clone()) {
-                        continue; // one fault, several symptoms
-                    }
-                    if let Err(e) = fixer.fix(p) {
-                        warn!(path = %p.path, key = %p.key, error = %e, "could not repair");
-                    }
-                }
-                Ok(report)
-            })?;
+                        Ok(report)
+                    })?;
             let fixable = report
                 .problems
                 .iter()
@@ -123,7 +125,7 @@ impl<S: Store> MemFs<S> {
             }
         }
         // Logs that grew long with names long gone are written again with the live names.
-        for (dir, path, dropped) in self.compact_all()? {
+        for (dir, path, dropped) in self.names.compact_all()? {
             let r = Repaired {
                 path: if path.is_empty() {
                     "/".into()
@@ -143,7 +145,7 @@ impl<S: Store> MemFs<S> {
 
     /// Each operation of a gone mount this mount completed since the last call, as a change.
     fn note_rolled_forward(&self, repaired: &mut Vec<Repaired>) {
-        let done = std::mem::take(&mut *crate::sync::lock(&self.ns.rolled_forward));
+        let done = std::mem::take(&mut *crate::sync::lock(&self.names.ns.rolled_forward));
         for (owner, intent) in done {
             let r = Repaired {
                 path: "/".into(),
@@ -211,7 +213,7 @@ impl<S: Store> Fixer<'_, S> {
             Fault::DirMtime { dir } => {
                 let key = self.fs.tree.keys.dir_mtime(*dir);
                 self.add(&key, Time::now().to_text().as_bytes())?;
-                let path = self.fs.dir_path(*dir).unwrap_or_default();
+                let path = self.fs.names.dir_path(*dir).unwrap_or_default();
                 self.note(&path, &key, "made the missing directory mtime key (now)");
                 Ok(())
             }
@@ -261,13 +263,13 @@ impl<S: Store> Fixer<'_, S> {
     /// Makes entry, log and records agree on what `name` in `dir` is.
     fn settle_name(&mut self, dir: u64, name: &[u8]) -> FsResult<()> {
         let fs = self.fs;
-        let path = join(&fs.dir_path(dir)?, name);
+        let path = join(&fs.names.dir_path(dir)?, name);
         let link = Link::new(dir, name);
         let ekey = fs.tree.keys.entry(dir, name);
         // A hashed key holding another name's entry: this name cannot be there (its entry
         // is the other name's, left alone), so it goes from the log and the records.
         let mut collides = false;
-        let entry = match fs.read_entry(dir, name) {
+        let entry = match fs.names.read_entry(dir, name) {
             Ok(slot) => {
                 collides = slot.taken_by.is_some();
                 slot.ino
@@ -279,7 +281,7 @@ impl<S: Store> Fixer<'_, S> {
             }
             Err(e) => return Err(e),
         };
-        let listed = fs.list_dir(dir)?.get(name).copied();
+        let listed = fs.names.list_dir(dir)?.get(name).copied();
         let truth = self.name_truth(&link, &path, entry, collides, listed)?;
         self.set_entry_and_log(&link, &path, entry, listed, truth)?;
         // Inodes that claim the name without having it let go of it.
@@ -288,10 +290,10 @@ impl<S: Store> Fixer<'_, S> {
             if Some(other) == truth_ino {
                 continue;
             }
-            if let Some(rec) = fs.read_inode_opt(other)?.map(|(rec, _)| rec)
+            if let Some(rec) = fs.names.read_inode_opt(other)?.map(|(rec, _)| rec)
                 && rec.links.contains(&link)
             {
-                fs.drop_link(other, &link, 0)?;
+                fs.names.drop_link(other, &link, 0)?;
                 let what = "dropped the name from an inode record";
                 self.note(&path, &fs.tree.keys.inode(other), what);
             }
@@ -318,7 +320,7 @@ impl<S: Store> Fixer<'_, S> {
         listed: Option<(u64, Kind)>,
     ) -> FsResult<Option<(u64, Kind)>> {
         let fs = self.fs;
-        let record = |ino: u64| fs.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
+        let record = |ino: u64| fs.names.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
         if let Some(e) = entry
             && let Some(rec) = record(e)?
         {
@@ -326,7 +328,7 @@ impl<S: Store> Fixer<'_, S> {
                 return Ok(Some((e, rec.kind)));
             }
             if rec.kind != Kind::Dir || rec.links.is_empty() {
-                fs.update_record(e, |r| {
+                fs.names.update_record(e, |r| {
                     if !r.links.contains(link) {
                         r.links.push(link.clone());
                     }
@@ -360,7 +362,7 @@ impl<S: Store> Fixer<'_, S> {
         let (dir, name) = (link.parent, &link.name[..]);
         let truth_ino = truth.map(|(i, _)| i);
         if entry != truth_ino {
-            fs.entry_swap(dir, name, entry, truth_ino)?;
+            fs.names.entry_swap(dir, name, entry, truth_ino)?;
             let what = match truth_ino {
                 Some(i) => format!("entry set to inode {i} (was {entry:?})"),
                 None => format!("entry removed (it named inode {entry:?}, which lacks this name)"),
@@ -375,7 +377,7 @@ impl<S: Store> Fixer<'_, S> {
             if let Some((t, kind)) = truth {
                 changes.push((Op::Add, kind, t, name));
             }
-            fs.log_dir_changes(dir, &changes)?;
+            fs.names.log_dir_changes(dir, &changes)?;
             let what = match truth {
                 Some((t, kind)) => format!("directory log now lists inode {t} ({kind:?})"),
                 None => "directory log no longer lists the name".to_string(),
@@ -401,7 +403,7 @@ impl<S: Store> Fixer<'_, S> {
                 .store
                 .store_at(StoreOp::Set, &key, &rec.encode())?;
         }
-        let path = self.fs.dir_path(dir).unwrap_or_default();
+        let path = self.fs.names.dir_path(dir).unwrap_or_default();
         self.note(
             &path,
             &key,
@@ -414,7 +416,7 @@ impl<S: Store> Fixer<'_, S> {
     /// know.
     fn rebuild_log(&mut self, dir: u64) -> FsResult<()> {
         let fs = self.fs;
-        let path = fs.dir_path(dir)?;
+        let path = fs.names.dir_path(dir)?;
         let seq_key = fs.tree.keys.dir_seq(dir);
         let base_key = fs.tree.keys.dir_base(dir);
         let base = LogBase::decode(&base_key, self.get(&base_key)?.as_deref());
@@ -536,14 +538,14 @@ impl<S: Store> Fixer<'_, S> {
 
     fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
         let fs = self.fs;
-        let path = join(&fs.dir_path(dir)?, name);
-        let Some((rec, _)) = fs.read_inode_opt(ino)? else {
+        let path = join(&fs.names.dir_path(dir)?, name);
+        let Some((rec, _)) = fs.names.read_inode_opt(ino)? else {
             return Ok(()); // the name's own problem
         };
         let key = fs.tree.keys.file_bytes(ino, rec.mode, &path);
         // Where each name keeps the bytes (names sharing the private key once).
         let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for p in rec.links.iter().filter_map(|l| fs.link_path(l).ok()) {
+        for p in rec.links.iter().filter_map(|l| fs.names.link_path(l).ok()) {
             let k = fs.tree.keys.file_bytes(ino, rec.mode, &p);
             if !names.iter().any(|(known, _)| *known == k) {
                 names.push((k, p));
@@ -553,7 +555,7 @@ impl<S: Store> Fixer<'_, S> {
             return self.align_names(ino, &rec, &path, &names);
         }
         for other in rec.links.iter().filter(|l| **l != Link::new(dir, name)) {
-            let Ok(other_path) = fs.link_path(other) else {
+            let Ok(other_path) = fs.names.link_path(other) else {
                 continue;
             };
             let other_key = fs.tree.keys.file_bytes(ino, rec.mode, &other_path);
@@ -611,7 +613,7 @@ impl<S: Store> Fixer<'_, S> {
             }
         }
         if size != rec.size {
-            fs.update_record(ino, |r| {
+            fs.names.update_record(ino, |r| {
                 r.size = size;
                 Ok(())
             })?;
@@ -637,9 +639,10 @@ impl<S: Store> Fixer<'_, S> {
     ) -> FsResult<()> {
         let fs = self.fs;
         let link = Link::new(dir, name);
-        fs.entry_swap(dir, name, Some(ino), None)?;
-        fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
-        fs.drop_link(ino, &link, 0)?;
+        fs.names.entry_swap(dir, name, Some(ino), None)?;
+        fs.names
+            .log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
+        fs.names.drop_link(ino, &link, 0)?;
         // A value that does not decode may still be there: nginx would serve it. (A private
         // key other names share stays theirs.)
         let shared = *key == fs.tree.keys.private_data(ino) && rec.links.len() > 1;
@@ -693,8 +696,8 @@ impl<S: Store> Fixer<'_, S> {
         if rest.first() == Some(&b'%') && matches!(kind, Some(b'e' | b'h')) {
             let (dir, name) = self.entry_of(rest)?;
             if let (Some(dir), Some(name)) = (dir, name)
-                && self.fs.read_inode_opt(dir)?.is_some()
-                && self.fs.dir_seq_value(dir)?.is_some()
+                && self.fs.names.read_inode_opt(dir)?.is_some()
+                && self.fs.names.dir_seq_value(dir)?.is_some()
             {
                 return self.settle_name(dir, &name);
             }
@@ -721,7 +724,7 @@ impl<S: Store> Fixer<'_, S> {
             .next()
             .and_then(parse_number);
         let Some(ino) = ino else { return Ok(false) };
-        if self.fs.read_inode_opt(ino)?.is_none() {
+        if self.fs.names.read_inode_opt(ino)?.is_none() {
             return Ok(false);
         }
         if let Some(alive) = self.others_alive {

@@ -55,7 +55,7 @@ impl<S: Store> MemFs<S> {
     /// error ...). Fails as a whole when the directory cannot be found, or its path once the
     /// files are made (they are then made but empty).
     pub fn create_files(&self, parent: u64, files: Vec<NewFile>) -> FsResult<Vec<FsResult<u64>>> {
-        let dir = self.dir_info(parent)?;
+        let dir = self.names.dir_info(parent)?;
         let mut out: Vec<FsResult<u64>> = Vec::with_capacity(files.len());
         let mut names = Vec::new();
         let mut bytes = Vec::new();
@@ -72,8 +72,9 @@ impl<S: Store> MemFs<S> {
             let checked = check_name(&f.name)
                 .and_then(|()| self.tree.check_fits_item(&path, f.bytes.len() as u64))
                 .and_then(|()| {
-                    let ino = self.alloc_ino()?;
-                    self.check_record_size(&self.tree.keys.inode(ino), rec.encode().len())?;
+                    let ino = self.names.alloc_ino()?;
+                    self.names
+                        .check_record_size(&self.tree.keys.inode(ino), rec.encode().len())?;
                     Ok(ino)
                 });
             match checked {
@@ -94,6 +95,7 @@ impl<S: Store> MemFs<S> {
         }
         let mut created = Vec::new();
         for (node, (index, bytes)) in self
+            .names
             .claim_names(parent, &dir.path, names)
             .into_iter()
             .zip(bytes)
@@ -116,7 +118,7 @@ impl<S: Store> MemFs<S> {
         if created.is_empty() {
             return Ok(out);
         }
-        let path_now = match retried(|| self.dir_path(parent)) {
+        let path_now = match retried(|| self.names.dir_path(parent)) {
             Ok(p) => p,
             Err(e) => {
                 // The names are made (empty); keys left at a path the directory moved away
@@ -137,7 +139,7 @@ impl<S: Store> MemFs<S> {
     /// operation ran, are published again the one-file way (which waits it out and writes at
     /// the names it left). Returns the files that could not be published.
     fn publish_created(&self, dir_path: &[u8], placed: &[Planned]) -> Vec<(usize, FsError)> {
-        let generation_before = self.meta.generation();
+        let generation_before = self.names.meta.generation();
         let mut batch = Batch::new();
         let mut keys = Vec::new();
         let mut failed = Vec::new();
@@ -179,8 +181,8 @@ impl<S: Store> MemFs<S> {
             placed.push(p);
         }
         let quiet = matches!(results.take(lock), Ok(None))
-            && self.note_generation(results.take(generation)).is_ok()
-            && self.meta.generation() == generation_before;
+            && self.names.note_generation(results.take(generation)).is_ok()
+            && self.names.meta.generation() == generation_before;
         let mut removed = Vec::new();
         for ((p, (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
             match (set, cas) {
@@ -199,7 +201,7 @@ impl<S: Store> MemFs<S> {
             }
         }
         if !removed.is_empty()
-            && let Err(e) = self.delete_keys_outside_tree(&removed)
+            && let Err(e) = self.names.delete_keys_outside_tree(&removed)
         {
             crate::limited_warn!(
                 format!("delete stale keys: {}", e.kind()),

@@ -49,7 +49,7 @@ impl<S: Store> MemFs<S> {
 
     /// Turns a buffered file that grows past one item into chunks (all of them to write).
     pub(crate) fn start_chunking(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
-        self.ensure_loaded(ino, of)?;
+        self.names.ensure_loaded(ino, of)?;
         let generation = u64::from_str_radix(&crate::layout::record::random_id(), 16).unwrap_or(1);
         of.go_chunked(self.chunk_size(), generation.max(1));
         Ok(())
@@ -226,7 +226,7 @@ impl<S: Store> MemFs<S> {
         }
         // If the record's cas went through after all (its reply lost), the file's keys as
         // one item are garbage; the heartbeat deletes them only if no name holds bytes there.
-        if let Ok(keys) = self.bytes_keys(ino, of.record()) {
+        if let Ok(keys) = self.names.bytes_keys(ino, of.record()) {
             self.maintenance.leave_stale_keys(keys);
         }
         of.drop_pending();
@@ -259,10 +259,10 @@ impl<S: Store> MemFs<S> {
             rec.chunk_size = Some(chunk_size);
             rec.chunk_gen = generation;
             let value = rec.encode();
-            self.check_record_size(&ikey, value.len())?;
+            self.names.check_record_size(&ikey, value.len())?;
             // The file was one item until now: its served or private keys go after the cas
             // (worked out first: a store error then would leave them behind).
-            let stale = self.bytes_keys(ino, of.record())?;
+            let stale = self.names.bytes_keys(ino, of.record())?;
             // The lock, then the record, read after the cas as a publish's fence: an unlink
             // that read the record before this cas deletes the record without these chunks.
             // Either it still holds the lock at the lock read, or it has deleted the record

@@ -79,7 +79,7 @@ impl<S: Store> MemFs<S> {
         let mut tries = 0;
         let node = loop {
             let rec = Inode::new(Kind::File, mode, uid, gid, vec![Link::new(parent, name)]);
-            let exists = match self.create_node(parent, name, rec) {
+            let exists = match self.names.create_node(parent, name, rec) {
                 Ok(node) => break node,
                 Err(FsError::Exists) if flags & libc::O_EXCL == 0 => FsError::Exists,
                 Err(e) => return Err(e),
@@ -91,13 +91,13 @@ impl<S: Store> MemFs<S> {
             if tries > crate::fs::CAS_RETRIES {
                 return Err(exists);
             }
-            let Some(ino) = self.read_entry(parent, name)?.ino else {
+            let Some(ino) = self.names.read_entry(parent, name)?.ino else {
                 continue;
             };
-            let kind = self.getattr(ino).map(|a| a.kind);
+            let kind = self.names.getattr(ino).map(|a| a.kind);
             if let Ok(kind) = kind {
                 // A cached listing that missed the name would answer the retry's lookup.
-                self.meta.note_name(parent, name, Some((ino, kind)));
+                self.names.meta.note_name(parent, name, Some((ino, kind)));
             }
             match kind {
                 Ok(Kind::File) => {}
@@ -111,7 +111,7 @@ impl<S: Store> MemFs<S> {
             }
             match self
                 .open(ino, flags)
-                .and_then(|fh| Ok((self.getattr(ino)?, fh)))
+                .and_then(|fh| Ok((self.names.getattr(ino)?, fh)))
             {
                 Err(FsError::NotFound) => continue,
                 opened => return opened,
@@ -120,7 +120,7 @@ impl<S: Store> MemFs<S> {
         let ino = node.ino;
         let data_token = node.data_token.map(|token| (node.data_key, token));
         let of = OpenFile::created(node.rec, node.cas, data_token);
-        let attr = self.attr_from(ino, &of.view(), None);
+        let attr = self.names.attr_from(ino, &of.view(), None);
         let of = self.open_files.insert_created(ino, of);
         Ok((attr, self.open_files.new_handle(ino, of, flags)))
     }
@@ -131,7 +131,7 @@ impl<S: Store> MemFs<S> {
                 let mut g = lock(&of);
                 if !g.is_dirty() && !g.has_writers() && !g.is_unlinked() {
                     // Close-to-open: a new open sees what other mounts closed since.
-                    match self.read_live_inode(ino) {
+                    match self.names.read_live_inode(ino) {
                         Ok((rec, cas)) => g.reopen(rec, cas),
                         Err(e) => {
                             drop(g);
@@ -144,7 +144,7 @@ impl<S: Store> MemFs<S> {
                 of
             }
             None => {
-                let (rec, cas) = self.read_live_inode(ino)?;
+                let (rec, cas) = self.names.read_live_inode(ino)?;
                 match rec.kind {
                     Kind::Dir => return Err(FsError::IsDir),
                     Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
@@ -167,7 +167,7 @@ impl<S: Store> MemFs<S> {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.open_files.handle(fh)?;
-        let mut of = self.lock_loaded(h.ino, &h.file)?;
+        let mut of = self.names.lock_loaded(h.ino, &h.file)?;
         if let Some(c) = of.chunks_mut() {
             return self.read_chunked(h.ino, c, offset, size);
         }
@@ -184,7 +184,7 @@ impl<S: Store> MemFs<S> {
         if !h.write {
             return Err(FsError::BadHandle);
         }
-        let mut of = self.lock_loaded(h.ino, &h.file)?;
+        let mut of = self.names.lock_loaded(h.ino, &h.file)?;
         let offset = if h.append { of.view().size } else { offset };
         let end = offset + bytes.len() as u64;
         self.check_size(h.ino, end)?;
@@ -230,7 +230,7 @@ impl<S: Store> MemFs<S> {
                 // Every name removed by another mount (its directory too, so the paths
                 // cannot be worked out): as on a local filesystem, the bytes of an unlinked
                 // file go with it, and close and fsync succeed.
-                Err(FsError::NotFound) if self.read_inode_opt(ino)?.is_none() => {
+                Err(FsError::NotFound) if self.names.read_inode_opt(ino)?.is_none() => {
                     let written = {
                         let mut of = lock(file);
                         of.mark_unlinked();
@@ -249,9 +249,9 @@ impl<S: Store> MemFs<S> {
             let outcome = outcome?;
             match outcome {
                 Published::Done(stale) if stale.is_empty() => return Ok(()),
-                Published::Done(stale) => return self.delete_keys_outside_tree(&stale),
+                Published::Done(stale) => return self.names.delete_keys_outside_tree(&stale),
                 // A store error while waiting: the bytes are still to publish; try again.
-                Published::AfterNamespaceOp => waited = self.wait_quiet(),
+                Published::AfterNamespaceOp => waited = self.names.wait_quiet(),
                 // (Handled inside `publish`; publishing again is right in any case.)
                 Published::Unchunked => {}
             }
@@ -319,10 +319,10 @@ impl<S: Store> MemFs<S> {
             let rec = of.record_to_publish();
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
-            let generation_before = self.meta.generation();
+            let generation_before = self.names.meta.generation();
             let keys = RoundKeys {
-                stored: self.bytes_keys(ino, of.record())?,
-                publish: self.bytes_keys(ino, &rec)?,
+                stored: self.names.bytes_keys(ino, of.record())?,
+                publish: self.names.bytes_keys(ino, &rec)?,
                 private: self.tree.keys.private_data(ino),
             };
             match before_round(of, &keys) {
@@ -332,7 +332,7 @@ impl<S: Store> MemFs<S> {
                     // it, as the store holds them now (a buffer published already may be
                     // older). (Loading may read the record again: work the round out afresh.)
                     of.forget_bytes();
-                    if let Load::AfterNamespaceOp = self.load_bytes(ino, of, false)? {
+                    if let Load::AfterNamespaceOp = self.names.load_bytes(ino, of, false)? {
                         return Ok(Published::AfterNamespaceOp);
                     }
                     of.mark_buffer_dirty();
@@ -374,7 +374,7 @@ impl<S: Store> MemFs<S> {
             })
             .collect();
         let value = plan.record.encode();
-        self.check_record_size(&ikey, value.len())?;
+        self.names.check_record_size(&ikey, value.len())?;
         let record = batch.cas(&ikey, &value, plan.cas);
         batch.fence();
         let lock = batch.get(self.tree.keys.ns_lock());
@@ -419,8 +419,8 @@ impl<S: Store> MemFs<S> {
         // A fence read that failed counts as a namespace operation: publish again once
         // quiet (the cas may have gone through, and what it left must be settled).
         let lock_held = replies.lock.map_or(true, |v| v.is_some());
-        let moved = self.note_generation(replies.generation).is_err()
-            || self.meta.generation() != generation_before;
+        let moved = self.names.note_generation(replies.generation).is_err()
+            || self.names.meta.generation() != generation_before;
         match replies.record? {
             CasOutcome::Stored => {
                 // Where the bytes were and no longer are (the mode changed): those keys go
@@ -472,7 +472,7 @@ impl<S: Store> MemFs<S> {
         if of.cas().is_some() {
             return Ok(true);
         }
-        match self.read_inode_opt(ino)? {
+        match self.names.read_inode_opt(ino)? {
             Some((rec, cas)) => {
                 // Another mount may have written the private key since this one made the file.
                 of.take_newer_record(rec, Some(cas));
@@ -514,7 +514,7 @@ impl<S: Store> MemFs<S> {
         }
         let record = r.take(record)?;
         let held = r.take(held)?;
-        self.note_generation(r.take(dirgen))?;
+        self.names.note_generation(r.take(dirgen))?;
         let Some(item) = record else {
             of.forget_version(); // removed: the next round finds it gone
             return Ok(Tokens::RecordChanged);
@@ -523,10 +523,10 @@ impl<S: Store> MemFs<S> {
             of.take_newer_record(Inode::decode(&ikey, &item.value)?, item.cas);
             return Ok(Tokens::RecordChanged);
         }
-        if held.is_some_and(|lock| self.may_move_bytes_of(ino, &lock.value)) {
+        if held.is_some_and(|lock| self.names.may_move_bytes_of(ino, &lock.value)) {
             return Ok(Tokens::NamespaceBusy);
         }
-        if self.meta.generation() != generation {
+        if self.names.meta.generation() != generation {
             return Ok(Tokens::PathsMoved); // (the path cache was dropped)
         }
         of.take_key_tokens(tokens);
@@ -550,7 +550,7 @@ impl<S: Store> MemFs<S> {
         self.maintenance.leave_stale_keys(of.take_written());
         // (A file in chunks becomes one empty item; its chunks go.)
         let mut chunked = None;
-        let emptied = self.update_record(ino, |r| {
+        let emptied = self.names.update_record(ino, |r| {
             chunked = Some(r.clone()).filter(|r| r.chunk_size.is_some());
             r.size = 0;
             r.chunk_size = None;
@@ -565,7 +565,7 @@ impl<S: Store> MemFs<S> {
             }
         }
         if let Ok(rec) = emptied
-            && let Ok(keys) = self.bytes_keys(ino, &rec)
+            && let Ok(keys) = self.names.bytes_keys(ino, &rec)
         {
             let _ = self.tree.store.execute(
                 keys.iter()

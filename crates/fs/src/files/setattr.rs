@@ -9,16 +9,17 @@ use crate::fs::{MAX_FILE_SIZE, MemFs};
 use crate::layout::attr::{Attr, SetAttr};
 use crate::layout::keys::is_public;
 use crate::layout::record::{Inode, Kind};
+use crate::namespace::chmod::changes_visibility;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
 impl<S: Store> MemFs<S> {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
-        if let Some(of) = self.open_file(ino) {
+        if let Some(of) = self.names.open_file(ino) {
             if set.size.is_some() && lock(&of).has_writers() {
                 // Resized through the buffer below: its bytes loaded first, waiting out
                 // namespace operations with the open file unlocked.
-                drop(self.lock_loaded(ino, &of)?);
+                drop(self.names.lock_loaded(ino, &of)?);
             }
             let mut of = lock(&of);
             if of.has_writers() && !of.is_unlinked() && Self::withdraws_stored(of.record(), set) {
@@ -43,7 +44,7 @@ impl<S: Store> MemFs<S> {
                     && rest.atime.is_none()
                     && rest.mtime.is_none();
                 return match nothing_else {
-                    true => self.getattr(ino),
+                    true => self.names.getattr(ino),
                     false => self.setattr(ino, &rest),
                 };
             }
@@ -51,7 +52,7 @@ impl<S: Store> MemFs<S> {
                 // Published with the data at flush: keeps `cp -a` at a few round trips a file
                 // (a chmod that serves it too: its bytes go straight to the served key).
                 if let Some(size) = set.size {
-                    self.ensure_loaded(ino, &mut of)?;
+                    self.names.ensure_loaded(ino, &mut of)?;
                     self.check_size(ino, size)?;
                     if of.chunks().is_none() && size > self.tree.item_limit() {
                         self.start_chunking(ino, &mut of)?;
@@ -68,7 +69,7 @@ impl<S: Store> MemFs<S> {
                 let view = of.view();
                 set.mode = set.mode.or(set.setid_cleared(&view));
                 of.buffer_attrs(&set);
-                return Ok(self.open_attr(ino, &of));
+                return Ok(self.names.open_attr(ino, &of));
             }
         }
         self.setattr_unbuffered(ino, set)
@@ -77,7 +78,7 @@ impl<S: Store> MemFs<S> {
     /// True when `set` takes read for others away from a file whose stored record grants
     /// it: its bytes are at a served key, and must leave it at once.
     fn withdraws_stored(stored: &Inode, set: &SetAttr) -> bool {
-        set.mode.is_some() && Self::changes_visibility(stored, set) && is_public(stored.mode)
+        set.mode.is_some() && changes_visibility(stored, set) && is_public(stored.mode)
     }
 
     /// setattr straight to the store (no writer of this mount buffers the change).
@@ -90,14 +91,14 @@ impl<S: Store> MemFs<S> {
             let published = self.release(fh);
             changed?;
             published?;
-            return self.getattr(ino);
+            return self.names.getattr(ino);
         }
         // A chmod that serves or withdraws a file moves its bytes, under the namespace lock;
         // any other change is one cas (refused if a mode change elsewhere made it one).
         // (The flag says why the cas loop stopped; a `Contended` of its own is an error.)
         let moves_bytes = std::cell::Cell::new(false);
-        let plain = self.update_inode(ino, |rec| {
-            if Self::changes_visibility(rec, set) {
+        let plain = self.names.update_inode(ino, |rec| {
+            if changes_visibility(rec, set) {
                 moves_bytes.set(true);
                 return Err(FsError::Invalid("a mode change that moves bytes"));
             }
@@ -106,8 +107,8 @@ impl<S: Store> MemFs<S> {
         });
         let rec = match plain {
             Err(_) if moves_bytes.get() => {
-                self.setattr_moving_bytes(ino, set)?;
-                self.read_live_inode(ino)?.0
+                self.names.setattr_moving_bytes(ino, set)?;
+                self.names.read_live_inode(ino)?.0
             }
             other => other?,
         };
@@ -115,10 +116,12 @@ impl<S: Store> MemFs<S> {
             && let Some(t) = set.mtime
         {
             // The mtime key wins over the record for directories: they are kept in step.
-            self.set_dir_mtime_unlocked(ino, t)?;
-            return Ok(self.with_dir_links(self.attr_from(ino, &rec, Some(t))));
+            self.names.set_dir_mtime_unlocked(ino, t)?;
+            return Ok(self
+                .names
+                .with_dir_links(self.names.attr_from(ino, &rec, Some(t))));
         }
-        self.getattr(ino)
+        self.names.getattr(ino)
     }
 
     /// EFBIG for a file size past [`MAX_FILE_SIZE`]; files larger than one item go in chunks.

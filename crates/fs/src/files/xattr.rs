@@ -36,10 +36,10 @@ impl<S: Store> MemFs<S> {
     }
 
     pub(crate) fn current_record(&self, ino: u64) -> FsResult<Inode> {
-        if let Some(of) = self.open_file(ino) {
+        if let Some(of) = self.names.open_file(ino) {
             return Ok(lock(&of).view());
         }
-        Ok(self.read_live_inode(ino)?.0)
+        Ok(self.names.read_live_inode(ino)?.0)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -60,7 +60,7 @@ impl<S: Store> MemFs<S> {
     /// `flags`: XATTR_CREATE (1) fails if present, XATTR_REPLACE (2) fails if absent.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         let key = Self::xattr_name(name)?;
-        self.update_inode(ino, |r| {
+        self.names.update_inode(ino, |r| {
             let present = r.xattrs.contains_key(&key);
             if flags & libc::XATTR_CREATE != 0 && present {
                 return Err(FsError::Exists);
@@ -77,7 +77,7 @@ impl<S: Store> MemFs<S> {
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         let key = Self::xattr_name(name)?;
-        self.update_inode(ino, |r| {
+        self.names.update_inode(ino, |r| {
             r.xattrs.remove(&key).ok_or(FsError::NoXattr)?;
             r.ctime = Time::now();
             Ok(())

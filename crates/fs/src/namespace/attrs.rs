@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use memfis_memcache::Store;
 
 use crate::files::open_files::OpenFile;
-use crate::fs::MemFs;
 use crate::layout::attr::Attr;
 use crate::layout::record::{Inode, Kind, Time};
+use crate::namespace::Namespace;
 use crate::store::batch::Batch;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     pub(crate) fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
         self.open_files.get(ino)
     }

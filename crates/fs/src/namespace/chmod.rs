@@ -16,23 +16,24 @@
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::fs::{CAS_RETRIES, MemFs};
+use crate::fs::CAS_RETRIES;
 use crate::layout::attr::SetAttr;
 use crate::layout::intent::Intent;
 use crate::layout::keys::is_public;
 use crate::layout::record::{Inode, Kind};
+use crate::namespace::Namespace;
 use crate::store::batch::{Batch, Cas, StoreAt};
 use crate::store::replies::{CasOutcome, value_of};
 use crate::{FsError, FsResult};
 
-impl<S: Store> MemFs<S> {
-    /// True when `set` would serve or withdraw the file `rec` (its bytes must move).
-    pub(crate) fn changes_visibility(rec: &Inode, set: &SetAttr) -> bool {
-        let mut after = rec.clone();
-        set.apply_to(&mut after);
-        rec.kind == Kind::File && is_public(after.mode) != is_public(rec.mode)
-    }
+/// True when `set` would serve or withdraw the file `rec` (its bytes must move).
+pub(crate) fn changes_visibility(rec: &Inode, set: &SetAttr) -> bool {
+    let mut after = rec.clone();
+    set.apply_to(&mut after);
+    rec.kind == Kind::File && is_public(after.mode) != is_public(rec.mode)
+}
 
+impl<S: Store> Namespace<S> {
     /// setattr of a file whose bytes may move (see the module comment).
     pub(crate) fn setattr_moving_bytes(&self, ino: u64, set: &SetAttr) -> FsResult<()> {
         let key = self.tree.keys.inode(ino);
@@ -44,7 +45,7 @@ impl<S: Store> MemFs<S> {
                 let value = rec.encode();
                 self.check_record_size(&key, value.len())?;
                 let first = Command::cas(&key, &value, cas);
-                if !Self::changes_visibility(&old, set) {
+                if !changes_visibility(&old, set) {
                     // Another mount changed the mode meanwhile: nothing moves after all.
                     match self.tree.store.run_at::<Cas>(&key, first)? {
                         CasOutcome::Stored => {
@@ -70,7 +71,7 @@ impl<S: Store> MemFs<S> {
         })
     }
 
-    /// [`MemFs::bytes_keys`] without the names whose directory is gone (a create undone
+    /// [`Namespace::bytes_keys`] without the names whose directory is gone (a create undone
     /// after an rmdir fenced its directory can leave such a name in a record a moment): an
     /// intent must finish whatever it finds.
     fn reachable_bytes_keys(&self, ino: u64, rec: &Inode) -> FsResult<Vec<Vec<u8>>> {

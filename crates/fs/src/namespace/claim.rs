@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::fs::{MemFs, join, retried};
+use crate::fs::{join, retried};
 use crate::layout::dirlog::Op;
 use crate::layout::record::{Inode, Kind};
+use crate::namespace::Namespace;
 use crate::namespace::listing::{LogAppend, Logged};
 use crate::namespace::nodes::{Settled, Undo};
 use crate::namespace::unsettled::Unsettled;
@@ -64,7 +65,7 @@ struct Sending {
     own_keys: Vec<Command>,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// Creates `names` in `parent` (whose path is `dir_path`) in one batch: one result per
     /// name, in order, the node or why it is not there (EEXIST for a name taken meanwhile,
     /// ENOENT when the directory went, a store error). Whatever failed is undone before it

@@ -29,9 +29,10 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::info;
 
-use crate::fs::{MemFs, retried};
+use crate::fs::retried;
 use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
 use crate::layout::record::random_id;
+use crate::namespace::Namespace;
 use crate::store::batch::StoreAt;
 use crate::{FsError, FsResult};
 
@@ -41,7 +42,7 @@ pub(crate) fn worth_compacting(records: usize, names: usize, per_chunk: u64) -> 
     records > 2 * names + per_chunk as usize
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// Notes that `dir`'s log may be worth compacting; the heartbeat looks and does it.
     pub(crate) fn want_compaction(&self, dir: u64) {
         if self.tree.store.in_order() {

@@ -12,15 +12,15 @@ use memfis_memcache::{Command, Item, Store, StoreOp};
 use tracing::warn;
 
 use crate::files::open_files::OpenFile;
-use crate::fs::MemFs;
 use crate::layout::intent::Intent;
 use crate::layout::record::{Inode, Kind, Link};
+use crate::namespace::Namespace;
 use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, Cas, CasOutcome, Got, Handle, Replies, StoreAt};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
-/// What one load of a file's bytes found ([`MemFs::load_bytes`]).
+/// What one load of a file's bytes found ([`Namespace::load_bytes`]).
 pub(crate) enum Load {
     Loaded,
     /// A namespace operation that may be moving the bytes is running (or the record kept
@@ -36,7 +36,7 @@ const LOAD_WAITS: usize = 64;
 /// Between the two looks at bytes of another size than the record's.
 const MISMATCH_PAUSE: Duration = Duration::from_millis(10);
 
-/// Where the replies to a load's fence reads are ([`MemFs::load_fence`]).
+/// Where the replies to a load's fence reads are ([`Namespace::load_fence`]).
 struct LoadFence {
     lock: Handle<Got>,
     generation: Handle<Got>,
@@ -59,7 +59,7 @@ impl LoadFence {
     }
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// Where the bytes of a file's name `link` live (`KeyLayout::file_bytes`).
     pub(crate) fn bytes_key(&self, ino: u64, rec: &Inode, link: &Link) -> FsResult<Vec<u8>> {
         Ok(self

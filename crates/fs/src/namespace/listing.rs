@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Store, StoreError, StoreOp};
 use tracing::warn;
 
-use crate::fs::MemFs;
 use crate::layout::attr::{Attr, DirEntry};
 use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
 use crate::layout::record::{Inode, Kind, Time};
+use crate::namespace::Namespace;
 use crate::store::batch::{Batch, Counted, Got, Handle, Replies, StoreAt, Stored};
 use crate::store::replies::value_of;
 use crate::sync::lock;
@@ -45,11 +45,11 @@ pub(crate) struct LogAppend {
     /// in an earlier chunk than their numbers (see the module comment).
     under_lock: bool,
     /// Set when the records went in after the batch (its append failed): a create's fence,
-    /// read in the batch, then says nothing about them ([`MemFs::settle_create_fence`]).
+    /// read in the batch, then says nothing about them ([`Namespace::settle_create_fence`]).
     pub(crate) late: std::cell::Cell<bool>,
 }
 
-/// Where the replies to [`MemFs::log_commands`] are.
+/// Where the replies to [`Namespace::log_commands`] are.
 pub(crate) struct LogReplies {
     incr: Handle<Counted>,
     append: Handle<Stored>,
@@ -66,7 +66,7 @@ pub(crate) enum Logged {
     DirGone,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// Builds the commands that append a create's `+` records (new inodes only, no lock held)
     /// to `dir`'s log in one batch.
     pub(crate) fn log_append(&self, dir: u64, changes: &[LogChange<'_>]) -> LogAppend {

@@ -21,9 +21,9 @@ use memfis_memcache::{Command, Reply, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use crate::fs::MemFs;
 use crate::layout::intent::Intent;
 use crate::layout::record::random_id;
+use crate::namespace::Namespace;
 use crate::store::batch::{Batch, Handle, Replies, StoreAt, Stored};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
@@ -50,7 +50,7 @@ impl LockValue {
     }
 }
 
-/// The namespace lock held by this thread; [`MemFs::with_ns_lock`] releases it.
+/// The namespace lock held by this thread; [`Namespace::with_ns_lock`] releases it.
 pub(crate) struct NsLock<'a> {
     _local: MutexGuard<'a, ()>,
     /// Told when this thread holds the lock and when it no longer does.
@@ -96,7 +96,7 @@ pub(crate) struct LocalNsLock {
     pub(crate) rolled_forward: Mutex<Vec<(String, String)>>,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// Runs `op` holding the namespace lock. `reads` go in the same batch as the `add` that
     /// takes it (so an uncontended operation pays no extra round trip); `op` gets their results.
     /// If `op` fails after storing an intent, the intent is completed before returning.

@@ -32,3 +32,45 @@ pub mod rename;
 pub(crate) mod roll_forward;
 pub(crate) mod unreached_keys;
 pub(crate) mod unsettled;
+
+use std::sync::{Arc, Mutex};
+
+use memfis_memcache::Store;
+
+use crate::files::open_files::OpenFiles;
+use crate::maintenance::Maintenance;
+use crate::tree::Tree;
+
+/// The namespace component: names, records, directory logs, the namespace lock and the
+/// operations that change them, with what this mount keeps of them.
+pub(crate) struct Namespace<S: Store> {
+    pub(crate) tree: Arc<Tree<S>>,
+    pub(crate) maintenance: Arc<Maintenance<S>>,
+    /// This mount's side of the namespace lock (`lock.rs`).
+    pub(crate) ns: lock::LocalNsLock,
+    /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
+    pub(crate) inos: Mutex<(u64, u64)>,
+    /// What this mount remembers of directories between operations (bounded, expiring).
+    pub(crate) meta: meta_cache::MetaCache,
+    /// This mount's open files (the files component's): operations on names keep them in
+    /// step (a name removed, a record changed) and, holding the lock, load their bytes before
+    /// the last key holding them goes (`file_bytes.rs`).
+    pub(crate) open_files: Arc<OpenFiles>,
+}
+
+impl<S: Store> Namespace<S> {
+    pub(crate) fn new(
+        tree: Arc<Tree<S>>,
+        maintenance: Arc<Maintenance<S>>,
+        open_files: Arc<OpenFiles>,
+    ) -> Namespace<S> {
+        Namespace {
+            meta: meta_cache::MetaCache::new(tree.cfg.cache_ttl),
+            tree,
+            maintenance,
+            ns: lock::LocalNsLock::default(),
+            inos: Mutex::new((0, 0)),
+            open_files,
+        }
+    }
+}

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
-use crate::fs::{MemFs, check_name, join, retried};
+use crate::fs::{check_name, join, retried};
 use crate::layout::attr::Attr;
 use crate::layout::dirlog::{DirSeq, LogBase, Op};
 use crate::layout::intent::Intent;
 use crate::layout::keys::ROOT_INO;
 use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::namespace::Namespace;
 use crate::namespace::claim::{NewName, NewNode};
 use crate::namespace::listing::{LogChange, Logged};
 use crate::namespace::unsettled::Unsettled;
@@ -30,7 +31,7 @@ use crate::{FsError, FsResult};
 /// How many inode numbers one `incr` reserves for this mount.
 const INO_BATCH: u64 = 64;
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     pub(crate) fn alloc_ino(&self) -> FsResult<u64> {
         let mut inos = lock(&self.inos);
         if inos.0 >= inos.1 {
@@ -995,7 +996,7 @@ impl<S: Store> MemFs<S> {
     }
 }
 
-/// What an unlink's batch did ([`MemFs::unlink_batch`]).
+/// What an unlink's batch did ([`Namespace::unlink_batch`]).
 struct Unlinked {
     /// Every command ran as meant.
     all_done: bool,
@@ -1010,14 +1011,14 @@ enum RecordChange {
     Updated(Handle<Cas>),
 }
 
-/// How a create's fence settled ([`MemFs::settle_create_fence`]).
+/// How a create's fence settled ([`Namespace::settle_create_fence`]).
 pub(crate) enum Settled {
     Done,
     /// The directory was removed while the create's batch ran: the create is taken back.
     DirRemoved,
 }
 
-/// Where the replies to [`MemFs::create_fence_cmds`] are.
+/// Where the replies to [`Namespace::create_fence_cmds`] are.
 pub(crate) struct FenceReads {
     lock: Handle<Got>,
     generation: Handle<Got>,
@@ -1025,7 +1026,7 @@ pub(crate) struct FenceReads {
     seq: Handle<Got>,
 }
 
-/// What a create read after its writes ([`MemFs::create_fence_cmds`]).
+/// What a create read after its writes ([`Namespace::create_fence_cmds`]).
 pub(crate) struct CreateFence {
     lock_held: FsResult<bool>,
     generation: FsResult<Option<Item>>,
@@ -1067,42 +1068,4 @@ pub(crate) struct Undo {
     /// another version was written since (the name was live: another mount may have opened
     /// and published it), and the inode is left alone.
     pub record_cas: Option<u64>,
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use memfis_memcache::memory::MemoryStore;
-    use memfis_memcache::{Command, Store, StoreOp};
-
-    use crate::layout::keys::ROOT_INO;
-    use crate::layout::record::Inode;
-    use crate::{FsConfig, KeyLayout, MemFs};
-
-    /// The kernel-like harness hung on this: after lost replies, a file reached by an entry
-    /// whose record names it in a directory that is gone. Working out whether a stale key
-    /// holds its bytes failed with ENOENT at every heartbeat, so the heartbeat never
-    /// succeeded again. The key is kept (check reports the record), and the call succeeds.
-    #[test]
-    fn a_key_of_a_file_whose_record_names_a_gone_directory_is_kept() {
-        let store = Arc::new(MemoryStore::default());
-        let keys = KeyLayout::new("memfis://gone-parent").unwrap();
-        let fs = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
-        let (attr, fh) = fs
-            .create(ROOT_INO, b"f", 0o644, libc::O_WRONLY, 0, 0)
-            .unwrap();
-        fs.write(fh, 0, b"bytes", false).unwrap();
-        fs.release(fh).unwrap();
-        let ikey = keys.inode(attr.ino);
-        let item = store.get(&ikey).unwrap().unwrap();
-        let mut rec = Inode::decode(&ikey, &item.value).unwrap();
-        rec.links[0].parent = 999; // no such directory
-        store
-            .run(Command::store(StoreOp::Set, &ikey, &rec.encode()))
-            .unwrap();
-        let served = keys.data(b"/f");
-        fs.delete_unreached(std::slice::from_ref(&served)).unwrap();
-        assert!(store.get(&served).unwrap().is_some(), "the bytes are kept");
-    }
 }

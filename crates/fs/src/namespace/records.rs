@@ -5,17 +5,18 @@
 use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
-use crate::fs::{CAS_RETRIES, ITEM_OVERHEAD, MAX_DEPTH, MemFs, check_name, join};
+use crate::fs::{CAS_RETRIES, ITEM_OVERHEAD, MAX_DEPTH, check_name, join};
 use crate::layout::attr::Attr;
 use crate::layout::keys::ROOT_INO;
 use crate::layout::record::{Inode, Kind, Link};
+use crate::namespace::Namespace;
 use crate::namespace::meta_cache::DirInfo;
 use crate::store::batch::{Cas, StoreAt};
 use crate::store::replies::{CasOutcome, EntrySlot, entry_slot, parse_number, value_of};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     // ----- records -------------------------------------------------------------------------
 
     /// Reads an inode record with its cas token. A missing record is EIO naming the key.

@@ -10,11 +10,12 @@ use std::collections::HashSet;
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
-use crate::fs::{CAS_RETRIES, MemFs, check_name, join};
+use crate::fs::{CAS_RETRIES, check_name, join};
 use crate::layout::dirlog::Op;
 use crate::layout::intent::{Intent, RenameIntent};
 use crate::layout::keys::ROOT_INO;
 use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::namespace::Namespace;
 use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, StoreAt};
 use crate::store::replies::{EntrySlot, value_of};
@@ -46,7 +47,7 @@ struct Move {
     keep_old: bool,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     pub fn rename(
         &self,
         parent: u64,

@@ -1,22 +1,22 @@
 //! Finishing an intent (see `intent.rs`) from wherever its operation stopped.
 //!
-//! [`MemFs::complete`] is idempotent: it checks each step against the store before doing it,
+//! [`Namespace::complete`] is idempotent: it checks each step against the store before doing it,
 //! so it can run from any point, any number of times. Each intent's first change in the
 //! store is its point of no return; `complete` undoes nothing and finds "not started" from
 //! that first change being absent.
 
 use memfis_memcache::Store;
 
-use crate::fs::MemFs;
 use crate::layout::dirlog::Op;
 use crate::layout::intent::Intent;
 use crate::layout::record::{Kind, Link};
+use crate::namespace::Namespace;
 use crate::store::batch::StoreAt;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 use tracing::warn;
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// [`Self::complete`], looked at twice when it meets damage (a key missing, a value that
     /// does not parse), 200 ms apart: a key another mount's failed write dropped for a moment
     /// is back by then; damage is not, and the caller releases the lock rather than keep it

@@ -1,7 +1,7 @@
 //! Creates this mount could not finish on a store error: the heartbeat finishes them.
 //!
 //! A create writes its keys before it knows whether its directory survives an rmdir that
-//! raced it (the fence, `MemFs::settle_create_fence`). When the fence cannot be settled, or
+//! raced it (the fence, `Namespace::settle_create_fence`). When the fence cannot be settled, or
 //! a create that must be taken back cannot be, the keys stay in the store with nothing
 //! that names them in a live directory. No intent records a create (it takes no lock on its
 //! fast path), so this mount keeps what it must finish until the store answers again.
@@ -9,9 +9,9 @@
 use memfis_memcache::{Command, Store};
 
 use crate::FsResult;
-use crate::fs::MemFs;
 use crate::layout::dirlog::Op;
 use crate::layout::record::Kind;
+use crate::namespace::Namespace;
 use crate::namespace::claim::CreateUndo;
 use crate::namespace::nodes::{CreateFence, Settled, Undo};
 
@@ -29,7 +29,7 @@ pub(crate) enum Unsettled {
     Undo { undo: Undo, own_keys: Vec<Command> },
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Namespace<S> {
     /// Finishes the creates left unfinished (part of the heartbeat). Those that fail again
     /// stay for the next heartbeat (the first error is returned), unless the store is
     /// damaged there: then they are left for `memfis check --repair`, with a log line.
