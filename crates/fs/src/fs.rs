@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use memfis_memcache::Store;
 
+use crate::files::Files;
+use crate::files::bulk::NewFile;
 use crate::files::open_files::OpenFiles;
-use crate::layout::attr::{Attr, DirEntry, StatFs};
+use crate::layout::attr::{Attr, DirEntry, SetAttr, StatFs};
 use crate::layout::dirlog::Listing;
 use crate::layout::keys::KeyLayout;
 use crate::layout::record::Kind;
@@ -75,9 +77,9 @@ pub struct MemFs<S: Store> {
     /// (`maintenance.rs`).
     pub(crate) maintenance: Arc<Maintenance<S>>,
     /// Names, records, directory logs and the namespace lock (`namespace/`).
-    pub(crate) names: Namespace<S>,
-    /// Open files and handles of this mount (the namespace keeps them in step with names).
-    pub(crate) open_files: Arc<OpenFiles>,
+    pub(crate) names: Arc<Namespace<S>>,
+    /// Open files, their bytes and publishing them (`files/`).
+    pub(crate) files: Files<S>,
     /// File locks across mounts (`crate::locks`).
     pub(crate) locks: FileLocks<S>,
 }
@@ -120,11 +122,21 @@ impl<S: Store> MemFs<S> {
         let tree = Arc::new(Tree::open(store, keys, cfg, create)?);
         let maintenance = Arc::new(Maintenance::new(tree.clone()));
         let open_files = Arc::new(OpenFiles::new());
+        let names = Arc::new(Namespace::new(
+            tree.clone(),
+            maintenance.clone(),
+            open_files.clone(),
+        ));
         let fs = MemFs {
-            names: Namespace::new(tree.clone(), maintenance.clone(), open_files.clone()),
+            files: Files {
+                tree: tree.clone(),
+                maintenance: maintenance.clone(),
+                names: names.clone(),
+                open_files,
+            },
+            names,
             locks: FileLocks::new(tree.clone()),
             maintenance,
-            open_files,
             tree,
         };
         fs.heartbeat()?;
@@ -150,7 +162,7 @@ impl<S: Store> MemFs<S> {
     pub fn activity(&self) -> crate::activity::ActivitySnapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let (cache_hits, cache_misses) = self.names.meta.hits_and_misses();
-        let (open_files, open_handles) = self.open_files.counts();
+        let (open_files, open_handles) = self.files.open_files.counts();
         crate::activity::ActivitySnapshot {
             files_published: self.tree.activity.files_published.load(Relaxed),
             bytes_published: self.tree.activity.bytes_published.load(Relaxed),
@@ -258,6 +270,77 @@ impl<S: Store> MemFs<S> {
         self.names.compact_all()
     }
 
+    // ----- files (`crate::files`) ---------------------------------------------------------
+
+    /// Creates `files` in `parent`, each whole (bytes and attributes) or not at all. One
+    /// result per file, in order: its inode, or why it was not created (EEXIST when the name
+    /// is taken, EFBIG, ENAMETOOLONG, ENOENT when the directory went meanwhile, a store
+    /// error ...). Fails as a whole when the directory cannot be found, or its path once the
+    /// files are made (they are then made but empty).
+    pub fn create_files(&self, parent: u64, files: Vec<NewFile>) -> FsResult<Vec<FsResult<u64>>> {
+        self.files.create_files(parent, files)
+    }
+
+    /// Creates and opens a regular file: O_EXCL semantics come from the atomic entry claim.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        self.files.create(parent, name, mode, flags, uid, gid)
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        self.files.open(ino, flags)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.files.read(fh, offset, size)
+    }
+
+    /// Writes at `offset` (at the end for O_APPEND). `kill_suidgid`: the kernel asks us to drop
+    /// set-user/group-ID bits, as for a write by an unprivileged user (FUSE_HANDLE_KILLPRIV_V2).
+    pub fn write(&self, fh: u64, offset: u64, bytes: &[u8], kill_suidgid: bool) -> FsResult<u32> {
+        self.files.write(fh, offset, bytes, kill_suidgid)
+    }
+
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        self.files.flush(fh)
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        self.files.release(fh)
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.files.fsync(fh)
+    }
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        self.files.setattr(ino, set)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.files.getxattr(ino, name)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.files.listxattr(ino)
+    }
+
+    /// `flags`: XATTR_CREATE (1) fails if present, XATTR_REPLACE (2) fails if absent.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.files.setxattr(ino, name, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.files.removexattr(ino, name)
+    }
+
     // ----- file locks (`crate::locks`) ---------------------------------------------------
 
     /// Tries once to take a lock. `Ok(Ok(changed))` when granted: `changed` tells that
@@ -268,7 +351,7 @@ impl<S: Store> MemFs<S> {
         Ok(self
             .locks
             .try_lock(ino, req)?
-            .map(|granted| self.pages_stale_after_grant(ino, granted.record)))
+            .map(|granted| self.files.pages_stale_after_grant(ino, granted.record)))
     }
 
     /// Takes the lock, waiting as long as it takes while thread `tid` (the caller, as the
@@ -276,7 +359,7 @@ impl<S: Store> MemFs<S> {
     /// (as [`MemFs::try_lock`]).
     pub fn lock_wait(&self, ino: u64, req: &LockRequest, tid: u32) -> FsResult<bool> {
         let granted = self.locks.lock_wait(ino, req, tid)?;
-        Ok(self.pages_stale_after_grant(ino, granted.record))
+        Ok(self.files.pages_stale_after_grant(ino, granted.record))
     }
 
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.
@@ -288,7 +371,7 @@ impl<S: Store> MemFs<S> {
     /// so the next holder on any mount reads them, then cuts the range out of the owner's
     /// locks.
     pub fn unlock(&self, fh: u64, ino: u64, owner: u64, start: u64, end: u64) -> FsResult<()> {
-        self.flush(fh)?;
+        self.files.flush(fh)?;
         self.locks.unlock(ino, owner, start, end)
     }
 

@@ -16,7 +16,8 @@
 use memfis_memcache::command::Value;
 use memfis_memcache::{Store, StoreOp};
 
-use crate::fs::{MemFs, check_name, join, retried};
+use crate::files::Files;
+use crate::fs::{check_name, join, retried};
 use crate::layout::attr::SetAttr;
 use crate::layout::record::{Inode, Kind, Link};
 use crate::namespace::claim::NewName;
@@ -48,7 +49,7 @@ struct Planned {
     bytes: Value,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Files<S> {
     /// Creates `files` in `parent`, each whole (bytes and attributes) or not at all. One
     /// result per file, in order: its inode, or why it was not created (EEXIST when the name
     /// is taken, EFBIG, ENAMETOOLONG, ENOENT when the directory went meanwhile, a store

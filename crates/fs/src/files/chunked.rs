@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use memfis_memcache::{Command, Store, StoreOp};
 
+use crate::files::Files;
 use crate::files::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::files::io::Published;
 use crate::files::open_files::OpenFile;
-use crate::fs::MemFs;
 use crate::store::batch::{Batch, CasOutcome, StoreAt};
 use crate::{FsError, FsResult};
 
@@ -37,7 +37,7 @@ const CHUNK_BATCH: usize = 16;
 /// The largest chunk: a few reads or writes of the kernel's (128 KiB) each.
 const MAX_CHUNK: u64 = 1024 * 1024;
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Files<S> {
     /// The chunk size of files this store makes: the largest multiple of 4 KiB one item
     /// holds, at most [`MAX_CHUNK`].
     pub(crate) fn chunk_size(&self) -> u64 {

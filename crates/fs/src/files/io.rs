@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
+use crate::files::Files;
 use crate::files::chunk_buffer::ChunkedFile;
 use crate::files::open_files::OpenFile;
 use crate::files::publish_plan::{
     Before, KeyWrite, PublishPlan, RoundKeys, before_round, plan_round,
 };
-use crate::fs::MemFs;
 use crate::layout::attr::Attr;
 use crate::layout::record::{Inode, Kind, Link};
 use crate::namespace::file_bytes::Load;
@@ -34,7 +34,7 @@ pub(crate) enum Published {
     Unchunked,
 }
 
-/// What a read of the tokens of a file's data keys found ([`MemFs::read_key_tokens`]).
+/// What a read of the tokens of a file's data keys found ([`Files::read_key_tokens`]).
 enum Tokens {
     /// The keys hold this file's bytes: their tokens are kept.
     Taken,
@@ -46,7 +46,7 @@ enum Tokens {
     PathsMoved,
 }
 
-/// The replies to a publish round ([`MemFs::send_round`]), in the plan's order.
+/// The replies to a publish round ([`Files::send_round`]), in the plan's order.
 struct RoundReplies {
     /// Per planned write: stored, refused, or the store's error.
     writes: Vec<FsResult<bool>>,
@@ -58,14 +58,14 @@ struct RoundReplies {
     generation: FsResult<Option<Item>>,
 }
 
-/// How a publish round ended ([`MemFs::apply_round`]).
+/// How a publish round ended ([`Files::apply_round`]).
 enum RoundEnd {
     Settled(Published),
     /// Work a round out again (over a record read afresh).
     Again,
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Files<S> {
     /// Creates and opens a regular file: O_EXCL semantics come from the atomic entry claim.
     pub fn create(
         &self,

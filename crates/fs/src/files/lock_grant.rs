@@ -4,11 +4,11 @@
 use memfis_memcache::{Item, Store};
 
 use crate::FsResult;
-use crate::fs::MemFs;
+use crate::files::Files;
 use crate::layout::record::Inode;
 use crate::sync::lock;
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Files<S> {
     /// Whether the kernel's pages of a file just locked are stale (another mount published
     /// it since), from the record read after the grant. The lock stands either way: without
     /// the record they count as stale.

@@ -21,3 +21,22 @@ pub(crate) mod open_files;
 pub(crate) mod publish_plan;
 pub(crate) mod setattr;
 pub mod xattr;
+
+use std::sync::Arc;
+
+use memfis_memcache::Store;
+
+use crate::maintenance::Maintenance;
+use crate::namespace::Namespace;
+use crate::tree::Tree;
+use open_files::OpenFiles;
+
+/// The files component: this mount's open files and handles, their bytes, and publishing
+/// them. Reaches names through the namespace component.
+pub(crate) struct Files<S: Store> {
+    pub(crate) tree: Arc<Tree<S>>,
+    pub(crate) maintenance: Arc<Maintenance<S>>,
+    pub(crate) names: Arc<Namespace<S>>,
+    /// Open files and handles of this mount (the namespace keeps them in step with names).
+    pub(crate) open_files: Arc<OpenFiles>,
+}

@@ -68,7 +68,7 @@ impl Pending {
 #[derive(Debug)]
 enum Bytes {
     /// Not read yet (or forgotten): read as the record says before they are used
-    /// (`MemFs::load_bytes`).
+    /// (`Files::load_bytes`).
     Unloaded,
     /// The whole file. `dirty`: it holds bytes not published yet.
     Whole { data: Value, dirty: bool },
@@ -354,7 +354,7 @@ impl OpenFile {
         data[offset..end].copy_from_slice(bytes);
     }
 
-    /// Resizes the loaded buffer (a file in chunks: `MemFs::resize_chunked`).
+    /// Resizes the loaded buffer (a file in chunks: `Files::resize_chunked`).
     pub fn resize(&mut self, size: u64) {
         self.buffer_to_change().resize(size as usize, 0);
         self.touch_mtime();

@@ -5,7 +5,8 @@
 use memfis_memcache::Store;
 use tracing::warn;
 
-use crate::fs::{MAX_FILE_SIZE, MemFs};
+use crate::files::Files;
+use crate::fs::MAX_FILE_SIZE;
 use crate::layout::attr::{Attr, SetAttr};
 use crate::layout::keys::is_public;
 use crate::layout::record::{Inode, Kind};
@@ -13,7 +14,7 @@ use crate::namespace::chmod::changes_visibility;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Files<S> {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         if let Some(of) = self.names.open_file(ino) {
             if set.size.is_some() && lock(&of).has_writers() {

@@ -3,7 +3,7 @@
 
 use memfis_memcache::Store;
 
-use crate::fs::MemFs;
+use crate::files::Files;
 use crate::layout::record::{Inode, Time, pct_decode, pct_encode};
 use crate::sync::lock;
 use crate::{FsError, FsResult};
@@ -27,7 +27,7 @@ fn is_user_xattr(name: &[u8]) -> FsResult<bool> {
     }
 }
 
-impl<S: Store> MemFs<S> {
+impl<S: Store> Files<S> {
     fn xattr_name(name: &[u8]) -> FsResult<String> {
         if !is_user_xattr(name)? {
             return Err(FsError::NotSupported("only user.* extended attributes"));
