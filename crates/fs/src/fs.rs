@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use memfis_memcache::Store;
 
+use crate::check::CheckOptions;
+use crate::check::repair::RepairReport;
 use crate::files::Files;
 use crate::files::bulk::NewFile;
 use crate::files::open_files::OpenFiles;
@@ -161,7 +163,7 @@ impl<S: Store> MemFs<S> {
     /// What this mount has done so far, for its metrics.
     pub fn activity(&self) -> crate::activity::ActivitySnapshot {
         use std::sync::atomic::Ordering::Relaxed;
-        let (cache_hits, cache_misses) = self.names.meta.hits_and_misses();
+        let (cache_hits, cache_misses) = self.names.cache_hits_and_misses();
         let (open_files, open_handles) = self.files.open_files.counts();
         crate::activity::ActivitySnapshot {
             files_published: self.tree.activity.files_published.load(Relaxed),
@@ -392,6 +394,19 @@ impl<S: Store> MemFs<S> {
         flock_owner: Option<u64>,
     ) -> FsResult<()> {
         self.locks.release_handle_locks(fh, ino, flock_owner)
+    }
+
+    // ----- check and repair (`crate::check`) -----------------------------------------------
+
+    /// Repairs the store this mount works on. The caller keeps the mount's heartbeat going
+    /// (a repair of a large store can outlast the liveness key).
+    pub fn repair(&self) -> FsResult<RepairReport> {
+        self.repair_with(CheckOptions::default())
+    }
+
+    /// As [`MemFs::repair`], with the checks `options` asks for (`--verify`).
+    pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
+        crate::check::repair::repair(&self.names, options)
     }
 
     // ----- the heartbeat ------------------------------------------------------------------

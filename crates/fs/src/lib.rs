@@ -2,28 +2,34 @@
 //! operation takes inode numbers and returns plain values or an [`FsError`] carrying an errno,
 //! so it is testable without a kernel (see `tests/model.rs` and `tests/interleave.rs`).
 //!
-//! Layers, each a folder:
-//! - [`store`]: talking to the store (typed batches, the fences every call passes)
-//! - [`layout`]: what the store holds, as values (keys, records, logs, intents)
-//! - [`namespace`]: names, that is entries, directory logs, the namespace lock and the
-//!   operations that change names (creates, renames, removals; roll-forward, the heartbeat)
-//! - [`files`]: file bytes (open files, reading, writing and publishing them)
-//! - [`locks`]: flock and POSIX byte-range locks held in the store, across mounts
-//! - [`check`]: the read-only consistency check of a whole store, and repair
+//! [`MemFs`] ([`fs`]) is the facade: each public operation is one call into the component
+//! that owns it. The components, each with its own state:
+//! - `tree` (`Tree`): what every component shares (the fenced store, the key
+//!   layout, the configuration, this mount's id) and opening a tree (the format record, the
+//!   registry of prefixes)
+//! - `maintenance` (`Maintenance`): the queues the heartbeat works off (stale keys, unsettled
+//!   creates, logs to compact), deleting a file's chunks, this mount's liveness
+//! - [`namespace`] (`Namespace`): names, that is records, entries, directory logs, the
+//!   namespace lock, intents and roll-forward, inode numbers and the directory cache; the
+//!   operations that change names (creates, renames, removals), `getattr`, and where a file's
+//!   bytes are (loaded fenced against operations moving them)
+//! - [`files`] (`Files`): open files and handles, reading, writing and publishing their bytes
+//!   (whole or in chunks), `setattr`, xattrs, bulk creates; reaches names only through the
+//!   namespace's methods
+//! - [`locks`] (`FileLocks`): flock and POSIX byte-range locks held in the store, across mounts
+//! - [`check`]: the read-only consistency check of a whole store, and repair (through the
+//!   namespace)
 //!
-//! [`MemFs`] ([`fs`]) is the facade: the type, statfs, and the small helpers every layer
-//! shares (names, paths, retries). `tree` holds what every component shares (the fenced
-//! store, the key layout, the configuration, this mount's id) and opens a tree (the format
-//! record, the registry of prefixes). Each operation of the
-//! facade is defined in the folder of its layer:
-//! - `statfs`: [`fs`]; `lookup`: `namespace::records`; `getattr`: `namespace::attrs`; `setattr`: `files::setattr`
-//! - `mkdir`, `mknod`, `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`]
-//!   (every create claims its name through `namespace::claim`)
-//! - `create_files`: [`files::bulk`]; `rename`: [`namespace::rename`]; `readdir`:
+//! Below them: [`store`] (typed batches, the fences every call passes) and [`layout`] (what
+//! the store holds, as values: keys, records, logs, intents). The facade's operations, by
+//! where they are done:
+//! - `lookup`: `namespace::records`; `getattr`: `namespace::attrs`; `mkdir`, `mknod`,
+//!   `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`] (every create
+//!   claims its name through `namespace::claim`); `rename`: [`namespace::rename`]; `readdir`:
 //!   [`namespace::listing`]; `compact_dir`, `compact_all`: `namespace::compact`
-//! - `create`, `open`, `read`, `write`, `flush`, `fsync`, `release`: [`files::io`]; xattrs:
-//!   [`files::xattr`]
-//! - file locks: [`locks`]; `heartbeat`: [`fs`] (its queues: `maintenance`); `repair`: [`check::repair`]
+//! - `create`, `open`, `read`, `write`, `flush`, `fsync`, `release`: [`files::io`];
+//!   `setattr`: `files::setattr`; xattrs: [`files::xattr`]; `create_files`: [`files::bulk`]
+//! - file locks: [`locks`]; `repair`: [`check::repair`]; `heartbeat`, `statfs`: [`fs`]
 //!
 //! Values in and out: [`layout::attr`] (attributes, changes, entries, statfs), [`error`].
 //! Warnings that repeat (a store outage fails every call alike) go through [`log_limit`].

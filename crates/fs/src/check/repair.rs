@@ -28,10 +28,11 @@ use memfis_memcache::{Store, StoreOp};
 use tracing::{info, warn};
 
 use crate::check::{CheckOptions, Fault, Problem, Report, check_as, check_with};
-use crate::fs::{MemFs, join};
+use crate::fs::join;
 use crate::layout::dirlog::{self, LogBase, Op};
-use crate::layout::keys::{ROOT_INO, unescape};
+use crate::layout::keys::{KeyLayout, ROOT_INO, unescape};
 use crate::layout::record::{Inode, Kind, Link, Time};
+use crate::namespace::Namespace;
 use crate::store::batch::StoreAt;
 use crate::store::replies::parse_number;
 use crate::{FsError, FsResult};
@@ -60,130 +61,123 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-impl<S: Store> MemFs<S> {
-    /// Repairs the store this mount works on. The caller keeps the mount's heartbeat going
-    /// (a repair of a large store can outlast the liveness key).
-    pub fn repair(&self) -> FsResult<RepairReport> {
-        self.repair_with(CheckOptions::default())
-    }
-
-    /// As [`MemFs::repair`], with the checks `options` asks for (`--verify`).
-    pub fn repair_with(&self, options: CheckOptions) -> FsResult<RepairReport> {
-        let mut repaired = Vec::new();
-        for pass in 1..=PASSES {
-            let report =
-                self.names
-                    .with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
-                        // Operations of gone mounts completed when this mount opened the store, or
-                        // when it took the lock: each is a change repair made.
-                        self.note_rolled_forward(&mut repaired);
-                        let owner = guard.owner.as_str();
-                        let report = check_as(self.store(), self.keys(), Some(owner), options)?;
-                        let mut fixer = Fixer {
-                            fs: self,
-                            done: &mut repaired,
-                            others_alive: None,
-                        };
-                        // Directories first (settling a name reads its directory's record and log),
-                        // then names, then entry keys no listing has (names whose log record was
-                        // lost); other keys no name reaches last, and only once nothing else needed
-                        // fixing in this pass: a fix can make the tree reach them again.
-                        let mut problems = report.problems.clone();
-                        problems.sort_by_key(|p| self.repair_order(&p.fault));
-                        let mut seen = BTreeSet::new();
-                        let fixed_before = fixer.done.len();
-                        let mut garbage_phase = false;
-                        for p in &problems {
-                            if !garbage_phase && self.repair_order(&p.fault) == GARBAGE {
-                                if fixer.done.len() > fixed_before {
-                                    break; // the next pass checks again first
-                                }
-                                garbage_phase = true;
-                            }
-                            if !seen.insert(p.fault.clone()) {
-                                continue; // one fault, several symptoms
-                            }
-                            if let Err(e) = fixer.fix(p) {
-                                warn!(path = %p.path, key = %p.key, error = %e, "could not repair");
-                            }
-                        }
-                        Ok(report)
-                    })?;
-            let fixable = report
-                .problems
-                .iter()
-                .filter(|p| p.fault != Fault::Manual)
-                .count();
-            info!(
-                pass,
-                problems = report.problems.len(),
-                fixable,
-                "repair pass"
-            );
-            if fixable == 0 {
-                break;
+/// Repairs the store `names` works on, with the checks `options` asks for (`--verify`):
+/// [`crate::MemFs::repair_with`].
+pub(crate) fn repair<S: Store>(
+    names: &Namespace<S>,
+    options: CheckOptions,
+) -> FsResult<RepairReport> {
+    let mut repaired = Vec::new();
+    for pass in 1..=PASSES {
+        let report = names.with_ns_lock(crate::store::batch::Batch::new(), |guard, _| {
+            // Operations of gone mounts completed when this mount opened the store, or
+            // when it took the lock: each is a change repair made.
+            note_rolled_forward(names, &mut repaired);
+            let owner = guard.owner.as_str();
+            let report = check_as(
+                names.tree.store.inner(),
+                &names.tree.keys,
+                Some(owner),
+                options,
+            )?;
+            let mut fixer = Fixer {
+                fs: names,
+                done: &mut repaired,
+                others_alive: None,
+            };
+            // Directories first (settling a name reads its directory's record and log),
+            // then names, then entry keys no listing has (names whose log record was
+            // lost); other keys no name reaches last, and only once nothing else needed
+            // fixing in this pass: a fix can make the tree reach them again.
+            let mut problems = report.problems.clone();
+            problems.sort_by_key(|p| repair_order(&names.tree.keys, &p.fault));
+            let mut seen = BTreeSet::new();
+            let fixed_before = fixer.done.len();
+            let mut garbage_phase = false;
+            for p in &problems {
+                if !garbage_phase && repair_order(&names.tree.keys, &p.fault) == GARBAGE {
+                    if fixer.done.len() > fixed_before {
+                        break; // the next pass checks again first
+                    }
+                    garbage_phase = true;
+                }
+                if !seen.insert(p.fault.clone()) {
+                    continue; // one fault, several symptoms
+                }
+                if let Err(e) = fixer.fix(p) {
+                    warn!(path = %p.path, key = %p.key, error = %e, "could not repair");
+                }
             }
+            Ok(report)
+        })?;
+        let fixable = report
+            .problems
+            .iter()
+            .filter(|p| p.fault != Fault::Manual)
+            .count();
+        info!(
+            pass,
+            problems = report.problems.len(),
+            fixable,
+            "repair pass"
+        );
+        if fixable == 0 {
+            break;
         }
-        // Logs that grew long with names long gone are written again with the live names.
-        for (dir, path, dropped) in self.names.compact_all()? {
-            let r = Repaired {
-                path: if path.is_empty() {
-                    "/".into()
-                } else {
-                    text(&path)
-                },
-                key: text(&self.tree.keys.dir_base(dir)),
-                action: format!("compacted the directory log: {dropped} records dropped"),
-            };
-            info!(path = %r.path, "repaired: {}", r.action);
-            repaired.push(r);
-        }
-        self.note_rolled_forward(&mut repaired);
-        let after = check_with(self.store(), self.keys(), options)?;
-        Ok(RepairReport { repaired, after })
     }
+    // Logs that grew long with names long gone are written again with the live names.
+    for (dir, path, dropped) in names.compact_all()? {
+        let r = Repaired {
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                text(&path)
+            },
+            key: text(&names.tree.keys.dir_base(dir)),
+            action: format!("compacted the directory log: {dropped} records dropped"),
+        };
+        info!(path = %r.path, "repaired: {}", r.action);
+        repaired.push(r);
+    }
+    note_rolled_forward(names, &mut repaired);
+    let after = check_with(names.tree.store.inner(), &names.tree.keys, options)?;
+    Ok(RepairReport { repaired, after })
+}
 
-    /// Each operation of a gone mount this mount completed since the last call, as a change.
-    fn note_rolled_forward(&self, repaired: &mut Vec<Repaired>) {
-        let done = std::mem::take(&mut *crate::sync::lock(&self.names.ns.rolled_forward));
-        for (owner, intent) in done {
-            let r = Repaired {
-                path: "/".into(),
-                key: text(&self.tree.keys.ns_lock()),
-                action: format!(
-                    "completed the unfinished operation of gone mount {owner}: {intent}"
-                ),
-            };
-            info!(path = %r.path, key = %r.key, "repaired: {}", r.action);
-            repaired.push(r);
-        }
+/// Each operation of a gone mount this mount completed since the last call, as a change.
+fn note_rolled_forward<S: Store>(names: &Namespace<S>, repaired: &mut Vec<Repaired>) {
+    let done = names.take_rolled_forward();
+    for (owner, intent) in done {
+        let r = Repaired {
+            path: "/".into(),
+            key: text(&names.tree.keys.ns_lock()),
+            action: format!("completed the unfinished operation of gone mount {owner}: {intent}"),
+        };
+        info!(path = %r.path, key = %r.key, "repaired: {}", r.action);
+        repaired.push(r);
     }
 }
 
 /// The place of garbage (keys no name reaches that are not entries) in the repair order.
 const GARBAGE: u8 = 4;
 
-impl<S: Store> MemFs<S> {
-    fn repair_order(&self, fault: &Fault) -> u8 {
-        match fault {
-            Fault::DirRecord { .. } => 0,
-            Fault::DirLog { .. } => 1,
-            Fault::Unreached { key } => {
-                let rest = key
-                    .strip_prefix(self.tree.keys.prefix().as_bytes())
-                    .unwrap_or(key);
-                match rest {
-                    [b'%', b'e' | b'h', ..] => 3,
-                    _ => GARBAGE,
-                }
+fn repair_order(keys: &KeyLayout, fault: &Fault) -> u8 {
+    match fault {
+        Fault::DirRecord { .. } => 0,
+        Fault::DirLog { .. } => 1,
+        Fault::Unreached { key } => {
+            let rest = key.strip_prefix(keys.prefix().as_bytes()).unwrap_or(key);
+            match rest {
+                [b'%', b'e' | b'h', ..] => 3,
+                _ => GARBAGE,
             }
-            _ => 2,
         }
+        _ => 2,
     }
 }
 
 struct Fixer<'a, S: Store> {
-    fs: &'a MemFs<S>,
+    fs: &'a Namespace<S>,
     done: &'a mut Vec<Repaired>,
     /// Whether a mount other than this one is alive (read once per pass, when a chunk of a
     /// live file is to be freed).
@@ -213,7 +207,7 @@ impl<S: Store> Fixer<'_, S> {
             Fault::DirMtime { dir } => {
                 let key = self.fs.tree.keys.dir_mtime(*dir);
                 self.add(&key, Time::now().to_text().as_bytes())?;
-                let path = self.fs.names.dir_path(*dir).unwrap_or_default();
+                let path = self.fs.dir_path(*dir).unwrap_or_default();
                 self.note(&path, &key, "made the missing directory mtime key (now)");
                 Ok(())
             }
@@ -263,13 +257,13 @@ impl<S: Store> Fixer<'_, S> {
     /// Makes entry, log and records agree on what `name` in `dir` is.
     fn settle_name(&mut self, dir: u64, name: &[u8]) -> FsResult<()> {
         let fs = self.fs;
-        let path = join(&fs.names.dir_path(dir)?, name);
+        let path = join(&fs.dir_path(dir)?, name);
         let link = Link::new(dir, name);
         let ekey = fs.tree.keys.entry(dir, name);
         // A hashed key holding another name's entry: this name cannot be there (its entry
         // is the other name's, left alone), so it goes from the log and the records.
         let mut collides = false;
-        let entry = match fs.names.read_entry(dir, name) {
+        let entry = match fs.read_entry(dir, name) {
             Ok(slot) => {
                 collides = slot.taken_by.is_some();
                 slot.ino
@@ -281,7 +275,7 @@ impl<S: Store> Fixer<'_, S> {
             }
             Err(e) => return Err(e),
         };
-        let listed = fs.names.list_dir(dir)?.get(name).copied();
+        let listed = fs.list_dir(dir)?.get(name).copied();
         let truth = self.name_truth(&link, &path, entry, collides, listed)?;
         self.set_entry_and_log(&link, &path, entry, listed, truth)?;
         // Inodes that claim the name without having it let go of it.
@@ -290,10 +284,10 @@ impl<S: Store> Fixer<'_, S> {
             if Some(other) == truth_ino {
                 continue;
             }
-            if let Some(rec) = fs.names.read_inode_opt(other)?.map(|(rec, _)| rec)
+            if let Some(rec) = fs.read_inode_opt(other)?.map(|(rec, _)| rec)
                 && rec.links.contains(&link)
             {
-                fs.names.drop_link(other, &link, 0)?;
+                fs.drop_link(other, &link, 0)?;
                 let what = "dropped the name from an inode record";
                 self.note(&path, &fs.tree.keys.inode(other), what);
             }
@@ -320,7 +314,7 @@ impl<S: Store> Fixer<'_, S> {
         listed: Option<(u64, Kind)>,
     ) -> FsResult<Option<(u64, Kind)>> {
         let fs = self.fs;
-        let record = |ino: u64| fs.names.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
+        let record = |ino: u64| fs.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
         if let Some(e) = entry
             && let Some(rec) = record(e)?
         {
@@ -328,7 +322,7 @@ impl<S: Store> Fixer<'_, S> {
                 return Ok(Some((e, rec.kind)));
             }
             if rec.kind != Kind::Dir || rec.links.is_empty() {
-                fs.names.update_record(e, |r| {
+                fs.update_record(e, |r| {
                     if !r.links.contains(link) {
                         r.links.push(link.clone());
                     }
@@ -362,7 +356,7 @@ impl<S: Store> Fixer<'_, S> {
         let (dir, name) = (link.parent, &link.name[..]);
         let truth_ino = truth.map(|(i, _)| i);
         if entry != truth_ino {
-            fs.names.entry_swap(dir, name, entry, truth_ino)?;
+            fs.entry_swap(dir, name, entry, truth_ino)?;
             let what = match truth_ino {
                 Some(i) => format!("entry set to inode {i} (was {entry:?})"),
                 None => format!("entry removed (it named inode {entry:?}, which lacks this name)"),
@@ -377,7 +371,7 @@ impl<S: Store> Fixer<'_, S> {
             if let Some((t, kind)) = truth {
                 changes.push((Op::Add, kind, t, name));
             }
-            fs.names.log_dir_changes(dir, &changes)?;
+            fs.log_dir_changes(dir, &changes)?;
             let what = match truth {
                 Some((t, kind)) => format!("directory log now lists inode {t} ({kind:?})"),
                 None => "directory log no longer lists the name".to_string(),
@@ -403,7 +397,7 @@ impl<S: Store> Fixer<'_, S> {
                 .store
                 .store_at(StoreOp::Set, &key, &rec.encode())?;
         }
-        let path = self.fs.names.dir_path(dir).unwrap_or_default();
+        let path = self.fs.dir_path(dir).unwrap_or_default();
         self.note(
             &path,
             &key,
@@ -416,7 +410,7 @@ impl<S: Store> Fixer<'_, S> {
     /// know.
     fn rebuild_log(&mut self, dir: u64) -> FsResult<()> {
         let fs = self.fs;
-        let path = fs.names.dir_path(dir)?;
+        let path = fs.dir_path(dir)?;
         let seq_key = fs.tree.keys.dir_seq(dir);
         let base_key = fs.tree.keys.dir_base(dir);
         let base = LogBase::decode(&base_key, self.get(&base_key)?.as_deref());
@@ -538,14 +532,14 @@ impl<S: Store> Fixer<'_, S> {
 
     fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
         let fs = self.fs;
-        let path = join(&fs.names.dir_path(dir)?, name);
-        let Some((rec, _)) = fs.names.read_inode_opt(ino)? else {
+        let path = join(&fs.dir_path(dir)?, name);
+        let Some((rec, _)) = fs.read_inode_opt(ino)? else {
             return Ok(()); // the name's own problem
         };
         let key = fs.tree.keys.file_bytes(ino, rec.mode, &path);
         // Where each name keeps the bytes (names sharing the private key once).
         let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for p in rec.links.iter().filter_map(|l| fs.names.link_path(l).ok()) {
+        for p in rec.links.iter().filter_map(|l| fs.link_path(l).ok()) {
             let k = fs.tree.keys.file_bytes(ino, rec.mode, &p);
             if !names.iter().any(|(known, _)| *known == k) {
                 names.push((k, p));
@@ -555,7 +549,7 @@ impl<S: Store> Fixer<'_, S> {
             return self.align_names(ino, &rec, &path, &names);
         }
         for other in rec.links.iter().filter(|l| **l != Link::new(dir, name)) {
-            let Ok(other_path) = fs.names.link_path(other) else {
+            let Ok(other_path) = fs.link_path(other) else {
                 continue;
             };
             let other_key = fs.tree.keys.file_bytes(ino, rec.mode, &other_path);
@@ -613,7 +607,7 @@ impl<S: Store> Fixer<'_, S> {
             }
         }
         if size != rec.size {
-            fs.names.update_record(ino, |r| {
+            fs.update_record(ino, |r| {
                 r.size = size;
                 Ok(())
             })?;
@@ -639,10 +633,9 @@ impl<S: Store> Fixer<'_, S> {
     ) -> FsResult<()> {
         let fs = self.fs;
         let link = Link::new(dir, name);
-        fs.names.entry_swap(dir, name, Some(ino), None)?;
-        fs.names
-            .log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
-        fs.names.drop_link(ino, &link, 0)?;
+        fs.entry_swap(dir, name, Some(ino), None)?;
+        fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
+        fs.drop_link(ino, &link, 0)?;
         // A value that does not decode may still be there: nginx would serve it. (A private
         // key other names share stays theirs.)
         let shared = *key == fs.tree.keys.private_data(ino) && rec.links.len() > 1;
@@ -696,8 +689,8 @@ impl<S: Store> Fixer<'_, S> {
         if rest.first() == Some(&b'%') && matches!(kind, Some(b'e' | b'h')) {
             let (dir, name) = self.entry_of(rest)?;
             if let (Some(dir), Some(name)) = (dir, name)
-                && self.fs.names.read_inode_opt(dir)?.is_some()
-                && self.fs.names.dir_seq_value(dir)?.is_some()
+                && self.fs.read_inode_opt(dir)?.is_some()
+                && self.fs.dir_seq_value(dir)?.is_some()
             {
                 return self.settle_name(dir, &name);
             }
@@ -724,7 +717,7 @@ impl<S: Store> Fixer<'_, S> {
             .next()
             .and_then(parse_number);
         let Some(ino) = ino else { return Ok(false) };
-        if self.fs.names.read_inode_opt(ino)?.is_none() {
+        if self.fs.read_inode_opt(ino)?.is_none() {
             return Ok(false);
         }
         if let Some(alive) = self.others_alive {

@@ -140,7 +140,7 @@ impl<S: Store> Files<S> {
     /// operation ran, are published again the one-file way (which waits it out and writes at
     /// the names it left). Returns the files that could not be published.
     fn publish_created(&self, dir_path: &[u8], placed: &[Planned]) -> Vec<(usize, FsError)> {
-        let generation_before = self.names.meta.generation();
+        let generation_before = self.names.paths_generation();
         let mut batch = Batch::new();
         let mut keys = Vec::new();
         let mut failed = Vec::new();
@@ -183,7 +183,7 @@ impl<S: Store> Files<S> {
         }
         let quiet = matches!(results.take(lock), Ok(None))
             && self.names.note_generation(results.take(generation)).is_ok()
-            && self.names.meta.generation() == generation_before;
+            && self.names.paths_generation() == generation_before;
         let mut removed = Vec::new();
         for ((p, (set, cas)), key) in placed.iter().zip(outcomes).zip(keys) {
             match (set, cas) {

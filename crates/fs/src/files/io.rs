@@ -97,7 +97,7 @@ impl<S: Store> Files<S> {
             let kind = self.names.getattr(ino).map(|a| a.kind);
             if let Ok(kind) = kind {
                 // A cached listing that missed the name would answer the retry's lookup.
-                self.names.meta.note_name(parent, name, Some((ino, kind)));
+                self.names.note_name(parent, name, ino, kind);
             }
             match kind {
                 Ok(Kind::File) => {}
@@ -319,7 +319,7 @@ impl<S: Store> Files<S> {
             let rec = of.record_to_publish();
             // Read before the paths are worked out: another thread of this mount may see a
             // directory rename (and count it) between the two.
-            let generation_before = self.names.meta.generation();
+            let generation_before = self.names.paths_generation();
             let keys = RoundKeys {
                 stored: self.names.bytes_keys(ino, of.record())?,
                 publish: self.names.bytes_keys(ino, &rec)?,
@@ -420,7 +420,7 @@ impl<S: Store> Files<S> {
         // quiet (the cas may have gone through, and what it left must be settled).
         let lock_held = replies.lock.map_or(true, |v| v.is_some());
         let moved = self.names.note_generation(replies.generation).is_err()
-            || self.names.meta.generation() != generation_before;
+            || self.names.paths_generation() != generation_before;
         match replies.record? {
             CasOutcome::Stored => {
                 // Where the bytes were and no longer are (the mode changed): those keys go
@@ -526,7 +526,7 @@ impl<S: Store> Files<S> {
         if held.is_some_and(|lock| self.names.may_move_bytes_of(ino, &lock.value)) {
             return Ok(Tokens::NamespaceBusy);
         }
-        if self.names.meta.generation() != generation {
+        if self.names.paths_generation() != generation {
             return Ok(Tokens::PathsMoved); // (the path cache was dropped)
         }
         of.take_key_tokens(tokens);

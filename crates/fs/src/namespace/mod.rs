@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use memfis_memcache::Store;
 
 use crate::files::open_files::OpenFiles;
+use crate::layout::record::Kind;
 use crate::maintenance::Maintenance;
 use crate::tree::Tree;
 
@@ -47,15 +48,15 @@ pub(crate) struct Namespace<S: Store> {
     pub(crate) tree: Arc<Tree<S>>,
     pub(crate) maintenance: Arc<Maintenance<S>>,
     /// This mount's side of the namespace lock (`lock.rs`).
-    pub(crate) ns: lock::LocalNsLock,
+    ns: lock::LocalNsLock,
     /// Reserved inode numbers: next to hand out, end of the reserved range (exclusive).
-    pub(crate) inos: Mutex<(u64, u64)>,
+    inos: Mutex<(u64, u64)>,
     /// What this mount remembers of directories between operations (bounded, expiring).
-    pub(crate) meta: meta_cache::MetaCache,
+    meta: meta_cache::MetaCache,
     /// This mount's open files (the files component's): operations on names keep them in
     /// step (a name removed, a record changed) and, holding the lock, load their bytes before
     /// the last key holding them goes (`file_bytes.rs`).
-    pub(crate) open_files: Arc<OpenFiles>,
+    open_files: Arc<OpenFiles>,
 }
 
 impl<S: Store> Namespace<S> {
@@ -72,5 +73,28 @@ impl<S: Store> Namespace<S> {
             inos: Mutex::new((0, 0)),
             open_files,
         }
+    }
+
+    /// How many directory renames this mount has seen: paths worked out before it changed
+    /// are stale (the cache of paths was dropped).
+    pub(crate) fn paths_generation(&self) -> u64 {
+        self.meta.generation()
+    }
+
+    /// Hits and misses of the directory cache, for metrics.
+    pub(crate) fn cache_hits_and_misses(&self) -> (u64, u64) {
+        self.meta.hits_and_misses()
+    }
+
+    /// Remembers that `parent` has `name` (a listing cached before the name was made would
+    /// miss it).
+    pub(crate) fn note_name(&self, parent: u64, name: &[u8], ino: u64, kind: Kind) {
+        self.meta.note_name(parent, name, Some((ino, kind)));
+    }
+
+    /// The operations of gone mounts this mount completed since the last call, as (owner,
+    /// what was done): repair reports them.
+    pub(crate) fn take_rolled_forward(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *crate::sync::lock(&self.ns.rolled_forward))
     }
 }
