@@ -135,7 +135,7 @@ impl<S: Store> Files<S> {
                         Ok((rec, cas)) => g.reopen(rec, cas),
                         Err(e) => {
                             drop(g);
-                            self.open_files.drop_handle_count(ino, &of, false);
+                            self.drop_handle(ino, &of, false);
                             return Err(e);
                         }
                     }
@@ -210,8 +210,15 @@ impl<S: Store> Files<S> {
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.open_files.take_handle(fh)?;
         let result = self.publish_file(h.ino, &h.file);
-        self.open_files.drop_handle_count(h.ino, &h.file, h.write);
+        self.drop_handle(h.ino, &h.file, h.write);
         result
+    }
+
+    /// Counts a handle closed; the last one of a file this mount removed takes its chunks.
+    fn drop_handle(&self, ino: u64, file: &Arc<Mutex<OpenFile>>, writer: bool) {
+        for (generation, count) in self.open_files.drop_handle_count(ino, file, writer) {
+            self.maintenance.delete_chunks(ino, generation, 0, count);
+        }
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {

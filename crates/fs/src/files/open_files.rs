@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use memfis_memcache::command::Value;
 
-use crate::files::chunk_buffer::ChunkedFile;
+use crate::files::chunk_buffer::{ChunkedFile, chunk_count};
 use crate::layout::attr::SetAttr;
 use crate::layout::record::{Inode, Link, Time};
 use crate::sync::lock;
@@ -165,6 +165,9 @@ pub struct OpenFile {
     writers: u32,
     /// The last name is gone: keep serving holders, publish nothing.
     unlinked: bool,
+    /// Chunks of the removed file, (generation, count), kept for the handles still open
+    /// and deleted with the last one (`OpenFiles::drop_handle_count`).
+    chunks_of_removed: Vec<(u64, u64)>,
     /// Data keys set by publishes since the file was last clean: a key among them that is
     /// no name of the file any more (renamed meanwhile) is deleted once the publish settles.
     written: Vec<Vec<u8>>,
@@ -183,6 +186,7 @@ impl OpenFile {
             handles: 0,
             writers: 0,
             unlinked: false,
+            chunks_of_removed: Vec::new(),
             written: Vec::new(),
             private_key_unused: false,
         }
@@ -472,6 +476,44 @@ impl OpenFile {
         self.unlinked = true;
     }
 
+    /// This mount removed the file's last name while it is open here: holders keep reading,
+    /// so the chunks the record names (`record_chunks`: generation and count) stay until
+    /// the last handle goes. Returns the chunks to delete now: all of them if no handle is
+    /// left (closed meanwhile), else none.
+    pub(crate) fn remove_last_name(
+        &mut self,
+        record_chunks: Option<(u64, u64)>,
+    ) -> Vec<(u64, u64)> {
+        self.unlinked = true;
+        self.chunks_of_removed.extend(record_chunks);
+        if self.handles == 0 {
+            return self.chunks_to_free();
+        }
+        Vec::new()
+    }
+
+    /// Chunks of a removed file nothing reads any more: the record's, and those this open
+    /// file wrote (one generation each, the most chunks seen).
+    fn chunks_to_free(&mut self) -> Vec<(u64, u64)> {
+        let mut runs = std::mem::take(&mut self.chunks_of_removed);
+        if let Some(c) = self.chunks() {
+            runs.push((
+                c.generation,
+                chunk_count(c.size, c.chunk_size).max(c.written_until),
+            ));
+        }
+        runs.sort_unstable();
+        runs.dedup_by(|later, kept| {
+            // (Sorted by generation, then count: `later` has the larger count.)
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+        runs
+    }
+
     /// Keys a publish wrote since the file was last clean (see `written`).
     pub(crate) fn written(&self) -> &[Vec<u8>] {
         &self.written
@@ -582,17 +624,30 @@ impl OpenFiles {
     }
 
     /// Takes one handle off `of`; the last one takes the file out of the table.
-    pub fn drop_handle_count(&self, ino: u64, of: &Arc<Mutex<OpenFile>>, writer: bool) {
-        {
+    /// A handle of `of` closed. Returns the chunks of a removed file its last handle kept
+    /// (`OpenFile::remove_last_name`), for the caller to delete.
+    pub fn drop_handle_count(
+        &self,
+        ino: u64,
+        of: &Arc<Mutex<OpenFile>>,
+        writer: bool,
+    ) -> Vec<(u64, u64)> {
+        let free = {
             let mut g = lock(of);
             g.handles -= 1;
             if writer {
                 g.writers -= 1;
             }
-        }
+            if g.handles == 0 && g.unlinked {
+                g.chunks_to_free()
+            } else {
+                Vec::new()
+            }
+        };
         let mut files = lock(&self.files);
         if files.get(&ino).is_some_and(|f| Arc::ptr_eq(f, of)) && lock(of).handles == 0 {
             files.remove(&ino);
         }
+        free
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
+use crate::files::chunk_buffer::chunk_count;
 use crate::fs::{check_name, join, retried};
 use crate::layout::attr::Attr;
 use crate::layout::dirlog::{DirSeq, LogBase, Op};
@@ -604,10 +605,7 @@ impl<S: Store> Namespace<S> {
                 self.unlink_batch(guard, &intent, &rest, rec_cas, last_link)?;
             self.note_dir_touched(parent, now);
             if last_link {
-                if let Some(of) = self.open_file(ino) {
-                    lock(&of).mark_unlinked();
-                }
-                self.maintenance.delete_record_chunks(ino, &rec);
+                self.last_name_gone(ino, &rec);
             } else {
                 self.adopt_removed_link(ino, &link);
             }
@@ -734,6 +732,22 @@ impl<S: Store> Namespace<S> {
         Ok(Unlinked { all_done, now })
     }
 
+    /// The last name of file `ino` is gone with its record `rec`. A file open in this mount
+    /// keeps its bytes for its handles, as on a local filesystem: it is marked removed and
+    /// its chunks go with its last handle; otherwise they go now.
+    pub(crate) fn last_name_gone(&self, ino: u64, rec: &Inode) {
+        let record_chunks = rec
+            .chunk_size
+            .map(|cs| (rec.chunk_gen, chunk_count(rec.size, cs)));
+        let free_now = match self.open_file(ino) {
+            Some(of) => lock(&of).remove_last_name(record_chunks),
+            None => record_chunks.into_iter().collect(),
+        };
+        for (generation, count) in free_now {
+            self.maintenance.delete_chunks(ino, generation, 0, count);
+        }
+    }
+
     /// Keeps an open file of this mount in step with a name removed from its record.
     fn adopt_removed_link(&self, ino: u64, link: &Link) {
         if let Some(of) = self.open_file(ino) {
@@ -751,7 +765,7 @@ impl<S: Store> Namespace<S> {
         })?;
         match rec {
             Some(rec) if rec.links.is_empty() => {
-                self.maintenance.delete_record_chunks(ino, &rec);
+                self.last_name_gone(ino, &rec);
                 let last_seq = match rec.kind {
                     Kind::Dir => self.dir_seq_value(ino)?.unwrap_or(0).max(last_seq),
                     _ => 0,

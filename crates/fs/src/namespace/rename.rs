@@ -20,6 +20,7 @@ use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, StoreAt};
 use crate::store::replies::{EntrySlot, value_of};
 use crate::{FsError, FsResult};
+use tracing::warn;
 
 /// Files whose bytes are copied per pipelined batch while moving a directory.
 pub const MOVE_BATCH: usize = 64;
@@ -215,6 +216,13 @@ impl<S: Store> Namespace<S> {
             // (a publish's token read, a load) reads the count after it and sees the change
             // even where its reads of the lock and the count are unordered (a pool).
             self.bump_dir_generation()?;
+        }
+        if let Some((b, Kind::File)) = r.replaced
+            && !r.exchange
+            && let Err(e) = self.keep_bytes_for_open_handles(b)
+        {
+            // A courtesy to this mount's open handles of the replaced file (as an unlink's).
+            warn!(ino = b, error = %e, "rename: cannot keep the replaced file's bytes for this mount's open handles");
         }
         self.rename_records(r, &src_link, &dst_link)?;
         if !src_done {
