@@ -1,8 +1,10 @@
-//! The facade: the [`MemFs`] type and its configuration, the components it holds, what the
-//! mount has done, the heartbeat, file locks and statfs, and the small helpers every layer
-//! uses (names, paths, retries). What every component shares (store, keys, configuration,
-//! identity) and opening a tree is `tree.rs`. The other operations live in the folder of
-//! their layer (see the crate's documentation).
+//! The facade: the [`MemFs`] type and its configuration, the components it holds, and each
+//! public operation handed to the component that owns it (the crate's documentation says
+//! which file does each). A few combine components here: file locks with the open file's
+//! side, the heartbeat's steps, liveness with the file locks' note of a lapse. Also what the
+//! mount has done, statfs, and small helpers every layer uses (names, paths, retries). What
+//! every component shares (store, keys, configuration, identity) and opening a tree is
+//! `tree.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -350,18 +352,18 @@ impl<S: Store> MemFs<S> {
     /// and attributes of it are stale). `Ok(Err(holder))` when a live owner's lock is in the
     /// way.
     pub fn try_lock(&self, ino: u64, req: &LockRequest) -> FsResult<Result<bool, Holder>> {
-        Ok(self
-            .locks
-            .try_lock(ino, req)?
-            .map(|granted| self.files.pages_stale_after_grant(ino, granted.record)))
+        self.locks.try_lock(ino, req, &|record| {
+            self.files.pages_stale_after_grant(ino, record)
+        })
     }
 
     /// Takes the lock, waiting as long as it takes while thread `tid` (the caller, as the
     /// kernel names it; 0: unknown) has no signal pending. Granted: whether the file changed
     /// (as [`MemFs::try_lock`]).
     pub fn lock_wait(&self, ino: u64, req: &LockRequest, tid: u32) -> FsResult<bool> {
-        let granted = self.locks.lock_wait(ino, req, tid)?;
-        Ok(self.files.pages_stale_after_grant(ino, granted.record))
+        self.locks.lock_wait(ino, req, tid, &|record| {
+            self.files.pages_stale_after_grant(ino, record)
+        })
     }
 
     /// `F_GETLK`: the first live lock of another owner in the way of `req`, if any.

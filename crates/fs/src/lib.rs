@@ -3,7 +3,8 @@
 //! so it is testable without a kernel (see `tests/model.rs` and `tests/interleave.rs`).
 //!
 //! [`MemFs`] ([`fs`]) is the facade: each public operation is one call into the component
-//! that owns it. The components, each with its own state:
+//! that owns it (file locks, the heartbeat and the liveness refresh combine two there). The
+//! components, each with its own state:
 //! - `tree` (`Tree`): what every component shares (the fenced store, the key
 //!   layout, the configuration, this mount's id) and opening a tree (the format record, the
 //!   registry of prefixes)
@@ -23,13 +24,19 @@
 //! Below them: [`store`] (typed batches, the fences every call passes) and [`layout`] (what
 //! the store holds, as values: keys, records, logs, intents). The facade's operations, by
 //! where they are done:
-//! - `lookup`: `namespace::records`; `getattr`: `namespace::attrs`; `mkdir`, `mknod`,
+//! - `lookup`, `path_of`: `namespace::records`; `getattr`: `namespace::attrs`;
+//!   `getattr_many`, `list_dir`: [`namespace::listing`]; `mkdir`, `mknod`,
 //!   `symlink`, `readlink`, `link`, `unlink`, `rmdir`: [`namespace::nodes`] (every create
 //!   claims its name through `namespace::claim`); `rename`: [`namespace::rename`]; `readdir`:
 //!   [`namespace::listing`]; `compact_dir`, `compact_all`: `namespace::compact`
 //! - `create`, `open`, `read`, `write`, `flush`, `fsync`, `release`: [`files::io`];
 //!   `setattr`: `files::setattr`; xattrs: [`files::xattr`]; `create_files`: [`files::bulk`]
-//! - file locks: [`locks`]; `repair`: [`check::repair`]; `heartbeat`, `statfs`: [`fs`]
+//! - `setattr` that serves or withdraws a file (its bytes move under the namespace lock):
+//!   `namespace::chmod`; deleting keys no name reaches (the heartbeat's stale keys):
+//!   `namespace::unreached_keys`; an open file keeping its bytes when its last name goes:
+//!   `namespace::roll_forward` (`keep_bytes_for_open_handles`)
+//! - file locks: [`locks`], with `files::lock_grant` after a grant; `repair`:
+//!   [`check::repair`]; `heartbeat`, `statfs`: [`fs`]
 //!
 //! Values in and out: [`layout::attr`] (attributes, changes, entries, statfs), [`error`].
 //! Warnings that repeat (a store outage fails every call alike) go through [`log_limit`].

@@ -3,9 +3,9 @@
 //! publishes took away, creates a store error left unfinished, and directory logs worth
 //! compacting; deleting a file's chunks, which leaves what fails to the heartbeat; and
 //! refreshing this mount's liveness key (`PREFIX%alive.<id>`, which the namespace lock and
-//! the file locks of every mount go by). (The intent of an operation of this mount that failed midway, a namespace lock
-//! it may still hold and failed file-lock releases are kept by the namespace lock and the file
-//! locks.)
+//! the file locks of every mount go by). (The intent of an operation of this mount that
+//! failed midway, a namespace lock it may still hold and failed file-lock releases are kept
+//! by the namespace lock and the file locks.)
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,8 @@ use crate::namespace::unsettled::Unsettled;
 use crate::sync::lock;
 use crate::tree::Tree;
 
-/// Chunks deleted per pipelined batch.
+/// Chunks deleted per pipelined batch (as before this moved here: 4 x `chunked.rs`'s
+/// CHUNK_BATCH).
 const DELETE_BATCH: usize = 64;
 
 /// What the heartbeat has to finish, filled by the operations that left it.

@@ -81,7 +81,7 @@ pub(crate) fn repair<S: Store>(
                 options,
             )?;
             let mut fixer = Fixer {
-                fs: names,
+                names,
                 done: &mut repaired,
                 others_alive: None,
             };
@@ -177,7 +177,7 @@ fn repair_order(keys: &KeyLayout, fault: &Fault) -> u8 {
 }
 
 struct Fixer<'a, S: Store> {
-    fs: &'a Namespace<S>,
+    names: &'a Namespace<S>,
     done: &'a mut Vec<Repaired>,
     /// Whether a mount other than this one is alive (read once per pass, when a chunk of a
     /// live file is to be freed).
@@ -205,9 +205,9 @@ impl<S: Store> Fixer<'_, S> {
             Fault::Name { dir, name } => self.settle_name(*dir, name),
             Fault::DirRecord { dir, parent, name } => self.dir_record(*dir, *parent, name),
             Fault::DirMtime { dir } => {
-                let key = self.fs.tree.keys.dir_mtime(*dir);
+                let key = self.names.tree.keys.dir_mtime(*dir);
                 self.add(&key, Time::now().to_text().as_bytes())?;
-                let path = self.fs.dir_path(*dir).unwrap_or_default();
+                let path = self.names.dir_path(*dir).unwrap_or_default();
                 self.note(&path, &key, "made the missing directory mtime key (now)");
                 Ok(())
             }
@@ -215,7 +215,7 @@ impl<S: Store> Fixer<'_, S> {
             Fault::Data { dir, name, ino } => self.data(*dir, name, *ino),
             Fault::InodeCounter { max_ino } => self.inode_counter(*max_ino),
             Fault::DirGeneration => {
-                let key = self.fs.tree.keys.dir_generation();
+                let key = self.names.tree.keys.dir_generation();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -233,21 +233,21 @@ impl<S: Store> Fixer<'_, S> {
     }
 
     fn add(&self, key: &[u8], value: &[u8]) -> FsResult<bool> {
-        self.fs.tree.store.store_at(StoreOp::Add, key, value)
+        self.names.tree.store.store_at(StoreOp::Add, key, value)
     }
 
     fn delete(&self, key: &[u8]) -> FsResult<bool> {
-        self.fs.tree.store.delete_at(key)
+        self.names.tree.store.delete_at(key)
     }
 
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        Ok(self.fs.tree.store.get_at(key)?.map(|i| i.value))
+        Ok(self.names.tree.store.get_at(key)?.map(|i| i.value))
     }
 
     /// A data key's bytes; a value flagged gzip that does not decompress counts as none (its
     /// bytes are lost; it is overwritten or, with its name, goes).
     fn bytes(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        match self.fs.tree.store.get(key) {
+        match self.names.tree.store.get(key) {
             Ok(item) => Ok(item.map(|i| i.value)),
             Err(e) if crate::layout::data_codec::is_undecodable(&e) => Ok(None),
             Err(e) => Err(FsError::store(key, e)),
@@ -256,7 +256,7 @@ impl<S: Store> Fixer<'_, S> {
 
     /// Makes entry, log and records agree on what `name` in `dir` is.
     fn settle_name(&mut self, dir: u64, name: &[u8]) -> FsResult<()> {
-        let fs = self.fs;
+        let fs = self.names;
         let path = join(&fs.dir_path(dir)?, name);
         let link = Link::new(dir, name);
         let ekey = fs.tree.keys.entry(dir, name);
@@ -313,7 +313,7 @@ impl<S: Store> Fixer<'_, S> {
         collides: bool,
         listed: Option<(u64, Kind)>,
     ) -> FsResult<Option<(u64, Kind)>> {
-        let fs = self.fs;
+        let fs = self.names;
         let record = |ino: u64| fs.read_inode_opt(ino).map(|r| r.map(|(rec, _)| rec));
         if let Some(e) = entry
             && let Some(rec) = record(e)?
@@ -352,7 +352,7 @@ impl<S: Store> Fixer<'_, S> {
         listed: Option<(u64, Kind)>,
         truth: Option<(u64, Kind)>,
     ) -> FsResult<()> {
-        let fs = self.fs;
+        let fs = self.names;
         let (dir, name) = (link.parent, &link.name[..]);
         let truth_ino = truth.map(|(i, _)| i);
         if entry != truth_ino {
@@ -382,7 +382,7 @@ impl<S: Store> Fixer<'_, S> {
     }
 
     fn dir_record(&mut self, dir: u64, parent: u64, name: &[u8]) -> FsResult<()> {
-        let key = self.fs.tree.keys.inode(dir);
+        let key = self.names.tree.keys.inode(dir);
         let links = if dir == ROOT_INO {
             Vec::new()
         } else {
@@ -392,12 +392,12 @@ impl<S: Store> Fixer<'_, S> {
         let fresh = self.add(&key, &rec.encode())?;
         if !fresh {
             // There but unreadable: replaced.
-            self.fs
+            self.names
                 .tree
                 .store
                 .store_at(StoreOp::Set, &key, &rec.encode())?;
         }
-        let path = self.fs.dir_path(dir).unwrap_or_default();
+        let path = self.names.dir_path(dir).unwrap_or_default();
         self.note(
             &path,
             &key,
@@ -409,7 +409,7 @@ impl<S: Store> Fixer<'_, S> {
     /// Makes a directory's log readable again, then settles every name it or the entry keys
     /// know.
     fn rebuild_log(&mut self, dir: u64) -> FsResult<()> {
-        let fs = self.fs;
+        let fs = self.names;
         let path = fs.dir_path(dir)?;
         let seq_key = fs.tree.keys.dir_seq(dir);
         let base_key = fs.tree.keys.dir_base(dir);
@@ -484,7 +484,7 @@ impl<S: Store> Fixer<'_, S> {
     fn last_chunk(&self, dir: u64, base: u64) -> FsResult<u64> {
         let (mut last, mut c, mut misses) = (base, base, 0);
         while misses < CHUNK_PROBE {
-            if self.get(&self.fs.tree.keys.dir_log(dir, c))?.is_some() {
+            if self.get(&self.names.tree.keys.dir_log(dir, c))?.is_some() {
                 last = c;
                 misses = 0;
             } else {
@@ -498,12 +498,12 @@ impl<S: Store> Fixer<'_, S> {
     /// The names of `dir` that have an entry key, found by listing the store's keys; `None`
     /// when the store cannot list them.
     fn entry_names(&self, dir: u64) -> FsResult<Option<Vec<Vec<u8>>>> {
-        let Some(listed) = self.fs.tree.store.list_keys() else {
+        let Some(listed) = self.names.tree.store.list_keys() else {
             return Ok(None);
         };
         let all = listed.map_err(|e| FsError::store(b"(key listing)", e))?;
-        let plain = self.fs.tree.keys.entry(dir, b"");
-        let hashed_start = format!("{}%h{dir}/", self.fs.tree.keys.prefix()).into_bytes();
+        let plain = self.names.tree.keys.entry(dir, b"");
+        let hashed_start = format!("{}%h{dir}/", self.names.tree.keys.prefix()).into_bytes();
         let mut names = Vec::new();
         for key in all {
             if let Some(rest) = key.strip_prefix(plain.as_slice()) {
@@ -527,11 +527,11 @@ impl<S: Store> Fixer<'_, S> {
             return Ok(None);
         };
         let name = value[slash + 1..].to_vec();
-        Ok((self.fs.tree.keys.entry(dir, &name) == key).then_some(name))
+        Ok((self.names.tree.keys.entry(dir, &name) == key).then_some(name))
     }
 
     fn data(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
-        let fs = self.fs;
+        let fs = self.names;
         let path = join(&fs.dir_path(dir)?, name);
         let Some((rec, _)) = fs.read_inode_opt(ino)? else {
             return Ok(()); // the name's own problem
@@ -581,7 +581,7 @@ impl<S: Store> Fixer<'_, S> {
         path: &[u8],
         names: &[(Vec<u8>, Vec<u8>)],
     ) -> FsResult<()> {
-        let fs = self.fs;
+        let fs = self.names;
         let mut canonical = None;
         for (k, p) in names {
             if let Some(bytes) = self.bytes(k)? {
@@ -631,7 +631,7 @@ impl<S: Store> Fixer<'_, S> {
         rec: &Inode,
         key: &[u8],
     ) -> FsResult<()> {
-        let fs = self.fs;
+        let fs = self.names;
         let link = Link::new(dir, name);
         fs.entry_swap(dir, name, Some(ino), None)?;
         fs.log_dir_changes(dir, &[(Op::Remove, Kind::File, ino, name)])?;
@@ -659,15 +659,15 @@ impl<S: Store> Fixer<'_, S> {
     }
 
     fn inode_counter(&mut self, max_ino: u64) -> FsResult<()> {
-        let key = self.fs.tree.keys.next_ino();
+        let key = self.names.tree.keys.next_ino();
         let margin = 1024;
         match self.get(&key)?.as_deref().and_then(parse_number) {
             Some(n) if n >= max_ino => return Ok(()),
             Some(n) => {
-                self.fs.tree.store.incr_at(&key, max_ino - n + margin)?;
+                self.names.tree.store.incr_at(&key, max_ino - n + margin)?;
             }
             None => {
-                self.fs.tree.store.store_at(
+                self.names.tree.store.store_at(
                     StoreOp::Set,
                     &key,
                     (max_ino + margin).to_string().as_bytes(),
@@ -681,7 +681,7 @@ impl<S: Store> Fixer<'_, S> {
 
     /// A key no name reaches: an entry key is settled as a name, anything else deleted.
     fn unreached(&mut self, key: &[u8]) -> FsResult<()> {
-        let prefix = self.fs.tree.keys.prefix().as_bytes();
+        let prefix = self.names.tree.keys.prefix().as_bytes();
         let Some(rest) = key.strip_prefix(prefix) else {
             return Ok(());
         };
@@ -689,8 +689,8 @@ impl<S: Store> Fixer<'_, S> {
         if rest.first() == Some(&b'%') && matches!(kind, Some(b'e' | b'h')) {
             let (dir, name) = self.entry_of(rest)?;
             if let (Some(dir), Some(name)) = (dir, name)
-                && self.fs.read_inode_opt(dir)?.is_some()
-                && self.fs.dir_seq_value(dir)?.is_some()
+                && self.names.read_inode_opt(dir)?.is_some()
+                && self.names.dir_seq_value(dir)?.is_some()
             {
                 return self.settle_name(dir, &name);
             }
@@ -717,21 +717,21 @@ impl<S: Store> Fixer<'_, S> {
             .next()
             .and_then(parse_number);
         let Some(ino) = ino else { return Ok(false) };
-        if self.fs.read_inode_opt(ino)?.is_none() {
+        if self.names.read_inode_opt(ino)?.is_none() {
             return Ok(false);
         }
         if let Some(alive) = self.others_alive {
             return Ok(alive);
         }
-        let Some(listed) = self.fs.tree.store.list_keys() else {
+        let Some(listed) = self.names.tree.store.list_keys() else {
             return Ok(true);
         };
         let all = listed.map_err(|e| FsError::store(b"(key listing)", e))?;
-        let alive_prefix = self.fs.tree.keys.alive("");
+        let alive_prefix = self.names.tree.keys.alive("");
         let mut alive = false;
         for key in all {
             if let Some(id) = key.strip_prefix(alive_prefix.as_slice())
-                && id != self.fs.tree.mount_id.as_bytes()
+                && id != self.names.tree.mount_id.as_bytes()
                 && self.get(&key)?.is_some()
             {
                 alive = true;
@@ -754,7 +754,7 @@ impl<S: Store> Fixer<'_, S> {
         if rest[1] == b'e' {
             return Ok((Some(dir), Some(unescape(&body[slash + 1..]))));
         }
-        let mut key = self.fs.tree.keys.prefix().as_bytes().to_vec();
+        let mut key = self.names.tree.keys.prefix().as_bytes().to_vec();
         key.extend_from_slice(rest);
         Ok((Some(dir), self.hashed_entry_name(dir, &key)?))
     }

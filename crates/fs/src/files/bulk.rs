@@ -1,7 +1,7 @@
 //! Creating many files of one directory in two pipelined batches (`memfis load`).
 //!
 //! The same steps as creates followed by their first publishes, for many names at once.
-//! Batch 1, the creates, is the create of every file together (`claim.rs`): each file's
+//! Batch 1, the creates, is the create of every file together (`namespace/claim.rs`): each file's
 //! record `add`ed empty, its entry and its empty data key `add`ed; one log append (`incr` by
 //! the count) lists them all; the directory's mtime and the inode count; the create's fence
 //! read last. Batch 2, the publishes: every data key given its bytes (a served key

@@ -1,6 +1,6 @@
 //! Reading, writing and publishing open files. All handles of one inode in this mount share
-//! one open file (`open_files.rs`): a buffer of the whole file plus attribute changes not yet
-//! published. The buffer is published whole to every data key of the file at
+//! one open file (`open_files.rs`): a buffer of the whole file (or its chunks, `chunked.rs`)
+//! plus attribute changes not yet published. The buffer is published whole to every data key of the file at
 //! flush/fsync/release (docs/store-layout.md), so readers (nginx, other mounts) see the old
 //! bytes or the new, never a mix.
 

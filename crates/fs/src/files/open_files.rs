@@ -1,8 +1,9 @@
 //! What this mount holds open: handles, and per inode one [`OpenFile`] shared by all its
 //! handles: the record and its version (with the key tokens read at it), the bytes (not read
 //! yet, one buffer of the whole file, or chunks), attribute changes not yet published. The
-//! state and its transitions, without the store; reading, writing and publishing it live in
-//! `files/io.rs` and `chunked.rs`.
+//! state and its transitions, without the store; loading its bytes lives in
+//! `namespace/file_bytes.rs`, reading, writing and publishing them in `files/io.rs` and
+//! `chunked.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +69,7 @@ impl Pending {
 #[derive(Debug)]
 enum Bytes {
     /// Not read yet (or forgotten): read as the record says before they are used
-    /// (`Files::load_bytes`).
+    /// (`Namespace::load_bytes`, `namespace/file_bytes.rs`).
     Unloaded,
     /// The whole file. `dirty`: it holds bytes not published yet.
     Whole { data: Value, dirty: bool },

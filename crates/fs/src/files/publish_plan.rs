@@ -8,7 +8,7 @@ use memfis_memcache::command::Value;
 use crate::files::open_files::OpenFile;
 use crate::layout::record::Inode;
 
-/// The keys of a publish round (`Files::bytes_keys`, worked out by the caller).
+/// The keys of a publish round (`Namespace::bytes_keys`, worked out by the caller).
 #[derive(Debug, Clone)]
 pub(crate) struct RoundKeys {
     /// Where the stored record keeps the bytes.

@@ -16,7 +16,7 @@ use crate::{FsError, FsResult};
 
 impl<S: Store> Files<S> {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
-        if let Some(of) = self.names.open_file(ino) {
+        if let Some(of) = self.open_files.get(ino) {
             if set.size.is_some() && lock(&of).has_writers() {
                 // Resized through the buffer below: its bytes loaded first, waiting out
                 // namespace operations with the open file unlocked.

@@ -36,7 +36,7 @@ impl<S: Store> Files<S> {
     }
 
     pub(crate) fn current_record(&self, ino: u64) -> FsResult<Inode> {
-        if let Some(of) = self.names.open_file(ino) {
+        if let Some(of) = self.open_files.get(ino) {
             return Ok(lock(&of).view());
         }
         Ok(self.names.read_live_inode(ino)?.0)

@@ -3,7 +3,8 @@
 //! locks"):
 //! - [`table`]: one inode's lock list and POSIX's rules on it (no store)
 //! - `store`: the list's key, changed by `add` or `gets` + `cas`; liveness of holders'
-//!   mounts; releasing on unlock and close; what a granted lock makes visible
+//!   mounts; releasing on unlock and close. (The facade, `MemFs::try_lock`, adds the open
+//!   file's side: a flush before an unlock, and `files/lock_grant.rs` after a grant.)
 //! - `wait`: blocking waits, with backoff and an end when the waiting thread is signalled
 //!
 //! What this mount remembers ([`FileLocks`]) only saves round trips (a close of a file it

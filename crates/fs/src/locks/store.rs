@@ -32,12 +32,6 @@ pub struct LockRequest {
     pub end: u64,
 }
 
-/// A lock granted, with the file's record read after the grant (for the open file to see
-/// whether another mount published it meanwhile: `MemFs::try_lock`).
-pub(crate) struct Granted {
-    pub(crate) record: FsResult<Option<Item>>,
-}
-
 /// A lock in the way, as `F_GETLK` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holder {
@@ -60,13 +54,16 @@ impl<S: Store> FileLocks<S> {
         Table::decode(&item.value).map_err(|why| FsError::corrupt(key, why))
     }
 
-    /// Tries once to take a lock. `Ok(Ok(granted))` when granted, with the file's record as
-    /// read after the grant; `Ok(Err(holder))` when a live owner's lock is in the way.
+    /// Tries once to take a lock. `Ok(Ok(changed))` when granted: `after_grant` is given the
+    /// file's record as read after the grant (under this inode's stripe, so grants apply
+    /// their records in order) and says whether the file changed. `Ok(Err(holder))` when a
+    /// live owner's lock is in the way.
     pub(crate) fn try_lock(
         &self,
         ino: u64,
         req: &LockRequest,
-    ) -> FsResult<Result<Granted, Holder>> {
+        after_grant: &dyn Fn(FsResult<Option<Item>>) -> bool,
+    ) -> FsResult<Result<bool, Holder>> {
         let key = self.tree.keys.lock_table(ino);
         let ikey = self.tree.keys.inode(ino);
         let want = self.request(req);
@@ -135,7 +132,7 @@ impl<S: Store> FileLocks<S> {
                     Some(record) => r.take(record),
                     None => self.tree.store.gets_at(&ikey),
                 };
-                return Ok(Ok(Granted { record }));
+                return Ok(Ok(after_grant(record)));
             }
             current = after?;
             fresh = true;

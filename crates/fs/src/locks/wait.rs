@@ -12,7 +12,9 @@ use std::time::Duration;
 use memfis_memcache::Store;
 
 use super::FileLocks;
-use super::store::{Granted, LockRequest};
+use memfis_memcache::Item;
+
+use super::store::LockRequest;
 use crate::{FsError, FsResult};
 
 /// The first pause of a waiter between tries; it doubles up to [`MAX_PAUSE`].
@@ -22,13 +24,19 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 impl<S: Store> FileLocks<S> {
     /// Takes the lock, waiting as long as it takes while thread `tid` (the caller, as the
-    /// kernel names it; 0: unknown) has no signal pending.
-    pub(crate) fn lock_wait(&self, ino: u64, req: &LockRequest, tid: u32) -> FsResult<Granted> {
+    /// kernel names it; 0: unknown) has no signal pending. Granted: as [`Self::try_lock`].
+    pub(crate) fn lock_wait(
+        &self,
+        ino: u64,
+        req: &LockRequest,
+        tid: u32,
+        after_grant: &dyn Fn(FsResult<Option<Item>>) -> bool,
+    ) -> FsResult<bool> {
         let mut pause = FIRST_PAUSE;
         loop {
             let seen = self.releases();
-            if let Ok(granted) = self.try_lock(ino, req)? {
-                return Ok(granted);
+            if let Ok(changed) = self.try_lock(ino, req, after_grant)? {
+                return Ok(changed);
             }
             if tid != 0 && signal_pending(tid) {
                 return Err(FsError::Interrupted);

@@ -1,4 +1,5 @@
-//! Where a file's bytes live, and moving them when its mode changes who may read it.
+//! Moving a file's bytes when a chmod changes whether others may read it (where they live:
+//! `file_bytes.rs`).
 //!
 //! A name of a file is served (its bytes at its data key, `PREFIX + path`, which nginx reads)
 //! while the file's mode grants read to others and the key fits memcached's 250 bytes; the

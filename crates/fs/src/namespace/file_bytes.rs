@@ -2,7 +2,8 @@
 //! operations (of any mount) that move them: renames, chmods, links and directory renames.
 //! Here, with the names, because where a file's bytes are is a matter of its names (a served
 //! key is a path), and an operation holding the namespace lock loads the bytes of files open
-//! in this mount before their last key goes (`keep_bytes_for_open_handles`).
+//! in this mount before their last key goes (`keep_bytes_for_open_handles`, in
+//! `roll_forward.rs`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
