@@ -113,3 +113,53 @@ fn an_open_file_in_chunks_keeps_its_bytes_after_a_rename_over_it() {
     let report = memfis_fs::check::check(&store, &keys).unwrap();
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }
+
+/// Another mount's handle cannot keep bytes this mount deleted (README: it answers ENOENT
+/// for bytes it has not read), but it must never read zeros for them: a chunk found missing
+/// while the record is gone is ENOENT, not a hole.
+#[test]
+fn a_chunk_another_mount_removed_is_enoent_not_zeros() {
+    let (store, keys, a) = small_items("memfis://chunks-elsewhere");
+    let cfg = FsConfig {
+        cache_ttl: Duration::ZERO,
+        item_size_max: Some(1536),
+        ..FsConfig::default()
+    };
+    let b = MemFs::new(store.clone(), keys.clone(), cfg).unwrap();
+    let want = bytes(5000);
+    let ino = support::write(&a, ROOT_INO, "big.bin", &want);
+    let fh = b.open(ino, libc::O_RDONLY).unwrap();
+    let first = b.read(fh, 0, 1000).unwrap();
+    assert!(first == want[..1000], "the first bytes read");
+
+    a.unlink(ROOT_INO, b"big.bin").unwrap();
+
+    match b.read(fh, 3000, 1000) {
+        Err(memfis_fs::FsError::NotFound) => {}
+        Ok(got) => assert!(got == want[3000..4000], "old bytes, or ENOENT: never zeros"),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+    b.release(fh).unwrap();
+}
+
+/// A hole of a sparse file this mount removed while open reads as zeros still (its record
+/// is gone, but the chunks this mount keeps are the file's).
+#[test]
+fn a_hole_of_a_sparse_file_removed_here_reads_as_zeros() {
+    let (_store, _keys, fs) = small_items("memfis://sparse-removed");
+    let (attr, fh) = fs
+        .create(ROOT_INO, b"sparse.bin", 0o644, libc::O_RDWR, 0, 0)
+        .unwrap();
+    fs.write(fh, 4000, b"tail", false).unwrap();
+    fs.release(fh).unwrap();
+    let fh = fs.open(attr.ino, libc::O_RDONLY).unwrap();
+
+    fs.unlink(ROOT_INO, b"sparse.bin").unwrap();
+
+    assert!(
+        fs.read(fh, 0, 1000).unwrap() == vec![0u8; 1000],
+        "the hole reads zeros"
+    );
+    assert_eq!(fs.read(fh, 4000, 4).unwrap(), b"tail");
+    fs.release(fh).unwrap();
+}

@@ -20,6 +20,9 @@ pub struct ChunkedFile {
     pub written_until: u64,
     /// The last chunk read from the store.
     pub(crate) cached: Option<(u64, Arc<Vec<u8>>)>,
+    /// This mount removed the file's last name: its record is gone, its chunks are kept for
+    /// the open handles, and a missing one is a hole (elsewhere it means the file is gone).
+    pub(crate) removed_here: bool,
 }
 
 impl ChunkedFile {

@@ -55,11 +55,18 @@ impl<S: Store> Files<S> {
         Ok(())
     }
 
-    /// Chunk `n` as stored (empty when missing: zeros).
+    /// Chunk `n` as stored (empty when missing: zeros), unless the file is gone: a chunk
+    /// missing because another mount removed the file is ENOENT (as the bytes of a file of
+    /// one item are), never zeros. (A missing chunk costs a look at the record.)
     fn load_chunk(&self, ino: u64, c: &ChunkedFile, n: u64) -> FsResult<Arc<Vec<u8>>> {
         let key = self.tree.keys.chunk(ino, c.generation, n);
-        let item = self.tree.store.get_at(&key)?;
-        Ok(Arc::new(item.map(|i| i.value).unwrap_or_default()))
+        match self.tree.store.get_at(&key)? {
+            Some(item) => Ok(Arc::new(item.value)),
+            None if !c.removed_here && self.names.read_inode_opt(ino)?.is_none() => {
+                Err(FsError::NotFound)
+            }
+            None => Ok(Arc::new(Vec::new())),
+        }
     }
 
     pub(crate) fn read_chunked(

@@ -377,6 +377,7 @@ impl OpenFile {
             c.dirty.insert(n as u64, piece.to_vec());
         }
         c.changed = true;
+        c.removed_here = self.unlinked;
         self.bytes = Bytes::Chunked(c);
     }
 
@@ -475,6 +476,9 @@ impl OpenFile {
     /// The last name is gone: holders keep reading, nothing is published.
     pub(crate) fn mark_unlinked(&mut self) {
         self.unlinked = true;
+        if let Some(c) = self.chunks_mut() {
+            c.removed_here = true;
+        }
     }
 
     /// This mount removed the file's last name while it is open here: holders keep reading,
@@ -485,7 +489,7 @@ impl OpenFile {
         &mut self,
         record_chunks: Option<(u64, u64)>,
     ) -> Vec<(u64, u64)> {
-        self.unlinked = true;
+        self.mark_unlinked();
         self.chunks_of_removed.extend(record_chunks);
         if self.handles == 0 {
             return self.chunks_to_free();
