@@ -2,15 +2,14 @@
 //! public operation handed to the component that owns it (the crate's documentation says
 //! which file does each). A few combine components here: file locks with the open file's
 //! side, the heartbeat's steps, liveness with the file locks' note of a lapse. Also what the
-//! mount has done, statfs, and small helpers every layer uses (names, paths, retries). What
-//! every component shares (store, keys, configuration, identity) and opening a tree is
-//! `tree.rs`.
+//! mount has done, and statfs. What every component shares (store, keys, configuration and
+//! limits, identity) and opening a tree is `tree.rs`; names and paths `layout/names.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use memfis_memcache::Store;
 
+use crate::FsResult;
 use crate::check::CheckOptions;
 use crate::check::repair::RepairReport;
 use crate::files::Files;
@@ -26,52 +25,6 @@ use crate::namespace::Namespace;
 use crate::namespace::rename::RenameFlags;
 use crate::store::batch::StoreAt;
 use crate::tree::Tree;
-use crate::{FsError, FsResult};
-
-/// Longest name of one directory entry (as on Linux filesystems).
-pub const NAME_MAX: usize = 255;
-/// Bytes of an item that are not the value: key (<= 250), header and CAS (memcached items.h).
-pub(crate) const ITEM_OVERHEAD: u64 = 512;
-
-/// memcached's default item size (`-I`), assumed when the servers do not say (twemproxy).
-pub(crate) const DEFAULT_ITEM_SIZE_MAX: u64 = 1024 * 1024;
-
-/// The largest file memfis stores (in chunks).
-pub const MAX_FILE_SIZE: u64 = 1 << 40;
-/// Retries of a gets/cas round lost to other writers before giving up (EBUSY).
-pub(crate) const CAS_RETRIES: usize = 64;
-/// Deepest directory nesting followed when working out a path (a cycle is EIO, not a crash).
-pub(crate) const MAX_DEPTH: usize = 2048;
-
-#[derive(Debug, Clone)]
-pub struct FsConfig {
-    /// How long cached directory paths are trusted (the same as the kernel's attribute TTL).
-    pub cache_ttl: Duration,
-    /// Largest file the store holds in one item; writes past it fail with EFBIG.
-    pub item_size_max: Option<u64>,
-    /// First pause while another mount holds the namespace lock (doubles up to 10 ms).
-    pub lock_backoff: Duration,
-    /// Store text files gzip-compressed (`--gzip`, [`crate::layout::data_codec`]); reads decompress
-    /// either way.
-    pub gzip: bool,
-    /// How old this mount's last liveness refresh may be for a thread holding the namespace
-    /// lock to go on sending (`crate::store::lock_lease`): below the key's 10 s expiry, after which
-    /// other mounts take the lock over, less a second for memcached's clock, which ticks by
-    /// seconds, and the store timeout of a batch in flight.
-    pub stall_limit: Duration,
-}
-
-impl Default for FsConfig {
-    fn default() -> Self {
-        FsConfig {
-            cache_ttl: Duration::from_secs(1),
-            item_size_max: None,
-            lock_backoff: Duration::from_micros(200),
-            gzip: false,
-            stall_limit: Duration::from_secs(7),
-        }
-    }
-}
 
 /// The facade: the operations of a mounted tree, each handed to the component that owns it.
 pub struct MemFs<S: Store> {
@@ -88,28 +41,7 @@ pub struct MemFs<S: Store> {
     pub(crate) locks: FileLocks<S>,
 }
 
-pub use crate::tree::listed_prefixes;
-
-pub(crate) fn check_name(name: &[u8]) -> FsResult<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-        return Err(FsError::Invalid("bad file name"));
-    }
-    if name.len() > NAME_MAX {
-        return Err(FsError::NameTooLong {
-            key: String::from_utf8_lossy(name).into_owned(),
-            len: name.len(),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
+pub use crate::tree::{FsConfig, MAX_FILE_SIZE, NAME_MAX, listed_prefixes};
 
 impl<S: Store> MemFs<S> {
     /// Opens the filesystem under `keys`, creating the format record and root directory when
@@ -132,12 +64,7 @@ impl<S: Store> MemFs<S> {
             open_files.clone(),
         ));
         let fs = MemFs {
-            files: Files {
-                tree: tree.clone(),
-                maintenance: maintenance.clone(),
-                names: names.clone(),
-                open_files,
-            },
+            files: Files::new(tree.clone(), maintenance.clone(), names.clone(), open_files),
             names,
             locks: FileLocks::new(tree.clone()),
             maintenance,
@@ -487,17 +414,4 @@ impl<S: Store> MemFs<S> {
             files_free: free.max(1_000_000),
         })
     }
-}
-
-/// Runs a cleanup step up to a few times: a step that makes the store consistent again
-/// should not be given up on the first failed round trip.
-pub(crate) fn retried<T>(mut step: impl FnMut() -> FsResult<T>) -> FsResult<T> {
-    let mut last = step();
-    for _ in 0..4 {
-        if last.is_ok() {
-            break;
-        }
-        last = step();
-    }
-    last
 }

@@ -6,7 +6,7 @@
 //! that owns it (file locks, the heartbeat and the liveness refresh combine two there). The
 //! components, each with its own state:
 //! - `tree` (`Tree`): what every component shares (the fenced store, the key
-//!   layout, the configuration, this mount's id) and opening a tree (the format record, the
+//!   layout, the configuration and limits, this mount's id) and opening a tree (the format record, the
 //!   registry of prefixes)
 //! - `maintenance` (`Maintenance`): the queues the heartbeat works off (stale keys, unsettled
 //!   creates, logs to compact), deleting a file's chunks, this mount's liveness
@@ -57,6 +57,7 @@ mod tree;
 
 pub use activity::ActivitySnapshot;
 pub use error::{FsError, FsResult};
+pub use files::bulk::NewFile;
 pub use fs::{FsConfig, MemFs};
 pub use layout::attr::{Attr, DirEntry, SetAttr, StatFs};
 pub use layout::keys::{KeyLayout, ROOT_INO};

@@ -1,11 +1,13 @@
 //! The tree one mount serves: the store (behind its fences), the key layout under the
-//! prefix, the configuration and this mount's identity. Every component holds it
+//! prefix, the configuration (with the limits every component keeps to) and this mount's
+//! identity. Every component holds it
 //! (`Arc<Tree>`); opening a tree (the format record, the registry of prefixes) lives here too.
+
+use std::time::Duration;
 
 use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::fs::{CAS_RETRIES, DEFAULT_ITEM_SIZE_MAX, FsConfig, ITEM_OVERHEAD};
 use crate::layout::data_codec::DataCodec;
 use crate::layout::keys::{KeyLayout, PREFIX_REGISTRY_KEY, ROOT_INO, prefixes_nest};
 use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Time, random_id};
@@ -13,6 +15,51 @@ use crate::store::batch::{Cas, StoreAt};
 use crate::store::fenced_store::FencedStore;
 use crate::store::replies::CasOutcome;
 use crate::{FsError, FsResult};
+
+/// Longest name of one directory entry (as on Linux filesystems).
+pub const NAME_MAX: usize = 255;
+/// Bytes of an item that are not the value: key (<= 250), header and CAS (memcached items.h).
+pub(crate) const ITEM_OVERHEAD: u64 = 512;
+
+/// memcached's default item size (`-I`), assumed when the servers do not say (twemproxy).
+pub(crate) const DEFAULT_ITEM_SIZE_MAX: u64 = 1024 * 1024;
+
+/// The largest file memfis stores (in chunks).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+/// Retries of a gets/cas round lost to other writers before giving up (EBUSY).
+pub(crate) const CAS_RETRIES: usize = 64;
+/// Deepest directory nesting followed when working out a path (a cycle is EIO, not a crash).
+pub(crate) const MAX_DEPTH: usize = 2048;
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long cached directory paths are trusted (the same as the kernel's attribute TTL).
+    pub cache_ttl: Duration,
+    /// Largest file the store holds in one item; writes past it fail with EFBIG.
+    pub item_size_max: Option<u64>,
+    /// First pause while another mount holds the namespace lock (doubles up to 10 ms).
+    pub lock_backoff: Duration,
+    /// Store text files gzip-compressed (`--gzip`, [`crate::layout::data_codec`]); reads decompress
+    /// either way.
+    pub gzip: bool,
+    /// How old this mount's last liveness refresh may be for a thread holding the namespace
+    /// lock to go on sending (`crate::store::lock_lease`): below the key's 10 s expiry, after which
+    /// other mounts take the lock over, less a second for memcached's clock, which ticks by
+    /// seconds, and the store timeout of a batch in flight.
+    pub stall_limit: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            cache_ttl: Duration::from_secs(1),
+            item_size_max: None,
+            lock_backoff: Duration::from_micros(200),
+            gzip: false,
+            stall_limit: Duration::from_secs(7),
+        }
+    }
+}
 
 pub(crate) struct Tree<S: Store> {
     pub(crate) store: FencedStore<S>,
@@ -234,12 +281,6 @@ impl<S: Store> Tree<S> {
             }
         }
         Err(FsError::Contended)
-    }
-
-    /// True when no namespace operation is running.
-    pub(crate) fn is_quiet(&self) -> FsResult<bool> {
-        let key = self.keys.ns_lock();
-        Ok(self.store.get_at(&key)?.is_none())
     }
 }
 

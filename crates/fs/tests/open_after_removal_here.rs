@@ -12,16 +12,34 @@ use std::time::Duration;
 use memfis_fs::{FsConfig, KeyLayout, MemFs, ROOT_INO, RenameFlags};
 use memfis_memcache::memory::MemoryStore;
 
-fn small_items(prefix: &str) -> (Arc<MemoryStore>, KeyLayout, MemFs<Arc<MemoryStore>>) {
-    let store = Arc::new(MemoryStore::default());
-    let keys = KeyLayout::new(prefix).unwrap();
-    let cfg = FsConfig {
+/// Items of 1536 bytes: a file of a few KB goes in chunks.
+fn small_items_cfg() -> FsConfig {
+    FsConfig {
         cache_ttl: Duration::ZERO,
         item_size_max: Some(1536),
         ..FsConfig::default()
-    };
-    let fs = MemFs::new(store.clone(), keys.clone(), cfg).unwrap();
+    }
+}
+
+fn small_items(prefix: &str) -> (Arc<MemoryStore>, KeyLayout, MemFs<Arc<MemoryStore>>) {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new(prefix).unwrap();
+    let fs = MemFs::new(store.clone(), keys.clone(), small_items_cfg()).unwrap();
     (store, keys, fs)
+}
+
+fn chunk_keys(store: &MemoryStore, keys: &KeyLayout) -> usize {
+    let prefix = keys.chunk_prefix();
+    store
+        .keys()
+        .iter()
+        .filter(|k| k.starts_with(&prefix))
+        .count()
+}
+
+fn assert_clean(store: &Arc<MemoryStore>, keys: &KeyLayout) {
+    let report = memfis_fs::check::check(store, keys).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }
 
 fn bytes(n: usize) -> Vec<u8> {
@@ -33,29 +51,22 @@ fn an_open_file_in_chunks_keeps_its_bytes_after_its_unlink() {
     let (store, keys, fs) = small_items("memfis://unlink-chunks");
     let want = bytes(5000);
     let ino = support::write(&fs, ROOT_INO, "big.bin", &want);
-    let chunk_prefix = keys.chunk_prefix();
-    assert!(
-        store.keys().iter().any(|k| k.starts_with(&chunk_prefix)),
-        "in chunks"
-    );
+    assert!(chunk_keys(&store, &keys) > 1, "in chunks");
     let fh = fs.open(ino, libc::O_RDONLY).unwrap();
 
     fs.unlink(ROOT_INO, b"big.bin").unwrap();
 
-    assert_eq!(
-        fs.read(fh, 0, 8192).unwrap(),
-        want,
+    assert!(
+        fs.read(fh, 0, 8192).unwrap() == want,
         "the open handle reads the bytes"
     );
     fs.release(fh).unwrap();
-    let chunks = store
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with(&chunk_prefix))
-        .count();
-    assert_eq!(chunks, 0, "the chunks go with the last handle");
-    let report = memfis_fs::check::check(&store, &keys).unwrap();
-    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(
+        chunk_keys(&store, &keys),
+        0,
+        "the chunks go with the last handle"
+    );
+    assert_clean(&store, &keys);
 }
 
 #[test]
@@ -77,8 +88,7 @@ fn an_open_file_keeps_its_bytes_after_a_rename_over_it() {
 
     assert_eq!(fs.read(fh, 0, 100).unwrap(), old);
     fs.release(fh).unwrap();
-    let report = memfis_fs::check::check(&store, &keys).unwrap();
-    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_clean(&store, &keys);
 }
 
 #[test]
@@ -103,15 +113,12 @@ fn an_open_file_in_chunks_keeps_its_bytes_after_a_rename_over_it() {
         "the open handle reads the old bytes"
     );
     fs.release(fh).unwrap();
-    let chunk_prefix = keys.chunk_prefix();
-    let chunks = store
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with(&chunk_prefix))
-        .count();
-    assert_eq!(chunks, 0, "the chunks go with the last handle");
-    let report = memfis_fs::check::check(&store, &keys).unwrap();
-    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(
+        chunk_keys(&store, &keys),
+        0,
+        "the chunks go with the last handle"
+    );
+    assert_clean(&store, &keys);
 }
 
 /// Another mount's handle cannot keep bytes this mount deleted (README: it answers ENOENT
@@ -120,12 +127,7 @@ fn an_open_file_in_chunks_keeps_its_bytes_after_a_rename_over_it() {
 #[test]
 fn a_chunk_another_mount_removed_is_enoent_not_zeros() {
     let (store, keys, a) = small_items("memfis://chunks-elsewhere");
-    let cfg = FsConfig {
-        cache_ttl: Duration::ZERO,
-        item_size_max: Some(1536),
-        ..FsConfig::default()
-    };
-    let b = MemFs::new(store.clone(), keys.clone(), cfg).unwrap();
+    let b = MemFs::new(store.clone(), keys.clone(), small_items_cfg()).unwrap();
     let want = bytes(5000);
     let ino = support::write(&a, ROOT_INO, "big.bin", &want);
     let fh = b.open(ino, libc::O_RDONLY).unwrap();
@@ -162,4 +164,48 @@ fn a_hole_of_a_sparse_file_removed_here_reads_as_zeros() {
     );
     assert_eq!(fs.read(fh, 4000, 4).unwrap(), b"tail");
     fs.release(fh).unwrap();
+}
+
+/// Another mount rewrites a file in chunks this mount holds open (and has read part of): the
+/// handle reads the old bytes or the new ones (it takes the record as stored now, as a
+/// file of one item does), never zeros; past a shrink, nothing.
+#[test]
+fn a_file_in_chunks_another_mount_rewrote_reads_old_or_new_bytes_never_zeros() {
+    let (store, keys, a) = small_items("memfis://chunks-rewritten");
+    let b = MemFs::new(store.clone(), keys.clone(), small_items_cfg()).unwrap();
+    let old = bytes(5000);
+    let new: Vec<u8> = old.iter().map(|x| x.wrapping_add(7) | 1).collect();
+    let ino = support::write(&a, ROOT_INO, "big.bin", &old);
+    let fh = b.open(ino, libc::O_RDONLY).unwrap();
+    assert!(b.read(fh, 0, 1000).unwrap() == old[..1000]);
+
+    let w = a.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    a.write(w, 0, &new, false).unwrap();
+    a.release(w).unwrap();
+
+    let got = b.read(fh, 3000, 1000).unwrap();
+    assert!(
+        got == old[3000..4000] || got == new[3000..4000],
+        "old or new bytes, not {} zeros",
+        got.iter().filter(|&&x| x == 0).count()
+    );
+
+    let w = a.open(ino, libc::O_WRONLY).unwrap();
+    a.setattr(
+        ino,
+        &memfis_fs::SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    a.release(w).unwrap();
+    let got = b.read(fh, 4000, 1000).unwrap();
+    assert!(
+        got.is_empty() || got == old[4000..] || got == new[4000..],
+        "nothing past the shrink (or bytes the file had), not {} zeros",
+        got.iter().filter(|&&x| x == 0).count()
+    );
+    b.release(fh).unwrap();
+    assert_clean(&store, &keys);
 }

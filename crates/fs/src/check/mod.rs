@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use memfis_memcache::{Command, Item, Reply, Store, StoreError};
 use serde::Serialize;
 
-use crate::fs::join;
 use crate::layout::data_codec::{self, DataCodec, GZIP_FLAG};
 use crate::layout::dirlog::{self, LogBase};
 use crate::layout::keys::{KeyLayout, ROOT_INO};
+use crate::layout::names::join;
 use crate::layout::record::{FORMAT_VERSION, FormatRecord, Inode, Kind, Link};
 use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, StoreAt};

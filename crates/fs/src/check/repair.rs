@@ -28,9 +28,9 @@ use memfis_memcache::{Store, StoreOp};
 use tracing::{info, warn};
 
 use crate::check::{CheckOptions, Fault, Problem, Report, check_as, check_with};
-use crate::fs::join;
 use crate::layout::dirlog::{self, LogBase, Op};
 use crate::layout::keys::{KeyLayout, ROOT_INO, unescape};
+use crate::layout::names::join;
 use crate::layout::record::{Inode, Kind, Link, Time};
 use crate::namespace::Namespace;
 use crate::store::batch::StoreAt;

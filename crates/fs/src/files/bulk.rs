@@ -17,11 +17,12 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{Store, StoreOp};
 
 use crate::files::Files;
-use crate::fs::{check_name, join, retried};
 use crate::layout::attr::SetAttr;
+use crate::layout::names::{check_name, join};
 use crate::layout::record::{Inode, Kind, Link};
 use crate::namespace::claim::NewName;
 use crate::store::batch::{Batch, CasOutcome};
+use crate::store::retried;
 use crate::{FsError, FsResult};
 
 /// A file to create.

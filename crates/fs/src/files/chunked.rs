@@ -55,17 +55,29 @@ impl<S: Store> Files<S> {
         Ok(())
     }
 
-    /// Chunk `n` as stored (empty when missing: zeros), unless the file is gone: a chunk
-    /// missing because another mount removed the file is ENOENT (as the bytes of a file of
-    /// one item are), never zeros. (A missing chunk costs a look at the record.)
+    /// Chunk `n` as stored; a missing chunk is a hole (zeros) only where the file still has
+    /// it: in the chunks of this open file's own writes, of a file this mount removed, or of
+    /// the record as stored now. Otherwise another mount removed the file (ENOENT, as for the
+    /// bytes of a file of one item) or rewrote it (`Stale`: the caller takes the newer
+    /// record), never zeros. (A missing chunk costs a look at the record.)
     fn load_chunk(&self, ino: u64, c: &ChunkedFile, n: u64) -> FsResult<Arc<Vec<u8>>> {
         let key = self.tree.keys.chunk(ino, c.generation, n);
+        let hole = || Ok(Arc::new(Vec::new()));
         match self.tree.store.get_at(&key)? {
             Some(item) => Ok(Arc::new(item.value)),
-            None if !c.removed_here && self.names.read_inode_opt(ino)?.is_none() => {
-                Err(FsError::NotFound)
-            }
-            None => Ok(Arc::new(Vec::new())),
+            None if c.removed_here || c.is_dirty() => hole(),
+            None => match self.names.read_inode_opt(ino)? {
+                None => Err(FsError::NotFound),
+                Some((rec, _))
+                    if rec.chunk_gen == c.generation
+                        && rec.chunk_size.is_some_and(|cs| {
+                            cs == c.chunk_size && n < chunk_count(rec.size, cs)
+                        }) =>
+                {
+                    hole()
+                }
+                Some(_) => Err(FsError::Stale),
+            },
         }
     }
 
@@ -254,7 +266,7 @@ impl<S: Store> Files<S> {
         self.write_out_chunks(ino, c)?;
         let (size, chunk_size, generation) = (c.size, c.chunk_size, c.generation);
         let ikey = self.tree.keys.inode(ino);
-        for _ in 0..crate::fs::CAS_RETRIES {
+        for _ in 0..crate::tree::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 of.mark_unlinked();
                 self.maintenance

@@ -65,6 +65,10 @@ enum RoundEnd {
     Again,
 }
 
+/// Rewrites by other mounts a read or write of a file in chunks follows before it gives up
+/// (ESTALE).
+const REWRITES_FOLLOWED: usize = 4;
+
 impl<S: Store> Files<S> {
     /// Creates and opens a regular file: O_EXCL semantics come from the atomic entry claim.
     pub fn create(
@@ -88,7 +92,7 @@ impl<S: Store> Files<S> {
             // moment ago): open what is there. Removed again meanwhile: create it after all,
             // as a local filesystem would have.
             tries += 1;
-            if tries > crate::fs::CAS_RETRIES {
+            if tries > crate::tree::CAS_RETRIES {
                 return Err(exists);
             }
             let Some(ino) = self.names.read_entry(parent, name)?.ino else {
@@ -167,14 +171,31 @@ impl<S: Store> Files<S> {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.open_files.handle(fh)?;
-        let mut of = self.names.lock_loaded(h.ino, &h.file)?;
-        if let Some(c) = of.chunks_mut() {
-            return self.read_chunked(h.ino, c, offset, size);
+        for _ in 0..REWRITES_FOLLOWED {
+            let mut of = self.names.lock_loaded(h.ino, &h.file)?;
+            let Some(c) = of.chunks_mut() else {
+                let data: &[u8] = of.buffer().map_or(&[], |d| d);
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(size as usize).min(data.len());
+                return Ok(data[start..end].to_vec());
+            };
+            match self.read_chunked(h.ino, c, offset, size) {
+                Err(FsError::Stale) => self.take_rewritten_record(h.ino, &mut of)?,
+                read => return read,
+            }
         }
-        let data: &[u8] = of.buffer().map_or(&[], |d| d);
-        let start = (offset as usize).min(data.len());
-        let end = start.saturating_add(size as usize).min(data.len());
-        Ok(data[start..end].to_vec())
+        Err(FsError::Stale)
+    }
+
+    /// A file in chunks another mount rewrote since this open file read its record (its
+    /// chunks gone or another generation): the open file, holding no writes of its own,
+    /// takes the record as stored now and reads from it (close-to-open, as a file of one
+    /// item does when its record changes under it).
+    fn take_rewritten_record(&self, ino: u64, of: &mut OpenFile) -> FsResult<()> {
+        let (rec, cas) = self.names.read_live_inode(ino)?;
+        of.take_newer_record(rec, Some(cas));
+        of.forget_bytes();
+        Ok(())
     }
 
     /// Writes at `offset` (at the end for O_APPEND). `kill_suidgid`: the kernel asks us to drop
@@ -184,22 +205,33 @@ impl<S: Store> Files<S> {
         if !h.write {
             return Err(FsError::BadHandle);
         }
-        let mut of = self.names.lock_loaded(h.ino, &h.file)?;
-        let offset = if h.append { of.view().size } else { offset };
-        let end = offset + bytes.len() as u64;
-        self.check_size(h.ino, end)?;
-        if of.chunks().is_none() && end > self.tree.item_limit() {
-            self.start_chunking(h.ino, &mut of)?;
+        for _ in 0..REWRITES_FOLLOWED {
+            let mut of = self.names.lock_loaded(h.ino, &h.file)?;
+            let offset = if h.append { of.view().size } else { offset };
+            let end = offset + bytes.len() as u64;
+            self.check_size(h.ino, end)?;
+            if of.chunks().is_none() && end > self.tree.item_limit() {
+                self.start_chunking(h.ino, &mut of)?;
+            }
+            match of.chunks_mut() {
+                Some(c) => match self.write_chunked(h.ino, c, offset, bytes) {
+                    // (Only a write's first chunk read can find the file rewritten: nothing
+                    // of the write is in the open file yet.)
+                    Err(FsError::Stale) => {
+                        self.take_rewritten_record(h.ino, &mut of)?;
+                        continue;
+                    }
+                    written => written?,
+                },
+                None => of.write_buffer(offset as usize, bytes),
+            }
+            of.touch_mtime();
+            if kill_suidgid {
+                of.kill_suidgid();
+            }
+            return Ok(bytes.len() as u32);
         }
-        match of.chunks_mut() {
-            Some(c) => self.write_chunked(h.ino, c, offset, bytes)?,
-            None => of.write_buffer(offset as usize, bytes),
-        }
-        of.touch_mtime();
-        if kill_suidgid {
-            of.kill_suidgid();
-        }
-        Ok(bytes.len() as u32)
+        Err(FsError::Stale)
     }
 
     pub fn flush(&self, fh: u64) -> FsResult<()> {
@@ -229,7 +261,7 @@ impl<S: Store> Files<S> {
     /// the open file unlocked, since completing one may need it).
     pub(crate) fn publish_file(&self, ino: u64, file: &Arc<Mutex<OpenFile>>) -> FsResult<()> {
         let mut waited = Ok(());
-        for _ in 0..crate::fs::CAS_RETRIES {
+        for _ in 0..crate::tree::CAS_RETRIES {
             // The open file is unlocked before waiting: completing another mount's intent
             // may need it.
             let published = self.publish(ino, &mut lock(file)); // (the open file unlocked again)
@@ -313,7 +345,7 @@ impl<S: Store> Files<S> {
         // The record version whose bytes were loaded to move with a mode change: they are
         // the store's, not a writer's, and go stale with the version.
         let mut moving_at = None;
-        for _ in 0..crate::fs::CAS_RETRIES {
+        for _ in 0..crate::tree::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
                 return self.after_removed(of);
             }

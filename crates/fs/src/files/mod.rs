@@ -40,3 +40,19 @@ pub(crate) struct Files<S: Store> {
     /// Open files and handles of this mount (the namespace keeps them in step with names).
     pub(crate) open_files: Arc<OpenFiles>,
 }
+
+impl<S: Store> Files<S> {
+    pub(crate) fn new(
+        tree: Arc<Tree<S>>,
+        maintenance: Arc<Maintenance<S>>,
+        names: Arc<Namespace<S>>,
+        open_files: Arc<OpenFiles>,
+    ) -> Files<S> {
+        Files {
+            tree,
+            maintenance,
+            names,
+            open_files,
+        }
+    }
+}

@@ -166,6 +166,8 @@ pub struct OpenFile {
     writers: u32,
     /// The last name is gone: keep serving holders, publish nothing.
     unlinked: bool,
+    /// This mount removed the file's last name (`remove_last_name`): its chunks are kept.
+    removed_here: bool,
     /// Chunks of the removed file, (generation, count), kept for the handles still open
     /// and deleted with the last one (`OpenFiles::drop_handle_count`).
     chunks_of_removed: Vec<(u64, u64)>,
@@ -187,6 +189,7 @@ impl OpenFile {
             handles: 0,
             writers: 0,
             unlinked: false,
+            removed_here: false,
             chunks_of_removed: Vec::new(),
             written: Vec::new(),
             private_key_unused: false,
@@ -377,7 +380,7 @@ impl OpenFile {
             c.dirty.insert(n as u64, piece.to_vec());
         }
         c.changed = true;
-        c.removed_here = self.unlinked;
+        c.removed_here = self.removed_here;
         self.bytes = Bytes::Chunked(c);
     }
 
@@ -476,9 +479,6 @@ impl OpenFile {
     /// The last name is gone: holders keep reading, nothing is published.
     pub(crate) fn mark_unlinked(&mut self) {
         self.unlinked = true;
-        if let Some(c) = self.chunks_mut() {
-            c.removed_here = true;
-        }
     }
 
     /// This mount removed the file's last name while it is open here: holders keep reading,
@@ -489,7 +489,11 @@ impl OpenFile {
         &mut self,
         record_chunks: Option<(u64, u64)>,
     ) -> Vec<(u64, u64)> {
-        self.mark_unlinked();
+        self.unlinked = true;
+        self.removed_here = true;
+        if let Some(c) = self.chunks_mut() {
+            c.removed_here = true;
+        }
         self.chunks_of_removed.extend(record_chunks);
         if self.handles == 0 {
             return self.chunks_to_free();

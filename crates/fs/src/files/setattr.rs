@@ -6,12 +6,12 @@ use memfis_memcache::Store;
 use tracing::warn;
 
 use crate::files::Files;
-use crate::fs::MAX_FILE_SIZE;
 use crate::layout::attr::{Attr, SetAttr};
 use crate::layout::keys::is_public;
 use crate::layout::record::{Inode, Kind};
 use crate::namespace::chmod::changes_visibility;
 use crate::sync::lock;
+use crate::tree::MAX_FILE_SIZE;
 use crate::{FsError, FsResult};
 
 impl<S: Store> Files<S> {

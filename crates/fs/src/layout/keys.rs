@@ -407,7 +407,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(crc_key(&a), crc_key(&b), "format 1 gave both one key");
         for name in [&a, &b] {
-            assert!(crate::fs::check_name(name).is_ok());
+            assert!(crate::layout::names::check_name(name).is_ok());
             assert!(is_hashed_entry_key(&k.entry(1, name)));
         }
         assert_ne!(k.entry(1, &a), k.entry(1, &b));

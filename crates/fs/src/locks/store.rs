@@ -9,9 +9,9 @@ use tracing::{error, warn};
 
 use super::table::{Entry, Owner, Request, Table};
 use super::{EMPTY_LIST_SECS, FileLocks};
-use crate::fs::CAS_RETRIES;
 use crate::store::batch::{Batch, StoreAt, Stored};
 use crate::sync::lock;
+use crate::tree::CAS_RETRIES;
 use crate::{FsError, FsResult};
 
 /// How long a mount seen alive counts as alive without reading its liveness key again.

@@ -17,7 +17,6 @@
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::fs::CAS_RETRIES;
 use crate::layout::attr::SetAttr;
 use crate::layout::intent::Intent;
 use crate::layout::keys::is_public;
@@ -25,6 +24,7 @@ use crate::layout::record::{Inode, Kind};
 use crate::namespace::Namespace;
 use crate::store::batch::{Batch, Cas, StoreAt};
 use crate::store::replies::{CasOutcome, value_of};
+use crate::tree::CAS_RETRIES;
 use crate::{FsError, FsResult};
 
 /// True when `set` would serve or withdraw the file `rec` (its bytes must move).

@@ -16,14 +16,15 @@ use std::time::Instant;
 
 use memfis_memcache::{Command, Store, StoreOp};
 
-use crate::fs::{join, retried};
 use crate::layout::dirlog::Op;
+use crate::layout::names::join;
 use crate::layout::record::{Inode, Kind};
 use crate::namespace::Namespace;
 use crate::namespace::listing::{LogAppend, Logged};
 use crate::namespace::nodes::{Settled, Undo};
 use crate::namespace::unsettled::Unsettled;
 use crate::store::batch::{Batch, Got, Handle, Replies, Stored};
+use crate::store::retried;
 use crate::{FsError, FsResult};
 
 /// What takes a create back: what it made, and the own keys it sent.

@@ -29,11 +29,11 @@ use std::collections::BTreeSet;
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 use tracing::info;
 
-use crate::fs::retried;
 use crate::layout::dirlog::{self, DirSeq, LogBase, Op};
 use crate::layout::record::random_id;
 use crate::namespace::Namespace;
 use crate::store::batch::StoreAt;
+use crate::store::retried;
 use crate::{FsError, FsResult};
 
 /// A log is compacted once it holds more than twice as many records as live names, plus a
@@ -180,7 +180,7 @@ impl<S: Store> Namespace<S> {
             };
             for (name, (ino, kind)) in listing {
                 if kind == crate::layout::record::Kind::Dir {
-                    dirs.push((ino, crate::fs::join(&path, &name)));
+                    dirs.push((ino, crate::layout::names::join(&path, &name)));
                 }
             }
             match self.compact_dir(dir, false) {

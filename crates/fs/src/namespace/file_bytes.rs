@@ -338,7 +338,7 @@ impl<S: Store> Namespace<S> {
     /// Polls until no namespace operation runs, for at most a few seconds.
     fn wait_unlocked_passively(&self) {
         for _ in 0..200 {
-            if self.tree.is_quiet().unwrap_or(true) {
+            if self.is_quiet().unwrap_or(true) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

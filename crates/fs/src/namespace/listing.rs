@@ -196,7 +196,7 @@ impl<S: Store> Namespace<S> {
     /// again).
     fn make_chunks_up_to(&self, dir: u64, from: u64, chunk_now: u64) -> FsResult<()> {
         let base_key = self.tree.keys.dir_base(dir);
-        crate::fs::retried(|| {
+        crate::store::retried(|| {
             let mut batch = Batch::new();
             let made: Vec<_> = (from..=chunk_now + 1)
                 .map(|c| batch.add(&self.tree.keys.dir_log(dir, c), b""))
@@ -222,7 +222,7 @@ impl<S: Store> Namespace<S> {
         let batch: Vec<Command> = chunks
             .map(|c| Command::Delete(self.tree.keys.dir_log(dir, c)))
             .collect();
-        let _ = crate::fs::retried(|| self.tree.store.execute_all(batch.clone()));
+        let _ = crate::store::retried(|| self.tree.store.execute_all(batch.clone()));
     }
 
     /// The command that sets a directory's mtime (sent with every log append).
@@ -247,7 +247,7 @@ impl<S: Store> Namespace<S> {
         self.tree
             .store
             .store_at(StoreOp::Set, &key, t.to_text().as_bytes())?;
-        if crate::fs::retried(|| self.dir_seq_value(dir))?.is_some() {
+        if crate::store::retried(|| self.dir_seq_value(dir))?.is_some() {
             return Ok(());
         }
         self.with_ns_lock(Batch::new(), |_, _| {
@@ -282,7 +282,7 @@ impl<S: Store> Namespace<S> {
                     self.tree.keys.dir_mtime(dir),
                     self.tree.keys.dir_log(dir, la.chunk + 1),
                 ];
-                let _ = crate::fs::retried(|| {
+                let _ = crate::store::retried(|| {
                     let mut batch = Batch::new();
                     let deleted: Vec<_> = made.iter().map(|k| batch.delete(k)).collect();
                     let mut r = batch.execute(&self.tree.store);
@@ -300,7 +300,7 @@ impl<S: Store> Namespace<S> {
     }
 
     pub(crate) fn append_or_add(&self, key: &[u8], record: &[u8]) -> FsResult<()> {
-        for _ in 0..crate::fs::CAS_RETRIES {
+        for _ in 0..crate::tree::CAS_RETRIES {
             if self.tree.store.store_at(StoreOp::Append, key, record)? {
                 return Ok(());
             }

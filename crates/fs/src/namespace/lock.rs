@@ -217,7 +217,7 @@ impl<S: Store> Namespace<S> {
             return Ok(());
         };
         let cmd = self.intent_cmd(guard, intent);
-        crate::fs::retried(|| {
+        crate::store::retried(|| {
             self.tree
                 .store
                 .run_at::<Stored>(&self.tree.keys.ns_lock(), cmd.clone())
@@ -439,6 +439,12 @@ impl<S: Store> Namespace<S> {
         lock(&self.ns.leftover).retain(|o| *o != held.owner && *o != me);
         self.release_ns_lock(&me);
         Ok(())
+    }
+
+    /// True when no namespace operation is running.
+    pub(crate) fn is_quiet(&self) -> FsResult<bool> {
+        let key = self.tree.keys.ns_lock();
+        Ok(self.tree.store.get_at(&key)?.is_none())
     }
 
     /// Completes the intent of an operation of this mount kept without the lock (its lock

@@ -12,11 +12,11 @@ use memfis_memcache::command::Value;
 use memfis_memcache::{Command, Item, Store, StoreOp};
 
 use crate::files::chunk_buffer::chunk_count;
-use crate::fs::{check_name, join, retried};
 use crate::layout::attr::Attr;
 use crate::layout::dirlog::{DirSeq, LogBase, Op};
 use crate::layout::intent::Intent;
 use crate::layout::keys::ROOT_INO;
+use crate::layout::names::{check_name, join};
 use crate::layout::record::{Inode, Kind, Link, Time};
 use crate::namespace::Namespace;
 use crate::namespace::claim::{NewName, NewNode};
@@ -26,6 +26,7 @@ use crate::store::batch::{
     Batch, Cas, CasOutcome, Counted, Deleted, Got, Handle, Replies, StoreAt, Stored,
 };
 use crate::store::replies::parse_number;
+use crate::store::retried;
 use crate::sync::lock;
 use crate::{FsError, FsResult};
 

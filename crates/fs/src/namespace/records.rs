@@ -5,15 +5,16 @@
 use memfis_memcache::{CmdResult, Command, Item, Store, StoreOp};
 use tracing::warn;
 
-use crate::fs::{CAS_RETRIES, ITEM_OVERHEAD, MAX_DEPTH, check_name, join};
 use crate::layout::attr::Attr;
 use crate::layout::keys::ROOT_INO;
+use crate::layout::names::{check_name, join};
 use crate::layout::record::{Inode, Kind, Link};
 use crate::namespace::Namespace;
 use crate::namespace::meta_cache::DirInfo;
 use crate::store::batch::{Cas, StoreAt};
 use crate::store::replies::{CasOutcome, EntrySlot, entry_slot, parse_number, value_of};
 use crate::sync::lock;
+use crate::tree::{CAS_RETRIES, ITEM_OVERHEAD, MAX_DEPTH};
 use crate::{FsError, FsResult};
 
 impl<S: Store> Namespace<S> {
@@ -312,7 +313,7 @@ impl<S: Store> Namespace<S> {
             }
             // The entry named a record that is gone: removed or moved by another mount
             // meanwhile (ENOENT or the new inode), or lost (EIO).
-            if self.read_entry(parent, name)?.ino == Some(ino) && self.tree.is_quiet()? {
+            if self.read_entry(parent, name)?.ino == Some(ino) && self.is_quiet()? {
                 let key = self.tree.keys.inode(ino);
                 warn!(path = %self.path_of(parent, name), key = %String::from_utf8_lossy(&key), "entry points at a missing inode record");
                 return Err(FsError::missing(&key));

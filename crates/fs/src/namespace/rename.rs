@@ -10,15 +10,16 @@ use std::collections::HashSet;
 
 use memfis_memcache::{Command, Reply, Store, StoreOp};
 
-use crate::fs::{CAS_RETRIES, check_name, join};
 use crate::layout::dirlog::Op;
 use crate::layout::intent::{Intent, RenameIntent};
 use crate::layout::keys::ROOT_INO;
+use crate::layout::names::{check_name, join};
 use crate::layout::record::{Inode, Kind, Link, Time};
 use crate::namespace::Namespace;
 use crate::namespace::lock::LockValue;
 use crate::store::batch::{Batch, StoreAt};
 use crate::store::replies::{EntrySlot, value_of};
+use crate::tree::CAS_RETRIES;
 use crate::{FsError, FsResult};
 use tracing::warn;
 

@@ -5,10 +5,10 @@
 use memfis_memcache::{Command, Store};
 
 use crate::files::chunk_buffer::chunk_count;
-use crate::fs::retried;
 use crate::layout::record::{Inode, Kind};
 use crate::namespace::Namespace;
 use crate::store::batch::StoreAt;
+use crate::store::retried;
 use crate::{FsError, FsResult};
 
 impl<S: Store> Namespace<S> {
