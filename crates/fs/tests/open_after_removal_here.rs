@@ -209,3 +209,36 @@ fn a_file_in_chunks_another_mount_rewrote_reads_old_or_new_bytes_never_zeros() {
     b.release(fh).unwrap();
     assert_clean(&store, &keys);
 }
+
+/// A publish that finds the record gone (another mount removed the file, or an unlink of this
+/// mount landed between the publish's batches) keeps the chunks this mount wrote for its
+/// handles, which read them back (they went at once, so an unlink of this mount waiting for
+/// the open file kept chunks that were gone, and its handles read zeros: a reviewer's find).
+#[test]
+fn chunks_written_here_stay_for_the_handles_when_a_publish_finds_the_file_removed() {
+    let (store, keys, a) = small_items("memfis://publish-removed");
+    let b = MemFs::new(store.clone(), keys.clone(), small_items_cfg()).unwrap();
+    let (attr, w) = a
+        .create(ROOT_INO, b"big.bin", 0o644, libc::O_RDWR, 0, 0)
+        .unwrap();
+    a.write(w, 0, b"first", false).unwrap();
+    a.flush(w).unwrap();
+    let want = bytes(5000);
+    a.write(w, 0, &want, false).unwrap(); // in chunks now, not published
+
+    b.unlink(ROOT_INO, b"big.bin").unwrap();
+    a.flush(w).unwrap(); // finds the record gone
+
+    assert!(
+        a.read(w, 0, 8192).unwrap() == want,
+        "the handle reads what it wrote"
+    );
+    a.release(w).unwrap();
+    assert_eq!(
+        chunk_keys(&store, &keys),
+        0,
+        "the chunks go with the last handle"
+    );
+    assert!(a.getattr(attr.ino).is_err());
+    assert_clean(&store, &keys);
+}

@@ -268,9 +268,11 @@ impl<S: Store> Files<S> {
         let ikey = self.tree.keys.inode(ino);
         for _ in 0..crate::tree::CAS_RETRIES {
             if !self.refresh_record(ino, of)? {
-                of.mark_unlinked();
-                self.maintenance
-                    .delete_chunks(ino, generation, 0, chunk_count(size, chunk_size));
+                // (An unlink of this mount may be waiting for this open file to keep its
+                // chunks: they go with the last handle, not now.)
+                for (generation, count) in of.lose_record() {
+                    self.maintenance.delete_chunks(ino, generation, 0, count);
+                }
                 return Ok(Published::Done(Vec::new()));
             }
             let mut rec = of.record_to_publish();
@@ -299,14 +301,11 @@ impl<S: Store> Files<S> {
             match stored {
                 CasOutcome::Stored if removed_after && !lock_held => {
                     // Unlinked by another mount that read the record before this cas: the
-                    // chunks this cas named are no record's now.
-                    of.mark_unlinked();
-                    self.maintenance.delete_chunks(
-                        ino,
-                        generation,
-                        0,
-                        chunk_count(size, chunk_size),
-                    );
+                    // chunks this cas named are no record's now; they go with the last
+                    // handle.
+                    for (generation, count) in of.lose_record() {
+                        self.maintenance.delete_chunks(ino, generation, 0, count);
+                    }
                     // (Keys of the file as one item go unless a name still reaches them.)
                     return Ok(Published::Done(stale));
                 }

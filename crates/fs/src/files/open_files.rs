@@ -492,9 +492,25 @@ impl OpenFile {
         self.unlinked = true;
         self.removed_here = true;
         if let Some(c) = self.chunks_mut() {
-            c.removed_here = true;
+            // Its missing chunks are holes only if they are the record's (or this file's own
+            // writes): chunks of a generation another mount's rewrite replaced are gone.
+            c.removed_here = c.is_dirty() || record_chunks.is_some_and(|(g, _)| g == c.generation);
         }
         self.chunks_of_removed.extend(record_chunks);
+        self.free_if_closed()
+    }
+
+    /// The file's record went while this mount was publishing it (removed by another mount,
+    /// or by an unlink of this mount between its batches): nothing is published, and the
+    /// chunks this open file wrote stay for its handles until the last one goes (a missing
+    /// chunk reads ENOENT, the file being gone). Returns the chunks to delete now: all of
+    /// them if no handle is left.
+    pub(crate) fn lose_record(&mut self) -> Vec<(u64, u64)> {
+        self.unlinked = true;
+        self.free_if_closed()
+    }
+
+    fn free_if_closed(&mut self) -> Vec<(u64, u64)> {
         if self.handles == 0 {
             return self.chunks_to_free();
         }
