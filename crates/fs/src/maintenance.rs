@@ -102,6 +102,14 @@ impl<S: Store> Maintenance<S> {
         }
     }
 
+    /// Deletes whole runs of a file's chunks, (generation, count) each: those of a removed
+    /// file that no handle reads any more.
+    pub(crate) fn delete_chunk_runs(&self, ino: u64, runs: Vec<(u64, u64)>) {
+        for (generation, count) in runs {
+            self.delete_chunks(ino, generation, 0, count);
+        }
+    }
+
     /// Deletes every chunk of a file in chunks as `rec` describes it.
     pub(crate) fn delete_record_chunks(&self, ino: u64, rec: &Inode) {
         if let Some(cs) = rec.chunk_size {

@@ -270,9 +270,7 @@ impl<S: Store> Files<S> {
             if !self.refresh_record(ino, of)? {
                 // (An unlink of this mount may be waiting for this open file to keep its
                 // chunks: they go with the last handle, not now.)
-                for (generation, count) in of.lose_record() {
-                    self.maintenance.delete_chunks(ino, generation, 0, count);
-                }
+                self.maintenance.delete_chunk_runs(ino, of.lose_record());
                 return Ok(Published::Done(Vec::new()));
             }
             let mut rec = of.record_to_publish();
@@ -303,9 +301,7 @@ impl<S: Store> Files<S> {
                     // Unlinked by another mount that read the record before this cas: the
                     // chunks this cas named are no record's now; they go with the last
                     // handle.
-                    for (generation, count) in of.lose_record() {
-                        self.maintenance.delete_chunks(ino, generation, 0, count);
-                    }
+                    self.maintenance.delete_chunk_runs(ino, of.lose_record());
                     // (Keys of the file as one item go unless a name still reaches them.)
                     return Ok(Published::Done(stale));
                 }

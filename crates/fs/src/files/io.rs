@@ -1,8 +1,8 @@
 //! Reading, writing and publishing open files. All handles of one inode in this mount share
 //! one open file (`open_files.rs`): a buffer of the whole file (or its chunks, `chunked.rs`)
-//! plus attribute changes not yet published. The buffer is published whole to every data key of the file at
-//! flush/fsync/release (docs/store-layout.md), so readers (nginx, other mounts) see the old
-//! bytes or the new, never a mix.
+//! plus attribute changes not yet published. The buffer is published whole to every data key
+//! of the file at flush/fsync/release (docs/store-layout.md), so readers (nginx, other mounts)
+//! see the old bytes or the new, never a mix.
 
 use std::sync::{Arc, Mutex};
 
@@ -248,9 +248,8 @@ impl<S: Store> Files<S> {
 
     /// Counts a handle closed; the last one of a file this mount removed takes its chunks.
     fn drop_handle(&self, ino: u64, file: &Arc<Mutex<OpenFile>>, writer: bool) {
-        for (generation, count) in self.open_files.drop_handle_count(ino, file, writer) {
-            self.maintenance.delete_chunks(ino, generation, 0, count);
-        }
+        self.maintenance
+            .delete_chunk_runs(ino, self.open_files.drop_handle_count(ino, file, writer));
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {

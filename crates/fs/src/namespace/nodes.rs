@@ -744,9 +744,7 @@ impl<S: Store> Namespace<S> {
             Some(of) => lock(&of).remove_last_name(record_chunks),
             None => record_chunks.into_iter().collect(),
         };
-        for (generation, count) in free_now {
-            self.maintenance.delete_chunks(ino, generation, 0, count);
-        }
+        self.maintenance.delete_chunk_runs(ino, free_now);
     }
 
     /// Keeps an open file of this mount in step with a name removed from its record.
