@@ -274,6 +274,11 @@ pub struct StoreArgs {
     /// memcached_gzip_flag and gunzip). Reads decompress whether or not this is given.
     #[arg(long)]
     pub gzip: bool,
+    /// Keep every key on N servers of the pool: its own and the next N-1 distinct servers
+    /// clockwise on nginx's consistent-hash ring (where nginx retries). Fixed when a tree is
+    /// made; later commands take the tree's number when this is not given.
+    #[arg(long, env = "MEMFIS_REPLICAS", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -298,7 +303,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub create: bool,
     /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
-    /// noexec, nonempty, gzip, create, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    /// noexec, nonempty, gzip, create, replicas=N, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Seconds the kernel caches entries and attributes.

@@ -19,6 +19,7 @@ pub fn config(args: &StoreArgs, cache_ttl: Duration) -> Result<StoreConfig> {
         timeout: Duration::from_secs_f64(args.timeout),
         allow_evictions: args.allow_evictions,
         gzip: args.gzip,
+        replicas: args.replicas.map(|n| n as usize),
         cache_ttl,
     })
 }

@@ -5,6 +5,8 @@
 use anyhow::{Context, Result};
 use memfis_fs::check::{CheckOptions, Report, check_with};
 use memfis_fs::{FsError, KeyLayout};
+use memfis_memcache::Store;
+use memfis_tools::replicas::{ReplicaReport, check_copies};
 use memfis_tools::{IfNoTree, Session};
 
 use crate::cli::CheckArgs;
@@ -36,21 +38,75 @@ pub fn run(args: CheckArgs) -> Result<i32> {
                 .with_context(|| format!("cannot read the store under prefix {prefix:?}"));
         }
     }
+    memfis_fs::settle_replicas(&client, &keys, args.store.replicas.map(|n| n as usize))?;
     if args.repair {
         return repair(&args);
     }
     let report = check_with(&client, &keys, options(&args))
         .with_context(|| format!("cannot check the store under prefix {prefix:?}"))?;
+    let copies = check_copies(&client, &keys, &report.tree_keys, false)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut answer = serde_json::to_value(&report)?;
+        if let Some(c) = &copies {
+            answer["copies"] = serde_json::to_value(c)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         print_report(&prefix, &report);
+        if let Some(c) = &copies {
+            print_copies(c);
+        }
     }
-    Ok(if report.problems.is_empty() {
-        0
-    } else {
-        EXIT_PROBLEMS
-    })
+    Ok(
+        if report.problems.is_empty() && copies.as_ref().is_none_or(|c| c.clean()) {
+            0
+        } else {
+            EXIT_PROBLEMS
+        },
+    )
+}
+
+/// Refills the copies of a replicated tree (after the tree's own repair, which may have
+/// rewritten keys through every copy).
+fn repair_copies(args: &CheckArgs) -> Result<Option<ReplicaReport>> {
+    let keys = KeyLayout::new(&args.store.prefix()).map_err(anyhow::Error::msg)?;
+    let client =
+        memfis_tools::session::connect(&crate::cli::store::config(&args.store, TOOL_CACHE_TTL)?)?;
+    memfis_fs::settle_replicas(&client, &keys, args.store.replicas.map(|n| n as usize))?;
+    if client.replicas() < 2 {
+        return Ok(None);
+    }
+    let walked = check_with(&client, &keys, CheckOptions::default())
+        .context("cannot walk the tree to refill its copies")?;
+    check_copies(&client, &keys, &walked.tree_keys, true)
+}
+
+fn print_copies(c: &ReplicaReport) {
+    for f in c.failed.iter().take(5) {
+        println!("copy not compared or set: {f}");
+    }
+    if c.failed.len() > 5 {
+        println!(
+            "... and {} more copies not compared or set",
+            c.failed.len() - 5
+        );
+    }
+    for s in &c.out_of_sync {
+        println!(
+            "server {s} is out of sync (restarted empty?): `memfis check --repair` refills it"
+        );
+    }
+    println!(
+        "copies: {} of each key; {} keys, {} under-replicated{}",
+        c.replicas,
+        c.keys,
+        c.under_replicated,
+        if c.copied > 0 {
+            format!(", {} copies refilled", c.copied)
+        } else {
+            String::new()
+        }
+    );
 }
 
 fn repair(args: &CheckArgs) -> Result<i32> {
@@ -74,16 +130,29 @@ fn repair(args: &CheckArgs) -> Result<i32> {
         .fs()
         .repair_with(options(args))
         .with_context(|| format!("cannot repair the store under prefix {prefix:?}"))?;
+    let copies = repair_copies(args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut answer = serde_json::to_value(&report)?;
+        if let Some(c) = &copies {
+            answer["copies"] = serde_json::to_value(c)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         for r in &report.repaired {
             println!("repaired {}: {} (key {})", r.path, r.action, r.key);
         }
         print_report(&prefix, &report.after);
+        if let Some(c) = &copies {
+            print_copies(c);
+        }
     }
+    let copies_clean = copies.as_ref().is_none_or(|c| c.clean());
+    let copied = copies.as_ref().is_some_and(|c| c.copied > 0);
     Ok(
-        match (report.after.problems.is_empty(), report.repaired.is_empty()) {
+        match (
+            report.after.problems.is_empty() && copies_clean,
+            report.repaired.is_empty() && !copied,
+        ) {
             (false, _) => EXIT_PROBLEMS,
             (true, true) => 0,
             (true, false) => EXIT_REPAIRED,

@@ -57,6 +57,13 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
             ("fsname", Some(v)) => fsname = Some(v.to_string()),
             ("nonempty", None) => nonempty = true,
             ("gzip", None) => args.store.gzip = true,
+            ("replicas", Some(v)) => {
+                let n: u32 = v.parse().with_context(|| format!("bad replicas={v}"))?;
+                if !(1..=16).contains(&n) {
+                    bail!("replicas={v}: give 1 to 16");
+                }
+                args.store.replicas = Some(n);
+            }
             ("create", None) => args.create = true,
             ("server", Some(v)) => servers_from_options.push(v.to_string()),
             ("prefix", Some(v)) => args.store.prefix = Some(v.to_string()),

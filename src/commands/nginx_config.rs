@@ -9,6 +9,7 @@ use crate::cli::NginxConfigArgs;
 pub fn run(args: NginxConfigArgs) -> Result<()> {
     let mut opts = ServeOptions::new(args.store.servers.clone(), args.store.prefix(), args.listen);
     opts.root = args.root;
+    opts.replicas = args.store.replicas.unwrap_or(1) as usize;
     opts.php_fpm = args.php_fpm;
     opts.php_script = args.php_script;
     opts.server_names = args.server_names;

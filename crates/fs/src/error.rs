@@ -76,6 +76,10 @@ pub enum FsError {
         crate::error::list_or_none(trees)
     )]
     NoTree { prefix: String, trees: Vec<String> },
+    /// `--replicas` asked for another number of copies than the tree keeps (or than the
+    /// servers given can hold).
+    #[error("{0}")]
+    Replicas(String),
     #[error(
         "store format at key {key} is {found}; this memfis understands version {supported} only. {advice}"
     )]
@@ -126,7 +130,7 @@ impl FsError {
             | FsError::Missing { .. }
             | FsError::Corrupt { .. }
             | FsError::UnknownFormat { .. } => libc::EIO,
-            FsError::PrefixNests { .. } => libc::EINVAL,
+            FsError::PrefixNests { .. } | FsError::Replicas(_) => libc::EINVAL,
             FsError::NoTree { .. } => libc::ENOENT,
         }
     }

@@ -63,3 +63,4 @@ pub use layout::attr::{Attr, DirEntry, SetAttr, StatFs};
 pub use layout::keys::{KeyLayout, ROOT_INO};
 pub use layout::record::{Kind, Time};
 pub use namespace::rename::RenameFlags;
+pub use tree::settle_replicas;

@@ -47,6 +47,9 @@ pub struct FsConfig {
     /// other mounts take the lock over, less a second for memcached's clock, which ticks by
     /// seconds, and the store timeout of a batch in flight.
     pub stall_limit: Duration,
+    /// Copies of each key the caller asked for (`--replicas`): a new tree keeps that many; an
+    /// existing tree with another number is refused. `None`: the tree's own number.
+    pub replicas: Option<usize>,
 }
 
 impl Default for FsConfig {
@@ -57,6 +60,7 @@ impl Default for FsConfig {
             lock_backoff: Duration::from_micros(200),
             gzip: false,
             stall_limit: Duration::from_secs(7),
+            replicas: None,
         }
     }
 }
@@ -133,6 +137,7 @@ impl<S: Store> Tree<S> {
         cfg: FsConfig,
         create: bool,
     ) -> FsResult<Tree<S>> {
+        settle_replicas(&store, &keys, cfg.replicas)?;
         let mut tree = Tree {
             store: FencedStore::with_lease_limit(
                 store,
@@ -211,8 +216,17 @@ impl<S: Store> Tree<S> {
             Command::store(StoreOp::Add, &self.keys.dir_generation(), b"0"),
         ];
         self.store.execute_all(batch)?;
-        let format = serde_json::to_vec(&FormatRecord::new(random_id())).expect("serializes");
+        let record = FormatRecord {
+            replicas: self.store.inner().replicas(),
+            ..FormatRecord::new(random_id())
+        };
+        let format = serde_json::to_vec(&record).expect("serializes");
         self.store.store_at(StoreOp::Add, &key, &format)?;
+        // Every server holds its copy of the new tree.
+        self.store
+            .inner()
+            .mark_all_in_sync()
+            .map_err(|e| FsError::store(&self.keys.in_sync_marker(), e))?;
         // Two mounts may format at once: the one record that got stored counts.
         let item = self
             .store
@@ -292,4 +306,47 @@ fn current_uid() -> u32 {
 fn current_gid() -> u32 {
     // SAFETY: as above.
     unsafe { libc::getgid() }
+}
+
+/// Tells the store how many copies of each key the tree under `keys` keeps: the number in its
+/// format record (found on whichever server holds it), or for a new tree the number asked
+/// for (one if none). Refuses a number asked for that is not the tree's.
+pub fn settle_replicas<S: Store>(
+    store: &S,
+    keys: &KeyLayout,
+    asked: Option<usize>,
+) -> FsResult<()> {
+    let key = keys.format();
+    let found = match store
+        .get_anywhere(&key)
+        .map_err(|e| FsError::store(&key, e))?
+    {
+        Some(item) => Some(
+            serde_json::from_slice::<FormatRecord>(&item.value)
+                .map_err(|e| FsError::corrupt(&key, e.to_string()))?
+                .replicas,
+        ),
+        None => None,
+    };
+    let copies = match (found, asked) {
+        (Some(has), Some(asked)) if has != asked => {
+            return Err(FsError::Replicas(format!(
+                "the tree under prefix {:?} keeps {has} cop{} of each key, not {asked}: \
+                 give --replicas {has} (or none)",
+                keys.prefix(),
+                if has == 1 { "y" } else { "ies" },
+            )));
+        }
+        (Some(has), _) => has,
+        (None, asked) => asked.unwrap_or(1),
+    };
+    store
+        .set_replicas(
+            copies,
+            &memfis_memcache::ReplicaKeys {
+                marker: keys.in_sync_marker(),
+                presence: keys.alive(""),
+            },
+        )
+        .map_err(FsError::Replicas)
 }

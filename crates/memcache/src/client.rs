@@ -8,8 +8,9 @@ use crate::connection::Timeouts;
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::pool::ServerPool;
 use crate::protocol::validate_key;
+use crate::replicas::Replication;
 use crate::ring::Ring;
-use crate::{Capacity, CmdResult, Command, Store, StoreError};
+use crate::{Capacity, CmdResult, Command, Item, Reply, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -43,6 +44,8 @@ pub struct Client {
     latency: LatencyHistogram,
     /// Commands that failed for want of the server (unreachable, timed out, broken).
     failed: AtomicU64,
+    /// How many copies of each key, and which servers hold theirs (`--replicas`).
+    replication: Replication,
 }
 
 /// Checks a server address: `host:port` with a numeric port, or `unix:/absolute/path` (as
@@ -87,6 +90,7 @@ impl Client {
             commands: AtomicU64::new(0),
             latency: LatencyHistogram::default(),
             failed: AtomicU64::new(0),
+            replication: Replication::new(cfg.servers.len()),
         })
     }
 
@@ -106,6 +110,16 @@ impl Client {
 
     /// Runs one server's part of a batch, timing it.
     fn exchange(&self, server: usize, cmds: &[Command]) -> Vec<CmdResult> {
+        if self.replication.resting(server) {
+            // A copy elsewhere answers meanwhile; dialling a dead server on every batch
+            // would cost each batch a connect timeout.
+            let e = StoreError::Io {
+                server: self.pools[server].addr.clone(),
+                message: "unreachable a moment ago (tried again in a second)".into(),
+            };
+            self.failed.fetch_add(cmds.len() as u64, Ordering::Relaxed);
+            return cmds.iter().map(|_| Err(e.clone())).collect();
+        }
         let started = Instant::now();
         let out = self.pools[server].run_batch(cmds);
         self.latency.record(started.elapsed());
@@ -114,6 +128,9 @@ impl Client {
             .filter(|r| matches!(r, Err(e) if e.is_unreachable()))
             .count();
         self.failed.fetch_add(failed as u64, Ordering::Relaxed);
+        if failed > 0 {
+            self.replication.note_unreachable(server);
+        }
         out
     }
 
@@ -132,6 +149,114 @@ impl Client {
         } else {
             self.ring.server_for(&crate::protocol::percent_decode(key))
         }
+    }
+
+    /// Sends each command to the server paired with it: one pipelined exchange per server,
+    /// servers in parallel. One result per command, in order.
+    pub(crate) fn send(&self, sends: Vec<(usize, Command)>) -> Vec<CmdResult> {
+        let mut groups: Vec<(Vec<usize>, Vec<Command>)> =
+            vec![(Vec::new(), Vec::new()); self.pools.len()];
+        let count = sends.len();
+        for (i, (server, cmd)) in sends.into_iter().enumerate() {
+            groups[server].0.push(i);
+            groups[server].1.push(cmd);
+        }
+        let busy: Vec<usize> = (0..groups.len())
+            .filter(|&s| !groups[s].1.is_empty())
+            .collect();
+        self.round_trips
+            .fetch_add(busy.len() as u64, Ordering::Relaxed);
+        self.commands.fetch_add(count as u64, Ordering::Relaxed);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            for &s in &busy {
+                let names: Vec<String> = groups[s].1.iter().map(describe).collect();
+                tracing::trace!(server = %self.pools[s].addr, "batch: {}", names.join(" | "));
+            }
+        }
+        let outputs: Vec<(usize, Vec<CmdResult>)> = if busy.len() <= 1 {
+            busy.iter()
+                .map(|&s| (s, self.exchange(s, &groups[s].1)))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = busy
+                    .iter()
+                    .map(|&s| {
+                        let cmds = &groups[s].1;
+                        (s, scope.spawn(move || self.exchange(s, cmds)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(s, h)| (s, h.join().expect("memcached batch thread panicked")))
+                    .collect()
+            })
+        };
+        let mut results: Vec<Option<CmdResult>> = vec![None; count];
+        for (s, out) in outputs {
+            for (i, r) in groups[s].0.iter().zip(out) {
+                results[*i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::protocol("-", "command got no reply"))))
+            .collect()
+    }
+
+    /// Number of servers in the pool.
+    pub fn server_count(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// The address of server `index`.
+    pub fn server_addr(&self, index: usize) -> &str {
+        &self.pools[index].addr
+    }
+
+    /// Interruptions of server `index`'s connections so far.
+    pub(crate) fn server_interruptions(&self, index: usize) -> u64 {
+        self.pools[index].interruptions()
+    }
+
+    /// The servers holding `key`'s copies (escaped form), its own first.
+    pub fn servers_holding(&self, key: &[u8]) -> Vec<usize> {
+        if self.pools.len() == 1 {
+            return vec![0];
+        }
+        let n = self.replication.copies().min(self.pools.len());
+        self.ring
+            .servers_for(&crate::protocol::percent_decode(key), n)
+    }
+
+    /// Writes the in-sync marker to server `index` (it holds its copy of every key).
+    pub fn mark_in_sync(&self, index: usize) -> Result<(), StoreError> {
+        let Some(marker) = self.replication.marker() else {
+            return Ok(());
+        };
+        let cmd = Command::store(crate::StoreOp::Set, &marker, b"1");
+        match self.send(vec![(index, cmd)]).pop() {
+            Some(Ok(Reply::Stored)) => {
+                self.replication.note_in_sync(index);
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
+            other => Err(StoreError::protocol(
+                &self.pools[index].addr,
+                &format!("marker not stored: {other:?}"),
+            )),
+        }
+    }
+
+    /// Compares every copy of `keys` with its acting primary's and, with `repair`, sets
+    /// the copies that differ to it: see [`crate::replicas::resync`].
+    pub fn resync(&self, keys: &[Vec<u8>], repair: bool) -> crate::replicas::ResyncReport {
+        crate::replicas::resync(self, &self.replication, keys, repair)
+    }
+
+    /// The replication settings and each server's sync state.
+    pub fn replication(&self) -> &Replication {
+        &self.replication
     }
 
     /// The address of the server owning `key`, for error messages.
@@ -175,54 +300,22 @@ impl Client {
 
 impl Store for Client {
     fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        if self.replication.copies() > 1 {
+            return crate::replicas::execute(self, &self.replication, batch);
+        }
         let mut results: Vec<Option<CmdResult>> = vec![None; batch.len()];
-        let mut groups: Vec<(Vec<usize>, Vec<Command>)> =
-            vec![(Vec::new(), Vec::new()); self.pools.len()];
+        let mut sends = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
         for (i, cmd) in batch.into_iter().enumerate() {
             if let Err(e) = validate_key(cmd.key()) {
                 results[i] = Some(Err(e));
                 continue;
             }
-            let g = &mut groups[self.server_for(cmd.key())];
-            g.0.push(i);
-            g.1.push(cmd);
+            slots.push(i);
+            sends.push((self.server_for(cmd.key()), cmd));
         }
-        let busy: Vec<usize> = (0..groups.len())
-            .filter(|&s| !groups[s].1.is_empty())
-            .collect();
-        self.round_trips
-            .fetch_add(busy.len() as u64, Ordering::Relaxed);
-        let sent: usize = busy.iter().map(|&s| groups[s].1.len()).sum();
-        self.commands.fetch_add(sent as u64, Ordering::Relaxed);
-        if tracing::enabled!(tracing::Level::TRACE) {
-            for &s in &busy {
-                let names: Vec<String> = groups[s].1.iter().map(describe).collect();
-                tracing::trace!(server = %self.pools[s].addr, "batch: {}", names.join(" | "));
-            }
-        }
-        let outputs: Vec<(usize, Vec<CmdResult>)> = if busy.len() <= 1 {
-            busy.iter()
-                .map(|&s| (s, self.exchange(s, &groups[s].1)))
-                .collect()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = busy
-                    .iter()
-                    .map(|&s| {
-                        let cmds = &groups[s].1;
-                        (s, scope.spawn(move || self.exchange(s, cmds)))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(s, h)| (s, h.join().expect("memcached batch thread panicked")))
-                    .collect()
-            })
-        };
-        for (s, out) in outputs {
-            for (i, r) in groups[s].0.iter().zip(out) {
-                results[*i] = Some(r);
-            }
+        for (i, r) in slots.into_iter().zip(self.send(sends)) {
+            results[i] = Some(r);
         }
         results
             .into_iter()
@@ -233,14 +326,64 @@ impl Store for Client {
     fn capacity(&self) -> Option<Capacity> {
         let used = self.stat_sum(None, "bytes")?;
         let limit = self.stat_sum(None, "limit_maxbytes")?;
+        // Each byte is held by every copy: the pool holds 1/N of its memory in files.
+        let copies = self.replication.copies().min(self.pools.len()) as u64;
         Some(Capacity {
-            used_bytes: used.iter().sum(),
-            limit_bytes: limit.iter().sum(),
+            used_bytes: used.iter().sum::<u64>() / copies,
+            limit_bytes: limit.iter().sum::<u64>() / copies,
         })
     }
 
     fn interruptions(&self) -> u64 {
         self.pools.iter().map(|p| p.interruptions()).sum()
+    }
+
+    fn replicas(&self) -> usize {
+        self.replication.copies()
+    }
+
+    fn set_replicas(&self, copies: usize, keys: &crate::ReplicaKeys) -> Result<(), String> {
+        if copies == 0 || copies > self.pools.len() {
+            return Err(format!(
+                "{copies} copies of each key need at least {copies} servers; {} given",
+                self.pools.len()
+            ));
+        }
+        if copies > 1 {
+            self.replication.enable(copies, keys);
+        }
+        Ok(())
+    }
+
+    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
+        for s in 0..self.pools.len() {
+            self.mark_in_sync(s)?;
+        }
+        Ok(())
+    }
+
+    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        if self.pools.len() == 1 {
+            return self.get(key);
+        }
+        validate_key(key)?;
+        let order = self
+            .ring
+            .servers_for(&crate::protocol::percent_decode(key), self.pools.len());
+        let mut first_error = None;
+        for s in order {
+            match self.send(vec![(s, Command::Get(key.to_vec()))]).pop() {
+                Some(Ok(Reply::Value(Some(item)))) => return Ok(Some(item)),
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                _ => {}
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 
     fn in_order(&self) -> bool {
@@ -249,11 +392,22 @@ impl Store for Client {
 
     fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
         let mut all = Vec::new();
+        // With N copies of each key, the servers that answer list every key as long as
+        // fewer than N are missing.
+        let mut missing = 0;
         for p in &self.pools {
             match p.with_conn(|c| c.metadump()).and_then(|r| r) {
                 Ok(keys) => all.extend(keys),
+                Err(e) if e.is_unreachable() && missing + 1 < self.replication.copies() => {
+                    missing += 1;
+                }
                 Err(e) => return Some(Err(e)),
             }
+        }
+        if self.replication.copies() > 1 {
+            // Each key is listed once per copy.
+            all.sort_unstable();
+            all.dedup();
         }
         Some(Ok(all))
     }

@@ -17,11 +17,13 @@ pub mod latency;
 pub mod memory;
 pub mod pool;
 pub mod protocol;
+pub mod replicas;
 pub mod ring;
 
 pub use client::{Client, ClientConfig};
 pub use command::{Command, Item, MetaItem, Reply, StoreOp};
 pub use error::{Refusal, StoreError};
+pub use replicas::{ReplicaKeys, Replication};
 
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
@@ -68,6 +70,34 @@ pub trait Store: Send + Sync {
     /// have restarted, empty, in between. 0 for stores without connections.
     fn interruptions(&self) -> u64 {
         0
+    }
+
+    /// Copies kept of each key (`--replicas`); 1 for a store that keeps one.
+    fn replicas(&self) -> usize {
+        1
+    }
+
+    /// Keeps `copies` copies of every key from now on, with the tree's special keys `keys`
+    /// (see `replicas`). Refused by stores that keep one copy.
+    fn set_replicas(&self, copies: usize, _keys: &ReplicaKeys) -> Result<(), String> {
+        if copies == 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "this store keeps one copy of each key, not {copies}"
+            ))
+        }
+    }
+
+    /// Writes the in-sync marker to every server (a new tree: every server holds all of it).
+    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// `key` read from the first server on the ring that holds it, whatever the replicas
+    /// set: how a tool finds a tree's format record before it knows how many copies it has.
+    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        self.get(key)
     }
 
     /// Runs one command.
@@ -138,6 +168,18 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn interruptions(&self) -> u64 {
         (**self).interruptions()
     }
+    fn replicas(&self) -> usize {
+        (**self).replicas()
+    }
+    fn set_replicas(&self, copies: usize, keys: &ReplicaKeys) -> Result<(), String> {
+        (**self).set_replicas(copies, keys)
+    }
+    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
+        (**self).mark_all_in_sync()
+    }
+    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        (**self).get_anywhere(key)
+    }
 }
 
 impl<S: Store + ?Sized> Store for &S {
@@ -158,5 +200,17 @@ impl<S: Store + ?Sized> Store for &S {
     }
     fn interruptions(&self) -> u64 {
         (**self).interruptions()
+    }
+    fn replicas(&self) -> usize {
+        (**self).replicas()
+    }
+    fn set_replicas(&self, copies: usize, keys: &ReplicaKeys) -> Result<(), String> {
+        (**self).set_replicas(copies, keys)
+    }
+    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
+        (**self).mark_all_in_sync()
+    }
+    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        (**self).get_anywhere(key)
     }
 }

@@ -60,6 +60,25 @@ impl Ring {
         let i = self.points.partition_point(|p| p.0 < hash);
         self.points[i % self.points.len()].1
     }
+
+    /// The first `n` distinct servers met clockwise from `key`'s point, the owner first: the
+    /// order in which nginx retries a request (`memcached_next_upstream`). Fewer when the
+    /// ring has fewer servers.
+    pub fn servers_for(&self, key: &[u8], n: usize) -> Vec<usize> {
+        let hash = crc32fast::hash(key);
+        let start = self.points.partition_point(|p| p.0 < hash);
+        let mut out = Vec::with_capacity(n);
+        for step in 0..self.points.len() {
+            let server = self.points[(start + step) % self.points.len()].1;
+            if !out.contains(&server) {
+                out.push(server);
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +117,27 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 600), "{counts:?}");
         let again = Ring::new(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]);
         assert_eq!(ring.server_for(b"x"), again.server_for(b"x"));
+    }
+
+    #[test]
+    fn replicas_are_the_next_distinct_servers_clockwise() {
+        let ring = Ring::new(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]);
+        for i in 0..500 {
+            let key = format!("memfis://h/f{i}");
+            let hash = crc32fast::hash(key.as_bytes());
+            let copies = ring.servers_for(key.as_bytes(), 2);
+            assert_eq!(copies[0], ring.server_for(key.as_bytes()));
+            assert_eq!(copies.len(), 2);
+            assert_ne!(copies[0], copies[1]);
+            // The second copy owns the first point past the key's whose server is not the first.
+            let len = ring.points.len();
+            let start = ring.points.iter().position(|p| p.0 >= hash).unwrap_or(len);
+            let second = (start..start + len)
+                .map(|i| ring.points[i % len].1)
+                .find(|&s| s != copies[0])
+                .unwrap();
+            assert_eq!(copies[1], second, "{key}");
+        }
+        assert_eq!(ring.servers_for(b"x", 5).len(), 3);
     }
 }

@@ -42,6 +42,9 @@ pub struct ServeOptions {
     /// (content type or `type/*` or `default`, nginx time) pairs for `expires`.
     pub expires: Vec<(String, String)>,
     pub part: Part,
+    /// Copies of each key the tree keeps (`--replicas`): above 1, a request the first server
+    /// cannot answer (down, timed out, or back empty) goes to the next copy.
+    pub replicas: usize,
 }
 
 impl ServeOptions {
@@ -61,6 +64,7 @@ impl ServeOptions {
             expires: Vec::new(),
             headers: None,
             part: Part::Site,
+            replicas: 1,
         }
     }
 

@@ -160,8 +160,22 @@ fn upstream(c: &mut String, opts: &ServeOptions, names: &Names) -> std::fmt::Res
         )?;
         writeln!(c, "    hash $memcached_key consistent;")?;
     }
-    for s in &opts.servers {
-        writeln!(c, "    server {s};")?;
+    if opts.replicas.min(opts.servers.len()) > 1 {
+        writeln!(
+            c,
+            "    # A server that failed is skipped (its keys read from the next copy) for 2 s,"
+        )?;
+        writeln!(
+            c,
+            "    # not 10: back, it holds keys written since, and the ring's order matters again."
+        )?;
+        for s in &opts.servers {
+            writeln!(c, "    server {s} max_fails=1 fail_timeout=2s;")?;
+        }
+    } else {
+        for s in &opts.servers {
+            writeln!(c, "    server {s};")?;
+        }
     }
     writeln!(
         c,
@@ -375,6 +389,7 @@ fn store_locations(b: &mut String, opts: &ServeOptions, names: &Names) -> std::f
     writeln!(b, "    internal;")?;
     writeln!(b, "    set $memcached_key $memfis_dir_index;")?;
     writeln!(b, "    memcached_pass {};", names.upstream)?;
+    replica_retries(b, opts)?;
     writeln!(
         b,
         "    # Missing (or store down): no directory here; 403 tells auth_request so."
@@ -450,6 +465,25 @@ fn fallback_locations(b: &mut String, opts: &ServeOptions, names: &Names) -> std
     Ok(())
 }
 
+/// With N copies of each key on a pool: a server that fails, times out or misses sends the
+/// request on to the next server clockwise on the ring, which is where the next copy is.
+fn replica_retries(b: &mut String, opts: &ServeOptions) -> std::fmt::Result {
+    let copies = opts.replicas.min(opts.servers.len());
+    if copies < 2 {
+        return Ok(());
+    }
+    writeln!(
+        b,
+        "    # Each key is on {copies} servers (memfis --replicas {copies}), the next ones clockwise"
+    )?;
+    writeln!(
+        b,
+        "    # on the ring: one down, or back empty, is answered by the next copy."
+    )?;
+    writeln!(b, "    memcached_next_upstream error timeout not_found;")?;
+    writeln!(b, "    memcached_next_upstream_tries {copies};")
+}
+
 /// What a location serving from the store holds: the key of `key` (after the prefix), the
 /// upstream, timeouts, gzip, headers, and where errors go (502/504 to the fallbacks, 404 to
 /// `on_404`).
@@ -464,6 +498,7 @@ fn store_directives(
     let fallback = names.fallback_of(opts);
     writeln!(b, "    set $memcached_key \"{prefix}{key}\";")?;
     writeln!(b, "    memcached_pass {};", names.upstream)?;
+    replica_retries(b, opts)?;
     writeln!(b, "    memcached_connect_timeout 1s;")?;
     writeln!(b, "    memcached_read_timeout 2s;")?;
     writeln!(b, "    memcached_send_timeout 2s;")?;

@@ -11,6 +11,7 @@
 //!   (the heartbeat) from open to drop
 //! - [`load`]: make a directory of the store equal to a local directory (`memfis load`)
 //! - [`export`]: the tree back onto local disk (`memfis export`)
+//! - [`replicas`]: every copy of a tree's keys compared, and refilled (`memfis check`)
 //! - [`stats`]: the figures of the servers and of the tree (`memfis stats`)
 //! - [`progress`]: how a command reports while it works; the binary renders it
 //!
@@ -20,6 +21,7 @@
 pub mod export;
 pub mod load;
 pub mod progress;
+pub mod replicas;
 pub mod session;
 pub mod stats;
 

@@ -78,6 +78,10 @@ pub struct Report {
     pub counts: TreeCounts,
     /// Whether the store could list its keys, so that keys outside the tree were looked for.
     pub keys_listed: bool,
+    /// Every key the tree accounts for, sorted (what a resync of replicas copies besides the
+    /// keys the store lists, since memcached's listing may miss keys in use).
+    #[serde(skip)]
+    pub tree_keys: Vec<Vec<u8>>,
 }
 
 /// What a walk of the tree counts (`memfis check` and `memfis stats` show them).
@@ -306,6 +310,9 @@ impl<'a, S: Store> Scan<'a, S> {
         }
         self.check_counters()?;
         self.check_unreached_keys();
+        let mut tree_keys: Vec<Vec<u8>> = std::mem::take(&mut self.expected).into_iter().collect();
+        tree_keys.sort_unstable();
+        self.report.tree_keys = tree_keys;
         Ok(self.report)
     }
 

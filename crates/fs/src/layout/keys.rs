@@ -146,6 +146,12 @@ impl KeyLayout {
         self.meta("format")
     }
 
+    /// Marker a server of a replicated pool holds once it holds its copy of every key of the
+    /// tree (written to each server directly, not placed by the ring).
+    pub fn in_sync_marker(&self) -> Vec<u8> {
+        self.meta("synced")
+    }
+
     /// Counter handing out inode numbers (`incr`).
     pub fn next_ino(&self) -> Vec<u8> {
         self.meta("next-ino")

@@ -21,6 +21,18 @@ pub struct FormatRecord {
     /// knows its store was emptied or replaced under it.
     #[serde(default)]
     pub store_id: String,
+    /// Copies of each key on a pool (`--replicas`); absent for 1, so a tree with one copy
+    /// keeps the record it always had.
+    #[serde(default = "one_copy", skip_serializing_if = "is_one_copy")]
+    pub replicas: usize,
+}
+
+fn one_copy() -> usize {
+    1
+}
+
+fn is_one_copy(n: &usize) -> bool {
+    *n == 1
 }
 
 impl FormatRecord {
@@ -29,6 +41,7 @@ impl FormatRecord {
             format: "memfis".into(),
             version: FORMAT_VERSION,
             store_id,
+            replicas: 1,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct StoreConfig {
     pub allow_evictions: bool,
     /// Store text files gzip-compressed.
     pub gzip: bool,
+    /// Copies of each key asked for (`--replicas`); `None`: the tree's number.
+    pub replicas: Option<usize>,
     /// How long the filesystem trusts what it cached (a mount's attribute TTL).
     pub cache_ttl: Duration,
 }

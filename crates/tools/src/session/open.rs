@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use memfis_fs::{FsConfig, FsError, KeyLayout, MemFs};
 use memfis_memcache::{Client, ClientConfig, Store};
 
@@ -37,8 +37,9 @@ pub enum IfNoTree {
 /// does, [`FsError::NoTree`] naming the trees the store holds when it does not.
 pub fn require_tree<S: Store>(store: &S, keys: &KeyLayout) -> Result<(), FsError> {
     let format = keys.format();
+    // On whichever server holds it: the number of copies is not known yet.
     if store
-        .get(&format)
+        .get_anywhere(&format)
         .map_err(|e| FsError::store(&format, e))?
         .is_some()
     {
@@ -102,17 +103,41 @@ pub fn open_fs(
 ) -> Result<MemFs<Arc<Client>>> {
     let keys = KeyLayout::new(&cfg.prefix).map_err(anyhow::Error::msg)?;
     let client = connect(cfg)?;
+    // A pool keeping several copies of each key opens with a server down (its copies answer);
+    // one keeping one copy does not (that server's share of the tree is out of reach).
+    let mut unreachable = None;
     for (server, version) in client.versions() {
-        version.with_context(|| format!("cannot reach memcached at {server}"))?;
+        if let Err(e) = version {
+            unreachable.get_or_insert(
+                anyhow::Error::new(e).context(format!("cannot reach memcached at {server}")),
+            );
+        }
+    }
+    if client.server_count() == 1
+        && let Some(e) = unreachable.take()
+    {
+        return Err(e);
     }
     guard_against_evictions(&client, cfg.allow_evictions)?;
     let fs_cfg = FsConfig {
         cache_ttl: cfg.cache_ttl,
         item_size_max: client.item_size_max(),
         gzip: cfg.gzip,
+        replicas: cfg.replicas,
         ..FsConfig::default()
     };
-    open_tree(client, keys, fs_cfg, if_no_tree, progress)
+    let fs = open_tree(client.clone(), keys, fs_cfg, if_no_tree, progress);
+    if let Some(e) = unreachable {
+        let fs = fs.map_err(|open| open.context(format!("{e:#}")))?;
+        if client.replicas() < 2 {
+            return Err(e);
+        }
+        tracing::warn!(
+            "{e:#}: its keys are read from their other copies; their writes fail until it is back"
+        );
+        return Ok(fs);
+    }
+    fs
 }
 
 /// Refuses servers that evict items when full (memcached's default): an evicted inode record

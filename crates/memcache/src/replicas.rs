@@ -1,0 +1,721 @@
+//! Replicas (`--replicas N`): every key on N servers, the key's own on the ring and the next
+//! distinct ones clockwise, where nginx's retries look. The *acting primary* (the first copy
+//! that is in sync and reachable) answers reads and decides conditional commands; writes go to
+//! every copy in the same round trip, and a copy that answered otherwise is set to the
+//! primary's value in a second one. The protocol: docs/store-layout.md, "Replicas".
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::protocol::validate_key;
+use crate::{CmdResult, Command, Item, Reply, StoreError, StoreOp};
+
+/// How long a server that could not be reached is left alone before it is tried again.
+const REST_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// How often the marker of a server out of sync is read again (a resync elsewhere may have
+/// finished).
+const RECHECK_OUT_OF_SYNC: Duration = Duration::from_secs(1);
+
+/// Tries of a fix-up when other writers keep changing the copy under it.
+const FIX_UP_TRIES: usize = 3;
+
+/// Tokens remembered from `gets` for the `cas` that follows; dropped all at once past this.
+const TOKENS_KEPT: usize = 1 << 16;
+
+/// The keys a replicated tree treats apart.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaKeys {
+    /// The in-sync marker, written to each server directly once it holds its copy of every
+    /// key.
+    pub marker: Vec<u8>,
+    /// What the keys of presence start with (a mount's liveness key): written to every copy
+    /// that answers, and present if any copy holds it. A mount cut off from one copy of its
+    /// liveness key stays alive for every other mount (one that cannot read a copy takes it
+    /// for alive), and is taken for gone only once no copy holds it.
+    pub presence: Vec<u8>,
+}
+
+/// The replication settings of a client and what it knows of each server.
+pub struct Replication {
+    copies: AtomicUsize,
+    /// The tree's special keys. `None`: every server counts as in sync.
+    keys: Mutex<Option<ReplicaKeys>>,
+    servers: Vec<ServerState>,
+    /// (key, acting primary's cas, server) -> that server's cas for the same value.
+    tokens: Mutex<HashMap<TokenOf, u64>>,
+}
+
+/// A copy's token is looked up by the key, the acting primary's token and the copy's server.
+type TokenOf = (Vec<u8>, u64, usize);
+
+struct ServerState {
+    in_sync: AtomicBool,
+    /// The server's interruption count when its marker was last read; `u64::MAX` never.
+    checked_at: AtomicU64,
+    last_check: Mutex<Option<Instant>>,
+    resting_until: Mutex<Option<Instant>>,
+}
+
+impl Replication {
+    pub(crate) fn new(servers: usize) -> Replication {
+        Replication {
+            copies: AtomicUsize::new(1),
+            keys: Mutex::new(None),
+            servers: (0..servers)
+                .map(|_| ServerState {
+                    in_sync: AtomicBool::new(true),
+                    checked_at: AtomicU64::new(u64::MAX),
+                    last_check: Mutex::new(None),
+                    resting_until: Mutex::new(None),
+                })
+                .collect(),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Copies kept of each key (1: no replication).
+    pub fn copies(&self) -> usize {
+        self.copies.load(Ordering::SeqCst)
+    }
+
+    /// Keeps `copies` copies of every key from now on, servers proving they are in sync by
+    /// the marker of `keys` (a key under the tree's prefix that nginx cannot reach).
+    pub fn enable(&self, copies: usize, keys: &ReplicaKeys) {
+        *lock(&self.keys) = Some(keys.clone());
+        for s in &self.servers {
+            s.checked_at.store(u64::MAX, Ordering::SeqCst);
+        }
+        self.copies
+            .store(copies.clamp(1, self.servers.len().max(1)), Ordering::SeqCst);
+    }
+
+    /// The marker key, when replication is on.
+    pub fn marker(&self) -> Option<Vec<u8>> {
+        lock(&self.keys).as_ref().map(|k| k.marker.clone())
+    }
+
+    /// Whether `key` is a key of presence (see [`ReplicaKeys::presence`]).
+    fn is_presence(&self, key: &[u8]) -> bool {
+        lock(&self.keys)
+            .as_ref()
+            .is_some_and(|k| !k.presence.is_empty() && key.starts_with(&k.presence))
+    }
+
+    /// Whether server `index` was last seen holding its copy of every key.
+    pub fn in_sync(&self, index: usize) -> bool {
+        self.servers[index].in_sync.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn note_in_sync(&self, index: usize) {
+        self.servers[index].in_sync.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn note_unreachable(&self, index: usize) {
+        if self.copies() > 1 {
+            *lock(&self.servers[index].resting_until) = Some(Instant::now() + REST_AFTER_FAILURE);
+            // What it holds when it answers again is unknown until its marker is read.
+            self.servers[index].in_sync.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// True while server `index` failed a moment ago and is left alone.
+    pub(crate) fn resting(&self, index: usize) -> bool {
+        if self.copies() <= 1 {
+            return false;
+        }
+        let mut until = lock(&self.servers[index].resting_until);
+        match *until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The copy that answers for a key held by `holders`: the first in sync and not resting;
+    /// else the first not resting; else the key's own server.
+    fn acting_primary(&self, holders: &[usize]) -> usize {
+        holders
+            .iter()
+            .copied()
+            .find(|&s| self.in_sync(s) && !self.resting(s))
+            .or_else(|| holders.iter().copied().find(|&s| !self.resting(s)))
+            .unwrap_or(holders[0])
+    }
+
+    fn remember_token(&self, key: &[u8], primary_cas: u64, server: usize, cas: u64) {
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() >= TOKENS_KEPT {
+            tokens.clear();
+        }
+        tokens.insert((key.to_vec(), primary_cas, server), cas);
+    }
+
+    fn take_token(&self, key: &[u8], primary_cas: u64, server: usize) -> Option<u64> {
+        lock(&self.tokens).remove(&(key.to_vec(), primary_cas, server))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads the marker of every server whose connections broke since it was last read, and of
+/// servers out of sync once a second: one round trip, only when one is due.
+fn refresh_sync(client: &Client, repl: &Replication) {
+    let Some(marker) = repl.marker() else { return };
+    let now = Instant::now();
+    let due: Vec<usize> = (0..repl.servers.len())
+        .filter(|&s| {
+            let st = &repl.servers[s];
+            if repl.resting(s) {
+                return false;
+            }
+            let interrupted =
+                st.checked_at.load(Ordering::SeqCst) != client.server_interruptions(s);
+            let stale = !st.in_sync.load(Ordering::SeqCst)
+                && lock(&st.last_check)
+                    .is_none_or(|t| now.duration_since(t) >= RECHECK_OUT_OF_SYNC);
+            interrupted || stale
+        })
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let before: Vec<u64> = due
+        .iter()
+        .map(|&s| client.server_interruptions(s))
+        .collect();
+    let replies = client.send(
+        due.iter()
+            .map(|&s| (s, Command::Get(marker.clone())))
+            .collect(),
+    );
+    for ((&s, reply), seen) in due.iter().zip(replies).zip(before) {
+        let st = &repl.servers[s];
+        *lock(&st.last_check) = Some(now);
+        match reply {
+            Ok(Reply::Value(v)) => {
+                let was = st.in_sync.swap(v.is_some(), Ordering::SeqCst);
+                st.checked_at.store(seen, Ordering::SeqCst);
+                if was && v.is_none() {
+                    tracing::warn!(
+                        server = client.server_addr(s),
+                        "this server lost its copies (restarted empty?): reads go to the other copies until `memfis check --repair` refills it"
+                    );
+                } else if !was && v.is_some() {
+                    tracing::info!(server = client.server_addr(s), "server in sync again");
+                }
+            }
+            _ => st.in_sync.store(false, Ordering::SeqCst),
+        }
+    }
+}
+
+/// What one command of the caller's batch became.
+enum Plan {
+    /// Answered by the acting primary only (`get`, `mg`); `at` is its index in the sends.
+    Read { at: usize },
+    /// Sent to every copy (`gets` and every write); `sent` lists (server, index in the
+    /// round's sends) in holder order; `unsent` copies a `cas` had no token for.
+    Fanned {
+        primary: usize,
+        sent: Vec<(usize, usize)>,
+        unsent: Vec<usize>,
+    },
+    /// A key of presence: sent to every copy; see [`presence_result`].
+    Presence { sent: Vec<usize> },
+    /// Refused before sending (bad key).
+    Done(CmdResult),
+}
+
+/// Runs a batch over replicated keys: see the module doc.
+pub(crate) fn execute(client: &Client, repl: &Replication, batch: Vec<Command>) -> Vec<CmdResult> {
+    refresh_sync(client, repl);
+    let mut sends: Vec<(usize, Command)> = Vec::new();
+    let mut plans = Vec::with_capacity(batch.len());
+    for cmd in &batch {
+        if let Err(e) = validate_key(cmd.key()) {
+            plans.push(Plan::Done(Err(e)));
+            continue;
+        }
+        let holders = client.servers_holding(cmd.key());
+        let primary = repl.acting_primary(&holders);
+        if repl.is_presence(cmd.key()) {
+            let mut sent = Vec::new();
+            for &s in &holders {
+                sent.push(sends.len());
+                sends.push((s, cmd.clone()));
+            }
+            plans.push(Plan::Presence { sent });
+            continue;
+        }
+        match cmd {
+            Command::Get(_) | Command::MetaSize(_) => {
+                plans.push(Plan::Read { at: sends.len() });
+                sends.push((primary, cmd.clone()));
+            }
+            Command::Cas { cas, .. } => {
+                let mut sent = Vec::new();
+                let mut unsent = Vec::new();
+                for &s in &holders {
+                    let token = if s == primary {
+                        Some(*cas)
+                    } else {
+                        repl.take_token(cmd.key(), *cas, s)
+                    };
+                    match token {
+                        Some(t) => {
+                            sent.push((s, sends.len()));
+                            sends.push((s, with_cas(cmd, t)));
+                        }
+                        None => unsent.push(s),
+                    }
+                }
+                plans.push(Plan::Fanned {
+                    primary,
+                    sent,
+                    unsent,
+                });
+            }
+            _ => {
+                let mut sent = Vec::new();
+                for &s in &holders {
+                    sent.push((s, sends.len()));
+                    sends.push((s, cmd.clone()));
+                }
+                plans.push(Plan::Fanned {
+                    primary,
+                    sent,
+                    unsent: Vec::new(),
+                });
+            }
+        }
+    }
+    let mut replies: Vec<Option<CmdResult>> = client.send(sends).into_iter().map(Some).collect();
+    let mut out: Vec<Option<CmdResult>> = Vec::with_capacity(batch.len());
+    let mut retries: Vec<usize> = Vec::new();
+    let mut fix_ups: Vec<(usize, FixUp)> = Vec::new();
+    for (i, (cmd, plan)) in batch.iter().zip(plans).enumerate() {
+        match plan {
+            Plan::Done(r) => out.push(Some(r)),
+            Plan::Read { at } => out.push(Some(replies[at].take().unwrap_or_else(no_reply))),
+            Plan::Presence { sent } => {
+                let got = sent
+                    .into_iter()
+                    .map(|at| replies[at].take().unwrap_or_else(no_reply))
+                    .collect();
+                out.push(Some(presence_result(got)));
+                continue; // never retried: every copy was asked
+            }
+            Plan::Fanned {
+                primary,
+                sent,
+                unsent,
+            } => {
+                let mut answer = None;
+                let mut copies = Vec::new();
+                for (s, at) in sent {
+                    let r = replies[at].take().unwrap_or_else(no_reply);
+                    if s == primary {
+                        answer = Some(r);
+                    } else {
+                        copies.push((s, r));
+                    }
+                }
+                let answer = answer.unwrap_or_else(no_reply);
+                let (result, fix) = settle(repl, cmd, answer, copies, unsent);
+                if !fix.is_empty() {
+                    fix_ups.push((
+                        i,
+                        FixUp {
+                            key: cmd.key().to_vec(),
+                            primary,
+                            copies: fix,
+                            exptime: exptime_of(cmd),
+                        },
+                    ));
+                }
+                out.push(Some(result));
+            }
+        }
+        if let Some(Some(Err(e))) = out.last()
+            && e.is_unreachable()
+            && matches!(
+                cmd,
+                Command::Get(_) | Command::MetaSize(_) | Command::Gets(_)
+            )
+        {
+            retries.push(i);
+        }
+    }
+    // Reads whose acting primary could not be reached: once more, on the next copy.
+    if !retries.is_empty() {
+        let again: Vec<Command> = retries.iter().map(|&i| batch[i].clone()).collect();
+        for (i, r) in retries.iter().zip(execute_once_more(client, repl, again)) {
+            out[*i] = Some(r);
+        }
+    }
+    if !fix_ups.is_empty() {
+        let (idx, fixes): (Vec<usize>, Vec<FixUp>) = fix_ups.into_iter().unzip();
+        for (i, r) in idx.into_iter().zip(fix_up(client, fixes)) {
+            if let Err(e) = r
+                && matches!(out[i], Some(Ok(_)))
+            {
+                out[i] = Some(Err(e));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(no_reply))
+        .collect()
+}
+
+/// The result of a command on a key of presence, from every copy's: a read finds it if any
+/// copy holds it, and is an error if none does and one could not be read (it may be there);
+/// a write counts if any copy took it.
+fn presence_result(got: Vec<CmdResult>) -> CmdResult {
+    let mut first_error = None;
+    let mut answer = None;
+    for r in got {
+        match r {
+            Ok(Reply::Value(Some(item))) => return Ok(Reply::Value(Some(item))),
+            Ok(r @ (Reply::Stored | Reply::Deleted | Reply::Touched)) => answer = Some(r),
+            Ok(r) => {
+                answer.get_or_insert(r);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match (answer, first_error) {
+        (Some(r @ (Reply::Stored | Reply::Deleted | Reply::Touched)), _) => Ok(r),
+        (_, Some(e)) => Err(e),
+        (Some(r), None) => Ok(r),
+        (None, None) => no_reply(),
+    }
+}
+
+/// The second try of reads whose acting primary failed: the failure marked it resting, so
+/// the next copy answers now. Not retried again.
+fn execute_once_more(client: &Client, repl: &Replication, batch: Vec<Command>) -> Vec<CmdResult> {
+    let mut sends = Vec::new();
+    for cmd in &batch {
+        let primary = repl.acting_primary(&client.servers_holding(cmd.key()));
+        // Tokens of a `gets` answered by another copy: that copy's own, so a `cas` taken from
+        // this reply goes where its token is valid (the others get a fix-up).
+        sends.push((primary, cmd.clone()));
+    }
+    client.send(sends)
+}
+
+fn no_reply<T>() -> Result<T, StoreError> {
+    Err(StoreError::protocol("-", "command got no reply"))
+}
+
+/// A copy's command with another cas token.
+fn with_cas(cmd: &Command, token: u64) -> Command {
+    match cmd {
+        Command::Cas {
+            key,
+            value,
+            flags,
+            exptime,
+            ..
+        } => Command::Cas {
+            key: key.clone(),
+            value: value.clone(),
+            flags: *flags,
+            cas: token,
+            exptime: *exptime,
+        },
+        other => other.clone(),
+    }
+}
+
+fn exptime_of(cmd: &Command) -> u32 {
+    match cmd {
+        Command::Store { exptime, .. } | Command::Cas { exptime, .. } => *exptime,
+        Command::Touch { exptime, .. } => *exptime,
+        _ => 0,
+    }
+}
+
+/// The caller's result of a command sent to every copy, and the copies to set to the
+/// primary's value. A write is acknowledged only when every copy has it.
+fn settle(
+    repl: &Replication,
+    cmd: &Command,
+    answer: CmdResult,
+    copies: Vec<(usize, CmdResult)>,
+    unsent: Vec<usize>,
+) -> (CmdResult, Vec<usize>) {
+    if let Command::Gets(key) = cmd {
+        // Remember each copy's token for the same value, for the `cas` that follows.
+        if let Ok(Reply::Value(Some(item))) = &answer {
+            for (s, r) in &copies {
+                if let Ok(Reply::Value(Some(copy))) = r
+                    && same_item(item, copy)
+                    && let (Some(p), Some(c)) = (item.cas, copy.cas)
+                {
+                    repl.remember_token(key, p, *s, c);
+                }
+            }
+        }
+        return (answer, Vec::new());
+    }
+    let Ok(primary_reply) = &answer else {
+        return (answer, Vec::new());
+    };
+    let mut fix = Vec::new();
+    let mut failure = None;
+    for (s, r) in copies {
+        match r {
+            Err(e) if e.is_unreachable() => failure = Some(e),
+            Err(_) => fix.push(s),
+            Ok(copy) if !agrees(primary_reply, &copy) => fix.push(s),
+            Ok(_) => {}
+        }
+    }
+    if matches!(primary_reply, Reply::Stored) {
+        // A `cas` that changed the primary: copies with no token follow it.
+        fix.extend(unsent);
+    }
+    match failure {
+        Some(e) => (Err(e), Vec::new()),
+        None => (answer, fix),
+    }
+}
+
+fn same_item(a: &Item, b: &Item) -> bool {
+    a.value == b.value && a.flags == b.flags
+}
+
+/// Whether a copy's reply leaves it as the primary's left the primary.
+fn agrees(primary: &Reply, copy: &Reply) -> bool {
+    match (primary, copy) {
+        // Both end absent.
+        (Reply::Deleted | Reply::NotFound, Reply::Deleted | Reply::NotFound) => true,
+        (Reply::Number(a), Reply::Number(b)) => a == b,
+        (a, b) => a == b,
+    }
+}
+
+/// Copies of one key to set to the acting primary's value.
+struct FixUp {
+    key: Vec<u8>,
+    primary: usize,
+    copies: Vec<usize>,
+    exptime: u32,
+}
+
+/// Sets each copy to what its primary holds now: `get` the primary and `gets` the copy, then
+/// `cas` (or `add`, or `delete`) the copy, so a write racing the fix-up is not overwritten
+/// with an older value; tried again while other writers change the copy.
+fn fix_up(client: &Client, fixes: Vec<FixUp>) -> Vec<Result<(), StoreError>> {
+    let mut pending: Vec<(usize, usize)> = fixes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| f.copies.iter().map(move |&s| (i, s)))
+        .collect();
+    let mut results: Vec<Result<(), StoreError>> = fixes.iter().map(|_| Ok(())).collect();
+    for _ in 0..FIX_UP_TRIES {
+        if pending.is_empty() {
+            break;
+        }
+        let mut reads = Vec::new();
+        for &(i, s) in &pending {
+            reads.push((fixes[i].primary, Command::Get(fixes[i].key.clone())));
+            reads.push((s, Command::Gets(fixes[i].key.clone())));
+        }
+        let mut got = client.send(reads).into_iter();
+        let mut writes = Vec::new();
+        let mut writing = Vec::new();
+        for (i, s) in pending.drain(..) {
+            let (src, dst) = (
+                got.next().unwrap_or_else(no_reply),
+                got.next().unwrap_or_else(no_reply),
+            );
+            let (src, dst) = match (
+                src.and_then(Reply::into_value),
+                dst.and_then(Reply::into_value),
+            ) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    results[i] = Err(e);
+                    continue;
+                }
+            };
+            let f = &fixes[i];
+            let cmd = match (src, dst) {
+                (None, None) => continue,
+                (None, Some(_)) => Command::Delete(f.key.clone()),
+                (Some(a), Some(b)) if same_item(&a, &b) => continue,
+                (Some(a), Some(b)) => Command::Cas {
+                    key: f.key.clone(),
+                    value: a.value.into(),
+                    flags: a.flags,
+                    cas: b.cas.unwrap_or(0),
+                    exptime: f.exptime,
+                },
+                (Some(a), None) => Command::Store {
+                    op: StoreOp::Add,
+                    key: f.key.clone(),
+                    value: a.value.into(),
+                    flags: a.flags,
+                    exptime: f.exptime,
+                },
+            };
+            writing.push((i, s));
+            writes.push((s, cmd));
+        }
+        for ((i, s), r) in writing.into_iter().zip(client.send(writes)) {
+            match r {
+                Ok(Reply::Stored | Reply::Deleted | Reply::NotFound) => {}
+                Ok(_) => pending.push((i, s)), // changed meanwhile: look again
+                Err(e) => results[i] = Err(e),
+            }
+        }
+    }
+    for (i, s) in pending {
+        results[i] = Err(StoreError::Server(format!(
+            "the copy of {} on {} keeps changing: not made equal to {}'s",
+            String::from_utf8_lossy(&fixes[i].key),
+            client.server_addr(s),
+            client.server_addr(fixes[i].primary),
+        )));
+    }
+    results
+}
+
+/// What [`resync`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// Keys compared.
+    pub keys: usize,
+    /// Keys with a copy missing or holding other bytes than the acting primary's.
+    pub under_replicated: usize,
+    /// Copies set to the primary's value (with `repair`).
+    pub copied: usize,
+    /// Copies that could not be compared or set: (key, error).
+    pub failed: Vec<(Vec<u8>, StoreError)>,
+}
+
+/// Keys resync leaves alone: they expire by themselves (liveness keys, empty lock lists,
+/// stored with a TTL a copy cannot learn) or belong to one server (the marker). `value` is
+/// what any copy holds.
+fn skipped_by_resync(key: &[u8], value: Option<&[u8]>, marker: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(key);
+    key == marker || text.contains("%alive.") || (text.contains("%L") && value == Some(b"[]"))
+}
+
+/// Compares each key's copies with its acting primary's, 128 keys a round trip; with
+/// `repair` sets those that differ to it (as a fix-up does: `cas`/`add`/`delete` on what the
+/// copy held, so a mount's write at the same moment is not overwritten), and once every copy
+/// agrees marks every reachable server in sync.
+pub(crate) fn resync(
+    client: &Client,
+    repl: &Replication,
+    keys: &[Vec<u8>],
+    repair: bool,
+) -> ResyncReport {
+    let mut report = ResyncReport::default();
+    if repl.copies() <= 1 {
+        return report;
+    }
+    refresh_sync(client, repl);
+    let marker = repl.marker().unwrap_or_default();
+    for chunk in keys.chunks(128) {
+        let mut reads = Vec::new();
+        let mut asked = Vec::new();
+        for key in chunk {
+            let holders = client.servers_holding(key);
+            let primary = repl.acting_primary(&holders);
+            reads.push((primary, Command::Get(key.clone())));
+            let copies: Vec<usize> = holders.into_iter().filter(|&s| s != primary).collect();
+            for &s in &copies {
+                reads.push((s, Command::Get(key.clone())));
+            }
+            asked.push((key, primary, copies));
+        }
+        let mut got = client.send(reads).into_iter();
+        let mut fixes = Vec::new();
+        for (key, primary, copies) in asked {
+            report.keys += 1;
+            let src = got
+                .next()
+                .unwrap_or_else(no_reply)
+                .and_then(Reply::into_value);
+            let dsts: Vec<_> = copies
+                .iter()
+                .map(|_| {
+                    got.next()
+                        .unwrap_or_else(no_reply)
+                        .and_then(Reply::into_value)
+                })
+                .collect();
+            let src = match src {
+                Ok(v) => v,
+                Err(e) => {
+                    report.failed.push((key.clone(), e));
+                    continue;
+                }
+            };
+            let held = src.as_ref().map(|i| i.value.as_slice()).or_else(|| {
+                dsts.iter()
+                    .find_map(|d| d.as_ref().ok().and_then(|v| v.as_ref()))
+                    .map(|i| i.value.as_slice())
+            });
+            if skipped_by_resync(key, held, &marker) {
+                continue;
+            }
+            let mut differing = Vec::new();
+            for (s, dst) in copies.iter().zip(dsts) {
+                match (dst, &src) {
+                    (Err(e), _) => report.failed.push((key.clone(), e)),
+                    (Ok(None), None) => {}
+                    (Ok(Some(b)), Some(a)) if same_item(a, &b) => {}
+                    (Ok(_), _) => differing.push(*s),
+                }
+            }
+            if !differing.is_empty() {
+                report.under_replicated += 1;
+                report.copied += differing.len();
+                fixes.push(FixUp {
+                    key: key.clone(),
+                    primary,
+                    copies: differing,
+                    exptime: 0,
+                });
+            }
+        }
+        if repair && !fixes.is_empty() {
+            let keys: Vec<Vec<u8>> = fixes.iter().map(|f| f.key.clone()).collect();
+            for (key, r) in keys.into_iter().zip(fix_up(client, fixes)) {
+                if let Err(e) = r {
+                    report.copied -= 1;
+                    report.failed.push((key, e));
+                }
+            }
+        }
+    }
+    if !repair {
+        report.copied = 0;
+    } else if report.failed.is_empty() {
+        for s in 0..repl.servers.len() {
+            if !repl.in_sync(s)
+                && let Err(e) = client.mark_in_sync(s)
+            {
+                report.failed.push((marker.clone(), e));
+            }
+        }
+    }
+    report
+}

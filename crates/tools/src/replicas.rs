@@ -1,0 +1,98 @@
+//! The copies of a tree's keys on a pool with `--replicas N`: which keys have fewer than N
+//! equal copies, and refilling them from each key's acting primary (`memfis check`,
+//! `memfis check --repair`). The protocol: docs/store-layout.md, "Replicas".
+
+use anyhow::{Context, Result, bail};
+use memfis_fs::KeyLayout;
+use memfis_fs::layout::keys::{PREFIX_REGISTRY_KEY, escape};
+use memfis_memcache::replicas::ResyncReport;
+use memfis_memcache::{Client, Store};
+
+/// What the copies of a tree look like.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaReport {
+    /// Copies kept of each key.
+    pub replicas: usize,
+    /// Keys of the tree compared.
+    pub keys: usize,
+    /// Keys with a copy missing or holding other bytes than the acting primary's (before a
+    /// repair, when one ran).
+    pub under_replicated: usize,
+    /// Copies set to the primary's value by a repair.
+    pub copied: usize,
+    /// Servers without their in-sync marker (restarted empty, or never refilled) after the
+    /// run.
+    pub out_of_sync: Vec<String>,
+    /// Copies that could not be read or set: "key: error".
+    pub failed: Vec<String>,
+}
+
+impl ReplicaReport {
+    /// True when every key has all its copies and every server is in sync.
+    pub fn clean(&self) -> bool {
+        self.failed.is_empty()
+            && self.out_of_sync.is_empty()
+            && (self.under_replicated == 0 || self.copied >= self.under_replicated)
+    }
+}
+
+/// Compares every copy of every key of the tree under `keys` and, with `repair`, refills
+/// the copies that lack a key or hold other bytes; `None` when the store keeps one copy.
+/// The keys: those a walk of the tree reaches (`tree_keys`, from a check) and those the
+/// store lists (`lru_crawler metadump`, not through twemproxy), which alone may miss keys
+/// memcached moves between its LRU lists while it lists them.
+pub fn check_copies(
+    client: &Client,
+    keys: &KeyLayout,
+    tree_keys: &[Vec<u8>],
+    repair: bool,
+) -> Result<Option<ReplicaReport>> {
+    if client.replicas() < 2 {
+        return Ok(None);
+    }
+    let Some(listed) = client.list_keys() else {
+        bail!("the store cannot list its keys: copies cannot be compared");
+    };
+    let listed = listed.context("cannot list the store's keys to compare their copies")?;
+    let mut mine: Vec<Vec<u8>> = listed
+        .into_iter()
+        .filter(|k| belongs_to(keys, k))
+        .chain(tree_keys.iter().cloned())
+        .chain([keys.format()])
+        .collect();
+    mine.sort_unstable();
+    mine.dedup();
+    let ResyncReport {
+        keys: compared,
+        under_replicated,
+        copied,
+        failed,
+    } = client.resync(&mine, repair);
+    let repl = client.replication();
+    Ok(Some(ReplicaReport {
+        replicas: client.replicas(),
+        keys: compared,
+        under_replicated,
+        copied,
+        out_of_sync: (0..client.server_count())
+            .filter(|&s| !repl.in_sync(s))
+            .map(|s| client.server_addr(s).to_string())
+            .collect(),
+        failed: failed
+            .into_iter()
+            .map(|(k, e)| format!("{}: {e}", String::from_utf8_lossy(&k)))
+            .collect(),
+    }))
+}
+
+/// Whether `key` is one of the tree's: a data key (`escape(PREFIX)/...`), a metadata key
+/// (`PREFIX%...`), or the store's list of prefixes.
+fn belongs_to(keys: &KeyLayout, key: &[u8]) -> bool {
+    let data = escape(keys.prefix().as_bytes());
+    let meta = keys.prefix().as_bytes();
+    key == PREFIX_REGISTRY_KEY
+        || key
+            .strip_prefix(data.as_slice())
+            .is_some_and(|r| r.starts_with(b"/"))
+        || key.strip_prefix(meta).is_some_and(|r| r.starts_with(b"%"))
+}

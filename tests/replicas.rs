@@ -1,0 +1,283 @@
+//! `--replicas 2` on a pool of three real memcached servers: every key on two servers, where
+//! nginx's consistent hash looks next; a server killed, then back empty, loses nothing that
+//! was acknowledged: nginx serves every file from the store, mounts read every file, `memfis
+//! check --repair` refills the emptied server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use memfis_memcache::{Client, ClientConfig, Command, ReplicaKeys, Reply, Store, StoreOp};
+
+const PREFIX: &str = "memfis://replicas";
+
+/// Three servers of 64 MB.
+fn pool() -> Vec<Memcached> {
+    (0..3)
+        .map(|_| Memcached::with_args(&["-m", "64", "-I", "2m"]))
+        .collect()
+}
+
+fn addrs(servers: &[Memcached]) -> Vec<String> {
+    servers.iter().map(Memcached::addr).collect()
+}
+
+/// A site: nested directories, small and mid-sized files, names with spaces.
+fn site(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut rng = Rng(7);
+    for d in ["", "css", "img", "docs/a b", "docs/deep/er"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+        for i in 0..12 {
+            let rel = if d.is_empty() {
+                format!("page{i}.html")
+            } else {
+                format!("{d}/f{i}.bin")
+            };
+            let len = 1 + rng.below(40_000);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            std::fs::write(dir.join(&rel), &bytes).unwrap();
+            files.insert(rel, bytes);
+        }
+    }
+    files
+}
+
+/// Every file answers 200 from the store with its bytes.
+fn assert_served(nginx: &Nginx, files: &BTreeMap<String, Vec<u8>>, when: &str) {
+    for (rel, bytes) in files {
+        let (status, headers, body) = nginx.get(&format!("/{}", url_encode(rel.as_bytes())));
+        assert_eq!(status, 200, "{when}: /{rel}");
+        assert_eq!(
+            header(&headers, "x-memfis-source"),
+            Some("store"),
+            "{when}: /{rel}"
+        );
+        assert!(&body == bytes, "{when}: /{rel} served other bytes");
+    }
+}
+
+/// Every file reads back through `mount` with its bytes.
+fn assert_reads(mount: &Path, files: &BTreeMap<String, Vec<u8>>, when: &str) {
+    for (rel, bytes) in files {
+        let got = std::fs::read(mount.join(rel)).unwrap_or_else(|e| panic!("{when}: {rel}: {e}"));
+        assert!(&got == bytes, "{when}: {rel} read other bytes");
+    }
+}
+
+/// Which servers hold `key` (before nginx's escaping).
+fn holders(servers: &[Memcached], key: &str) -> Vec<usize> {
+    let key = memfis_fs::layout::keys::escape(key.as_bytes());
+    (0..servers.len())
+        .filter(|&i| servers[i].get(&key).is_some())
+        .collect()
+}
+
+#[test]
+fn a_server_killed_then_back_empty_loses_no_file() {
+    let mut servers = pool();
+    let list = addrs(&servers);
+    let src = tempfile::tempdir().unwrap();
+    let files = site(src.path());
+
+    let writer = Mount::with_args(&list, PREFIX, &["--replicas", "2"]);
+    sh(&format!(
+        "cp -a {}/. {}/",
+        src.path().display(),
+        writer.path().display()
+    ));
+    // Every data key is on exactly two servers: its own on the ring and the next.
+    let client = Client::new(&ClientConfig::new(list.clone())).unwrap();
+    client.set_replicas(2, &Default::default()).unwrap();
+    for rel in files.keys() {
+        let key = format!("{PREFIX}/{rel}");
+        let want: Vec<usize> = {
+            let mut h = client.servers_holding(&memfis_fs::layout::keys::escape(key.as_bytes()));
+            h.sort();
+            h
+        };
+        assert_eq!(holders(&servers, &key), want, "{key}");
+    }
+
+    let joined = list.join(",");
+    let nginx = Nginx::for_store(&joined, PREFIX, &["--replicas", "2"]);
+    assert_served(&nginx, &files, "all up");
+
+    // One server dies: nginx and the mounts answer from the other copies.
+    servers[1].stop();
+    assert_served(&nginx, &files, "server 1 down");
+    let reader = Mount::with_exact_args(&list, PREFIX, &[]);
+    assert_reads(reader.path(), &files, "server 1 down, new mount");
+    // Writes either land on every copy or fail (EIO): none is acknowledged and lost.
+    let mut written = BTreeMap::new();
+    for i in 0..20 {
+        let rel = format!("during/{i}.txt");
+        let _ = std::fs::create_dir(writer.p("during"));
+        let bytes = format!("written while a server was down {i}").into_bytes();
+        if std::fs::write(writer.p(&rel), &bytes).is_ok() {
+            written.insert(rel, bytes);
+        }
+    }
+
+    // It comes back empty: still served and read from the copies, and writable again.
+    servers[1].restart();
+    // A client leaves a server that failed alone for a second before it tries it again.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_served(&nginx, &files, "server 1 back empty");
+    assert_reads(reader.path(), &files, "server 1 back empty");
+    assert_reads(
+        reader.path(),
+        &written,
+        "server 1 back empty, written while down",
+    );
+    std::fs::create_dir_all(writer.p("after"))
+        .unwrap_or_else(|e| panic!("mkdir after the restart: {e}\n{}", writer.log_text()));
+    let mut after = BTreeMap::new();
+    for i in 0..10 {
+        let rel = format!("after/{i}.txt");
+        let bytes = format!("written after the restart {i}").into_bytes();
+        std::fs::write(writer.p(&rel), &bytes)
+            .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", writer.log_text()));
+        after.insert(rel, bytes);
+    }
+    assert_served(&nginx, &after, "written after the restart");
+
+    // check names the emptied server; repair refills it; check is clean again.
+    let (code, out) = memfis_on("check", &[], &joined, PREFIX);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("under-replicated") && out.contains("out of sync"),
+        "{out}"
+    );
+    let (code, out) = memfis_on("check", &["--repair"], &joined, PREFIX);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("copies refilled"), "{out}");
+    let (code, out) = memfis_on("check", &[], &joined, PREFIX);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(", 0 under-replicated"), "{out}");
+
+    // The refilled copies count: another server dies and nothing is missed (once nginx uses
+    // server 1 again: it skips a server for 2 s after a failure).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    servers[2].stop();
+    assert_served(&nginx, &files, "server 2 down after the resync");
+    assert_served(&nginx, &after, "server 2 down after the resync");
+    let late = Mount::with_exact_args(&list, PREFIX, &[]);
+    assert_reads(late.path(), &files, "server 2 down after the resync");
+    assert_reads(late.path(), &written, "server 2 down after the resync");
+    assert_reads(late.path(), &after, "server 2 down after the resync");
+    servers[2].restart();
+    drop((late, reader, writer));
+}
+
+#[test]
+fn the_number_of_copies_is_the_trees() {
+    let servers = pool();
+    let list = addrs(&servers);
+    let joined = list.join(",");
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("a.txt"), b"a").unwrap();
+    let (code, out) = memfis_on(
+        "load",
+        &[src.path().to_str().unwrap(), "--replicas", "2"],
+        &joined,
+        PREFIX,
+    );
+    assert_eq!(code, 0, "{out}");
+    // The format record says so; tools given no number take it; another number is refused.
+    let format = servers
+        .iter()
+        .find_map(|s| s.get(format!("{PREFIX}%format").as_bytes()))
+        .unwrap();
+    assert!(String::from_utf8_lossy(&format).contains("\"replicas\":2"));
+    let (code, out) = memfis_on("check", &[], &joined, PREFIX);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("copies: 2 of each key"), "{out}");
+    let (code, out) = memfis_on("check", &["--replicas", "1"], &joined, PREFIX);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("keeps 2 copies of each key, not 1"), "{out}");
+    // More copies than servers is refused before anything is written.
+    let (code, out) = memfis_on(
+        "load",
+        &[src.path().to_str().unwrap(), "--replicas", "4"],
+        &joined,
+        "memfis://four",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("at least 4 servers"), "{out}");
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.get(b"memfis://four%format").is_none())
+    );
+    // A tree of one copy keeps its format record as it always was.
+    let (code, out) = memfis_on(
+        "load",
+        &[src.path().to_str().unwrap()],
+        &joined,
+        "memfis://one",
+    );
+    assert_eq!(code, 0, "{out}");
+    let format = servers
+        .iter()
+        .find_map(|s| s.get(b"memfis://one%format"))
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&format).contains("replicas"));
+}
+
+/// The client on its own: the acting primary decides conditional commands and the other copy
+/// follows it, whatever the copy held before.
+#[test]
+fn copies_follow_the_primary() {
+    let servers = pool();
+    let client = Arc::new(Client::new(&ClientConfig::new(addrs(&servers))).unwrap());
+    let keys = ReplicaKeys {
+        marker: b"memfis://c%synced".to_vec(),
+        presence: b"memfis://c%alive.".to_vec(),
+    };
+    client.set_replicas(2, &keys).unwrap();
+    client.mark_all_in_sync().unwrap();
+    let key = b"memfis://c%k1".to_vec();
+    let copies = client.servers_holding(&key);
+    let (primary, copy) = (&servers[copies[0]], &servers[copies[1]]);
+
+    // An add the copy refuses (it holds a stray value) is decided by the primary.
+    copy.set(&key, b"stray");
+    assert!(client.store(StoreOp::Add, &key, b"v1").unwrap());
+    assert_eq!(primary.get(&key).unwrap(), b"v1");
+    assert_eq!(copy.get(&key).unwrap(), b"v1");
+    // An add the primary refuses is refused, and the copy keeps the primary's value.
+    assert!(!client.store(StoreOp::Add, &key, b"v2").unwrap());
+    assert_eq!(copy.get(&key).unwrap(), b"v1");
+
+    // gets + cas change both copies; a stale token changes neither.
+    let item = client.gets(&key).unwrap().unwrap();
+    let cas = item.cas.unwrap();
+    let r = client.run(Command::cas(&key, b"v3", cas)).unwrap();
+    assert_eq!(r, Reply::Stored);
+    assert_eq!(primary.get(&key).unwrap(), b"v3");
+    assert_eq!(copy.get(&key).unwrap(), b"v3");
+    let r = client.run(Command::cas(&key, b"v4", cas)).unwrap();
+    assert_eq!(r, Reply::Exists);
+    assert_eq!(copy.get(&key).unwrap(), b"v3");
+
+    // An append to a copy that lost the key gives it the whole value.
+    copy.delete(&key);
+    assert!(client.store(StoreOp::Append, &key, b"+").unwrap());
+    assert_eq!(copy.get(&key).unwrap(), b"v3+");
+    // Counters stay equal.
+    client.store(StoreOp::Set, b"memfis://c%n", b"5").unwrap();
+    servers[client.servers_holding(b"memfis://c%n")[1]].set(b"memfis://c%n", b"9");
+    assert_eq!(client.incr(b"memfis://c%n", 1).unwrap(), Some(6));
+    for s in &servers {
+        if let Some(v) = s.get(b"memfis://c%n") {
+            assert_eq!(v, b"6");
+        }
+    }
+    // A delete removes every copy.
+    assert!(client.delete(&key).unwrap());
+    assert!(holders(&servers, "memfis://c%k1").is_empty());
+}
