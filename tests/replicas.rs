@@ -281,3 +281,80 @@ fn copies_follow_the_primary() {
     assert!(client.delete(&key).unwrap());
     assert!(holders(&servers, "memfis://c%k1").is_empty());
 }
+
+/// Two mounts write files while one server is killed (-9) and later comes back empty: every
+/// file whose write and close succeeded is there afterwards with its bytes, on both mounts
+/// and through nginx, once `memfis check --repair` has refilled the server, and again with
+/// another server down.
+#[test]
+fn acknowledged_writes_survive_a_server_killed_mid_copy() {
+    let mut servers = pool();
+    let list = addrs(&servers);
+    let joined = list.join(",");
+    let a = Mount::with_args(&list, PREFIX, &["--replicas", "2"]);
+    let b = Mount::with_exact_args(&list, PREFIX, &[]);
+    std::fs::create_dir(a.p("a")).unwrap();
+    std::fs::create_dir(a.p("b")).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = |root: std::path::PathBuf, tag: &'static str, seed: u64| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng(seed);
+            let mut acked = BTreeMap::new();
+            let mut failed = 0;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let rel = format!("{tag}/f{i}");
+                let len = 1 + rng.below(20_000);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let wrote = std::fs::File::create(root.join(&rel)).and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(&bytes)?;
+                    f.sync_all()
+                });
+                match wrote {
+                    Ok(()) => {
+                        acked.insert(rel, bytes);
+                    }
+                    Err(_) => failed += 1,
+                }
+                i += 1;
+            }
+            (acked, failed)
+        })
+    };
+    let wa = writer(a.path().to_path_buf(), "a", 1);
+    let wb = writer(b.path().to_path_buf(), "b", 2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: killing the test's own child.
+    unsafe { libc::kill(servers[0].pid(), libc::SIGKILL) };
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    servers[0].restart();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut files, failed_a) = wa.join().unwrap();
+    let (files_b, failed_b) = wb.join().unwrap();
+    files.extend(files_b);
+    assert!(files.len() > 20, "too few writes: {}", files.len());
+    eprintln!(
+        "{} writes acknowledged, {} failed while the server was down or resting",
+        files.len(),
+        failed_a + failed_b
+    );
+    assert_reads(a.path(), &files, "after the restart, mount a");
+    assert_reads(b.path(), &files, "after the restart, mount b");
+
+    let (code, out) = memfis_on("check", &["--repair"], &joined, PREFIX);
+    assert!(code == 0 || code == 1, "{out}");
+    let (code, out) = memfis_on("check", &[], &joined, PREFIX);
+    assert_eq!(code, 0, "{out}");
+
+    let nginx = Nginx::for_store(&joined, PREFIX, &["--replicas", "2"]);
+    assert_served(&nginx, &files, "after the repair");
+    servers[1].stop();
+    assert_served(&nginx, &files, "after the repair, server 1 down");
+    let late = Mount::with_exact_args(&list, PREFIX, &[]);
+    assert_reads(late.path(), &files, "after the repair, server 1 down");
+    servers[1].restart();
+    drop((late, a, b));
+}
