@@ -8,7 +8,7 @@ use crate::connection::Timeouts;
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::pool::ServerPool;
 use crate::protocol::validate_key;
-use crate::replicas::Replication;
+use crate::replicas::{Replication, Servers};
 use crate::ring::Ring;
 use crate::{Capacity, CmdResult, Command, Item, Reply, Store, StoreError};
 
@@ -110,16 +110,6 @@ impl Client {
 
     /// Runs one server's part of a batch, timing it.
     fn exchange(&self, server: usize, cmds: &[Command]) -> Vec<CmdResult> {
-        if self.replication.resting(server) {
-            // A copy elsewhere answers meanwhile; dialling a dead server on every batch
-            // would cost each batch a connect timeout.
-            let e = StoreError::Io {
-                server: self.pools[server].addr.clone(),
-                message: "unreachable a moment ago (tried again in a second)".into(),
-            };
-            self.failed.fetch_add(cmds.len() as u64, Ordering::Relaxed);
-            return cmds.iter().map(|_| Err(e.clone())).collect();
-        }
         let started = Instant::now();
         let out = self.pools[server].run_batch(cmds);
         self.latency.record(started.elapsed());
@@ -128,9 +118,6 @@ impl Client {
             .filter(|r| matches!(r, Err(e) if e.is_unreachable()))
             .count();
         self.failed.fetch_add(failed as u64, Ordering::Relaxed);
-        if failed > 0 {
-            self.replication.note_unreachable(server);
-        }
         out
     }
 
@@ -214,38 +201,15 @@ impl Client {
         &self.pools[index].addr
     }
 
-    /// Interruptions of server `index`'s connections so far.
-    pub(crate) fn server_interruptions(&self, index: usize) -> u64 {
-        self.pools[index].interruptions()
-    }
-
     /// The servers holding `key`'s copies (escaped form), its own first.
     pub fn servers_holding(&self, key: &[u8]) -> Vec<usize> {
-        if self.pools.len() == 1 {
-            return vec![0];
-        }
         let n = self.replication.copies().min(self.pools.len());
-        self.ring
-            .servers_for(&crate::protocol::percent_decode(key), n)
+        Servers::holders(self, key, n)
     }
 
     /// Writes the in-sync marker to server `index` (it holds its copy of every key).
     pub fn mark_in_sync(&self, index: usize) -> Result<(), StoreError> {
-        let Some(marker) = self.replication.marker() else {
-            return Ok(());
-        };
-        let cmd = Command::store(crate::StoreOp::Set, &marker, b"1");
-        match self.send(vec![(index, cmd)]).pop() {
-            Some(Ok(Reply::Stored)) => {
-                self.replication.note_in_sync(index);
-                Ok(())
-            }
-            Some(Err(e)) => Err(e),
-            other => Err(StoreError::protocol(
-                &self.pools[index].addr,
-                &format!("marker not stored: {other:?}"),
-            )),
-        }
+        crate::replicas::mark_in_sync(self, &self.replication, index)
     }
 
     /// Compares every copy of `keys` with its acting primary's and, with `repair`, sets
@@ -416,6 +380,32 @@ impl Store for Client {
         self.stat_sum(Some("settings"), "item_size_max")?
             .into_iter()
             .min()
+    }
+}
+
+impl Servers for Client {
+    fn send(&self, sends: Vec<(usize, Command)>) -> Vec<CmdResult> {
+        Client::send(self, sends)
+    }
+
+    fn count(&self) -> usize {
+        self.pools.len()
+    }
+
+    fn addr(&self, index: usize) -> String {
+        self.pools[index].addr.clone()
+    }
+
+    fn interruptions(&self, index: usize) -> u64 {
+        self.pools[index].interruptions()
+    }
+
+    fn holders(&self, key: &[u8], n: usize) -> Vec<usize> {
+        if self.pools.len() == 1 {
+            return vec![0];
+        }
+        self.ring
+            .servers_for(&crate::protocol::percent_decode(key), n)
     }
 }
 

@@ -7,7 +7,9 @@
 //! Layers, bottom up: [`protocol`] (bytes on the wire), [`connection`] (one TCP stream with
 //! timeouts), [`pool`] (per-server idle connections), [`ring`] (which server owns a key),
 //! [`client`] (batches routed to servers). [`Store`] is the trait the filesystem talks to;
-//! [`memory::MemoryStore`] implements it in memory for fast tests.
+//! [`memory::MemoryStore`] implements it in memory for fast tests. With `--replicas N`,
+//! [`replicas`] keeps every key on N servers; [`memory_pool`] is a pool of in-memory servers
+//! for tests of it.
 
 pub mod client;
 pub mod command;
@@ -15,6 +17,7 @@ pub mod connection;
 pub mod error;
 pub mod latency;
 pub mod memory;
+pub mod memory_pool;
 pub mod pool;
 pub mod protocol;
 pub mod replicas;

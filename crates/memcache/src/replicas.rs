@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
 use crate::protocol::validate_key;
 use crate::{CmdResult, Command, Item, Reply, StoreError, StoreOp};
 
@@ -25,6 +24,85 @@ const FIX_UP_TRIES: usize = 3;
 
 /// Tokens remembered from `gets` for the `cas` that follows; dropped all at once past this.
 const TOKENS_KEPT: usize = 1 << 16;
+
+/// The servers of a pool as replication sees them: the client's connections, or servers in
+/// memory for tests ([`crate::memory_pool`]).
+pub trait Servers {
+    /// Sends each command to the server paired with it (one exchange per server, servers in
+    /// parallel); one result per command, in order.
+    fn send(&self, sends: Vec<(usize, Command)>) -> Vec<CmdResult>;
+    fn count(&self) -> usize;
+    /// The server's address, for messages.
+    fn addr(&self, index: usize) -> String;
+    /// Connections to the server that broke or could not be made so far.
+    fn interruptions(&self, index: usize) -> u64;
+    /// The first `n` distinct servers clockwise from `key`'s point (escaped form), its own
+    /// first.
+    fn holders(&self, key: &[u8], n: usize) -> Vec<usize>;
+}
+
+/// Sends through `pool`, failing at once what would go to a server that failed a moment ago
+/// (dialling a dead server on every batch would cost each batch a connect timeout), and
+/// noting the servers that could not be reached.
+fn send<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    sends: Vec<(usize, Command)>,
+) -> Vec<CmdResult> {
+    let mut out: Vec<Option<CmdResult>> = vec![None; sends.len()];
+    let mut going = Vec::with_capacity(sends.len());
+    let mut slots = Vec::with_capacity(sends.len());
+    for (i, (server, cmd)) in sends.into_iter().enumerate() {
+        if repl.resting(server) {
+            out[i] = Some(Err(StoreError::Io {
+                server: pool.addr(server),
+                message: "unreachable a moment ago (tried again in a second)".into(),
+            }));
+        } else {
+            slots.push((i, server));
+            going.push((server, cmd));
+        }
+    }
+    if !going.is_empty() {
+        for ((i, server), r) in slots.into_iter().zip(pool.send(going)) {
+            if matches!(&r, Err(e) if e.is_unreachable()) {
+                repl.note_unreachable(server);
+            }
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(no_reply))
+        .collect()
+}
+
+/// The servers holding `key`'s copies, its own first.
+fn holders<P: Servers + ?Sized>(pool: &P, repl: &Replication, key: &[u8]) -> Vec<usize> {
+    pool.holders(key, repl.copies().min(pool.count()))
+}
+
+/// Writes the in-sync marker to server `index`: it holds its copy of every key.
+pub fn mark_in_sync<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    index: usize,
+) -> Result<(), StoreError> {
+    let Some(marker) = repl.marker() else {
+        return Ok(());
+    };
+    let cmd = Command::store(StoreOp::Set, &marker, b"1");
+    match send(pool, repl, vec![(index, cmd)]).pop() {
+        Some(Ok(Reply::Stored)) => {
+            repl.note_in_sync(index);
+            Ok(())
+        }
+        Some(Err(e)) => Err(e),
+        other => Err(StoreError::protocol(
+            &pool.addr(index),
+            &format!("marker not stored: {other:?}"),
+        )),
+    }
+}
 
 /// The keys a replicated tree treats apart.
 #[derive(Debug, Clone, Default)]
@@ -61,7 +139,7 @@ struct ServerState {
 }
 
 impl Replication {
-    pub(crate) fn new(servers: usize) -> Replication {
+    pub fn new(servers: usize) -> Replication {
         Replication {
             copies: AtomicUsize::new(1),
             keys: Mutex::new(None),
@@ -114,7 +192,7 @@ impl Replication {
         self.servers[index].in_sync.store(true, Ordering::SeqCst);
     }
 
-    pub(crate) fn note_unreachable(&self, index: usize) {
+    pub fn note_unreachable(&self, index: usize) {
         if self.copies() > 1 {
             *lock(&self.servers[index].resting_until) = Some(Instant::now() + REST_AFTER_FAILURE);
             // What it holds when it answers again is unknown until its marker is read.
@@ -123,7 +201,7 @@ impl Replication {
     }
 
     /// True while server `index` failed a moment ago and is left alone.
-    pub(crate) fn resting(&self, index: usize) -> bool {
+    pub fn resting(&self, index: usize) -> bool {
         if self.copies() <= 1 {
             return false;
         }
@@ -168,7 +246,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads the marker of every server whose connections broke since it was last read, and of
 /// servers out of sync once a second: one round trip, only when one is due.
-fn refresh_sync(client: &Client, repl: &Replication) {
+fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
     let Some(marker) = repl.marker() else { return };
     let now = Instant::now();
     let due: Vec<usize> = (0..repl.servers.len())
@@ -177,8 +255,7 @@ fn refresh_sync(client: &Client, repl: &Replication) {
             if repl.resting(s) {
                 return false;
             }
-            let interrupted =
-                st.checked_at.load(Ordering::SeqCst) != client.server_interruptions(s);
+            let interrupted = st.checked_at.load(Ordering::SeqCst) != pool.interruptions(s);
             let stale = !st.in_sync.load(Ordering::SeqCst)
                 && lock(&st.last_check)
                     .is_none_or(|t| now.duration_since(t) >= RECHECK_OUT_OF_SYNC);
@@ -188,11 +265,10 @@ fn refresh_sync(client: &Client, repl: &Replication) {
     if due.is_empty() {
         return;
     }
-    let before: Vec<u64> = due
-        .iter()
-        .map(|&s| client.server_interruptions(s))
-        .collect();
-    let replies = client.send(
+    let before: Vec<u64> = due.iter().map(|&s| pool.interruptions(s)).collect();
+    let replies = send(
+        pool,
+        repl,
         due.iter()
             .map(|&s| (s, Command::Get(marker.clone())))
             .collect(),
@@ -206,11 +282,11 @@ fn refresh_sync(client: &Client, repl: &Replication) {
                 st.checked_at.store(seen, Ordering::SeqCst);
                 if was && v.is_none() {
                     tracing::warn!(
-                        server = client.server_addr(s),
+                        server = pool.addr(s),
                         "this server lost its copies (restarted empty?): reads go to the other copies until `memfis check --repair` refills it"
                     );
                 } else if !was && v.is_some() {
-                    tracing::info!(server = client.server_addr(s), "server in sync again");
+                    tracing::info!(server = pool.addr(s), "server in sync again");
                 }
             }
             _ => st.in_sync.store(false, Ordering::SeqCst),
@@ -236,8 +312,12 @@ enum Plan {
 }
 
 /// Runs a batch over replicated keys: see the module doc.
-pub(crate) fn execute(client: &Client, repl: &Replication, batch: Vec<Command>) -> Vec<CmdResult> {
-    refresh_sync(client, repl);
+pub fn execute<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    batch: Vec<Command>,
+) -> Vec<CmdResult> {
+    refresh_sync(pool, repl);
     let mut sends: Vec<(usize, Command)> = Vec::new();
     let mut plans = Vec::with_capacity(batch.len());
     for cmd in &batch {
@@ -245,7 +325,7 @@ pub(crate) fn execute(client: &Client, repl: &Replication, batch: Vec<Command>) 
             plans.push(Plan::Done(Err(e)));
             continue;
         }
-        let holders = client.servers_holding(cmd.key());
+        let holders = holders(pool, repl, cmd.key());
         let primary = repl.acting_primary(&holders);
         if repl.is_presence(cmd.key()) {
             let mut sent = Vec::new();
@@ -298,7 +378,8 @@ pub(crate) fn execute(client: &Client, repl: &Replication, batch: Vec<Command>) 
             }
         }
     }
-    let mut replies: Vec<Option<CmdResult>> = client.send(sends).into_iter().map(Some).collect();
+    let mut replies: Vec<Option<CmdResult>> =
+        send(pool, repl, sends).into_iter().map(Some).collect();
     let mut out: Vec<Option<CmdResult>> = Vec::with_capacity(batch.len());
     let mut retries: Vec<usize> = Vec::new();
     let mut fix_ups: Vec<(usize, FixUp)> = Vec::new();
@@ -358,13 +439,13 @@ pub(crate) fn execute(client: &Client, repl: &Replication, batch: Vec<Command>) 
     // Reads whose acting primary could not be reached: once more, on the next copy.
     if !retries.is_empty() {
         let again: Vec<Command> = retries.iter().map(|&i| batch[i].clone()).collect();
-        for (i, r) in retries.iter().zip(execute_once_more(client, repl, again)) {
+        for (i, r) in retries.iter().zip(execute_once_more(pool, repl, again)) {
             out[*i] = Some(r);
         }
     }
     if !fix_ups.is_empty() {
         let (idx, fixes): (Vec<usize>, Vec<FixUp>) = fix_ups.into_iter().unzip();
-        for (i, r) in idx.into_iter().zip(fix_up(client, fixes)) {
+        for (i, r) in idx.into_iter().zip(fix_up(pool, repl, fixes)) {
             if let Err(e) = r
                 && matches!(out[i], Some(Ok(_)))
             {
@@ -405,15 +486,19 @@ fn presence_result(got: Vec<CmdResult>) -> CmdResult {
 
 /// The second try of reads whose acting primary failed: the failure marked it resting, so
 /// the next copy answers now. Not retried again.
-fn execute_once_more(client: &Client, repl: &Replication, batch: Vec<Command>) -> Vec<CmdResult> {
+fn execute_once_more<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    batch: Vec<Command>,
+) -> Vec<CmdResult> {
     let mut sends = Vec::new();
     for cmd in &batch {
-        let primary = repl.acting_primary(&client.servers_holding(cmd.key()));
+        let primary = repl.acting_primary(&holders(pool, repl, cmd.key()));
         // Tokens of a `gets` answered by another copy: that copy's own, so a `cas` taken from
         // this reply goes where its token is valid (the others get a fix-up).
         sends.push((primary, cmd.clone()));
     }
-    client.send(sends)
+    send(pool, repl, sends)
 }
 
 fn no_reply<T>() -> Result<T, StoreError> {
@@ -519,7 +604,11 @@ struct FixUp {
 /// Sets each copy to what its primary holds now: `get` the primary and `gets` the copy, then
 /// `cas` (or `add`, or `delete`) the copy, so a write racing the fix-up is not overwritten
 /// with an older value; tried again while other writers change the copy.
-fn fix_up(client: &Client, fixes: Vec<FixUp>) -> Vec<Result<(), StoreError>> {
+fn fix_up<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    fixes: Vec<FixUp>,
+) -> Vec<Result<(), StoreError>> {
     let mut pending: Vec<(usize, usize)> = fixes
         .iter()
         .enumerate()
@@ -535,7 +624,7 @@ fn fix_up(client: &Client, fixes: Vec<FixUp>) -> Vec<Result<(), StoreError>> {
             reads.push((fixes[i].primary, Command::Get(fixes[i].key.clone())));
             reads.push((s, Command::Gets(fixes[i].key.clone())));
         }
-        let mut got = client.send(reads).into_iter();
+        let mut got = send(pool, repl, reads).into_iter();
         let mut writes = Vec::new();
         let mut writing = Vec::new();
         for (i, s) in pending.drain(..) {
@@ -576,7 +665,7 @@ fn fix_up(client: &Client, fixes: Vec<FixUp>) -> Vec<Result<(), StoreError>> {
             writing.push((i, s));
             writes.push((s, cmd));
         }
-        for ((i, s), r) in writing.into_iter().zip(client.send(writes)) {
+        for ((i, s), r) in writing.into_iter().zip(send(pool, repl, writes)) {
             match r {
                 Ok(Reply::Stored | Reply::Deleted | Reply::NotFound) => {}
                 Ok(_) => pending.push((i, s)), // changed meanwhile: look again
@@ -588,8 +677,8 @@ fn fix_up(client: &Client, fixes: Vec<FixUp>) -> Vec<Result<(), StoreError>> {
         results[i] = Err(StoreError::Server(format!(
             "the copy of {} on {} keeps changing: not made equal to {}'s",
             String::from_utf8_lossy(&fixes[i].key),
-            client.server_addr(s),
-            client.server_addr(fixes[i].primary),
+            pool.addr(s),
+            pool.addr(fixes[i].primary),
         )));
     }
     results
@@ -620,8 +709,8 @@ fn skipped_by_resync(key: &[u8], value: Option<&[u8]>, marker: &[u8]) -> bool {
 /// `repair` sets those that differ to it (as a fix-up does: `cas`/`add`/`delete` on what the
 /// copy held, so a mount's write at the same moment is not overwritten), and once every copy
 /// agrees marks every reachable server in sync.
-pub(crate) fn resync(
-    client: &Client,
+pub fn resync<P: Servers + ?Sized>(
+    pool: &P,
     repl: &Replication,
     keys: &[Vec<u8>],
     repair: bool,
@@ -630,13 +719,13 @@ pub(crate) fn resync(
     if repl.copies() <= 1 {
         return report;
     }
-    refresh_sync(client, repl);
+    refresh_sync(pool, repl);
     let marker = repl.marker().unwrap_or_default();
     for chunk in keys.chunks(128) {
         let mut reads = Vec::new();
         let mut asked = Vec::new();
         for key in chunk {
-            let holders = client.servers_holding(key);
+            let holders = holders(pool, repl, key);
             let primary = repl.acting_primary(&holders);
             reads.push((primary, Command::Get(key.clone())));
             let copies: Vec<usize> = holders.into_iter().filter(|&s| s != primary).collect();
@@ -645,7 +734,7 @@ pub(crate) fn resync(
             }
             asked.push((key, primary, copies));
         }
-        let mut got = client.send(reads).into_iter();
+        let mut got = send(pool, repl, reads).into_iter();
         let mut fixes = Vec::new();
         for (key, primary, copies) in asked {
             report.keys += 1;
@@ -698,7 +787,7 @@ pub(crate) fn resync(
         }
         if repair && !fixes.is_empty() {
             let keys: Vec<Vec<u8>> = fixes.iter().map(|f| f.key.clone()).collect();
-            for (key, r) in keys.into_iter().zip(fix_up(client, fixes)) {
+            for (key, r) in keys.into_iter().zip(fix_up(pool, repl, fixes)) {
                 if let Err(e) = r {
                     report.copied -= 1;
                     report.failed.push((key, e));
@@ -711,7 +800,7 @@ pub(crate) fn resync(
     } else if report.failed.is_empty() {
         for s in 0..repl.servers.len() {
             if !repl.in_sync(s)
-                && let Err(e) = client.mark_in_sync(s)
+                && let Err(e) = mark_in_sync(pool, repl, s)
             {
                 report.failed.push((marker.clone(), e));
             }
