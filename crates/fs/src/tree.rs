@@ -234,6 +234,16 @@ impl<S: Store> Tree<S> {
             .ok_or_else(|| FsError::missing(&key))?;
         let rec: FormatRecord = serde_json::from_slice(&item.value)
             .map_err(|e| FsError::corrupt(&key, e.to_string()))?;
+        if rec.replicas != self.store.inner().replicas() {
+            // Another process made the tree first, with another number of copies.
+            return Err(FsError::Replicas(format!(
+                "the tree under prefix {:?} was just made by another process with {} copies \
+                 of each key, not {}: run the command again without --replicas",
+                self.keys.prefix(),
+                rec.replicas,
+                self.store.inner().replicas()
+            )));
+        }
         Ok(rec.store_id)
     }
 

@@ -7,6 +7,11 @@
 //! file reading back what nginx would serve. Half the cases use logs of two records a chunk,
 //! so that logs span many chunks and compactions move their base.
 //!
+//! A third of the runs use a pool of three servers keeping two copies of each key
+//! (`--replicas 2`): the scheduler also kills a server, brings it back empty or as it was,
+//! and cuts one mount off from one server (a partition), one fault at a time; afterwards the
+//! copies are refilled as `memfis check --repair` does and must all agree.
+//!
 //! `cargo test` runs a fixed budget; `MEMFIS_SOAK=1` runs many more cases.
 
 use std::collections::BTreeMap;
@@ -18,7 +23,8 @@ use memfis_fs::files::bulk::NewFile;
 use memfis_fs::layout::record::Inode;
 use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO, RenameFlags, SetAttr, Time};
 use memfis_memcache::memory::MemoryStore;
-use memfis_memcache::{Capacity, CmdResult, Command, Store, StoreError};
+use memfis_memcache::memory_pool::{MemoryPool, PoolClient};
+use memfis_memcache::{Capacity, CmdResult, Command, Item, ReplicaKeys, Store, StoreError};
 use proptest::prelude::*;
 
 const MOUNTS: usize = 3;
@@ -58,6 +64,84 @@ struct Sched {
     alive_keys: Mutex<Vec<Vec<u8>>>,
     /// With [`Batches::SplitCutMidway`]: faults may also come between two commands of a batch.
     faults_midway: bool,
+    /// The pool of servers, when the case runs on one ([`Servers::Pool`]), with each mount's
+    /// client of it and the one server fault in force.
+    pool: Option<Arc<MemoryPool>>,
+    clients: Vec<Arc<PoolClient>>,
+    fault: Mutex<Option<ServerFault>>,
+    replica_keys: ReplicaKeys,
+}
+
+/// What the store of a case is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Servers {
+    /// One server.
+    One,
+    /// Three servers keeping two copies of each key, which the scheduler kills, brings back
+    /// and cuts off from one mount.
+    Pool,
+}
+
+/// A fault of the pool's servers, one at a time (two copies survive one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ServerFault {
+    /// Server `0` answers no one.
+    Down(usize),
+    /// Mount `0` cannot reach server `1`.
+    Cut(usize, usize),
+}
+
+impl Sched {
+    /// Starts a fault, or ends the one in force (a server down comes back empty or as it
+    /// was), as `choice` says.
+    fn server_event(&self, choice: u16) {
+        let Some(pool) = &self.pool else { return };
+        let mut fault = self.fault.lock().unwrap();
+        let server = (choice / 64) as usize % 3;
+        let mount = (choice / 192) as usize % MOUNTS;
+        *fault = match (*fault, choice % 2) {
+            (None, 0) => {
+                pool.kill(server);
+                Some(ServerFault::Down(server))
+            }
+            (None, _) => {
+                self.clients[mount].cut_off(server, true);
+                Some(ServerFault::Cut(mount, server))
+            }
+            (Some(f), _) => {
+                self.end_fault(f, choice % 4 < 2);
+                None
+            }
+        };
+        if std::env::var_os("MEMFIS_TRACE").is_some() {
+            eprintln!("servers: {:?}", *fault);
+        }
+    }
+
+    fn end_fault(&self, fault: ServerFault, empty: bool) {
+        let pool = self.pool.as_ref().expect("a pool");
+        match fault {
+            ServerFault::Down(s) if empty => {
+                pool.restart_empty(s);
+                // As an operator does (`memfis check --repair`) before another server may
+                // go: two copies survive the loss of one server, not of two in a row.
+                let tool = pool.client();
+                tool.set_replicas(2, &self.replica_keys).unwrap();
+                let keys = tool.list_keys().unwrap().unwrap();
+                let report = tool.resync(&keys, true);
+                assert!(report.failed.is_empty(), "resync: {:?}", report.failed);
+            }
+            ServerFault::Down(s) => pool.revive(s),
+            ServerFault::Cut(m, s) => self.clients[m].cut_off(s, false),
+        }
+    }
+
+    /// Ends the fault in force (a server down comes back empty: the worse case).
+    fn heal(&self) {
+        if let Some(f) = self.fault.lock().unwrap().take() {
+            self.end_fault(f, true);
+        }
+    }
 }
 
 /// How a mount's batches meet the store.
@@ -73,9 +157,14 @@ enum Batches {
     SplitCutMidway,
 }
 
+/// Deletes a key from one server, as its expiry would.
+type Deleter = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// One mount's view of the store: each batch waits for the scheduler's go.
 struct Stepped {
-    inner: Arc<MemoryStore>,
+    inner: Arc<dyn Store>,
+    /// Every server the mount's liveness key is on, for a crash to take it away.
+    servers: Vec<Deleter>,
     sched: Arc<Sched>,
     mount: usize,
     stepping: Arc<AtomicBool>,
@@ -132,6 +221,26 @@ impl Store for Stepped {
     fn in_order(&self) -> bool {
         self.in_order
     }
+
+    fn interruptions(&self) -> u64 {
+        self.inner.interruptions()
+    }
+
+    fn replicas(&self) -> usize {
+        self.inner.replicas()
+    }
+
+    fn set_replicas(&self, copies: usize, keys: &ReplicaKeys) -> Result<(), String> {
+        self.inner.set_replicas(copies, keys)
+    }
+
+    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
+        self.inner.mark_all_in_sync()
+    }
+
+    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+        self.inner.get_anywhere(key)
+    }
 }
 
 impl Stepped {
@@ -177,8 +286,10 @@ impl Stepped {
             Fate::Fail => batch.iter().map(|_| Err(io_error())).collect(),
             Fate::Crash => {
                 slots[self.mount].crashed = true;
-                self.inner
-                    .raw_delete(&self.sched.alive_keys.lock().unwrap()[self.mount]);
+                let alive = self.sched.alive_keys.lock().unwrap()[self.mount].clone();
+                for delete in &self.servers {
+                    delete(&alive);
+                }
                 batch.iter().map(|_| Err(io_error())).collect()
             }
         };
@@ -430,8 +541,15 @@ fn drive(sched: &Sched, choices: &[u16]) {
         let fate = match (step < choices.len() && between_batches, choice % 64) {
             (true, 0..=2) => Fate::Fail,
             (true, 3) => Fate::Crash,
+            (true, 4..=6) => {
+                sched.server_event(choice);
+                Fate::Run
+            }
             _ => Fate::Run,
         };
+        if step == choices.len() {
+            sched.heal(); // past the budget, so that every mount can finish
+        }
         slots[mount].granted = Some(fate);
         sched.cv.notify_all();
         step += 1;
@@ -444,7 +562,24 @@ fn run_case(lists: &[Vec<Op>], choices: &[u16]) -> Result<(), TestCaseError> {
 
 /// [`run_case`], with batches meeting the store as `batches` says.
 fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(), TestCaseError> {
-    let store = Arc::new(MemoryStore::default());
+    run_case_on(lists, choices, batches, Servers::One)
+}
+
+/// [`run_case_as`] on the servers `servers` says.
+fn run_case_on(
+    lists: &[Vec<Op>],
+    choices: &[u16],
+    batches: Batches,
+    servers: Servers,
+) -> Result<(), TestCaseError> {
+    let one = Arc::new(MemoryStore::default());
+    let pool = (servers == Servers::Pool).then(|| MemoryPool::new(3));
+    // The store as a tool sees it afterwards: the one server, or a client of the pool.
+    let fresh_client = pool.as_ref().map(|p| Arc::new(p.client()));
+    let store: Arc<dyn Store> = match &fresh_client {
+        Some(c) => c.clone(),
+        None => one.clone(),
+    };
     // Half the cases with logs of two records a chunk: logs of many chunks, mounts whose idea
     // of a log is chunks behind, and compactions that move the base past chunks.
     let per_chunk = if choices.get(1).is_none_or(|c| c % 2 == 0) {
@@ -466,23 +601,51 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
         item_size_max: small_items.then_some(1536),
         lock_backoff: Duration::ZERO,
         gzip,
+        replicas: pool.is_some().then_some(2),
         ..FsConfig::default()
+    };
+    let clients: Vec<Arc<PoolClient>> = match &pool {
+        Some(p) => (0..MOUNTS).map(|_| Arc::new(p.client())).collect(),
+        None => Vec::new(),
+    };
+    let deleters: Vec<Deleter> = match &pool {
+        Some(p) => (0..3)
+            .map(|i| {
+                let p = p.clone();
+                Arc::new(move |k: &[u8]| p.server(i).raw_delete(k)) as Deleter
+            })
+            .collect(),
+        None => {
+            let one = one.clone();
+            vec![Arc::new(move |k: &[u8]| one.raw_delete(k))]
+        }
     };
     let sched = Arc::new(Sched {
         slots: Mutex::new((0..MOUNTS).map(|_| Slot::default()).collect()),
         cv: Condvar::new(),
         alive_keys: Mutex::new(Vec::new()),
         faults_midway: batches == Batches::SplitCutMidway,
+        pool: pool.clone(),
+        clients: clients.clone(),
+        fault: Mutex::new(None),
+        replica_keys: ReplicaKeys {
+            marker: keys.in_sync_marker(),
+            presence: keys.alive(""),
+        },
     });
     let stepping = Arc::new(AtomicBool::new(false));
     let mounts: Vec<Fs> = (0..MOUNTS)
         .map(|m| {
             let s = Stepped {
-                inner: store.clone(),
+                inner: match clients.get(m) {
+                    Some(c) => c.clone(),
+                    None => one.clone(),
+                },
+                servers: deleters.clone(),
                 sched: sched.clone(),
                 mount: m,
                 stepping: stepping.clone(),
-                in_order: choices.first().is_none_or(|c| c % 2 == 0),
+                in_order: pool.is_none() && choices.first().is_none_or(|c| c % 2 == 0),
                 split: batches != Batches::Whole,
             };
             MemFs::new(s, keys.clone(), cfg.clone()).unwrap()
@@ -514,6 +677,7 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
         drive(&sched, choices);
     });
     stepping.store(false, Ordering::SeqCst);
+    sched.heal();
     // A live mount whose heartbeat went through keeps no lock (another mount would wait for
     // it until its liveness lapsed).
     if !sched.slots.lock().unwrap().iter().any(|s| s.crashed) {
@@ -526,12 +690,35 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
     // A fresh mount completes what gone mounts left, and then the store must be sound.
     let fresh = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
     let crashed = sched.slots.lock().unwrap().iter().any(|s| s.crashed);
+    if let Some(client) = &fresh_client {
+        // A server came back empty, or missed writes while down or cut off: repair as
+        // `memfis check --repair` does (the tree, then every copy), and every copy agrees.
+        let repaired = fresh.repair().unwrap();
+        prop_assert!(
+            repaired.after.problems.is_empty(),
+            "left after repair: {:?}",
+            repaired.after.problems
+        );
+        let all = store.list_keys().unwrap().unwrap();
+        let resync = client.resync(&all, true);
+        prop_assert!(resync.failed.is_empty(), "resync: {:?}", resync.failed);
+        let again = client.resync(&all, false);
+        prop_assert_eq!(again.under_replicated, 0, "copies differ after the resync");
+    }
     if crashed {
         // Known limits a crash can leave (docs/store-layout.md): keys no name reaches (a
         // create racing an rmdir of its parent), and a publish racing a directory rename whose
         // redo never came (names of one file holding other bytes). `memfis check --repair`
         // must make every such store sound, and change no file when only garbage was left.
         let before_check = memfis_fs::check::check(&store, &keys).unwrap();
+        let before_check = memfis_fs::check::Report {
+            problems: if fresh_client.is_some() {
+                Vec::new() // repaired above: the tree as it is now is the one to keep
+            } else {
+                before_check.problems
+            },
+            ..before_check
+        };
         // Entry keys no listing has are names whose log record a crash lost: repair lists them
         // again, which is a change; any other garbage goes without changing a file.
         let only_garbage = before_check
@@ -610,7 +797,7 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
     }
     let report = memfis_fs::check::check(&store, &keys).unwrap();
     if std::env::var_os("MEMFIS_TRACE").is_some() && !report.problems.is_empty() {
-        let mut all: Vec<_> = store.keys();
+        let mut all: Vec<_> = store.list_keys().unwrap().unwrap();
         all.sort();
         for k in all {
             let v = store.get(&k).unwrap().unwrap().value;
@@ -629,12 +816,12 @@ fn run_case_as(lists: &[Vec<Op>], choices: &[u16], batches: Batches) -> Result<(
     Ok(())
 }
 
-fn walk(fs: &MemFs<Arc<MemoryStore>>, dir: u64, prefix: &str, out: &mut BTreeMap<String, u64>) {
+fn walk<S: Store>(fs: &MemFs<S>, dir: u64, prefix: &str, out: &mut BTreeMap<String, u64>) {
     try_walk(fs, dir, prefix, out).unwrap()
 }
 
-fn try_walk(
-    fs: &MemFs<Arc<MemoryStore>>,
+fn try_walk<S: Store>(
+    fs: &MemFs<S>,
     dir: u64,
     prefix: &str,
     out: &mut BTreeMap<String, u64>,
@@ -678,6 +865,14 @@ proptest! {
         choices in proptest::collection::vec(any::<u16>(), 0..400),
     ) {
         run_case(&lists, &choices)?;
+    }
+
+    #[test]
+    fn interleaved_mounts_on_a_pool_of_two_copies_losing_servers_leave_a_sound_store(
+        lists in proptest::collection::vec(proptest::collection::vec(op(), 1..7), MOUNTS),
+        choices in proptest::collection::vec(any::<u16>(), 0..400),
+    ) {
+        run_case_on(&lists, &choices, Batches::Whole, Servers::Pool)?;
     }
 }
 

@@ -76,8 +76,13 @@ impl Client {
         if cfg.servers.is_empty() {
             return Err("no memcached server given".into());
         }
-        for s in &cfg.servers {
+        for (i, s) in cfg.servers.iter().enumerate() {
             validate_server(s)?;
+            if cfg.servers[..i].contains(s) {
+                return Err(format!(
+                    "server {s} is given twice: a pool lists each server once"
+                ));
+            }
         }
         let t = Timeouts {
             connect: cfg.connect_timeout,

@@ -58,10 +58,13 @@ impl MemoryPool {
         self.servers[index].set_offline(false);
     }
 
-    /// A client of the pool (one mount's).
+    /// A client of the pool (one mount's). It tries a failed server again at once (the
+    /// servers here fail and return between two steps of a test, not seconds apart).
     pub fn client(self: &Arc<Self>) -> PoolClient {
+        let repl = Replication::new(self.servers.len());
+        repl.set_pauses(std::time::Duration::ZERO, std::time::Duration::ZERO);
         PoolClient {
-            repl: Replication::new(self.servers.len()),
+            repl,
             pool: self.clone(),
             cut: Mutex::new(BTreeSet::new()),
         }

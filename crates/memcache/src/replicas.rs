@@ -25,6 +25,13 @@ const FIX_UP_TRIES: usize = 3;
 /// Tokens remembered from `gets` for the `cas` that follows; dropped all at once past this.
 const TOKENS_KEPT: usize = 1 << 16;
 
+/// Keys remembered as missed by a server (a write that did not reach it); past this the
+/// server's marker is deleted instead, so that every client takes it for out of sync.
+const MISSED_KEPT: usize = 10_000;
+
+/// Missed keys set right in one batch's stead (see [`repair_missed`]).
+const MISSED_PER_BATCH: usize = 64;
+
 /// The servers of a pool as replication sees them: the client's connections, or servers in
 /// memory for tests ([`crate::memory_pool`]).
 pub trait Servers {
@@ -76,6 +83,39 @@ fn send<P: Servers + ?Sized>(
         .collect()
 }
 
+/// [`send`], each server's part led by a read of its in-sync marker in the same exchange
+/// (on the same connection, so a server restarted since its marker was last read, whose
+/// connection the pool re-dialled, shows it here): which servers were seen in sync. A server
+/// without its marker is out of sync from now on.
+fn send_checked<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    sends: Vec<(usize, Command)>,
+) -> (Vec<CmdResult>, Vec<bool>) {
+    let mut confirmed = vec![false; pool.count()];
+    let Some(marker) = repl.marker() else {
+        return (send(pool, repl, sends), vec![true; pool.count()]);
+    };
+    let mut servers: Vec<usize> = sends.iter().map(|(s, _)| *s).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    let mut all: Vec<(usize, Command)> = servers
+        .iter()
+        .map(|&s| (s, Command::Get(marker.clone())))
+        .collect();
+    all.extend(sends);
+    let mut replies = send(pool, repl, all);
+    let rest = replies.split_off(servers.len());
+    for (&s, r) in servers.iter().zip(replies) {
+        match r {
+            Ok(Reply::Value(Some(_))) => confirmed[s] = true,
+            Ok(_) => repl.note_out_of_sync(s, &pool.addr(s)),
+            Err(_) => {}
+        }
+    }
+    (rest, confirmed)
+}
+
 /// The servers holding `key`'s copies, its own first.
 fn holders<P: Servers + ?Sized>(pool: &P, repl: &Replication, key: &[u8]) -> Vec<usize> {
     pool.holders(key, repl.copies().min(pool.count()))
@@ -120,15 +160,35 @@ pub struct ReplicaKeys {
 /// The replication settings of a client and what it knows of each server.
 pub struct Replication {
     copies: AtomicUsize,
+    /// [`REST_AFTER_FAILURE`] and [`RECHECK_OUT_OF_SYNC`], or zero in tests whose servers
+    /// fail and return between two steps of a scheduler, not seconds apart.
+    pauses: Mutex<(Duration, Duration)>,
     /// The tree's special keys. `None`: every server counts as in sync.
     keys: Mutex<Option<ReplicaKeys>>,
     servers: Vec<ServerState>,
-    /// (key, acting primary's cas, server) -> that server's cas for the same value.
-    tokens: Mutex<HashMap<TokenOf, u64>>,
+    /// (key, the token a `gets` answered with) -> who issued it and each copy's token for
+    /// the same value.
+    tokens: Mutex<HashMap<(Vec<u8>, u64), Tokens>>,
+    /// Writes this client made that did not reach a server (down, stalled, cut off): that
+    /// server's copy of the key is older. It never answers for the key, and is set right
+    /// once it answers again.
+    missed: Mutex<Missed>,
 }
 
-/// A copy's token is looked up by the key, the acting primary's token and the copy's server.
-type TokenOf = (Vec<u8>, u64, usize);
+#[derive(Default)]
+struct Missed {
+    keys: std::collections::BTreeSet<(usize, Vec<u8>)>,
+    /// Servers that missed more than can be remembered: their marker goes.
+    untracked: std::collections::BTreeSet<usize>,
+}
+
+/// The tokens one `gets` collected: memcached's cas tokens are per server.
+struct Tokens {
+    /// The server whose token the caller got (the acting primary then).
+    issuer: usize,
+    /// (copy's server, its token), for copies that held the same value.
+    copies: Vec<(usize, u64)>,
+}
 
 struct ServerState {
     in_sync: AtomicBool,
@@ -142,16 +202,18 @@ impl Replication {
     pub fn new(servers: usize) -> Replication {
         Replication {
             copies: AtomicUsize::new(1),
+            pauses: Mutex::new((REST_AFTER_FAILURE, RECHECK_OUT_OF_SYNC)),
             keys: Mutex::new(None),
             servers: (0..servers)
                 .map(|_| ServerState {
-                    in_sync: AtomicBool::new(true),
+                    in_sync: AtomicBool::new(false), // until its marker is read
                     checked_at: AtomicU64::new(u64::MAX),
                     last_check: Mutex::new(None),
                     resting_until: Mutex::new(None),
                 })
                 .collect(),
             tokens: Mutex::new(HashMap::new()),
+            missed: Mutex::new(Missed::default()),
         }
     }
 
@@ -169,6 +231,12 @@ impl Replication {
         }
         self.copies
             .store(copies.clamp(1, self.servers.len().max(1)), Ordering::SeqCst);
+    }
+
+    /// How long a failed server is left alone, and how often an out-of-sync server's marker
+    /// is read again (defaults: 1 s each).
+    pub fn set_pauses(&self, rest: Duration, recheck: Duration) {
+        *lock(&self.pauses) = (rest, recheck);
     }
 
     /// The marker key, when replication is on.
@@ -194,7 +262,8 @@ impl Replication {
 
     pub fn note_unreachable(&self, index: usize) {
         if self.copies() > 1 {
-            *lock(&self.servers[index].resting_until) = Some(Instant::now() + REST_AFTER_FAILURE);
+            let rest = lock(&self.pauses).0;
+            *lock(&self.servers[index].resting_until) = Some(Instant::now() + rest);
             // What it holds when it answers again is unknown until its marker is read.
             self.servers[index].in_sync.store(false, Ordering::SeqCst);
         }
@@ -216,27 +285,55 @@ impl Replication {
         }
     }
 
-    /// The copy that answers for a key held by `holders`: the first in sync and not resting;
-    /// else the first not resting; else the key's own server.
-    fn acting_primary(&self, holders: &[usize]) -> usize {
+    /// The copy that answers for `key`, held by `holders`: the first in sync, not resting
+    /// and not known to have missed a write of the key; else the first not resting; else the
+    /// key's own server.
+    fn acting_primary(&self, holders: &[usize], key: &[u8]) -> usize {
+        let missed = lock(&self.missed);
+        let stale = |s: usize| missed.keys.contains(&(s, key.to_vec()));
         holders
             .iter()
             .copied()
-            .find(|&s| self.in_sync(s) && !self.resting(s))
+            .find(|&s| self.in_sync(s) && !self.resting(s) && !stale(s))
             .or_else(|| holders.iter().copied().find(|&s| !self.resting(s)))
             .unwrap_or(holders[0])
     }
 
-    fn remember_token(&self, key: &[u8], primary_cas: u64, server: usize, cas: u64) {
-        let mut tokens = lock(&self.tokens);
-        if tokens.len() >= TOKENS_KEPT {
-            tokens.clear();
+    /// A write of `key` did not reach server `index`.
+    fn note_missed(&self, index: usize, key: &[u8]) {
+        let mut missed = lock(&self.missed);
+        if missed.untracked.contains(&index) {
+            return;
         }
-        tokens.insert((key.to_vec(), primary_cas, server), cas);
+        if missed.keys.len() >= MISSED_KEPT {
+            missed.untracked.insert(index);
+            missed.keys.retain(|(s, _)| *s != index);
+            return;
+        }
+        missed.keys.insert((index, key.to_vec()));
     }
 
-    fn take_token(&self, key: &[u8], primary_cas: u64, server: usize) -> Option<u64> {
-        lock(&self.tokens).remove(&(key.to_vec(), primary_cas, server))
+    fn remember_tokens(&self, key: &[u8], cas: u64, tokens: Tokens) {
+        let mut all = lock(&self.tokens);
+        if all.len() >= TOKENS_KEPT {
+            all.clear();
+        }
+        all.insert((key.to_vec(), cas), tokens);
+    }
+
+    fn take_tokens(&self, key: &[u8], cas: u64) -> Option<Tokens> {
+        lock(&self.tokens).remove(&(key.to_vec(), cas))
+    }
+
+    /// Server `index` answered without its marker: it restarted empty since it was last
+    /// read.
+    fn note_out_of_sync(&self, index: usize, addr: &str) {
+        if self.servers[index].in_sync.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                server = addr,
+                "this server lost its copies (restarted empty?): reads go to the other copies until `memfis check --repair` refills it"
+            );
+        }
     }
 }
 
@@ -248,6 +345,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// servers out of sync once a second: one round trip, only when one is due.
 fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
     let Some(marker) = repl.marker() else { return };
+    let recheck = lock(&repl.pauses).1;
     let now = Instant::now();
     let due: Vec<usize> = (0..repl.servers.len())
         .filter(|&s| {
@@ -257,8 +355,7 @@ fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
             }
             let interrupted = st.checked_at.load(Ordering::SeqCst) != pool.interruptions(s);
             let stale = !st.in_sync.load(Ordering::SeqCst)
-                && lock(&st.last_check)
-                    .is_none_or(|t| now.duration_since(t) >= RECHECK_OUT_OF_SYNC);
+                && lock(&st.last_check).is_none_or(|t| now.duration_since(t) >= recheck);
             interrupted || stale
         })
         .collect();
@@ -279,8 +376,10 @@ fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
         match reply {
             Ok(Reply::Value(v)) => {
                 let was = st.in_sync.swap(v.is_some(), Ordering::SeqCst);
-                st.checked_at.store(seen, Ordering::SeqCst);
-                if was && v.is_none() {
+                let first = st.checked_at.swap(seen, Ordering::SeqCst) == u64::MAX;
+                if first {
+                    // What a client finds at its start is no news.
+                } else if was && v.is_none() {
                     tracing::warn!(
                         server = pool.addr(s),
                         "this server lost its copies (restarted empty?): reads go to the other copies until `memfis check --repair` refills it"
@@ -294,10 +393,73 @@ fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
     }
 }
 
+/// Sets right copies this client knows missed a write, on servers that answer again (some
+/// each batch), before nginx or another mount reads them as the first copy; a server that
+/// missed too many to remember loses its marker instead (every client then takes it for out
+/// of sync until `memfis check --repair`).
+fn repair_missed<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
+    let (due, untracked): (Vec<(usize, Vec<u8>)>, Vec<usize>) = {
+        let missed = lock(&repl.missed);
+        if missed.keys.is_empty() && missed.untracked.is_empty() {
+            return;
+        }
+        (
+            missed
+                .keys
+                .iter()
+                .filter(|(s, _)| !repl.resting(*s))
+                .take(MISSED_PER_BATCH)
+                .cloned()
+                .collect(),
+            missed
+                .untracked
+                .iter()
+                .copied()
+                .filter(|&s| !repl.resting(s))
+                .collect(),
+        )
+    };
+    if let Some(marker) = repl.marker() {
+        let deletes = untracked
+            .iter()
+            .map(|&s| (s, Command::Delete(marker.clone())))
+            .collect();
+        for (&s, r) in untracked.iter().zip(send(pool, repl, deletes)) {
+            if r.is_ok() {
+                lock(&repl.missed).untracked.remove(&s);
+                repl.note_out_of_sync(s, &pool.addr(s));
+            }
+        }
+    }
+    let mut fixes = Vec::new();
+    let mut entries = Vec::new();
+    for (s, key) in due {
+        let primary = repl.acting_primary(&holders(pool, repl, &key), &key);
+        if primary == s {
+            continue; // no other copy answers: nothing to copy from
+        }
+        fixes.push(FixUp {
+            key: key.clone(),
+            primary,
+            copies: vec![s],
+            exptime: 0,
+        });
+        entries.push((s, key));
+    }
+    if fixes.is_empty() {
+        return;
+    }
+    for (entry, r) in entries.into_iter().zip(fix_up(pool, repl, fixes)) {
+        if r.is_ok() {
+            lock(&repl.missed).keys.remove(&entry);
+        }
+    }
+}
+
 /// What one command of the caller's batch became.
 enum Plan {
     /// Answered by the acting primary only (`get`, `mg`); `at` is its index in the sends.
-    Read { at: usize },
+    Read { at: usize, primary: usize },
     /// Sent to every copy (`gets` and every write); `sent` lists (server, index in the
     /// round's sends) in holder order; `unsent` copies a `cas` had no token for.
     Fanned {
@@ -318,6 +480,7 @@ pub fn execute<P: Servers + ?Sized>(
     batch: Vec<Command>,
 ) -> Vec<CmdResult> {
     refresh_sync(pool, repl);
+    repair_missed(pool, repl);
     let mut sends: Vec<(usize, Command)> = Vec::new();
     let mut plans = Vec::with_capacity(batch.len());
     for cmd in &batch {
@@ -326,7 +489,7 @@ pub fn execute<P: Servers + ?Sized>(
             continue;
         }
         let holders = holders(pool, repl, cmd.key());
-        let primary = repl.acting_primary(&holders);
+        let primary = repl.acting_primary(&holders, cmd.key());
         if repl.is_presence(cmd.key()) {
             let mut sent = Vec::new();
             for &s in &holders {
@@ -338,17 +501,30 @@ pub fn execute<P: Servers + ?Sized>(
         }
         match cmd {
             Command::Get(_) | Command::MetaSize(_) => {
-                plans.push(Plan::Read { at: sends.len() });
+                plans.push(Plan::Read {
+                    at: sends.len(),
+                    primary,
+                });
                 sends.push((primary, cmd.clone()));
             }
             Command::Cas { cas, .. } => {
+                let tokens = repl.take_tokens(cmd.key(), *cas);
+                if tokens.as_ref().is_some_and(|t| t.issuer != primary) {
+                    // The token is another server's (the acting primary changed since the
+                    // `gets`): this server never issued it, so it is stale here.
+                    plans.push(Plan::Done(Ok(Reply::Exists)));
+                    continue;
+                }
                 let mut sent = Vec::new();
                 let mut unsent = Vec::new();
                 for &s in &holders {
                     let token = if s == primary {
                         Some(*cas)
                     } else {
-                        repl.take_token(cmd.key(), *cas, s)
+                        tokens
+                            .as_ref()
+                            .and_then(|t| t.copies.iter().find(|c| c.0 == s))
+                            .map(|c| c.1)
                     };
                     match token {
                         Some(t) => {
@@ -378,15 +554,24 @@ pub fn execute<P: Servers + ?Sized>(
             }
         }
     }
-    let mut replies: Vec<Option<CmdResult>> =
-        send(pool, repl, sends).into_iter().map(Some).collect();
+    let (replies, confirmed) = send_checked(pool, repl, sends);
+    let mut replies: Vec<Option<CmdResult>> = replies.into_iter().map(Some).collect();
     let mut out: Vec<Option<CmdResult>> = Vec::with_capacity(batch.len());
     let mut retries: Vec<usize> = Vec::new();
     let mut fix_ups: Vec<(usize, FixUp)> = Vec::new();
     for (i, (cmd, plan)) in batch.iter().zip(plans).enumerate() {
         match plan {
             Plan::Done(r) => out.push(Some(r)),
-            Plan::Read { at } => out.push(Some(replies[at].take().unwrap_or_else(no_reply))),
+            Plan::Read { at, primary } => {
+                out.push(Some(replies[at].take().unwrap_or_else(no_reply)));
+                let another_in_sync = holders(pool, repl, cmd.key())
+                    .into_iter()
+                    .any(|s| s != primary && repl.in_sync(s));
+                if !confirmed[primary] && another_in_sync {
+                    retries.push(i); // it restarted empty: its miss proves nothing
+                    continue;
+                }
+            }
             Plan::Presence { sent } => {
                 let got = sent
                     .into_iter()
@@ -400,6 +585,16 @@ pub fn execute<P: Servers + ?Sized>(
                 sent,
                 unsent,
             } => {
+                // The primary planned answers if its marker was read in the same exchange;
+                // else the first copy whose marker was (the primary restarted empty).
+                let primary = if confirmed[primary] {
+                    primary
+                } else {
+                    sent.iter()
+                        .map(|(s, _)| *s)
+                        .find(|&s| confirmed[s])
+                        .unwrap_or(primary)
+                };
                 let mut answer = None;
                 let mut copies = Vec::new();
                 for (s, at) in sent {
@@ -411,7 +606,7 @@ pub fn execute<P: Servers + ?Sized>(
                     }
                 }
                 let answer = answer.unwrap_or_else(no_reply);
-                let (result, fix) = settle(repl, cmd, answer, copies, unsent);
+                let (result, fix) = settle(repl, cmd, primary, answer, copies, unsent);
                 if !fix.is_empty() {
                     fix_ups.push((
                         i,
@@ -493,12 +688,24 @@ fn execute_once_more<P: Servers + ?Sized>(
 ) -> Vec<CmdResult> {
     let mut sends = Vec::new();
     for cmd in &batch {
-        let primary = repl.acting_primary(&holders(pool, repl, cmd.key()));
+        let primary = repl.acting_primary(&holders(pool, repl, cmd.key()), cmd.key());
         // Tokens of a `gets` answered by another copy: that copy's own, so a `cas` taken from
         // this reply goes where its token is valid (the others get a fix-up).
         sends.push((primary, cmd.clone()));
     }
-    send(pool, repl, sends)
+    let servers: Vec<usize> = sends.iter().map(|(s, _)| *s).collect();
+    let (replies, confirmed) = send_checked(pool, repl, sends);
+    replies
+        .into_iter()
+        .zip(servers)
+        .map(|(r, s)| match r {
+            Ok(_) if !confirmed[s] => Err(StoreError::Server(format!(
+                "no copy answered in sync ({} has no in-sync marker)",
+                pool.addr(s)
+            ))),
+            r => r,
+        })
+        .collect()
 }
 
 fn no_reply<T>() -> Result<T, StoreError> {
@@ -538,32 +745,53 @@ fn exptime_of(cmd: &Command) -> u32 {
 fn settle(
     repl: &Replication,
     cmd: &Command,
+    primary: usize,
     answer: CmdResult,
     copies: Vec<(usize, CmdResult)>,
     unsent: Vec<usize>,
 ) -> (CmdResult, Vec<usize>) {
     if let Command::Gets(key) = cmd {
         // Remember each copy's token for the same value, for the `cas` that follows.
-        if let Ok(Reply::Value(Some(item))) = &answer {
-            for (s, r) in &copies {
-                if let Ok(Reply::Value(Some(copy))) = r
-                    && same_item(item, copy)
-                    && let (Some(p), Some(c)) = (item.cas, copy.cas)
-                {
-                    repl.remember_token(key, p, *s, c);
-                }
-            }
+        if let Ok(Reply::Value(Some(item))) = &answer
+            && let Some(p) = item.cas
+        {
+            let copies = copies
+                .iter()
+                .filter_map(|(s, r)| match r {
+                    Ok(Reply::Value(Some(copy))) if same_item(item, copy) => Some((*s, copy.cas?)),
+                    _ => None,
+                })
+                .collect();
+            repl.remember_tokens(
+                key,
+                p,
+                Tokens {
+                    issuer: primary,
+                    copies,
+                },
+            );
         }
         return (answer, Vec::new());
     }
-    let Ok(primary_reply) = &answer else {
-        return (answer, Vec::new());
+    let key = cmd.key();
+    let primary_reply = match &answer {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_unreachable() && copies.iter().any(|(_, r)| r.is_ok()) {
+                // The copies may hold the write: the primary's copy is the older one now.
+                repl.note_missed(primary, key);
+            }
+            return (answer, Vec::new());
+        }
     };
     let mut fix = Vec::new();
     let mut failure = None;
     for (s, r) in copies {
         match r {
-            Err(e) if e.is_unreachable() => failure = Some(e),
+            Err(e) if e.is_unreachable() => {
+                repl.note_missed(s, key);
+                failure = Some(e);
+            }
             Err(_) => fix.push(s),
             Ok(copy) if !agrees(primary_reply, &copy) => fix.push(s),
             Ok(_) => {}
@@ -574,7 +802,7 @@ fn settle(
         fix.extend(unsent);
     }
     match failure {
-        Some(e) => (Err(e), Vec::new()),
+        Some(e) => (Err(e), fix),
         None => (answer, fix),
     }
 }
@@ -601,9 +829,12 @@ struct FixUp {
     exptime: u32,
 }
 
-/// Sets each copy to what its primary holds now: `get` the primary and `gets` the copy, then
-/// `cas` (or `add`, or `delete`) the copy, so a write racing the fix-up is not overwritten
-/// with an older value; tried again while other writers change the copy.
+/// Sets each copy to what its primary holds now: `get` the primary (with its in-sync marker:
+/// a primary that restarted empty is never copied from) and `gets` the copy, then `cas` (or
+/// `add`, or `delete`) the copy, so a write racing the fix-up is not overwritten with an older
+/// value; then looks again, since the primary may have changed after it was read (another
+/// writer that found the copies equal meanwhile would have acknowledged); tried again while
+/// other writers change either.
 fn fix_up<P: Servers + ?Sized>(
     pool: &P,
     repl: &Replication,
@@ -615,7 +846,8 @@ fn fix_up<P: Servers + ?Sized>(
         .flat_map(|(i, f)| f.copies.iter().map(move |&s| (i, s)))
         .collect();
     let mut results: Vec<Result<(), StoreError>> = fixes.iter().map(|_| Ok(())).collect();
-    for _ in 0..FIX_UP_TRIES {
+    // A round reads and writes; the round after a write reads again to see it held.
+    for _ in 0..FIX_UP_TRIES * 2 {
         if pending.is_empty() {
             break;
         }
@@ -624,7 +856,8 @@ fn fix_up<P: Servers + ?Sized>(
             reads.push((fixes[i].primary, Command::Get(fixes[i].key.clone())));
             reads.push((s, Command::Gets(fixes[i].key.clone())));
         }
-        let mut got = send(pool, repl, reads).into_iter();
+        let (got, confirmed) = send_checked(pool, repl, reads);
+        let mut got = got.into_iter();
         let mut writes = Vec::new();
         let mut writing = Vec::new();
         for (i, s) in pending.drain(..) {
@@ -643,6 +876,14 @@ fn fix_up<P: Servers + ?Sized>(
                 }
             };
             let f = &fixes[i];
+            if !confirmed[f.primary] {
+                results[i] = Err(StoreError::Server(format!(
+                    "{} restarted empty: {} not copied from it",
+                    pool.addr(f.primary),
+                    String::from_utf8_lossy(&f.key)
+                )));
+                continue;
+            }
             let cmd = match (src, dst) {
                 (None, None) => continue,
                 (None, Some(_)) => Command::Delete(f.key.clone()),
@@ -667,8 +908,8 @@ fn fix_up<P: Servers + ?Sized>(
         }
         for ((i, s), r) in writing.into_iter().zip(send(pool, repl, writes)) {
             match r {
-                Ok(Reply::Stored | Reply::Deleted | Reply::NotFound) => {}
-                Ok(_) => pending.push((i, s)), // changed meanwhile: look again
+                // Written, or changed meanwhile: look again.
+                Ok(_) => pending.push((i, s)),
                 Err(e) => results[i] = Err(e),
             }
         }
@@ -721,12 +962,15 @@ pub fn resync<P: Servers + ?Sized>(
     }
     refresh_sync(pool, repl);
     let marker = repl.marker().unwrap_or_default();
+    // A server that restarts during the resync may have lost what was copied to it: only
+    // servers whose connections held all along are marked in sync at the end.
+    let started: Vec<u64> = (0..pool.count()).map(|s| pool.interruptions(s)).collect();
     for chunk in keys.chunks(128) {
         let mut reads = Vec::new();
         let mut asked = Vec::new();
         for key in chunk {
             let holders = holders(pool, repl, key);
-            let primary = repl.acting_primary(&holders);
+            let primary = repl.acting_primary(&holders, key);
             reads.push((primary, Command::Get(key.clone())));
             let copies: Vec<usize> = holders.into_iter().filter(|&s| s != primary).collect();
             for &s in &copies {
@@ -734,10 +978,26 @@ pub fn resync<P: Servers + ?Sized>(
             }
             asked.push((key, primary, copies));
         }
-        let mut got = send(pool, repl, reads).into_iter();
+        let (got, confirmed) = send_checked(pool, repl, reads);
+        let mut got = got.into_iter();
         let mut fixes = Vec::new();
         for (key, primary, copies) in asked {
             report.keys += 1;
+            if !confirmed[primary] {
+                // Restarted empty since it was taken for the primary: its misses prove
+                // nothing, and copying from it would delete the other copies.
+                for _ in 0..=copies.len() {
+                    got.next();
+                }
+                report.failed.push((
+                    key.clone(),
+                    StoreError::Server(format!(
+                        "{} answered without its in-sync marker",
+                        pool.addr(primary)
+                    )),
+                ));
+                continue;
+            }
             let src = got
                 .next()
                 .unwrap_or_else(no_reply)
@@ -787,9 +1047,10 @@ pub fn resync<P: Servers + ?Sized>(
         }
         if repair && !fixes.is_empty() {
             let keys: Vec<Vec<u8>> = fixes.iter().map(|f| f.key.clone()).collect();
-            for (key, r) in keys.into_iter().zip(fix_up(pool, repl, fixes)) {
+            let counts: Vec<usize> = fixes.iter().map(|f| f.copies.len()).collect();
+            for ((key, n), r) in keys.into_iter().zip(counts).zip(fix_up(pool, repl, fixes)) {
                 if let Err(e) = r {
-                    report.copied -= 1;
+                    report.copied -= n;
                     report.failed.push((key, e));
                 }
             }
@@ -798,10 +1059,19 @@ pub fn resync<P: Servers + ?Sized>(
     if !repair {
         report.copied = 0;
     } else if report.failed.is_empty() {
-        for s in 0..repl.servers.len() {
-            if !repl.in_sync(s)
-                && let Err(e) = mark_in_sync(pool, repl, s)
-            {
+        for (s, &before) in started.iter().enumerate() {
+            if repl.in_sync(s) {
+                continue;
+            }
+            let result = if pool.interruptions(s) != before {
+                Err(StoreError::Server(format!(
+                    "{}'s connections broke during the resync (restarted?): run it again",
+                    pool.addr(s)
+                )))
+            } else {
+                mark_in_sync(pool, repl, s)
+            };
+            if let Err(e) = result {
                 report.failed.push((marker.clone(), e));
             }
         }

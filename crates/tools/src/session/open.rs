@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
+use memfis_fs::layout::record::FormatRecord;
 use memfis_fs::{FsConfig, FsError, KeyLayout, MemFs};
 use memfis_memcache::{Client, ClientConfig, Store};
 
@@ -113,10 +114,19 @@ pub fn open_fs(
             );
         }
     }
-    if client.server_count() == 1
-        && let Some(e) = unreachable.take()
-    {
-        return Err(e);
+    // A tree keeping one copy of each key cannot open with a server down: say so at once,
+    // not after its calls time out.
+    if let Some(e) = unreachable.take() {
+        let copies = client
+            .get_anywhere(&keys.format())
+            .ok()
+            .flatten()
+            .and_then(|item| serde_json::from_slice::<FormatRecord>(&item.value).ok())
+            .map(|rec| rec.replicas);
+        if client.server_count() == 1 || copies.unwrap_or(cfg.replicas.unwrap_or(1)) < 2 {
+            return Err(e);
+        }
+        unreachable = Some(e);
     }
     guard_against_evictions(&client, cfg.allow_evictions)?;
     let fs_cfg = FsConfig {
