@@ -235,6 +235,18 @@ fn the_number_of_copies_is_the_trees() {
         .find_map(|s| s.get(b"memfis://one%format"))
         .unwrap();
     assert!(!String::from_utf8_lossy(&format).contains("replicas"));
+    // A tree of two copies made after it: the store's list of prefixes, written by the
+    // one-copy tree on one server only, gets its second copy (a fix-up from a server with
+    // no marker of the new tree yet once failed here).
+    let (code, out) = memfis_on(
+        "load",
+        &[src.path().to_str().unwrap(), "--replicas", "2"],
+        &joined,
+        "memfis://two-after",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = memfis_on("check", &[], &joined, "memfis://two-after");
+    assert_eq!(code, 0, "{out}");
 }
 
 /// The client on its own: the acting primary decides conditional commands and the other copy

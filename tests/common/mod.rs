@@ -316,10 +316,34 @@ impl Mount {
 
     /// As [`Mount::with_exact_args`], on a new directory made in `parent`.
     pub fn in_dir(parent: &Path, servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
+        Mount::spawn(None, parent, servers, prefix, extra)
+    }
+
+    /// As [`Mount::with_exact_args`], the daemon running in network namespace `netns`.
+    pub fn in_netns(netns: &str, servers: &[String], prefix: &str, extra: &[&str]) -> Mount {
+        Mount::spawn(Some(netns), &std::env::temp_dir(), servers, prefix, extra)
+    }
+
+    fn spawn(
+        netns: Option<&str>,
+        parent: &Path,
+        servers: &[String],
+        prefix: &str,
+        extra: &[&str],
+    ) -> Mount {
         let dir = tempfile::tempdir_in(parent).unwrap();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("memfis.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match netns {
+            // nsenter, not `ip netns exec`, which also enters a mount namespace of its own
+            // (where the FUSE mount would stay).
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("mount")
             .arg(dir.path())
             .arg("--foreground")

@@ -48,6 +48,9 @@ impl ServerPool {
         let out = f(&mut conn);
         if conn.broken {
             self.interruptions.fetch_add(1, Ordering::SeqCst);
+            // The others idle since may be as dead (a server gone, a route cut): each would
+            // cost a batch its timeout. New ones are dialled as needed.
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         } else {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE {

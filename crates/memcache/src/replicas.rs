@@ -876,7 +876,13 @@ fn fix_up<P: Servers + ?Sized>(
                 }
             };
             let f = &fixes[i];
-            if !confirmed[f.primary] {
+            // A primary seen without its marker while another copy has one restarted empty
+            // (when none has it, as before a new tree's markers are written, the key's own
+            // server answers: see `acting_primary`).
+            let another_in_sync = holders(pool, repl, &f.key)
+                .into_iter()
+                .any(|h| h != f.primary && repl.in_sync(h));
+            if !confirmed[f.primary] && another_in_sync {
                 results[i] = Err(StoreError::Server(format!(
                     "{} restarted empty: {} not copied from it",
                     pool.addr(f.primary),
@@ -983,7 +989,7 @@ pub fn resync<P: Servers + ?Sized>(
         let mut fixes = Vec::new();
         for (key, primary, copies) in asked {
             report.keys += 1;
-            if !confirmed[primary] {
+            if !confirmed[primary] && copies.iter().any(|&s| repl.in_sync(s)) {
                 // Restarted empty since it was taken for the primary: its misses prove
                 // nothing, and copying from it would delete the other copies.
                 for _ in 0..=copies.len() {
