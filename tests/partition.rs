@@ -41,7 +41,7 @@ impl Net {
     fn new() -> Net {
         let tag = format!("{}", std::process::id() % 100_000);
         let bridge = format!("mfb{tag}");
-        let mut net = Net {
+        let net = Net {
             bridge: bridge.clone(),
             namespaces: Vec::new(),
             servers: Vec::new(),
