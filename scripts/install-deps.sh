@@ -13,6 +13,8 @@ declare -A package_of=(
   [cc]=gcc
   [nutcracker]=nutcracker
   [rsync]=rsync
+  [ip]=iproute2
+  [nsenter]=util-linux
 )
 missing=()
 for cmd in "${!package_of[@]}"; do

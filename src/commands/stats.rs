@@ -89,12 +89,33 @@ fn render(stats: &Stats) -> String {
     }
     out += &format!(
         "trees on this store: {}\n",
-        if stats.trees.is_empty() {
-            "none".to_string()
-        } else {
-            stats.trees.join(", ")
+        match (&stats.trees_error, stats.trees.is_empty()) {
+            (Some(e), _) => format!("cannot be read ({e})"),
+            (None, true) => "none".to_string(),
+            (None, false) => stats.trees.join(", "),
         }
     );
+    if let Some(c) = &stats.copies {
+        out += &format!(
+            "copies: {} of each key; {} keys, {} under-replicated{}{}\n",
+            c.replicas,
+            c.keys,
+            c.under_replicated,
+            if c.failed.is_empty() {
+                String::new()
+            } else {
+                format!(", {} copies could not be read", c.failed.len())
+            },
+            if c.out_of_sync.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; out of sync (restarted empty?): {} (`memfis check --repair` refills)",
+                    c.out_of_sync.join(", ")
+                )
+            }
+        );
+    }
     let t = &stats.tree;
     out += &format!("tree {}:", t.prefix);
     if let Some(e) = &t.error {

@@ -44,6 +44,9 @@ pub struct TreeStats {
     /// The prefix holds no tree (`error` says so).
     #[serde(skip)]
     pub no_tree: bool,
+    /// Every key the walk reached (for comparing copies).
+    #[serde(skip)]
+    pub tree_keys: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,17 +55,27 @@ pub struct Stats {
     pub tree: TreeStats,
     /// Prefixes of every tree formatted on this store.
     pub trees: Vec<String>,
+    /// Why that list could not be read.
+    pub trees_error: Option<String>,
+    /// With `--replicas N`: the copies of the tree's keys (under-replicated keys, servers out
+    /// of sync).
+    pub copies: Option<crate::replicas::ReplicaReport>,
 }
 
 impl Stats {
     /// Every server answered and the tree could be read.
     pub fn healthy(&self) -> bool {
-        self.servers.iter().all(|s| s.reachable) && self.tree.error.is_none()
+        self.servers.iter().all(|s| s.reachable)
+            && self.tree.error.is_none()
+            && self.copies.as_ref().is_none_or(|c| c.clean())
     }
 }
 
 /// The figures of the servers behind `client` and of the tree under `keys`' prefix.
 pub fn gather(client: &Client, keys: &KeyLayout) -> Stats {
+    // Reads go around a server down or back empty when the tree keeps copies (no tree, or
+    // one that cannot be read: the errors below say so).
+    let _ = memfis_fs::settle_replicas(client, keys, None);
     let mut tree = tree_stats(client, keys);
     let trees = memfis_fs::fs::listed_prefixes(client);
     if tree.no_tree {
@@ -81,10 +94,22 @@ pub fn gather(client: &Client, keys: &KeyLayout) -> Stats {
             ),
         });
     }
+    let copies = match tree.error {
+        None => crate::replicas::check_copies(client, keys, &tree.tree_keys, false)
+            .ok()
+            .flatten(),
+        Some(_) => None,
+    };
+    let (trees, trees_error) = match trees {
+        Ok(t) => (t, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     Stats {
         servers: server_stats(client),
         tree,
-        trees: trees.unwrap_or_default(),
+        trees,
+        trees_error,
+        copies,
     }
 }
 
@@ -167,6 +192,7 @@ pub fn tree_stats<S: Store>(store: &S, keys: &KeyLayout) -> TreeStats {
         Ok(report) => {
             tree.counts = report.counts;
             tree.problems = report.problems.len();
+            tree.tree_keys = report.tree_keys;
         }
         Err(e) => tree.error = Some(e.to_string()),
     }
