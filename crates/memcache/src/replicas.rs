@@ -175,9 +175,15 @@ pub struct Replication {
     missed: Mutex<Missed>,
 }
 
+/// A key one server missed: (server, key).
+type MissedKey = (usize, Vec<u8>);
+
 #[derive(Default)]
 struct Missed {
-    keys: std::collections::BTreeSet<(usize, Vec<u8>)>,
+    /// (server, key) -> the generation of the last miss, so that a repair that began before
+    /// a newer miss of the same key does not forget it.
+    keys: std::collections::BTreeMap<MissedKey, u64>,
+    generation: u64,
     /// Servers that missed more than can be remembered: their marker goes.
     untracked: std::collections::BTreeSet<usize>,
 }
@@ -286,15 +292,18 @@ impl Replication {
     }
 
     /// The copy that answers for `key`, held by `holders`: the first in sync, not resting
-    /// and not known to have missed a write of the key; else the first not resting; else the
-    /// key's own server.
+    /// and not known to have missed a write of the key; else the first in sync and not
+    /// resting (an older value, of a write that was never acknowledged, beats none); else the
+    /// first not resting; else the key's own server.
     fn acting_primary(&self, holders: &[usize], key: &[u8]) -> usize {
         let missed = lock(&self.missed);
-        let stale = |s: usize| missed.keys.contains(&(s, key.to_vec()));
+        let stale = |s: usize| missed.keys.contains_key(&(s, key.to_vec()));
+        let usable = |s: &usize| self.in_sync(*s) && !self.resting(*s);
         holders
             .iter()
             .copied()
-            .find(|&s| self.in_sync(s) && !self.resting(s) && !stale(s))
+            .find(|s| usable(s) && !stale(*s))
+            .or_else(|| holders.iter().copied().find(usable))
             .or_else(|| holders.iter().copied().find(|&s| !self.resting(s)))
             .unwrap_or(holders[0])
     }
@@ -305,12 +314,14 @@ impl Replication {
         if missed.untracked.contains(&index) {
             return;
         }
-        if missed.keys.len() >= MISSED_KEPT {
+        if missed.keys.keys().filter(|(s, _)| *s == index).count() >= MISSED_KEPT {
             missed.untracked.insert(index);
-            missed.keys.retain(|(s, _)| *s != index);
+            missed.keys.retain(|(s, _), _| *s != index);
             return;
         }
-        missed.keys.insert((index, key.to_vec()));
+        missed.generation += 1;
+        let generation = missed.generation;
+        missed.keys.insert((index, key.to_vec()), generation);
     }
 
     fn remember_tokens(&self, key: &[u8], cas: u64, tokens: Tokens) {
@@ -398,7 +409,7 @@ fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
 /// missed too many to remember loses its marker instead (every client then takes it for out
 /// of sync until `memfis check --repair`).
 fn repair_missed<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
-    let (due, untracked): (Vec<(usize, Vec<u8>)>, Vec<usize>) = {
+    let (due, untracked): (Vec<(MissedKey, u64)>, Vec<usize>) = {
         let missed = lock(&repl.missed);
         if missed.keys.is_empty() && missed.untracked.is_empty() {
             return;
@@ -407,9 +418,8 @@ fn repair_missed<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
             missed
                 .keys
                 .iter()
-                .filter(|(s, _)| !repl.resting(*s))
-                .take(MISSED_PER_BATCH)
-                .cloned()
+                .filter(|((s, _), _)| !repl.resting(*s))
+                .map(|(k, g)| (k.clone(), *g))
                 .collect(),
             missed
                 .untracked
@@ -433,7 +443,10 @@ fn repair_missed<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
     }
     let mut fixes = Vec::new();
     let mut entries = Vec::new();
-    for (s, key) in due {
+    for ((s, key), generation) in due {
+        if fixes.len() == MISSED_PER_BATCH {
+            break;
+        }
         let primary = repl.acting_primary(&holders(pool, repl, &key), &key);
         if primary == s {
             continue; // no other copy answers: nothing to copy from
@@ -444,14 +457,15 @@ fn repair_missed<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
             copies: vec![s],
             exptime: 0,
         });
-        entries.push((s, key));
+        entries.push(((s, key), generation));
     }
     if fixes.is_empty() {
         return;
     }
-    for (entry, r) in entries.into_iter().zip(fix_up(pool, repl, fixes)) {
-        if r.is_ok() {
-            lock(&repl.missed).keys.remove(&entry);
+    for ((entry, generation), r) in entries.into_iter().zip(fix_up(pool, repl, fixes)) {
+        let mut missed = lock(&repl.missed);
+        if r.is_ok() && missed.keys.get(&entry) == Some(&generation) {
+            missed.keys.remove(&entry);
         }
     }
 }
@@ -595,6 +609,19 @@ pub fn execute<P: Servers + ?Sized>(
                         .find(|&s| confirmed[s])
                         .unwrap_or(primary)
                 };
+                let holders_now = holders(pool, repl, cmd.key());
+                if !confirmed[primary] && holders_now.iter().any(|&h| repl.in_sync(h)) {
+                    // No copy asked answered in sync while one is: not an answer (the caller
+                    // tries again; a fix-up of the others would copy from an emptied server).
+                    for (_, at) in sent {
+                        replies[at].take();
+                    }
+                    out.push(Some(Err(StoreError::Server(format!(
+                        "{} answered without its in-sync marker",
+                        pool.addr(primary)
+                    )))));
+                    continue;
+                }
                 let mut answer = None;
                 let mut copies = Vec::new();
                 for (s, at) in sent {
@@ -640,11 +667,20 @@ pub fn execute<P: Servers + ?Sized>(
     }
     if !fix_ups.is_empty() {
         let (idx, fixes): (Vec<usize>, Vec<FixUp>) = fix_ups.into_iter().unzip();
-        for (i, r) in idx.into_iter().zip(fix_up(pool, repl, fixes)) {
-            if let Err(e) = r
-                && matches!(out[i], Some(Ok(_)))
-            {
-                out[i] = Some(Err(e));
+        let copies: Vec<(Vec<u8>, Vec<usize>)> = fixes
+            .iter()
+            .map(|f| (f.key.clone(), f.copies.clone()))
+            .collect();
+        for ((i, (key, servers)), r) in idx.into_iter().zip(copies).zip(fix_up(pool, repl, fixes)) {
+            if let Err(e) = r {
+                // Those copies keep what they held: never the answer for the key until set
+                // right.
+                for s in servers {
+                    repl.note_missed(s, &key);
+                }
+                if matches!(out[i], Some(Ok(_))) {
+                    out[i] = Some(Err(e));
+                }
             }
         }
     }
@@ -698,12 +734,32 @@ fn execute_once_more<P: Servers + ?Sized>(
     replies
         .into_iter()
         .zip(servers)
-        .map(|(r, s)| match r {
-            Ok(_) if !confirmed[s] => Err(StoreError::Server(format!(
-                "no copy answered in sync ({} has no in-sync marker)",
-                pool.addr(s)
-            ))),
-            r => r,
+        .zip(&batch)
+        .map(|((r, s), cmd)| {
+            let another_in_sync = holders(pool, repl, cmd.key())
+                .into_iter()
+                .any(|h| h != s && repl.in_sync(h));
+            match r {
+                Ok(_) if !confirmed[s] && another_in_sync => Err(StoreError::Server(format!(
+                    "no copy answered in sync ({} has no in-sync marker)",
+                    pool.addr(s)
+                ))),
+                Ok(Reply::Value(Some(item))) => {
+                    // A `gets` answered by this copy: its token is this server's.
+                    if let (Command::Gets(key), Some(cas)) = (cmd, item.cas) {
+                        repl.remember_tokens(
+                            key,
+                            cas,
+                            Tokens {
+                                issuer: s,
+                                copies: Vec::new(),
+                            },
+                        );
+                    }
+                    Ok(Reply::Value(Some(item)))
+                }
+                r => r,
+            }
         })
         .collect()
 }
@@ -846,8 +902,10 @@ fn fix_up<P: Servers + ?Sized>(
         .flat_map(|(i, f)| f.copies.iter().map(move |&s| (i, s)))
         .collect();
     let mut results: Vec<Result<(), StoreError>> = fixes.iter().map(|_| Ok(())).collect();
-    // A round reads and writes; the round after a write reads again to see it held.
-    for _ in 0..FIX_UP_TRIES * 2 {
+    // A round reads and writes; the round after a write reads again to see it held; the
+    // last round only reads.
+    for round in 0..FIX_UP_TRIES * 2 {
+        let last = round + 1 == FIX_UP_TRIES * 2;
         if pending.is_empty() {
             break;
         }
@@ -860,6 +918,7 @@ fn fix_up<P: Servers + ?Sized>(
         let mut got = got.into_iter();
         let mut writes = Vec::new();
         let mut writing = Vec::new();
+        let mut still_differs = Vec::new();
         for (i, s) in pending.drain(..) {
             let (src, dst) = (
                 got.next().unwrap_or_else(no_reply),
@@ -909,9 +968,14 @@ fn fix_up<P: Servers + ?Sized>(
                     exptime: f.exptime,
                 },
             };
+            if last {
+                still_differs.push((i, s)); // reported below
+                continue;
+            }
             writing.push((i, s));
             writes.push((s, cmd));
         }
+        pending.extend(still_differs);
         for ((i, s), r) in writing.into_iter().zip(send(pool, repl, writes)) {
             match r {
                 // Written, or changed meanwhile: look again.
@@ -1075,7 +1139,19 @@ pub fn resync<P: Servers + ?Sized>(
                     pool.addr(s)
                 )))
             } else {
-                mark_in_sync(pool, repl, s)
+                mark_in_sync(pool, repl, s).and_then(|()| {
+                    // Re-dialled to write the marker: it may have restarted after the last
+                    // copy; take the marker back.
+                    if pool.interruptions(s) == before {
+                        return Ok(());
+                    }
+                    repl.note_out_of_sync(s, &pool.addr(s));
+                    let _ = send(pool, repl, vec![(s, Command::Delete(marker.clone()))]);
+                    Err(StoreError::Server(format!(
+                        "{} restarted during the resync: run it again",
+                        pool.addr(s)
+                    )))
+                })
             };
             if let Err(e) = result {
                 report.failed.push((marker.clone(), e));
