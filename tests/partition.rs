@@ -117,6 +117,21 @@ impl Drop for Net {
     }
 }
 
+/// Adds (`add`) or removes (`del`) the route in namespace `ns` that cuts it off from the
+/// first server.
+fn cut(ns: &str, verb: &str) {
+    ip(&[
+        "netns",
+        "exec",
+        ns,
+        "ip",
+        "route",
+        verb,
+        "prohibit",
+        "10.213.0.10/32",
+    ]);
+}
+
 /// Every file of `root` (relative path -> bytes).
 fn tree(root: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -157,16 +172,7 @@ fn a_mount_cut_off_from_one_server_never_goes_on_with_another_tree() {
     }
 
     // Cut mount a off from the first server (the servers themselves still talk to b).
-    ip(&[
-        "netns",
-        "exec",
-        &cut_ns,
-        "ip",
-        "route",
-        "add",
-        "prohibit",
-        "10.213.0.10/32",
-    ]);
+    cut(&cut_ns, "add");
     std::thread::sleep(Duration::from_millis(200));
     // a still reads everything, from the copies it reaches.
     for (rel, bytes) in &acked {
@@ -197,16 +203,7 @@ fn a_mount_cut_off_from_one_server_never_goes_on_with_another_tree() {
     let ta = work(a.path().to_path_buf(), "a");
     let tb = work(b.path().to_path_buf(), "b");
     std::thread::sleep(Duration::from_secs(4));
-    ip(&[
-        "netns",
-        "exec",
-        &cut_ns,
-        "ip",
-        "route",
-        "del",
-        "prohibit",
-        "10.213.0.10/32",
-    ]);
+    cut(&cut_ns, "del");
     let (done_a, renamed_a) = ta.join().unwrap();
     let (done_b, renamed_b) = tb.join().unwrap();
     assert!(!(renamed_a && renamed_b), "both mounts renamed site/f0");
