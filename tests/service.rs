@@ -373,7 +373,18 @@ fn metrics_are_served_in_prometheus_text() {
         std::fs::write(m.p(&format!("f{i}.txt")), vec![b'x'; 1000]).unwrap();
     }
     let _ = std::fs::metadata(m.p("missing"));
-    let (status, headers, body) = http_request(port, "GET", "/metrics", &[]);
+    // The kernel sends a file's release after close(2) has returned: wait for the last one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (status, headers, body) = loop {
+        let (status, headers, body) = http_request(port, "GET", "/metrics", &[]);
+        let released = String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l == "memfis_open_handles 0");
+        if released || std::time::Instant::now() > deadline {
+            break (status, headers, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(status, 200);
     assert!(
         header(&headers, "content-type")
