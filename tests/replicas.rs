@@ -83,7 +83,9 @@ fn a_server_killed_then_back_empty_loses_no_file() {
     let src = tempfile::tempdir().unwrap();
     let files = site(src.path());
 
-    let writer = Mount::with_args(&list, PREFIX, &["--replicas", "2"]);
+    // No background refill here: `memfis check --repair` refills (the mounts' own refill:
+    // a_live_mount_refills_a_server_back_empty_or_new).
+    let writer = Mount::with_args(&list, PREFIX, &["--replicas", "2", "--refill-rate", "0"]);
     sh(&format!(
         "cp -a {}/. {}/",
         src.path().display(),
@@ -109,7 +111,7 @@ fn a_server_killed_then_back_empty_loses_no_file() {
     // One server dies: nginx and the mounts answer from the other copies.
     servers[1].stop();
     assert_served(&nginx, &files, "server 1 down");
-    let reader = Mount::with_exact_args(&list, PREFIX, &[]);
+    let reader = Mount::with_exact_args(&list, PREFIX, &["--refill-rate", "0"]);
     assert_reads(reader.path(), &files, "server 1 down, new mount");
     // Writes either land on every copy or fail (EIO): none is acknowledged and lost.
     let mut written = BTreeMap::new();
@@ -165,7 +167,7 @@ fn a_server_killed_then_back_empty_loses_no_file() {
     servers[2].stop();
     assert_served(&nginx, &files, "server 2 down after the resync");
     assert_served(&nginx, &after, "server 2 down after the resync");
-    let late = Mount::with_exact_args(&list, PREFIX, &[]);
+    let late = Mount::with_exact_args(&list, PREFIX, &["--refill-rate", "0"]);
     assert_reads(late.path(), &files, "server 2 down after the resync");
     assert_reads(late.path(), &written, "server 2 down after the resync");
     assert_reads(late.path(), &after, "server 2 down after the resync");
@@ -180,6 +182,128 @@ fn a_server_killed_then_back_empty_loses_no_file() {
     }
     std::fs::write(writer.p("after/rolled"), b"rolled").unwrap();
     drop((late, reader, writer));
+}
+
+/// Polls `memfis check` on `servers` until it exits 0, up to `secs` seconds: its last output.
+fn wait_for_clean_check(servers: &str, secs: u64, when: &str, mount: &Mount) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (code, out) = memfis_on("check", &[], servers, PREFIX);
+        if code == 0 {
+            return out;
+        }
+        if std::time::Instant::now() >= deadline {
+            let debug = std::process::Command::new(BIN)
+                .args(["check", "--server", servers, "--prefix", PREFIX])
+                .env("MEMFIS_LOG", "debug")
+                .output()
+                .unwrap();
+            eprintln!("{}", String::from_utf8_lossy(&debug.stderr));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{when}: check not clean within {secs} s:\n{out}\nmount's log:\n{}",
+            mount.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// A figure of the mount's metrics.
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, _, body) = http_request(port, "GET", "/metrics", &[]);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+/// A live mount refills a server back empty, slowly enough (`--refill-rate 40`) that
+/// `memfis stats` shows its progress; then a fourth server joins the pool and the mount of
+/// the four refills it. Each time, every file is then served from the store with any one
+/// server down.
+#[test]
+fn a_live_mount_refills_a_server_back_empty_or_new() {
+    let mut servers = pool();
+    let list = addrs(&servers);
+    let joined = list.join(",");
+    let src = tempfile::tempdir().unwrap();
+    let files = site(src.path());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mount = Mount::with_args(
+        &list,
+        PREFIX,
+        &["--replicas", "2", "--refill-rate", "40", "--metrics", &addr],
+    );
+    sh(&format!(
+        "cp -a {}/. {}/",
+        src.path().display(),
+        mount.path().display()
+    ));
+
+    servers[1].stop();
+    servers[1].restart();
+    // The mount's next batches find it without its marker; its refill takes the lease and
+    // says how far it got.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let progress = loop {
+        let (_, out) = memfis_on("stats", &[], &joined, PREFIX);
+        if let Some(line) = out.lines().find(|l| l.starts_with("refill: mount")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refill shown by stats:\n{out}\n{}",
+            mount.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(progress.contains(&list[1]), "{progress}");
+    assert_eq!(metric(port, "memfis_refill_running"), 1);
+    let out = wait_for_clean_check(&joined, 60, "server 1 refilled", &mount);
+    assert!(out.contains(", 0 under-replicated"), "{out}");
+    assert_eq!(metric(port, "memfis_refills_total{result=\"done\"}"), 1);
+    assert!(metric(port, "memfis_refill_copies_total") > 100);
+    assert_eq!(metric(port, "memfis_servers_lacking_copies"), 0);
+    assert_eq!(metric(port, "memfis_refill_running"), 0);
+    let (_, out) = memfis_on("stats", &[], &joined, PREFIX);
+    assert!(
+        !out.contains("refill: mount"),
+        "the lease outlived the refill:\n{out}"
+    );
+
+    // What server 1 got counts: server 0, which held the other copies of many of its keys,
+    // goes (nginx skips a server for 2 s after a failure: let it use server 1 again first).
+    let nginx = Nginx::for_store(&joined, PREFIX, &["--replicas", "2"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    servers[0].stop();
+    assert_served(&nginx, &files, "server 0 down after the refill");
+    // Back empty too: the mount refills it in turn.
+    servers[0].restart();
+    wait_for_clean_check(&joined, 60, "server 0 refilled", &mount);
+    drop((nginx, mount));
+
+    // A fourth server joins: keys move on the ring, and some now have the new server among
+    // their two. A mount of the four refills it from the copies the others hold.
+    let fourth = Memcached::with_args(&["-m", "64", "-I", "2m"]);
+    let mut four = list.clone();
+    four.push(fourth.addr());
+    let all = four.join(",");
+    let mount = Mount::with_exact_args(&four, PREFIX, &[]);
+    let out = wait_for_clean_check(&all, 60, "the new server refilled", &mount);
+    assert!(out.contains(", 0 under-replicated"), "{out}");
+    assert!(
+        !fourth.keys().is_empty(),
+        "the new server holds nothing after its refill"
+    );
+    let nginx = Nginx::for_store(&all, PREFIX, &["--replicas", "2"]);
+    assert_served(&nginx, &files, "four servers");
+    assert_reads(mount.path(), &files, "four servers");
+    // Any one server can go: its keys' other copies are on the three left.
+    servers[2].stop();
+    assert_served(&nginx, &files, "four servers, server 2 down");
+    drop((nginx, mount));
 }
 
 #[test]
@@ -258,6 +382,7 @@ fn copies_follow_the_primary() {
     let keys = ReplicaKeys {
         marker: b"memfis://c%synced".to_vec(),
         presence: b"memfis://c%alive.".to_vec(),
+        ..Default::default()
     };
     client.set_replicas(2, &keys).unwrap();
     client.mark_all_in_sync().unwrap();
@@ -387,6 +512,7 @@ fn replicated_client(servers: &[Memcached]) -> Client {
     let keys = ReplicaKeys {
         marker: b"memfis://c%synced".to_vec(),
         presence: b"memfis://c%alive.".to_vec(),
+        ..Default::default()
     };
     client.set_replicas(2, &keys).unwrap();
     client.mark_all_in_sync().unwrap();

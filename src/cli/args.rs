@@ -303,7 +303,8 @@ pub struct MountArgs {
     #[arg(long)]
     pub create: bool,
     /// Mount options, comma separated: ro, allow_other, allow_root, noatime, nodev, nosuid,
-    /// noexec, nonempty, gzip, create, replicas=N, fsname=NAME, server=HOST:PORT, prefix=PREFIX, attr_ttl=SECONDS.
+    /// noexec, nonempty, gzip, create, replicas=N, refill_rate=N, fsname=NAME, server=HOST:PORT, prefix=PREFIX,
+    /// attr_ttl=SECONDS.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Seconds the kernel caches entries and attributes.
@@ -321,6 +322,11 @@ pub struct MountArgs {
     /// Serve Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9310), path /metrics.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// With --replicas 2 or more: keys a second this mount compares and copies, in the
+    /// background, to a server that lacks its copies (back empty, or new to the pool); one
+    /// mount refills at a time. 0: never (`memfis check --repair` refills). `-o refill_rate=N`.
+    #[arg(long, default_value_t = memfis_tools::refill::DEFAULT_RATE)]
+    pub refill_rate: u32,
 }
 
 impl StoreArgs {

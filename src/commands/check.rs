@@ -93,7 +93,7 @@ fn print_copies(c: &ReplicaReport) {
     }
     for s in &c.out_of_sync {
         println!(
-            "server {s} is out of sync (restarted empty?): `memfis check --repair` refills it"
+            "server {s} is out of sync (restarted empty?): `memfis check --repair` refills it, as a mount does in the background"
         );
     }
     println!(

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fuser::{Config, MountOption, SessionACL};
+use memfis_memcache::Store;
+use memfis_tools::refill::Refiller;
 use memfis_tools::{IfNoTree, Session, StoreConfig, session};
 use nix::unistd::{ForkResult, fork, pipe, setsid};
 use sd_notify::NotifyState;
@@ -63,6 +65,9 @@ fn parse_options(args: &mut MountArgs) -> Result<Options> {
                     bail!("replicas={v}: give 1 to 16");
                 }
                 args.store.replicas = Some(n);
+            }
+            ("refill_rate", Some(v)) => {
+                args.refill_rate = v.parse().with_context(|| format!("bad refill_rate={v}"))?
             }
             ("create", None) => args.create = true,
             ("server", Some(v)) => servers_from_options.push(v.to_string()),
@@ -183,8 +188,12 @@ fn serve(
             .map_err(|e| crate::cli::store::explain_no_tree(e, NO_TREE_ADVICE))?;
         let fs = session.fs().clone();
         let client = fs.store().clone();
+        // Refills a server back empty (or new) from the other copies while the mount runs.
+        let refiller = (client.replicas() > 1 && args.refill_rate > 0)
+            .then(|| Refiller::start(fs.clone(), args.refill_rate));
         if let Some(addr) = args.metrics {
-            crate::service::metrics::serve(addr, fs.clone())?;
+            let refills = refiller.as_ref().map(Refiller::status);
+            crate::service::metrics::serve(addr, fs.clone(), refills)?;
         }
         let mut config = Config::default();
         config.n_threads = Some(args.threads.max(1));
@@ -203,8 +212,8 @@ fn serve(
         let fuse_fs = FuseFs::new(fs, store.cache_ttl, notifier.clone());
         let (fuse, unmounter) = kernel_mount::mount(fuse_fs, &spec, config)?;
         let _ = notifier.set(fuse.notifier());
-        // The session (its heartbeat) lives until the FUSE session ends.
-        Ok((session, fuse, unmounter, client))
+        // The session (its heartbeat) and the refill live until the FUSE session ends.
+        Ok(((session, refiller), fuse, unmounter, client))
     })();
     let (_session, fuse, unmounter, client) = match mounted {
         Ok(s) => s,

@@ -110,11 +110,25 @@ fn render(stats: &Stats) -> String {
                 String::new()
             } else {
                 format!(
-                    "; out of sync (restarted empty?): {} (`memfis check --repair` refills)",
+                    "; out of sync (restarted empty?): {} (a mount or `memfis check --repair` refills)",
                     c.out_of_sync.join(", ")
                 )
             }
         );
+    }
+    match (&stats.refill, &stats.refill_error) {
+        (Some(r), _) => {
+            out += &format!(
+                "refill: mount {} copies to {}: {} of {} keys compared, {} copies written\n",
+                r.mount,
+                r.servers.join(", "),
+                r.compared,
+                r.keys,
+                r.copied
+            )
+        }
+        (None, Some(e)) => out += &format!("refill: {e}\n"),
+        (None, None) => {}
     }
     let t = &stats.tree;
     out += &format!("tree {}:", t.prefix);

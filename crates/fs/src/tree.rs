@@ -356,6 +356,7 @@ pub fn settle_replicas<S: Store>(
             &memfis_memcache::ReplicaKeys {
                 marker: keys.in_sync_marker(),
                 presence: keys.alive(""),
+                expiring: vec![keys.refill_lease()],
             },
         )
         .map_err(FsError::Replicas)

@@ -15,6 +15,7 @@
 //! `cargo test` runs a fixed budget; `MEMFIS_SOAK=1` runs many more cases.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -128,7 +129,7 @@ impl Sched {
                 let tool = pool.client();
                 tool.set_replicas(2, &self.replica_keys).unwrap();
                 let keys = tool.list_keys().unwrap().unwrap();
-                let report = tool.resync(&keys, true);
+                let report = tool.resync(&keys, true, &mut |_| ControlFlow::Continue(()));
                 assert!(report.failed.is_empty(), "resync: {:?}", report.failed);
             }
             ServerFault::Down(s) => pool.revive(s),
@@ -631,6 +632,7 @@ fn run_case_on(
         replica_keys: ReplicaKeys {
             marker: keys.in_sync_marker(),
             presence: keys.alive(""),
+            expiring: vec![keys.refill_lease()],
         },
     });
     let stepping = Arc::new(AtomicBool::new(false));
@@ -700,9 +702,9 @@ fn run_case_on(
             repaired.after.problems
         );
         let all = store.list_keys().unwrap().unwrap();
-        let resync = client.resync(&all, true);
+        let resync = client.resync(&all, true, &mut |_| ControlFlow::Continue(()));
         prop_assert!(resync.failed.is_empty(), "resync: {:?}", resync.failed);
-        let again = client.resync(&all, false);
+        let again = client.resync(&all, false, &mut |_| ControlFlow::Continue(()));
         prop_assert_eq!(again.under_replicated, 0, "copies differ after the resync");
     }
     if crashed {

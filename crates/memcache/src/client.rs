@@ -1,6 +1,7 @@
 //! The client: routes each command of a batch to the server that owns its key and runs the
 //! per-server sub-batches pipelined, in parallel when several servers are involved.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use crate::connection::Timeouts;
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::pool::ServerPool;
 use crate::protocol::validate_key;
-use crate::replicas::{Replication, Servers};
+use crate::replicas::{Replication, ResyncReport, Servers};
 use crate::ring::Ring;
 use crate::{Capacity, CmdResult, Command, Item, Reply, Store, StoreError};
 
@@ -217,12 +218,6 @@ impl Client {
         crate::replicas::mark_in_sync(self, &self.replication, index)
     }
 
-    /// Compares every copy of `keys` with its acting primary's and, with `repair`, sets
-    /// the copies that differ to it: see [`crate::replicas::resync`].
-    pub fn resync(&self, keys: &[Vec<u8>], repair: bool) -> crate::replicas::ResyncReport {
-        crate::replicas::resync(self, &self.replication, keys, repair)
-    }
-
     /// The replication settings and each server's sync state.
     pub fn replication(&self) -> &Replication {
         &self.replication
@@ -379,6 +374,23 @@ impl Store for Client {
             all.dedup();
         }
         Some(Ok(all))
+    }
+
+    fn resync(
+        &self,
+        keys: &[Vec<u8>],
+        repair: bool,
+        pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
+    ) -> ResyncReport {
+        crate::replicas::resync(self, &self.replication, keys, repair, pace)
+    }
+
+    fn servers_to_refill(&self) -> Vec<String> {
+        let refill = crate::replicas::servers_to_refill(self, &self.replication);
+        refill
+            .into_iter()
+            .map(|s| self.pools[s].addr.clone())
+            .collect()
     }
 
     fn item_size_max(&self) -> Option<u64> {

@@ -26,7 +26,9 @@ pub mod ring;
 pub use client::{Client, ClientConfig};
 pub use command::{Command, Item, MetaItem, Reply, StoreOp};
 pub use error::{Refusal, StoreError};
-pub use replicas::{ReplicaKeys, Replication};
+pub use replicas::{ReplicaKeys, Replication, ResyncReport};
+
+use std::ops::ControlFlow;
 
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
@@ -101,6 +103,25 @@ pub trait Store: Send + Sync {
     /// set: how a tool finds a tree's format record before it knows how many copies it has.
     fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
         self.get(key)
+    }
+
+    /// Compares every copy of `keys` with its acting primary's and, with `repair`, refills
+    /// the copies that differ; `pace` hears the progress after each group of keys and may
+    /// stop the run (see [`replicas::resync`]). Nothing to do for a store that keeps one
+    /// copy.
+    fn resync(
+        &self,
+        _keys: &[Vec<u8>],
+        _repair: bool,
+        _pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
+    ) -> ResyncReport {
+        ResyncReport::default()
+    }
+
+    /// Servers that answer without their in-sync marker (back empty, or new to the pool):
+    /// what a refill copies to. Empty for a store that keeps one copy.
+    fn servers_to_refill(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Runs one command.
@@ -183,6 +204,17 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
         (**self).get_anywhere(key)
     }
+    fn resync(
+        &self,
+        keys: &[Vec<u8>],
+        repair: bool,
+        pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
+    ) -> ResyncReport {
+        (**self).resync(keys, repair, pace)
+    }
+    fn servers_to_refill(&self) -> Vec<String> {
+        (**self).servers_to_refill()
+    }
 }
 
 impl<S: Store + ?Sized> Store for &S {
@@ -215,5 +247,16 @@ impl<S: Store + ?Sized> Store for &S {
     }
     fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
         (**self).get_anywhere(key)
+    }
+    fn resync(
+        &self,
+        keys: &[Vec<u8>],
+        repair: bool,
+        pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
+    ) -> ResyncReport {
+        (**self).resync(keys, repair, pace)
+    }
+    fn servers_to_refill(&self) -> Vec<String> {
+        (**self).servers_to_refill()
     }
 }

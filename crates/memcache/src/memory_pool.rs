@@ -4,6 +4,7 @@
 //! Never the only test of a feature: tests/replicas.rs runs real memcached servers.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -88,11 +89,6 @@ impl PoolClient {
         } else {
             set.remove(&index);
         }
-    }
-
-    /// Compares every copy of `keys` and refills those that differ (`memfis check --repair`).
-    pub fn resync(&self, keys: &[Vec<u8>], repair: bool) -> ResyncReport {
-        replicas::resync(self, &self.repl, keys, repair)
     }
 
     pub fn pool(&self) -> &Arc<MemoryPool> {
@@ -184,6 +180,20 @@ impl Store for PoolClient {
             replicas::mark_in_sync(self, &self.repl, s)?;
         }
         Ok(())
+    }
+
+    fn resync(
+        &self,
+        keys: &[Vec<u8>],
+        repair: bool,
+        pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
+    ) -> ResyncReport {
+        replicas::resync(self, &self.repl, keys, repair, pace)
+    }
+
+    fn servers_to_refill(&self) -> Vec<String> {
+        let refill = replicas::servers_to_refill(self, &self.repl);
+        refill.into_iter().map(|s| self.addr(s)).collect()
     }
 
     fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {

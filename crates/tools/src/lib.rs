@@ -12,6 +12,7 @@
 //! - [`load`]: make a directory of the store equal to a local directory (`memfis load`)
 //! - [`export`]: the tree back onto local disk (`memfis export`)
 //! - [`replicas`]: every copy of a tree's keys compared, and refilled (`memfis check`)
+//! - [`refill`]: a mount's background refill of a server that lacks its copies
 //! - [`stats`]: the figures of the servers and of the tree (`memfis stats`)
 //! - [`progress`]: how a command reports while it works; the binary renders it
 //!
@@ -21,6 +22,7 @@
 pub mod export;
 pub mod load;
 pub mod progress;
+pub mod refill;
 pub mod replicas;
 pub mod session;
 pub mod stats;

@@ -2,6 +2,8 @@
 //! equal copies, and refilling them from each key's acting primary (`memfis check`,
 //! `memfis check --repair`). The protocol: docs/store-layout.md, "Replicas".
 
+use std::ops::ControlFlow;
+
 use anyhow::{Context, Result, bail};
 use memfis_fs::KeyLayout;
 use memfis_fs::layout::keys::{PREFIX_REGISTRY_KEY, escape};
@@ -38,9 +40,7 @@ impl ReplicaReport {
 
 /// Compares every copy of every key of the tree under `keys` and, with `repair`, refills
 /// the copies that lack a key or hold other bytes; `None` when the store keeps one copy.
-/// The keys: those a walk of the tree reaches (`tree_keys`, from a check) and those the
-/// store lists (`lru_crawler metadump`, not through twemproxy), which alone may miss keys
-/// memcached moves between its LRU lists while it lists them.
+/// The keys: [`keys_to_compare`].
 pub fn check_copies(
     client: &Client,
     keys: &KeyLayout,
@@ -50,24 +50,14 @@ pub fn check_copies(
     if client.replicas() < 2 {
         return Ok(None);
     }
-    let Some(listed) = client.list_keys() else {
-        bail!("the store cannot list its keys: copies cannot be compared");
-    };
-    let listed = listed.context("cannot list the store's keys to compare their copies")?;
-    let mut mine: Vec<Vec<u8>> = listed
-        .into_iter()
-        .filter(|k| belongs_to(keys, k))
-        .chain(tree_keys.iter().cloned())
-        .chain([keys.format()])
-        .collect();
-    mine.sort_unstable();
-    mine.dedup();
+    let mine = keys_to_compare(client, keys, tree_keys)?;
     let ResyncReport {
         keys: compared,
         under_replicated,
         copied,
         failed,
-    } = client.resync(&mine, repair);
+        stopped: _,
+    } = client.resync(&mine, repair, &mut |_| ControlFlow::Continue(()));
     let repl = client.replication();
     Ok(Some(ReplicaReport {
         replicas: client.replicas(),
@@ -83,6 +73,36 @@ pub fn check_copies(
             .map(|(k, e)| format!("{}: {e}", String::from_utf8_lossy(&k)))
             .collect(),
     }))
+}
+
+/// The keys of the tree under `keys` whose copies a resync compares: those a walk of the
+/// tree reached (`tree_keys`: every name's keys and the tree's own) and those the store lists
+/// (`lru_crawler metadump`, not through twemproxy: keys of writes in progress, keys no name
+/// reaches), which alone may miss keys memcached moves between its LRU lists while it lists
+/// them. Sorted, each once.
+pub fn keys_to_compare<S: Store>(
+    store: &S,
+    keys: &KeyLayout,
+    tree_keys: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>> {
+    // Listed twice: a key memcached moves between its lists during one listing is seldom
+    // moving during the next.
+    let mut listed = Vec::new();
+    for _ in 0..2 {
+        let Some(keys) = store.list_keys() else {
+            bail!("the store cannot list its keys: copies cannot be compared");
+        };
+        listed.extend(keys.context("cannot list the store's keys to compare their copies")?);
+    }
+    let mut mine: Vec<Vec<u8>> = listed
+        .into_iter()
+        .filter(|k| belongs_to(keys, k))
+        .chain(tree_keys.iter().cloned())
+        .chain([PREFIX_REGISTRY_KEY.to_vec()])
+        .collect();
+    mine.sort_unstable();
+    mine.dedup();
+    Ok(mine)
 }
 
 /// Whether `key` is one of the tree's: a data key (`escape(PREFIX)/...`), a metadata key

@@ -60,6 +60,10 @@ pub struct Stats {
     /// With `--replicas N`: the copies of the tree's keys (under-replicated keys, servers out
     /// of sync).
     pub copies: Option<crate::replicas::ReplicaReport>,
+    /// The background refill a mount runs now (its lease), with `--replicas N`.
+    pub refill: Option<crate::refill::RefillLease>,
+    /// Why the refill's lease could not be read.
+    pub refill_error: Option<String>,
 }
 
 impl Stats {
@@ -100,6 +104,11 @@ pub fn gather(client: &Client, keys: &KeyLayout) -> Stats {
             .flatten(),
         Some(_) => None,
     };
+    let (refill, refill_error) = match (&copies, crate::refill::current(client, keys)) {
+        (None, _) => (None, None),
+        (Some(_), Ok(lease)) => (lease, None),
+        (Some(_), Err(e)) => (None, Some(format!("{e:#}"))),
+    };
     let (trees, trees_error) = match trees {
         Ok(t) => (t, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
@@ -110,6 +119,8 @@ pub fn gather(client: &Client, keys: &KeyLayout) -> Stats {
         trees,
         trees_error,
         copies,
+        refill,
+        refill_error,
     }
 }
 

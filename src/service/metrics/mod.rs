@@ -11,15 +11,22 @@ pub mod fuse_ops;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use memfis_fs::MemFs;
-use memfis_memcache::Client;
+use memfis_memcache::{Client, Store};
+use memfis_tools::refill::RefillStatus;
 
 use fuse_ops::FUSE_OPS;
 
-/// Starts serving `GET /metrics` at `addr` on a thread of its own.
-pub fn serve(addr: SocketAddr, fs: Arc<MemFs<Arc<Client>>>) -> Result<()> {
+/// Starts serving `GET /metrics` at `addr` on a thread of its own; `refills` is the
+/// background refill's status, when the mount runs one (`--replicas 2` or more).
+pub fn serve(
+    addr: SocketAddr,
+    fs: Arc<MemFs<Arc<Client>>>,
+    refills: Option<Arc<RefillStatus>>,
+) -> Result<()> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot serve metrics at {addr}"))?;
@@ -33,7 +40,8 @@ pub fn serve(addr: SocketAddr, fs: Arc<MemFs<Arc<Client>>>) -> Result<()> {
                         "text/plain; version=0.0.4; charset=utf-8",
                     )
                     .expect("static header");
-                    tiny_http::Response::from_string(render(&fs)).with_header(content_type)
+                    tiny_http::Response::from_string(render(&fs, refills.as_deref()))
+                        .with_header(content_type)
                 } else {
                     tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
                 };
@@ -47,7 +55,7 @@ pub fn serve(addr: SocketAddr, fs: Arc<MemFs<Arc<Client>>>) -> Result<()> {
 
 /// Every figure of the mount, in the exposition format. (Over 80 lines: one family after
 /// another, in the order `/metrics` lists them; nothing branches.)
-pub fn render(fs: &MemFs<Arc<Client>>) -> String {
+pub fn render(fs: &MemFs<Arc<Client>>, refills: Option<&RefillStatus>) -> String {
     let mut out = Exposition::default();
 
     out.family(
@@ -145,6 +153,9 @@ pub fn render(fs: &MemFs<Arc<Client>>) -> String {
         "Open file handles of this mount.",
         activity.open_handles,
     );
+    if client.replicas() > 1 {
+        refill_figures(&mut out, client, refills);
+    }
     out.family(
         "memfis_store_info",
         "The store this mount serves (value 1).",
@@ -152,6 +163,52 @@ pub fn render(fs: &MemFs<Arc<Client>>) -> String {
     );
     out.sample("memfis_store_info", &[("store_id", &activity.store_id)], 1);
     out.0
+}
+
+/// The copies of a replicated pool: servers lacking theirs, and the background refill.
+fn refill_figures(out: &mut Exposition, client: &Client, refills: Option<&RefillStatus>) {
+    out.gauge(
+        "memfis_servers_lacking_copies",
+        "Servers that answer without their in-sync marker (back empty, or new): a refill copies to them.",
+        client.servers_to_refill().len() as u64,
+    );
+    let Some(r) = refills else { return };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    out.gauge(
+        "memfis_refill_running",
+        "1 while this mount refills a server from the other copies.",
+        u64::from(r.running.load(Ordering::Relaxed)),
+    );
+    out.gauge(
+        "memfis_refill_keys_planned",
+        "Keys the refill running (or the last one) compares.",
+        get(&r.keys_planned),
+    );
+    out.counter(
+        "memfis_refill_keys_compared_total",
+        "Keys whose copies this mount's refills compared.",
+        get(&r.keys_compared),
+    );
+    out.counter(
+        "memfis_refill_copies_total",
+        "Copies this mount's refills wrote.",
+        get(&r.copies_written),
+    );
+    out.family(
+        "memfis_refills_total",
+        "Refills this mount ran, by how they ended.",
+        "counter",
+    );
+    out.sample(
+        "memfis_refills_total",
+        &[("result", "done")],
+        get(&r.completed),
+    );
+    out.sample(
+        "memfis_refills_total",
+        &[("result", "failed")],
+        get(&r.failed),
+    );
 }
 
 /// The text being written, one family after another.

@@ -152,6 +152,13 @@ impl KeyLayout {
         self.meta("synced")
     }
 
+    /// Lease of the mount refilling the servers of a replicated pool that lack their copies
+    /// (one at a time), stored with an expiry; its value tells its progress (`memfis
+    /// stats`).
+    pub fn refill_lease(&self) -> Vec<u8> {
+        self.meta("refill")
+    }
+
     /// Counter handing out inode numbers (`incr`).
     pub fn next_ino(&self) -> Vec<u8> {
         self.meta("next-ino")

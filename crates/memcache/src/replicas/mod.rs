@@ -28,9 +28,9 @@ mod state;
 pub use fan_out::execute;
 use fan_out::*;
 use fix_up::*;
-pub use resync::{ResyncReport, resync};
+pub use resync::{RESYNC_GROUP, ResyncReport, resync};
 use state::*;
-pub use state::{ReplicaKeys, Replication, mark_in_sync};
+pub use state::{ReplicaKeys, Replication, mark_in_sync, servers_to_refill};
 
 /// The servers of a pool as replication sees them: the client's connections, or servers in
 /// memory for tests ([`crate::memory_pool`]).

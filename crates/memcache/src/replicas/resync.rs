@@ -1,6 +1,8 @@
 //! Comparing every copy of a list of keys with its primary, and refilling those that differ
 //! (`memfis check`, `memfis check --repair`).
 
+use std::ops::ControlFlow;
+
 use super::*;
 
 /// What [`resync`] found and did.
@@ -14,36 +16,52 @@ pub struct ResyncReport {
     pub copied: usize,
     /// Copies that could not be compared or set: (key, error).
     pub failed: Vec<(Vec<u8>, StoreError)>,
+    /// The caller's pace stopped the run before every key was compared.
+    pub stopped: bool,
 }
 
 /// Keys resync leaves alone: they expire by themselves (liveness keys, empty lock lists,
-/// stored with a TTL a copy cannot learn) or belong to one server (the marker). `value` is
-/// what any copy holds.
-pub(super) fn skipped_by_resync(key: &[u8], value: Option<&[u8]>, marker: &[u8]) -> bool {
+/// the refill lease: stored with a TTL a copy cannot learn) or belong to one server (the
+/// marker). `value` is what any copy holds.
+pub(super) fn skipped_by_resync(key: &[u8], value: Option<&[u8]>, keys: &ReplicaKeys) -> bool {
     let text = String::from_utf8_lossy(key);
-    key == marker || text.contains("%alive.") || (text.contains("%L") && value == Some(b"[]"))
+    key == keys.marker
+        || keys.expiring.iter().any(|k| k == key)
+        || text.contains("%alive.")
+        || (text.contains("%L") && value == Some(b"[]"))
 }
 
-/// Compares each key's copies with its acting primary's, 128 keys a round trip; with
-/// `repair` sets those that differ to it (as a fix-up does: `cas`/`add`/`delete` on what the
-/// copy held, so a mount's write at the same moment is not overwritten), and once every copy
-/// agrees marks every reachable server in sync.
+/// Keys compared per round trip, and between two calls of the caller's pace.
+pub const RESYNC_GROUP: usize = 128;
+
+/// Compares each key's copies with its acting primary's, [`RESYNC_GROUP`] keys a round trip;
+/// with `repair` sets those that differ to it (as a fix-up does: `cas`/`add`/`delete` on what
+/// the copy held, so a mount's write at the same moment is not overwritten), and once every
+/// copy agrees marks every reachable server in sync. `pace` hears the report so far after
+/// each group (a background refill sleeps there to keep its rate) and may stop the run: no
+/// server is marked in sync then.
 pub fn resync<P: Servers + ?Sized>(
     pool: &P,
     repl: &Replication,
     keys: &[Vec<u8>],
     repair: bool,
+    pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
 ) -> ResyncReport {
     let mut report = ResyncReport::default();
     if repl.copies() <= 1 {
         return report;
     }
     refresh_sync(pool, repl);
-    let marker = repl.marker().unwrap_or_default();
+    let special = repl.keys().unwrap_or_default();
+    let marker = special.marker.clone();
     // A server that restarts during the resync may have lost what was copied to it: only
     // servers whose connections held all along are marked in sync at the end.
     let started: Vec<u64> = (0..pool.count()).map(|s| pool.interruptions(s)).collect();
-    for chunk in keys.chunks(128) {
+    for chunk in keys.chunks(RESYNC_GROUP) {
+        if pace(&report).is_break() {
+            report.stopped = true;
+            break;
+        }
         let mut reads = Vec::new();
         let mut asked = Vec::new();
         for key in chunk {
@@ -100,7 +118,7 @@ pub fn resync<P: Servers + ?Sized>(
                     .find_map(|d| d.as_ref().ok().and_then(|v| v.as_ref()))
                     .map(|i| i.value.as_slice())
             });
-            if skipped_by_resync(key, held, &marker) {
+            if skipped_by_resync(key, held, &special) {
                 continue;
             }
             let mut differing = Vec::new();
@@ -113,6 +131,12 @@ pub fn resync<P: Servers + ?Sized>(
                 }
             }
             if !differing.is_empty() {
+                tracing::debug!(
+                    key = %String::from_utf8_lossy(key),
+                    primary = pool.addr(primary),
+                    differing = ?differing.iter().map(|&s| pool.addr(s)).collect::<Vec<_>>(),
+                    "copies differ"
+                );
                 report.under_replicated += 1;
                 report.copied += differing.len();
                 fixes.push(FixUp {
@@ -136,7 +160,7 @@ pub fn resync<P: Servers + ?Sized>(
     }
     if !repair {
         report.copied = 0;
-    } else if report.failed.is_empty() {
+    } else if report.failed.is_empty() && !report.stopped {
         for (s, &before) in started.iter().enumerate() {
             if repl.in_sync(s) {
                 continue;

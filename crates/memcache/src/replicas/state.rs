@@ -29,6 +29,9 @@ pub struct ReplicaKeys {
     /// liveness key stays alive for every other mount (one that cannot read a copy takes it
     /// for alive), and is taken for gone only once no copy holds it.
     pub presence: Vec<u8>,
+    /// Keys stored with an expiry, which a resync leaves alone (it cannot learn the expiry
+    /// and would make a copy that never expires): the refill lease.
+    pub expiring: Vec<Vec<u8>>,
 }
 
 /// The replication settings of a client and what it knows of each server.
@@ -72,6 +75,9 @@ pub(super) struct Tokens {
 
 pub(super) struct ServerState {
     pub(super) in_sync: AtomicBool,
+    /// Last seen answering without its marker (restarted empty, or new to the pool): a
+    /// refill would copy to it. False while it does not answer.
+    pub(super) answered_empty: AtomicBool,
     /// The server's interruption count when its marker was last read; `u64::MAX` never.
     pub(super) checked_at: AtomicU64,
     pub(super) last_check: Mutex<Option<Instant>>,
@@ -87,6 +93,7 @@ impl Replication {
             servers: (0..servers)
                 .map(|_| ServerState {
                     in_sync: AtomicBool::new(false), // until its marker is read
+                    answered_empty: AtomicBool::new(false),
                     checked_at: AtomicU64::new(u64::MAX),
                     last_check: Mutex::new(None),
                     resting_until: Mutex::new(None),
@@ -119,6 +126,11 @@ impl Replication {
         *lock(&self.pauses) = (rest, recheck);
     }
 
+    /// The tree's special keys, when replication is on.
+    pub(super) fn keys(&self) -> Option<ReplicaKeys> {
+        lock(&self.keys).clone()
+    }
+
     /// The marker key, when replication is on.
     pub fn marker(&self) -> Option<Vec<u8>> {
         lock(&self.keys).as_ref().map(|k| k.marker.clone())
@@ -138,6 +150,25 @@ impl Replication {
 
     pub(crate) fn note_in_sync(&self, index: usize) {
         self.servers[index].in_sync.store(true, Ordering::SeqCst);
+        self.servers[index]
+            .answered_empty
+            .store(false, Ordering::SeqCst);
+    }
+
+    /// Servers last seen answering without their marker (back empty, or new to the pool),
+    /// not resting: what a refill copies to.
+    pub(super) fn answering_empty(&self) -> Vec<usize> {
+        if self.copies() <= 1 {
+            return Vec::new();
+        }
+        (0..self.servers.len())
+            .filter(|&s| {
+                let st = &self.servers[s];
+                !st.in_sync.load(Ordering::SeqCst)
+                    && st.answered_empty.load(Ordering::SeqCst)
+                    && !self.resting(s)
+            })
+            .collect()
     }
 
     pub fn note_unreachable(&self, index: usize) {
@@ -146,6 +177,9 @@ impl Replication {
             *lock(&self.servers[index].resting_until) = Some(Instant::now() + rest);
             // What it holds when it answers again is unknown until its marker is read.
             self.servers[index].in_sync.store(false, Ordering::SeqCst);
+            self.servers[index]
+                .answered_empty
+                .store(false, Ordering::SeqCst);
         }
     }
 
@@ -213,10 +247,13 @@ impl Replication {
     /// Server `index` answered without its marker: it restarted empty since it was last
     /// read.
     pub(super) fn note_out_of_sync(&self, index: usize, addr: &str) {
+        self.servers[index]
+            .answered_empty
+            .store(true, Ordering::SeqCst);
         if self.servers[index].in_sync.swap(false, Ordering::SeqCst) {
             tracing::warn!(
                 server = addr,
-                "this server lost its copies (restarted empty?): reads go to the other copies until `memfis check --repair` refills it"
+                "this server lost its copies (restarted empty?): reads go to the other copies until a mount's refill or `memfis check --repair` refills it"
             );
         }
     }
@@ -225,7 +262,6 @@ impl Replication {
 /// Reads the marker of every server whose connections broke since it was last read, and of
 /// servers out of sync once a second: one round trip, only when one is due.
 pub(super) fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
-    let Some(marker) = repl.marker() else { return };
     let recheck = lock(&repl.pauses).1;
     let now = Instant::now();
     let due: Vec<usize> = (0..repl.servers.len())
@@ -240,6 +276,27 @@ pub(super) fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
             interrupted || stale
         })
         .collect();
+    read_markers(pool, repl, &due);
+}
+
+/// The servers that answer without their marker (back empty, or new to the pool),
+/// each server's marker read now: a mount whose own keys live on other servers would not
+/// hear of one back empty otherwise.
+pub fn servers_to_refill<P: Servers + ?Sized>(pool: &P, repl: &Replication) -> Vec<usize> {
+    if repl.copies() <= 1 {
+        return Vec::new();
+    }
+    let all: Vec<usize> = (0..repl.servers.len())
+        .filter(|&s| !repl.resting(s))
+        .collect();
+    read_markers(pool, repl, &all);
+    repl.answering_empty()
+}
+
+/// Reads the marker of each server of `due` in one round trip and notes what it says.
+fn read_markers<P: Servers + ?Sized>(pool: &P, repl: &Replication, due: &[usize]) {
+    let Some(marker) = repl.marker() else { return };
+    let now = Instant::now();
     if due.is_empty() {
         return;
     }
@@ -256,6 +313,7 @@ pub(super) fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
         *lock(&st.last_check) = Some(now);
         match reply {
             Ok(Reply::Value(v)) => {
+                st.answered_empty.store(v.is_none(), Ordering::SeqCst);
                 let was = st.in_sync.swap(v.is_some(), Ordering::SeqCst);
                 let first = st.checked_at.swap(seen, Ordering::SeqCst) == u64::MAX;
                 if first {
@@ -263,7 +321,7 @@ pub(super) fn refresh_sync<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
                 } else if was && v.is_none() {
                     tracing::warn!(
                         server = pool.addr(s),
-                        "this server lost its copies (restarted empty?): reads go to the other copies until `memfis check --repair` refills it"
+                        "this server lost its copies (restarted empty?): reads go to the other copies until a mount's refill or `memfis check --repair` refills it"
                     );
                 } else if !was && v.is_some() {
                     tracing::info!(server = pool.addr(s), "server in sync again");
