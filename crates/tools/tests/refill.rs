@@ -166,3 +166,37 @@ fn the_rate_bounds_the_keys_compared() {
     );
     drop(refiller);
 }
+
+#[test]
+fn a_dead_server_is_not_refilled_and_a_stopped_resync_marks_nothing() {
+    let pool = MemoryPool::new(3);
+    let one = mount(&pool);
+    load(&one, 60);
+    let store = one.fs().store();
+    // Down: nothing to copy to (a refill would only fail).
+    pool.kill(1);
+    assert!(store.servers_to_refill().is_empty());
+    // Back empty: found by its marker's absence, whatever this mount's batches touch.
+    pool.restart_empty(1);
+    assert_eq!(store.servers_to_refill(), ["mem1:11211"]);
+    let keys = store.list_keys().unwrap().unwrap();
+    assert!(keys.len() > 128, "{} keys", keys.len());
+    let report = store.resync(&keys, true, &mut |so_far| {
+        if so_far.keys > 0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    assert!(report.stopped);
+    assert!(report.keys < keys.len());
+    assert_eq!(
+        store.servers_to_refill(),
+        ["mem1:11211"],
+        "a resync stopped halfway marked the server in sync"
+    );
+    // Run to its end, it does.
+    let report = store.resync(&keys, true, &mut |_| ControlFlow::Continue(()));
+    assert!(!report.stopped && report.failed.is_empty(), "{report:?}");
+    assert!(store.servers_to_refill().is_empty());
+}
