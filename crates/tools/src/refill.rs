@@ -5,7 +5,7 @@
 //! whose value says how far it got (`memfis stats`); the mount's metrics count the keys and
 //! copies. It is `memfis check --repair`'s refill (the same walk and listing, the same
 //! resync: copies set by `cas`/`add` on what they held, so writes at the same moment win),
-//! paced and left to run. The protocol: docs/store-layout.md, "Replicas".
+//! its comparing paced and left to run. The protocol: docs/store-layout.md, "Replicas".
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -15,21 +15,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use memfis_fs::{KeyLayout, MemFs};
+use memfis_memcache::replicas::RESYNC_GROUP;
 use memfis_memcache::{Command, Reply, ResyncReport, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 
 /// The lease's life: a mount that dies while refilling holds it at most this long. Longer
-/// than the walk of a large tree before the first refresh.
+/// than the walk of a large tree, after which the lease is first written again.
 pub const LEASE_SECS: u32 = 120;
 
 /// How often the lease (and its progress) is written again while keys are compared.
 const LEASE_REFRESH: Duration = Duration::from_secs(5);
 
-/// How often a mount looks for a server to refill.
+/// How often a mount looks for a server to refill (one marker read a server).
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 
-/// The pause after a refill that failed (a server died again, another mount's lease).
-const AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// The pause after a refill that failed (another server down, a server restarted during
+/// it), doubled after each failure in a row up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long dropping a [`Refiller`] waits for its refill to stop and release the lease (a
+/// walk of the tree does not stop halfway).
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Keys compared a second unless the mount says otherwise (`--refill-rate`).
 pub const DEFAULT_RATE: u32 = 2_000;
@@ -41,7 +48,7 @@ pub struct RefillLease {
     pub mount: String,
     /// The servers it copies to.
     pub servers: Vec<String>,
-    /// Keys to compare in all, and compared so far.
+    /// Keys to compare in all (0 while the tree is walked), and compared so far.
     pub keys: u64,
     pub compared: u64,
     /// Copies written so far.
@@ -61,48 +68,71 @@ pub struct RefillStatus {
     pub copies_written: AtomicU64,
     /// Refills that ended with every server in sync.
     pub completed: AtomicU64,
-    /// Refills that failed or were stopped (tried again later).
+    /// Refills that failed (tried again later).
     pub failed: AtomicU64,
+    /// Refills stopped by the mount's end.
+    pub stopped: AtomicU64,
 }
 
-/// The running refill thread; dropping this stops it (within one group of keys).
+/// The running refill thread. Dropping this stops it: a refill comparing keys stops within
+/// one group and releases its lease (waited for up to [`STOP_WAIT`]).
 pub struct Refiller {
-    _stop: Sender<()>,
+    stop: Option<Sender<()>>,
+    /// Disconnected when the thread ends.
+    ended: Receiver<()>,
     status: Arc<RefillStatus>,
 }
 
+/// How one look for a server to refill ended.
+enum Outcome {
+    /// No server lacks its copies, or another mount refills them.
+    Nothing,
+    Done(ResyncReport),
+    Stopped,
+}
+
 impl Refiller {
-    /// Starts looking for servers to refill, comparing at most `rate` keys a second (at
-    /// least one group, [`memfis_memcache::replicas::RESYNC_GROUP`] keys, at a time).
+    /// Starts looking for servers to refill, comparing at most `rate` keys a second (a group
+    /// of [`memfis_memcache::replicas::RESYNC_GROUP`] keys at a time).
     pub fn start<S: Store + 'static>(fs: Arc<MemFs<S>>, rate: u32) -> Refiller {
         let (stop, stopped) = channel::<()>();
+        let (ended_tx, ended) = channel::<()>();
         let status = Arc::new(RefillStatus::default());
         let mine = status.clone();
         std::thread::spawn(move || {
+            let _ended = ended_tx;
             let mut wait = LOOK_EVERY;
+            let mut backoff = FIRST_BACKOFF;
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
                 wait = LOOK_EVERY;
-                match refill(&fs, rate, &mine, &stopped) {
-                    Ok(None) => {}
-                    Ok(Some(report)) => {
+                let outcome = refill(&fs, rate, &mine, &stopped);
+                mine.running.store(false, Ordering::Relaxed);
+                match outcome {
+                    Ok(Outcome::Nothing) => {}
+                    Ok(Outcome::Done(report)) => {
                         tracing::info!(
                             "refill done: {} keys compared, {} copies written; every server holds its copies",
                             report.keys,
                             report.copied
                         );
                         mine.completed.fetch_add(1, Ordering::Relaxed);
+                        backoff = FIRST_BACKOFF;
+                    }
+                    Ok(Outcome::Stopped) => {
+                        mine.stopped.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        tracing::warn!("refill: {e:#} (tried again in {AFTER_FAILURE:?})");
+                        tracing::warn!("refill: {e:#} (tried again in {backoff:?})");
                         mine.failed.fetch_add(1, Ordering::Relaxed);
-                        wait = AFTER_FAILURE;
+                        wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
-                mine.running.store(false, Ordering::Relaxed);
             }
         });
         Refiller {
-            _stop: stop,
+            stop: Some(stop),
+            ended,
             status,
         }
     }
@@ -112,29 +142,29 @@ impl Refiller {
     }
 }
 
-/// Reads the lease: the refill running now, if any (`memfis stats`).
-pub fn current<S: Store>(store: &S, keys: &KeyLayout) -> Result<Option<RefillLease>> {
-    let key = keys.refill_lease();
-    let Some(item) = store.get(&key).context("cannot read the refill lease")? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&item.value)
-        .map(Some)
-        .with_context(|| format!("the refill lease {} is not readable", text(&key)))
+impl Drop for Refiller {
+    fn drop(&mut self) {
+        self.stop.take();
+        let _ = self.ended.recv_timeout(STOP_WAIT);
+    }
 }
 
-/// One refill, if a server needs one and no other mount holds the lease: `None` when there
-/// was nothing to do (or another mount is at it).
+/// Reads the lease: the refill running now, if any (`memfis stats`).
+pub fn current<S: Store>(store: &S, keys: &KeyLayout) -> Result<Option<RefillLease>> {
+    Ok(read_lease(store, keys)?.map(|(lease, _)| lease))
+}
+
+/// One refill, if a server needs one and no other mount holds the lease.
 fn refill<S: Store>(
     fs: &MemFs<S>,
     rate: u32,
     status: &RefillStatus,
     stop: &Receiver<()>,
-) -> Result<Option<ResyncReport>> {
+) -> Result<Outcome> {
     let store = fs.store();
     let servers = store.servers_to_refill();
     if servers.is_empty() {
-        return Ok(None);
+        return Ok(Outcome::Nothing);
     }
     let keys = fs.keys();
     let mut lease = RefillLease {
@@ -142,34 +172,45 @@ fn refill<S: Store>(
         servers,
         ..RefillLease::default()
     };
-    if !write_lease(store, keys, &lease, StoreOp::Add)? {
-        return Ok(None); // another mount refills
+    if !take_lease(store, keys, &lease)? {
+        return Ok(Outcome::Nothing); // another mount refills
     }
-    status.running.store(true, Ordering::Relaxed);
-    tracing::info!(
-        "refilling {} from the other copies, at most {rate} keys a second",
-        lease.servers.join(", ")
-    );
-    let result = compare_and_copy(fs, rate, status, stop, &mut lease);
-    // Released whatever happened: another mount (or this one, later) tries again.
-    let _ = store.delete(&keys.refill_lease());
+    let result = (|| {
+        // Another mount may have finished a refill between the look above and the lease.
+        lease.servers = store.servers_to_refill();
+        if lease.servers.is_empty() {
+            return Ok(Outcome::Nothing);
+        }
+        status.running.store(true, Ordering::Relaxed);
+        tracing::info!(
+            "refilling {} from the other copies, at most {rate} keys a second",
+            lease.servers.join(", ")
+        );
+        compare_and_copy(fs, rate, status, stop, &mut lease)
+    })();
+    // Released whatever happened (if still ours): another mount, or this one later, goes on.
+    if let Err(e) = release_lease(store, keys, &lease.mount) {
+        tracing::warn!("refill: {e:#}");
+    }
     result
 }
 
-/// The walk, the listing and the paced resync of one refill.
+/// The walk, the listing and the paced resync of one refill, under the lease.
 fn compare_and_copy<S: Store>(
     fs: &MemFs<S>,
     rate: u32,
     status: &RefillStatus,
     stop: &Receiver<()>,
     lease: &mut RefillLease,
-) -> Result<Option<ResyncReport>> {
+) -> Result<Outcome> {
     let (store, keys) = (fs.store(), fs.keys());
     let walked = memfis_fs::check::scan(store, keys).context("cannot walk the tree")?;
     let all = crate::replicas::keys_to_compare(store, keys, &walked.tree_keys)?;
     lease.keys = all.len() as u64;
+    refresh_lease(store, keys, lease)?; // the walk may have outlasted it
     status.keys_planned.store(lease.keys, Ordering::Relaxed);
-    let started = Instant::now();
+    let per_group = Duration::from_secs_f64(RESYNC_GROUP as f64 / f64::from(rate.max(1)));
+    let mut next_group = Instant::now();
     let mut refreshed = Instant::now();
     let mut lease_error = None;
     let (mut compared, mut copied) = (0, 0);
@@ -182,26 +223,34 @@ fn compare_and_copy<S: Store>(
             Ordering::Relaxed,
         );
         (compared, copied) = (so_far.keys, so_far.copied);
-        if matches!(stop.try_recv(), Err(TryRecvError::Disconnected)) {
-            return ControlFlow::Break(());
-        }
-        if refreshed.elapsed() >= LEASE_REFRESH {
-            refreshed = Instant::now();
-            lease.compared = compared as u64;
-            lease.copied = copied as u64;
-            if let Err(e) = write_lease(store, keys, lease, StoreOp::Set) {
-                lease_error = Some(e);
+        // Waits for the next group's turn, writing the lease again meanwhile.
+        loop {
+            if matches!(stop.try_recv(), Err(TryRecvError::Disconnected)) {
+                return ControlFlow::Break(());
+            }
+            if refreshed.elapsed() >= LEASE_REFRESH {
+                refreshed = Instant::now();
+                (lease.compared, lease.copied) = (compared as u64, copied as u64);
+                if let Err(e) = refresh_lease(store, keys, lease) {
+                    lease_error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            let now = Instant::now();
+            let Some(ahead) = next_group
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+            else {
+                // This group's turn. The next one's comes a group's time later, counted from
+                // at most a second ago: a slow stretch of the store earns no burst after it.
+                let floor = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+                next_group = next_group.max(floor) + per_group;
+                return ControlFlow::Continue(());
+            };
+            if stop.recv_timeout(ahead.min(LEASE_REFRESH)) == Err(RecvTimeoutError::Disconnected) {
                 return ControlFlow::Break(());
             }
         }
-        // Keys compared so far may not run ahead of the rate.
-        let due = Duration::from_secs_f64(compared as f64 / f64::from(rate.max(1)));
-        if let Some(ahead) = due.checked_sub(started.elapsed())
-            && stop.recv_timeout(ahead) == Err(RecvTimeoutError::Disconnected)
-        {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
     });
     status
         .keys_compared
@@ -214,11 +263,7 @@ fn compare_and_copy<S: Store>(
         return Err(e);
     }
     if report.stopped {
-        return Err(anyhow!(
-            "stopped after {} of {} keys",
-            report.keys,
-            all.len()
-        ));
+        return Ok(Outcome::Stopped);
     }
     if let Some((key, e)) = report.failed.first() {
         return Err(anyhow!(
@@ -227,32 +272,74 @@ fn compare_and_copy<S: Store>(
             text(key)
         ));
     }
-    Ok(Some(report))
+    Ok(Outcome::Done(report))
 }
 
-/// Writes the lease (`add`: taken only if no other mount holds it; `set`: refreshed).
-/// Whether it was stored.
-fn write_lease<S: Store>(
-    store: &S,
-    keys: &KeyLayout,
-    lease: &RefillLease,
-    op: StoreOp,
-) -> Result<bool> {
+/// The lease as stored, with its cas token.
+fn read_lease<S: Store>(store: &S, keys: &KeyLayout) -> Result<Option<(RefillLease, u64)>> {
     let key = keys.refill_lease();
-    let value = serde_json::to_vec(lease).expect("a lease serializes");
-    let cmd = Command::Store {
-        op,
+    let Some(item) = store.gets(&key).context("cannot read the refill lease")? else {
+        return Ok(None);
+    };
+    let lease = serde_json::from_slice(&item.value)
+        .with_context(|| format!("the refill lease {} is not readable", text(&key)))?;
+    Ok(Some((lease, item.cas.unwrap_or(0))))
+}
+
+fn lease_value(lease: &RefillLease) -> Arc<Vec<u8>> {
+    Arc::new(serde_json::to_vec(lease).expect("a lease serializes"))
+}
+
+/// Takes the lease (`add`): whether no other mount held it.
+fn take_lease<S: Store>(store: &S, keys: &KeyLayout, lease: &RefillLease) -> Result<bool> {
+    let key = keys.refill_lease();
+    let add = Command::Store {
+        op: StoreOp::Add,
         key: key.clone(),
-        value: Arc::new(value),
+        value: lease_value(lease),
         flags: 0,
         exptime: LEASE_SECS,
     };
-    match store.run(cmd) {
+    match store.run(add) {
         Ok(Reply::Stored) => Ok(true),
         Ok(Reply::NotStored) => Ok(false),
         Ok(other) => Err(anyhow!("the refill lease {}: {other:?}", text(&key))),
+        Err(e) => Err(e).with_context(|| format!("cannot take the refill lease {}", text(&key))),
+    }
+}
+
+/// Writes the lease again with its progress and a new expiry, if it is still this mount's
+/// (`gets` + `cas`): a lease that expired and another mount took ends this refill.
+fn refresh_lease<S: Store>(store: &S, keys: &KeyLayout, lease: &RefillLease) -> Result<()> {
+    let key = keys.refill_lease();
+    let lost = || {
+        anyhow!(
+            "the refill lease {} expired: another mount may refill",
+            text(&key)
+        )
+    };
+    let Some((held, cas)) = read_lease(store, keys)? else {
+        return Err(lost());
+    };
+    if held.mount != lease.mount {
+        return Err(lost());
+    }
+    let value = lease_value(lease);
+    match store.run(Command::cas_expiring(&key, &value[..], cas, LEASE_SECS)) {
+        Ok(Reply::Stored) => Ok(()),
+        Ok(_) => Err(lost()),
         Err(e) => Err(e).with_context(|| format!("cannot write the refill lease {}", text(&key))),
     }
+}
+
+/// Deletes the lease if it is still `mount`'s.
+fn release_lease<S: Store>(store: &S, keys: &KeyLayout, mount: &str) -> Result<()> {
+    if read_lease(store, keys)?.is_some_and(|(held, _)| held.mount == mount) {
+        store
+            .delete(&keys.refill_lease())
+            .context("cannot release the refill lease")?;
+    }
+    Ok(())
 }
 
 fn text(key: &[u8]) -> String {

@@ -66,7 +66,8 @@ fn a_server_back_empty_is_refilled_by_a_live_mount() {
         .iter()
         .map(|s| Refiller::start(s.fs().clone(), 1_000_000))
         .collect();
-    // The heartbeats' batches notice the server back empty; a refiller copies to it.
+    // Each refiller reads every server's marker, finds server 1 without it, and one of them
+    // copies to it.
     let tool = pool.client();
     tool.set_replicas(
         2,
@@ -199,4 +200,46 @@ fn a_dead_server_is_not_refilled_and_a_stopped_resync_marks_nothing() {
     let report = store.resync(&keys, true, &mut |_| ControlFlow::Continue(()));
     assert!(!report.stopped && report.failed.is_empty(), "{report:?}");
     assert!(store.servers_to_refill().is_empty());
+}
+
+#[test]
+fn another_mounts_lease_is_left_alone_until_it_goes() {
+    let pool = MemoryPool::new(3);
+    let one = mount(&pool);
+    load(&one, 50);
+    let keys = KeyLayout::new(PREFIX).unwrap();
+    let theirs = RefillLease {
+        mount: "another-mount".into(),
+        servers: vec!["mem0:11211".into()],
+        ..RefillLease::default()
+    };
+    let lease = one.fs().store();
+    let taken = memfis_memcache::Command::Store {
+        op: memfis_memcache::StoreOp::Set,
+        key: keys.refill_lease(),
+        value: Arc::new(serde_json::to_vec(&theirs).unwrap()),
+        flags: 0,
+        exptime: 60,
+    };
+    assert!(lease.run(taken).is_ok());
+    pool.restart_empty(0);
+    let refiller = Refiller::start(one.fs().clone(), 1_000_000);
+    std::thread::sleep(Duration::from_secs(5));
+    let status = refiller.status();
+    assert_eq!(
+        status.completed.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "refilled under another mount's lease"
+    );
+    assert_eq!(
+        memfis_tools::refill::current(lease, &keys).unwrap(),
+        Some(theirs),
+        "another mount's lease was overwritten or released"
+    );
+    // It goes (that mount ended, or its lease expired): this mount refills.
+    lease.delete(&keys.refill_lease()).unwrap();
+    wait_for(20, "refilled once the lease went", || {
+        status.completed.load(std::sync::atomic::Ordering::Relaxed) == 1
+    });
+    assert!(lease.servers_to_refill().is_empty());
 }

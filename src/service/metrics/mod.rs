@@ -169,8 +169,8 @@ pub fn render(fs: &MemFs<Arc<Client>>, refills: Option<&RefillStatus>) -> String
 fn refill_figures(out: &mut Exposition, client: &Client, refills: Option<&RefillStatus>) {
     out.gauge(
         "memfis_servers_lacking_copies",
-        "Servers that answer without their in-sync marker (back empty, or new): a refill copies to them.",
-        client.servers_to_refill().len() as u64,
+        "Servers last seen answering without their in-sync marker (back empty, or new): a refill copies to them.",
+        client.replication().answering_empty().len() as u64,
     );
     let Some(r) = refills else { return };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -208,6 +208,11 @@ fn refill_figures(out: &mut Exposition, client: &Client, refills: Option<&Refill
         "memfis_refills_total",
         &[("result", "failed")],
         get(&r.failed),
+    );
+    out.sample(
+        "memfis_refills_total",
+        &[("result", "stopped")],
+        get(&r.stopped),
     );
 }
 

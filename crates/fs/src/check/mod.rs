@@ -834,6 +834,7 @@ impl<'a, S: Store> Scan<'a, S> {
             self.keys.inode_count(),
             self.keys.dir_generation(),
             self.keys.ns_lock(),
+            self.keys.lock_table(ROOT_INO),
         ]);
         let next = self.keys.next_ino();
         let fault = Fault::InodeCounter {

@@ -7,11 +7,16 @@ use super::*;
 /// What one command of the caller's batch became.
 pub(super) enum Plan {
     /// Answered by the acting primary only (`get`, `mg`); `at` is its index in the sends.
-    Read { at: usize, primary: usize },
+    Read {
+        at: usize,
+        primary: usize,
+        holders: Vec<usize>,
+    },
     /// Sent to every copy (`gets` and every write); `sent` lists (server, index in the
     /// round's sends) in holder order; `unsent` copies a `cas` had no token for.
     Fanned {
         primary: usize,
+        holders: Vec<usize>,
         sent: Vec<(usize, usize)>,
         unsent: Vec<usize>,
     },
@@ -52,6 +57,7 @@ pub fn execute<P: Servers + ?Sized>(
                 plans.push(Plan::Read {
                     at: sends.len(),
                     primary,
+                    holders,
                 });
                 sends.push((primary, cmd.clone()));
             }
@@ -84,6 +90,7 @@ pub fn execute<P: Servers + ?Sized>(
                 }
                 plans.push(Plan::Fanned {
                     primary,
+                    holders,
                     sent,
                     unsent,
                 });
@@ -96,6 +103,7 @@ pub fn execute<P: Servers + ?Sized>(
                 }
                 plans.push(Plan::Fanned {
                     primary,
+                    holders,
                     sent,
                     unsent: Vec::new(),
                 });
@@ -110,12 +118,14 @@ pub fn execute<P: Servers + ?Sized>(
     for (i, (cmd, plan)) in batch.iter().zip(plans).enumerate() {
         match plan {
             Plan::Done(r) => out.push(Some(r)),
-            Plan::Read { at, primary } => {
+            Plan::Read {
+                at,
+                primary,
+                holders,
+            } => {
                 out.push(Some(replies[at].take().unwrap_or_else(no_reply)));
-                let another_in_sync = holders(pool, repl, cmd.key())
-                    .into_iter()
-                    .any(|s| s != primary && repl.in_sync(s));
-                if !confirmed[primary] && another_in_sync {
+                let another_in_sync = || holders.iter().any(|&s| s != primary && repl.in_sync(s));
+                if !confirmed[primary] && another_in_sync() {
                     retries.push(i); // it restarted empty: its miss proves nothing
                     continue;
                 }
@@ -130,6 +140,7 @@ pub fn execute<P: Servers + ?Sized>(
             }
             Plan::Fanned {
                 primary,
+                holders: holders_now,
                 sent,
                 unsent,
             } => {
@@ -143,7 +154,6 @@ pub fn execute<P: Servers + ?Sized>(
                         .find(|&s| confirmed[s])
                         .unwrap_or(primary)
                 };
-                let holders_now = holders(pool, repl, cmd.key());
                 if !confirmed[primary] && holders_now.iter().any(|&h| repl.in_sync(h)) {
                     // No copy asked answered in sync while one is: not an answer (the caller
                     // tries again; a fix-up of the others would copy from an emptied server).
@@ -176,6 +186,7 @@ pub fn execute<P: Servers + ?Sized>(
                             primary,
                             copies: fix,
                             exptime: exptime_of(cmd),
+                            only_fill: false,
                         },
                     ));
                 }

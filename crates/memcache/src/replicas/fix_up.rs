@@ -15,6 +15,10 @@ pub(super) struct FixUp {
     pub(super) primary: usize,
     pub(super) copies: Vec<usize>,
     pub(super) exptime: u32,
+    /// Only fill copies that lack the key, never delete or overwrite one: a resync's source
+    /// when no copy of the key is in sync (its value is no better than theirs). A fix-up after
+    /// a batch trusts the primary even then, as a new tree before its markers must.
+    pub(super) only_fill: bool,
 }
 
 /// Sets each copy to what its primary holds now: `get` the primary (with its in-sync marker:
@@ -83,6 +87,17 @@ pub(super) fn fix_up<P: Servers + ?Sized>(
             }
             let cmd = match (src, dst) {
                 (None, None) => continue,
+                (Some(a), Some(b)) if same_item(&a, &b) => continue,
+                // Deleting or overwriting could lose the only copy of a write.
+                (_, Some(_)) if f.only_fill => {
+                    results[i] = Err(StoreError::Server(format!(
+                        "no copy of {} is in sync ({} and {} hold different values): not copied",
+                        String::from_utf8_lossy(&f.key),
+                        pool.addr(f.primary),
+                        pool.addr(s)
+                    )));
+                    continue;
+                }
                 (None, Some(_)) => Command::Delete(f.key.clone()),
                 (Some(a), Some(b)) if same_item(&a, &b) => continue,
                 (Some(a), Some(b)) => Command::Cas {
@@ -179,6 +194,7 @@ pub(super) fn repair_missed<P: Servers + ?Sized>(pool: &P, repl: &Replication) {
             primary,
             copies: vec![s],
             exptime: 0,
+            only_fill: false,
         });
         entries.push(((s, key), generation));
     }

@@ -109,8 +109,8 @@ fn send_checked<P: Servers + ?Sized>(
     for (&s, r) in servers.iter().zip(replies) {
         match r {
             Ok(Reply::Value(Some(_))) => confirmed[s] = true,
-            Ok(_) => repl.note_out_of_sync(s, &pool.addr(s)),
-            Err(_) => {}
+            Ok(Reply::Value(None)) => repl.note_out_of_sync(s, &pool.addr(s)),
+            Ok(_) | Err(_) => {}
         }
     }
     (rest, confirmed)

@@ -98,7 +98,7 @@ pub fn resync<P: Servers + ?Sized>(
                 .next()
                 .unwrap_or_else(no_reply)
                 .and_then(Reply::into_value);
-            let dsts: Vec<_> = copies
+            let mut dsts: Vec<_> = copies
                 .iter()
                 .map(|_| {
                     got.next()
@@ -106,13 +106,27 @@ pub fn resync<P: Servers + ?Sized>(
                         .and_then(Reply::into_value)
                 })
                 .collect();
-            let src = match src {
+            let mut src = match src {
                 Ok(v) => v,
                 Err(e) => {
                     report.failed.push((key.clone(), e));
                     continue;
                 }
             };
+            let (mut primary, mut copies) = (primary, copies);
+            // No copy of the key in sync (every server of the key came back empty, one after
+            // another): no copy's value is better than another's.
+            let only_fill = !confirmed[primary];
+            if !confirmed[primary]
+                && src.is_none()
+                && let Some(at) = dsts.iter().position(|d| matches!(d, Ok(Some(_))))
+            {
+                // The primary's miss proves nothing, and a copy that holds the key holds a
+                // write made since a return: it is the source, added where missing.
+                let held = std::mem::replace(&mut dsts[at], Ok(None));
+                src = held.ok().flatten();
+                std::mem::swap(&mut primary, &mut copies[at]);
+            }
             let held = src.as_ref().map(|i| i.value.as_slice()).or_else(|| {
                 dsts.iter()
                     .find_map(|d| d.as_ref().ok().and_then(|v| v.as_ref()))
@@ -144,6 +158,7 @@ pub fn resync<P: Servers + ?Sized>(
                     primary,
                     copies: differing,
                     exptime: 0,
+                    only_fill,
                 });
             }
         }

@@ -156,8 +156,9 @@ impl Replication {
     }
 
     /// Servers last seen answering without their marker (back empty, or new to the pool),
-    /// not resting: what a refill copies to.
-    pub(super) fn answering_empty(&self) -> Vec<usize> {
+    /// not resting: what a refill copies to, as last seen (no round trip; see
+    /// [`servers_to_refill`]).
+    pub fn answering_empty(&self) -> Vec<usize> {
         if self.copies() <= 1 {
             return Vec::new();
         }
@@ -205,7 +206,9 @@ impl Replication {
     /// first not resting; else the key's own server.
     pub(super) fn acting_primary(&self, holders: &[usize], key: &[u8]) -> usize {
         let missed = lock(&self.missed);
-        let stale = |s: usize| missed.keys.contains_key(&(s, key.to_vec()));
+        // (The usual case, nothing missed, costs no copy of the key.)
+        let stale =
+            |s: usize| !missed.keys.is_empty() && missed.keys.contains_key(&(s, key.to_vec()));
         let usable = |s: &usize| self.in_sync(*s) && !self.resting(*s);
         holders
             .iter()
@@ -216,8 +219,15 @@ impl Replication {
             .unwrap_or(holders[0])
     }
 
-    /// A write of `key` did not reach server `index`.
+    /// A write of `key` did not reach server `index`. (Not for keys that expire: setting
+    /// them right later would make a copy that never expires; they expire by themselves.)
     pub(super) fn note_missed(&self, index: usize, key: &[u8]) {
+        if lock(&self.keys)
+            .as_ref()
+            .is_some_and(|k| k.expiring.iter().any(|e| e == key))
+        {
+            return;
+        }
         let mut missed = lock(&self.missed);
         if missed.untracked.contains(&index) {
             return;
@@ -327,7 +337,10 @@ fn read_markers<P: Servers + ?Sized>(pool: &P, repl: &Replication, due: &[usize]
                     tracing::info!(server = pool.addr(s), "server in sync again");
                 }
             }
-            _ => st.in_sync.store(false, Ordering::SeqCst),
+            _ => {
+                st.in_sync.store(false, Ordering::SeqCst);
+                st.answered_empty.store(false, Ordering::SeqCst);
+            }
         }
     }
 }
