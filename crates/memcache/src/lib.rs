@@ -173,90 +173,54 @@ pub trait Store: Send + Sync {
     }
 }
 
-impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
-    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
-        (**self).execute(batch)
-    }
-    fn capacity(&self) -> Option<Capacity> {
-        (**self).capacity()
-    }
-    fn item_size_max(&self) -> Option<u64> {
-        (**self).item_size_max()
-    }
-    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
-        (**self).list_keys()
-    }
-    fn in_order(&self) -> bool {
-        (**self).in_order()
-    }
-    fn interruptions(&self) -> u64 {
-        (**self).interruptions()
-    }
-    fn replicas(&self) -> usize {
-        (**self).replicas()
-    }
-    fn set_replicas(&self, copies: usize, keys: &ReplicaKeys) -> Result<(), String> {
-        (**self).set_replicas(copies, keys)
-    }
-    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
-        (**self).mark_all_in_sync()
-    }
-    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
-        (**self).get_anywhere(key)
-    }
-    fn resync(
-        &self,
-        keys: &[Vec<u8>],
-        repair: bool,
-        pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
-    ) -> ResyncReport {
-        (**self).resync(keys, repair, pace)
-    }
-    fn servers_to_refill(&self) -> Vec<String> {
-        (**self).servers_to_refill()
-    }
+/// A store behind a pointer is the store: every method passes through. (A macro, so the two
+/// pointer kinds cannot drift apart when the trait grows.)
+macro_rules! forward_store {
+    ($($target:ty),+) => {$(
+        impl<S: Store + ?Sized> Store for $target {
+            fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+                (**self).execute(batch)
+            }
+            fn capacity(&self) -> Option<Capacity> {
+                (**self).capacity()
+            }
+            fn item_size_max(&self) -> Option<u64> {
+                (**self).item_size_max()
+            }
+            fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
+                (**self).list_keys()
+            }
+            fn in_order(&self) -> bool {
+                (**self).in_order()
+            }
+            fn interruptions(&self) -> u64 {
+                (**self).interruptions()
+            }
+            fn replicas(&self) -> usize {
+                (**self).replicas()
+            }
+            fn set_replicas(&self, copies: usize, keys: &ReplicaKeys) -> Result<(), String> {
+                (**self).set_replicas(copies, keys)
+            }
+            fn mark_all_in_sync(&self) -> Result<(), StoreError> {
+                (**self).mark_all_in_sync()
+            }
+            fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
+                (**self).get_anywhere(key)
+            }
+            fn resync(
+                &self,
+                keys: &[Vec<u8>],
+                repair: bool,
+                pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
+            ) -> ResyncReport {
+                (**self).resync(keys, repair, pace)
+            }
+            fn servers_to_refill(&self) -> Vec<String> {
+                (**self).servers_to_refill()
+            }
+        }
+    )+};
 }
 
-impl<S: Store + ?Sized> Store for &S {
-    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
-        (**self).execute(batch)
-    }
-    fn capacity(&self) -> Option<Capacity> {
-        (**self).capacity()
-    }
-    fn item_size_max(&self) -> Option<u64> {
-        (**self).item_size_max()
-    }
-    fn list_keys(&self) -> Option<Result<Vec<Vec<u8>>, StoreError>> {
-        (**self).list_keys()
-    }
-    fn in_order(&self) -> bool {
-        (**self).in_order()
-    }
-    fn interruptions(&self) -> u64 {
-        (**self).interruptions()
-    }
-    fn replicas(&self) -> usize {
-        (**self).replicas()
-    }
-    fn set_replicas(&self, copies: usize, keys: &ReplicaKeys) -> Result<(), String> {
-        (**self).set_replicas(copies, keys)
-    }
-    fn mark_all_in_sync(&self) -> Result<(), StoreError> {
-        (**self).mark_all_in_sync()
-    }
-    fn get_anywhere(&self, key: &[u8]) -> Result<Option<Item>, StoreError> {
-        (**self).get_anywhere(key)
-    }
-    fn resync(
-        &self,
-        keys: &[Vec<u8>],
-        repair: bool,
-        pace: &mut dyn FnMut(&ResyncReport) -> ControlFlow<()>,
-    ) -> ResyncReport {
-        (**self).resync(keys, repair, pace)
-    }
-    fn servers_to_refill(&self) -> Vec<String> {
-        (**self).servers_to_refill()
-    }
-}
+forward_store!(std::sync::Arc<S>, &S);

@@ -74,6 +74,16 @@ pub struct RefillStatus {
     pub stopped: AtomicU64,
 }
 
+impl RefillStatus {
+    /// Adds what a resync did since it last reported `before` (keys compared, copies).
+    fn count(&self, so_far: &ResyncReport, before: (usize, usize)) {
+        let keys = so_far.keys.saturating_sub(before.0) as u64;
+        let copies = so_far.copied.saturating_sub(before.1) as u64;
+        self.keys_compared.fetch_add(keys, Ordering::Relaxed);
+        self.copies_written.fetch_add(copies, Ordering::Relaxed);
+    }
+}
+
 /// The running refill thread. Dropping this stops it: a refill comparing keys stops within
 /// one group and releases its lease (waited for up to [`STOP_WAIT`]).
 pub struct Refiller {
@@ -215,13 +225,7 @@ fn compare_and_copy<S: Store>(
     let mut lease_error = None;
     let (mut compared, mut copied) = (0, 0);
     let report = store.resync(&all, true, &mut |so_far| {
-        status
-            .keys_compared
-            .fetch_add((so_far.keys - compared) as u64, Ordering::Relaxed);
-        status.copies_written.fetch_add(
-            so_far.copied.saturating_sub(copied) as u64,
-            Ordering::Relaxed,
-        );
+        status.count(so_far, (compared, copied));
         (compared, copied) = (so_far.keys, so_far.copied);
         // Waits for the next group's turn, writing the lease again meanwhile.
         loop {
@@ -252,13 +256,7 @@ fn compare_and_copy<S: Store>(
             }
         }
     });
-    status
-        .keys_compared
-        .fetch_add((report.keys - compared) as u64, Ordering::Relaxed);
-    status.copies_written.fetch_add(
-        report.copied.saturating_sub(copied) as u64,
-        Ordering::Relaxed,
-    );
+    status.count(&report, (compared, copied));
     if let Some(e) = lease_error {
         return Err(e);
     }
