@@ -8,12 +8,12 @@
 # Usage: sudo ./scripts/bench-gzip.sh        (./scripts/bench.sh runs it at its end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-common.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 BIN=${MEMFIS_BIN:-$PWD/target/release/memfis}
 [ -x "$BIN" ] || cargo build --release --locked -q
 ROUNDS=${ROUNDS:-3}
 docs=$(rustc --print sysroot)/share/doc/rust/html
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 work=$(mktemp -d /tmp/memfis-bench-gzip.XXXXXX)
 pids=()
@@ -42,22 +42,10 @@ sleep 0.5
 
 store_port=$(free_port); gzip_port=$(free_port); gzip_static_port=$(free_port)
 "$BIN" nginx-config --server "127.0.0.1:$port" --prefix memfis://gz --listen "127.0.0.1:$store_port" > "$work/nginx/store.conf"
-cat > "$work/nginx/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    access_log off;
-    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+write_nginx_conf 1 "\
     include $work/nginx/store.conf;
     server { listen 127.0.0.1:$gzip_port; root $work/pages; gzip on; gzip_comp_level 1; }
-    server { listen 127.0.0.1:$gzip_static_port; root $work/static; gzip_static on; }
-}
-NGX
+    server { listen 127.0.0.1:$gzip_static_port; root $work/static; gzip_static on; }"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 # Until every server listens.

@@ -7,13 +7,13 @@
 #        MEMFIS_BIN=/path/to/memfis ./scripts/bench-replicas.sh   runs another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-common.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/install-deps.sh
 if [ -z "${MEMFIS_BIN:-}" ]; then cargo build --release --locked -q; fi
 BIN=${MEMFIS_BIN:-$PWD/target/release/memfis}
 
 work=$(mktemp -d /tmp/memfis-bench-replicas.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
 cleanup() {
   set +e
@@ -79,21 +79,9 @@ for n in 1 2; do
   "$BIN" nginx-config --server "$pool" --prefix "memfis://bench-r$n-1-load" --replicas "$n" \
     --name "r$n" --listen "127.0.0.1:${port[$n]}" > "$work/nginx/r$n.conf"
 done
-cat > "$work/nginx/nginx.conf" <<NGX
-worker_processes 2;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    access_log off;
-    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+write_nginx_conf 2 "\
     include $work/nginx/r1.conf;
-    include $work/nginx/r2.conf;
-}
-NGX
+    include $work/nginx/r2.conf;"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 sleep 1

@@ -6,6 +6,7 @@
 #        commit's, for a before/after in one sitting) instead of this tree's release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-common.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/install-deps.sh
 if [ -z "${MEMFIS_BIN:-}" ]; then cargo build --release --locked -q; fi
@@ -211,22 +212,10 @@ sleep 0.5
 "$BIN" load "$work/src/small" --to /small --server "unix:$work/mc.sock" --prefix memfis://bench >/dev/null
 "$BIN" nginx-config --server "unix:$work/mc.sock" --prefix memfis://bench --name bench_sock \
   --listen "127.0.0.1:$sock_port" > "$work/nginx/sock.conf"
-cat > "$work/nginx/nginx.conf" <<NGX
-worker_processes 2;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    access_log off;
-    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+write_nginx_conf 2 "\
     include $work/nginx/store.conf;
     include $work/nginx/sock.conf;
-    server { listen 127.0.0.1:$static_port; root $work/src; }
-}
-NGX
+    server { listen 127.0.0.1:$static_port; root $work/src; }"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 sleep 1

@@ -183,6 +183,7 @@ fn refill<S: Store>(
         ..RefillLease::default()
     };
     if !take_lease(store, keys, &lease)? {
+        drop_dead_lease(store, keys)?;
         return Ok(Outcome::Nothing); // another mount refills
     }
     let result = (|| {
@@ -304,6 +305,34 @@ fn take_lease<S: Store>(store: &S, keys: &KeyLayout, lease: &RefillLease) -> Res
         Ok(other) => Err(anyhow!("the refill lease {}: {other:?}", text(&key))),
         Err(e) => Err(e).with_context(|| format!("cannot take the refill lease {}", text(&key))),
     }
+}
+
+/// Deletes a lease no live mount holds: one that cannot be read, or whose mount's liveness
+/// key is gone (it died; a lease that somehow lost its expiry would otherwise stop every
+/// refill for good). The next look takes it.
+fn drop_dead_lease<S: Store>(store: &S, keys: &KeyLayout) -> Result<()> {
+    let why = match read_lease(store, keys) {
+        Ok(None) => return Ok(()),
+        Ok(Some((lease, _))) => {
+            if store
+                .get(&keys.alive(&lease.mount))
+                .context("cannot read the refilling mount's liveness")?
+                .is_some()
+            {
+                return Ok(());
+            }
+            format!("its mount {} is gone", lease.mount)
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    tracing::warn!(
+        "refill: deleting the lease {} ({why})",
+        text(&keys.refill_lease())
+    );
+    store
+        .delete(&keys.refill_lease())
+        .context("cannot delete the refill lease")?;
+    Ok(())
 }
 
 /// Writes the lease again with its progress and a new expiry, if it is still this mount's

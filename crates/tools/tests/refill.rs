@@ -203,7 +203,7 @@ fn a_dead_server_is_not_refilled_and_a_stopped_resync_marks_nothing() {
 }
 
 #[test]
-fn another_mounts_lease_is_left_alone_until_it_goes() {
+fn a_live_mounts_lease_is_left_alone_and_a_dead_ones_dropped() {
     let pool = MemoryPool::new(3);
     let one = mount(&pool);
     load(&one, 50);
@@ -222,6 +222,14 @@ fn another_mounts_lease_is_left_alone_until_it_goes() {
         exptime: 60,
     };
     assert!(lease.run(taken).is_ok());
+    let alive = memfis_memcache::Command::Store {
+        op: memfis_memcache::StoreOp::Set,
+        key: keys.alive("another-mount"),
+        value: Arc::new(b"1".to_vec()),
+        flags: 0,
+        exptime: 60,
+    };
+    assert!(lease.run(alive).is_ok());
     pool.restart_empty(0);
     let refiller = Refiller::start(one.fs().clone(), 1_000_000);
     std::thread::sleep(Duration::from_secs(5));
@@ -236,8 +244,9 @@ fn another_mounts_lease_is_left_alone_until_it_goes() {
         Some(theirs),
         "another mount's lease was overwritten or released"
     );
-    // It goes (that mount ended, or its lease expired): this mount refills.
-    lease.delete(&keys.refill_lease()).unwrap();
+    // That mount dies (its liveness goes, its lease stays): the lease is dropped and this
+    // mount refills.
+    lease.delete(&keys.alive("another-mount")).unwrap();
     wait_for(20, "refilled once the lease went", || {
         status.completed.load(std::sync::atomic::Ordering::Relaxed) == 1
     });

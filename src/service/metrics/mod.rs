@@ -172,6 +172,11 @@ fn refill_figures(out: &mut Exposition, client: &Client, refills: Option<&Refill
         "Servers last seen answering without their in-sync marker (back empty, or new): a refill copies to them.",
         client.replication().answering_empty().len() as u64,
     );
+    out.gauge(
+        "memfis_servers_unreachable",
+        "Servers that failed a moment ago (down, stalled, cut off), left alone for a second at a time.",
+        client.replication().resting_servers() as u64,
+    );
     let Some(r) = refills else { return };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     out.gauge(

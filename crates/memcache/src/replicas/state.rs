@@ -143,6 +143,11 @@ impl Replication {
             .is_some_and(|k| !k.presence.is_empty() && key.starts_with(&k.presence))
     }
 
+    /// Servers left alone now because they failed a moment ago (down, stalled, cut off).
+    pub fn resting_servers(&self) -> usize {
+        (0..self.servers.len()).filter(|&s| self.resting(s)).count()
+    }
+
     /// Whether server `index` was last seen holding its copy of every key.
     pub fn in_sync(&self, index: usize) -> bool {
         self.servers[index].in_sync.load(Ordering::SeqCst)
@@ -257,10 +262,12 @@ impl Replication {
     /// Server `index` answered without its marker: it restarted empty since it was last
     /// read.
     pub(super) fn note_out_of_sync(&self, index: usize, addr: &str) {
-        self.servers[index]
+        self.servers[index].in_sync.store(false, Ordering::SeqCst);
+        // Said once: when it was in sync, or did not answer, before.
+        if !self.servers[index]
             .answered_empty
-            .store(true, Ordering::SeqCst);
-        if self.servers[index].in_sync.swap(false, Ordering::SeqCst) {
+            .swap(true, Ordering::SeqCst)
+        {
             tracing::warn!(
                 server = addr,
                 "this server lost its copies (restarted empty?): reads go to the other copies until a mount's refill or `memfis check --repair` refills it"
@@ -323,12 +330,13 @@ fn read_markers<P: Servers + ?Sized>(pool: &P, repl: &Replication, due: &[usize]
         *lock(&st.last_check) = Some(now);
         match reply {
             Ok(Reply::Value(v)) => {
-                st.answered_empty.store(v.is_none(), Ordering::SeqCst);
+                let was_empty = st.answered_empty.swap(v.is_none(), Ordering::SeqCst);
                 let was = st.in_sync.swap(v.is_some(), Ordering::SeqCst);
                 let first = st.checked_at.swap(seen, Ordering::SeqCst) == u64::MAX;
                 if first {
                     // What a client finds at its start is no news.
-                } else if was && v.is_none() {
+                } else if v.is_none() && !was_empty {
+                    // (Once: in sync before, or unreachable in between.)
                     tracing::warn!(
                         server = pool.addr(s),
                         "this server lost its copies (restarted empty?): reads go to the other copies until a mount's refill or `memfis check --repair` refills it"

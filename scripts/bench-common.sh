@@ -1,0 +1,22 @@
+# Shared by the bench scripts (sourced, not run): a free loopback port, and the nginx.conf
+# every bench's nginx runs with ($work/nginx/nginx.conf, temp paths under $work/nginx).
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# write_nginx_conf WORKERS HTTP_BODY: HTTP_BODY goes inside http { } after the common lines.
+write_nginx_conf() {
+  cat > "$work/nginx/nginx.conf" <<NGX
+worker_processes $1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    access_log off;
+    client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
+$2
+}
+NGX
+}
