@@ -282,16 +282,34 @@ fn a_live_mount_refills_a_server_back_empty_or_new() {
     // Back empty too: the mount refills it in turn.
     servers[0].restart();
     wait_for_clean_check(&joined, 60, "server 0 refilled", &mount);
-    drop((nginx, mount));
+    drop(nginx);
 
     // A fourth server joins: keys move on the ring, and some now have the new server among
-    // their two. A mount of the four refills it from the copies the others hold.
+    // their two. A mount of the four refills it from the copies the others hold, but not
+    // while a mount of the three still runs: that one writes where its own ring says, which
+    // the new server would miss once taken for in sync.
     let fourth = Memcached::with_args(&["-m", "64", "-I", "2m"]);
     let mut four = list.clone();
     four.push(fourth.addr());
     let all = four.join(",");
+    let old = mount;
     let mount = Mount::with_exact_args(&four, PREFIX, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let during = b"written through a mount of the three servers after the fourth came".to_vec();
+    std::fs::write(old.p("during-switch.txt"), &during).unwrap();
+    let (code, out) = memfis_on("check", &[], &all, PREFIX);
+    assert_eq!(
+        code, 4,
+        "the new server was refilled while a mount of the old list ran:\n{out}"
+    );
+    assert!(
+        mount.log_text().contains("use another list of servers"),
+        "{}",
+        mount.log_text()
+    );
+    drop(old);
     let out = wait_for_clean_check(&all, 60, "the new server refilled", &mount);
+    assert_eq!(std::fs::read(mount.p("during-switch.txt")).unwrap(), during);
     assert!(out.contains(", 0 under-replicated"), "{out}");
     assert!(
         !fourth.keys().is_empty(),

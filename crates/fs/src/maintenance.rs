@@ -138,10 +138,17 @@ impl<S: Store> Maintenance<S> {
         let mut batch = Batch::new();
         // Whether the key was still there: a lapse may have cost this mount's file locks.
         let touched = batch.touch(&alive, ALIVE_SECS);
+        // Its value names the mount's server list (a refill waits while mounts differ).
+        let value = self
+            .tree
+            .store
+            .inner()
+            .pool_id()
+            .unwrap_or_else(|| "1".into());
         let refreshed = batch.push::<Stored>(Command::Store {
             op: StoreOp::Set,
             key: alive,
-            value: std::sync::Arc::new(b"1".to_vec()),
+            value: std::sync::Arc::new(value.into_bytes()),
             flags: 0,
             exptime: ALIVE_SECS,
         });

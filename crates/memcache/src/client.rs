@@ -385,6 +385,10 @@ impl Store for Client {
         crate::replicas::resync(self, &self.replication, keys, repair, pace)
     }
 
+    fn pool_id(&self) -> Option<String> {
+        (self.pools.len() > 1).then(|| crate::ring::pool_id(&self.servers().collect::<Vec<_>>()))
+    }
+
     fn servers_to_refill(&self) -> Vec<String> {
         let refill = crate::replicas::servers_to_refill(self, &self.replication);
         refill

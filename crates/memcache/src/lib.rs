@@ -124,6 +124,12 @@ pub trait Store: Send + Sync {
         Vec::new()
     }
 
+    /// Names this client's list of servers ([`ring::pool_id`]) when it has several; `None`
+    /// for one server, or a store that is not a pool.
+    fn pool_id(&self) -> Option<String> {
+        None
+    }
+
     /// Runs one command.
     fn run(&self, cmd: Command) -> CmdResult {
         self.execute(vec![cmd])
@@ -218,6 +224,9 @@ macro_rules! forward_store {
             }
             fn servers_to_refill(&self) -> Vec<String> {
                 (**self).servers_to_refill()
+            }
+            fn pool_id(&self) -> Option<String> {
+                (**self).pool_id()
             }
         }
     )+};

@@ -191,6 +191,10 @@ impl Store for PoolClient {
         replicas::resync(self, &self.repl, keys, repair, pace)
     }
 
+    fn pool_id(&self) -> Option<String> {
+        Some(crate::ring::pool_id(&self.pool.names))
+    }
+
     fn servers_to_refill(&self) -> Vec<String> {
         let refill = replicas::servers_to_refill(self, &self.repl);
         refill.into_iter().map(|s| self.addr(s)).collect()

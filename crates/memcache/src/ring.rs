@@ -30,6 +30,15 @@ fn split_host_port(server: &str) -> (&[u8], &[u8]) {
     }
 }
 
+/// Names a list of servers, in any order: `pool=` and the CRC-32 of the sorted list, in hex.
+/// Two clients with the same name place every key alike; a mount writes it in its liveness
+/// key, so that a refill can tell a mount still running with another list.
+pub fn pool_id<S: AsRef<str>>(servers: &[S]) -> String {
+    let mut sorted: Vec<&str> = servers.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    format!("pool={:08x}", crc32fast::hash(sorted.join("\n").as_bytes()))
+}
+
 impl Ring {
     /// Builds the continuum for servers (all weight 1), addressed exactly as in nginx's upstream.
     pub fn new<S: AsRef<str>>(servers: &[S]) -> Ring {
@@ -117,6 +126,14 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 600), "{counts:?}");
         let again = Ring::new(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]);
         assert_eq!(ring.server_for(b"x"), again.server_for(b"x"));
+    }
+
+    #[test]
+    fn a_pool_is_named_by_its_servers_in_any_order() {
+        let a = pool_id(&["127.0.0.1:11211", "127.0.0.1:11212"]);
+        assert_eq!(a, pool_id(&["127.0.0.1:11212", "127.0.0.1:11211"]));
+        assert_ne!(a, pool_id(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]));
+        assert!(a.starts_with("pool=") && a.len() == 13, "{a}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ const LOOK_EVERY: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How often a mount waiting for mounts on another server list looks again (a listing of
+/// every server's keys each time).
+const AFTER_MIXED_LISTS: Duration = Duration::from_secs(10);
+
 /// How long dropping a [`Refiller`] waits for its refill to stop and release the lease (a
 /// walk of the tree does not stop halfway).
 const STOP_WAIT: Duration = Duration::from_secs(3);
@@ -99,6 +103,9 @@ enum Outcome {
     Nothing,
     Done(ResyncReport),
     Stopped,
+    /// Live mounts (these) use another list of servers: no server is refilled until they
+    /// are gone.
+    Waiting(Vec<String>),
 }
 
 impl Refiller {
@@ -113,10 +120,14 @@ impl Refiller {
             let _ended = ended_tx;
             let mut wait = LOOK_EVERY;
             let mut backoff = FIRST_BACKOFF;
+            let mut waiting_for = Vec::new();
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
                 wait = LOOK_EVERY;
                 let outcome = refill(&fs, rate, &mine, &stopped);
                 mine.running.store(false, Ordering::Relaxed);
+                if !matches!(outcome, Ok(Outcome::Waiting(_))) {
+                    waiting_for.clear();
+                }
                 match outcome {
                     Ok(Outcome::Nothing) => {}
                     Ok(Outcome::Done(report)) => {
@@ -130,6 +141,18 @@ impl Refiller {
                     }
                     Ok(Outcome::Stopped) => {
                         mine.stopped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Outcome::Waiting(others)) => {
+                        if others != waiting_for {
+                            tracing::warn!(
+                                "refill waits: mounts {} use another list of servers than this one ({}); remount them with this list",
+                                others.join(", "),
+                                fs.store().pool_id().unwrap_or_default()
+                            );
+                        }
+                        waiting_for = others;
+                        wait = AFTER_MIXED_LISTS;
+                        continue;
                     }
                     Err(e) => {
                         tracing::warn!("refill: {e:#} (tried again in {backoff:?})");
@@ -177,6 +200,12 @@ fn refill<S: Store>(
         return Ok(Outcome::Nothing);
     }
     let keys = fs.keys();
+    // A mount still on another server list writes where its own ring places keys: a server
+    // this list adds would miss them once marked in sync.
+    let others = crate::replicas::mounts_on_other_lists(store, keys)?;
+    if !others.is_empty() {
+        return Ok(Outcome::Waiting(others));
+    }
     let mut lease = RefillLease {
         mount: fs.mount_id().to_string(),
         servers,

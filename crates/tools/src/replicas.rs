@@ -50,6 +50,9 @@ pub fn check_copies(
     if client.replicas() < 2 {
         return Ok(None);
     }
+    if repair {
+        refuse_mixed_lists(client, keys)?;
+    }
     let mine = keys_to_compare(client, keys, tree_keys)?;
     let ResyncReport {
         keys: compared,
@@ -103,6 +106,54 @@ pub fn keys_to_compare<S: Store>(
     mine.sort_unstable();
     mine.dedup();
     Ok(mine)
+}
+
+/// An error while a live mount of the tree uses another list of servers than `store`'s.
+pub fn refuse_mixed_lists<S: Store>(store: &S, keys: &KeyLayout) -> Result<()> {
+    let others = mounts_on_other_lists(store, keys)?;
+    if others.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "mount{} {} of this tree use{} another list of servers than this one ({}): copies are \
+         refilled once every mount uses the same list (remount them with it)",
+        if others.len() > 1 { "s" } else { "" },
+        others.join(", "),
+        if others.len() > 1 { "" } else { "s" },
+        store.pool_id().unwrap_or_default()
+    )
+}
+
+/// Live mounts of the tree under `keys` whose liveness key names another list of servers
+/// than `store`'s (their ids): each places keys on its own ring, so a server the other list
+/// adds does not get their writes, and must not be marked in sync while they run. Mounts of
+/// a memfis that does not name its list are not told apart.
+pub fn mounts_on_other_lists<S: Store>(store: &S, keys: &KeyLayout) -> Result<Vec<String>> {
+    let Some(mine) = store.pool_id() else {
+        return Ok(Vec::new());
+    };
+    let Some(listed) = store.list_keys() else {
+        return Ok(Vec::new());
+    };
+    let listed = listed.context("cannot list the store's keys to find the live mounts")?;
+    let alive = keys.alive("");
+    let mut others = Vec::new();
+    for key in listed {
+        let Some(id) = key.strip_prefix(alive.as_slice()) else {
+            continue;
+        };
+        // Wherever the other mount's ring put it.
+        let item = store
+            .get_anywhere(&key)
+            .with_context(|| format!("cannot read {}", String::from_utf8_lossy(&key)))?;
+        if let Some(item) = item
+            && item.value.starts_with(b"pool=")
+            && item.value != mine.as_bytes()
+        {
+            others.push(String::from_utf8_lossy(id).into_owned());
+        }
+    }
+    Ok(others)
 }
 
 /// Whether `key` is one of the tree's: a data key (`escape(PREFIX)/...`), a metadata key
