@@ -132,7 +132,10 @@ mod tests {
     fn a_pool_is_named_by_its_servers_in_any_order() {
         let a = pool_id(&["127.0.0.1:11211", "127.0.0.1:11212"]);
         assert_eq!(a, pool_id(&["127.0.0.1:11212", "127.0.0.1:11211"]));
-        assert_ne!(a, pool_id(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]));
+        assert_ne!(
+            a,
+            pool_id(&["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"])
+        );
         assert!(a.starts_with("pool=") && a.len() == 13, "{a}");
     }
 

@@ -37,3 +37,39 @@ fn a_copy_written_after_a_return_survives_the_other_servers_return() {
         );
     }
 }
+
+/// Both servers of a key back empty while a third, not one of its servers, holds it (as
+/// servers added two at a time leave keys): the resync says so and marks neither server in
+/// sync, rather than taking the key for gone.
+#[test]
+fn a_key_held_only_off_its_servers_keeps_them_out_of_sync() {
+    use memfis_memcache::replicas::Servers;
+    let pool = MemoryPool::new(3);
+    let client = pool.client();
+    client.set_replicas(2, &keys()).unwrap();
+    client.mark_all_in_sync().unwrap();
+    let key = b"t/elsewhere".to_vec();
+    let own = client.holders(&key, 2);
+    let other = (0..3).find(|s| !own.contains(s)).unwrap();
+    let stored = pool
+        .server(other)
+        .execute(vec![Command::store(StoreOp::Set, &key, b"v")]);
+    assert!(matches!(stored[0], Ok(Reply::Stored)));
+    for &s in &own {
+        pool.restart_empty(s);
+    }
+    assert_eq!(client.servers_to_refill().len(), 2);
+    let report = client.resync(&[key], true, &mut |_| ControlFlow::Continue(()));
+    assert!(
+        report
+            .failed
+            .iter()
+            .any(|(_, e)| e.to_string().contains("held only by")),
+        "{report:?}"
+    );
+    assert_eq!(
+        client.servers_to_refill().len(),
+        2,
+        "marked in sync without the key"
+    );
+}

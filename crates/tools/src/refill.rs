@@ -200,12 +200,6 @@ fn refill<S: Store>(
         return Ok(Outcome::Nothing);
     }
     let keys = fs.keys();
-    // A mount still on another server list writes where its own ring places keys: a server
-    // this list adds would miss them once marked in sync.
-    let others = crate::replicas::mounts_on_other_lists(store, keys)?;
-    if !others.is_empty() {
-        return Ok(Outcome::Waiting(others));
-    }
     let mut lease = RefillLease {
         mount: fs.mount_id().to_string(),
         servers,
@@ -220,6 +214,13 @@ fn refill<S: Store>(
         lease.servers = store.servers_to_refill();
         if lease.servers.is_empty() {
             return Ok(Outcome::Nothing);
+        }
+        // A mount still on another server list writes where its own ring places keys: a
+        // server this list adds would miss them once marked in sync. (Looked at under the
+        // lease: a listing of every server, which memcached runs one at a time.)
+        let others = crate::replicas::mounts_on_other_lists(store, keys)?;
+        if !others.is_empty() {
+            return Ok(Outcome::Waiting(others));
         }
         status.running.store(true, Ordering::Relaxed);
         tracing::info!(
@@ -336,13 +337,16 @@ fn take_lease<S: Store>(store: &S, keys: &KeyLayout, lease: &RefillLease) -> Res
     }
 }
 
-/// Deletes a lease no live mount holds: one that cannot be read, or whose mount's liveness
+/// Deletes a lease no live mount holds: one that cannot be parsed, or whose mount's liveness
 /// key is gone (it died; a lease that somehow lost its expiry would otherwise stop every
 /// refill for good). The next look takes it.
 fn drop_dead_lease<S: Store>(store: &S, keys: &KeyLayout) -> Result<()> {
-    let why = match read_lease(store, keys) {
-        Ok(None) => return Ok(()),
-        Ok(Some((lease, _))) => {
+    let held = store
+        .get(&keys.refill_lease())
+        .context("cannot read the refill lease")?;
+    let Some(held) = held else { return Ok(()) };
+    let why = match serde_json::from_slice::<RefillLease>(&held.value) {
+        Ok(lease) => {
             if store
                 .get(&keys.alive(&lease.mount))
                 .context("cannot read the refilling mount's liveness")?
@@ -352,7 +356,7 @@ fn drop_dead_lease<S: Store>(store: &S, keys: &KeyLayout) -> Result<()> {
             }
             format!("its mount {} is gone", lease.mount)
         }
-        Err(e) => format!("{e:#}"),
+        Err(e) => format!("not readable: {e}"),
     };
     tracing::warn!(
         "refill: deleting the lease {} ({why})",
@@ -375,7 +379,12 @@ fn refresh_lease<S: Store>(store: &S, keys: &KeyLayout, lease: &RefillLease) -> 
         )
     };
     let Some((held, cas)) = read_lease(store, keys)? else {
-        return Err(lost());
+        // Expired (a walk longer than its life) with no other mount taking it: take it back.
+        return if take_lease(store, keys, lease)? {
+            Ok(())
+        } else {
+            Err(lost())
+        };
     };
     if held.mount != lease.mount {
         return Err(lost());

@@ -85,11 +85,15 @@ pub(super) fn fix_up<P: Servers + ?Sized>(
                 )));
                 continue;
             }
+            // A primary without its marker in a tree that has markers (some server is in
+            // sync): it came back empty, like this copy perhaps, and its value is no better
+            // than the copy's. (A new tree before its markers trusts the key's own server.)
+            let unproven = !confirmed[f.primary] && (0..pool.count()).any(|h| repl.in_sync(h));
             let cmd = match (src, dst) {
                 (None, None) => continue,
                 (Some(a), Some(b)) if same_item(&a, &b) => continue,
                 // Deleting or overwriting could lose the only copy of a write.
-                (_, Some(_)) if f.only_fill => {
+                (_, Some(_)) if f.only_fill || unproven => {
                     results[i] = Err(StoreError::Server(format!(
                         "no copy of {} is in sync ({} and {} hold different values): not copied",
                         String::from_utf8_lossy(&f.key),
@@ -99,7 +103,6 @@ pub(super) fn fix_up<P: Servers + ?Sized>(
                     continue;
                 }
                 (None, Some(_)) => Command::Delete(f.key.clone()),
-                (Some(a), Some(b)) if same_item(&a, &b) => continue,
                 (Some(a), Some(b)) => Command::Cas {
                     key: f.key.clone(),
                     value: a.value.into(),

@@ -31,6 +31,42 @@ pub(super) fn skipped_by_resync(key: &[u8], value: Option<&[u8]>, keys: &Replica
         || (text.contains("%L") && value == Some(b"[]"))
 }
 
+/// Of keys that none of their servers holds while none of those is in sync, those another
+/// server of the pool holds (one round trip): servers added two at a time (or a second before
+/// the first was refilled) can leave a key only on servers no longer its own. Each is a
+/// failure, so no server is marked in sync without it; copying it from there could bring back
+/// a key deleted since, left behind where keys moved away from.
+fn held_elsewhere_only<P: Servers + ?Sized>(
+    pool: &P,
+    repl: &Replication,
+    nowhere: Vec<(&Vec<u8>, usize, Vec<usize>)>,
+) -> Vec<(Vec<u8>, StoreError)> {
+    let mut reads = Vec::new();
+    let mut asked = Vec::new();
+    for (key, primary, copies) in nowhere {
+        for s in (0..pool.count()).filter(|s| *s != primary && !copies.contains(s)) {
+            if !repl.resting(s) {
+                reads.push((s, Command::Get(key.clone())));
+                asked.push((key, s));
+            }
+        }
+    }
+    let mut failed: Vec<(Vec<u8>, StoreError)> = Vec::new();
+    for ((key, s), r) in asked.into_iter().zip(send(pool, repl, reads)) {
+        if matches!(r, Ok(Reply::Value(Some(_)))) && !failed.iter().any(|(k, _)| k == key) {
+            failed.push((
+                key.clone(),
+                StoreError::Server(format!(
+                    "held only by {}, not one of its servers on this list (were servers added \
+                     two at a time?): add them one at a time, each refilled before the next",
+                    pool.addr(s)
+                )),
+            ));
+        }
+    }
+    failed
+}
+
 /// Keys compared per round trip, and between two calls of the caller's pace.
 pub const RESYNC_GROUP: usize = 128;
 
@@ -77,6 +113,7 @@ pub fn resync<P: Servers + ?Sized>(
         let (got, confirmed) = send_checked(pool, repl, reads);
         let mut got = got.into_iter();
         let mut fixes = Vec::new();
+        let mut nowhere = Vec::new();
         for (key, primary, copies) in asked {
             report.keys += 1;
             if !confirmed[primary] && copies.iter().any(|&s| repl.in_sync(s)) {
@@ -135,6 +172,11 @@ pub fn resync<P: Servers + ?Sized>(
             if skipped_by_resync(key, held, &special) {
                 continue;
             }
+            if only_fill && held.is_none() {
+                // No server of the key holds it, none in sync: it may be elsewhere only.
+                nowhere.push((key, primary, copies));
+                continue;
+            }
             let mut differing = Vec::new();
             for (s, dst) in copies.iter().zip(dsts) {
                 match (dst, &src) {
@@ -162,6 +204,9 @@ pub fn resync<P: Servers + ?Sized>(
                 });
             }
         }
+        report
+            .failed
+            .extend(held_elsewhere_only(pool, repl, nowhere));
         if repair && !fixes.is_empty() {
             let keys: Vec<Vec<u8>> = fixes.iter().map(|f| f.key.clone()).collect();
             let counts: Vec<usize> = fixes.iter().map(|f| f.copies.len()).collect();
