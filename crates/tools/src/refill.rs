@@ -117,51 +117,8 @@ impl Refiller {
         let status = Arc::new(RefillStatus::default());
         let mine = status.clone();
         std::thread::spawn(move || {
-            let _ended = ended_tx;
-            let mut wait = LOOK_EVERY;
-            let mut backoff = FIRST_BACKOFF;
-            let mut waiting_for = Vec::new();
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-                wait = LOOK_EVERY;
-                let outcome = refill(&fs, rate, &mine, &stopped);
-                mine.running.store(false, Ordering::Relaxed);
-                if !matches!(outcome, Ok(Outcome::Waiting(_))) {
-                    waiting_for.clear();
-                }
-                match outcome {
-                    Ok(Outcome::Nothing) => {}
-                    Ok(Outcome::Done(report)) => {
-                        tracing::info!(
-                            "refill done: {} keys compared, {} copies written; every server holds its copies",
-                            report.keys,
-                            report.copied
-                        );
-                        mine.completed.fetch_add(1, Ordering::Relaxed);
-                        backoff = FIRST_BACKOFF;
-                    }
-                    Ok(Outcome::Stopped) => {
-                        mine.stopped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Outcome::Waiting(others)) => {
-                        if others != waiting_for {
-                            tracing::warn!(
-                                "refill waits: mounts {} use another list of servers than this one ({}); remount them with this list",
-                                others.join(", "),
-                                fs.store().pool_id().unwrap_or_default()
-                            );
-                        }
-                        waiting_for = others;
-                        wait = AFTER_MIXED_LISTS;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!("refill: {e:#} (tried again in {backoff:?})");
-                        mine.failed.fetch_add(1, Ordering::Relaxed);
-                        wait = backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-            }
+            let _ended = ended_tx; // dropped when the loop ends: tells `Drop`
+            look_until_stopped(&fs, rate, &mine, &stopped);
         });
         Refiller {
             stop: Some(stop),
@@ -179,6 +136,60 @@ impl Drop for Refiller {
     fn drop(&mut self) {
         self.stop.take();
         let _ = self.ended.recv_timeout(STOP_WAIT);
+    }
+}
+
+/// The refill thread: looks for a server to refill every [`LOOK_EVERY`] (less often after a
+/// failure, or while mounts use another server list) until the [`Refiller`] is dropped.
+fn look_until_stopped<S: Store>(
+    fs: &MemFs<S>,
+    rate: u32,
+    status: &RefillStatus,
+    stopped: &Receiver<()>,
+) {
+    let mut wait = LOOK_EVERY;
+    let mut backoff = FIRST_BACKOFF;
+    let mut waiting_for = Vec::new();
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+        wait = LOOK_EVERY;
+        let outcome = refill(fs, rate, status, stopped);
+        status.running.store(false, Ordering::Relaxed);
+        if !matches!(outcome, Ok(Outcome::Waiting(_))) {
+            waiting_for.clear();
+        }
+        match outcome {
+            Ok(Outcome::Nothing) => {}
+            Ok(Outcome::Done(report)) => {
+                tracing::info!(
+                    "refill done: {} keys compared, {} copies written; every server holds its copies",
+                    report.keys,
+                    report.copied
+                );
+                status.completed.fetch_add(1, Ordering::Relaxed);
+                backoff = FIRST_BACKOFF;
+            }
+            Ok(Outcome::Stopped) => {
+                status.stopped.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Outcome::Waiting(others)) => {
+                if others != waiting_for {
+                    tracing::warn!(
+                        "refill waits: mounts {} use another list of servers than this one ({}); remount them with this list",
+                        others.join(", "),
+                        fs.store().pool_id().unwrap_or_default()
+                    );
+                }
+                waiting_for = others;
+                wait = AFTER_MIXED_LISTS;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("refill: {e:#} (tried again in {backoff:?})");
+                status.failed.fetch_add(1, Ordering::Relaxed);
+                wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 }
 
