@@ -217,7 +217,7 @@ fn refill<S: Store>(
         ..RefillLease::default()
     };
     if !take_lease(store, keys, &lease)? {
-        drop_dead_lease(store, keys)?;
+        drop_dead_lease(store, keys, &lease.mount)?;
         return Ok(Outcome::Nothing); // another mount refills
     }
     let result = (|| {
@@ -348,15 +348,18 @@ fn take_lease<S: Store>(store: &S, keys: &KeyLayout, lease: &RefillLease) -> Res
     }
 }
 
-/// Deletes a lease no live mount holds: one that cannot be parsed, or whose mount's liveness
-/// key is gone (it died; a lease that somehow lost its expiry would otherwise stop every
-/// refill for good). The next look takes it.
-fn drop_dead_lease<S: Store>(store: &S, keys: &KeyLayout) -> Result<()> {
+/// Deletes a lease no live mount holds: one that cannot be parsed, names this mount (`me`,
+/// which refills nothing while it looks), or whose mount's liveness key is gone (it died). A
+/// lease that somehow lost its expiry would otherwise stop every refill for good. The next
+/// look takes it.
+fn drop_dead_lease<S: Store>(store: &S, keys: &KeyLayout, me: &str) -> Result<()> {
     let held = store
         .get(&keys.refill_lease())
         .context("cannot read the refill lease")?;
     let Some(held) = held else { return Ok(()) };
     let why = match serde_json::from_slice::<RefillLease>(&held.value) {
+        // This mount's own, though it refills nothing now (a lease written by hand).
+        Ok(lease) if lease.mount == me => "it names this mount, which is not refilling".into(),
         Ok(lease) => {
             if store
                 .get(&keys.alive(&lease.mount))
