@@ -324,6 +324,68 @@ fn a_live_mount_refills_a_server_back_empty_or_new() {
     drop((nginx, mount));
 }
 
+/// A server killed -9 while `memfis load` writes: the load fails (or not, if it was done),
+/// the server comes back empty, the operator runs the load again, and then every file is
+/// served from the store with its bytes, a mount refills the server, and every file is
+/// still served with another server down.
+#[test]
+fn a_server_killed_during_a_load_loses_nothing_once_the_load_is_run_again() {
+    let mut servers = pool();
+    let list = addrs(&servers);
+    let joined = list.join(",");
+    let src = tempfile::tempdir().unwrap();
+    let mut files = BTreeMap::new();
+    let mut rng = Rng(11);
+    for i in 0..6000 {
+        let rel = format!("d{}/f{i}.html", i % 30);
+        std::fs::create_dir_all(src.path().join(format!("d{}", i % 30))).unwrap();
+        let bytes: Vec<u8> = (0..1 + rng.below(4000)).map(|_| rng.next() as u8).collect();
+        std::fs::write(src.path().join(&rel), &bytes).unwrap();
+        files.insert(rel, bytes);
+    }
+    let load = || {
+        std::process::Command::new(BIN)
+            .args(["load", src.path().to_str().unwrap(), "--replicas", "2"])
+            .args(["--server", &joined, "--prefix", PREFIX])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = load();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    // SAFETY: killing the test's own child.
+    unsafe { libc::kill(servers[1].pid(), libc::SIGKILL) };
+    let out = first.wait_with_output().unwrap();
+    eprintln!(
+        "first load: {} ({})",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+    servers[1].restart();
+    // Writes work again once the server has rested (a second).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let again = load().wait_with_output().unwrap();
+    assert!(
+        again.status.success(),
+        "the second load: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let nginx = Nginx::for_store(&joined, PREFIX, &["--replicas", "2"]);
+    assert_served(&nginx, &files, "after the second load");
+    let mount = Mount::with_exact_args(&list, PREFIX, &[]);
+    assert_reads(mount.path(), &files, "after the second load");
+    let out = wait_for_clean_check(&joined, 90, "refilled after the load", &mount);
+    assert!(out.contains(", 0 under-replicated"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    servers[2].stop();
+    assert_served(&nginx, &files, "server 2 down after the refill");
+    drop(mount);
+}
+
 #[test]
 fn the_number_of_copies_is_the_trees() {
     let servers = pool();
