@@ -326,8 +326,8 @@ fn a_live_mount_refills_a_server_back_empty_or_new() {
 
 /// A server killed -9 while `memfis load` writes: the load fails (or not, if it was done),
 /// the server comes back empty, the operator runs the load again, and then every file is
-/// served from the store with its bytes, a mount refills the server, and every file is
-/// still served with another server down.
+/// served from the store with its bytes, a mount refills the server, `check --repair` leaves
+/// the tree clean, and every file is still served with another server down.
 #[test]
 fn a_server_killed_during_a_load_loses_nothing_once_the_load_is_run_again() {
     let mut servers = pool();
@@ -336,7 +336,7 @@ fn a_server_killed_during_a_load_loses_nothing_once_the_load_is_run_again() {
     let src = tempfile::tempdir().unwrap();
     let mut files = BTreeMap::new();
     let mut rng = Rng(11);
-    for i in 0..6000 {
+    for i in 0..4000 {
         let rel = format!("d{}/f{i}.html", i % 30);
         std::fs::create_dir_all(src.path().join(format!("d{}", i % 30))).unwrap();
         let bytes: Vec<u8> = (0..1 + rng.below(4000)).map(|_| rng.next() as u8).collect();
@@ -376,10 +376,26 @@ fn a_server_killed_during_a_load_loses_nothing_once_the_load_is_run_again() {
     );
     let nginx = Nginx::for_store(&joined, PREFIX, &["--replicas", "2"]);
     assert_served(&nginx, &files, "after the second load");
-    let mount = Mount::with_exact_args(&list, PREFIX, &[]);
+    let mount = Mount::with_exact_args(&list, PREFIX, &["--refill-rate", "50000"]);
     assert_reads(mount.path(), &files, "after the second load");
-    let out = wait_for_clean_check(&joined, 90, "refilled after the load", &mount);
-    assert!(out.contains(", 0 under-replicated"), "{out}");
+    // The mount refills the server. (The tree itself may hold records the killed load made
+    // and never named, as with one copy: `check --repair` deletes them.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, out) = memfis_on("check", &[], &joined, PREFIX);
+        if out.contains(", 0 under-replicated") && !out.contains("out of sync") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refilled within 60 s:\n{out}\n{}",
+            mount.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (code, out) = memfis_on("check", &["--repair"], &joined, PREFIX);
+    assert!(code == 0 || code == 1, "{out}");
+    wait_for_clean_check(&joined, 30, "after the repair", &mount);
     std::thread::sleep(std::time::Duration::from_millis(2500));
     servers[2].stop();
     assert_served(&nginx, &files, "server 2 down after the refill");
