@@ -19,8 +19,9 @@ use memfis_memcache::replicas::RESYNC_GROUP;
 use memfis_memcache::{Command, Reply, ResyncReport, Store, StoreOp};
 use serde::{Deserialize, Serialize};
 
-/// The lease's life: a mount that dies while refilling holds it at most this long. Longer
-/// than the walk of a large tree, after which the lease is first written again.
+/// The lease's life: a mount that dies while refilling holds it at most this long. It is
+/// first written again after the walk of the tree; a walk that outlasts it takes it back
+/// then, unless another mount took it meanwhile.
 pub const LEASE_SECS: u32 = 120;
 
 /// How often the lease (and its progress) is written again while keys are compared.
