@@ -186,10 +186,22 @@ fn a_server_killed_then_back_empty_loses_no_file() {
 
 /// Polls `memfis check` on `servers` until it exits 0, up to `secs` seconds: its last output.
 fn wait_for_clean_check(servers: &str, secs: u64, when: &str, mount: &Mount) -> String {
+    wait_for_check(servers, secs, when, mount, |code, _| code == 0)
+}
+
+/// Polls `memfis check` on `servers` until `done(exit code, output)`, up to `secs` seconds
+/// (then fails with its output, its debug log and the mount's log): its last output.
+fn wait_for_check(
+    servers: &str,
+    secs: u64,
+    when: &str,
+    mount: &Mount,
+    done: impl Fn(i32, &str) -> bool,
+) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let (code, out) = memfis_on("check", &[], servers, PREFIX);
-        if code == 0 {
+        if done(code, &out) {
             return out;
         }
         if std::time::Instant::now() >= deadline {
@@ -202,7 +214,7 @@ fn wait_for_clean_check(servers: &str, secs: u64, when: &str, mount: &Mount) -> 
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{when}: check not clean within {secs} s:\n{out}\nmount's log:\n{}",
+            "{when}: check not as wanted within {secs} s:\n{out}\nmount's log:\n{}",
             mount.log_text()
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -380,19 +392,9 @@ fn a_server_killed_during_a_load_loses_nothing_once_the_load_is_run_again() {
     assert_reads(mount.path(), &files, "after the second load");
     // The mount refills the server. (The tree itself may hold records the killed load made
     // and never named, as with one copy: `check --repair` deletes them.)
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (_, out) = memfis_on("check", &[], &joined, PREFIX);
-        if out.contains(", 0 under-replicated") && !out.contains("out of sync") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not refilled within 60 s:\n{out}\n{}",
-            mount.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    wait_for_check(&joined, 60, "refilled after the load", &mount, |_, out| {
+        out.contains(", 0 under-replicated") && !out.contains("out of sync")
+    });
     let (code, out) = memfis_on("check", &["--repair"], &joined, PREFIX);
     assert!(code == 0 || code == 1, "{out}");
     wait_for_clean_check(&joined, 30, "after the repair", &mount);
