@@ -87,7 +87,8 @@ impl<S: Store> Namespace<S> {
             .into_iter()
             .map(|new| self.push_claim(parent, dir_path, new, &mut batch))
             .unzip();
-        let log = self.log_commands(&la, &mut batch);
+        // The log's base is read once, by the fence below.
+        let log = self.log_commands_base_read_later(&la, &mut batch);
         let (touch, now) = self.touch_dir_cmd(parent);
         let touched = batch.push::<Stored>(touch);
         // Statistics only: unread.
@@ -106,9 +107,9 @@ impl<S: Store> Namespace<S> {
             .into_iter()
             .map(|s| ClaimReplies::take(&mut results, s))
             .collect();
-        let logged = self.finish_log(&la, &mut results, log);
-        let touched = results.take(touched);
         let mut fence = self.read_create_fence(parent, &mut results, fence);
+        let logged = self.finish_log_with_base(&la, &mut results, log, fence.base.clone());
+        let touched = results.take(touched);
         let entries_after: Vec<(Vec<u8>, Option<u64>)> = entries_after
             .into_iter()
             .map(|(name, ino, read)| {
@@ -304,6 +305,8 @@ impl<S: Store> Namespace<S> {
                 self.meta
                     .put_listing(node.ino, HashMap::new(), Instant::now());
                 self.meta.raise_seq_hint(node.ino, 0);
+                // Its first two log chunks came with it (`own_keys`).
+                self.meta.note_log_chunk(node.ino, 1);
             }
         }
     }

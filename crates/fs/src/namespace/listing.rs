@@ -7,6 +7,9 @@
 //! one of the current sequence number, so a record in an earlier chunk than its number is
 //! still replayed. The same batch creates the next chunk (`add` of an empty value), so every
 //! chunk up to the current number exists: a missing one is an error, never an empty listing.
+//! (Once this mount has seen that next chunk exist, its appends leave the `add` out: a chunk
+//! goes only with its directory, or below the log's base after a compaction, where nothing
+//! reads it.)
 //!
 //! Records about one (name, inode) pair must be replayed in the order of the operations that
 //! wrote them: a `-` replayed before the `+` it removes would leave the name listed. A create
@@ -53,8 +56,11 @@ pub(crate) struct LogAppend {
 pub(crate) struct LogReplies {
     incr: Handle<Counted>,
     append: Handle<Stored>,
-    precreate: Handle<Stored>,
-    base: Handle<Got>,
+    /// None when this mount knows the chunk after the append's exists already.
+    precreate: Option<Handle<Stored>>,
+    /// None when the caller reads the base later in the batch (a create's fence) and hands
+    /// it to [`Namespace::finish_log_with_base`].
+    base: Option<Handle<Got>>,
 }
 
 /// What a directory's log said to an append.
@@ -100,6 +106,23 @@ impl<S: Store> Namespace<S> {
 
     /// Pushes the commands of `la` onto `batch`; their replies go to [`Self::finish_log`].
     pub(crate) fn log_commands(&self, la: &LogAppend, batch: &mut Batch) -> LogReplies {
+        let mut sent = self.log_commands_base_read_later(la, batch);
+        // Read after the append and the chunk made ahead: what landed below a base a
+        // compaction moved goes again above it (records) or away (the chunk).
+        sent.base = Some(batch.get(self.tree.keys.dir_base(la.dir)));
+        sent
+    }
+
+    /// [`Self::log_commands`] without the read of the log's base: the caller reads it later
+    /// in the same batch (after these commands) and passes it to
+    /// [`Self::finish_log_with_base`]. A later read of the base serves as well: bases only
+    /// grow, and every use of it here is "at least this far".
+    pub(crate) fn log_commands_base_read_later(
+        &self,
+        la: &LogAppend,
+        batch: &mut Batch,
+    ) -> LogReplies {
+        let next = la.chunk + 1;
         LogReplies {
             incr: batch.incr(self.tree.keys.dir_seq(la.dir), la.count),
             append: batch.store(
@@ -107,10 +130,9 @@ impl<S: Store> Namespace<S> {
                 &self.tree.keys.dir_log(la.dir, la.chunk),
                 &la.records,
             ),
-            precreate: batch.add(&self.tree.keys.dir_log(la.dir, la.chunk + 1), b""),
-            // Read after the append and the chunk made ahead: what landed below a base a
-            // compaction moved goes again above it (records) or away (the chunk).
-            base: batch.get(self.tree.keys.dir_base(la.dir)),
+            precreate: (!self.meta.log_chunk_exists(la.dir, next))
+                .then(|| batch.add(&self.tree.keys.dir_log(la.dir, next), b"")),
+            base: None,
         }
     }
 
@@ -129,13 +151,29 @@ impl<S: Store> Namespace<S> {
         &self,
         la: &LogAppend,
         results: &mut Replies,
+        mut sent: LogReplies,
+    ) -> FsResult<Logged> {
+        let base_key = self.tree.keys.dir_base(la.dir);
+        let read = sent.base.take().expect("log_commands reads the base");
+        let base = results
+            .take(read)
+            .and_then(|item| LogBase::decode(&base_key, item.as_ref().map(|i| &i.value[..])));
+        self.finish_log_with_base(la, results, sent, base)
+    }
+
+    /// [`Self::finish_log`] for commands from [`Self::log_commands_base_read_later`], with
+    /// the log's base as read later in the batch.
+    pub(crate) fn finish_log_with_base(
+        &self,
+        la: &LogAppend,
+        results: &mut Replies,
         sent: LogReplies,
+        base: FsResult<LogBase>,
     ) -> FsResult<Logged> {
         let incr = results.take(sent.incr);
         let append = results.take(sent.append);
-        let precreate = results.take(sent.precreate);
-        let base = results.take(sent.base);
-        let base_key = self.tree.keys.dir_base(la.dir);
+        // Skipped: known to exist, as if the `add` had found it.
+        let precreate = sent.precreate.map_or(Ok(false), |h| results.take(h));
         let last = match incr {
             Ok(Some(n)) => n,
             // No sequence, or one fenced by an rmdir (not a number).
@@ -146,7 +184,11 @@ impl<S: Store> Namespace<S> {
             }) => return Ok(Logged::DirGone),
             Err(e) => return Err(e),
         };
-        let base = LogBase::decode(&base_key, base?.as_ref().map(|i| &i.value[..]))?.chunk;
+        let base = base?.chunk;
+        if precreate.is_ok() {
+            // Made now or found there: it stays until the directory goes (or below a base).
+            self.meta.note_log_chunk(la.dir, la.chunk + 1);
+        }
         if matches!(precreate, Ok(true)) && la.chunk + 1 < base {
             // Made below the base by this mount's old idea of the log: nothing reads it.
             self.delete_stray_chunks(la.dir, la.chunk + 1..base);
@@ -211,6 +253,7 @@ impl<S: Store> Namespace<S> {
             if from < base.chunk {
                 self.delete_stray_chunks(dir, from..base.chunk.min(chunk_now + 2));
             }
+            self.meta.note_log_chunk(dir, chunk_now + 1);
             Ok(())
         })
     }

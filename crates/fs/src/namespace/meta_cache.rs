@@ -121,6 +121,9 @@ pub(crate) struct MetaCache {
     listings: Mutex<Expiring<u64, Names>>,
     /// Lowest sequence number each directory's log has reached, as last seen.
     seq_hints: Mutex<Expiring<u64, u64>>,
+    /// The highest chunk of each directory's log this mount has seen exist (made, or found
+    /// by an `add` that did not store): appends need not make it again.
+    log_chunks: Mutex<Expiring<u64, u64>>,
     /// Questions answered from the caches, and those that had to go to the store.
     hits: AtomicU64,
     misses: AtomicU64,
@@ -135,6 +138,7 @@ impl MetaCache {
             listings: Mutex::new(Expiring::new(ttl, MAX_LISTINGS)),
             // Hints stay useful however old: only their number is bounded.
             seq_hints: Mutex::new(Expiring::new(Duration::MAX, MAX_DIRS)),
+            log_chunks: Mutex::new(Expiring::new(Duration::MAX, MAX_DIRS)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -237,6 +241,7 @@ impl MetaCache {
         lock(&self.dir_attrs).remove(&ino);
         lock(&self.listings).remove(&ino);
         lock(&self.seq_hints).remove(&ino);
+        lock(&self.log_chunks).remove(&ino);
     }
 
     // ----- listings --------------------------------------------------------------------------
@@ -290,6 +295,22 @@ impl MetaCache {
         let mut hints = lock(&self.seq_hints);
         let now = hints.peek(&dir).copied().unwrap_or(0).max(seq);
         hints.insert(dir, now);
+    }
+
+    /// Whether chunk `chunk` of `dir`'s log is known to exist (or to lie below the base of
+    /// the log, where nothing reads it).
+    pub fn log_chunk_exists(&self, dir: u64, chunk: u64) -> bool {
+        lock(&self.log_chunks)
+            .peek(&dir)
+            .is_some_and(|&made| chunk <= made)
+    }
+
+    /// Notes that chunk `chunk` of `dir`'s log exists, and so every one before it that a
+    /// replay reads (chunks are made in order, each with the append before it).
+    pub fn note_log_chunk(&self, dir: u64, chunk: u64) {
+        let mut chunks = lock(&self.log_chunks);
+        let now = chunks.peek(&dir).copied().unwrap_or(0).max(chunk);
+        chunks.insert(dir, now);
     }
 }
 

@@ -1043,7 +1043,7 @@ pub(crate) struct FenceReads {
 pub(crate) struct CreateFence {
     lock_held: FsResult<bool>,
     generation: FsResult<Option<Item>>,
-    base: FsResult<LogBase>,
+    pub(crate) base: FsResult<LogBase>,
     /// The directory's sequence, read last, was fenced (`removed`) or gone.
     dir_removed: bool,
     /// A name the create claimed no longer named its inode after the batch (or its read

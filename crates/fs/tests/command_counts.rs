@@ -1,0 +1,109 @@
+//! What a file costs the store: commands sent to create, write and close a small file, and to
+//! unlink it, counted as a mount sends them (`cp -a`, `rm -rf`). memcached's work grows with
+//! each command; these bounds keep a change from adding any unnoticed. And the log chunk a
+//! mount has seen made is not made again, without losing a name across chunks.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memfis_fs::{FsConfig, KeyLayout, Kind, MemFs, ROOT_INO};
+use memfis_memcache::memory::MemoryStore;
+use memfis_memcache::{CmdResult, Command, Store};
+use support::{names, open};
+
+/// A store that counts the commands sent to it.
+struct Counting {
+    inner: Arc<MemoryStore>,
+    commands: AtomicU64,
+}
+
+impl Store for Counting {
+    fn execute(&self, batch: Vec<Command>) -> Vec<CmdResult> {
+        self.commands
+            .fetch_add(batch.len() as u64, Ordering::SeqCst);
+        self.inner.execute(batch)
+    }
+}
+
+fn commands(c: &Counting, f: impl FnOnce()) -> u64 {
+    let before = c.commands.load(Ordering::SeqCst);
+    f();
+    c.commands.load(Ordering::SeqCst) - before
+}
+
+#[test]
+fn a_small_file_costs_at_most_16_commands_to_create_and_16_to_unlink() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://counts").unwrap();
+    let c = Arc::new(Counting {
+        inner: store.clone(),
+        commands: AtomicU64::new(0),
+    });
+    // Caches as a mount has them: `cp -a` lists the new directory before filling it.
+    let fs = MemFs::new(c.clone(), keys.clone(), FsConfig::default()).unwrap();
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    fs.readdir(dir).unwrap();
+    let mut per_create = Vec::new();
+    for i in 0..20 {
+        per_create.push(commands(&c, || {
+            let name = format!("f{i}.html");
+            // As `cp -a`: made private, written, given its mode at the close.
+            let (attr, fh) = fs
+                .create(dir, name.as_bytes(), 0o600, libc::O_WRONLY, 0, 0)
+                .unwrap();
+            fs.write(fh, 0, &[b'x'; 3000], false).unwrap();
+            let mode = memfis_fs::SetAttr {
+                mode: Some(0o644),
+                ..Default::default()
+            };
+            fs.setattr(attr.ino, &mode).unwrap();
+            fs.flush(fh).unwrap();
+            fs.release(fh).unwrap();
+        }));
+    }
+    // The first file of a directory may make the log's next chunk; none after.
+    let most = per_create[1..].iter().max().unwrap();
+    assert!(*most <= 16, "commands per file created: {per_create:?}");
+
+    let mut per_unlink = Vec::new();
+    for i in 0..20 {
+        let name = format!("f{i}.html");
+        fs.lookup(dir, name.as_bytes()).unwrap();
+        per_unlink.push(commands(&c, || fs.unlink(dir, name.as_bytes()).unwrap()));
+    }
+    let most = per_unlink[1..].iter().max().unwrap();
+    assert!(*most <= 16, "commands per file unlinked: {per_unlink:?}");
+    assert!(names(&open(&store, &keys), dir).is_empty());
+}
+
+/// Two mounts take turns creating in one directory past several log chunks (each knowing
+/// chunks the other made, and behind on the sequence): a third lists every name, and one
+/// more create in each still lands where a replay reads it.
+#[test]
+fn names_created_by_turns_across_log_chunks_are_all_listed() {
+    let store = Arc::new(MemoryStore::default());
+    let keys = KeyLayout::new("memfis://chunks").unwrap();
+    let a = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
+    let b = MemFs::new(store.clone(), keys.clone(), FsConfig::default()).unwrap();
+    let dir = a.mkdir(ROOT_INO, b"d", 0o755, 0, 0).unwrap().ino;
+    let mut want = HashSet::new();
+    for i in 0..2600 {
+        // Runs of 300 on one mount, so the other falls a chunk behind in between.
+        let fs = if (i / 300) % 2 == 0 { &a } else { &b };
+        let name = format!("n{i}");
+        fs.mknod(dir, name.as_bytes(), Kind::Fifo, 0o644, 0, 0, 0)
+            .unwrap();
+        want.insert(name);
+    }
+    for (fs, name) in [(&a, "last-a"), (&b, "last-b")] {
+        fs.mknod(dir, name.as_bytes(), Kind::Fifo, 0o644, 0, 0, 0)
+            .unwrap();
+        want.insert(name.to_string());
+    }
+    let listed: HashSet<String> = names(&open(&store, &keys), dir).into_iter().collect();
+    assert_eq!(listed.len(), want.len());
+    assert_eq!(listed, want);
+}
