@@ -221,6 +221,44 @@ fn errno(op: Op, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+impl<S: Store> FuseFs<S> {
+    /// Adds `page`'s entries with their attributes to a readdirplus reply: whether the reply
+    /// is full (the entry that did not fit was not sent), and whether any entry went in.
+    fn add_entries_plus(
+        &self,
+        ino_node: INodeNo,
+        page: &[(usize, DirEntry)],
+        attrs: Vec<Option<Attr>>,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> (bool, bool) {
+        let mut added = false;
+        for ((i, e), attr) in page.iter().zip(attrs) {
+            let Some(attr) = attr else { continue }; // removed since opendir
+            // The kernel links every entry but `.` and `..`, as a lookup would.
+            let linked = attr.kind == Kind::Dir && e.name != b"." && e.name != b"..";
+            let nodeid = match linked {
+                true => self.ids.choose(e.ino, ino_node.0, &e.name),
+                false => e.ino,
+            };
+            if reply.add(
+                INodeNo(nodeid),
+                *i as u64 + 1,
+                OsStr::from_bytes(&e.name),
+                &self.ttl,
+                &to_fuse(&attr),
+                Generation(0),
+            ) {
+                return (true, added); // this entry was not sent
+            }
+            added = true;
+            if linked {
+                self.ids.given(nodeid, e.ino, ino_node.0, &e.name);
+            }
+        }
+        (false, added)
+    }
+}
+
 impl<S: Store + 'static> Filesystem for FuseFs<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // HANDLE_KILLPRIV_V2: we drop set-ID bits on write ourselves, so the kernel stops
@@ -660,51 +698,51 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         let ino_node = ino;
         let ino = self.node(ino);
         FUSE_OPS.call(Op::Readdirplus);
-        // Attributes are fetched a page at a time: one pipelined batch per page.
+        // Attributes are fetched a page at a time, one pipelined batch per page, until the
+        // reply is full. (How many entries a reply holds depends on the kernel: about 25 in
+        // 4 KB, hundreds where it offers more; the rest of the last page is read again by the
+        // next call.)
         const PAGE: usize = 128;
-        let page: Vec<(usize, DirEntry)> = {
-            let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(entries) = dirs.get(&fh.0) else {
-                reply.error(Errno::EBADF);
-                return;
+        let mut next = offset as usize;
+        let mut sent_any = false;
+        loop {
+            let page: Vec<(usize, DirEntry)> = {
+                let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(entries) = dirs.get(&fh.0) else {
+                    reply.error(Errno::EBADF);
+                    return;
+                };
+                entries
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .skip(next)
+                    .take(PAGE)
+                    .collect()
             };
-            entries
-                .iter()
-                .cloned()
-                .enumerate()
-                .skip(offset as usize)
-                .take(PAGE)
-                .collect()
-        };
-        let inos: Vec<u64> = page.iter().map(|(_, e)| e.ino).collect();
-        let attrs = match self.fs.getattr_many(&inos) {
-            Ok(a) => a,
-            Err(e) => {
-                reply.error(errno(Op::Readdirplus, &ino, e));
-                return;
+            if page.is_empty() {
+                break;
             }
-        };
-        for ((i, e), attr) in page.iter().zip(attrs) {
-            let Some(attr) = attr else { continue }; // removed since opendir
-            // The kernel links every entry but `.` and `..`, as a lookup would.
-            let linked = attr.kind == Kind::Dir && e.name != b"." && e.name != b"..";
-            let nodeid = match linked {
-                true => self.ids.choose(e.ino, ino_node.0, &e.name),
-                false => e.ino,
+            let listed: Vec<(u64, Kind)> = page.iter().map(|(_, e)| (e.ino, e.kind)).collect();
+            let attrs = match self.fs.getattr_many(&listed) {
+                Ok(a) => a,
+                // Entries sent already go out; the next call starts at the failed page and
+                // gets the error then. (An empty reply would end the listing.)
+                Err(e) if sent_any => {
+                    debug!("readdirplus {ino:?}: a later page failed: {e}");
+                    break;
+                }
+                Err(e) => {
+                    reply.error(errno(Op::Readdirplus, &ino, e));
+                    return;
+                }
             };
-            if reply.add(
-                INodeNo(nodeid),
-                *i as u64 + 1,
-                OsStr::from_bytes(&e.name),
-                &self.ttl,
-                &to_fuse(&attr),
-                Generation(0),
-            ) {
-                break; // the reply is full: this entry was not sent
+            let (full, added) = self.add_entries_plus(ino_node, &page, attrs, &mut reply);
+            sent_any |= added;
+            if full {
+                break;
             }
-            if linked {
-                self.ids.given(nodeid, e.ino, ino_node.0, &e.name);
-            }
+            next += page.len();
         }
         reply.ok();
     }

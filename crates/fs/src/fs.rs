@@ -115,9 +115,10 @@ impl<S: Store> MemFs<S> {
         self.names.getattr(ino)
     }
 
-    /// Attributes of many inodes at once (`None` for one whose record is gone).
-    pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
-        self.names.getattr_many(inos)
+    /// Attributes of many inodes at once, each with the kind its listing gave it (`None`
+    /// for one whose record is gone).
+    pub fn getattr_many(&self, listed: &[(u64, Kind)]) -> FsResult<Vec<Option<Attr>>> {
+        self.names.getattr_many(listed)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {

@@ -22,7 +22,9 @@ fn a_listed_directory_has_the_mtime_getattr_gives() {
     write(&fs, d, "x", b"x");
     let now = fs.getattr(d).unwrap().mtime;
     assert!(now > made, "making a name in it moved its mtime");
-    let listed = fs.getattr_many(&[d]).unwrap()[0].clone().unwrap();
+    let listed = fs.getattr_many(&[(d, memfis_fs::Kind::Dir)]).unwrap()[0]
+        .clone()
+        .unwrap();
     assert_eq!(listed.mtime, now);
     assert_eq!(listed, fs.getattr(d).unwrap());
 }

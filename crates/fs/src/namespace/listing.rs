@@ -7,9 +7,10 @@
 //! one of the current sequence number, so a record in an earlier chunk than its number is
 //! still replayed. The same batch creates the next chunk (`add` of an empty value), so every
 //! chunk up to the current number exists: a missing one is an error, never an empty listing.
-//! (Once this mount has seen that next chunk exist, its appends leave the `add` out: a chunk
-//! goes only with its directory, or below the log's base after a compaction, where nothing
-//! reads it.)
+//! Once this mount has seen that next chunk exist, its appends leave the `add` out, and make
+//! the chunk again only when a number reaches it: a chunk made ahead can still be lost (a
+//! server of a pool restarted empty, a repair that read the sequence before it was made), and
+//! the next number in it then makes it again, as before a replay could need it.
 //!
 //! Records about one (name, inode) pair must be replayed in the order of the operations that
 //! wrote them: a `-` replayed before the `+` it removes would leave the name listed. A create
@@ -172,8 +173,8 @@ impl<S: Store> Namespace<S> {
     ) -> FsResult<Logged> {
         let incr = results.take(sent.incr);
         let append = results.take(sent.append);
-        // Skipped: known to exist, as if the `add` had found it.
-        let precreate = sent.precreate.map_or(Ok(false), |h| results.take(h));
+        // None: not sent, this mount has seen the chunk made.
+        let precreate = sent.precreate.map(|h| results.take(h));
         let last = match incr {
             Ok(Some(n)) => n,
             // No sequence, or one fenced by an rmdir (not a number).
@@ -185,21 +186,23 @@ impl<S: Store> Namespace<S> {
             Err(e) => return Err(e),
         };
         let base = base?.chunk;
-        if precreate.is_ok() {
-            // Made now or found there: it stays until the directory goes (or below a base).
+        if let Some(Ok(_)) = precreate {
+            // Made now or found there. (Even below the base, where it goes just below:
+            // appends to chunks that low are sent again above the base anyway.)
             self.meta.note_log_chunk(la.dir, la.chunk + 1);
         }
-        if matches!(precreate, Ok(true)) && la.chunk + 1 < base {
+        if matches!(precreate, Some(Ok(true))) && la.chunk + 1 < base {
             // Made below the base by this mount's old idea of the log: nothing reads it.
             self.delete_stray_chunks(la.dir, la.chunk + 1..base);
         }
         let per_chunk = self.tree.keys.log_chunk_records();
         let chunk_now = (last / per_chunk).max(base);
-        // The batch made `la.chunk` (by appending to it) and the one after.
-        let made_up_to = if matches!(append, Ok(true)) {
-            la.chunk + 1
-        } else {
-            la.chunk.saturating_sub(1)
+        // The batch made `la.chunk` (by appending to it) and the one after, if it sent its
+        // `add`; one only known made is made again below if this number reached it.
+        let made_up_to = match (&append, &precreate) {
+            (Ok(true), Some(_)) => la.chunk + 1,
+            (Ok(true), None) => la.chunk,
+            _ => la.chunk.saturating_sub(1),
         };
         match append {
             // Below the base (a compaction moved it: nobody reads that chunk), or possibly
@@ -469,20 +472,32 @@ impl<S: Store> Namespace<S> {
             .collect())
     }
 
-    /// Attributes of many inodes in one pipelined batch; `None` for a vanished one.
-    pub fn getattr_many(&self, inos: &[u64]) -> FsResult<Vec<Option<Attr>>> {
-        let keys: Vec<Vec<u8>> = inos.iter().map(|&i| self.tree.keys.inode(i)).collect();
-        // Each record and its directory-mtime key, as getattr reads them (a directory's
-        // mtime lives apart from its record; a file has none: a miss in the same batch).
-        let mut cmds = Vec::with_capacity(2 * inos.len());
-        for (&ino, key) in inos.iter().zip(&keys) {
+    /// Attributes of many inodes, each with the kind a listing gave it, in one pipelined
+    /// batch; `None` for a vanished one.
+    pub fn getattr_many(&self, listed: &[(u64, Kind)]) -> FsResult<Vec<Option<Attr>>> {
+        let keys: Vec<Vec<u8>> = listed
+            .iter()
+            .map(|&(i, _)| self.tree.keys.inode(i))
+            .collect();
+        // Each record, and a directory's mtime key, as getattr reads them (a directory's
+        // mtime lives apart from its record). An inode never changes kind, so the listing's
+        // says which ones are directories.
+        let mut cmds = Vec::with_capacity(listed.len());
+        for (&(ino, kind), key) in listed.iter().zip(&keys) {
             cmds.push(Command::Get(key.clone()));
-            cmds.push(Command::Get(self.tree.keys.dir_mtime(ino)));
+            if kind == Kind::Dir {
+                cmds.push(Command::Get(self.tree.keys.dir_mtime(ino)));
+            }
         }
         let mut results = self.tree.store.execute(cmds).into_iter();
-        let mut out = Vec::with_capacity(inos.len());
-        for (&ino, key) in inos.iter().zip(&keys) {
-            let (record, mtime) = (results.next(), results.next());
+        let mut out = Vec::with_capacity(listed.len());
+        for (&(ino, kind), key) in listed.iter().zip(&keys) {
+            let record = results.next();
+            let mtime = if kind == Kind::Dir {
+                results.next()
+            } else {
+                None
+            };
             if let Some(of) = self.open_file(ino) {
                 out.push(Some(self.open_attr(ino, &lock(&of))));
                 continue;
@@ -492,8 +507,15 @@ impl<S: Store> Namespace<S> {
                 Some(item) => {
                     let rec = Inode::decode(key, &item.value)?;
                     let mkey = self.tree.keys.dir_mtime(ino);
-                    let mtime = match rec.kind {
-                        Kind::Dir => value_of(&mkey, mtime.expect("one reply a command"))?
+                    let mtime = match (rec.kind, mtime) {
+                        (Kind::Dir, Some(read)) => {
+                            value_of(&mkey, read)?.and_then(|i| Time::from_text(&i.value))
+                        }
+                        // Listed as another kind (a damaged log): as getattr would read it.
+                        (Kind::Dir, None) => self
+                            .tree
+                            .store
+                            .get_at(&mkey)?
                             .and_then(|i| Time::from_text(&i.value)),
                         _ => None,
                     };

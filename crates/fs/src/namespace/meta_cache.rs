@@ -236,7 +236,8 @@ impl MetaCache {
         self.forget_removed_dir(ino);
     }
 
-    /// Drops the attributes, listing and hint of directory `ino`, which is gone.
+    /// Drops the attributes, listing, hint and known log chunks of directory `ino`, which
+    /// is gone.
     pub fn forget_removed_dir(&self, ino: u64) {
         lock(&self.dir_attrs).remove(&ino);
         lock(&self.listings).remove(&ino);

@@ -71,8 +71,8 @@ impl<S: Store> Exporter<'_, S> {
                 return true;
             }
         };
-        let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
-        let attrs = match self.fs.getattr_many(&inos) {
+        let listed: Vec<_> = entries.iter().map(|e| (e.ino, e.kind)).collect();
+        let attrs = match self.fs.getattr_many(&listed) {
             Ok(a) => a,
             Err(e) => {
                 self.error(path, e);

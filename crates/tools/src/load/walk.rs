@@ -227,8 +227,8 @@ impl<S: Store> Loader<'_, S> {
     /// The store's names in `dir` with their attributes (one listing, one batch of records).
     pub(super) fn listing(&self, dir: u64) -> Result<HashMap<Vec<u8>, Attr>, FsError> {
         let entries = self.fs.readdir(dir)?;
-        let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
-        let attrs = self.fs.getattr_many(&inos)?;
+        let listed: Vec<_> = entries.iter().map(|e| (e.ino, e.kind)).collect();
+        let attrs = self.fs.getattr_many(&listed)?;
         Ok(entries
             .into_iter()
             .zip(attrs)
