@@ -135,6 +135,122 @@ fn unlinked_open_file_stays_readable() {
     assert_eq!(s, "still here");
 }
 
+/// A POSIX access ACL in the format Linux passes it: version 2, then (tag, perm, id) entries.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// `cp -a` sets every file's access ACL: one that only says what the mode says is a chmod,
+/// as on ext4 (so cp neither falls back to a chmod nor reports anything), read back as no
+/// ACL at all. Any other ACL is refused (EOPNOTSUPP), and only the owner or root may set one.
+#[test]
+fn an_acl_that_only_says_the_mode_is_a_chmod() {
+    let mc = Memcached::start();
+    let m = Mount::new(&[mc.addr()], PREFIX);
+    let src = tempfile::tempdir().unwrap();
+    let d = src.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("f"), b"x").unwrap();
+    std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&d)
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &str| std::fs::metadata(m.p(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("d/f"), 0o640);
+    assert_eq!(mode("d"), 0o2750);
+
+    let owner_group_other = |u, g, o| {
+        acl(&[
+            (0x01, u, u32::MAX),
+            (0x04, g, u32::MAX),
+            (0x20, o, u32::MAX),
+        ])
+    };
+    xattr::set(
+        m.p("d/f"),
+        "system.posix_acl_access",
+        &owner_group_other(6, 0, 0),
+    )
+    .unwrap();
+    assert_eq!(mode("d/f"), 0o600);
+    assert_eq!(
+        xattr::get(m.p("d/f"), "system.posix_acl_access").unwrap(),
+        None
+    );
+    xattr::set(
+        m.p("d"),
+        "system.posix_acl_access",
+        &owner_group_other(7, 5, 5),
+    )
+    .unwrap();
+    assert_eq!(mode("d"), 0o2755, "the set-group-ID bit stays for root");
+    // Nothing beyond the mode is kept, so removing either ACL finds nothing to remove.
+    xattr::remove(m.p("d"), "system.posix_acl_default").unwrap();
+
+    let named_user = acl(&[
+        (0x01, 6, u32::MAX),
+        (0x02, 6, 1000),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ]);
+    let e = xattr::set(m.p("d/f"), "system.posix_acl_access", &named_user).unwrap_err();
+    assert_eq!(errno_of(e), libc::EOPNOTSUPP);
+    assert_eq!(mode("d/f"), 0o600);
+
+    // Another user: EPERM (the request carries the thread's filesystem ids).
+    // (Through a descriptor opened as root: the mount's parent may not be searchable.)
+    std::fs::write(m.p("g"), b"y").unwrap();
+    let file = std::fs::File::open(m.p("g")).unwrap();
+    let value = owner_group_other(7, 7, 7);
+    let errno = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setfsuid/setfsgid change only this thread's filesystem ids; the
+        // descriptor and buffers are valid for the duration of the call.
+        unsafe {
+            libc::setfsgid(65534);
+            libc::setfsuid(65534);
+            let name = c"system.posix_acl_access";
+            let r = libc::fsetxattr(
+                file.as_raw_fd(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            );
+            if r == 0 {
+                0
+            } else {
+                std::io::Error::last_os_error().raw_os_error().unwrap()
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(errno, libc::EPERM);
+    assert_eq!(mode("g"), 0o644);
+}
+
 #[test]
 fn attributes_xattrs_statfs_and_stable_inodes() {
     let mc = Memcached::start();

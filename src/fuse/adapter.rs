@@ -16,6 +16,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen,
     ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use memfis_fs::files::xattr::{ACCESS_ACL, minimal_access_acl_mode};
 use memfis_fs::limited_warn;
 use memfis_fs::locks::LockRequest;
 use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
@@ -222,6 +223,26 @@ fn errno(op: Op, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
 }
 
 impl<S: Store> FuseFs<S> {
+    /// The chmod a POSIX access ACL of owner, group and other entries stands for: allowed
+    /// to the owner and root, and dropping set-group-ID for a caller outside the file's
+    /// group, as the kernel's chmod does. (Only the caller's primary group is known here, so
+    /// a member through a supplementary group loses the bit too.)
+    fn chmod_by_acl(&self, req: &Request, ino: u64, perms: u32) -> Result<(), FsError> {
+        let attr = self.fs.getattr(ino)?;
+        if req.uid() != 0 && req.uid() != attr.uid {
+            return Err(FsError::NotPermitted("only the owner may set a file's ACL"));
+        }
+        let mut mode = (attr.mode & 0o7000) | perms;
+        if req.uid() != 0 && req.gid() != attr.gid {
+            mode &= !libc::S_ISGID;
+        }
+        let chmod = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        self.fs.setattr(ino, &chmod).map(drop)
+    }
+
     /// Adds `page`'s entries with their attributes to a readdirplus reply: whether the reply
     /// is full (the entry that did not fit was not sent), and whether any entry went in.
     fn add_entries_plus(
@@ -794,7 +815,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -804,6 +825,15 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
     ) {
         let ino = self.node(ino);
         FUSE_OPS.call(Op::Setxattr);
+        // `cp -a` and `rsync -A` set the ACL of every file; one that only says what the mode
+        // says is a chmod, as on ext4 (else they chmod after the ACL is refused: one more
+        // request a file).
+        if name.as_bytes() == ACCESS_ACL
+            && let Some(perms) = minimal_access_acl_mode(value)
+        {
+            let result = self.chmod_by_acl(req, ino.0, perms);
+            return reply_empty(reply, Op::Setxattr, &name, result);
+        }
         reply_empty(
             reply,
             Op::Setxattr,

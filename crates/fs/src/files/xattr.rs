@@ -27,6 +27,36 @@ fn is_user_xattr(name: &[u8]) -> FsResult<bool> {
     }
 }
 
+/// The name under which Linux passes a file's POSIX access ACL to a filesystem.
+pub const ACCESS_ACL: &[u8] = b"system.posix_acl_access";
+/// Both ACL names: the access ACL and a directory's default ACL.
+const ACL_NAMES: [&[u8]; 2] = [ACCESS_ACL, b"system.posix_acl_default"];
+
+/// The permission bits (`0o777` at most) a POSIX access ACL stands for when it holds only
+/// the owner, group and other entries: setting such an ACL is a chmod, and a filesystem with
+/// ACLs keeps nothing else for it (getxattr then answers ENODATA). `None` for any other ACL
+/// (named users or groups, a mask) or a value that is not one.
+///
+/// The value as Linux passes it: a little-endian `u32` version (2), then 8-byte entries of
+/// `u16` tag, `u16` permissions, `u32` id, sorted by tag (owner 0x01, group 0x04, other 0x20).
+/// (By hand: three fixed-size entries; an ACL crate would bring a C library for them.)
+pub fn minimal_access_acl_mode(value: &[u8]) -> Option<u32> {
+    const VERSION: u32 = 2;
+    const TAGS: [u16; 3] = [0x01, 0x04, 0x20];
+    if value.len() != 4 + 3 * 8 || u32::from_le_bytes(value[..4].try_into().ok()?) != VERSION {
+        return None;
+    }
+    let mut mode = 0;
+    for (entry, tag) in value[4..].chunks_exact(8).zip(TAGS) {
+        let perm = u16::from_le_bytes([entry[2], entry[3]]);
+        if u16::from_le_bytes([entry[0], entry[1]]) != tag || perm > 7 {
+            return None;
+        }
+        mode = (mode << 3) | u32::from(perm);
+    }
+    Some(mode)
+}
+
 impl<S: Store> Files<S> {
     fn xattr_name(name: &[u8]) -> FsResult<String> {
         if !is_user_xattr(name)? {
@@ -76,6 +106,12 @@ impl<S: Store> Files<S> {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        if ACL_NAMES.contains(&name) {
+            // No ACL is kept beyond the mode: there is none to remove, as on ext4 (`cp -a`
+            // removes a copied directory's default ACL once it could set the access ACL).
+            self.current_record(ino)?;
+            return Ok(());
+        }
         let key = Self::xattr_name(name)?;
         self.names.update_inode(ino, |r| {
             r.xattrs.remove(&key).ok_or(FsError::NoXattr)?;
@@ -83,6 +119,54 @@ impl<S: Store> Files<S> {
             Ok(())
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod acl_tests {
+    use super::minimal_access_acl_mode;
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            v.extend(tag.to_le_bytes());
+            v.extend(perm.to_le_bytes());
+            v.extend(id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn an_acl_of_owner_group_and_other_is_a_mode() {
+        // What `cp -a` sets after copying a 0644 file (taken from strace).
+        let cp = b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff\x04\0\x04\0\xff\xff\xff\xff\x20\0\x04\0\xff\xff\xff\xff";
+        assert_eq!(minimal_access_acl_mode(cp), Some(0o644));
+        let any = acl(&[(1, 7, 0), (4, 5, 0), (0x20, 0, 0)]);
+        assert_eq!(minimal_access_acl_mode(&any), Some(0o750));
+    }
+
+    #[test]
+    fn any_other_acl_is_not() {
+        let user = u32::MAX;
+        for other in [
+            acl(&[
+                (1, 6, user),
+                (2, 6, 1000),
+                (4, 4, user),
+                (0x10, 6, user),
+                (0x20, 4, user),
+            ]),
+            acl(&[(1, 6, user), (4, 4, user), (0x10, 4, user), (0x20, 4, user)]),
+            acl(&[(1, 6, user), (4, 4, user)]),
+            acl(&[(4, 6, user), (1, 4, user), (0x20, 4, user)]),
+            acl(&[(1, 8, user), (4, 4, user), (0x20, 4, user)]),
+        ] {
+            assert_eq!(minimal_access_acl_mode(&other), None, "{other:?}");
+        }
+        let mut v1 = acl(&[(1, 6, user), (4, 4, user), (0x20, 4, user)]);
+        v1[0] = 1;
+        assert_eq!(minimal_access_acl_mode(&v1), None);
+        assert_eq!(minimal_access_acl_mode(b""), None);
     }
 }
 
