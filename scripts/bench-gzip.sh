@@ -39,18 +39,26 @@ memcached -U 0 -l 127.0.0.1 -p "$port" -u root -m 512 -M -I 8m -t 1 &
 pids+=($!)
 sleep 0.5
 "$BIN" load "$work/pages" --gzip --server "127.0.0.1:$port" --prefix memfis://gz >/dev/null
+# The same pages in a memcached on a unix socket, as `memfis up` runs one for one machine.
+memcached -s "$work/mc.sock" -a 0666 -u root -m 512 -M -I 8m -t 1 &
+pids+=($!)
+sleep 0.5
+"$BIN" load "$work/pages" --gzip --server "unix:$work/mc.sock" --prefix memfis://gz >/dev/null
 
-store_port=$(free_port); gzip_port=$(free_port); gzip_static_port=$(free_port)
+store_port=$(free_port); sock_port=$(free_port); gzip_port=$(free_port); gzip_static_port=$(free_port)
 "$BIN" nginx-config --server "127.0.0.1:$port" --prefix memfis://gz --listen "127.0.0.1:$store_port" > "$work/nginx/store.conf"
+"$BIN" nginx-config --server "unix:$work/mc.sock" --prefix memfis://gz --name gz_sock \
+  --listen "127.0.0.1:$sock_port" > "$work/nginx/sock.conf"
 write_nginx_conf 1 "\
     include $work/nginx/store.conf;
+    include $work/nginx/sock.conf;
     server { listen 127.0.0.1:$gzip_port; root $work/pages; gzip on; gzip_comp_level 1; }
     server { listen 127.0.0.1:$gzip_static_port; root $work/static; gzip_static on; }"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 # Until every server listens.
 for _ in $(seq 50); do
-  curl -s -o /dev/null "http://127.0.0.1:$store_port/" && curl -s -o /dev/null "http://127.0.0.1:$gzip_port/" \
+  curl -s -o /dev/null "http://127.0.0.1:$store_port/" && curl -s -o /dev/null "http://127.0.0.1:$sock_port/" && curl -s -o /dev/null "http://127.0.0.1:$gzip_port/" \
     && curl -s -o /dev/null "http://127.0.0.1:$gzip_static_port/" && break
   sleep 0.1
 done
@@ -60,6 +68,8 @@ first=$(ls "$work/pages" | sed -n 1p)
 curl -sf "http://127.0.0.1:$store_port/$first" | cmp - "$work/pages/$first" && echo "plain client: bytes identical to the source"
 curl -sf -H 'Accept-Encoding: gzip' "http://127.0.0.1:$store_port/$first" | gzip -dc | cmp - "$work/pages/$first" \
   && echo "gzip client: unpacks to the source"
+curl -sf -H 'Accept-Encoding: gzip' "http://127.0.0.1:$sock_port/$first" | gzip -dc | cmp - "$work/pages/$first" \
+  && echo "gzip client over the unix socket: unpacks to the source"
 
 ls "$work/pages" | python3 -c '
 import sys
@@ -70,12 +80,12 @@ print("local i = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.for
 wrk_rps() {
   wrk -t1 -c32 -d8s -s "$work/urls.lua" "http://127.0.0.1:$1" | awk '/Requests\/sec/ {printf "%.0f\n", $2}'
 }
-store=(); gz=(); gzs=()
+store=(); sock=(); gz=(); gzs=()
 for _ in $(seq "$ROUNDS"); do
-  store+=("$(wrk_rps "$store_port")"); gz+=("$(wrk_rps "$gzip_port")"); gzs+=("$(wrk_rps "$gzip_static_port")")
+  store+=("$(wrk_rps "$store_port")"); sock+=("$(wrk_rps "$sock_port")"); gz+=("$(wrk_rps "$gzip_port")"); gzs+=("$(wrk_rps "$gzip_static_port")")
 done
 best() { printf '%s\n' "$@" | sort -n | tail -1; }
-s=$(best "${store[@]}"); g=$(best "${gz[@]}"); gs=$(best "${gzs[@]}")
+s=$(best "${store[@]}"); u=$(best "${sock[@]}"); g=$(best "${gz[@]}"); gs=$(best "${gzs[@]}")
 
 ratio_line=""
 if [ "${BENCH_DOCS:-1}" = 1 ]; then
@@ -97,13 +107,16 @@ PY
 fi
 
 python3 - <<PY
-s, g, gs = $s, $g, $gs
+s, u, g, gs = $s, $u, $g, $gs
 print()
 print(f"| wrk, $pages HTML pages of 10-40 KB, Accept-Encoding: gzip, 1 worker, 32 connections, 8 s | requests/s | memfis / it |")
 print("| --- | --- | --- |")
-print(f"| memfis --gzip store, generated config | {s} | 1x |")
+print(f"| memfis --gzip store over TCP, generated config | {s} | 1x |")
+print(f"| memfis --gzip store over a unix socket (as memfis up runs it) | {u} | {s / u:.2f}x |")
 print(f"| nginx static, gzip on (level 1) | {g} | {s / g:.2f}x |")
 print(f"| nginx static, gzip_static on (.gz files on tmpfs) | {gs} | {s / gs:.2f}x |")
+print()
+print(f"Unix socket / gzip_static: {u / gs:.2f}x; TCP / gzip_static: {s / gs:.2f}x")
 print()
 print("$ratio_line")
 PY

@@ -106,7 +106,9 @@ for round in $(seq "$ROUNDS"); do
   memfis_large+=($(run_cp large "$work/memfis"))
   # Removal of the small tree (2,000 files, 20 directories), the same on both.
   bindfs_rm+=($(run_rm "$work/bindfs/small"))
+  rm_before=$(stat_total)
   memfis_rm+=($(run_rm "$work/memfis/small"))
+  commands_rm=$(( $(stat_total) - rm_before )) # (the last round's)
 done
 rm_bindfs=$(min "${bindfs_rm[@]}"); rm_memfis=$(min "${memfis_rm[@]}")
 cp -a "$work/src/small" "$work/memfis/" # served below
@@ -259,6 +261,7 @@ rb, rm = $rm_bindfs, $rm_memfis
 print(f"| (c) rm -rf of (a) | - | {2000 / rb:.0f} files/s | {2000 / rm:.0f} files/s | {rb / rm:.2f}x |")
 print()
 print(f"- memcached commands per small file created by cp -a (server stats): {$commands_small / 2000:.2f}")
+print(f"- memcached commands per file removed by rm -rf (server stats, the 20 rmdirs included): {$commands_rm / 2000:.2f}")
 print(f"- store round trips per small file created by cp -a (client counter, the 20 mkdirs included): {${trips_small:-0} / 2000:.2f}")
 print(f"- memfis daemon peak RSS (VmHWM): {$rss_kb / 1024:.0f} MB")
 first, last, ratio = "$big".split()
