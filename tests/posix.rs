@@ -249,6 +249,25 @@ fn an_acl_that_only_says_the_mode_is_a_chmod() {
     .unwrap();
     assert_eq!(errno, libc::EPERM);
     assert_eq!(mode("g"), 0o644);
+    drop(m);
+
+    // The kernel learns of the new mode at once, even caching attributes for long: `stat`
+    // asking for the mode alone must not get the cached one.
+    let m = Mount::with_args(&[mc.addr()], PREFIX, &["--attr-ttl", "30"]);
+    let stat_mode = |p: &str| {
+        sh(&format!("stat -c %a {}", m.p(p).display()))
+            .trim()
+            .to_string()
+    };
+    std::fs::write(m.p("h"), b"z").unwrap();
+    assert_eq!(stat_mode("h"), "644");
+    xattr::set(
+        m.p("h"),
+        "system.posix_acl_access",
+        &owner_group_other(6, 0, 0),
+    )
+    .unwrap();
+    assert_eq!(stat_mode("h"), "600");
 }
 
 #[test]

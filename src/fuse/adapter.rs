@@ -823,6 +823,7 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let node = ino;
         let ino = self.node(ino);
         FUSE_OPS.call(Op::Setxattr);
         // `cp -a` and `rsync -A` set the ACL of every file; one that only says what the mode
@@ -832,6 +833,16 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
             && let Some(perms) = minimal_access_acl_mode(value)
         {
             let result = self.chmod_by_acl(req, ino.0, perms);
+            if result.is_ok()
+                && let Some(notifier) = self.notifier()
+            {
+                // The kernel does not know an ACL changed the mode: its cached attributes
+                // go, or it would grant access by the old mode until they expire. (Offset
+                // -1: attributes only, no pages, so nothing this request holds is waited on.)
+                if let Err(e) = notifier.inval_inode(node, -1, 0) {
+                    debug!("dropping cached attributes of inode {}: {e}", ino.0);
+                }
+            }
             return reply_empty(reply, Op::Setxattr, &name, result);
         }
         reply_empty(
