@@ -18,14 +18,14 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 pids=()
 cleanup() {
   set +e
-  for m in "$work/memfis" "$work/bindfs" "$work/bindfs-backing" "$work/tmpfs" "$work/src"; do
+  for m in "$work/memfis" "$work/memfis-sock" "$work/bindfs" "$work/bindfs-backing" "$work/tmpfs" "$work/src"; do
     mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount "$m"; }
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-mkdir -p "$work"/{src,tmpfs,bindfs-backing,bindfs,memfis}
+mkdir -p "$work"/{src,tmpfs,bindfs-backing,bindfs,memfis,memfis-sock}
 mount -t tmpfs -o size=2g tmpfs "$work/src"
 mount -t tmpfs -o size=2g tmpfs "$work/tmpfs"
 
@@ -52,6 +52,12 @@ mount_memfis() {
 }
 mount -t tmpfs -o size=2g tmpfs "$work/bindfs-backing"
 bindfs "$work/bindfs-backing" "$work/bindfs"
+# A second mount through a memcached on a unix socket, as `memfis up` runs one machine.
+memcached -s "$work/mount.sock" -a 0666 -u root -m 2048 -M -I 8m -t 1 &
+pids+=($!)
+sleep 0.5
+"$BIN" mount "$work/memfis-sock" --create --server "unix:$work/mount.sock" --prefix memfis://bench \
+  --log-file "$work/memfis-sock.log"
 
 python3 - "$work/src" <<'PY'
 import os, random, sys
@@ -91,6 +97,7 @@ diff -r "$work/src/small" "$work/memfis/small" >/dev/null && echo "small set ver
 # filters out the noise of a shared machine better than a mean.
 ROUNDS=${ROUNDS:-3}
 tmpfs_small=(); bindfs_small=(); tmpfs_large=(); bindfs_large=(); memfis_large=(); bindfs_rm=(); memfis_rm=()
+sock_small=(); sock_rm=()
 run_rm() { # run_rm DIR -> seconds
   local t0 t1; t0=$(secs); rm -rf "$1"; t1=$(secs)
   python3 -c "print(f'{$t1-$t0:.3f}')"
@@ -101,6 +108,7 @@ for round in $(seq "$ROUNDS"); do
   tmpfs_small+=($(run_cp small "$work/tmpfs"))
   bindfs_small+=($(run_cp small "$work/bindfs"))
   [ "$round" = 1 ] || memfis_small+=($(run_cp small "$work/memfis"))
+  sock_small+=($(run_cp small "$work/memfis-sock"))
   tmpfs_large+=($(run_cp large "$work/tmpfs"))
   bindfs_large+=($(run_cp large "$work/bindfs"))
   memfis_large+=($(run_cp large "$work/memfis"))
@@ -109,7 +117,9 @@ for round in $(seq "$ROUNDS"); do
   rm_before=$(stat_total)
   memfis_rm+=($(run_rm "$work/memfis/small"))
   commands_rm=$(( $(stat_total) - rm_before )) # (the last round's)
+  sock_rm+=($(run_rm "$work/memfis-sock/small"))
 done
+sock_small_s=$(min "${sock_small[@]}"); sock_rm_s=$(min "${sock_rm[@]}")
 rm_bindfs=$(min "${bindfs_rm[@]}"); rm_memfis=$(min "${memfis_rm[@]}")
 cp -a "$work/src/small" "$work/memfis/" # served below
 for set in small large; do
@@ -243,7 +253,7 @@ done
 read -r store_rps store_p99 < <(printf '%s' "$store_runs" | best)
 read -r sock_rps sock_p99 < <(printf '%s' "$sock_runs" | best)
 read -r static_rps static_p99 < <(printf '%s' "$static_runs" | best)
-fusermount3 -u "$work/memfis"
+fusermount3 -u "$work/memfis"; fusermount3 -u "$work/memfis-sock"
 
 python3 - <<PY
 t = {"small": {"tmpfs": ${T[small,tmpfs]}, "bindfs": ${T[small,bindfs]}, "memfis": ${T[small,memfis]}},
@@ -259,6 +269,9 @@ ms = {k: large_mb / v for k, v in t["large"].items()}
 print(f"| (b) 40 files of 4 MB | {ms['tmpfs']:.0f} MB/s | {ms['bindfs']:.0f} MB/s | {ms['memfis']:.0f} MB/s | {ms['memfis'] / ms['bindfs']:.2f}x |")
 rb, rm = $rm_bindfs, $rm_memfis
 print(f"| (c) rm -rf of (a) | - | {2000 / rb:.0f} files/s | {2000 / rm:.0f} files/s | {rb / rm:.2f}x |")
+sc, sr = $sock_small_s, $sock_rm_s
+print(f"| (a) through a memcached on a unix socket (as memfis up) | - | - | {2000 / sc:.0f} files/s | {(2000 / sc) / fs['bindfs']:.2f}x |")
+print(f"| (c) rm -rf of it | - | - | {2000 / sr:.0f} files/s | {rb / sr:.2f}x |")
 print()
 print(f"- memcached commands per small file created by cp -a (server stats): {$commands_small / 2000:.2f}")
 print(f"- memcached commands per file removed by rm -rf (server stats, the 20 rmdirs included): {$commands_rm / 2000:.2f}")
