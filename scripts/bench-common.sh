@@ -3,10 +3,12 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# write_nginx_conf WORKERS HTTP_BODY: HTTP_BODY goes inside http { } after the common lines.
+# write_nginx_conf WORKERS HTTP_BODY: HTTP_BODY goes inside http { } after the common lines
+# (pcre_jit on, as memfis up runs nginx).
 write_nginx_conf() {
   cat > "$work/nginx/nginx.conf" <<NGX
 worker_processes $1;
+pcre_jit on;
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;

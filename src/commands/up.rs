@@ -557,7 +557,7 @@ fn start_nginx(
     std::fs::write(
         &conf,
         format!(
-            "# Written by `memfis up`.\ndaemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\n\
+            "# Written by `memfis up`.\ndaemon off;\nworker_processes 2;\npcre_jit on;\npid {dir}/nginx.pid;\n\
              error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\n\
              http {{\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n\
              \x20   access_log off;\n    client_body_temp_path {dir}/client_body;\n\
