@@ -197,11 +197,12 @@ impl<S: Store> Namespace<S> {
         }
         let per_chunk = self.tree.keys.log_chunk_records();
         let chunk_now = (last / per_chunk).max(base);
-        // The batch made `la.chunk` (by appending to it) and the one after, if it sent its
-        // `add`; one only known made is made again below if this number reached it.
+        // The batch made `la.chunk` (by appending to it) and the one after, if its `add`
+        // answered; one only known made, or whose `add` lost its reply, is made again below if
+        // this number reached it.
         let made_up_to = match (&append, &precreate) {
-            (Ok(true), Some(_)) => la.chunk + 1,
-            (Ok(true), None) => la.chunk,
+            (Ok(true), Some(Ok(_))) => la.chunk + 1,
+            (Ok(true), _) => la.chunk,
             _ => la.chunk.saturating_sub(1),
         };
         match append {
