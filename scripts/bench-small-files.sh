@@ -6,12 +6,15 @@
 # Usage: sudo ./scripts/bench-small-files.sh [MEMFIS_BINARY...]   (default: this tree's release build)
 #        ROUNDS=5 for more rounds (default 3).
 set -euo pipefail
+shopt -s inherit_errexit # a failed copy inside $(...) stops the run, never times as a success
+bins=()
+for b in "$@"; do bins+=("$(realpath "$b")"); done
 cd "$(dirname "$0")/.."
 . scripts/bench-common.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-if [ $# = 0 ]; then
+if [ ${#bins[@]} = 0 ]; then
   cargo build --release --locked -q
-  set -- "$PWD/target/release/memfis"
+  bins=("$PWD/target/release/memfis")
 fi
 ROUNDS=${ROUNDS:-3}
 
@@ -25,7 +28,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 mkdir -p "$work"/{src,backing,bindfs,m}
 mount -t tmpfs -o size=1g tmpfs "$work/src"
 mount -t tmpfs -o size=1g tmpfs "$work/backing"
@@ -48,11 +52,13 @@ bindfs "$work/backing" "$work/bindfs"
 
 secs() { echo "$EPOCHREALTIME"; }
 timed() { local t0 t1; t0=$(secs); "$@"; t1=$(secs); python3 -c "print(f'{$t1-$t0:.3f}')"; }
-# One copy and one removal into directory $1: "cp_seconds rm_seconds".
+# One copy and one removal into directory $1: "cp_seconds rm_seconds". The first round checks
+# the copy (outside the timed spans).
 copy_and_remove() {
   local c r
   c=$(timed cp -a "$work/src/small" "$1/s")
   sync
+  if [ "$round" = 1 ]; then diff -r "$work/src/small" "$1/s" >/dev/null; fi
   r=$(timed rm -rf "$1/s")
   echo "$c $r"
 }
@@ -60,19 +66,21 @@ results="$work/results"
 : > "$results"
 for round in $(seq "$ROUNDS"); do
   n=0
-  for bin in "$@"; do
+  for bin in "${bins[@]}"; do
     n=$((n + 1))
     for server in "127.0.0.1:$port" "unix:$work/mc.sock"; do
       "$bin" mount "$work/m" --create --server "$server" --prefix "memfis://small-$round-$n-${server%%:*}" \
         --log-file "$work/mount.log" 2>/dev/null
-      echo "$n ${server%%:*} $(copy_and_remove "$work/m")" >> "$results"
+      row=$(copy_and_remove "$work/m")
+      echo "$n ${server%%:*} $row" >> "$results"
       fusermount3 -u "$work/m"
     done
   done
-  echo "bindfs - $(copy_and_remove "$work/bindfs")" >> "$results"
+  row=$(copy_and_remove "$work/bindfs")
+  echo "bindfs - $row" >> "$results"
 done
 
-python3 - "$results" "$@" <<'PY'
+python3 - "$results" "${bins[@]}" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 builds = sys.argv[2:]

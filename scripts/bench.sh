@@ -48,7 +48,7 @@ PY
 mount_memfis() {
   # shellcheck disable=SC2086 # MEMFIS_BENCH_ARGS: extra mount options to compare (word-split on purpose)
   "$BIN" mount "$work/memfis" --create --server "127.0.0.1:$port" --prefix memfis://bench --log-file "$work/memfis.log" ${MEMFIS_BENCH_ARGS:-}
-  mpid=$(pgrep -n -f "memfis mount $work/memfis")
+  mpid=$(pgrep -n -f "memfis mount $work/memfis ")
 }
 mount -t tmpfs -o size=2g tmpfs "$work/bindfs-backing"
 bindfs "$work/bindfs-backing" "$work/bindfs"
