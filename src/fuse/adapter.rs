@@ -16,7 +16,7 @@ use fuser::{
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen,
     ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use memfis_fs::files::xattr::{ACCESS_ACL, minimal_access_acl_mode};
+use memfis_fs::files::xattr::ACCESS_ACL;
 use memfis_fs::limited_warn;
 use memfis_fs::locks::LockRequest;
 use memfis_fs::{Attr, DirEntry, FsError, Kind, MemFs, SetAttr, Time};
@@ -69,6 +69,42 @@ impl<S: Store> FuseFs<S> {
     /// A node id of the kernel's as the inode it stands for.
     fn node(&self, nodeid: INodeNo) -> INodeNo {
         INodeNo(self.ids.ino(nodeid.0))
+    }
+
+    /// Adds `page`'s entries with their attributes to a readdirplus reply: whether the reply
+    /// is full (the entry that did not fit was not sent), and whether any entry went in.
+    fn add_entries_plus(
+        &self,
+        ino_node: INodeNo,
+        page: &[(usize, DirEntry)],
+        attrs: Vec<Option<Attr>>,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> (bool, bool) {
+        let mut added = false;
+        for ((i, e), attr) in page.iter().zip(attrs) {
+            let Some(attr) = attr else { continue }; // removed since opendir
+            // The kernel links every entry but `.` and `..`, as a lookup would.
+            let linked = attr.kind == Kind::Dir && e.name != b"." && e.name != b"..";
+            let nodeid = match linked {
+                true => self.ids.choose(e.ino, ino_node.0, &e.name),
+                false => e.ino,
+            };
+            if reply.add(
+                INodeNo(nodeid),
+                *i as u64 + 1,
+                OsStr::from_bytes(&e.name),
+                &self.ttl,
+                &to_fuse(&attr),
+                Generation(0),
+            ) {
+                return (true, added); // this entry was not sent
+            }
+            added = true;
+            if linked {
+                self.ids.given(nodeid, e.ino, ino_node.0, &e.name);
+            }
+        }
+        (false, added)
     }
 
     /// ESTALE, which has the kernel look the path up again and retry the call once; or,
@@ -220,64 +256,6 @@ fn errno(op: Op, what: &dyn std::fmt::Debug, e: FsError) -> Errno {
     }
     FUSE_OPS.error(op, e.errno());
     Errno::from_i32(e.errno())
-}
-
-impl<S: Store> FuseFs<S> {
-    /// The chmod a POSIX access ACL of owner, group and other entries stands for: allowed
-    /// to the owner and root, and dropping set-group-ID for a caller outside the file's
-    /// group, as the kernel's chmod does. (Only the caller's primary group is known here, so
-    /// a member through a supplementary group loses the bit too.)
-    fn chmod_by_acl(&self, req: &Request, ino: u64, perms: u32) -> Result<(), FsError> {
-        let attr = self.fs.getattr(ino)?;
-        if req.uid() != 0 && req.uid() != attr.uid {
-            return Err(FsError::NotPermitted("only the owner may set a file's ACL"));
-        }
-        let mut mode = (attr.mode & 0o7000) | perms;
-        if req.uid() != 0 && req.gid() != attr.gid {
-            mode &= !libc::S_ISGID;
-        }
-        let chmod = SetAttr {
-            mode: Some(mode),
-            ..SetAttr::default()
-        };
-        self.fs.setattr(ino, &chmod).map(drop)
-    }
-
-    /// Adds `page`'s entries with their attributes to a readdirplus reply: whether the reply
-    /// is full (the entry that did not fit was not sent), and whether any entry went in.
-    fn add_entries_plus(
-        &self,
-        ino_node: INodeNo,
-        page: &[(usize, DirEntry)],
-        attrs: Vec<Option<Attr>>,
-        reply: &mut ReplyDirectoryPlus,
-    ) -> (bool, bool) {
-        let mut added = false;
-        for ((i, e), attr) in page.iter().zip(attrs) {
-            let Some(attr) = attr else { continue }; // removed since opendir
-            // The kernel links every entry but `.` and `..`, as a lookup would.
-            let linked = attr.kind == Kind::Dir && e.name != b"." && e.name != b"..";
-            let nodeid = match linked {
-                true => self.ids.choose(e.ino, ino_node.0, &e.name),
-                false => e.ino,
-            };
-            if reply.add(
-                INodeNo(nodeid),
-                *i as u64 + 1,
-                OsStr::from_bytes(&e.name),
-                &self.ttl,
-                &to_fuse(&attr),
-                Generation(0),
-            ) {
-                return (true, added); // this entry was not sent
-            }
-            added = true;
-            if linked {
-                self.ids.given(nodeid, e.ino, ino_node.0, &e.name);
-            }
-        }
-        (false, added)
-    }
 }
 
 impl<S: Store + 'static> Filesystem for FuseFs<S> {
@@ -830,9 +808,8 @@ impl<S: Store + 'static> Filesystem for FuseFs<S> {
         // says is a chmod, as on ext4 (else they chmod after the ACL is refused: one more
         // request a file).
         if name.as_bytes() == ACCESS_ACL
-            && let Some(perms) = minimal_access_acl_mode(value)
+            && let Some(result) = self.fs.set_access_acl(ino.0, value, req.uid(), req.gid())
         {
-            let result = self.chmod_by_acl(req, ino.0, perms);
             if result.is_ok()
                 && let Some(notifier) = self.notifier()
             {

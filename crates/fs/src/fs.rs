@@ -269,6 +269,18 @@ impl<S: Store> MemFs<S> {
         self.files.setxattr(ino, name, value, flags)
     }
 
+    /// A POSIX access ACL that only says what the mode says, set as the chmod it stands for
+    /// by caller `uid`/`gid`; `None` for any other ACL (see `files::xattr`).
+    pub fn set_access_acl(
+        &self,
+        ino: u64,
+        value: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Option<FsResult<()>> {
+        self.files.set_access_acl(ino, value, uid, gid)
+    }
+
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.files.removexattr(ino, name)
     }

@@ -105,6 +105,36 @@ impl<S: Store> Files<S> {
         Ok(())
     }
 
+    /// Sets the access ACL `value` for caller `uid`/`gid` when it holds only owner, group and
+    /// other entries: the chmod it stands for, allowed to the owner and root, dropping
+    /// set-group-ID for a caller outside the file's group as the kernel's chmod does (only
+    /// the caller's primary group is known here, so a member through a supplementary group
+    /// loses the bit too). `None` for any other ACL (not kept: EOPNOTSUPP to the caller).
+    pub fn set_access_acl(
+        &self,
+        ino: u64,
+        value: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Option<FsResult<()>> {
+        let perms = minimal_access_acl_mode(value)?;
+        Some((|| {
+            let rec = self.current_record(ino)?;
+            if uid != 0 && uid != rec.uid {
+                return Err(FsError::NotPermitted("only the owner may set a file's ACL"));
+            }
+            let mut mode = (rec.mode & 0o7000) | perms;
+            if uid != 0 && gid != rec.gid {
+                mode &= !libc::S_ISGID;
+            }
+            let chmod = crate::layout::attr::SetAttr {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            self.setattr(ino, &chmod).map(drop)
+        })())
+    }
+
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         if ACL_NAMES.contains(&name) {
             // No ACL is kept beyond the mode: there is none to remove, as on ext4 (`cp -a`

@@ -10,7 +10,8 @@
 //! Once this mount has seen that next chunk exist, its appends leave the `add` out, and make
 //! the chunk again only when a number reaches it: a chunk made ahead can still be lost (a
 //! server of a pool restarted empty, a repair that read the sequence before it was made), and
-//! the next number in it then makes it again, as before a replay could need it.
+//! the append whose number falls in it makes it again (a listing that reads the sequence in
+//! between finds the chunk missing and tries once more, as with any chunk still to be made).
 //!
 //! Records about one (name, inode) pair must be replayed in the order of the operations that
 //! wrote them: a `-` replayed before the `+` it removes would leave the name listed. A create
