@@ -32,15 +32,7 @@ done
 pool=$(IFS=,; echo "${servers[*]}")
 sleep 0.5
 
-python3 - "$work/src" <<'PY'
-import os, random, sys
-root = sys.argv[1]; rnd = random.Random(42)
-for d in range(20):
-    os.makedirs(f"{root}/small/d{d:02}")
-for i in range(2000):
-    with open(f"{root}/small/d{i % 20:02}/f{i:04}.html", "wb") as f:
-        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
-PY
+make_small_set "$work/src"
 
 secs() { echo "$EPOCHREALTIME"; }
 span() { python3 -c "print(f'{$2-$1:.3f}')"; }

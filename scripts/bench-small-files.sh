@@ -33,15 +33,7 @@ trap 'cleanup; exit 130' INT TERM
 mkdir -p "$work"/{src,backing,bindfs,m}
 mount -t tmpfs -o size=1g tmpfs "$work/src"
 mount -t tmpfs -o size=1g tmpfs "$work/backing"
-python3 - "$work/src" <<'PY'
-import os, random, sys
-root = sys.argv[1]; rnd = random.Random(42)
-for d in range(20):
-    os.makedirs(f"{root}/small/d{d:02}")
-for i in range(2000):
-    with open(f"{root}/small/d{i % 20:02}/f{i:04}.html", "wb") as f:
-        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
-PY
+make_small_set "$work/src"
 port=$(free_port)
 memcached -U 0 -l 127.0.0.1 -p "$port" -u root -m 2048 -M -I 8m -t 1 &
 pids+=($!)

@@ -59,14 +59,10 @@ sleep 0.5
 "$BIN" mount "$work/memfis-sock" --create --server "unix:$work/mount.sock" --prefix memfis://bench \
   --log-file "$work/memfis-sock.log"
 
+make_small_set "$work/src"
 python3 - "$work/src" <<'PY'
 import os, random, sys
-root = sys.argv[1]; rnd = random.Random(42)
-for d in range(20):
-    os.makedirs(f"{root}/small/d{d:02}")
-for i in range(2000):
-    with open(f"{root}/small/d{i % 20:02}/f{i:04}.html", "wb") as f:
-        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
+root = sys.argv[1]; rnd = random.Random(43)
 os.makedirs(f"{root}/large")
 for i in range(40):
     with open(f"{root}/large/f{i:02}.bin", "wb") as f:
